@@ -1,0 +1,204 @@
+//! Reserving the items of one reservation on their lines, all or nothing.
+//!
+//! No lock is held across lines: each line is reserved on its own, in turn, and if any
+//! refuses, the holds already taken are released before the refusal is answered. Two
+//! reservations racing for the same lines can both fail, but never deadlock or oversell.
+
+use std::collections::BTreeMap;
+
+use crate::error::{CoreError, Result};
+use crate::journal::Lsn;
+use crate::line_state::LineOp;
+use crate::registry::{LineHandle, Registry};
+use crate::reservations::{ItemRequest, ReservedItem};
+use crate::types::{LineKey, ProductId, Quantity, ReservationId, WarehouseId};
+use crate::warehouses::Warehouses;
+
+/// How often allocation re-plans a product after a line refused a planned share (the line
+/// was drained by another request between the plan and the reserve).
+const REPLANS: usize = 8;
+
+/// Holds taken so far for one reservation.
+#[derive(Default)]
+pub(crate) struct Holds {
+    lines: BTreeMap<LineKey, (LineHandle, u64)>,
+    pub(crate) lsn: Lsn,
+}
+
+impl Holds {
+    fn add(&mut self, line: &LineHandle, qty: u64, lsn: Lsn) {
+        self.lines
+            .entry(line.key())
+            .or_insert_with(|| (line.clone(), 0))
+            .1 += qty;
+        self.lsn = self.lsn.max(lsn);
+    }
+
+    fn held_of(&self, product_id: ProductId) -> u64 {
+        self.lines
+            .iter()
+            .filter(|(key, _)| key.product_id == product_id)
+            .map(|(_, (_, qty))| qty)
+            .sum()
+    }
+
+    /// One item per line, in (warehouse, product) order.
+    pub(crate) fn items(&self) -> Vec<ReservedItem> {
+        self.lines
+            .iter()
+            .map(|(key, (_, quantity))| ReservedItem {
+                product_id: key.product_id,
+                warehouse_id: key.warehouse_id,
+                quantity: *quantity,
+            })
+            .collect()
+    }
+
+    /// Releases every hold taken (after a refusal) and returns those that could not be
+    /// released now (their line is restarting or stuck), for the caller to expire later.
+    pub(crate) async fn release_all(self, id: ReservationId) -> Vec<ReservedItem> {
+        let mut stranded = Vec::new();
+        for (key, (line, qty)) in self.lines {
+            match line.settle(LineOp::Release { id }).await {
+                Ok(_) | Err(CoreError::NotHeld) => {}
+                Err(error) => {
+                    tracing::warn!(line = %key, reservation = %id, %error, "rollback of a hold deferred");
+                    stranded.push(ReservedItem {
+                        product_id: key.product_id,
+                        warehouse_id: key.warehouse_id,
+                        quantity: qty,
+                    });
+                }
+            }
+        }
+        stranded
+    }
+}
+
+/// The allocator of one reservation request.
+pub(crate) struct Allocator<'a> {
+    pub(crate) registry: &'a Registry,
+    pub(crate) warehouses: &'a Warehouses,
+    pub(crate) id: ReservationId,
+}
+
+impl Allocator<'_> {
+    /// Reserves every item, adding to `holds`; on error the caller releases `holds`.
+    pub(crate) async fn reserve_all(&self, items: &[ItemRequest], holds: &mut Holds) -> Result<()> {
+        let mut pinned: BTreeMap<LineKey, u64> = BTreeMap::new();
+        let mut free: BTreeMap<ProductId, u64> = BTreeMap::new();
+        for item in items {
+            let qty = item.quantity.get();
+            match item.warehouse_id {
+                Some(w) => *pinned.entry(LineKey::new(w, item.product_id)).or_default() += qty,
+                None => *free.entry(item.product_id).or_default() += qty,
+            }
+        }
+        for (key, qty) in pinned {
+            self.reserve_pinned(key, quantity(qty)?, holds).await?;
+        }
+        for (product_id, qty) in free {
+            self.reserve_free(product_id, quantity(qty)?, holds).await?;
+        }
+        Ok(())
+    }
+
+    /// An item that names its warehouse: that line only.
+    async fn reserve_pinned(&self, key: LineKey, qty: Quantity, holds: &mut Holds) -> Result<()> {
+        let info = self
+            .warehouses
+            .get(key.warehouse_id)
+            .ok_or(CoreError::UnknownWarehouse {
+                warehouse_id: key.warehouse_id,
+            })?;
+        if !info.active {
+            return Err(CoreError::WarehouseInactive {
+                warehouse_id: key.warehouse_id,
+            });
+        }
+        let line = self.registry.get_or_spawn(key).await?;
+        let applied = line.call(LineOp::Reserve { id: self.id, qty }).await?;
+        holds.add(&line, qty.get(), applied.lsn);
+        Ok(())
+    }
+
+    /// An item without a warehouse: across active warehouses by priority, then most
+    /// available, split over several when one is short.
+    async fn reserve_free(
+        &self,
+        product_id: ProductId,
+        qty: Quantity,
+        holds: &mut Holds,
+    ) -> Result<()> {
+        let before = holds.held_of(product_id);
+        let mut remaining = qty.get();
+        for _ in 0..REPLANS {
+            let plan = self.plan(product_id);
+            let available: u64 = plan.iter().map(|(_, a)| a).sum();
+            if available < remaining {
+                return Err(CoreError::InsufficientStock {
+                    product_id,
+                    requested: qty.get(),
+                    available: available + (qty.get() - remaining),
+                });
+            }
+            for (line, line_available) in plan {
+                let take = line_available.min(remaining);
+                if take == 0 {
+                    continue;
+                }
+                let op = LineOp::Reserve {
+                    id: self.id,
+                    qty: quantity(take)?,
+                };
+                match line.call(op).await {
+                    Ok(applied) => {
+                        holds.add(&line, take, applied.lsn);
+                        remaining -= take;
+                    }
+                    // Drained or deactivated since the plan: plan again from fresh reads.
+                    Err(
+                        CoreError::InsufficientStock { .. } | CoreError::WarehouseInactive { .. },
+                    ) => break,
+                    Err(other) => return Err(other),
+                }
+            }
+            if remaining == 0 {
+                return Ok(());
+            }
+        }
+        let available: u64 = self.plan(product_id).iter().map(|(_, a)| a).sum();
+        Err(CoreError::InsufficientStock {
+            product_id,
+            requested: qty.get(),
+            available: available + holds.held_of(product_id) - before,
+        })
+    }
+
+    /// The product's lines in active warehouses, in allocation order, with what each has
+    /// available now.
+    fn plan(&self, product_id: ProductId) -> Vec<(LineHandle, u64)> {
+        let mut candidates: Vec<(i32, WarehouseId, LineHandle, u64)> = self
+            .registry
+            .lines_of_product(product_id)
+            .into_iter()
+            .filter_map(|line| {
+                let info = self.warehouses.get(line.key().warehouse_id)?;
+                let now = line.peek();
+                (info.active && now.active && now.available() > 0)
+                    .then(|| (info.priority, now.key.warehouse_id, line, now.available()))
+            })
+            .collect();
+        candidates.sort_by(|a, b| {
+            (a.0, std::cmp::Reverse(a.3), a.1).cmp(&(b.0, std::cmp::Reverse(b.3), b.1))
+        });
+        candidates
+            .into_iter()
+            .map(|(_, _, line, available)| (line, available))
+            .collect()
+    }
+}
+
+fn quantity(qty: u64) -> Result<Quantity> {
+    Quantity::try_from(qty).map_err(|e| CoreError::InvalidQuantity(e.to_string()))
+}

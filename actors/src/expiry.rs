@@ -1,0 +1,82 @@
+//! One timer structure for every reservation: a [`DelayQueue`] owned by one task.
+//!
+//! A task per reservation would cost a task, a timer and a stack-sized future for each of
+//! the hundreds of thousands a flash sale leaves pending; here a pending reservation costs
+//! one queue slot. The task is a plain tokio task rather than a ractor actor because it must
+//! poll the queue and its mailbox together, which ractor's `handle` loop cannot.
+//!
+//! The same queue forgets settled reservations after a retention period, so the in-memory
+//! table holds what is pending plus a short tail, not every reservation ever made.
+
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::sync::Weak;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::time::{DelayQueue, delay_queue};
+
+use crate::reservations::{Reservations, ReservationsInner};
+use crate::types::ReservationId;
+
+/// What to do with a reservation when its time comes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Due {
+    /// A pending reservation reached `expires_at`: expire it.
+    Expire,
+    /// A settled reservation's retention ran out: drop it from memory.
+    Forget,
+}
+
+/// Arms (or re-arms: one timer per reservation) the timer of a reservation.
+struct Command(ReservationId, Instant, Due);
+
+/// The way to the expiry task. Sending never blocks.
+#[derive(Clone)]
+pub(crate) struct ExpiryHandle(mpsc::UnboundedSender<Command>);
+
+impl ExpiryHandle {
+    /// Starts the task; it ends when the reservations it serves are dropped.
+    pub(crate) fn start(owner: Weak<ReservationsInner>) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(rx, owner));
+        Self(tx)
+    }
+
+    /// Arms (or re-arms) the one timer of a reservation.
+    pub(crate) fn schedule(&self, id: ReservationId, at: Instant, due: Due) {
+        // Fails only once the task has ended, at shutdown, when no timer matters.
+        let _ = self.0.send(Command(id, at, due));
+    }
+}
+
+async fn run(mut commands: mpsc::UnboundedReceiver<Command>, owner: Weak<ReservationsInner>) {
+    let mut queue: DelayQueue<(ReservationId, Due)> = DelayQueue::new();
+    let mut keys: HashMap<ReservationId, delay_queue::Key> = HashMap::new();
+    loop {
+        tokio::select! {
+            command = commands.recv() => match command {
+                None => break,
+                Some(Command(id, at, due)) => {
+                    if let Some(key) = keys.remove(&id) {
+                        queue.try_remove(&key);
+                    }
+                    keys.insert(id, queue.insert_at((id, due), at));
+                }
+            },
+            Some(expired) = poll_fn(|cx| queue.poll_expired(cx)), if !queue.is_empty() => {
+                let (id, due) = expired.into_inner();
+                keys.remove(&id);
+                let Some(inner) = owner.upgrade() else { break };
+                let reservations = Reservations::from_inner(inner);
+                match due {
+                    Due::Forget => reservations.forget(id),
+                    // Settling awaits the lines; do it beside the timer loop, not in it.
+                    Due::Expire => {
+                        tokio::spawn(async move { reservations.expire(id).await });
+                    }
+                }
+            }
+        }
+    }
+}

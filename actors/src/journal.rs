@@ -1,0 +1,344 @@
+//! What a change leaves behind: journal records, the [`Journal`] trait they go to, and the
+//! durable-ack watermark a caller awaits in `sync` mode.
+//!
+//! Every record gets a log sequence number ([`Lsn`]) when it is appended. A journal
+//! publishes the highest Lsn below which everything is durable; a request that must not be
+//! answered before its records are safe waits on [`DurableWatch::wait_for`] with the Lsn
+//! its change returned (group commit: one flush releases every waiter at once).
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{Notify, watch};
+
+use crate::reservations::{ReservationStatus, ReservedItem};
+use crate::types::{LineKey, ProductId, ReservationId, TransferId, WarehouseId};
+
+/// Log sequence number: position of a record in the journal, starting at 1.
+pub type Lsn = u64;
+
+/// Kind of a movement in the append-only ledger (API.md `kind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MovementKind {
+    Adjust,
+    Reserve,
+    Release,
+    Expire,
+    Commit,
+    TransferOut,
+    TransferIn,
+}
+
+impl MovementKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Adjust => "adjust",
+            Self::Reserve => "reserve",
+            Self::Release => "release",
+            Self::Expire => "expire",
+            Self::Commit => "commit",
+            Self::TransferOut => "transfer_out",
+            Self::TransferIn => "transfer_in",
+        }
+    }
+}
+
+/// What a movement refers to. Typed, so the hot path formats no strings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reference {
+    Reservation(ReservationId),
+    Transfer(TransferId),
+    /// An adjustment's reason (`receipt`, `damage`, `count`, ...).
+    Reason(String),
+}
+
+impl std::fmt::Display for Reference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Reservation(id) => id.fmt(f),
+            Self::Transfer(id) => id.fmt(f),
+            Self::Reason(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// A line's full state after a change. The store keeps only the highest `version`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineRecord {
+    pub key: LineKey,
+    pub on_hand: u64,
+    pub reserved: u64,
+    pub version: u64,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One entry of the movement ledger. `quantity` is signed for adjustments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MovementRecord {
+    pub key: LineKey,
+    pub kind: MovementKind,
+    pub quantity: i64,
+    pub on_hand_after: u64,
+    pub reserved_after: u64,
+    pub reference: Reference,
+    pub at: DateTime<Utc>,
+}
+
+/// A reservation's state after it was created or settled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReservationRecord {
+    pub id: ReservationId,
+    pub status: ReservationStatus,
+    pub items: Vec<ReservedItem>,
+    pub reference: Option<String>,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A completed transfer between two lines of one product.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransferRecord {
+    pub id: TransferId,
+    pub from_warehouse_id: WarehouseId,
+    pub to_warehouse_id: WarehouseId,
+    pub product_id: ProductId,
+    pub quantity: u64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Anything the core asks the store to keep.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    Line(LineRecord),
+    Movement(MovementRecord),
+    Reservation(ReservationRecord),
+    Transfer(TransferRecord),
+}
+
+/// Where records go. Implementations must be cheap and non-blocking: `append` is called
+/// from inside a line actor's `handle`.
+pub trait Journal: Send + Sync + 'static {
+    /// Appends the records as one unit, numbering them consecutively, and returns the
+    /// Lsn of the last one (or the current head when `records` is empty).
+    fn append(&self, records: Vec<Record>) -> Lsn;
+
+    /// True while the backlog of records not yet durable is at its bound. Lines then refuse
+    /// new work (reserve, adjust, transfer out) with `Overloaded`; work that settles what
+    /// is already held (commit, release, expire, transfer in) is always taken.
+    fn is_backlogged(&self) -> bool;
+
+    /// A watch on the durable watermark, for callers that answer only once durable.
+    fn durable(&self) -> DurableWatch;
+}
+
+/// The durable-ack handle: resolves once every record up to an Lsn is durable.
+#[derive(Clone, Debug)]
+pub struct DurableWatch(watch::Receiver<Lsn>);
+
+/// The journal was dropped before the awaited records became durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the journal closed before the change became durable")]
+pub struct JournalClosed;
+
+impl DurableWatch {
+    /// The highest Lsn known durable now.
+    pub fn current(&self) -> Lsn {
+        *self.0.borrow()
+    }
+
+    /// Waits until every record up to and including `lsn` is durable.
+    pub async fn wait_for(&mut self, lsn: Lsn) -> Result<(), JournalClosed> {
+        self.0
+            .wait_for(|durable| *durable >= lsn)
+            .await
+            .map(|_| ())
+            .map_err(|_| JournalClosed)
+    }
+}
+
+/// A journal that keeps every record in memory and counts it durable at once: for tests,
+/// benches, and a server run without persistence.
+pub struct MemoryJournal {
+    records: Mutex<Vec<(Lsn, Record)>>,
+    keep: bool,
+    durable: watch::Sender<Lsn>,
+}
+
+impl MemoryJournal {
+    /// Keeps every record, so tests can read them back.
+    pub fn new() -> Self {
+        Self::with_keep(true)
+    }
+
+    /// Numbers records but drops them: for benches that would otherwise grow without end.
+    pub fn discarding() -> Self {
+        Self::with_keep(false)
+    }
+
+    fn with_keep(keep: bool) -> Self {
+        Self {
+            records: Mutex::new(Vec::new()),
+            keep,
+            durable: watch::channel(0).0,
+        }
+    }
+
+    /// Every record kept so far, in Lsn order.
+    pub fn records(&self) -> Vec<(Lsn, Record)> {
+        lock(&self.records).clone()
+    }
+
+    /// The movements of one line, oldest first.
+    pub fn movements(&self, key: LineKey) -> Vec<MovementRecord> {
+        lock(&self.records)
+            .iter()
+            .filter_map(|(_, r)| match r {
+                Record::Movement(m) if m.key == key => Some(m.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl Default for MemoryJournal {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Journal for MemoryJournal {
+    fn append(&self, records: Vec<Record>) -> Lsn {
+        let mut kept = lock(&self.records);
+        let head = self.durable.borrow().to_owned() + records.len() as Lsn;
+        if self.keep {
+            let first = head + 1 - records.len() as Lsn;
+            kept.extend((first..).zip(records));
+        }
+        // Under the lock, so the watermark advances in Lsn order.
+        self.durable.send_replace(head);
+        head
+    }
+
+    fn is_backlogged(&self) -> bool {
+        false
+    }
+
+    fn durable(&self) -> DurableWatch {
+        DurableWatch(self.durable.subscribe())
+    }
+}
+
+/// The write-behind buffer between the lines and a flusher (the server's PostgreSQL
+/// flusher). Appends are numbered under one lock, so the Lsn order is the order a flusher
+/// takes them in and the durable watermark never runs ahead of a record not yet written.
+pub struct JournalBuffer {
+    pending: Mutex<Pending>,
+    /// Records appended but not yet marked durable (pending plus taken, not completed).
+    backlog: AtomicUsize,
+    bound: usize,
+    wake: Notify,
+    durable: watch::Sender<Lsn>,
+}
+
+struct Pending {
+    records: Vec<(Lsn, Record)>,
+    head: Lsn,
+}
+
+/// Records taken by a flusher; `last` is the Lsn to mark durable once they are written.
+#[derive(Debug)]
+pub struct Batch {
+    pub records: Vec<(Lsn, Record)>,
+    pub last: Lsn,
+}
+
+impl JournalBuffer {
+    /// A buffer whose numbering continues after `start` (the highest Lsn already stored),
+    /// refusing new work once `bound` records wait to be written.
+    pub fn new(start: Lsn, bound: usize) -> Self {
+        Self {
+            pending: Mutex::new(Pending {
+                records: Vec::new(),
+                head: start,
+            }),
+            backlog: AtomicUsize::new(0),
+            bound,
+            wake: Notify::new(),
+            durable: watch::channel(start).0,
+        }
+    }
+
+    /// Takes everything pending (at most `max` records), oldest first; `None` if empty.
+    pub fn take(&self, max: usize) -> Option<Batch> {
+        let mut pending = lock(&self.pending);
+        if pending.records.is_empty() {
+            return None;
+        }
+        let records = if pending.records.len() <= max {
+            std::mem::take(&mut pending.records)
+        } else {
+            let rest = pending.records.split_off(max);
+            std::mem::replace(&mut pending.records, rest)
+        };
+        let last = records.last().map(|(lsn, _)| *lsn).unwrap_or(pending.head);
+        Some(Batch { records, last })
+    }
+
+    /// Waits until something is appended (returns at once if records are pending).
+    pub async fn wait_for_records(&self) {
+        let notified = self.wake.notified();
+        if !lock(&self.pending).records.is_empty() {
+            return;
+        }
+        notified.await;
+    }
+
+    /// Marks a taken batch as written: its waiters are released.
+    pub fn complete(&self, batch: &Batch) {
+        self.backlog
+            .fetch_sub(batch.records.len(), Ordering::AcqRel);
+        self.durable.send_if_modified(|durable| {
+            let advanced = batch.last > *durable;
+            *durable = (*durable).max(batch.last);
+            advanced
+        });
+    }
+
+    /// Records appended and not yet written.
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::Acquire)
+    }
+}
+
+impl Journal for JournalBuffer {
+    fn append(&self, records: Vec<Record>) -> Lsn {
+        let count = records.len();
+        let mut pending = lock(&self.pending);
+        let first = pending.head + 1;
+        pending.head += count as Lsn;
+        pending.records.extend((first..).zip(records));
+        let head = pending.head;
+        drop(pending);
+        self.backlog.fetch_add(count, Ordering::AcqRel);
+        self.wake.notify_one();
+        head
+    }
+
+    fn is_backlogged(&self) -> bool {
+        self.backlog() >= self.bound
+    }
+
+    fn durable(&self) -> DurableWatch {
+        DurableWatch(self.durable.subscribe())
+    }
+}
+
+/// Locks a mutex, recovering from poison: the data behind these locks is only ever
+/// replaced whole, so a panic elsewhere cannot leave it half-written.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

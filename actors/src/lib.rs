@@ -1,0 +1,173 @@
+//! `stockline-actors`: the in-memory inventory core. No HTTP, no SQL.
+//!
+//! # Layout
+//! - [`types`]: ids and [`Quantity`], parsed once at the edge.
+//! - [`line_state`]: one line's state and the rules of every operation, as plain data.
+//! - [`stock_line`]: the `StockLine` ractor actor that applies operations one at a time.
+//! - [`registry`]: (warehouse, product) to line, spawn on first use, in-flight bounds;
+//!   `supervisor` restarts a failed line from its last state.
+//! - [`reservations`]: multi-line all-or-nothing reserve, commit, release; `allocation`
+//!   spreads an item over warehouses; `expiry` holds one timer queue for all of them.
+//! - [`transfers`]: moving stock between two lines without ever leaving it half-moved.
+//! - [`journal`]: the records every change emits and the [`Journal`] they go to.
+//!
+//! # The flow of a reservation
+//! The edge calls [`Core::reservations`]`.reserve(..)`. The allocator picks lines (pinned by
+//! the request, or across active warehouses by priority, then most available) and sends each
+//! a `Reserve` through its [`LineHandle`], which refuses at once when the line's mailbox or
+//! all mailboxes together are at their bound. Each line actor checks and applies the hold,
+//! journals the line's new state and a movement, and answers with the journal [`Lsn`]. If a
+//! line refuses, the holds already taken are released before the refusal is answered. The
+//! edge, in `sync` durability, then awaits [`DurableWatch::wait_for`] that Lsn.
+
+pub mod error;
+pub mod journal;
+pub mod line_state;
+pub mod registry;
+pub mod reservations;
+pub mod stock_line;
+pub mod transfers;
+pub mod types;
+pub mod warehouses;
+
+mod allocation;
+mod expiry;
+mod supervisor;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use error::{CoreError, Result};
+pub use journal::{DurableWatch, Journal, JournalBuffer, Lsn, MemoryJournal, Record};
+pub use line_state::{LineOp, LineSnapshot};
+pub use registry::{EmptyLoader, Limits, LineHandle, LineLoader, LineSeed, Registry};
+pub use reservations::{
+    ItemRequest, Reservation, ReservationRequest, ReservationStatus, Reservations, ReservedItem,
+};
+pub use stock_line::{Applied, LineStatsSnapshot};
+pub use transfers::TransferRequest;
+pub use types::{LineKey, ProductId, Quantity, ReservationId, TransferId, WarehouseId};
+pub use warehouses::{WarehouseInfo, Warehouses};
+
+use journal::TransferRecord;
+
+/// How the core runs.
+#[derive(Clone, Copy, Debug)]
+pub struct CoreConfig {
+    pub limits: Limits,
+    /// How long settled reservations stay readable in memory (the store has them after).
+    pub settled_retention: Duration,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            settled_retention: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The whole core: lines, warehouses, reservations, transfers, journal.
+pub struct Core {
+    registry: Arc<Registry>,
+    warehouses: Arc<Warehouses>,
+    reservations: Reservations,
+    journal: Arc<dyn Journal>,
+}
+
+impl Core {
+    /// Starts the line supervisor and the expiry timer. Needs a tokio runtime.
+    pub async fn start(
+        config: CoreConfig,
+        journal: Arc<dyn Journal>,
+        loader: Arc<dyn LineLoader>,
+    ) -> Result<Self> {
+        let warehouses = Arc::new(Warehouses::default());
+        let registry = Arc::new(
+            Registry::start(journal.clone(), loader, warehouses.clone(), config.limits).await?,
+        );
+        let reservations = Reservations::new(
+            registry.clone(),
+            warehouses.clone(),
+            journal.clone(),
+            config.settled_retention,
+        );
+        Ok(Self {
+            registry,
+            warehouses,
+            reservations,
+            journal,
+        })
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn warehouses(&self) -> &Warehouses {
+        &self.warehouses
+    }
+
+    pub fn reservations(&self) -> &Reservations {
+        &self.reservations
+    }
+
+    pub fn journal(&self) -> &Arc<dyn Journal> {
+        &self.journal
+    }
+
+    /// Adds or updates a warehouse; a status change reaches every line of it.
+    pub async fn upsert_warehouse(&self, id: WarehouseId, info: WarehouseInfo) -> Result<()> {
+        self.warehouses.upsert(id, info);
+        self.broadcast_active(id, info.active).await
+    }
+
+    /// Activates or deactivates a known warehouse and each of its lines.
+    pub async fn set_warehouse_active(&self, id: WarehouseId, active: bool) -> Result<()> {
+        if !self.warehouses.set_active(id, active) {
+            return Err(CoreError::UnknownWarehouse { warehouse_id: id });
+        }
+        self.broadcast_active(id, active).await
+    }
+
+    async fn broadcast_active(&self, id: WarehouseId, active: bool) -> Result<()> {
+        for line in self.registry.lines_of_warehouse(id) {
+            line.settle(LineOp::SetActive(active)).await?;
+        }
+        Ok(())
+    }
+
+    /// Changes a line's `on_hand` by `delta` (spawning the line on first use).
+    pub async fn adjust(&self, key: LineKey, delta: i64, reason: String) -> Result<Applied> {
+        let line = self.registry.get_or_spawn(key).await?;
+        line.call(LineOp::Adjust { delta, reason }).await
+    }
+
+    /// Sets a line's `on_hand` (a count); with `expected_version`, only if still at it.
+    pub async fn set_level(
+        &self,
+        key: LineKey,
+        on_hand: u64,
+        expected_version: Option<u64>,
+        reason: String,
+    ) -> Result<Applied> {
+        let line = self.registry.get_or_spawn(key).await?;
+        line.call(LineOp::SetLevel {
+            on_hand,
+            expected_version,
+            reason,
+        })
+        .await
+    }
+
+    /// Moves available stock between two warehouses; never leaves it half-moved.
+    pub async fn transfer(&self, request: TransferRequest) -> Result<(TransferRecord, Lsn)> {
+        transfers::transfer(&self.registry, &self.warehouses, &*self.journal, request).await
+    }
+
+    /// Drains every line's mailbox, then stops the lines.
+    pub async fn shutdown(&self) {
+        self.registry.shutdown().await;
+    }
+}

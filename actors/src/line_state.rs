@@ -1,0 +1,337 @@
+//! The state of one stock line and the rules every operation obeys, as plain data and
+//! functions. The [`StockLine`](crate::stock_line::StockLine) actor serializes calls to
+//! [`LineState::apply`]; keeping the rules here lets tests and the property model drive
+//! them without an actor.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use crate::error::{CoreError, Result};
+use crate::journal::{LineRecord, MovementKind, MovementRecord, Reference};
+use crate::types::{LineKey, MAX_ON_HAND, MAX_QUANTITY, Quantity, ReservationId, TransferId};
+
+/// An operation on one line. Each is all-or-nothing: refused, it changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LineOp {
+    /// Hold `qty` for a reservation (adds to an existing hold of the same id).
+    Reserve { id: ReservationId, qty: Quantity },
+    /// Drop a hold: the stock is available again.
+    Release { id: ReservationId },
+    /// A hold's stock leaves: `on_hand -= q`, `reserved -= q`.
+    Commit { id: ReservationId },
+    /// Like release, recorded as an expiry.
+    Expire { id: ReservationId },
+    /// Change `on_hand` by `delta` (`receipt`, `damage`, ... in `reason`).
+    Adjust { delta: i64, reason: String },
+    /// Set `on_hand` (a count); with `expected_version`, only if the line is at it.
+    SetLevel {
+        on_hand: u64,
+        expected_version: Option<u64>,
+        reason: String,
+    },
+    /// Send available stock to another line.
+    TransferOut { id: TransferId, qty: Quantity },
+    /// Receive stock from another line. `compensating` puts back a transfer-out whose
+    /// receiving side refused, so it is taken even by an inactive line.
+    TransferIn {
+        id: TransferId,
+        qty: Quantity,
+        compensating: bool,
+    },
+    /// Follow the warehouse's status. Not a stock change: no version, no record.
+    SetActive(bool),
+}
+
+impl LineOp {
+    /// Whether this op starts new work (refused under backpressure) rather than settling
+    /// work already accepted (always taken, so nothing is stranded half-done).
+    pub fn is_new_work(&self) -> bool {
+        matches!(
+            self,
+            Self::Reserve { .. }
+                | Self::Adjust { .. }
+                | Self::SetLevel { .. }
+                | Self::TransferOut { .. }
+        )
+    }
+}
+
+/// One line's state. Who changes it: only its actor (or a test driving `apply`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineState {
+    pub key: LineKey,
+    /// Units physically in the warehouse.
+    pub on_hand: u64,
+    /// Units held by pending reservations; always the sum of `holds`.
+    pub reserved: u64,
+    /// Bumped by every accepted stock change; the store keeps only the highest.
+    pub version: u64,
+    /// The warehouse's status as this line last heard it.
+    pub active: bool,
+    /// Quantity held per pending reservation.
+    pub holds: HashMap<ReservationId, u64>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A consistent read of a line, as the edge shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LineSnapshot {
+    pub key: LineKey,
+    pub on_hand: u64,
+    pub reserved: u64,
+    pub version: u64,
+    pub active: bool,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl LineSnapshot {
+    pub fn available(&self) -> u64 {
+        self.on_hand - self.reserved
+    }
+}
+
+/// What an accepted stock change did: the movement to journal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub kind: MovementKind,
+    pub quantity: i64,
+    pub reference: Reference,
+}
+
+impl LineState {
+    /// A new, empty line.
+    pub fn empty(key: LineKey, active: bool) -> Self {
+        Self {
+            key,
+            on_hand: 0,
+            reserved: 0,
+            version: 0,
+            active,
+            holds: HashMap::new(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    pub fn available(&self) -> u64 {
+        self.on_hand - self.reserved
+    }
+
+    pub fn snapshot(&self) -> LineSnapshot {
+        LineSnapshot {
+            key: self.key,
+            on_hand: self.on_hand,
+            reserved: self.reserved,
+            version: self.version,
+            active: self.active,
+            updated_at: self.updated_at,
+        }
+    }
+
+    /// Repairs a state whose counters drifted from its holds (loaded from a store that
+    /// disagrees with itself, or left by a failed actor): `reserved` is set to the sum of
+    /// the holds and `on_hand` raised to cover it. Returns whether anything changed.
+    pub fn repair(&mut self) -> bool {
+        let held: u64 = self.holds.values().sum();
+        let before = (self.on_hand, self.reserved);
+        self.reserved = held;
+        self.on_hand = self.on_hand.max(held);
+        before != (self.on_hand, self.reserved)
+    }
+
+    /// Applies `op`. Accepted: the state changed, `version` went up by one (for stock
+    /// changes) and the movement is returned. Refused: nothing changed.
+    pub fn apply(&mut self, op: LineOp, now: DateTime<Utc>) -> Result<Option<Change>> {
+        let change = match op {
+            LineOp::SetActive(active) => {
+                self.active = active;
+                return Ok(None);
+            }
+            LineOp::Reserve { id, qty } => self.reserve(id, qty)?,
+            LineOp::Release { id } => self.unhold(id, MovementKind::Release)?,
+            LineOp::Expire { id } => self.unhold(id, MovementKind::Expire)?,
+            LineOp::Commit { id } => self.commit(id)?,
+            LineOp::Adjust { delta, reason } => self.adjust(delta, reason)?,
+            LineOp::SetLevel {
+                on_hand,
+                expected_version,
+                reason,
+            } => self.set_level(on_hand, expected_version, reason)?,
+            LineOp::TransferOut { id, qty } => self.transfer_out(id, qty)?,
+            LineOp::TransferIn {
+                id,
+                qty,
+                compensating,
+            } => self.transfer_in(id, qty, compensating)?,
+        };
+        self.version += 1;
+        self.updated_at = now;
+        debug_assert!(self.reserved <= self.on_hand);
+        Ok(Some(change))
+    }
+
+    fn reserve(&mut self, id: ReservationId, qty: Quantity) -> Result<Change> {
+        self.require_active()?;
+        self.require_available(qty.get())?;
+        self.reserved += qty.get();
+        *self.holds.entry(id).or_insert(0) += qty.get();
+        Ok(change(
+            MovementKind::Reserve,
+            qty.get() as i64,
+            Reference::Reservation(id),
+        ))
+    }
+
+    fn unhold(&mut self, id: ReservationId, kind: MovementKind) -> Result<Change> {
+        let held = self.holds.remove(&id).ok_or(CoreError::NotHeld)?;
+        self.reserved -= held;
+        Ok(change(kind, held as i64, Reference::Reservation(id)))
+    }
+
+    fn commit(&mut self, id: ReservationId) -> Result<Change> {
+        let held = self.holds.remove(&id).ok_or(CoreError::NotHeld)?;
+        self.reserved -= held;
+        self.on_hand -= held;
+        Ok(change(
+            MovementKind::Commit,
+            held as i64,
+            Reference::Reservation(id),
+        ))
+    }
+
+    fn adjust(&mut self, delta: i64, reason: String) -> Result<Change> {
+        if delta == 0 || delta.unsigned_abs() > MAX_QUANTITY {
+            return Err(CoreError::InvalidQuantity(format!(
+                "delta must be non-zero and at most {MAX_QUANTITY} in size, got {delta}"
+            )));
+        }
+        let on_hand = if delta > 0 {
+            self.checked_receive(delta as u64)?
+        } else {
+            self.require_available(delta.unsigned_abs())?;
+            self.on_hand - delta.unsigned_abs()
+        };
+        self.on_hand = on_hand;
+        Ok(change(
+            MovementKind::Adjust,
+            delta,
+            Reference::Reason(reason),
+        ))
+    }
+
+    fn set_level(&mut self, on_hand: u64, expected: Option<u64>, reason: String) -> Result<Change> {
+        if let Some(expected) = expected.filter(|v| *v != self.version) {
+            return Err(CoreError::VersionMismatch {
+                expected,
+                actual: self.version,
+            });
+        }
+        if on_hand > MAX_QUANTITY {
+            return Err(CoreError::InvalidQuantity(format!(
+                "on_hand must be at most {MAX_QUANTITY}, got {on_hand}"
+            )));
+        }
+        if on_hand < self.reserved {
+            return Err(self.insufficient(self.on_hand - on_hand));
+        }
+        let delta = on_hand as i64 - self.on_hand as i64;
+        self.on_hand = on_hand;
+        Ok(change(
+            MovementKind::Adjust,
+            delta,
+            Reference::Reason(reason),
+        ))
+    }
+
+    fn transfer_out(&mut self, id: TransferId, qty: Quantity) -> Result<Change> {
+        self.require_active()?;
+        self.require_available(qty.get())?;
+        self.on_hand -= qty.get();
+        Ok(change(
+            MovementKind::TransferOut,
+            qty.get() as i64,
+            Reference::Transfer(id),
+        ))
+    }
+
+    fn transfer_in(&mut self, id: TransferId, qty: Quantity, compensating: bool) -> Result<Change> {
+        if !compensating {
+            self.require_active()?;
+        }
+        self.on_hand = self.checked_receive(qty.get())?;
+        Ok(change(
+            MovementKind::TransferIn,
+            qty.get() as i64,
+            Reference::Transfer(id),
+        ))
+    }
+
+    fn checked_receive(&self, qty: u64) -> Result<u64> {
+        self.on_hand
+            .checked_add(qty)
+            .filter(|v| *v <= MAX_ON_HAND)
+            .ok_or(CoreError::LevelOverflow)
+    }
+
+    fn require_active(&self) -> Result<()> {
+        if self.active {
+            Ok(())
+        } else {
+            Err(CoreError::WarehouseInactive {
+                warehouse_id: self.key.warehouse_id,
+            })
+        }
+    }
+
+    fn require_available(&self, requested: u64) -> Result<()> {
+        if requested <= self.available() {
+            Ok(())
+        } else {
+            Err(self.insufficient(requested))
+        }
+    }
+
+    fn insufficient(&self, requested: u64) -> CoreError {
+        CoreError::InsufficientStock {
+            product_id: self.key.product_id,
+            requested,
+            available: self.available(),
+        }
+    }
+
+    /// The line-state record of the current state.
+    pub fn record(&self) -> LineRecord {
+        LineRecord {
+            key: self.key,
+            on_hand: self.on_hand,
+            reserved: self.reserved,
+            version: self.version,
+            updated_at: self.updated_at,
+        }
+    }
+
+    /// The movement record of a change just applied.
+    pub fn movement(&self, change: Change) -> MovementRecord {
+        MovementRecord {
+            key: self.key,
+            kind: change.kind,
+            quantity: change.quantity,
+            on_hand_after: self.on_hand,
+            reserved_after: self.reserved,
+            reference: change.reference,
+            at: self.updated_at,
+        }
+    }
+}
+
+fn change(kind: MovementKind, quantity: i64, reference: Reference) -> Change {
+    Change {
+        kind,
+        quantity,
+        reference,
+    }
+}
+
+#[cfg(test)]
+#[path = "line_state_tests.rs"]
+mod tests;

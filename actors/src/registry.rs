@@ -1,0 +1,351 @@
+//! (warehouse, product) to line actor: spawned on first use, from state the server's
+//! [`LineLoader`] supplies, under one [`LineSupervisor`](crate::supervisor).
+//!
+//! Everything that talks to a line goes through a [`LineHandle`] from here, which keeps the
+//! in-flight bounds: ractor mailboxes are unbounded, so past `per_line` calls waiting on one
+//! line, or `total` on all of them, new work is refused with `Overloaded` at once.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorRef};
+use tokio::sync::OnceCell;
+
+use crate::error::{CoreError, Result};
+use crate::journal::Journal;
+use crate::line_state::{LineOp, LineSnapshot, LineState};
+use crate::stock_line::{Applied, LineContext, LineMsg, LineShared, LineStatsSnapshot};
+use crate::supervisor::{LineSupervisor, SHUTDOWN, SupervisorMsg};
+use crate::types::{LineKey, ProductId, ReservationId, WarehouseId};
+use crate::warehouses::Warehouses;
+
+/// A line's persisted state, as the server's store hands it back at spawn.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LineSeed {
+    pub on_hand: u64,
+    pub reserved: u64,
+    pub version: u64,
+    pub updated_at: Option<DateTime<Utc>>,
+    /// Holds of pending reservations on this line; `reserved` is repaired to their sum.
+    pub holds: Vec<(ReservationId, u64)>,
+}
+
+/// The future a [`LineLoader`] returns.
+pub type LoadFuture = Pin<Box<dyn Future<Output = Result<Option<LineSeed>, String>> + Send>>;
+
+/// Supplies a line's persisted state when it is first used (`None`: a new, empty line).
+pub trait LineLoader: Send + Sync + 'static {
+    fn load(&self, key: LineKey) -> LoadFuture;
+}
+
+/// A loader for which every line starts empty: tests, benches, in-memory runs.
+pub struct EmptyLoader;
+
+impl LineLoader for EmptyLoader {
+    fn load(&self, _key: LineKey) -> LoadFuture {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// Bounds and timeouts of calls to lines.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Calls that may wait on one line before new work is refused.
+    pub per_line: usize,
+    /// Calls that may wait on all lines together.
+    pub total: usize,
+    /// How long a caller waits for a line's answer.
+    pub call_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            per_line: 10_000,
+            total: 200_000,
+            call_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The way to one line. Cheap to clone.
+#[derive(Clone)]
+pub struct LineHandle {
+    shared: Arc<LineShared>,
+    total: Arc<AtomicUsize>,
+    limits: Limits,
+}
+
+/// Counts one call in flight on a line and in total, for as long as it lives.
+struct InFlight<'a> {
+    line: &'a AtomicUsize,
+    total: &'a AtomicUsize,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.line.fetch_sub(1, Ordering::AcqRel);
+        self.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl LineHandle {
+    pub fn key(&self) -> LineKey {
+        self.shared.key
+    }
+
+    /// New work (reserve, adjust, set level, transfer out): refused past the bounds.
+    pub async fn call(&self, op: LineOp) -> Result<Applied> {
+        self.send(op, true).await
+    }
+
+    /// Settling work (commit, release, expire, transfer in, set active): never refused
+    /// for load, so what was accepted can always be finished.
+    pub async fn settle(&self, op: LineOp) -> Result<Applied> {
+        self.send(op, false).await
+    }
+
+    async fn send(&self, op: LineOp, bounded: bool) -> Result<Applied> {
+        let line = self.shared.stats.inflight.fetch_add(1, Ordering::AcqRel) + 1;
+        let total = self.total.fetch_add(1, Ordering::AcqRel) + 1;
+        let _in_flight = InFlight {
+            line: &self.shared.stats.inflight,
+            total: &self.total,
+        };
+        if bounded && (line > self.limits.per_line || total > self.limits.total) {
+            return Err(CoreError::Overloaded);
+        }
+        let actor = self.actor()?;
+        let reply = actor
+            .call(
+                |reply| LineMsg::Apply {
+                    op,
+                    reply: Some(reply),
+                },
+                Some(self.limits.call_timeout),
+            )
+            .await;
+        unwrap_call(reply)?
+    }
+
+    /// A read ordered after every message sent to the line before it.
+    pub async fn snapshot(&self) -> Result<LineSnapshot> {
+        let actor = self.actor()?;
+        unwrap_call(
+            actor
+                .call(LineMsg::Snapshot, Some(self.limits.call_timeout))
+                .await,
+        )
+    }
+
+    /// The line as it is now, read without a message (never waits on the mailbox).
+    pub fn peek(&self) -> LineSnapshot {
+        self.shared.peek()
+    }
+
+    pub fn stats(&self) -> LineStatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    fn actor(&self) -> Result<Arc<ActorRef<LineMsg>>> {
+        self.shared
+            .actor
+            .load_full()
+            .ok_or_else(|| CoreError::Unavailable(format!("line {} is restarting", self.key())))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn fail_for_test(&self) {
+        let _ = self.actor().map(|a| a.cast(LineMsg::Fail));
+    }
+}
+
+fn unwrap_call<T, M>(reply: Result<CallResult<T>, ractor::MessagingErr<M>>) -> Result<T> {
+    match reply {
+        Ok(CallResult::Success(value)) => Ok(value),
+        Ok(CallResult::Timeout) => Err(CoreError::Unavailable(
+            "the line did not answer in time".into(),
+        )),
+        Ok(CallResult::SenderError) | Err(_) => Err(CoreError::Unavailable(
+            "the line stopped before answering".into(),
+        )),
+    }
+}
+
+/// All lines of this process.
+pub struct Registry {
+    lines: DashMap<LineKey, Arc<OnceCell<LineHandle>>>,
+    by_product: DashMap<ProductId, Vec<WarehouseId>>,
+    by_warehouse: DashMap<WarehouseId, Vec<ProductId>>,
+    loader: Arc<dyn LineLoader>,
+    journal: Arc<dyn Journal>,
+    warehouses: Arc<Warehouses>,
+    supervisor: ActorRef<SupervisorMsg>,
+    limits: Limits,
+    total: Arc<AtomicUsize>,
+}
+
+impl Registry {
+    pub(crate) async fn start(
+        journal: Arc<dyn Journal>,
+        loader: Arc<dyn LineLoader>,
+        warehouses: Arc<Warehouses>,
+        limits: Limits,
+    ) -> Result<Self> {
+        let (supervisor, _) = Actor::spawn(None, LineSupervisor, ())
+            .await
+            .map_err(|e| CoreError::Unavailable(format!("starting the line supervisor: {e}")))?;
+        Ok(Self {
+            lines: DashMap::new(),
+            by_product: DashMap::new(),
+            by_warehouse: DashMap::new(),
+            loader,
+            journal,
+            warehouses,
+            supervisor,
+            limits,
+            total: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// The line if it is running; never spawns.
+    pub fn get(&self, key: LineKey) -> Option<LineHandle> {
+        self.lines.get(&key).and_then(|slot| slot.get().cloned())
+    }
+
+    /// The line, spawned (and loaded) on first use. Concurrent first uses spawn it once.
+    pub async fn get_or_spawn(&self, key: LineKey) -> Result<LineHandle> {
+        if let Some(handle) = self.get(key) {
+            return Ok(handle);
+        }
+        let slot = self.lines.entry(key).or_default().clone();
+        slot.get_or_try_init(|| self.spawn(key)).await.cloned()
+    }
+
+    async fn spawn(&self, key: LineKey) -> Result<LineHandle> {
+        let info = self
+            .warehouses
+            .get(key.warehouse_id)
+            .ok_or(CoreError::UnknownWarehouse {
+                warehouse_id: key.warehouse_id,
+            })?;
+        let seed = self
+            .loader
+            .load(key)
+            .await
+            .map_err(|e| CoreError::Unavailable(format!("loading line {key}: {e}")))?;
+        let state = seed_state(key, info.active, seed);
+        let shared = Arc::new(LineShared::new(state));
+        let context = LineContext {
+            shared: shared.clone(),
+            journal: self.journal.clone(),
+        };
+        let spawned = self
+            .supervisor
+            .call(
+                |reply| SupervisorMsg::Spawn(context, reply),
+                Some(self.limits.call_timeout),
+            )
+            .await;
+        unwrap_call(spawned)?.map_err(CoreError::Unavailable)?;
+        self.by_product
+            .entry(key.product_id)
+            .or_default()
+            .push(key.warehouse_id);
+        self.by_warehouse
+            .entry(key.warehouse_id)
+            .or_default()
+            .push(key.product_id);
+        Ok(LineHandle {
+            shared,
+            total: self.total.clone(),
+            limits: self.limits,
+        })
+    }
+
+    /// The running lines of one product, in every warehouse.
+    pub fn lines_of_product(&self, product_id: ProductId) -> Vec<LineHandle> {
+        let warehouses = self
+            .by_product
+            .get(&product_id)
+            .map(|w| w.clone())
+            .unwrap_or_default();
+        warehouses
+            .into_iter()
+            .filter_map(|w| self.get(LineKey::new(w, product_id)))
+            .collect()
+    }
+
+    /// The running lines of one warehouse.
+    pub fn lines_of_warehouse(&self, warehouse_id: WarehouseId) -> Vec<LineHandle> {
+        let products = self
+            .by_warehouse
+            .get(&warehouse_id)
+            .map(|p| p.clone())
+            .unwrap_or_default();
+        products
+            .into_iter()
+            .filter_map(|p| self.get(LineKey::new(warehouse_id, p)))
+            .collect()
+    }
+
+    /// Every running line (for the operator view).
+    pub fn all(&self) -> Vec<LineHandle> {
+        self.lines
+            .iter()
+            .filter_map(|slot| slot.get().cloned())
+            .collect()
+    }
+
+    /// How many lines are running.
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    /// Calls in flight on all lines together.
+    pub fn in_flight(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
+
+    /// Stops every line after the messages already in its mailbox, then the supervisor.
+    pub(crate) async fn shutdown(&self) {
+        let cell = self.supervisor.get_cell();
+        let children = cell.get_children();
+        for child in &children {
+            child.drain().ok();
+        }
+        for child in &children {
+            let _ = child.wait(Some(self.limits.call_timeout)).await;
+        }
+        cell.stop_children_and_wait(Some(SHUTDOWN.into()), Some(self.limits.call_timeout))
+            .await;
+        let _ = cell
+            .stop_and_wait(Some(SHUTDOWN.into()), Some(self.limits.call_timeout))
+            .await;
+    }
+}
+
+fn seed_state(key: LineKey, active: bool, seed: Option<LineSeed>) -> LineState {
+    let mut state = LineState::empty(key, active);
+    if let Some(seed) = seed {
+        state.on_hand = seed.on_hand;
+        state.reserved = seed.reserved;
+        state.version = seed.version;
+        state.updated_at = seed.updated_at.unwrap_or(state.updated_at);
+        state.holds = seed.holds.into_iter().collect();
+        if state.repair() {
+            tracing::warn!(line = %key, "loaded reserved/on_hand disagreed with pending holds; repaired");
+        }
+    }
+    state
+}

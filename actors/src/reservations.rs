@@ -1,0 +1,380 @@
+//! Multi-line reservations: all-or-nothing reserve, then exactly one of commit, release
+//! or expire.
+//!
+//! The state machine is `pending -> committed | released | expired`. A transition first
+//! claims the reservation (so a racing commit and release cannot both proceed), then
+//! settles each line, then journals the new status. If a line cannot be reached mid-way,
+//! the lines already settled are remembered and the reservation stays pending, so a retry
+//! (or the expiry timer) finishes the rest and nothing is settled twice.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use tokio::time::Instant;
+
+use crate::allocation::{Allocator, Holds};
+use crate::error::{CoreError, Result};
+use crate::expiry::{Due, ExpiryHandle};
+use crate::journal::{Journal, Lsn, Record, ReservationRecord};
+use crate::line_state::LineOp;
+use crate::registry::Registry;
+use crate::types::{LineKey, ProductId, Quantity, ReservationId, WarehouseId};
+use crate::warehouses::Warehouses;
+
+/// Where a reservation is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReservationStatus {
+    Pending,
+    Committed,
+    Released,
+    Expired,
+}
+
+impl ReservationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Committed => "committed",
+            Self::Released => "released",
+            Self::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Pending,
+            Self::Committed,
+            Self::Released,
+            Self::Expired,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == s)
+    }
+}
+
+impl fmt::Display for ReservationStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One requested item; without `warehouse_id` it is allocated across warehouses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ItemRequest {
+    pub product_id: ProductId,
+    pub quantity: Quantity,
+    pub warehouse_id: Option<WarehouseId>,
+}
+
+/// What a reservation holds on one line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReservedItem {
+    pub product_id: ProductId,
+    pub warehouse_id: WarehouseId,
+    pub quantity: u64,
+}
+
+impl ReservedItem {
+    pub fn key(&self) -> LineKey {
+        LineKey::new(self.warehouse_id, self.product_id)
+    }
+}
+
+/// A request to reserve.
+#[derive(Clone, Debug)]
+pub struct ReservationRequest {
+    pub items: Vec<ItemRequest>,
+    pub ttl: Duration,
+    pub reference: Option<String>,
+}
+
+/// A reservation as the edge shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    pub id: ReservationId,
+    pub status: ReservationStatus,
+    pub items: Vec<ReservedItem>,
+    pub reference: Option<String>,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Reservation {
+    fn record(&self) -> Record {
+        Record::Reservation(ReservationRecord {
+            id: self.id,
+            status: self.status,
+            items: self.items.clone(),
+            reference: self.reference.clone(),
+            expires_at: self.expires_at,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+struct Entry {
+    reservation: Reservation,
+    /// `expires_at` on the tokio clock (which tests can pause).
+    deadline: Instant,
+    /// A transition has claimed this reservation and is settling its lines.
+    settling: bool,
+    /// Per item: already settled on its line by an earlier, interrupted transition.
+    settled: Vec<bool>,
+}
+
+/// Reservations and their timers. Cheap to clone.
+#[derive(Clone)]
+pub struct Reservations(Arc<ReservationsInner>);
+
+pub(crate) struct ReservationsInner {
+    registry: Arc<Registry>,
+    warehouses: Arc<Warehouses>,
+    journal: Arc<dyn Journal>,
+    table: DashMap<ReservationId, Entry>,
+    expiry: ExpiryHandle,
+    /// How long settled reservations stay readable in memory.
+    retention: Duration,
+}
+
+/// How long an interrupted transition waits before the expiry timer retries it.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+impl Reservations {
+    pub(crate) fn new(
+        registry: Arc<Registry>,
+        warehouses: Arc<Warehouses>,
+        journal: Arc<dyn Journal>,
+        retention: Duration,
+    ) -> Self {
+        Self(Arc::new_cyclic(|weak| ReservationsInner {
+            registry,
+            warehouses,
+            journal,
+            table: DashMap::new(),
+            expiry: ExpiryHandle::start(weak.clone()),
+            retention,
+        }))
+    }
+
+    pub(crate) fn from_inner(inner: Arc<ReservationsInner>) -> Self {
+        Self(inner)
+    }
+
+    /// Reserves every item or none. Answers the reservation and the Lsn to await.
+    pub async fn reserve(&self, request: ReservationRequest) -> Result<(Reservation, Lsn)> {
+        if request.items.is_empty() {
+            return Err(CoreError::InvalidQuantity(
+                "a reservation needs at least one item".into(),
+            ));
+        }
+        let id = ReservationId::new();
+        let allocator = Allocator {
+            registry: &self.0.registry,
+            warehouses: &self.0.warehouses,
+            id,
+        };
+        let mut holds = Holds::default();
+        if let Err(refusal) = allocator.reserve_all(&request.items, &mut holds).await {
+            let stranded = holds.release_all(id).await;
+            if !stranded.is_empty() {
+                // Pending with no time left: the expiry timer releases them once it can.
+                self.insert(id, stranded, request.reference, Duration::ZERO);
+            }
+            return Err(refusal);
+        }
+        let lines_lsn = holds.lsn;
+        let (reservation, lsn) = self.insert(id, holds.items(), request.reference, request.ttl);
+        Ok((reservation, lsn.max(lines_lsn)))
+    }
+
+    fn insert(
+        &self,
+        id: ReservationId,
+        items: Vec<ReservedItem>,
+        reference: Option<String>,
+        ttl: Duration,
+    ) -> (Reservation, Lsn) {
+        let now = Utc::now();
+        let reservation = Reservation {
+            id,
+            status: ReservationStatus::Pending,
+            items,
+            reference,
+            expires_at: now + ttl,
+            created_at: now,
+            updated_at: now,
+        };
+        let lsn = self.0.journal.append(vec![reservation.record()]);
+        self.track(reservation.clone(), Instant::now() + ttl);
+        (reservation, lsn)
+    }
+
+    fn track(&self, reservation: Reservation, deadline: Instant) {
+        let id = reservation.id;
+        let settled = vec![false; reservation.items.len()];
+        self.0.table.insert(
+            id,
+            Entry {
+                reservation,
+                deadline,
+                settling: false,
+                settled,
+            },
+        );
+        self.0.expiry.schedule(id, deadline, Due::Expire);
+    }
+
+    /// Takes back a pending reservation from the store at start. Its holds must already be
+    /// in the lines' seeds. One already past `expires_at` is expired at once (journaled).
+    pub fn restore(&self, reservation: Reservation) {
+        let left = (reservation.expires_at - Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        self.track(reservation, Instant::now() + left);
+    }
+
+    /// The reservation, while it is pending or recently settled.
+    pub fn get(&self, id: ReservationId) -> Option<Reservation> {
+        self.0.table.get(&id).map(|e| e.reservation.clone())
+    }
+
+    /// Every pending reservation.
+    pub fn pending(&self) -> Vec<Reservation> {
+        self.0
+            .table
+            .iter()
+            .filter(|e| e.reservation.status == ReservationStatus::Pending)
+            .map(|e| e.reservation.clone())
+            .collect()
+    }
+
+    /// Stock leaves: each line's `on_hand` and `reserved` drop by the held quantity.
+    pub async fn commit(&self, id: ReservationId) -> Result<(Reservation, Lsn)> {
+        self.transition(id, ReservationStatus::Committed).await
+    }
+
+    /// The held stock is available again.
+    pub async fn release(&self, id: ReservationId) -> Result<(Reservation, Lsn)> {
+        self.transition(id, ReservationStatus::Released).await
+    }
+
+    pub(crate) async fn expire(&self, id: ReservationId) {
+        match self.transition(id, ReservationStatus::Expired).await {
+            Ok(_)
+            | Err(CoreError::ReservationNotPending { .. } | CoreError::ReservationNotFound) => {}
+            Err(error) => tracing::warn!(reservation = %id, %error, "expiry deferred"),
+        }
+    }
+
+    pub(crate) fn forget(&self, id: ReservationId) {
+        self.0.table.remove_if(&id, |_, e| {
+            e.reservation.status != ReservationStatus::Pending
+        });
+    }
+
+    async fn transition(
+        &self,
+        id: ReservationId,
+        target: ReservationStatus,
+    ) -> Result<(Reservation, Lsn)> {
+        let (effective, items, mut settled) = self.claim(id, target)?;
+        let op = |id| match effective {
+            ReservationStatus::Committed => LineOp::Commit { id },
+            ReservationStatus::Released => LineOp::Release { id },
+            _ => LineOp::Expire { id },
+        };
+        let mut lsn = 0;
+        let mut failure = None;
+        for (item, done) in items.iter().zip(settled.iter_mut()).filter(|(_, d)| !**d) {
+            let line = match self.0.registry.get_or_spawn(item.key()).await {
+                Ok(line) => line,
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            };
+            match line.settle(op(id)).await {
+                Ok(applied) => lsn = lsn.max(applied.lsn),
+                Err(CoreError::NotHeld) => {
+                    tracing::warn!(reservation = %id, line = %item.key(), "hold already gone while settling");
+                }
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+            *done = true;
+        }
+        let (reservation, record_lsn) = self.finish(id, effective, settled, failure)?;
+        if effective != target {
+            return Err(CoreError::ReservationNotPending { status: effective });
+        }
+        Ok((reservation, lsn.max(record_lsn)))
+    }
+
+    /// Claims a pending reservation for a transition. A commit or release that arrives
+    /// after `expires_at` (before the timer fired) expires it instead.
+    fn claim(
+        &self,
+        id: ReservationId,
+        target: ReservationStatus,
+    ) -> Result<(ReservationStatus, Vec<ReservedItem>, Vec<bool>)> {
+        let mut entry = self
+            .0
+            .table
+            .get_mut(&id)
+            .ok_or(CoreError::ReservationNotFound)?;
+        if entry.settling || entry.reservation.status != ReservationStatus::Pending {
+            return Err(CoreError::ReservationNotPending {
+                status: entry.reservation.status,
+            });
+        }
+        entry.settling = true;
+        let effective = if Instant::now() >= entry.deadline {
+            ReservationStatus::Expired
+        } else {
+            target
+        };
+        Ok((
+            effective,
+            entry.reservation.items.clone(),
+            entry.settled.clone(),
+        ))
+    }
+
+    fn finish(
+        &self,
+        id: ReservationId,
+        status: ReservationStatus,
+        settled: Vec<bool>,
+        failure: Option<CoreError>,
+    ) -> Result<(Reservation, Lsn)> {
+        let mut entry = self
+            .0
+            .table
+            .get_mut(&id)
+            .ok_or(CoreError::ReservationNotFound)?;
+        entry.settling = false;
+        entry.settled = settled;
+        if let Some(error) = failure {
+            let retry = entry.deadline.max(Instant::now() + RETRY_AFTER);
+            drop(entry);
+            self.0.expiry.schedule(id, retry, Due::Expire);
+            return Err(error);
+        }
+        entry.reservation.status = status;
+        entry.reservation.updated_at = Utc::now();
+        let reservation = entry.reservation.clone();
+        drop(entry);
+        let lsn = self.0.journal.append(vec![reservation.record()]);
+        self.0
+            .expiry
+            .schedule(id, Instant::now() + self.0.retention, Due::Forget);
+        Ok((reservation, lsn))
+    }
+}

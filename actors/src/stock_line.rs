@@ -1,0 +1,186 @@
+//! The `StockLine` actor: one per (warehouse, product), applying [`LineOp`]s one at a time.
+//!
+//! The line's [`LineState`] sits in a mutex inside [`LineShared`] rather than in the actor's
+//! own state, for two reasons. The supervisor restarts a failed line from exactly the state
+//! its last accepted message left (the actor's own state dies with it), and operators and
+//! the allocator read a line without queueing behind its mailbox. Only the actor writes it,
+//! so the lock is uncontended except for those brief reads.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
+use chrono::{DateTime, Utc};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::error::{CoreError, Result};
+use crate::journal::{Journal, Lsn, Record, lock};
+use crate::line_state::{LineOp, LineSnapshot, LineState};
+use crate::types::LineKey;
+
+/// Messages a line handles.
+pub enum LineMsg {
+    /// Apply an operation; the reply is optional for fire-and-forget settlement.
+    Apply {
+        op: LineOp,
+        reply: Option<RpcReplyPort<Result<Applied>>>,
+    },
+    /// A read ordered after every message sent before it.
+    Snapshot(RpcReplyPort<LineSnapshot>),
+    /// Makes the actor fail, to prove the supervisor restarts it from its last state.
+    #[cfg(test)]
+    Fail,
+}
+
+/// An accepted change: the line after it, and the Lsn to await for durability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub snapshot: LineSnapshot,
+    /// The journal position of the change's records (0 when nothing was journaled).
+    pub lsn: Lsn,
+}
+
+/// What a line shares with its handles, its supervisor and operators.
+pub struct LineShared {
+    pub key: LineKey,
+    /// The line's state. Written only by the line's actor.
+    pub(crate) state: Mutex<LineState>,
+    /// The running actor; `None` while the supervisor restarts it.
+    pub(crate) actor: ArcSwapOption<ActorRef<LineMsg>>,
+    pub(crate) stats: LineStats,
+}
+
+impl LineShared {
+    pub(crate) fn new(state: LineState) -> Self {
+        Self {
+            key: state.key,
+            state: Mutex::new(state),
+            actor: ArcSwapOption::empty(),
+            stats: LineStats::default(),
+        }
+    }
+
+    /// The line as it is now, read without a message.
+    pub fn peek(&self) -> LineSnapshot {
+        lock(&self.state).snapshot()
+    }
+}
+
+/// Operator counters, kept in atomics so reading them never stops the line.
+#[derive(Default)]
+pub struct LineStats {
+    /// Messages the actor has handled. Written by the actor.
+    pub(crate) handled: AtomicU64,
+    /// Unix time in microseconds of the last message handled (0: none yet).
+    pub(crate) last_message_us: AtomicI64,
+    /// Calls sent and not yet answered: the mailbox depth the bounds apply to.
+    /// Raised by the caller before sending, lowered when its call ends.
+    pub(crate) inflight: AtomicUsize,
+    /// Times the supervisor restarted this line.
+    pub(crate) restarts: AtomicU64,
+}
+
+/// A copy of a line's operator counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LineStatsSnapshot {
+    pub messages_handled: u64,
+    pub last_message_at: Option<DateTime<Utc>>,
+    pub mailbox_len: usize,
+    pub restarts: u64,
+}
+
+impl LineStats {
+    fn record_message(&self, now: DateTime<Utc>) {
+        self.handled.fetch_add(1, Ordering::Relaxed);
+        self.last_message_us
+            .store(now.timestamp_micros(), Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> LineStatsSnapshot {
+        let last = self.last_message_us.load(Ordering::Relaxed);
+        LineStatsSnapshot {
+            messages_handled: self.handled.load(Ordering::Relaxed),
+            last_message_at: (last != 0)
+                .then(|| DateTime::from_timestamp_micros(last))
+                .flatten(),
+            mailbox_len: self.inflight.load(Ordering::Relaxed),
+            restarts: self.restarts.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The actor. Its state is the [`LineContext`] it was started with.
+pub struct StockLine;
+
+/// Everything a line actor works with.
+#[derive(Clone)]
+pub struct LineContext {
+    pub shared: Arc<LineShared>,
+    pub journal: Arc<dyn Journal>,
+}
+
+impl LineContext {
+    /// Applies one op under the line's lock and journals what it changed.
+    fn apply(&self, op: LineOp, now: DateTime<Utc>) -> Result<Applied> {
+        if op.is_new_work() && self.journal.is_backlogged() {
+            return Err(CoreError::Overloaded);
+        }
+        let mut state = lock(&self.shared.state);
+        let lsn = match state.apply(op, now)? {
+            Some(change) => {
+                let movement = state.movement(change);
+                self.journal.append(vec![
+                    Record::Line(state.record()),
+                    Record::Movement(movement),
+                ])
+            }
+            None => 0,
+        };
+        Ok(Applied {
+            snapshot: state.snapshot(),
+            lsn,
+        })
+    }
+}
+
+impl Actor for StockLine {
+    type Msg = LineMsg;
+    type State = LineContext;
+    type Arguments = LineContext;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        context: LineContext,
+    ) -> Result<LineContext, ActorProcessingErr> {
+        Ok(context)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        context: &mut LineContext,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = Utc::now();
+        context.shared.stats.record_message(now);
+        match message {
+            LineMsg::Apply { op, reply } => {
+                let result = context.apply(op, now);
+                if let Some(reply) = reply {
+                    // The caller may have timed out and gone; nothing to do then.
+                    let _ = reply.send(result);
+                }
+            }
+            LineMsg::Snapshot(reply) => {
+                let _ = reply.send(context.shared.peek());
+            }
+            #[cfg(test)]
+            LineMsg::Fail => {
+                let _state = lock(&context.shared.state);
+                panic!("line {} asked to fail", context.shared.key);
+            }
+        }
+        Ok(())
+    }
+}
