@@ -342,3 +342,98 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn transfer() -> Record {
+        Record::Transfer(TransferRecord {
+            id: TransferId::new(),
+            from_warehouse_id: 1,
+            to_warehouse_id: 2,
+            product_id: 3,
+            quantity: 1,
+            created_at: Utc::now(),
+        })
+    }
+
+    #[test]
+    fn appends_are_numbered_consecutively() {
+        let buffer = JournalBuffer::new(41, 100);
+        assert_eq!(buffer.append(vec![transfer(), transfer()]), 43);
+        assert_eq!(buffer.append(vec![transfer()]), 44);
+        let batch = buffer.take(10).unwrap();
+        let lsns: Vec<_> = batch.records.iter().map(|(lsn, _)| *lsn).collect();
+        assert_eq!((lsns, batch.last), (vec![42, 43, 44], 44));
+        assert!(buffer.take(10).is_none());
+    }
+
+    #[test]
+    fn take_respects_the_batch_size_and_keeps_order() {
+        let buffer = JournalBuffer::new(0, 100);
+        buffer.append((0..5).map(|_| transfer()).collect());
+        assert_eq!(buffer.take(2).unwrap().last, 2);
+        assert_eq!(buffer.take(2).unwrap().last, 4);
+        assert_eq!(buffer.take(2).unwrap().last, 5);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_is_released_only_once_its_batch_is_complete() {
+        let buffer = Arc::new(JournalBuffer::new(0, 100));
+        let lsn = buffer.append(vec![transfer()]);
+        let mut watch = buffer.durable();
+        let waiter = tokio::spawn(async move { watch.wait_for(lsn).await });
+        let batch = buffer.take(10).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !waiter.is_finished(),
+            "released before the batch was written"
+        );
+        buffer.complete(&batch);
+        waiter.await.unwrap().unwrap();
+        assert_eq!(buffer.durable().current(), lsn);
+        assert_eq!(buffer.backlog(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_keeps_the_backlog_and_its_waiters() {
+        let buffer = JournalBuffer::new(0, 2);
+        buffer.append(vec![transfer(), transfer()]);
+        let batch = buffer.take(10).unwrap();
+        // The flusher failed to write `batch` and holds on to it: nothing is durable.
+        assert!(buffer.is_backlogged());
+        assert_eq!(buffer.durable().current(), 0);
+        buffer.complete(&batch);
+        assert!(!buffer.is_backlogged());
+    }
+
+    #[tokio::test]
+    async fn wait_for_records_returns_when_something_is_appended() {
+        let buffer = Arc::new(JournalBuffer::new(0, 100));
+        let waiting = {
+            let buffer = buffer.clone();
+            tokio::spawn(async move { buffer.wait_for_records().await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        buffer.append(vec![transfer()]);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[test]
+    fn the_memory_journal_keeps_or_discards_records_but_always_numbers_them() {
+        let kept = MemoryJournal::new();
+        let dropped = MemoryJournal::discarding();
+        for journal in [&kept, &dropped] {
+            assert_eq!(journal.append(vec![transfer(), transfer()]), 2);
+            assert_eq!(journal.durable().current(), 2);
+        }
+        assert_eq!(kept.records().len(), 2);
+        assert!(dropped.records().is_empty());
+    }
+}

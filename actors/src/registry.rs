@@ -225,7 +225,12 @@ impl Registry {
             return Ok(handle);
         }
         let slot = self.lines.entry(key).or_default().clone();
-        slot.get_or_try_init(|| self.spawn(key)).await.cloned()
+        let spawned = slot.get_or_try_init(|| self.spawn(key)).await.cloned();
+        if spawned.is_err() {
+            // Leave no empty slot behind for a key that may never be valid.
+            self.lines.remove_if(&key, |_, slot| !slot.initialized());
+        }
+        spawned
     }
 
     async fn spawn(&self, key: LineKey) -> Result<LineHandle> {

@@ -118,3 +118,62 @@ impl Actor for LineSupervisor {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::journal::MemoryJournal;
+    use crate::line_state::LineOp;
+    use crate::registry::EmptyLoader;
+    use crate::types::{LineKey, Quantity, ReservationId};
+    use crate::{Core, CoreConfig, WarehouseInfo};
+
+    #[tokio::test]
+    async fn a_failed_line_is_restarted_from_its_last_state_and_its_siblings_live_on() {
+        let core = Core::start(
+            CoreConfig::default(),
+            Arc::new(MemoryJournal::new()),
+            Arc::new(EmptyLoader),
+        )
+        .await
+        .unwrap();
+        core.upsert_warehouse(1, WarehouseInfo::default())
+            .await
+            .unwrap();
+        let key = LineKey::new(1, 7);
+        core.adjust(key, 10, "receipt".into()).await.unwrap();
+        core.adjust(LineKey::new(1, 8), 3, "receipt".into())
+            .await
+            .unwrap();
+        let id = ReservationId::new();
+        let line = core.registry().get(key).unwrap();
+        let hold = LineOp::Reserve {
+            id,
+            qty: Quantity::new(4).unwrap(),
+        };
+        line.call(hold).await.unwrap();
+
+        line.fail_for_test();
+        for _ in 0..1_000 {
+            if line.stats().restarts == 1 && line.snapshot().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(line.stats().restarts, 1);
+        let after = line.snapshot().await.unwrap();
+        assert_eq!((after.on_hand, after.reserved, after.version), (10, 4, 2));
+        // The hold survived the restart: committing it still works.
+        let committed = line.settle(LineOp::Commit { id }).await.unwrap();
+        assert_eq!(
+            (committed.snapshot.on_hand, committed.snapshot.reserved),
+            (6, 0)
+        );
+        // The sibling line was not taken down with it.
+        let sibling = core.registry().get(LineKey::new(1, 8)).unwrap();
+        assert_eq!(sibling.snapshot().await.unwrap().on_hand, 3);
+        assert_eq!(sibling.stats().restarts, 0);
+    }
+}

@@ -1,0 +1,467 @@
+//! Reservations: all or nothing, allocation, the state machine, expiry, transfers.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use stockline_actors::journal::MovementKind;
+use stockline_actors::registry::LoadFuture;
+use stockline_actors::{
+    CoreConfig, CoreError, LineKey, LineLoader, LineSeed, Record, Reservation, ReservationId,
+    ReservationStatus, ReservedItem, TransferRequest,
+};
+
+fn held(r: &Reservation) -> Vec<(i64, i64, u64)> {
+    r.items
+        .iter()
+        .map(|i| (i.warehouse_id, i.product_id, i.quantity))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_multi_item_reservation_holds_every_line() {
+    let (core, _) = core().await;
+    warehouse(&core, 1, 100).await;
+    stock(&core, 1, 7, 5).await;
+    stock(&core, 1, 8, 5).await;
+    let (r, lsn) = core
+        .reservations()
+        .reserve(request(vec![item(7, 2), item(8, 3), item(7, 1)]))
+        .await
+        .unwrap();
+    assert_eq!(r.status, ReservationStatus::Pending);
+    assert_eq!(
+        held(&r),
+        vec![(1, 7, 3), (1, 8, 3)],
+        "items of one line are merged"
+    );
+    assert!(lsn > 0);
+    assert_eq!(levels(&core, 1, 7).await, (5, 3));
+    assert_eq!(levels(&core, 1, 8).await, (5, 3));
+}
+
+#[tokio::test]
+async fn a_refused_item_releases_the_items_already_held() {
+    let (core, journal) = core().await;
+    warehouse(&core, 1, 100).await;
+    stock(&core, 1, 7, 5).await;
+    stock(&core, 1, 8, 1).await;
+    let error = core
+        .reservations()
+        .reserve(request(vec![item(7, 2), item(8, 3)]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error,
+        CoreError::InsufficientStock {
+            product_id: 8,
+            requested: 3,
+            available: 1
+        }
+    );
+    assert_eq!(
+        levels(&core, 1, 7).await,
+        (5, 0),
+        "the hold on 7 was rolled back"
+    );
+    let kinds: Vec<_> = journal
+        .movements(LineKey::new(1, 7))
+        .iter()
+        .map(|m| m.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            MovementKind::Adjust,
+            MovementKind::Reserve,
+            MovementKind::Release
+        ]
+    );
+    assert!(core.reservations().pending().is_empty());
+}
+
+#[tokio::test]
+async fn allocation_goes_by_priority_then_most_available_and_splits() {
+    let (core, _) = core().await;
+    warehouse(&core, 1, 10).await;
+    warehouse(&core, 2, 20).await;
+    warehouse(&core, 3, 10).await;
+    stock(&core, 1, 7, 5).await;
+    stock(&core, 2, 7, 100).await;
+    stock(&core, 3, 7, 8).await;
+    let (r, _) = core
+        .reservations()
+        .reserve(request(vec![item(7, 20)]))
+        .await
+        .unwrap();
+    assert_eq!(held(&r), vec![(1, 7, 5), (2, 7, 7), (3, 7, 8)]);
+    let (r, _) = core
+        .reservations()
+        .reserve(request(vec![item(7, 3)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        held(&r),
+        vec![(2, 7, 3)],
+        "priority 10 warehouses are empty now"
+    );
+}
+
+#[tokio::test]
+async fn inactive_warehouses_count_for_nothing_in_allocation() {
+    let (core, _) = core().await;
+    warehouse(&core, 1, 10).await;
+    warehouse(&core, 2, 20).await;
+    stock(&core, 1, 7, 50).await;
+    stock(&core, 2, 7, 4).await;
+    core.set_warehouse_active(1, false).await.unwrap();
+    let error = core
+        .reservations()
+        .reserve(request(vec![item(7, 5)]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error,
+        CoreError::InsufficientStock {
+            product_id: 7,
+            requested: 5,
+            available: 4
+        }
+    );
+    let error = core
+        .reservations()
+        .reserve(request(vec![pinned(1, 7, 1)]))
+        .await
+        .unwrap_err();
+    assert_eq!(error, CoreError::WarehouseInactive { warehouse_id: 1 });
+    let (r, _) = core
+        .reservations()
+        .reserve(request(vec![item(7, 4)]))
+        .await
+        .unwrap();
+    assert_eq!(held(&r), vec![(2, 7, 4)]);
+}
+
+#[tokio::test]
+async fn a_pinned_item_takes_only_its_warehouse() {
+    let (core, _) = core().await;
+    warehouse(&core, 1, 10).await;
+    warehouse(&core, 2, 20).await;
+    stock(&core, 1, 7, 50).await;
+    stock(&core, 2, 7, 4).await;
+    let error = core
+        .reservations()
+        .reserve(request(vec![pinned(2, 7, 5)]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error,
+        CoreError::InsufficientStock {
+            product_id: 7,
+            requested: 5,
+            available: 4
+        }
+    );
+    let (r, _) = core
+        .reservations()
+        .reserve(request(vec![pinned(2, 7, 4)]))
+        .await
+        .unwrap();
+    assert_eq!(held(&r), vec![(2, 7, 4)]);
+    let error = core
+        .reservations()
+        .reserve(request(vec![pinned(9, 7, 1)]))
+        .await
+        .unwrap_err();
+    assert_eq!(error, CoreError::UnknownWarehouse { warehouse_id: 9 });
+}
+
+#[tokio::test]
+async fn commit_takes_stock_and_every_later_step_is_refused() {
+    let (core, journal) = core().await;
+    warehouse(&core, 1, 100).await;
+    stock(&core, 1, 7, 5).await;
+    let (r, _) = core
+        .reservations()
+        .reserve(request(vec![item(7, 2)]))
+        .await
+        .unwrap();
+    let (committed, _) = core.reservations().commit(r.id).await.unwrap();
+    assert_eq!(committed.status, ReservationStatus::Committed);
+    assert_eq!(levels(&core, 1, 7).await, (3, 0));
+    for step in [
+        core.reservations().commit(r.id).await,
+        core.reservations().release(r.id).await,
+    ] {
+        assert_eq!(
+            step.unwrap_err(),
+            CoreError::ReservationNotPending {
+                status: ReservationStatus::Committed
+            }
+        );
+    }
+    assert_eq!(
+        levels(&core, 1, 7).await,
+        (3, 0),
+        "refused steps moved nothing"
+    );
+    let statuses: Vec<_> = journal
+        .records()
+        .into_iter()
+        .filter_map(|(_, r)| match r {
+            Record::Reservation(r) => Some(r.status),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![ReservationStatus::Pending, ReservationStatus::Committed]
+    );
+}
+
+#[tokio::test]
+async fn release_returns_stock_and_cannot_be_followed_by_commit() {
+    let (core, _) = core().await;
+    warehouse(&core, 1, 100).await;
+    stock(&core, 1, 7, 5).await;
+    let (r, _) = core
+        .reservations()
+        .reserve(request(vec![item(7, 2)]))
+        .await
+        .unwrap();
+    let (released, _) = core.reservations().release(r.id).await.unwrap();
+    assert_eq!(released.status, ReservationStatus::Released);
+    assert_eq!(levels(&core, 1, 7).await, (5, 0));
+    assert_eq!(
+        core.reservations().commit(r.id).await.unwrap_err(),
+        CoreError::ReservationNotPending {
+            status: ReservationStatus::Released
+        }
+    );
+    assert_eq!(
+        core.reservations()
+            .commit(ReservationId::new())
+            .await
+            .unwrap_err(),
+        CoreError::ReservationNotFound
+    );
+}
+
+#[tokio::test]
+async fn a_reservation_needs_an_item() {
+    let (core, _) = core().await;
+    let error = core
+        .reservations()
+        .reserve(request(vec![]))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, CoreError::InvalidQuantity(_)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pending_reservation_expires_at_its_ttl_and_its_stock_returns() {
+    let (core, journal) = core().await;
+    warehouse(&core, 1, 100).await;
+    stock(&core, 1, 7, 5).await;
+    let mut req = request(vec![item(7, 4)]);
+    req.ttl = Duration::from_secs(60);
+    let (r, _) = core.reservations().reserve(req).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(59)).await;
+    assert_eq!(
+        core.reservations().get(r.id).unwrap().status,
+        ReservationStatus::Pending
+    );
+    assert_eq!(levels(&core, 1, 7).await, (5, 4));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reservations = core.reservations().clone();
+    eventually(100, || {
+        let r = reservations.get(r.id);
+        async move { r.unwrap().status == ReservationStatus::Expired }
+    })
+    .await;
+    assert_eq!(levels(&core, 1, 7).await, (5, 0));
+    let last = journal.movements(LineKey::new(1, 7)).pop().unwrap();
+    assert_eq!((last.kind, last.quantity), (MovementKind::Expire, 4));
+    assert_eq!(
+        core.reservations().commit(r.id).await.unwrap_err(),
+        CoreError::ReservationNotPending {
+            status: ReservationStatus::Expired
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn settled_reservations_are_forgotten_after_the_retention() {
+    let (core, _) = core().await;
+    warehouse(&core, 1, 100).await;
+    stock(&core, 1, 7, 5).await;
+    let (r, _) = core
+        .reservations()
+        .reserve(request(vec![item(7, 1)]))
+        .await
+        .unwrap();
+    core.reservations().commit(r.id).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(599)).await;
+    assert!(core.reservations().get(r.id).is_some());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reservations = core.reservations().clone();
+    eventually(100, || {
+        let gone = reservations.get(r.id).is_none();
+        async move { gone }
+    })
+    .await;
+}
+
+/// A store holding one line (w1/p7: 5 on hand) with a 2-unit hold of one reservation.
+struct StoreWithHold(ReservationId);
+
+impl LineLoader for StoreWithHold {
+    fn load(&self, key: LineKey) -> LoadFuture {
+        let hold = self.0;
+        Box::pin(async move {
+            Ok((key == LineKey::new(1, 7)).then(|| LineSeed {
+                on_hand: 5,
+                reserved: 2,
+                version: 3,
+                updated_at: None,
+                holds: vec![(hold, 2)],
+            }))
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_restored_reservation_past_its_expiry_is_expired_at_start() {
+    let id = ReservationId::new();
+    let (core, journal) = core_with(CoreConfig::default(), Arc::new(StoreWithHold(id))).await;
+    warehouse(&core, 1, 100).await;
+    core.registry()
+        .get_or_spawn(LineKey::new(1, 7))
+        .await
+        .unwrap();
+    let now = chrono::Utc::now();
+    core.reservations().restore(Reservation {
+        id,
+        status: ReservationStatus::Pending,
+        items: vec![ReservedItem {
+            product_id: 7,
+            warehouse_id: 1,
+            quantity: 2,
+        }],
+        reference: None,
+        expires_at: now - chrono::TimeDelta::minutes(5),
+        created_at: now - chrono::TimeDelta::minutes(20),
+        updated_at: now - chrono::TimeDelta::minutes(20),
+    });
+    let reservations = core.reservations().clone();
+    eventually(1_000, || {
+        let r = reservations.get(id);
+        async move { r.is_some_and(|r| r.status == ReservationStatus::Expired) }
+    })
+    .await;
+    assert_eq!(levels(&core, 1, 7).await, (5, 0));
+    let expired_record = journal.records().into_iter().any(|(_, r)| {
+        matches!(r, Record::Reservation(r) if r.id == id && r.status == ReservationStatus::Expired)
+    });
+    assert!(expired_record, "the expiry at start is journaled");
+}
+
+#[tokio::test]
+async fn a_restored_reservation_still_in_time_can_be_committed() {
+    let id = ReservationId::new();
+    let (core, _) = core_with(CoreConfig::default(), Arc::new(StoreWithHold(id))).await;
+    warehouse(&core, 1, 100).await;
+    core.registry()
+        .get_or_spawn(LineKey::new(1, 7))
+        .await
+        .unwrap();
+    let now = chrono::Utc::now();
+    core.reservations().restore(Reservation {
+        id,
+        status: ReservationStatus::Pending,
+        items: vec![ReservedItem {
+            product_id: 7,
+            warehouse_id: 1,
+            quantity: 2,
+        }],
+        reference: Some("order-1".into()),
+        expires_at: now + chrono::TimeDelta::minutes(5),
+        created_at: now,
+        updated_at: now,
+    });
+    core.reservations().commit(id).await.unwrap();
+    assert_eq!(levels(&core, 1, 7).await, (3, 0));
+}
+
+#[tokio::test]
+async fn a_transfer_moves_available_stock_and_conserves_the_total() {
+    let (core, journal) = core().await;
+    warehouse(&core, 1, 100).await;
+    warehouse(&core, 2, 100).await;
+    stock(&core, 1, 7, 10).await;
+    core.reservations()
+        .reserve(request(vec![pinned(1, 7, 6)]))
+        .await
+        .unwrap();
+    let transfer = |qty_n| TransferRequest {
+        from_warehouse_id: 1,
+        to_warehouse_id: 2,
+        product_id: 7,
+        quantity: qty(qty_n),
+    };
+    let (record, _) = core.transfer(transfer(4)).await.unwrap();
+    assert_eq!(record.quantity, 4);
+    assert_eq!(levels(&core, 1, 7).await, (6, 6));
+    assert_eq!(levels(&core, 2, 7).await, (4, 0));
+    let error = core.transfer(transfer(1)).await.unwrap_err();
+    assert!(
+        matches!(error, CoreError::InsufficientStock { .. }),
+        "reserved stock does not move"
+    );
+    assert!(
+        journal
+            .records()
+            .iter()
+            .any(|(_, r)| matches!(r, Record::Transfer(_)))
+    );
+}
+
+#[tokio::test]
+async fn a_transfer_is_refused_for_inactive_or_identical_warehouses() {
+    let (core, _) = core().await;
+    warehouse(&core, 1, 100).await;
+    warehouse(&core, 2, 100).await;
+    stock(&core, 1, 7, 10).await;
+    let request = |from, to| TransferRequest {
+        from_warehouse_id: from,
+        to_warehouse_id: to,
+        product_id: 7,
+        quantity: qty(1),
+    };
+    assert_eq!(
+        core.transfer(request(1, 1)).await.unwrap_err(),
+        CoreError::SameWarehouse
+    );
+    core.set_warehouse_active(2, false).await.unwrap();
+    assert_eq!(
+        core.transfer(request(1, 2)).await.unwrap_err(),
+        CoreError::WarehouseInactive { warehouse_id: 2 }
+    );
+    assert_eq!(
+        core.transfer(request(2, 1)).await.unwrap_err(),
+        CoreError::WarehouseInactive { warehouse_id: 2 }
+    );
+    assert_eq!(levels(&core, 1, 7).await, (10, 0));
+}
+
+#[test]
+fn reserved_items_name_their_line() {
+    let item = ReservedItem {
+        product_id: 7,
+        warehouse_id: 2,
+        quantity: 1,
+    };
+    assert_eq!(item.key(), LineKey::new(2, 7));
+}
