@@ -60,8 +60,14 @@ pub struct Limits {
     pub per_line: usize,
     /// Calls that may wait on all lines together.
     pub total: usize,
-    /// How long a caller waits for a line's answer.
-    pub call_timeout: Duration,
+    /// How long a caller waits for a line's answer; `None` (the default) waits without a
+    /// timer. The wait is bounded anyway: a line's `handle` never awaits, so a live line
+    /// answers within `per_line` messages' work, and a dead one drops the reply port, which
+    /// answers at once. A timer per call costs ~10% of a round trip (BENCHMARKS.md), so it
+    /// is left to the edge's request timeout unless asked for here.
+    pub call_timeout: Option<Duration>,
+    /// How long spawning (and loading) a line may take.
+    pub spawn_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -69,7 +75,8 @@ impl Default for Limits {
         Self {
             per_line: 10_000,
             total: 200_000,
-            call_timeout: Duration::from_secs(5),
+            call_timeout: None,
+            spawn_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -128,7 +135,7 @@ impl LineHandle {
                     op,
                     reply: Some(reply),
                 },
-                Some(self.limits.call_timeout),
+                self.limits.call_timeout,
             )
             .await;
         unwrap_call(reply)?
@@ -139,7 +146,7 @@ impl LineHandle {
         let actor = self.actor()?;
         unwrap_call(
             actor
-                .call(LineMsg::Snapshot, Some(self.limits.call_timeout))
+                .call(LineMsg::Snapshot, self.limits.call_timeout)
                 .await,
         )
     }
@@ -255,7 +262,7 @@ impl Registry {
             .supervisor
             .call(
                 |reply| SupervisorMsg::Spawn(context, reply),
-                Some(self.limits.call_timeout),
+                Some(self.limits.spawn_timeout),
             )
             .await;
         unwrap_call(spawned)?.map_err(CoreError::Unavailable)?;
@@ -330,12 +337,12 @@ impl Registry {
             child.drain().ok();
         }
         for child in &children {
-            let _ = child.wait(Some(self.limits.call_timeout)).await;
+            let _ = child.wait(Some(self.limits.spawn_timeout)).await;
         }
-        cell.stop_children_and_wait(Some(SHUTDOWN.into()), Some(self.limits.call_timeout))
+        cell.stop_children_and_wait(Some(SHUTDOWN.into()), Some(self.limits.spawn_timeout))
             .await;
         let _ = cell
-            .stop_and_wait(Some(SHUTDOWN.into()), Some(self.limits.call_timeout))
+            .stop_and_wait(Some(SHUTDOWN.into()), Some(self.limits.spawn_timeout))
             .await;
     }
 }

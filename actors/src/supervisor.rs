@@ -106,11 +106,11 @@ impl Actor for LineSupervisor {
                 }
             }
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                if let Some(context) = children.0.remove(&cell.get_id()) {
-                    if !matches!(reason.as_deref(), Some(SHUTDOWN | DRAINED)) {
-                        let why = reason.unwrap_or_else(|| "stopped unexpectedly".into());
-                        Self::restart(&myself, children, context, &why).await;
-                    }
+                let child = children.0.remove(&cell.get_id());
+                let expected = matches!(reason.as_deref(), Some(SHUTDOWN | DRAINED));
+                if let (Some(context), false) = (child, expected) {
+                    let why = reason.unwrap_or_else(|| "stopped unexpectedly".into());
+                    Self::restart(&myself, children, context, &why).await;
                 }
             }
             _ => {}

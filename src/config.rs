@@ -1,0 +1,88 @@
+//! One `Config` for `stockline serve`, from flags or the environment (API.md "Running it").
+//!
+//! Every setting is a flag whose environment variable has the name API.md gives it; a flag
+//! wins over the variable, and a `.env` file in the working directory is read first.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// When a request that changed stock is answered (DESIGN.md "Durability modes").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Durability {
+    /// After the batch holding the change has committed: nothing acknowledged is lost.
+    Sync,
+    /// At once; a crash loses at most the last flush interval.
+    Async,
+}
+
+/// How the server runs.
+#[derive(Args, Clone, Debug)]
+pub struct Config {
+    /// PostgreSQL connection URL; the database is created and migrated at start if missing.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/stockline"
+    )]
+    pub database_url: String,
+
+    /// Address to listen on.
+    #[arg(long, env = "STOCKLINE_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+
+    /// HS256 key for tokens; generated and kept in the database on first start if unset.
+    #[arg(long, env = "STOCKLINE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Token lifetime in seconds.
+    #[arg(long, env = "STOCKLINE_TOKEN_TTL_SECS", default_value_t = 3600)]
+    pub token_ttl_secs: u64,
+
+    /// Create this admin at start if absent (with `--admin-password`).
+    #[arg(long, env = "STOCKLINE_ADMIN_EMAIL", requires = "admin_password")]
+    pub admin_email: Option<String>,
+
+    #[arg(
+        long,
+        env = "STOCKLINE_ADMIN_PASSWORD",
+        hide_env_values = true,
+        requires = "admin_email"
+    )]
+    pub admin_password: Option<String>,
+
+    /// `sync` answers after the change is durable; `async` answers at once.
+    #[arg(long, env = "STOCKLINE_DURABILITY", value_enum, default_value = "sync")]
+    pub durability: Durability,
+
+    /// Longest wait, in milliseconds, before a batch of changes is flushed.
+    #[arg(long, env = "STOCKLINE_FLUSH_INTERVAL_MS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub flush_interval_ms: u64,
+
+    /// Default reservation lifetime in seconds (at most 7 days).
+    #[arg(long, env = "STOCKLINE_RESERVATION_TTL_SECS", default_value_t = 900,
+          value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub reservation_ttl_secs: u64,
+
+    /// How long an order waits for payment, in seconds.
+    #[arg(long, env = "STOCKLINE_PAYMENT_TIMEOUT_SECS", default_value_t = 900,
+          value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub payment_timeout_secs: u64,
+
+    /// bcrypt cost for password hashing (tests may lower it).
+    #[arg(long, env = "STOCKLINE_BCRYPT_COST", default_value_t = 12,
+          value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub bcrypt_cost: u32,
+}
+
+impl Config {
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.flush_interval_ms)
+    }
+
+    pub fn reservation_ttl(&self) -> Duration {
+        Duration::from_secs(self.reservation_ttl_secs)
+    }
+}

@@ -1,0 +1,18 @@
+//! `stockline`: the server around the in-memory core of `stockline-actors`.
+//!
+//! # Layout
+//! - [`config`]: one [`Config`](config::Config) from flags and the environment.
+//! - [`startup`]: [`launch`](startup::launch) starts the core and serves HTTP on a given
+//!   listener until a shutdown future resolves; `main.rs` and the tests both use it.
+//! - [`http`]: the axum router, one file per resource.
+//! - [`telemetry`]: logging set-up.
+//!
+//! # The flow of a request
+//! axum routes it to a handler of [`http`], which parses the body into the core's types
+//! (`Quantity`, ids), calls the core through [`AppState`](startup::AppState), and maps the
+//! answer or refusal to the status codes and error body of API.md.
+
+pub mod config;
+pub mod http;
+pub mod startup;
+pub mod telemetry;
