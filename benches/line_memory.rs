@@ -2,16 +2,22 @@
 //! (counted by a wrapping global allocator, exact and repeatable) and the growth of the
 //! process's resident set (what the OS sees, including allocator slack).
 //!
-//! For comparison, in the same run: 100,000 bare ractor actors with an empty state (what
-//! ractor itself costs per actor), and 100,000 bare tokio tasks parked on a channel (the
-//! floor for any one-task-per-line design). Run: `cargo bench --bench line_memory`.
+//! Lines are measured active (each with its ractor actor) and passivated (idle past
+//! `passivate_after`: the actor given up, the state kept). For comparison, in the same run:
+//! 100,000 bare ractor actors with an empty state (what ractor itself costs per actor), and
+//! 100,000 bare tokio tasks parked on a channel (the floor for one task per line).
+//! Run: `cargo bench --bench line_memory`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use stockline_actors::{Core, CoreConfig, EmptyLoader, LineKey, MemoryJournal, WarehouseInfo};
+use std::time::Duration;
+
+use stockline_actors::{
+    Core, CoreConfig, EmptyLoader, Limits, LineKey, MemoryJournal, WarehouseInfo,
+};
 
 const LINES: usize = 100_000;
 
@@ -82,13 +88,42 @@ impl Actor for Bare {
     }
 }
 
+async fn core(passivate_after: Option<Duration>) -> Core {
+    let limits = Limits {
+        passivate_after,
+        ..Limits::default()
+    };
+    let config = CoreConfig {
+        limits,
+        ..CoreConfig::default()
+    };
+    let journal = Arc::new(MemoryJournal::discarding());
+    let core = Core::start(config, journal, Arc::new(EmptyLoader))
+        .await
+        .expect("core");
+    core.upsert_warehouse(1, WarehouseInfo::default())
+        .await
+        .expect("warehouse");
+    core
+}
+
+async fn spawn_lines(core: &Core) {
+    for product in 0..LINES as i64 {
+        core.registry()
+            .get_or_spawn(LineKey::new(1, product))
+            .await
+            .expect("line");
+    }
+    assert_eq!(core.registry().len(), LINES);
+}
+
 /// Each scenario runs in a fresh child process of this bench, so freed memory and exiting
 /// tasks of one cannot blur the figures of the next.
 fn main() {
     match std::env::var("LINE_MEMORY_SCENARIO") {
         Ok(scenario) => run(&scenario),
         Err(_) => {
-            for scenario in ["tokio", "ractor", "stockline"] {
+            for scenario in ["tokio", "ractor", "active", "passivated"] {
                 let status = std::process::Command::new(std::env::current_exe().expect("exe"))
                     .env("LINE_MEMORY_SCENARIO", scenario)
                     .status()
@@ -124,24 +159,23 @@ async fn run(scenario: &str) {
             })
             .await;
         }
+        "active" => {
+            let core = core(None).await;
+            measure("stockline line (active)", async || spawn_lines(&core).await).await;
+            core.shutdown().await;
+        }
         _ => {
-            let journal = Arc::new(MemoryJournal::discarding());
-            let core = Core::start(CoreConfig::default(), journal, Arc::new(EmptyLoader))
-                .await
-                .expect("core");
-            core.upsert_warehouse(1, WarehouseInfo::default())
-                .await
-                .expect("warehouse");
-            measure("stockline line (idle)", async || {
-                for product in 0..LINES as i64 {
-                    core.registry()
-                        .get_or_spawn(LineKey::new(1, product))
-                        .await
-                        .expect("line");
+            let core = core(Some(Duration::from_millis(200))).await;
+            measure("stockline line (passivated)", async || {
+                spawn_lines(&core).await;
+                while core.registry().active_lines() > 0 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
+                // Drained actors stop (and free their task) just after being unpublished.
+                tokio::time::sleep(Duration::from_secs(1)).await;
             })
             .await;
-            assert_eq!(core.registry().len(), LINES);
+            core.shutdown().await;
         }
     }
 }

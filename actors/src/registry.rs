@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use ractor::rpc::CallResult;
-use ractor::{Actor, ActorRef};
+use ractor::{Actor, ActorRef, MessagingErr};
 use tokio::sync::OnceCell;
 
 use crate::error::{CoreError, Result};
@@ -68,6 +68,9 @@ pub struct Limits {
     pub call_timeout: Option<Duration>,
     /// How long spawning (and loading) a line may take.
     pub spawn_timeout: Duration,
+    /// A line with no work for this long gives up its actor until its next message
+    /// (`None`: never). See the supervisor for why.
+    pub passivate_after: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -77,17 +80,24 @@ impl Default for Limits {
             total: 200_000,
             call_timeout: None,
             spawn_timeout: Duration::from_secs(10),
+            passivate_after: Some(Duration::from_secs(60)),
         }
     }
 }
 
-/// The way to one line. Cheap to clone.
+/// The way to one line. Cheap to clone (one `Arc`).
 #[derive(Clone)]
-pub struct LineHandle {
-    shared: Arc<LineShared>,
+pub struct LineHandle(Arc<HandleInner>);
+
+struct HandleInner {
+    context: LineContext,
+    supervisor: ActorRef<SupervisorMsg>,
     total: Arc<AtomicUsize>,
     limits: Limits,
 }
+
+/// How often a send refused by a draining (just passivated) actor is tried again.
+const SEND_TRIES: usize = 4;
 
 /// Counts one call in flight on a line and in total, for as long as it lives.
 struct InFlight<'a> {
@@ -103,8 +113,12 @@ impl Drop for InFlight<'_> {
 }
 
 impl LineHandle {
+    fn shared(&self) -> &LineShared {
+        &self.0.context.shared
+    }
+
     pub fn key(&self) -> LineKey {
-        self.shared.key
+        self.shared().key
     }
 
     /// New work (reserve, adjust, set level, transfer out): refused past the bounds.
@@ -118,59 +132,113 @@ impl LineHandle {
         self.send(op, false).await
     }
 
-    async fn send(&self, op: LineOp, bounded: bool) -> Result<Applied> {
-        let line = self.shared.stats.inflight.fetch_add(1, Ordering::AcqRel) + 1;
-        let total = self.total.fetch_add(1, Ordering::AcqRel) + 1;
+    async fn send(&self, mut op: LineOp, bounded: bool) -> Result<Applied> {
+        let inner = &*self.0;
+        let stats = &self.shared().stats;
+        let line = stats.inflight.fetch_add(1, Ordering::AcqRel) + 1;
+        let total = inner.total.fetch_add(1, Ordering::AcqRel) + 1;
         let _in_flight = InFlight {
-            line: &self.shared.stats.inflight,
-            total: &self.total,
+            line: &stats.inflight,
+            total: &inner.total,
         };
-        if bounded && (line > self.limits.per_line || total > self.limits.total) {
+        if bounded && (line > inner.limits.per_line || total > inner.limits.total) {
             return Err(CoreError::Overloaded);
         }
-        let actor = self.actor()?;
-        let reply = actor
-            .call(
-                |reply| LineMsg::Apply {
-                    op,
-                    reply: Some(reply),
-                },
-                self.limits.call_timeout,
-            )
-            .await;
-        unwrap_call(reply)?
+        for _ in 0..SEND_TRIES {
+            let actor = self.actor().await?;
+            let reply = actor
+                .call(
+                    |reply| LineMsg::Apply {
+                        op,
+                        reply: Some(reply),
+                    },
+                    inner.limits.call_timeout,
+                )
+                .await;
+            match reply {
+                // Refused at the door by an actor being passivated: it never saw the op.
+                // Unpublish it if it is still the line's actor, so the retry activates.
+                Err(MessagingErr::SendErr(LineMsg::Apply { op: back, .. })) => {
+                    self.shared().actor.compare_and_swap(&actor, None);
+                    op = back;
+                }
+                other => return unwrap_call(other)?,
+            }
+        }
+        Err(CoreError::Unavailable(format!(
+            "line {} kept stopping",
+            self.key()
+        )))
     }
 
-    /// A read ordered after every message sent to the line before it.
+    /// A read ordered after every message sent to the line before it. A passivated line
+    /// has no messages in flight, so its state is read directly.
     pub async fn snapshot(&self) -> Result<LineSnapshot> {
-        let actor = self.actor()?;
-        unwrap_call(
-            actor
-                .call(LineMsg::Snapshot, self.limits.call_timeout)
-                .await,
-        )
+        let Some(actor) = self.shared().actor.load_full() else {
+            return Ok(self.peek());
+        };
+        match actor
+            .call(LineMsg::Snapshot, self.0.limits.call_timeout)
+            .await
+        {
+            Err(MessagingErr::SendErr(_)) => Ok(self.peek()),
+            other => unwrap_call(other),
+        }
     }
 
     /// The line as it is now, read without a message (never waits on the mailbox).
     pub fn peek(&self) -> LineSnapshot {
-        self.shared.peek()
+        self.shared().peek()
     }
 
     pub fn stats(&self) -> LineStatsSnapshot {
-        self.shared.stats.snapshot()
+        self.shared().stats.snapshot()
     }
 
-    fn actor(&self) -> Result<Arc<ActorRef<LineMsg>>> {
-        self.shared
+    /// Whether the line has a running actor (false while passivated).
+    pub fn is_active(&self) -> bool {
+        self.shared().actor.load().is_some()
+    }
+
+    /// The running actor, activating the line first if it is passivated.
+    async fn actor(&self) -> Result<Arc<ActorRef<LineMsg>>> {
+        if let Some(actor) = self.shared().actor.load_full() {
+            return Ok(actor);
+        }
+        activate(
+            &self.0.supervisor,
+            &self.0.context,
+            self.0.limits.spawn_timeout,
+        )
+        .await?;
+        self.shared()
             .actor
             .load_full()
-            .ok_or_else(|| CoreError::Unavailable(format!("line {} is restarting", self.key())))
+            .ok_or_else(|| CoreError::Unavailable(format!("line {} did not start", self.key())))
     }
 
     #[cfg(test)]
     pub(crate) fn fail_for_test(&self) {
-        let _ = self.actor().map(|a| a.cast(LineMsg::Fail));
+        if let Some(actor) = self.shared().actor.load_full() {
+            let _ = actor.cast(LineMsg::Fail);
+        }
     }
+}
+
+/// Asks the supervisor to give the line a running actor (a no-op if it has one).
+async fn activate(
+    supervisor: &ActorRef<SupervisorMsg>,
+    context: &LineContext,
+    timeout: Duration,
+) -> Result<()> {
+    let context = context.clone();
+    let activated = supervisor
+        .call(
+            |reply| SupervisorMsg::Activate(context, reply),
+            Some(timeout),
+        )
+        .await;
+    unwrap_call(activated)?.map_err(CoreError::Unavailable)
 }
 
 fn unwrap_call<T, M>(reply: Result<CallResult<T>, ractor::MessagingErr<M>>) -> Result<T> {
@@ -208,6 +276,11 @@ impl Registry {
         let (supervisor, _) = Actor::spawn(None, LineSupervisor, ())
             .await
             .map_err(|e| CoreError::Unavailable(format!("starting the line supervisor: {e}")))?;
+        if let Some(idle_after) = limits.passivate_after {
+            // Ends by itself once the supervisor stops.
+            let period = (idle_after / 2).max(Duration::from_millis(10));
+            supervisor.send_interval(period, move || SupervisorMsg::Sweep(idle_after));
+        }
         Ok(Self {
             lines: DashMap::new(),
             by_product: DashMap::new(),
@@ -221,7 +294,7 @@ impl Registry {
         })
     }
 
-    /// The line if it is running; never spawns.
+    /// The line if it exists (with a running actor or passivated); never spawns.
     pub fn get(&self, key: LineKey) -> Option<LineHandle> {
         self.lines.get(&key).and_then(|slot| slot.get().cloned())
     }
@@ -255,17 +328,10 @@ impl Registry {
         let state = seed_state(key, info.active, seed);
         let shared = Arc::new(LineShared::new(state));
         let context = LineContext {
-            shared: shared.clone(),
+            shared,
             journal: self.journal.clone(),
         };
-        let spawned = self
-            .supervisor
-            .call(
-                |reply| SupervisorMsg::Spawn(context, reply),
-                Some(self.limits.spawn_timeout),
-            )
-            .await;
-        unwrap_call(spawned)?.map_err(CoreError::Unavailable)?;
+        activate(&self.supervisor, &context, self.limits.spawn_timeout).await?;
         self.by_product
             .entry(key.product_id)
             .or_default()
@@ -274,11 +340,12 @@ impl Registry {
             .entry(key.warehouse_id)
             .or_default()
             .push(key.product_id);
-        Ok(LineHandle {
-            shared,
+        Ok(LineHandle(Arc::new(HandleInner {
+            context,
+            supervisor: self.supervisor.clone(),
             total: self.total.clone(),
             limits: self.limits,
-        })
+        })))
     }
 
     /// The running lines of one product, in every warehouse.
@@ -315,9 +382,17 @@ impl Registry {
             .collect()
     }
 
-    /// How many lines are running.
+    /// How many lines exist (running or passivated).
     pub fn len(&self) -> usize {
         self.lines.len()
+    }
+
+    /// How many lines have a running actor now (the rest are passivated).
+    pub fn active_lines(&self) -> usize {
+        self.lines
+            .iter()
+            .filter(|slot| slot.get().is_some_and(LineHandle::is_active))
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -361,3 +436,7 @@ fn seed_state(key: LineKey, active: bool, seed: Option<LineSeed>) -> LineState {
     }
     state
 }
+
+#[cfg(test)]
+#[path = "registry_tests.rs"]
+mod tests;

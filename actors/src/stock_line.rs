@@ -45,7 +45,7 @@ pub struct LineShared {
     pub key: LineKey,
     /// The line's state. Written only by the line's actor.
     pub(crate) state: Mutex<LineState>,
-    /// The running actor; `None` while the supervisor restarts it.
+    /// The running actor; `None` while passivated or being restarted.
     pub(crate) actor: ArcSwapOption<ActorRef<LineMsg>>,
     pub(crate) stats: LineStats,
 }
@@ -78,6 +78,10 @@ pub struct LineStats {
     pub(crate) inflight: AtomicUsize,
     /// Times the supervisor restarted this line.
     pub(crate) restarts: AtomicU64,
+    /// Times the line gave up its actor for being idle.
+    pub(crate) passivations: AtomicU64,
+    /// Unix time in microseconds the line last had work: a message or an activation.
+    pub(crate) last_active_us: AtomicI64,
 }
 
 /// A copy of a line's operator counters.
@@ -87,6 +91,7 @@ pub struct LineStatsSnapshot {
     pub last_message_at: Option<DateTime<Utc>>,
     pub mailbox_len: usize,
     pub restarts: u64,
+    pub passivations: u64,
 }
 
 impl LineStats {
@@ -94,6 +99,18 @@ impl LineStats {
         self.handled.fetch_add(1, Ordering::Relaxed);
         self.last_message_us
             .store(now.timestamp_micros(), Ordering::Relaxed);
+        self.touch(now);
+    }
+
+    pub(crate) fn touch(&self, now: DateTime<Utc>) {
+        self.last_active_us
+            .store(now.timestamp_micros(), Ordering::Relaxed);
+    }
+
+    /// No call in flight and no work for at least `idle_after`.
+    pub(crate) fn is_idle(&self, now: DateTime<Utc>, idle_after: std::time::Duration) -> bool {
+        let idle_us = now.timestamp_micros() - self.last_active_us.load(Ordering::Relaxed);
+        self.inflight.load(Ordering::Acquire) == 0 && idle_us >= idle_after.as_micros() as i64
     }
 
     pub fn snapshot(&self) -> LineStatsSnapshot {
@@ -105,6 +122,7 @@ impl LineStats {
                 .flatten(),
             mailbox_len: self.inflight.load(Ordering::Relaxed),
             restarts: self.restarts.load(Ordering::Relaxed),
+            passivations: self.passivations.load(Ordering::Relaxed),
         }
     }
 }

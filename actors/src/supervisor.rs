@@ -1,56 +1,103 @@
-//! The supervisor of every line actor: restarts a failed line from its last state.
+//! The supervisor of every line actor: activates lines, passivates idle ones, and restarts
+//! a failed line from its last state.
 //!
 //! ractor's default supervision stops the parent when a child dies, which here would take
 //! every line down with one; so this actor overrides `handle_supervisor_evt`. A line's
-//! state lives in its [`LineShared`], which outlives the actor, so the restarted actor
-//! continues from the state after the last message it accepted. Messages queued in the
-//! dead actor's mailbox are lost; their callers get `Unavailable` and may retry.
+//! state lives in its [`LineShared`](crate::stock_line::LineShared), which outlives any
+//! actor, so a restarted or re-activated actor continues from the state after the last
+//! message accepted.
+//!
+//! Passivation: a ractor actor costs ~6 KB (its task and four ports, BENCHMARKS.md) whether
+//! it works or not, so a line idle for `passivate_after` gives its actor up and keeps only
+//! its state (~0.6 KB). The next message activates it again. Both go through this one actor,
+//! so a line never has two live actors. A passivated actor is drained: what is in its
+//! mailbox is handled, and a send that arrives later is refused with the message handed
+//! back unapplied, which the [`LineHandle`](crate::registry::LineHandle) sends again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
+use chrono::Utc;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::journal::lock;
-use crate::stock_line::{LineContext, StockLine};
+use crate::stock_line::{LineContext, LineMsg, StockLine};
 
 /// The stop reason the registry gives at shutdown; lines stopped with it stay stopped.
 pub(crate) const SHUTDOWN: &str = "shutdown";
-/// The reason ractor gives a line that stopped after draining its mailbox (at shutdown).
+/// The reason ractor gives a line that stopped after draining its mailbox (passivation,
+/// shutdown): such a line is not restarted.
 const DRAINED: &str = "Drained";
 
 pub(crate) enum SupervisorMsg {
-    /// Start a line linked to the supervisor and publish its ref in `shared.actor`.
-    Spawn(LineContext, RpcReplyPort<Result<(), String>>),
+    /// Make sure the line has a running actor, published in `shared.actor`.
+    Activate(LineContext, RpcReplyPort<Result<(), String>>),
+    /// Passivate every line idle for at least this long.
+    Sweep(Duration),
 }
 
 pub(crate) struct LineSupervisor;
 
-/// The running children, by actor id.
-pub(crate) struct Children(HashMap<ActorId, LineContext>);
+/// A running child: the line it serves and the actor itself.
+pub(crate) struct Child {
+    context: LineContext,
+    actor: Arc<ActorRef<LineMsg>>,
+}
+
+/// The running children (including drained ones not yet stopped), by actor id.
+pub(crate) struct Children(HashMap<ActorId, Child>);
 
 impl LineSupervisor {
-    async fn start_child(
+    async fn activate(
         myself: &ActorRef<SupervisorMsg>,
         children: &mut Children,
         context: LineContext,
     ) -> Result<(), String> {
+        if context.shared.actor.load().is_some() {
+            return Ok(());
+        }
         let (actor, _) = Actor::spawn_linked(None, StockLine, context.clone(), myself.get_cell())
             .await
             .map_err(|e| format!("spawning line {}: {e}", context.shared.key))?;
-        children.0.insert(actor.get_id(), context.clone());
-        context.shared.actor.store(Some(Arc::new(actor)));
+        let actor = Arc::new(actor);
+        context.shared.stats.touch(Utc::now());
+        context.shared.actor.store(Some(actor.clone()));
+        children.0.insert(actor.get_id(), Child { context, actor });
         Ok(())
+    }
+
+    fn sweep(children: &Children, idle_after: Duration) {
+        let now = Utc::now();
+        for child in children.0.values() {
+            let shared = &child.context.shared;
+            let current = shared.actor.load();
+            let is_current = current
+                .as_ref()
+                .is_some_and(|a| Arc::ptr_eq(a, &child.actor));
+            if is_current && shared.stats.is_idle(now, idle_after) {
+                // Unpublish first: new callers then ask for an activation instead of
+                // sending to the actor being drained.
+                shared.actor.store(None);
+                shared.stats.passivations.fetch_add(1, Ordering::Relaxed);
+                child.actor.drain().ok();
+            }
+        }
     }
 
     async fn restart(
         myself: &ActorRef<SupervisorMsg>,
         children: &mut Children,
-        context: LineContext,
+        child: Child,
         why: &str,
     ) {
-        let shared = &context.shared;
+        let shared = &child.context.shared;
+        let current = shared.actor.load_full();
+        if !current.is_some_and(|a| Arc::ptr_eq(&a, &child.actor)) {
+            // A drained predecessor failed; the line already has another actor (or none).
+            return;
+        }
         shared.actor.store(None);
         shared.stats.restarts.fetch_add(1, Ordering::Relaxed);
         shared.state.clear_poison();
@@ -58,7 +105,7 @@ impl LineSupervisor {
             tracing::warn!(line = %shared.key, "repaired reserved/on_hand from the line's holds");
         }
         tracing::error!(line = %shared.key, why, "stock line failed; restarting from its last state");
-        if let Err(error) = Self::start_child(myself, children, context).await {
+        if let Err(error) = Self::activate(myself, children, child.context).await {
             tracing::error!(error, "could not restart a stock line");
         }
     }
@@ -84,10 +131,11 @@ impl Actor for LineSupervisor {
         children: &mut Children,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SupervisorMsg::Spawn(context, reply) => {
-                let result = Self::start_child(&myself, children, context).await;
+            SupervisorMsg::Activate(context, reply) => {
+                let result = Self::activate(&myself, children, context).await;
                 let _ = reply.send(result);
             }
+            SupervisorMsg::Sweep(idle_after) => Self::sweep(children, idle_after),
         }
         Ok(())
     }
@@ -100,17 +148,17 @@ impl Actor for LineSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ActorFailed(cell, error) => {
-                if let Some(context) = children.0.remove(&cell.get_id()) {
+                if let Some(child) = children.0.remove(&cell.get_id()) {
                     let why = error.to_string();
-                    Self::restart(&myself, children, context, &why).await;
+                    Self::restart(&myself, children, child, &why).await;
                 }
             }
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 let child = children.0.remove(&cell.get_id());
                 let expected = matches!(reason.as_deref(), Some(SHUTDOWN | DRAINED));
-                if let (Some(context), false) = (child, expected) {
+                if let (Some(child), false) = (child, expected) {
                     let why = reason.unwrap_or_else(|| "stopped unexpectedly".into());
-                    Self::restart(&myself, children, context, &why).await;
+                    Self::restart(&myself, children, child, &why).await;
                 }
             }
             _ => {}

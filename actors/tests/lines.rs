@@ -321,3 +321,103 @@ async fn futures_count(
     }
     ok
 }
+
+fn passivating(after: Duration) -> CoreConfig {
+    CoreConfig {
+        limits: Limits {
+            passivate_after: Some(after),
+            ..Limits::default()
+        },
+        ..CoreConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn an_idle_line_gives_up_its_actor_and_comes_back_with_its_state_on_the_next_message() {
+    let (core, _) = core_with(
+        passivating(Duration::from_millis(30)),
+        Arc::new(stockline_actors::EmptyLoader),
+    )
+    .await;
+    warehouse(&core, 1, 100).await;
+    stock(&core, 1, 7, 10).await;
+    let (r, _) = core
+        .reservations()
+        .reserve(request(vec![item(7, 4)]))
+        .await
+        .unwrap();
+    let line = core.registry().get(LineKey::new(1, 7)).unwrap();
+    let passivated = line.clone();
+    eventually(2_000, || {
+        let idle = !passivated.is_active();
+        async move { idle }
+    })
+    .await;
+    assert_eq!(core.registry().active_lines(), 0);
+    assert_eq!(line.stats().passivations, 1);
+    assert_eq!(
+        line.snapshot().await.unwrap().reserved,
+        4,
+        "a passivated line still reads"
+    );
+    // The hold outlived the actor: committing it activates the line again.
+    core.reservations().commit(r.id).await.unwrap();
+    assert_eq!(levels(&core, 1, 7).await, (6, 0));
+    assert_eq!(line.stats().messages_handled, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn calls_racing_passivation_are_applied_exactly_once() {
+    // Sweeps every 10 ms passivate any line idle for 1 ms, so callers that pause keep
+    // meeting actors that are being drained.
+    let (core, journal) = core_with(
+        passivating(Duration::from_millis(1)),
+        Arc::new(stockline_actors::EmptyLoader),
+    )
+    .await;
+    warehouse(&core, 1, 100).await;
+    let core = Arc::new(core);
+    let pause = Arc::new(tokio::sync::Barrier::new(16));
+    let tasks: Vec<_> = (0..16)
+        .map(|t| {
+            let core = core.clone();
+            let pause = pause.clone();
+            tokio::spawn(async move {
+                for i in 0..150u64 {
+                    let key = LineKey::new(1, (i % 3) as i64);
+                    core.adjust(key, 1, "receipt".into()).await.unwrap();
+                    if (i + t) % 10 == 0 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    if i % 50 == 49 {
+                        // All quiet for longer than a sweep period: the lines passivate,
+                        // then every task rushes back at once.
+                        pause.wait().await;
+                        tokio::time::sleep(Duration::from_millis(25)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let mut total = 0;
+    let mut passivations = 0;
+    for product in 0..3 {
+        let line = core.registry().get(LineKey::new(1, product)).unwrap();
+        let on_hand = line.snapshot().await.unwrap().on_hand;
+        assert_eq!(
+            journal.movements(line.key()).len() as u64,
+            on_hand,
+            "one movement per unit"
+        );
+        total += on_hand;
+        passivations += line.stats().passivations;
+    }
+    assert_eq!(total, 16 * 150);
+    assert!(
+        passivations > 0,
+        "the sweeps must actually have passivated lines"
+    );
+}
