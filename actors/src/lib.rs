@@ -171,3 +171,19 @@ impl Core {
         self.registry.shutdown().await;
     }
 }
+
+/// A core over an in-memory journal with warehouse 1 (active), for unit tests.
+#[cfg(test)]
+pub(crate) async fn test_core() -> Core {
+    let core = Core::start(
+        CoreConfig::default(),
+        Arc::new(MemoryJournal::new()),
+        Arc::new(EmptyLoader),
+    )
+    .await
+    .expect("core starts");
+    core.upsert_warehouse(1, WarehouseInfo::default())
+        .await
+        .expect("warehouse");
+    core
+}

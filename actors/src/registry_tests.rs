@@ -3,24 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::journal::MemoryJournal;
 use crate::line_state::LineOp;
-use crate::registry::EmptyLoader;
 use crate::types::LineKey;
-use crate::{Core, CoreConfig, WarehouseInfo};
 
 #[tokio::test]
 async fn a_call_that_meets_a_draining_actor_is_sent_again_to_a_fresh_one() {
-    let core = Core::start(
-        CoreConfig::default(),
-        Arc::new(MemoryJournal::new()),
-        Arc::new(EmptyLoader),
-    )
-    .await
-    .unwrap();
-    core.upsert_warehouse(1, WarehouseInfo::default())
-        .await
-        .unwrap();
+    let core = crate::test_core().await;
     let key = LineKey::new(1, 7);
     core.adjust(key, 5, "receipt".into()).await.unwrap();
     let line = core.registry().get(key).unwrap();

@@ -169,27 +169,14 @@ impl Actor for LineSupervisor {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
-    use crate::journal::MemoryJournal;
     use crate::line_state::LineOp;
-    use crate::registry::EmptyLoader;
     use crate::types::{LineKey, Quantity, ReservationId};
-    use crate::{Core, CoreConfig, WarehouseInfo};
 
     #[tokio::test]
     async fn a_failed_line_is_restarted_from_its_last_state_and_its_siblings_live_on() {
-        let core = Core::start(
-            CoreConfig::default(),
-            Arc::new(MemoryJournal::new()),
-            Arc::new(EmptyLoader),
-        )
-        .await
-        .unwrap();
-        core.upsert_warehouse(1, WarehouseInfo::default())
-            .await
-            .unwrap();
+        let core = crate::test_core().await;
         let key = LineKey::new(1, 7);
         core.adjust(key, 10, "receipt".into()).await.unwrap();
         core.adjust(LineKey::new(1, 8), 3, "receipt".into())

@@ -78,9 +78,7 @@ async fn set_level_compare_and_swap_goes_through_the_actor() {
 
 #[tokio::test]
 async fn a_refused_message_journals_nothing() {
-    let (core, journal) = core().await;
-    warehouse(&core, 1, 100).await;
-    stock(&core, 1, 7, 2).await;
+    let (core, journal) = stocked(2).await;
     let before = journal.records().len();
     let error = core
         .adjust(LineKey::new(1, 7), -3, "damage".into())
@@ -100,9 +98,7 @@ async fn a_refused_message_journals_nothing() {
 
 #[tokio::test]
 async fn deactivating_a_warehouse_reaches_its_running_lines() {
-    let (core, _) = core().await;
-    warehouse(&core, 1, 100).await;
-    stock(&core, 1, 7, 5).await;
+    let (core, _) = stocked(5).await;
     core.set_warehouse_active(1, false).await.unwrap();
     let line = core.registry().get(LineKey::new(1, 7)).unwrap();
     let refused = line
@@ -184,14 +180,7 @@ async fn calls_past_the_per_line_bound_are_refused_at_once() {
         per_line: 10,
         ..Limits::default()
     };
-    let (core, _) = core_with(
-        CoreConfig {
-            limits,
-            ..Default::default()
-        },
-        Arc::new(stockline_actors::EmptyLoader),
-    )
-    .await;
+    let (core, _) = core_with(with_limits(limits), Arc::new(stockline_actors::EmptyLoader)).await;
     warehouse(&core, 1, 100).await;
     stock(&core, 1, 7, 1_000).await;
     let line = core.registry().get(LineKey::new(1, 7)).unwrap();
@@ -208,16 +197,7 @@ async fn calls_past_the_per_line_bound_are_refused_at_once() {
             })
         })
         .collect();
-    let mut accepted = 0;
-    let mut overloaded = 0;
-    for task in tasks {
-        match task.await.unwrap() {
-            Ok(_) => accepted += 1,
-            Err(CoreError::Overloaded) => overloaded += 1,
-            Err(other) => panic!("unexpected {other:?}"),
-        }
-    }
-    assert_eq!((accepted, overloaded), (10, 40));
+    assert_eq!(accepted_and_overloaded(tasks).await, (10, 40));
     assert_eq!(
         levels(&core, 1, 7).await,
         (1_000, 10),
@@ -228,6 +208,41 @@ async fn calls_past_the_per_line_bound_are_refused_at_once() {
         0,
         "every in-flight count was returned"
     );
+    assert_eq!(core.registry().in_flight(), 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn calls_past_the_total_bound_are_refused_across_lines() {
+    let limits = Limits {
+        per_line: 100,
+        total: 6,
+        ..Limits::default()
+    };
+    let (core, _) = core_with(with_limits(limits), Arc::new(stockline_actors::EmptyLoader)).await;
+    warehouse(&core, 1, 100).await;
+    let lines: Vec<_> = {
+        let mut lines = Vec::new();
+        for product in 0..3 {
+            stock(&core, 1, product, 100).await;
+            lines.push(core.registry().get(LineKey::new(1, product)).unwrap());
+        }
+        lines
+    };
+    // Ten calls on each of three lines, all in flight before any actor runs.
+    let tasks: Vec<_> = (0..30)
+        .map(|i| {
+            let line = lines[i % 3].clone();
+            tokio::spawn(async move {
+                line.call(LineOp::Reserve {
+                    id: ReservationId::new(),
+                    qty: qty(1),
+                })
+                .await
+            })
+        })
+        .collect();
+    let (accepted, _) = accepted_and_overloaded(tasks).await;
+    assert_eq!(accepted, 6, "no more than the total bound at once");
     assert_eq!(core.registry().in_flight(), 0);
 }
 
@@ -287,9 +302,7 @@ async fn operator_counters_are_read_without_stopping_the_line() {
 
 #[tokio::test]
 async fn shutdown_drains_queued_messages_first() {
-    let (core, journal) = core().await;
-    warehouse(&core, 1, 100).await;
-    stock(&core, 1, 7, 1).await;
+    let (core, journal) = stocked(1).await;
     let line = core.registry().get(LineKey::new(1, 7)).unwrap();
     let pending: Vec<_> = (0..100)
         .map(|_| {
@@ -323,13 +336,10 @@ async fn futures_count(
 }
 
 fn passivating(after: Duration) -> CoreConfig {
-    CoreConfig {
-        limits: Limits {
-            passivate_after: Some(after),
-            ..Limits::default()
-        },
-        ..CoreConfig::default()
-    }
+    with_limits(Limits {
+        passivate_after: Some(after),
+        ..Limits::default()
+    })
 }
 
 #[tokio::test]
@@ -341,11 +351,7 @@ async fn an_idle_line_gives_up_its_actor_and_comes_back_with_its_state_on_the_ne
     .await;
     warehouse(&core, 1, 100).await;
     stock(&core, 1, 7, 10).await;
-    let (r, _) = core
-        .reservations()
-        .reserve(request(vec![item(7, 4)]))
-        .await
-        .unwrap();
+    let r = reserve(&core, vec![item(7, 4)]).await;
     let line = core.registry().get(LineKey::new(1, 7)).unwrap();
     let passivated = line.clone();
     eventually(2_000, || {
@@ -420,4 +426,26 @@ async fn calls_racing_passivation_are_applied_exactly_once() {
         passivations > 0,
         "the sweeps must actually have passivated lines"
     );
+}
+
+fn with_limits(limits: Limits) -> CoreConfig {
+    CoreConfig {
+        limits,
+        ..CoreConfig::default()
+    }
+}
+
+/// Awaits every call; counts those accepted and those refused as overloaded.
+async fn accepted_and_overloaded(
+    tasks: Vec<tokio::task::JoinHandle<stockline_actors::Result<stockline_actors::Applied>>>,
+) -> (usize, usize) {
+    let (mut accepted, mut overloaded) = (0, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => accepted += 1,
+            Err(CoreError::Overloaded) => overloaded += 1,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    (accepted, overloaded)
 }

@@ -22,9 +22,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_single_unit_reservations_against_a_hundred_units_give_exactly_a_hundred() {
-    let (core, _) = core().await;
-    warehouse(&core, 1, 100).await;
-    stock(&core, 1, 7, 100).await;
+    let (core, _) = stocked(100).await;
     let core = Arc::new(core);
     let tasks = spawn_all(1_000, &core, |core, _| async move {
         core.reservations().reserve(request(vec![item(7, 1)])).await
@@ -162,11 +160,7 @@ async fn a_racing_commit_and_release_of_one_reservation_settle_it_once() {
     stock(&core, 2, 8, 200).await;
     let core = Arc::new(core);
     for _ in 0..50 {
-        let (r, _) = core
-            .reservations()
-            .reserve(request(vec![item(7, 2), item(8, 2)]))
-            .await
-            .unwrap();
+        let r = reserve(&core, vec![item(7, 2), item(8, 2)]).await;
         let commit = tokio::spawn({
             let core = core.clone();
             async move { core.reservations().commit(r.id).await }

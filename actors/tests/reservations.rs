@@ -9,8 +9,8 @@ use common::*;
 use stockline_actors::journal::MovementKind;
 use stockline_actors::registry::LoadFuture;
 use stockline_actors::{
-    CoreConfig, CoreError, LineKey, LineLoader, LineSeed, Record, Reservation, ReservationId,
-    ReservationStatus, ReservedItem, TransferRequest,
+    Core, CoreConfig, CoreError, LineKey, LineLoader, LineSeed, MemoryJournal, Record, Reservation,
+    ReservationId, ReservationStatus, ReservedItem, TransferRequest,
 };
 
 fn held(r: &Reservation) -> Vec<(i64, i64, u64)> {
@@ -91,17 +91,9 @@ async fn allocation_goes_by_priority_then_most_available_and_splits() {
     stock(&core, 1, 7, 5).await;
     stock(&core, 2, 7, 100).await;
     stock(&core, 3, 7, 8).await;
-    let (r, _) = core
-        .reservations()
-        .reserve(request(vec![item(7, 20)]))
-        .await
-        .unwrap();
+    let r = reserve(&core, vec![item(7, 20)]).await;
     assert_eq!(held(&r), vec![(1, 7, 5), (2, 7, 7), (3, 7, 8)]);
-    let (r, _) = core
-        .reservations()
-        .reserve(request(vec![item(7, 3)]))
-        .await
-        .unwrap();
+    let r = reserve(&core, vec![item(7, 3)]).await;
     assert_eq!(
         held(&r),
         vec![(2, 7, 3)],
@@ -136,11 +128,7 @@ async fn inactive_warehouses_count_for_nothing_in_allocation() {
         .await
         .unwrap_err();
     assert_eq!(error, CoreError::WarehouseInactive { warehouse_id: 1 });
-    let (r, _) = core
-        .reservations()
-        .reserve(request(vec![item(7, 4)]))
-        .await
-        .unwrap();
+    let r = reserve(&core, vec![item(7, 4)]).await;
     assert_eq!(held(&r), vec![(2, 7, 4)]);
 }
 
@@ -164,11 +152,7 @@ async fn a_pinned_item_takes_only_its_warehouse() {
             available: 4
         }
     );
-    let (r, _) = core
-        .reservations()
-        .reserve(request(vec![pinned(2, 7, 4)]))
-        .await
-        .unwrap();
+    let r = reserve(&core, vec![pinned(2, 7, 4)]).await;
     assert_eq!(held(&r), vec![(2, 7, 4)]);
     let error = core
         .reservations()
@@ -180,14 +164,8 @@ async fn a_pinned_item_takes_only_its_warehouse() {
 
 #[tokio::test]
 async fn commit_takes_stock_and_every_later_step_is_refused() {
-    let (core, journal) = core().await;
-    warehouse(&core, 1, 100).await;
-    stock(&core, 1, 7, 5).await;
-    let (r, _) = core
-        .reservations()
-        .reserve(request(vec![item(7, 2)]))
-        .await
-        .unwrap();
+    let (core, journal) = stocked(5).await;
+    let r = reserve(&core, vec![item(7, 2)]).await;
     let (committed, _) = core.reservations().commit(r.id).await.unwrap();
     assert_eq!(committed.status, ReservationStatus::Committed);
     assert_eq!(levels(&core, 1, 7).await, (3, 0));
@@ -223,14 +201,8 @@ async fn commit_takes_stock_and_every_later_step_is_refused() {
 
 #[tokio::test]
 async fn release_returns_stock_and_cannot_be_followed_by_commit() {
-    let (core, _) = core().await;
-    warehouse(&core, 1, 100).await;
-    stock(&core, 1, 7, 5).await;
-    let (r, _) = core
-        .reservations()
-        .reserve(request(vec![item(7, 2)]))
-        .await
-        .unwrap();
+    let (core, _) = stocked(5).await;
+    let r = reserve(&core, vec![item(7, 2)]).await;
     let (released, _) = core.reservations().release(r.id).await.unwrap();
     assert_eq!(released.status, ReservationStatus::Released);
     assert_eq!(levels(&core, 1, 7).await, (5, 0));
@@ -262,9 +234,7 @@ async fn a_reservation_needs_an_item() {
 
 #[tokio::test(start_paused = true)]
 async fn a_pending_reservation_expires_at_its_ttl_and_its_stock_returns() {
-    let (core, journal) = core().await;
-    warehouse(&core, 1, 100).await;
-    stock(&core, 1, 7, 5).await;
+    let (core, journal) = stocked(5).await;
     let mut req = request(vec![item(7, 4)]);
     req.ttl = Duration::from_secs(60);
     let (r, _) = core.reservations().reserve(req).await.unwrap();
@@ -294,14 +264,8 @@ async fn a_pending_reservation_expires_at_its_ttl_and_its_stock_returns() {
 
 #[tokio::test(start_paused = true)]
 async fn settled_reservations_are_forgotten_after_the_retention() {
-    let (core, _) = core().await;
-    warehouse(&core, 1, 100).await;
-    stock(&core, 1, 7, 5).await;
-    let (r, _) = core
-        .reservations()
-        .reserve(request(vec![item(7, 1)]))
-        .await
-        .unwrap();
+    let (core, _) = stocked(5).await;
+    let r = reserve(&core, vec![item(7, 1)]).await;
     core.reservations().commit(r.id).await.unwrap();
     tokio::time::sleep(Duration::from_secs(599)).await;
     assert!(core.reservations().get(r.id).is_some());
@@ -332,8 +296,9 @@ impl LineLoader for StoreWithHold {
     }
 }
 
-#[tokio::test]
-async fn a_restored_reservation_past_its_expiry_is_expired_at_start() {
+/// A core over [`StoreWithHold`], with the line loaded and the reservation restored as
+/// recovery would, expiring `expires_in` from now (negative: already past).
+async fn restored(expires_in: chrono::TimeDelta) -> (Core, Arc<MemoryJournal>, ReservationId) {
     let id = ReservationId::new();
     let (core, journal) = core_with(CoreConfig::default(), Arc::new(StoreWithHold(id))).await;
     warehouse(&core, 1, 100).await;
@@ -341,7 +306,7 @@ async fn a_restored_reservation_past_its_expiry_is_expired_at_start() {
         .get_or_spawn(LineKey::new(1, 7))
         .await
         .unwrap();
-    let now = chrono::Utc::now();
+    let created = chrono::Utc::now() - chrono::TimeDelta::minutes(20);
     core.reservations().restore(Reservation {
         id,
         status: ReservationStatus::Pending,
@@ -350,11 +315,17 @@ async fn a_restored_reservation_past_its_expiry_is_expired_at_start() {
             warehouse_id: 1,
             quantity: 2,
         }],
-        reference: None,
-        expires_at: now - chrono::TimeDelta::minutes(5),
-        created_at: now - chrono::TimeDelta::minutes(20),
-        updated_at: now - chrono::TimeDelta::minutes(20),
+        reference: Some("order-1".into()),
+        expires_at: chrono::Utc::now() + expires_in,
+        created_at: created,
+        updated_at: created,
     });
+    (core, journal, id)
+}
+
+#[tokio::test]
+async fn a_restored_reservation_past_its_expiry_is_expired_at_start() {
+    let (core, journal, id) = restored(chrono::TimeDelta::minutes(-5)).await;
     let reservations = core.reservations().clone();
     eventually(1_000, || {
         let r = reservations.get(id);
@@ -370,27 +341,7 @@ async fn a_restored_reservation_past_its_expiry_is_expired_at_start() {
 
 #[tokio::test]
 async fn a_restored_reservation_still_in_time_can_be_committed() {
-    let id = ReservationId::new();
-    let (core, _) = core_with(CoreConfig::default(), Arc::new(StoreWithHold(id))).await;
-    warehouse(&core, 1, 100).await;
-    core.registry()
-        .get_or_spawn(LineKey::new(1, 7))
-        .await
-        .unwrap();
-    let now = chrono::Utc::now();
-    core.reservations().restore(Reservation {
-        id,
-        status: ReservationStatus::Pending,
-        items: vec![ReservedItem {
-            product_id: 7,
-            warehouse_id: 1,
-            quantity: 2,
-        }],
-        reference: Some("order-1".into()),
-        expires_at: now + chrono::TimeDelta::minutes(5),
-        created_at: now,
-        updated_at: now,
-    });
+    let (core, _, id) = restored(chrono::TimeDelta::minutes(5)).await;
     core.reservations().commit(id).await.unwrap();
     assert_eq!(levels(&core, 1, 7).await, (3, 0));
 }
@@ -464,4 +415,56 @@ fn reserved_items_name_their_line() {
         quantity: 1,
     };
     assert_eq!(item.key(), LineKey::new(2, 7));
+}
+
+#[tokio::test]
+async fn a_transfer_whose_destination_refuses_puts_the_stock_back() {
+    let (core, journal) = core().await;
+    warehouse(&core, 1, 100).await;
+    warehouse(&core, 2, 100).await;
+    stock(&core, 1, 7, 10).await;
+    stock(&core, 2, 7, 1).await;
+    // The destination line went inactive after the up-front check would have passed: the
+    // directory still says active, the line itself refuses.
+    let destination = core.registry().get(LineKey::new(2, 7)).unwrap();
+    destination
+        .settle(stockline_actors::LineOp::SetActive(false))
+        .await
+        .unwrap();
+    let error = core
+        .transfer(TransferRequest {
+            from_warehouse_id: 1,
+            to_warehouse_id: 2,
+            product_id: 7,
+            quantity: qty(4),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error, CoreError::WarehouseInactive { warehouse_id: 2 });
+    assert_eq!(
+        levels(&core, 1, 7).await,
+        (10, 0),
+        "the stock taken out was put back"
+    );
+    assert_eq!(levels(&core, 2, 7).await, (1, 0));
+    let kinds: Vec<_> = journal
+        .movements(LineKey::new(1, 7))
+        .iter()
+        .map(|m| m.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            MovementKind::Adjust,
+            MovementKind::TransferOut,
+            MovementKind::TransferIn
+        ]
+    );
+    assert!(
+        !journal
+            .records()
+            .iter()
+            .any(|(_, r)| matches!(r, Record::Transfer(_))),
+        "no transfer was recorded"
+    );
 }

@@ -105,3 +105,20 @@ where
     }
     panic!("condition did not hold in time");
 }
+
+/// A core with warehouse 1 (priority 100) and line w1/p7 holding `on_hand`.
+pub async fn stocked(on_hand: i64) -> (Core, Arc<MemoryJournal>) {
+    let (core, journal) = core().await;
+    warehouse(&core, 1, 100).await;
+    stock(&core, 1, 7, on_hand).await;
+    (core, journal)
+}
+
+/// Reserves `items` (default TTL), which must succeed.
+pub async fn reserve(core: &Core, items: Vec<ItemRequest>) -> stockline_actors::Reservation {
+    core.reservations()
+        .reserve(request(items))
+        .await
+        .expect("reserved")
+        .0
+}
