@@ -4,7 +4,10 @@
 //! - [`config`]: one [`Config`](config::Config) from flags and the environment.
 //! - [`startup`]: [`launch`](startup::launch) starts the core and serves HTTP on a given
 //!   listener until a shutdown future resolves; `main.rs` and the tests both use it.
-//! - [`http`]: the axum router, one file per resource.
+//! - [`http`]: the axum router, one file per resource, and the one error type.
+//! - [`auth`]: passwords, tokens, roles, TOTP, and the `Caller` extractor.
+//! - [`store`]: PostgreSQL: migrations, the write-behind flusher, recovery.
+//! - [`catalog`]: the in-memory copy of the products the hot path reads.
 //! - [`telemetry`]: logging set-up.
 //!
 //! # The flow of a request
@@ -12,7 +15,10 @@
 //! (`Quantity`, ids), calls the core through [`AppState`](startup::AppState), and maps the
 //! answer or refusal to the status codes and error body of API.md.
 
+pub mod auth;
+pub mod catalog;
 pub mod config;
 pub mod http;
 pub mod startup;
+pub mod store;
 pub mod telemetry;

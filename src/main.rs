@@ -54,6 +54,9 @@ struct UserCreate {
     name: String,
     #[arg(long, value_enum, default_value = "customer")]
     role: Role,
+    #[arg(long, env = "STOCKLINE_BCRYPT_COST", default_value_t = 12,
+          value_parser = clap::value_parser!(u32).range(4..=31))]
+    bcrypt_cost: u32,
     #[command(flatten)]
     database: Database,
 }
@@ -76,13 +79,58 @@ fn main() -> ExitCode {
     telemetry::init();
     match command {
         Command::Serve(config) => serve(config),
-        Command::Migrate(_) | Command::User(_) => {
-            eprintln!(
-                "stockline: this command needs the PostgreSQL store, which this build does not have yet"
-            );
-            ExitCode::from(2)
+        Command::Migrate(database) => run(async move {
+            stockline::store::connect_and_migrate(&database.database_url)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("the database is migrated");
+            Ok(())
+        }),
+        Command::User(UserCommand::Create(user)) => run(create_user(user)),
+    }
+}
+
+/// Runs a one-shot command on a fresh runtime; errors go to stderr with exit code 1.
+fn run(command: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let outcome = tokio::runtime::Runtime::new()
+        .map_err(|e| e.to_string())
+        .and_then(|runtime| runtime.block_on(command));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("stockline: {error}");
+            ExitCode::FAILURE
         }
     }
+}
+
+async fn create_user(user: UserCreate) -> Result<(), String> {
+    let email = stockline::http::auth_email(&user.email).map_err(|e| e.to_string())?;
+    stockline::http::auth_password_ok(&user.password).map_err(|e| e.to_string())?;
+    let db = stockline::store::connect_and_migrate(&user.database.database_url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let hash = stockline::auth::password::hash(user.password, user.bcrypt_cost)
+        .await
+        .map_err(|e| e.to_string())?;
+    let role = match user.role {
+        Role::Customer => stockline::auth::Role::Customer,
+        Role::Operator => stockline::auth::Role::Operator,
+        Role::Admin => stockline::auth::Role::Admin,
+    };
+    let name = if user.name.trim().is_empty() {
+        email.clone()
+    } else {
+        user.name.trim().to_owned()
+    };
+    let created = stockline::http::users::insert(&db, &email, None, &name, role, &hash)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "created user {} ({}) as {}",
+        created.id, created.email, created.role
+    );
+    Ok(())
 }
 
 fn serve(config: Config) -> ExitCode {

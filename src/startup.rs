@@ -1,46 +1,119 @@
 //! Start-up as a library function: tests start the real server on port 0 with it, and
 //! `main` is left with parsing the CLI and waiting for a signal.
+//!
+//! Order at start: connect and migrate; read what the store holds; start the core over a
+//! write-behind buffer that continues the stored journal numbering; start the flusher;
+//! restore lines and pending reservations (expiring those that ran out while down); load
+//! auth and the catalog; then serve. At shutdown: stop accepting and finish requests in
+//! flight, drain every line's mailbox, then flush everything left.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use stockline_actors::{Core, CoreConfig, EmptyLoader, MemoryJournal};
+use sqlx::PgPool;
+use stockline_actors::{Core, CoreConfig, DurableWatch, Journal, JournalBuffer, Lsn};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::auth::{Auth, Role, password};
+use crate::catalog::Catalog;
+use crate::config::{Config, Durability};
 use crate::http;
+use crate::http::error::{AppError, Result};
+use crate::store::flusher::{FlushStats, Flusher};
+use crate::store::{self, recovery};
+
+/// Records that may wait to be written before lines refuse new work (503 `overloaded`).
+const BACKLOG_BOUND: usize = 500_000;
+/// How long a `sync` request waits for its change to become durable before answering 503.
+const DURABLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The write-behind side, as handlers and operators see it.
+pub struct StoreState {
+    pub buffer: Arc<JournalBuffer>,
+    pub flush: Arc<FlushStats>,
+    durable: DurableWatch,
+}
 
 /// What every request handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
+    pub db: PgPool,
     pub core: Arc<Core>,
+    pub auth: Arc<Auth>,
+    pub catalog: Arc<Catalog>,
+    pub store: Arc<StoreState>,
 }
 
-/// Starts the core and serves HTTP on `listener` until `shutdown` resolves; then stops
-/// accepting, finishes the requests in flight, drains every line's mailbox, and ends.
+impl AppState {
+    /// In `sync` mode, waits until the records up to `lsn` are committed; in `async` mode,
+    /// returns at once. A change still not durable after a while answers 503: it may yet
+    /// land, which is why clients retry with the same `Idempotency-Key`.
+    pub async fn durable(&self, lsn: Lsn) -> Result<()> {
+        if self.config.durability == Durability::Async || lsn == 0 {
+            return Ok(());
+        }
+        let mut watch = self.store.durable.clone();
+        match tokio::time::timeout(DURABLE_TIMEOUT, watch.wait_for(lsn)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(AppError::Unavailable(
+                "the change was accepted but the store has not confirmed it yet; retry with the same Idempotency-Key".into(),
+            )),
+        }
+    }
+}
+
+/// Connects, recovers, and serves on `listener` until `shutdown` resolves.
 ///
-/// Returns the bound address (for port 0) and the task to await for the end.
+/// Returns the bound address (for port 0) and the task to await for the end; the task
+/// fails if what was left could not be flushed.
 pub async fn launch(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<(SocketAddr, JoinHandle<io::Result<()>>)> {
     let addr = listener.local_addr()?;
-    // The PostgreSQL journal and loader replace these when the store lands (issue #3).
+    let db = store::connect_and_migrate(&config.database_url)
+        .await
+        .map_err(io::Error::other)?;
+    let (stored, loader) = recovery::read(&db).await.map_err(io::Error::other)?;
+    let buffer = Arc::new(JournalBuffer::new(stored.journal_lsn, BACKLOG_BOUND));
     let core = Core::start(
         CoreConfig::default(),
-        Arc::new(MemoryJournal::discarding()),
-        Arc::new(EmptyLoader),
+        buffer.clone() as Arc<dyn Journal>,
+        Arc::new(loader),
     )
     .await
     .map_err(io::Error::other)?;
+    let flusher = Flusher::spawn(db.clone(), buffer.clone(), config.flush_interval());
+    stored.restore_into(&core).await.map_err(io::Error::other)?;
+    let auth = Auth::load(
+        &db,
+        config.jwt_secret.as_deref(),
+        Duration::from_secs(config.token_ttl_secs),
+        config.bcrypt_cost,
+    )
+    .await
+    .map_err(|e| io::Error::other(e.to_string()))?;
+    bootstrap_admin(&db, &config, &auth)
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let catalog = Catalog::load(&db).await.map_err(io::Error::other)?;
     let state = AppState {
         config: Arc::new(config),
+        db,
         core: Arc::new(core),
+        auth: Arc::new(auth),
+        catalog: Arc::new(catalog),
+        store: Arc::new(StoreState {
+            durable: buffer.durable(),
+            buffer,
+            flush: flusher.stats.clone(),
+        }),
     };
     let router = http::router(state.clone());
     let task = tokio::spawn(async move {
@@ -48,8 +121,37 @@ pub async fn launch(
             .with_graceful_shutdown(shutdown)
             .await?;
         state.core.shutdown().await;
+        if !flusher.finish().await {
+            return Err(io::Error::other(
+                "some changes could not be written to the database",
+            ));
+        }
         tracing::info!("stopped");
         Ok(())
     });
     Ok((addr, task))
+}
+
+/// Creates the admin of `STOCKLINE_ADMIN_EMAIL`/`_PASSWORD` if no user has that email.
+async fn bootstrap_admin(db: &PgPool, config: &Config, auth: &Auth) -> Result<()> {
+    let (Some(email), Some(secret)) = (&config.admin_email, &config.admin_password) else {
+        return Ok(());
+    };
+    let email = http::auth_email(email)?;
+    http::auth_password_ok(secret)?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE lower(email) = $1)")
+            .bind(&email)
+            .fetch_one(db)
+            .await?;
+    if !exists {
+        let hash = password::hash(secret.clone(), auth.bcrypt_cost).await?;
+        match http::users::insert(db, &email, None, "Administrator", Role::Admin, &hash).await {
+            Ok(user) => tracing::info!(user = user.id, "created the admin from the environment"),
+            // Created by another instance in the meantime.
+            Err(AppError::Conflict { .. }) => {}
+            Err(other) => return Err(other),
+        }
+    }
+    Ok(())
 }

@@ -1,52 +1,28 @@
-//! The `stockline` binary and its start-up: what a newcomer running it would see.
+//! The `stockline` binary: what a newcomer running it would see.
+
+mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
 
-use stockline::config::Config;
+use common::*;
+use reqwest::StatusCode;
 
-fn config() -> Config {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        config: Config,
-    }
-    Wrap::parse_from(["test", "--addr", "127.0.0.1:0"]).config
-}
-
-#[tokio::test]
-async fn launch_serves_healthz_on_port_zero_and_stops_on_shutdown() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (addr, server) = stockline::startup::launch(listener, config(), async {
-        let _ = stopped.await;
-    })
-    .await
-    .unwrap();
-    let response = reqwest::get(format!("http://{addr}/healthz"))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .expect("stops in time")
-        .unwrap()
-        .unwrap();
-}
-
-#[tokio::test]
-async fn the_binary_prints_its_address_and_exits_zero_on_sigterm() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_stockline"))
+/// Starts the binary on port 0 over `database`; answers the child and its base URL.
+pub fn start_binary(database: &str, extra_env: &[(&str, &str)]) -> (Child, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_stockline"));
+    command
         .arg("serve")
         .env("STOCKLINE_ADDR", "127.0.0.1:0")
+        .env("DATABASE_URL", database_url(database))
+        .env("STOCKLINE_BCRYPT_COST", "4")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::null());
+    for (key, value) in extra_env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -56,23 +32,86 @@ async fn the_binary_prints_its_address_and_exits_zero_on_sigterm() {
         .strip_prefix("stockline listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_string();
-    let response = reqwest::get(format!("{url}/healthz")).await.unwrap();
-    assert_eq!(response.status(), 200);
+    (child, url)
+}
+
+#[tokio::test]
+async fn the_binary_creates_its_database_prints_its_address_and_exits_zero_on_sigterm() {
+    let database = fresh_database();
+    let (mut child, url) = start_binary(&database, &[]);
+    for path in ["/healthz", "/readyz"] {
+        let response = reqwest::get(format!("{url}{path}")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "exits 0 after SIGTERM");
+    assert_eq!(
+        child.wait().unwrap().code(),
+        Some(0),
+        "exits 0 after SIGTERM"
+    );
+    drop_database(&database).await;
+}
+
+#[tokio::test]
+async fn migrate_and_user_create_prepare_a_database_an_admin_can_log_in_to() {
+    let database = fresh_database();
+    let url = database_url(&database);
+    let migrate = Command::new(env!("CARGO_BIN_EXE_stockline"))
+        .args(["migrate", "--database-url", &url])
+        .output()
+        .unwrap();
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+    let create = |email: &str| {
+        Command::new(env!("CARGO_BIN_EXE_stockline"))
+            .args([
+                "user",
+                "create",
+                "--email",
+                email,
+                "--password",
+                "s3cret-pass",
+                "--role",
+                "admin",
+            ])
+            .args(["--database-url", &url, "--bcrypt-cost", "4"])
+            .output()
+            .unwrap()
+    };
+    let created = create("Boss@Example.com");
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let duplicate = create("boss@example.com");
+    assert_eq!(
+        duplicate.status.code(),
+        Some(1),
+        "a second user with the same email is refused"
+    );
+
+    let app = TestApp::start_on(&database).await;
+    let token = app.login("boss@example.com", "s3cret-pass").await;
+    let (status, me) = app.get("/auth/me", &token).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(me["role"], "admin");
+    app.cleanup().await;
 }
 
 #[test]
-fn commands_that_need_the_store_say_so_and_fail() {
+fn a_bad_flag_is_refused_before_anything_starts() {
     let output = Command::new(env!("CARGO_BIN_EXE_stockline"))
-        .args(["migrate"])
+        .args(["serve", "--durability", "sometimes"])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("PostgreSQL"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("durability"));
 }

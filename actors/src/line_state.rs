@@ -109,7 +109,7 @@ impl LineState {
             version: 0,
             active,
             holds: HashMap::new(),
-            updated_at: Utc::now(),
+            updated_at: crate::types::now(),
         }
     }
 

@@ -199,7 +199,7 @@ impl Reservations {
         reference: Option<String>,
         ttl: Duration,
     ) -> (Reservation, Lsn) {
-        let now = Utc::now();
+        let now = crate::types::now();
         let reservation = Reservation {
             id,
             status: ReservationStatus::Pending,
@@ -368,7 +368,7 @@ impl Reservations {
             return Err(error);
         }
         entry.reservation.status = status;
-        entry.reservation.updated_at = Utc::now();
+        entry.reservation.updated_at = crate::types::now();
         let reservation = entry.reservation.clone();
         drop(entry);
         let lsn = self.0.journal.append(vec![reservation.record()]);

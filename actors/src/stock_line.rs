@@ -180,7 +180,7 @@ impl Actor for StockLine {
         message: Self::Msg,
         context: &mut LineContext,
     ) -> Result<(), ActorProcessingErr> {
-        let now = Utc::now();
+        let now = crate::types::now();
         context.shared.stats.record_message(now);
         match message {
             LineMsg::Apply { op, reply } => {

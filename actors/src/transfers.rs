@@ -8,8 +8,6 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
-
 use crate::error::{CoreError, Result};
 use crate::journal::{Journal, Lsn, Record, TransferRecord};
 use crate::line_state::LineOp;
@@ -79,7 +77,7 @@ pub(crate) async fn transfer(
         to_warehouse_id: to,
         product_id,
         quantity: qty.get(),
-        created_at: Utc::now(),
+        created_at: crate::types::now(),
     };
     let lsn = journal.append(vec![Record::Transfer(record.clone())]);
     Ok((record, lsn.max(out.lsn).max(into.lsn)))

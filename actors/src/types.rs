@@ -2,7 +2,15 @@
 
 use std::fmt;
 
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
+
+/// The current time to the microsecond: what PostgreSQL keeps, so a state read back from
+/// the store equals the state that was written.
+pub fn now() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}
 
 /// Integer id of a warehouse (assigned by the catalog).
 pub type WarehouseId = i64;

@@ -1,0 +1,51 @@
+//! The in-memory copy of the product catalog the hot path reads (existence, price,
+//! low-stock threshold), kept in step by the product handlers, which write PostgreSQL first.
+
+use dashmap::DashMap;
+use sqlx::PgPool;
+
+/// What the hot path needs of a product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProductInfo {
+    pub price_cents: i64,
+    pub low_stock_threshold: i64,
+}
+
+/// Live (not deleted) products by id.
+#[derive(Default)]
+pub struct Catalog {
+    products: DashMap<i64, ProductInfo>,
+}
+
+impl Catalog {
+    pub async fn load(pool: &PgPool) -> Result<Self, sqlx::Error> {
+        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT id, price_cents, low_stock_threshold FROM products WHERE deleted_at IS NULL",
+        )
+        .fetch_all(pool)
+        .await?;
+        let catalog = Self::default();
+        for (id, price_cents, low_stock_threshold) in rows {
+            catalog.put(
+                id,
+                ProductInfo {
+                    price_cents,
+                    low_stock_threshold,
+                },
+            );
+        }
+        Ok(catalog)
+    }
+
+    pub fn get(&self, id: i64) -> Option<ProductInfo> {
+        self.products.get(&id).map(|p| *p)
+    }
+
+    pub fn put(&self, id: i64, info: ProductInfo) {
+        self.products.insert(id, info);
+    }
+
+    pub fn remove(&self, id: i64) {
+        self.products.remove(&id);
+    }
+}

@@ -1,0 +1,207 @@
+//! `/auth`: register, login (by email or phone, with TOTP once enabled), logout, me, and
+//! TOTP setup and verification.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::error::{AppError, Result};
+use super::extract::{Json, text};
+use super::users::{self, User};
+use crate::auth::extractor::Caller;
+use crate::auth::{Role, password, totp};
+use crate::startup::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/auth/register", post(register))
+        .route("/auth/login", post(login))
+        .route("/auth/logout", post(logout))
+        .route("/auth/me", get(me))
+        .route("/auth/totp/setup", post(totp_setup))
+        .route("/auth/totp/verify", post(totp_verify))
+}
+
+#[derive(Deserialize)]
+struct Register {
+    email: String,
+    password: String,
+    name: String,
+    phone: Option<String>,
+}
+
+/// A valid email address, lower-cased.
+pub fn email(value: &str) -> Result<String> {
+    let value = value.trim();
+    if value.len() > 254 || !email_address::EmailAddress::is_valid(value) {
+        return Err(AppError::validation(
+            "email",
+            "must be a valid email address",
+        ));
+    }
+    Ok(value.to_lowercase())
+}
+
+/// 8 to 72 bytes (bcrypt reads no further than 72).
+pub fn password_ok(value: &str) -> Result<()> {
+    if value.chars().count() < 8 || value.len() > 72 {
+        return Err(AppError::validation(
+            "password",
+            "must have 8 to 72 characters",
+        ));
+    }
+    Ok(())
+}
+
+/// An international number: an optional `+` and 7 to 15 digits.
+fn phone(value: &str) -> Result<String> {
+    let value = value.trim();
+    let digits = value.strip_prefix('+').unwrap_or(value);
+    if !(7..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(AppError::validation(
+            "phone",
+            "must be 7 to 15 digits, optionally after a +",
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+async fn register(
+    State(state): State<AppState>,
+    Json(body): Json<Register>,
+) -> Result<(StatusCode, Json<Value>)> {
+    let email = email(&body.email)?;
+    password_ok(&body.password)?;
+    let name = text(&body.name, "name", 200)?;
+    let phone = body.phone.as_deref().map(phone).transpose()?;
+    let hash = password::hash(body.password, state.auth.bcrypt_cost).await?;
+    let user = users::insert(
+        &state.db,
+        &email,
+        phone.as_deref(),
+        &name,
+        Role::Customer,
+        &hash,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(json!({ "user": user }))))
+}
+
+#[derive(Deserialize)]
+struct Login {
+    login: String,
+    password: String,
+    totp: Option<String>,
+}
+
+#[derive(Serialize)]
+struct LoginAnswer {
+    token: String,
+    token_type: &'static str,
+    expires_in: u64,
+    user: User,
+}
+
+type Credentials = (i64, String, bool, Option<String>);
+
+async fn login(
+    State(state): State<AppState>,
+    Json(body): Json<Login>,
+) -> Result<Json<LoginAnswer>> {
+    let found: Option<Credentials> = sqlx::query_as(
+        "SELECT id, password_hash, totp_enabled, totp_secret FROM users
+         WHERE lower(email) = lower($1) OR phone = $1 LIMIT 1",
+    )
+    .bind(body.login.trim())
+    .fetch_optional(&state.db)
+    .await?;
+    let hash = found.as_ref().map(|(_, hash, _, _)| hash.clone());
+    // The same answer, after the same work, for an unknown login and a wrong password.
+    if !password::verify(body.password, hash, &state.auth.dummy_hash).await? {
+        return Err(AppError::Unauthorized {
+            code: "invalid_credentials",
+            message: "wrong login or password".into(),
+        });
+    }
+    let Some((id, _, totp_enabled, secret)) = found else {
+        return Err(AppError::Internal(
+            "verified a login that was not found".into(),
+        ));
+    };
+    if totp_enabled {
+        let user = users::find(&state.db, id).await?;
+        let secret =
+            secret.ok_or_else(|| AppError::Internal("TOTP enabled without a secret".into()))?;
+        let valid = match body.totp.as_deref() {
+            Some(code) => totp::check(&secret, &user.email, code)?,
+            None => false,
+        };
+        if !valid {
+            return Err(AppError::Unauthorized {
+                code: "totp_required",
+                message: "a valid TOTP code is required for this account".into(),
+            });
+        }
+    }
+    let user = users::find(&state.db, id).await?;
+    Ok(Json(LoginAnswer {
+        token: state.auth.issue(id)?,
+        token_type: "Bearer",
+        expires_in: state.auth.token_ttl.as_secs(),
+        user,
+    }))
+}
+
+async fn logout(State(state): State<AppState>, Caller(caller): Caller) -> Result<StatusCode> {
+    state.auth.revoke(&state.db, &caller).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn me(State(state): State<AppState>, Caller(caller): Caller) -> Result<Json<User>> {
+    Ok(Json(users::find(&state.db, caller.user_id).await?))
+}
+
+async fn totp_setup(State(state): State<AppState>, Caller(caller): Caller) -> Result<Json<Value>> {
+    let user = users::find(&state.db, caller.user_id).await?;
+    let secret = totp::new_secret();
+    let uri = totp::uri(&secret, &user.email)?;
+    sqlx::query("UPDATE users SET totp_pending_secret = $1 WHERE id = $2")
+        .bind(&secret)
+        .bind(caller.user_id)
+        .execute(&state.db)
+        .await?;
+    Ok(Json(json!({ "secret": secret, "otpauth_uri": uri })))
+}
+
+#[derive(Deserialize)]
+struct Verify {
+    code: String,
+}
+
+async fn totp_verify(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Json(body): Json<Verify>,
+) -> Result<Json<Value>> {
+    let (email, pending): (String, Option<String>) =
+        sqlx::query_as("SELECT email, totp_pending_secret FROM users WHERE id = $1")
+            .bind(caller.user_id)
+            .fetch_optional(&state.db)
+            .await?
+            .ok_or_else(|| AppError::unauthorized("the token's user no longer exists"))?;
+    let secret = pending.ok_or_else(|| AppError::conflict("call /auth/totp/setup first"))?;
+    if !totp::check(&secret, &email, &body.code)? {
+        return Err(AppError::validation("code", "the code is wrong or expired"));
+    }
+    sqlx::query(
+        "UPDATE users SET totp_secret = totp_pending_secret, totp_pending_secret = NULL, totp_enabled = TRUE
+         WHERE id = $1",
+    )
+    .bind(caller.user_id)
+    .execute(&state.db)
+    .await?;
+    Ok(Json(json!({ "totp_enabled": true })))
+}

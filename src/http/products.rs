@@ -1,0 +1,232 @@
+//! `/products`: the catalog. Writes go to PostgreSQL first, then to the in-memory catalog.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Number;
+use sqlx::FromRow;
+
+use super::error::{AppError, Result, on_constraint};
+use super::extract::{Json, List, Page, Path, Query, int_in, text};
+use crate::auth::Role;
+use crate::auth::extractor::Caller;
+use crate::catalog::ProductInfo;
+use crate::startup::AppState;
+
+#[derive(Debug, Serialize, FromRow)]
+pub struct Product {
+    pub id: i64,
+    pub sku: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub price_cents: i64,
+    pub low_stock_threshold: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str =
+    "id, sku, name, description, price_cents, low_stock_threshold, created_at, updated_at";
+const MAX_PRICE: i64 = 1_000_000_000_000;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/products", get(list).post(create))
+        .route("/products/{id}", get(read).patch(update).delete(delete))
+}
+
+#[derive(Deserialize)]
+struct Create {
+    sku: String,
+    name: String,
+    description: Option<String>,
+    price_cents: Number,
+    low_stock_threshold: Option<Number>,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Json(body): Json<Create>,
+) -> Result<(StatusCode, Json<Product>)> {
+    caller.require(Role::Operator)?;
+    let sku = text(&body.sku, "sku", 64)?;
+    let name = text(&body.name, "name", 200)?;
+    let price = int_in(&body.price_cents, "price_cents", 0..=MAX_PRICE)?;
+    let threshold = match &body.low_stock_threshold {
+        Some(n) => int_in(n, "low_stock_threshold", 0..=1_000_000_000)?,
+        None => 0,
+    };
+    let product: Product = sqlx::query_as(&format!(
+        "INSERT INTO products (sku, name, description, price_cents, low_stock_threshold)
+         VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
+    ))
+    .bind(sku)
+    .bind(name)
+    .bind(body.description)
+    .bind(price)
+    .bind(threshold)
+    .fetch_one(&state.db)
+    .await
+    .map_err(|e| on_constraint(e, "products_sku_key", "a product with this sku exists"))?;
+    state.catalog.put(product.id, info(&product));
+    Ok((StatusCode::CREATED, Json(product)))
+}
+
+fn info(product: &Product) -> ProductInfo {
+    ProductInfo {
+        price_cents: product.price_cents,
+        low_stock_threshold: product.low_stock_threshold,
+    }
+}
+
+#[derive(Deserialize)]
+struct Search {
+    q: Option<String>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Caller(_): Caller,
+    Query(search): Query<Search>,
+) -> Result<Json<List<Product>>> {
+    let pattern = search.q.map(|q| {
+        format!(
+            "%{}%",
+            q.replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        )
+    });
+    let filter = "deleted_at IS NULL AND ($1::text IS NULL OR name ILIKE $1 OR sku ILIKE $1)";
+    let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM products WHERE {filter}"))
+        .bind(&pattern)
+        .fetch_one(&state.db)
+        .await?;
+    let items = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM products WHERE {filter} ORDER BY id LIMIT $2 OFFSET $3"
+    ))
+    .bind(&pattern)
+    .bind(Page::new(search.limit, search.offset).limit()?)
+    .bind(Page::new(search.limit, search.offset).offset()?)
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Json(List { items, total }))
+}
+
+pub async fn find(state: &AppState, id: i64) -> Result<Product> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM products WHERE id = $1 AND deleted_at IS NULL"
+    ))
+    .bind(id)
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or_else(|| AppError::NotFound(format!("product {id}")))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    Caller(_): Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<Product>> {
+    Ok(Json(find(&state, id).await?))
+}
+
+#[derive(Deserialize)]
+struct Update {
+    sku: Option<String>,
+    name: Option<String>,
+    description: Option<String>,
+    price_cents: Option<Number>,
+    low_stock_threshold: Option<Number>,
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<i64>,
+    Json(body): Json<Update>,
+) -> Result<Json<Product>> {
+    caller.require(Role::Operator)?;
+    let sku = body
+        .sku
+        .as_deref()
+        .map(|s| text(s, "sku", 64))
+        .transpose()?;
+    let name = body
+        .name
+        .as_deref()
+        .map(|s| text(s, "name", 200))
+        .transpose()?;
+    let price = body
+        .price_cents
+        .as_ref()
+        .map(|n| int_in(n, "price_cents", 0..=MAX_PRICE))
+        .transpose()?;
+    let threshold = body
+        .low_stock_threshold
+        .as_ref()
+        .map(|n| int_in(n, "low_stock_threshold", 0..=1_000_000_000))
+        .transpose()?;
+    let product: Product = sqlx::query_as(&format!(
+        "UPDATE products SET sku = COALESCE($2, sku), name = COALESCE($3, name),
+           description = COALESCE($4, description), price_cents = COALESCE($5, price_cents),
+           low_stock_threshold = COALESCE($6, low_stock_threshold), updated_at = now()
+         WHERE id = $1 AND deleted_at IS NULL RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(sku)
+    .bind(name)
+    .bind(body.description)
+    .bind(price)
+    .bind(threshold)
+    .fetch_optional(&state.db)
+    .await
+    .map_err(|e| on_constraint(e, "products_sku_key", "a product with this sku exists"))?
+    .ok_or_else(|| AppError::NotFound(format!("product {id}")))?;
+    state.catalog.put(product.id, info(&product));
+    Ok(Json(product))
+}
+
+/// Deleting keeps the product's ledger; refused while any line holds stock or reservations.
+async fn delete(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<i64>,
+) -> Result<StatusCode> {
+    caller.require(Role::Operator)?;
+    find(&state, id).await?;
+    // Out of the catalog first, so no new stock arrives between the check and the delete.
+    let Some(info) = state.catalog.get(id) else {
+        return Err(AppError::NotFound(format!("product {id}")));
+    };
+    state.catalog.remove(id);
+    let busy = state
+        .core
+        .registry()
+        .lines_of_product(id)
+        .iter()
+        .map(|line| line.peek())
+        .any(|line| line.on_hand > 0 || line.reserved > 0);
+    if busy {
+        state.catalog.put(id, info);
+        return Err(AppError::conflict(
+            "the product still has stock or pending reservations",
+        ));
+    }
+    let deleted =
+        sqlx::query("UPDATE products SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL")
+            .bind(id)
+            .execute(&state.db)
+            .await;
+    if let Err(error) = deleted {
+        state.catalog.put(id, info);
+        return Err(error.into());
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,227 @@
+//! `/reservations`: all-or-nothing holds across lines, then commit or release; pending
+//! ones past `expires_at` expire by themselves.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Number;
+use stockline_actors::{ItemRequest, Reservation, ReservationId, ReservationRequest};
+use uuid::Uuid;
+
+use super::error::{AppError, Result};
+use super::extract::{Json, Path, int_in, quantity, text};
+use crate::auth::Role;
+use crate::auth::extractor::Caller;
+use crate::startup::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/reservations", post(create))
+        .route("/reservations/{id}", get(read))
+        .route("/reservations/{id}/commit", post(commit))
+        .route("/reservations/{id}/release", post(release))
+}
+
+/// `Reservation` of API.md.
+#[derive(Debug, Serialize)]
+pub struct ReservationBody {
+    pub id: Uuid,
+    pub status: &'static str,
+    pub items: Vec<Item>,
+    pub reference: Option<String>,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Item {
+    pub product_id: i64,
+    pub warehouse_id: i64,
+    pub quantity: u64,
+}
+
+impl From<Reservation> for ReservationBody {
+    fn from(r: Reservation) -> Self {
+        Self {
+            id: r.id.0,
+            status: r.status.as_str(),
+            items: r
+                .items
+                .iter()
+                .map(|i| Item {
+                    product_id: i.product_id,
+                    warehouse_id: i.warehouse_id,
+                    quantity: i.quantity,
+                })
+                .collect(),
+            reference: r.reference,
+            expires_at: r.expires_at,
+            created_at: r.created_at,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Create {
+    items: Vec<ItemBody>,
+    ttl_seconds: Option<Number>,
+    reference: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ItemBody {
+    product_id: i64,
+    quantity: Number,
+    warehouse_id: Option<i64>,
+}
+
+/// The most items one reservation may hold.
+const MAX_ITEMS: usize = 100;
+const MAX_TTL_SECS: i64 = 7 * 24 * 3600;
+
+async fn create(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Json(body): Json<Create>,
+) -> Result<(StatusCode, Json<ReservationBody>)> {
+    caller.require(Role::Operator)?;
+    if body.items.is_empty() || body.items.len() > MAX_ITEMS {
+        return Err(AppError::validation(
+            "items",
+            format!("must hold 1 to {MAX_ITEMS} items"),
+        ));
+    }
+    let mut items = Vec::with_capacity(body.items.len());
+    for (i, item) in body.items.iter().enumerate() {
+        if state.catalog.get(item.product_id).is_none() {
+            return Err(AppError::NotFound(format!("product {}", item.product_id)));
+        }
+        if let Some(w) = item
+            .warehouse_id
+            .filter(|w| state.core.warehouses().get(*w).is_none())
+        {
+            return Err(AppError::NotFound(format!("warehouse {w}")));
+        }
+        items.push(ItemRequest {
+            product_id: item.product_id,
+            quantity: quantity(&item.quantity, &format!("items[{i}].quantity"))?,
+            warehouse_id: item.warehouse_id,
+        });
+    }
+    let ttl = match &body.ttl_seconds {
+        Some(n) => Duration::from_secs(int_in(n, "ttl_seconds", 1..=MAX_TTL_SECS)? as u64),
+        None => state.config.reservation_ttl(),
+    };
+    let reference = body
+        .reference
+        .as_deref()
+        .map(|r| text(r, "reference", 255))
+        .transpose()?;
+    let request = ReservationRequest {
+        items,
+        ttl,
+        reference,
+    };
+    let (reservation, lsn) = state.core.reservations().reserve(request).await?;
+    state.durable(lsn).await?;
+    Ok((StatusCode::CREATED, Json(reservation.into())))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<Uuid>,
+) -> Result<Json<ReservationBody>> {
+    caller.require(Role::Operator)?;
+    if let Some(reservation) = state.core.reservations().get(ReservationId(id)) {
+        return Ok(Json(reservation.into()));
+    }
+    // Settled long enough ago to have left memory: the store has it.
+    stored(&state, id).await.map(Json)
+}
+
+/// status, reference, expires_at, created_at
+type StoredRow = (String, Option<String>, DateTime<Utc>, DateTime<Utc>);
+
+async fn stored(state: &AppState, id: Uuid) -> Result<ReservationBody> {
+    let row: Option<StoredRow> = sqlx::query_as(
+        "SELECT status, reference, expires_at, created_at FROM reservations WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&state.db)
+    .await?;
+    let (status, reference, expires_at, created_at) =
+        row.ok_or_else(|| AppError::NotFound("reservation".into()))?;
+    let items: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT product_id, warehouse_id, quantity FROM reservation_items WHERE reservation_id = $1
+         ORDER BY warehouse_id, product_id",
+    )
+    .bind(id)
+    .fetch_all(&state.db)
+    .await?;
+    let status = stockline_actors::ReservationStatus::parse(&status)
+        .ok_or_else(|| AppError::Internal(format!("stored reservation status {status}")))?;
+    Ok(ReservationBody {
+        id,
+        status: status.as_str(),
+        items: items
+            .into_iter()
+            .map(|(product_id, warehouse_id, quantity)| Item {
+                product_id,
+                warehouse_id,
+                quantity: quantity as u64,
+            })
+            .collect(),
+        reference,
+        expires_at,
+        created_at,
+    })
+}
+
+async fn commit(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<Uuid>,
+) -> Result<Json<ReservationBody>> {
+    caller.require(Role::Operator)?;
+    settle(&state, id, true).await
+}
+
+async fn release(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<Uuid>,
+) -> Result<Json<ReservationBody>> {
+    caller.require(Role::Operator)?;
+    settle(&state, id, false).await
+}
+
+async fn settle(state: &AppState, id: Uuid, commit: bool) -> Result<Json<ReservationBody>> {
+    let reservations = state.core.reservations();
+    let id = ReservationId(id);
+    let outcome = if commit {
+        reservations.commit(id).await
+    } else {
+        reservations.release(id).await
+    };
+    let (reservation, lsn) = match outcome {
+        Ok(done) => done,
+        // Not in memory any more: settled long ago, or never existed.
+        Err(stockline_actors::CoreError::ReservationNotFound) => {
+            let stored = stored(state, id.0).await?;
+            return Err(AppError::Conflict {
+                code: "reservation_not_pending",
+                message: format!("reservation is {}, not pending", stored.status),
+                details: serde_json::json!({ "status": stored.status }),
+            });
+        }
+        Err(other) => return Err(other.into()),
+    };
+    state.durable(lsn).await?;
+    Ok(Json(reservation.into()))
+}

@@ -1,0 +1,314 @@
+//! Stock: availability, a warehouse's lines, adjustments (single and bulk), counts, and the
+//! movement ledger. Changes go through the line actors and, in `sync` mode, are answered
+//! once durable.
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::{get, post, put};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Number, Value, json};
+use sqlx::FromRow;
+use stockline_actors::{LineKey, LineSnapshot};
+
+use super::error::{AppError, Result};
+use super::extract::{Json, List, Page, Path, Query, int_in};
+use crate::auth::Role;
+use crate::auth::extractor::Caller;
+use crate::startup::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/products/{id}/availability", get(availability))
+        .route("/warehouses/{id}/stock", get(warehouse_stock))
+        .route("/stock/adjustments", post(adjust))
+        .route("/stock/adjustments/bulk", post(adjust_bulk))
+        .route("/stock/levels", put(set_level))
+        .route("/stock/movements", get(movements))
+}
+
+/// `StockLine` of API.md.
+#[derive(Debug, Serialize)]
+pub struct StockLine {
+    pub warehouse_id: i64,
+    pub product_id: i64,
+    pub on_hand: u64,
+    pub reserved: u64,
+    pub available: u64,
+    pub version: u64,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<LineSnapshot> for StockLine {
+    fn from(s: LineSnapshot) -> Self {
+        Self {
+            warehouse_id: s.key.warehouse_id,
+            product_id: s.key.product_id,
+            on_hand: s.on_hand,
+            reserved: s.reserved,
+            available: s.available(),
+            version: s.version,
+            updated_at: s.updated_at,
+        }
+    }
+}
+
+const REASONS: [&str; 5] = ["receipt", "correction", "damage", "count", "return"];
+
+fn reason(value: &str) -> Result<String> {
+    REASONS
+        .contains(&value)
+        .then(|| value.to_owned())
+        .ok_or_else(|| {
+            AppError::validation("reason", format!("must be one of {}", REASONS.join(", ")))
+        })
+}
+
+/// The line of a live product in a known warehouse.
+fn line_key(state: &AppState, warehouse_id: i64, product_id: i64) -> Result<LineKey> {
+    if state.catalog.get(product_id).is_none() {
+        return Err(AppError::NotFound(format!("product {product_id}")));
+    }
+    if state.core.warehouses().get(warehouse_id).is_none() {
+        return Err(AppError::NotFound(format!("warehouse {warehouse_id}")));
+    }
+    Ok(LineKey::new(warehouse_id, product_id))
+}
+
+async fn availability(
+    State(state): State<AppState>,
+    Caller(_): Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>> {
+    if state.catalog.get(id).is_none() {
+        return Err(AppError::NotFound(format!("product {id}")));
+    }
+    let mut lines: Vec<_> = state
+        .core
+        .registry()
+        .lines_of_product(id)
+        .iter()
+        .map(|l| l.peek())
+        .collect();
+    lines.sort_by_key(|l| l.key.warehouse_id);
+    let (mut on_hand, mut reserved) = (0u64, 0u64);
+    let mut warehouses = Vec::with_capacity(lines.len());
+    for line in lines {
+        let active = state
+            .core
+            .warehouses()
+            .get(line.key.warehouse_id)
+            .is_some_and(|w| w.active);
+        if active {
+            on_hand += line.on_hand;
+            reserved += line.reserved;
+        }
+        warehouses.push(json!({
+            "warehouse_id": line.key.warehouse_id,
+            "status": if active { "active" } else { "inactive" },
+            "on_hand": line.on_hand,
+            "reserved": line.reserved,
+            "available": line.available(),
+        }));
+    }
+    Ok(Json(json!({
+        "product_id": id,
+        "on_hand": on_hand,
+        "reserved": reserved,
+        "available": on_hand - reserved,
+        "warehouses": warehouses,
+    })))
+}
+
+async fn warehouse_stock(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<i64>,
+    Query(page): Query<Page>,
+) -> Result<Json<List<StockLine>>> {
+    caller.require(Role::Operator)?;
+    if state.core.warehouses().get(id).is_none() {
+        return Err(AppError::NotFound(format!("warehouse {id}")));
+    }
+    let mut lines: Vec<_> = state
+        .core
+        .registry()
+        .lines_of_warehouse(id)
+        .iter()
+        .map(|l| l.peek())
+        .collect();
+    lines.sort_by_key(|l| l.key.product_id);
+    let total = lines.len() as i64;
+    let items = lines
+        .into_iter()
+        .skip(page.offset()? as usize)
+        .take(page.limit()? as usize)
+        .map(StockLine::from)
+        .collect();
+    Ok(Json(List { items, total }))
+}
+
+#[derive(Deserialize)]
+pub struct Adjustment {
+    warehouse_id: i64,
+    product_id: i64,
+    delta: Number,
+    reason: String,
+}
+
+async fn adjust(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Json(body): Json<Adjustment>,
+) -> Result<Json<StockLine>> {
+    caller.require(Role::Operator)?;
+    let (line, lsn) = apply_adjustment(&state, body).await?;
+    state.durable(lsn).await?;
+    Ok(Json(line))
+}
+
+async fn apply_adjustment(
+    state: &AppState,
+    body: Adjustment,
+) -> Result<(StockLine, stockline_actors::Lsn)> {
+    let max = stockline_actors::types::MAX_QUANTITY as i64;
+    let delta = int_in(&body.delta, "delta", -max..=max)?;
+    if delta == 0 {
+        return Err(AppError::validation("delta", "must not be zero"));
+    }
+    let reason = reason(&body.reason)?;
+    let key = line_key(state, body.warehouse_id, body.product_id)?;
+    let applied = state.core.adjust(key, delta, reason).await?;
+    Ok((applied.snapshot.into(), applied.lsn))
+}
+
+/// Each item on its own: one refused item does not stop the others.
+async fn adjust_bulk(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Json(items): Json<Vec<Adjustment>>,
+) -> Result<Json<Value>> {
+    caller.require(Role::Operator)?;
+    if items.is_empty() || items.len() > 1000 {
+        return Err(AppError::validation(
+            "items",
+            "must hold 1 to 1000 adjustments",
+        ));
+    }
+    let mut results = Vec::with_capacity(items.len());
+    let mut last = 0;
+    for (index, item) in items.into_iter().enumerate() {
+        match apply_adjustment(&state, item).await {
+            Ok((line, lsn)) => {
+                last = last.max(lsn);
+                results.push(json!({ "index": index, "ok": true, "line": line }));
+            }
+            Err(error) => {
+                results.push(json!({ "index": index, "ok": false, "error": error.body() }))
+            }
+        }
+    }
+    state.durable(last).await?;
+    Ok(Json(json!({ "results": results })))
+}
+
+#[derive(Deserialize)]
+struct Level {
+    warehouse_id: i64,
+    product_id: i64,
+    on_hand: Number,
+    reason: Option<String>,
+    expected_version: Option<Number>,
+}
+
+async fn set_level(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Json(body): Json<Level>,
+) -> Result<Json<StockLine>> {
+    caller.require(Role::Operator)?;
+    let on_hand = int_in(
+        &body.on_hand,
+        "on_hand",
+        0..=stockline_actors::types::MAX_QUANTITY as i64,
+    )?;
+    let reason = reason(body.reason.as_deref().unwrap_or("count"))?;
+    let expected = body
+        .expected_version
+        .as_ref()
+        .map(|v| int_in(v, "expected_version", 0..=i64::MAX).map(|v| v as u64))
+        .transpose()?;
+    let key = line_key(&state, body.warehouse_id, body.product_id)?;
+    let applied = state
+        .core
+        .set_level(key, on_hand as u64, expected, reason)
+        .await?;
+    state.durable(applied.lsn).await?;
+    Ok(Json(applied.snapshot.into()))
+}
+
+#[derive(Debug, Serialize, FromRow)]
+struct Movement {
+    id: i64,
+    warehouse_id: i64,
+    product_id: i64,
+    kind: String,
+    quantity: i64,
+    on_hand_after: i64,
+    reserved_after: i64,
+    reference: String,
+    at: DateTime<Utc>,
+}
+
+#[derive(Deserialize)]
+struct MovementFilter {
+    product_id: Option<i64>,
+    warehouse_id: Option<i64>,
+    kind: Option<String>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+const KINDS: [&str; 7] = [
+    "adjust",
+    "reserve",
+    "release",
+    "expire",
+    "commit",
+    "transfer_out",
+    "transfer_in",
+];
+
+async fn movements(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Query(filter): Query<MovementFilter>,
+) -> Result<Json<List<Movement>>> {
+    caller.require(Role::Operator)?;
+    let page = Page::new(filter.limit, filter.offset);
+    if let Some(kind) = filter.kind.as_deref().filter(|k| !KINDS.contains(k)) {
+        return Err(AppError::validation("kind", format!("unknown kind {kind}")));
+    }
+    let condition =
+        "($1::bigint IS NULL OR product_id = $1) AND ($2::bigint IS NULL OR warehouse_id = $2)
+                     AND ($3::text IS NULL OR kind = $3)";
+    let total: i64 =
+        sqlx::query_scalar(&format!("SELECT count(*) FROM movements WHERE {condition}"))
+            .bind(filter.product_id)
+            .bind(filter.warehouse_id)
+            .bind(&filter.kind)
+            .fetch_one(&state.db)
+            .await?;
+    let items = sqlx::query_as(&format!(
+        "SELECT id, warehouse_id, product_id, kind, quantity, on_hand_after, reserved_after, reference, at
+         FROM movements WHERE {condition} ORDER BY id DESC LIMIT $4 OFFSET $5"
+    ))
+    .bind(filter.product_id)
+    .bind(filter.warehouse_id)
+    .bind(&filter.kind)
+    .bind(page.limit()?)
+    .bind(page.offset()?)
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Json(List { items, total }))
+}

@@ -1,0 +1,99 @@
+//! Users as the API shows them, their queries, and `PUT /users/{id}/role` (admin only).
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::put;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{FromRow, PgPool};
+
+use super::error::{AppError, Result};
+use super::extract::{Json, Path};
+use crate::auth::Role;
+use crate::auth::extractor::Caller;
+use crate::startup::AppState;
+
+/// `User` of API.md: never a password hash or TOTP secret.
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct User {
+    pub id: i64,
+    pub email: String,
+    pub phone: Option<String>,
+    pub name: String,
+    pub role: String,
+    pub totp_enabled: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+const USER_COLUMNS: &str = "id, email, phone, name, role, totp_enabled, created_at";
+
+#[tracing::instrument(skip_all)]
+pub async fn find(pool: &PgPool, id: i64) -> Result<User> {
+    sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("user {id}")))
+}
+
+/// A new user; unique email or phone violations are 409.
+#[tracing::instrument(skip_all)]
+pub async fn insert(
+    pool: &PgPool,
+    email: &str,
+    phone: Option<&str>,
+    name: &str,
+    role: Role,
+    password_hash: &str,
+) -> Result<User> {
+    sqlx::query_as(&format!(
+        "INSERT INTO users (email, phone, name, role, password_hash) VALUES ($1, $2, $3, $4, $5)
+         RETURNING {USER_COLUMNS}"
+    ))
+    .bind(email)
+    .bind(phone)
+    .bind(name)
+    .bind(role.as_str())
+    .bind(password_hash)
+    .fetch_one(pool)
+    .await
+    .map_err(|e| match &e {
+        sqlx::Error::Database(db) if db.constraint() == Some("users_email_key") => {
+            AppError::conflict("a user with this email exists")
+        }
+        sqlx::Error::Database(db) if db.constraint() == Some("users_phone_key") => {
+            AppError::conflict("a user with this phone exists")
+        }
+        _ => e.into(),
+    })
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/users/{id}/role", put(set_role))
+}
+
+#[derive(Deserialize)]
+struct RoleBody {
+    role: String,
+}
+
+async fn set_role(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<i64>,
+    Json(body): Json<RoleBody>,
+) -> Result<Json<User>> {
+    caller.require(Role::Admin)?;
+    let role = Role::parse(&body.role)
+        .ok_or_else(|| AppError::validation("role", "must be customer, operator or admin"))?;
+    let updated = sqlx::query("UPDATE users SET role = $1 WHERE id = $2")
+        .bind(role.as_str())
+        .bind(id)
+        .execute(&state.db)
+        .await?;
+    if updated.rows_affected() == 0 {
+        return Err(AppError::NotFound(format!("user {id}")));
+    }
+    state.auth.set_role(id, role);
+    Ok(Json(find(&state.db, id).await?))
+}

@@ -1,0 +1,203 @@
+//! `/warehouses`: codes, names, allocation priority and status. PostgreSQL is written
+//! first, then the core's directory (and, for a status change, every line of the warehouse).
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, put};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Number;
+use sqlx::FromRow;
+use stockline_actors::WarehouseInfo;
+
+use super::error::{AppError, Result, on_constraint};
+use super::extract::{Json, List, Page, Path, Query, int_in, text};
+use crate::auth::Role;
+use crate::auth::extractor::Caller;
+use crate::startup::AppState;
+
+#[derive(Debug, Serialize, FromRow)]
+pub struct Warehouse {
+    pub id: i64,
+    pub code: String,
+    pub name: String,
+    pub location: Option<String>,
+    pub priority: i32,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Warehouse {
+    fn info(&self) -> WarehouseInfo {
+        WarehouseInfo {
+            priority: self.priority,
+            active: self.status == "active",
+        }
+    }
+}
+
+const COLUMNS: &str = "id, code, name, location, priority, status, created_at, updated_at";
+const CODE_TAKEN: &str = "a warehouse with this code exists";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/warehouses", get(list).post(create))
+        .route("/warehouses/{id}", get(read).patch(update))
+        .route("/warehouses/{id}/status", put(set_status))
+}
+
+#[derive(Deserialize)]
+struct Create {
+    code: String,
+    name: String,
+    location: Option<String>,
+    priority: Option<Number>,
+}
+
+fn priority(n: &Number) -> Result<i32> {
+    Ok(int_in(n, "priority", 0..=1_000_000)? as i32)
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Json(body): Json<Create>,
+) -> Result<(StatusCode, Json<Warehouse>)> {
+    caller.require(Role::Operator)?;
+    let code = text(&body.code, "code", 64)?;
+    let name = text(&body.name, "name", 200)?;
+    let priority = body
+        .priority
+        .as_ref()
+        .map(priority)
+        .transpose()?
+        .unwrap_or(100);
+    let warehouse: Warehouse = sqlx::query_as(&format!(
+        "INSERT INTO warehouses (code, name, location, priority) VALUES ($1, $2, $3, $4) RETURNING {COLUMNS}"
+    ))
+    .bind(code)
+    .bind(name)
+    .bind(body.location)
+    .bind(priority)
+    .fetch_one(&state.db)
+    .await
+    .map_err(|e| on_constraint(e, "warehouses_code_key", CODE_TAKEN))?;
+    state
+        .core
+        .upsert_warehouse(warehouse.id, warehouse.info())
+        .await?;
+    Ok((StatusCode::CREATED, Json(warehouse)))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Caller(_): Caller,
+    Query(page): Query<Page>,
+) -> Result<Json<List<Warehouse>>> {
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM warehouses")
+        .fetch_one(&state.db)
+        .await?;
+    let items = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM warehouses ORDER BY priority, id LIMIT $1 OFFSET $2"
+    ))
+    .bind(page.limit()?)
+    .bind(page.offset()?)
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Json(List { items, total }))
+}
+
+pub async fn find(state: &AppState, id: i64) -> Result<Warehouse> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM warehouses WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&state.db)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("warehouse {id}")))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    Caller(_): Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<Warehouse>> {
+    Ok(Json(find(&state, id).await?))
+}
+
+#[derive(Deserialize)]
+struct Update {
+    code: Option<String>,
+    name: Option<String>,
+    location: Option<String>,
+    priority: Option<Number>,
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<i64>,
+    Json(body): Json<Update>,
+) -> Result<Json<Warehouse>> {
+    caller.require(Role::Operator)?;
+    let code = body
+        .code
+        .as_deref()
+        .map(|s| text(s, "code", 64))
+        .transpose()?;
+    let name = body
+        .name
+        .as_deref()
+        .map(|s| text(s, "name", 200))
+        .transpose()?;
+    let priority = body.priority.as_ref().map(priority).transpose()?;
+    let warehouse: Warehouse = sqlx::query_as(&format!(
+        "UPDATE warehouses SET code = COALESCE($2, code), name = COALESCE($3, name),
+           location = COALESCE($4, location), priority = COALESCE($5, priority), updated_at = now()
+         WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(code)
+    .bind(name)
+    .bind(body.location)
+    .bind(priority)
+    .fetch_optional(&state.db)
+    .await
+    .map_err(|e| on_constraint(e, "warehouses_code_key", CODE_TAKEN))?
+    .ok_or_else(|| AppError::NotFound(format!("warehouse {id}")))?;
+    state
+        .core
+        .upsert_warehouse(warehouse.id, warehouse.info())
+        .await?;
+    Ok(Json(warehouse))
+}
+
+#[derive(Deserialize)]
+struct Status {
+    status: String,
+}
+
+async fn set_status(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<i64>,
+    Json(body): Json<Status>,
+) -> Result<Json<Warehouse>> {
+    caller.require(Role::Operator)?;
+    if !matches!(body.status.as_str(), "active" | "inactive") {
+        return Err(AppError::validation("status", "must be active or inactive"));
+    }
+    let warehouse: Warehouse = sqlx::query_as(&format!(
+        "UPDATE warehouses SET status = $2, updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(&body.status)
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or_else(|| AppError::NotFound(format!("warehouse {id}")))?;
+    state
+        .core
+        .upsert_warehouse(warehouse.id, warehouse.info())
+        .await?;
+    Ok(Json(warehouse))
+}

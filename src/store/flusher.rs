@@ -1,0 +1,320 @@
+//! The write-behind flusher: drains the core's [`JournalBuffer`] into PostgreSQL, one
+//! transaction per batch, with one multi-row statement (`UNNEST` arrays) per table.
+//!
+//! Line states are coalesced to the newest version in the batch and only written over a
+//! lower version; reservations likewise keep their newest record. Movements and transfers
+//! are inserted with their journal numbers as keys, so a batch retried after a failure
+//! that had in fact committed writes nothing twice. A failed batch is kept and retried
+//! with backoff, never dropped; meanwhile `/readyz` answers 503 and, once the backlog
+//! reaches its bound, the lines refuse new work (`overloaded`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use stockline_actors::journal::{
+    Batch, LineRecord, MovementRecord, ReservationRecord, TransferRecord,
+};
+use stockline_actors::{JournalBuffer, LineKey, Lsn, Record, ReservationId};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The most records one transaction takes.
+const MAX_BATCH: usize = 20_000;
+/// How long one batch may take before it counts as failed (a hung connection).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown keeps retrying to write what is left before giving up.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// What operators and `/readyz` see of the flusher. Written by the flusher only.
+#[derive(Default)]
+pub struct FlushStats {
+    /// False from a failed write until the next successful one.
+    pub healthy: AtomicBool,
+    pub batches_flushed: AtomicU64,
+    pub records_flushed: AtomicU64,
+    pub flush_failures: AtomicU64,
+    /// Unix microseconds of the last successful flush (0: none yet).
+    pub last_flush_us: AtomicI64,
+}
+
+impl FlushStats {
+    pub fn last_flush_at(&self) -> Option<DateTime<Utc>> {
+        match self.last_flush_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => DateTime::from_timestamp_micros(us),
+        }
+    }
+}
+
+/// The running flusher.
+pub struct Flusher {
+    pub stats: Arc<FlushStats>,
+    stop: CancellationToken,
+    task: JoinHandle<bool>,
+}
+
+impl Flusher {
+    pub fn spawn(pool: PgPool, buffer: Arc<JournalBuffer>, interval: Duration) -> Self {
+        let stats = Arc::new(FlushStats {
+            healthy: AtomicBool::new(true),
+            ..FlushStats::default()
+        });
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(pool, buffer, interval, stats.clone(), stop.clone()));
+        Self { stats, stop, task }
+    }
+
+    /// Writes everything still buffered, then ends. False if some records could not be
+    /// written within the grace period (the database stayed down).
+    pub async fn finish(self) -> bool {
+        self.stop.cancel();
+        self.task.await.unwrap_or(false)
+    }
+}
+
+async fn run(
+    pool: PgPool,
+    buffer: Arc<JournalBuffer>,
+    interval: Duration,
+    stats: Arc<FlushStats>,
+    stop: CancellationToken,
+) -> bool {
+    loop {
+        tokio::select! {
+            _ = buffer.wait_for_records() => {
+                // Group commit: let the batch gather for one interval.
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = stop.cancelled() => {}
+                }
+            }
+            _ = stop.cancelled() => {}
+        }
+        let deadline = stop
+            .is_cancelled()
+            .then(|| tokio::time::Instant::now() + SHUTDOWN_GRACE);
+        while let Some(batch) = buffer.take(MAX_BATCH) {
+            if !write_until_done(&pool, &batch, &stats, deadline).await {
+                tracing::error!(
+                    records = buffer.backlog(),
+                    "shutting down with records not written"
+                );
+                return false;
+            }
+            buffer.complete(&batch);
+        }
+        if stop.is_cancelled() {
+            return true;
+        }
+    }
+}
+
+/// Retries one batch with backoff until it is written (or the shutdown deadline passes).
+async fn write_until_done(
+    pool: &PgPool,
+    batch: &Batch,
+    stats: &FlushStats,
+    deadline: Option<tokio::time::Instant>,
+) -> bool {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let result = tokio::time::timeout(WRITE_TIMEOUT, write(pool, batch)).await;
+        match result {
+            Ok(Ok(())) => {
+                stats.healthy.store(true, Ordering::Release);
+                stats.batches_flushed.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .records_flushed
+                    .fetch_add(batch.records.len() as u64, Ordering::Relaxed);
+                stats
+                    .last_flush_us
+                    .store(Utc::now().timestamp_micros(), Ordering::Relaxed);
+                return true;
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, records = batch.records.len(), "flush failed; retrying")
+            }
+            Err(_) => tracing::warn!(records = batch.records.len(), "flush timed out; retrying"),
+        }
+        stats.healthy.store(false, Ordering::Release);
+        stats.flush_failures.fetch_add(1, Ordering::Relaxed);
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            return false;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// A batch sorted by table, coalesced where only the newest state matters.
+#[derive(Default)]
+struct Sorted<'a> {
+    lines: HashMap<LineKey, &'a LineRecord>,
+    movements: Vec<(Lsn, &'a MovementRecord)>,
+    reservations: HashMap<ReservationId, (Lsn, &'a ReservationRecord)>,
+    transfers: Vec<&'a TransferRecord>,
+}
+
+fn sort(batch: &Batch) -> Sorted<'_> {
+    let mut sorted = Sorted::default();
+    for (lsn, record) in &batch.records {
+        match record {
+            Record::Line(line) => {
+                let newest = sorted.lines.entry(line.key).or_insert(line);
+                if line.version > newest.version {
+                    *newest = line;
+                }
+            }
+            Record::Movement(movement) => sorted.movements.push((*lsn, movement)),
+            // Records arrive in Lsn order, so the last one is the newest.
+            Record::Reservation(r) => drop(sorted.reservations.insert(r.id, (*lsn, r))),
+            Record::Transfer(transfer) => sorted.transfers.push(transfer),
+        }
+    }
+    sorted
+}
+
+#[tracing::instrument(skip_all, fields(records = batch.records.len()))]
+async fn write(pool: &PgPool, batch: &Batch) -> Result<(), sqlx::Error> {
+    let sorted = sort(batch);
+    let mut tx = pool.begin().await?;
+    write_reservations(&mut tx, &sorted).await?;
+    write_lines(&mut tx, &sorted).await?;
+    write_movements(&mut tx, &sorted).await?;
+    write_transfers(&mut tx, &sorted).await?;
+    sqlx::query(
+        "INSERT INTO settings (key, value) VALUES ('journal_lsn', $1::text)
+         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
+         WHERE settings.value::bigint < EXCLUDED.value::bigint",
+    )
+    .bind(batch.last as i64)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+async fn write_lines(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::Error> {
+    if sorted.lines.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<_> = sorted.lines.values().collect();
+    sqlx::query(
+        "INSERT INTO stock_lines (warehouse_id, product_id, on_hand, reserved, version, updated_at)
+         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::timestamptz[])
+         ON CONFLICT (warehouse_id, product_id) DO UPDATE
+           SET on_hand = EXCLUDED.on_hand, reserved = EXCLUDED.reserved,
+               version = EXCLUDED.version, updated_at = EXCLUDED.updated_at
+         WHERE stock_lines.version < EXCLUDED.version",
+    )
+    .bind(lines.iter().map(|l| l.key.warehouse_id).collect::<Vec<_>>())
+    .bind(lines.iter().map(|l| l.key.product_id).collect::<Vec<_>>())
+    .bind(lines.iter().map(|l| l.on_hand as i64).collect::<Vec<_>>())
+    .bind(lines.iter().map(|l| l.reserved as i64).collect::<Vec<_>>())
+    .bind(lines.iter().map(|l| l.version as i64).collect::<Vec<_>>())
+    .bind(lines.iter().map(|l| l.updated_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn write_movements(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::Error> {
+    if sorted.movements.is_empty() {
+        return Ok(());
+    }
+    let m = &sorted.movements;
+    sqlx::query(
+        "INSERT INTO movements (id, warehouse_id, product_id, kind, quantity, on_hand_after, reserved_after, reference, at)
+         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[],
+                              $6::bigint[], $7::bigint[], $8::text[], $9::timestamptz[])
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(m.iter().map(|(lsn, _)| *lsn as i64).collect::<Vec<_>>())
+    .bind(m.iter().map(|(_, r)| r.key.warehouse_id).collect::<Vec<_>>())
+    .bind(m.iter().map(|(_, r)| r.key.product_id).collect::<Vec<_>>())
+    .bind(m.iter().map(|(_, r)| r.kind.as_str()).collect::<Vec<_>>())
+    .bind(m.iter().map(|(_, r)| r.quantity).collect::<Vec<_>>())
+    .bind(m.iter().map(|(_, r)| r.on_hand_after as i64).collect::<Vec<_>>())
+    .bind(m.iter().map(|(_, r)| r.reserved_after as i64).collect::<Vec<_>>())
+    .bind(m.iter().map(|(_, r)| r.reference.to_string()).collect::<Vec<_>>())
+    .bind(m.iter().map(|(_, r)| r.at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn write_reservations(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::Error> {
+    if sorted.reservations.is_empty() {
+        return Ok(());
+    }
+    let r: Vec<_> = sorted.reservations.values().collect();
+    sqlx::query(
+        "INSERT INTO reservations (id, status, reference, expires_at, created_at, updated_at, lsn)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
+                              $6::timestamptz[], $7::bigint[])
+         ON CONFLICT (id) DO UPDATE
+           SET status = EXCLUDED.status, updated_at = EXCLUDED.updated_at, lsn = EXCLUDED.lsn
+         WHERE reservations.lsn < EXCLUDED.lsn",
+    )
+    .bind(r.iter().map(|(_, r)| r.id.0).collect::<Vec<_>>())
+    .bind(r.iter().map(|(_, r)| r.status.as_str()).collect::<Vec<_>>())
+    .bind(r.iter().map(|(_, r)| r.reference.clone()).collect::<Vec<_>>())
+    .bind(r.iter().map(|(_, r)| r.expires_at).collect::<Vec<_>>())
+    .bind(r.iter().map(|(_, r)| r.created_at).collect::<Vec<_>>())
+    .bind(r.iter().map(|(_, r)| r.updated_at).collect::<Vec<_>>())
+    .bind(r.iter().map(|(lsn, _)| *lsn as i64).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    let items: Vec<_> = r
+        .iter()
+        .flat_map(|(_, r)| r.items.iter().map(move |item| (r.id.0, item)))
+        .collect();
+    sqlx::query(
+        "INSERT INTO reservation_items (reservation_id, warehouse_id, product_id, quantity)
+         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(items.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+    .bind(
+        items
+            .iter()
+            .map(|(_, i)| i.warehouse_id)
+            .collect::<Vec<_>>(),
+    )
+    .bind(items.iter().map(|(_, i)| i.product_id).collect::<Vec<_>>())
+    .bind(
+        items
+            .iter()
+            .map(|(_, i)| i.quantity as i64)
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn write_transfers(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::Error> {
+    if sorted.transfers.is_empty() {
+        return Ok(());
+    }
+    let t = &sorted.transfers;
+    sqlx::query(
+        "INSERT INTO transfers (id, from_warehouse_id, to_warehouse_id, product_id, quantity, created_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::timestamptz[])
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(t.iter().map(|r| r.id.0).collect::<Vec<_>>())
+    .bind(t.iter().map(|r| r.from_warehouse_id).collect::<Vec<_>>())
+    .bind(t.iter().map(|r| r.to_warehouse_id).collect::<Vec<_>>())
+    .bind(t.iter().map(|r| r.product_id).collect::<Vec<_>>())
+    .bind(t.iter().map(|r| r.quantity as i64).collect::<Vec<_>>())
+    .bind(t.iter().map(|r| r.created_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
