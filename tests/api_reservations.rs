@@ -1,0 +1,271 @@
+//! Reservations over HTTP: create, read, commit, release, expiry, and the race.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use reqwest::StatusCode;
+use serde_json::json;
+
+#[tokio::test]
+async fn a_reservation_is_split_across_warehouses_then_committed() {
+    let app = TestApp::spawn().await;
+    let product = app.product("P", 100).await;
+    let (near, far) = (
+        app.warehouse("NEAR", 1).await,
+        app.warehouse("FAR", 2).await,
+    );
+    app.stock(near, product, 3).await;
+    app.stock(far, product, 10).await;
+    let (status, reservation) = app
+        .post("/reservations", &app.admin, json!({ "items": [{ "product_id": product, "quantity": 5 }], "reference": "cart-7", "ttl_seconds": 60 }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{reservation}");
+    assert_eq!(reservation["status"], "pending");
+    assert_eq!(reservation["reference"], "cart-7");
+    let items = reservation["items"].as_array().unwrap();
+    let split: Vec<_> = items
+        .iter()
+        .map(|i| {
+            (
+                i["warehouse_id"].as_i64().unwrap(),
+                i["quantity"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(split, vec![(near, 3), (far, 2)]);
+    let id = reservation["id"].as_str().unwrap();
+    let (status, read) = app.get(&format!("/reservations/{id}"), &app.admin).await;
+    assert_eq!((status, read["id"].as_str()), (StatusCode::OK, Some(id)));
+
+    let (status, committed) = app
+        .post(&format!("/reservations/{id}/commit"), &app.admin, json!({}))
+        .await;
+    assert_eq!(
+        (status, committed["status"].as_str()),
+        (StatusCode::OK, Some("committed"))
+    );
+    let body = app.availability(product).await;
+    assert_eq!(
+        (body["on_hand"].as_u64(), body["reserved"].as_u64()),
+        (Some(8), Some(0))
+    );
+    for step in ["commit", "release"] {
+        let (status, body) = app
+            .post(&format!("/reservations/{id}/{step}"), &app.admin, json!({}))
+            .await;
+        assert_eq!(
+            error_code(status, &body, StatusCode::CONFLICT),
+            "reservation_not_pending"
+        );
+        assert_eq!(body["error"]["details"]["status"], "committed");
+    }
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_release_returns_the_stock() {
+    let app = TestApp::spawn().await;
+    let (product, warehouse) = (app.product("P", 100).await, app.warehouse("W", 1).await);
+    app.stock(warehouse, product, 4).await;
+    let (_, reservation) = app.reserve(product, 4).await;
+    let id = reservation["id"].as_str().unwrap();
+    let (status, released) = app
+        .post(
+            &format!("/reservations/{id}/release"),
+            &app.admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, released["status"].as_str()),
+        (StatusCode::OK, Some("released"))
+    );
+    assert_eq!(app.availability(product).await["available"], 4);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn refusals_say_what_is_missing_and_move_nothing() {
+    let app = TestApp::spawn().await;
+    let (p1, p2) = (app.product("P1", 100).await, app.product("P2", 100).await);
+    let warehouse = app.warehouse("W", 1).await;
+    app.stock(warehouse, p1, 5).await;
+    app.stock(warehouse, p2, 1).await;
+    let (status, body) = app
+        .post("/reservations", &app.admin, json!({ "items": [{ "product_id": p1, "quantity": 2 }, { "product_id": p2, "quantity": 3 }] }))
+        .await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::CONFLICT),
+        "insufficient_stock"
+    );
+    assert_eq!(
+        body["error"]["details"],
+        json!({ "product_id": p2, "requested": 3, "available": 1 })
+    );
+    assert_eq!(app.availability(p1).await["reserved"], 0, "all or nothing");
+
+    let bad = [
+        (
+            json!({ "items": [] }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            json!({ "items": [{ "product_id": p1, "quantity": 0 }] }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            json!({ "items": [{ "product_id": p1, "quantity": -2 }] }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            json!({ "items": [{ "product_id": p1, "quantity": 1e12 }] }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            json!({ "items": [{ "product_id": p1, "quantity": 1 }], "ttl_seconds": 604801 }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            json!({ "items": [{ "product_id": 777, "quantity": 1 }] }),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            json!({ "items": [{ "product_id": p1, "quantity": 1, "warehouse_id": 888 }] }),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            json!({ "items": "all" }),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+    ];
+    for (body, status, code) in bad {
+        let (got, answer) = app.post("/reservations", &app.admin, body.clone()).await;
+        assert_eq!(error_code(got, &answer, status), code, "{body}");
+    }
+    app.put(
+        &format!("/warehouses/{warehouse}/status"),
+        &app.admin,
+        json!({ "status": "inactive" }),
+    )
+    .await;
+    let (status, body) = app
+        .post(
+            "/reservations",
+            &app.admin,
+            json!({ "items": [{ "product_id": p1, "quantity": 1, "warehouse_id": warehouse }] }),
+        )
+        .await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::CONFLICT),
+        "warehouse_inactive"
+    );
+    for path in [
+        "/reservations/0195f2a0-0000-7000-8000-000000000000",
+        "/reservations/not-a-uuid",
+    ] {
+        let (status, body) = app.get(path, &app.admin).await;
+        assert_eq!(
+            error_code(status, &body, StatusCode::NOT_FOUND),
+            "not_found",
+            "{path}"
+        );
+    }
+    let (_, customer) = app.customer("lu@example.com").await;
+    let (status, body) = app
+        .post(
+            "/reservations",
+            &customer,
+            json!({ "items": [{ "product_id": p1, "quantity": 1 }] }),
+        )
+        .await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::FORBIDDEN),
+        "forbidden"
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_pending_reservation_expires_and_its_stock_returns() {
+    let app = TestApp::spawn().await;
+    let (product, warehouse) = (app.product("P", 100).await, app.warehouse("W", 1).await);
+    app.stock(warehouse, product, 2).await;
+    let (_, reservation) = app
+        .post(
+            "/reservations",
+            &app.admin,
+            json!({ "items": [{ "product_id": product, "quantity": 2 }], "ttl_seconds": 1 }),
+        )
+        .await;
+    let id = reservation["id"].as_str().unwrap();
+    let mut status = String::new();
+    for _ in 0..100 {
+        status = app.get(&format!("/reservations/{id}"), &app.admin).await.1["status"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        if status == "expired" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, "expired");
+    assert_eq!(app.availability(product).await["available"], 2);
+    let (code, body) = app
+        .post(&format!("/reservations/{id}/commit"), &app.admin, json!({}))
+        .await;
+    assert_eq!(
+        error_code(code, &body, StatusCode::CONFLICT),
+        "reservation_not_pending"
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_hundred_concurrent_reservations_against_fifty_units_give_exactly_fifty() {
+    let app = Arc::new(TestApp::spawn().await);
+    let (product, warehouse) = (app.product("HOT", 100).await, app.warehouse("W", 1).await);
+    app.stock(warehouse, product, 50).await;
+    let tasks: Vec<_> = (0..300)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { app.reserve(product, 1).await.0 })
+        })
+        .collect();
+    let (mut created, mut refused) = (0, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            StatusCode::CREATED => created += 1,
+            StatusCode::CONFLICT => refused += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!((created, refused), (50, 250));
+    let body = app.availability(product).await;
+    assert_eq!(
+        (body["on_hand"].as_u64(), body["reserved"].as_u64()),
+        (Some(50), Some(50))
+    );
+    let (_, reserves) = app
+        .get(
+            &format!("/stock/movements?product_id={product}&kind=reserve"),
+            &app.admin,
+        )
+        .await;
+    assert_eq!(
+        reserves["total"], 50,
+        "in sync mode every answered reservation is in the ledger"
+    );
+    Arc::into_inner(app).unwrap().cleanup().await;
+}

@@ -1,0 +1,236 @@
+//! Stock over HTTP: availability, adjustments, counts, bulk, movements, warehouse lines.
+
+mod common;
+
+use common::*;
+use reqwest::StatusCode;
+use serde_json::json;
+
+#[tokio::test]
+async fn availability_counts_active_warehouses_only() {
+    let app = TestApp::spawn().await;
+    let product = app.product("P", 100).await;
+    let (a, b) = (app.warehouse("A", 1).await, app.warehouse("B", 2).await);
+    app.stock(a, product, 10).await;
+    app.stock(b, product, 4).await;
+    app.reserve(product, 3).await;
+    let (_, customer) = app.customer("jo@example.com").await;
+    let (status, body) = app
+        .get(&format!("/products/{product}/availability"), &customer)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (
+            body["on_hand"].as_u64(),
+            body["reserved"].as_u64(),
+            body["available"].as_u64()
+        ),
+        (Some(14), Some(3), Some(11))
+    );
+    app.put(
+        &format!("/warehouses/{a}/status"),
+        &app.admin,
+        json!({ "status": "inactive" }),
+    )
+    .await;
+    let body = app.availability(product).await;
+    assert_eq!(
+        (body["on_hand"].as_u64(), body["available"].as_u64()),
+        (Some(4), Some(4))
+    );
+    let lines = body["warehouses"].as_array().unwrap();
+    assert_eq!(lines.len(), 2, "inactive lines are still listed");
+    assert_eq!(
+        (lines[0]["status"].as_str(), lines[0]["reserved"].as_u64()),
+        (Some("inactive"), Some(3))
+    );
+    let (status, body) = app.get("/products/9999/availability", &customer).await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::NOT_FOUND),
+        "not_found"
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn adjustments_move_on_hand_with_a_reason_and_never_below_reserved() {
+    let app = TestApp::spawn().await;
+    let (product, warehouse) = (app.product("P", 100).await, app.warehouse("W", 1).await);
+    let line = app.stock(warehouse, product, 10).await;
+    assert_eq!(
+        (
+            line["on_hand"].as_u64(),
+            line["available"].as_u64(),
+            line["version"].as_u64()
+        ),
+        (Some(10), Some(10), Some(1))
+    );
+    app.reserve(product, 6).await;
+    let adjust = |delta: serde_json::Value, reason: &str| {
+        app.post(
+            "/stock/adjustments",
+            &app.admin,
+            json!({ "warehouse_id": warehouse, "product_id": product, "delta": delta, "reason": reason }),
+        )
+    };
+    let (status, body) = adjust(json!(-5), "damage").await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::CONFLICT),
+        "insufficient_stock"
+    );
+    assert_eq!(body["error"]["details"]["available"], 4);
+    let (status, body) = adjust(json!(-4), "damage").await;
+    assert_eq!(
+        (status, body["on_hand"].as_u64()),
+        (StatusCode::OK, Some(6))
+    );
+    for (delta, reason) in [
+        (json!(0), "count"),
+        (json!(3), "gift"),
+        (json!(1_000_000_001), "receipt"),
+        (json!(2.5), "receipt"),
+    ] {
+        let (status, body) = adjust(delta.clone(), reason).await;
+        assert_eq!(
+            error_code(status, &body, StatusCode::UNPROCESSABLE_ENTITY),
+            "validation_failed",
+            "{delta} {reason}"
+        );
+    }
+    let (status, body) = app
+        .post(
+            "/stock/adjustments",
+            &app.admin,
+            json!({ "warehouse_id": 999, "product_id": product, "delta": 1, "reason": "receipt" }),
+        )
+        .await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::NOT_FOUND),
+        "not_found"
+    );
+    let (_, customer) = app.customer("kim@example.com").await;
+    let (status, body) = app
+        .post("/stock/adjustments", &customer, json!({ "warehouse_id": warehouse, "product_id": product, "delta": 1, "reason": "receipt" }))
+        .await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::FORBIDDEN),
+        "forbidden"
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_count_sets_the_level_with_an_optional_version_check() {
+    let app = TestApp::spawn().await;
+    let (product, warehouse) = (app.product("P", 100).await, app.warehouse("W", 1).await);
+    app.stock(warehouse, product, 10).await;
+    let level = |on_hand: i64, expected: Option<i64>| {
+        app.put(
+            "/stock/levels",
+            &app.admin,
+            json!({ "warehouse_id": warehouse, "product_id": product, "on_hand": on_hand, "expected_version": expected }),
+        )
+    };
+    let (status, body) = level(7, Some(0)).await;
+    assert_eq!(error_code(status, &body, StatusCode::CONFLICT), "conflict");
+    let (status, body) = level(7, Some(1)).await;
+    assert_eq!(
+        (status, body["on_hand"].as_u64(), body["version"].as_u64()),
+        (StatusCode::OK, Some(7), Some(2))
+    );
+    app.reserve(product, 5).await;
+    let (status, body) = level(4, None).await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::CONFLICT),
+        "insufficient_stock"
+    );
+    let (status, body) = level(-1, None).await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::UNPROCESSABLE_ENTITY),
+        "validation_failed"
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn bulk_adjustments_answer_each_item_on_its_own() {
+    let app = TestApp::spawn().await;
+    let (product, warehouse) = (app.product("P", 100).await, app.warehouse("W", 1).await);
+    let item = |delta: i64, reason: &str| json!({ "warehouse_id": warehouse, "product_id": product, "delta": delta, "reason": reason });
+    let (status, body) = app
+        .post(
+            "/stock/adjustments/bulk",
+            &app.admin,
+            json!([
+                item(5, "receipt"),
+                item(-9, "damage"),
+                item(2, "bogus"),
+                item(1, "return")
+            ]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let results = body["results"].as_array().unwrap();
+    let oks: Vec<_> = results.iter().map(|r| r["ok"].as_bool().unwrap()).collect();
+    assert_eq!(oks, vec![true, false, false, true]);
+    assert_eq!(results[1]["error"]["code"], "insufficient_stock");
+    assert_eq!(results[2]["error"]["code"], "validation_failed");
+    assert_eq!(results[3]["line"]["on_hand"], 6);
+    let too_many: Vec<_> = (0..1001).map(|_| item(1, "receipt")).collect();
+    let (status, body) = app
+        .post("/stock/adjustments/bulk", &app.admin, json!(too_many))
+        .await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::UNPROCESSABLE_ENTITY),
+        "validation_failed"
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn movements_are_listed_newest_first_and_filtered() {
+    let app = TestApp::spawn().await;
+    let (p1, p2) = (app.product("P1", 100).await, app.product("P2", 100).await);
+    let warehouse = app.warehouse("W", 1).await;
+    app.stock(warehouse, p1, 5).await;
+    app.stock(warehouse, p2, 7).await;
+    let (_, reservation) = app.reserve(p1, 2).await;
+    let (status, body) = app
+        .get(&format!("/stock/movements?product_id={p1}"), &app.admin)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let kinds: Vec<_> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, vec!["reserve", "adjust"]);
+    assert_eq!(body["items"][0]["reference"], reservation["id"]);
+    assert_eq!(
+        (
+            body["items"][0]["on_hand_after"].as_u64(),
+            body["items"][0]["reserved_after"].as_u64()
+        ),
+        (Some(5), Some(2))
+    );
+    let (_, adjusts) = app.get("/stock/movements?kind=adjust", &app.admin).await;
+    assert_eq!(adjusts["total"], 2);
+    let (status, body) = app.get("/stock/movements?kind=teleport", &app.admin).await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::UNPROCESSABLE_ENTITY),
+        "validation_failed"
+    );
+    let (_, lines) = app
+        .get(&format!("/warehouses/{warehouse}/stock"), &app.admin)
+        .await;
+    assert_eq!(lines["total"], 2);
+    assert_eq!(
+        (
+            lines["items"][0]["product_id"].as_i64(),
+            lines["items"][0]["reserved"].as_u64()
+        ),
+        (Some(p1), Some(2))
+    );
+    app.cleanup().await;
+}
