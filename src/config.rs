@@ -71,6 +71,18 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub payment_timeout_secs: u64,
 
+    /// Journal records that may wait to be written before new stock changes are refused
+    /// with 503 `overloaded` (during a database outage, say).
+    #[arg(long, env = "STOCKLINE_MAX_BACKLOG", default_value_t = 500_000,
+          value_parser = clap::value_parser!(u64).range(10..=100_000_000))]
+    pub max_backlog: u64,
+
+    /// In `sync` mode, how long a request waits for its change to be durable before it
+    /// answers 503 (the change may still land: retry with the same Idempotency-Key).
+    #[arg(long, env = "STOCKLINE_DURABLE_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub durable_timeout_ms: u64,
+
     /// bcrypt cost for password hashing (tests may lower it).
     #[arg(long, env = "STOCKLINE_BCRYPT_COST", default_value_t = 12,
           value_parser = clap::value_parser!(u32).range(4..=31))]

@@ -26,11 +26,6 @@ use crate::http::error::{AppError, Result};
 use crate::store::flusher::{FlushStats, Flusher};
 use crate::store::{self, recovery};
 
-/// Records that may wait to be written before lines refuse new work (503 `overloaded`).
-const BACKLOG_BOUND: usize = 500_000;
-/// How long a `sync` request waits for its change to become durable before answering 503.
-const DURABLE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// The write-behind side, as handlers and operators see it.
 pub struct StoreState {
     pub buffer: Arc<JournalBuffer>,
@@ -58,7 +53,8 @@ impl AppState {
             return Ok(());
         }
         let mut watch = self.store.durable.clone();
-        match tokio::time::timeout(DURABLE_TIMEOUT, watch.wait_for(lsn)).await {
+        let timeout = Duration::from_millis(self.config.durable_timeout_ms);
+        match tokio::time::timeout(timeout, watch.wait_for(lsn)).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(AppError::Unavailable(
                 "the change was accepted but the store has not confirmed it yet; retry with the same Idempotency-Key".into(),
@@ -81,7 +77,10 @@ pub async fn launch(
         .await
         .map_err(io::Error::other)?;
     let (stored, loader) = recovery::read(&db).await.map_err(io::Error::other)?;
-    let buffer = Arc::new(JournalBuffer::new(stored.journal_lsn, BACKLOG_BOUND));
+    let buffer = Arc::new(JournalBuffer::new(
+        stored.journal_lsn,
+        config.max_backlog as usize,
+    ));
     let core = Core::start(
         CoreConfig::default(),
         buffer.clone() as Arc<dyn Journal>,

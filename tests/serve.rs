@@ -2,38 +2,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use common::*;
 use reqwest::StatusCode;
-
-/// Starts the binary on port 0 over `database`; answers the child and its base URL.
-pub fn start_binary(database: &str, extra_env: &[(&str, &str)]) -> (Child, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_stockline"));
-    command
-        .arg("serve")
-        .env("STOCKLINE_ADDR", "127.0.0.1:0")
-        .env("DATABASE_URL", database_url(database))
-        .env("STOCKLINE_BCRYPT_COST", "4")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    for (key, value) in extra_env {
-        command.env(key, value);
-    }
-    let mut child = command.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("stockline listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    (child, url)
-}
 
 #[tokio::test]
 async fn the_binary_creates_its_database_prints_its_address_and_exits_zero_on_sigterm() {

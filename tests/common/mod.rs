@@ -2,6 +2,8 @@
 //! and typed helpers for the requests tests make.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::time::Duration;
 
 use clap::Parser;
@@ -34,7 +36,19 @@ struct Wrap {
 
 /// The configuration tests run with: port 0, cheap bcrypt, a short flush interval.
 pub fn config(database: &str, extra: &[&str]) -> Config {
-    let url = database_url(database);
+    let url = match extra.iter().position(|f| *f == "--database-base") {
+        Some(i) => format!("{}/{database}", extra[i + 1]),
+        None => database_url(database),
+    };
+    let extra: Vec<&str> = match extra.iter().position(|f| *f == "--database-base") {
+        Some(i) => extra
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i && *j != i + 1)
+            .map(|(_, f)| *f)
+            .collect(),
+        None => extra.to_vec(),
+    };
     let mut args = vec![
         "test",
         "--addr",
@@ -50,7 +64,7 @@ pub fn config(database: &str, extra: &[&str]) -> Config {
         "--admin-password",
         ADMIN_PASSWORD,
     ];
-    args.extend_from_slice(extra);
+    args.extend_from_slice(&extra);
     Wrap::parse_from(args).config
 }
 
@@ -77,6 +91,21 @@ impl TestApp {
             extra.iter().map(|s| s.to_string()).collect(),
         )
         .await
+    }
+
+    /// A client for a server running elsewhere (a child process), logged in as the admin.
+    pub async fn attach(base: &str, database: &str) -> Self {
+        let mut app = Self {
+            base: base.to_owned(),
+            database: database.to_owned(),
+            client: Client::new(),
+            admin: String::new(),
+            extra: Vec::new(),
+            stop: None,
+            server: None,
+        };
+        app.admin = app.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+        app
     }
 
     /// On an existing database (prepared by the test).
@@ -301,4 +330,34 @@ pub fn error_code(status: StatusCode, body: &Value, expected: StatusCode) -> Str
         "not the contract's error body: {body}"
     );
     error["code"].as_str().unwrap().to_owned()
+}
+
+/// Starts the real binary on port 0 over `database`; answers the child and its base URL
+/// once it printed that it listens.
+pub fn start_binary(database: &str, extra_env: &[(&str, &str)]) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut command = Command::new(env!("CARGO_BIN_EXE_stockline"));
+    command
+        .arg("serve")
+        .env("STOCKLINE_ADDR", "127.0.0.1:0")
+        .env("DATABASE_URL", database_url(database))
+        .env("STOCKLINE_BCRYPT_COST", "4")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (key, value) in extra_env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("stockline listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, url)
 }
