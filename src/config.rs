@@ -56,7 +56,8 @@ pub struct Config {
     #[arg(long, env = "STOCKLINE_DURABILITY", value_enum, default_value = "sync")]
     pub durability: Durability,
 
-    /// Longest wait, in milliseconds, before a batch of changes is flushed.
+    /// Longest wait, in milliseconds, before a batch of changes is flushed. In `sync` mode
+    /// a batch is written as soon as the previous one is done (group commit, no wait).
     #[arg(long, env = "STOCKLINE_FLUSH_INTERVAL_MS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub flush_interval_ms: u64,

@@ -88,7 +88,11 @@ pub async fn launch(
     )
     .await
     .map_err(io::Error::other)?;
-    let flusher = Flusher::spawn(db.clone(), buffer.clone(), config.flush_interval());
+    let gather = match config.durability {
+        Durability::Sync => Duration::ZERO,
+        Durability::Async => config.flush_interval(),
+    };
+    let flusher = Flusher::spawn(db.clone(), buffer.clone(), gather);
     stored.restore_into(&core).await.map_err(io::Error::other)?;
     let auth = Auth::load(
         &db,
