@@ -68,8 +68,7 @@ async fn a_reservation_is_split_across_warehouses_then_committed() {
 #[tokio::test]
 async fn a_release_returns_the_stock() {
     let app = TestApp::spawn().await;
-    let (product, warehouse) = (app.product("P", 100).await, app.warehouse("W", 1).await);
-    app.stock(warehouse, product, 4).await;
+    let (product, warehouse) = app.stocked_product(4).await;
     let (_, reservation) = app.reserve(product, 4).await;
     let id = reservation["id"].as_str().unwrap();
     let (status, released) = app
@@ -199,8 +198,7 @@ async fn refusals_say_what_is_missing_and_move_nothing() {
 #[tokio::test]
 async fn a_pending_reservation_expires_and_its_stock_returns() {
     let app = TestApp::spawn().await;
-    let (product, warehouse) = (app.product("P", 100).await, app.warehouse("W", 1).await);
-    app.stock(warehouse, product, 2).await;
+    let (product, warehouse) = app.stocked_product(2).await;
     let (_, reservation) = app
         .post(
             "/reservations",

@@ -122,8 +122,7 @@ async fn adjustments_move_on_hand_with_a_reason_and_never_below_reserved() {
 #[tokio::test]
 async fn a_count_sets_the_level_with_an_optional_version_check() {
     let app = TestApp::spawn().await;
-    let (product, warehouse) = (app.product("P", 100).await, app.warehouse("W", 1).await);
-    app.stock(warehouse, product, 10).await;
+    let (product, warehouse) = app.stocked_product(10).await;
     let level = |on_hand: i64, expected: Option<i64>| {
         app.put(
             "/stock/levels",

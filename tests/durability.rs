@@ -159,8 +159,7 @@ async fn after_a_sigkill_every_acknowledged_change_is_there() {
 #[tokio::test]
 async fn a_reservation_that_expires_while_the_server_is_down_is_expired_at_the_next_start() {
     let app = TestApp::spawn().await;
-    let (product, warehouse) = (app.product("P", 100).await, app.warehouse("W", 1).await);
-    app.stock(warehouse, product, 5).await;
+    let (product, warehouse) = app.stocked_product(5).await;
     let (_, r) = app
         .post(
             "/reservations",
@@ -222,8 +221,7 @@ async fn through_a_database_outage_nothing_acknowledged_is_lost() {
         &base,
     ])
     .await;
-    let (product, warehouse) = (app.product("P", 100).await, app.warehouse("W", 1).await);
-    app.stock(warehouse, product, 1000).await;
+    let (product, warehouse) = app.stocked_product(1000).await;
     assert_eq!(ready(&app).await, StatusCode::OK);
 
     proxy.cut();

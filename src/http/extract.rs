@@ -103,3 +103,17 @@ pub fn text(value: &str, field: &str, max: usize) -> Result<String> {
     }
     Ok(value.to_owned())
 }
+
+/// An optional text field (PATCH bodies): checked like [`text`] when present.
+pub fn text_opt(value: Option<&str>, field: &str, max: usize) -> Result<Option<String>> {
+    value.map(|v| text(v, field, max)).transpose()
+}
+
+/// An optional whole number within `range`: checked like [`int_in`] when present.
+pub fn int_opt(
+    value: Option<&Number>,
+    field: &str,
+    range: RangeInclusive<i64>,
+) -> Result<Option<i64>> {
+    value.map(|v| int_in(v, field, range)).transpose()
+}

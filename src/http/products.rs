@@ -10,7 +10,7 @@ use serde_json::Number;
 use sqlx::FromRow;
 
 use super::error::{AppError, Result, on_constraint};
-use super::extract::{Json, List, Page, Path, Query, int_in, text};
+use super::extract::{Json, List, Page, Path, Query, int_in, int_opt, text, text_opt};
 use crate::auth::Role;
 use crate::auth::extractor::Caller;
 use crate::catalog::ProductInfo;
@@ -56,10 +56,12 @@ async fn create(
     let sku = text(&body.sku, "sku", 64)?;
     let name = text(&body.name, "name", 200)?;
     let price = int_in(&body.price_cents, "price_cents", 0..=MAX_PRICE)?;
-    let threshold = match &body.low_stock_threshold {
-        Some(n) => int_in(n, "low_stock_threshold", 0..=1_000_000_000)?,
-        None => 0,
-    };
+    let threshold = int_opt(
+        body.low_stock_threshold.as_ref(),
+        "low_stock_threshold",
+        0..=1_000_000_000,
+    )?
+    .unwrap_or(0);
     let product: Product = sqlx::query_as(&format!(
         "INSERT INTO products (sku, name, description, price_cents, low_stock_threshold)
          VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
@@ -153,26 +155,14 @@ async fn update(
     Json(body): Json<Update>,
 ) -> Result<Json<Product>> {
     caller.require(Role::Operator)?;
-    let sku = body
-        .sku
-        .as_deref()
-        .map(|s| text(s, "sku", 64))
-        .transpose()?;
-    let name = body
-        .name
-        .as_deref()
-        .map(|s| text(s, "name", 200))
-        .transpose()?;
-    let price = body
-        .price_cents
-        .as_ref()
-        .map(|n| int_in(n, "price_cents", 0..=MAX_PRICE))
-        .transpose()?;
-    let threshold = body
-        .low_stock_threshold
-        .as_ref()
-        .map(|n| int_in(n, "low_stock_threshold", 0..=1_000_000_000))
-        .transpose()?;
+    let sku = text_opt(body.sku.as_deref(), "sku", 64)?;
+    let name = text_opt(body.name.as_deref(), "name", 200)?;
+    let price = int_opt(body.price_cents.as_ref(), "price_cents", 0..=MAX_PRICE)?;
+    let threshold = int_opt(
+        body.low_stock_threshold.as_ref(),
+        "low_stock_threshold",
+        0..=1_000_000_000,
+    )?;
     let product: Product = sqlx::query_as(&format!(
         "UPDATE products SET sku = COALESCE($2, sku), name = COALESCE($3, name),
            description = COALESCE($4, description), price_cents = COALESCE($5, price_cents),

@@ -12,7 +12,7 @@ use sqlx::FromRow;
 use stockline_actors::WarehouseInfo;
 
 use super::error::{AppError, Result, on_constraint};
-use super::extract::{Json, List, Page, Path, Query, int_in, text};
+use super::extract::{Json, List, Page, Path, Query, int_in, text, text_opt};
 use crate::auth::Role;
 use crate::auth::extractor::Caller;
 use crate::startup::AppState;
@@ -140,16 +140,8 @@ async fn update(
     Json(body): Json<Update>,
 ) -> Result<Json<Warehouse>> {
     caller.require(Role::Operator)?;
-    let code = body
-        .code
-        .as_deref()
-        .map(|s| text(s, "code", 64))
-        .transpose()?;
-    let name = body
-        .name
-        .as_deref()
-        .map(|s| text(s, "name", 200))
-        .transpose()?;
+    let code = text_opt(body.code.as_deref(), "code", 64)?;
+    let name = text_opt(body.name.as_deref(), "name", 200)?;
     let priority = body.priority.as_ref().map(priority).transpose()?;
     let warehouse: Warehouse = sqlx::query_as(&format!(
         "UPDATE warehouses SET code = COALESCE($2, code), name = COALESCE($3, name),

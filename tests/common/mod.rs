@@ -271,6 +271,13 @@ impl TestApp {
         body["id"].as_i64().unwrap()
     }
 
+    /// Product "P" in warehouse "W" with `units` on hand; answers (product, warehouse).
+    pub async fn stocked_product(&self, units: i64) -> (i64, i64) {
+        let (product, warehouse) = (self.product("P", 100).await, self.warehouse("W", 1).await);
+        self.stock(warehouse, product, units).await;
+        (product, warehouse)
+    }
+
     /// Receives `delta` units on a line; answers the line.
     pub async fn stock(&self, warehouse_id: i64, product_id: i64, delta: i64) -> Value {
         let (status, body) = self
