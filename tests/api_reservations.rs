@@ -68,7 +68,7 @@ async fn a_reservation_is_split_across_warehouses_then_committed() {
 #[tokio::test]
 async fn a_release_returns_the_stock() {
     let app = TestApp::spawn().await;
-    let (product, warehouse) = app.stocked_product(4).await;
+    let (product, _) = app.stocked_product(4).await;
     let (_, reservation) = app.reserve(product, 4).await;
     let id = reservation["id"].as_str().unwrap();
     let (status, released) = app
@@ -198,7 +198,7 @@ async fn refusals_say_what_is_missing_and_move_nothing() {
 #[tokio::test]
 async fn a_pending_reservation_expires_and_its_stock_returns() {
     let app = TestApp::spawn().await;
-    let (product, warehouse) = app.stocked_product(2).await;
+    let (product, _) = app.stocked_product(2).await;
     let (_, reservation) = app
         .post(
             "/reservations",

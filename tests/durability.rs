@@ -159,7 +159,7 @@ async fn after_a_sigkill_every_acknowledged_change_is_there() {
 #[tokio::test]
 async fn a_reservation_that_expires_while_the_server_is_down_is_expired_at_the_next_start() {
     let app = TestApp::spawn().await;
-    let (product, warehouse) = app.stocked_product(5).await;
+    let (product, _) = app.stocked_product(5).await;
     let (_, r) = app
         .post(
             "/reservations",
