@@ -233,18 +233,31 @@ impl Journal for MemoryJournal {
 /// The write-behind buffer between the lines and a flusher (the server's PostgreSQL
 /// flusher). Appends are numbered under one lock, so the Lsn order is the order a flusher
 /// takes them in and the durable watermark never runs ahead of a record not yet written.
+///
+/// Flush groups: records appended while a [`FlushGroup`] is open (by anyone) reach the
+/// flusher in one batch, so what a request did to several lines and the records it writes
+/// about it (an order, an idempotent answer) are committed in one transaction. The flusher
+/// takes a batch only when no group is open; when it finds some open, new groups wait to
+/// begin until those close, so a steady stream of overlapping groups cannot starve it.
 pub struct JournalBuffer {
     pending: Mutex<Pending>,
     /// Records appended but not yet marked durable (pending plus taken, not completed).
     backlog: AtomicUsize,
     bound: usize,
+    /// Wakes the flusher: records appended, or the last open group closed.
     wake: Notify,
+    /// Wakes groups waiting to begin while the flusher drains.
+    groups_resume: Notify,
     durable: watch::Sender<Lsn>,
 }
 
 struct Pending {
     records: Vec<(Lsn, Record)>,
     head: Lsn,
+    /// Flush groups open now.
+    open_groups: usize,
+    /// The flusher waits for the open groups to close; new ones wait to begin.
+    draining: bool,
 }
 
 /// Records taken by a flusher; `last` is the Lsn to mark durable once they are written.
@@ -252,6 +265,22 @@ struct Pending {
 pub struct Batch {
     pub records: Vec<(Lsn, Record)>,
     pub last: Lsn,
+}
+
+/// An open flush group; closes when dropped.
+pub struct FlushGroup<'a> {
+    buffer: &'a JournalBuffer,
+}
+
+impl Drop for FlushGroup<'_> {
+    fn drop(&mut self) {
+        let mut pending = lock(&self.buffer.pending);
+        pending.open_groups -= 1;
+        if pending.open_groups == 0 && pending.draining {
+            drop(pending);
+            self.buffer.wake.notify_one();
+        }
+    }
 }
 
 impl JournalBuffer {
@@ -262,37 +291,66 @@ impl JournalBuffer {
             pending: Mutex::new(Pending {
                 records: Vec::new(),
                 head: start,
+                open_groups: 0,
+                draining: false,
             }),
             backlog: AtomicUsize::new(0),
             bound,
             wake: Notify::new(),
+            groups_resume: Notify::new(),
             durable: watch::channel(start).0,
         }
     }
 
-    /// Takes everything pending (at most `max` records), oldest first; `None` if empty.
-    pub fn take(&self, max: usize) -> Option<Batch> {
+    /// Opens a flush group, waiting first if the flusher is draining.
+    pub async fn group(&self) -> FlushGroup<'_> {
+        loop {
+            let resumed = self.groups_resume.notified();
+            tokio::pin!(resumed);
+            resumed.as_mut().enable();
+            {
+                let mut pending = lock(&self.pending);
+                if !pending.draining {
+                    pending.open_groups += 1;
+                    return FlushGroup { buffer: self };
+                }
+            }
+            resumed.await;
+        }
+    }
+
+    /// Takes everything pending, oldest first, unless a flush group is open (then it marks
+    /// the buffer draining and answers `None`); `None` too if nothing is pending.
+    pub fn take(&self) -> Option<Batch> {
         let mut pending = lock(&self.pending);
         if pending.records.is_empty() {
             return None;
         }
-        let records = if pending.records.len() <= max {
-            std::mem::take(&mut pending.records)
-        } else {
-            let rest = pending.records.split_off(max);
-            std::mem::replace(&mut pending.records, rest)
-        };
-        let last = records.last().map(|(lsn, _)| *lsn).unwrap_or(pending.head);
+        if pending.open_groups > 0 {
+            pending.draining = true;
+            return None;
+        }
+        let records = std::mem::take(&mut pending.records);
+        let was_draining = std::mem::replace(&mut pending.draining, false);
+        drop(pending);
+        if was_draining {
+            self.groups_resume.notify_waiters();
+        }
+        let last = records.last().map(|(lsn, _)| *lsn).unwrap_or_default();
         Some(Batch { records, last })
     }
 
-    /// Waits until something is appended (returns at once if records are pending).
-    pub async fn wait_for_records(&self) {
-        let notified = self.wake.notified();
-        if !lock(&self.pending).records.is_empty() {
-            return;
+    /// Waits for the next batch a flusher may take (see [`take`](Self::take)).
+    pub async fn next_batch(&self) -> Batch {
+        loop {
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if let Some(batch) = self.take() {
+                return batch;
+            }
+            woken.await;
         }
-        notified.await;
     }
 
     /// Marks a taken batch as written: its waiters are released.
@@ -304,6 +362,11 @@ impl JournalBuffer {
             *durable = (*durable).max(batch.last);
             advanced
         });
+    }
+
+    /// Whether nothing waits to be taken.
+    pub fn is_empty(&self) -> bool {
+        lock(&self.pending).records.is_empty()
     }
 
     /// Records appended and not yet written.
@@ -365,19 +428,57 @@ mod tests {
         let buffer = JournalBuffer::new(41, 100);
         assert_eq!(buffer.append(vec![transfer(), transfer()]), 43);
         assert_eq!(buffer.append(vec![transfer()]), 44);
-        let batch = buffer.take(10).unwrap();
+        let batch = buffer.take().unwrap();
         let lsns: Vec<_> = batch.records.iter().map(|(lsn, _)| *lsn).collect();
         assert_eq!((lsns, batch.last), (vec![42, 43, 44], 44));
-        assert!(buffer.take(10).is_none());
+        assert!(buffer.take().is_none());
     }
 
-    #[test]
-    fn take_respects_the_batch_size_and_keeps_order() {
+    #[tokio::test]
+    async fn records_of_an_open_group_are_held_until_it_closes_then_taken_together() {
         let buffer = JournalBuffer::new(0, 100);
-        buffer.append((0..5).map(|_| transfer()).collect());
-        assert_eq!(buffer.take(2).unwrap().last, 2);
-        assert_eq!(buffer.take(2).unwrap().last, 4);
-        assert_eq!(buffer.take(2).unwrap().last, 5);
+        buffer.append(vec![transfer()]);
+        let group = buffer.group().await;
+        buffer.append(vec![transfer()]);
+        assert!(
+            buffer.take().is_none(),
+            "nothing is taken while a group is open"
+        );
+        buffer.append(vec![transfer()]);
+        drop(group);
+        let batch = buffer.take().unwrap();
+        assert_eq!((batch.records.len(), batch.last), (3, 3));
+    }
+
+    #[tokio::test]
+    async fn a_draining_flusher_makes_new_groups_wait_so_it_cannot_starve() {
+        let buffer = Arc::new(JournalBuffer::new(0, 100));
+        let first = buffer.group().await;
+        buffer.append(vec![transfer()]);
+        let flusher = {
+            let buffer = buffer.clone();
+            tokio::spawn(async move { buffer.next_batch().await.last })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let second = {
+            let buffer = buffer.clone();
+            tokio::spawn(async move {
+                let _group = buffer.group().await;
+                buffer.append(vec![transfer()])
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !second.is_finished(),
+            "a new group waits while the flusher drains"
+        );
+        drop(first);
+        assert_eq!(
+            flusher.await.unwrap(),
+            1,
+            "the flusher got the first group's records"
+        );
+        assert_eq!(second.await.unwrap(), 2, "then the waiting group went on");
     }
 
     #[tokio::test]
@@ -386,7 +487,7 @@ mod tests {
         let lsn = buffer.append(vec![transfer()]);
         let mut watch = buffer.durable();
         let waiter = tokio::spawn(async move { watch.wait_for(lsn).await });
-        let batch = buffer.take(10).unwrap();
+        let batch = buffer.take().unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(
             !waiter.is_finished(),
@@ -402,7 +503,7 @@ mod tests {
     async fn a_failed_flush_keeps_the_backlog_and_its_waiters() {
         let buffer = JournalBuffer::new(0, 2);
         buffer.append(vec![transfer(), transfer()]);
-        let batch = buffer.take(10).unwrap();
+        let batch = buffer.take().unwrap();
         // The flusher failed to write `batch` and holds on to it: nothing is durable.
         assert!(buffer.is_backlogged());
         assert_eq!(buffer.durable().current(), 0);
@@ -411,18 +512,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn wait_for_records_returns_when_something_is_appended() {
+    async fn next_batch_returns_when_something_is_appended() {
         let buffer = Arc::new(JournalBuffer::new(0, 100));
         let waiting = {
             let buffer = buffer.clone();
-            tokio::spawn(async move { buffer.wait_for_records().await })
+            tokio::spawn(async move { buffer.next_batch().await.last })
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
         buffer.append(vec![transfer()]);
-        tokio::time::timeout(Duration::from_secs(5), waiting)
+        let last = tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
             .unwrap()
             .unwrap();
+        assert_eq!(last, 1);
     }
 
     #[test]

@@ -274,7 +274,7 @@ async fn a_full_journal_backlog_refuses_new_work_but_settles_held_work() {
     assert_eq!(refused, CoreError::Overloaded);
     // Settling what is already held is never refused for load.
     core.reservations().release(reservation.id).await.unwrap();
-    while let Some(batch) = buffer.take(100) {
+    while let Some(batch) = buffer.take() {
         buffer.complete(&batch);
     }
     assert_eq!(buffer.backlog(), 0);

@@ -28,8 +28,6 @@ use stockline_actors::{JournalBuffer, LineKey, Lsn, Record, ReservationId};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// The most records one transaction takes.
-const MAX_BATCH: usize = 20_000;
 /// How long one batch may take before it counts as failed (a hung connection).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown keeps retrying to write what is left before giving up.
@@ -90,42 +88,65 @@ async fn run(
     stop: CancellationToken,
 ) -> bool {
     loop {
-        tokio::select! {
-            _ = buffer.wait_for_records() => {
-                if !gather.is_zero() {
-                    tokio::select! {
-                        _ = tokio::time::sleep(gather) => {}
-                        _ = stop.cancelled() => {}
-                    }
-                }
-            }
-            _ = stop.cancelled() => {}
+        let batch = tokio::select! {
+            batch = buffer.next_batch() => batch,
+            _ = stop.cancelled() => return drain(&pool, &buffer, &stats, None).await,
+        };
+        if !write_until_done(&pool, &batch, &stats, None, &stop).await {
+            // Shutdown came while this batch was failing: the drain retries it first.
+            return drain(&pool, &buffer, &stats, Some(batch)).await;
         }
-        let deadline = stop
-            .is_cancelled()
-            .then(|| tokio::time::Instant::now() + SHUTDOWN_GRACE);
-        while let Some(batch) = buffer.take(MAX_BATCH) {
-            if !write_until_done(&pool, &batch, &stats, deadline).await {
-                tracing::error!(
-                    records = buffer.backlog(),
-                    "shutting down with records not written"
-                );
-                return false;
+        buffer.complete(&batch);
+        if !gather.is_zero() {
+            // Async mode: what arrives during the pause joins the next batch.
+            tokio::select! {
+                _ = tokio::time::sleep(gather) => {}
+                _ = stop.cancelled() => {}
             }
-            buffer.complete(&batch);
-        }
-        if stop.is_cancelled() {
-            return true;
         }
     }
 }
 
+/// At shutdown: writes what is left (`unfinished` first), retrying for at most the grace
+/// period.
+async fn drain(
+    pool: &PgPool,
+    buffer: &JournalBuffer,
+    stats: &FlushStats,
+    unfinished: Option<Batch>,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    let never = CancellationToken::new();
+    let mut next = unfinished;
+    loop {
+        let batch = match next.take() {
+            Some(batch) => batch,
+            None if buffer.is_empty() => break,
+            None => match tokio::time::timeout_at(deadline, buffer.next_batch()).await {
+                Ok(batch) => batch,
+                Err(_) => break,
+            },
+        };
+        if !write_until_done(pool, &batch, stats, Some(deadline), &never).await {
+            break;
+        }
+        buffer.complete(&batch);
+    }
+    let left = buffer.backlog();
+    if left > 0 {
+        tracing::error!(records = left, "shutting down with records not written");
+    }
+    left == 0
+}
+
 /// Retries one batch with backoff until it is written (or the shutdown deadline passes).
+/// Retrying stops at `deadline` or, once `stop` is cancelled, hands over to the drain.
 async fn write_until_done(
     pool: &PgPool,
     batch: &Batch,
     stats: &FlushStats,
     deadline: Option<tokio::time::Instant>,
+    stop: &CancellationToken,
 ) -> bool {
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -152,7 +173,13 @@ async fn write_until_done(
         if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
             return false;
         }
-        tokio::time::sleep(backoff).await;
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.cancelled() => {}
+        }
+        if deadline.is_none() && stop.is_cancelled() {
+            return false;
+        }
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
