@@ -8,6 +8,8 @@
 //! - [`auth`]: passwords, tokens, roles, TOTP, and the `Caller` extractor.
 //! - [`store`]: PostgreSQL: migrations, the write-behind flusher, recovery.
 //! - [`catalog`]: the in-memory copy of the products the hot path reads.
+//! - [`orders`]: open orders in memory, each behind its own lock; expiry with the
+//!   reservation.
 //! - [`telemetry`]: logging set-up.
 //!
 //! # The flow of a request
@@ -19,6 +21,7 @@ pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod http;
+pub mod orders;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -23,6 +23,8 @@ use crate::catalog::Catalog;
 use crate::config::{Config, Durability};
 use crate::http;
 use crate::http::error::{AppError, Result};
+use crate::http::idempotency::Answers;
+use crate::orders::Orders;
 use crate::store::flusher::{FlushStats, Flusher};
 use crate::store::{self, recovery};
 
@@ -42,6 +44,9 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     pub catalog: Arc<Catalog>,
     pub store: Arc<StoreState>,
+    /// Answers to idempotent requests, by user and key.
+    pub answers: Arc<Answers>,
+    pub orders: Arc<Orders>,
 }
 
 impl AppState {
@@ -93,6 +98,9 @@ pub async fn launch(
         Durability::Async => config.flush_interval(),
     };
     let flusher = Flusher::spawn(db.clone(), buffer.clone(), gather);
+    // Before restoring, so that reservations expired while down reach their orders too.
+    let (expired_tx, expired) = tokio::sync::mpsc::unbounded_channel();
+    core.reservations().on_expired(expired_tx);
     stored.restore_into(&core).await.map_err(io::Error::other)?;
     let auth = Auth::load(
         &db,
@@ -106,6 +114,7 @@ pub async fn launch(
         .await
         .map_err(|e| io::Error::other(e.to_string()))?;
     let catalog = Catalog::load(&db).await.map_err(io::Error::other)?;
+    let orders = Orders::load(&db).await.map_err(io::Error::other)?;
     let state = AppState {
         config: Arc::new(config),
         db,
@@ -117,7 +126,26 @@ pub async fn launch(
             buffer,
             flush: flusher.stats.clone(),
         }),
+        answers: Arc::new(Answers::default()),
+        orders: Arc::new(orders),
     };
+    state.orders.reconcile(&state).await;
+    Orders::watch_expiry(state.clone(), expired);
+    let (answers, orders) = (
+        Arc::downgrade(&state.answers),
+        Arc::downgrade(&state.orders),
+    );
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            let (Some(answers), Some(orders)) = (answers.upgrade(), orders.upgrade()) else {
+                break;
+            };
+            answers.sweep();
+            orders.sweep();
+        }
+    });
     let router = http::router(state.clone());
     let task = tokio::spawn(async move {
         axum::serve(listener, router)

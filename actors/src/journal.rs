@@ -108,13 +108,66 @@ pub struct TransferRecord {
     pub created_at: DateTime<Utc>,
 }
 
-/// Anything the core asks the store to keep.
+/// An order, as the edge journals it (the core does not interpret it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderRecord {
+    pub id: uuid::Uuid,
+    pub user_id: i64,
+    pub status: &'static str,
+    pub items: Vec<OrderItemRecord>,
+    pub total_cents: i64,
+    pub reservation_id: ReservationId,
+    pub expires_at: DateTime<Utc>,
+    pub tracking_number: Option<String>,
+    /// JSON text, as the client sent it.
+    pub shipping_address: Option<String>,
+    /// JSON text, as the client sent it.
+    pub contact: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderItemRecord {
+    pub product_id: ProductId,
+    pub warehouse_id: WarehouseId,
+    pub quantity: u64,
+    pub unit_price_cents: i64,
+}
+
+/// A payment of an order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaymentRecord {
+    pub id: uuid::Uuid,
+    pub order_id: uuid::Uuid,
+    pub method: String,
+    pub amount_cents: i64,
+    pub status: &'static str,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The first answer to an idempotent request, kept to answer its repeats.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub user_id: i64,
+    pub key: String,
+    pub request_hash: String,
+    pub status: u16,
+    /// The JSON body answered.
+    pub body: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Anything the core, or the edge alongside it, asks the store to keep.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
     Line(LineRecord),
     Movement(MovementRecord),
     Reservation(ReservationRecord),
     Transfer(TransferRecord),
+    Order(OrderRecord),
+    Payment(PaymentRecord),
+    Idempotency(IdempotencyRecord),
 }
 
 /// Where records go. Implementations must be cheap and non-blocking: `append` is called

@@ -139,6 +139,8 @@ pub(crate) struct ReservationsInner {
     expiry: ExpiryHandle,
     /// How long settled reservations stay readable in memory.
     retention: Duration,
+    /// Told of every reservation that expires (the edge expires orders with it).
+    on_expired: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Reservation>>,
 }
 
 /// How long an interrupted transition waits before the expiry timer retries it.
@@ -158,6 +160,7 @@ impl Reservations {
             table: DashMap::new(),
             expiry: ExpiryHandle::start(weak.clone()),
             retention,
+            on_expired: std::sync::OnceLock::new(),
         }))
     }
 
@@ -227,6 +230,11 @@ impl Reservations {
             },
         );
         self.0.expiry.schedule(id, deadline, Due::Expire);
+    }
+
+    /// Sends every reservation that expires from now on to `listener` (set once).
+    pub fn on_expired(&self, listener: tokio::sync::mpsc::UnboundedSender<Reservation>) {
+        let _ = self.0.on_expired.set(listener);
     }
 
     /// Takes back a pending reservation from the store at start. Its holds must already be
@@ -375,6 +383,10 @@ impl Reservations {
         self.0
             .expiry
             .schedule(id, Instant::now() + self.0.retention, Due::Forget);
+        let listener = self.0.on_expired.get();
+        if let (ReservationStatus::Expired, Some(listener)) = (status, listener) {
+            let _ = listener.send(reservation.clone());
+        }
         Ok((reservation, lsn))
     }
 }

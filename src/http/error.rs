@@ -36,6 +36,9 @@ pub enum AppError {
     /// 413: body over 1 MiB.
     #[error("the request body is larger than 1 MiB")]
     PayloadTooLarge,
+    /// 422 with a code of its own (`idempotency_key_reused`, `amount_mismatch`).
+    #[error("{message}")]
+    Unprocessable { code: &'static str, message: String },
     /// 422 `validation_failed`, naming the field.
     #[error("{field}: {message}")]
     Validation { field: String, message: String },
@@ -90,6 +93,7 @@ impl AppError {
                 "validation_failed",
                 json!({ "field": field }),
             ),
+            Self::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code, json!({})),
             Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", json!({})),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", json!({})),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", json!({})),
@@ -98,6 +102,11 @@ impl AppError {
 }
 
 impl AppError {
+    /// The status code this error answers with.
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+
     /// The error object of the contract: `{"code", "message", "details"}`.
     pub fn body(&self) -> Value {
         let (_, code, details) = self.parts();

@@ -4,9 +4,12 @@ mod auth;
 pub mod error;
 pub mod extract;
 mod health;
+pub mod idempotency;
+mod orders;
 mod products;
 mod reservations;
 mod stock;
+mod transfers;
 pub mod users;
 mod warehouses;
 
@@ -30,7 +33,9 @@ pub fn router(state: AppState) -> Router {
         .merge(products::router())
         .merge(warehouses::router())
         .merge(stock::router())
-        .merge(reservations::router());
+        .merge(reservations::router())
+        .merge(orders::router())
+        .merge(transfers::router());
     Router::new()
         .nest("/api/v1", api)
         .merge(health::router())

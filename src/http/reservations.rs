@@ -13,8 +13,11 @@ use serde_json::Number;
 use stockline_actors::{ItemRequest, Reservation, ReservationId, ReservationRequest};
 use uuid::Uuid;
 
+use axum::response::Response;
+
 use super::error::{AppError, Result};
 use super::extract::{Json, Path, int_in, quantity, text};
+use super::idempotency::{self, Answer, Idempotent};
 use crate::auth::Role;
 use crate::auth::extractor::Caller;
 use crate::startup::AppState;
@@ -87,9 +90,16 @@ const MAX_TTL_SECS: i64 = 7 * 24 * 3600;
 async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Json(body): Json<Create>,
-) -> Result<(StatusCode, Json<ReservationBody>)> {
+    request: Idempotent<Create>,
+) -> Result<Response> {
     caller.require(Role::Operator)?;
+    idempotency::run(&state, caller.user_id, request, |body| {
+        reserve(&state, body)
+    })
+    .await
+}
+
+async fn reserve(state: &AppState, body: Create) -> Result<Answer> {
     if body.items.is_empty() || body.items.len() > MAX_ITEMS {
         return Err(AppError::validation(
             "items",
@@ -128,8 +138,7 @@ async fn create(
         reference,
     };
     let (reservation, lsn) = state.core.reservations().reserve(request).await?;
-    state.durable(lsn).await?;
-    Ok((StatusCode::CREATED, Json(reservation.into())))
+    Answer::new(StatusCode::CREATED, ReservationBody::from(reservation), lsn)
 }
 
 async fn read(

@@ -11,8 +11,12 @@ use serde_json::{Number, Value, json};
 use sqlx::FromRow;
 use stockline_actors::{LineKey, LineSnapshot};
 
+use axum::http::StatusCode;
+use axum::response::Response;
+
 use super::error::{AppError, Result};
 use super::extract::{Json, List, Page, Path, Query, int_in};
+use super::idempotency::{self, Answer, Idempotent};
 use crate::auth::Role;
 use crate::auth::extractor::Caller;
 use crate::startup::AppState;
@@ -159,12 +163,14 @@ pub struct Adjustment {
 async fn adjust(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Json(body): Json<Adjustment>,
-) -> Result<Json<StockLine>> {
+    request: Idempotent<Adjustment>,
+) -> Result<Response> {
     caller.require(Role::Operator)?;
-    let (line, lsn) = apply_adjustment(&state, body).await?;
-    state.durable(lsn).await?;
-    Ok(Json(line))
+    idempotency::run(&state, caller.user_id, request, |body| async {
+        let (line, lsn) = apply_adjustment(&state, body).await?;
+        Answer::new(StatusCode::OK, line, lsn)
+    })
+    .await
 }
 
 async fn apply_adjustment(

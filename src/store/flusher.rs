@@ -22,7 +22,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use stockline_actors::journal::{
-    Batch, LineRecord, MovementRecord, ReservationRecord, TransferRecord,
+    Batch, IdempotencyRecord, LineRecord, MovementRecord, OrderRecord, PaymentRecord,
+    ReservationRecord, TransferRecord,
 };
 use stockline_actors::{JournalBuffer, LineKey, Lsn, Record, ReservationId};
 use tokio::task::JoinHandle;
@@ -191,6 +192,9 @@ struct Sorted<'a> {
     movements: Vec<(Lsn, &'a MovementRecord)>,
     reservations: HashMap<ReservationId, (Lsn, &'a ReservationRecord)>,
     transfers: Vec<&'a TransferRecord>,
+    orders: HashMap<uuid::Uuid, (Lsn, &'a OrderRecord)>,
+    payments: Vec<&'a PaymentRecord>,
+    answers: Vec<&'a IdempotencyRecord>,
 }
 
 fn sort(batch: &Batch) -> Sorted<'_> {
@@ -207,6 +211,9 @@ fn sort(batch: &Batch) -> Sorted<'_> {
             // Records arrive in Lsn order, so the last one is the newest.
             Record::Reservation(r) => drop(sorted.reservations.insert(r.id, (*lsn, r))),
             Record::Transfer(transfer) => sorted.transfers.push(transfer),
+            Record::Order(order) => drop(sorted.orders.insert(order.id, (*lsn, order))),
+            Record::Payment(payment) => sorted.payments.push(payment),
+            Record::Idempotency(answer) => sorted.answers.push(answer),
         }
     }
     sorted
@@ -220,6 +227,9 @@ async fn write(pool: &PgPool, batch: &Batch) -> Result<(), sqlx::Error> {
     write_lines(&mut tx, &sorted).await?;
     write_movements(&mut tx, &sorted).await?;
     write_transfers(&mut tx, &sorted).await?;
+    write_orders(&mut tx, &sorted).await?;
+    write_payments(&mut tx, &sorted).await?;
+    write_answers(&mut tx, &sorted).await?;
     sqlx::query(
         "INSERT INTO settings (key, value) VALUES ('journal_lsn', $1::text)
          ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
@@ -348,6 +358,115 @@ async fn write_transfers(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::E
     .bind(t.iter().map(|r| r.product_id).collect::<Vec<_>>())
     .bind(t.iter().map(|r| r.quantity as i64).collect::<Vec<_>>())
     .bind(t.iter().map(|r| r.created_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn write_orders(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::Error> {
+    if sorted.orders.is_empty() {
+        return Ok(());
+    }
+    let o: Vec<_> = sorted.orders.values().collect();
+    sqlx::query(
+        "INSERT INTO orders (id, user_id, status, total_cents, reservation_id, expires_at, tracking_number,
+                             shipping_address, contact, created_at, updated_at, lsn)
+         SELECT id, user_id, status, total_cents, reservation_id, expires_at, tracking_number,
+                shipping_address::jsonb, contact::jsonb, created_at, updated_at, lsn
+         FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::uuid[], $6::timestamptz[],
+                     $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[], $12::bigint[])
+              AS t(id, user_id, status, total_cents, reservation_id, expires_at, tracking_number,
+                   shipping_address, contact, created_at, updated_at, lsn)
+         ON CONFLICT (id) DO UPDATE
+           SET status = EXCLUDED.status, tracking_number = EXCLUDED.tracking_number,
+               updated_at = EXCLUDED.updated_at, lsn = EXCLUDED.lsn
+         WHERE orders.lsn < EXCLUDED.lsn",
+    )
+    .bind(o.iter().map(|(_, r)| r.id).collect::<Vec<_>>())
+    .bind(o.iter().map(|(_, r)| r.user_id).collect::<Vec<_>>())
+    .bind(o.iter().map(|(_, r)| r.status).collect::<Vec<_>>())
+    .bind(o.iter().map(|(_, r)| r.total_cents).collect::<Vec<_>>())
+    .bind(o.iter().map(|(_, r)| r.reservation_id.0).collect::<Vec<_>>())
+    .bind(o.iter().map(|(_, r)| r.expires_at).collect::<Vec<_>>())
+    .bind(o.iter().map(|(_, r)| r.tracking_number.clone()).collect::<Vec<_>>())
+    .bind(o.iter().map(|(_, r)| r.shipping_address.clone()).collect::<Vec<_>>())
+    .bind(o.iter().map(|(_, r)| r.contact.clone()).collect::<Vec<_>>())
+    .bind(o.iter().map(|(_, r)| r.created_at).collect::<Vec<_>>())
+    .bind(o.iter().map(|(_, r)| r.updated_at).collect::<Vec<_>>())
+    .bind(o.iter().map(|(lsn, _)| *lsn as i64).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    let items: Vec<_> = o
+        .iter()
+        .flat_map(|(_, r)| r.items.iter().map(move |i| (r.id, i)))
+        .collect();
+    sqlx::query(
+        "INSERT INTO order_items (order_id, product_id, warehouse_id, quantity, unit_price_cents)
+         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(items.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+    .bind(items.iter().map(|(_, i)| i.product_id).collect::<Vec<_>>())
+    .bind(
+        items
+            .iter()
+            .map(|(_, i)| i.warehouse_id)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        items
+            .iter()
+            .map(|(_, i)| i.quantity as i64)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        items
+            .iter()
+            .map(|(_, i)| i.unit_price_cents)
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn write_payments(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::Error> {
+    if sorted.payments.is_empty() {
+        return Ok(());
+    }
+    let p = &sorted.payments;
+    sqlx::query(
+        "INSERT INTO payments (id, order_id, method, amount_cents, status, created_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::timestamptz[])
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(p.iter().map(|r| r.id).collect::<Vec<_>>())
+    .bind(p.iter().map(|r| r.order_id).collect::<Vec<_>>())
+    .bind(p.iter().map(|r| r.method.clone()).collect::<Vec<_>>())
+    .bind(p.iter().map(|r| r.amount_cents).collect::<Vec<_>>())
+    .bind(p.iter().map(|r| r.status).collect::<Vec<_>>())
+    .bind(p.iter().map(|r| r.created_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn write_answers(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::Error> {
+    if sorted.answers.is_empty() {
+        return Ok(());
+    }
+    let a = &sorted.answers;
+    sqlx::query(
+        "INSERT INTO idempotency_keys (user_id, key, request_hash, status, body, created_at)
+         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::smallint[], $5::text[], $6::timestamptz[])
+         ON CONFLICT (user_id, key) DO NOTHING",
+    )
+    .bind(a.iter().map(|r| r.user_id).collect::<Vec<_>>())
+    .bind(a.iter().map(|r| r.key.clone()).collect::<Vec<_>>())
+    .bind(a.iter().map(|r| r.request_hash.clone()).collect::<Vec<_>>())
+    .bind(a.iter().map(|r| r.status as i16).collect::<Vec<_>>())
+    .bind(a.iter().map(|r| r.body.clone()).collect::<Vec<_>>())
+    .bind(a.iter().map(|r| r.created_at).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -1,0 +1,310 @@
+//! `Idempotency-Key`: the same key from the same user with the same request answers the
+//! first answer again (status and body) and moves nothing a second time, also after a
+//! restart; the same key with another request is 422 `idempotency_key_reused`.
+//!
+//! Every request through [`run`] executes inside a flush group, and its answer is journaled
+//! in that group, so the stock it moved, the records it wrote and the answer to replay are
+//! committed in one transaction: after a crash either all of it is there or none. A
+//! duplicate that arrives while the first is still running waits for it and replays it.
+//! Answers stay in memory for an hour (replays need no query), then only in PostgreSQL.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use stockline_actors::journal::IdempotencyRecord;
+use stockline_actors::{Journal, Lsn, Record};
+use tokio::sync::Notify;
+
+use super::error::{AppError, Result};
+use crate::startup::AppState;
+
+/// How long answers stay in memory.
+const IN_MEMORY: Duration = Duration::from_secs(3600);
+
+/// A JSON body and, if the client sent one, its idempotency key and request fingerprint.
+pub struct Idempotent<T> {
+    pub body: T,
+    key: Option<String>,
+    fingerprint: String,
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for Idempotent<T> {
+    type Rejection = AppError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let key = match request.headers().get("idempotency-key") {
+            None => None,
+            Some(value) => {
+                let key = value.to_str().unwrap_or_default();
+                if key.is_empty() || key.len() > 255 {
+                    return Err(AppError::validation(
+                        "Idempotency-Key",
+                        "must have 1 to 255 characters",
+                    ));
+                }
+                Some(key.to_owned())
+            }
+        };
+        let target = format!("{} {}", request.method(), request.uri().path());
+        let has_body = request
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .is_none_or(|length| length != "0");
+        let value = if has_body {
+            super::extract::Json::<Value>::from_request(request, state)
+                .await?
+                .0
+        } else {
+            Bytes::from_request(request, state)
+                .await
+                .map_err(|_| AppError::PayloadTooLarge)?;
+            Value::Null
+        };
+        // serde_json's maps are sorted, so key order does not change the fingerprint.
+        let fingerprint = format!("{:x}", Sha256::digest(format!("{target}\n{value}")));
+        let body = serde_json::from_value(value).map_err(|e| {
+            let text = e.to_string();
+            match text
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split('`').next())
+            {
+                Some(field) => AppError::validation(field, "is required"),
+                None => AppError::InvalidJson(text),
+            }
+        })?;
+        Ok(Self {
+            body,
+            key,
+            fingerprint,
+        })
+    }
+}
+
+/// What a request answered, and the journal position to await before answering it.
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Value,
+    pub lsn: Lsn,
+}
+
+impl Answer {
+    pub fn new(status: StatusCode, body: impl serde::Serialize, lsn: Lsn) -> Result<Self> {
+        let body = serde_json::to_value(body).map_err(|e| AppError::Internal(e.to_string()))?;
+        Ok(Self { status, body, lsn })
+    }
+}
+
+enum Slot {
+    Running {
+        fingerprint: String,
+        done: Arc<Notify>,
+    },
+    Done {
+        fingerprint: String,
+        status: StatusCode,
+        body: Value,
+        at: Instant,
+    },
+}
+
+/// Answers by (user, key), in memory.
+#[derive(Default)]
+pub struct Answers {
+    slots: DashMap<(i64, String), Slot>,
+}
+
+enum Claim {
+    Mine,
+    Wait(Arc<Notify>),
+    Replay(StatusCode, Value),
+    Reused,
+}
+
+impl Answers {
+    /// Drops answers older than an hour from memory; call now and then.
+    pub fn sweep(&self) {
+        self.slots
+            .retain(|_, slot| !matches!(slot, Slot::Done { at, .. } if at.elapsed() > IN_MEMORY));
+    }
+
+    fn claim(
+        &self,
+        user: i64,
+        key: &str,
+        fingerprint: &str,
+        stored: Option<(String, StatusCode, Value)>,
+    ) -> Claim {
+        match self.slots.entry((user, key.to_owned())) {
+            Entry::Occupied(slot) => match slot.get() {
+                Slot::Running { fingerprint: f, .. } | Slot::Done { fingerprint: f, .. }
+                    if f != fingerprint =>
+                {
+                    Claim::Reused
+                }
+                Slot::Running { done, .. } => Claim::Wait(done.clone()),
+                Slot::Done { status, body, .. } => Claim::Replay(*status, body.clone()),
+            },
+            Entry::Vacant(vacant) => match stored {
+                Some((f, _, _)) if f != fingerprint => Claim::Reused,
+                Some((f, status, body)) => {
+                    vacant.insert(Slot::Done {
+                        fingerprint: f,
+                        status,
+                        body: body.clone(),
+                        at: Instant::now(),
+                    });
+                    Claim::Replay(status, body)
+                }
+                None => {
+                    vacant.insert(Slot::Running {
+                        fingerprint: fingerprint.to_owned(),
+                        done: Arc::new(Notify::new()),
+                    });
+                    Claim::Mine
+                }
+            },
+        }
+    }
+
+    fn finish(&self, user: i64, key: &str, outcome: Option<(String, StatusCode, Value)>) {
+        let slot_key = (user, key.to_owned());
+        let previous = match outcome {
+            Some((fingerprint, status, body)) => self.slots.insert(
+                slot_key,
+                Slot::Done {
+                    fingerprint,
+                    status,
+                    body,
+                    at: Instant::now(),
+                },
+            ),
+            None => self.slots.remove(&slot_key).map(|(_, slot)| slot),
+        };
+        if let Some(Slot::Running { done, .. }) = previous {
+            done.notify_waiters();
+        }
+    }
+}
+
+async fn stored(
+    state: &AppState,
+    user: i64,
+    key: &str,
+) -> Result<Option<(String, StatusCode, Value)>> {
+    let row: Option<(String, i16, String)> = sqlx::query_as(
+        "SELECT request_hash, status, body FROM idempotency_keys WHERE user_id = $1 AND key = $2",
+    )
+    .bind(user)
+    .bind(key)
+    .fetch_optional(&state.db)
+    .await?;
+    Ok(row.map(|(fingerprint, status, body)| {
+        let status = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
+        (
+            fingerprint,
+            status,
+            serde_json::from_str(&body).unwrap_or(Value::Null),
+        )
+    }))
+}
+
+fn respond(status: StatusCode, body: Value) -> Response {
+    if body.is_null() {
+        status.into_response()
+    } else {
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+/// Runs `work` for `user` at most once per idempotency key, inside a flush group, and
+/// answers once its effects are durable (`sync` mode).
+pub async fn run<T, F, Fut>(
+    state: &AppState,
+    user: i64,
+    request: Idempotent<T>,
+    work: F,
+) -> Result<Response>
+where
+    F: FnOnce(T) -> Fut,
+    Fut: Future<Output = Result<Answer>>,
+{
+    let Some(key) = request.key else {
+        let group = state.store.buffer.group().await;
+        let answer = work(request.body).await;
+        drop(group);
+        let answer = answer?;
+        state.durable(answer.lsn).await?;
+        return Ok(respond(answer.status, answer.body));
+    };
+    let fingerprint = request.fingerprint;
+    loop {
+        let known = if state.answers.slots.contains_key(&(user, key.clone())) {
+            None
+        } else {
+            stored(state, user, &key).await?
+        };
+        match state.answers.claim(user, &key, &fingerprint, known) {
+            Claim::Mine => break,
+            Claim::Replay(status, body) => return Ok(respond(status, body)),
+            Claim::Reused => {
+                return Err(AppError::Unprocessable {
+                    code: "idempotency_key_reused",
+                    message: "this Idempotency-Key was used for another request".into(),
+                });
+            }
+            Claim::Wait(done) => {
+                let notified = done.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if !matches!(
+                    state.answers.slots.get(&(user, key.clone())).as_deref(),
+                    Some(Slot::Running { .. })
+                ) {
+                    continue;
+                }
+                notified.await;
+            }
+        }
+    }
+    let group = state.store.buffer.group().await;
+    let (status, body, lsn) = match work(request.body).await {
+        Ok(answer) => (answer.status, answer.body, answer.lsn),
+        // Nothing happened and the client is told to retry: no answer to keep.
+        Err(error @ (AppError::Overloaded | AppError::Unavailable(_) | AppError::Internal(_))) => {
+            drop(group);
+            state.answers.finish(user, &key, None);
+            return Err(error);
+        }
+        Err(error) => (
+            error.status(),
+            serde_json::json!({ "error": error.body() }),
+            0,
+        ),
+    };
+    let record = IdempotencyRecord {
+        user_id: user,
+        key: key.clone(),
+        request_hash: fingerprint.clone(),
+        status: status.as_u16(),
+        body: body.to_string(),
+        created_at: stockline_actors::types::now(),
+    };
+    let answer_lsn = state.store.buffer.append(vec![Record::Idempotency(record)]);
+    drop(group);
+    // Kept before it is durable: a retry after a 503 below replays it rather than moving
+    // stock again, and it will be durable with the effect it describes.
+    state
+        .answers
+        .finish(user, &key, Some((fingerprint, status, body.clone())));
+    state.durable(lsn.max(answer_lsn)).await?;
+    Ok(respond(status, body))
+}

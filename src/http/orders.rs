@@ -1,0 +1,370 @@
+//! `/orders`: priced from the catalog, reserved through the core for the payment timeout,
+//! then paid (the reservation committed and a payment recorded), cancelled (stock released,
+//! or returned if paid), shipped and delivered. A customer sees and acts on its own orders
+//! only; another's answers 404.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, patch, post};
+use serde::Deserialize;
+use serde_json::{Number, Value, json};
+use stockline_actors::journal::PaymentRecord;
+use stockline_actors::{
+    CoreError, ItemRequest, LineKey, Record, ReservationId, ReservationRequest,
+};
+use uuid::Uuid;
+
+use super::error::{AppError, Result};
+use super::extract::{Json, List, Page, Path, Query, int_in, quantity, text};
+use super::idempotency::{self, Answer, Idempotent};
+use crate::auth::extractor::Caller;
+use crate::auth::{Identity, Role};
+use crate::orders::{Order, OrderItem, STATUSES, Slot, with_items};
+use crate::startup::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/orders", get(list).post(create))
+        .route("/orders/{id}", get(read))
+        .route("/orders/{id}/pay", post(pay))
+        .route("/orders/{id}/cancel", post(cancel))
+        .route("/orders/{id}/status", patch(set_status))
+}
+
+#[derive(Deserialize)]
+struct Create {
+    items: Vec<ItemBody>,
+    shipping_address: Option<Value>,
+    contact: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ItemBody {
+    product_id: i64,
+    quantity: Number,
+}
+
+const MAX_ITEMS: usize = 100;
+
+async fn create(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    request: Idempotent<Create>,
+) -> Result<Response> {
+    idempotency::run(&state, caller.user_id, request, |body| {
+        place(&state, caller, body)
+    })
+    .await
+}
+
+async fn place(state: &AppState, caller: Identity, body: Create) -> Result<Answer> {
+    if body.items.is_empty() || body.items.len() > MAX_ITEMS {
+        return Err(AppError::validation(
+            "items",
+            format!("must hold 1 to {MAX_ITEMS} items"),
+        ));
+    }
+    let mut requested = Vec::with_capacity(body.items.len());
+    let mut total: i64 = 0;
+    for (i, item) in body.items.iter().enumerate() {
+        let product = state
+            .catalog
+            .get(item.product_id)
+            .ok_or_else(|| AppError::NotFound(format!("product {}", item.product_id)))?;
+        let qty = quantity(&item.quantity, &format!("items[{i}].quantity"))?;
+        total = (qty.get() as i64)
+            .checked_mul(product.price_cents)
+            .and_then(|line| total.checked_add(line))
+            .ok_or_else(|| AppError::validation("items", "the order total is too large"))?;
+        requested.push(ItemRequest {
+            product_id: item.product_id,
+            quantity: qty,
+            warehouse_id: None,
+        });
+    }
+    let id = Uuid::now_v7();
+    let request = ReservationRequest {
+        items: requested,
+        ttl: std::time::Duration::from_secs(state.config.payment_timeout_secs),
+        reference: Some(format!("order:{id}")),
+    };
+    let (reservation, reserved_lsn) = state.core.reservations().reserve(request).await?;
+    let items = reservation
+        .items
+        .iter()
+        .map(|i| OrderItem {
+            product_id: i.product_id,
+            quantity: i.quantity,
+            // Priced when placed: the price may change later, the order does not.
+            unit_price_cents: state
+                .catalog
+                .get(i.product_id)
+                .map(|p| p.price_cents)
+                .unwrap_or_default(),
+            warehouse_id: i.warehouse_id,
+        })
+        .collect();
+    let order = Order {
+        id,
+        user_id: caller.user_id,
+        status: "pending_payment",
+        items,
+        total_cents: total,
+        reservation_id: reservation.id.0,
+        expires_at: reservation.expires_at,
+        tracking_number: None,
+        shipping_address: body.shipping_address,
+        contact: body.contact,
+        created_at: reservation.created_at,
+        updated_at: reservation.created_at,
+    };
+    let lsn = state.core.journal().append(vec![order.record()]);
+    state.orders.insert(order.clone());
+    Answer::new(StatusCode::CREATED, order, lsn.max(reserved_lsn))
+}
+
+/// The order, if the caller may see it: its owner, or an operator.
+async fn visible(state: &AppState, caller: &Identity, id: Uuid) -> Result<Order> {
+    let order = match state.orders.get(id) {
+        Some(slot) => slot.order.lock().await.clone(),
+        None => crate::orders::read(&state.db, "id = $1", Some(id))
+            .await?
+            .pop()
+            .ok_or_else(|| AppError::NotFound("order".into()))?,
+    };
+    if order.user_id != caller.user_id && caller.role < Role::Operator {
+        return Err(AppError::NotFound("order".into()));
+    }
+    Ok(order)
+}
+
+/// The in-memory slot of an open order the caller may act on.
+async fn open_slot(state: &AppState, caller: &Identity, id: Uuid) -> Result<Arc<Slot>> {
+    let order = visible(state, caller, id).await?;
+    state
+        .orders
+        .get(id)
+        .ok_or_else(|| not_pending(order.status))
+}
+
+fn not_pending(status: &str) -> AppError {
+    AppError::Conflict {
+        code: "order_not_pending",
+        message: format!("the order is {status}"),
+        details: json!({ "status": status }),
+    }
+}
+
+async fn read(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Order>> {
+    Ok(Json(visible(&state, &caller, id).await?))
+}
+
+#[derive(Deserialize)]
+struct Filter {
+    status: Option<String>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Query(filter): Query<Filter>,
+) -> Result<Json<List<Order>>> {
+    if let Some(s) = filter.status.as_deref().filter(|s| !STATUSES.contains(s)) {
+        return Err(AppError::validation(
+            "status",
+            format!("unknown status {s}"),
+        ));
+    }
+    let page = Page::new(filter.limit, filter.offset);
+    let owner = (caller.role < Role::Operator).then_some(caller.user_id);
+    let condition = "($1::bigint IS NULL OR user_id = $1) AND ($2::text IS NULL OR status = $2)";
+    let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM orders WHERE {condition}"))
+        .bind(owner)
+        .bind(&filter.status)
+        .fetch_one(&state.db)
+        .await?;
+    let rows = sqlx::query_as(&format!(
+        "SELECT id, user_id, status, total_cents, reservation_id, expires_at, tracking_number,
+                shipping_address, contact, created_at, updated_at
+         FROM orders WHERE {condition} ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
+    ))
+    .bind(owner)
+    .bind(&filter.status)
+    .bind(page.limit()?)
+    .bind(page.offset()?)
+    .fetch_all(&state.db)
+    .await?;
+    let ids: Vec<Uuid> = rows.iter().map(|r: &crate::orders::OrderRow| r.0).collect();
+    let items = with_items(&state.db, rows, &ids).await?;
+    Ok(Json(List { items, total }))
+}
+
+#[derive(Deserialize)]
+struct Pay {
+    method: String,
+    amount_cents: Number,
+}
+
+async fn pay(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<Uuid>,
+    request: Idempotent<Pay>,
+) -> Result<Response> {
+    idempotency::run(&state, caller.user_id, request, |body| {
+        settle_payment(&state, caller, id, body)
+    })
+    .await
+}
+
+async fn settle_payment(state: &AppState, caller: Identity, id: Uuid, body: Pay) -> Result<Answer> {
+    let method = text(&body.method, "method", 64)?;
+    let amount = int_in(&body.amount_cents, "amount_cents", 0..=i64::MAX)?;
+    let slot = open_slot(state, &caller, id).await?;
+    let mut order = slot.order.lock().await;
+    if order.status != "pending_payment" {
+        return Err(not_pending(order.status));
+    }
+    if amount != order.total_cents {
+        return Err(AppError::validation(
+            "amount_cents",
+            format!("must equal the order's total_cents, {}", order.total_cents),
+        ));
+    }
+    let committed = state
+        .core
+        .reservations()
+        .commit(ReservationId(order.reservation_id))
+        .await;
+    let committed_lsn = match committed {
+        Ok((_, lsn)) => lsn,
+        Err(CoreError::ReservationNotPending { .. } | CoreError::ReservationNotFound) => {
+            order.step("expired", &**state.core.journal());
+            slot.mark_closed();
+            return Err(not_pending("expired"));
+        }
+        Err(other) => return Err(other.into()),
+    };
+    let payment = PaymentRecord {
+        id: Uuid::now_v7(),
+        order_id: order.id,
+        method,
+        amount_cents: amount,
+        status: "captured",
+        created_at: stockline_actors::types::now(),
+    };
+    state.core.journal().append(vec![Record::Payment(payment)]);
+    let lsn = order.step("paid", &**state.core.journal());
+    Answer::new(StatusCode::OK, order.clone(), lsn.max(committed_lsn))
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Order>> {
+    let slot = open_slot(&state, &caller, id).await?;
+    let group = state.store.buffer.group().await;
+    let mut order = slot.order.lock().await;
+    let lsn = match order.status {
+        "pending_payment" => match state
+            .core
+            .reservations()
+            .release(ReservationId(order.reservation_id))
+            .await
+        {
+            Ok((_, lsn)) => lsn,
+            Err(CoreError::ReservationNotPending { .. } | CoreError::ReservationNotFound) => {
+                order.step("expired", &**state.core.journal());
+                slot.mark_closed();
+                return Err(not_pending("expired"));
+            }
+            Err(other) => return Err(other.into()),
+        },
+        "paid" => {
+            caller.require(Role::Operator)?;
+            let mut last = 0;
+            for item in &order.items {
+                let key = LineKey::new(item.warehouse_id, item.product_id);
+                let returned = state
+                    .core
+                    .adjust(key, item.quantity as i64, "return".into())
+                    .await?;
+                last = returned.lsn;
+            }
+            last
+        }
+        other => return Err(not_pending(other)),
+    };
+    let lsn = order.step("cancelled", &**state.core.journal()).max(lsn);
+    slot.mark_closed();
+    let answer = order.clone();
+    drop(order);
+    drop(group);
+    state.durable(lsn).await?;
+    Ok(Json(answer))
+}
+
+#[derive(Deserialize)]
+struct Step {
+    status: String,
+    tracking_number: Option<String>,
+}
+
+async fn set_status(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<Uuid>,
+    Json(body): Json<Step>,
+) -> Result<Json<Order>> {
+    caller.require(Role::Operator)?;
+    let next: &'static str = match body.status.as_str() {
+        "shipped" => "shipped",
+        "delivered" => "delivered",
+        _ => {
+            return Err(AppError::validation(
+                "status",
+                "must be shipped or delivered",
+            ));
+        }
+    };
+    let tracking = body
+        .tracking_number
+        .as_deref()
+        .map(|t| text(t, "tracking_number", 128))
+        .transpose()?;
+    let slot = open_slot(&state, &caller, id).await?;
+    let mut order = slot.order.lock().await;
+    let allowed = matches!(
+        (order.status, next),
+        ("paid", "shipped") | ("shipped", "delivered")
+    );
+    if !allowed {
+        return Err(AppError::Conflict {
+            code: "conflict",
+            message: format!("an order cannot go from {} to {next}", order.status),
+            details: json!({ "status": order.status, "requested": next }),
+        });
+    }
+    if tracking.is_some() {
+        order.tracking_number = tracking;
+    }
+    let lsn = order.step(next, &**state.core.journal());
+    if next == "delivered" {
+        slot.mark_closed();
+    }
+    let answer = order.clone();
+    drop(order);
+    state.durable(lsn).await?;
+    Ok(Json(answer))
+}

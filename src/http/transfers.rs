@@ -1,0 +1,100 @@
+//! `/transfers`: moving available stock between two warehouses, through the core, which
+//! never leaves it half-moved.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Number;
+use sqlx::FromRow;
+use stockline_actors::TransferRequest;
+use uuid::Uuid;
+
+use super::error::{AppError, Result};
+use super::extract::{Json, List, Page, Query, quantity};
+use super::idempotency::{self, Answer, Idempotent};
+use crate::auth::Role;
+use crate::auth::extractor::Caller;
+use crate::startup::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/transfers", get(list).post(create))
+}
+
+#[derive(Debug, Serialize, FromRow)]
+pub struct Transfer {
+    pub id: Uuid,
+    pub status: String,
+    pub from_warehouse_id: i64,
+    pub to_warehouse_id: i64,
+    pub product_id: i64,
+    pub quantity: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Deserialize)]
+struct Create {
+    from_warehouse_id: i64,
+    to_warehouse_id: i64,
+    product_id: i64,
+    quantity: Number,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    request: Idempotent<Create>,
+) -> Result<Response> {
+    caller.require(Role::Operator)?;
+    idempotency::run(&state, caller.user_id, request, |body| {
+        transfer(&state, body)
+    })
+    .await
+}
+
+async fn transfer(state: &AppState, body: Create) -> Result<Answer> {
+    let qty = quantity(&body.quantity, "quantity")?;
+    if state.catalog.get(body.product_id).is_none() {
+        return Err(AppError::NotFound(format!("product {}", body.product_id)));
+    }
+    let request = TransferRequest {
+        from_warehouse_id: body.from_warehouse_id,
+        to_warehouse_id: body.to_warehouse_id,
+        product_id: body.product_id,
+        quantity: qty,
+    };
+    let (record, lsn) = state.core.transfer(request).await?;
+    let transfer = Transfer {
+        id: record.id.0,
+        status: "completed".into(),
+        from_warehouse_id: record.from_warehouse_id,
+        to_warehouse_id: record.to_warehouse_id,
+        product_id: record.product_id,
+        quantity: record.quantity as i64,
+        created_at: record.created_at,
+    };
+    Answer::new(StatusCode::CREATED, transfer, lsn)
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Query(page): Query<Page>,
+) -> Result<Json<List<Transfer>>> {
+    caller.require(Role::Operator)?;
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM transfers")
+        .fetch_one(&state.db)
+        .await?;
+    let items = sqlx::query_as(
+        "SELECT id, status, from_warehouse_id, to_warehouse_id, product_id, quantity, created_at
+         FROM transfers ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2",
+    )
+    .bind(page.limit()?)
+    .bind(page.offset()?)
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Json(List { items, total }))
+}

@@ -1,0 +1,287 @@
+//! Orders in memory: the open ones (waiting for payment, paid, shipped) and recently closed
+//! ones, each behind its own lock so that pay, cancel and status steps of one order are
+//! serialized while different orders never wait on each other. PostgreSQL has every order
+//! (written behind, in the flush group of the request that changed it) and answers lists
+//! and old orders.
+//!
+//! An unpaid order expires with its reservation: the core tells [`Orders::watch_expiry`] of
+//! every expired reservation, and at start orders whose reservation is gone are expired.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgPool;
+use stockline_actors::journal::{OrderItemRecord, OrderRecord};
+use stockline_actors::{Journal, Lsn, Record, Reservation, ReservationId, ReservationStatus};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::startup::AppState;
+
+/// How long a closed order stays in memory.
+const CLOSED_RETENTION: Duration = Duration::from_secs(600);
+
+/// `Order` of API.md.
+#[derive(Clone, Debug, Serialize)]
+pub struct Order {
+    pub id: Uuid,
+    pub user_id: i64,
+    pub status: &'static str,
+    pub items: Vec<OrderItem>,
+    pub total_cents: i64,
+    pub reservation_id: Uuid,
+    pub expires_at: DateTime<Utc>,
+    pub tracking_number: Option<String>,
+    pub shipping_address: Option<Value>,
+    pub contact: Option<Value>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct OrderItem {
+    pub product_id: i64,
+    pub quantity: u64,
+    pub unit_price_cents: i64,
+    pub warehouse_id: i64,
+}
+
+pub const STATUSES: [&str; 6] = [
+    "pending_payment",
+    "paid",
+    "shipped",
+    "delivered",
+    "cancelled",
+    "expired",
+];
+
+/// The `&'static` form of a stored status.
+pub fn status(s: &str) -> &'static str {
+    STATUSES
+        .into_iter()
+        .find(|known| *known == s)
+        .unwrap_or("pending_payment")
+}
+
+impl Order {
+    pub fn is_open(&self) -> bool {
+        matches!(self.status, "pending_payment" | "paid" | "shipped")
+    }
+
+    pub fn record(&self) -> Record {
+        Record::Order(OrderRecord {
+            id: self.id,
+            user_id: self.user_id,
+            status: self.status,
+            items: self
+                .items
+                .iter()
+                .map(|i| OrderItemRecord {
+                    product_id: i.product_id,
+                    warehouse_id: i.warehouse_id,
+                    quantity: i.quantity,
+                    unit_price_cents: i.unit_price_cents,
+                })
+                .collect(),
+            total_cents: self.total_cents,
+            reservation_id: ReservationId(self.reservation_id),
+            expires_at: self.expires_at,
+            tracking_number: self.tracking_number.clone(),
+            shipping_address: self.shipping_address.as_ref().map(Value::to_string),
+            contact: self.contact.as_ref().map(Value::to_string),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+
+    /// Moves to `status` now and journals the new state; answers its Lsn.
+    pub fn step(&mut self, status: &'static str, journal: &dyn Journal) -> Lsn {
+        self.status = status;
+        self.updated_at = stockline_actors::types::now();
+        journal.append(vec![self.record()])
+    }
+}
+
+/// One order behind its lock, and when it was last closed (for eviction).
+pub struct Slot {
+    pub order: Mutex<Order>,
+    closed_at: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Slot {
+    pub fn mark_closed(&self) {
+        *self
+            .closed_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+    }
+}
+
+#[derive(Default)]
+pub struct Orders {
+    slots: DashMap<Uuid, Arc<Slot>>,
+}
+
+impl Orders {
+    pub fn insert(&self, order: Order) -> Arc<Slot> {
+        let slot = Arc::new(Slot {
+            order: Mutex::new(order.clone()),
+            closed_at: std::sync::Mutex::new(None),
+        });
+        self.slots.insert(order.id, slot.clone());
+        slot
+    }
+
+    pub fn get(&self, id: Uuid) -> Option<Arc<Slot>> {
+        self.slots.get(&id).map(|s| s.clone())
+    }
+
+    /// Drops closed orders from memory after the retention (PostgreSQL keeps them).
+    pub fn sweep(&self) {
+        self.slots.retain(|_, slot| {
+            let closed = *slot
+                .closed_at
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            closed.is_none_or(|at| at.elapsed() <= CLOSED_RETENTION)
+        });
+    }
+
+    /// Loads the open orders from PostgreSQL.
+    pub async fn load(pool: &PgPool) -> Result<Self, sqlx::Error> {
+        let orders = Self::default();
+        for order in read(
+            pool,
+            "status IN ('pending_payment', 'paid', 'shipped')",
+            None,
+        )
+        .await?
+        {
+            orders.insert(order);
+        }
+        Ok(orders)
+    }
+
+    /// Expires unpaid orders whose reservation is no longer pending (it expired while the
+    /// order's own change was not yet written, or while the server was down).
+    pub async fn reconcile(&self, state: &AppState) {
+        let slots: Vec<_> = self.slots.iter().map(|s| s.value().clone()).collect();
+        for slot in slots {
+            let mut order = slot.order.lock().await;
+            let reservation = state
+                .core
+                .reservations()
+                .get(ReservationId(order.reservation_id));
+            let pending = reservation.is_some_and(|r| r.status == ReservationStatus::Pending);
+            if order.status == "pending_payment" && !pending {
+                order.step("expired", &**state.core.journal());
+                slot.mark_closed();
+            }
+        }
+    }
+
+    /// Expires the unpaid order of every reservation the core expires.
+    pub fn watch_expiry(
+        state: AppState,
+        mut expired: tokio::sync::mpsc::UnboundedReceiver<Reservation>,
+    ) {
+        tokio::spawn(async move {
+            while let Some(reservation) = expired.recv().await {
+                let Some(id) = reservation
+                    .reference
+                    .as_deref()
+                    .and_then(|r| r.strip_prefix("order:"))
+                    .and_then(|id| id.parse::<Uuid>().ok())
+                else {
+                    continue;
+                };
+                if let Some(slot) = state.orders.get(id) {
+                    let mut order = slot.order.lock().await;
+                    if order.status == "pending_payment" {
+                        order.step("expired", &**state.core.journal());
+                        slot.mark_closed();
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// A row of `orders` as the queries here select it.
+pub type OrderRow = (
+    Uuid,
+    i64,
+    String,
+    i64,
+    Uuid,
+    DateTime<Utc>,
+    Option<String>,
+    Option<Value>,
+    Option<Value>,
+    DateTime<Utc>,
+    DateTime<Utc>,
+);
+
+/// Orders matching `condition` (SQL over `orders`, `$1` bound to `param` if given).
+pub async fn read(
+    pool: &PgPool,
+    condition: &str,
+    param: Option<Uuid>,
+) -> Result<Vec<Order>, sqlx::Error> {
+    let rows: Vec<OrderRow> = sqlx::query_as(&format!(
+        "SELECT id, user_id, status, total_cents, reservation_id, expires_at, tracking_number,
+                shipping_address, contact, created_at, updated_at
+         FROM orders WHERE {condition} ORDER BY created_at DESC, id DESC"
+    ))
+    .bind(param)
+    .fetch_all(pool)
+    .await?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
+    with_items(pool, rows, &ids).await
+}
+
+/// Builds orders from rows, reading their items in one query.
+pub async fn with_items(
+    pool: &PgPool,
+    rows: Vec<OrderRow>,
+    ids: &[Uuid],
+) -> Result<Vec<Order>, sqlx::Error> {
+    let items: Vec<(Uuid, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT order_id, product_id, warehouse_id, quantity, unit_price_cents FROM order_items
+         WHERE order_id = ANY($1) ORDER BY product_id, warehouse_id",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    let mut by_order: HashMap<Uuid, Vec<OrderItem>> = HashMap::new();
+    for (order_id, product_id, warehouse_id, quantity, unit_price_cents) in items {
+        by_order.entry(order_id).or_default().push(OrderItem {
+            product_id,
+            quantity: quantity as u64,
+            unit_price_cents,
+            warehouse_id,
+        });
+    }
+    Ok(rows
+        .into_iter()
+        .map(|r| Order {
+            id: r.0,
+            user_id: r.1,
+            status: status(&r.2),
+            items: by_order.remove(&r.0).unwrap_or_default(),
+            total_cents: r.3,
+            reservation_id: r.4,
+            expires_at: r.5,
+            tracking_number: r.6,
+            shipping_address: r.7,
+            contact: r.8,
+            created_at: r.9,
+            updated_at: r.10,
+        })
+        .collect())
+}
