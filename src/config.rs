@@ -84,6 +84,11 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub durable_timeout_ms: u64,
 
+    /// Login and register attempts allowed per client address per minute (then 429).
+    #[arg(long, env = "STOCKLINE_AUTH_RATE_PER_MINUTE", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub auth_rate_per_minute: u32,
+
     /// bcrypt cost for password hashing (tests may lower it).
     #[arg(long, env = "STOCKLINE_BCRYPT_COST", default_value_t = 12,
           value_parser = clap::value_parser!(u32).range(4..=31))]

@@ -47,6 +47,7 @@ pub struct AppState {
     /// Answers to idempotent requests, by user and key.
     pub answers: Arc<Answers>,
     pub orders: Arc<Orders>,
+    pub auth_limiter: crate::http::rate_limit::Shared,
 }
 
 impl AppState {
@@ -115,6 +116,7 @@ pub async fn launch(
         .map_err(|e| io::Error::other(e.to_string()))?;
     let catalog = Catalog::load(&db).await.map_err(io::Error::other)?;
     let orders = Orders::load(&db).await.map_err(io::Error::other)?;
+    let auth_rate = config.auth_rate_per_minute;
     let state = AppState {
         config: Arc::new(config),
         db,
@@ -128,6 +130,7 @@ pub async fn launch(
         }),
         answers: Arc::new(Answers::default()),
         orders: Arc::new(orders),
+        auth_limiter: Arc::new(crate::http::rate_limit::AuthLimiter::new(auth_rate)),
     };
     state.orders.reconcile(&state).await;
     Orders::watch_expiry(state.clone(), expired);
@@ -148,7 +151,9 @@ pub async fn launch(
     });
     let router = http::router(state.clone());
     let task = tokio::spawn(async move {
-        axum::serve(listener, router)
+        // With the peer address, which rate limiting keys on.
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, service)
             .with_graceful_shutdown(shutdown)
             .await?;
         state.core.shutdown().await;

@@ -299,3 +299,58 @@ async fn only_an_admin_changes_roles_and_the_change_applies_at_once() {
     );
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn login_and_register_are_rate_limited_per_address() {
+    let app = TestApp::spawn_with(&["--auth-rate-per-minute", "3"]).await;
+    // The admin's login at start used one of the three.
+    let attempt = || {
+        app.send(
+            Method::POST,
+            "/auth/login",
+            None,
+            Some(json!({ "login": "nobody@example.com", "password": "whatever1" })),
+        )
+    };
+    assert_eq!(attempt().await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(attempt().await.0, StatusCode::UNAUTHORIZED);
+    let response = app
+        .client
+        .post(format!("{}/api/v1/auth/login", app.base))
+        .json(&json!({ "login": "nobody@example.com", "password": "whatever1" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        error_code(
+            StatusCode::TOO_MANY_REQUESTS,
+            &body,
+            StatusCode::TOO_MANY_REQUESTS
+        ),
+        "rate_limited"
+    );
+    let (status, _) = app
+        .send(
+            Method::POST,
+            "/auth/register",
+            None,
+            Some(json!({ "email": "new@example.com", "password": "long-enough", "name": "N" })),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "register shares the limit"
+    );
+    // Other endpoints are not limited.
+    assert_eq!(app.get("/auth/me", &app.admin).await.0, StatusCode::OK);
+    app.cleanup().await;
+}

@@ -15,10 +15,16 @@ use crate::auth::extractor::Caller;
 use crate::auth::{Role, password, totp};
 use crate::startup::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn router(state: &AppState) -> Router<AppState> {
+    let limited = Router::new()
         .route("/auth/register", post(register))
         .route("/auth/login", post(login))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            super::rate_limit::limit,
+        ));
+    Router::new()
+        .merge(limited)
         .route("/auth/logout", post(logout))
         .route("/auth/me", get(me))
         .route("/auth/totp/setup", post(totp_setup))

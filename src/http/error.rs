@@ -42,6 +42,9 @@ pub enum AppError {
     /// 422 `validation_failed`, naming the field.
     #[error("{field}: {message}")]
     Validation { field: String, message: String },
+    /// 429 `rate_limited`: too many attempts from this address.
+    #[error("too many attempts; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
     /// 503 `overloaded`: a bound was reached; retry after a moment.
     #[error("the server is overloaded; retry shortly")]
     Overloaded,
@@ -94,6 +97,11 @@ impl AppError {
                 json!({ "field": field }),
             ),
             Self::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code, json!({})),
+            Self::RateLimited { retry_after_secs } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                json!({ "retry_after_seconds": retry_after_secs }),
+            ),
             Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", json!({})),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", json!({})),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", json!({})),
@@ -124,11 +132,14 @@ impl IntoResponse for AppError {
             tracing::error!(cause, "internal error");
         }
         let status = self.parts().0;
+        let retry_after = match &self {
+            Self::RateLimited { retry_after_secs } => Some(retry_after_secs.to_string()),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some("1".to_owned()),
+            _ => None,
+        };
         let mut response = (status, axum::Json(json!({ "error": self.body() }))).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        if let Some(value) = retry_after.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         response
     }

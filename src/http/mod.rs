@@ -7,6 +7,7 @@ mod health;
 pub mod idempotency;
 mod orders;
 mod products;
+pub mod rate_limit;
 mod reservations;
 mod stock;
 mod transfers;
@@ -28,7 +29,7 @@ const MAX_BODY: usize = 1024 * 1024;
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
-        .merge(auth::router())
+        .merge(auth::router(&state))
         .merge(users::router())
         .merge(products::router())
         .merge(warehouses::router())

@@ -64,6 +64,10 @@ pub fn config(database: &str, extra: &[&str]) -> Config {
         "--admin-password",
         ADMIN_PASSWORD,
     ];
+    if !extra.contains(&"--auth-rate-per-minute") {
+        // Tests log in often from one address; the limit has a test of its own.
+        args.extend(["--auth-rate-per-minute", "100000"]);
+    }
     args.extend_from_slice(&extra);
     Wrap::parse_from(args).config
 }
@@ -350,6 +354,7 @@ pub fn start_binary(database: &str, extra_env: &[(&str, &str)]) -> (std::process
         .env("STOCKLINE_ADDR", "127.0.0.1:0")
         .env("DATABASE_URL", database_url(database))
         .env("STOCKLINE_BCRYPT_COST", "4")
+        .env("STOCKLINE_AUTH_RATE_PER_MINUTE", "100000")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
