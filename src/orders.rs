@@ -27,7 +27,7 @@ use crate::startup::AppState;
 const CLOSED_RETENTION: Duration = Duration::from_secs(600);
 
 /// `Order` of API.md.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Order {
     pub id: Uuid,
     pub user_id: i64,
@@ -37,13 +37,15 @@ pub struct Order {
     pub reservation_id: Uuid,
     pub expires_at: DateTime<Utc>,
     pub tracking_number: Option<String>,
+    #[schema(value_type = Option<Object>)]
     pub shipping_address: Option<Value>,
+    #[schema(value_type = Option<Object>)]
     pub contact: Option<Value>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct OrderItem {
     pub product_id: i64,
     pub quantity: u64,

@@ -1,10 +1,12 @@
 //! `/auth`: register, login (by email or phone, with TOTP once enabled), logout, me, and
 //! TOTP setup and verification.
 
-use axum::Router;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::openapi::ErrorBody;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -15,23 +17,23 @@ use crate::auth::extractor::Caller;
 use crate::auth::{Role, password, totp};
 use crate::startup::AppState;
 
-pub fn router(state: &AppState) -> Router<AppState> {
-    let limited = Router::new()
-        .route("/auth/register", post(register))
-        .route("/auth/login", post(login))
+pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
+    let limited = OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             super::rate_limit::limit,
         ));
-    Router::new()
+    OpenApiRouter::new()
         .merge(limited)
-        .route("/auth/logout", post(logout))
-        .route("/auth/me", get(me))
-        .route("/auth/totp/setup", post(totp_setup))
-        .route("/auth/totp/verify", post(totp_verify))
+        .routes(routes!(logout))
+        .routes(routes!(me))
+        .routes(routes!(totp_setup))
+        .routes(routes!(totp_verify))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct Register {
     email: String,
     password: String,
@@ -75,6 +77,7 @@ fn phone(value: &str) -> Result<String> {
     Ok(value.to_owned())
 }
 
+#[utoipa::path(post, path = "/auth/register", tag = "auth", request_body = Register, responses((status = 201, description = "The new user, as `{\"user\": User}`", body = Object), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 409, description = "Email or phone taken", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody), (status = 429, description = "Too many attempts", body = ErrorBody)))]
 async fn register(
     State(state): State<AppState>,
     Json(body): Json<Register>,
@@ -96,14 +99,14 @@ async fn register(
     Ok((StatusCode::CREATED, Json(json!({ "user": user }))))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct Login {
     login: String,
     password: String,
     totp: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct LoginAnswer {
     token: String,
     token_type: &'static str,
@@ -113,6 +116,7 @@ struct LoginAnswer {
 
 type Credentials = (i64, String, bool, Option<String>);
 
+#[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = Login, responses((status = 200, body = LoginAnswer), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "invalid_credentials or totp_required", body = ErrorBody), (status = 429, description = "Too many attempts", body = ErrorBody)))]
 async fn login(
     State(state): State<AppState>,
     Json(body): Json<Login>,
@@ -161,15 +165,18 @@ async fn login(
     }))
 }
 
+#[utoipa::path(post, path = "/auth/logout", tag = "auth", security(("bearer" = [])), responses((status = 204, description = "The token is refused from now on"), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody)))]
 async fn logout(State(state): State<AppState>, Caller(caller): Caller) -> Result<StatusCode> {
     state.auth.revoke(&state.db, &caller).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/auth/me", tag = "auth", security(("bearer" = [])), responses((status = 200, body = User), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody)))]
 async fn me(State(state): State<AppState>, Caller(caller): Caller) -> Result<Json<User>> {
     Ok(Json(users::find(&state.db, caller.user_id).await?))
 }
 
+#[utoipa::path(post, path = "/auth/totp/setup", tag = "auth", security(("bearer" = [])), responses((status = 200, description = "`{\"secret\", \"otpauth_uri\"}`", body = Object), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody)))]
 async fn totp_setup(State(state): State<AppState>, Caller(caller): Caller) -> Result<Json<Value>> {
     let user = users::find(&state.db, caller.user_id).await?;
     let secret = totp::new_secret();
@@ -182,11 +189,12 @@ async fn totp_setup(State(state): State<AppState>, Caller(caller): Caller) -> Re
     Ok(Json(json!({ "secret": secret, "otpauth_uri": uri })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct Verify {
     code: String,
 }
 
+#[utoipa::path(post, path = "/auth/totp/verify", tag = "auth", security(("bearer" = [])), request_body = Verify, responses((status = 200, description = "`{\"totp_enabled\": true}`", body = Object), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 409, description = "No setup to verify", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn totp_verify(
     State(state): State<AppState>,
     Caller(caller): Caller,

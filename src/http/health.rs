@@ -4,19 +4,27 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{AppError, Result};
 use crate::startup::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process lives")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Recovered, the database answers, the flusher writes"),
+    (status = 503, description = "Not ready", body = super::openapi::ErrorBody)
+))]
 async fn readyz(State(state): State<AppState>) -> Result<&'static str> {
     if !state.store.flush.healthy.load(Ordering::Acquire) {
         return Err(AppError::Unavailable(

@@ -5,6 +5,7 @@ pub mod error;
 pub mod extract;
 mod health;
 pub mod idempotency;
+pub mod openapi;
 mod orders;
 mod products;
 pub mod rate_limit;
@@ -14,9 +15,13 @@ mod transfers;
 pub mod users;
 mod warehouses;
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::startup::AppState;
 use error::AppError;
@@ -26,20 +31,12 @@ pub use auth::{email as auth_email, password_ok as auth_password_ok};
 /// Bodies over this are refused with 413.
 const MAX_BODY: usize = 1024 * 1024;
 
-/// The whole HTTP surface.
+/// The whole HTTP surface, and `GET /openapi.json` describing it.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .merge(auth::router(&state))
-        .merge(users::router())
-        .merge(products::router())
-        .merge(warehouses::router())
-        .merge(stock::router())
-        .merge(reservations::router())
-        .merge(orders::router())
-        .merge(transfers::router());
-    Router::new()
-        .nest("/api/v1", api)
-        .merge(health::router())
+    let (router, document) = documented(&state).split_for_parts();
+    let json: Arc<str> = document.to_pretty_json().unwrap_or_default().into();
+    router
+        .layer(axum::Extension(Document(json)))
         .fallback(|| async { AppError::NotFound("path".into()) })
         .method_not_allowed_fallback(|| async {
             (
@@ -53,4 +50,40 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// Every route, registered together with its documentation.
+fn documented(state: &AppState) -> OpenApiRouter<AppState> {
+    let api = OpenApiRouter::new()
+        .merge(auth::router(state))
+        .merge(users::router())
+        .merge(products::router())
+        .merge(warehouses::router())
+        .merge(stock::router())
+        .merge(reservations::router())
+        .merge(orders::router())
+        .merge(transfers::router());
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .nest("/api/v1", api)
+        .merge(health::router())
+        .routes(utoipa_axum::routes!(openapi_json))
+}
+
+/// The rendered document, handed to its handler.
+#[derive(Clone)]
+struct Document(Arc<str>);
+
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "This document", body = Object)))]
+async fn openapi_json(
+    axum::Extension(document): axum::Extension<Document>,
+) -> impl axum::response::IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        document.0.to_string(),
+    )
+}
+
+/// The OpenAPI document (for tools that want it without a running server).
+pub fn openapi_document(state: &AppState) -> utoipa::openapi::OpenApi {
+    documented(state).into_openapi()
 }

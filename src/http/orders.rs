@@ -5,11 +5,13 @@
 
 use std::sync::Arc;
 
-use axum::Router;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::openapi::ErrorBody;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::{get, patch, post};
 use serde::Deserialize;
 use serde_json::{Number, Value, json};
 use stockline_actors::journal::PaymentRecord;
@@ -26,30 +28,34 @@ use crate::auth::{Identity, Role};
 use crate::orders::{Order, OrderItem, STATUSES, Slot, with_items};
 use crate::startup::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/orders", get(list).post(create))
-        .route("/orders/{id}", get(read))
-        .route("/orders/{id}/pay", post(pay))
-        .route("/orders/{id}/cancel", post(cancel))
-        .route("/orders/{id}/status", patch(set_status))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(read))
+        .routes(routes!(pay))
+        .routes(routes!(cancel))
+        .routes(routes!(set_status))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct Create {
     items: Vec<ItemBody>,
+    #[schema(value_type = Option<Object>)]
     shipping_address: Option<Value>,
+    #[schema(value_type = Option<Object>)]
     contact: Option<Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct ItemBody {
     product_id: i64,
+    #[schema(value_type = i64)]
     quantity: Number,
 }
 
 const MAX_ITEMS: usize = 100;
 
+#[utoipa::path(post, path = "/orders", tag = "orders", security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; repeats answer the first answer")), request_body = Create, responses((status = 201, body = Order), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "insufficient_stock", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -159,6 +165,7 @@ fn not_pending(status: &str) -> AppError {
     }
 }
 
+#[utoipa::path(get, path = "/orders/{id}", tag = "orders", security(("bearer" = [])), params(("id" = Uuid, Path)), responses((status = 200, body = Order), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 404, description = "Unknown, or another customer's", body = ErrorBody)))]
 async fn read(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -174,6 +181,7 @@ struct Filter {
     offset: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/orders", tag = "orders", security(("bearer" = [])), params(("status" = Option<String>, Query), ("limit" = Option<i64>, Query, description = "At most 500, default 50"), ("offset" = Option<i64>, Query)), responses((status = 200, description = "`{items: [Order], total}`; a customer sees its own", body = Object), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -209,12 +217,14 @@ async fn list(
     Ok(Json(List { items, total }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct Pay {
     method: String,
+    #[schema(value_type = i64)]
     amount_cents: Number,
 }
 
+#[utoipa::path(post, path = "/orders/{id}/pay", tag = "orders", security(("bearer" = [])), params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; repeats answer the first answer")), request_body = Pay, responses((status = 200, body = Order), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "order_not_pending (expired, cancelled, paid)", body = ErrorBody), (status = 422, description = "amount_cents differs from total_cents", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
 async fn pay(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -268,6 +278,7 @@ async fn settle_payment(state: &AppState, caller: Identity, id: Uuid, body: Pay)
     Answer::new(StatusCode::OK, order.clone(), lsn.max(committed_lsn))
 }
 
+#[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders", security(("bearer" = [])), params(("id" = Uuid, Path)), responses((status = 200, body = Order), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "A paid order is cancelled by an operator only", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "order_not_pending", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
 async fn cancel(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -315,12 +326,13 @@ async fn cancel(
     Ok(Json(answer))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct Step {
     status: String,
     tracking_number: Option<String>,
 }
 
+#[utoipa::path(patch, path = "/orders/{id}/status", tag = "orders", security(("bearer" = [])), params(("id" = Uuid, Path)), request_body = Step, responses((status = 200, body = Order), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "An illegal step", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn set_status(
     State(state): State<AppState>,
     Caller(caller): Caller,

@@ -1,9 +1,11 @@
 //! `/products`: the catalog. Writes go to PostgreSQL first, then to the in-memory catalog.
 
-use axum::Router;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::openapi::ErrorBody;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Number;
@@ -16,7 +18,7 @@ use crate::auth::extractor::Caller;
 use crate::catalog::ProductInfo;
 use crate::startup::AppState;
 
-#[derive(Debug, Serialize, FromRow)]
+#[derive(Debug, Serialize, FromRow, ToSchema)]
 pub struct Product {
     pub id: i64,
     pub sku: String,
@@ -32,21 +34,24 @@ const COLUMNS: &str =
     "id, sku, name, description, price_cents, low_stock_threshold, created_at, updated_at";
 const MAX_PRICE: i64 = 1_000_000_000_000;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/products", get(list).post(create))
-        .route("/products/{id}", get(read).patch(update).delete(delete))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(read, update, delete))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct Create {
     sku: String,
     name: String,
     description: Option<String>,
+    #[schema(value_type = i64)]
     price_cents: Number,
+    #[schema(value_type = Option<i64>)]
     low_stock_threshold: Option<Number>,
 }
 
+#[utoipa::path(post, path = "/products", tag = "catalog", security(("bearer" = [])), request_body = Create, responses((status = 201, body = Product), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 409, description = "The sku is taken", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -92,9 +97,10 @@ struct Search {
     offset: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/products", tag = "catalog", security(("bearer" = [])), params(("q" = Option<String>, Query, description = "Name or sku contains"), ("limit" = Option<i64>, Query, description = "At most 500, default 50"), ("offset" = Option<i64>, Query)), responses((status = 200, description = "`{items: [Product], total}`", body = Object), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
-    Caller(_): Caller,
+    Caller(_caller): Caller,
     Query(search): Query<Search>,
 ) -> Result<Json<List<Product>>> {
     let pattern = search.q.map(|q| {
@@ -131,23 +137,27 @@ pub async fn find(state: &AppState, id: i64) -> Result<Product> {
     .ok_or_else(|| AppError::NotFound(format!("product {id}")))
 }
 
+#[utoipa::path(get, path = "/products/{id}", tag = "catalog", security(("bearer" = [])), params(("id" = i64, Path, description = "Id")), responses((status = 200, body = Product), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody)))]
 async fn read(
     State(state): State<AppState>,
-    Caller(_): Caller,
+    Caller(_caller): Caller,
     Path(id): Path<i64>,
 ) -> Result<Json<Product>> {
     Ok(Json(find(&state, id).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct Update {
     sku: Option<String>,
     name: Option<String>,
     description: Option<String>,
+    #[schema(value_type = Option<i64>)]
     price_cents: Option<Number>,
+    #[schema(value_type = Option<i64>)]
     low_stock_threshold: Option<Number>,
 }
 
+#[utoipa::path(patch, path = "/products/{id}", tag = "catalog", security(("bearer" = [])), params(("id" = i64, Path, description = "Id")), request_body = Update, responses((status = 200, body = Product), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "The sku is taken", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn update(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -184,6 +194,7 @@ async fn update(
 }
 
 /// Deleting keeps the product's ledger; refused while any line holds stock or reservations.
+#[utoipa::path(delete, path = "/products/{id}", tag = "catalog", security(("bearer" = [])), params(("id" = i64, Path, description = "Id")), responses((status = 204, description = "Deleted (its ledger is kept)"), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "It still has stock or pending reservations", body = ErrorBody)))]
 async fn delete(
     State(state): State<AppState>,
     Caller(caller): Caller,

@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
-use axum::Router;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::openapi::ErrorBody;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Number;
@@ -22,16 +24,16 @@ use crate::auth::Role;
 use crate::auth::extractor::Caller;
 use crate::startup::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/reservations", post(create))
-        .route("/reservations/{id}", get(read))
-        .route("/reservations/{id}/commit", post(commit))
-        .route("/reservations/{id}/release", post(release))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create))
+        .routes(routes!(read))
+        .routes(routes!(commit))
+        .routes(routes!(release))
 }
 
 /// `Reservation` of API.md.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ReservationBody {
     pub id: Uuid,
     pub status: &'static str,
@@ -41,7 +43,7 @@ pub struct ReservationBody {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Item {
     pub product_id: i64,
     pub warehouse_id: i64,
@@ -69,16 +71,18 @@ impl From<Reservation> for ReservationBody {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct Create {
     items: Vec<ItemBody>,
+    #[schema(value_type = Option<i64>)]
     ttl_seconds: Option<Number>,
     reference: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct ItemBody {
     product_id: i64,
+    #[schema(value_type = i64)]
     quantity: Number,
     warehouse_id: Option<i64>,
 }
@@ -87,6 +91,7 @@ struct ItemBody {
 const MAX_ITEMS: usize = 100;
 const MAX_TTL_SECS: i64 = 7 * 24 * 3600;
 
+#[utoipa::path(post, path = "/reservations", tag = "reservations", security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; repeats answer the first answer")), request_body = Create, responses((status = 201, body = ReservationBody), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "insufficient_stock (details: product_id, requested, available) or warehouse_inactive", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -141,6 +146,7 @@ async fn reserve(state: &AppState, body: Create) -> Result<Answer> {
     Answer::new(StatusCode::CREATED, ReservationBody::from(reservation), lsn)
 }
 
+#[utoipa::path(get, path = "/reservations/{id}", tag = "reservations", security(("bearer" = [])), params(("id" = Uuid, Path)), responses((status = 200, body = ReservationBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody)))]
 async fn read(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -192,6 +198,7 @@ async fn stored(state: &AppState, id: Uuid) -> Result<ReservationBody> {
     })
 }
 
+#[utoipa::path(post, path = "/reservations/{id}/commit", tag = "reservations", security(("bearer" = [])), params(("id" = Uuid, Path)), responses((status = 200, body = ReservationBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "reservation_not_pending", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
 async fn commit(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -201,6 +208,7 @@ async fn commit(
     settle(&state, id, true).await
 }
 
+#[utoipa::path(post, path = "/reservations/{id}/release", tag = "reservations", security(("bearer" = [])), params(("id" = Uuid, Path)), responses((status = 200, body = ReservationBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "reservation_not_pending", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
 async fn release(
     State(state): State<AppState>,
     Caller(caller): Caller,

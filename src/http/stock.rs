@@ -2,9 +2,11 @@
 //! movement ledger. Changes go through the line actors and, in `sync` mode, are answered
 //! once durable.
 
-use axum::Router;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::openapi::ErrorBody;
 use axum::extract::State;
-use axum::routing::{get, post, put};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Number, Value, json};
@@ -21,18 +23,18 @@ use crate::auth::Role;
 use crate::auth::extractor::Caller;
 use crate::startup::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/products/{id}/availability", get(availability))
-        .route("/warehouses/{id}/stock", get(warehouse_stock))
-        .route("/stock/adjustments", post(adjust))
-        .route("/stock/adjustments/bulk", post(adjust_bulk))
-        .route("/stock/levels", put(set_level))
-        .route("/stock/movements", get(movements))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(availability))
+        .routes(routes!(warehouse_stock))
+        .routes(routes!(adjust))
+        .routes(routes!(adjust_bulk))
+        .routes(routes!(set_level))
+        .routes(routes!(movements))
 }
 
 /// `StockLine` of API.md.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct StockLine {
     pub warehouse_id: i64,
     pub product_id: i64,
@@ -79,9 +81,10 @@ fn line_key(state: &AppState, warehouse_id: i64, product_id: i64) -> Result<Line
     Ok(LineKey::new(warehouse_id, product_id))
 }
 
+#[utoipa::path(get, path = "/products/{id}/availability", tag = "stock", security(("bearer" = [])), params(("id" = i64, Path)), responses((status = 200, description = "`{product_id, on_hand, reserved, available, warehouses: [...]}`; totals over active warehouses", body = Object), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody)))]
 async fn availability(
     State(state): State<AppState>,
-    Caller(_): Caller,
+    Caller(_caller): Caller,
     Path(id): Path<i64>,
 ) -> Result<Json<Value>> {
     if state.catalog.get(id).is_none() {
@@ -124,6 +127,7 @@ async fn availability(
     })))
 }
 
+#[utoipa::path(get, path = "/warehouses/{id}/stock", tag = "stock", security(("bearer" = [])), params(("id" = i64, Path), ("limit" = Option<i64>, Query, description = "At most 500, default 50"), ("offset" = Option<i64>, Query)), responses((status = 200, description = "`{items: [StockLine], total}`", body = Object), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody)))]
 async fn warehouse_stock(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -152,14 +156,16 @@ async fn warehouse_stock(
     Ok(Json(List { items, total }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct Adjustment {
     warehouse_id: i64,
     product_id: i64,
+    #[schema(value_type = i64)]
     delta: Number,
     reason: String,
 }
 
+#[utoipa::path(post, path = "/stock/adjustments", tag = "stock", security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; repeats answer the first answer")), request_body = Adjustment, responses((status = 200, body = StockLine), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "insufficient_stock: on_hand would go under reserved", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
 async fn adjust(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -189,6 +195,7 @@ async fn apply_adjustment(
 }
 
 /// Each item on its own: one refused item does not stop the others.
+#[utoipa::path(post, path = "/stock/adjustments/bulk", tag = "stock", security(("bearer" = [])), request_body = Vec<Adjustment>, responses((status = 200, description = "`{results: [{index, ok, line?, error?}]}`, each item on its own", body = Object), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn adjust_bulk(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -218,15 +225,18 @@ async fn adjust_bulk(
     Ok(Json(json!({ "results": results })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct Level {
     warehouse_id: i64,
     product_id: i64,
+    #[schema(value_type = i64)]
     on_hand: Number,
     reason: Option<String>,
+    #[schema(value_type = Option<i64>)]
     expected_version: Option<Number>,
 }
 
+#[utoipa::path(put, path = "/stock/levels", tag = "stock", security(("bearer" = [])), request_body = Level, responses((status = 200, body = StockLine), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "insufficient_stock, or conflict on a stale expected_version", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn set_level(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -285,6 +295,7 @@ const KINDS: [&str; 7] = [
     "transfer_in",
 ];
 
+#[utoipa::path(get, path = "/stock/movements", tag = "stock", security(("bearer" = [])), params(("product_id" = Option<i64>, Query), ("warehouse_id" = Option<i64>, Query), ("kind" = Option<String>, Query), ("limit" = Option<i64>, Query, description = "At most 500, default 50"), ("offset" = Option<i64>, Query)), responses((status = 200, description = "`{items: [Movement], total}`, newest first", body = Object), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn movements(
     State(state): State<AppState>,
     Caller(caller): Caller,

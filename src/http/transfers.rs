@@ -1,11 +1,13 @@
 //! `/transfers`: moving available stock between two warehouses, through the core, which
 //! never leaves it half-moved.
 
-use axum::Router;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::openapi::ErrorBody;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::get;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Number;
@@ -20,11 +22,11 @@ use crate::auth::Role;
 use crate::auth::extractor::Caller;
 use crate::startup::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/transfers", get(list).post(create))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list, create))
 }
 
-#[derive(Debug, Serialize, FromRow)]
+#[derive(Debug, Serialize, FromRow, ToSchema)]
 pub struct Transfer {
     pub id: Uuid,
     pub status: String,
@@ -35,14 +37,16 @@ pub struct Transfer {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct Create {
     from_warehouse_id: i64,
     to_warehouse_id: i64,
     product_id: i64,
+    #[schema(value_type = i64)]
     quantity: Number,
 }
 
+#[utoipa::path(post, path = "/transfers", tag = "transfers", security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; repeats answer the first answer")), request_body = Create, responses((status = 201, body = Transfer), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "insufficient_stock or warehouse_inactive", body = ErrorBody), (status = 422, description = "Same warehouse, or a bad quantity", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -79,6 +83,7 @@ async fn transfer(state: &AppState, body: Create) -> Result<Answer> {
     Answer::new(StatusCode::CREATED, transfer, lsn)
 }
 
+#[utoipa::path(get, path = "/transfers", tag = "transfers", security(("bearer" = [])), params(("limit" = Option<i64>, Query, description = "At most 500, default 50"), ("offset" = Option<i64>, Query)), responses((status = 200, description = "`{items: [Transfer], total}`", body = Object), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller,

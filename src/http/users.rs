@@ -1,8 +1,10 @@
 //! Users as the API shows them, their queries, and `PUT /users/{id}/role` (admin only).
 
-use axum::Router;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::openapi::ErrorBody;
 use axum::extract::State;
-use axum::routing::put;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{FromRow, PgPool};
@@ -14,7 +16,7 @@ use crate::auth::extractor::Caller;
 use crate::startup::AppState;
 
 /// `User` of API.md: never a password hash or TOTP secret.
-#[derive(Debug, Clone, Serialize, FromRow)]
+#[derive(Debug, Clone, Serialize, FromRow, ToSchema)]
 pub struct User {
     pub id: i64,
     pub email: String,
@@ -68,15 +70,16 @@ pub async fn insert(
     })
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/users/{id}/role", put(set_role))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(set_role))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct RoleBody {
     role: String,
 }
 
+#[utoipa::path(put, path = "/users/{id}/role", tag = "users", security(("bearer" = [])), params(("id" = i64, Path, description = "User id")), request_body = RoleBody, responses((status = 200, body = User), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn set_role(
     State(state): State<AppState>,
     Caller(caller): Caller,

@@ -1,10 +1,12 @@
 //! `/warehouses`: codes, names, allocation priority and status. PostgreSQL is written
 //! first, then the core's directory (and, for a status change, every line of the warehouse).
 
-use axum::Router;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::openapi::ErrorBody;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, put};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Number;
@@ -17,7 +19,7 @@ use crate::auth::Role;
 use crate::auth::extractor::Caller;
 use crate::startup::AppState;
 
-#[derive(Debug, Serialize, FromRow)]
+#[derive(Debug, Serialize, FromRow, ToSchema)]
 pub struct Warehouse {
     pub id: i64,
     pub code: String,
@@ -41,18 +43,19 @@ impl Warehouse {
 const COLUMNS: &str = "id, code, name, location, priority, status, created_at, updated_at";
 const CODE_TAKEN: &str = "a warehouse with this code exists";
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/warehouses", get(list).post(create))
-        .route("/warehouses/{id}", get(read).patch(update))
-        .route("/warehouses/{id}/status", put(set_status))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(read, update))
+        .routes(routes!(set_status))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct Create {
     code: String,
     name: String,
     location: Option<String>,
+    #[schema(value_type = Option<i64>)]
     priority: Option<Number>,
 }
 
@@ -60,6 +63,7 @@ fn priority(n: &Number) -> Result<i32> {
     Ok(int_in(n, "priority", 0..=1_000_000)? as i32)
 }
 
+#[utoipa::path(post, path = "/warehouses", tag = "catalog", security(("bearer" = [])), request_body = Create, responses((status = 201, body = Warehouse), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 409, description = "The code is taken", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -91,9 +95,10 @@ async fn create(
     Ok((StatusCode::CREATED, Json(warehouse)))
 }
 
+#[utoipa::path(get, path = "/warehouses", tag = "catalog", security(("bearer" = [])), params(("limit" = Option<i64>, Query, description = "At most 500, default 50"), ("offset" = Option<i64>, Query)), responses((status = 200, description = "`{items: [Warehouse], total}`", body = Object), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
-    Caller(_): Caller,
+    Caller(_caller): Caller,
     Query(page): Query<Page>,
 ) -> Result<Json<List<Warehouse>>> {
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM warehouses")
@@ -117,22 +122,25 @@ pub async fn find(state: &AppState, id: i64) -> Result<Warehouse> {
         .ok_or_else(|| AppError::NotFound(format!("warehouse {id}")))
 }
 
+#[utoipa::path(get, path = "/warehouses/{id}", tag = "catalog", security(("bearer" = [])), params(("id" = i64, Path, description = "Id")), responses((status = 200, body = Warehouse), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody)))]
 async fn read(
     State(state): State<AppState>,
-    Caller(_): Caller,
+    Caller(_caller): Caller,
     Path(id): Path<i64>,
 ) -> Result<Json<Warehouse>> {
     Ok(Json(find(&state, id).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct Update {
     code: Option<String>,
     name: Option<String>,
     location: Option<String>,
+    #[schema(value_type = Option<i64>)]
     priority: Option<Number>,
 }
 
+#[utoipa::path(patch, path = "/warehouses/{id}", tag = "catalog", security(("bearer" = [])), params(("id" = i64, Path, description = "Id")), request_body = Update, responses((status = 200, body = Warehouse), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "The code is taken", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn update(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -164,11 +172,12 @@ async fn update(
     Ok(Json(warehouse))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct Status {
     status: String,
 }
 
+#[utoipa::path(put, path = "/warehouses/{id}/status", tag = "catalog", security(("bearer" = [])), params(("id" = i64, Path, description = "Id")), request_body = Status, responses((status = 200, body = Warehouse), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn set_status(
     State(state): State<AppState>,
     Caller(caller): Caller,

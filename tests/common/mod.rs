@@ -169,10 +169,8 @@ impl TestApp {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let url = if path.starts_with("/api")
-            || path.starts_with("/healthz")
-            || path.starts_with("/readyz")
-        {
+        let top_level = ["/api", "/healthz", "/readyz", "/openapi.json"];
+        let url = if top_level.iter().any(|p| path.starts_with(p)) {
             format!("{}{path}", self.base)
         } else {
             format!("{}/api/v1{path}", self.base)
