@@ -1,0 +1,413 @@
+//! What the clients do, how it is measured, and how the books are checked afterwards.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::ValueEnum;
+use hdrhistogram::Histogram;
+use rand::RngExt;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::{PRODUCTS, STOCK};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Every reservation on one product.
+    Hot,
+    /// Reservations skewed (Zipf, s = 1.1) over 10,000 products.
+    Zipf,
+    /// Reserve, commit, release, availability reads and transfers.
+    Mixed,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Hot => "hot",
+            Self::Zipf => "zipf",
+            Self::Mixed => "mixed",
+        }
+    }
+}
+
+/// Where requests go.
+#[derive(Clone)]
+pub struct Target {
+    base: String,
+    token: String,
+    client: reqwest::Client,
+}
+
+impl Target {
+    pub fn new(base: String, token: String) -> Self {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(1024)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client");
+        Self {
+            base,
+            token,
+            client,
+        }
+    }
+
+    async fn post(&self, path: &str, body: Option<Value>) -> Result<(u16, Value), ()> {
+        let mut request = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|_| ())?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
+    async fn get(&self, path: &str) -> Result<(u16, Value), ()> {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|_| ())?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+}
+
+/// Configuration of a stockline under load: fresh database, no rate limit for the harness.
+pub fn config(url: &str, durability: &str, admin: (&str, &str)) -> stockline::config::Config {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        config: stockline::config::Config,
+    }
+    Wrap::parse_from([
+        "load",
+        "--addr",
+        "127.0.0.1:0",
+        "--database-url",
+        url,
+        "--durability",
+        durability,
+        "--bcrypt-cost",
+        "4",
+        "--admin-email",
+        admin.0,
+        "--admin-password",
+        admin.1,
+        "--auth-rate-per-minute",
+        "1000000",
+    ])
+    .config
+}
+
+pub async fn login(base: &str, admin: (&str, &str)) -> String {
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{base}/auth/login"))
+        .json(&json!({ "login": admin.0, "password": admin.1 }))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("login body");
+    answer["token"].as_str().expect("token").to_owned()
+}
+
+/// What one run measured.
+pub struct Outcome {
+    pub elapsed: Duration,
+    pub histogram: Histogram<u64>,
+    pub statuses: BTreeMap<u16, u64>,
+    pub errors: u64,
+    /// Book checks that failed (empty: the books are right).
+    pub books: Vec<String>,
+}
+
+impl Outcome {
+    pub fn requests_per_second(&self) -> f64 {
+        self.histogram.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn percentile_ms(&self, p: f64) -> f64 {
+        self.histogram.value_at_percentile(p) as f64 / 1000.0
+    }
+
+    pub fn statuses(&self) -> String {
+        let parts: Vec<_> = self
+            .statuses
+            .iter()
+            .map(|(s, n)| format!("{s}:{n}"))
+            .collect();
+        parts.join(" ")
+    }
+}
+
+/// Shared by the clients of one run.
+struct Recorder {
+    histogram: Mutex<Histogram<u64>>,
+    statuses: Mutex<BTreeMap<u16, u64>>,
+    errors: AtomicU64,
+    done: AtomicU64,
+}
+
+impl Recorder {
+    fn record(&self, started: Instant, result: &Result<(u16, Value), ()>) {
+        let micros = started.elapsed().as_micros() as u64;
+        let _ = self
+            .histogram
+            .lock()
+            .expect("histogram")
+            .record(micros.max(1));
+        self.done.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok((status, _)) => {
+                *self
+                    .statuses
+                    .lock()
+                    .expect("statuses")
+                    .entry(*status)
+                    .or_default() += 1;
+                if !(200..300).contains(status) {
+                    self.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(()) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Zipf(s) over 1..=n by inverse CDF on precomputed weights.
+struct Zipf(Vec<f64>);
+
+impl Zipf {
+    fn new(n: i64, s: f64) -> Self {
+        let mut total = 0.0;
+        let cumulative = (1..=n)
+            .map(|k| {
+                total += 1.0 / (k as f64).powf(s);
+                total
+            })
+            .collect::<Vec<_>>();
+        Self(cumulative.into_iter().map(|c| c / total).collect())
+    }
+
+    fn sample(&self, u: f64) -> i64 {
+        self.0.partition_point(|c| *c < u) as i64 + 1
+    }
+}
+
+/// One client's step; answers the requests it made (each timed and recorded).
+async fn step(
+    scenario: Scenario,
+    target: &Target,
+    zipf: &Zipf,
+    pending: &mut Vec<String>,
+    recorder: &Recorder,
+) {
+    let (choice, u, product_pick) = {
+        let mut rng = rand::rng();
+        (
+            rng.random_range(0..100u32),
+            rng.random::<f64>(),
+            rng.random_range(1..=100i64),
+        )
+    };
+    let product = match scenario {
+        Scenario::Hot => 1,
+        Scenario::Zipf => zipf.sample(u),
+        Scenario::Mixed => product_pick,
+    };
+    let reserve = json!({ "items": [{ "product_id": product, "quantity": 1 }] });
+    match (scenario, choice) {
+        (Scenario::Hot | Scenario::Zipf, _) => {
+            let started = Instant::now();
+            let result = target.post("/reservations", Some(reserve)).await;
+            recorder.record(started, &result);
+            if let Ok((201, body)) = result {
+                let id = body["id"].as_str().unwrap_or_default().to_owned();
+                let started = Instant::now();
+                let result = target
+                    .post(&format!("/reservations/{id}/release"), None)
+                    .await;
+                recorder.record(started, &result);
+            }
+        }
+        (Scenario::Mixed, 0..35) => {
+            let started = Instant::now();
+            let result = target.post("/reservations", Some(reserve)).await;
+            recorder.record(started, &result);
+            if let Ok((201, body)) = result {
+                pending.push(body["id"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+        (Scenario::Mixed, 35..75) if !pending.is_empty() => {
+            let id = pending.swap_remove(0);
+            let verb = if choice < 60 { "commit" } else { "release" };
+            let started = Instant::now();
+            let result = target
+                .post(&format!("/reservations/{id}/{verb}"), None)
+                .await;
+            recorder.record(started, &result);
+        }
+        (Scenario::Mixed, 75..95) | (Scenario::Mixed, 35..75) => {
+            let started = Instant::now();
+            let result = target
+                .get(&format!("/products/{product}/availability"))
+                .await;
+            recorder.record(started, &result);
+        }
+        (Scenario::Mixed, _) => {
+            let (from, to) = if choice % 2 == 0 { (1, 2) } else { (2, 1) };
+            let body = json!({ "from_warehouse_id": from, "to_warehouse_id": to, "product_id": product, "quantity": 1 });
+            let started = Instant::now();
+            let result = target.post("/transfers", Some(body)).await;
+            recorder.record(started, &result);
+        }
+    }
+}
+
+/// Runs `scenario` for `duration`: `clients` closed-loop clients, or, with `rate`, an open
+/// loop starting that many steps a second (at most `clients` at once; a `hot` or `zipf`
+/// step is two requests).
+pub async fn run(
+    scenario: Scenario,
+    target: &Target,
+    clients: usize,
+    duration: Duration,
+    rate: Option<f64>,
+    label: &str,
+) -> Outcome {
+    let recorder = Arc::new(Recorder {
+        histogram: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram")),
+        statuses: Mutex::new(BTreeMap::new()),
+        errors: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+    });
+    let zipf = Arc::new(Zipf::new(PRODUCTS, 1.1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let progress = tokio::spawn({
+        let (recorder, stop, label) = (recorder.clone(), stop.clone(), label.to_owned());
+        async move {
+            let mut last = 0;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let done = recorder.done.load(Ordering::Relaxed);
+                eprintln!(
+                    "[{label}] {:>3}s {:>8} req/s",
+                    started.elapsed().as_secs(),
+                    done - last
+                );
+                last = done;
+            }
+        }
+    });
+    let workers: Vec<_> = match rate {
+        None => (0..clients)
+            .map(|_| {
+                let (target, recorder, zipf, stop) =
+                    (target.clone(), recorder.clone(), zipf.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut pending = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        step(scenario, &target, &zipf, &mut pending, &recorder).await;
+                    }
+                })
+            })
+            .collect(),
+        Some(rate) => {
+            let permits = Arc::new(tokio::sync::Semaphore::new(clients));
+            let (target, recorder, zipf, stop) =
+                (target.clone(), recorder.clone(), zipf.clone(), stop.clone());
+            vec![tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                while !stop.load(Ordering::Relaxed) {
+                    tick.tick().await;
+                    let Ok(permit) = permits.clone().try_acquire_owned() else {
+                        continue;
+                    };
+                    let (target, recorder, zipf) = (target.clone(), recorder.clone(), zipf.clone());
+                    tokio::spawn(async move {
+                        step(scenario, &target, &zipf, &mut Vec::new(), &recorder).await;
+                        drop(permit);
+                    });
+                }
+            })]
+        }
+    };
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    for worker in workers {
+        let _ = worker.await;
+    }
+    let _ = progress.await;
+    let histogram = recorder.histogram.lock().expect("histogram").clone();
+    let statuses = recorder.statuses.lock().expect("statuses").clone();
+    Outcome {
+        elapsed,
+        histogram,
+        statuses,
+        errors: recorder.errors.load(Ordering::Relaxed),
+        books: Vec::new(),
+    }
+}
+
+/// Every check that fails, in words.
+async fn failures(pool: &PgPool, checks: &[(&str, &str)]) -> Vec<String> {
+    let mut failed = Vec::new();
+    for (what, query) in checks {
+        let bad: i64 = sqlx::query_scalar(query)
+            .fetch_one(pool)
+            .await
+            .unwrap_or(-1);
+        if bad != 0 {
+            failed.push(format!("{what}: {bad} lines"));
+        }
+    }
+    failed
+}
+
+pub async fn check_stockline_books(pool: &PgPool) -> Vec<String> {
+    failures(pool, &[
+        ("oversold", "SELECT count(*) FROM stock_lines WHERE reserved < 0 OR reserved > on_hand"),
+        ("reserved differs from pending reservations",
+         "SELECT count(*) FROM stock_lines s LEFT JOIN (
+            SELECT i.warehouse_id, i.product_id, sum(i.quantity) AS q FROM reservation_items i
+            JOIN reservations r ON r.id = i.reservation_id WHERE r.status = 'pending' GROUP BY 1, 2) p
+          USING (warehouse_id, product_id) WHERE s.reserved <> coalesce(p.q, 0)"),
+        ("ledger does not sum to on_hand",
+         "SELECT count(*) FROM stock_lines s LEFT JOIN (
+            SELECT warehouse_id, product_id, sum(CASE kind WHEN 'adjust' THEN quantity WHEN 'transfer_in' THEN quantity
+              WHEN 'commit' THEN -quantity WHEN 'transfer_out' THEN -quantity ELSE 0 END) AS v
+            FROM movements GROUP BY 1, 2) m
+          USING (warehouse_id, product_id) WHERE s.on_hand <> coalesce(m.v, 0)"),
+    ])
+    .await
+}
+
+pub async fn check_rowlock_books(pool: &PgPool) -> Vec<String> {
+    let _ = STOCK;
+    failures(pool, &[
+        ("oversold", "SELECT count(*) FROM rl_stock WHERE reserved < 0 OR reserved > on_hand"),
+        ("reserved differs from pending reservations",
+         "SELECT count(*) FROM rl_stock s LEFT JOIN (
+            SELECT warehouse_id, product_id, sum(quantity) AS q FROM rl_reservations WHERE status = 'pending' GROUP BY 1, 2) p
+          USING (warehouse_id, product_id) WHERE s.reserved <> coalesce(p.q, 0)"),
+    ])
+    .await
+}
