@@ -240,3 +240,43 @@ async fn a_transfer_moves_available_stock_and_is_listed() {
     assert_eq!(list["items"][0]["id"], transfer["id"]);
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_hangs_up_and_retries_gets_one_effect_and_no_hang() {
+    let app = TestApp::spawn().await;
+    let (product, _) = app.stocked_product(1_000).await;
+    let (_, customer) = app.customer("hang@example.com").await;
+    for attempt in 0..60u64 {
+        // Hangs up somewhere between 50 µs and 3 ms in: before, during or after the work.
+        let patience = std::time::Duration::from_micros(50 + attempt * 50);
+        let impatient = reqwest::Client::builder()
+            .timeout(patience)
+            .build()
+            .unwrap();
+        let key = format!("hang-up-{attempt}");
+        let basket = json!({ "items": [{ "product_id": product, "quantity": 2 }] });
+        // Gives up almost at once: the server may or may not have started on it.
+        let _ = impatient
+            .post(format!("{}/api/v1/orders", app.base))
+            .bearer_auth(&customer)
+            .header("Idempotency-Key", &key)
+            .json(&basket)
+            .send()
+            .await;
+        let retried = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            post_keyed(&app, "/orders", &customer, &key, basket),
+        )
+        .await
+        .expect("a retry never hangs");
+        assert_eq!(retried.0, StatusCode::CREATED, "{}", retried.1);
+    }
+    assert_eq!(
+        app.availability(product).await["reserved"],
+        120,
+        "each key reserved exactly once"
+    );
+    let (_, orders) = app.get("/orders", &customer).await;
+    assert_eq!(orders["total"], 60);
+    app.cleanup().await;
+}

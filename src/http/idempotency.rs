@@ -112,6 +112,8 @@ enum Slot {
         fingerprint: String,
         status: StatusCode,
         body: Value,
+        /// The journal position that makes the answered change durable (0: it is).
+        lsn: Lsn,
         at: Instant,
     },
 }
@@ -125,7 +127,8 @@ pub struct Answers {
 enum Claim {
     Mine,
     Wait(Arc<Notify>),
-    Replay(StatusCode, Value),
+    /// Answer this again, once the change it describes is durable.
+    Replay(StatusCode, Value, Lsn),
     Reused,
 }
 
@@ -151,7 +154,9 @@ impl Answers {
                     Claim::Reused
                 }
                 Slot::Running { done, .. } => Claim::Wait(done.clone()),
-                Slot::Done { status, body, .. } => Claim::Replay(*status, body.clone()),
+                Slot::Done {
+                    status, body, lsn, ..
+                } => Claim::Replay(*status, body.clone(), *lsn),
             },
             Entry::Vacant(vacant) => match stored {
                 Some((f, _, _)) if f != fingerprint => Claim::Reused,
@@ -160,9 +165,10 @@ impl Answers {
                         fingerprint: f,
                         status,
                         body: body.clone(),
+                        lsn: 0,
                         at: Instant::now(),
                     });
-                    Claim::Replay(status, body)
+                    Claim::Replay(status, body, 0)
                 }
                 None => {
                     vacant.insert(Slot::Running {
@@ -175,15 +181,16 @@ impl Answers {
         }
     }
 
-    fn finish(&self, user: i64, key: &str, outcome: Option<(String, StatusCode, Value)>) {
+    fn finish(&self, user: i64, key: &str, outcome: Option<(String, StatusCode, Value, Lsn)>) {
         let slot_key = (user, key.to_owned());
         let previous = match outcome {
-            Some((fingerprint, status, body)) => self.slots.insert(
+            Some((fingerprint, status, body, lsn)) => self.slots.insert(
                 slot_key,
                 Slot::Done {
                     fingerprint,
                     status,
                     body,
+                    lsn,
                     at: Instant::now(),
                 },
             ),
@@ -227,7 +234,28 @@ fn respond(status: StatusCode, body: Value) -> Response {
 
 /// Runs `work` for `user` at most once per idempotency key, inside a flush group, and
 /// answers once its effects are durable (`sync` mode).
+///
+/// The work runs in a task of its own: a client that hangs up drops the request's future,
+/// and the work must not stop half-way (a retry would then wait forever on its key, or move
+/// stock a second time for an effect whose answer was never kept).
 pub async fn run<T, F, Fut>(
+    state: &AppState,
+    user: i64,
+    request: Idempotent<T>,
+    work: F,
+) -> Result<Response>
+where
+    T: Send + 'static,
+    F: FnOnce(T) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Answer>> + Send + 'static,
+{
+    let state = state.clone();
+    tokio::spawn(async move { run_to_end(&state, user, request, work).await })
+        .await
+        .map_err(|e| AppError::Internal(format!("idempotent request task: {e}")))?
+}
+
+async fn run_to_end<T, F, Fut>(
     state: &AppState,
     user: i64,
     request: Idempotent<T>,
@@ -254,7 +282,11 @@ where
         };
         match state.answers.claim(user, &key, &fingerprint, known) {
             Claim::Mine => break,
-            Claim::Replay(status, body) => return Ok(respond(status, body)),
+            Claim::Replay(status, body, lsn) => {
+                // In `sync` mode a repeat, like the first, is answered only once durable.
+                state.durable(lsn).await?;
+                return Ok(respond(status, body));
+            }
             Claim::Reused => {
                 return Err(AppError::Unprocessable {
                     code: "idempotency_key_reused",
@@ -302,9 +334,11 @@ where
     drop(group);
     // Kept before it is durable: a retry after a 503 below replays it rather than moving
     // stock again, and it will be durable with the effect it describes.
-    state
-        .answers
-        .finish(user, &key, Some((fingerprint, status, body.clone())));
+    state.answers.finish(
+        user,
+        &key,
+        Some((fingerprint, status, body.clone(), lsn.max(answer_lsn))),
+    );
     state.durable(lsn.max(answer_lsn)).await?;
     Ok(respond(status, body))
 }

@@ -61,8 +61,9 @@ async fn create(
     Caller(caller): Caller,
     request: Idempotent<Create>,
 ) -> Result<Response> {
-    idempotency::run(&state, caller.user_id, request, |body| {
-        place(&state, caller, body)
+    let owned = state.clone();
+    idempotency::run(&state, caller.user_id, request, move |body| async move {
+        place(&owned, caller, body).await
     })
     .await
 }
@@ -231,8 +232,9 @@ async fn pay(
     Path(id): Path<Uuid>,
     request: Idempotent<Pay>,
 ) -> Result<Response> {
-    idempotency::run(&state, caller.user_id, request, |body| {
-        settle_payment(&state, caller, id, body)
+    let owned = state.clone();
+    idempotency::run(&state, caller.user_id, request, move |body| async move {
+        settle_payment(&owned, caller, id, body).await
     })
     .await
 }
@@ -284,6 +286,14 @@ async fn cancel(
     Caller(caller): Caller,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Order>> {
+    // In a task of its own, so that a client hanging up cannot stop it between returning
+    // the stock and recording the cancellation.
+    tokio::spawn(async move { cancel_to_end(state, caller, id).await })
+        .await
+        .map_err(|e| AppError::Internal(format!("cancel task: {e}")))?
+}
+
+async fn cancel_to_end(state: AppState, caller: Identity, id: Uuid) -> Result<Json<Order>> {
     let slot = open_slot(&state, &caller, id).await?;
     let group = state.store.buffer.group().await;
     let mut order = slot.order.lock().await;

@@ -98,8 +98,9 @@ async fn create(
     request: Idempotent<Create>,
 ) -> Result<Response> {
     caller.require(Role::Operator)?;
-    idempotency::run(&state, caller.user_id, request, |body| {
-        reserve(&state, body)
+    let owned = state.clone();
+    idempotency::run(&state, caller.user_id, request, move |body| async move {
+        reserve(&owned, body).await
     })
     .await
 }

@@ -172,8 +172,9 @@ async fn adjust(
     request: Idempotent<Adjustment>,
 ) -> Result<Response> {
     caller.require(Role::Operator)?;
-    idempotency::run(&state, caller.user_id, request, |body| async {
-        let (line, lsn) = apply_adjustment(&state, body).await?;
+    let owned = state.clone();
+    idempotency::run(&state, caller.user_id, request, move |body| async move {
+        let (line, lsn) = apply_adjustment(&owned, body).await?;
         Answer::new(StatusCode::OK, line, lsn)
     })
     .await

@@ -53,8 +53,9 @@ async fn create(
     request: Idempotent<Create>,
 ) -> Result<Response> {
     caller.require(Role::Operator)?;
-    idempotency::run(&state, caller.user_id, request, |body| {
-        transfer(&state, body)
+    let owned = state.clone();
+    idempotency::run(&state, caller.user_id, request, move |body| async move {
+        transfer(&owned, body).await
     })
     .await
 }
