@@ -158,6 +158,25 @@ async fn open_slot(state: &AppState, caller: &Identity, id: Uuid) -> Result<Arc<
         .ok_or_else(|| not_pending(order.status))
 }
 
+/// The journal position of a settled reservation; if the reservation had run out, the
+/// order expires with it and the caller is told so.
+fn settled_or_expired(
+    state: &AppState,
+    slot: &Slot,
+    order: &mut Order,
+    outcome: stockline_actors::Result<(stockline_actors::Reservation, stockline_actors::Lsn)>,
+) -> Result<stockline_actors::Lsn> {
+    match outcome {
+        Ok((_, lsn)) => Ok(lsn),
+        Err(CoreError::ReservationNotPending { .. } | CoreError::ReservationNotFound) => {
+            order.step("expired", &**state.core.journal());
+            slot.mark_closed();
+            Err(not_pending("expired"))
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
 fn not_pending(status: &str) -> AppError {
     AppError::Conflict {
         code: "order_not_pending",
@@ -258,15 +277,7 @@ async fn settle_payment(state: &AppState, caller: Identity, id: Uuid, body: Pay)
         .reservations()
         .commit(ReservationId(order.reservation_id))
         .await;
-    let committed_lsn = match committed {
-        Ok((_, lsn)) => lsn,
-        Err(CoreError::ReservationNotPending { .. } | CoreError::ReservationNotFound) => {
-            order.step("expired", &**state.core.journal());
-            slot.mark_closed();
-            return Err(not_pending("expired"));
-        }
-        Err(other) => return Err(other.into()),
-    };
+    let committed_lsn = settled_or_expired(state, &slot, &mut order, committed)?;
     let payment = PaymentRecord {
         id: Uuid::now_v7(),
         order_id: order.id,
@@ -298,20 +309,14 @@ async fn cancel_to_end(state: AppState, caller: Identity, id: Uuid) -> Result<Js
     let group = state.store.buffer.group().await;
     let mut order = slot.order.lock().await;
     let lsn = match order.status {
-        "pending_payment" => match state
-            .core
-            .reservations()
-            .release(ReservationId(order.reservation_id))
-            .await
-        {
-            Ok((_, lsn)) => lsn,
-            Err(CoreError::ReservationNotPending { .. } | CoreError::ReservationNotFound) => {
-                order.step("expired", &**state.core.journal());
-                slot.mark_closed();
-                return Err(not_pending("expired"));
-            }
-            Err(other) => return Err(other.into()),
-        },
+        "pending_payment" => {
+            let released = state
+                .core
+                .reservations()
+                .release(ReservationId(order.reservation_id))
+                .await;
+            settled_or_expired(&state, &slot, &mut order, released)?
+        }
         "paid" => {
             caller.require(Role::Operator)?;
             let mut last = 0;
