@@ -45,6 +45,14 @@ impl Catalog {
         self.products.insert(id, info);
     }
 
+    /// Every live product with its info.
+    pub fn all(&self) -> Vec<(i64, ProductInfo)> {
+        self.products
+            .iter()
+            .map(|p| (*p.key(), *p.value()))
+            .collect()
+    }
+
     pub fn remove(&self, id: i64) {
         self.products.remove(&id);
     }

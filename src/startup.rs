@@ -48,6 +48,8 @@ pub struct AppState {
     pub answers: Arc<Answers>,
     pub orders: Arc<Orders>,
     pub auth_limiter: crate::http::rate_limit::Shared,
+    /// This server's metrics, rendered at `GET /metrics`.
+    pub metrics: Arc<metrics_exporter_prometheus::PrometheusRecorder>,
 }
 
 impl AppState {
@@ -131,6 +133,7 @@ pub async fn launch(
         answers: Arc::new(Answers::default()),
         orders: Arc::new(orders),
         auth_limiter: Arc::new(crate::http::rate_limit::AuthLimiter::new(auth_rate)),
+        metrics: Arc::new(crate::http::metrics_recorder()),
     };
     state.orders.reconcile(&state).await;
     Orders::watch_expiry(state.clone(), expired);

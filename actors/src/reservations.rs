@@ -251,6 +251,15 @@ impl Reservations {
         self.0.table.get(&id).map(|e| e.reservation.clone())
     }
 
+    /// How many reservations are pending.
+    pub fn pending_count(&self) -> usize {
+        self.0
+            .table
+            .iter()
+            .filter(|e| e.reservation.status == ReservationStatus::Pending)
+            .count()
+    }
+
     /// Every pending reservation.
     pub fn pending(&self) -> Vec<Reservation> {
         self.0

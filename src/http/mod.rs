@@ -6,6 +6,7 @@ pub mod extract;
 mod health;
 pub mod idempotency;
 pub mod openapi;
+mod operations;
 mod orders;
 mod products;
 pub mod rate_limit;
@@ -27,6 +28,7 @@ use crate::startup::AppState;
 use error::AppError;
 
 pub use auth::{email as auth_email, password_ok as auth_password_ok};
+pub use operations::recorder as metrics_recorder;
 
 /// Bodies over this are refused with 413.
 const MAX_BODY: usize = 1024 * 1024;
@@ -62,10 +64,12 @@ fn documented(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(stock::router())
         .merge(reservations::router())
         .merge(orders::router())
-        .merge(transfers::router());
+        .merge(transfers::router())
+        .merge(operations::router());
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .nest("/api/v1", api)
         .merge(health::router())
+        .merge(operations::metrics_router())
         .routes(utoipa_axum::routes!(openapi_json))
 }
 

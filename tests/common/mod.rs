@@ -169,7 +169,7 @@ impl TestApp {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let top_level = ["/api", "/healthz", "/readyz", "/openapi.json"];
+        let top_level = ["/api", "/healthz", "/readyz", "/openapi.json", "/metrics"];
         let url = if top_level.iter().any(|p| path.starts_with(p)) {
             format!("{}{path}", self.base)
         } else {
