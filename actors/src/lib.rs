@@ -144,6 +144,12 @@ impl Core {
         line.call(LineOp::Adjust { delta, reason }).await
     }
 
+    /// Puts sold stock back on a line (a paid order cancelled). Never refused for load.
+    pub async fn return_stock(&self, key: LineKey, qty: Quantity) -> Result<Applied> {
+        let line = self.registry.get_or_spawn(key).await?;
+        line.settle(LineOp::Return { qty }).await
+    }
+
     /// Sets a line's `on_hand` (a count); with `expected_version`, only if still at it.
     pub async fn set_level(
         &self,

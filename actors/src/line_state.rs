@@ -24,6 +24,10 @@ pub enum LineOp {
     Expire { id: ReservationId },
     /// Change `on_hand` by `delta` (`receipt`, `damage`, ... in `reason`).
     Adjust { delta: i64, reason: String },
+    /// Stock sold earlier comes back (a paid order cancelled). Settles accepted work, so
+    /// unlike `Adjust` it is never refused for load; journaled as an `adjust` movement
+    /// with reason `return`.
+    Return { qty: Quantity },
     /// Set `on_hand` (a count); with `expected_version`, only if the line is at it.
     SetLevel {
         on_hand: u64,
@@ -152,6 +156,14 @@ impl LineState {
             LineOp::Expire { id } => self.unhold(id, MovementKind::Expire)?,
             LineOp::Commit { id } => self.commit(id)?,
             LineOp::Adjust { delta, reason } => self.adjust(delta, reason)?,
+            LineOp::Return { qty } => {
+                self.on_hand = self.checked_receive(qty.get())?;
+                change(
+                    MovementKind::Adjust,
+                    qty.get() as i64,
+                    Reference::Reason("return".into()),
+                )
+            }
             LineOp::SetLevel {
                 on_hand,
                 expected_version,

@@ -429,3 +429,18 @@ fn records_carry_the_state_after_the_change() {
     assert_eq!((movement.on_hand_after, movement.reserved_after), (10, 2));
     assert_eq!(s.record().version, 1);
 }
+
+#[test]
+fn a_return_puts_stock_back_even_on_an_inactive_line() {
+    let mut s = line(2);
+    apply(&mut s, LineOp::SetActive(false)).unwrap();
+    let change = apply(&mut s, LineOp::Return { qty: qty(3) })
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (s.on_hand, change.kind, change.quantity),
+        (5, MovementKind::Adjust, 3)
+    );
+    assert_eq!(change.reference, Reference::Reason("return".into()));
+    assert!(!LineOp::Return { qty: qty(1) }.is_new_work());
+}

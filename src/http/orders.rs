@@ -322,10 +322,9 @@ async fn cancel_to_end(state: AppState, caller: Identity, id: Uuid) -> Result<Js
             let mut last = 0;
             for item in &order.items {
                 let key = LineKey::new(item.warehouse_id, item.product_id);
-                let returned = state
-                    .core
-                    .adjust(key, item.quantity as i64, "return".into())
-                    .await?;
+                let qty = stockline_actors::Quantity::try_from(item.quantity)
+                    .map_err(|e| AppError::Internal(format!("stored order quantity: {e}")))?;
+                let returned = state.core.return_stock(key, qty).await?;
                 last = returned.lsn;
             }
             last
