@@ -12,6 +12,7 @@ mod products;
 pub mod rate_limit;
 mod reservations;
 mod stock;
+mod storable;
 mod transfers;
 pub mod users;
 mod warehouses;
@@ -51,6 +52,7 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(storable::refuse_nul))
         .with_state(state)
 }
 

@@ -114,6 +114,19 @@ struct Persistence {
     batches_flushed: u64,
     flush_failures: u64,
     durability: &'static str,
+    /// Records PostgreSQL refused for their data since this server started; each is kept
+    /// in the `dead_letters` table with the refusal, and the rest of its batch was written.
+    dead_letters: u64,
+    /// The newest dead letters (at most 20), from the table.
+    recent_dead_letters: Vec<DeadLetter>,
+}
+
+#[derive(Serialize, ToSchema, sqlx::FromRow)]
+struct DeadLetter {
+    lsn: i64,
+    kind: String,
+    error: String,
+    at: DateTime<Utc>,
 }
 
 #[utoipa::path(get, path = "/admin/persistence", tag = "operations", security(("bearer" = [])),
@@ -123,6 +136,10 @@ async fn persistence(
     Caller(caller): Caller,
 ) -> Result<Json<Persistence>> {
     caller.require(Role::Operator)?;
+    let recent_dead_letters =
+        sqlx::query_as("SELECT lsn, kind, error, at FROM dead_letters ORDER BY lsn DESC LIMIT 20")
+            .fetch_all(&state.db)
+            .await?;
     let flush = &state.store.flush;
     let pending = state.store.buffer.backlog();
     let last = flush.last_flush_at();
@@ -141,6 +158,8 @@ async fn persistence(
             Durability::Sync => "sync",
             Durability::Async => "async",
         },
+        dead_letters: flush.dead_letters.load(Ordering::Relaxed),
+        recent_dead_letters,
     }))
 }
 
@@ -234,6 +253,8 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             .set(flush.records_flushed.load(Ordering::Relaxed) as f64);
         metrics::gauge!("stockline_flush_failures")
             .set(flush.flush_failures.load(Ordering::Relaxed) as f64);
+        metrics::counter!("stockline_dead_letters_total")
+            .absolute(flush.dead_letters.load(Ordering::Relaxed));
         metrics::gauge!("stockline_store_healthy").set(if flush.healthy.load(Ordering::Relaxed) {
             1.0
         } else {

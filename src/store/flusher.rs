@@ -8,6 +8,14 @@
 //! with backoff, never dropped; meanwhile `/readyz` answers 503 and, once the backlog
 //! reaches its bound, the lines refuse new work (`overloaded`).
 //!
+//! A batch PostgreSQL refuses for its data (a constraint, a value it cannot store) rather
+//! than for a lost connection is split in halves until the refused records stand alone;
+//! each of those goes to `dead_letters` with the refusal (counted, and listed in
+//! `/admin/persistence`), and the rest is written. One bad record can therefore never stop
+//! the flusher. Every statement is idempotent (version, Lsn and key guards), so the halves
+//! already written are harmless when a later half fails for a passing reason and the whole
+//! batch is retried.
+//!
 //! Group commit: there is never more than one flush transaction in flight, so whatever
 //! arrives while one is being written forms the next batch, and the database sees fewer,
 //! larger transactions as load grows. `gather` is how long the flusher waits after the
@@ -44,6 +52,8 @@ pub struct FlushStats {
     pub flush_failures: AtomicU64,
     /// Unix microseconds of the last successful flush (0: none yet).
     pub last_flush_us: AtomicI64,
+    /// Records refused for their data and kept in `dead_letters` since start.
+    pub dead_letters: AtomicU64,
 }
 
 impl FlushStats {
@@ -151,9 +161,8 @@ async fn write_until_done(
 ) -> bool {
     let mut backoff = Duration::from_millis(50);
     loop {
-        let result = tokio::time::timeout(WRITE_TIMEOUT, write(pool, batch)).await;
-        match result {
-            Ok(Ok(())) => {
+        match write_isolating(pool, &batch.records, stats).await {
+            Ok(()) => {
                 stats.healthy.store(true, Ordering::Release);
                 stats.batches_flushed.fetch_add(1, Ordering::Relaxed);
                 stats
@@ -164,10 +173,9 @@ async fn write_until_done(
                     .store(Utc::now().timestamp_micros(), Ordering::Relaxed);
                 return true;
             }
-            Ok(Err(error)) => {
+            Err(error) => {
                 tracing::warn!(%error, records = batch.records.len(), "flush failed; retrying")
             }
-            Err(_) => tracing::warn!(records = batch.records.len(), "flush timed out; retrying"),
         }
         stats.healthy.store(false, Ordering::Release);
         stats.flush_failures.fetch_add(1, Ordering::Relaxed);
@@ -185,6 +193,93 @@ async fn write_until_done(
     }
 }
 
+/// Why a write failed for a passing reason, to be retried as it is.
+#[derive(Debug, thiserror::Error)]
+enum Passing {
+    #[error("{0}")]
+    Database(sqlx::Error),
+    #[error("the write took longer than {WRITE_TIMEOUT:?}")]
+    TimedOut,
+}
+
+/// Writes `records` (in Lsn order); a part refused for its data is split until the
+/// refused records stand alone, and those go to `dead_letters`. Errs only for a passing
+/// failure (connection, timeout, resources), after which the whole batch is retried.
+async fn write_isolating(
+    pool: &PgPool,
+    records: &[(Lsn, Record)],
+    stats: &FlushStats,
+) -> Result<(), Passing> {
+    let error = match tokio::time::timeout(WRITE_TIMEOUT, write(pool, records)).await {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(error)) if refuses_data(&error) => error,
+        Ok(Err(error)) => return Err(Passing::Database(error)),
+        Err(_) => return Err(Passing::TimedOut),
+    };
+    if let [(lsn, record)] = records {
+        tracing::error!(lsn, %error, "a record was refused for its data; kept in dead_letters");
+        dead_letter(pool, *lsn, record, &error)
+            .await
+            .map_err(Passing::Database)?;
+        stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+        return Ok(());
+    }
+    tracing::warn!(%error, records = records.len(), "a batch was refused for its data; splitting it");
+    let (older, newer) = records.split_at(records.len() / 2);
+    Box::pin(write_isolating(pool, older, stats)).await?;
+    Box::pin(write_isolating(pool, newer, stats)).await
+}
+
+/// Whether PostgreSQL refused the statement for what it was asked to store (data
+/// exceptions, constraint violations, a record it cannot encode), as opposed to a failure
+/// of the connection, the server or its resources, which passes and is retried.
+fn refuses_data(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            let class = code.as_deref().map(|c| &c[..c.len().min(2)]);
+            // 08 connection, 40 rollback (serialization, deadlock), 53 resources,
+            // 55 object state (locks), 57 operator intervention, 58 system, XX internal.
+            !matches!(
+                class,
+                None | Some("08" | "40" | "53" | "55" | "57" | "58" | "XX")
+            )
+        }
+        sqlx::Error::Encode(_) | sqlx::Error::TypeNotFound { .. } => true,
+        _ => false,
+    }
+}
+
+/// Keeps a refused record, with why it was refused. Debug text escapes control characters,
+/// so the record itself is always storable.
+async fn dead_letter(
+    pool: &PgPool,
+    lsn: Lsn,
+    record: &Record,
+    error: &sqlx::Error,
+) -> Result<(), sqlx::Error> {
+    let kind = match record {
+        Record::Line(_) => "line",
+        Record::Movement(_) => "movement",
+        Record::Reservation(_) => "reservation",
+        Record::Transfer(_) => "transfer",
+        Record::Order(_) => "order",
+        Record::Payment(_) => "payment",
+        Record::Idempotency(_) => "idempotency",
+    };
+    sqlx::query(
+        "INSERT INTO dead_letters (lsn, kind, record, error) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (lsn) DO NOTHING",
+    )
+    .bind(lsn as i64)
+    .bind(kind)
+    .bind(format!("{record:?}"))
+    .bind(error.to_string().replace('\0', ""))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// A batch sorted by table, coalesced where only the newest state matters.
 #[derive(Default)]
 struct Sorted<'a> {
@@ -197,9 +292,9 @@ struct Sorted<'a> {
     answers: Vec<&'a IdempotencyRecord>,
 }
 
-fn sort(batch: &Batch) -> Sorted<'_> {
+fn sort(records: &[(Lsn, Record)]) -> Sorted<'_> {
     let mut sorted = Sorted::default();
-    for (lsn, record) in &batch.records {
+    for (lsn, record) in records {
         match record {
             Record::Line(line) => {
                 let newest = sorted.lines.entry(line.key).or_insert(line);
@@ -219,9 +314,12 @@ fn sort(batch: &Batch) -> Sorted<'_> {
     sorted
 }
 
-#[tracing::instrument(skip_all, fields(records = batch.records.len()))]
-async fn write(pool: &PgPool, batch: &Batch) -> Result<(), sqlx::Error> {
-    let sorted = sort(batch);
+#[tracing::instrument(skip_all, fields(records = records.len()))]
+async fn write(pool: &PgPool, records: &[(Lsn, Record)]) -> Result<(), sqlx::Error> {
+    let Some((last, _)) = records.last() else {
+        return Ok(());
+    };
+    let sorted = sort(records);
     let mut tx = pool.begin().await?;
     write_reservations(&mut tx, &sorted).await?;
     write_lines(&mut tx, &sorted).await?;
@@ -235,7 +333,7 @@ async fn write(pool: &PgPool, batch: &Batch) -> Result<(), sqlx::Error> {
          ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
          WHERE settings.value::bigint < EXCLUDED.value::bigint",
     )
-    .bind(batch.last as i64)
+    .bind(*last as i64)
     .execute(&mut *tx)
     .await?;
     tx.commit().await

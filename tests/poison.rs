@@ -1,0 +1,251 @@
+//! Text PostgreSQL cannot store never stops saving: the edge refuses a NUL in any stored
+//! text field with 422, and a record that reaches the journal anyway is set aside in
+//! `dead_letters` while the rest of its batch is written.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use stockline::store::flusher::Flusher;
+use stockline_actors::journal::{MovementKind, MovementRecord, Reference, ReservationRecord};
+use stockline_actors::{Journal, JournalBuffer, LineKey, Record, ReservationId, ReservationStatus};
+
+const NUL: &str = "a\u{0}b";
+
+#[tokio::test]
+async fn a_nul_in_any_stored_text_field_is_refused_with_422_and_saving_goes_on() {
+    let app = TestApp::spawn().await;
+    let (product, warehouse) = app.stocked_product(50).await;
+    let (_, customer) = app.customer("buyer@example.com").await;
+    let (status, order) = app
+        .post(
+            "/orders",
+            &customer,
+            json!({ "items": [{ "product_id": product, "quantity": 1 }] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+    let order_id = order["id"].as_str().unwrap().to_owned();
+    let admin = app.admin.clone();
+    let item = json!([{ "product_id": product, "quantity": 1 }]);
+    // (method, path, token, body, field the 422 names)
+    let cases: Vec<(Method, String, Option<&str>, Value, &str)> = vec![
+        (
+            Method::POST,
+            "/products".into(),
+            Some(&admin),
+            json!({ "sku": NUL, "name": "n", "price_cents": 1 }),
+            "sku",
+        ),
+        (
+            Method::POST,
+            "/products".into(),
+            Some(&admin),
+            json!({ "sku": "s", "name": NUL, "price_cents": 1 }),
+            "name",
+        ),
+        (
+            Method::POST,
+            "/products".into(),
+            Some(&admin),
+            json!({ "sku": "s", "name": "n", "description": NUL, "price_cents": 1 }),
+            "description",
+        ),
+        (
+            Method::PATCH,
+            format!("/products/{product}"),
+            Some(&admin),
+            json!({ "name": NUL }),
+            "name",
+        ),
+        (
+            Method::POST,
+            "/warehouses".into(),
+            Some(&admin),
+            json!({ "code": "c", "name": "n", "location": NUL }),
+            "location",
+        ),
+        (
+            Method::PATCH,
+            format!("/warehouses/{warehouse}"),
+            Some(&admin),
+            json!({ "name": NUL }),
+            "name",
+        ),
+        (
+            Method::POST,
+            "/auth/register".into(),
+            None,
+            json!({ "email": "x@example.com", "password": "password-1", "name": NUL }),
+            "name",
+        ),
+        (
+            Method::POST,
+            "/auth/login".into(),
+            None,
+            json!({ "login": NUL, "password": "password-1" }),
+            "login",
+        ),
+        (
+            Method::POST,
+            "/reservations".into(),
+            Some(&admin),
+            json!({ "items": item, "reference": NUL }),
+            "reference",
+        ),
+        (
+            Method::POST,
+            "/orders".into(),
+            Some(&customer),
+            json!({ "items": item, "shipping_address": { "street": NUL } }),
+            "shipping_address.street",
+        ),
+        (
+            Method::POST,
+            "/orders".into(),
+            Some(&customer),
+            json!({ "items": item, "contact": { NUL: "x" } }),
+            "contact.ab",
+        ),
+        (
+            Method::POST,
+            "/orders".into(),
+            Some(&customer),
+            json!({ "items": item, "contact": [1, NUL] }),
+            "contact[1]",
+        ),
+        (
+            Method::POST,
+            format!("/orders/{order_id}/pay"),
+            Some(&customer),
+            json!({ "method": NUL, "amount_cents": 100 }),
+            "method",
+        ),
+        (
+            Method::PATCH,
+            format!("/orders/{order_id}/status"),
+            Some(&admin),
+            json!({ "status": "shipped", "tracking_number": NUL }),
+            "tracking_number",
+        ),
+        (
+            Method::POST,
+            "/stock/adjustments".into(),
+            Some(&admin),
+            json!({ "warehouse_id": warehouse, "product_id": product, "delta": 1, "reason": NUL }),
+            "reason",
+        ),
+        (
+            Method::GET,
+            "/products?q=a%00b".into(),
+            Some(&admin),
+            Value::Null,
+            "q",
+        ),
+    ];
+    for (method, path, token, body, field) in cases {
+        let body = (!body.is_null()).then_some(body);
+        let (status, answer) = app.send(method.clone(), &path, token, body).await;
+        let code = error_code(status, &answer, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(code, "validation_failed", "{method} {path}");
+        assert_eq!(
+            answer["error"]["details"]["field"], field,
+            "{method} {path}: {answer}"
+        );
+    }
+    // Saving goes on: a change after all that is durable, and the store is healthy.
+    let line = app.stock(warehouse, product, 5).await;
+    assert_eq!(line["on_hand"], 55);
+    let (_, persistence) = app.get("/api/v1/admin/persistence", &admin).await;
+    assert_eq!(persistence["pending_records"], 0, "{persistence}");
+    assert_eq!(persistence["dead_letters"], 0, "{persistence}");
+    let (status, _) = app.send(Method::GET, "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    app.cleanup().await;
+}
+
+fn movement(warehouse_id: i64, quantity: i64) -> Record {
+    Record::Movement(MovementRecord {
+        key: LineKey::new(warehouse_id, 1),
+        kind: MovementKind::Adjust,
+        quantity,
+        on_hand_after: quantity as u64,
+        reserved_after: 0,
+        reference: Reference::Reason("receipt".into()),
+        at: chrono::Utc::now(),
+    })
+}
+
+fn reservation(reference: &str) -> Record {
+    let now = chrono::Utc::now();
+    Record::Reservation(ReservationRecord {
+        id: ReservationId::new(),
+        status: ReservationStatus::Released,
+        items: Vec::new(),
+        reference: Some(reference.into()),
+        expires_at: now,
+        created_at: now,
+        updated_at: now,
+    })
+}
+
+#[tokio::test]
+async fn a_record_postgresql_refuses_goes_to_dead_letters_and_the_rest_of_its_batch_is_written() {
+    let database = fresh_database();
+    let pool = stockline::store::connect_and_migrate(&database_url(&database))
+        .await
+        .unwrap();
+    let buffer = Arc::new(JournalBuffer::new(0, 10_000));
+    // The test-only hook: records appended straight into the journal, as if a bug had let
+    // a NUL past the edge. 40 good records around one poisoned one, in one batch.
+    let mut records: Vec<Record> = (1..=20).map(|q| movement(1, q)).collect();
+    records.push(reservation(NUL));
+    records.extend((21..=40).map(|q| movement(2, q)));
+    let poisoned_lsn = 21;
+    buffer.append(records);
+    let flusher = Flusher::spawn(pool.clone(), buffer.clone(), Duration::ZERO);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while buffer.backlog() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the flusher is stuck"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Saving goes on: a later batch is written too.
+    buffer.append(vec![movement(3, 41)]);
+    assert!(
+        flusher.finish().await,
+        "everything was written or set aside"
+    );
+
+    let movements: i64 = sqlx::query_scalar("SELECT count(*) FROM movements")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(movements, 41, "every good record was written");
+    let dead: Vec<(i64, String, String, String)> =
+        sqlx::query_as("SELECT lsn, kind, record, error FROM dead_letters")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let (lsn, kind, record, error) = &dead[0];
+    assert_eq!((*lsn, kind.as_str()), (poisoned_lsn, "reservation"));
+    assert!(
+        record.contains(r"a\0b"),
+        "the record is kept readable: {record}"
+    );
+    assert!(!error.is_empty());
+    assert_eq!(
+        buffer.durable().current(),
+        42,
+        "the watermark passed the dead letter"
+    );
+    pool.close().await;
+    drop_database(&database).await;
+}
