@@ -32,8 +32,10 @@ pub struct Config {
     #[arg(long, env = "STOCKLINE_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
 
-    /// HS256 key for tokens; generated and kept in the database on first start if unset.
-    #[arg(long, env = "STOCKLINE_JWT_SECRET", hide_env_values = true)]
+    /// HS256 key for tokens, at least 32 bytes; generated and kept in the database on
+    /// first start if unset. A shorter one (an empty `.env` line, say) is refused: anyone
+    /// could guess it and sign admin tokens.
+    #[arg(long, env = "STOCKLINE_JWT_SECRET", hide_env_values = true, value_parser = jwt_secret)]
     pub jwt_secret: Option<String>,
 
     /// Token lifetime in seconds.
@@ -93,6 +95,20 @@ pub struct Config {
     #[arg(long, env = "STOCKLINE_BCRYPT_COST", default_value_t = 12,
           value_parser = clap::value_parser!(u32).range(4..=31))]
     pub bcrypt_cost: u32,
+}
+
+/// The shortest JWT secret accepted, in bytes (HS256's key is as strong as its length).
+pub const MIN_JWT_SECRET: usize = 32;
+
+fn jwt_secret(value: &str) -> Result<String, String> {
+    if value.len() < MIN_JWT_SECRET {
+        return Err(format!(
+            "STOCKLINE_JWT_SECRET has {} bytes; it needs at least {MIN_JWT_SECRET} \
+             (or leave it unset to have one generated and kept in the database)",
+            value.len()
+        ));
+    }
+    Ok(value.to_owned())
 }
 
 impl Config {

@@ -98,6 +98,12 @@ impl Auth {
         bcrypt_cost: u32,
     ) -> Result<Self> {
         let secret = match secret {
+            Some(secret) if secret.len() < crate::config::MIN_JWT_SECRET => {
+                return Err(AppError::Internal(format!(
+                    "the JWT secret needs at least {} bytes",
+                    crate::config::MIN_JWT_SECRET
+                )));
+            }
             Some(secret) => secret.to_owned(),
             None => {
                 let generated: String = (0..32)
