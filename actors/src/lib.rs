@@ -167,15 +167,38 @@ impl Core {
         .await
     }
 
-    /// Moves available stock between two warehouses; never leaves it half-moved.
+    /// Moves available stock between two warehouses; never leaves it half-moved, also
+    /// when the caller goes away (it runs in a task of its own).
     pub async fn transfer(&self, request: TransferRequest) -> Result<(TransferRecord, Lsn)> {
-        transfers::transfer(&self.registry, &self.warehouses, &*self.journal, request).await
+        let (registry, warehouses, journal) = (
+            self.registry.clone(),
+            self.warehouses.clone(),
+            self.journal.clone(),
+        );
+        to_the_end(
+            async move { transfers::transfer(&registry, &warehouses, &*journal, request).await },
+        )
+        .await
     }
 
     /// Drains every line's mailbox, then stops the lines.
     pub async fn shutdown(&self) {
         self.registry.shutdown().await;
     }
+}
+
+/// Runs a multi-step change in a task of its own and awaits its answer. Dropping the
+/// caller's future (an HTTP client hanging up) drops only the wait, never the change, so
+/// no change stops half-way (Alice Ryhl, "Actors with Tokio": the handle and the task).
+pub(crate) async fn to_the_end<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(work).await.unwrap_or_else(|error| {
+        tracing::error!(%error, "a core task failed");
+        Err(CoreError::Unavailable(
+            "the change failed unexpectedly; retry".into(),
+        ))
+    })
 }
 
 /// A core over an in-memory journal with warehouse 1 (active), for unit tests.

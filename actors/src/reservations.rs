@@ -117,6 +117,22 @@ impl Reservation {
     }
 }
 
+/// A claimed transition; if it is dropped before it finishes, the claim is given back.
+struct Claimed<'a> {
+    reservations: &'a Reservations,
+    id: ReservationId,
+    held: bool,
+}
+
+impl Drop for Claimed<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            tracing::error!(reservation = %self.id, "a transition ended half-way; it will be retried");
+            self.reservations.unclaim(self.id);
+        }
+    }
+}
+
 struct Entry {
     reservation: Reservation,
     /// `expires_at` on the tokio clock (which tests can pause).
@@ -169,7 +185,15 @@ impl Reservations {
     }
 
     /// Reserves every item or none. Answers the reservation and the Lsn to await.
+    ///
+    /// Runs in a task of the core's own (as commit and release do), so that a caller that
+    /// goes away cannot leave holds taken and not rolled back.
     pub async fn reserve(&self, request: ReservationRequest) -> Result<(Reservation, Lsn)> {
+        let this = self.clone();
+        crate::to_the_end(async move { this.reserve_to_end(request).await }).await
+    }
+
+    async fn reserve_to_end(&self, request: ReservationRequest) -> Result<(Reservation, Lsn)> {
         if request.items.is_empty() {
             return Err(CoreError::InvalidQuantity(
                 "a reservation needs at least one item".into(),
@@ -294,12 +318,29 @@ impl Reservations {
         });
     }
 
+    /// Settles a pending reservation on every line, in a task of the core's own: the
+    /// caller (an HTTP request whose client may hang up) only awaits the answer, so a
+    /// reservation is never left half-settled by a caller going away.
     async fn transition(
         &self,
         id: ReservationId,
         target: ReservationStatus,
     ) -> Result<(Reservation, Lsn)> {
+        let this = self.clone();
+        crate::to_the_end(async move { this.transition_to_end(id, target).await }).await
+    }
+
+    async fn transition_to_end(
+        &self,
+        id: ReservationId,
+        target: ReservationStatus,
+    ) -> Result<(Reservation, Lsn)> {
         let (effective, items, mut settled) = self.claim(id, target)?;
+        let mut claimed = Claimed {
+            reservations: self,
+            id,
+            held: true,
+        };
         let op = |id| match effective {
             ReservationStatus::Committed => LineOp::Commit { id },
             ReservationStatus::Released => LineOp::Release { id },
@@ -327,6 +368,7 @@ impl Reservations {
             }
             *done = true;
         }
+        claimed.held = false;
         let (reservation, record_lsn) = self.finish(id, effective, settled, failure)?;
         if effective != target {
             return Err(CoreError::ReservationNotPending { status: effective });
@@ -346,10 +388,17 @@ impl Reservations {
             .table
             .get_mut(&id)
             .ok_or(CoreError::ReservationNotFound)?;
-        if entry.settling || entry.reservation.status != ReservationStatus::Pending {
+        if entry.reservation.status != ReservationStatus::Pending {
             return Err(CoreError::ReservationNotPending {
                 status: entry.reservation.status,
             });
+        }
+        if entry.settling {
+            // Another transition is under way and will end (it runs in its own task):
+            // the caller retries and then learns how it ended.
+            return Err(CoreError::Unavailable(
+                "the reservation is being settled right now; retry shortly".into(),
+            ));
         }
         entry.settling = true;
         let effective = if Instant::now() >= entry.deadline {
@@ -362,6 +411,17 @@ impl Reservations {
             entry.reservation.items.clone(),
             entry.settled.clone(),
         ))
+    }
+
+    /// Gives a claim back when its transition ended without finishing (a panic): the
+    /// reservation is pending and claimable again, and the timer retries it.
+    fn unclaim(&self, id: ReservationId) {
+        if let Some(mut entry) = self.0.table.get_mut(&id) {
+            entry.settling = false;
+        }
+        self.0
+            .expiry
+            .schedule(id, Instant::now() + RETRY_AFTER, Due::Expire);
     }
 
     fn finish(

@@ -468,3 +468,66 @@ async fn a_transfer_whose_destination_refuses_puts_the_stock_back() {
         "no transfer was recorded"
     );
 }
+
+/// Polls `work` once and drops it, as axum drops a handler whose client hung up.
+async fn abandon<F: std::future::Future>(work: F) {
+    let mut work = std::pin::pin!(work);
+    std::future::poll_fn(|cx| {
+        let _ = work.as_mut().poll(cx);
+        std::task::Poll::Ready(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_caller_that_goes_away_mid_commit_or_release_never_leaves_a_reservation_half_settled() {
+    let (core, _) = core().await;
+    warehouse(&core, 1, 100).await;
+    warehouse(&core, 2, 200).await;
+    for product in 1..=4 {
+        stock(&core, 1, product, 10).await;
+        stock(&core, 2, product, 10).await;
+    }
+    let items = || {
+        (1..=4)
+            .flat_map(|p| [pinned(1, p, 1), pinned(2, p, 1)])
+            .collect()
+    };
+    let committed = reserve(&core, items()).await;
+    let released = reserve(&core, items()).await;
+    // Each settles eight lines; the callers give up after the first poll.
+    abandon(core.reservations().commit(committed.id)).await;
+    abandon(core.reservations().release(released.id)).await;
+    eventually(200, || async {
+        let statuses =
+            [committed.id, released.id].map(|id| core.reservations().get(id).unwrap().status);
+        statuses == [ReservationStatus::Committed, ReservationStatus::Released]
+    })
+    .await;
+    for warehouse_id in 1..=2 {
+        for product in 1..=4 {
+            assert_eq!(levels(&core, warehouse_id, product).await, (9, 0));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_caller_that_goes_away_mid_reserve_never_leaves_holds_of_a_refused_reservation() {
+    let (core, _) = core().await;
+    warehouse(&core, 1, 100).await;
+    for product in 1..=6 {
+        stock(&core, 1, product, 5).await;
+    }
+    // The last item cannot be held, so the first five are rolled back after the caller left.
+    let mut items: Vec<_> = (1..=5).map(|p| pinned(1, p, 5)).collect();
+    items.push(pinned(1, 6, 6));
+    abandon(core.reservations().reserve(request(items))).await;
+    eventually(200, || async {
+        let mut all_free = true;
+        for product in 1..=6 {
+            all_free &= levels(&core, 1, product).await == (5, 0);
+        }
+        all_free
+    })
+    .await;
+}
