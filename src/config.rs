@@ -91,6 +91,24 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub auth_rate_per_minute: u32,
 
+    /// A connection must deliver a whole request head within this many milliseconds of
+    /// opening, or of starting a request, or it is closed (slow-header clients).
+    #[arg(long, env = "STOCKLINE_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub header_read_timeout_ms: u64,
+
+    /// A keep-alive connection with no request for this many milliseconds is closed.
+    #[arg(long, env = "STOCKLINE_IDLE_TIMEOUT_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(10..=86_400_000))]
+    pub idle_timeout_ms: u64,
+
+    /// Open connections at most; at the bound the connection idle the longest is closed to
+    /// make room (or, if all are busy, the new one gets 503). Default: the open-file limit
+    /// less an eighth of it (at least 64) for the database and files.
+    #[arg(long, env = "STOCKLINE_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_connections: Option<u64>,
+
     /// bcrypt cost for password hashing (tests may lower it).
     #[arg(long, env = "STOCKLINE_BCRYPT_COST", default_value_t = 12,
           value_parser = clap::value_parser!(u32).range(4..=31))]
@@ -114,6 +132,18 @@ fn jwt_secret(value: &str) -> Result<String, String> {
 impl Config {
     pub fn flush_interval(&self) -> Duration {
         Duration::from_millis(self.flush_interval_ms)
+    }
+
+    /// The limits of the connection layer.
+    pub fn connection_limits(&self) -> crate::http::serve::Limits {
+        crate::http::serve::Limits {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            max_connections: self
+                .max_connections
+                .map(|n| n as usize)
+                .unwrap_or_else(crate::http::serve::default_max_connections),
+        }
     }
 
     pub fn reservation_ttl(&self) -> Duration {

@@ -153,12 +153,9 @@ pub async fn launch(
         }
     });
     let router = http::router(state.clone());
+    let limits = state.config.connection_limits();
     let task = tokio::spawn(async move {
-        // With the peer address, which rate limiting keys on.
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        http::serve::serve(listener, router, limits, shutdown).await?;
         state.core.shutdown().await;
         if !flusher.finish().await {
             return Err(io::Error::other(

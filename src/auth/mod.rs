@@ -5,6 +5,7 @@
 //! table, so a role change takes effect on the next request, not the next login.
 
 pub mod extractor;
+pub mod lockout;
 pub mod password;
 pub mod totp;
 
@@ -86,6 +87,8 @@ pub struct Auth {
     revoked: DashMap<Uuid, DateTime<Utc>>,
     /// Role per user id, filled on first sight and on every change.
     roles: DashMap<i64, Role>,
+    /// Failed logins per account.
+    pub lockout: lockout::Lockout,
 }
 
 impl Auth {
@@ -136,6 +139,7 @@ impl Auth {
             dummy_hash,
             revoked,
             roles: DashMap::new(),
+            lockout: lockout::Lockout::default(),
         })
     }
 

@@ -116,7 +116,7 @@ struct LoginAnswer {
 
 type Credentials = (i64, String, bool, Option<String>);
 
-#[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = Login, responses((status = 200, body = LoginAnswer), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "invalid_credentials or totp_required", body = ErrorBody), (status = 429, description = "Too many attempts", body = ErrorBody)))]
+#[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = Login, responses((status = 200, body = LoginAnswer), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "invalid_credentials or totp_required", body = ErrorBody), (status = 429, description = "Too many attempts from this address, or this account is locked after repeated failures; Retry-After says for how long", body = ErrorBody)))]
 async fn login(
     State(state): State<AppState>,
     Json(body): Json<Login>,
@@ -128,9 +128,18 @@ async fn login(
     .bind(body.login.trim())
     .fetch_optional(&state.db)
     .await?;
+    let lockout = &state.auth.lockout;
+    if let Some(wait) = found.as_ref().and_then(|(id, ..)| lockout.locked_for(*id)) {
+        return Err(AppError::RateLimited {
+            retry_after_secs: wait.as_secs_f64().ceil() as u64,
+        });
+    }
     let hash = found.as_ref().map(|(_, hash, _, _)| hash.clone());
     // The same answer, after the same work, for an unknown login and a wrong password.
     if !password::verify(body.password, hash, &state.auth.dummy_hash).await? {
+        if let Some((id, ..)) = &found {
+            lockout.failed(*id);
+        }
         return Err(AppError::Unauthorized {
             code: "invalid_credentials",
             message: "wrong login or password".into(),
@@ -150,12 +159,16 @@ async fn login(
             None => false,
         };
         if !valid {
+            if body.totp.is_some() {
+                lockout.failed(id);
+            }
             return Err(AppError::Unauthorized {
                 code: "totp_required",
                 message: "a valid TOTP code is required for this account".into(),
             });
         }
     }
+    lockout.succeeded(id);
     let user = users::find(&state.db, id).await?;
     Ok(Json(LoginAnswer {
         token: state.auth.issue(id)?,

@@ -11,6 +11,7 @@ mod orders;
 mod products;
 pub mod rate_limit;
 mod reservations;
+pub mod serve;
 mod stock;
 mod storable;
 mod transfers;
