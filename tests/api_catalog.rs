@@ -142,7 +142,7 @@ async fn product_writes_refuse_bad_values_duplicates_and_customers() {
     let (status, body) = app.get("/products?limit=many", &customer).await;
     assert_eq!(
         error_code(status, &body, StatusCode::BAD_REQUEST),
-        "invalid_json"
+        "invalid_query"
     );
     app.cleanup().await;
 }

@@ -213,7 +213,7 @@ async fn every_endpoint_answers_bad_input_with_the_contract() {
             Admin,
             Empty,
             bad,
-            types,
+            "invalid_query",
         ),
         // Negative, zero and enormous quantities.
         case(

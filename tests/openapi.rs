@@ -131,3 +131,76 @@ async fn every_documented_operation_is_served() {
     );
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn every_request_body_has_a_schema_of_its_own_so_generated_clients_send_the_right_one() {
+    let app = TestApp::spawn().await;
+    let doc = document(&app).await;
+    let body_schema = |method: &str, path: &str| {
+        doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{method} {path} has no body schema"))
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let bodies = [
+        ("post", "/api/v1/products", "CreateProduct"),
+        ("patch", "/api/v1/products/{id}", "UpdateProduct"),
+        ("post", "/api/v1/warehouses", "CreateWarehouse"),
+        ("patch", "/api/v1/warehouses/{id}", "UpdateWarehouse"),
+        ("post", "/api/v1/reservations", "CreateReservation"),
+        ("post", "/api/v1/orders", "CreateOrder"),
+        ("post", "/api/v1/transfers", "CreateTransfer"),
+    ];
+    for (method, path, schema) in bodies {
+        assert_eq!(body_schema(method, path), schema, "{method} {path}");
+    }
+    // The order's schema really is the order's: it has items and a shipping address.
+    let order = &doc["components"]["schemas"]["CreateOrder"]["properties"];
+    assert!(
+        order["shipping_address"].is_object() && order["items"].is_object(),
+        "{order}"
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_answers_the_edge_gives_around_handlers_are_documented_and_have_the_error_body() {
+    let app = TestApp::spawn().await;
+    let doc = document(&app).await;
+    let responses = |method: &str, path: &str| doc["paths"][path][method]["responses"].clone();
+    for status in ["400", "413", "422", "431", "503"] {
+        assert!(
+            responses("post", "/api/v1/orders")[status].is_object(),
+            "orders {status}"
+        );
+    }
+    for status in ["400", "422", "431"] {
+        assert!(
+            responses("get", "/api/v1/products")[status].is_object(),
+            "products {status}"
+        );
+    }
+    assert!(responses("post", "/api/v1/auth/login")["422"].is_object());
+    // 431 is answered with the contract's body.
+    let mut request = app.client.get(format!("{}/healthz", app.base));
+    for i in 0..120 {
+        request = request.header(format!("x-filler-{i}"), "x");
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "headers_too_large");
+    // A query of the wrong type is invalid_query, not invalid_json.
+    let (status, body) = app.get("/api/v1/products?limit=many", &app.admin).await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::BAD_REQUEST),
+        "invalid_query"
+    );
+    app.cleanup().await;
+}

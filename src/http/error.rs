@@ -17,6 +17,9 @@ pub enum AppError {
     /// 400: the body is not JSON, or has the wrong JSON types.
     #[error("{0}")]
     InvalidJson(String),
+    /// 400: a query parameter has the wrong type or is out of range.
+    #[error("{0}")]
+    InvalidQuery(String),
     /// 401 with a specific code: `unauthorized`, `invalid_credentials`, `totp_required`.
     #[error("{message}")]
     Unauthorized { code: &'static str, message: String },
@@ -33,6 +36,9 @@ pub enum AppError {
         message: String,
         details: Value,
     },
+    /// 431: too many request headers, or too large.
+    #[error("the request headers are too many or too large")]
+    HeadersTooLarge,
     /// 413: body over 1 MiB.
     #[error("the request body is larger than 1 MiB")]
     PayloadTooLarge,
@@ -82,10 +88,16 @@ impl AppError {
     fn parts(&self) -> (StatusCode, &'static str, Value) {
         match self {
             Self::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json", json!({})),
+            Self::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query", json!({})),
             Self::Unauthorized { code, .. } => (StatusCode::UNAUTHORIZED, code, json!({})),
             Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden", json!({})),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", json!({})),
             Self::Conflict { code, details, .. } => (StatusCode::CONFLICT, code, details.clone()),
+            Self::HeadersTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                json!({}),
+            ),
             Self::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
@@ -238,7 +250,7 @@ impl From<PathRejection> for AppError {
 
 impl From<QueryRejection> for AppError {
     fn from(rejection: QueryRejection) -> Self {
-        Self::InvalidJson(format!("query: {}", rejection.body_text()))
+        Self::InvalidQuery(format!("query: {}", rejection.body_text()))
     }
 }
 

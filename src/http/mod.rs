@@ -37,7 +37,8 @@ const MAX_BODY: usize = 1024 * 1024;
 
 /// The whole HTTP surface, and `GET /openapi.json` describing it.
 pub fn router(state: AppState) -> Router {
-    let (router, document) = documented(&state).split_for_parts();
+    let (router, mut document) = documented(&state).split_for_parts();
+    openapi::declare_common_answers(&mut document);
     let json: Arc<str> = document.to_pretty_json().unwrap_or_default().into();
     router
         .layer(axum::Extension(Document(json)))
@@ -54,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(storable::refuse_nul))
+        .layer(axum::middleware::from_fn(limit_headers))
         .with_state(state)
 }
 
@@ -92,5 +94,27 @@ async fn openapi_json(
 
 /// The OpenAPI document (for tools that want it without a running server).
 pub fn openapi_document(state: &AppState) -> utoipa::openapi::OpenApi {
-    documented(state).into_openapi()
+    let mut document = documented(state).into_openapi();
+    openapi::declare_common_answers(&mut document);
+    document
+}
+
+/// Request headers at most, by count and by total size. The connection layer lets more
+/// through, so that these are answered here with the contract's error body.
+const MAX_HEADERS: usize = 100;
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+async fn limit_headers(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let headers = request.headers();
+    let bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if headers.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
+        return axum::response::IntoResponse::into_response(AppError::HeadersTooLarge);
+    }
+    next.run(request).await
 }

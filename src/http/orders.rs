@@ -38,8 +38,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Deserialize, ToSchema)]
-struct Create {
-    items: Vec<ItemBody>,
+struct CreateOrder {
+    items: Vec<OrderItemBody>,
     #[schema(value_type = Option<Object>)]
     shipping_address: Option<Value>,
     #[schema(value_type = Option<Object>)]
@@ -47,7 +47,7 @@ struct Create {
 }
 
 #[derive(Deserialize, ToSchema)]
-struct ItemBody {
+struct OrderItemBody {
     product_id: i64,
     #[schema(value_type = i64)]
     quantity: Number,
@@ -55,11 +55,11 @@ struct ItemBody {
 
 const MAX_ITEMS: usize = 100;
 
-#[utoipa::path(post, path = "/orders", tag = "orders", security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; repeats answer the first answer")), request_body = Create, responses((status = 201, body = Order), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "insufficient_stock", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
+#[utoipa::path(post, path = "/orders", tag = "orders", security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; repeats answer the first answer")), request_body = CreateOrder, responses((status = 201, body = Order), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "insufficient_stock", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    request: Idempotent<Create>,
+    request: Idempotent<CreateOrder>,
 ) -> Result<Response> {
     let owned = state.clone();
     idempotency::run(&state, caller.user_id, request, move |body| async move {
@@ -68,7 +68,7 @@ async fn create(
     .await
 }
 
-async fn place(state: &AppState, caller: Identity, body: Create) -> Result<Answer> {
+async fn place(state: &AppState, caller: Identity, body: CreateOrder) -> Result<Answer> {
     if body.items.is_empty() || body.items.len() > MAX_ITEMS {
         return Err(AppError::validation(
             "items",

@@ -41,7 +41,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Deserialize, ToSchema)]
-struct Create {
+struct CreateProduct {
     sku: String,
     name: String,
     description: Option<String>,
@@ -51,11 +51,11 @@ struct Create {
     low_stock_threshold: Option<Number>,
 }
 
-#[utoipa::path(post, path = "/products", tag = "catalog", security(("bearer" = [])), request_body = Create, responses((status = 201, body = Product), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 409, description = "The sku is taken", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
+#[utoipa::path(post, path = "/products", tag = "catalog", security(("bearer" = [])), request_body = CreateProduct, responses((status = 201, body = Product), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 409, description = "The sku is taken", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Json(body): Json<Create>,
+    Json(body): Json<CreateProduct>,
 ) -> Result<(StatusCode, Json<Product>)> {
     caller.require(Role::Operator)?;
     let sku = text(&body.sku, "sku", 64)?;
@@ -147,7 +147,7 @@ async fn read(
 }
 
 #[derive(Deserialize, ToSchema)]
-struct Update {
+struct UpdateProduct {
     sku: Option<String>,
     name: Option<String>,
     description: Option<String>,
@@ -157,12 +157,12 @@ struct Update {
     low_stock_threshold: Option<Number>,
 }
 
-#[utoipa::path(patch, path = "/products/{id}", tag = "catalog", security(("bearer" = [])), params(("id" = i64, Path, description = "Id")), request_body = Update, responses((status = 200, body = Product), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "The sku is taken", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
+#[utoipa::path(patch, path = "/products/{id}", tag = "catalog", security(("bearer" = [])), params(("id" = i64, Path, description = "Id")), request_body = UpdateProduct, responses((status = 200, body = Product), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "The sku is taken", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn update(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Path(id): Path<i64>,
-    Json(body): Json<Update>,
+    Json(body): Json<UpdateProduct>,
 ) -> Result<Json<Product>> {
     caller.require(Role::Operator)?;
     let sku = text_opt(body.sku.as_deref(), "sku", 64)?;

@@ -72,15 +72,15 @@ impl From<Reservation> for ReservationBody {
 }
 
 #[derive(Deserialize, ToSchema)]
-struct Create {
-    items: Vec<ItemBody>,
+struct CreateReservation {
+    items: Vec<ReservationItemBody>,
     #[schema(value_type = Option<i64>)]
     ttl_seconds: Option<Number>,
     reference: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
-struct ItemBody {
+struct ReservationItemBody {
     product_id: i64,
     #[schema(value_type = i64)]
     quantity: Number,
@@ -91,11 +91,11 @@ struct ItemBody {
 const MAX_ITEMS: usize = 100;
 const MAX_TTL_SECS: i64 = 7 * 24 * 3600;
 
-#[utoipa::path(post, path = "/reservations", tag = "reservations", security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; repeats answer the first answer")), request_body = Create, responses((status = 201, body = ReservationBody), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "insufficient_stock (details: product_id, requested, available) or warehouse_inactive", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
+#[utoipa::path(post, path = "/reservations", tag = "reservations", security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; repeats answer the first answer")), request_body = CreateReservation, responses((status = 201, body = ReservationBody), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "insufficient_stock (details: product_id, requested, available) or warehouse_inactive", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    request: Idempotent<Create>,
+    request: Idempotent<CreateReservation>,
 ) -> Result<Response> {
     caller.require(Role::Operator)?;
     let owned = state.clone();
@@ -105,7 +105,7 @@ async fn create(
     .await
 }
 
-async fn reserve(state: &AppState, body: Create) -> Result<Answer> {
+async fn reserve(state: &AppState, body: CreateReservation) -> Result<Answer> {
     if body.items.is_empty() || body.items.len() > MAX_ITEMS {
         return Err(AppError::validation(
             "items",

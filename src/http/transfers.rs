@@ -38,7 +38,7 @@ pub struct Transfer {
 }
 
 #[derive(Deserialize, ToSchema)]
-struct Create {
+struct CreateTransfer {
     from_warehouse_id: i64,
     to_warehouse_id: i64,
     product_id: i64,
@@ -46,11 +46,11 @@ struct Create {
     quantity: Number,
 }
 
-#[utoipa::path(post, path = "/transfers", tag = "transfers", security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; repeats answer the first answer")), request_body = Create, responses((status = 201, body = Transfer), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "insufficient_stock or warehouse_inactive", body = ErrorBody), (status = 422, description = "Same warehouse, or a bad quantity", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
+#[utoipa::path(post, path = "/transfers", tag = "transfers", security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; repeats answer the first answer")), request_body = CreateTransfer, responses((status = 201, body = Transfer), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "insufficient_stock or warehouse_inactive", body = ErrorBody), (status = 422, description = "Same warehouse, or a bad quantity", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    request: Idempotent<Create>,
+    request: Idempotent<CreateTransfer>,
 ) -> Result<Response> {
     caller.require(Role::Operator)?;
     let owned = state.clone();
@@ -60,7 +60,7 @@ async fn create(
     .await
 }
 
-async fn transfer(state: &AppState, body: Create) -> Result<Answer> {
+async fn transfer(state: &AppState, body: CreateTransfer) -> Result<Answer> {
     let qty = quantity(&body.quantity, "quantity")?;
     if state.catalog.get(body.product_id).is_none() {
         return Err(AppError::NotFound(format!("product {}", body.product_id)));

@@ -51,7 +51,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Deserialize, ToSchema)]
-struct Create {
+struct CreateWarehouse {
     code: String,
     name: String,
     location: Option<String>,
@@ -63,11 +63,11 @@ fn priority(n: &Number) -> Result<i32> {
     Ok(int_in(n, "priority", 0..=1_000_000)? as i32)
 }
 
-#[utoipa::path(post, path = "/warehouses", tag = "catalog", security(("bearer" = [])), request_body = Create, responses((status = 201, body = Warehouse), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 409, description = "The code is taken", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
+#[utoipa::path(post, path = "/warehouses", tag = "catalog", security(("bearer" = [])), request_body = CreateWarehouse, responses((status = 201, body = Warehouse), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 409, description = "The code is taken", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Json(body): Json<Create>,
+    Json(body): Json<CreateWarehouse>,
 ) -> Result<(StatusCode, Json<Warehouse>)> {
     caller.require(Role::Operator)?;
     let code = text(&body.code, "code", 64)?;
@@ -132,7 +132,7 @@ async fn read(
 }
 
 #[derive(Deserialize, ToSchema)]
-struct Update {
+struct UpdateWarehouse {
     code: Option<String>,
     name: Option<String>,
     location: Option<String>,
@@ -140,12 +140,12 @@ struct Update {
     priority: Option<Number>,
 }
 
-#[utoipa::path(patch, path = "/warehouses/{id}", tag = "catalog", security(("bearer" = [])), params(("id" = i64, Path, description = "Id")), request_body = Update, responses((status = 200, body = Warehouse), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "The code is taken", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
+#[utoipa::path(patch, path = "/warehouses/{id}", tag = "catalog", security(("bearer" = [])), params(("id" = i64, Path, description = "Id")), request_body = UpdateWarehouse, responses((status = 200, body = Warehouse), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "The code is taken", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn update(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Path(id): Path<i64>,
-    Json(body): Json<Update>,
+    Json(body): Json<UpdateWarehouse>,
 ) -> Result<Json<Warehouse>> {
     caller.require(Role::Operator)?;
     let code = text_opt(body.code.as_deref(), "code", 64)?;
