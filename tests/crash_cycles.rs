@@ -96,7 +96,7 @@ async fn client_loop(
         }
         let id = r["id"].as_str().unwrap().to_owned();
         acks.lock().unwrap().reserved.push(id.clone());
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             let Some((status, _)) = post(
                 &client,
                 format!("{base}/api/v1/reservations/{id}/commit"),
