@@ -54,7 +54,12 @@ async fn flush_throughput(changes: usize) -> (f64, u64) {
         .await
         .unwrap();
     let buffer = Arc::new(JournalBuffer::new(0, usize::MAX));
-    let flusher = Flusher::spawn(pool.clone(), buffer.clone(), Duration::from_millis(5));
+    let flusher = Flusher::spawn(
+        pool.clone(),
+        buffer.clone(),
+        Duration::from_millis(5),
+        tokio_util::sync::CancellationToken::new(),
+    );
     let now = stockline_actors::types::now();
     let start = Instant::now();
     let mut last = 0;

@@ -134,18 +134,6 @@ impl Config {
         Duration::from_millis(self.flush_interval_ms)
     }
 
-    /// The limits of the connection layer.
-    pub fn connection_limits(&self) -> crate::http::serve::Limits {
-        crate::http::serve::Limits {
-            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
-            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
-            max_connections: self
-                .max_connections
-                .map(|n| n as usize)
-                .unwrap_or_else(crate::http::serve::default_max_connections),
-        }
-    }
-
     pub fn reservation_ttl(&self) -> Duration {
         Duration::from_secs(self.reservation_ttl_secs)
     }

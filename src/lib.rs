@@ -20,6 +20,7 @@
 pub mod auth;
 pub mod catalog;
 pub mod config;
+pub mod error;
 pub mod http;
 pub mod orders;
 pub mod startup;

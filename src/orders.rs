@@ -21,7 +21,8 @@ use stockline_actors::{Journal, Lsn, Record, Reservation, ReservationId, Reserva
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::startup::AppState;
+use stockline_actors::Core;
+use tokio_util::sync::CancellationToken;
 
 /// How long a closed order stays in memory.
 const CLOSED_RETENTION: Duration = Duration::from_secs(600);
@@ -31,7 +32,7 @@ const CLOSED_RETENTION: Duration = Duration::from_secs(600);
 pub struct Order {
     pub id: Uuid,
     pub user_id: i64,
-    pub status: &'static str,
+    pub status: OrderStatus,
     pub items: Vec<OrderItem>,
     pub total_cents: i64,
     pub reservation_id: Uuid,
@@ -53,33 +54,88 @@ pub struct OrderItem {
     pub warehouse_id: i64,
 }
 
-pub const STATUSES: [&str; 6] = [
-    "pending_payment",
-    "paid",
-    "shipped",
-    "delivered",
-    "cancelled",
-    "expired",
-];
+/// Where an order is in its life. The steps an order may take are [`OrderStatus::can_become`];
+/// nothing else changes an order's status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    /// Placed, its stock reserved until `expires_at`.
+    PendingPayment,
+    /// Paid: the reservation was committed.
+    Paid,
+    Shipped,
+    Delivered,
+    Cancelled,
+    /// Not paid in time: the reservation expired and its stock returned.
+    Expired,
+}
 
-/// The `&'static` form of a stored status.
-pub fn status(s: &str) -> &'static str {
-    STATUSES
-        .into_iter()
-        .find(|known| *known == s)
-        .unwrap_or("pending_payment")
+impl OrderStatus {
+    pub const ALL: [Self; 6] = [
+        Self::PendingPayment,
+        Self::Paid,
+        Self::Shipped,
+        Self::Delivered,
+        Self::Cancelled,
+        Self::Expired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PendingPayment => "pending_payment",
+            Self::Paid => "paid",
+            Self::Shipped => "shipped",
+            Self::Delivered => "delivered",
+            Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == s)
+    }
+
+    /// Still to be paid, shipped or delivered (kept in memory).
+    pub fn is_open(self) -> bool {
+        matches!(self, Self::PendingPayment | Self::Paid | Self::Shipped)
+    }
+
+    /// The steps of an order's life.
+    pub fn can_become(self, next: Self) -> bool {
+        use OrderStatus::*;
+        matches!(
+            (self, next),
+            (PendingPayment, Paid | Cancelled | Expired)
+                | (Paid, Shipped | Cancelled)
+                | (Shipped, Delivered)
+        )
+    }
+}
+
+impl std::fmt::Display for OrderStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A step an order may not take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("an order cannot go from {from} to {to}")]
+pub struct IllegalStep {
+    pub from: OrderStatus,
+    pub to: OrderStatus,
 }
 
 impl Order {
     pub fn is_open(&self) -> bool {
-        matches!(self.status, "pending_payment" | "paid" | "shipped")
+        self.status.is_open()
     }
 
     pub fn record(&self) -> Record {
         Record::Order(OrderRecord {
             id: self.id,
             user_id: self.user_id,
-            status: self.status,
+            status: self.status.as_str(),
             items: self
                 .items
                 .iter()
@@ -102,10 +158,16 @@ impl Order {
     }
 
     /// Moves to `status` now and journals the new state; answers its Lsn.
-    pub fn step(&mut self, status: &'static str, journal: &dyn Journal) -> Lsn {
+    pub fn step(&mut self, status: OrderStatus, journal: &dyn Journal) -> Result<Lsn, IllegalStep> {
+        if !self.status.can_become(status) {
+            return Err(IllegalStep {
+                from: self.status,
+                to: status,
+            });
+        }
         self.status = status;
         self.updated_at = stockline_actors::types::now();
-        journal.append(vec![self.record()])
+        Ok(journal.append(vec![self.record()]))
     }
 }
 
@@ -116,6 +178,16 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// Expires `order` (this slot's, locked by the caller) if it still waits for payment:
+    /// its reservation ran out. Answers whether it did.
+    pub fn expire(&self, order: &mut Order, journal: &dyn Journal) -> bool {
+        let expired = order.step(OrderStatus::Expired, journal).is_ok();
+        if expired {
+            self.mark_closed();
+        }
+        expired
+    }
+
     pub fn mark_closed(&self) {
         *self
             .closed_at
@@ -171,29 +243,33 @@ impl Orders {
 
     /// Expires unpaid orders whose reservation is no longer pending (it expired while the
     /// order's own change was not yet written, or while the server was down).
-    pub async fn reconcile(&self, state: &AppState) {
+    pub async fn reconcile(&self, core: &Core) {
         let slots: Vec<_> = self.slots.iter().map(|s| s.value().clone()).collect();
         for slot in slots {
             let mut order = slot.order.lock().await;
-            let reservation = state
-                .core
-                .reservations()
-                .get(ReservationId(order.reservation_id));
-            let pending = reservation.is_some_and(|r| r.status == ReservationStatus::Pending);
-            if order.status == "pending_payment" && !pending {
-                order.step("expired", &**state.core.journal());
-                slot.mark_closed();
+            let reservation = core.reservations().get(ReservationId(order.reservation_id));
+            if !reservation.is_some_and(|r| r.status == ReservationStatus::Pending) {
+                slot.expire(&mut order, &**core.journal());
             }
         }
     }
 
-    /// Expires the unpaid order of every reservation the core expires.
+    /// Expires the unpaid order of every reservation the core expires, until `stop`.
     pub fn watch_expiry(
-        state: AppState,
+        self: Arc<Self>,
+        core: Arc<Core>,
         mut expired: tokio::sync::mpsc::UnboundedReceiver<Reservation>,
+        stop: CancellationToken,
     ) {
         tokio::spawn(async move {
-            while let Some(reservation) = expired.recv().await {
+            loop {
+                let reservation = tokio::select! {
+                    received = expired.recv() => match received {
+                        Some(reservation) => reservation,
+                        None => return,
+                    },
+                    _ = stop.cancelled() => return,
+                };
                 let Some(id) = reservation
                     .reference
                     .as_deref()
@@ -202,12 +278,9 @@ impl Orders {
                 else {
                     continue;
                 };
-                if let Some(slot) = state.orders.get(id) {
+                if let Some(slot) = self.get(id) {
                     let mut order = slot.order.lock().await;
-                    if order.status == "pending_payment" {
-                        order.step("expired", &**state.core.journal());
-                        slot.mark_closed();
-                    }
+                    slot.expire(&mut order, &**core.journal());
                 }
             }
         });
@@ -269,21 +342,25 @@ pub async fn with_items(
             warehouse_id,
         });
     }
-    Ok(rows
-        .into_iter()
-        .map(|r| Order {
-            id: r.0,
-            user_id: r.1,
-            status: status(&r.2),
-            items: by_order.remove(&r.0).unwrap_or_default(),
-            total_cents: r.3,
-            reservation_id: r.4,
-            expires_at: r.5,
-            tracking_number: r.6,
-            shipping_address: r.7,
-            contact: r.8,
-            created_at: r.9,
-            updated_at: r.10,
+    rows.into_iter()
+        .map(|r| {
+            let status = OrderStatus::parse(&r.2).ok_or_else(|| {
+                sqlx::Error::Decode(format!("order {} has an unknown status {:?}", r.0, r.2).into())
+            })?;
+            Ok(Order {
+                id: r.0,
+                user_id: r.1,
+                status,
+                items: by_order.remove(&r.0).unwrap_or_default(),
+                total_cents: r.3,
+                reservation_id: r.4,
+                expires_at: r.5,
+                tracking_number: r.6,
+                shipping_address: r.7,
+                contact: r.8,
+                created_at: r.9,
+                updated_at: r.10,
+            })
         })
-        .collect())
+        .collect()
 }

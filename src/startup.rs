@@ -1,11 +1,15 @@
-//! Start-up as a library function: tests start the real server on port 0 with it, and
-//! `main` is left with parsing the CLI and waiting for a signal.
+//! Start-up as a library: [`Application::build`] connects, recovers and binds; then
+//! [`Application::run_until_stopped`] serves until a shutdown future resolves. Tests start
+//! the real server on port 0 with [`launch`], which does both; `main` is left with parsing
+//! the CLI and waiting for a signal.
 //!
 //! Order at start: connect and migrate; read what the store holds; start the core over a
 //! write-behind buffer that continues the stored journal numbering; start the flusher;
 //! restore lines and pending reservations (expiring those that ran out while down); load
 //! auth and the catalog; then serve. At shutdown: stop accepting and finish requests in
-//! flight, drain every line's mailbox, then flush everything left.
+//! flight, drain every line's mailbox, then cancel the one shutdown token every background
+//! task listens to (sweeper, order-expiry watcher, flusher), and wait for the flusher to
+//! write everything left.
 
 use std::future::Future;
 use std::io;
@@ -14,149 +18,127 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use stockline_actors::{Core, CoreConfig, DurableWatch, Journal, JournalBuffer, Lsn};
+use stockline_actors::{Core, CoreConfig, Journal, JournalBuffer};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Auth, Role, password};
 use crate::catalog::Catalog;
 use crate::config::{Config, Durability};
-use crate::http;
-use crate::http::error::{AppError, Result};
+use crate::error::{AppError, Result};
 use crate::http::idempotency::Answers;
+use crate::http::rate_limit::AuthLimiter;
+use crate::http::serve::Limits;
+use crate::http::{self, AppState, StoreState};
 use crate::orders::Orders;
-use crate::store::flusher::{FlushStats, Flusher};
+use crate::store::flusher::Flusher;
 use crate::store::{self, recovery};
 
-/// The write-behind side, as handlers and operators see it.
-pub struct StoreState {
-    pub buffer: Arc<JournalBuffer>,
-    pub flush: Arc<FlushStats>,
-    durable: DurableWatch,
-}
+/// How often the maps clients make grow are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
-/// What every request handler can reach.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub db: PgPool,
-    pub core: Arc<Core>,
-    pub auth: Arc<Auth>,
-    pub catalog: Arc<Catalog>,
-    pub store: Arc<StoreState>,
-    /// Answers to idempotent requests, by user and key.
-    pub answers: Arc<Answers>,
-    pub orders: Arc<Orders>,
-    pub auth_limiter: crate::http::rate_limit::Shared,
-    /// This server's metrics, rendered at `GET /metrics`.
-    pub metrics: Arc<metrics_exporter_prometheus::PrometheusRecorder>,
-}
-
-impl AppState {
-    /// In `sync` mode, waits until the records up to `lsn` are committed; in `async` mode,
-    /// returns at once. A change still not durable after a while answers 503: it may yet
-    /// land, which is why clients retry with the same `Idempotency-Key`.
-    pub async fn durable(&self, lsn: Lsn) -> Result<()> {
-        if self.config.durability == Durability::Async || lsn == 0 {
-            return Ok(());
-        }
-        let mut watch = self.store.durable.clone();
-        let timeout = Duration::from_millis(self.config.durable_timeout_ms);
-        match tokio::time::timeout(timeout, watch.wait_for(lsn)).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(AppError::Unavailable(
-                "the change was accepted but the store has not confirmed it yet; retry with the same Idempotency-Key".into(),
-            )),
-        }
-    }
-}
-
-/// Connects, recovers, and serves on `listener` until `shutdown` resolves.
-///
-/// Returns the bound address (for port 0) and the task to await for the end; the task
-/// fails if what was left could not be flushed.
-pub async fn launch(
+/// A server that has recovered and is bound, ready to run.
+pub struct Application {
     listener: TcpListener,
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> io::Result<(SocketAddr, JoinHandle<io::Result<()>>)> {
-    let addr = listener.local_addr()?;
-    let db = store::connect_and_migrate(&config.database_url)
+    state: AppState,
+    flusher: Flusher,
+    /// Cancelled once HTTP has stopped and the lines are drained: every background task
+    /// ends on it.
+    background: CancellationToken,
+}
+
+impl Application {
+    /// Connects and migrates, recovers the core from the store, and starts the background
+    /// tasks; serves nothing yet.
+    pub async fn build(listener: TcpListener, config: Config) -> io::Result<Self> {
+        let db = store::connect_and_migrate(&config.database_url)
+            .await
+            .map_err(io::Error::other)?;
+        let (stored, loader) = recovery::read(&db).await.map_err(io::Error::other)?;
+        let buffer = Arc::new(JournalBuffer::new(
+            stored.journal_lsn,
+            config.max_backlog as usize,
+        ));
+        let core = Core::start(
+            CoreConfig::default(),
+            buffer.clone() as Arc<dyn Journal>,
+            Arc::new(loader),
+        )
         .await
         .map_err(io::Error::other)?;
-    let (stored, loader) = recovery::read(&db).await.map_err(io::Error::other)?;
-    let buffer = Arc::new(JournalBuffer::new(
-        stored.journal_lsn,
-        config.max_backlog as usize,
-    ));
-    let core = Core::start(
-        CoreConfig::default(),
-        buffer.clone() as Arc<dyn Journal>,
-        Arc::new(loader),
-    )
-    .await
-    .map_err(io::Error::other)?;
-    let gather = match config.durability {
-        Durability::Sync => Duration::ZERO,
-        Durability::Async => config.flush_interval(),
-    };
-    let flusher = Flusher::spawn(db.clone(), buffer.clone(), gather);
-    // Before restoring, so that reservations expired while down reach their orders too.
-    let (expired_tx, expired) = tokio::sync::mpsc::unbounded_channel();
-    core.reservations().on_expired(expired_tx);
-    stored.restore_into(&core).await.map_err(io::Error::other)?;
-    let auth = Auth::load(
-        &db,
-        config.jwt_secret.as_deref(),
-        Duration::from_secs(config.token_ttl_secs),
-        config.bcrypt_cost,
-    )
-    .await
-    .map_err(|e| io::Error::other(e.to_string()))?;
-    bootstrap_admin(&db, &config, &auth)
+        let gather = match config.durability {
+            Durability::Sync => Duration::ZERO,
+            Durability::Async => config.flush_interval(),
+        };
+        let background = CancellationToken::new();
+        let flusher = Flusher::spawn(db.clone(), buffer.clone(), gather, background.clone());
+        // Before restoring, so that reservations expired while down reach their orders too.
+        let (expired_tx, expired) = tokio::sync::mpsc::unbounded_channel();
+        core.reservations().on_expired(expired_tx);
+        stored.restore_into(&core).await.map_err(io::Error::other)?;
+        let auth = Auth::load(
+            &db,
+            config.jwt_secret.as_deref(),
+            Duration::from_secs(config.token_ttl_secs),
+            config.bcrypt_cost,
+        )
         .await
         .map_err(|e| io::Error::other(e.to_string()))?;
-    let catalog = Catalog::load(&db).await.map_err(io::Error::other)?;
-    let orders = Orders::load(&db).await.map_err(io::Error::other)?;
-    let auth_rate = config.auth_rate_per_minute;
-    let state = AppState {
-        config: Arc::new(config),
-        db,
-        core: Arc::new(core),
-        auth: Arc::new(auth),
-        catalog: Arc::new(catalog),
-        store: Arc::new(StoreState {
-            durable: buffer.durable(),
-            buffer,
-            flush: flusher.stats.clone(),
-        }),
-        answers: Arc::new(Answers::default()),
-        orders: Arc::new(orders),
-        auth_limiter: Arc::new(crate::http::rate_limit::AuthLimiter::new(auth_rate)),
-        metrics: Arc::new(crate::http::metrics_recorder()),
-    };
-    state.orders.reconcile(&state).await;
-    Orders::watch_expiry(state.clone(), expired);
-    let (answers, orders) = (
-        Arc::downgrade(&state.answers),
-        Arc::downgrade(&state.orders),
-    );
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            every.tick().await;
-            let (Some(answers), Some(orders)) = (answers.upgrade(), orders.upgrade()) else {
-                break;
-            };
-            answers.sweep();
-            orders.sweep();
-        }
-    });
-    let router = http::router(state.clone());
-    let limits = state.config.connection_limits();
-    let task = tokio::spawn(async move {
-        http::serve::serve(listener, router, limits, shutdown).await?;
+        bootstrap_admin(&db, &config, &auth)
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let catalog = Catalog::load(&db).await.map_err(io::Error::other)?;
+        let orders = Arc::new(Orders::load(&db).await.map_err(io::Error::other)?);
+        let core = Arc::new(core);
+        orders.reconcile(&core).await;
+        orders
+            .clone()
+            .watch_expiry(core.clone(), expired, background.clone());
+        let auth_rate = config.auth_rate_per_minute;
+        let state = AppState {
+            config: Arc::new(config),
+            db,
+            core,
+            auth: Arc::new(auth),
+            catalog: Arc::new(catalog),
+            store: Arc::new(StoreState {
+                durable: buffer.durable(),
+                buffer,
+                flush: flusher.stats.clone(),
+            }),
+            answers: Arc::new(Answers::default()),
+            orders,
+            auth_limiter: Arc::new(AuthLimiter::new(auth_rate)),
+            metrics: Arc::new(http::metrics_recorder()),
+        };
+        sweep_every(SWEEP_EVERY, state.clone(), background.clone());
+        Ok(Self {
+            listener,
+            state,
+            flusher,
+            background,
+        })
+    }
+
+    /// The address it listens on (the real port when bound to port 0).
+    pub fn addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then drains and flushes. Fails if what was left
+    /// could not be written to the database.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        let Self {
+            listener,
+            state,
+            flusher,
+            background,
+        } = self;
+        let limits = connection_limits(&state.config);
+        http::serve::serve(listener, http::router(state.clone()), limits, shutdown).await?;
         state.core.shutdown().await;
+        background.cancel();
         if !flusher.finish().await {
             return Err(io::Error::other(
                 "some changes could not be written to the database",
@@ -164,8 +146,44 @@ pub async fn launch(
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Builds and runs in a task: answers the bound address (for port 0) and the task to
+/// await for the end.
+pub async fn launch(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<(SocketAddr, JoinHandle<io::Result<()>>)> {
+    let application = Application::build(listener, config).await?;
+    let addr = application.addr()?;
+    Ok((addr, tokio::spawn(application.run_until_stopped(shutdown))))
+}
+
+/// The limits of the connection layer, from the configuration.
+fn connection_limits(config: &Config) -> Limits {
+    Limits {
+        header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
+        idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+        max_connections: config
+            .max_connections
+            .map(|n| n as usize)
+            .unwrap_or_else(http::serve::default_max_connections),
+    }
+}
+
+/// Sweeps the state's growing maps every `period` until `stop`.
+fn sweep_every(period: Duration, state: AppState, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = every.tick() => state.sweep(),
+                _ = stop.cancelled() => return,
+            }
+        }
     });
-    Ok((addr, task))
 }
 
 /// Creates the admin of `STOCKLINE_ADMIN_EMAIL`/`_PASSWORD` if no user has that email.

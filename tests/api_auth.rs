@@ -354,3 +354,123 @@ async fn login_and_register_are_rate_limited_per_address() {
     assert_eq!(app.get("/auth/me", &app.admin).await.0, StatusCode::OK);
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_disabled_users_token_stops_working_at_once_and_it_cannot_sign_in() {
+    let app = TestApp::spawn().await;
+    let (id, token) = app.customer("leaver@example.com").await;
+    assert_eq!(app.get("/auth/me", &token).await.0, StatusCode::OK);
+    let (status, user) = app
+        .put(
+            &format!("/users/{id}/status"),
+            &app.admin,
+            json!({ "status": "disabled" }),
+        )
+        .await;
+    assert_eq!(
+        (status, user["status"].as_str()),
+        (StatusCode::OK, Some("disabled")),
+        "{user}"
+    );
+    let (status, body) = app.get("/auth/me", &token).await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::UNAUTHORIZED),
+        "unauthorized"
+    );
+    let (status, body) = app
+        .send(
+            Method::POST,
+            "/auth/login",
+            None,
+            Some(json!({ "login": "leaver@example.com", "password": "password-1" })),
+        )
+        .await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::UNAUTHORIZED),
+        "unauthorized"
+    );
+    // Enabled again, it signs in; only an admin may do either, and not to itself.
+    let (status, _) = app
+        .put(
+            &format!("/users/{id}/status"),
+            &app.admin,
+            json!({ "status": "active" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let token = app.login("leaver@example.com", "password-1").await;
+    let (status, body) = app
+        .put(
+            &format!("/users/{id}/status"),
+            &token,
+            json!({ "status": "disabled" }),
+        )
+        .await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::FORBIDDEN),
+        "forbidden"
+    );
+    let (status, me) = app.get("/auth/me", &app.admin).await;
+    assert_eq!(status, StatusCode::OK);
+    let admin_id = me["id"].as_i64().unwrap();
+    let (status, body) = app
+        .put(
+            &format!("/users/{admin_id}/status"),
+            &app.admin,
+            json!({ "status": "disabled" }),
+        )
+        .await;
+    assert_eq!(error_code(status, &body, StatusCode::CONFLICT), "conflict");
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_user_deleted_in_the_database_loses_its_token_within_the_role_cache_lifetime() {
+    use sqlx::Connection;
+    let app = TestApp::spawn().await;
+    let (id, token) = app.customer("gone@example.com").await;
+    assert_eq!(app.get("/auth/me", &token).await.0, StatusCode::OK);
+    let mut db = sqlx::PgConnection::connect(&database_url(&app.database))
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM users WHERE id = $1")
+        .bind(id)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    tokio::time::sleep(stockline::auth::ROLE_FRESH_FOR).await;
+    let (status, body) = app.get("/auth/me", &token).await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::UNAUTHORIZED),
+        "unauthorized"
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn revocations_of_tokens_that_expired_anyway_are_swept_from_memory() {
+    let database = fresh_database();
+    let pool = stockline::store::connect_and_migrate(&database_url(&database))
+        .await
+        .unwrap();
+    let auth = stockline::auth::Auth::load(&pool, None, std::time::Duration::from_secs(1), 4)
+        .await
+        .unwrap();
+    let user: i64 = sqlx::query_scalar(
+        "INSERT INTO users (email, name, password_hash) VALUES ('r@example.com', 'R', 'x') RETURNING id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    for _ in 0..50 {
+        let token = auth.issue(user).unwrap();
+        let identity = auth.identify(&pool, &token).await.unwrap();
+        auth.revoke(&pool, &identity).await.unwrap();
+    }
+    assert_eq!(auth.tracked().0, 50);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    auth.sweep();
+    assert_eq!(auth.tracked().0, 0, "expired revocations are gone");
+    pool.close().await;
+    drop_database(&database).await;
+}

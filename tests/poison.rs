@@ -207,7 +207,12 @@ async fn a_record_postgresql_refuses_goes_to_dead_letters_and_the_rest_of_its_ba
     records.extend((21..=40).map(|q| movement(2, q)));
     let poisoned_lsn = 21;
     buffer.append(records);
-    let flusher = Flusher::spawn(pool.clone(), buffer.clone(), Duration::ZERO);
+    let flusher = Flusher::spawn(
+        pool.clone(),
+        buffer.clone(),
+        Duration::ZERO,
+        tokio_util::sync::CancellationToken::new(),
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while buffer.backlog() > 0 {
         assert!(

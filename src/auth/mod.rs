@@ -1,10 +1,11 @@
 //! Who is asking: passwords (bcrypt, off the async threads), tokens (HS256 JWTs with a
 //! `jti`, revocable), roles, and TOTP.
 //!
-//! A token names its user; the user's role is read from a cache in front of the `users`
-//! table, so a role change takes effect on the next request, not the next login.
+//! A token names its user; the user's role (and whether the user is still there and not
+//! disabled) is read from a short-lived cache in front of the `users` table: a change made
+//! through the API takes effect on the next request, one made in the database directly
+//! within [`ROLE_FRESH_FOR`].
 
-pub mod extractor;
 pub mod lockout;
 pub mod password;
 pub mod totp;
@@ -18,7 +19,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::http::error::{AppError, Result};
+use crate::error::{AppError, Result};
+
+/// How long a cached role is trusted before the `users` table is asked again.
+pub const ROLE_FRESH_FOR: Duration = Duration::from_secs(5);
 
 /// What a user may do; each role includes the ones before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -85,8 +89,8 @@ pub struct Auth {
     pub dummy_hash: String,
     /// Logged-out tokens (by `jti`) until they expire; also kept in `revoked_tokens`.
     revoked: DashMap<Uuid, DateTime<Utc>>,
-    /// Role per user id, filled on first sight and on every change.
-    roles: DashMap<i64, Role>,
+    /// Role per user id and when it was read, filled on first sight and on every change.
+    roles: DashMap<i64, (Role, std::time::Instant)>,
     /// Failed logins per account.
     pub lockout: lockout::Lockout,
 }
@@ -181,24 +185,57 @@ impl Auth {
     }
 
     async fn role_of(&self, pool: &PgPool, user_id: i64) -> Result<Role> {
-        if let Some(role) = self.roles.get(&user_id) {
-            return Ok(*role);
+        if let Some(cached) = self.roles.get(&user_id) {
+            let (role, read_at) = *cached;
+            if read_at.elapsed() < ROLE_FRESH_FOR {
+                return Ok(role);
+            }
         }
-        let role: Option<String> = sqlx::query_scalar("SELECT role FROM users WHERE id = $1")
-            .bind(user_id)
-            .fetch_optional(pool)
-            .await?;
-        let role = role
-            .as_deref()
-            .and_then(Role::parse)
-            .ok_or_else(|| AppError::unauthorized("the token's user no longer exists"))?;
-        self.roles.insert(user_id, role);
+        let row: Option<(String, bool)> =
+            sqlx::query_as("SELECT role, disabled_at IS NOT NULL FROM users WHERE id = $1")
+                .bind(user_id)
+                .fetch_optional(pool)
+                .await?;
+        let Some((role, disabled)) = row else {
+            self.roles.remove(&user_id);
+            return Err(AppError::unauthorized("the token's user no longer exists"));
+        };
+        if disabled {
+            self.roles.remove(&user_id);
+            return Err(AppError::unauthorized("the token's user is disabled"));
+        }
+        let role = Role::parse(&role)
+            .ok_or_else(|| AppError::Internal(format!("stored role {role:?}")))?;
+        self.roles
+            .insert(user_id, (role, std::time::Instant::now()));
         Ok(role)
     }
 
     /// Records a role change made in the database.
     pub fn set_role(&self, user_id: i64, role: Role) {
-        self.roles.insert(user_id, role);
+        self.roles
+            .insert(user_id, (role, std::time::Instant::now()));
+    }
+
+    /// Forgets what is cached of a user (disabled or enabled): its next request reads
+    /// the `users` table.
+    pub fn forget(&self, user_id: i64) {
+        self.roles.remove(&user_id);
+    }
+
+    /// Drops revocations of tokens that have expired anyway, stale cached roles and quiet
+    /// lockout entries.
+    pub fn sweep(&self) {
+        let now = Utc::now();
+        self.revoked.retain(|_, expires_at| *expires_at > now);
+        self.roles
+            .retain(|_, (_, read_at)| read_at.elapsed() < ROLE_FRESH_FOR);
+        self.lockout.sweep();
+    }
+
+    /// Entries in the revocation and role maps (for tests of the sweep).
+    pub fn tracked(&self) -> (usize, usize) {
+        (self.revoked.len(), self.roles.len())
     }
 
     /// Refuses the token from now on, also after a restart.

@@ -1,6 +1,6 @@
 //! bcrypt hashing, run on the blocking pool: a hash at cost 12 takes ~250 ms of CPU.
 
-use crate::http::error::{AppError, Result};
+use crate::error::{AppError, Result};
 
 pub async fn hash(password: String, cost: u32) -> Result<String> {
     tokio::task::spawn_blocking(move || bcrypt::hash(password, cost))

@@ -2,7 +2,7 @@
 
 use totp_rs::{Builder, Secret, Totp};
 
-use crate::http::error::{AppError, Result};
+use crate::error::{AppError, Result};
 
 /// A new random secret, base32.
 pub fn new_secret() -> String {

@@ -10,12 +10,12 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::error::{AppError, Result};
 use super::extract::{Json, text};
 use super::users::{self, User};
-use crate::auth::extractor::Caller;
 use crate::auth::{Role, password, totp};
-use crate::startup::AppState;
+use crate::error::{AppError, Result};
+use crate::http::AppState;
+use crate::http::caller::Caller;
 
 pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
     let limited = OpenApiRouter::new()
@@ -114,7 +114,8 @@ struct LoginAnswer {
     user: User,
 }
 
-type Credentials = (i64, String, bool, Option<String>);
+/// id, password hash, TOTP enabled, TOTP secret, disabled.
+type Credentials = (i64, String, bool, Option<String>, bool);
 
 #[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = Login, responses((status = 200, body = LoginAnswer), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "invalid_credentials or totp_required", body = ErrorBody), (status = 429, description = "Too many attempts from this address, or this account is locked after repeated failures; Retry-After says for how long", body = ErrorBody)))]
 async fn login(
@@ -122,7 +123,7 @@ async fn login(
     Json(body): Json<Login>,
 ) -> Result<Json<LoginAnswer>> {
     let found: Option<Credentials> = sqlx::query_as(
-        "SELECT id, password_hash, totp_enabled, totp_secret FROM users
+        "SELECT id, password_hash, totp_enabled, totp_secret, disabled_at IS NOT NULL FROM users
          WHERE lower(email) = lower($1) OR phone = $1 LIMIT 1",
     )
     .bind(body.login.trim())
@@ -134,7 +135,7 @@ async fn login(
             retry_after_secs: wait.as_secs_f64().ceil() as u64,
         });
     }
-    let hash = found.as_ref().map(|(_, hash, _, _)| hash.clone());
+    let hash = found.as_ref().map(|(_, hash, ..)| hash.clone());
     // The same answer, after the same work, for an unknown login and a wrong password.
     if !password::verify(body.password, hash, &state.auth.dummy_hash).await? {
         if let Some((id, ..)) = &found {
@@ -145,11 +146,14 @@ async fn login(
             message: "wrong login or password".into(),
         });
     }
-    let Some((id, _, totp_enabled, secret)) = found else {
+    let Some((id, _, totp_enabled, secret, disabled)) = found else {
         return Err(AppError::Internal(
             "verified a login that was not found".into(),
         ));
     };
+    if disabled {
+        return Err(AppError::unauthorized("this account is disabled"));
+    }
     if totp_enabled {
         let user = users::find(&state.db, id).await?;
         let secret =

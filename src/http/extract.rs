@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Number;
 
-use super::error::{AppError, Result};
+use crate::error::{AppError, Result};
 
 /// `axum::Json`, rejecting with the contract's error body.
 #[derive(FromRequest)]

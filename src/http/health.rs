@@ -7,8 +7,8 @@ use std::time::Duration;
 use axum::extract::State;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::error::{AppError, Result};
-use crate::startup::AppState;
+use crate::error::{AppError, Result};
+use crate::http::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -24,8 +24,8 @@ use stockline_actors::journal::IdempotencyRecord;
 use stockline_actors::{Journal, Lsn, Record};
 use tokio::sync::Notify;
 
-use super::error::{AppError, Result};
-use crate::startup::AppState;
+use crate::error::{AppError, Result};
+use crate::http::AppState;
 
 /// How long answers stay in memory.
 const IN_MEMORY: Duration = Duration::from_secs(3600);

@@ -1,7 +1,7 @@
 //! The axum edge: one file per resource, each with its own `router()`, merged here.
 
 mod auth;
-pub mod error;
+pub mod caller;
 pub mod extract;
 mod health;
 pub mod idempotency;
@@ -12,6 +12,7 @@ mod products;
 pub mod rate_limit;
 mod reservations;
 pub mod serve;
+mod state;
 mod stock;
 mod storable;
 mod transfers;
@@ -26,8 +27,8 @@ use axum::http::{StatusCode, header};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::startup::AppState;
-use error::AppError;
+use crate::error::AppError;
+pub use state::{AppState, StoreState};
 
 pub use auth::{email as auth_email, password_ok as auth_password_ok};
 pub use operations::recorder as metrics_recorder;

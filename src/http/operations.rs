@@ -12,13 +12,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::error::{AppError, Result};
 use super::extract::{Json, List, Page, Query};
 use super::openapi::ErrorBody;
 use crate::auth::Role;
-use crate::auth::extractor::Caller;
 use crate::config::Durability;
-use crate::startup::AppState;
+use crate::error::{AppError, Result};
+use crate::http::AppState;
+use crate::http::caller::Caller;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

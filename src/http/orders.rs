@@ -20,13 +20,13 @@ use stockline_actors::{
 };
 use uuid::Uuid;
 
-use super::error::{AppError, Result};
 use super::extract::{Json, List, Page, Path, Query, int_in, quantity, text};
 use super::idempotency::{self, Answer, Idempotent};
-use crate::auth::extractor::Caller;
 use crate::auth::{Identity, Role};
-use crate::orders::{Order, OrderItem, STATUSES, Slot, with_items};
-use crate::startup::AppState;
+use crate::error::{AppError, Result};
+use crate::http::AppState;
+use crate::http::caller::Caller;
+use crate::orders::{IllegalStep, Order, OrderItem, OrderStatus, Slot, with_items};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -118,7 +118,7 @@ async fn place(state: &AppState, caller: Identity, body: CreateOrder) -> Result<
     let order = Order {
         id,
         user_id: caller.user_id,
-        status: "pending_payment",
+        status: OrderStatus::PendingPayment,
         items,
         total_cents: total,
         reservation_id: reservation.id.0,
@@ -169,15 +169,25 @@ fn settled_or_expired(
     match outcome {
         Ok((_, lsn)) => Ok(lsn),
         Err(CoreError::ReservationNotPending { .. } | CoreError::ReservationNotFound) => {
-            order.step("expired", &**state.core.journal());
-            slot.mark_closed();
-            Err(not_pending("expired"))
+            slot.expire(order, &**state.core.journal());
+            Err(not_pending(order.status))
         }
         Err(other) => Err(other.into()),
     }
 }
 
-fn not_pending(status: &str) -> AppError {
+/// An illegal step asked for by an operator (`PATCH /orders/{id}/status`).
+impl From<IllegalStep> for AppError {
+    fn from(step: IllegalStep) -> Self {
+        AppError::Conflict {
+            code: "conflict",
+            message: step.to_string(),
+            details: json!({ "status": step.from, "requested": step.to }),
+        }
+    }
+}
+
+fn not_pending(status: OrderStatus) -> AppError {
     AppError::Conflict {
         code: "order_not_pending",
         message: format!("the order is {status}"),
@@ -207,7 +217,11 @@ async fn list(
     Caller(caller): Caller,
     Query(filter): Query<Filter>,
 ) -> Result<Json<List<Order>>> {
-    if let Some(s) = filter.status.as_deref().filter(|s| !STATUSES.contains(s)) {
+    if let Some(s) = filter
+        .status
+        .as_deref()
+        .filter(|s| OrderStatus::parse(s).is_none())
+    {
         return Err(AppError::validation(
             "status",
             format!("unknown status {s}"),
@@ -263,7 +277,7 @@ async fn settle_payment(state: &AppState, caller: Identity, id: Uuid, body: Pay)
     let amount = int_in(&body.amount_cents, "amount_cents", 0..=i64::MAX)?;
     let slot = open_slot(state, &caller, id).await?;
     let mut order = slot.order.lock().await;
-    if order.status != "pending_payment" {
+    if order.status != OrderStatus::PendingPayment {
         return Err(not_pending(order.status));
     }
     if amount != order.total_cents {
@@ -287,7 +301,7 @@ async fn settle_payment(state: &AppState, caller: Identity, id: Uuid, body: Pay)
         created_at: stockline_actors::types::now(),
     };
     state.core.journal().append(vec![Record::Payment(payment)]);
-    let lsn = order.step("paid", &**state.core.journal());
+    let lsn = order.step(OrderStatus::Paid, &**state.core.journal())?;
     Answer::new(StatusCode::OK, order.clone(), lsn.max(committed_lsn))
 }
 
@@ -309,7 +323,7 @@ async fn cancel_to_end(state: AppState, caller: Identity, id: Uuid) -> Result<Js
     let group = state.store.buffer.group().await;
     let mut order = slot.order.lock().await;
     let lsn = match order.status {
-        "pending_payment" => {
+        OrderStatus::PendingPayment => {
             let released = state
                 .core
                 .reservations()
@@ -317,7 +331,7 @@ async fn cancel_to_end(state: AppState, caller: Identity, id: Uuid) -> Result<Js
                 .await;
             settled_or_expired(&state, &slot, &mut order, released)?
         }
-        "paid" => {
+        OrderStatus::Paid => {
             caller.require(Role::Operator)?;
             let mut last = 0;
             for item in &order.items {
@@ -331,7 +345,9 @@ async fn cancel_to_end(state: AppState, caller: Identity, id: Uuid) -> Result<Js
         }
         other => return Err(not_pending(other)),
     };
-    let lsn = order.step("cancelled", &**state.core.journal()).max(lsn);
+    let lsn = order
+        .step(OrderStatus::Cancelled, &**state.core.journal())?
+        .max(lsn);
     slot.mark_closed();
     let answer = order.clone();
     drop(order);
@@ -346,6 +362,37 @@ struct Step {
     tracking_number: Option<String>,
 }
 
+/// A shipping step, parsed: the status an operator may set, and the tracking number.
+struct Shipping {
+    next: OrderStatus,
+    tracking_number: Option<String>,
+}
+
+impl TryFrom<Step> for Shipping {
+    type Error = AppError;
+
+    fn try_from(body: Step) -> Result<Self> {
+        let next = match OrderStatus::parse(&body.status) {
+            Some(next @ (OrderStatus::Shipped | OrderStatus::Delivered)) => next,
+            _ => {
+                return Err(AppError::validation(
+                    "status",
+                    "must be shipped or delivered",
+                ));
+            }
+        };
+        let tracking_number = body
+            .tracking_number
+            .as_deref()
+            .map(|t| text(t, "tracking_number", 128))
+            .transpose()?;
+        Ok(Self {
+            next,
+            tracking_number,
+        })
+    }
+}
+
 #[utoipa::path(patch, path = "/orders/{id}/status", tag = "orders", security(("bearer" = [])), params(("id" = Uuid, Path)), request_body = Step, responses((status = 200, body = Order), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "An illegal step", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn set_status(
     State(state): State<AppState>,
@@ -354,39 +401,21 @@ async fn set_status(
     Json(body): Json<Step>,
 ) -> Result<Json<Order>> {
     caller.require(Role::Operator)?;
-    let next: &'static str = match body.status.as_str() {
-        "shipped" => "shipped",
-        "delivered" => "delivered",
-        _ => {
-            return Err(AppError::validation(
-                "status",
-                "must be shipped or delivered",
-            ));
-        }
-    };
-    let tracking = body
-        .tracking_number
-        .as_deref()
-        .map(|t| text(t, "tracking_number", 128))
-        .transpose()?;
+    let step = Shipping::try_from(body)?;
     let slot = open_slot(&state, &caller, id).await?;
     let mut order = slot.order.lock().await;
-    let allowed = matches!(
-        (order.status, next),
-        ("paid", "shipped") | ("shipped", "delivered")
-    );
-    if !allowed {
-        return Err(AppError::Conflict {
-            code: "conflict",
-            message: format!("an order cannot go from {} to {next}", order.status),
-            details: json!({ "status": order.status, "requested": next }),
-        });
+    if !order.status.can_become(step.next) {
+        return Err(IllegalStep {
+            from: order.status,
+            to: step.next,
+        }
+        .into());
     }
-    if tracking.is_some() {
-        order.tracking_number = tracking;
+    if step.tracking_number.is_some() {
+        order.tracking_number = step.tracking_number;
     }
-    let lsn = order.step(next, &**state.core.journal());
-    if next == "delivered" {
+    let lsn = order.step(step.next, &**state.core.journal())?;
+    if !order.is_open() {
         slot.mark_closed();
     }
     let answer = order.clone();

@@ -11,12 +11,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Number;
 use sqlx::FromRow;
 
-use super::error::{AppError, Result, on_constraint};
 use super::extract::{Json, List, Page, Path, Query, int_in, int_opt, text, text_opt};
 use crate::auth::Role;
-use crate::auth::extractor::Caller;
 use crate::catalog::ProductInfo;
-use crate::startup::AppState;
+use crate::error::{AppError, Result, on_constraint};
+use crate::http::AppState;
+use crate::http::caller::Caller;
 
 #[derive(Debug, Serialize, FromRow, ToSchema)]
 pub struct Product {

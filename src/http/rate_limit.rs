@@ -3,7 +3,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
@@ -11,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use super::error::AppError;
-use crate::startup::AppState;
+use crate::error::AppError;
+use crate::http::AppState;
 
 /// Attempts per client address.
 pub struct AuthLimiter(DefaultKeyedRateLimiter<IpAddr>);
@@ -27,6 +26,16 @@ impl AuthLimiter {
     /// Forgets addresses that are back to a full allowance.
     pub fn sweep(&self) {
         self.0.retain_recent();
+        self.0.shrink_to_fit();
+    }
+
+    /// Addresses tracked now.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -51,4 +60,21 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
     }
 }
 
-pub type Shared = Arc<AuthLimiter>;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_back_at_a_full_allowance_are_swept() {
+        // One attempt a millisecond: a millisecond later every address is back at full.
+        let limiter = AuthLimiter::new(60_000);
+        for i in 0..1000u32 {
+            let address = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            assert!(limiter.0.check_key(&address).is_ok());
+        }
+        assert_eq!(limiter.len(), 1000);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        limiter.sweep();
+        assert!(limiter.is_empty(), "{} addresses left", limiter.len());
+    }
+}

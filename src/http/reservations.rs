@@ -17,12 +17,12 @@ use uuid::Uuid;
 
 use axum::response::Response;
 
-use super::error::{AppError, Result};
 use super::extract::{Json, Path, int_in, quantity, text};
 use super::idempotency::{self, Answer, Idempotent};
 use crate::auth::Role;
-use crate::auth::extractor::Caller;
-use crate::startup::AppState;
+use crate::error::{AppError, Result};
+use crate::http::AppState;
+use crate::http::caller::Caller;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

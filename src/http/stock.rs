@@ -16,12 +16,12 @@ use stockline_actors::{LineKey, LineSnapshot};
 use axum::http::StatusCode;
 use axum::response::Response;
 
-use super::error::{AppError, Result};
 use super::extract::{Json, List, Page, Path, Query, int_in};
 use super::idempotency::{self, Answer, Idempotent};
 use crate::auth::Role;
-use crate::auth::extractor::Caller;
-use crate::startup::AppState;
+use crate::error::{AppError, Result};
+use crate::http::AppState;
+use crate::http::caller::Caller;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -17,7 +17,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use super::error::AppError;
+use crate::error::AppError;
 
 /// The middleware.
 pub async fn refuse_nul(request: Request, next: Next) -> Response {

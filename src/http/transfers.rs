@@ -15,12 +15,12 @@ use sqlx::FromRow;
 use stockline_actors::TransferRequest;
 use uuid::Uuid;
 
-use super::error::{AppError, Result};
 use super::extract::{Json, List, Page, Query, quantity};
 use super::idempotency::{self, Answer, Idempotent};
 use crate::auth::Role;
-use crate::auth::extractor::Caller;
-use crate::startup::AppState;
+use crate::error::{AppError, Result};
+use crate::http::AppState;
+use crate::http::caller::Caller;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list, create))

@@ -13,11 +13,11 @@ use serde_json::Number;
 use sqlx::FromRow;
 use stockline_actors::WarehouseInfo;
 
-use super::error::{AppError, Result, on_constraint};
 use super::extract::{Json, List, Page, Path, Query, int_in, text, text_opt};
 use crate::auth::Role;
-use crate::auth::extractor::Caller;
-use crate::startup::AppState;
+use crate::error::{AppError, Result, on_constraint};
+use crate::http::AppState;
+use crate::http::caller::Caller;
 
 #[derive(Debug, Serialize, FromRow, ToSchema)]
 pub struct Warehouse {

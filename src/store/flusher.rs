@@ -73,18 +73,24 @@ pub struct Flusher {
 }
 
 impl Flusher {
-    pub fn spawn(pool: PgPool, buffer: Arc<JournalBuffer>, gather: Duration) -> Self {
+    /// Starts flushing `buffer`; once `stop` is cancelled it writes what is left and ends.
+    pub fn spawn(
+        pool: PgPool,
+        buffer: Arc<JournalBuffer>,
+        gather: Duration,
+        stop: CancellationToken,
+    ) -> Self {
         let stats = Arc::new(FlushStats {
             healthy: AtomicBool::new(true),
             ..FlushStats::default()
         });
-        let stop = CancellationToken::new();
         let task = tokio::spawn(run(pool, buffer, gather, stats.clone(), stop.clone()));
         Self { stats, stop, task }
     }
 
-    /// Writes everything still buffered, then ends. False if some records could not be
-    /// written within the grace period (the database stayed down).
+    /// Stops (cancelling its token, if not yet), writes everything still buffered, then
+    /// ends. False if some records could not be written within the grace period (the
+    /// database stayed down).
     pub async fn finish(self) -> bool {
         self.stop.cancel();
         self.task.await.unwrap_or(false)

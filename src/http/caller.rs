@@ -4,9 +4,9 @@ use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
-use super::Identity;
-use crate::http::error::AppError;
-use crate::startup::AppState;
+use super::AppState;
+use crate::auth::Identity;
+use crate::error::AppError;
 
 /// The authenticated caller; a handler that takes it refuses anonymous requests with 401.
 #[derive(Clone, Copy, Debug)]

@@ -1,0 +1,71 @@
+//! What every request handler can reach: [`AppState`], built once at start-up and passed
+//! to the router with `Router::with_state`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use stockline_actors::{Core, DurableWatch, JournalBuffer, Lsn};
+
+use super::idempotency::Answers;
+use super::rate_limit::AuthLimiter;
+use crate::auth::Auth;
+use crate::catalog::Catalog;
+use crate::config::{Config, Durability};
+use crate::error::{AppError, Result};
+use crate::orders::Orders;
+use crate::store::flusher::FlushStats;
+
+/// The write-behind side, as handlers and operators see it.
+pub struct StoreState {
+    pub buffer: Arc<JournalBuffer>,
+    pub flush: Arc<FlushStats>,
+    pub durable: DurableWatch,
+}
+
+/// What every request handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: PgPool,
+    pub core: Arc<Core>,
+    pub auth: Arc<Auth>,
+    pub catalog: Arc<Catalog>,
+    pub store: Arc<StoreState>,
+    /// Answers to idempotent requests, by user and key.
+    pub answers: Arc<Answers>,
+    pub orders: Arc<Orders>,
+    /// Login and register attempts per client address.
+    pub auth_limiter: Arc<AuthLimiter>,
+    /// This server's metrics, rendered at `GET /metrics`.
+    pub metrics: Arc<metrics_exporter_prometheus::PrometheusRecorder>,
+}
+
+impl AppState {
+    /// In `sync` mode, waits until the records up to `lsn` are committed; in `async` mode,
+    /// returns at once. A change still not durable after a while answers 503: it may yet
+    /// land, which is why clients retry with the same `Idempotency-Key`.
+    pub async fn durable(&self, lsn: Lsn) -> Result<()> {
+        if self.config.durability == Durability::Async || lsn == 0 {
+            return Ok(());
+        }
+        let mut watch = self.store.durable.clone();
+        let timeout = Duration::from_millis(self.config.durable_timeout_ms);
+        match tokio::time::timeout(timeout, watch.wait_for(lsn)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(AppError::Unavailable(
+                "the change was accepted but the store has not confirmed it yet; retry with the same Idempotency-Key".into(),
+            )),
+        }
+    }
+
+    /// Forgets what no longer matters from the maps clients make grow: old idempotent
+    /// answers, closed orders, rate-limit entries back at full allowance, revocations of
+    /// tokens that expired anyway, quiet lockout entries, cached roles.
+    pub fn sweep(&self) {
+        self.answers.sweep();
+        self.orders.sweep();
+        self.auth_limiter.sweep();
+        self.auth.sweep();
+    }
+}
