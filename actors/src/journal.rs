@@ -31,6 +31,20 @@ pub enum MovementKind {
 }
 
 impl MovementKind {
+    pub const ALL: [Self; 7] = [
+        Self::Adjust,
+        Self::Reserve,
+        Self::Release,
+        Self::Expire,
+        Self::Commit,
+        Self::TransferOut,
+        Self::TransferIn,
+    ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Adjust => "adjust",

@@ -140,7 +140,26 @@ impl LineState {
         let before = (self.on_hand, self.reserved);
         self.reserved = held;
         self.on_hand = self.on_hand.max(held);
+        self.assert_invariants();
         before != (self.on_hand, self.reserved)
+    }
+
+    /// What is believed of every line after every message, asserted in debug builds and
+    /// tests: `reserved` is the sum of the holds and never above `on_hand`.
+    pub fn assert_invariants(&self) {
+        debug_assert_eq!(
+            self.reserved,
+            self.holds.values().sum::<u64>(),
+            "line {}: reserved is not the sum of its holds",
+            self.key
+        );
+        debug_assert!(
+            self.reserved <= self.on_hand,
+            "line {}: reserved {} over on_hand {}",
+            self.key,
+            self.reserved,
+            self.on_hand
+        );
     }
 
     /// Applies `op`. Accepted: the state changed, `version` went up by one (for stock
@@ -178,7 +197,7 @@ impl LineState {
         };
         self.version += 1;
         self.updated_at = now;
-        debug_assert!(self.reserved <= self.on_hand);
+        self.assert_invariants();
         Ok(Some(change))
     }
 

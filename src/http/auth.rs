@@ -77,7 +77,7 @@ fn phone(value: &str) -> Result<String> {
     Ok(value.to_owned())
 }
 
-#[utoipa::path(post, path = "/auth/register", tag = "auth", request_body = Register, responses((status = 201, description = "The new user, as `{\"user\": User}`", body = Object), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 409, description = "Email or phone taken", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody), (status = 429, description = "Too many attempts", body = ErrorBody)))]
+#[utoipa::path(post, path = "/auth/register", tag = "auth", request_body = Register, responses((status = 201, description = "The new user, as `{\"user\": User}`", body = Object), (status = 409, description = "Email or phone taken", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody), (status = 429, description = "Too many attempts", body = ErrorBody)))]
 async fn register(
     State(state): State<AppState>,
     Json(body): Json<Register>,
@@ -117,7 +117,7 @@ struct LoginAnswer {
 /// id, password hash, TOTP enabled, TOTP secret, disabled.
 type Credentials = (i64, String, bool, Option<String>, bool);
 
-#[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = Login, responses((status = 200, body = LoginAnswer), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "invalid_credentials or totp_required", body = ErrorBody), (status = 429, description = "Too many attempts from this address, or this account is locked after repeated failures; Retry-After says for how long", body = ErrorBody)))]
+#[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = Login, responses((status = 200, body = LoginAnswer), (status = 401, description = "invalid_credentials or totp_required", body = ErrorBody), (status = 429, description = "Too many attempts from this address, or this account is locked after repeated failures; Retry-After says for how long", body = ErrorBody)))]
 async fn login(
     State(state): State<AppState>,
     Json(body): Json<Login>,
@@ -182,18 +182,18 @@ async fn login(
     }))
 }
 
-#[utoipa::path(post, path = "/auth/logout", tag = "auth", security(("bearer" = [])), responses((status = 204, description = "The token is refused from now on"), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody)))]
+#[utoipa::path(post, path = "/auth/logout", tag = "auth", security(("bearer" = [])), responses((status = 204, description = "The token is refused from now on")))]
 async fn logout(State(state): State<AppState>, Caller(caller): Caller) -> Result<StatusCode> {
     state.auth.revoke(&state.db, &caller).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(get, path = "/auth/me", tag = "auth", security(("bearer" = [])), responses((status = 200, body = User), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody)))]
+#[utoipa::path(get, path = "/auth/me", tag = "auth", security(("bearer" = [])), responses((status = 200, body = User)))]
 async fn me(State(state): State<AppState>, Caller(caller): Caller) -> Result<Json<User>> {
     Ok(Json(users::find(&state.db, caller.user_id).await?))
 }
 
-#[utoipa::path(post, path = "/auth/totp/setup", tag = "auth", security(("bearer" = [])), responses((status = 200, description = "`{\"secret\", \"otpauth_uri\"}`", body = Object), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody)))]
+#[utoipa::path(post, path = "/auth/totp/setup", tag = "auth", security(("bearer" = [])), responses((status = 200, description = "`{\"secret\", \"otpauth_uri\"}`", body = Object)))]
 async fn totp_setup(State(state): State<AppState>, Caller(caller): Caller) -> Result<Json<Value>> {
     let user = users::find(&state.db, caller.user_id).await?;
     let secret = totp::new_secret();
@@ -211,7 +211,7 @@ struct Verify {
     code: String,
 }
 
-#[utoipa::path(post, path = "/auth/totp/verify", tag = "auth", security(("bearer" = [])), request_body = Verify, responses((status = 200, description = "`{\"totp_enabled\": true}`", body = Object), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 409, description = "No setup to verify", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
+#[utoipa::path(post, path = "/auth/totp/verify", tag = "auth", security(("bearer" = [])), request_body = Verify, responses((status = 200, description = "`{\"totp_enabled\": true}`", body = Object), (status = 409, description = "No setup to verify", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn totp_verify(
     State(state): State<AppState>,
     Caller(caller): Caller,

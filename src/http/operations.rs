@@ -57,7 +57,7 @@ struct ActorQuery {
     params(("sort" = Option<String>, Query, description = "messages_handled (default), mailbox_len or last_message_at; highest first"),
            ("limit" = Option<i64>, Query), ("offset" = Option<i64>, Query)),
     responses((status = 200, description = "`{items: [Actor], total}`", body = Object),
-              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+              (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn actors(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -130,7 +130,7 @@ struct DeadLetter {
 }
 
 #[utoipa::path(get, path = "/admin/persistence", tag = "operations", security(("bearer" = [])),
-    responses((status = 200, body = Persistence), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = Persistence), (status = 403, body = ErrorBody)))]
 async fn persistence(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -177,7 +177,7 @@ struct LowStock {
 
 #[utoipa::path(get, path = "/alerts/low-stock", tag = "operations", security(("bearer" = [])),
     responses((status = 200, description = "`{items: [LowStock], total}`: lines of active warehouses of products whose total available is under their threshold", body = Object),
-              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+              (status = 403, body = ErrorBody)))]
 async fn low_stock(
     State(state): State<AppState>,
     Caller(caller): Caller,

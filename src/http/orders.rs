@@ -55,7 +55,7 @@ struct OrderItemBody {
 
 const MAX_ITEMS: usize = 100;
 
-#[utoipa::path(post, path = "/orders", tag = "orders", security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; repeats answer the first answer")), request_body = CreateOrder, responses((status = 201, body = Order), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "insufficient_stock", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
+#[utoipa::path(post, path = "/orders", tag = "orders", security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; repeats answer the first answer")), request_body = CreateOrder, responses((status = 201, body = Order), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "insufficient_stock", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -195,7 +195,7 @@ fn not_pending(status: OrderStatus) -> AppError {
     }
 }
 
-#[utoipa::path(get, path = "/orders/{id}", tag = "orders", security(("bearer" = [])), params(("id" = Uuid, Path)), responses((status = 200, body = Order), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 404, description = "Unknown, or another customer's", body = ErrorBody)))]
+#[utoipa::path(get, path = "/orders/{id}", tag = "orders", security(("bearer" = [])), params(("id" = Uuid, Path)), responses((status = 200, body = Order), (status = 404, description = "Unknown, or another customer's", body = ErrorBody)))]
 async fn read(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -211,7 +211,7 @@ struct Filter {
     offset: Option<i64>,
 }
 
-#[utoipa::path(get, path = "/orders", tag = "orders", security(("bearer" = [])), params(("status" = Option<String>, Query), ("limit" = Option<i64>, Query, description = "At most 500, default 50"), ("offset" = Option<i64>, Query)), responses((status = 200, description = "`{items: [Order], total}`; a customer sees its own", body = Object), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
+#[utoipa::path(get, path = "/orders", tag = "orders", security(("bearer" = [])), params(("status" = Option<String>, Query), ("limit" = Option<i64>, Query, description = "At most 500, default 50"), ("offset" = Option<i64>, Query)), responses((status = 200, description = "`{items: [Order], total}`; a customer sees its own", body = Object), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -258,7 +258,7 @@ struct Pay {
     amount_cents: Number,
 }
 
-#[utoipa::path(post, path = "/orders/{id}/pay", tag = "orders", security(("bearer" = [])), params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; repeats answer the first answer")), request_body = Pay, responses((status = 200, body = Order), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "order_not_pending (expired, cancelled, paid)", body = ErrorBody), (status = 422, description = "amount_cents differs from total_cents", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
+#[utoipa::path(post, path = "/orders/{id}/pay", tag = "orders", security(("bearer" = [])), params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; repeats answer the first answer")), request_body = Pay, responses((status = 200, body = Order), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "order_not_pending (expired, cancelled, paid)", body = ErrorBody), (status = 422, description = "amount_cents differs from total_cents", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
 async fn pay(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -305,7 +305,7 @@ async fn settle_payment(state: &AppState, caller: Identity, id: Uuid, body: Pay)
     Answer::new(StatusCode::OK, order.clone(), lsn.max(committed_lsn))
 }
 
-#[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders", security(("bearer" = [])), params(("id" = Uuid, Path)), responses((status = 200, body = Order), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "A paid order is cancelled by an operator only", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "order_not_pending", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
+#[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders", security(("bearer" = [])), params(("id" = Uuid, Path)), responses((status = 200, body = Order), (status = 403, description = "A paid order is cancelled by an operator only", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "order_not_pending", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
 async fn cancel(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -393,7 +393,7 @@ impl TryFrom<Step> for Shipping {
     }
 }
 
-#[utoipa::path(patch, path = "/orders/{id}/status", tag = "orders", security(("bearer" = [])), params(("id" = Uuid, Path)), request_body = Step, responses((status = 200, body = Order), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "An illegal step", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
+#[utoipa::path(patch, path = "/orders/{id}/status", tag = "orders", security(("bearer" = [])), params(("id" = Uuid, Path)), request_body = Step, responses((status = 200, body = Order), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "An illegal step", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn set_status(
     State(state): State<AppState>,
     Caller(caller): Caller,

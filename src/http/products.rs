@@ -51,7 +51,7 @@ struct CreateProduct {
     low_stock_threshold: Option<Number>,
 }
 
-#[utoipa::path(post, path = "/products", tag = "catalog", security(("bearer" = [])), request_body = CreateProduct, responses((status = 201, body = Product), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 409, description = "The sku is taken", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
+#[utoipa::path(post, path = "/products", tag = "catalog", security(("bearer" = [])), request_body = CreateProduct, responses((status = 201, body = Product), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 409, description = "The sku is taken", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -97,7 +97,7 @@ struct Search {
     offset: Option<i64>,
 }
 
-#[utoipa::path(get, path = "/products", tag = "catalog", security(("bearer" = [])), params(("q" = Option<String>, Query, description = "Name or sku contains"), ("limit" = Option<i64>, Query, description = "At most 500, default 50"), ("offset" = Option<i64>, Query)), responses((status = 200, description = "`{items: [Product], total}`", body = Object), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
+#[utoipa::path(get, path = "/products", tag = "catalog", security(("bearer" = [])), params(("q" = Option<String>, Query, description = "Name or sku contains"), ("limit" = Option<i64>, Query, description = "At most 500, default 50"), ("offset" = Option<i64>, Query)), responses((status = 200, description = "`{items: [Product], total}`", body = Object), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
     Caller(_caller): Caller,
@@ -137,7 +137,7 @@ pub async fn find(state: &AppState, id: i64) -> Result<Product> {
     .ok_or_else(|| AppError::NotFound(format!("product {id}")))
 }
 
-#[utoipa::path(get, path = "/products/{id}", tag = "catalog", security(("bearer" = [])), params(("id" = i64, Path, description = "Id")), responses((status = 200, body = Product), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody)))]
+#[utoipa::path(get, path = "/products/{id}", tag = "catalog", security(("bearer" = [])), params(("id" = i64, Path, description = "Id")), responses((status = 200, body = Product), (status = 404, description = "Unknown id", body = ErrorBody)))]
 async fn read(
     State(state): State<AppState>,
     Caller(_caller): Caller,
@@ -157,7 +157,7 @@ struct UpdateProduct {
     low_stock_threshold: Option<Number>,
 }
 
-#[utoipa::path(patch, path = "/products/{id}", tag = "catalog", security(("bearer" = [])), params(("id" = i64, Path, description = "Id")), request_body = UpdateProduct, responses((status = 200, body = Product), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "The sku is taken", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
+#[utoipa::path(patch, path = "/products/{id}", tag = "catalog", security(("bearer" = [])), params(("id" = i64, Path, description = "Id")), request_body = UpdateProduct, responses((status = 200, body = Product), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "The sku is taken", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn update(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -194,7 +194,7 @@ async fn update(
 }
 
 /// Deleting keeps the product's ledger; refused while any line holds stock or reservations.
-#[utoipa::path(delete, path = "/products/{id}", tag = "catalog", security(("bearer" = [])), params(("id" = i64, Path, description = "Id")), responses((status = 204, description = "Deleted (its ledger is kept)"), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "It still has stock or pending reservations", body = ErrorBody)))]
+#[utoipa::path(delete, path = "/products/{id}", tag = "catalog", security(("bearer" = [])), params(("id" = i64, Path, description = "Id")), responses((status = 204, description = "Deleted (its ledger is kept)"), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "It still has stock or pending reservations", body = ErrorBody)))]
 async fn delete(
     State(state): State<AppState>,
     Caller(caller): Caller,

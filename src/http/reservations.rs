@@ -91,7 +91,7 @@ struct ReservationItemBody {
 const MAX_ITEMS: usize = 100;
 const MAX_TTL_SECS: i64 = 7 * 24 * 3600;
 
-#[utoipa::path(post, path = "/reservations", tag = "reservations", security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; repeats answer the first answer")), request_body = CreateReservation, responses((status = 201, body = ReservationBody), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "insufficient_stock (details: product_id, requested, available) or warehouse_inactive", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
+#[utoipa::path(post, path = "/reservations", tag = "reservations", security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; repeats answer the first answer")), request_body = CreateReservation, responses((status = 201, body = ReservationBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "insufficient_stock (details: product_id, requested, available) or warehouse_inactive", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -147,7 +147,7 @@ async fn reserve(state: &AppState, body: CreateReservation) -> Result<Answer> {
     Answer::new(StatusCode::CREATED, ReservationBody::from(reservation), lsn)
 }
 
-#[utoipa::path(get, path = "/reservations/{id}", tag = "reservations", security(("bearer" = [])), params(("id" = Uuid, Path)), responses((status = 200, body = ReservationBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody)))]
+#[utoipa::path(get, path = "/reservations/{id}", tag = "reservations", security(("bearer" = [])), params(("id" = Uuid, Path)), responses((status = 200, body = ReservationBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody)))]
 async fn read(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -199,7 +199,7 @@ async fn stored(state: &AppState, id: Uuid) -> Result<ReservationBody> {
     })
 }
 
-#[utoipa::path(post, path = "/reservations/{id}/commit", tag = "reservations", security(("bearer" = [])), params(("id" = Uuid, Path)), responses((status = 200, body = ReservationBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "reservation_not_pending", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
+#[utoipa::path(post, path = "/reservations/{id}/commit", tag = "reservations", security(("bearer" = [])), params(("id" = Uuid, Path)), responses((status = 200, body = ReservationBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "reservation_not_pending", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
 async fn commit(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -209,7 +209,7 @@ async fn commit(
     settle(&state, id, true).await
 }
 
-#[utoipa::path(post, path = "/reservations/{id}/release", tag = "reservations", security(("bearer" = [])), params(("id" = Uuid, Path)), responses((status = 200, body = ReservationBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "reservation_not_pending", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
+#[utoipa::path(post, path = "/reservations/{id}/release", tag = "reservations", security(("bearer" = [])), params(("id" = Uuid, Path)), responses((status = 200, body = ReservationBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "reservation_not_pending", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
 async fn release(
     State(state): State<AppState>,
     Caller(caller): Caller,

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Number, Value, json};
 use sqlx::FromRow;
+use stockline_actors::journal::MovementKind;
 use stockline_actors::{LineKey, LineSnapshot};
 
 use axum::http::StatusCode;
@@ -59,15 +60,44 @@ impl From<LineSnapshot> for StockLine {
     }
 }
 
-const REASONS: [&str; 5] = ["receipt", "correction", "damage", "count", "return"];
+/// Why stock was adjusted or counted (API.md `reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reason {
+    Receipt,
+    Correction,
+    Damage,
+    Count,
+    Return,
+}
 
-fn reason(value: &str) -> Result<String> {
-    REASONS
-        .contains(&value)
-        .then(|| value.to_owned())
-        .ok_or_else(|| {
-            AppError::validation("reason", format!("must be one of {}", REASONS.join(", ")))
-        })
+impl Reason {
+    const ALL: [Self; 5] = [
+        Self::Receipt,
+        Self::Correction,
+        Self::Damage,
+        Self::Count,
+        Self::Return,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Receipt => "receipt",
+            Self::Correction => "correction",
+            Self::Damage => "damage",
+            Self::Count => "count",
+            Self::Return => "return",
+        }
+    }
+
+    fn parse(value: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == value)
+            .ok_or_else(|| {
+                let all: Vec<_> = Self::ALL.iter().map(|r| r.as_str()).collect();
+                AppError::validation("reason", format!("must be one of {}", all.join(", ")))
+            })
+    }
 }
 
 /// The line of a live product in a known warehouse.
@@ -81,7 +111,7 @@ fn line_key(state: &AppState, warehouse_id: i64, product_id: i64) -> Result<Line
     Ok(LineKey::new(warehouse_id, product_id))
 }
 
-#[utoipa::path(get, path = "/products/{id}/availability", tag = "stock", security(("bearer" = [])), params(("id" = i64, Path)), responses((status = 200, description = "`{product_id, on_hand, reserved, available, warehouses: [...]}`; totals over active warehouses", body = Object), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody)))]
+#[utoipa::path(get, path = "/products/{id}/availability", tag = "stock", security(("bearer" = [])), params(("id" = i64, Path)), responses((status = 200, description = "`{product_id, on_hand, reserved, available, warehouses: [...]}`; totals over active warehouses", body = Object), (status = 404, description = "Unknown id", body = ErrorBody)))]
 async fn availability(
     State(state): State<AppState>,
     Caller(_caller): Caller,
@@ -127,7 +157,7 @@ async fn availability(
     })))
 }
 
-#[utoipa::path(get, path = "/warehouses/{id}/stock", tag = "stock", security(("bearer" = [])), params(("id" = i64, Path), ("limit" = Option<i64>, Query, description = "At most 500, default 50"), ("offset" = Option<i64>, Query)), responses((status = 200, description = "`{items: [StockLine], total}`", body = Object), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody)))]
+#[utoipa::path(get, path = "/warehouses/{id}/stock", tag = "stock", security(("bearer" = [])), params(("id" = i64, Path), ("limit" = Option<i64>, Query, description = "At most 500, default 50"), ("offset" = Option<i64>, Query)), responses((status = 200, description = "`{items: [StockLine], total}`", body = Object), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody)))]
 async fn warehouse_stock(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -165,7 +195,7 @@ pub struct Adjustment {
     reason: String,
 }
 
-#[utoipa::path(post, path = "/stock/adjustments", tag = "stock", security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; repeats answer the first answer")), request_body = Adjustment, responses((status = 200, body = StockLine), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "insufficient_stock: on_hand would go under reserved", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
+#[utoipa::path(post, path = "/stock/adjustments", tag = "stock", security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; repeats answer the first answer")), request_body = Adjustment, responses((status = 200, body = StockLine), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "insufficient_stock: on_hand would go under reserved", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
 async fn adjust(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -189,14 +219,14 @@ async fn apply_adjustment(
     if delta == 0 {
         return Err(AppError::validation("delta", "must not be zero"));
     }
-    let reason = reason(&body.reason)?;
+    let reason = Reason::parse(&body.reason)?.as_str().to_owned();
     let key = line_key(state, body.warehouse_id, body.product_id)?;
     let applied = state.core.adjust(key, delta, reason).await?;
     Ok((applied.snapshot.into(), applied.lsn))
 }
 
 /// Each item on its own: one refused item does not stop the others.
-#[utoipa::path(post, path = "/stock/adjustments/bulk", tag = "stock", security(("bearer" = [])), request_body = Vec<Adjustment>, responses((status = 200, description = "`{results: [{index, ok, line?, error?}]}`, each item on its own", body = Object), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
+#[utoipa::path(post, path = "/stock/adjustments/bulk", tag = "stock", security(("bearer" = [])), request_body = Vec<Adjustment>, responses((status = 200, description = "`{results: [{index, ok, line?, error?}]}`, each item on its own", body = Object), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn adjust_bulk(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -237,7 +267,7 @@ struct Level {
     expected_version: Option<Number>,
 }
 
-#[utoipa::path(put, path = "/stock/levels", tag = "stock", security(("bearer" = [])), request_body = Level, responses((status = 200, body = StockLine), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "insufficient_stock, or conflict on a stale expected_version", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
+#[utoipa::path(put, path = "/stock/levels", tag = "stock", security(("bearer" = [])), request_body = Level, responses((status = 200, body = StockLine), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "insufficient_stock, or conflict on a stale expected_version", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn set_level(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -249,7 +279,12 @@ async fn set_level(
         "on_hand",
         0..=stockline_actors::types::MAX_QUANTITY as i64,
     )?;
-    let reason = reason(body.reason.as_deref().unwrap_or("count"))?;
+    let reason = body
+        .reason
+        .as_deref()
+        .map_or(Ok(Reason::Count), Reason::parse)?
+        .as_str()
+        .to_owned();
     let expected = body
         .expected_version
         .as_ref()
@@ -286,17 +321,7 @@ struct MovementFilter {
     offset: Option<i64>,
 }
 
-const KINDS: [&str; 7] = [
-    "adjust",
-    "reserve",
-    "release",
-    "expire",
-    "commit",
-    "transfer_out",
-    "transfer_in",
-];
-
-#[utoipa::path(get, path = "/stock/movements", tag = "stock", security(("bearer" = [])), params(("product_id" = Option<i64>, Query), ("warehouse_id" = Option<i64>, Query), ("kind" = Option<String>, Query), ("limit" = Option<i64>, Query, description = "At most 500, default 50"), ("offset" = Option<i64>, Query)), responses((status = 200, description = "`{items: [Movement], total}`, newest first", body = Object), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
+#[utoipa::path(get, path = "/stock/movements", tag = "stock", security(("bearer" = [])), params(("product_id" = Option<i64>, Query), ("warehouse_id" = Option<i64>, Query), ("kind" = Option<String>, Query), ("limit" = Option<i64>, Query, description = "At most 500, default 50"), ("offset" = Option<i64>, Query)), responses((status = 200, description = "`{items: [Movement], total}`, newest first", body = Object), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn movements(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -304,7 +329,11 @@ async fn movements(
 ) -> Result<Json<List<Movement>>> {
     caller.require(Role::Operator)?;
     let page = Page::new(filter.limit, filter.offset);
-    if let Some(kind) = filter.kind.as_deref().filter(|k| !KINDS.contains(k)) {
+    if let Some(kind) = filter
+        .kind
+        .as_deref()
+        .filter(|k| MovementKind::parse(k).is_none())
+    {
         return Err(AppError::validation("kind", format!("unknown kind {kind}")));
     }
     let condition =

@@ -46,7 +46,7 @@ struct CreateTransfer {
     quantity: Number,
 }
 
-#[utoipa::path(post, path = "/transfers", tag = "transfers", security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; repeats answer the first answer")), request_body = CreateTransfer, responses((status = 201, body = Transfer), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "insufficient_stock or warehouse_inactive", body = ErrorBody), (status = 422, description = "Same warehouse, or a bad quantity", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
+#[utoipa::path(post, path = "/transfers", tag = "transfers", security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; repeats answer the first answer")), request_body = CreateTransfer, responses((status = 201, body = Transfer), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "insufficient_stock or warehouse_inactive", body = ErrorBody), (status = 422, description = "Same warehouse, or a bad quantity", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -84,7 +84,7 @@ async fn transfer(state: &AppState, body: CreateTransfer) -> Result<Answer> {
     Answer::new(StatusCode::CREATED, transfer, lsn)
 }
 
-#[utoipa::path(get, path = "/transfers", tag = "transfers", security(("bearer" = [])), params(("limit" = Option<i64>, Query, description = "At most 500, default 50"), ("offset" = Option<i64>, Query)), responses((status = 200, description = "`{items: [Transfer], total}`", body = Object), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody)))]
+#[utoipa::path(get, path = "/transfers", tag = "transfers", security(("bearer" = [])), params(("limit" = Option<i64>, Query, description = "At most 500, default 50"), ("offset" = Option<i64>, Query)), responses((status = 200, description = "`{items: [Transfer], total}`", body = Object), (status = 403, description = "The role may not do this", body = ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller,

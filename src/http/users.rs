@@ -85,7 +85,7 @@ struct RoleBody {
     role: String,
 }
 
-#[utoipa::path(put, path = "/users/{id}/role", tag = "users", security(("bearer" = [])), params(("id" = i64, Path, description = "User id")), request_body = RoleBody, responses((status = 200, body = User), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
+#[utoipa::path(put, path = "/users/{id}/role", tag = "users", security(("bearer" = [])), params(("id" = i64, Path, description = "User id")), request_body = RoleBody, responses((status = 200, body = User), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn set_role(
     State(state): State<AppState>,
     Caller(caller): Caller,

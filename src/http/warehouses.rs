@@ -63,7 +63,7 @@ fn priority(n: &Number) -> Result<i32> {
     Ok(int_in(n, "priority", 0..=1_000_000)? as i32)
 }
 
-#[utoipa::path(post, path = "/warehouses", tag = "catalog", security(("bearer" = [])), request_body = CreateWarehouse, responses((status = 201, body = Warehouse), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 409, description = "The code is taken", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
+#[utoipa::path(post, path = "/warehouses", tag = "catalog", security(("bearer" = [])), request_body = CreateWarehouse, responses((status = 201, body = Warehouse), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 409, description = "The code is taken", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -95,7 +95,7 @@ async fn create(
     Ok((StatusCode::CREATED, Json(warehouse)))
 }
 
-#[utoipa::path(get, path = "/warehouses", tag = "catalog", security(("bearer" = [])), params(("limit" = Option<i64>, Query, description = "At most 500, default 50"), ("offset" = Option<i64>, Query)), responses((status = 200, description = "`{items: [Warehouse], total}`", body = Object), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
+#[utoipa::path(get, path = "/warehouses", tag = "catalog", security(("bearer" = [])), params(("limit" = Option<i64>, Query, description = "At most 500, default 50"), ("offset" = Option<i64>, Query)), responses((status = 200, description = "`{items: [Warehouse], total}`", body = Object), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
     Caller(_caller): Caller,
@@ -122,7 +122,7 @@ pub async fn find(state: &AppState, id: i64) -> Result<Warehouse> {
         .ok_or_else(|| AppError::NotFound(format!("warehouse {id}")))
 }
 
-#[utoipa::path(get, path = "/warehouses/{id}", tag = "catalog", security(("bearer" = [])), params(("id" = i64, Path, description = "Id")), responses((status = 200, body = Warehouse), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody)))]
+#[utoipa::path(get, path = "/warehouses/{id}", tag = "catalog", security(("bearer" = [])), params(("id" = i64, Path, description = "Id")), responses((status = 200, body = Warehouse), (status = 404, description = "Unknown id", body = ErrorBody)))]
 async fn read(
     State(state): State<AppState>,
     Caller(_caller): Caller,
@@ -140,7 +140,7 @@ struct UpdateWarehouse {
     priority: Option<Number>,
 }
 
-#[utoipa::path(patch, path = "/warehouses/{id}", tag = "catalog", security(("bearer" = [])), params(("id" = i64, Path, description = "Id")), request_body = UpdateWarehouse, responses((status = 200, body = Warehouse), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "The code is taken", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
+#[utoipa::path(patch, path = "/warehouses/{id}", tag = "catalog", security(("bearer" = [])), params(("id" = i64, Path, description = "Id")), request_body = UpdateWarehouse, responses((status = 200, body = Warehouse), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "The code is taken", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn update(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -177,7 +177,7 @@ struct Status {
     status: String,
 }
 
-#[utoipa::path(put, path = "/warehouses/{id}/status", tag = "catalog", security(("bearer" = [])), params(("id" = i64, Path, description = "Id")), request_body = Status, responses((status = 200, body = Warehouse), (status = 400, description = "The body is not JSON or has wrong types", body = ErrorBody), (status = 401, description = "No, bad, expired or revoked token", body = ErrorBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
+#[utoipa::path(put, path = "/warehouses/{id}/status", tag = "catalog", security(("bearer" = [])), params(("id" = i64, Path, description = "Id")), request_body = Status, responses((status = 200, body = Warehouse), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn set_status(
     State(state): State<AppState>,
     Caller(caller): Caller,
