@@ -224,3 +224,31 @@ async fn repeated_wrong_passwords_lock_the_account_whatever_the_address_with_an_
     );
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_413_says_connection_close_so_a_keep_alive_client_does_not_reuse_a_broken_connection() {
+    let app = TestApp::spawn().await;
+    let big = format!(
+        r#"{{"sku":"S","name":"{}","price_cents":1}}"#,
+        "x".repeat(2 * 1024 * 1024)
+    );
+    let response = app
+        .client
+        .post(format!("{}/api/v1/products", app.base))
+        .bearer_auth(&app.admin)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(response.headers()["connection"], "close");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "payload_too_large");
+    // The same client's next requests go through (on a new connection).
+    for _ in 0..5 {
+        let (status, _) = app.get("/api/v1/products", &app.admin).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    app.cleanup().await;
+}
