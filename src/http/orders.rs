@@ -4,6 +4,7 @@
 //! only; another's answers 404.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -14,10 +15,6 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Number, Value, json};
-use stockline_actors::journal::PaymentRecord;
-use stockline_actors::{
-    CoreError, ItemRequest, LineKey, Record, ReservationId, ReservationRequest,
-};
 use uuid::Uuid;
 
 use super::extract::{Json, List, Page, Path, Query, int_in, quantity, text};
@@ -26,7 +23,7 @@ use crate::auth::{Identity, Role};
 use crate::error::{AppError, Result};
 use crate::http::AppState;
 use crate::http::caller::Caller;
-use crate::orders::{IllegalStep, Order, OrderItem, OrderStatus, Slot, with_items};
+use crate::orders::{Order, OrderError, OrderStatus, Placement, Slot, with_items};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -68,70 +65,47 @@ async fn create(
     .await
 }
 
-async fn place(state: &AppState, caller: Identity, body: CreateOrder) -> Result<Answer> {
-    if body.items.is_empty() || body.items.len() > MAX_ITEMS {
-        return Err(AppError::validation(
-            "items",
-            format!("must hold 1 to {MAX_ITEMS} items"),
-        ));
-    }
-    let mut requested = Vec::with_capacity(body.items.len());
-    let mut total: i64 = 0;
-    for (i, item) in body.items.iter().enumerate() {
-        let product = state
-            .catalog
-            .get(item.product_id)
-            .ok_or_else(|| AppError::NotFound(format!("product {}", item.product_id)))?;
-        let qty = quantity(&item.quantity, &format!("items[{i}].quantity"))?;
-        total = (qty.get() as i64)
-            .checked_mul(product.price_cents)
-            .and_then(|line| total.checked_add(line))
-            .ok_or_else(|| AppError::validation("items", "the order total is too large"))?;
-        requested.push(ItemRequest {
-            product_id: item.product_id,
-            quantity: qty,
-            warehouse_id: None,
-        });
-    }
-    let id = Uuid::now_v7();
-    let request = ReservationRequest {
-        items: requested,
-        ttl: std::time::Duration::from_secs(state.config.payment_timeout_secs),
-        reference: Some(format!("order:{id}")),
-    };
-    let (reservation, reserved_lsn) = state.core.reservations().reserve(request).await?;
-    let items = reservation
-        .items
-        .iter()
-        .map(|i| OrderItem {
-            product_id: i.product_id,
-            quantity: i.quantity,
-            // Priced when placed: the price may change later, the order does not.
-            unit_price_cents: state
-                .catalog
-                .get(i.product_id)
-                .map(|p| p.price_cents)
-                .unwrap_or_default(),
-            warehouse_id: i.warehouse_id,
+impl TryFrom<CreateOrder> for Placement {
+    type Error = AppError;
+
+    fn try_from(body: CreateOrder) -> Result<Self> {
+        if body.items.is_empty() || body.items.len() > MAX_ITEMS {
+            return Err(AppError::validation(
+                "items",
+                format!("must hold 1 to {MAX_ITEMS} items"),
+            ));
+        }
+        let items = body
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let qty = quantity(&item.quantity, &format!("items[{i}].quantity"))?;
+                Ok((item.product_id, qty))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            items,
+            shipping_address: body.shipping_address,
+            contact: body.contact,
         })
-        .collect();
-    let order = Order {
-        id,
-        user_id: caller.user_id,
-        status: OrderStatus::PendingPayment,
-        items,
-        total_cents: total,
-        reservation_id: reservation.id.0,
-        expires_at: reservation.expires_at,
-        tracking_number: None,
-        shipping_address: body.shipping_address,
-        contact: body.contact,
-        created_at: reservation.created_at,
-        updated_at: reservation.created_at,
-    };
-    let lsn = state.core.journal().append(vec![order.record()]);
-    state.orders.insert(order.clone());
-    Answer::new(StatusCode::CREATED, order, lsn.max(reserved_lsn))
+    }
+}
+
+async fn place(state: &AppState, caller: Identity, body: CreateOrder) -> Result<Answer> {
+    let placement = Placement::try_from(body)?;
+    let timeout = Duration::from_secs(state.config.payment_timeout_secs);
+    let (order, lsn) = state
+        .orders
+        .place(
+            &state.core,
+            &state.catalog,
+            caller.user_id,
+            timeout,
+            placement,
+        )
+        .await?;
+    Answer::new(StatusCode::CREATED, order, lsn)
 }
 
 /// The order, if the caller may see it: its owner, or an operator.
@@ -158,31 +132,22 @@ async fn open_slot(state: &AppState, caller: &Identity, id: Uuid) -> Result<Arc<
         .ok_or_else(|| not_pending(order.status))
 }
 
-/// The journal position of a settled reservation; if the reservation had run out, the
-/// order expires with it and the caller is told so.
-fn settled_or_expired(
-    state: &AppState,
-    slot: &Slot,
-    order: &mut Order,
-    outcome: stockline_actors::Result<(stockline_actors::Reservation, stockline_actors::Lsn)>,
-) -> Result<stockline_actors::Lsn> {
-    match outcome {
-        Ok((_, lsn)) => Ok(lsn),
-        Err(CoreError::ReservationNotPending { .. } | CoreError::ReservationNotFound) => {
-            slot.expire(order, &**state.core.journal());
-            Err(not_pending(order.status))
-        }
-        Err(other) => Err(other.into()),
-    }
-}
-
-/// An illegal step asked for by an operator (`PATCH /orders/{id}/status`).
-impl From<IllegalStep> for AppError {
-    fn from(step: IllegalStep) -> Self {
-        AppError::Conflict {
-            code: "conflict",
-            message: step.to_string(),
-            details: json!({ "status": step.from, "requested": step.to }),
+/// A refused order step, as the contract answers it.
+impl From<OrderError> for AppError {
+    fn from(error: OrderError) -> Self {
+        let message = error.to_string();
+        match error {
+            OrderError::NotPending(status) => not_pending(status),
+            OrderError::AmountMismatch { .. } => AppError::validation("amount_cents", message),
+            OrderError::Illegal(step) => AppError::Conflict {
+                code: "conflict",
+                message,
+                details: json!({ "status": step.from, "requested": step.to }),
+            },
+            OrderError::ReturnNotAllowed => AppError::Forbidden,
+            OrderError::UnknownProduct(id) => AppError::NotFound(format!("product {id}")),
+            OrderError::TotalTooLarge => AppError::validation("items", message),
+            OrderError::Core(error) => error.into(),
         }
     }
 }
@@ -276,33 +241,8 @@ async fn settle_payment(state: &AppState, caller: Identity, id: Uuid, body: Pay)
     let method = text(&body.method, "method", 64)?;
     let amount = int_in(&body.amount_cents, "amount_cents", 0..=i64::MAX)?;
     let slot = open_slot(state, &caller, id).await?;
-    let mut order = slot.order.lock().await;
-    if order.status != OrderStatus::PendingPayment {
-        return Err(not_pending(order.status));
-    }
-    if amount != order.total_cents {
-        return Err(AppError::validation(
-            "amount_cents",
-            format!("must equal the order's total_cents, {}", order.total_cents),
-        ));
-    }
-    let committed = state
-        .core
-        .reservations()
-        .commit(ReservationId(order.reservation_id))
-        .await;
-    let committed_lsn = settled_or_expired(state, &slot, &mut order, committed)?;
-    let payment = PaymentRecord {
-        id: Uuid::now_v7(),
-        order_id: order.id,
-        method,
-        amount_cents: amount,
-        status: "captured",
-        created_at: stockline_actors::types::now(),
-    };
-    state.core.journal().append(vec![Record::Payment(payment)]);
-    let lsn = order.step(OrderStatus::Paid, &**state.core.journal())?;
-    Answer::new(StatusCode::OK, order.clone(), lsn.max(committed_lsn))
+    let (order, lsn) = slot.pay(&state.core, method, amount).await?;
+    Answer::new(StatusCode::OK, order, lsn)
 }
 
 #[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders", security(("bearer" = [])), params(("id" = Uuid, Path)), responses((status = 200, body = Order), (status = 403, description = "A paid order is cancelled by an operator only", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "order_not_pending", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
@@ -321,39 +261,12 @@ async fn cancel(
 async fn cancel_to_end(state: AppState, caller: Identity, id: Uuid) -> Result<Json<Order>> {
     let slot = open_slot(&state, &caller, id).await?;
     let group = state.store.buffer.group().await;
-    let mut order = slot.order.lock().await;
-    let lsn = match order.status {
-        OrderStatus::PendingPayment => {
-            let released = state
-                .core
-                .reservations()
-                .release(ReservationId(order.reservation_id))
-                .await;
-            settled_or_expired(&state, &slot, &mut order, released)?
-        }
-        OrderStatus::Paid => {
-            caller.require(Role::Operator)?;
-            let mut last = 0;
-            for item in &order.items {
-                let key = LineKey::new(item.warehouse_id, item.product_id);
-                let qty = stockline_actors::Quantity::try_from(item.quantity)
-                    .map_err(|e| AppError::Internal(format!("stored order quantity: {e}")))?;
-                let returned = state.core.return_stock(key, qty).await?;
-                last = returned.lsn;
-            }
-            last
-        }
-        other => return Err(not_pending(other)),
-    };
-    let lsn = order
-        .step(OrderStatus::Cancelled, &**state.core.journal())?
-        .max(lsn);
-    slot.mark_closed();
-    let answer = order.clone();
-    drop(order);
+    let (order, lsn) = slot
+        .cancel(&state.core, caller.role >= Role::Operator)
+        .await?;
     drop(group);
     state.durable(lsn).await?;
-    Ok(Json(answer))
+    Ok(Json(order))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -403,23 +316,9 @@ async fn set_status(
     caller.require(Role::Operator)?;
     let step = Shipping::try_from(body)?;
     let slot = open_slot(&state, &caller, id).await?;
-    let mut order = slot.order.lock().await;
-    if !order.status.can_become(step.next) {
-        return Err(IllegalStep {
-            from: order.status,
-            to: step.next,
-        }
-        .into());
-    }
-    if step.tracking_number.is_some() {
-        order.tracking_number = step.tracking_number;
-    }
-    let lsn = order.step(step.next, &**state.core.journal())?;
-    if !order.is_open() {
-        slot.mark_closed();
-    }
-    let answer = order.clone();
-    drop(order);
+    let (answer, lsn) = slot
+        .advance(&state.core, step.next, step.tracking_number)
+        .await?;
     state.durable(lsn).await?;
     Ok(Json(answer))
 }

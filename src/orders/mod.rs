@@ -7,6 +7,10 @@
 //! An unpaid order expires with its reservation: the core tells [`Orders::watch_expiry`] of
 //! every expired reservation, and at start orders whose reservation is gone are expired.
 
+mod lifecycle;
+
+pub use lifecycle::{OrderError, Placement};
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
