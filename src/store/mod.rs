@@ -3,6 +3,7 @@
 
 pub mod flusher;
 pub mod recovery;
+mod write;
 
 use std::str::FromStr;
 use std::time::Duration;

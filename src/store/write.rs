@@ -1,0 +1,304 @@
+//! One batch into PostgreSQL: one transaction, one multi-row statement (`UNNEST` arrays)
+//! per table. Line states are coalesced to the newest version in the batch and only written
+//! over a lower version; reservations and orders keep their newest record; movements,
+//! transfers, payments and answers are keyed, so writing the same records twice (a retry
+//! of a batch that had in fact committed, or of a half already written) changes nothing.
+
+use std::collections::HashMap;
+
+use sqlx::PgPool;
+use stockline_actors::journal::{
+    IdempotencyRecord, LineRecord, MovementRecord, OrderRecord, PaymentRecord, ReservationRecord,
+    TransferRecord,
+};
+use stockline_actors::{LineKey, Lsn, Record, ReservationId};
+
+/// A batch sorted by table, coalesced where only the newest state matters.
+#[derive(Default)]
+struct Sorted<'a> {
+    lines: HashMap<LineKey, &'a LineRecord>,
+    movements: Vec<(Lsn, &'a MovementRecord)>,
+    reservations: HashMap<ReservationId, (Lsn, &'a ReservationRecord)>,
+    transfers: Vec<&'a TransferRecord>,
+    orders: HashMap<uuid::Uuid, (Lsn, &'a OrderRecord)>,
+    payments: Vec<&'a PaymentRecord>,
+    answers: Vec<&'a IdempotencyRecord>,
+}
+
+fn sort(records: &[(Lsn, Record)]) -> Sorted<'_> {
+    let mut sorted = Sorted::default();
+    for (lsn, record) in records {
+        match record {
+            Record::Line(line) => {
+                let newest = sorted.lines.entry(line.key).or_insert(line);
+                if line.version > newest.version {
+                    *newest = line;
+                }
+            }
+            Record::Movement(movement) => sorted.movements.push((*lsn, movement)),
+            // Records arrive in Lsn order, so the last one is the newest.
+            Record::Reservation(r) => drop(sorted.reservations.insert(r.id, (*lsn, r))),
+            Record::Transfer(transfer) => sorted.transfers.push(transfer),
+            Record::Order(order) => drop(sorted.orders.insert(order.id, (*lsn, order))),
+            Record::Payment(payment) => sorted.payments.push(payment),
+            Record::Idempotency(answer) => sorted.answers.push(answer),
+        }
+    }
+    sorted
+}
+
+#[tracing::instrument(skip_all, fields(records = records.len()))]
+pub(super) async fn write(pool: &PgPool, records: &[(Lsn, Record)]) -> Result<(), sqlx::Error> {
+    let Some((last, _)) = records.last() else {
+        return Ok(());
+    };
+    let sorted = sort(records);
+    let mut tx = pool.begin().await?;
+    write_reservations(&mut tx, &sorted).await?;
+    write_lines(&mut tx, &sorted).await?;
+    write_movements(&mut tx, &sorted).await?;
+    write_transfers(&mut tx, &sorted).await?;
+    write_orders(&mut tx, &sorted).await?;
+    write_payments(&mut tx, &sorted).await?;
+    write_answers(&mut tx, &sorted).await?;
+    sqlx::query(
+        "INSERT INTO settings (key, value) VALUES ('journal_lsn', $1::text)
+         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
+         WHERE settings.value::bigint < EXCLUDED.value::bigint",
+    )
+    .bind(*last as i64)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+async fn write_lines(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::Error> {
+    if sorted.lines.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<_> = sorted.lines.values().collect();
+    sqlx::query(
+        "INSERT INTO stock_lines (warehouse_id, product_id, on_hand, reserved, version, updated_at)
+         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::timestamptz[])
+         ON CONFLICT (warehouse_id, product_id) DO UPDATE
+           SET on_hand = EXCLUDED.on_hand, reserved = EXCLUDED.reserved,
+               version = EXCLUDED.version, updated_at = EXCLUDED.updated_at
+         WHERE stock_lines.version < EXCLUDED.version",
+    )
+    .bind(lines.iter().map(|l| l.key.warehouse_id).collect::<Vec<_>>())
+    .bind(lines.iter().map(|l| l.key.product_id).collect::<Vec<_>>())
+    .bind(lines.iter().map(|l| l.on_hand as i64).collect::<Vec<_>>())
+    .bind(lines.iter().map(|l| l.reserved as i64).collect::<Vec<_>>())
+    .bind(lines.iter().map(|l| l.version as i64).collect::<Vec<_>>())
+    .bind(lines.iter().map(|l| l.updated_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn write_movements(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::Error> {
+    if sorted.movements.is_empty() {
+        return Ok(());
+    }
+    let m = &sorted.movements;
+    sqlx::query(
+        "INSERT INTO movements (id, warehouse_id, product_id, kind, quantity, on_hand_after, reserved_after, reference, at)
+         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[],
+                              $6::bigint[], $7::bigint[], $8::text[], $9::timestamptz[])
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(m.iter().map(|(lsn, _)| *lsn as i64).collect::<Vec<_>>())
+    .bind(m.iter().map(|(_, r)| r.key.warehouse_id).collect::<Vec<_>>())
+    .bind(m.iter().map(|(_, r)| r.key.product_id).collect::<Vec<_>>())
+    .bind(m.iter().map(|(_, r)| r.kind.as_str()).collect::<Vec<_>>())
+    .bind(m.iter().map(|(_, r)| r.quantity).collect::<Vec<_>>())
+    .bind(m.iter().map(|(_, r)| r.on_hand_after as i64).collect::<Vec<_>>())
+    .bind(m.iter().map(|(_, r)| r.reserved_after as i64).collect::<Vec<_>>())
+    .bind(m.iter().map(|(_, r)| r.reference.to_string()).collect::<Vec<_>>())
+    .bind(m.iter().map(|(_, r)| r.at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn write_reservations(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::Error> {
+    if sorted.reservations.is_empty() {
+        return Ok(());
+    }
+    let r: Vec<_> = sorted.reservations.values().collect();
+    sqlx::query(
+        "INSERT INTO reservations (id, status, reference, expires_at, created_at, updated_at, lsn)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
+                              $6::timestamptz[], $7::bigint[])
+         ON CONFLICT (id) DO UPDATE
+           SET status = EXCLUDED.status, updated_at = EXCLUDED.updated_at, lsn = EXCLUDED.lsn
+         WHERE reservations.lsn < EXCLUDED.lsn",
+    )
+    .bind(r.iter().map(|(_, r)| r.id.0).collect::<Vec<_>>())
+    .bind(r.iter().map(|(_, r)| r.status.as_str()).collect::<Vec<_>>())
+    .bind(r.iter().map(|(_, r)| r.reference.clone()).collect::<Vec<_>>())
+    .bind(r.iter().map(|(_, r)| r.expires_at).collect::<Vec<_>>())
+    .bind(r.iter().map(|(_, r)| r.created_at).collect::<Vec<_>>())
+    .bind(r.iter().map(|(_, r)| r.updated_at).collect::<Vec<_>>())
+    .bind(r.iter().map(|(lsn, _)| *lsn as i64).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    let items: Vec<_> = r
+        .iter()
+        .flat_map(|(_, r)| r.items.iter().map(move |item| (r.id.0, item)))
+        .collect();
+    sqlx::query(
+        "INSERT INTO reservation_items (reservation_id, warehouse_id, product_id, quantity)
+         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(items.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+    .bind(
+        items
+            .iter()
+            .map(|(_, i)| i.warehouse_id)
+            .collect::<Vec<_>>(),
+    )
+    .bind(items.iter().map(|(_, i)| i.product_id).collect::<Vec<_>>())
+    .bind(
+        items
+            .iter()
+            .map(|(_, i)| i.quantity as i64)
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn write_transfers(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::Error> {
+    if sorted.transfers.is_empty() {
+        return Ok(());
+    }
+    let t = &sorted.transfers;
+    sqlx::query(
+        "INSERT INTO transfers (id, from_warehouse_id, to_warehouse_id, product_id, quantity, created_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::timestamptz[])
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(t.iter().map(|r| r.id.0).collect::<Vec<_>>())
+    .bind(t.iter().map(|r| r.from_warehouse_id).collect::<Vec<_>>())
+    .bind(t.iter().map(|r| r.to_warehouse_id).collect::<Vec<_>>())
+    .bind(t.iter().map(|r| r.product_id).collect::<Vec<_>>())
+    .bind(t.iter().map(|r| r.quantity as i64).collect::<Vec<_>>())
+    .bind(t.iter().map(|r| r.created_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn write_orders(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::Error> {
+    if sorted.orders.is_empty() {
+        return Ok(());
+    }
+    let o: Vec<_> = sorted.orders.values().collect();
+    sqlx::query(
+        "INSERT INTO orders (id, user_id, status, total_cents, reservation_id, expires_at, tracking_number,
+                             shipping_address, contact, created_at, updated_at, lsn)
+         SELECT id, user_id, status, total_cents, reservation_id, expires_at, tracking_number,
+                shipping_address::jsonb, contact::jsonb, created_at, updated_at, lsn
+         FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::uuid[], $6::timestamptz[],
+                     $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[], $12::bigint[])
+              AS t(id, user_id, status, total_cents, reservation_id, expires_at, tracking_number,
+                   shipping_address, contact, created_at, updated_at, lsn)
+         ON CONFLICT (id) DO UPDATE
+           SET status = EXCLUDED.status, tracking_number = EXCLUDED.tracking_number,
+               updated_at = EXCLUDED.updated_at, lsn = EXCLUDED.lsn
+         WHERE orders.lsn < EXCLUDED.lsn",
+    )
+    .bind(o.iter().map(|(_, r)| r.id).collect::<Vec<_>>())
+    .bind(o.iter().map(|(_, r)| r.user_id).collect::<Vec<_>>())
+    .bind(o.iter().map(|(_, r)| r.status).collect::<Vec<_>>())
+    .bind(o.iter().map(|(_, r)| r.total_cents).collect::<Vec<_>>())
+    .bind(o.iter().map(|(_, r)| r.reservation_id.0).collect::<Vec<_>>())
+    .bind(o.iter().map(|(_, r)| r.expires_at).collect::<Vec<_>>())
+    .bind(o.iter().map(|(_, r)| r.tracking_number.clone()).collect::<Vec<_>>())
+    .bind(o.iter().map(|(_, r)| r.shipping_address.clone()).collect::<Vec<_>>())
+    .bind(o.iter().map(|(_, r)| r.contact.clone()).collect::<Vec<_>>())
+    .bind(o.iter().map(|(_, r)| r.created_at).collect::<Vec<_>>())
+    .bind(o.iter().map(|(_, r)| r.updated_at).collect::<Vec<_>>())
+    .bind(o.iter().map(|(lsn, _)| *lsn as i64).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    let items: Vec<_> = o
+        .iter()
+        .flat_map(|(_, r)| r.items.iter().map(move |i| (r.id, i)))
+        .collect();
+    sqlx::query(
+        "INSERT INTO order_items (order_id, product_id, warehouse_id, quantity, unit_price_cents)
+         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(items.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+    .bind(items.iter().map(|(_, i)| i.product_id).collect::<Vec<_>>())
+    .bind(
+        items
+            .iter()
+            .map(|(_, i)| i.warehouse_id)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        items
+            .iter()
+            .map(|(_, i)| i.quantity as i64)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        items
+            .iter()
+            .map(|(_, i)| i.unit_price_cents)
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn write_payments(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::Error> {
+    if sorted.payments.is_empty() {
+        return Ok(());
+    }
+    let p = &sorted.payments;
+    sqlx::query(
+        "INSERT INTO payments (id, order_id, method, amount_cents, status, created_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::timestamptz[])
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(p.iter().map(|r| r.id).collect::<Vec<_>>())
+    .bind(p.iter().map(|r| r.order_id).collect::<Vec<_>>())
+    .bind(p.iter().map(|r| r.method.clone()).collect::<Vec<_>>())
+    .bind(p.iter().map(|r| r.amount_cents).collect::<Vec<_>>())
+    .bind(p.iter().map(|r| r.status).collect::<Vec<_>>())
+    .bind(p.iter().map(|r| r.created_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn write_answers(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::Error> {
+    if sorted.answers.is_empty() {
+        return Ok(());
+    }
+    let a = &sorted.answers;
+    sqlx::query(
+        "INSERT INTO idempotency_keys (user_id, key, request_hash, status, body, created_at)
+         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::smallint[], $5::text[], $6::timestamptz[])
+         ON CONFLICT (user_id, key) DO NOTHING",
+    )
+    .bind(a.iter().map(|r| r.user_id).collect::<Vec<_>>())
+    .bind(a.iter().map(|r| r.key.clone()).collect::<Vec<_>>())
+    .bind(a.iter().map(|r| r.request_hash.clone()).collect::<Vec<_>>())
+    .bind(a.iter().map(|r| r.status as i16).collect::<Vec<_>>())
+    .bind(a.iter().map(|r| r.body.clone()).collect::<Vec<_>>())
+    .bind(a.iter().map(|r| r.created_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
