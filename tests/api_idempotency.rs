@@ -158,12 +158,7 @@ async fn concurrent_duplicates_move_stock_once() {
 #[tokio::test]
 async fn a_key_is_replayed_after_a_sigkill_and_restart() {
     let database = fresh_database();
-    let env = [
-        ("STOCKLINE_ADMIN_EMAIL", ADMIN_EMAIL),
-        ("STOCKLINE_ADMIN_PASSWORD", ADMIN_PASSWORD),
-    ];
-    let (mut child, url) = start_binary(&database, &env);
-    let app = TestApp::attach(&url, &database).await;
+    let (mut child, app) = start_binary_app(&database).await;
     let (product, _) = app.stocked_product(10).await;
     let (_, customer) = app.customer("wes@example.com").await;
     let basket = json!({ "items": [{ "product_id": product, "quantity": 4 }] });
@@ -172,7 +167,7 @@ async fn a_key_is_replayed_after_a_sigkill_and_restart() {
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let (mut child, url) = start_binary(&database, &env);
+    let (mut child, url) = start_binary(&database, &ADMIN_ENV);
     let app = TestApp::attach(&url, &database).await;
     let replayed = post_keyed(&app, "/orders", &customer, "before-crash", basket).await;
     assert_eq!(replayed, first);

@@ -118,12 +118,7 @@ async fn client_loop(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_kill_9_cycles_under_concurrent_load_lose_no_acknowledged_change() {
     let database = fresh_database();
-    let env = [
-        ("STOCKLINE_ADMIN_EMAIL", ADMIN_EMAIL),
-        ("STOCKLINE_ADMIN_PASSWORD", ADMIN_PASSWORD),
-    ];
-    let (mut child, url) = start_binary(&database, &env);
-    let app = TestApp::attach(&url, &database).await;
+    let (mut child, app) = start_binary_app(&database).await;
     let warehouses = [app.warehouse("W1", 1).await, app.warehouse("W2", 2).await];
     let products = [app.product("A", 100).await, app.product("B", 100).await];
     let lines: Vec<(i64, i64)> = warehouses
@@ -131,7 +126,7 @@ async fn five_kill_9_cycles_under_concurrent_load_lose_no_acknowledged_change() 
         .flat_map(|w| products.iter().map(move |p| (*w, *p)))
         .collect();
     let acks = Arc::new(Mutex::new(Acknowledged::default()));
-    let mut base = url;
+    let mut base = app.base.clone();
     for cycle in 0..CYCLES {
         let token = TestApp::attach(&base, &database).await.admin;
         let stop = tokio_util::sync::CancellationToken::new();
@@ -156,7 +151,7 @@ async fn five_kill_9_cycles_under_concurrent_load_lose_no_acknowledged_change() 
         for client in clients {
             client.await.unwrap();
         }
-        let (next, next_url) = start_binary(&database, &env);
+        let (next, next_url) = start_binary(&database, &ADMIN_ENV);
         (child, base) = (next, next_url);
         let app = TestApp::attach(&base, &database).await;
         verify(&app, &acks, &lines).await;

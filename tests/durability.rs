@@ -84,12 +84,7 @@ async fn state_after_a_clean_restart_equals_state_before() {
 #[tokio::test]
 async fn after_a_sigkill_every_acknowledged_change_is_there() {
     let database = fresh_database();
-    let env = [
-        ("STOCKLINE_ADMIN_EMAIL", ADMIN_EMAIL),
-        ("STOCKLINE_ADMIN_PASSWORD", ADMIN_PASSWORD),
-    ];
-    let (mut child, url) = start_binary(&database, &env);
-    let app = TestApp::attach(&url, &database).await;
+    let (mut child, app) = start_binary_app(&database).await;
     let (products, ids) = busy_shop(&app).await;
     let (_, doomed) = app.customer("kill@example.com").await;
     assert_eq!(
@@ -110,7 +105,7 @@ async fn after_a_sigkill_every_acknowledged_change_is_there() {
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let (mut child, url) = start_binary(&database, &env);
+    let (mut child, url) = start_binary(&database, &ADMIN_ENV);
     let app = TestApp::attach(&url, &database).await;
     let on_hand_after = app.availability(products[1]).await["on_hand"]
         .as_u64()

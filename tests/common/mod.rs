@@ -341,6 +341,19 @@ pub fn error_code(status: StatusCode, body: &Value, expected: StatusCode) -> Str
     error["code"].as_str().unwrap().to_owned()
 }
 
+/// The environment that makes the binary create the tests' admin.
+pub const ADMIN_ENV: [(&str, &str); 2] = [
+    ("STOCKLINE_ADMIN_EMAIL", ADMIN_EMAIL),
+    ("STOCKLINE_ADMIN_PASSWORD", ADMIN_PASSWORD),
+];
+
+/// Starts the real binary over `database` with the tests' admin; answers the child and a
+/// client signed in as that admin.
+pub async fn start_binary_app(database: &str) -> (std::process::Child, TestApp) {
+    let (child, url) = start_binary(database, &ADMIN_ENV);
+    (child, TestApp::attach(&url, database).await)
+}
+
 /// Starts the real binary on port 0 over `database`; answers the child and its base URL
 /// once it printed that it listens.
 pub fn start_binary(database: &str, extra_env: &[(&str, &str)]) -> (std::process::Child, String) {
