@@ -97,6 +97,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub header_read_timeout_ms: u64,
 
+    /// A request's body must arrive within this many milliseconds of its head, or the
+    /// request is answered 408 and its connection closed (slow-body clients).
+    #[arg(long, env = "STOCKLINE_BODY_READ_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub body_read_timeout_ms: u64,
+
     /// A keep-alive connection with no request for this many milliseconds is closed.
     #[arg(long, env = "STOCKLINE_IDLE_TIMEOUT_MS", default_value_t = 60_000,
           value_parser = clap::value_parser!(u64).range(10..=86_400_000))]

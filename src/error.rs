@@ -36,6 +36,9 @@ pub enum AppError {
         message: String,
         details: Value,
     },
+    /// 408: the body did not arrive within the body-read timeout.
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     /// 431: too many request headers, or too large.
     #[error("the request headers are too many or too large")]
     HeadersTooLarge,
@@ -93,6 +96,7 @@ impl AppError {
             Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden", json!({})),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", json!({})),
             Self::Conflict { code, details, .. } => (StatusCode::CONFLICT, code, details.clone()),
+            Self::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout", json!({})),
             Self::HeadersTooLarge => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "headers_too_large",
@@ -153,7 +157,10 @@ impl IntoResponse for AppError {
         if let Some(value) = retry_after.and_then(|v| HeaderValue::from_str(&v).ok()) {
             response.headers_mut().insert(header::RETRY_AFTER, value);
         }
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
+        if matches!(
+            status,
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
+        ) {
             // The rest of the body is left unread, so the connection cannot carry another
             // request: say so, or a keep-alive client's next request on it fails.
             response

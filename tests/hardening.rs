@@ -252,3 +252,21 @@ async fn a_413_says_connection_close_so_a_keep_alive_client_does_not_reuse_a_bro
     }
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_body_that_trickles_in_slower_than_the_body_read_timeout_gets_408_and_the_connection_closes()
+ {
+    let app = TestApp::spawn_with(&["--body-read-timeout-ms", "300"]).await;
+    let mut slow = TcpStream::connect(addr(&app)).await.unwrap();
+    slow.write_all(
+        b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let answer = read_until_closed(&mut slow, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""code":"request_timeout""#), "{answer}");
+    let (status, _) = app.send(reqwest::Method::GET, "/healthz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    app.cleanup().await;
+}

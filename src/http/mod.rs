@@ -55,7 +55,10 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::from_fn(storable::refuse_nul))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            storable::read_body,
+        ))
         .layer(axum::middleware::from_fn(limit_headers))
         .with_state(state)
 }

@@ -114,6 +114,10 @@ fn declare(operation: &mut Operation, api: bool, changes: bool) {
         );
         add("413", "The body is over 1 MiB (payload_too_large)");
         add(
+            "408",
+            "The body did not arrive within the body-read timeout (request_timeout)",
+        );
+        add(
             "422",
             "A value is invalid, or text holds a NUL; details name the field (validation_failed)",
         );

@@ -1,4 +1,7 @@
-//! Text PostgreSQL cannot store is refused at the door.
+//! Every request body is read here once, before any handler: within the body-read
+//! timeout (a client trickling its body is answered 408 and the connection closed, so a
+//! slow upload cannot hold a connection for ever), at most 1 MiB (413), and with text
+//! PostgreSQL can store.
 //!
 //! PostgreSQL's `text` and `jsonb` cannot hold the NUL character: one `\u0000` in any
 //! client text written behind the actors used to make the whole flush batch fail (and so
@@ -12,28 +15,49 @@
 //! turns out to be literal text such as `\\u0000`).
 
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
+use super::AppState;
 use crate::error::AppError;
 
 /// The middleware.
-pub async fn refuse_nul(request: Request, next: Next) -> Response {
+pub async fn read_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if let Some(field) = request.uri().query().and_then(nul_in_query) {
         return AppError::validation(field, "must not contain the NUL character").into_response();
     }
     let (parts, body) = request.into_parts();
-    let bytes = match axum::body::to_bytes(body, super::MAX_BODY).await {
-        Ok(bytes) => bytes,
-        Err(_) => return AppError::PayloadTooLarge.into_response(),
+    let limit = std::time::Duration::from_millis(state.config.body_read_timeout_ms);
+    let bytes = match tokio::time::timeout(limit, axum::body::to_bytes(body, super::MAX_BODY)).await
+    {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(error)) if is_over_limit(&error) => {
+            return AppError::PayloadTooLarge.into_response();
+        }
+        Ok(Err(_)) => {
+            return AppError::InvalidJson("the body could not be read".into()).into_response();
+        }
+        Err(_) => return AppError::BodyTimeout.into_response(),
     };
     if let Some(field) = nul_in_json(&bytes) {
         return AppError::validation(field, "must not contain the NUL character").into_response();
     }
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
+}
+
+/// Whether reading stopped at the 1 MiB limit (rather than on a broken connection).
+fn is_over_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = source {
+        if error.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// The name of the first query parameter whose name or value holds a NUL.

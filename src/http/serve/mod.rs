@@ -9,13 +9,14 @@
 //!   of silent connections cannot lock out `/healthz` or real clients; if every connection
 //!   is busy, the new one is answered 503 `overloaded` and closed.
 //!
-//! A request in flight, body included, is never timed out here: handlers bound their own
+//! A request in flight is never timed out here: its body is read within the body-read
+//! timeout by the router's first layer (`http/storable.rs`), and handlers bound their own
 //! work. Each connection tracks whether a request is in flight (from the moment its head
 //! is parsed until its response body is written) and when it last saw bytes or an answer;
 //! one task per connection sleeps until the next deadline that could close it.
 //!
 //! Shutdown: accepting stops, idle connections close at once, and connections with a
-//! request in flight finish it and then close.
+//! request in flight finish it and then close (after a grace period, they are closed too).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -53,6 +54,9 @@ pub struct Limits {
 /// Headers hyper itself accepts; past it hyper answers 431 without a body, so it is set
 /// well above the bound the router checks (and answers with the contract's body).
 const HYPER_MAX_HEADERS: usize = 400;
+
+/// How long shutdown waits for requests in flight before it closes their connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Serves `router` on `listener` until `shutdown` resolves, then finishes the requests in
 /// flight and returns.
@@ -96,7 +100,14 @@ pub async fn serve(
     }
     stop.cancel();
     tracker.close();
-    tracker.wait().await;
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight after the grace period; closing them");
+        connections.close_all();
+        tracker.wait().await;
+    }
     Ok(())
 }
 
@@ -151,6 +162,17 @@ impl Connections {
         let activity = Arc::new(Activity::new(id, self.epoch));
         live.insert(id, activity.clone());
         Some(activity)
+    }
+
+    /// Closes every connection at once.
+    fn close_all(&self) {
+        let live = self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for activity in live.values() {
+            activity.evict.cancel();
+        }
     }
 
     fn remove(&self, id: u64) {
