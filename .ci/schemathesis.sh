@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Schemathesis against the real server's own OpenAPI document: every operation, generated
 # good and bad input, signed in as an admin. Fails on any 5xx answer and on any status the
-# document does not declare. Bounded in time (ST_MAX_TIME seconds, default 150).
+# document does not declare. Bounded in time (ST_MAX_TIME seconds, default 100).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,7 +57,7 @@ curl -sf "$base/api/v1/stock/adjustments" -H "authorization: Bearer $token" -H '
   --checks not_a_server_error,status_code_conformance \
   --exclude-path /api/v1/auth/logout \
   --exclude-path-regex '/api/v1/users/.*/role' \
-  --max-time "${ST_MAX_TIME:-150}" \
+  --max-time "${ST_MAX_TIME:-100}" \
   --workers 2 \
   --request-timeout 15 \
   --no-color
