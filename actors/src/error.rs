@@ -1,7 +1,6 @@
 //! Every refusal the core can give, as values. A refused request changes nothing.
 
-use crate::reservations::ReservationStatus;
-use crate::types::{ProductId, WarehouseId};
+use crate::types::{ProductId, ReservationStatus, WarehouseId};
 
 /// A refusal from the core. The edge maps each variant to one status code of API.md.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -12,8 +12,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, watch};
 
-use crate::reservations::{ReservationStatus, ReservedItem};
-use crate::types::{LineKey, ProductId, ReservationId, TransferId, WarehouseId};
+use crate::types::{
+    LineKey, ProductId, ReservationId, ReservationStatus, ReservedItem, TransferId, WarehouseId,
+    lock,
+};
 
 /// Log sequence number: position of a record in the journal, starting at 1.
 pub type Lsn = u64;
@@ -463,14 +465,6 @@ impl Journal for JournalBuffer {
     fn durable(&self) -> DurableWatch {
         DurableWatch(self.durable.subscribe())
     }
-}
-
-/// Locks a mutex, recovering from poison: the data behind these locks is only ever
-/// replaced whole, so a panic elsewhere cannot leave it half-written.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

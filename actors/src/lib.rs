@@ -1,7 +1,8 @@
 //! `stockline-actors`: the in-memory inventory core. No HTTP, no SQL.
 //!
 //! # Layout
-//! - [`types`]: ids and [`Quantity`], parsed once at the edge.
+//! - [`types`]: the vocabulary at the bottom, importing nothing of the crate: ids,
+//!   [`Quantity`] (parsed once at the edge), [`ReservationStatus`], [`ReservedItem`].
 //! - [`line_state`]: one line's state and the rules of every operation, as plain data.
 //! - [`stock_line`]: the `StockLine` ractor actor that applies operations one at a time.
 //! - [`registry`]: (warehouse, product) to line, spawn on first use, in-flight bounds;

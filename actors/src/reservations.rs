@@ -7,7 +7,6 @@
 //! the lines already settled are remembered and the reservation stays pending, so a retry
 //! (or the expiry timer) finishes the rest and nothing is settled twice.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,45 +20,10 @@ use crate::expiry::{Due, ExpiryHandle};
 use crate::journal::{Journal, Lsn, Record, ReservationRecord};
 use crate::line_state::LineOp;
 use crate::registry::Registry;
-use crate::types::{LineKey, ProductId, Quantity, ReservationId, WarehouseId};
+use crate::types::{ProductId, Quantity, ReservationId, WarehouseId};
+
+pub use crate::types::{ReservationStatus, ReservedItem};
 use crate::warehouses::Warehouses;
-
-/// Where a reservation is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ReservationStatus {
-    Pending,
-    Committed,
-    Released,
-    Expired,
-}
-
-impl ReservationStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Committed => "committed",
-            Self::Released => "released",
-            Self::Expired => "expired",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::Pending,
-            Self::Committed,
-            Self::Released,
-            Self::Expired,
-        ]
-        .into_iter()
-        .find(|status| status.as_str() == s)
-    }
-}
-
-impl fmt::Display for ReservationStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// One requested item; without `warehouse_id` it is allocated across warehouses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,20 +31,6 @@ pub struct ItemRequest {
     pub product_id: ProductId,
     pub quantity: Quantity,
     pub warehouse_id: Option<WarehouseId>,
-}
-
-/// What a reservation holds on one line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ReservedItem {
-    pub product_id: ProductId,
-    pub warehouse_id: WarehouseId,
-    pub quantity: u64,
-}
-
-impl ReservedItem {
-    pub fn key(&self) -> LineKey {
-        LineKey::new(self.warehouse_id, self.product_id)
-    }
 }
 
 /// A request to reserve.

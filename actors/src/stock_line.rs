@@ -14,9 +14,10 @@ use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::error::{CoreError, Result};
-use crate::journal::{Journal, Lsn, Record, lock};
+use crate::journal::{Journal, Lsn, Record};
 use crate::line_state::{LineOp, LineSnapshot, LineState};
 use crate::types::LineKey;
+use crate::types::lock;
 
 /// Messages a line handles.
 pub enum LineMsg {

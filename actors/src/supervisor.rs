@@ -22,8 +22,8 @@ use std::time::Duration;
 use chrono::Utc;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use crate::journal::lock;
 use crate::stock_line::{LineContext, LineMsg, StockLine};
+use crate::types::lock;
 
 /// The stop reason the registry gives at shutdown; lines stopped with it stay stopped.
 pub(crate) const SHUTDOWN: &str = "shutdown";

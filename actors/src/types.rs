@@ -1,6 +1,9 @@
-//! Identifiers and quantities, parsed once at the edge so the core never re-checks them.
+//! The vocabulary at the bottom of the core, importing nothing of its crate: identifiers
+//! and quantities (parsed once at the edge so the core never re-checks them), the
+//! reservation statuses and held items every layer speaks of, and the lock helper.
 
 use std::fmt;
+use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -136,4 +139,63 @@ mod tests {
         let b = ReservationId::new();
         assert!(a < b);
     }
+}
+
+/// Where a reservation is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReservationStatus {
+    Pending,
+    Committed,
+    Released,
+    Expired,
+}
+
+impl ReservationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Committed => "committed",
+            Self::Released => "released",
+            Self::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Pending,
+            Self::Committed,
+            Self::Released,
+            Self::Expired,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == s)
+    }
+}
+
+impl fmt::Display for ReservationStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a reservation holds on one line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReservedItem {
+    pub product_id: ProductId,
+    pub warehouse_id: WarehouseId,
+    pub quantity: u64,
+}
+
+impl ReservedItem {
+    pub fn key(&self) -> LineKey {
+        LineKey::new(self.warehouse_id, self.product_id)
+    }
+}
+
+/// Locks a mutex, recovering from poison: the data behind these locks is only ever
+/// replaced whole, so a panic elsewhere cannot leave it half-written.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
