@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use stockline_actors::line_state::LineState;
 use stockline_actors::{
-    Applied, Core, CoreConfig, EmptyLoader, Journal, Limits, LineHandle, LineKey, LineOp,
+    Applied, Core, CoreConfig, EmptyStore, Journal, Limits, LineHandle, LineKey, LineOp,
     MemoryJournal, Quantity, Record, ReservationId, WarehouseInfo,
 };
 use tokio::runtime::Runtime;
@@ -40,7 +40,7 @@ async fn stocked_core(lines: usize, limits: Limits) -> (Core, Vec<LineHandle>) {
         limits,
         ..CoreConfig::default()
     };
-    let core = Core::start(config, journal, Arc::new(EmptyLoader))
+    let core = Core::start(config, journal, Arc::new(EmptyStore))
         .await
         .expect("core");
     core.upsert_warehouse(1, WarehouseInfo::default())
@@ -52,7 +52,7 @@ async fn stocked_core(lines: usize, limits: Limits) -> (Core, Vec<LineHandle>) {
         core.adjust(key, 1_000_000_000, "receipt".into())
             .await
             .expect("stock");
-        handles.push(core.registry().get(key).expect("line"));
+        handles.push(core.registry().resident(key).expect("line"));
     }
     (core, handles)
 }

@@ -16,7 +16,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::time::Duration;
 
 use stockline_actors::{
-    Core, CoreConfig, EmptyLoader, Limits, LineKey, MemoryJournal, WarehouseInfo,
+    Core, CoreConfig, EmptyStore, Limits, LineKey, MemoryJournal, WarehouseInfo,
 };
 
 const LINES: usize = 100_000;
@@ -98,7 +98,7 @@ async fn core(passivate_after: Option<Duration>) -> Core {
         ..CoreConfig::default()
     };
     let journal = Arc::new(MemoryJournal::discarding());
-    let core = Core::start(config, journal, Arc::new(EmptyLoader))
+    let core = Core::start(config, journal, Arc::new(EmptyStore))
         .await
         .expect("core");
     core.upsert_warehouse(1, WarehouseInfo::default())
@@ -110,7 +110,7 @@ async fn core(passivate_after: Option<Duration>) -> Core {
 async fn spawn_lines(core: &Core) {
     for product in 0..LINES as i64 {
         core.registry()
-            .get_or_spawn(LineKey::new(1, product))
+            .line(LineKey::new(1, product))
             .await
             .expect("line");
     }

@@ -115,6 +115,13 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub max_connections: Option<u64>,
 
+    /// A stock line with no work for this many milliseconds gives up its actor, and leaves
+    /// memory once it holds nothing and its newest state is in the database; its next use
+    /// loads it again.
+    #[arg(long, env = "STOCKLINE_LINE_IDLE_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub line_idle_ms: u64,
+
     /// bcrypt cost for password hashing (tests may lower it).
     #[arg(long, env = "STOCKLINE_BCRYPT_COST", default_value_t = 12,
           value_parser = clap::value_parser!(u32).range(4..=31))]

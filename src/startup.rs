@@ -5,7 +5,8 @@
 //!
 //! Order at start: connect and migrate; read what the store holds; start the core over a
 //! write-behind buffer that continues the stored journal numbering; start the flusher;
-//! restore lines and pending reservations (expiring those that ran out while down); load
+//! restore the lines that hold stock for someone and the pending reservations (expiring
+//! those that ran out while down; every other line loads on first use); load
 //! auth and the catalog; then serve. At shutdown: stop accepting and finish requests in
 //! flight, drain every line's mailbox, then cancel the one shutdown token every background
 //! task listens to (sweeper, order-expiry watcher, flusher), and wait for the flusher to
@@ -55,15 +56,15 @@ impl Application {
         let db = store::connect_and_migrate(&config.database_url)
             .await
             .map_err(io::Error::other)?;
-        let (stored, loader) = recovery::read(&db).await.map_err(io::Error::other)?;
+        let stored = recovery::read(&db).await.map_err(io::Error::other)?;
         let buffer = Arc::new(JournalBuffer::new(
             stored.journal_lsn,
             config.max_backlog as usize,
         ));
         let core = Core::start(
-            CoreConfig::default(),
+            core_config(&config),
             buffer.clone() as Arc<dyn Journal>,
-            Arc::new(loader),
+            Arc::new(recovery::PgStore::new(db.clone())),
         )
         .await
         .map_err(io::Error::other)?;
@@ -159,6 +160,18 @@ pub async fn launch(
     let application = Application::build(listener, config).await?;
     let addr = application.addr()?;
     Ok((addr, tokio::spawn(application.run_until_stopped(shutdown))))
+}
+
+/// How the core runs, from the configuration.
+fn core_config(config: &Config) -> CoreConfig {
+    let defaults = CoreConfig::default();
+    CoreConfig {
+        limits: stockline_actors::Limits {
+            passivate_after: Some(Duration::from_millis(config.line_idle_ms)),
+            ..defaults.limits
+        },
+        ..defaults
+    }
 }
 
 /// The limits of the connection layer, from the configuration.

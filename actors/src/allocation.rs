@@ -7,9 +7,10 @@
 use std::collections::BTreeMap;
 
 use crate::error::{CoreError, Result};
+use crate::handle::LineHandle;
 use crate::journal::Lsn;
 use crate::line_state::LineOp;
-use crate::registry::{LineHandle, Registry};
+use crate::registry::Registry;
 use crate::reservations::{ItemRequest, ReservedItem};
 use crate::types::{LineKey, ProductId, Quantity, ReservationId, WarehouseId};
 use crate::warehouses::Warehouses;
@@ -116,7 +117,7 @@ impl Allocator<'_> {
                 warehouse_id: key.warehouse_id,
             });
         }
-        let line = self.registry.get_or_spawn(key).await?;
+        let line = self.registry.line(key).await?;
         let applied = line.call(LineOp::Reserve { id: self.id, qty }).await?;
         holds.add(&line, qty.get(), applied.lsn);
         Ok(())
@@ -133,7 +134,7 @@ impl Allocator<'_> {
         let before = holds.held_of(product_id);
         let mut remaining = qty.get();
         for _ in 0..REPLANS {
-            let plan = self.plan(product_id);
+            let plan = self.plan(product_id).await?;
             let available: u64 = plan.iter().map(|(_, a)| a).sum();
             if available < remaining {
                 return Err(CoreError::InsufficientStock {
@@ -167,7 +168,7 @@ impl Allocator<'_> {
                 return Ok(());
             }
         }
-        let available: u64 = self.plan(product_id).iter().map(|(_, a)| a).sum();
+        let available: u64 = self.plan(product_id).await?.iter().map(|(_, a)| a).sum();
         Err(CoreError::InsufficientStock {
             product_id,
             requested: qty.get(),
@@ -176,11 +177,12 @@ impl Allocator<'_> {
     }
 
     /// The product's lines in active warehouses, in allocation order, with what each has
-    /// available now.
-    fn plan(&self, product_id: ProductId) -> Vec<(LineHandle, u64)> {
+    /// available now (cold lines are loaded for it, together).
+    async fn plan(&self, product_id: ProductId) -> Result<Vec<(LineHandle, u64)>> {
         let mut candidates: Vec<(i32, WarehouseId, LineHandle, u64)> = self
             .registry
             .lines_of_product(product_id)
+            .await?
             .into_iter()
             .filter_map(|line| {
                 let info = self.warehouses.get(line.key().warehouse_id)?;
@@ -192,10 +194,10 @@ impl Allocator<'_> {
         candidates.sort_by(|a, b| {
             (a.0, std::cmp::Reverse(a.3), a.1).cmp(&(b.0, std::cmp::Reverse(b.3), b.1))
         });
-        candidates
+        Ok(candidates
             .into_iter()
             .map(|(_, _, line, available)| (line, available))
-            .collect()
+            .collect())
     }
 }
 

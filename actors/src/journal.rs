@@ -212,6 +212,11 @@ pub struct DurableWatch(watch::Receiver<Lsn>);
 pub struct JournalClosed;
 
 impl DurableWatch {
+    /// A watch on the watermark a journal publishes.
+    pub fn new(watermark: watch::Receiver<Lsn>) -> Self {
+        Self(watermark)
+    }
+
     /// The highest Lsn known durable now.
     pub fn current(&self) -> Lsn {
         *self.0.borrow()

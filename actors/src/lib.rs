@@ -5,8 +5,9 @@
 //!   [`Quantity`] (parsed once at the edge), [`ReservationStatus`], [`ReservedItem`].
 //! - [`line_state`]: one line's state and the rules of every operation, as plain data.
 //! - [`stock_line`]: the `StockLine` ractor actor that applies operations one at a time.
-//! - [`registry`]: (warehouse, product) to line, spawn on first use, in-flight bounds;
-//!   `supervisor` restarts a failed line from its last state.
+//! - [`registry`]: the one way to a line: lines are virtual, loaded from the [`loading`]
+//!   store on first touch (in batches) and evicted when idle; [`handle`] keeps the
+//!   in-flight bounds; `supervisor` activates, passivates and restarts line actors.
 //! - [`reservations`]: multi-line all-or-nothing reserve, commit, release; `allocation`
 //!   spreads an item over warehouses; `expiry` holds one timer queue for all of them.
 //! - [`transfers`]: moving stock between two lines without ever leaving it half-moved.
@@ -22,8 +23,10 @@
 //! edge, in `sync` durability, then awaits [`DurableWatch::wait_for`] that Lsn.
 
 pub mod error;
+pub mod handle;
 pub mod journal;
 pub mod line_state;
+pub mod loading;
 pub mod registry;
 pub mod reservations;
 pub mod stock_line;
@@ -39,9 +42,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{CoreError, Result};
+pub use handle::LineHandle;
 pub use journal::{DurableWatch, Journal, JournalBuffer, Lsn, MemoryJournal, Record};
 pub use line_state::{LineOp, LineSnapshot};
-pub use registry::{EmptyLoader, Limits, LineHandle, LineLoader, LineSeed, Registry};
+pub use loading::{BatchLimits, EmptyStore, LineSeed, LineStore, StoreFuture};
+pub use registry::{Limits, Registry, RegistryStats};
 pub use reservations::{
     ItemRequest, Reservation, ReservationRequest, ReservationStatus, Reservations, ReservedItem,
 };
@@ -82,11 +87,11 @@ impl Core {
     pub async fn start(
         config: CoreConfig,
         journal: Arc<dyn Journal>,
-        loader: Arc<dyn LineLoader>,
+        store: Arc<dyn LineStore>,
     ) -> Result<Self> {
         let warehouses = Arc::new(Warehouses::default());
         let registry = Arc::new(
-            Registry::start(journal.clone(), loader, warehouses.clone(), config.limits).await?,
+            Registry::start(journal.clone(), store, warehouses.clone(), config.limits).await?,
         );
         let reservations = Reservations::new(
             registry.clone(),
@@ -118,7 +123,8 @@ impl Core {
         &self.journal
     }
 
-    /// Adds or updates a warehouse; a status change reaches every line of it.
+    /// Adds or updates a warehouse; a status change reaches every line of it (lines out
+    /// of memory take it when they load).
     pub async fn upsert_warehouse(&self, id: WarehouseId, info: WarehouseInfo) -> Result<()> {
         self.warehouses.upsert(id, info);
         self.broadcast_active(id, info.active).await
@@ -133,21 +139,21 @@ impl Core {
     }
 
     async fn broadcast_active(&self, id: WarehouseId, active: bool) -> Result<()> {
-        for line in self.registry.lines_of_warehouse(id) {
+        for line in self.registry.resident_of_warehouse(id) {
             line.settle(LineOp::SetActive(active)).await?;
         }
         Ok(())
     }
 
-    /// Changes a line's `on_hand` by `delta` (spawning the line on first use).
+    /// Changes a line's `on_hand` by `delta` (loading the line first if it is cold).
     pub async fn adjust(&self, key: LineKey, delta: i64, reason: String) -> Result<Applied> {
-        let line = self.registry.get_or_spawn(key).await?;
+        let line = self.registry.line(key).await?;
         line.call(LineOp::Adjust { delta, reason }).await
     }
 
     /// Puts sold stock back on a line (a paid order cancelled). Never refused for load.
     pub async fn return_stock(&self, key: LineKey, qty: Quantity) -> Result<Applied> {
-        let line = self.registry.get_or_spawn(key).await?;
+        let line = self.registry.line(key).await?;
         line.settle(LineOp::Return { qty }).await
     }
 
@@ -159,7 +165,7 @@ impl Core {
         expected_version: Option<u64>,
         reason: String,
     ) -> Result<Applied> {
-        let line = self.registry.get_or_spawn(key).await?;
+        let line = self.registry.line(key).await?;
         line.call(LineOp::SetLevel {
             on_hand,
             expected_version,
@@ -208,7 +214,7 @@ pub(crate) async fn test_core() -> Core {
     let core = Core::start(
         CoreConfig::default(),
         Arc::new(MemoryJournal::new()),
-        Arc::new(EmptyLoader),
+        Arc::new(EmptyStore),
     )
     .await
     .expect("core starts");

@@ -1,57 +1,59 @@
-//! (warehouse, product) to line actor: spawned on first use, from state the server's
-//! [`LineLoader`] supplies, under one [`LineSupervisor`](crate::supervisor).
+//! The one way to a stock line. Lines are virtual, as Orleans grains are: every
+//! (warehouse, product) line always exists, and is in memory only while it has work.
 //!
-//! Everything that talks to a line goes through a [`LineHandle`] from here, which keeps the
-//! in-flight bounds: ractor mailboxes are unbounded, so past `per_line` calls waiting on one
-//! line, or `total` on all of them, new work is refused with `Overloaded` at once.
+//! # Finding a line
+//! [`Registry::line`] answers a [`LineHandle`] for any key of a known warehouse. A line in
+//! memory (resident) is found in one map lookup; otherwise it is loaded. Nothing else
+//! hands out lines, and nothing assumes that every line is in this process: code that
+//! needs "the lines of product P" asks [`Registry::lines_of_product`], which reads the
+//! product's warehouses from a compact index (loaded per product on first use, from the
+//! [`LineStore`]) and then finds each line the same way.
+//!
+//! # Loading (activation of the state)
+//! The first touch of a line asks the [`LineStore`] for it through a batcher: concurrent
+//! first touches of different lines go out as one query for many keys; concurrent first
+//! touches of the same line share one load (one slot per key). A key the store does not
+//! hold is a new line: it starts empty, and its warehouse joins the product's index. A
+//! loaded line has its state in memory but no actor yet.
+//!
+//! # Activation and passivation (the actor)
+//! The first message to a line asks the supervisor for an actor; a line with no work for
+//! `passivate_after` gives its actor up (~6 KB) and keeps its state (~0.6 KB). Both go
+//! through the one supervisor, so a line never has two actors.
+//!
+//! # Eviction (leaving memory)
+//! A passivated line also leaves memory once it has no holds and its newest record is
+//! durable: a line out of memory therefore never has holds, and the store holds exactly
+//! its newest state, so a later load is never stale, and reads of cold lines may go to
+//! the store directly without waiting on the write-behind. Lines with pending holds stay
+//! resident until the holds settle; at start, the server restores those lines (with their
+//! holds) before serving. Eviction marks the line retired in one atomic step that only
+//! succeeds with no caller inside; a caller holding an old handle then finds the mark and
+//! looks the line up again, which loads it afresh.
+//!
+//! # Handing a line over
+//! Moving a line to another process is eviction here followed by a load there: once
+//! evicted, the store holds all of it. A multi-node router keeps this interface and
+//! decides per key whether `line` is served here or by the owner elsewhere.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use dashmap::DashMap;
-use ractor::rpc::CallResult;
-use ractor::{Actor, ActorRef, MessagingErr};
+use ractor::{Actor, ActorRef};
 use tokio::sync::OnceCell;
 
 use crate::error::{CoreError, Result};
-use crate::journal::Journal;
-use crate::line_state::{LineOp, LineSnapshot, LineState};
-use crate::stock_line::{Applied, LineContext, LineMsg, LineShared, LineStatsSnapshot};
+use crate::handle::LineHandle;
+use crate::journal::{DurableWatch, Journal, Record};
+use crate::line_state::LineState;
+use crate::loading::{BatchLimits, Batcher, LineSeed, LineStore, StoreFuture};
+use crate::stock_line::LineShared;
 use crate::supervisor::{LineSupervisor, SHUTDOWN, SupervisorMsg};
-use crate::types::{LineKey, ProductId, ReservationId, WarehouseId};
+use crate::types::{LineKey, ProductId, WarehouseId};
 use crate::warehouses::Warehouses;
-
-/// A line's persisted state, as the server's store hands it back at spawn.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LineSeed {
-    pub on_hand: u64,
-    pub reserved: u64,
-    pub version: u64,
-    pub updated_at: Option<DateTime<Utc>>,
-    /// Holds of pending reservations on this line; `reserved` is repaired to their sum.
-    pub holds: Vec<(ReservationId, u64)>,
-}
-
-/// The future a [`LineLoader`] returns.
-pub type LoadFuture = Pin<Box<dyn Future<Output = Result<Option<LineSeed>, String>> + Send>>;
-
-/// Supplies a line's persisted state when it is first used (`None`: a new, empty line).
-pub trait LineLoader: Send + Sync + 'static {
-    fn load(&self, key: LineKey) -> LoadFuture;
-}
-
-/// A loader for which every line starts empty: tests, benches, in-memory runs.
-pub struct EmptyLoader;
-
-impl LineLoader for EmptyLoader {
-    fn load(&self, _key: LineKey) -> LoadFuture {
-        Box::pin(async { Ok(None) })
-    }
-}
 
 /// Bounds and timeouts of calls to lines.
 #[derive(Clone, Copy, Debug)]
@@ -66,11 +68,13 @@ pub struct Limits {
     /// answers at once. A timer per call costs ~10% of a round trip (BENCHMARKS.md), so it
     /// is left to the edge's request timeout unless asked for here.
     pub call_timeout: Option<Duration>,
-    /// How long spawning (and loading) a line may take.
+    /// How long loading a line, or starting its actor, may take.
     pub spawn_timeout: Duration,
-    /// A line with no work for this long gives up its actor until its next message
-    /// (`None`: never). See the supervisor for why.
+    /// A line with no work for this long gives up its actor until its next message, and
+    /// leaves memory once it may (`None`: never).
     pub passivate_after: Option<Duration>,
+    /// How first touches are gathered into loads.
+    pub loads: BatchLimits,
 }
 
 impl Default for Limits {
@@ -81,360 +85,390 @@ impl Default for Limits {
             call_timeout: None,
             spawn_timeout: Duration::from_secs(10),
             passivate_after: Some(Duration::from_secs(60)),
+            loads: BatchLimits::default(),
         }
     }
 }
 
-/// The way to one line. Cheap to clone (one `Arc`).
-#[derive(Clone)]
-pub struct LineHandle(Arc<HandleInner>);
-
-struct HandleInner {
-    context: LineContext,
-    supervisor: ActorRef<SupervisorMsg>,
-    total: Arc<AtomicUsize>,
-    limits: Limits,
+/// What the registry has done, for operators.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RegistryStats {
+    /// Lines in memory now.
+    pub resident: usize,
+    /// Lines with a running actor now.
+    pub active: usize,
+    /// Queries that loaded lines, and the lines they asked for.
+    pub load_queries: u64,
+    pub lines_loaded: u64,
+    /// Lines that left memory.
+    pub evictions: u64,
+    /// Products whose warehouses are known.
+    pub products_indexed: usize,
 }
 
-/// How often a send refused by a draining (just passivated) actor is tried again.
-const SEND_TRIES: usize = 4;
+/// The lines of this process. Cheap to share: handles keep it alive.
+pub struct Registry(Arc<Lines>);
 
-/// Counts one call in flight on a line and in total, for as long as it lives.
-struct InFlight<'a> {
-    line: &'a AtomicUsize,
-    total: &'a AtomicUsize,
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.line.fetch_sub(1, Ordering::AcqRel);
-        self.total.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl LineHandle {
-    fn shared(&self) -> &LineShared {
-        &self.0.context.shared
-    }
-
-    pub fn key(&self) -> LineKey {
-        self.shared().key
-    }
-
-    /// New work (reserve, adjust, set level, transfer out): refused past the bounds.
-    pub async fn call(&self, op: LineOp) -> Result<Applied> {
-        self.send(op, true).await
-    }
-
-    /// Settling work (commit, release, expire, transfer in, set active): never refused
-    /// for load, so what was accepted can always be finished.
-    pub async fn settle(&self, op: LineOp) -> Result<Applied> {
-        self.send(op, false).await
-    }
-
-    async fn send(&self, mut op: LineOp, bounded: bool) -> Result<Applied> {
-        let inner = &*self.0;
-        let stats = &self.shared().stats;
-        let line = stats.inflight.fetch_add(1, Ordering::AcqRel) + 1;
-        let total = inner.total.fetch_add(1, Ordering::AcqRel) + 1;
-        let _in_flight = InFlight {
-            line: &stats.inflight,
-            total: &inner.total,
-        };
-        if bounded && (line > inner.limits.per_line || total > inner.limits.total) {
-            return Err(CoreError::Overloaded);
-        }
-        for _ in 0..SEND_TRIES {
-            let actor = self.actor().await?;
-            let reply = actor
-                .call(
-                    |reply| LineMsg::Apply {
-                        op,
-                        reply: Some(reply),
-                    },
-                    inner.limits.call_timeout,
-                )
-                .await;
-            match reply {
-                // Refused at the door by an actor being passivated: it never saw the op.
-                // Unpublish it if it is still the line's actor, so the retry activates.
-                Err(MessagingErr::SendErr(LineMsg::Apply { op: back, .. })) => {
-                    self.shared().actor.compare_and_swap(&actor, None);
-                    op = back;
-                }
-                other => return unwrap_call(other)?,
-            }
-        }
-        Err(CoreError::Unavailable(format!(
-            "line {} kept stopping",
-            self.key()
-        )))
-    }
-
-    /// A read ordered after every message sent to the line before it. A passivated line
-    /// has no messages in flight, so its state is read directly.
-    pub async fn snapshot(&self) -> Result<LineSnapshot> {
-        let Some(actor) = self.shared().actor.load_full() else {
-            return Ok(self.peek());
-        };
-        match actor
-            .call(LineMsg::Snapshot, self.0.limits.call_timeout)
-            .await
-        {
-            Err(MessagingErr::SendErr(_)) => Ok(self.peek()),
-            other => unwrap_call(other),
-        }
-    }
-
-    /// The line as it is now, read without a message (never waits on the mailbox).
-    pub fn peek(&self) -> LineSnapshot {
-        self.shared().peek()
-    }
-
-    pub fn stats(&self) -> LineStatsSnapshot {
-        self.shared().stats.snapshot()
-    }
-
-    /// Whether the line has a running actor (false while passivated).
-    pub fn is_active(&self) -> bool {
-        self.shared().actor.load().is_some()
-    }
-
-    /// The running actor, activating the line first if it is passivated.
-    async fn actor(&self) -> Result<Arc<ActorRef<LineMsg>>> {
-        if let Some(actor) = self.shared().actor.load_full() {
-            return Ok(actor);
-        }
-        activate(
-            &self.0.supervisor,
-            &self.0.context,
-            self.0.limits.spawn_timeout,
-        )
-        .await?;
-        self.shared()
-            .actor
-            .load_full()
-            .ok_or_else(|| CoreError::Unavailable(format!("line {} did not start", self.key())))
-    }
-
-    #[cfg(test)]
-    pub(crate) fn fail_for_test(&self) {
-        if let Some(actor) = self.shared().actor.load_full() {
-            let _ = actor.cast(LineMsg::Fail);
-        }
-    }
-}
-
-/// Asks the supervisor to give the line a running actor (a no-op if it has one).
-async fn activate(
-    supervisor: &ActorRef<SupervisorMsg>,
-    context: &LineContext,
-    timeout: Duration,
-) -> Result<()> {
-    let context = context.clone();
-    let activated = supervisor
-        .call(
-            |reply| SupervisorMsg::Activate(context, reply),
-            Some(timeout),
-        )
-        .await;
-    unwrap_call(activated)?.map_err(CoreError::Unavailable)
-}
-
-fn unwrap_call<T, M>(reply: Result<CallResult<T>, ractor::MessagingErr<M>>) -> Result<T> {
-    match reply {
-        Ok(CallResult::Success(value)) => Ok(value),
-        Ok(CallResult::Timeout) => Err(CoreError::Unavailable(
-            "the line did not answer in time".into(),
-        )),
-        Ok(CallResult::SenderError) | Err(_) => Err(CoreError::Unavailable(
-            "the line stopped before answering".into(),
-        )),
-    }
-}
-
-/// All lines of this process.
-pub struct Registry {
-    lines: DashMap<LineKey, Arc<OnceCell<LineHandle>>>,
-    by_product: DashMap<ProductId, Vec<WarehouseId>>,
-    by_warehouse: DashMap<WarehouseId, Vec<ProductId>>,
-    loader: Arc<dyn LineLoader>,
-    journal: Arc<dyn Journal>,
+/// The registry's insides, which every [`LineHandle`] keeps a reference to.
+pub(crate) struct Lines {
+    resident: DashMap<LineKey, Arc<OnceCell<Arc<LineShared>>>>,
+    products: ProductIndex,
+    loads: Batcher<LineKey, LineSeed>,
+    pub(crate) journal: Arc<dyn Journal>,
+    durable: DurableWatch,
     warehouses: Arc<Warehouses>,
-    supervisor: ActorRef<SupervisorMsg>,
-    limits: Limits,
-    total: Arc<AtomicUsize>,
+    pub(crate) supervisor: ActorRef<SupervisorMsg>,
+    pub(crate) limits: Limits,
+    /// Calls in flight on all lines together.
+    pub(crate) total: AtomicUsize,
+    evictions: AtomicU64,
+    /// Whether lines may leave memory (the store gives back what the journal keeps).
+    evicts: bool,
 }
+
+/// How often `line` looks again at a line being retired before giving up.
+const RETIRING_TRIES: usize = 1_000;
 
 impl Registry {
     pub(crate) async fn start(
         journal: Arc<dyn Journal>,
-        loader: Arc<dyn LineLoader>,
+        store: Arc<dyn LineStore>,
         warehouses: Arc<Warehouses>,
         limits: Limits,
     ) -> Result<Self> {
         let (supervisor, _) = Actor::spawn(None, LineSupervisor, ())
             .await
             .map_err(|e| CoreError::Unavailable(format!("starting the line supervisor: {e}")))?;
-        if let Some(idle_after) = limits.passivate_after {
-            // Ends by itself once the supervisor stops.
-            let period = (idle_after / 2).max(Duration::from_millis(10));
-            supervisor.send_interval(period, move || SupervisorMsg::Sweep(idle_after));
-        }
-        Ok(Self {
-            lines: DashMap::new(),
-            by_product: DashMap::new(),
-            by_warehouse: DashMap::new(),
-            loader,
+        let evicts = store.keeps_lines();
+        let loader = store.clone();
+        let loads = Batcher::spawn(limits.loads, move |keys| {
+            let loaded = loader.load(keys);
+            Box::pin(async move { Ok(loaded.await?.into_iter().collect()) }) as StoreFuture<_>
+        });
+        let lines = Arc::new(Lines {
+            resident: DashMap::new(),
+            products: ProductIndex::new(store, limits.loads),
+            loads,
+            durable: journal.durable(),
             journal,
             warehouses,
-            supervisor,
+            supervisor: supervisor.clone(),
             limits,
-            total: Arc::new(AtomicUsize::new(0)),
-        })
-    }
-
-    /// The line if it exists (with a running actor or passivated); never spawns.
-    pub fn get(&self, key: LineKey) -> Option<LineHandle> {
-        self.lines.get(&key).and_then(|slot| slot.get().cloned())
-    }
-
-    /// The line, spawned (and loaded) on first use. Concurrent first uses spawn it once.
-    pub async fn get_or_spawn(&self, key: LineKey) -> Result<LineHandle> {
-        if let Some(handle) = self.get(key) {
-            return Ok(handle);
+            total: AtomicUsize::new(0),
+            evictions: AtomicU64::new(0),
+            evicts,
+        });
+        if let Some(idle_after) = limits.passivate_after {
+            let period = (idle_after / 2).max(Duration::from_millis(1));
+            // Ends by itself once the supervisor stops.
+            supervisor.send_interval(period, move || SupervisorMsg::Sweep(idle_after));
+            if evicts {
+                evict_every(period, idle_after, Arc::downgrade(&lines));
+            }
         }
-        let slot = self.lines.entry(key).or_default().clone();
-        let spawned = slot.get_or_try_init(|| self.spawn(key)).await.cloned();
-        if spawned.is_err() {
-            // Leave no empty slot behind for a key that may never be valid.
-            self.lines.remove_if(&key, |_, slot| !slot.initialized());
-        }
-        spawned
+        Ok(Self(lines))
     }
 
-    async fn spawn(&self, key: LineKey) -> Result<LineHandle> {
+    /// The line, loaded first if it is not in memory. Concurrent first touches of one
+    /// line load it once; of many lines, in few queries.
+    pub async fn line(&self, key: LineKey) -> Result<LineHandle> {
+        self.0.line(key).await
+    }
+
+    /// The line if it is in memory now; never loads.
+    pub fn resident(&self, key: LineKey) -> Option<LineHandle> {
+        let shared = self.0.resident.get(&key)?.get()?.clone();
+        Some(self.0.handle(shared))
+    }
+
+    /// Puts a line in memory with the state the store had at start, holds included
+    /// (recovery, before serving). A line already in memory is left as it is.
+    pub fn restore(&self, key: LineKey, seed: LineSeed) -> Result<()> {
+        let shared = Arc::new(self.0.shared_from(key, Some(seed))?);
+        self.0
+            .resident
+            .entry(key)
+            .or_insert_with(|| Arc::new(OnceCell::new_with(Some(shared))));
+        Ok(())
+    }
+
+    /// Every line of one product, in every warehouse that has one, loaded as needed (in
+    /// one query for the lot). Ordered by warehouse.
+    pub async fn lines_of_product(&self, product_id: ProductId) -> Result<Vec<LineHandle>> {
+        let warehouses =
+            self.0.products.warehouses(product_id).await.map_err(|e| {
+                CoreError::Unavailable(format!("finding product {product_id}: {e}"))
+            })?;
+        let loading = warehouses
+            .iter()
+            .filter(|w| self.0.warehouses.get(**w).is_some())
+            .map(|w| self.line(LineKey::new(*w, product_id)));
+        futures_util::future::try_join_all(loading).await
+    }
+
+    /// The lines in memory now (for operator views and sweeps).
+    pub fn resident_lines(&self) -> Vec<LineHandle> {
+        self.0
+            .resident
+            .iter()
+            .filter_map(|slot| slot.get().cloned())
+            .map(|shared| self.0.handle(shared))
+            .collect()
+    }
+
+    /// The lines of one warehouse in memory now.
+    pub fn resident_of_warehouse(&self, warehouse_id: WarehouseId) -> Vec<LineHandle> {
+        self.resident_lines()
+            .into_iter()
+            .filter(|line| line.key().warehouse_id == warehouse_id)
+            .collect()
+    }
+
+    /// How many lines are in memory now.
+    pub fn len(&self) -> usize {
+        self.0.resident.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.resident.is_empty()
+    }
+
+    /// How many lines have a running actor now (the rest are passivated or cold).
+    pub fn active_lines(&self) -> usize {
+        self.0
+            .resident
+            .iter()
+            .filter(|slot| slot.get().is_some_and(|s| s.actor.load().is_some()))
+            .count()
+    }
+
+    pub fn stats(&self) -> RegistryStats {
+        let counts = self.0.loads.counts();
+        RegistryStats {
+            resident: self.len(),
+            active: self.active_lines(),
+            load_queries: counts.queries.load(Ordering::Relaxed),
+            lines_loaded: counts.keys.load(Ordering::Relaxed),
+            evictions: self.0.evictions.load(Ordering::Relaxed),
+            products_indexed: self.0.products.known.len(),
+        }
+    }
+
+    /// Calls in flight on all lines together.
+    pub fn in_flight(&self) -> usize {
+        self.0.total.load(Ordering::Acquire)
+    }
+
+    /// Evicts now every line that may leave memory (the periodic sweep does the same).
+    pub fn evict_idle(&self, idle_after: Duration) -> usize {
+        self.0.evict_idle(idle_after)
+    }
+
+    /// Stops every line after the messages already in its mailbox, then the supervisor.
+    pub(crate) async fn shutdown(&self) {
+        let timeout = self.0.limits.spawn_timeout;
+        let cell = self.0.supervisor.get_cell();
+        let children = cell.get_children();
+        for child in &children {
+            child.drain().ok();
+        }
+        for child in &children {
+            let _ = child.wait(Some(timeout)).await;
+        }
+        cell.stop_children_and_wait(Some(SHUTDOWN.into()), Some(timeout))
+            .await;
+        let _ = cell
+            .stop_and_wait(Some(SHUTDOWN.into()), Some(timeout))
+            .await;
+    }
+}
+
+impl Lines {
+    fn handle(self: &Arc<Self>, shared: Arc<LineShared>) -> LineHandle {
+        LineHandle {
+            shared,
+            lines: self.clone(),
+        }
+    }
+
+    pub(crate) async fn line(self: &Arc<Self>, key: LineKey) -> Result<LineHandle> {
+        for _ in 0..RETIRING_TRIES {
+            // Not in a `match` on `get`: its read guard would be held into `entry`.
+            let found = self.resident.get(&key).map(|slot| slot.clone());
+            let slot = found.unwrap_or_else(|| self.resident.entry(key).or_default().clone());
+            let loaded = slot.get_or_try_init(|| self.load(key)).await.cloned();
+            match loaded {
+                Err(error) => {
+                    // Leave no empty slot behind for a key that may never be valid.
+                    self.resident
+                        .remove_if(&key, |_, s| Arc::ptr_eq(s, &slot) && !s.initialized());
+                    return Err(error);
+                }
+                // Being evicted: the evictor removes it (or takes the mark back) at once.
+                Ok(shared) if shared.is_retired() => tokio::task::yield_now().await,
+                Ok(shared) => {
+                    shared.stats.touch(chrono::Utc::now());
+                    return Ok(self.handle(shared));
+                }
+            }
+        }
+        Err(CoreError::Unavailable(format!("line {key} kept leaving")))
+    }
+
+    async fn load(&self, key: LineKey) -> Result<Arc<LineShared>> {
+        if self.warehouses.get(key.warehouse_id).is_none() {
+            return Err(CoreError::UnknownWarehouse {
+                warehouse_id: key.warehouse_id,
+            });
+        }
+        let loading = async {
+            let seed = self.loads.get(key).await?;
+            if seed.is_none() {
+                // A new line: its product's index must be known before it joins it.
+                self.products.warehouses(key.product_id).await?;
+                self.products.add(key);
+            }
+            Ok::<_, String>(seed)
+        };
+        let seed = tokio::time::timeout(self.limits.spawn_timeout, loading)
+            .await
+            .map_err(|_| format!("timed out after {:?}", self.limits.spawn_timeout))
+            .and_then(|loaded| loaded)
+            .map_err(|e| CoreError::Unavailable(format!("loading line {key}: {e}")))?;
+        self.shared_from(key, seed).map(Arc::new)
+    }
+
+    /// A line's shared state from what the store had. If the stored `reserved` disagrees
+    /// with the holds, it is repaired, and the repair journaled as a new version so the
+    /// store agrees again.
+    fn shared_from(&self, key: LineKey, seed: Option<LineSeed>) -> Result<LineShared> {
         let info = self
             .warehouses
             .get(key.warehouse_id)
             .ok_or(CoreError::UnknownWarehouse {
                 warehouse_id: key.warehouse_id,
             })?;
-        let seed = self
-            .loader
-            .load(key)
-            .await
-            .map_err(|e| CoreError::Unavailable(format!("loading line {key}: {e}")))?;
-        let state = seed_state(key, info.active, seed);
-        let shared = Arc::new(LineShared::new(state));
-        let context = LineContext {
-            shared,
-            journal: self.journal.clone(),
-        };
-        activate(&self.supervisor, &context, self.limits.spawn_timeout).await?;
-        self.by_product
-            .entry(key.product_id)
-            .or_default()
-            .push(key.warehouse_id);
-        self.by_warehouse
-            .entry(key.warehouse_id)
-            .or_default()
-            .push(key.product_id);
-        Ok(LineHandle(Arc::new(HandleInner {
-            context,
-            supervisor: self.supervisor.clone(),
-            total: self.total.clone(),
-            limits: self.limits,
-        })))
+        let mut state = LineState::empty(key, info.active);
+        let mut last_lsn = 0;
+        if let Some(seed) = seed {
+            state.on_hand = seed.on_hand;
+            state.reserved = seed.reserved;
+            state.version = seed.version;
+            state.updated_at = seed.updated_at.unwrap_or(state.updated_at);
+            state.holds = seed.holds.into_iter().collect();
+            if state.repair() {
+                tracing::warn!(line = %key, "stored reserved disagreed with the pending holds; repaired");
+                state.version += 1;
+                last_lsn = self.journal.append(vec![Record::Line(state.record())]);
+            }
+        }
+        let shared = LineShared::new(state, last_lsn);
+        shared.stats.touch(chrono::Utc::now());
+        Ok(shared)
     }
 
-    /// The running lines of one product, in every warehouse.
-    pub fn lines_of_product(&self, product_id: ProductId) -> Vec<LineHandle> {
-        let warehouses = self
-            .by_product
-            .get(&product_id)
-            .map(|w| w.clone())
-            .unwrap_or_default();
-        warehouses
-            .into_iter()
-            .filter_map(|w| self.get(LineKey::new(w, product_id)))
-            .collect()
-    }
-
-    /// The running lines of one warehouse.
-    pub fn lines_of_warehouse(&self, warehouse_id: WarehouseId) -> Vec<LineHandle> {
-        let products = self
-            .by_warehouse
-            .get(&warehouse_id)
-            .map(|p| p.clone())
-            .unwrap_or_default();
-        products
-            .into_iter()
-            .filter_map(|p| self.get(LineKey::new(warehouse_id, p)))
-            .collect()
-    }
-
-    /// Every running line (for the operator view).
-    pub fn all(&self) -> Vec<LineHandle> {
-        self.lines
+    fn evict_idle(&self, idle_after: Duration) -> usize {
+        if !self.evicts {
+            return 0;
+        }
+        let now = chrono::Utc::now();
+        let durable = self.durable.current();
+        let retired: Vec<Arc<LineShared>> = self
+            .resident
             .iter()
             .filter_map(|slot| slot.get().cloned())
-            .collect()
-    }
-
-    /// How many lines exist (running or passivated).
-    pub fn len(&self) -> usize {
-        self.lines.len()
-    }
-
-    /// How many lines have a running actor now (the rest are passivated).
-    pub fn active_lines(&self) -> usize {
-        self.lines
-            .iter()
-            .filter(|slot| slot.get().is_some_and(LineHandle::is_active))
-            .count()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.lines.is_empty()
-    }
-
-    /// Calls in flight on all lines together.
-    pub fn in_flight(&self) -> usize {
-        self.total.load(Ordering::Acquire)
-    }
-
-    /// Stops every line after the messages already in its mailbox, then the supervisor.
-    pub(crate) async fn shutdown(&self) {
-        let cell = self.supervisor.get_cell();
-        let children = cell.get_children();
-        for child in &children {
-            child.drain().ok();
+            .filter(|shared| shared.retire(now, idle_after, durable))
+            .collect();
+        for shared in &retired {
+            self.resident.remove_if(&shared.key, |_, slot| {
+                slot.get().is_some_and(|s| Arc::ptr_eq(s, shared))
+            });
         }
-        for child in &children {
-            let _ = child.wait(Some(self.limits.spawn_timeout)).await;
-        }
-        cell.stop_children_and_wait(Some(SHUTDOWN.into()), Some(self.limits.spawn_timeout))
-            .await;
-        let _ = cell
-            .stop_and_wait(Some(SHUTDOWN.into()), Some(self.limits.spawn_timeout))
-            .await;
+        self.evictions
+            .fetch_add(retired.len() as u64, Ordering::Relaxed);
+        retired.len()
     }
 }
 
-fn seed_state(key: LineKey, active: bool, seed: Option<LineSeed>) -> LineState {
-    let mut state = LineState::empty(key, active);
-    if let Some(seed) = seed {
-        state.on_hand = seed.on_hand;
-        state.reserved = seed.reserved;
-        state.version = seed.version;
-        state.updated_at = seed.updated_at.unwrap_or(state.updated_at);
-        state.holds = seed.holds.into_iter().collect();
-        if state.repair() {
-            tracing::warn!(line = %key, "loaded reserved/on_hand disagreed with pending holds; repaired");
+/// Evicts idle lines every `period` for as long as the registry lives.
+fn evict_every(period: Duration, idle_after: Duration, lines: Weak<Lines>) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(period);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            let Some(lines) = lines.upgrade() else { return };
+            lines.evict_idle(idle_after);
+        }
+    });
+}
+
+/// Which warehouses hold a line of each product: loaded per product on first use (in
+/// batches, from the store), kept after (a few dozen bytes a product), and grown as new
+/// lines appear. Lines never disappear, so it never shrinks.
+struct ProductIndex {
+    known: DashMap<ProductId, Box<[WarehouseId]>>,
+    loading: DashMap<ProductId, Arc<OnceCell<()>>>,
+    batcher: Batcher<ProductId, Vec<WarehouseId>>,
+}
+
+impl ProductIndex {
+    fn new(store: Arc<dyn LineStore>, limits: BatchLimits) -> Self {
+        let batcher = Batcher::spawn(limits, move |products| {
+            let found = store.warehouses_of(products);
+            Box::pin(async move {
+                let mut by_product: HashMap<ProductId, Vec<WarehouseId>> = HashMap::new();
+                for (product, warehouse) in found.await? {
+                    by_product.entry(product).or_default().push(warehouse);
+                }
+                Ok(by_product)
+            }) as StoreFuture<_>
+        });
+        Self {
+            known: DashMap::new(),
+            loading: DashMap::new(),
+            batcher,
         }
     }
-    state
+
+    async fn warehouses(&self, product_id: ProductId) -> Result<Box<[WarehouseId]>, String> {
+        if let Some(known) = self.known.get(&product_id) {
+            return Ok(known.clone());
+        }
+        let slot = self.loading.entry(product_id).or_default().clone();
+        let loaded = slot
+            .get_or_try_init(|| async {
+                if !self.known.contains_key(&product_id) {
+                    let mut found = self.batcher.get(product_id).await?.unwrap_or_default();
+                    found.sort_unstable();
+                    found.dedup();
+                    self.known
+                        .entry(product_id)
+                        .or_insert_with(|| found.into_boxed_slice());
+                }
+                Ok::<_, String>(())
+            })
+            .await;
+        self.loading
+            .remove_if(&product_id, |_, s| Arc::ptr_eq(s, &slot));
+        loaded?;
+        Ok(self
+            .known
+            .get(&product_id)
+            .map(|known| known.clone())
+            .unwrap_or_default())
+    }
+
+    /// Adds a new line's warehouse to its product (whose entry is known by now).
+    fn add(&self, key: LineKey) {
+        if let Some(mut known) = self.known.get_mut(&key.product_id)
+            && let Err(at) = known.binary_search(&key.warehouse_id)
+        {
+            let mut grown = known.to_vec();
+            grown.insert(at, key.warehouse_id);
+            *known = grown.into_boxed_slice();
+        }
+    }
 }
 
 #[cfg(test)]

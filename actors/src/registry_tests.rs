@@ -11,8 +11,8 @@ async fn a_call_that_meets_a_draining_actor_is_sent_again_to_a_fresh_one() {
     let core = crate::test_core().await;
     let key = LineKey::new(1, 7);
     core.adjust(key, 5, "receipt".into()).await.unwrap();
-    let line = core.registry().get(key).unwrap();
-    let shared = &line.0.context.shared;
+    let line = core.registry().resident(key).unwrap();
+    let shared = &line.shared;
 
     // Passivate, as a sweep does, then leave the old actor published: what a caller that
     // loaded it just before the sweep would be holding.

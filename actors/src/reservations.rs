@@ -299,7 +299,7 @@ impl Reservations {
         let mut lsn = 0;
         let mut failure = None;
         for (item, done) in items.iter().zip(settled.iter_mut()).filter(|(_, d)| !**d) {
-            let line = match self.0.registry.get_or_spawn(item.key()).await {
+            let line = match self.0.registry.line(item.key()).await {
                 Ok(line) => line,
                 Err(error) => {
                     failure = Some(error);

@@ -8,6 +8,7 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use chrono::{DateTime, Utc};
@@ -41,6 +42,10 @@ pub struct Applied {
     pub lsn: Lsn,
 }
 
+/// The bit of [`LineStats::inflight`] that marks a line retired: evicted from memory, its
+/// state final. A caller that finds it set looks the line up again.
+pub(crate) const RETIRED: usize = 1 << (usize::BITS - 1);
+
 /// What a line shares with its handles, its supervisor and operators.
 pub struct LineShared {
     pub key: LineKey,
@@ -49,21 +54,61 @@ pub struct LineShared {
     /// The running actor; `None` while passivated or being restarted.
     pub(crate) actor: ArcSwapOption<ActorRef<LineMsg>>,
     pub(crate) stats: LineStats,
+    /// The journal position of the line's newest record (0: nothing journaled here).
+    pub(crate) last_lsn: AtomicU64,
 }
 
 impl LineShared {
-    pub(crate) fn new(state: LineState) -> Self {
+    pub(crate) fn new(state: LineState, last_lsn: Lsn) -> Self {
         Self {
             key: state.key,
             state: Mutex::new(state),
             actor: ArcSwapOption::empty(),
             stats: LineStats::default(),
+            last_lsn: AtomicU64::new(last_lsn),
         }
     }
 
     /// The line as it is now, read without a message.
     pub fn peek(&self) -> LineSnapshot {
         lock(&self.state).snapshot()
+    }
+
+    pub(crate) fn is_retired(&self) -> bool {
+        self.stats.inflight.load(Ordering::Acquire) & RETIRED != 0
+    }
+
+    /// Whether the line may leave memory: no actor, no call in flight, no work for
+    /// `idle_after`, no holds (a line out of memory has none, so loading it never needs
+    /// them), and its newest record durable (so a load reads exactly this state back).
+    fn may_leave(&self, now: DateTime<Utc>, idle_after: Duration, durable: Lsn) -> bool {
+        self.actor.load().is_none()
+            && self.stats.is_idle(now, idle_after)
+            && self.last_lsn.load(Ordering::Acquire) <= durable
+            && lock(&self.state).holds.is_empty()
+    }
+
+    /// Retires the line if it may leave memory. Nothing reaches a retired line's state
+    /// again: callers count themselves in flight before using it, and retiring takes the
+    /// count from 0 to [`RETIRED`] in one step, so it happens only with no caller inside,
+    /// and every later caller sees the mark.
+    pub(crate) fn retire(&self, now: DateTime<Utc>, idle_after: Duration, durable: Lsn) -> bool {
+        if !self.may_leave(now, idle_after, durable) {
+            return false;
+        }
+        let inflight = &self.stats.inflight;
+        if inflight
+            .compare_exchange(0, RETIRED, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        // A caller may have activated the line and left between the check and the mark.
+        if !self.may_leave(now, idle_after, durable) {
+            inflight.fetch_sub(RETIRED, Ordering::AcqRel);
+            return false;
+        }
+        true
     }
 }
 
@@ -109,9 +154,10 @@ impl LineStats {
     }
 
     /// No call in flight and no work for at least `idle_after`.
-    pub(crate) fn is_idle(&self, now: DateTime<Utc>, idle_after: std::time::Duration) -> bool {
+    pub(crate) fn is_idle(&self, now: DateTime<Utc>, idle_after: Duration) -> bool {
         let idle_us = now.timestamp_micros() - self.last_active_us.load(Ordering::Relaxed);
-        self.inflight.load(Ordering::Acquire) == 0 && idle_us >= idle_after.as_micros() as i64
+        self.inflight.load(Ordering::Acquire) & !RETIRED == 0
+            && idle_us >= idle_after.as_micros() as i64
     }
 
     pub fn snapshot(&self) -> LineStatsSnapshot {
@@ -121,7 +167,7 @@ impl LineStats {
             last_message_at: (last != 0)
                 .then(|| DateTime::from_timestamp_micros(last))
                 .flatten(),
-            mailbox_len: self.inflight.load(Ordering::Relaxed),
+            mailbox_len: self.inflight.load(Ordering::Relaxed) & !RETIRED,
             restarts: self.restarts.load(Ordering::Relaxed),
             passivations: self.passivations.load(Ordering::Relaxed),
         }
@@ -148,10 +194,12 @@ impl LineContext {
         let lsn = match state.apply(op, now)? {
             Some(change) => {
                 let movement = state.movement(change);
-                self.journal.append(vec![
+                let lsn = self.journal.append(vec![
                     Record::Line(state.record()),
                     Record::Movement(movement),
-                ])
+                ]);
+                self.shared.last_lsn.store(lsn, Ordering::Release);
+                lsn
             }
             None => 0,
         };

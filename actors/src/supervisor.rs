@@ -183,7 +183,7 @@ mod tests {
             .await
             .unwrap();
         let id = ReservationId::new();
-        let line = core.registry().get(key).unwrap();
+        let line = core.registry().resident(key).unwrap();
         let hold = LineOp::Reserve {
             id,
             qty: Quantity::new(4).unwrap(),
@@ -207,7 +207,7 @@ mod tests {
             (6, 0)
         );
         // The sibling line was not taken down with it.
-        let sibling = core.registry().get(LineKey::new(1, 8)).unwrap();
+        let sibling = core.registry().resident(LineKey::new(1, 8)).unwrap();
         assert_eq!(sibling.snapshot().await.unwrap().on_hand, 3);
         assert_eq!(sibling.stats().restarts, 0);
     }

@@ -9,9 +9,10 @@
 use std::time::Duration;
 
 use crate::error::{CoreError, Result};
+use crate::handle::LineHandle;
 use crate::journal::{Journal, Lsn, Record, TransferRecord};
 use crate::line_state::LineOp;
-use crate::registry::{LineHandle, Registry};
+use crate::registry::Registry;
 use crate::types::{LineKey, ProductId, Quantity, TransferId, WarehouseId};
 use crate::warehouses::Warehouses;
 
@@ -51,10 +52,8 @@ pub(crate) async fn transfer(
             return Err(CoreError::WarehouseInactive { warehouse_id });
         }
     }
-    let source = registry
-        .get_or_spawn(LineKey::new(from, product_id))
-        .await?;
-    let destination = registry.get_or_spawn(LineKey::new(to, product_id)).await?;
+    let source = registry.line(LineKey::new(from, product_id)).await?;
+    let destination = registry.line(LineKey::new(to, product_id)).await?;
     let id = TransferId::new();
     let out = source.call(LineOp::TransferOut { id, qty }).await?;
     let received = destination

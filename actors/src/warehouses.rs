@@ -37,6 +37,15 @@ impl Warehouses {
         self.map.get(&id).map(|w| *w)
     }
 
+    /// The ids of the active warehouses.
+    pub fn active_ids(&self) -> Vec<WarehouseId> {
+        self.map
+            .iter()
+            .filter(|w| w.active)
+            .map(|w| *w.key())
+            .collect()
+    }
+
     pub(crate) fn upsert(&self, id: WarehouseId, info: WarehouseInfo) {
         self.map.insert(id, info);
     }

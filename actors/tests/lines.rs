@@ -8,8 +8,8 @@ use std::time::Duration;
 use common::*;
 use stockline_actors::journal::{MovementKind, Reference};
 use stockline_actors::{
-    Core, CoreConfig, CoreError, Journal, JournalBuffer, Limits, LineKey, LineLoader, LineOp,
-    LineSeed, Record, ReservationId,
+    Core, CoreConfig, CoreError, Journal, JournalBuffer, Limits, LineKey, LineOp, LineSeed, Record,
+    ReservationId,
 };
 
 #[tokio::test]
@@ -100,7 +100,7 @@ async fn a_refused_message_journals_nothing() {
 async fn deactivating_a_warehouse_reaches_its_running_lines() {
     let (core, _) = stocked(5).await;
     core.set_warehouse_active(1, false).await.unwrap();
-    let line = core.registry().get(LineKey::new(1, 7)).unwrap();
+    let line = core.registry().resident(LineKey::new(1, 7)).unwrap();
     let refused = line
         .call(LineOp::TransferOut {
             id: Default::default(),
@@ -134,26 +134,20 @@ async fn concurrent_first_uses_spawn_one_actor() {
     assert_eq!(levels(&core, 1, 7).await, (50, 0));
 }
 
-struct SeededLoader;
-
-impl LineLoader for SeededLoader {
-    fn load(&self, key: LineKey) -> stockline_actors::registry::LoadFuture {
-        Box::pin(async move {
-            // A stored line whose `reserved` drifted from its one pending hold of 4.
-            Ok((key.product_id == 7).then(|| LineSeed {
-                on_hand: 10,
-                reserved: 9,
-                version: 41,
-                updated_at: None,
-                holds: vec![(ReservationId::new(), 4)],
-            }))
-        })
-    }
-}
-
 #[tokio::test]
 async fn a_line_starts_from_its_loaded_state_with_reserved_repaired_from_its_holds() {
-    let (core, _) = core_with(CoreConfig::default(), Arc::new(SeededLoader)).await;
+    // A stored line whose `reserved` drifted from its one pending hold of 4.
+    let store = MapStore::with([(
+        LineKey::new(1, 7),
+        LineSeed {
+            on_hand: 10,
+            reserved: 9,
+            version: 41,
+            updated_at: None,
+            holds: vec![(ReservationId::new(), 4)],
+        },
+    )]);
+    let (core, _) = core_with(CoreConfig::default(), Arc::new(store)).await;
     warehouse(&core, 1, 100).await;
     let applied = core
         .adjust(LineKey::new(1, 7), 1, "receipt".into())
@@ -165,7 +159,8 @@ async fn a_line_starts_from_its_loaded_state_with_reserved_repaired_from_its_hol
             applied.snapshot.reserved,
             applied.snapshot.version
         ),
-        (11, 4, 42)
+        (11, 4, 43),
+        "the repair is a version of its own (42), journaled so the store agrees"
     );
     let fresh = core
         .adjust(LineKey::new(1, 8), 1, "receipt".into())
@@ -180,10 +175,10 @@ async fn calls_past_the_per_line_bound_are_refused_at_once() {
         per_line: 10,
         ..Limits::default()
     };
-    let (core, _) = core_with(with_limits(limits), Arc::new(stockline_actors::EmptyLoader)).await;
+    let (core, _) = core_with(with_limits(limits), Arc::new(stockline_actors::EmptyStore)).await;
     warehouse(&core, 1, 100).await;
     stock(&core, 1, 7, 1_000).await;
-    let line = core.registry().get(LineKey::new(1, 7)).unwrap();
+    let line = core.registry().resident(LineKey::new(1, 7)).unwrap();
     // On one thread every task sends before the actor runs, so 50 calls are in flight at once.
     let tasks: Vec<_> = (0..50)
         .map(|_| {
@@ -218,13 +213,13 @@ async fn calls_past_the_total_bound_are_refused_across_lines() {
         total: 6,
         ..Limits::default()
     };
-    let (core, _) = core_with(with_limits(limits), Arc::new(stockline_actors::EmptyLoader)).await;
+    let (core, _) = core_with(with_limits(limits), Arc::new(stockline_actors::EmptyStore)).await;
     warehouse(&core, 1, 100).await;
     let lines: Vec<_> = {
         let mut lines = Vec::new();
         for product in 0..3 {
             stock(&core, 1, product, 100).await;
-            lines.push(core.registry().get(LineKey::new(1, product)).unwrap());
+            lines.push(core.registry().resident(LineKey::new(1, product)).unwrap());
         }
         lines
     };
@@ -252,7 +247,7 @@ async fn a_full_journal_backlog_refuses_new_work_but_settles_held_work() {
     let core = Core::start(
         CoreConfig::default(),
         buffer.clone() as Arc<dyn Journal>,
-        Arc::new(stockline_actors::EmptyLoader),
+        Arc::new(stockline_actors::EmptyStore),
     )
     .await
     .unwrap();
@@ -292,7 +287,7 @@ async fn operator_counters_are_read_without_stopping_the_line() {
     for _ in 0..5 {
         stock(&core, 1, 7, 1).await;
     }
-    let line = core.registry().get(LineKey::new(1, 7)).unwrap();
+    let line = core.registry().resident(LineKey::new(1, 7)).unwrap();
     let stats = line.stats();
     assert_eq!(stats.messages_handled, 5);
     assert_eq!(stats.mailbox_len, 0);
@@ -304,7 +299,7 @@ async fn operator_counters_are_read_without_stopping_the_line() {
 #[tokio::test]
 async fn shutdown_drains_queued_messages_first() {
     let (core, journal) = stocked(1).await;
-    let line = core.registry().get(LineKey::new(1, 7)).unwrap();
+    let line = core.registry().resident(LineKey::new(1, 7)).unwrap();
     let pending: Vec<_> = (0..100)
         .map(|_| {
             let line = line.clone();
@@ -347,13 +342,13 @@ fn passivating(after: Duration) -> CoreConfig {
 async fn an_idle_line_gives_up_its_actor_and_comes_back_with_its_state_on_the_next_message() {
     let (core, _) = core_with(
         passivating(Duration::from_millis(30)),
-        Arc::new(stockline_actors::EmptyLoader),
+        Arc::new(stockline_actors::EmptyStore),
     )
     .await;
     warehouse(&core, 1, 100).await;
     stock(&core, 1, 7, 10).await;
     let r = reserve(&core, vec![item(7, 4)]).await;
-    let line = core.registry().get(LineKey::new(1, 7)).unwrap();
+    let line = core.registry().resident(LineKey::new(1, 7)).unwrap();
     let passivated = line.clone();
     eventually(2_000, || {
         let idle = !passivated.is_active();
@@ -374,14 +369,11 @@ async fn an_idle_line_gives_up_its_actor_and_comes_back_with_its_state_on_the_ne
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn calls_racing_passivation_are_applied_exactly_once() {
-    // Sweeps every 10 ms passivate any line idle for 1 ms, so callers that pause keep
-    // meeting actors that are being drained.
-    let (core, journal) = core_with(
-        passivating(Duration::from_millis(1)),
-        Arc::new(stockline_actors::EmptyLoader),
-    )
-    .await;
+async fn calls_racing_passivation_and_eviction_are_applied_exactly_once() {
+    // Sweeps every 10 ms passivate any line idle for 1 ms and evict it from memory, so
+    // callers that pause keep meeting actors being drained and lines being retired.
+    let store = Arc::new(MapStore::default());
+    let (core, journal) = stored_core(passivating(Duration::from_millis(1)), store).await;
     warehouse(&core, 1, 100).await;
     let core = Arc::new(core);
     let pause = Arc::new(tokio::sync::Barrier::new(16));
@@ -412,7 +404,11 @@ async fn calls_racing_passivation_are_applied_exactly_once() {
     let mut total = 0;
     let mut passivations = 0;
     for product in 0..3 {
-        let line = core.registry().get(LineKey::new(1, product)).unwrap();
+        let line = core
+            .registry()
+            .line(LineKey::new(1, product))
+            .await
+            .unwrap();
         let on_hand = line.snapshot().await.unwrap().on_hand;
         assert_eq!(
             journal.movements(line.key()).len() as u64,
@@ -423,9 +419,10 @@ async fn calls_racing_passivation_are_applied_exactly_once() {
         passivations += line.stats().passivations;
     }
     assert_eq!(total, 16 * 150);
+    let evictions = core.registry().stats().evictions;
     assert!(
-        passivations > 0,
-        "the sweeps must actually have passivated lines"
+        passivations + evictions > 0,
+        "the sweeps must actually have passivated or evicted lines"
     );
 }
 

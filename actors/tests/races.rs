@@ -84,7 +84,7 @@ async fn overlapping_multi_item_reservations_never_oversell_and_reserved_matches
             *pending_per_line.entry(item.key()).or_default() += item.quantity;
         }
     }
-    for line in core.registry().all() {
+    for line in core.registry().resident_lines() {
         let s = line.snapshot().await.unwrap();
         assert!(
             s.reserved <= s.on_hand,

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use common::*;
 use stockline_actors::journal::MovementKind;
-use stockline_actors::registry::LoadFuture;
 use stockline_actors::{
-    Core, CoreConfig, CoreError, LineKey, LineLoader, LineSeed, MemoryJournal, Record, Reservation,
+    Core, CoreConfig, CoreError, EmptyStore, LineKey, LineSeed, MemoryJournal, Record, Reservation,
     ReservationId, ReservationStatus, ReservedItem, TransferRequest,
 };
 
@@ -278,34 +277,21 @@ async fn settled_reservations_are_forgotten_after_the_retention() {
     .await;
 }
 
-/// A store holding one line (w1/p7: 5 on hand) with a 2-unit hold of one reservation.
-struct StoreWithHold(ReservationId);
-
-impl LineLoader for StoreWithHold {
-    fn load(&self, key: LineKey) -> LoadFuture {
-        let hold = self.0;
-        Box::pin(async move {
-            Ok((key == LineKey::new(1, 7)).then(|| LineSeed {
-                on_hand: 5,
-                reserved: 2,
-                version: 3,
-                updated_at: None,
-                holds: vec![(hold, 2)],
-            }))
-        })
-    }
-}
-
 /// A core over [`StoreWithHold`], with the line loaded and the reservation restored as
 /// recovery would, expiring `expires_in` from now (negative: already past).
 async fn restored(expires_in: chrono::TimeDelta) -> (Core, Arc<MemoryJournal>, ReservationId) {
     let id = ReservationId::new();
-    let (core, journal) = core_with(CoreConfig::default(), Arc::new(StoreWithHold(id))).await;
+    let (core, journal) = core_with(CoreConfig::default(), Arc::new(EmptyStore)).await;
     warehouse(&core, 1, 100).await;
-    core.registry()
-        .get_or_spawn(LineKey::new(1, 7))
-        .await
-        .unwrap();
+    // The stored line (w1/p7: 5 on hand) with its 2-unit hold, as recovery restores it.
+    let seed = LineSeed {
+        on_hand: 5,
+        reserved: 2,
+        version: 3,
+        updated_at: None,
+        holds: vec![(id, 2)],
+    };
+    core.registry().restore(LineKey::new(1, 7), seed).unwrap();
     let created = chrono::Utc::now() - chrono::TimeDelta::minutes(20);
     core.reservations().restore(Reservation {
         id,
@@ -426,7 +412,7 @@ async fn a_transfer_whose_destination_refuses_puts_the_stock_back() {
     stock(&core, 2, 7, 1).await;
     // The destination line went inactive after the up-front check would have passed: the
     // directory still says active, the line itself refuses.
-    let destination = core.registry().get(LineKey::new(2, 7)).unwrap();
+    let destination = core.registry().resident(LineKey::new(2, 7)).unwrap();
     destination
         .settle(stockline_actors::LineOp::SetActive(false))
         .await

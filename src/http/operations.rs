@@ -19,6 +19,7 @@ use crate::config::Durability;
 use crate::error::{AppError, Result};
 use crate::http::AppState;
 use crate::http::caller::Caller;
+use crate::store;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -56,19 +57,19 @@ struct ActorQuery {
 #[utoipa::path(get, path = "/admin/actors", tag = "operations", security(("bearer" = [])),
     params(("sort" = Option<String>, Query, description = "messages_handled (default), mailbox_len or last_message_at; highest first"),
            ("limit" = Option<i64>, Query), ("offset" = Option<i64>, Query)),
-    responses((status = 200, description = "`{items: [Actor], total}`", body = Object),
+    responses((status = 200, description = "`{items: [Actor], total, lines_in_memory, lines_active, lines_stored}`: the lines in memory; `lines_stored` counts every line the database holds", body = Actors),
               (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn actors(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Query(query): Query<ActorQuery>,
-) -> Result<Json<List<Actor>>> {
+) -> Result<Json<Actors>> {
     caller.require(Role::Operator)?;
     let page = Page::new(query.limit, query.offset);
-    let mut items: Vec<Actor> = state
-        .core
-        .registry()
-        .all()
+    let registry = state.core.registry();
+    let resident = registry.resident_lines();
+    let lines_active = resident.iter().filter(|line| line.is_active()).count();
+    let mut items: Vec<Actor> = resident
         .into_iter()
         .map(|line| {
             let (now, stats) = (line.peek(), line.stats());
@@ -102,7 +103,27 @@ async fn actors(
         .skip(page.offset()? as usize)
         .take(page.limit()? as usize)
         .collect();
-    Ok(Json(List { items, total }))
+    Ok(Json(Actors {
+        items,
+        total,
+        lines_in_memory: total,
+        lines_active: lines_active as i64,
+        lines_stored: store::lines::stored_count(&state.db).await?,
+    }))
+}
+
+/// The lines in memory (one page of them), and how many lines there are.
+#[derive(Serialize, ToSchema)]
+struct Actors {
+    items: Vec<Actor>,
+    /// Lines in memory (all pages).
+    total: i64,
+    /// The same as `total`: lines in memory, with an actor or passivated.
+    lines_in_memory: i64,
+    /// Lines in memory with a running actor.
+    lines_active: i64,
+    /// Lines the database holds, in memory or not.
+    lines_stored: i64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -183,42 +204,27 @@ async fn low_stock(
     Caller(caller): Caller,
 ) -> Result<Json<List<LowStock>>> {
     caller.require(Role::Operator)?;
-    let mut items = Vec::new();
-    let mut products = state.catalog.all();
-    products.sort_by_key(|(id, _)| *id);
-    for (product_id, info) in products
+    let resident: Vec<_> = state
+        .core
+        .registry()
+        .resident_lines()
+        .iter()
+        .map(|line| line.peek())
+        .collect();
+    let active = state.core.warehouses().active_ids();
+    let low = store::lines::low_stock(&state.db, &resident, &active).await?;
+    let items: Vec<_> = low
         .into_iter()
-        .filter(|(_, info)| info.low_stock_threshold > 0)
-    {
-        let mut lines: Vec<_> = state
-            .core
-            .registry()
-            .lines_of_product(product_id)
-            .iter()
-            .map(|line| line.peek())
-            .filter(|line| {
-                state
-                    .core
-                    .warehouses()
-                    .get(line.key.warehouse_id)
-                    .is_some_and(|w| w.active)
-            })
-            .collect();
-        lines.sort_by_key(|line| line.key.warehouse_id);
-        let available: u64 = lines.iter().map(|line| line.available()).sum();
-        if available >= info.low_stock_threshold as u64 {
-            continue;
-        }
-        items.extend(lines.into_iter().map(|line| LowStock {
-            product_id,
-            warehouse_id: line.key.warehouse_id,
-            on_hand: line.on_hand,
-            reserved: line.reserved,
-            available: line.available(),
-            product_available: available,
-            low_stock_threshold: info.low_stock_threshold,
-        }));
-    }
+        .map(|low| LowStock {
+            product_id: low.line.key.product_id,
+            warehouse_id: low.line.key.warehouse_id,
+            on_hand: low.line.on_hand,
+            reserved: low.line.reserved,
+            available: low.line.available(),
+            product_available: low.product_available,
+            low_stock_threshold: low.low_stock_threshold,
+        })
+        .collect();
     let total = items.len() as i64;
     Ok(Json(List { items, total }))
 }
@@ -233,13 +239,18 @@ pub fn recorder() -> PrometheusRecorder {
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let registry = state.core.registry();
-    let lines = registry.all();
+    let lines = registry.resident_lines();
     let handled: u64 = lines.iter().map(|line| line.stats().messages_handled).sum();
     let restarts: u64 = lines.iter().map(|line| line.stats().restarts).sum();
+    let counts = registry.stats();
     let flush = &state.store.flush;
     metrics::with_local_recorder(&*state.metrics, || {
-        metrics::gauge!("stockline_lines").set(registry.len() as f64);
-        metrics::gauge!("stockline_lines_active").set(registry.active_lines() as f64);
+        metrics::gauge!("stockline_lines").set(counts.resident as f64);
+        metrics::gauge!("stockline_lines_active").set(counts.active as f64);
+        metrics::counter!("stockline_line_loads_total").absolute(counts.lines_loaded);
+        metrics::counter!("stockline_line_load_queries_total").absolute(counts.load_queries);
+        metrics::counter!("stockline_line_evictions_total").absolute(counts.evictions);
+        metrics::gauge!("stockline_products_indexed").set(counts.products_indexed as f64);
         metrics::gauge!("stockline_line_calls_in_flight").set(registry.in_flight() as f64);
         metrics::gauge!("stockline_line_messages_handled").set(handled as f64);
         metrics::gauge!("stockline_line_restarts").set(restarts as f64);

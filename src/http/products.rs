@@ -207,10 +207,14 @@ async fn delete(
         return Err(AppError::NotFound(format!("product {id}")));
     };
     state.catalog.remove(id);
-    let busy = state
-        .core
-        .registry()
-        .lines_of_product(id)
+    let lines = match state.core.registry().lines_of_product(id).await {
+        Ok(lines) => lines,
+        Err(error) => {
+            state.catalog.put(id, info);
+            return Err(error.into());
+        }
+    };
+    let busy = lines
         .iter()
         .map(|line| line.peek())
         .any(|line| line.on_hand > 0 || line.reserved > 0);

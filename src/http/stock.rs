@@ -23,6 +23,7 @@ use crate::auth::Role;
 use crate::error::{AppError, Result};
 use crate::http::AppState;
 use crate::http::caller::Caller;
+use crate::store;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -120,14 +121,14 @@ async fn availability(
     if state.catalog.get(id).is_none() {
         return Err(AppError::NotFound(format!("product {id}")));
     }
-    let mut lines: Vec<_> = state
+    let lines: Vec<_> = state
         .core
         .registry()
         .lines_of_product(id)
+        .await?
         .iter()
         .map(|l| l.peek())
         .collect();
-    lines.sort_by_key(|l| l.key.warehouse_id);
     let (mut on_hand, mut reserved) = (0u64, 0u64);
     let mut warehouses = Vec::with_capacity(lines.len());
     for line in lines {
@@ -168,21 +169,17 @@ async fn warehouse_stock(
     if state.core.warehouses().get(id).is_none() {
         return Err(AppError::NotFound(format!("warehouse {id}")));
     }
-    let mut lines: Vec<_> = state
+    let (limit, offset) = (page.limit()?, page.offset()?);
+    let resident: Vec<_> = state
         .core
         .registry()
-        .lines_of_warehouse(id)
+        .resident_of_warehouse(id)
         .iter()
         .map(|l| l.peek())
         .collect();
-    lines.sort_by_key(|l| l.key.product_id);
-    let total = lines.len() as i64;
-    let items = lines
-        .into_iter()
-        .skip(page.offset()? as usize)
-        .take(page.limit()? as usize)
-        .map(StockLine::from)
-        .collect();
+    let (lines, total) =
+        store::lines::warehouse_page(&state.db, id, &resident, limit, offset).await?;
+    let items = lines.into_iter().map(StockLine::from).collect();
     Ok(Json(List { items, total }))
 }
 

@@ -2,6 +2,7 @@
 //! write-behind flusher, and recovery of the core's state at start.
 
 pub mod flusher;
+pub mod lines;
 pub mod recovery;
 mod write;
 

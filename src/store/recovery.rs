@@ -1,48 +1,101 @@
-//! Bringing the core back after a start: warehouses, every stored line with the holds of
-//! its pending reservations, and the pending reservations themselves (their expiry re-armed;
-//! those that ran out while the server was down are expired at once, and journaled).
+//! Bringing the core back after a start, and the store lines are loaded from afterwards.
+//!
+//! Start-up reads what must be live and nothing per idle line: the warehouses, the pending
+//! reservations, and the lines that hold stock for someone (a pending hold, or a stored
+//! `reserved` that is not 0, which a crash can leave and a load repairs). Those lines are
+//! restored with their holds, so every line left in the store holds nothing: loaded later,
+//! on first touch, it needs no holds. Reservations that ran out while the server was down
+//! are expired at once, and journaled.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use stockline_actors::registry::LoadFuture;
 use stockline_actors::{
-    Core, LineKey, LineLoader, LineSeed, Lsn, Reservation, ReservationId, ReservationStatus,
-    ReservedItem, WarehouseInfo,
+    Core, LineKey, LineSeed, LineStore, Lsn, ProductId, Reservation, ReservationId,
+    ReservationStatus, ReservedItem, StoreFuture, WarehouseId, WarehouseInfo,
 };
 use uuid::Uuid;
 
-/// Serves each stored line's state once, at its spawn. Every stored line is spawned during
-/// recovery, so a line asked for later was never stored: it starts empty.
-pub struct PgLoader {
-    seeds: Mutex<HashMap<LineKey, LineSeed>>,
+/// Lines from PostgreSQL, many keys a query.
+pub struct PgStore {
+    pool: PgPool,
 }
 
-impl LineLoader for PgLoader {
-    fn load(&self, key: LineKey) -> LoadFuture {
-        let seed = self
-            .seeds
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&key);
-        Box::pin(async move { Ok(seed) })
+impl PgStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
     }
 }
 
-/// What the store holds, read before the core starts.
+type LineRow = (i64, i64, i64, i64, i64, DateTime<Utc>);
+
+fn seed((_, _, on_hand, reserved, version, updated_at): &LineRow) -> LineSeed {
+    LineSeed {
+        on_hand: *on_hand as u64,
+        reserved: *reserved as u64,
+        version: *version as u64,
+        updated_at: Some(*updated_at),
+        holds: Vec::new(),
+    }
+}
+
+impl LineStore for PgStore {
+    fn load(&self, keys: Vec<LineKey>) -> StoreFuture<Vec<(LineKey, LineSeed)>> {
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            let (warehouses, products): (Vec<i64>, Vec<i64>) = keys
+                .iter()
+                .map(|key| (key.warehouse_id, key.product_id))
+                .unzip();
+            let rows = sqlx::query_as::<_, LineRow>(
+                "SELECT s.warehouse_id, s.product_id, s.on_hand, s.reserved, s.version, s.updated_at
+                 FROM stock_lines s
+                 JOIN UNNEST($1::bigint[], $2::bigint[]) AS k (warehouse_id, product_id)
+                   ON s.warehouse_id = k.warehouse_id AND s.product_id = k.product_id",
+            )
+            .bind(warehouses)
+            .bind(products)
+            .fetch_all(&pool)
+            .await
+            .map_err(|e| e.to_string())?;
+            Ok(rows
+                .iter()
+                .map(|row| (LineKey::new(row.0, row.1), seed(row)))
+                .collect())
+        })
+    }
+
+    fn warehouses_of(
+        &self,
+        products: Vec<ProductId>,
+    ) -> StoreFuture<Vec<(ProductId, WarehouseId)>> {
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            sqlx::query_as(
+                "SELECT product_id, warehouse_id FROM stock_lines WHERE product_id = ANY($1)",
+            )
+            .bind(products)
+            .fetch_all(&pool)
+            .await
+            .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// What the store holds that must be live, read before the core starts.
 pub struct Stored {
     /// The highest journal number written; new records continue after it.
     pub journal_lsn: Lsn,
-    lines: Vec<LineKey>,
+    /// Lines that hold stock for someone, with their holds.
+    lines: Vec<(LineKey, LineSeed)>,
     warehouses: Vec<(i64, WarehouseInfo)>,
     pending: Vec<Reservation>,
 }
 
 #[tracing::instrument(skip_all)]
-/// Reads what the store holds: the state to restore, and the loader the core starts with.
-pub async fn read(pool: &PgPool) -> Result<(Stored, PgLoader), sqlx::Error> {
+/// Reads what the store holds that must be live at start.
+pub async fn read(pool: &PgPool) -> Result<Stored, sqlx::Error> {
     let journal_lsn = super::setting(pool, "journal_lsn")
         .await?
         .and_then(|v| v.parse::<u64>().ok())
@@ -72,33 +125,38 @@ pub async fn read(pool: &PgPool) -> Result<(Stored, PgLoader), sqlx::Error> {
                 .push((r.id, item.quantity));
         }
     }
-    let rows = sqlx::query_as::<_, (i64, i64, i64, i64, i64, DateTime<Utc>)>(
-        "SELECT warehouse_id, product_id, on_hand, reserved, version, updated_at FROM stock_lines",
+    let (warehouse_ids, product_ids): (Vec<i64>, Vec<i64>) = holds
+        .keys()
+        .map(|key| (key.warehouse_id, key.product_id))
+        .unzip();
+    let rows = sqlx::query_as::<_, LineRow>(
+        "SELECT warehouse_id, product_id, on_hand, reserved, version, updated_at
+         FROM stock_lines WHERE reserved <> 0
+         UNION
+         SELECT s.warehouse_id, s.product_id, s.on_hand, s.reserved, s.version, s.updated_at
+         FROM stock_lines s
+         JOIN UNNEST($1::bigint[], $2::bigint[]) AS k (warehouse_id, product_id)
+           ON s.warehouse_id = k.warehouse_id AND s.product_id = k.product_id",
     )
+    .bind(warehouse_ids)
+    .bind(product_ids)
     .fetch_all(pool)
     .await?;
-    let mut seeds = HashMap::with_capacity(rows.len());
-    for (warehouse_id, product_id, on_hand, reserved, version, updated_at) in rows {
-        let key = LineKey::new(warehouse_id, product_id);
-        let seed = LineSeed {
-            on_hand: on_hand as u64,
-            reserved: reserved as u64,
-            version: version as u64,
-            updated_at: Some(updated_at),
-            holds: holds.remove(&key).unwrap_or_default(),
-        };
-        seeds.insert(key, seed);
-    }
-    let stored = Stored {
+    let lines = rows
+        .iter()
+        .map(|row| {
+            let key = LineKey::new(row.0, row.1);
+            let mut seed = seed(row);
+            seed.holds = holds.remove(&key).unwrap_or_default();
+            (key, seed)
+        })
+        .collect();
+    Ok(Stored {
         journal_lsn,
-        lines: seeds.keys().copied().collect(),
+        lines,
         warehouses,
         pending,
-    };
-    let loader = PgLoader {
-        seeds: Mutex::new(seeds),
-    };
-    Ok((stored, loader))
+    })
 }
 
 type ReservationRow = (
@@ -148,21 +206,22 @@ async fn pending_reservations(pool: &PgPool) -> Result<Vec<Reservation>, sqlx::E
 }
 
 impl Stored {
-    /// Hands the stored state to a core started with this loader: warehouses, every line
-    /// (spawned now, so allocation sees them), then the pending reservations.
+    /// Hands what must be live to the core: warehouses, the lines that hold stock for
+    /// someone (with their holds), then the pending reservations.
     pub async fn restore_into(self, core: &Core) -> Result<(), stockline_actors::CoreError> {
         for (id, info) in self.warehouses {
             core.upsert_warehouse(id, info).await?;
         }
-        for key in self.lines {
-            core.registry().get_or_spawn(key).await?;
+        let restored = self.lines.len();
+        for (key, seed) in self.lines {
+            core.registry().restore(key, seed)?;
         }
         let count = self.pending.len();
         for reservation in self.pending {
             core.reservations().restore(reservation);
         }
         tracing::info!(
-            lines = core.registry().len(),
+            lines_restored = restored,
             pending_reservations = count,
             "recovered"
         );

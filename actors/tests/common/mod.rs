@@ -1,29 +1,92 @@
 //! Helpers shared by the core's integration tests.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use stockline_actors::journal::MovementRecord;
 use stockline_actors::{
-    Core, CoreConfig, EmptyLoader, ItemRequest, Journal, LineKey, LineLoader, MemoryJournal,
-    Quantity, ReservationRequest, WarehouseInfo,
+    Core, CoreConfig, DurableWatch, EmptyStore, ItemRequest, Journal, LineKey, LineSeed, LineStore,
+    Lsn, MemoryJournal, ProductId, Quantity, Record, ReservationRequest, StoreFuture, WarehouseId,
+    WarehouseInfo,
 };
 
 /// A core over an in-memory journal that keeps every record.
 pub async fn core() -> (Core, Arc<MemoryJournal>) {
-    core_with(CoreConfig::default(), Arc::new(EmptyLoader)).await
+    core_with(CoreConfig::default(), Arc::new(EmptyStore)).await
 }
 
 pub async fn core_with(
     config: CoreConfig,
-    loader: Arc<dyn LineLoader>,
+    store: Arc<dyn LineStore>,
 ) -> (Core, Arc<MemoryJournal>) {
     let journal = Arc::new(MemoryJournal::new());
-    let core = Core::start(config, journal.clone() as Arc<dyn Journal>, loader)
+    let core = Core::start(config, journal.clone() as Arc<dyn Journal>, store)
         .await
         .expect("core starts");
     (core, journal)
+}
+
+/// A store over a map the test writes, counting the loads asked of it.
+#[derive(Default)]
+pub struct MapStore {
+    pub lines: Mutex<BTreeMap<LineKey, LineSeed>>,
+    /// Lines asked for, in all queries together.
+    pub keys_loaded: AtomicUsize,
+    /// Queries asked.
+    pub queries: AtomicUsize,
+    /// How long each query takes (so first touches can pile up behind it).
+    pub delay: Duration,
+}
+
+impl MapStore {
+    pub fn with(lines: impl IntoIterator<Item = (LineKey, LineSeed)>) -> Self {
+        Self {
+            lines: Mutex::new(lines.into_iter().collect()),
+            ..Self::default()
+        }
+    }
+
+    pub fn put(&self, key: LineKey, seed: LineSeed) {
+        self.lines.lock().unwrap().insert(key, seed);
+    }
+
+    pub fn keys_loaded(&self) -> usize {
+        self.keys_loaded.load(Ordering::SeqCst)
+    }
+}
+
+impl LineStore for MapStore {
+    fn load(&self, keys: Vec<LineKey>) -> StoreFuture<Vec<(LineKey, LineSeed)>> {
+        self.queries.fetch_add(1, Ordering::SeqCst);
+        self.keys_loaded.fetch_add(keys.len(), Ordering::SeqCst);
+        let lines = self.lines.lock().unwrap();
+        let found: Vec<_> = keys
+            .into_iter()
+            .filter_map(|key| lines.get(&key).map(|seed| (key, seed.clone())))
+            .collect();
+        let delay = self.delay;
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            Ok(found)
+        })
+    }
+
+    fn warehouses_of(
+        &self,
+        products: Vec<ProductId>,
+    ) -> StoreFuture<Vec<(ProductId, WarehouseId)>> {
+        let lines = self.lines.lock().unwrap();
+        let found: Vec<_> = lines
+            .keys()
+            .filter(|key| products.contains(&key.product_id))
+            .map(|key| (key.product_id, key.warehouse_id))
+            .collect();
+        Box::pin(async move { Ok(found) })
+    }
 }
 
 /// Adds an active warehouse of the given priority.
@@ -84,7 +147,7 @@ pub fn request(items: Vec<ItemRequest>) -> ReservationRequest {
 pub async fn levels(core: &Core, warehouse_id: i64, product_id: i64) -> (u64, u64) {
     let line = core
         .registry()
-        .get(LineKey::new(warehouse_id, product_id))
+        .resident(LineKey::new(warehouse_id, product_id))
         .expect("line exists");
     let s = line.snapshot().await.unwrap();
     (s.on_hand, s.reserved)
@@ -121,4 +184,107 @@ pub async fn reserve(core: &Core, items: Vec<ItemRequest>) -> stockline_actors::
         .await
         .expect("reserved")
         .0
+}
+
+/// A journal that writes line states into a [`MapStore`] as a flusher would, and counts
+/// them durable then; while held, records wait (the write-behind backlog) and the
+/// watermark stays where it was.
+pub struct StoreJournal {
+    store: Arc<MapStore>,
+    state: Mutex<JournalState>,
+    durable: tokio::sync::watch::Sender<Lsn>,
+}
+
+#[derive(Default)]
+struct JournalState {
+    head: Lsn,
+    held: bool,
+    backlog: Vec<(Lsn, Record)>,
+    kept: Vec<(Lsn, Record)>,
+}
+
+impl StoreJournal {
+    pub fn new(store: Arc<MapStore>) -> Self {
+        Self {
+            store,
+            state: Mutex::default(),
+            durable: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    /// Holds records back from the store until [`Self::release`].
+    pub fn hold(&self) {
+        self.state.lock().unwrap().held = true;
+    }
+
+    /// Writes what was held back and lets records through again.
+    pub fn release(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.held = false;
+        self.flush(&mut state);
+    }
+
+    pub fn movements(&self, key: LineKey) -> Vec<MovementRecord> {
+        self.state
+            .lock()
+            .unwrap()
+            .kept
+            .iter()
+            .filter_map(|(_, r)| match r {
+                Record::Movement(m) if m.key == key => Some(m.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn flush(&self, state: &mut JournalState) {
+        for (_, record) in state.backlog.drain(..) {
+            if let Record::Line(line) = &record {
+                self.store.put(
+                    line.key,
+                    LineSeed {
+                        on_hand: line.on_hand,
+                        reserved: line.reserved,
+                        version: line.version,
+                        updated_at: Some(line.updated_at),
+                        holds: Vec::new(),
+                    },
+                );
+            }
+        }
+        self.durable.send_replace(state.head);
+    }
+}
+
+impl Journal for StoreJournal {
+    fn append(&self, records: Vec<Record>) -> Lsn {
+        let mut state = self.state.lock().unwrap();
+        for record in records {
+            state.head += 1;
+            let lsn = state.head;
+            state.kept.push((lsn, record.clone()));
+            state.backlog.push((lsn, record));
+        }
+        if !state.held {
+            self.flush(&mut state);
+        }
+        state.head
+    }
+
+    fn is_backlogged(&self) -> bool {
+        false
+    }
+
+    fn durable(&self) -> DurableWatch {
+        DurableWatch::new(self.durable.subscribe())
+    }
+}
+
+/// A core over a [`MapStore`] and a [`StoreJournal`] writing into it.
+pub async fn stored_core(config: CoreConfig, store: Arc<MapStore>) -> (Core, Arc<StoreJournal>) {
+    let journal = Arc::new(StoreJournal::new(store.clone()));
+    let core = Core::start(config, journal.clone() as Arc<dyn Journal>, store)
+        .await
+        .expect("core starts");
+    (core, journal)
 }

@@ -1,0 +1,214 @@
+//! [`LineHandle`]: the way to one line, from [`Registry::line`](crate::registry::Registry::line).
+//!
+//! A handle keeps the in-flight bounds: ractor mailboxes are unbounded, so past `per_line`
+//! calls waiting on one line, or `total` on all of them, new work is refused with
+//! `Overloaded` at once. It also copes with the line's life going on under it: an actor
+//! drained by passivation hands a message back unapplied and the handle activates the line
+//! again; a line evicted from memory (retired) is looked up afresh, which loads it again.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use ractor::rpc::CallResult;
+use ractor::{ActorRef, MessagingErr};
+
+use crate::error::{CoreError, Result};
+use crate::line_state::{LineOp, LineSnapshot};
+use crate::registry::Lines;
+use crate::stock_line::{Applied, LineContext, LineMsg, LineShared, LineStatsSnapshot, RETIRED};
+use crate::supervisor::SupervisorMsg;
+use crate::types::LineKey;
+
+/// The way to one line. Cheap to clone (two `Arc`s).
+#[derive(Clone)]
+pub struct LineHandle {
+    pub(crate) shared: Arc<LineShared>,
+    pub(crate) lines: Arc<Lines>,
+}
+
+/// How often a send refused by a draining actor, or by a line retired meanwhile, is
+/// tried again.
+const SEND_TRIES: usize = 4;
+
+/// Counts one call in flight on a line and in total, for as long as it lives.
+struct InFlight<'a> {
+    line: &'a AtomicUsize,
+    total: &'a AtomicUsize,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.line.fetch_sub(1, Ordering::AcqRel);
+        self.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What happened to one try of a send.
+enum Tried {
+    Done(Result<Applied>),
+    /// The actor was being drained and handed the op back: activate and send again.
+    Drained(LineOp),
+    /// The line left memory: look it up again and send there.
+    Retired(LineOp),
+}
+
+impl LineHandle {
+    pub fn key(&self) -> LineKey {
+        self.shared.key
+    }
+
+    /// New work (reserve, adjust, set level, transfer out): refused past the bounds.
+    pub async fn call(&self, op: LineOp) -> Result<Applied> {
+        self.send(op, true).await
+    }
+
+    /// Settling work (commit, release, expire, transfer in, set active): never refused
+    /// for load, so what was accepted can always be finished.
+    pub async fn settle(&self, op: LineOp) -> Result<Applied> {
+        self.send(op, false).await
+    }
+
+    async fn send(&self, mut op: LineOp, bounded: bool) -> Result<Applied> {
+        let mut line = self.clone();
+        for _ in 0..SEND_TRIES {
+            op = match line.try_send(op, bounded).await {
+                Tried::Done(result) => return result,
+                Tried::Drained(op) => op,
+                Tried::Retired(op) => {
+                    line = line.lines.line(line.key()).await?;
+                    op
+                }
+            };
+        }
+        Err(CoreError::Unavailable(format!(
+            "line {} kept stopping",
+            self.key()
+        )))
+    }
+
+    async fn try_send(&self, op: LineOp, bounded: bool) -> Tried {
+        let stats = &self.shared.stats;
+        let total = &self.lines.total;
+        let on_line = stats.inflight.fetch_add(1, Ordering::AcqRel) + 1;
+        let in_total = total.fetch_add(1, Ordering::AcqRel) + 1;
+        let _in_flight = InFlight {
+            line: &stats.inflight,
+            total,
+        };
+        if on_line & RETIRED != 0 {
+            return Tried::Retired(op);
+        }
+        let limits = &self.lines.limits;
+        if bounded && (on_line > limits.per_line || in_total > limits.total) {
+            return Tried::Done(Err(CoreError::Overloaded));
+        }
+        let actor = match self.actor().await {
+            Ok(actor) => actor,
+            Err(error) => return Tried::Done(Err(error)),
+        };
+        let reply = actor
+            .call(
+                |reply| LineMsg::Apply {
+                    op,
+                    reply: Some(reply),
+                },
+                limits.call_timeout,
+            )
+            .await;
+        match reply {
+            // Refused at the door by an actor being passivated: it never saw the op.
+            // Unpublish it if it is still the line's actor, so the retry activates.
+            Err(MessagingErr::SendErr(LineMsg::Apply { op: back, .. })) => {
+                self.shared.actor.compare_and_swap(&actor, None);
+                Tried::Drained(back)
+            }
+            other => Tried::Done(unwrap_call(other).and_then(|applied| applied)),
+        }
+    }
+
+    /// A read ordered after every message sent to the line before it. A passivated line
+    /// has no messages in flight, so its state is read directly.
+    pub async fn snapshot(&self) -> Result<LineSnapshot> {
+        let Some(actor) = self.shared.actor.load_full() else {
+            return Ok(self.peek());
+        };
+        match actor
+            .call(LineMsg::Snapshot, self.lines.limits.call_timeout)
+            .await
+        {
+            Err(MessagingErr::SendErr(_)) => Ok(self.peek()),
+            other => unwrap_call(other),
+        }
+    }
+
+    /// The line as it is now, read without a message (never waits on the mailbox).
+    pub fn peek(&self) -> LineSnapshot {
+        self.shared.peek()
+    }
+
+    pub fn stats(&self) -> LineStatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// Whether the line has a running actor (false while passivated).
+    pub fn is_active(&self) -> bool {
+        self.shared.actor.load().is_some()
+    }
+
+    /// The running actor, activating the line first if it is passivated. Called only
+    /// with a call counted in flight, so the line cannot be retired meanwhile.
+    async fn actor(&self) -> Result<Arc<ActorRef<LineMsg>>> {
+        if let Some(actor) = self.shared.actor.load_full() {
+            return Ok(actor);
+        }
+        let context = LineContext {
+            shared: self.shared.clone(),
+            journal: self.lines.journal.clone(),
+        };
+        activate(
+            &self.lines.supervisor,
+            context,
+            self.lines.limits.spawn_timeout,
+        )
+        .await?;
+        self.shared
+            .actor
+            .load_full()
+            .ok_or_else(|| CoreError::Unavailable(format!("line {} did not start", self.key())))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn fail_for_test(&self) {
+        if let Some(actor) = self.shared.actor.load_full() {
+            let _ = actor.cast(LineMsg::Fail);
+        }
+    }
+}
+
+/// Asks the supervisor to give the line a running actor (a no-op if it has one).
+async fn activate(
+    supervisor: &ActorRef<SupervisorMsg>,
+    context: LineContext,
+    timeout: Duration,
+) -> Result<()> {
+    let activated = supervisor
+        .call(
+            |reply| SupervisorMsg::Activate(context, reply),
+            Some(timeout),
+        )
+        .await;
+    unwrap_call(activated)?.map_err(CoreError::Unavailable)
+}
+
+fn unwrap_call<T, M>(reply: Result<CallResult<T>, MessagingErr<M>>) -> Result<T> {
+    match reply {
+        Ok(CallResult::Success(value)) => Ok(value),
+        Ok(CallResult::Timeout) => Err(CoreError::Unavailable(
+            "the line did not answer in time".into(),
+        )),
+        Ok(CallResult::SenderError) | Err(_) => Err(CoreError::Unavailable(
+            "the line stopped before answering".into(),
+        )),
+    }
+}
