@@ -58,7 +58,7 @@ impl LineStore for PgStore {
             .bind(products)
             .fetch_all(&pool)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(unreachable)?;
             Ok(rows
                 .iter()
                 .map(|row| (LineKey::new(row.0, row.1), seed(row)))
@@ -78,9 +78,15 @@ impl LineStore for PgStore {
             .bind(products)
             .fetch_all(&pool)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(unreachable)
         })
     }
+}
+
+/// What a client is told when a line cannot be read (the cause goes to the log).
+fn unreachable(error: sqlx::Error) -> String {
+    tracing::warn!(%error, "reading lines from the database failed");
+    "the database cannot be read right now; retry".into()
 }
 
 /// What the store holds that must be live, read before the core starts.
