@@ -70,8 +70,7 @@ async fn actors(app: &TestApp) -> Value {
 }
 
 #[tokio::test]
-async fn after_a_restart_only_lines_holding_stock_are_in_memory_and_the_rest_come_back_on_touch()
-{
+async fn after_a_restart_only_lines_holding_stock_are_in_memory_and_the_rest_come_back_on_touch() {
     let app = TestApp::spawn().await;
     let warehouse = app.warehouse("W", 1).await;
     let mut products = Vec::new();
@@ -116,7 +115,11 @@ async fn after_a_restart_only_lines_holding_stock_are_in_memory_and_the_rest_com
         .map(|line| line["product_id"].as_i64().unwrap())
         .collect();
     in_memory.sort();
-    assert_eq!(in_memory, vec![a, b, c], "only the lines with holds: {listed}");
+    assert_eq!(
+        in_memory,
+        vec![a, b, c],
+        "only the lines with holds: {listed}"
+    );
     assert_eq!(listed["lines_stored"], 504);
 
     // Cold lines come up with exactly their stored state.
@@ -138,12 +141,20 @@ async fn after_a_restart_only_lines_holding_stock_are_in_memory_and_the_rest_com
     // The holds made before the restart settle correctly.
     assert_eq!(levels(&app, a).await, (10, 2));
     let (status, body) = app
-        .post(&format!("/reservations/{to_commit}/commit"), &app.admin, json!({}))
+        .post(
+            &format!("/reservations/{to_commit}/commit"),
+            &app.admin,
+            json!({}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(levels(&app, a).await, (8, 0));
     let (status, body) = app
-        .post(&format!("/reservations/{to_release}/release"), &app.admin, json!({}))
+        .post(
+            &format!("/reservations/{to_release}/release"),
+            &app.admin,
+            json!({}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(levels(&app, b).await, (10, 0));
@@ -210,10 +221,17 @@ async fn a_line_idle_while_its_flush_is_held_back_is_read_from_memory_never_stal
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(stored(&mut db, product).await, 15);
-    assert_eq!(metric(&app, "stockline_lines").await, 0.0, "left once written");
+    assert_eq!(
+        metric(&app, "stockline_lines").await,
+        0.0,
+        "left once written"
+    );
     let loads = metric(&app, "stockline_line_loads_total").await;
     assert_eq!(levels(&app, product).await, (15, 0));
-    assert_eq!(metric(&app, "stockline_line_loads_total").await, loads + 1.0);
+    assert_eq!(
+        metric(&app, "stockline_line_loads_total").await,
+        loads + 1.0
+    );
     drop(db);
     app.cleanup().await;
 }

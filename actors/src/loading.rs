@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::{DateTime, Utc};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::types::{LineKey, ProductId, ReservationId, WarehouseId};
+use crate::types::{LineKey, ProductId, ReservationId};
 
 /// A line's persisted state, as the store hands it back.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -35,9 +35,8 @@ pub trait LineStore: Send + Sync + 'static {
     /// was never stored, which starts empty.
     fn load(&self, keys: Vec<LineKey>) -> StoreFuture<Vec<(LineKey, LineSeed)>>;
 
-    /// The (product, warehouse) pairs of the stored lines of `products`.
-    fn warehouses_of(&self, products: Vec<ProductId>)
-    -> StoreFuture<Vec<(ProductId, WarehouseId)>>;
+    /// Every stored line of `products`, in whichever warehouses they are.
+    fn lines_of_products(&self, products: Vec<ProductId>) -> StoreFuture<Vec<(LineKey, LineSeed)>>;
 
     /// Whether what the journal makes durable comes back from `load`. Only then may an
     /// idle line leave memory; over a store that keeps nothing, lines stay.
@@ -54,10 +53,10 @@ impl LineStore for EmptyStore {
         Box::pin(async { Ok(Vec::new()) })
     }
 
-    fn warehouses_of(
+    fn lines_of_products(
         &self,
         _products: Vec<ProductId>,
-    ) -> StoreFuture<Vec<(ProductId, WarehouseId)>> {
+    ) -> StoreFuture<Vec<(LineKey, LineSeed)>> {
         Box::pin(async { Ok(Vec::new()) })
     }
 

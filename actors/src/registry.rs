@@ -124,6 +124,10 @@ pub(crate) struct Lines {
     evictions: AtomicU64,
     /// Whether lines may leave memory (the store gives back what the journal keeps).
     evicts: bool,
+    /// Counts eviction passes that removed lines; with `evicting`, it tells a product load
+    /// whether a line may have left memory while the load was reading (see `prewarm`).
+    eviction_epoch: AtomicU64,
+    evicting: std::sync::Mutex<()>,
 }
 
 /// How often `line` looks again at a line being retired before giving up.
@@ -157,6 +161,8 @@ impl Registry {
             total: AtomicUsize::new(0),
             evictions: AtomicU64::new(0),
             evicts,
+            eviction_epoch: AtomicU64::new(0),
+            evicting: std::sync::Mutex::new(()),
         });
         if let Some(idle_after) = limits.passivate_after {
             let period = (idle_after / 2).max(Duration::from_millis(1));
@@ -196,7 +202,7 @@ impl Registry {
     /// one query for the lot). Ordered by warehouse.
     pub async fn lines_of_product(&self, product_id: ProductId) -> Result<Vec<LineHandle>> {
         let warehouses =
-            self.0.products.warehouses(product_id).await.map_err(|e| {
+            self.0.product_warehouses(product_id).await.map_err(|e| {
                 CoreError::Unavailable(format!("finding product {product_id}: {e}"))
             })?;
         let loading = warehouses
@@ -325,7 +331,7 @@ impl Lines {
             let seed = self.loads.get(key).await?;
             if seed.is_none() {
                 // A new line: its product's index must be known before it joins it.
-                self.products.warehouses(key.product_id).await?;
+                self.product_warehouses(key.product_id).await?;
                 self.products.add(key);
             }
             Ok::<_, String>(seed)
@@ -379,10 +385,14 @@ impl Lines {
             .filter_map(|slot| slot.get().cloned())
             .filter(|shared| shared.retire(now, idle_after, durable))
             .collect();
-        for shared in &retired {
-            self.resident.remove_if(&shared.key, |_, slot| {
-                slot.get().is_some_and(|s| Arc::ptr_eq(s, shared))
-            });
+        if !retired.is_empty() {
+            let _evicting = crate::types::lock(&self.evicting);
+            self.eviction_epoch.fetch_add(1, Ordering::AcqRel);
+            for shared in &retired {
+                self.resident.remove_if(&shared.key, |_, slot| {
+                    slot.get().is_some_and(|s| Arc::ptr_eq(s, shared))
+                });
+            }
         }
         self.evictions
             .fetch_add(retired.len() as u64, Ordering::Relaxed);
@@ -409,17 +419,20 @@ fn evict_every(period: Duration, idle_after: Duration, lines: Weak<Lines>) {
 struct ProductIndex {
     known: DashMap<ProductId, Box<[WarehouseId]>>,
     loading: DashMap<ProductId, Arc<OnceCell<()>>>,
-    batcher: Batcher<ProductId, Vec<WarehouseId>>,
+    batcher: Batcher<ProductId, Vec<(LineKey, LineSeed)>>,
 }
 
 impl ProductIndex {
     fn new(store: Arc<dyn LineStore>, limits: BatchLimits) -> Self {
         let batcher = Batcher::spawn(limits, move |products| {
-            let found = store.warehouses_of(products);
+            let found = store.lines_of_products(products);
             Box::pin(async move {
-                let mut by_product: HashMap<ProductId, Vec<WarehouseId>> = HashMap::new();
-                for (product, warehouse) in found.await? {
-                    by_product.entry(product).or_default().push(warehouse);
+                let mut by_product: HashMap<ProductId, Vec<(LineKey, LineSeed)>> = HashMap::new();
+                for (key, seed) in found.await? {
+                    by_product
+                        .entry(key.product_id)
+                        .or_default()
+                        .push((key, seed));
                 }
                 Ok(by_product)
             }) as StoreFuture<_>
@@ -431,34 +444,6 @@ impl ProductIndex {
         }
     }
 
-    async fn warehouses(&self, product_id: ProductId) -> Result<Box<[WarehouseId]>, String> {
-        if let Some(known) = self.known.get(&product_id) {
-            return Ok(known.clone());
-        }
-        let slot = self.loading.entry(product_id).or_default().clone();
-        let loaded = slot
-            .get_or_try_init(|| async {
-                if !self.known.contains_key(&product_id) {
-                    let mut found = self.batcher.get(product_id).await?.unwrap_or_default();
-                    found.sort_unstable();
-                    found.dedup();
-                    self.known
-                        .entry(product_id)
-                        .or_insert_with(|| found.into_boxed_slice());
-                }
-                Ok::<_, String>(())
-            })
-            .await;
-        self.loading
-            .remove_if(&product_id, |_, s| Arc::ptr_eq(s, &slot));
-        loaded?;
-        Ok(self
-            .known
-            .get(&product_id)
-            .map(|known| known.clone())
-            .unwrap_or_default())
-    }
-
     /// Adds a new line's warehouse to its product (whose entry is known by now).
     fn add(&self, key: LineKey) {
         if let Some(mut known) = self.known.get_mut(&key.product_id)
@@ -467,6 +452,69 @@ impl ProductIndex {
             let mut grown = known.to_vec();
             grown.insert(at, key.warehouse_id);
             *known = grown.into_boxed_slice();
+        }
+    }
+}
+
+impl Lines {
+    /// The warehouses holding a line of the product, loading the product's entry (and its
+    /// lines, in the same query) on first use.
+    async fn product_warehouses(
+        &self,
+        product_id: ProductId,
+    ) -> Result<Box<[WarehouseId]>, String> {
+        let index = &self.products;
+        if let Some(known) = index.known.get(&product_id) {
+            return Ok(known.clone());
+        }
+        let slot = index.loading.entry(product_id).or_default().clone();
+        let loaded = slot
+            .get_or_try_init(|| async {
+                if !index.known.contains_key(&product_id) {
+                    let epoch = self.eviction_epoch.load(Ordering::Acquire);
+                    let lines = index.batcher.get(product_id).await?.unwrap_or_default();
+                    let mut found: Vec<WarehouseId> =
+                        lines.iter().map(|(key, _)| key.warehouse_id).collect();
+                    found.sort_unstable();
+                    found.dedup();
+                    self.prewarm(epoch, lines);
+                    index
+                        .known
+                        .entry(product_id)
+                        .or_insert_with(|| found.into_boxed_slice());
+                }
+                Ok::<_, String>(())
+            })
+            .await;
+        index
+            .loading
+            .remove_if(&product_id, |_, s| Arc::ptr_eq(s, &slot));
+        loaded?;
+        Ok(index
+            .known
+            .get(&product_id)
+            .map(|known| known.clone())
+            .unwrap_or_default())
+    }
+
+    /// Puts lines read with their product in memory, so their first touch needs no query
+    /// of its own. Only lines not in memory, and only if no line left memory since the
+    /// read began (`epoch`): a line out of memory has its newest state in the store, so
+    /// what was read is current unless the line came in, changed and left meanwhile.
+    fn prewarm(&self, epoch: u64, lines: Vec<(LineKey, LineSeed)>) {
+        let _evicting = crate::types::lock(&self.evicting);
+        if self.eviction_epoch.load(Ordering::Acquire) != epoch {
+            return;
+        }
+        for (key, seed) in lines {
+            if self.resident.contains_key(&key) {
+                continue;
+            }
+            if let Ok(shared) = self.shared_from(key, Some(seed)) {
+                self.resident
+                    .entry(key)
+                    .or_insert_with(|| Arc::new(OnceCell::new_with(Some(Arc::new(shared)))));
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use stockline_actors::{
     Core, LineKey, LineSeed, LineStore, Lsn, ProductId, Reservation, ReservationId,
-    ReservationStatus, ReservedItem, StoreFuture, WarehouseId, WarehouseInfo,
+    ReservationStatus, ReservedItem, StoreFuture, WarehouseInfo,
 };
 use uuid::Uuid;
 
@@ -66,19 +66,21 @@ impl LineStore for PgStore {
         })
     }
 
-    fn warehouses_of(
-        &self,
-        products: Vec<ProductId>,
-    ) -> StoreFuture<Vec<(ProductId, WarehouseId)>> {
+    fn lines_of_products(&self, products: Vec<ProductId>) -> StoreFuture<Vec<(LineKey, LineSeed)>> {
         let pool = self.pool.clone();
         Box::pin(async move {
-            sqlx::query_as(
-                "SELECT product_id, warehouse_id FROM stock_lines WHERE product_id = ANY($1)",
+            let rows = sqlx::query_as::<_, LineRow>(
+                "SELECT warehouse_id, product_id, on_hand, reserved, version, updated_at
+                 FROM stock_lines WHERE product_id = ANY($1)",
             )
             .bind(products)
             .fetch_all(&pool)
             .await
-            .map_err(unreachable)
+            .map_err(unreachable)?;
+            Ok(rows
+                .iter()
+                .map(|row| (LineKey::new(row.0, row.1), seed(row)))
+                .collect())
         })
     }
 }

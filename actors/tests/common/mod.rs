@@ -10,7 +10,7 @@ use std::time::Duration;
 use stockline_actors::journal::MovementRecord;
 use stockline_actors::{
     Core, CoreConfig, DurableWatch, EmptyStore, ItemRequest, Journal, LineKey, LineSeed, LineStore,
-    Lsn, MemoryJournal, ProductId, Quantity, Record, ReservationRequest, StoreFuture, WarehouseId,
+    Lsn, MemoryJournal, ProductId, Quantity, Record, ReservationRequest, StoreFuture,
     WarehouseInfo,
 };
 
@@ -75,15 +75,12 @@ impl LineStore for MapStore {
         })
     }
 
-    fn warehouses_of(
-        &self,
-        products: Vec<ProductId>,
-    ) -> StoreFuture<Vec<(ProductId, WarehouseId)>> {
+    fn lines_of_products(&self, products: Vec<ProductId>) -> StoreFuture<Vec<(LineKey, LineSeed)>> {
         let lines = self.lines.lock().unwrap();
         let found: Vec<_> = lines
-            .keys()
-            .filter(|key| products.contains(&key.product_id))
-            .map(|key| (key.product_id, key.warehouse_id))
+            .iter()
+            .filter(|(key, _)| products.contains(&key.product_id))
+            .map(|(key, seed)| (*key, seed.clone()))
             .collect();
         Box::pin(async move { Ok(found) })
     }

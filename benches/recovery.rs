@@ -1,0 +1,295 @@
+//! Start-up and memory with a big stored catalog, through the real binary.
+//!
+//! Seeds `--lines` stock lines with SQL (products x `--warehouses`) into a fresh database,
+//! starts `stockline serve` on it, and reports:
+//! - time from spawn to listening (recovery done) and RSS then;
+//! - first touches of `--touch-percent` of the products (each reads all its lines through
+//!   `GET /products/{id}/availability`) from `--clients` concurrent clients: latency of
+//!   those cold reads, then of the same reads again warm, and RSS after;
+//! - RSS once the touched lines have gone idle and left memory (`--idle-ms`).
+//!
+//! Run: `cargo bench --bench recovery -- --lines 1000000`.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+#[derive(Parser)]
+struct Args {
+    /// Stock lines to store.
+    #[arg(long, default_value_t = 100_000)]
+    lines: i64,
+    #[arg(long, default_value_t = 2)]
+    warehouses: i64,
+    /// Share of the products to touch, in percent.
+    #[arg(long, default_value_t = 10)]
+    touch_percent: i64,
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// How long a line stays in memory with no work (longer than the touching takes, so
+    /// the warm pass finds the lines still in memory).
+    #[arg(long, default_value_t = 20_000)]
+    idle_ms: u64,
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+const ADMIN: (&str, &str) = ("bench@example.com", "bench-password-1");
+
+fn base() -> String {
+    std::env::var("BENCH_DATABASE_BASE")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+async fn admin_connection(db: &str) -> sqlx::PgConnection {
+    sqlx::PgConnection::connect(&format!("{}/{db}", base()))
+        .await
+        .unwrap()
+}
+
+async fn seed(name: &str, args: &Args) -> Duration {
+    let pool = stockline::store::connect_and_migrate(&format!("{}/{name}", base()))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let products = args.lines / args.warehouses;
+    sqlx::query(
+        "INSERT INTO warehouses (id, code, name) SELECT g, 'W' || g, 'W' FROM generate_series(1, $1) g",
+    )
+    .bind(args.warehouses)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO products (id, sku, name, price_cents) SELECT g, 'S' || g, 'P', 100 FROM generate_series(1, $1) g")
+        .bind(products)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO stock_lines (warehouse_id, product_id, on_hand, reserved, version, updated_at)
+         SELECT w, p, 100, 0, 1, now() FROM generate_series(1, $1) w, generate_series(1, $2) p",
+    )
+    .bind(args.warehouses)
+    .bind(products)
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Sequences follow the explicit ids, as after a real import.
+    for table in ["warehouses", "products"] {
+        sqlx::query(&format!(
+            "SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    sqlx::query("VACUUM ANALYZE stock_lines")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    started.elapsed()
+}
+
+fn start(name: &str, idle_ms: u64) -> (Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stockline"))
+        .arg("serve")
+        .env("STOCKLINE_ADDR", "127.0.0.1:0")
+        .env("DATABASE_URL", format!("{}/{name}", base()))
+        .env("STOCKLINE_ADMIN_EMAIL", ADMIN.0)
+        .env("STOCKLINE_ADMIN_PASSWORD", ADMIN.1)
+        .env("STOCKLINE_BCRYPT_COST", "4")
+        .env("STOCKLINE_LINE_IDLE_MS", idle_ms.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("stockline listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    (child, url)
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib / 1024.0
+}
+
+async fn metric(client: &reqwest::Client, url: &str, name: &str) -> f64 {
+    let text = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == name).then(|| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0.0)
+}
+
+/// Reads the availability of `products` from `clients` concurrent clients; answers the
+/// latency histogram (microseconds).
+async fn touch(
+    client: &reqwest::Client,
+    api: &str,
+    token: &str,
+    products: Arc<Vec<i64>>,
+    clients: usize,
+) -> Histogram<u64> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (client, api, token) = (client.clone(), api.to_owned(), token.to_owned());
+            let (next, products) = (next.clone(), products.clone());
+            tokio::spawn(async move {
+                let mut latencies = Histogram::<u64>::new(3).unwrap();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(product) = products.get(i) else {
+                        break;
+                    };
+                    let started = Instant::now();
+                    let response = client
+                        .get(format!("{api}/products/{product}/availability"))
+                        .bearer_auth(&token)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), 200);
+                    let body: Value = response.json().await.unwrap();
+                    assert_eq!(
+                        body["on_hand"],
+                        100 * body["warehouses"].as_array().unwrap().len()
+                    );
+                    latencies
+                        .record(started.elapsed().as_micros() as u64)
+                        .unwrap();
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Histogram::<u64>::new(3).unwrap();
+    for task in tasks {
+        all.add(task.await.unwrap()).unwrap();
+    }
+    all
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let name = format!("slbench_{}", uuid::Uuid::now_v7().simple());
+    let seeded = seed(&name, &args).await;
+    println!(
+        "recovery: {} lines ({} products x {} warehouses), seeded in {:.1} s",
+        args.lines,
+        args.lines / args.warehouses,
+        args.warehouses,
+        seeded.as_secs_f64()
+    );
+
+    let spawned = Instant::now();
+    let (mut child, url) = start(&name, args.idle_ms);
+    let ready = spawned.elapsed();
+    let pid = child.id();
+    println!(
+        "  ready (listening) after {:.2} s, RSS {:.0} MiB",
+        ready.as_secs_f64(),
+        rss_mib(pid)
+    );
+
+    let client = reqwest::Client::new();
+    let api = format!("{url}/api/v1");
+    let login: Value = client
+        .post(format!("{api}/auth/login"))
+        .json(&json!({ "login": ADMIN.0, "password": ADMIN.1 }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["token"].as_str().unwrap().to_owned();
+    let products = args.lines / args.warehouses;
+    let step = (100 / args.touch_percent.clamp(1, 100)).max(1);
+    let touched: Arc<Vec<i64>> = Arc::new((1..=products).step_by(step as usize).collect());
+
+    let started = Instant::now();
+    let cold = touch(&client, &api, &token, touched.clone(), args.clients).await;
+    let cold_secs = started.elapsed().as_secs_f64();
+    let warm = touch(&client, &api, &token, touched.clone(), args.clients).await;
+    let in_memory = metric(&client, &url, "stockline_lines").await;
+    println!(
+        "  touched {} products ({} lines) from {} clients in {:.1} s: {in_memory} lines in memory, RSS {:.0} MiB",
+        touched.len(),
+        touched.len() as i64 * args.warehouses,
+        args.clients,
+        cold_secs,
+        rss_mib(pid)
+    );
+    println!(
+        "  availability, first touch (cold): p50 {:.2} ms, p99 {:.2} ms; again (warm): p50 {:.2} ms, p99 {:.2} ms",
+        ms(&cold, 0.5),
+        ms(&cold, 0.99),
+        ms(&warm, 0.5),
+        ms(&warm, 0.99)
+    );
+    println!(
+        "  first touch adds {:.2} ms at p50, {:.2} ms at p99; {} load queries for {} lines",
+        ms(&cold, 0.5) - ms(&warm, 0.5),
+        ms(&cold, 0.99) - ms(&warm, 0.99),
+        metric(&client, &url, "stockline_line_load_queries_total").await,
+        metric(&client, &url, "stockline_line_loads_total").await,
+    );
+
+    let idle_started = Instant::now();
+    while metric(&client, &url, "stockline_lines").await > 0.0 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            idle_started.elapsed() < Duration::from_secs(120),
+            "lines never left"
+        );
+    }
+    println!(
+        "  idle: every line left memory after {:.1} s, RSS {:.0} MiB",
+        idle_started.elapsed().as_secs_f64(),
+        rss_mib(pid)
+    );
+
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut admin = admin_connection("postgres").await;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
