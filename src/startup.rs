@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use stockline_actors::{Core, CoreConfig, Journal, JournalBuffer};
+use stockline_actors::{Core, CoreConfig, Journal};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +34,7 @@ use crate::http::serve::Limits;
 use crate::http::{self, AppState, StoreState};
 use crate::orders::Orders;
 use crate::store::flusher::Flusher;
+use crate::store::records::Buffer;
 use crate::store::{self, recovery};
 
 /// How often the maps clients make grow are swept.
@@ -57,10 +58,7 @@ impl Application {
             .await
             .map_err(io::Error::other)?;
         let stored = recovery::read(&db).await.map_err(io::Error::other)?;
-        let buffer = Arc::new(JournalBuffer::new(
-            stored.journal_lsn,
-            config.max_backlog as usize,
-        ));
+        let buffer = Arc::new(Buffer::new(stored.journal_lsn, config.max_backlog as usize));
         let core = Core::start(
             core_config(&config),
             buffer.clone() as Arc<dyn Journal>,
@@ -90,12 +88,14 @@ impl Application {
             .await
             .map_err(|e| io::Error::other(e.to_string()))?;
         let catalog = Catalog::load(&db).await.map_err(io::Error::other)?;
-        let orders = Arc::new(Orders::load(&db).await.map_err(io::Error::other)?);
+        let orders = Arc::new(
+            Orders::load(&db, buffer.clone())
+                .await
+                .map_err(io::Error::other)?,
+        );
         let core = Arc::new(core);
         orders.reconcile(&core).await;
-        orders
-            .clone()
-            .watch_expiry(core.clone(), expired, background.clone());
+        orders.clone().watch_expiry(expired, background.clone());
         let auth_rate = config.auth_rate_per_minute;
         let state = AppState {
             config: Arc::new(config),
@@ -104,7 +104,7 @@ impl Application {
             auth: Arc::new(auth),
             catalog: Arc::new(catalog),
             store: Arc::new(StoreState {
-                durable: buffer.durable(),
+                durable: buffer.watch(),
                 buffer,
                 flush: flusher.stats.clone(),
             }),

@@ -124,66 +124,14 @@ pub struct TransferRecord {
     pub created_at: DateTime<Utc>,
 }
 
-/// An order, as the edge journals it (the core does not interpret it).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OrderRecord {
-    pub id: uuid::Uuid,
-    pub user_id: i64,
-    pub status: &'static str,
-    pub items: Vec<OrderItemRecord>,
-    pub total_cents: i64,
-    pub reservation_id: ReservationId,
-    pub expires_at: DateTime<Utc>,
-    pub tracking_number: Option<String>,
-    /// JSON text, as the client sent it.
-    pub shipping_address: Option<String>,
-    /// JSON text, as the client sent it.
-    pub contact: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OrderItemRecord {
-    pub product_id: ProductId,
-    pub warehouse_id: WarehouseId,
-    pub quantity: u64,
-    pub unit_price_cents: i64,
-}
-
-/// A payment of an order.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PaymentRecord {
-    pub id: uuid::Uuid,
-    pub order_id: uuid::Uuid,
-    pub method: String,
-    pub amount_cents: i64,
-    pub status: &'static str,
-    pub created_at: DateTime<Utc>,
-}
-
-/// The first answer to an idempotent request, kept to answer its repeats.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IdempotencyRecord {
-    pub user_id: i64,
-    pub key: String,
-    pub request_hash: String,
-    pub status: u16,
-    /// The JSON body answered.
-    pub body: String,
-    pub created_at: DateTime<Utc>,
-}
-
-/// Anything the core, or the edge alongside it, asks the store to keep.
+/// What the core asks the store to keep. An edge that journals records of its own wraps
+/// these in its own record type (see [`JournalBuffer`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
     Line(LineRecord),
     Movement(MovementRecord),
     Reservation(ReservationRecord),
     Transfer(TransferRecord),
-    Order(OrderRecord),
-    Payment(PaymentRecord),
-    Idempotency(IdempotencyRecord),
 }
 
 /// Where records go. Implementations must be cheap and non-blocking: `append` is called
@@ -313,8 +261,12 @@ impl Journal for MemoryJournal {
 /// about it (an order, an idempotent answer) are committed in one transaction. The flusher
 /// takes a batch only when no group is open; when it finds some open, new groups wait to
 /// begin until those close, so a steady stream of overlapping groups cannot starve it.
-pub struct JournalBuffer {
-    pending: Mutex<Pending>,
+///
+/// `R` is what it holds: the core's [`Record`] by default, or an edge's own record type
+/// that wraps them (`From<Record>`), so the edge journals its records in the same order and
+/// transactions as the lines' without the core knowing of them.
+pub struct JournalBuffer<R = Record> {
+    pending: Mutex<Pending<R>>,
     /// Records appended but not yet marked durable (pending plus taken, not completed).
     backlog: AtomicUsize,
     bound: usize,
@@ -325,8 +277,8 @@ pub struct JournalBuffer {
     durable: watch::Sender<Lsn>,
 }
 
-struct Pending {
-    records: Vec<(Lsn, Record)>,
+struct Pending<R> {
+    records: Vec<(Lsn, R)>,
     head: Lsn,
     /// Flush groups open now.
     open_groups: usize,
@@ -336,17 +288,17 @@ struct Pending {
 
 /// Records taken by a flusher; `last` is the Lsn to mark durable once they are written.
 #[derive(Debug)]
-pub struct Batch {
-    pub records: Vec<(Lsn, Record)>,
+pub struct Batch<R = Record> {
+    pub records: Vec<(Lsn, R)>,
     pub last: Lsn,
 }
 
 /// An open flush group; closes when dropped.
-pub struct FlushGroup<'a> {
-    buffer: &'a JournalBuffer,
+pub struct FlushGroup<'a, R = Record> {
+    buffer: &'a JournalBuffer<R>,
 }
 
-impl Drop for FlushGroup<'_> {
+impl<R> Drop for FlushGroup<'_, R> {
     fn drop(&mut self) {
         let mut pending = lock(&self.buffer.pending);
         pending.open_groups -= 1;
@@ -357,7 +309,7 @@ impl Drop for FlushGroup<'_> {
     }
 }
 
-impl JournalBuffer {
+impl<R> JournalBuffer<R> {
     /// A buffer whose numbering continues after `start` (the highest Lsn already stored),
     /// refusing new work once `bound` records wait to be written.
     pub fn new(start: Lsn, bound: usize) -> Self {
@@ -377,7 +329,7 @@ impl JournalBuffer {
     }
 
     /// Opens a flush group, waiting first if the flusher is draining.
-    pub async fn group(&self) -> FlushGroup<'_> {
+    pub async fn group(&self) -> FlushGroup<'_, R> {
         loop {
             let resumed = self.groups_resume.notified();
             tokio::pin!(resumed);
@@ -395,7 +347,7 @@ impl JournalBuffer {
 
     /// Takes everything pending, oldest first, unless a flush group is open (then it marks
     /// the buffer draining and answers `None`); `None` too if nothing is pending.
-    pub fn take(&self) -> Option<Batch> {
+    pub fn take(&self) -> Option<Batch<R>> {
         let mut pending = lock(&self.pending);
         if pending.records.is_empty() {
             return None;
@@ -415,7 +367,7 @@ impl JournalBuffer {
     }
 
     /// Waits for the next batch a flusher may take (see [`take`](Self::take)).
-    pub async fn next_batch(&self) -> Batch {
+    pub async fn next_batch(&self) -> Batch<R> {
         loop {
             let woken = self.wake.notified();
             tokio::pin!(woken);
@@ -428,7 +380,7 @@ impl JournalBuffer {
     }
 
     /// Marks a taken batch as written: its waiters are released.
-    pub fn complete(&self, batch: &Batch) {
+    pub fn complete(&self, batch: &Batch<R>) {
         self.backlog
             .fetch_sub(batch.records.len(), Ordering::AcqRel);
         self.durable.send_if_modified(|durable| {
@@ -447,10 +399,15 @@ impl JournalBuffer {
     pub fn backlog(&self) -> usize {
         self.backlog.load(Ordering::Acquire)
     }
-}
 
-impl Journal for JournalBuffer {
-    fn append(&self, records: Vec<Record>) -> Lsn {
+    /// Appends the records as one unit, numbered consecutively; answers the Lsn of the last
+    /// one (or the current head when there are none).
+    pub fn push<I>(&self, records: I) -> Lsn
+    where
+        I: IntoIterator<Item = R>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let records = records.into_iter();
         let count = records.len();
         let mut pending = lock(&self.pending);
         let first = pending.head + 1;
@@ -463,8 +420,24 @@ impl Journal for JournalBuffer {
         head
     }
 
-    fn is_backlogged(&self) -> bool {
+    /// True while the backlog is at its bound (see [`Journal::is_backlogged`]).
+    pub fn is_full(&self) -> bool {
         self.backlog() >= self.bound
+    }
+
+    /// A watch on the durable watermark.
+    pub fn watch(&self) -> DurableWatch {
+        DurableWatch(self.durable.subscribe())
+    }
+}
+
+impl<R: From<Record> + Send + 'static> Journal for JournalBuffer<R> {
+    fn append(&self, records: Vec<Record>) -> Lsn {
+        self.push(records.into_iter().map(R::from))
+    }
+
+    fn is_backlogged(&self) -> bool {
+        self.is_full()
     }
 
     fn durable(&self) -> DurableWatch {

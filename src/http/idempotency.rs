@@ -20,8 +20,9 @@ use dashmap::mapref::entry::Entry;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use stockline_actors::journal::IdempotencyRecord;
-use stockline_actors::{Journal, Lsn, Record};
+use stockline_actors::Lsn;
+
+use crate::store::records::{IdempotencyRecord, StoreRecord};
 use tokio::sync::Notify;
 
 use crate::error::{AppError, Result};
@@ -330,7 +331,7 @@ where
         body: body.to_string(),
         created_at: stockline_actors::types::now(),
     };
-    let answer_lsn = state.store.buffer.append(vec![Record::Idempotency(record)]);
+    let answer_lsn = state.store.buffer.push([StoreRecord::Idempotency(record)]);
     drop(group);
     // Kept before it is durable: a retry after a 503 below replays it rather than moving
     // stock again, and it will be durable with the effect it describes.

@@ -316,9 +316,7 @@ async fn set_status(
     caller.require(Role::Operator)?;
     let step = Shipping::try_from(body)?;
     let slot = open_slot(&state, &caller, id).await?;
-    let (answer, lsn) = slot
-        .advance(&state.core, step.next, step.tracking_number)
-        .await?;
+    let (answer, lsn) = slot.advance(step.next, step.tracking_number).await?;
     state.durable(lsn).await?;
     Ok(Json(answer))
 }

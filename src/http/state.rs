@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use stockline_actors::{Core, DurableWatch, JournalBuffer, Lsn};
+use stockline_actors::{Core, DurableWatch, Lsn};
 
 use super::idempotency::Answers;
 use super::rate_limit::AuthLimiter;
@@ -15,10 +15,11 @@ use crate::config::{Config, Durability};
 use crate::error::{AppError, Result};
 use crate::orders::Orders;
 use crate::store::flusher::FlushStats;
+use crate::store::records::Buffer;
 
 /// The write-behind side, as handlers and operators see it.
 pub struct StoreState {
-    pub buffer: Arc<JournalBuffer>,
+    pub buffer: Arc<Buffer>,
     pub flush: Arc<FlushStats>,
     pub durable: DurableWatch,
 }

@@ -11,15 +11,15 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use stockline_actors::journal::PaymentRecord;
 use stockline_actors::{
-    Core, CoreError, ItemRequest, LineKey, Lsn, ProductId, Quantity, Record, ReservationId,
+    Core, CoreError, ItemRequest, LineKey, Lsn, ProductId, Quantity, ReservationId,
     ReservationRequest,
 };
 use uuid::Uuid;
 
 use super::{IllegalStep, Order, OrderItem, OrderStatus, Orders, Slot};
 use crate::catalog::Catalog;
+use crate::store::records::{PaymentRecord, StoreRecord};
 
 /// Why an order step was refused.
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +111,7 @@ impl Orders {
             created_at: reservation.created_at,
             updated_at: reservation.created_at,
         };
-        let lsn = core.journal().append(vec![order.record()]);
+        let lsn = self.journal.push([order.record()]);
         self.insert(order.clone());
         Ok((order, lsn.max(reserved_lsn)))
     }
@@ -139,7 +139,7 @@ impl Slot {
             .reservations()
             .commit(ReservationId(order.reservation_id))
             .await;
-        let committed_lsn = self.settled_or_expired(core, &mut order, committed)?;
+        let committed_lsn = self.settled_or_expired(&mut order, committed)?;
         let payment = PaymentRecord {
             id: Uuid::now_v7(),
             order_id: order.id,
@@ -148,8 +148,8 @@ impl Slot {
             status: "captured",
             created_at: stockline_actors::types::now(),
         };
-        core.journal().append(vec![Record::Payment(payment)]);
-        let lsn = order.step(OrderStatus::Paid, &**core.journal())?;
+        self.journal.push([StoreRecord::Payment(payment)]);
+        let lsn = order.step(OrderStatus::Paid, &self.journal)?;
         Ok((order.clone(), lsn.max(committed_lsn)))
     }
 
@@ -167,7 +167,7 @@ impl Slot {
                     .reservations()
                     .release(ReservationId(order.reservation_id))
                     .await;
-                self.settled_or_expired(core, &mut order, released)?
+                self.settled_or_expired(&mut order, released)?
             }
             OrderStatus::Paid if !may_return_stock => return Err(OrderError::ReturnNotAllowed),
             OrderStatus::Paid => {
@@ -182,9 +182,7 @@ impl Slot {
             }
             other => return Err(OrderError::NotPending(other)),
         };
-        let lsn = order
-            .step(OrderStatus::Cancelled, &**core.journal())?
-            .max(lsn);
+        let lsn = order.step(OrderStatus::Cancelled, &self.journal)?.max(lsn);
         self.mark_closed();
         Ok((order.clone(), lsn))
     }
@@ -192,7 +190,6 @@ impl Slot {
     /// Ships or delivers, with a tracking number if given.
     pub async fn advance(
         &self,
-        core: &Core,
         next: OrderStatus,
         tracking_number: Option<String>,
     ) -> Result<(Order, Lsn), OrderError> {
@@ -207,7 +204,7 @@ impl Slot {
         if tracking_number.is_some() {
             order.tracking_number = tracking_number;
         }
-        let lsn = order.step(next, &**core.journal())?;
+        let lsn = order.step(next, &self.journal)?;
         if !order.is_open() {
             self.mark_closed();
         }
@@ -218,14 +215,13 @@ impl Slot {
     /// expires with it.
     fn settled_or_expired(
         &self,
-        core: &Core,
         order: &mut Order,
         outcome: stockline_actors::Result<(stockline_actors::Reservation, Lsn)>,
     ) -> Result<Lsn, OrderError> {
         match outcome {
             Ok((_, lsn)) => Ok(lsn),
             Err(CoreError::ReservationNotPending { .. } | CoreError::ReservationNotFound) => {
-                self.expire(order, &**core.journal());
+                self.expire(order);
                 Err(OrderError::NotPending(order.status))
             }
             Err(other) => Err(other.into()),

@@ -21,8 +21,9 @@ use dashmap::DashMap;
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
-use stockline_actors::journal::{OrderItemRecord, OrderRecord};
-use stockline_actors::{Journal, Lsn, Record, Reservation, ReservationId, ReservationStatus};
+use stockline_actors::{Lsn, Reservation, ReservationId, ReservationStatus};
+
+use crate::store::records::{Buffer, OrderItemRecord, OrderRecord, StoreRecord};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
@@ -136,8 +137,8 @@ impl Order {
         self.status.is_open()
     }
 
-    pub fn record(&self) -> Record {
-        Record::Order(OrderRecord {
+    pub fn record(&self) -> StoreRecord {
+        StoreRecord::Order(OrderRecord {
             id: self.id,
             user_id: self.user_id,
             status: self.status.as_str(),
@@ -163,7 +164,7 @@ impl Order {
     }
 
     /// Moves to `status` now and journals the new state; answers its Lsn.
-    pub fn step(&mut self, status: OrderStatus, journal: &dyn Journal) -> Result<Lsn, IllegalStep> {
+    pub fn step(&mut self, status: OrderStatus, journal: &Buffer) -> Result<Lsn, IllegalStep> {
         if !self.status.can_become(status) {
             return Err(IllegalStep {
                 from: self.status,
@@ -172,7 +173,7 @@ impl Order {
         }
         self.status = status;
         self.updated_at = stockline_actors::types::now();
-        Ok(journal.append(vec![self.record()]))
+        Ok(journal.push([self.record()]))
     }
 }
 
@@ -180,13 +181,14 @@ impl Order {
 pub struct Slot {
     pub order: Mutex<Order>,
     closed_at: std::sync::Mutex<Option<Instant>>,
+    journal: Arc<Buffer>,
 }
 
 impl Slot {
     /// Expires `order` (this slot's, locked by the caller) if it still waits for payment:
     /// its reservation ran out. Answers whether it did.
-    pub fn expire(&self, order: &mut Order, journal: &dyn Journal) -> bool {
-        let expired = order.step(OrderStatus::Expired, journal).is_ok();
+    pub fn expire(&self, order: &mut Order) -> bool {
+        let expired = order.step(OrderStatus::Expired, &self.journal).is_ok();
         if expired {
             self.mark_closed();
         }
@@ -201,16 +203,25 @@ impl Slot {
     }
 }
 
-#[derive(Default)]
 pub struct Orders {
     slots: DashMap<Uuid, Arc<Slot>>,
+    /// Where orders and payments are journaled, with the lines' records.
+    journal: Arc<Buffer>,
 }
 
 impl Orders {
+    pub fn new(journal: Arc<Buffer>) -> Self {
+        Self {
+            slots: DashMap::new(),
+            journal,
+        }
+    }
+
     pub fn insert(&self, order: Order) -> Arc<Slot> {
         let slot = Arc::new(Slot {
             order: Mutex::new(order.clone()),
             closed_at: std::sync::Mutex::new(None),
+            journal: self.journal.clone(),
         });
         self.slots.insert(order.id, slot.clone());
         slot
@@ -232,8 +243,8 @@ impl Orders {
     }
 
     /// Loads the open orders from PostgreSQL.
-    pub async fn load(pool: &PgPool) -> Result<Self, sqlx::Error> {
-        let orders = Self::default();
+    pub async fn load(pool: &PgPool, journal: Arc<Buffer>) -> Result<Self, sqlx::Error> {
+        let orders = Self::new(journal);
         for order in read(
             pool,
             "status IN ('pending_payment', 'paid', 'shipped')",
@@ -254,7 +265,7 @@ impl Orders {
             let mut order = slot.order.lock().await;
             let reservation = core.reservations().get(ReservationId(order.reservation_id));
             if !reservation.is_some_and(|r| r.status == ReservationStatus::Pending) {
-                slot.expire(&mut order, &**core.journal());
+                slot.expire(&mut order);
             }
         }
     }
@@ -262,7 +273,6 @@ impl Orders {
     /// Expires the unpaid order of every reservation the core expires, until `stop`.
     pub fn watch_expiry(
         self: Arc<Self>,
-        core: Arc<Core>,
         mut expired: tokio::sync::mpsc::UnboundedReceiver<Reservation>,
         stop: CancellationToken,
     ) {
@@ -285,7 +295,7 @@ impl Orders {
                 };
                 if let Some(slot) = self.get(id) {
                     let mut order = slot.order.lock().await;
-                    slot.expire(&mut order, &**core.journal());
+                    slot.expire(&mut order);
                 }
             }
         });

@@ -28,8 +28,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
+use stockline_actors::Lsn;
 use stockline_actors::journal::Batch;
-use stockline_actors::{JournalBuffer, Lsn, Record};
+
+use super::records::{Buffer, StoreRecord};
 
 use super::write::write;
 use tokio::task::JoinHandle;
@@ -74,7 +76,7 @@ impl Flusher {
     /// Starts flushing `buffer`; once `stop` is cancelled it writes what is left and ends.
     pub fn spawn(
         pool: PgPool,
-        buffer: Arc<JournalBuffer>,
+        buffer: Arc<Buffer>,
         gather: Duration,
         stop: CancellationToken,
     ) -> Self {
@@ -97,7 +99,7 @@ impl Flusher {
 
 async fn run(
     pool: PgPool,
-    buffer: Arc<JournalBuffer>,
+    buffer: Arc<Buffer>,
     gather: Duration,
     stats: Arc<FlushStats>,
     stop: CancellationToken,
@@ -126,9 +128,9 @@ async fn run(
 /// period.
 async fn drain(
     pool: &PgPool,
-    buffer: &JournalBuffer,
+    buffer: &Buffer,
     stats: &FlushStats,
-    unfinished: Option<Batch>,
+    unfinished: Option<Batch<StoreRecord>>,
 ) -> bool {
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
     let never = CancellationToken::new();
@@ -158,7 +160,7 @@ async fn drain(
 /// Retrying stops at `deadline` or, once `stop` is cancelled, hands over to the drain.
 async fn write_until_done(
     pool: &PgPool,
-    batch: &Batch,
+    batch: &Batch<StoreRecord>,
     stats: &FlushStats,
     deadline: Option<tokio::time::Instant>,
     stop: &CancellationToken,
@@ -211,7 +213,7 @@ enum Passing {
 /// failure (connection, timeout, resources), after which the whole batch is retried.
 async fn write_isolating(
     pool: &PgPool,
-    records: &[(Lsn, Record)],
+    records: &[(Lsn, StoreRecord)],
     stats: &FlushStats,
 ) -> Result<(), Passing> {
     let error = match tokio::time::timeout(WRITE_TIMEOUT, write(pool, records)).await {
@@ -259,25 +261,16 @@ fn refuses_data(error: &sqlx::Error) -> bool {
 async fn dead_letter(
     pool: &PgPool,
     lsn: Lsn,
-    record: &Record,
+    record: &StoreRecord,
     error: &sqlx::Error,
 ) -> Result<(), sqlx::Error> {
-    let kind = match record {
-        Record::Line(_) => "line",
-        Record::Movement(_) => "movement",
-        Record::Reservation(_) => "reservation",
-        Record::Transfer(_) => "transfer",
-        Record::Order(_) => "order",
-        Record::Payment(_) => "payment",
-        Record::Idempotency(_) => "idempotency",
-    };
     sqlx::query(
         "INSERT INTO dead_letters (lsn, kind, record, error) VALUES ($1, $2, $3, $4)
          ON CONFLICT (lsn) DO NOTHING",
     )
     .bind(lsn as i64)
-    .bind(kind)
-    .bind(format!("{record:?}"))
+    .bind(record.kind())
+    .bind(record.describe())
     .bind(error.to_string().replace('\0', ""))
     .execute(pool)
     .await?;

@@ -7,11 +7,10 @@
 use std::collections::HashMap;
 
 use sqlx::PgPool;
-use stockline_actors::journal::{
-    IdempotencyRecord, LineRecord, MovementRecord, OrderRecord, PaymentRecord, ReservationRecord,
-    TransferRecord,
-};
+use stockline_actors::journal::{LineRecord, MovementRecord, ReservationRecord, TransferRecord};
 use stockline_actors::{LineKey, Lsn, Record, ReservationId};
+
+use super::records::{IdempotencyRecord, OrderRecord, PaymentRecord, StoreRecord};
 
 /// A batch sorted by table, coalesced where only the newest state matters.
 #[derive(Default)]
@@ -25,30 +24,37 @@ struct Sorted<'a> {
     answers: Vec<&'a IdempotencyRecord>,
 }
 
-fn sort(records: &[(Lsn, Record)]) -> Sorted<'_> {
+fn sort(records: &[(Lsn, StoreRecord)]) -> Sorted<'_> {
     let mut sorted = Sorted::default();
     for (lsn, record) in records {
         match record {
-            Record::Line(line) => {
+            StoreRecord::Core(Record::Line(line)) => {
                 let newest = sorted.lines.entry(line.key).or_insert(line);
                 if line.version > newest.version {
                     *newest = line;
                 }
             }
-            Record::Movement(movement) => sorted.movements.push((*lsn, movement)),
+            StoreRecord::Core(Record::Movement(movement)) => {
+                sorted.movements.push((*lsn, movement))
+            }
             // Records arrive in Lsn order, so the last one is the newest.
-            Record::Reservation(r) => drop(sorted.reservations.insert(r.id, (*lsn, r))),
-            Record::Transfer(transfer) => sorted.transfers.push(transfer),
-            Record::Order(order) => drop(sorted.orders.insert(order.id, (*lsn, order))),
-            Record::Payment(payment) => sorted.payments.push(payment),
-            Record::Idempotency(answer) => sorted.answers.push(answer),
+            StoreRecord::Core(Record::Reservation(r)) => {
+                sorted.reservations.insert(r.id, (*lsn, r));
+            }
+            StoreRecord::Core(Record::Transfer(transfer)) => sorted.transfers.push(transfer),
+            StoreRecord::Order(order) => drop(sorted.orders.insert(order.id, (*lsn, order))),
+            StoreRecord::Payment(payment) => sorted.payments.push(payment),
+            StoreRecord::Idempotency(answer) => sorted.answers.push(answer),
         }
     }
     sorted
 }
 
 #[tracing::instrument(skip_all, fields(records = records.len()))]
-pub(super) async fn write(pool: &PgPool, records: &[(Lsn, Record)]) -> Result<(), sqlx::Error> {
+pub(super) async fn write(
+    pool: &PgPool,
+    records: &[(Lsn, StoreRecord)],
+) -> Result<(), sqlx::Error> {
     let Some((last, _)) = records.last() else {
         return Ok(());
     };

@@ -1,0 +1,100 @@
+//! What the server journals: the core's records, and the edge's own (orders, payments,
+//! idempotent answers), in one write-behind buffer so that what a request did to its lines
+//! and what it records about it reach PostgreSQL in the same order and transaction.
+
+use chrono::{DateTime, Utc};
+use stockline_actors::{JournalBuffer, ProductId, Record, ReservationId, WarehouseId};
+
+/// The write-behind buffer of this server.
+pub type Buffer = JournalBuffer<StoreRecord>;
+
+/// Anything the server asks the store to keep.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreRecord {
+    /// A line, movement, reservation or transfer, from the core.
+    Core(Record),
+    Order(OrderRecord),
+    Payment(PaymentRecord),
+    Idempotency(IdempotencyRecord),
+}
+
+impl From<Record> for StoreRecord {
+    fn from(record: Record) -> Self {
+        Self::Core(record)
+    }
+}
+
+impl StoreRecord {
+    /// What kind of record it is, as `dead_letters.kind` names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Core(Record::Line(_)) => "line",
+            Self::Core(Record::Movement(_)) => "movement",
+            Self::Core(Record::Reservation(_)) => "reservation",
+            Self::Core(Record::Transfer(_)) => "transfer",
+            Self::Order(_) => "order",
+            Self::Payment(_) => "payment",
+            Self::Idempotency(_) => "idempotency",
+        }
+    }
+
+    /// The record as debug text (control characters escaped, so always storable).
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Core(record) => format!("{record:?}"),
+            Self::Order(order) => format!("{order:?}"),
+            Self::Payment(payment) => format!("{payment:?}"),
+            Self::Idempotency(answer) => format!("{answer:?}"),
+        }
+    }
+}
+
+/// An order, as journaled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderRecord {
+    pub id: uuid::Uuid,
+    pub user_id: i64,
+    pub status: &'static str,
+    pub items: Vec<OrderItemRecord>,
+    pub total_cents: i64,
+    pub reservation_id: ReservationId,
+    pub expires_at: DateTime<Utc>,
+    pub tracking_number: Option<String>,
+    /// JSON text, as the client sent it.
+    pub shipping_address: Option<String>,
+    /// JSON text, as the client sent it.
+    pub contact: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderItemRecord {
+    pub product_id: ProductId,
+    pub warehouse_id: WarehouseId,
+    pub quantity: u64,
+    pub unit_price_cents: i64,
+}
+
+/// A payment of an order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaymentRecord {
+    pub id: uuid::Uuid,
+    pub order_id: uuid::Uuid,
+    pub method: String,
+    pub amount_cents: i64,
+    pub status: &'static str,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The first answer to an idempotent request, kept to answer its repeats.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub user_id: i64,
+    pub key: String,
+    pub request_hash: String,
+    pub status: u16,
+    /// The JSON body answered.
+    pub body: String,
+    pub created_at: DateTime<Utc>,
+}
