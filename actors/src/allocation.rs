@@ -11,8 +11,9 @@ use crate::handle::LineHandle;
 use crate::journal::Lsn;
 use crate::line_state::LineOp;
 use crate::registry::Registry;
-use crate::reservations::{ItemRequest, ReservedItem};
-use crate::types::{LineKey, ProductId, Quantity, ReservationId, WarehouseId};
+use crate::types::{
+    ItemRequest, LineKey, ProductId, Quantity, ReservationId, ReservedItem, WarehouseId,
+};
 use crate::warehouses::Warehouses;
 
 /// How often allocation re-plans a product after a line refused a planned share (the line

@@ -10,13 +10,11 @@
 
 use std::collections::HashMap;
 use std::future::poll_fn;
-use std::sync::Weak;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::time::{DelayQueue, delay_queue};
 
-use crate::reservations::{Reservations, ReservationsInner};
 use crate::types::ReservationId;
 
 /// What to do with a reservation when its time comes.
@@ -36,10 +34,11 @@ struct Command(ReservationId, Instant, Due);
 pub(crate) struct ExpiryHandle(mpsc::UnboundedSender<Command>);
 
 impl ExpiryHandle {
-    /// Starts the task; it ends when the reservations it serves are dropped.
-    pub(crate) fn start(owner: Weak<ReservationsInner>) -> Self {
+    /// Starts the task, which hands each reservation whose time has come to `on_due`; it
+    /// ends once `on_due` answers false (the reservations it serves are gone).
+    pub(crate) fn start(on_due: impl Fn(ReservationId, Due) -> bool + Send + 'static) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(rx, owner));
+        tokio::spawn(run(rx, on_due));
         Self(tx)
     }
 
@@ -50,7 +49,10 @@ impl ExpiryHandle {
     }
 }
 
-async fn run(mut commands: mpsc::UnboundedReceiver<Command>, owner: Weak<ReservationsInner>) {
+async fn run(
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    on_due: impl Fn(ReservationId, Due) -> bool,
+) {
     let mut queue: DelayQueue<(ReservationId, Due)> = DelayQueue::new();
     let mut keys: HashMap<ReservationId, delay_queue::Key> = HashMap::new();
     loop {
@@ -67,14 +69,8 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, owner: Weak<Reserva
             Some(expired) = poll_fn(|cx| queue.poll_expired(cx)), if !queue.is_empty() => {
                 let (id, due) = expired.into_inner();
                 keys.remove(&id);
-                let Some(inner) = owner.upgrade() else { break };
-                let reservations = Reservations::from_inner(inner);
-                match due {
-                    Due::Forget => reservations.forget(id),
-                    // Settling awaits the lines; do it beside the timer loop, not in it.
-                    Due::Expire => {
-                        tokio::spawn(async move { reservations.expire(id).await });
-                    }
+                if !on_due(id, due) {
+                    break;
                 }
             }
         }

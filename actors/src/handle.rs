@@ -6,6 +6,8 @@
 //! drained by passivation hands a message back unapplied and the handle activates the line
 //! again; a line evicted from memory (retired) is looked up afresh, which loads it again.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -14,17 +16,68 @@ use ractor::rpc::CallResult;
 use ractor::{ActorRef, MessagingErr};
 
 use crate::error::{CoreError, Result};
+use crate::journal::Journal;
 use crate::line_state::{LineOp, LineSnapshot};
-use crate::registry::Lines;
+use crate::loading::BatchLimits;
 use crate::stock_line::{Applied, LineContext, LineMsg, LineShared, LineStatsSnapshot, RETIRED};
 use crate::supervisor::SupervisorMsg;
 use crate::types::LineKey;
+
+/// Bounds and timeouts of calls to lines.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Calls that may wait on one line before new work is refused.
+    pub per_line: usize,
+    /// Calls that may wait on all lines together.
+    pub total: usize,
+    /// How long a caller waits for a line's answer; `None` (the default) waits without a
+    /// timer. The wait is bounded anyway: a line's `handle` never awaits, so a live line
+    /// answers within `per_line` messages' work, and a dead one drops the reply port, which
+    /// answers at once. A timer per call costs ~10% of a round trip (BENCHMARKS.md), so it
+    /// is left to the edge's request timeout unless asked for here.
+    pub call_timeout: Option<Duration>,
+    /// How long loading a line, or starting its actor, may take.
+    pub spawn_timeout: Duration,
+    /// A line with no work for this long gives up its actor until its next message, and
+    /// leaves memory once it may (`None`: never).
+    pub passivate_after: Option<Duration>,
+    /// How first touches are gathered into loads.
+    pub loads: BatchLimits,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            per_line: 10_000,
+            total: 200_000,
+            call_timeout: None,
+            spawn_timeout: Duration::from_secs(10),
+            passivate_after: Some(Duration::from_secs(60)),
+            loads: BatchLimits::default(),
+        }
+    }
+}
+
+/// What a handle needs of the registry that gave it out. The registry implements it; the
+/// handle sees only this, so the two files do not import each other.
+pub(crate) trait Lookup: Send + Sync + 'static {
+    /// The line now, loading it if it left memory.
+    fn line(
+        self: Arc<Self>,
+        key: LineKey,
+    ) -> Pin<Box<dyn Future<Output = Result<LineHandle>> + Send>>;
+    fn journal(&self) -> &Arc<dyn Journal>;
+    fn supervisor(&self) -> &ActorRef<SupervisorMsg>;
+    fn limits(&self) -> &Limits;
+    /// Calls in flight on all lines together.
+    fn total(&self) -> &AtomicUsize;
+}
 
 /// The way to one line. Cheap to clone (two `Arc`s).
 #[derive(Clone)]
 pub struct LineHandle {
     pub(crate) shared: Arc<LineShared>,
-    pub(crate) lines: Arc<Lines>,
+    pub(crate) lines: Arc<dyn Lookup>,
 }
 
 /// How often a send refused by a draining actor, or by a line retired meanwhile, is
@@ -76,7 +129,7 @@ impl LineHandle {
                 Tried::Done(result) => return result,
                 Tried::Drained(op) => op,
                 Tried::Retired(op) => {
-                    line = line.lines.line(line.key()).await?;
+                    line = line.lines.clone().line(line.key()).await?;
                     op
                 }
             };
@@ -89,7 +142,7 @@ impl LineHandle {
 
     async fn try_send(&self, op: LineOp, bounded: bool) -> Tried {
         let stats = &self.shared.stats;
-        let total = &self.lines.total;
+        let total = self.lines.total();
         let on_line = stats.inflight.fetch_add(1, Ordering::AcqRel) + 1;
         let in_total = total.fetch_add(1, Ordering::AcqRel) + 1;
         let _in_flight = InFlight {
@@ -99,7 +152,7 @@ impl LineHandle {
         if on_line & RETIRED != 0 {
             return Tried::Retired(op);
         }
-        let limits = &self.lines.limits;
+        let limits = self.lines.limits();
         if bounded && (on_line > limits.per_line || in_total > limits.total) {
             return Tried::Done(Err(CoreError::Overloaded));
         }
@@ -134,7 +187,7 @@ impl LineHandle {
             return Ok(self.peek());
         };
         match actor
-            .call(LineMsg::Snapshot, self.lines.limits.call_timeout)
+            .call(LineMsg::Snapshot, self.lines.limits().call_timeout)
             .await
         {
             Err(MessagingErr::SendErr(_)) => Ok(self.peek()),
@@ -164,12 +217,12 @@ impl LineHandle {
         }
         let context = LineContext {
             shared: self.shared.clone(),
-            journal: self.lines.journal.clone(),
+            journal: self.lines.journal().clone(),
         };
         activate(
-            &self.lines.supervisor,
+            self.lines.supervisor(),
             context,
-            self.lines.limits.spawn_timeout,
+            self.lines.limits().spawn_timeout,
         )
         .await?;
         self.shared

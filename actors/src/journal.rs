@@ -464,7 +464,7 @@ mod tests {
 
     #[test]
     fn appends_are_numbered_consecutively() {
-        let buffer = JournalBuffer::new(41, 100);
+        let buffer = JournalBuffer::<Record>::new(41, 100);
         assert_eq!(buffer.append(vec![transfer(), transfer()]), 43);
         assert_eq!(buffer.append(vec![transfer()]), 44);
         let batch = buffer.take().unwrap();
@@ -475,7 +475,7 @@ mod tests {
 
     #[tokio::test]
     async fn records_of_an_open_group_are_held_until_it_closes_then_taken_together() {
-        let buffer = JournalBuffer::new(0, 100);
+        let buffer = JournalBuffer::<Record>::new(0, 100);
         buffer.append(vec![transfer()]);
         let group = buffer.group().await;
         buffer.append(vec![transfer()]);
@@ -491,7 +491,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_draining_flusher_makes_new_groups_wait_so_it_cannot_starve() {
-        let buffer = Arc::new(JournalBuffer::new(0, 100));
+        let buffer = Arc::new(JournalBuffer::<Record>::new(0, 100));
         let first = buffer.group().await;
         buffer.append(vec![transfer()]);
         let flusher = {
@@ -522,7 +522,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiter_is_released_only_once_its_batch_is_complete() {
-        let buffer = Arc::new(JournalBuffer::new(0, 100));
+        let buffer = Arc::new(JournalBuffer::<Record>::new(0, 100));
         let lsn = buffer.append(vec![transfer()]);
         let mut watch = buffer.durable();
         let waiter = tokio::spawn(async move { watch.wait_for(lsn).await });
@@ -540,7 +540,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_flush_keeps_the_backlog_and_its_waiters() {
-        let buffer = JournalBuffer::new(0, 2);
+        let buffer = JournalBuffer::<Record>::new(0, 2);
         buffer.append(vec![transfer(), transfer()]);
         let batch = buffer.take().unwrap();
         // The flusher failed to write `batch` and holds on to it: nothing is durable.
@@ -552,7 +552,7 @@ mod tests {
 
     #[tokio::test]
     async fn next_batch_returns_when_something_is_appended() {
-        let buffer = Arc::new(JournalBuffer::new(0, 100));
+        let buffer = Arc::new(JournalBuffer::<Record>::new(0, 100));
         let waiting = {
             let buffer = buffer.clone();
             tokio::spawn(async move { buffer.next_batch().await.last })

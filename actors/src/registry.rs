@@ -46,7 +46,8 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::OnceCell;
 
 use crate::error::{CoreError, Result};
-use crate::handle::LineHandle;
+pub use crate::handle::Limits;
+use crate::handle::{LineHandle, Lookup};
 use crate::journal::{DurableWatch, Journal, Record};
 use crate::line_state::LineState;
 use crate::loading::{BatchLimits, Batcher, LineSeed, LineStore, StoreFuture};
@@ -54,41 +55,6 @@ use crate::stock_line::LineShared;
 use crate::supervisor::{LineSupervisor, SHUTDOWN, SupervisorMsg};
 use crate::types::{LineKey, ProductId, WarehouseId};
 use crate::warehouses::Warehouses;
-
-/// Bounds and timeouts of calls to lines.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    /// Calls that may wait on one line before new work is refused.
-    pub per_line: usize,
-    /// Calls that may wait on all lines together.
-    pub total: usize,
-    /// How long a caller waits for a line's answer; `None` (the default) waits without a
-    /// timer. The wait is bounded anyway: a line's `handle` never awaits, so a live line
-    /// answers within `per_line` messages' work, and a dead one drops the reply port, which
-    /// answers at once. A timer per call costs ~10% of a round trip (BENCHMARKS.md), so it
-    /// is left to the edge's request timeout unless asked for here.
-    pub call_timeout: Option<Duration>,
-    /// How long loading a line, or starting its actor, may take.
-    pub spawn_timeout: Duration,
-    /// A line with no work for this long gives up its actor until its next message, and
-    /// leaves memory once it may (`None`: never).
-    pub passivate_after: Option<Duration>,
-    /// How first touches are gathered into loads.
-    pub loads: BatchLimits,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            per_line: 10_000,
-            total: 200_000,
-            call_timeout: None,
-            spawn_timeout: Duration::from_secs(10),
-            passivate_after: Some(Duration::from_secs(60)),
-            loads: BatchLimits::default(),
-        }
-    }
-}
 
 /// What the registry has done, for operators.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -110,17 +76,17 @@ pub struct RegistryStats {
 pub struct Registry(Arc<Lines>);
 
 /// The registry's insides, which every [`LineHandle`] keeps a reference to.
-pub(crate) struct Lines {
+struct Lines {
     resident: DashMap<LineKey, Arc<OnceCell<Arc<LineShared>>>>,
     products: ProductIndex,
     loads: Batcher<LineKey, LineSeed>,
-    pub(crate) journal: Arc<dyn Journal>,
+    journal: Arc<dyn Journal>,
     durable: DurableWatch,
     warehouses: Arc<Warehouses>,
-    pub(crate) supervisor: ActorRef<SupervisorMsg>,
-    pub(crate) limits: Limits,
+    supervisor: ActorRef<SupervisorMsg>,
+    limits: Limits,
     /// Calls in flight on all lines together.
-    pub(crate) total: AtomicUsize,
+    total: AtomicUsize,
     evictions: AtomicU64,
     /// Whether lines may leave memory (the store gives back what the journal keeps).
     evicts: bool,
@@ -178,7 +144,7 @@ impl Registry {
     /// The line, loaded first if it is not in memory. Concurrent first touches of one
     /// line load it once; of many lines, in few queries.
     pub async fn line(&self, key: LineKey) -> Result<LineHandle> {
-        self.0.line(key).await
+        Lines::line(&self.0, key).await
     }
 
     /// The line if it is in memory now; never loads.
@@ -289,15 +255,40 @@ impl Registry {
     }
 }
 
+impl Lookup for Lines {
+    fn line(
+        self: Arc<Self>,
+        key: LineKey,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<LineHandle>> + Send>> {
+        Box::pin(async move { Lines::line(&self, key).await })
+    }
+
+    fn journal(&self) -> &Arc<dyn Journal> {
+        &self.journal
+    }
+
+    fn supervisor(&self) -> &ActorRef<SupervisorMsg> {
+        &self.supervisor
+    }
+
+    fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn total(&self) -> &AtomicUsize {
+        &self.total
+    }
+}
+
 impl Lines {
     fn handle(self: &Arc<Self>, shared: Arc<LineShared>) -> LineHandle {
         LineHandle {
             shared,
-            lines: self.clone(),
+            lines: self.clone() as Arc<dyn Lookup>,
         }
     }
 
-    pub(crate) async fn line(self: &Arc<Self>, key: LineKey) -> Result<LineHandle> {
+    async fn line(self: &Arc<Self>, key: LineKey) -> Result<LineHandle> {
         for _ in 0..RETIRING_TRIES {
             // Not in a `match` on `get`: its read guard would be held into `entry`.
             let found = self.resident.get(&key).map(|slot| slot.clone());

@@ -20,18 +20,10 @@ use crate::expiry::{Due, ExpiryHandle};
 use crate::journal::{Journal, Lsn, Record, ReservationRecord};
 use crate::line_state::LineOp;
 use crate::registry::Registry;
-use crate::types::{ProductId, Quantity, ReservationId, WarehouseId};
+use crate::types::ReservationId;
 
-pub use crate::types::{ReservationStatus, ReservedItem};
+pub use crate::types::{ItemRequest, ReservationStatus, ReservedItem};
 use crate::warehouses::Warehouses;
-
-/// One requested item; without `warehouse_id` it is allocated across warehouses.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ItemRequest {
-    pub product_id: ProductId,
-    pub quantity: Quantity,
-    pub warehouse_id: Option<WarehouseId>,
-}
 
 /// A request to reserve.
 #[derive(Clone, Debug)]
@@ -124,14 +116,29 @@ impl Reservations {
             warehouses,
             journal,
             table: DashMap::new(),
-            expiry: ExpiryHandle::start(weak.clone()),
+            expiry: ExpiryHandle::start(Self::on_due(weak.clone())),
             retention,
             on_expired: std::sync::OnceLock::new(),
         }))
     }
 
-    pub(crate) fn from_inner(inner: Arc<ReservationsInner>) -> Self {
-        Self(inner)
+    /// What the expiry task does when a reservation's time comes; false once the
+    /// reservations are gone.
+    fn on_due(owner: std::sync::Weak<ReservationsInner>) -> impl Fn(ReservationId, Due) -> bool {
+        move |id, due| {
+            let Some(inner) = owner.upgrade() else {
+                return false;
+            };
+            let reservations = Self(inner);
+            match due {
+                Due::Forget => reservations.forget(id),
+                // Settling awaits the lines; do it beside the timer loop, not in it.
+                Due::Expire => {
+                    tokio::spawn(async move { reservations.expire(id).await });
+                }
+            }
+            true
+        }
     }
 
     /// Reserves every item or none. Answers the reservation and the Lsn to await.

@@ -12,7 +12,7 @@
 //! its state (~0.6 KB). The next message activates it again. Both go through this one actor,
 //! so a line never has two live actors. A passivated actor is drained: what is in its
 //! mailbox is handled, and a send that arrives later is refused with the message handed
-//! back unapplied, which the [`LineHandle`](crate::registry::LineHandle) sends again.
+//! back unapplied, which the [`LineHandle`](crate::handle::LineHandle) sends again.
 
 use std::collections::HashMap;
 use std::sync::Arc;

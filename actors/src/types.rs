@@ -178,6 +178,14 @@ impl fmt::Display for ReservationStatus {
     }
 }
 
+/// One requested item; without `warehouse_id` it is allocated across warehouses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ItemRequest {
+    pub product_id: ProductId,
+    pub quantity: Quantity,
+    pub warehouse_id: Option<WarehouseId>,
+}
+
 /// What a reservation holds on one line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReservedItem {

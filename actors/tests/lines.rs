@@ -243,7 +243,7 @@ async fn calls_past_the_total_bound_are_refused_across_lines() {
 
 #[tokio::test]
 async fn a_full_journal_backlog_refuses_new_work_but_settles_held_work() {
-    let buffer = Arc::new(JournalBuffer::new(0, 4));
+    let buffer = Arc::new(JournalBuffer::<Record>::new(0, 4));
     let core = Core::start(
         CoreConfig::default(),
         buffer.clone() as Arc<dyn Journal>,
