@@ -8,7 +8,9 @@
 //! write-behind.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryAs;
+use sqlx::{PgPool, Postgres};
 use stockline_actors::{LineKey, LineSnapshot, WarehouseId};
 
 /// The lines in memory, as columns to bind.
@@ -34,6 +36,20 @@ impl Columns {
             columns.updated_at.push(line.updated_at);
         }
         columns
+    }
+
+    /// Binds the columns as `$1..$6` (what [`LINES`] reads).
+    fn bind<'q, O>(
+        &'q self,
+        query: QueryAs<'q, Postgres, O, PgArguments>,
+    ) -> QueryAs<'q, Postgres, O, PgArguments> {
+        query
+            .bind(&self.warehouse_ids)
+            .bind(&self.product_ids)
+            .bind(&self.on_hand)
+            .bind(&self.reserved)
+            .bind(&self.versions)
+            .bind(&self.updated_at)
     }
 }
 
@@ -78,34 +94,24 @@ pub async fn warehouse_page(
     offset: i64,
 ) -> Result<(Vec<LineSnapshot>, i64), sqlx::Error> {
     let mem = Columns::of(resident);
-    let total: i64 = sqlx::query_scalar(&format!(
-        "WITH {LINES} SELECT count(*) FROM lines WHERE warehouse_id = $7"
-    ))
-    .bind(&mem.warehouse_ids)
-    .bind(&mem.product_ids)
-    .bind(&mem.on_hand)
-    .bind(&mem.reserved)
-    .bind(&mem.versions)
-    .bind(&mem.updated_at)
-    .bind(warehouse_id)
-    .fetch_one(db)
-    .await?;
-    let rows: Vec<Row> = sqlx::query_as(&format!(
+    let count = format!("WITH {LINES} SELECT count(*) FROM lines WHERE warehouse_id = $7");
+    let (total,): (i64,) = mem
+        .bind(sqlx::query_as(&count))
+        .bind(warehouse_id)
+        .fetch_one(db)
+        .await?;
+    let page = format!(
         "WITH {LINES}
          SELECT warehouse_id, product_id, on_hand, reserved, version, updated_at
          FROM lines WHERE warehouse_id = $7 ORDER BY product_id LIMIT $8 OFFSET $9"
-    ))
-    .bind(&mem.warehouse_ids)
-    .bind(&mem.product_ids)
-    .bind(&mem.on_hand)
-    .bind(&mem.reserved)
-    .bind(&mem.versions)
-    .bind(&mem.updated_at)
-    .bind(warehouse_id)
-    .bind(limit)
-    .bind(offset)
-    .fetch_all(db)
-    .await?;
+    );
+    let rows: Vec<Row> = mem
+        .bind(sqlx::query_as(&page))
+        .bind(warehouse_id)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(db)
+        .await?;
     Ok((rows.into_iter().map(snapshot).collect(), total))
 }
 
@@ -137,7 +143,7 @@ pub async fn low_stock(
     active: &[WarehouseId],
 ) -> Result<Vec<LowLine>, sqlx::Error> {
     let mem = Columns::of(resident);
-    let rows: Vec<LowRow> = sqlx::query_as(&format!(
+    let query = format!(
         "WITH {LINES},
          watched AS (
             SELECT l.*, p.low_stock_threshold,
@@ -151,16 +157,12 @@ pub async fn low_stock(
                 product_available, low_stock_threshold
          FROM watched WHERE product_available < low_stock_threshold
          ORDER BY product_id, warehouse_id"
-    ))
-    .bind(&mem.warehouse_ids)
-    .bind(&mem.product_ids)
-    .bind(&mem.on_hand)
-    .bind(&mem.reserved)
-    .bind(&mem.versions)
-    .bind(&mem.updated_at)
-    .bind(active)
-    .fetch_all(db)
-    .await?;
+    );
+    let rows: Vec<LowRow> = mem
+        .bind(sqlx::query_as(&query))
+        .bind(active)
+        .fetch_all(db)
+        .await?;
     Ok(rows
         .into_iter()
         .map(|row| LowLine {

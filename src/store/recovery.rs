@@ -40,6 +40,12 @@ fn seed((_, _, on_hand, reserved, version, updated_at): &LineRow) -> LineSeed {
     }
 }
 
+fn keyed(rows: &[LineRow]) -> Vec<(LineKey, LineSeed)> {
+    rows.iter()
+        .map(|row| (LineKey::new(row.0, row.1), seed(row)))
+        .collect()
+}
+
 impl LineStore for PgStore {
     fn load(&self, keys: Vec<LineKey>) -> StoreFuture<Vec<(LineKey, LineSeed)>> {
         let pool = self.pool.clone();
@@ -59,10 +65,7 @@ impl LineStore for PgStore {
             .fetch_all(&pool)
             .await
             .map_err(unreachable)?;
-            Ok(rows
-                .iter()
-                .map(|row| (LineKey::new(row.0, row.1), seed(row)))
-                .collect())
+            Ok(keyed(&rows))
         })
     }
 
@@ -77,10 +80,7 @@ impl LineStore for PgStore {
             .fetch_all(&pool)
             .await
             .map_err(unreachable)?;
-            Ok(rows
-                .iter()
-                .map(|row| (LineKey::new(row.0, row.1), seed(row)))
-                .collect())
+            Ok(keyed(&rows))
         })
     }
 }
