@@ -299,7 +299,10 @@ async fn main() {
             .unwrap();
         assert_eq!(response.status(), 200, "{path}");
         let _: Value = response.json().await.unwrap();
-        println!("  GET {path}: {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
+        println!(
+            "  GET {path}: {:.0} ms",
+            started.elapsed().as_secs_f64() * 1000.0
+        );
     }
 
     let _ = child.kill();
