@@ -171,11 +171,16 @@ impl Registry {
             self.0.product_warehouses(product_id).await.map_err(|e| {
                 CoreError::Unavailable(format!("finding product {product_id}: {e}"))
             })?;
-        let loading = warehouses
+        let keys = warehouses
             .iter()
             .filter(|w| self.0.warehouses.get(**w).is_some())
-            .map(|w| self.line(LineKey::new(*w, product_id)));
-        futures_util::future::try_join_all(loading).await
+            .map(|w| LineKey::new(*w, product_id));
+        // The hot path: every line in memory already, nothing to await.
+        let resident: Option<Vec<LineHandle>> = keys.clone().map(|key| self.0.live(key)).collect();
+        match resident {
+            Some(lines) => Ok(lines),
+            None => futures_util::future::try_join_all(keys.map(|key| self.line(key))).await,
+        }
     }
 
     /// The lines in memory now (for operator views and sweeps).
@@ -286,6 +291,16 @@ impl Lines {
             shared,
             lines: self.clone() as Arc<dyn Lookup>,
         }
+    }
+
+    /// The line if it is in memory and not being retired, marked as used; never loads.
+    fn live(self: &Arc<Self>, key: LineKey) -> Option<LineHandle> {
+        let shared = self.resident.get(&key)?.get()?.clone();
+        if shared.is_retired() {
+            return None;
+        }
+        shared.stats.touch(chrono::Utc::now());
+        Some(self.handle(shared))
     }
 
     async fn line(self: &Arc<Self>, key: LineKey) -> Result<LineHandle> {
@@ -408,7 +423,7 @@ fn evict_every(period: Duration, idle_after: Duration, lines: Weak<Lines>) {
 /// batches, from the store), kept after (a few dozen bytes a product), and grown as new
 /// lines appear. Lines never disappear, so it never shrinks.
 struct ProductIndex {
-    known: DashMap<ProductId, Box<[WarehouseId]>>,
+    known: DashMap<ProductId, Arc<[WarehouseId]>>,
     loading: DashMap<ProductId, Arc<OnceCell<()>>>,
     batcher: Batcher<ProductId, Vec<(LineKey, LineSeed)>>,
 }
@@ -442,7 +457,7 @@ impl ProductIndex {
         {
             let mut grown = known.to_vec();
             grown.insert(at, key.warehouse_id);
-            *known = grown.into_boxed_slice();
+            *known = grown.into();
         }
     }
 }
@@ -453,7 +468,7 @@ impl Lines {
     async fn product_warehouses(
         &self,
         product_id: ProductId,
-    ) -> Result<Box<[WarehouseId]>, String> {
+    ) -> Result<Arc<[WarehouseId]>, String> {
         let index = &self.products;
         if let Some(known) = index.known.get(&product_id) {
             return Ok(known.clone());
@@ -472,7 +487,7 @@ impl Lines {
                     index
                         .known
                         .entry(product_id)
-                        .or_insert_with(|| found.into_boxed_slice());
+                        .or_insert_with(|| found.into());
                 }
                 Ok::<_, String>(())
             })
