@@ -207,9 +207,9 @@ impl From<CoreError> for AppError {
                 details: json!({ "status": status.as_str() }),
             },
             CoreError::VersionMismatch { expected, actual } => Self::Conflict {
-                code: "conflict",
+                code: "version_mismatch",
                 message,
-                details: json!({ "expected_version": expected, "version": actual }),
+                details: json!({ "current_version": actual, "expected_version": expected }),
             },
             CoreError::NotHeld => Self::conflict(message),
             CoreError::UnknownWarehouse { warehouse_id } => {

@@ -131,7 +131,11 @@ async fn a_count_sets_the_level_with_an_optional_version_check() {
         )
     };
     let (status, body) = level(7, Some(0)).await;
-    assert_eq!(error_code(status, &body, StatusCode::CONFLICT), "conflict");
+    assert_eq!(
+        error_code(status, &body, StatusCode::CONFLICT),
+        "version_mismatch"
+    );
+    assert_eq!(body["error"]["details"]["current_version"], 1);
     let (status, body) = level(7, Some(1)).await;
     assert_eq!(
         (status, body["on_hand"].as_u64(), body["version"].as_u64()),
@@ -149,6 +153,47 @@ async fn a_count_sets_the_level_with_an_optional_version_check() {
         "validation_failed"
     );
     app.cleanup().await;
+}
+
+#[tokio::test]
+async fn of_fifty_concurrent_counts_at_one_version_exactly_one_lands() {
+    let app = std::sync::Arc::new(TestApp::spawn().await);
+    let (product, warehouse) = app.stocked_product(10).await;
+    let counts: Vec<_> = (0..50)
+        .map(|i| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                app.put(
+                    "/stock/levels",
+                    &app.admin,
+                    json!({ "warehouse_id": warehouse, "product_id": product, "on_hand": 100 + i, "expected_version": 1 }),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut landed = Vec::new();
+    for count in counts {
+        let (status, body) = count.await.unwrap();
+        match status {
+            StatusCode::OK => landed.push(body["on_hand"].as_i64().unwrap()),
+            _ => {
+                assert_eq!(
+                    error_code(status, &body, StatusCode::CONFLICT),
+                    "version_mismatch"
+                );
+                assert_eq!(body["error"]["details"]["current_version"], 2);
+            }
+        }
+    }
+    assert_eq!(landed.len(), 1, "exactly one count lands");
+    let now = app.availability(product).await;
+    assert_eq!(
+        now["on_hand"].as_i64(),
+        Some(landed[0]),
+        "and it is what the line holds"
+    );
+    std::sync::Arc::into_inner(app).unwrap().cleanup().await;
 }
 
 #[tokio::test]

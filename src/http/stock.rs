@@ -264,7 +264,7 @@ struct Level {
     expected_version: Option<Number>,
 }
 
-#[utoipa::path(put, path = "/stock/levels", tag = "stock", security(("bearer" = [])), request_body = Level, responses((status = 200, body = StockLine), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "insufficient_stock, or conflict on a stale expected_version", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
+#[utoipa::path(put, path = "/stock/levels", tag = "stock", security(("bearer" = [])), request_body = Level, responses((status = 200, body = StockLine), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "insufficient_stock, or version_mismatch (details: current_version) when expected_version is not the line's version; nothing changes", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn set_level(
     State(state): State<AppState>,
     Caller(caller): Caller,
