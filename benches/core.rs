@@ -49,7 +49,7 @@ async fn stocked_core(lines: usize, limits: Limits) -> (Core, Vec<LineHandle>) {
     let mut handles = Vec::with_capacity(lines);
     for product in 0..lines as i64 {
         let key = LineKey::new(1, product);
-        core.adjust(key, 1_000_000_000, "receipt".into())
+        core.adjust(key, 1_000_000_000, "receipt".into(), None)
             .await
             .expect("stock");
         handles.push(core.registry().resident(key).expect("line"));

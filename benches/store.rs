@@ -81,6 +81,7 @@ async fn flush_throughput(changes: usize) -> (f64, u64) {
                 on_hand_after: 1_000_000,
                 reserved_after: version,
                 reference: Reference::Reservation(ReservationId::new()),
+                note: None,
                 at: now,
             }),
         ]);

@@ -278,3 +278,114 @@ async fn movements_are_listed_newest_first_and_filtered() {
     );
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn movements_say_who_changed_stock_by_hand_why_and_under_which_reference() {
+    let app = TestApp::spawn().await;
+    let product = app.product("P", 100).await;
+    let (a, b) = (app.warehouse("A", 1).await, app.warehouse("B", 2).await);
+    let operator = app.operator("op@example.com").await;
+    let (_, me) = app.get("/auth/me", &operator).await;
+    let operator_id = me["id"].as_i64().unwrap();
+    let (status, body) = app
+        .post(
+            "/stock/adjustments",
+            &operator,
+            json!({ "warehouse_id": a, "product_id": product, "delta": 10, "reason": "receipt",
+                    "reference": "delivery note 77" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = app
+        .put(
+            "/stock/levels",
+            &app.admin,
+            json!({ "warehouse_id": a, "product_id": product, "on_hand": 8, "reference": "count sheet 3" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, transfer) = app
+        .post(
+            "/transfers",
+            &operator,
+            json!({ "from_warehouse_id": a, "to_warehouse_id": b, "product_id": product,
+                    "quantity": 3, "reference": "move 5" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{transfer}");
+    assert_eq!(
+        (
+            transfer["actor_user_id"].as_i64(),
+            transfer["reference"].as_str()
+        ),
+        (Some(operator_id), Some("move 5"))
+    );
+    app.reserve(product, 1).await;
+
+    let (_, body) = app
+        .get(
+            &format!("/stock/movements?product_id={product}"),
+            &app.admin,
+        )
+        .await;
+    let seen: Vec<_> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["kind"].as_str().unwrap().to_owned(),
+                m["reason"].as_str().map(str::to_owned),
+                m["actor_user_id"].as_i64(),
+                m["reference"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let admin_id = app.get("/auth/me", &app.admin).await.1["id"].as_i64();
+    let reserve_reference = seen[0].3.clone();
+    assert_eq!(
+        seen,
+        vec![
+            ("reserve".into(), None, None, reserve_reference),
+            (
+                "transfer_in".into(),
+                None,
+                Some(operator_id),
+                "move 5".into()
+            ),
+            (
+                "transfer_out".into(),
+                None,
+                Some(operator_id),
+                "move 5".into()
+            ),
+            (
+                "adjust".into(),
+                Some("count".into()),
+                admin_id,
+                "count sheet 3".into()
+            ),
+            (
+                "adjust".into(),
+                Some("receipt".into()),
+                Some(operator_id),
+                "delivery note 77".into()
+            ),
+        ]
+    );
+
+    let long = "x".repeat(256);
+    let (status, body) = app
+        .post(
+            "/stock/adjustments",
+            &operator,
+            json!({ "warehouse_id": a, "product_id": product, "delta": 1, "reason": "receipt", "reference": long }),
+        )
+        .await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::UNPROCESSABLE_ENTITY),
+        "validation_failed"
+    );
+    assert_eq!(body["error"]["details"]["field"], "reference");
+    app.cleanup().await;
+}

@@ -176,6 +176,7 @@ fn movement(warehouse_id: i64, quantity: i64) -> Record {
         on_hand_after: quantity as u64,
         reserved_after: 0,
         reference: Reference::Reason("receipt".into()),
+        note: None,
         at: chrono::Utc::now(),
     })
 }

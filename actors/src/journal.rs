@@ -79,6 +79,15 @@ impl std::fmt::Display for Reference {
     }
 }
 
+/// Who made a change by hand, and the text they gave with it: kept on the movement so the
+/// ledger says who counted, received or moved stock, and for which of their documents.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Note {
+    pub actor_user_id: Option<i64>,
+    /// The client's own reference (a delivery note, a count sheet), up to 255 chars.
+    pub reference: Option<String>,
+}
+
 /// A line's full state after a change. The store keeps only the highest `version`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LineRecord {
@@ -98,6 +107,8 @@ pub struct MovementRecord {
     pub on_hand_after: u64,
     pub reserved_after: u64,
     pub reference: Reference,
+    /// Set for changes made by hand (adjustments, counts, transfers); `None` on the hot path.
+    pub note: Option<std::sync::Arc<Note>>,
     pub at: DateTime<Utc>,
 }
 
@@ -121,6 +132,7 @@ pub struct TransferRecord {
     pub to_warehouse_id: WarehouseId,
     pub product_id: ProductId,
     pub quantity: u64,
+    pub note: Option<std::sync::Arc<Note>>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -453,6 +465,7 @@ mod tests {
 
     fn transfer() -> Record {
         Record::Transfer(TransferRecord {
+            note: None,
             id: TransferId::new(),
             from_warehouse_id: 1,
             to_warehouse_id: 2,

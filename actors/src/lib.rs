@@ -43,7 +43,7 @@ use std::time::Duration;
 
 pub use error::{CoreError, Result};
 pub use handle::LineHandle;
-pub use journal::{DurableWatch, Journal, JournalBuffer, Lsn, MemoryJournal, Record};
+pub use journal::{DurableWatch, Journal, JournalBuffer, Lsn, MemoryJournal, Note, Record};
 pub use line_state::{LineOp, LineSnapshot};
 pub use loading::{BatchLimits, EmptyStore, LineSeed, LineStore, StoreFuture};
 pub use registry::{Limits, Registry, RegistryStats};
@@ -146,9 +146,20 @@ impl Core {
     }
 
     /// Changes a line's `on_hand` by `delta` (loading the line first if it is cold).
-    pub async fn adjust(&self, key: LineKey, delta: i64, reason: String) -> Result<Applied> {
+    pub async fn adjust(
+        &self,
+        key: LineKey,
+        delta: i64,
+        reason: String,
+        note: Option<Arc<Note>>,
+    ) -> Result<Applied> {
         let line = self.registry.line(key).await?;
-        line.call(LineOp::Adjust { delta, reason }).await
+        line.call(LineOp::Adjust {
+            delta,
+            reason,
+            note,
+        })
+        .await
     }
 
     /// Puts sold stock back on a line (a paid order cancelled). Never refused for load.
@@ -164,12 +175,14 @@ impl Core {
         on_hand: u64,
         expected_version: Option<u64>,
         reason: String,
+        note: Option<Arc<Note>>,
     ) -> Result<Applied> {
         let line = self.registry.line(key).await?;
         line.call(LineOp::SetLevel {
             on_hand,
             expected_version,
             reason,
+            note,
         })
         .await
     }

@@ -4,11 +4,12 @@
 //! them without an actor.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
 use crate::error::{CoreError, Result};
-use crate::journal::{LineRecord, MovementKind, MovementRecord, Reference};
+use crate::journal::{LineRecord, MovementKind, MovementRecord, Note, Reference};
 use crate::types::{LineKey, MAX_ON_HAND, MAX_QUANTITY, Quantity, ReservationId, TransferId};
 
 /// An operation on one line. Each is all-or-nothing: refused, it changes nothing.
@@ -23,7 +24,11 @@ pub enum LineOp {
     /// Like release, recorded as an expiry.
     Expire { id: ReservationId },
     /// Change `on_hand` by `delta` (`receipt`, `damage`, ... in `reason`).
-    Adjust { delta: i64, reason: String },
+    Adjust {
+        delta: i64,
+        reason: String,
+        note: Option<Arc<Note>>,
+    },
     /// Stock sold earlier comes back (a paid order cancelled). Settles accepted work, so
     /// unlike `Adjust` it is never refused for load; journaled as an `adjust` movement
     /// with reason `return`.
@@ -33,15 +38,21 @@ pub enum LineOp {
         on_hand: u64,
         expected_version: Option<u64>,
         reason: String,
+        note: Option<Arc<Note>>,
     },
     /// Send available stock to another line.
-    TransferOut { id: TransferId, qty: Quantity },
+    TransferOut {
+        id: TransferId,
+        qty: Quantity,
+        note: Option<Arc<Note>>,
+    },
     /// Receive stock from another line. `compensating` puts back a transfer-out whose
     /// receiving side refused, so it is taken even by an inactive line.
     TransferIn {
         id: TransferId,
         qty: Quantity,
         compensating: bool,
+        note: Option<Arc<Note>>,
     },
     /// Follow the warehouse's status. Not a stock change: no version, no record.
     SetActive(bool),
@@ -101,6 +112,7 @@ pub struct Change {
     pub kind: MovementKind,
     pub quantity: i64,
     pub reference: Reference,
+    pub note: Option<Arc<Note>>,
 }
 
 impl LineState {
@@ -174,7 +186,11 @@ impl LineState {
             LineOp::Release { id } => self.unhold(id, MovementKind::Release)?,
             LineOp::Expire { id } => self.unhold(id, MovementKind::Expire)?,
             LineOp::Commit { id } => self.commit(id)?,
-            LineOp::Adjust { delta, reason } => self.adjust(delta, reason)?,
+            LineOp::Adjust {
+                delta,
+                reason,
+                note,
+            } => self.adjust(delta, reason)?.noted(note),
             LineOp::Return { qty } => {
                 self.on_hand = self.checked_receive(qty.get())?;
                 change(
@@ -187,13 +203,17 @@ impl LineState {
                 on_hand,
                 expected_version,
                 reason,
-            } => self.set_level(on_hand, expected_version, reason)?,
-            LineOp::TransferOut { id, qty } => self.transfer_out(id, qty)?,
+                note,
+            } => self
+                .set_level(on_hand, expected_version, reason)?
+                .noted(note),
+            LineOp::TransferOut { id, qty, note } => self.transfer_out(id, qty)?.noted(note),
             LineOp::TransferIn {
                 id,
                 qty,
                 compensating,
-            } => self.transfer_in(id, qty, compensating)?,
+                note,
+            } => self.transfer_in(id, qty, compensating)?.noted(note),
         };
         self.version += 1;
         self.updated_at = now;
@@ -350,6 +370,7 @@ impl LineState {
             on_hand_after: self.on_hand,
             reserved_after: self.reserved,
             reference: change.reference,
+            note: change.note,
             at: self.updated_at,
         }
     }
@@ -360,6 +381,13 @@ fn change(kind: MovementKind, quantity: i64, reference: Reference) -> Change {
         kind,
         quantity,
         reference,
+        note: None,
+    }
+}
+
+impl Change {
+    fn noted(self, note: Option<Arc<Note>>) -> Self {
+        Self { note, ..self }
     }
 }
 

@@ -163,6 +163,7 @@ fn adjust_moves_on_hand_but_never_under_reserved() {
         LineOp::Adjust {
             delta: 5,
             reason: "receipt".into(),
+            note: None,
         },
     )
     .unwrap()
@@ -174,6 +175,7 @@ fn adjust_moves_on_hand_but_never_under_reserved() {
         LineOp::Adjust {
             delta: -8,
             reason: "damage".into(),
+            note: None,
         },
     )
     .unwrap();
@@ -183,6 +185,7 @@ fn adjust_moves_on_hand_but_never_under_reserved() {
         LineOp::Adjust {
             delta: -1,
             reason: "damage".into(),
+            note: None,
         },
     );
     assert_eq!(
@@ -204,6 +207,7 @@ fn adjust_by_zero_or_past_the_limit_is_refused() {
             LineOp::Adjust {
                 delta,
                 reason: "count".into(),
+                note: None,
             },
         );
         assert!(
@@ -222,6 +226,7 @@ fn adjust_is_allowed_on_an_inactive_line() {
         LineOp::Adjust {
             delta: 3,
             reason: "receipt".into(),
+            note: None,
         },
     )
     .unwrap();
@@ -236,6 +241,7 @@ fn on_hand_cannot_overflow() {
         LineOp::Adjust {
             delta: 2,
             reason: "receipt".into(),
+            note: None,
         },
     );
     assert_eq!(error, CoreError::LevelOverflow);
@@ -245,6 +251,7 @@ fn on_hand_cannot_overflow() {
             id: TransferId::new(),
             qty: qty(2),
             compensating: false,
+            note: None,
         },
     );
     assert_eq!(error, CoreError::LevelOverflow);
@@ -267,6 +274,7 @@ fn set_level_is_a_count_that_respects_reserved() {
             on_hand: 6,
             expected_version: None,
             reason: "count".into(),
+            note: None,
         },
     )
     .unwrap()
@@ -281,6 +289,7 @@ fn set_level_is_a_count_that_respects_reserved() {
             on_hand: 3,
             expected_version: None,
             reason: "count".into(),
+            note: None,
         },
     );
     assert!(matches!(error, CoreError::InsufficientStock { .. }));
@@ -290,6 +299,7 @@ fn set_level_is_a_count_that_respects_reserved() {
             on_hand: MAX_QUANTITY + 1,
             expected_version: None,
             reason: "count".into(),
+            note: None,
         },
     );
     assert!(matches!(error, CoreError::InvalidQuantity(_)));
@@ -303,6 +313,7 @@ fn set_level_with_a_stale_version_is_refused() {
         LineOp::Adjust {
             delta: 1,
             reason: "receipt".into(),
+            note: None,
         },
     )
     .unwrap();
@@ -312,6 +323,7 @@ fn set_level_with_a_stale_version_is_refused() {
             on_hand: 5,
             expected_version: Some(0),
             reason: "count".into(),
+            note: None,
         },
     );
     assert_eq!(
@@ -327,6 +339,7 @@ fn set_level_with_a_stale_version_is_refused() {
             on_hand: 5,
             expected_version: Some(1),
             reason: "count".into(),
+            note: None,
         },
     )
     .unwrap();
@@ -345,15 +358,29 @@ fn transfer_out_sends_only_available_stock_from_an_active_line() {
     )
     .unwrap();
     let id = TransferId::new();
-    let change = apply(&mut s, LineOp::TransferOut { id, qty: qty(4) })
-        .unwrap()
-        .unwrap();
+    let change = apply(
+        &mut s,
+        LineOp::TransferOut {
+            id,
+            qty: qty(4),
+            note: None,
+        },
+    )
+    .unwrap()
+    .unwrap();
     assert_eq!((s.on_hand, s.reserved), (6, 6));
     assert_eq!(
         (change.kind, change.reference),
         (MovementKind::TransferOut, Reference::Transfer(id))
     );
-    let error = refused(&mut s, LineOp::TransferOut { id, qty: qty(1) });
+    let error = refused(
+        &mut s,
+        LineOp::TransferOut {
+            id,
+            qty: qty(1),
+            note: None,
+        },
+    );
     assert!(matches!(error, CoreError::InsufficientStock { .. }));
     apply(&mut s, LineOp::SetActive(false)).unwrap();
     apply(
@@ -361,10 +388,18 @@ fn transfer_out_sends_only_available_stock_from_an_active_line() {
         LineOp::Adjust {
             delta: 5,
             reason: "receipt".into(),
+            note: None,
         },
     )
     .unwrap();
-    let error = refused(&mut s, LineOp::TransferOut { id, qty: qty(1) });
+    let error = refused(
+        &mut s,
+        LineOp::TransferOut {
+            id,
+            qty: qty(1),
+            note: None,
+        },
+    );
     assert_eq!(error, CoreError::WarehouseInactive { warehouse_id: 1 });
 }
 
@@ -379,6 +414,7 @@ fn transfer_in_is_refused_by_an_inactive_line_unless_compensating() {
             id,
             qty: qty(3),
             compensating: false,
+            note: None,
         },
     );
     assert_eq!(error, CoreError::WarehouseInactive { warehouse_id: 1 });
@@ -388,6 +424,7 @@ fn transfer_in_is_refused_by_an_inactive_line_unless_compensating() {
             id,
             qty: qty(3),
             compensating: true,
+            note: None,
         },
     )
     .unwrap()

@@ -10,7 +10,7 @@ use crate::types::LineKey;
 async fn a_call_that_meets_a_draining_actor_is_sent_again_to_a_fresh_one() {
     let core = crate::test_core().await;
     let key = LineKey::new(1, 7);
-    core.adjust(key, 5, "receipt".into()).await.unwrap();
+    core.adjust(key, 5, "receipt".into(), None).await.unwrap();
     let line = core.registry().resident(key).unwrap();
     let shared = &line.shared;
 
@@ -30,6 +30,7 @@ async fn a_call_that_meets_a_draining_actor_is_sent_again_to_a_fresh_one() {
         .call(LineOp::Adjust {
             delta: 2,
             reason: "receipt".into(),
+            note: None,
         })
         .await
         .unwrap();

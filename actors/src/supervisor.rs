@@ -178,8 +178,8 @@ mod tests {
     async fn a_failed_line_is_restarted_from_its_last_state_and_its_siblings_live_on() {
         let core = crate::test_core().await;
         let key = LineKey::new(1, 7);
-        core.adjust(key, 10, "receipt".into()).await.unwrap();
-        core.adjust(LineKey::new(1, 8), 3, "receipt".into())
+        core.adjust(key, 10, "receipt".into(), None).await.unwrap();
+        core.adjust(LineKey::new(1, 8), 3, "receipt".into(), None)
             .await
             .unwrap();
         let id = ReservationId::new();

@@ -6,23 +6,26 @@
 //! compensating `transfer_in`, so stock is never left half-moved: the sum of `on_hand` over
 //! both lines is the same before and after, whatever the outcome.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{CoreError, Result};
 use crate::handle::LineHandle;
-use crate::journal::{Journal, Lsn, Record, TransferRecord};
+use crate::journal::{Journal, Lsn, Note, Record, TransferRecord};
 use crate::line_state::LineOp;
 use crate::registry::Registry;
 use crate::types::{LineKey, ProductId, Quantity, TransferId, WarehouseId};
 use crate::warehouses::Warehouses;
 
 /// A request to move stock.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TransferRequest {
     pub from_warehouse_id: WarehouseId,
     pub to_warehouse_id: WarehouseId,
     pub product_id: ProductId,
     pub quantity: Quantity,
+    /// Who asked and their reference, kept on the transfer and both movements.
+    pub note: Option<Arc<Note>>,
 }
 
 /// How often a compensation is retried before it is given up to the logs.
@@ -40,6 +43,7 @@ pub(crate) async fn transfer(
         to_warehouse_id: to,
         product_id,
         quantity: qty,
+        note,
     } = request;
     if from == to {
         return Err(CoreError::SameWarehouse);
@@ -55,18 +59,25 @@ pub(crate) async fn transfer(
     let source = registry.line(LineKey::new(from, product_id)).await?;
     let destination = registry.line(LineKey::new(to, product_id)).await?;
     let id = TransferId::new();
-    let out = source.call(LineOp::TransferOut { id, qty }).await?;
+    let out = source
+        .call(LineOp::TransferOut {
+            id,
+            qty,
+            note: note.clone(),
+        })
+        .await?;
     let received = destination
         .settle(LineOp::TransferIn {
             id,
             qty,
             compensating: false,
+            note: note.clone(),
         })
         .await;
     let into = match received {
         Ok(applied) => applied,
         Err(refusal) => {
-            put_back(&source, id, qty).await;
+            put_back(&source, id, qty, note).await;
             return Err(refusal);
         }
     };
@@ -76,6 +87,7 @@ pub(crate) async fn transfer(
         to_warehouse_id: to,
         product_id,
         quantity: qty.get(),
+        note,
         created_at: crate::types::now(),
     };
     let lsn = journal.append(vec![Record::Transfer(record.clone())]);
@@ -83,11 +95,12 @@ pub(crate) async fn transfer(
 }
 
 /// Returns stock taken out of `source` by a transfer whose other half failed.
-async fn put_back(source: &LineHandle, id: TransferId, qty: Quantity) {
+async fn put_back(source: &LineHandle, id: TransferId, qty: Quantity, note: Option<Arc<Note>>) {
     let op = LineOp::TransferIn {
         id,
         qty,
         compensating: true,
+        note,
     };
     for attempt in 1..=COMPENSATION_TRIES {
         match source.settle(op.clone()).await {

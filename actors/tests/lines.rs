@@ -17,7 +17,7 @@ async fn adjust_spawns_the_line_and_journals_state_and_movement() {
     let (core, journal) = core().await;
     warehouse(&core, 1, 100).await;
     let applied = core
-        .adjust(LineKey::new(1, 7), 12, "receipt".into())
+        .adjust(LineKey::new(1, 7), 12, "receipt".into(), None)
         .await
         .unwrap();
     assert_eq!(
@@ -45,7 +45,7 @@ async fn adjust_spawns_the_line_and_journals_state_and_movement() {
 async fn a_line_of_an_unknown_warehouse_is_not_spawned() {
     let (core, _) = core().await;
     let error = core
-        .adjust(LineKey::new(9, 7), 1, "receipt".into())
+        .adjust(LineKey::new(9, 7), 1, "receipt".into(), None)
         .await
         .unwrap_err();
     assert_eq!(error, CoreError::UnknownWarehouse { warehouse_id: 9 });
@@ -59,7 +59,7 @@ async fn set_level_compare_and_swap_goes_through_the_actor() {
     let key = LineKey::new(1, 7);
     stock(&core, 1, 7, 10).await;
     let stale = core
-        .set_level(key, 3, Some(0), "count".into())
+        .set_level(key, 3, Some(0), "count".into(), None)
         .await
         .unwrap_err();
     assert_eq!(
@@ -70,7 +70,7 @@ async fn set_level_compare_and_swap_goes_through_the_actor() {
         }
     );
     let ok = core
-        .set_level(key, 3, Some(1), "count".into())
+        .set_level(key, 3, Some(1), "count".into(), None)
         .await
         .unwrap();
     assert_eq!((ok.snapshot.on_hand, ok.snapshot.version), (3, 2));
@@ -81,7 +81,7 @@ async fn a_refused_message_journals_nothing() {
     let (core, journal) = stocked(2).await;
     let before = journal.records().len();
     let error = core
-        .adjust(LineKey::new(1, 7), -3, "damage".into())
+        .adjust(LineKey::new(1, 7), -3, "damage".into(), None)
         .await
         .unwrap_err();
     assert!(matches!(
@@ -103,6 +103,7 @@ async fn deactivating_a_warehouse_reaches_its_running_lines() {
     let line = core.registry().resident(LineKey::new(1, 7)).unwrap();
     let refused = line
         .call(LineOp::TransferOut {
+            note: None,
             id: Default::default(),
             qty: qty(1),
         })
@@ -124,7 +125,10 @@ async fn concurrent_first_uses_spawn_one_actor() {
     let tasks: Vec<_> = (0..50)
         .map(|_| {
             let core = core.clone();
-            tokio::spawn(async move { core.adjust(LineKey::new(1, 7), 1, "receipt".into()).await })
+            tokio::spawn(async move {
+                core.adjust(LineKey::new(1, 7), 1, "receipt".into(), None)
+                    .await
+            })
         })
         .collect();
     for task in tasks {
@@ -150,7 +154,7 @@ async fn a_line_starts_from_its_loaded_state_with_reserved_repaired_from_its_hol
     let (core, _) = core_with(CoreConfig::default(), Arc::new(store)).await;
     warehouse(&core, 1, 100).await;
     let applied = core
-        .adjust(LineKey::new(1, 7), 1, "receipt".into())
+        .adjust(LineKey::new(1, 7), 1, "receipt".into(), None)
         .await
         .unwrap();
     assert_eq!(
@@ -163,7 +167,7 @@ async fn a_line_starts_from_its_loaded_state_with_reserved_repaired_from_its_hol
         "the repair is a version of its own (42), journaled so the store agrees"
     );
     let fresh = core
-        .adjust(LineKey::new(1, 8), 1, "receipt".into())
+        .adjust(LineKey::new(1, 8), 1, "receipt".into(), None)
         .await
         .unwrap();
     assert_eq!(fresh.snapshot.version, 1);
@@ -263,7 +267,7 @@ async fn a_full_journal_backlog_refuses_new_work_but_settles_held_work() {
         "5 records wait against a bound of 4"
     );
     let refused = core
-        .adjust(LineKey::new(1, 7), 1, "receipt".into())
+        .adjust(LineKey::new(1, 7), 1, "receipt".into(), None)
         .await
         .unwrap_err();
     assert_eq!(refused, CoreError::Overloaded);
@@ -274,7 +278,7 @@ async fn a_full_journal_backlog_refuses_new_work_but_settles_held_work() {
         buffer.complete(&batch);
     }
     assert_eq!(buffer.backlog(), 0);
-    core.adjust(LineKey::new(1, 7), 1, "receipt".into())
+    core.adjust(LineKey::new(1, 7), 1, "receipt".into(), None)
         .await
         .unwrap();
     assert_eq!(levels(&core, 1, 7).await, (13, 0));
@@ -305,6 +309,7 @@ async fn shutdown_drains_queued_messages_first() {
             let line = line.clone();
             tokio::spawn(async move {
                 line.call(LineOp::Adjust {
+                    note: None,
                     delta: 1,
                     reason: "receipt".into(),
                 })
@@ -384,7 +389,7 @@ async fn calls_racing_passivation_and_eviction_are_applied_exactly_once() {
             tokio::spawn(async move {
                 for i in 0..150u64 {
                     let key = LineKey::new(1, (i % 3) as i64);
-                    core.adjust(key, 1, "receipt".into()).await.unwrap();
+                    core.adjust(key, 1, "receipt".into(), None).await.unwrap();
                     if (i + t) % 10 == 0 {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }

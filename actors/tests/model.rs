@@ -119,19 +119,23 @@ fn to_line_op(op: &Op, slots: &[ReservationId]) -> LineOp {
         Op::Commit(s) => LineOp::Commit { id: slots[s] },
         Op::Expire(s) => LineOp::Expire { id: slots[s] },
         Op::Adjust(delta) => LineOp::Adjust {
+            note: None,
             delta,
             reason: "count".into(),
         },
         Op::SetLevel(level, expected_version) => LineOp::SetLevel {
+            note: None,
             on_hand: level as u64,
             expected_version,
             reason: "count".into(),
         },
         Op::TransferOut(q) => LineOp::TransferOut {
+            note: None,
             id: TransferId::new(),
             qty: qty(q as u64),
         },
         Op::TransferIn(q, compensating) => LineOp::TransferIn {
+            note: None,
             id: TransferId::new(),
             qty: qty(q as u64),
             compensating,
@@ -309,11 +313,14 @@ async fn run_step(
             };
         }
         Step::Adjust(w, p, delta) => {
-            let _ = core.adjust(LineKey::new(w, p), delta, "count".into()).await;
+            let _ = core
+                .adjust(LineKey::new(w, p), delta, "count".into(), None)
+                .await;
         }
         Step::Transfer(from, p, to, q) => {
             let _ = core
                 .transfer(stockline_actors::TransferRequest {
+                    note: None,
                     from_warehouse_id: from,
                     to_warehouse_id: to,
                     product_id: p,

@@ -116,6 +116,7 @@ async fn transfers_back_and_forth_conserve_stock() {
         let from = (i % 3) as i64 + 1;
         let to = ((i + 1 + i / 3) % 3) as i64 + 1;
         let request = TransferRequest {
+            note: None,
             from_warehouse_id: from,
             to_warehouse_id: if to == from { from % 3 + 1 } else { to },
             product_id: 7,

@@ -343,6 +343,7 @@ async fn a_transfer_moves_available_stock_and_conserves_the_total() {
         .await
         .unwrap();
     let transfer = |qty_n| TransferRequest {
+        note: None,
         from_warehouse_id: 1,
         to_warehouse_id: 2,
         product_id: 7,
@@ -372,6 +373,7 @@ async fn a_transfer_is_refused_for_inactive_or_identical_warehouses() {
     warehouse(&core, 2, 100).await;
     stock(&core, 1, 7, 10).await;
     let request = |from, to| TransferRequest {
+        note: None,
         from_warehouse_id: from,
         to_warehouse_id: to,
         product_id: 7,
@@ -419,6 +421,7 @@ async fn a_transfer_whose_destination_refuses_puts_the_stock_back() {
         .unwrap();
     let error = core
         .transfer(TransferRequest {
+            note: None,
             from_warehouse_id: 1,
             to_warehouse_id: 2,
             product_id: 7,

@@ -54,7 +54,7 @@ async fn a_cold_line_comes_up_with_exactly_its_stored_state_and_nothing_is_loade
     let now = line.snapshot().await.unwrap();
     assert_eq!((now.on_hand, now.reserved, now.version), (12, 0, 5));
     assert!(!line.is_active(), "loaded for a read: no actor yet");
-    let applied = core.adjust(key, 3, "receipt".into()).await.unwrap();
+    let applied = core.adjust(key, 3, "receipt".into(), None).await.unwrap();
     assert_eq!(
         (applied.snapshot.on_hand, applied.snapshot.version),
         (15, 6)
@@ -75,7 +75,7 @@ async fn concurrent_first_touches_of_one_cold_line_load_it_once() {
     let touches: Vec<_> = (0..64)
         .map(|_| {
             let core = core.clone();
-            tokio::spawn(async move { core.adjust(key, 1, "receipt".into()).await })
+            tokio::spawn(async move { core.adjust(key, 1, "receipt".into(), None).await })
         })
         .collect();
     for touch in touches {
@@ -117,11 +117,11 @@ async fn a_line_passivated_while_its_flush_is_held_back_is_never_loaded_stale() 
     let store = Arc::new(MapStore::with([(key, seed(10, 1))]));
     let (core, journal) = stored_core(idle_after(Duration::from_millis(20)), store.clone()).await;
     warehouse(&core, 1, 100).await;
-    core.adjust(key, 5, "receipt".into()).await.unwrap();
+    core.adjust(key, 5, "receipt".into(), None).await.unwrap();
 
     // The write-behind stalls: the newest state (20) is only in the journal's backlog.
     journal.hold();
-    core.adjust(key, 5, "receipt".into()).await.unwrap();
+    core.adjust(key, 5, "receipt".into(), None).await.unwrap();
     let line = core.registry().resident(key).unwrap();
     eventually(2_000, || async { line.stats().passivations > 0 }).await;
     tokio::time::sleep(Duration::from_millis(60)).await;
@@ -178,6 +178,7 @@ async fn a_handle_kept_across_an_eviction_reaches_the_line_loaded_again() {
     assert_eq!(core.registry().evict_idle(Duration::ZERO), 1);
     let applied = kept
         .call(LineOp::Adjust {
+            note: None,
             delta: 1,
             reason: "receipt".into(),
         })

@@ -11,15 +11,16 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Number, Value, json};
 use sqlx::FromRow;
+use std::sync::Arc;
 use stockline_actors::journal::MovementKind;
-use stockline_actors::{LineKey, LineSnapshot};
+use stockline_actors::{LineKey, LineSnapshot, Note};
 
 use axum::http::StatusCode;
 use axum::response::Response;
 
-use super::extract::{Json, List, Page, Path, Query, int_in};
+use super::extract::{Json, List, Page, Path, Query, int_in, text_opt};
 use super::idempotency::{self, Answer, Idempotent};
-use crate::auth::Role;
+use crate::auth::{Identity, Role};
 use crate::error::{AppError, Result};
 use crate::http::AppState;
 use crate::http::caller::Caller;
@@ -190,6 +191,16 @@ pub struct Adjustment {
     #[schema(value_type = i64)]
     delta: Number,
     reason: String,
+    /// The client's own reference (a delivery note, a count sheet), up to 255 chars.
+    reference: Option<String>,
+}
+
+/// Who is changing stock by hand and the reference they gave, for the movement ledger.
+pub(super) fn note(caller: &Identity, reference: Option<&str>) -> Result<Option<Arc<Note>>> {
+    Ok(Some(Arc::new(Note {
+        actor_user_id: Some(caller.user_id),
+        reference: text_opt(reference, "reference", 255)?,
+    })))
 }
 
 #[utoipa::path(post, path = "/stock/adjustments", tag = "stock", security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; repeats answer the first answer")), request_body = Adjustment, responses((status = 200, body = StockLine), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "insufficient_stock: on_hand would go under reserved", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
@@ -201,7 +212,7 @@ async fn adjust(
     caller.require(Role::Operator)?;
     let owned = state.clone();
     idempotency::run(&state, caller.user_id, request, move |body| async move {
-        let (line, lsn) = apply_adjustment(&owned, body).await?;
+        let (line, lsn) = apply_adjustment(&owned, &caller, body).await?;
         Answer::new(StatusCode::OK, line, lsn)
     })
     .await
@@ -209,6 +220,7 @@ async fn adjust(
 
 async fn apply_adjustment(
     state: &AppState,
+    caller: &Identity,
     body: Adjustment,
 ) -> Result<(StockLine, stockline_actors::Lsn)> {
     let max = stockline_actors::types::MAX_QUANTITY as i64;
@@ -217,8 +229,9 @@ async fn apply_adjustment(
         return Err(AppError::validation("delta", "must not be zero"));
     }
     let reason = Reason::parse(&body.reason)?.as_str().to_owned();
+    let note = note(caller, body.reference.as_deref())?;
     let key = line_key(state, body.warehouse_id, body.product_id)?;
-    let applied = state.core.adjust(key, delta, reason).await?;
+    let applied = state.core.adjust(key, delta, reason, note).await?;
     Ok((applied.snapshot.into(), applied.lsn))
 }
 
@@ -239,7 +252,7 @@ async fn adjust_bulk(
     let mut results = Vec::with_capacity(items.len());
     let mut last = 0;
     for (index, item) in items.into_iter().enumerate() {
-        match apply_adjustment(&state, item).await {
+        match apply_adjustment(&state, &caller, item).await {
             Ok((line, lsn)) => {
                 last = last.max(lsn);
                 results.push(json!({ "index": index, "ok": true, "line": line }));
@@ -262,6 +275,8 @@ struct Level {
     reason: Option<String>,
     #[schema(value_type = Option<i64>)]
     expected_version: Option<Number>,
+    /// The client's own reference, up to 255 chars.
+    reference: Option<String>,
 }
 
 #[utoipa::path(put, path = "/stock/levels", tag = "stock", security(("bearer" = [])), request_body = Level, responses((status = 200, body = StockLine), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "insufficient_stock, or version_mismatch (details: current_version) when expected_version is not the line's version; nothing changes", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
@@ -287,10 +302,11 @@ async fn set_level(
         .as_ref()
         .map(|v| int_in(v, "expected_version", 0..=i64::MAX).map(|v| v as u64))
         .transpose()?;
+    let note = note(&caller, body.reference.as_deref())?;
     let key = line_key(&state, body.warehouse_id, body.product_id)?;
     let applied = state
         .core
-        .set_level(key, on_hand as u64, expected, reason)
+        .set_level(key, on_hand as u64, expected, reason, note)
         .await?;
     state.durable(applied.lsn).await?;
     Ok(Json(applied.snapshot.into()))
@@ -305,7 +321,13 @@ struct Movement {
     quantity: i64,
     on_hand_after: i64,
     reserved_after: i64,
+    /// The client's reference when one was given, else the reservation or transfer id (or
+    /// the reason, for adjustments, as before v1.1).
     reference: String,
+    /// Why stock was adjusted or counted; null for other kinds.
+    reason: Option<String>,
+    /// Who made a change by hand (adjustments, counts, transfers); null otherwise.
+    actor_user_id: Option<i64>,
     at: DateTime<Utc>,
 }
 
@@ -344,7 +366,8 @@ async fn movements(
             .fetch_one(&state.db)
             .await?;
     let items = sqlx::query_as(&format!(
-        "SELECT id, warehouse_id, product_id, kind, quantity, on_hand_after, reserved_after, reference, at
+        "SELECT id, warehouse_id, product_id, kind, quantity, on_hand_after, reserved_after,
+                COALESCE(client_reference, reference) AS reference, reason, actor_user_id, at
          FROM movements WHERE {condition} ORDER BY id DESC LIMIT $4 OFFSET $5"
     ))
     .bind(filter.product_id)

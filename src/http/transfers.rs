@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::extract::{Json, List, Page, Query, quantity};
 use super::idempotency::{self, Answer, Idempotent};
-use crate::auth::Role;
+use crate::auth::{Identity, Role};
 use crate::error::{AppError, Result};
 use crate::http::AppState;
 use crate::http::caller::Caller;
@@ -34,6 +34,8 @@ pub struct Transfer {
     pub to_warehouse_id: i64,
     pub product_id: i64,
     pub quantity: i64,
+    pub actor_user_id: Option<i64>,
+    pub reference: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -44,6 +46,8 @@ struct CreateTransfer {
     product_id: i64,
     #[schema(value_type = i64)]
     quantity: Number,
+    /// The client's own reference, up to 255 chars; kept on the transfer and its movements.
+    reference: Option<String>,
 }
 
 #[utoipa::path(post, path = "/transfers", tag = "transfers", security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; repeats answer the first answer")), request_body = CreateTransfer, responses((status = 201, body = Transfer), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "insufficient_stock or warehouse_inactive", body = ErrorBody), (status = 422, description = "Same warehouse, or a bad quantity", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
@@ -55,13 +59,14 @@ async fn create(
     caller.require(Role::Operator)?;
     let owned = state.clone();
     idempotency::run(&state, caller.user_id, request, move |body| async move {
-        transfer(&owned, body).await
+        transfer(&owned, &caller, body).await
     })
     .await
 }
 
-async fn transfer(state: &AppState, body: CreateTransfer) -> Result<Answer> {
+async fn transfer(state: &AppState, caller: &Identity, body: CreateTransfer) -> Result<Answer> {
     let qty = quantity(&body.quantity, "quantity")?;
+    let note = super::stock::note(caller, body.reference.as_deref())?;
     if state.catalog.get(body.product_id).is_none() {
         return Err(AppError::NotFound(format!("product {}", body.product_id)));
     }
@@ -70,6 +75,7 @@ async fn transfer(state: &AppState, body: CreateTransfer) -> Result<Answer> {
         to_warehouse_id: body.to_warehouse_id,
         product_id: body.product_id,
         quantity: qty,
+        note,
     };
     let (record, lsn) = state.core.transfer(request).await?;
     let transfer = Transfer {
@@ -79,6 +85,8 @@ async fn transfer(state: &AppState, body: CreateTransfer) -> Result<Answer> {
         to_warehouse_id: record.to_warehouse_id,
         product_id: record.product_id,
         quantity: record.quantity as i64,
+        actor_user_id: record.note.as_ref().and_then(|n| n.actor_user_id),
+        reference: record.note.as_ref().and_then(|n| n.reference.clone()),
         created_at: record.created_at,
     };
     Answer::new(StatusCode::CREATED, transfer, lsn)
@@ -95,7 +103,8 @@ async fn list(
         .fetch_one(&state.db)
         .await?;
     let items = sqlx::query_as(
-        "SELECT id, status, from_warehouse_id, to_warehouse_id, product_id, quantity, created_at
+        "SELECT id, status, from_warehouse_id, to_warehouse_id, product_id, quantity, actor_user_id,
+                reference, created_at
          FROM transfers ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2",
     )
     .bind(page.limit()?)

@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 
 use sqlx::PgPool;
-use stockline_actors::journal::{LineRecord, MovementRecord, ReservationRecord, TransferRecord};
+use stockline_actors::journal::{
+    LineRecord, MovementRecord, Reference, ReservationRecord, TransferRecord,
+};
 use stockline_actors::{LineKey, Lsn, Record, ReservationId};
 
 use super::records::{IdempotencyRecord, OrderRecord, PaymentRecord, StoreRecord};
@@ -110,9 +112,11 @@ async fn write_movements(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::E
     }
     let m = &sorted.movements;
     sqlx::query(
-        "INSERT INTO movements (id, warehouse_id, product_id, kind, quantity, on_hand_after, reserved_after, reference, at)
+        "INSERT INTO movements (id, warehouse_id, product_id, kind, quantity, on_hand_after, reserved_after,
+                               reference, at, reason, actor_user_id, client_reference)
          SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[],
-                              $6::bigint[], $7::bigint[], $8::text[], $9::timestamptz[])
+                              $6::bigint[], $7::bigint[], $8::text[], $9::timestamptz[], $10::text[],
+                              $11::bigint[], $12::text[])
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(m.iter().map(|(lsn, _)| *lsn as i64).collect::<Vec<_>>())
@@ -124,6 +128,24 @@ async fn write_movements(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::E
     .bind(m.iter().map(|(_, r)| r.reserved_after as i64).collect::<Vec<_>>())
     .bind(m.iter().map(|(_, r)| r.reference.to_string()).collect::<Vec<_>>())
     .bind(m.iter().map(|(_, r)| r.at).collect::<Vec<_>>())
+    .bind(
+        m.iter()
+            .map(|(_, r)| match &r.reference {
+                Reference::Reason(reason) => Some(reason.as_str()),
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        m.iter()
+            .map(|(_, r)| r.note.as_ref().and_then(|n| n.actor_user_id))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        m.iter()
+            .map(|(_, r)| r.note.as_ref().and_then(|n| n.reference.as_deref()))
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -185,8 +207,10 @@ async fn write_transfers(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::E
     }
     let t = &sorted.transfers;
     sqlx::query(
-        "INSERT INTO transfers (id, from_warehouse_id, to_warehouse_id, product_id, quantity, created_at)
-         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::timestamptz[])
+        "INSERT INTO transfers (id, from_warehouse_id, to_warehouse_id, product_id, quantity, created_at,
+                               actor_user_id, reference)
+         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::timestamptz[],
+                              $7::bigint[], $8::text[])
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(t.iter().map(|r| r.id.0).collect::<Vec<_>>())
@@ -195,6 +219,16 @@ async fn write_transfers(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::E
     .bind(t.iter().map(|r| r.product_id).collect::<Vec<_>>())
     .bind(t.iter().map(|r| r.quantity as i64).collect::<Vec<_>>())
     .bind(t.iter().map(|r| r.created_at).collect::<Vec<_>>())
+    .bind(
+        t.iter()
+            .map(|r| r.note.as_ref().and_then(|n| n.actor_user_id))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        t.iter()
+            .map(|r| r.note.as_ref().and_then(|n| n.reference.as_deref()))
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -105,6 +105,7 @@ pub async fn stock(core: &Core, warehouse_id: i64, product_id: i64, on_hand: i64
         LineKey::new(warehouse_id, product_id),
         on_hand,
         "receipt".into(),
+        None,
     )
     .await
     .unwrap();
