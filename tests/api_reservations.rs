@@ -267,3 +267,82 @@ async fn three_hundred_concurrent_reservations_against_fifty_units_give_exactly_
     );
     Arc::into_inner(app).unwrap().cleanup().await;
 }
+
+#[tokio::test]
+async fn a_pending_reservation_is_extended_and_keeps_its_new_expiry_across_a_restart() {
+    let app = TestApp::spawn().await;
+    let (product, _) = app.stocked_product(5).await;
+    let (_, reservation) = app
+        .post(
+            "/reservations",
+            &app.admin,
+            json!({ "items": [{ "product_id": product, "quantity": 2 }], "ttl_seconds": 2 }),
+        )
+        .await;
+    let id = reservation["id"].as_str().unwrap().to_owned();
+    let (status, extended) = app
+        .patch(
+            &format!("/reservations/{id}"),
+            &app.admin,
+            json!({ "ttl_seconds": 3600 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{extended}");
+    let expires = |body: &serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(body["expires_at"].as_str().unwrap()).unwrap()
+    };
+    assert!(expires(&extended) - expires(&reservation) > chrono::TimeDelta::minutes(59));
+
+    let app = app.restart().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, after) = app.get(&format!("/reservations/{id}"), &app.admin).await;
+    assert_eq!(
+        after["status"], "pending",
+        "the first deadline passed: {after}"
+    );
+    assert_eq!(expires(&after), expires(&extended));
+    assert_eq!(app.availability(product).await["available"], 3);
+
+    for (ttl, code) in [
+        (0, "validation_failed"),
+        (7 * 24 * 3600 + 1, "validation_failed"),
+    ] {
+        let (status, body) = app
+            .patch(
+                &format!("/reservations/{id}"),
+                &app.admin,
+                json!({ "ttl_seconds": ttl }),
+            )
+            .await;
+        assert_eq!(
+            error_code(status, &body, StatusCode::UNPROCESSABLE_ENTITY),
+            code
+        );
+    }
+    app.post(&format!("/reservations/{id}/commit"), &app.admin, json!({}))
+        .await;
+    let (status, body) = app
+        .patch(
+            &format!("/reservations/{id}"),
+            &app.admin,
+            json!({ "ttl_seconds": 60 }),
+        )
+        .await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::CONFLICT),
+        "reservation_not_pending"
+    );
+    let unknown = uuid::Uuid::now_v7();
+    let (status, body) = app
+        .patch(
+            &format!("/reservations/{unknown}"),
+            &app.admin,
+            json!({ "ttl_seconds": 60 }),
+        )
+        .await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::NOT_FOUND),
+        "not_found"
+    );
+    app.cleanup().await;
+}

@@ -261,7 +261,49 @@ impl Reservations {
         self.transition(id, ReservationStatus::Released).await
     }
 
+    /// Moves a pending reservation's `expires_at` to `ttl` from now, and its timer with it.
+    /// One whose time has already come is not revived: it answers not pending (expired).
+    pub fn extend(&self, id: ReservationId, ttl: Duration) -> Result<(Reservation, Lsn)> {
+        let mut entry = self
+            .0
+            .table
+            .get_mut(&id)
+            .ok_or(CoreError::ReservationNotFound)?;
+        let now = Instant::now();
+        if entry.reservation.status != ReservationStatus::Pending || now >= entry.deadline {
+            let status = match entry.reservation.status {
+                ReservationStatus::Pending => ReservationStatus::Expired,
+                settled => settled,
+            };
+            return Err(CoreError::ReservationNotPending { status });
+        }
+        if entry.settling {
+            return Err(CoreError::Unavailable(
+                "the reservation is being settled right now; retry shortly".into(),
+            ));
+        }
+        entry.deadline = now + ttl;
+        let updated_at = crate::types::now();
+        entry.reservation.expires_at = updated_at + ttl;
+        entry.reservation.updated_at = updated_at;
+        let reservation = entry.reservation.clone();
+        drop(entry);
+        let lsn = self.0.journal.append(vec![reservation.record()]);
+        self.0.expiry.schedule(id, now + ttl, Due::Expire);
+        Ok((reservation, lsn))
+    }
+
     pub(crate) async fn expire(&self, id: ReservationId) {
+        // A timer armed before an extension (or a retry armed early) finds time left: it
+        // re-arms for the real deadline instead of cutting the hold short.
+        let early = self.0.table.get(&id).and_then(|entry| {
+            let pending = entry.reservation.status == ReservationStatus::Pending;
+            (pending && Instant::now() < entry.deadline).then_some(entry.deadline)
+        });
+        if let Some(deadline) = early {
+            self.0.expiry.schedule(id, deadline, Due::Expire);
+            return;
+        }
         match self.transition(id, ReservationStatus::Expired).await {
             Ok(_)
             | Err(CoreError::ReservationNotPending { .. } | CoreError::ReservationNotFound) => {}

@@ -262,6 +262,60 @@ async fn a_pending_reservation_expires_at_its_ttl_and_its_stock_returns() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_extended_reservation_outlives_its_first_deadline_then_expires_at_the_new_one() {
+    let (core, journal) = stocked(5).await;
+    let mut req = request(vec![item(7, 4)]);
+    req.ttl = Duration::from_secs(60);
+    let (r, _) = core.reservations().reserve(req).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(50)).await;
+    let (extended, lsn) = core
+        .reservations()
+        .extend(r.id, Duration::from_secs(60))
+        .unwrap();
+    // The wall clock does not move with paused time: the new expiry is 60 s from the call.
+    assert!(extended.expires_at >= r.expires_at);
+    assert!(lsn > 0);
+    assert!(
+        journal.records().iter().any(|(_, record)| matches!(
+            record,
+            Record::Reservation(stored) if stored.id == r.id && stored.expires_at == extended.expires_at
+        )),
+        "the new expiry is journaled, so a restart keeps it"
+    );
+    // Past the first deadline: still held.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    tokio::task::yield_now().await;
+    assert_eq!(
+        core.reservations().get(r.id).unwrap().status,
+        ReservationStatus::Pending
+    );
+    assert_eq!(levels(&core, 1, 7).await, (5, 4));
+    // Past the new one: expired, the stock back, and no extension revives it.
+    tokio::time::sleep(Duration::from_secs(45)).await;
+    let reservations = core.reservations().clone();
+    eventually(100, || {
+        let r = reservations.get(r.id);
+        async move { r.unwrap().status == ReservationStatus::Expired }
+    })
+    .await;
+    assert_eq!(levels(&core, 1, 7).await, (5, 0));
+    assert_eq!(
+        core.reservations()
+            .extend(r.id, Duration::from_secs(60))
+            .unwrap_err(),
+        CoreError::ReservationNotPending {
+            status: ReservationStatus::Expired
+        }
+    );
+    assert_eq!(
+        core.reservations()
+            .extend(ReservationId::new(), Duration::from_secs(60))
+            .unwrap_err(),
+        CoreError::ReservationNotFound
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn settled_reservations_are_forgotten_after_the_retention() {
     let (core, _) = stocked(5).await;
     let r = reserve(&core, vec![item(7, 1)]).await;

@@ -27,7 +27,7 @@ use crate::http::caller::Caller;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create))
-        .routes(routes!(read))
+        .routes(routes!(read, extend))
         .routes(routes!(commit))
         .routes(routes!(release))
 }
@@ -199,6 +199,46 @@ async fn stored(state: &AppState, id: Uuid) -> Result<ReservationBody> {
     })
 }
 
+#[derive(Deserialize, ToSchema)]
+struct Extension {
+    /// Seconds from now, 1 to 7 days.
+    #[schema(value_type = i64)]
+    ttl_seconds: Number,
+}
+
+/// Moves a pending reservation's `expires_at` to `ttl_seconds` from now.
+#[utoipa::path(patch, path = "/reservations/{id}", tag = "reservations", security(("bearer" = [])), params(("id" = Uuid, Path)), request_body = Extension, responses((status = 200, body = ReservationBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "reservation_not_pending", body = ErrorBody), (status = 422, description = "ttl_seconds is not 1 to 604800", body = ErrorBody)))]
+async fn extend(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<Uuid>,
+    Json(body): Json<Extension>,
+) -> Result<Json<ReservationBody>> {
+    caller.require(Role::Operator)?;
+    let ttl =
+        Duration::from_secs(int_in(&body.ttl_seconds, "ttl_seconds", 1..=MAX_TTL_SECS)? as u64);
+    match state.core.reservations().extend(ReservationId(id), ttl) {
+        Ok((reservation, lsn)) => {
+            state.durable(lsn).await?;
+            Ok(Json(reservation.into()))
+        }
+        Err(stockline_actors::CoreError::ReservationNotFound) => Err(not_pending(&state, id).await),
+        Err(other) => Err(other.into()),
+    }
+}
+
+/// The answer for a reservation no longer in memory: settled long ago (409), or unknown (404).
+async fn not_pending(state: &AppState, id: Uuid) -> AppError {
+    match stored(state, id).await {
+        Ok(stored) => AppError::Conflict {
+            code: "reservation_not_pending",
+            message: format!("reservation is {}, not pending", stored.status),
+            details: serde_json::json!({ "status": stored.status }),
+        },
+        Err(error) => error,
+    }
+}
+
 #[utoipa::path(post, path = "/reservations/{id}/commit", tag = "reservations", security(("bearer" = [])), params(("id" = Uuid, Path)), responses((status = 200, body = ReservationBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "reservation_not_pending", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
 async fn commit(
     State(state): State<AppState>,
@@ -231,12 +271,7 @@ async fn settle(state: &AppState, id: Uuid, commit: bool) -> Result<Json<Reserva
         Ok(done) => done,
         // Not in memory any more: settled long ago, or never existed.
         Err(stockline_actors::CoreError::ReservationNotFound) => {
-            let stored = stored(state, id.0).await?;
-            return Err(AppError::Conflict {
-                code: "reservation_not_pending",
-                message: format!("reservation is {}, not pending", stored.status),
-                details: serde_json::json!({ "status": stored.status }),
-            });
+            return Err(not_pending(state, id.0).await);
         }
         Err(other) => return Err(other.into()),
     };

@@ -161,7 +161,8 @@ async fn write_reservations(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
                               $6::timestamptz[], $7::bigint[])
          ON CONFLICT (id) DO UPDATE
-           SET status = EXCLUDED.status, updated_at = EXCLUDED.updated_at, lsn = EXCLUDED.lsn
+           SET status = EXCLUDED.status, expires_at = EXCLUDED.expires_at,
+               updated_at = EXCLUDED.updated_at, lsn = EXCLUDED.lsn
          WHERE reservations.lsn < EXCLUDED.lsn",
     )
     .bind(r.iter().map(|(_, r)| r.id.0).collect::<Vec<_>>())

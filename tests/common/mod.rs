@@ -201,6 +201,15 @@ impl TestApp {
         self.send(Method::POST, path, Some(token), Some(body)).await
     }
 
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.send(Method::PATCH, path, Some(token), Some(body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.send(Method::DELETE, path, Some(token), None).await
+    }
+
     pub async fn put(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
         self.send(Method::PUT, path, Some(token), Some(body)).await
     }
