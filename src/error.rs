@@ -212,6 +212,7 @@ impl From<CoreError> for AppError {
                 details: json!({ "current_version": actual, "expected_version": expected }),
             },
             CoreError::NotHeld => Self::conflict(message),
+            CoreError::NotInShop { .. } => Self::validation("warehouse_id", message),
             CoreError::UnknownWarehouse { warehouse_id } => {
                 Self::NotFound(format!("warehouse {warehouse_id}"))
             }

@@ -8,6 +8,8 @@
 //! - [`auth`]: passwords, tokens, roles, TOTP, and the `Caller` extractor.
 //! - [`store`]: PostgreSQL: migrations, the write-behind flusher, recovery.
 //! - [`catalog`]: the in-memory copy of the products the hot path reads.
+//! - [`shops`]: shop memberships and the access policy every warehouse-touching handler
+//!   asks.
 //! - [`orders`]: open orders in memory, each behind its own lock; expiry with the
 //!   reservation.
 //! - [`telemetry`]: logging set-up.
@@ -23,6 +25,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod orders;
+pub mod shops;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -33,6 +33,7 @@ use crate::http::rate_limit::AuthLimiter;
 use crate::http::serve::Limits;
 use crate::http::{self, AppState, StoreState};
 use crate::orders::Orders;
+use crate::shops::Shops;
 use crate::store::flusher::Flusher;
 use crate::store::records::Buffer;
 use crate::store::{self, recovery};
@@ -97,6 +98,7 @@ impl Application {
         orders.reconcile(&core).await;
         orders.clone().watch_expiry(expired, background.clone());
         let auth_rate = config.auth_rate_per_minute;
+        let shops = Arc::new(Shops::load(&db).await.map_err(io::Error::other)?);
         let state = AppState {
             config: Arc::new(config),
             db,
@@ -110,6 +112,7 @@ impl Application {
             }),
             answers: Arc::new(Answers::default()),
             orders,
+            shops,
             auth_limiter: Arc::new(AuthLimiter::new(auth_rate)),
             metrics: Arc::new(http::metrics_recorder()),
         };

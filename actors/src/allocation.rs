@@ -12,7 +12,7 @@ use crate::journal::Lsn;
 use crate::line_state::LineOp;
 use crate::registry::Registry;
 use crate::types::{
-    ItemRequest, LineKey, ProductId, Quantity, ReservationId, ReservedItem, WarehouseId,
+    ItemRequest, LineKey, ProductId, Quantity, ReservationId, ReservedItem, ShopId, WarehouseId,
 };
 use crate::warehouses::Warehouses;
 
@@ -82,6 +82,8 @@ pub(crate) struct Allocator<'a> {
     pub(crate) registry: &'a Registry,
     pub(crate) warehouses: &'a Warehouses,
     pub(crate) id: ReservationId,
+    /// Only this shop's warehouses, when set.
+    pub(crate) shop_id: Option<ShopId>,
 }
 
 impl Allocator<'_> {
@@ -113,6 +115,11 @@ impl Allocator<'_> {
             .ok_or(CoreError::UnknownWarehouse {
                 warehouse_id: key.warehouse_id,
             })?;
+        if self.shop_id.is_some() && info.shop_id != self.shop_id {
+            return Err(CoreError::NotInShop {
+                warehouse_id: key.warehouse_id,
+            });
+        }
         if !info.active {
             return Err(CoreError::WarehouseInactive {
                 warehouse_id: key.warehouse_id,
@@ -177,7 +184,7 @@ impl Allocator<'_> {
         })
     }
 
-    /// The product's lines in active warehouses, in allocation order, with what each has
+    /// The product's lines in active warehouses (of the shop, if one is set), in allocation order, with what each has
     /// available now (cold lines are loaded for it, together).
     async fn plan(&self, product_id: ProductId) -> Result<Vec<(LineHandle, u64)>> {
         let mut candidates: Vec<(i32, WarehouseId, LineHandle, u64)> = self
@@ -187,8 +194,9 @@ impl Allocator<'_> {
             .into_iter()
             .filter_map(|line| {
                 let info = self.warehouses.get(line.key().warehouse_id)?;
+                let in_shop = self.shop_id.is_none() || info.shop_id == self.shop_id;
                 let now = line.peek();
-                (info.active && now.active && now.available() > 0)
+                (in_shop && info.active && now.active && now.available() > 0)
                     .then(|| (info.priority, now.key.warehouse_id, line, now.available()))
             })
             .collect();

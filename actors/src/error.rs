@@ -17,6 +17,9 @@ pub enum CoreError {
     /// The warehouse is inactive: it may not reserve, send or receive stock.
     #[error("warehouse {warehouse_id} is inactive")]
     WarehouseInactive { warehouse_id: WarehouseId },
+    /// A request limited to one shop named a warehouse of another.
+    #[error("warehouse {warehouse_id} does not belong to the shop")]
+    NotInShop { warehouse_id: WarehouseId },
     /// The warehouse is not known to the core.
     #[error("warehouse {warehouse_id} is not known")]
     UnknownWarehouse { warehouse_id: WarehouseId },

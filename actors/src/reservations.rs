@@ -20,7 +20,7 @@ use crate::expiry::{Due, ExpiryHandle};
 use crate::journal::{Journal, Lsn, Record, ReservationRecord};
 use crate::line_state::LineOp;
 use crate::registry::Registry;
-use crate::types::ReservationId;
+use crate::types::{ReservationId, ShopId};
 
 pub use crate::types::{ItemRequest, ReservationStatus, ReservedItem};
 use crate::warehouses::Warehouses;
@@ -31,6 +31,8 @@ pub struct ReservationRequest {
     pub items: Vec<ItemRequest>,
     pub ttl: Duration,
     pub reference: Option<String>,
+    /// Allocate only from this shop's warehouses (pinned items included).
+    pub shop_id: Option<ShopId>,
 }
 
 /// A reservation as the edge shows it.
@@ -161,6 +163,7 @@ impl Reservations {
             registry: &self.0.registry,
             warehouses: &self.0.warehouses,
             id,
+            shop_id: request.shop_id,
         };
         let mut holds = Holds::default();
         if let Err(refusal) = allocator.reserve_all(&request.items, &mut holds).await {

@@ -19,6 +19,8 @@ pub fn now() -> DateTime<Utc> {
 pub type WarehouseId = i64;
 /// Integer id of a product (assigned by the catalog).
 pub type ProductId = i64;
+/// Integer id of a shop: a marketplace seller that owns warehouses.
+pub type ShopId = i64;
 
 /// The most a single request may move or set: 1,000,000,000 units (API.md).
 pub const MAX_QUANTITY: u64 = 1_000_000_000;

@@ -6,7 +6,7 @@
 
 use dashmap::DashMap;
 
-use crate::types::WarehouseId;
+use crate::types::{ShopId, WarehouseId};
 
 /// What allocation needs to know about a warehouse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,6 +15,8 @@ pub struct WarehouseInfo {
     pub priority: i32,
     /// Inactive warehouses keep their lines but count for nothing.
     pub active: bool,
+    /// The shop that owns it; `None`: the platform's own.
+    pub shop_id: Option<ShopId>,
 }
 
 impl Default for WarehouseInfo {
@@ -22,6 +24,7 @@ impl Default for WarehouseInfo {
         Self {
             priority: 100,
             active: true,
+            shop_id: None,
         }
     }
 }
@@ -44,6 +47,21 @@ impl Warehouses {
             .filter(|w| w.active)
             .map(|w| *w.key())
             .collect()
+    }
+
+    /// The warehouses the given shops own.
+    pub fn of_shops(&self, shops: &[ShopId]) -> Vec<WarehouseId> {
+        self.map
+            .iter()
+            .filter(|w| w.shop_id.is_some_and(|shop| shops.contains(&shop)))
+            .map(|w| *w.key())
+            .collect()
+    }
+
+    /// Whether the warehouse may serve a request limited to `shop` (any, when `None`).
+    pub fn serves(&self, id: WarehouseId, shop: Option<ShopId>) -> bool {
+        self.get(id)
+            .is_some_and(|info| shop.is_none() || info.shop_id == shop)
     }
 
     pub(crate) fn upsert(&self, id: WarehouseId, info: WarehouseInfo) {

@@ -12,6 +12,7 @@ mod products;
 pub mod rate_limit;
 mod reservations;
 pub mod serve;
+mod shops;
 mod state;
 mod stock;
 mod storable;
@@ -74,6 +75,7 @@ fn documented(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(reservations::router())
         .merge(orders::router())
         .merge(transfers::router())
+        .merge(shops::router())
         .merge(operations::router());
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .nest("/api/v1", api)

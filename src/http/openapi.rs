@@ -38,7 +38,8 @@ pub struct ErrorObject {
     modifiers(&BearerAuth),
     tags(
         (name = "auth"), (name = "users"), (name = "catalog"), (name = "stock"),
-        (name = "reservations"), (name = "orders"), (name = "transfers"), (name = "operations")
+        (name = "reservations"), (name = "orders"), (name = "transfers"), (name = "shops"),
+        (name = "operations")
     )
 )]
 pub struct ApiDoc;

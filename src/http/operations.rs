@@ -64,10 +64,12 @@ async fn actors(
     Caller(caller): Caller,
     Query(query): Query<ActorQuery>,
 ) -> Result<Json<Actors>> {
-    caller.require(Role::Operator)?;
+    let scope = state.access(&caller).scope()?;
     let page = Page::new(query.limit, query.offset);
     let registry = state.core.registry();
-    let resident = registry.resident_lines();
+    let warehouses = state.core.warehouses();
+    let mut resident = registry.resident_lines();
+    resident.retain(|line| scope.allows(warehouses, line.key().warehouse_id));
     let lines_active = resident.iter().filter(|line| line.is_active()).count();
     let mut items: Vec<Actor> = resident
         .into_iter()
@@ -108,7 +110,8 @@ async fn actors(
         total,
         lines_in_memory: total,
         lines_active: lines_active as i64,
-        lines_stored: store::lines::stored_count(&state.db).await?,
+        lines_stored: store::lines::stored_count(&state.db, scope.warehouse_ids(warehouses))
+            .await?,
     }))
 }
 
@@ -203,7 +206,8 @@ async fn low_stock(
     State(state): State<AppState>,
     Caller(caller): Caller,
 ) -> Result<Json<List<LowStock>>> {
-    caller.require(Role::Operator)?;
+    let scope = state.access(&caller).scope()?;
+    let warehouses = state.core.warehouses();
     let resident: Vec<_> = state
         .core
         .registry()
@@ -211,7 +215,9 @@ async fn low_stock(
         .iter()
         .map(|line| line.peek())
         .collect();
-    let active = state.core.warehouses().active_ids();
+    // A shop member's alerts weigh its own shop's stock: totals over its warehouses only.
+    let mut active = warehouses.active_ids();
+    active.retain(|id| scope.allows(warehouses, *id));
     let low = store::lines::low_stock(&state.db, &resident, &active).await?;
     let items: Vec<_> = low
         .into_iter()

@@ -41,6 +41,8 @@ struct CreateOrder {
     shipping_address: Option<Value>,
     #[schema(value_type = Option<Object>)]
     contact: Option<Value>,
+    /// Allocate only from this shop's warehouses.
+    shop_id: Option<i64>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -88,12 +90,16 @@ impl TryFrom<CreateOrder> for Placement {
             items,
             shipping_address: body.shipping_address,
             contact: body.contact,
+            shop_id: body.shop_id,
         })
     }
 }
 
 async fn place(state: &AppState, caller: Identity, body: CreateOrder) -> Result<Answer> {
     let placement = Placement::try_from(body)?;
+    if let Some(shop) = placement.shop_id {
+        state.shops.require(shop)?;
+    }
     let timeout = Duration::from_secs(state.config.payment_timeout_secs);
     let (order, lsn) = state
         .orders

@@ -77,6 +77,8 @@ struct CreateReservation {
     #[schema(value_type = Option<i64>)]
     ttl_seconds: Option<Number>,
     reference: Option<String>,
+    /// Allocate only from this shop's warehouses.
+    shop_id: Option<i64>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -138,10 +140,12 @@ async fn reserve(state: &AppState, body: CreateReservation) -> Result<Answer> {
         .as_deref()
         .map(|r| text(r, "reference", 255))
         .transpose()?;
+    let shop_id = body.shop_id.map(|s| state.shops.require(s)).transpose()?;
     let request = ReservationRequest {
         items,
         ttl,
         reference,
+        shop_id,
     };
     let (reservation, lsn) = state.core.reservations().reserve(request).await?;
     Answer::new(StatusCode::CREATED, ReservationBody::from(reservation), lsn)

@@ -10,10 +10,12 @@ use stockline_actors::{Core, DurableWatch, Lsn};
 use super::idempotency::Answers;
 use super::rate_limit::AuthLimiter;
 use crate::auth::Auth;
+use crate::auth::Identity;
 use crate::catalog::Catalog;
 use crate::config::{Config, Durability};
 use crate::error::{AppError, Result};
 use crate::orders::Orders;
+use crate::shops::{Access, Shops};
 use crate::store::flusher::FlushStats;
 use crate::store::records::Buffer;
 
@@ -36,6 +38,8 @@ pub struct AppState {
     /// Answers to idempotent requests, by user and key.
     pub answers: Arc<Answers>,
     pub orders: Arc<Orders>,
+    /// Shops and their members, for the access policy.
+    pub shops: Arc<Shops>,
     /// Login and register attempts per client address.
     pub auth_limiter: Arc<AuthLimiter>,
     /// This server's metrics, rendered at `GET /metrics`.
@@ -58,6 +62,11 @@ impl AppState {
                 "the change was accepted but the store has not confirmed it yet; retry with the same Idempotency-Key".into(),
             )),
         }
+    }
+
+    /// What `identity` may touch (the shop policy).
+    pub fn access(&self, identity: &Identity) -> Access<'_> {
+        Access::new(*identity, &self.shops, self.core.warehouses())
     }
 
     /// Forgets what no longer matters from the maps clients make grow: old idempotent

@@ -13,6 +13,7 @@ use serde_json::{Number, Value, json};
 use sqlx::FromRow;
 use std::sync::Arc;
 use stockline_actors::journal::MovementKind;
+use stockline_actors::types::ShopId;
 use stockline_actors::{LineKey, LineSnapshot, Note};
 
 use axum::http::StatusCode;
@@ -20,10 +21,11 @@ use axum::response::Response;
 
 use super::extract::{Json, List, Page, Path, Query, int_in, text_opt};
 use super::idempotency::{self, Answer, Idempotent};
-use crate::auth::{Identity, Role};
+use crate::auth::Identity;
 use crate::error::{AppError, Result};
 use crate::http::AppState;
 use crate::http::caller::Caller;
+use crate::shops::Scope;
 use crate::store;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -119,30 +121,39 @@ async fn availability(
     Caller(_caller): Caller,
     Path(id): Path<i64>,
 ) -> Result<Json<Value>> {
+    availability_of(&state, id, None).await.map(Json)
+}
+
+/// A product's availability over the lines of every warehouse, or of one shop's.
+pub(super) async fn availability_of(
+    state: &AppState,
+    id: i64,
+    shop: Option<ShopId>,
+) -> Result<Value> {
     if state.catalog.get(id).is_none() {
         return Err(AppError::NotFound(format!("product {id}")));
     }
+    let warehouses = state.core.warehouses();
     let lines: Vec<_> = state
         .core
         .registry()
         .lines_of_product(id)
         .await?
         .iter()
+        .filter(|l| warehouses.serves(l.key().warehouse_id, shop))
         .map(|l| l.peek())
         .collect();
     let (mut on_hand, mut reserved) = (0u64, 0u64);
-    let mut warehouses = Vec::with_capacity(lines.len());
+    let mut listed = Vec::with_capacity(lines.len());
     for line in lines {
-        let active = state
-            .core
-            .warehouses()
+        let active = warehouses
             .get(line.key.warehouse_id)
             .is_some_and(|w| w.active);
         if active {
             on_hand += line.on_hand;
             reserved += line.reserved;
         }
-        warehouses.push(json!({
+        listed.push(json!({
             "warehouse_id": line.key.warehouse_id,
             "status": if active { "active" } else { "inactive" },
             "on_hand": line.on_hand,
@@ -150,13 +161,13 @@ async fn availability(
             "available": line.available(),
         }));
     }
-    Ok(Json(json!({
+    Ok(json!({
         "product_id": id,
         "on_hand": on_hand,
         "reserved": reserved,
         "available": on_hand - reserved,
-        "warehouses": warehouses,
-    })))
+        "warehouses": listed,
+    }))
 }
 
 #[utoipa::path(get, path = "/warehouses/{id}/stock", tag = "stock", security(("bearer" = [])), params(("id" = i64, Path), ("limit" = Option<i64>, Query, description = "At most 500, default 50"), ("offset" = Option<i64>, Query)), responses((status = 200, description = "`{items: [StockLine], total}`", body = Object), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody)))]
@@ -166,10 +177,7 @@ async fn warehouse_stock(
     Path(id): Path<i64>,
     Query(page): Query<Page>,
 ) -> Result<Json<List<StockLine>>> {
-    caller.require(Role::Operator)?;
-    if state.core.warehouses().get(id).is_none() {
-        return Err(AppError::NotFound(format!("warehouse {id}")));
-    }
+    state.access(&caller).warehouse(id)?;
     let (limit, offset) = (page.limit()?, page.offset()?);
     let resident: Vec<_> = state
         .core
@@ -209,7 +217,7 @@ async fn adjust(
     Caller(caller): Caller,
     request: Idempotent<Adjustment>,
 ) -> Result<Response> {
-    caller.require(Role::Operator)?;
+    state.access(&caller).scope()?;
     let owned = state.clone();
     idempotency::run(&state, caller.user_id, request, move |body| async move {
         let (line, lsn) = apply_adjustment(&owned, &caller, body).await?;
@@ -231,6 +239,7 @@ async fn apply_adjustment(
     let reason = Reason::parse(&body.reason)?.as_str().to_owned();
     let note = note(caller, body.reference.as_deref())?;
     let key = line_key(state, body.warehouse_id, body.product_id)?;
+    state.access(caller).warehouse(key.warehouse_id)?;
     let applied = state.core.adjust(key, delta, reason, note).await?;
     Ok((applied.snapshot.into(), applied.lsn))
 }
@@ -242,7 +251,7 @@ async fn adjust_bulk(
     Caller(caller): Caller,
     Json(items): Json<Vec<Adjustment>>,
 ) -> Result<Json<Value>> {
-    caller.require(Role::Operator)?;
+    state.access(&caller).scope()?;
     if items.is_empty() || items.len() > 1000 {
         return Err(AppError::validation(
             "items",
@@ -285,7 +294,7 @@ async fn set_level(
     Caller(caller): Caller,
     Json(body): Json<Level>,
 ) -> Result<Json<StockLine>> {
-    caller.require(Role::Operator)?;
+    state.access(&caller).scope()?;
     let on_hand = int_in(
         &body.on_hand,
         "on_hand",
@@ -304,6 +313,7 @@ async fn set_level(
         .transpose()?;
     let note = note(&caller, body.reference.as_deref())?;
     let key = line_key(&state, body.warehouse_id, body.product_id)?;
+    state.access(&caller).warehouse(key.warehouse_id)?;
     let applied = state
         .core
         .set_level(key, on_hand as u64, expected, reason, note)
@@ -346,7 +356,14 @@ async fn movements(
     Caller(caller): Caller,
     Query(filter): Query<MovementFilter>,
 ) -> Result<Json<List<Movement>>> {
-    caller.require(Role::Operator)?;
+    let access = state.access(&caller);
+    let scope = access.scope()?;
+    // An operator may filter by any id (an unknown one lists nothing); a member by its own.
+    if let Some(warehouse_id) = filter.warehouse_id.filter(|_| scope != Scope::All) {
+        access.warehouse(warehouse_id)?;
+    }
+    // A shop member sees its shop's warehouses' movements only.
+    let within = scope.warehouse_ids(state.core.warehouses());
     let page = Page::new(filter.limit, filter.offset);
     if let Some(kind) = filter
         .kind
@@ -357,22 +374,24 @@ async fn movements(
     }
     let condition =
         "($1::bigint IS NULL OR product_id = $1) AND ($2::bigint IS NULL OR warehouse_id = $2)
-                     AND ($3::text IS NULL OR kind = $3)";
+                     AND ($3::text IS NULL OR kind = $3) AND ($4::bigint[] IS NULL OR warehouse_id = ANY($4))";
     let total: i64 =
         sqlx::query_scalar(&format!("SELECT count(*) FROM movements WHERE {condition}"))
             .bind(filter.product_id)
             .bind(filter.warehouse_id)
             .bind(&filter.kind)
+            .bind(&within)
             .fetch_one(&state.db)
             .await?;
     let items = sqlx::query_as(&format!(
         "SELECT id, warehouse_id, product_id, kind, quantity, on_hand_after, reserved_after,
                 COALESCE(client_reference, reference) AS reference, reason, actor_user_id, at
-         FROM movements WHERE {condition} ORDER BY id DESC LIMIT $4 OFFSET $5"
+         FROM movements WHERE {condition} ORDER BY id DESC LIMIT $5 OFFSET $6"
     ))
     .bind(filter.product_id)
     .bind(filter.warehouse_id)
     .bind(&filter.kind)
+    .bind(&within)
     .bind(page.limit()?)
     .bind(page.offset()?)
     .fetch_all(&state.db)

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::extract::{Json, List, Page, Query, quantity};
 use super::idempotency::{self, Answer, Idempotent};
-use crate::auth::{Identity, Role};
+use crate::auth::Identity;
 use crate::error::{AppError, Result};
 use crate::http::AppState;
 use crate::http::caller::Caller;
@@ -56,7 +56,7 @@ async fn create(
     Caller(caller): Caller,
     request: Idempotent<CreateTransfer>,
 ) -> Result<Response> {
-    caller.require(Role::Operator)?;
+    state.access(&caller).scope()?;
     let owned = state.clone();
     idempotency::run(&state, caller.user_id, request, move |body| async move {
         transfer(&owned, &caller, body).await
@@ -70,6 +70,9 @@ async fn transfer(state: &AppState, caller: &Identity, body: CreateTransfer) -> 
     if state.catalog.get(body.product_id).is_none() {
         return Err(AppError::NotFound(format!("product {}", body.product_id)));
     }
+    state
+        .access(caller)
+        .transfer(body.from_warehouse_id, body.to_warehouse_id)?;
     let request = TransferRequest {
         from_warehouse_id: body.from_warehouse_id,
         to_warehouse_id: body.to_warehouse_id,
@@ -98,15 +101,22 @@ async fn list(
     Caller(caller): Caller,
     Query(page): Query<Page>,
 ) -> Result<Json<List<Transfer>>> {
-    caller.require(Role::Operator)?;
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM transfers")
-        .fetch_one(&state.db)
-        .await?;
-    let items = sqlx::query_as(
+    let scope = state.access(&caller).scope()?;
+    // A shop member sees the transfers that touch its shop's warehouses.
+    let within = scope.warehouse_ids(state.core.warehouses());
+    let condition =
+        "$1::bigint[] IS NULL OR from_warehouse_id = ANY($1) OR to_warehouse_id = ANY($1)";
+    let total: i64 =
+        sqlx::query_scalar(&format!("SELECT count(*) FROM transfers WHERE {condition}"))
+            .bind(&within)
+            .fetch_one(&state.db)
+            .await?;
+    let items = sqlx::query_as(&format!(
         "SELECT id, status, from_warehouse_id, to_warehouse_id, product_id, quantity, actor_user_id,
                 reference, created_at
-         FROM transfers ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2",
-    )
+         FROM transfers WHERE {condition} ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
+    ))
+    .bind(&within)
     .bind(page.limit()?)
     .bind(page.offset()?)
     .fetch_all(&state.db)

@@ -14,7 +14,6 @@ use sqlx::FromRow;
 use stockline_actors::WarehouseInfo;
 
 use super::extract::{Json, List, Page, Path, Query, int_in, text, text_opt};
-use crate::auth::Role;
 use crate::error::{AppError, Result, on_constraint};
 use crate::http::AppState;
 use crate::http::caller::Caller;
@@ -27,6 +26,8 @@ pub struct Warehouse {
     pub location: Option<String>,
     pub priority: i32,
     pub status: String,
+    /// The shop that owns it; null: the platform's own.
+    pub shop_id: Option<i64>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -36,11 +37,12 @@ impl Warehouse {
         WarehouseInfo {
             priority: self.priority,
             active: self.status == "active",
+            shop_id: self.shop_id,
         }
     }
 }
 
-const COLUMNS: &str = "id, code, name, location, priority, status, created_at, updated_at";
+const COLUMNS: &str = "id, code, name, location, priority, status, shop_id, created_at, updated_at";
 const CODE_TAKEN: &str = "a warehouse with this code exists";
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -57,6 +59,8 @@ struct CreateWarehouse {
     location: Option<String>,
     #[schema(value_type = Option<i64>)]
     priority: Option<Number>,
+    /// The owning shop (operators: any; a shop owner: its own); omitted: the platform's.
+    shop_id: Option<i64>,
 }
 
 fn priority(n: &Number) -> Result<i32> {
@@ -69,7 +73,8 @@ async fn create(
     Caller(caller): Caller,
     Json(body): Json<CreateWarehouse>,
 ) -> Result<(StatusCode, Json<Warehouse>)> {
-    caller.require(Role::Operator)?;
+    let shop_id = body.shop_id.map(|s| state.shops.require(s)).transpose()?;
+    state.access(&caller).create_warehouse(shop_id)?;
     let code = text(&body.code, "code", 64)?;
     let name = text(&body.name, "name", 200)?;
     let priority = body
@@ -79,12 +84,14 @@ async fn create(
         .transpose()?
         .unwrap_or(100);
     let warehouse: Warehouse = sqlx::query_as(&format!(
-        "INSERT INTO warehouses (code, name, location, priority) VALUES ($1, $2, $3, $4) RETURNING {COLUMNS}"
+        "INSERT INTO warehouses (code, name, location, priority, shop_id) VALUES ($1, $2, $3, $4, $5)
+         RETURNING {COLUMNS}"
     ))
     .bind(code)
     .bind(name)
     .bind(body.location)
     .bind(priority)
+    .bind(shop_id)
     .fetch_one(&state.db)
     .await
     .map_err(|e| on_constraint(e, "warehouses_code_key", CODE_TAKEN))?;
@@ -147,7 +154,7 @@ async fn update(
     Path(id): Path<i64>,
     Json(body): Json<UpdateWarehouse>,
 ) -> Result<Json<Warehouse>> {
-    caller.require(Role::Operator)?;
+    state.access(&caller).warehouse(id)?;
     let code = text_opt(body.code.as_deref(), "code", 64)?;
     let name = text_opt(body.name.as_deref(), "name", 200)?;
     let priority = body.priority.as_ref().map(priority).transpose()?;
@@ -184,7 +191,7 @@ async fn set_status(
     Path(id): Path<i64>,
     Json(body): Json<Status>,
 ) -> Result<Json<Warehouse>> {
-    caller.require(Role::Operator)?;
+    state.access(&caller).warehouse(id)?;
     if !matches!(body.status.as_str(), "active" | "inactive") {
         return Err(AppError::validation("status", "must be active or inactive"));
     }

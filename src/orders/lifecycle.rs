@@ -47,6 +47,8 @@ pub struct Placement {
     pub items: Vec<(ProductId, Quantity)>,
     pub shipping_address: Option<Value>,
     pub contact: Option<Value>,
+    /// Allocate only from this shop's warehouses.
+    pub shop_id: Option<stockline_actors::types::ShopId>,
 }
 
 impl Orders {
@@ -81,6 +83,7 @@ impl Orders {
             items: requested,
             ttl: payment_timeout,
             reference: Some(format!("order:{id}")),
+            shop_id: placement.shop_id,
         };
         let (reservation, reserved_lsn) = core.reservations().reserve(request).await?;
         let items = reservation

@@ -180,9 +180,16 @@ pub async fn low_stock(
         .collect())
 }
 
-/// How many lines the store holds (the lines in memory not yet written are not counted).
-pub async fn stored_count(db: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM stock_lines")
-        .fetch_one(db)
-        .await
+/// How many lines the store holds (the lines in memory not yet written are not counted),
+/// of the given warehouses only when `within` is set.
+pub async fn stored_count(
+    db: &PgPool,
+    within: Option<Vec<WarehouseId>>,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM stock_lines WHERE $1::bigint[] IS NULL OR warehouse_id = ANY($1)",
+    )
+    .bind(within)
+    .fetch_one(db)
+    .await
 }

@@ -108,21 +108,23 @@ pub async fn read(pool: &PgPool) -> Result<Stored, sqlx::Error> {
         .await?
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
-    let warehouses =
-        sqlx::query_as::<_, (i64, i32, String)>("SELECT id, priority, status FROM warehouses")
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .map(|(id, priority, status)| {
-                (
-                    id,
-                    WarehouseInfo {
-                        priority,
-                        active: status == "active",
-                    },
-                )
-            })
-            .collect();
+    let warehouses = sqlx::query_as::<_, (i64, i32, String, Option<i64>)>(
+        "SELECT id, priority, status, shop_id FROM warehouses",
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|(id, priority, status, shop_id)| {
+        (
+            id,
+            WarehouseInfo {
+                priority,
+                active: status == "active",
+                shop_id,
+            },
+        )
+    })
+    .collect();
     let pending = pending_reservations(pool).await?;
     let mut holds: HashMap<LineKey, Vec<(ReservationId, u64)>> = HashMap::new();
     for r in &pending {

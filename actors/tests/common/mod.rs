@@ -93,6 +93,7 @@ pub async fn warehouse(core: &Core, id: i64, priority: i32) {
         WarehouseInfo {
             priority,
             active: true,
+            shop_id: None,
         },
     )
     .await
@@ -138,6 +139,7 @@ pub fn request(items: Vec<ItemRequest>) -> ReservationRequest {
         items,
         ttl: Duration::from_secs(900),
         reference: None,
+        shop_id: None,
     }
 }
 
