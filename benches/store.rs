@@ -68,6 +68,7 @@ async fn flush_throughput(changes: usize) -> (f64, u64) {
         let version = (i / 1000 + 1) as u64;
         last = buffer.append(vec![
             Record::Line(LineRecord {
+                safety_stock: 0,
                 key,
                 on_hand: 1_000_000,
                 reserved: version,
@@ -75,6 +76,7 @@ async fn flush_throughput(changes: usize) -> (f64, u64) {
                 updated_at: now,
             }),
             Record::Movement(MovementRecord {
+                safety_stock_after: 0,
                 key,
                 kind: MovementKind::Reserve,
                 quantity: 1,

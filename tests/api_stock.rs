@@ -389,3 +389,80 @@ async fn movements_say_who_changed_stock_by_hand_why_and_under_which_reference()
     assert_eq!(body["error"]["details"]["field"], "reference");
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn safety_stock_stays_on_hand_unreserved_and_survives_a_restart() {
+    let app = TestApp::spawn().await;
+    let (product, warehouse) = app.stocked_product(10).await;
+    let (status, line) = app
+        .put(
+            "/stock/safety",
+            &app.admin,
+            json!({ "warehouse_id": warehouse, "product_id": product, "safety_stock": 4 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{line}");
+    assert_eq!(
+        (line["safety_stock"].as_u64(), line["available"].as_u64()),
+        (Some(4), Some(6))
+    );
+    let availability = app.availability(product).await;
+    assert_eq!(
+        (
+            availability["on_hand"].as_u64(),
+            availability["available"].as_u64()
+        ),
+        (Some(10), Some(6))
+    );
+    let (status, body) = app.reserve(product, 7).await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::CONFLICT),
+        "insufficient_stock"
+    );
+    assert_eq!(body["error"]["details"]["available"], 6);
+    let (status, _) = app.reserve(product, 6).await;
+    assert_eq!(status, StatusCode::CREATED);
+    // Damage may eat into the safety stock (it is physical), never into what is reserved.
+    let damage = |delta: i64| json!({ "warehouse_id": warehouse, "product_id": product, "delta": delta, "reason": "damage" });
+    let (status, line) = app.post("/stock/adjustments", &app.admin, damage(-3)).await;
+    assert_eq!(status, StatusCode::OK, "{line}");
+    assert_eq!(
+        (
+            line["on_hand"].as_u64(),
+            line["reserved"].as_u64(),
+            line["available"].as_u64()
+        ),
+        (Some(7), Some(6), Some(0))
+    );
+    let (status, body) = app.post("/stock/adjustments", &app.admin, damage(-2)).await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::CONFLICT),
+        "insufficient_stock"
+    );
+    let (_, movements) = app
+        .get(
+            &format!("/stock/movements?kind=safety&product_id={product}"),
+            &app.admin,
+        )
+        .await;
+    assert_eq!(movements["total"], 1);
+    assert_eq!(movements["items"][0]["quantity"], 4);
+    for bad in [json!(-1), json!(1_000_000_001), json!("4")] {
+        let (status, _) = app
+            .put(
+                "/stock/safety",
+                &app.admin,
+                json!({ "warehouse_id": warehouse, "product_id": product, "safety_stock": bad }),
+            )
+            .await;
+        assert!(status.is_client_error(), "{bad}: {status}");
+    }
+
+    let app = app.restart().await;
+    let (_, lines) = app
+        .get(&format!("/warehouses/{warehouse}/stock"), &app.admin)
+        .await;
+    assert_eq!(lines["items"][0]["safety_stock"], 4, "{lines}");
+    assert_eq!(lines["items"][0]["available"], 0);
+    app.cleanup().await;
+}

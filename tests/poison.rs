@@ -170,6 +170,7 @@ async fn a_nul_in_any_stored_text_field_is_refused_with_422_and_saving_goes_on()
 
 fn movement(warehouse_id: i64, quantity: i64) -> Record {
     Record::Movement(MovementRecord {
+        safety_stock_after: 0,
         key: LineKey::new(warehouse_id, 1),
         kind: MovementKind::Adjust,
         quantity,

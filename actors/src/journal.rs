@@ -30,10 +30,12 @@ pub enum MovementKind {
     Commit,
     TransferOut,
     TransferIn,
+    /// The line's safety stock was set; `quantity` is the change.
+    Safety,
 }
 
 impl MovementKind {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Adjust,
         Self::Reserve,
         Self::Release,
@@ -41,6 +43,7 @@ impl MovementKind {
         Self::Commit,
         Self::TransferOut,
         Self::TransferIn,
+        Self::Safety,
     ];
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -56,6 +59,7 @@ impl MovementKind {
             Self::Commit => "commit",
             Self::TransferOut => "transfer_out",
             Self::TransferIn => "transfer_in",
+            Self::Safety => "safety",
         }
     }
 }
@@ -94,6 +98,7 @@ pub struct LineRecord {
     pub key: LineKey,
     pub on_hand: u64,
     pub reserved: u64,
+    pub safety_stock: u64,
     pub version: u64,
     pub updated_at: DateTime<Utc>,
 }
@@ -106,6 +111,7 @@ pub struct MovementRecord {
     pub quantity: i64,
     pub on_hand_after: u64,
     pub reserved_after: u64,
+    pub safety_stock_after: u64,
     pub reference: Reference,
     /// Set for changes made by hand (adjustments, counts, transfers); `None` on the hot path.
     pub note: Option<std::sync::Arc<Note>>,

@@ -187,6 +187,12 @@ impl Core {
         .await
     }
 
+    /// Sets a line's safety stock: units kept on hand that are never reserved or sent away.
+    pub async fn set_safety(&self, key: LineKey, safety_stock: u64) -> Result<Applied> {
+        let line = self.registry.line(key).await?;
+        line.call(LineOp::SetSafety { safety_stock }).await
+    }
+
     /// Moves available stock between two warehouses; never leaves it half-moved, also
     /// when the caller goes away (it runs in a task of its own).
     pub async fn transfer(&self, request: TransferRequest) -> Result<(TransferRecord, Lsn)> {

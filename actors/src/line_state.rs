@@ -54,6 +54,8 @@ pub enum LineOp {
         compensating: bool,
         note: Option<Arc<Note>>,
     },
+    /// Set the units kept on hand that are never reserved or sent away.
+    SetSafety { safety_stock: u64 },
     /// Follow the warehouse's status. Not a stock change: no version, no record.
     SetActive(bool),
 }
@@ -68,6 +70,7 @@ impl LineOp {
                 | Self::Adjust { .. }
                 | Self::SetLevel { .. }
                 | Self::TransferOut { .. }
+                | Self::SetSafety { .. }
         )
     }
 }
@@ -80,6 +83,9 @@ pub struct LineState {
     pub on_hand: u64,
     /// Units held by pending reservations; always the sum of `holds`.
     pub reserved: u64,
+    /// Units that stay on hand but are never reserved (nor sent away): `available` leaves
+    /// them out.
+    pub safety_stock: u64,
     /// Bumped by every accepted stock change; the store keeps only the highest.
     pub version: u64,
     /// The warehouse's status as this line last heard it.
@@ -95,6 +101,7 @@ pub struct LineSnapshot {
     pub key: LineKey,
     pub on_hand: u64,
     pub reserved: u64,
+    pub safety_stock: u64,
     pub version: u64,
     pub active: bool,
     pub updated_at: DateTime<Utc>,
@@ -102,8 +109,15 @@ pub struct LineSnapshot {
 
 impl LineSnapshot {
     pub fn available(&self) -> u64 {
-        self.on_hand - self.reserved
+        available(self.on_hand, self.reserved, self.safety_stock)
     }
+}
+
+/// `on_hand - reserved - safety_stock`, never under 0.
+pub fn available(on_hand: u64, reserved: u64, safety_stock: u64) -> u64 {
+    on_hand
+        .saturating_sub(reserved)
+        .saturating_sub(safety_stock)
 }
 
 /// What an accepted stock change did: the movement to journal.
@@ -122,6 +136,7 @@ impl LineState {
             key,
             on_hand: 0,
             reserved: 0,
+            safety_stock: 0,
             version: 0,
             active,
             holds: HashMap::new(),
@@ -130,7 +145,7 @@ impl LineState {
     }
 
     pub fn available(&self) -> u64 {
-        self.on_hand - self.reserved
+        available(self.on_hand, self.reserved, self.safety_stock)
     }
 
     pub fn snapshot(&self) -> LineSnapshot {
@@ -138,6 +153,7 @@ impl LineState {
             key: self.key,
             on_hand: self.on_hand,
             reserved: self.reserved,
+            safety_stock: self.safety_stock,
             version: self.version,
             active: self.active,
             updated_at: self.updated_at,
@@ -214,6 +230,7 @@ impl LineState {
                 compensating,
                 note,
             } => self.transfer_in(id, qty, compensating)?.noted(note),
+            LineOp::SetSafety { safety_stock } => self.set_safety(safety_stock)?,
         };
         self.version += 1;
         self.updated_at = now;
@@ -259,7 +276,16 @@ impl LineState {
         let on_hand = if delta > 0 {
             self.checked_receive(delta as u64)?
         } else {
-            self.require_available(delta.unsigned_abs())?;
+            // Stock lost or corrected away may eat into the safety stock (it is physical),
+            // never into what is reserved.
+            let free = self.on_hand - self.reserved;
+            if delta.unsigned_abs() > free {
+                return Err(CoreError::InsufficientStock {
+                    product_id: self.key.product_id,
+                    requested: delta.unsigned_abs(),
+                    available: free,
+                });
+            }
             self.on_hand - delta.unsigned_abs()
         };
         self.on_hand = on_hand;
@@ -291,6 +317,21 @@ impl LineState {
             MovementKind::Adjust,
             delta,
             Reference::Reason(reason),
+        ))
+    }
+
+    fn set_safety(&mut self, safety_stock: u64) -> Result<Change> {
+        if safety_stock > MAX_QUANTITY {
+            return Err(CoreError::InvalidQuantity(format!(
+                "safety_stock must be at most {MAX_QUANTITY}, got {safety_stock}"
+            )));
+        }
+        let delta = safety_stock as i64 - self.safety_stock as i64;
+        self.safety_stock = safety_stock;
+        Ok(change(
+            MovementKind::Safety,
+            delta,
+            Reference::Reason("safety_stock".into()),
         ))
     }
 
@@ -356,6 +397,7 @@ impl LineState {
             key: self.key,
             on_hand: self.on_hand,
             reserved: self.reserved,
+            safety_stock: self.safety_stock,
             version: self.version,
             updated_at: self.updated_at,
         }
@@ -369,6 +411,7 @@ impl LineState {
             quantity: change.quantity,
             on_hand_after: self.on_hand,
             reserved_after: self.reserved,
+            safety_stock_after: self.safety_stock,
             reference: change.reference,
             note: change.note,
             at: self.updated_at,

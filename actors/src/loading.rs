@@ -19,6 +19,7 @@ use crate::types::{LineKey, ProductId, ReservationId};
 pub struct LineSeed {
     pub on_hand: u64,
     pub reserved: u64,
+    pub safety_stock: u64,
     pub version: u64,
     pub updated_at: Option<DateTime<Utc>>,
     /// Holds of pending reservations on this line; `reserved` is repaired to their sum.

@@ -365,6 +365,7 @@ impl Lines {
         if let Some(seed) = seed {
             state.on_hand = seed.on_hand;
             state.reserved = seed.reserved;
+            state.safety_stock = seed.safety_stock;
             state.version = seed.version;
             state.updated_at = seed.updated_at.unwrap_or(state.updated_at);
             state.holds = seed.holds.into_iter().collect();

@@ -144,6 +144,7 @@ async fn a_line_starts_from_its_loaded_state_with_reserved_repaired_from_its_hol
     let store = MapStore::with([(
         LineKey::new(1, 7),
         LineSeed {
+            safety_stock: 0,
             on_hand: 10,
             reserved: 9,
             version: 41,

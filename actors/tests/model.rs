@@ -17,6 +17,7 @@ struct Model {
     holds: HashMap<usize, i64>,
     inactive: bool,
     version: u64,
+    safety: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -30,6 +31,7 @@ enum Op {
     TransferOut(i64),
     TransferIn(i64, bool),
     SetActive(bool),
+    SetSafety(i64),
 }
 
 impl Model {
@@ -37,7 +39,13 @@ impl Model {
         self.holds.values().sum()
     }
 
+    /// What may be reserved or sent away: never the safety stock.
     fn available(&self) -> i64 {
+        (self.on_hand - self.reserved() - self.safety).max(0)
+    }
+
+    /// What may be lost or corrected away: anything not reserved, safety stock included.
+    fn unreserved(&self) -> i64 {
         self.on_hand - self.reserved()
     }
 
@@ -70,7 +78,7 @@ impl Model {
                 if delta == 0 {
                     return Err("invalid");
                 }
-                if -delta > self.available() {
+                if -delta > self.unreserved() {
                     return Err("insufficient");
                 }
                 self.on_hand += delta;
@@ -101,6 +109,10 @@ impl Model {
                     return Err("inactive");
                 }
                 self.on_hand += q;
+                true
+            }
+            Op::SetSafety(units) => {
+                self.safety = units;
                 true
             }
         };
@@ -141,6 +153,9 @@ fn to_line_op(op: &Op, slots: &[ReservationId]) -> LineOp {
             compensating,
         },
         Op::SetActive(active) => LineOp::SetActive(active),
+        Op::SetSafety(units) => LineOp::SetSafety {
+            safety_stock: units as u64,
+        },
     }
 }
 
@@ -166,6 +181,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (1..15i64).prop_map(Op::TransferOut),
         1 => (1..15i64, any::<bool>()).prop_map(|(q, c)| Op::TransferIn(q, c)),
         1 => any::<bool>().prop_map(Op::SetActive),
+        1 => (0..10i64).prop_map(Op::SetSafety),
     ]
 }
 
@@ -198,6 +214,7 @@ proptest! {
                     (s.on_hand as i64, s.reserved as i64, s.version, s.active),
                     (model.on_hand, model.reserved(), model.version, !model.inactive)
                 );
+                prop_assert_eq!((s.safety_stock as i64, s.available() as i64), (model.safety, model.available()));
             }
             Ok(())
         })?;

@@ -339,6 +339,7 @@ async fn restored(expires_in: chrono::TimeDelta) -> (Core, Arc<MemoryJournal>, R
     warehouse(&core, 1, 100).await;
     // The stored line (w1/p7: 5 on hand) with its 2-unit hold, as recovery restores it.
     let seed = LineSeed {
+        safety_stock: 0,
         on_hand: 5,
         reserved: 2,
         version: 3,

@@ -11,6 +11,7 @@ use stockline_actors::{CoreConfig, Limits, LineKey, LineOp, LineSeed, Reservatio
 
 fn seed(on_hand: u64, version: u64) -> LineSeed {
     LineSeed {
+        safety_stock: 0,
         on_hand,
         reserved: 0,
         version,

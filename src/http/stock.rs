@@ -35,6 +35,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(adjust))
         .routes(routes!(adjust_bulk))
         .routes(routes!(set_level))
+        .routes(routes!(set_safety))
         .routes(routes!(movements))
 }
 
@@ -45,6 +46,8 @@ pub struct StockLine {
     pub product_id: i64,
     pub on_hand: u64,
     pub reserved: u64,
+    /// Units kept on hand that are never reserved: `available` leaves them out.
+    pub safety_stock: u64,
     pub available: u64,
     pub version: u64,
     pub updated_at: DateTime<Utc>,
@@ -57,6 +60,7 @@ impl From<LineSnapshot> for StockLine {
             product_id: s.key.product_id,
             on_hand: s.on_hand,
             reserved: s.reserved,
+            safety_stock: s.safety_stock,
             available: s.available(),
             version: s.version,
             updated_at: s.updated_at,
@@ -143,7 +147,7 @@ pub(super) async fn availability_of(
         .filter(|l| warehouses.serves(l.key().warehouse_id, shop))
         .map(|l| l.peek())
         .collect();
-    let (mut on_hand, mut reserved) = (0u64, 0u64);
+    let (mut on_hand, mut reserved, mut available) = (0u64, 0u64, 0u64);
     let mut listed = Vec::with_capacity(lines.len());
     for line in lines {
         let active = warehouses
@@ -152,12 +156,14 @@ pub(super) async fn availability_of(
         if active {
             on_hand += line.on_hand;
             reserved += line.reserved;
+            available += line.available();
         }
         listed.push(json!({
             "warehouse_id": line.key.warehouse_id,
             "status": if active { "active" } else { "inactive" },
             "on_hand": line.on_hand,
             "reserved": line.reserved,
+            "safety_stock": line.safety_stock,
             "available": line.available(),
         }));
     }
@@ -165,7 +171,7 @@ pub(super) async fn availability_of(
         "product_id": id,
         "on_hand": on_hand,
         "reserved": reserved,
-        "available": on_hand - reserved,
+        "available": available,
         "warehouses": listed,
     }))
 }
@@ -318,6 +324,35 @@ async fn set_level(
         .core
         .set_level(key, on_hand as u64, expected, reason, note)
         .await?;
+    state.durable(applied.lsn).await?;
+    Ok(Json(applied.snapshot.into()))
+}
+
+#[derive(Deserialize, ToSchema)]
+struct Safety {
+    warehouse_id: i64,
+    product_id: i64,
+    /// Units kept on hand that are never reserved, 0 to 1,000,000,000.
+    #[schema(value_type = i64)]
+    safety_stock: Number,
+}
+
+/// Sets a line's safety stock; `available` is then `on_hand - reserved - safety_stock`.
+#[utoipa::path(put, path = "/stock/safety", tag = "stock", security(("bearer" = [])), request_body = Safety, responses((status = 200, body = StockLine), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
+async fn set_safety(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Json(body): Json<Safety>,
+) -> Result<Json<StockLine>> {
+    state.access(&caller).scope()?;
+    let safety_stock = int_in(
+        &body.safety_stock,
+        "safety_stock",
+        0..=stockline_actors::types::MAX_QUANTITY as i64,
+    )?;
+    let key = line_key(&state, body.warehouse_id, body.product_id)?;
+    state.access(&caller).warehouse(key.warehouse_id)?;
+    let applied = state.core.set_safety(key, safety_stock as u64).await?;
     state.durable(applied.lsn).await?;
     Ok(Json(applied.snapshot.into()))
 }

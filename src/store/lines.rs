@@ -22,6 +22,7 @@ struct Columns {
     reserved: Vec<i64>,
     versions: Vec<i64>,
     updated_at: Vec<DateTime<Utc>>,
+    safety_stock: Vec<i64>,
 }
 
 impl Columns {
@@ -34,11 +35,12 @@ impl Columns {
             columns.reserved.push(line.reserved as i64);
             columns.versions.push(line.version as i64);
             columns.updated_at.push(line.updated_at);
+            columns.safety_stock.push(line.safety_stock as i64);
         }
         columns
     }
 
-    /// Binds the columns as `$1..$6` (what [`LINES`] reads).
+    /// Binds the columns as `$1..$7` (what [`LINES`] reads).
     fn bind<'q, O>(
         &'q self,
         query: QueryAs<'q, Postgres, O, PgArguments>,
@@ -50,18 +52,20 @@ impl Columns {
             .bind(&self.reserved)
             .bind(&self.versions)
             .bind(&self.updated_at)
+            .bind(&self.safety_stock)
     }
 }
 
-/// Every line, memory first: `$1..$6` are the columns of the lines in memory.
+/// Every line, memory first: `$1..$7` are the columns of the lines in memory.
 const LINES: &str = "
     mem AS (
         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[],
-                             $5::bigint[], $6::timestamptz[])
-            AS m (warehouse_id, product_id, on_hand, reserved, version, updated_at)
+                             $5::bigint[], $6::timestamptz[], $7::bigint[])
+            AS m (warehouse_id, product_id, on_hand, reserved, version, updated_at, safety_stock)
     ),
     lines AS (
-        SELECT s.warehouse_id, s.product_id, s.on_hand, s.reserved, s.version, s.updated_at
+        SELECT s.warehouse_id, s.product_id, s.on_hand, s.reserved, s.version, s.updated_at,
+               s.safety_stock
         FROM stock_lines s
         WHERE NOT EXISTS (SELECT 1 FROM mem
                           WHERE mem.warehouse_id = s.warehouse_id
@@ -69,12 +73,13 @@ const LINES: &str = "
         UNION ALL SELECT * FROM mem
     )";
 
-type Row = (i64, i64, i64, i64, i64, DateTime<Utc>);
+type Row = (i64, i64, i64, i64, i64, DateTime<Utc>, i64);
 
 fn snapshot(
-    (warehouse_id, product_id, on_hand, reserved, version, updated_at): Row,
+    (warehouse_id, product_id, on_hand, reserved, version, updated_at, safety_stock): Row,
 ) -> LineSnapshot {
     LineSnapshot {
+        safety_stock: safety_stock as u64,
         key: LineKey::new(warehouse_id, product_id),
         on_hand: on_hand as u64,
         reserved: reserved as u64,
@@ -94,7 +99,7 @@ pub async fn warehouse_page(
     offset: i64,
 ) -> Result<(Vec<LineSnapshot>, i64), sqlx::Error> {
     let mem = Columns::of(resident);
-    let count = format!("WITH {LINES} SELECT count(*) FROM lines WHERE warehouse_id = $7");
+    let count = format!("WITH {LINES} SELECT count(*) FROM lines WHERE warehouse_id = $8");
     let (total,): (i64,) = mem
         .bind(sqlx::query_as(&count))
         .bind(warehouse_id)
@@ -102,8 +107,8 @@ pub async fn warehouse_page(
         .await?;
     let page = format!(
         "WITH {LINES}
-         SELECT warehouse_id, product_id, on_hand, reserved, version, updated_at
-         FROM lines WHERE warehouse_id = $7 ORDER BY product_id LIMIT $8 OFFSET $9"
+         SELECT warehouse_id, product_id, on_hand, reserved, version, updated_at, safety_stock
+         FROM lines WHERE warehouse_id = $8 ORDER BY product_id LIMIT $9 OFFSET $10"
     );
     let rows: Vec<Row> = mem
         .bind(sqlx::query_as(&page))
@@ -131,6 +136,7 @@ struct LowRow {
     reserved: i64,
     version: i64,
     updated_at: DateTime<Utc>,
+    safety_stock: i64,
     product_available: i64,
     low_stock_threshold: i64,
 }
@@ -147,13 +153,14 @@ pub async fn low_stock(
         "WITH {LINES},
          watched AS (
             SELECT l.*, p.low_stock_threshold,
-                   (sum(l.on_hand - l.reserved) OVER (PARTITION BY l.product_id))::bigint
+                   (sum(GREATEST(l.on_hand - l.reserved - l.safety_stock, 0))
+                        OVER (PARTITION BY l.product_id))::bigint
                        AS product_available
             FROM lines l JOIN products p ON p.id = l.product_id
             WHERE p.deleted_at IS NULL AND p.low_stock_threshold > 0
-              AND l.warehouse_id = ANY($7)
+              AND l.warehouse_id = ANY($8)
          )
-         SELECT warehouse_id, product_id, on_hand, reserved, version, updated_at,
+         SELECT warehouse_id, product_id, on_hand, reserved, version, updated_at, safety_stock,
                 product_available, low_stock_threshold
          FROM watched WHERE product_available < low_stock_threshold
          ORDER BY product_id, warehouse_id"
@@ -173,6 +180,7 @@ pub async fn low_stock(
                 row.reserved,
                 row.version,
                 row.updated_at,
+                row.safety_stock,
             )),
             product_available: row.product_available as u64,
             low_stock_threshold: row.low_stock_threshold,

@@ -28,10 +28,11 @@ impl PgStore {
     }
 }
 
-type LineRow = (i64, i64, i64, i64, i64, DateTime<Utc>);
+type LineRow = (i64, i64, i64, i64, i64, DateTime<Utc>, i64);
 
-fn seed((_, _, on_hand, reserved, version, updated_at): &LineRow) -> LineSeed {
+fn seed((_, _, on_hand, reserved, version, updated_at, safety_stock): &LineRow) -> LineSeed {
     LineSeed {
+        safety_stock: *safety_stock as u64,
         on_hand: *on_hand as u64,
         reserved: *reserved as u64,
         version: *version as u64,
@@ -55,7 +56,7 @@ impl LineStore for PgStore {
                 .map(|key| (key.warehouse_id, key.product_id))
                 .unzip();
             let rows = sqlx::query_as::<_, LineRow>(
-                "SELECT s.warehouse_id, s.product_id, s.on_hand, s.reserved, s.version, s.updated_at
+                "SELECT s.warehouse_id, s.product_id, s.on_hand, s.reserved, s.version, s.updated_at, s.safety_stock
                  FROM stock_lines s
                  JOIN UNNEST($1::bigint[], $2::bigint[]) AS k (warehouse_id, product_id)
                    ON s.warehouse_id = k.warehouse_id AND s.product_id = k.product_id",
@@ -73,7 +74,7 @@ impl LineStore for PgStore {
         let pool = self.pool.clone();
         Box::pin(async move {
             let rows = sqlx::query_as::<_, LineRow>(
-                "SELECT warehouse_id, product_id, on_hand, reserved, version, updated_at
+                "SELECT warehouse_id, product_id, on_hand, reserved, version, updated_at, safety_stock
                  FROM stock_lines WHERE product_id = ANY($1)",
             )
             .bind(products)
@@ -140,10 +141,10 @@ pub async fn read(pool: &PgPool) -> Result<Stored, sqlx::Error> {
         .map(|key| (key.warehouse_id, key.product_id))
         .unzip();
     let rows = sqlx::query_as::<_, LineRow>(
-        "SELECT warehouse_id, product_id, on_hand, reserved, version, updated_at
+        "SELECT warehouse_id, product_id, on_hand, reserved, version, updated_at, safety_stock
          FROM stock_lines WHERE reserved <> 0
          UNION
-         SELECT s.warehouse_id, s.product_id, s.on_hand, s.reserved, s.version, s.updated_at
+         SELECT s.warehouse_id, s.product_id, s.on_hand, s.reserved, s.version, s.updated_at, s.safety_stock
          FROM stock_lines s
          JOIN UNNEST($1::bigint[], $2::bigint[]) AS k (warehouse_id, product_id)
            ON s.warehouse_id = k.warehouse_id AND s.product_id = k.product_id",

@@ -88,11 +88,13 @@ async fn write_lines(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::Error
     }
     let lines: Vec<_> = sorted.lines.values().collect();
     sqlx::query(
-        "INSERT INTO stock_lines (warehouse_id, product_id, on_hand, reserved, version, updated_at)
-         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::timestamptz[])
+        "INSERT INTO stock_lines (warehouse_id, product_id, on_hand, reserved, version, updated_at, safety_stock)
+         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
+                              $6::timestamptz[], $7::bigint[])
          ON CONFLICT (warehouse_id, product_id) DO UPDATE
            SET on_hand = EXCLUDED.on_hand, reserved = EXCLUDED.reserved,
-               version = EXCLUDED.version, updated_at = EXCLUDED.updated_at
+               version = EXCLUDED.version, updated_at = EXCLUDED.updated_at,
+               safety_stock = EXCLUDED.safety_stock
          WHERE stock_lines.version < EXCLUDED.version",
     )
     .bind(lines.iter().map(|l| l.key.warehouse_id).collect::<Vec<_>>())
@@ -101,6 +103,7 @@ async fn write_lines(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::Error
     .bind(lines.iter().map(|l| l.reserved as i64).collect::<Vec<_>>())
     .bind(lines.iter().map(|l| l.version as i64).collect::<Vec<_>>())
     .bind(lines.iter().map(|l| l.updated_at).collect::<Vec<_>>())
+    .bind(lines.iter().map(|l| l.safety_stock as i64).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -113,10 +116,10 @@ async fn write_movements(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::E
     let m = &sorted.movements;
     sqlx::query(
         "INSERT INTO movements (id, warehouse_id, product_id, kind, quantity, on_hand_after, reserved_after,
-                               reference, at, reason, actor_user_id, client_reference)
+                               reference, at, reason, actor_user_id, client_reference, safety_stock_after)
          SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[],
                               $6::bigint[], $7::bigint[], $8::text[], $9::timestamptz[], $10::text[],
-                              $11::bigint[], $12::text[])
+                              $11::bigint[], $12::text[], $13::bigint[])
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(m.iter().map(|(lsn, _)| *lsn as i64).collect::<Vec<_>>())
@@ -144,6 +147,11 @@ async fn write_movements(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::E
     .bind(
         m.iter()
             .map(|(_, r)| r.note.as_ref().and_then(|n| n.reference.as_deref()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        m.iter()
+            .map(|(_, r)| r.safety_stock_after as i64)
             .collect::<Vec<_>>(),
     )
     .execute(&mut **tx)

@@ -243,6 +243,7 @@ impl StoreJournal {
                 self.store.put(
                     line.key,
                     LineSeed {
+                        safety_stock: 0,
                         on_hand: line.on_hand,
                         reserved: line.reserved,
                         version: line.version,
