@@ -346,3 +346,68 @@ async fn a_pending_reservation_is_extended_and_keeps_its_new_expiry_across_a_res
     );
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_dry_run_answers_the_allocation_or_the_refusal_and_holds_nothing() {
+    let app = TestApp::spawn().await;
+    let product = app.product("P", 100).await;
+    let (a, b) = (app.warehouse("A", 1).await, app.warehouse("B", 2).await);
+    app.stock(a, product, 3).await;
+    app.stock(b, product, 5).await;
+    let (_, before) = app.get("/stock/movements", &app.admin).await;
+    let (status, body) = app
+        .post(
+            "/reservations?dry_run=true",
+            &app.admin,
+            json!({ "items": [{ "product_id": product, "quantity": 6 }], "reference": "cart 9" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "dry_run");
+    assert_eq!(body["reference"], "cart 9");
+    assert_eq!(
+        body["items"],
+        json!([
+            { "product_id": product, "warehouse_id": a, "quantity": 3 },
+            { "product_id": product, "warehouse_id": b, "quantity": 3 },
+        ]),
+        "by priority, split like a real reservation"
+    );
+    // Pinned and free items of one product count once against each line.
+    let (status, body) = app
+        .post(
+            "/reservations?dry_run=true",
+            &app.admin,
+            json!({ "items": [{ "product_id": product, "quantity": 4, "warehouse_id": b },
+                              { "product_id": product, "quantity": 5 }] }),
+        )
+        .await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::CONFLICT),
+        "insufficient_stock"
+    );
+    assert_eq!(body["error"]["details"]["available"], 4);
+    let availability = app.availability(product).await;
+    assert_eq!(availability["reserved"], 0, "nothing held");
+    let (_, after) = app.get("/stock/movements", &app.admin).await;
+    assert_eq!(after["total"], before["total"], "nothing journaled");
+    // The real request gets what the dry run said.
+    let (status, real) = app
+        .post(
+            "/reservations",
+            &app.admin,
+            json!({ "items": [{ "product_id": product, "quantity": 6 }] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(real["items"].as_array().unwrap().len(), 2);
+    let (status, body) = app
+        .post(
+            "/reservations?dry_run=maybe",
+            &app.admin,
+            json!({ "items": [{ "product_id": product, "quantity": 1 }] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    app.cleanup().await;
+}

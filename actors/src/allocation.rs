@@ -89,15 +89,7 @@ pub(crate) struct Allocator<'a> {
 impl Allocator<'_> {
     /// Reserves every item, adding to `holds`; on error the caller releases `holds`.
     pub(crate) async fn reserve_all(&self, items: &[ItemRequest], holds: &mut Holds) -> Result<()> {
-        let mut pinned: BTreeMap<LineKey, u64> = BTreeMap::new();
-        let mut free: BTreeMap<ProductId, u64> = BTreeMap::new();
-        for item in items {
-            let qty = item.quantity.get();
-            match item.warehouse_id {
-                Some(w) => *pinned.entry(LineKey::new(w, item.product_id)).or_default() += qty,
-                None => *free.entry(item.product_id).or_default() += qty,
-            }
-        }
+        let (pinned, free) = grouped(items);
         for (key, qty) in pinned {
             self.reserve_pinned(key, quantity(qty)?, holds).await?;
         }
@@ -107,8 +99,62 @@ impl Allocator<'_> {
         Ok(())
     }
 
-    /// An item that names its warehouse: that line only.
-    async fn reserve_pinned(&self, key: LineKey, qty: Quantity, holds: &mut Holds) -> Result<()> {
+    /// What [`reserve_all`](Self::reserve_all) would hold if it ran now, or the refusal it
+    /// would give, read from the lines without holding anything (a dry run). Racing
+    /// requests may of course change the answer a moment later.
+    pub(crate) async fn preview(&self, items: &[ItemRequest]) -> Result<Vec<ReservedItem>> {
+        let (pinned, free) = grouped(items);
+        let mut taken: BTreeMap<LineKey, u64> = BTreeMap::new();
+        for (key, qty) in pinned {
+            self.check_pinned(key)?;
+            let now = self.registry.line(key).await?.peek();
+            if !now.active {
+                return Err(CoreError::WarehouseInactive {
+                    warehouse_id: key.warehouse_id,
+                });
+            }
+            let left = now.available() - taken.get(&key).copied().unwrap_or(0);
+            if qty > left {
+                return Err(CoreError::InsufficientStock {
+                    product_id: key.product_id,
+                    requested: qty,
+                    available: left,
+                });
+            }
+            *taken.entry(key).or_default() += qty;
+        }
+        for (product_id, qty) in free {
+            let (mut remaining, mut available) = (qty, 0);
+            for (line, line_available) in self.plan(product_id).await? {
+                let left =
+                    line_available.saturating_sub(taken.get(&line.key()).copied().unwrap_or(0));
+                let take = left.min(remaining);
+                available += left;
+                remaining -= take;
+                if take > 0 {
+                    *taken.entry(line.key()).or_default() += take;
+                }
+            }
+            if remaining > 0 {
+                return Err(CoreError::InsufficientStock {
+                    product_id,
+                    requested: qty,
+                    available,
+                });
+            }
+        }
+        Ok(taken
+            .into_iter()
+            .map(|(key, quantity)| ReservedItem {
+                product_id: key.product_id,
+                warehouse_id: key.warehouse_id,
+                quantity,
+            })
+            .collect())
+    }
+
+    /// A pinned item's warehouse must be known, of the shop (if one is set), and active.
+    fn check_pinned(&self, key: LineKey) -> Result<()> {
         let info = self
             .warehouses
             .get(key.warehouse_id)
@@ -125,6 +171,12 @@ impl Allocator<'_> {
                 warehouse_id: key.warehouse_id,
             });
         }
+        Ok(())
+    }
+
+    /// An item that names its warehouse: that line only.
+    async fn reserve_pinned(&self, key: LineKey, qty: Quantity, holds: &mut Holds) -> Result<()> {
+        self.check_pinned(key)?;
         let line = self.registry.line(key).await?;
         let applied = line.call(LineOp::Reserve { id: self.id, qty }).await?;
         holds.add(&line, qty.get(), applied.lsn);
@@ -208,6 +260,20 @@ impl Allocator<'_> {
             .map(|(_, _, line, available)| (line, available))
             .collect())
     }
+}
+
+/// The items merged per pinned line and per free product, in a stable order.
+fn grouped(items: &[ItemRequest]) -> (BTreeMap<LineKey, u64>, BTreeMap<ProductId, u64>) {
+    let mut pinned: BTreeMap<LineKey, u64> = BTreeMap::new();
+    let mut free: BTreeMap<ProductId, u64> = BTreeMap::new();
+    for item in items {
+        let qty = item.quantity.get();
+        match item.warehouse_id {
+            Some(w) => *pinned.entry(LineKey::new(w, item.product_id)).or_default() += qty,
+            None => *free.entry(item.product_id).or_default() += qty,
+        }
+    }
+    (pinned, free)
 }
 
 fn quantity(qty: u64) -> Result<Quantity> {

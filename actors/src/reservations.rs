@@ -179,6 +179,23 @@ impl Reservations {
         Ok((reservation, lsn.max(lines_lsn)))
     }
 
+    /// The items a reservation of `request` would hold now, or its refusal, holding
+    /// nothing and journaling nothing (`dry_run`).
+    pub async fn dry_run(&self, request: &ReservationRequest) -> Result<Vec<ReservedItem>> {
+        if request.items.is_empty() {
+            return Err(CoreError::InvalidQuantity(
+                "a reservation needs at least one item".into(),
+            ));
+        }
+        let allocator = Allocator {
+            registry: &self.0.registry,
+            warehouses: &self.0.warehouses,
+            id: ReservationId::new(),
+            shop_id: request.shop_id,
+        };
+        allocator.preview(&request.items).await
+    }
+
     fn insert(
         &self,
         id: ReservationId,

@@ -12,12 +12,12 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Number;
-use stockline_actors::{ItemRequest, Reservation, ReservationId, ReservationRequest};
+use stockline_actors::{ItemRequest, Reservation, ReservationId, ReservationRequest, ReservedItem};
 use uuid::Uuid;
 
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
-use super::extract::{Json, Path, int_in, quantity, text};
+use super::extract::{Json, Path, Query, int_in, quantity, text};
 use super::idempotency::{self, Answer, Idempotent};
 use crate::auth::Role;
 use crate::error::{AppError, Result};
@@ -50,20 +50,22 @@ pub struct Item {
     pub quantity: u64,
 }
 
+impl From<&ReservedItem> for Item {
+    fn from(i: &ReservedItem) -> Self {
+        Self {
+            product_id: i.product_id,
+            warehouse_id: i.warehouse_id,
+            quantity: i.quantity,
+        }
+    }
+}
+
 impl From<Reservation> for ReservationBody {
     fn from(r: Reservation) -> Self {
         Self {
             id: r.id.0,
             status: r.status.as_str(),
-            items: r
-                .items
-                .iter()
-                .map(|i| Item {
-                    product_id: i.product_id,
-                    warehouse_id: i.warehouse_id,
-                    quantity: i.quantity,
-                })
-                .collect(),
+            items: r.items.iter().map(Item::from).collect(),
             reference: r.reference,
             expires_at: r.expires_at,
             created_at: r.created_at,
@@ -93,13 +95,26 @@ struct ReservationItemBody {
 const MAX_ITEMS: usize = 100;
 const MAX_TTL_SECS: i64 = 7 * 24 * 3600;
 
-#[utoipa::path(post, path = "/reservations", tag = "reservations", security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; repeats answer the first answer")), request_body = CreateReservation, responses((status = 201, body = ReservationBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "insufficient_stock (details: product_id, requested, available) or warehouse_inactive", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
+#[utoipa::path(post, path = "/reservations", tag = "reservations", security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; repeats answer the first answer"), ("dry_run" = Option<bool>, Query, description = "true: answer the allocation (200, status dry_run) or the refusal the request would get now, holding nothing")), request_body = CreateReservation, responses((status = 201, body = ReservationBody), (status = 200, description = "A dry run: what would be held", body = DryRun), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "insufficient_stock (details: product_id, requested, available) or warehouse_inactive", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
+    Query(options): Query<CreateOptions>,
     request: Idempotent<CreateReservation>,
 ) -> Result<Response> {
     caller.require(Role::Operator)?;
+    if options.dry_run == Some(true) {
+        // Moves nothing, so there is nothing to make idempotent.
+        let request = parse(&state, request.body)?;
+        let items = state.core.reservations().dry_run(&request).await?;
+        let body = DryRun {
+            status: "dry_run",
+            items: items.iter().map(Item::from).collect(),
+            reference: request.reference,
+            expires_at: Utc::now() + request.ttl,
+        };
+        return Ok((StatusCode::OK, Json(body)).into_response());
+    }
     let owned = state.clone();
     idempotency::run(&state, caller.user_id, request, move |body| async move {
         reserve(&owned, body).await
@@ -107,7 +122,31 @@ async fn create(
     .await
 }
 
+#[derive(Deserialize)]
+struct CreateOptions {
+    dry_run: Option<bool>,
+}
+
+/// What `POST /reservations?dry_run=true` answers: the allocation a real request would get
+/// now, with nothing held.
+#[derive(Serialize, ToSchema)]
+struct DryRun {
+    /// Always `dry_run`.
+    status: &'static str,
+    items: Vec<Item>,
+    reference: Option<String>,
+    /// When the reservation would expire, were it made now.
+    expires_at: DateTime<Utc>,
+}
+
 async fn reserve(state: &AppState, body: CreateReservation) -> Result<Answer> {
+    let request = parse(state, body)?;
+    let (reservation, lsn) = state.core.reservations().reserve(request).await?;
+    Answer::new(StatusCode::CREATED, ReservationBody::from(reservation), lsn)
+}
+
+/// The request the core reserves, from the body.
+fn parse(state: &AppState, body: CreateReservation) -> Result<ReservationRequest> {
     if body.items.is_empty() || body.items.len() > MAX_ITEMS {
         return Err(AppError::validation(
             "items",
@@ -141,14 +180,12 @@ async fn reserve(state: &AppState, body: CreateReservation) -> Result<Answer> {
         .map(|r| text(r, "reference", 255))
         .transpose()?;
     let shop_id = body.shop_id.map(|s| state.shops.require(s)).transpose()?;
-    let request = ReservationRequest {
+    Ok(ReservationRequest {
         items,
         ttl,
         reference,
         shop_id,
-    };
-    let (reservation, lsn) = state.core.reservations().reserve(request).await?;
-    Answer::new(StatusCode::CREATED, ReservationBody::from(reservation), lsn)
+    })
 }
 
 #[utoipa::path(get, path = "/reservations/{id}", tag = "reservations", security(("bearer" = [])), params(("id" = Uuid, Path)), responses((status = 200, body = ReservationBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody)))]
