@@ -466,3 +466,103 @@ async fn safety_stock_stays_on_hand_unreserved_and_survives_a_restart() {
     assert_eq!(lines["items"][0]["available"], 0);
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn availability_as_of_a_past_moment_equals_what_was_read_at_that_moment() {
+    let app = TestApp::spawn_with(&["--durability", "async"]).await;
+    let product = app.product("P", 100).await;
+    let (a, b) = (app.warehouse("A", 1).await, app.warehouse("B", 2).await);
+    let mut recorded = Vec::new();
+    let mut record = async |app: &TestApp| {
+        let now = app.availability(product).await;
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        let moment = chrono::Utc::now();
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        recorded.push((moment, now));
+    };
+    record(&app).await;
+    app.stock(a, product, 10).await;
+    record(&app).await;
+    app.stock(b, product, 4).await;
+    let (_, first) = app.reserve(product, 12).await;
+    record(&app).await;
+    app.put(
+        "/stock/safety",
+        &app.admin,
+        json!({ "warehouse_id": b, "product_id": product, "safety_stock": 1 }),
+    )
+    .await;
+    app.post(
+        &format!("/reservations/{}/commit", first["id"].as_str().unwrap()),
+        &app.admin,
+        json!({}),
+    )
+    .await;
+    record(&app).await;
+    app.post(
+        "/transfers",
+        &app.admin,
+        json!({ "from_warehouse_id": b, "to_warehouse_id": a, "product_id": product, "quantity": 1 }),
+    )
+    .await;
+    let (_, second) = app.reserve(product, 1).await;
+    record(&app).await;
+    app.post(
+        &format!("/reservations/{}/release", second["id"].as_str().unwrap()),
+        &app.admin,
+        json!({}),
+    )
+    .await;
+    record(&app).await;
+
+    let totals = |v: &serde_json::Value| {
+        let mut lines: Vec<_> = v["warehouses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| {
+                (
+                    w["warehouse_id"].clone(),
+                    w["on_hand"].clone(),
+                    w["reserved"].clone(),
+                    w["available"].clone(),
+                )
+            })
+            .collect();
+        lines.sort_by_key(|l| l.0.as_i64());
+        (
+            v["on_hand"].clone(),
+            v["reserved"].clone(),
+            v["available"].clone(),
+            lines,
+        )
+    };
+    for (moment, then) in &recorded {
+        let as_of = moment.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let (status, replayed) = app
+            .get(
+                &format!(
+                    "/products/{product}/availability?as_of={}",
+                    as_of.replace('+', "%2B")
+                ),
+                &app.admin,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{replayed}");
+        assert_eq!(totals(&replayed), totals(then), "as of {as_of}");
+    }
+    assert_eq!(recorded.len(), 6);
+    for bad in ["yesterday", "2999-01-01T00:00:00Z"] {
+        let (status, body) = app
+            .get(
+                &format!("/products/{product}/availability?as_of={bad}"),
+                &app.admin,
+            )
+            .await;
+        assert_eq!(
+            error_code(status, &body, StatusCode::UNPROCESSABLE_ENTITY),
+            "validation_failed"
+        );
+    }
+    app.cleanup().await;
+}

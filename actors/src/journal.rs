@@ -438,6 +438,11 @@ impl<R> JournalBuffer<R> {
         head
     }
 
+    /// The Lsn of the last record appended (written or not).
+    pub fn head(&self) -> Lsn {
+        lock(&self.pending).head
+    }
+
     /// True while the backlog is at its bound (see [`Journal::is_backlogged`]).
     pub fn is_full(&self) -> bool {
         self.backlog() >= self.bound

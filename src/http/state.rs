@@ -69,6 +69,20 @@ impl AppState {
         Access::new(*identity, &self.shops, self.core.warehouses())
     }
 
+    /// Waits, in either durability mode, until everything appended so far is written: a
+    /// read of the store (the ledger) then sees every change made before it.
+    pub async fn written(&self) -> Result<()> {
+        let head = self.store.buffer.head();
+        let mut watch = self.store.durable.clone();
+        let timeout = Duration::from_millis(self.config.durable_timeout_ms);
+        match tokio::time::timeout(timeout, watch.wait_for(head)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(AppError::Unavailable(
+                "the store is behind; retry shortly".into(),
+            )),
+        }
+    }
+
     /// Forgets what no longer matters from the maps clients make grow: old idempotent
     /// answers, closed orders, rate-limit entries back at full allowance, revocations of
     /// tokens that expired anyway, quiet lockout entries, cached roles.

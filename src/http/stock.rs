@@ -119,13 +119,63 @@ fn line_key(state: &AppState, warehouse_id: i64, product_id: i64) -> Result<Line
     Ok(LineKey::new(warehouse_id, product_id))
 }
 
-#[utoipa::path(get, path = "/products/{id}/availability", tag = "stock", security(("bearer" = [])), params(("id" = i64, Path)), responses((status = 200, description = "`{product_id, on_hand, reserved, available, warehouses: [...]}`; totals over active warehouses", body = Object), (status = 404, description = "Unknown id", body = ErrorBody)))]
+#[utoipa::path(get, path = "/products/{id}/availability", tag = "stock", security(("bearer" = [])), params(("id" = i64, Path), ("as_of" = Option<String>, Query, description = "RFC 3339, not in the future: the availability at that moment, replayed from the movement ledger (warehouse status as today)")), responses((status = 200, description = "`{product_id, on_hand, reserved, available, warehouses: [...]}`; totals over active warehouses", body = Object), (status = 404, description = "Unknown id", body = ErrorBody)))]
 async fn availability(
     State(state): State<AppState>,
     Caller(_caller): Caller,
     Path(id): Path<i64>,
+    Query(moment): Query<AsOf>,
 ) -> Result<Json<Value>> {
-    availability_of(&state, id, None).await.map(Json)
+    match moment.as_of {
+        None => availability_of(&state, id, None).await.map(Json),
+        Some(as_of) => availability_as_of(&state, id, &as_of).await.map(Json),
+    }
+}
+
+#[derive(Deserialize)]
+struct AsOf {
+    /// RFC 3339: the availability at that moment, replayed from the movement ledger.
+    as_of: Option<String>,
+}
+
+/// A product's availability at a past moment: each line as its last movement at or
+/// before `as_of` left it (lines with none did not exist yet). Warehouse status is
+/// today's: the ledger does not record status changes.
+async fn availability_as_of(state: &AppState, id: i64, as_of: &str) -> Result<Value> {
+    let at = DateTime::parse_from_rfc3339(as_of)
+        .map_err(|_| AppError::validation("as_of", "must be an RFC 3339 timestamp"))?
+        .with_timezone(&Utc);
+    if at > Utc::now() {
+        return Err(AppError::validation("as_of", "must not be in the future"));
+    }
+    if state.catalog.get(id).is_none() {
+        return Err(AppError::NotFound(format!("product {id}")));
+    }
+    state.written().await?;
+    let rows: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT DISTINCT ON (warehouse_id) warehouse_id, on_hand_after, reserved_after, safety_stock_after
+         FROM movements WHERE product_id = $1 AND at <= $2
+         ORDER BY warehouse_id, id DESC",
+    )
+    .bind(id)
+    .bind(at)
+    .fetch_all(&state.db)
+    .await?;
+    let lines = rows
+        .into_iter()
+        .map(
+            |(warehouse_id, on_hand, reserved, safety_stock)| LineSnapshot {
+                key: LineKey::new(warehouse_id, id),
+                on_hand: on_hand as u64,
+                reserved: reserved as u64,
+                safety_stock: safety_stock as u64,
+                version: 0,
+                active: true,
+                updated_at: at,
+            },
+        )
+        .collect();
+    Ok(availability_body(state, id, lines))
 }
 
 /// A product's availability over the lines of every warehouse, or of one shop's.
@@ -147,6 +197,12 @@ pub(super) async fn availability_of(
         .filter(|l| warehouses.serves(l.key().warehouse_id, shop))
         .map(|l| l.peek())
         .collect();
+    Ok(availability_body(state, id, lines))
+}
+
+/// The availability answer over `lines`: totals over the active warehouses.
+fn availability_body(state: &AppState, id: i64, lines: Vec<LineSnapshot>) -> Value {
+    let warehouses = state.core.warehouses();
     let (mut on_hand, mut reserved, mut available) = (0u64, 0u64, 0u64);
     let mut listed = Vec::with_capacity(lines.len());
     for line in lines {
@@ -167,13 +223,13 @@ pub(super) async fn availability_of(
             "available": line.available(),
         }));
     }
-    Ok(json!({
+    json!({
         "product_id": id,
         "on_hand": on_hand,
         "reserved": reserved,
         "available": available,
         "warehouses": listed,
-    }))
+    })
 }
 
 #[utoipa::path(get, path = "/warehouses/{id}/stock", tag = "stock", security(("bearer" = [])), params(("id" = i64, Path), ("limit" = Option<i64>, Query, description = "At most 500, default 50"), ("offset" = Option<i64>, Query)), responses((status = 200, description = "`{items: [StockLine], total}`", body = Object), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody)))]
