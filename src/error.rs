@@ -213,6 +213,7 @@ impl From<CoreError> for AppError {
             },
             CoreError::NotHeld => Self::conflict(message),
             CoreError::NotInShop { .. } => Self::validation("warehouse_id", message),
+            CoreError::PartNotHeld { .. } => Self::validation("items", message),
             CoreError::UnknownWarehouse { warehouse_id } => {
                 Self::NotFound(format!("warehouse {warehouse_id}"))
             }

@@ -368,8 +368,8 @@ async fn a_dry_run_answers_the_allocation_or_the_refusal_and_holds_nothing() {
     assert_eq!(
         body["items"],
         json!([
-            { "product_id": product, "warehouse_id": a, "quantity": 3 },
-            { "product_id": product, "warehouse_id": b, "quantity": 3 },
+            { "product_id": product, "warehouse_id": a, "quantity": 3, "committed": 0, "released": 0 },
+            { "product_id": product, "warehouse_id": b, "quantity": 3, "committed": 0, "released": 0 },
         ]),
         "by priority, split like a real reservation"
     );
@@ -409,5 +409,99 @@ async fn a_dry_run_answers_the_allocation_or_the_refusal_and_holds_nothing() {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_partly_committed_reservation_keeps_holding_the_rest_across_a_restart() {
+    let app = TestApp::spawn().await;
+    let (product, warehouse) = app.stocked_product(10).await;
+    let (_, reservation) = app
+        .post(
+            "/reservations",
+            &app.admin,
+            json!({ "items": [{ "product_id": product, "quantity": 6 }] }),
+        )
+        .await;
+    let id = reservation["id"].as_str().unwrap().to_owned();
+    let part = |q: i64| json!({ "items": [{ "product_id": product, "warehouse_id": warehouse, "quantity": q }] });
+    let (status, body) = app
+        .post(&format!("/reservations/{id}/commit"), &app.admin, part(2))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "pending");
+    assert_eq!(
+        (
+            body["items"][0]["committed"].as_u64(),
+            body["items"][0]["released"].as_u64()
+        ),
+        (Some(2), Some(0))
+    );
+    let (status, body) = app
+        .post(&format!("/reservations/{id}/release"), &app.admin, part(1))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = app
+        .post(&format!("/reservations/{id}/commit"), &app.admin, part(4))
+        .await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::UNPROCESSABLE_ENTITY),
+        "validation_failed",
+        "3 are held"
+    );
+
+    let app = app.restart().await;
+    let availability = app.availability(product).await;
+    assert_eq!(
+        (
+            availability["on_hand"].as_u64(),
+            availability["reserved"].as_u64()
+        ),
+        (Some(8), Some(3)),
+        "{availability}"
+    );
+    let (_, read) = app.get(&format!("/reservations/{id}"), &app.admin).await;
+    assert_eq!(
+        (
+            read["items"][0]["committed"].as_u64(),
+            read["items"][0]["released"].as_u64()
+        ),
+        (Some(2), Some(1))
+    );
+    // No body (or an empty one) settles everything left, as before v1.1.
+    let (status, body) = app
+        .send(
+            reqwest::Method::POST,
+            &format!("/reservations/{id}/commit"),
+            Some(&app.admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "committed");
+    assert_eq!(
+        (
+            body["items"][0]["committed"].as_u64(),
+            body["items"][0]["released"].as_u64()
+        ),
+        (Some(5), Some(1))
+    );
+    let availability = app.availability(product).await;
+    assert_eq!(
+        (
+            availability["on_hand"].as_u64(),
+            availability["reserved"].as_u64()
+        ),
+        (Some(5), Some(0)),
+        "10 received, 5 committed"
+    );
+    let (status, body) = app
+        .post(
+            &format!("/reservations/{id}/commit"),
+            &app.admin,
+            json!({ "items": [] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     app.cleanup().await;
 }

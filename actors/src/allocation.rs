@@ -49,6 +49,8 @@ impl Holds {
         self.lines
             .iter()
             .map(|(key, (_, quantity))| ReservedItem {
+                committed: 0,
+                released: 0,
                 product_id: key.product_id,
                 warehouse_id: key.warehouse_id,
                 quantity: *quantity,
@@ -66,6 +68,8 @@ impl Holds {
                 Err(error) => {
                     tracing::warn!(line = %key, reservation = %id, %error, "rollback of a hold deferred");
                     stranded.push(ReservedItem {
+                        committed: 0,
+                        released: 0,
                         product_id: key.product_id,
                         warehouse_id: key.warehouse_id,
                         quantity: qty,
@@ -146,6 +150,8 @@ impl Allocator<'_> {
         Ok(taken
             .into_iter()
             .map(|(key, quantity)| ReservedItem {
+                committed: 0,
+                released: 0,
                 product_id: key.product_id,
                 warehouse_id: key.warehouse_id,
                 quantity,

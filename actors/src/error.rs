@@ -26,6 +26,16 @@ pub enum CoreError {
     /// The reservation is not held on this line (never was, or was already settled).
     #[error("the reservation holds nothing on this line")]
     NotHeld,
+    /// A partial commit or release asked for more of a line than the reservation holds there.
+    #[error(
+        "the reservation holds {held} of product {product_id} in warehouse {warehouse_id}, {requested} asked"
+    )]
+    PartNotHeld {
+        product_id: ProductId,
+        warehouse_id: WarehouseId,
+        requested: u64,
+        held: u64,
+    },
     /// No reservation with this id.
     #[error("reservation not found")]
     ReservationNotFound,

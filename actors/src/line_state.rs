@@ -21,6 +21,12 @@ pub enum LineOp {
     Release { id: ReservationId },
     /// A hold's stock leaves: `on_hand -= q`, `reserved -= q`.
     Commit { id: ReservationId },
+    /// Part of a hold leaves (`commit`) or goes back (`release`); the rest stays held.
+    SettlePart {
+        id: ReservationId,
+        qty: Quantity,
+        commit: bool,
+    },
     /// Like release, recorded as an expiry.
     Expire { id: ReservationId },
     /// Change `on_hand` by `delta` (`receipt`, `damage`, ... in `reason`).
@@ -202,6 +208,7 @@ impl LineState {
             LineOp::Release { id } => self.unhold(id, MovementKind::Release)?,
             LineOp::Expire { id } => self.unhold(id, MovementKind::Expire)?,
             LineOp::Commit { id } => self.commit(id)?,
+            LineOp::SettlePart { id, qty, commit } => self.settle_part(id, qty, commit)?,
             LineOp::Adjust {
                 delta,
                 reason,
@@ -265,6 +272,29 @@ impl LineState {
             held as i64,
             Reference::Reservation(id),
         ))
+    }
+
+    fn settle_part(&mut self, id: ReservationId, qty: Quantity, commit: bool) -> Result<Change> {
+        let held = self.holds.get_mut(&id).ok_or(CoreError::NotHeld)?;
+        if qty.get() > *held {
+            return Err(CoreError::InvalidQuantity(format!(
+                "{} asked, {} held",
+                qty.get(),
+                *held
+            )));
+        }
+        *held -= qty.get();
+        if *held == 0 {
+            self.holds.remove(&id);
+        }
+        self.reserved -= qty.get();
+        let kind = if commit {
+            self.on_hand -= qty.get();
+            MovementKind::Commit
+        } else {
+            MovementKind::Release
+        };
+        Ok(change(kind, qty.get() as i64, Reference::Reservation(id)))
     }
 
     fn adjust(&mut self, delta: i64, reason: String) -> Result<Change> {

@@ -20,7 +20,7 @@ use crate::expiry::{Due, ExpiryHandle};
 use crate::journal::{Journal, Lsn, Record, ReservationRecord};
 use crate::line_state::LineOp;
 use crate::registry::Registry;
-use crate::types::{ReservationId, ShopId};
+use crate::types::{LineKey, Quantity, ReservationId, ShopId};
 
 pub use crate::types::{ItemRequest, ReservationStatus, ReservedItem};
 use crate::warehouses::Warehouses;
@@ -220,7 +220,7 @@ impl Reservations {
 
     fn track(&self, reservation: Reservation, deadline: Instant) {
         let id = reservation.id;
-        let settled = vec![false; reservation.items.len()];
+        let settled = reservation.items.iter().map(|i| i.held() == 0).collect();
         self.0.table.insert(
             id,
             Entry {
@@ -311,6 +311,148 @@ impl Reservations {
         let lsn = self.0.journal.append(vec![reservation.record()]);
         self.0.expiry.schedule(id, now + ttl, Due::Expire);
         Ok((reservation, lsn))
+    }
+
+    /// Commits (or releases) only the given quantities of the given lines (partial
+    /// fulfilment). The reservation stays pending while anything is held, then ends
+    /// `committed` if anything was committed, else `released`. Asking for more than a line
+    /// holds refuses the whole request and changes nothing.
+    pub async fn settle_part(
+        &self,
+        id: ReservationId,
+        parts: Vec<(LineKey, Quantity)>,
+        commit: bool,
+    ) -> Result<(Reservation, Lsn)> {
+        let this = self.clone();
+        crate::to_the_end(async move { this.settle_part_to_end(id, parts, commit).await }).await
+    }
+
+    async fn settle_part_to_end(
+        &self,
+        id: ReservationId,
+        parts: Vec<(LineKey, Quantity)>,
+        commit: bool,
+    ) -> Result<(Reservation, Lsn)> {
+        let target = if commit {
+            ReservationStatus::Committed
+        } else {
+            ReservationStatus::Released
+        };
+        let (effective, items, _) = self.claim(id, target)?;
+        let mut claimed = Claimed {
+            reservations: self,
+            id,
+            held: true,
+        };
+        if effective == ReservationStatus::Expired {
+            claimed.held = false;
+            self.set_settling(id, false);
+            self.transition_to_end(id, ReservationStatus::Expired)
+                .await?;
+            return Err(CoreError::ReservationNotPending {
+                status: ReservationStatus::Expired,
+            });
+        }
+        // Per item, what this request takes of it; checked whole before any line is touched.
+        let mut asked = vec![0u64; items.len()];
+        for (key, qty) in &parts {
+            let index = items.iter().position(|item| item.key() == *key);
+            let held = index.map_or(0, |i| items[i].held());
+            match index {
+                Some(i) if asked[i] + qty.get() <= held => asked[i] += qty.get(),
+                _ => {
+                    claimed.held = false;
+                    self.set_settling(id, false);
+                    return Err(CoreError::PartNotHeld {
+                        product_id: key.product_id,
+                        warehouse_id: key.warehouse_id,
+                        requested: qty.get() + index.map_or(0, |i| asked[i]),
+                        held,
+                    });
+                }
+            }
+        }
+        let mut done = vec![0u64; items.len()];
+        let (mut lsn, mut failure) = (0, None);
+        for (i, item) in items.iter().enumerate().filter(|(i, _)| asked[*i] > 0) {
+            let qty = Quantity::try_from(asked[i])
+                .map_err(|e| CoreError::InvalidQuantity(e.to_string()))?;
+            let settled = match self.0.registry.line(item.key()).await {
+                Ok(line) => line.settle(LineOp::SettlePart { id, qty, commit }).await,
+                Err(error) => Err(error),
+            };
+            match settled {
+                Ok(applied) => {
+                    lsn = lsn.max(applied.lsn);
+                    done[i] = asked[i];
+                }
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        claimed.held = false;
+        let (reservation, record_lsn) = self.finish_part(id, &done, commit)?;
+        match failure {
+            Some(error) => Err(error),
+            None => Ok((reservation, lsn.max(record_lsn))),
+        }
+    }
+
+    /// Books what a partial settlement did on its lines and journals the reservation; ends
+    /// it once nothing is held.
+    fn finish_part(
+        &self,
+        id: ReservationId,
+        done: &[u64],
+        commit: bool,
+    ) -> Result<(Reservation, Lsn)> {
+        let mut entry = self
+            .0
+            .table
+            .get_mut(&id)
+            .ok_or(CoreError::ReservationNotFound)?;
+        entry.settling = false;
+        let entry = &mut *entry;
+        for ((item, settled), qty) in entry
+            .reservation
+            .items
+            .iter_mut()
+            .zip(entry.settled.iter_mut())
+            .zip(done)
+        {
+            if commit {
+                item.committed += qty;
+            } else {
+                item.released += qty;
+            }
+            *settled = item.held() == 0;
+        }
+        let items = &entry.reservation.items;
+        let ended = items.iter().all(|item| item.held() == 0);
+        if ended {
+            entry.reservation.status = if items.iter().any(|item| item.committed > 0) {
+                ReservationStatus::Committed
+            } else {
+                ReservationStatus::Released
+            };
+        }
+        entry.reservation.updated_at = crate::types::now();
+        let reservation = entry.reservation.clone();
+        let lsn = self.0.journal.append(vec![reservation.record()]);
+        if ended {
+            self.0
+                .expiry
+                .schedule(id, Instant::now() + self.0.retention, Due::Forget);
+        }
+        Ok((reservation, lsn))
+    }
+
+    fn set_settling(&self, id: ReservationId, settling: bool) {
+        if let Some(mut entry) = self.0.table.get_mut(&id) {
+            entry.settling = settling;
+        }
     }
 
     pub(crate) async fn expire(&self, id: ReservationId) {
@@ -456,6 +598,22 @@ impl Reservations {
             .get_mut(&id)
             .ok_or(CoreError::ReservationNotFound)?;
         entry.settling = false;
+        // What each item newly settled here did: all it still held left or went back.
+        let fresh = &mut *entry;
+        for ((item, before), now) in fresh
+            .reservation
+            .items
+            .iter_mut()
+            .zip(&fresh.settled)
+            .zip(&settled)
+        {
+            if *now && !*before {
+                match status {
+                    ReservationStatus::Committed => item.committed += item.held(),
+                    _ => item.released += item.held(),
+                }
+            }
+        }
         entry.settled = settled;
         if let Some(error) = failure {
             let retry = entry.deadline.max(Instant::now() + RETRY_AFTER);
@@ -463,7 +621,12 @@ impl Reservations {
             self.0.expiry.schedule(id, retry, Due::Expire);
             return Err(error);
         }
-        entry.reservation.status = status;
+        // Releasing the rest of a partly committed reservation ends it committed.
+        let partly_committed = entry.reservation.items.iter().any(|i| i.committed > 0);
+        entry.reservation.status = match status {
+            ReservationStatus::Released if partly_committed => ReservationStatus::Committed,
+            other => other,
+        };
         entry.reservation.updated_at = crate::types::now();
         let reservation = entry.reservation.clone();
         drop(entry);
@@ -471,6 +634,7 @@ impl Reservations {
         self.0
             .expiry
             .schedule(id, Instant::now() + self.0.retention, Due::Forget);
+        let status = reservation.status;
         let listener = self.0.on_expired.get();
         if let (ReservationStatus::Expired, Some(listener)) = (status, listener) {
             let _ = listener.send(reservation.clone());

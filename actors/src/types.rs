@@ -188,17 +188,25 @@ pub struct ItemRequest {
     pub warehouse_id: Option<WarehouseId>,
 }
 
-/// What a reservation holds on one line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a reservation holds on one line: `quantity` reserved, of which `committed` have
+/// left and `released` went back (partial fulfilment); the rest is still held.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReservedItem {
     pub product_id: ProductId,
     pub warehouse_id: WarehouseId,
     pub quantity: u64,
+    pub committed: u64,
+    pub released: u64,
 }
 
 impl ReservedItem {
     pub fn key(&self) -> LineKey {
         LineKey::new(self.warehouse_id, self.product_id)
+    }
+
+    /// Units still held on the line.
+    pub fn held(&self) -> u64 {
+        self.quantity - self.committed - self.released
     }
 }
 

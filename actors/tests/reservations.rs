@@ -352,6 +352,8 @@ async fn restored(expires_in: chrono::TimeDelta) -> (Core, Arc<MemoryJournal>, R
         id,
         status: ReservationStatus::Pending,
         items: vec![ReservedItem {
+            committed: 0,
+            released: 0,
             product_id: 7,
             warehouse_id: 1,
             quantity: 2,
@@ -453,6 +455,8 @@ async fn a_transfer_is_refused_for_inactive_or_identical_warehouses() {
 #[test]
 fn reserved_items_name_their_line() {
     let item = ReservedItem {
+        committed: 0,
+        released: 0,
         product_id: 7,
         warehouse_id: 2,
         quantity: 1,
@@ -574,4 +578,83 @@ async fn a_caller_that_goes_away_mid_reserve_never_leaves_holds_of_a_refused_res
         all_free
     })
     .await;
+}
+
+#[tokio::test]
+async fn partial_commit_then_release_leaves_the_books_exact() {
+    let (core, journal) = core().await;
+    warehouse(&core, 1, 100).await;
+    stock(&core, 1, 7, 10).await;
+    stock(&core, 1, 8, 10).await;
+    let r = reserve(&core, vec![item(7, 5), item(8, 3)]).await;
+    let (line7, line8) = (LineKey::new(1, 7), LineKey::new(1, 8));
+    let reservations = core.reservations();
+
+    let (after, _) = reservations
+        .settle_part(r.id, vec![(line7, qty(2))], true)
+        .await
+        .unwrap();
+    assert_eq!(after.status, ReservationStatus::Pending);
+    assert_eq!((after.items[0].committed, after.items[0].held()), (2, 3));
+    assert_eq!(levels(&core, 1, 7).await, (8, 3));
+    let (after, _) = reservations
+        .settle_part(r.id, vec![(line8, qty(1))], false)
+        .await
+        .unwrap();
+    assert_eq!((after.items[1].released, after.items[1].held()), (1, 2));
+    assert_eq!(levels(&core, 1, 8).await, (10, 2));
+
+    // Asking more than a line holds, or a line it does not hold, changes nothing.
+    for parts in [
+        vec![(line7, qty(1)), (line7, qty(3))],
+        vec![(LineKey::new(1, 9), qty(1))],
+    ] {
+        let error = reservations
+            .settle_part(r.id, parts, true)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, CoreError::PartNotHeld { .. }), "{error:?}");
+    }
+    assert_eq!(levels(&core, 1, 7).await, (8, 3));
+
+    // Releasing everything left ends it committed: something was committed.
+    let (done, _) = reservations.release(r.id).await.unwrap();
+    assert_eq!(done.status, ReservationStatus::Committed);
+    let counts: Vec<_> = done
+        .items
+        .iter()
+        .map(|i| (i.quantity, i.committed, i.released))
+        .collect();
+    assert_eq!(counts, vec![(5, 2, 3), (3, 0, 3)]);
+    assert_eq!(levels(&core, 1, 7).await, (8, 0));
+    assert_eq!(levels(&core, 1, 8).await, (10, 0));
+    let moved: Vec<_> = journal
+        .movements(line7)
+        .iter()
+        .map(|m| (m.kind, m.quantity))
+        .collect();
+    assert_eq!(
+        moved,
+        vec![
+            (MovementKind::Adjust, 10),
+            (MovementKind::Reserve, 5),
+            (MovementKind::Commit, 2),
+            (MovementKind::Release, 3),
+        ]
+    );
+    assert!(matches!(
+        reservations
+            .settle_part(r.id, vec![(line7, qty(1))], true)
+            .await,
+        Err(CoreError::ReservationNotPending { .. })
+    ));
+
+    // Settled wholly in parts, only releases: it ends released.
+    let r = reserve(&core, vec![item(7, 2)]).await;
+    let (done, _) = reservations
+        .settle_part(r.id, vec![(line7, qty(1)), (line7, qty(1))], false)
+        .await
+        .unwrap();
+    assert_eq!(done.status, ReservationStatus::Released);
+    assert_eq!(levels(&core, 1, 7).await, (8, 0));
 }

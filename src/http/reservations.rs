@@ -12,12 +12,15 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Number;
-use stockline_actors::{ItemRequest, Reservation, ReservationId, ReservationRequest, ReservedItem};
+use stockline_actors::{
+    ItemRequest, LineKey, Reservation, ReservationId, ReservationRequest, ReservationStatus,
+    ReservedItem,
+};
 use uuid::Uuid;
 
 use axum::response::{IntoResponse, Response};
 
-use super::extract::{Json, Path, Query, int_in, quantity, text};
+use super::extract::{Json, OptionalJson, Path, Query, int_in, quantity, text};
 use super::idempotency::{self, Answer, Idempotent};
 use crate::auth::Role;
 use crate::error::{AppError, Result};
@@ -47,7 +50,12 @@ pub struct ReservationBody {
 pub struct Item {
     pub product_id: i64,
     pub warehouse_id: i64,
+    /// Reserved on this line.
     pub quantity: u64,
+    /// Of `quantity`, left the warehouse (commit, whole or partial).
+    pub committed: u64,
+    /// Of `quantity`, went back to available (release or expiry, whole or partial).
+    pub released: u64,
 }
 
 impl From<&ReservedItem> for Item {
@@ -56,6 +64,8 @@ impl From<&ReservedItem> for Item {
             product_id: i.product_id,
             warehouse_id: i.warehouse_id,
             quantity: i.quantity,
+            committed: i.committed,
+            released: i.released,
         }
     }
 }
@@ -214,26 +224,45 @@ async fn stored(state: &AppState, id: Uuid) -> Result<ReservationBody> {
     .await?;
     let (status, reference, expires_at, created_at) =
         row.ok_or_else(|| AppError::NotFound("reservation".into()))?;
-    let items: Vec<(i64, i64, i64)> = sqlx::query_as(
-        "SELECT product_id, warehouse_id, quantity FROM reservation_items WHERE reservation_id = $1
-         ORDER BY warehouse_id, product_id",
+    let items: Vec<(i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT product_id, warehouse_id, quantity, committed, released FROM reservation_items
+         WHERE reservation_id = $1 ORDER BY warehouse_id, product_id",
     )
     .bind(id)
     .fetch_all(&state.db)
     .await?;
-    let status = stockline_actors::ReservationStatus::parse(&status)
+    let status = ReservationStatus::parse(&status)
         .ok_or_else(|| AppError::Internal(format!("stored reservation status {status}")))?;
+    let items = items
+        .into_iter()
+        .map(
+            |(product_id, warehouse_id, quantity, committed, released)| {
+                let mut item = ReservedItem {
+                    product_id,
+                    warehouse_id,
+                    quantity: quantity as u64,
+                    committed: committed as u64,
+                    released: released as u64,
+                };
+                // Counts are stored only for reservations settled in parts; otherwise the
+                // status says where everything went.
+                if item.committed + item.released == 0 {
+                    match status {
+                        ReservationStatus::Committed => item.committed = item.quantity,
+                        ReservationStatus::Released | ReservationStatus::Expired => {
+                            item.released = item.quantity
+                        }
+                        ReservationStatus::Pending => {}
+                    }
+                }
+                Item::from(&item)
+            },
+        )
+        .collect();
     Ok(ReservationBody {
         id,
         status: status.as_str(),
-        items: items
-            .into_iter()
-            .map(|(product_id, warehouse_id, quantity)| Item {
-                product_id,
-                warehouse_id,
-                quantity: quantity as u64,
-            })
-            .collect(),
+        items,
         reference,
         expires_at,
         created_at,
@@ -280,33 +309,79 @@ async fn not_pending(state: &AppState, id: Uuid) -> AppError {
     }
 }
 
-#[utoipa::path(post, path = "/reservations/{id}/commit", tag = "reservations", security(("bearer" = [])), params(("id" = Uuid, Path)), responses((status = 200, body = ReservationBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "reservation_not_pending", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
+#[utoipa::path(post, path = "/reservations/{id}/commit", tag = "reservations", security(("bearer" = [])), params(("id" = Uuid, Path)), request_body(content = Option<Parts>, description = "Optional: `{items: [{product_id, warehouse_id, quantity}]}` settles only those quantities; the reservation stays pending while anything is held"), responses((status = 200, body = ReservationBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "reservation_not_pending", body = ErrorBody), (status = 422, description = "An item asks for more than the reservation holds on that line", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
 async fn commit(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Path(id): Path<Uuid>,
+    OptionalJson(body): OptionalJson<Parts>,
 ) -> Result<Json<ReservationBody>> {
     caller.require(Role::Operator)?;
-    settle(&state, id, true).await
+    settle(&state, id, true, body).await
 }
 
-#[utoipa::path(post, path = "/reservations/{id}/release", tag = "reservations", security(("bearer" = [])), params(("id" = Uuid, Path)), responses((status = 200, body = ReservationBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "reservation_not_pending", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
+/// The optional body of commit and release: only these quantities (partial fulfilment).
+#[derive(Deserialize, ToSchema)]
+struct Parts {
+    items: Option<Vec<Part>>,
+}
+
+#[derive(Deserialize, ToSchema)]
+struct Part {
+    product_id: i64,
+    warehouse_id: i64,
+    #[schema(value_type = i64)]
+    quantity: Number,
+}
+
+impl Parts {
+    /// The lines and quantities asked for; `None`: all of the reservation.
+    fn lines(self) -> Result<Option<Vec<(LineKey, stockline_actors::Quantity)>>> {
+        let Some(items) = self.items else {
+            return Ok(None);
+        };
+        if items.is_empty() || items.len() > MAX_ITEMS {
+            return Err(AppError::validation(
+                "items",
+                format!("must hold 1 to {MAX_ITEMS} items"),
+            ));
+        }
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, part)| {
+                let qty = quantity(&part.quantity, &format!("items[{i}].quantity"))?;
+                Ok((LineKey::new(part.warehouse_id, part.product_id), qty))
+            })
+            .collect::<Result<_>>()
+            .map(Some)
+    }
+}
+
+#[utoipa::path(post, path = "/reservations/{id}/release", tag = "reservations", security(("bearer" = [])), params(("id" = Uuid, Path)), request_body(content = Option<Parts>, description = "Optional: `{items: [{product_id, warehouse_id, quantity}]}` settles only those quantities; the reservation stays pending while anything is held"), responses((status = 200, body = ReservationBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "reservation_not_pending", body = ErrorBody), (status = 422, description = "An item asks for more than the reservation holds on that line", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
 async fn release(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Path(id): Path<Uuid>,
+    OptionalJson(body): OptionalJson<Parts>,
 ) -> Result<Json<ReservationBody>> {
     caller.require(Role::Operator)?;
-    settle(&state, id, false).await
+    settle(&state, id, false, body).await
 }
 
-async fn settle(state: &AppState, id: Uuid, commit: bool) -> Result<Json<ReservationBody>> {
+async fn settle(
+    state: &AppState,
+    id: Uuid,
+    commit: bool,
+    parts: Option<Parts>,
+) -> Result<Json<ReservationBody>> {
     let reservations = state.core.reservations();
     let id = ReservationId(id);
-    let outcome = if commit {
-        reservations.commit(id).await
-    } else {
-        reservations.release(id).await
+    let lines = parts.map(Parts::lines).transpose()?.flatten();
+    let outcome = match (lines, commit) {
+        (Some(lines), commit) => reservations.settle_part(id, lines, commit).await,
+        (None, true) => reservations.commit(id).await,
+        (None, false) => reservations.release(id).await,
     };
     let (reservation, lsn) = match outcome {
         Ok(done) => done,

@@ -129,11 +129,11 @@ pub async fn read(pool: &PgPool) -> Result<Stored, sqlx::Error> {
     let pending = pending_reservations(pool).await?;
     let mut holds: HashMap<LineKey, Vec<(ReservationId, u64)>> = HashMap::new();
     for r in &pending {
-        for item in &r.items {
+        for item in r.items.iter().filter(|item| item.held() > 0) {
             holds
                 .entry(item.key())
                 .or_default()
-                .push((r.id, item.quantity));
+                .push((r.id, item.held()));
         }
     }
     let (warehouse_ids, product_ids): (Vec<i64>, Vec<i64>) = holds
@@ -184,8 +184,8 @@ async fn pending_reservations(pool: &PgPool) -> Result<Vec<Reservation>, sqlx::E
     )
     .fetch_all(pool)
     .await?;
-    let items = sqlx::query_as::<_, (Uuid, i64, i64, i64)>(
-        "SELECT i.reservation_id, i.warehouse_id, i.product_id, i.quantity
+    let items = sqlx::query_as::<_, (Uuid, i64, i64, i64, i64, i64)>(
+        "SELECT i.reservation_id, i.warehouse_id, i.product_id, i.quantity, i.committed, i.released
          FROM reservation_items i JOIN reservations r ON r.id = i.reservation_id
          WHERE r.status = 'pending'
          ORDER BY i.warehouse_id, i.product_id",
@@ -193,8 +193,10 @@ async fn pending_reservations(pool: &PgPool) -> Result<Vec<Reservation>, sqlx::E
     .fetch_all(pool)
     .await?;
     let mut by_id: HashMap<Uuid, Vec<ReservedItem>> = HashMap::new();
-    for (id, warehouse_id, product_id, quantity) in items {
+    for (id, warehouse_id, product_id, quantity, committed, released) in items {
         by_id.entry(id).or_default().push(ReservedItem {
+            committed: committed as u64,
+            released: released as u64,
             product_id,
             warehouse_id,
             quantity: quantity as u64,

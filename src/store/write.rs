@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use stockline_actors::journal::{
     LineRecord, MovementRecord, Reference, ReservationRecord, TransferRecord,
 };
-use stockline_actors::{LineKey, Lsn, Record, ReservationId};
+use stockline_actors::{LineKey, Lsn, Record, ReservationId, ReservationStatus};
 
 use super::records::{IdempotencyRecord, OrderRecord, PaymentRecord, StoreRecord};
 
@@ -205,6 +205,47 @@ async fn write_reservations(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx
             .map(|(_, i)| i.quantity as i64)
             .collect::<Vec<_>>(),
     )
+    .execute(&mut **tx)
+    .await?;
+    write_partial_settlements(tx, &r).await
+}
+
+/// Whether a reservation's items were settled in parts its status does not tell: only
+/// then are their `committed` and `released` counts written (never on the hot path).
+fn settled_in_parts(r: &ReservationRecord) -> bool {
+    match r.status {
+        ReservationStatus::Pending => r.items.iter().any(|i| i.committed + i.released > 0),
+        ReservationStatus::Committed => r.items.iter().any(|i| i.committed != i.quantity),
+        _ => r.items.iter().any(|i| i.released != i.quantity),
+    }
+}
+
+async fn write_partial_settlements(
+    tx: &mut Tx,
+    reservations: &[&(Lsn, &ReservationRecord)],
+) -> Result<(), sqlx::Error> {
+    let items: Vec<_> = reservations
+        .iter()
+        .filter(|(_, r)| settled_in_parts(r))
+        .flat_map(|(_, r)| r.items.iter().map(move |item| (r.id.0, item)))
+        .collect();
+    if items.is_empty() {
+        return Ok(());
+    }
+    // The counts only grow, so the larger wins whatever order batches land in.
+    sqlx::query(
+        "UPDATE reservation_items i
+         SET committed = GREATEST(i.committed, u.committed), released = GREATEST(i.released, u.released)
+         FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
+           AS u (reservation_id, warehouse_id, product_id, committed, released)
+         WHERE i.reservation_id = u.reservation_id AND i.warehouse_id = u.warehouse_id
+           AND i.product_id = u.product_id",
+    )
+    .bind(items.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+    .bind(items.iter().map(|(_, i)| i.warehouse_id).collect::<Vec<_>>())
+    .bind(items.iter().map(|(_, i)| i.product_id).collect::<Vec<_>>())
+    .bind(items.iter().map(|(_, i)| i.committed as i64).collect::<Vec<_>>())
+    .bind(items.iter().map(|(_, i)| i.released as i64).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())
