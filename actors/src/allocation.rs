@@ -44,6 +44,25 @@ impl Holds {
             .sum()
     }
 
+    /// Gives back exactly what was taken here, leaving any earlier hold of the same
+    /// reservation on those lines (a reshape that was refused). A line that cannot be
+    /// reached keeps the extra until the reservation ends.
+    pub(crate) async fn give_back(self, id: ReservationId) {
+        for (key, (line, qty)) in self.lines {
+            let Ok(qty) = Quantity::try_from(qty) else {
+                continue;
+            };
+            let op = LineOp::SettlePart {
+                id,
+                qty,
+                commit: false,
+            };
+            if let Err(error) = line.settle(op).await {
+                tracing::warn!(line = %key, reservation = %id, %error, "giving back a refused growth failed");
+            }
+        }
+    }
+
     /// One item per line, in (warehouse, product) order.
     pub(crate) fn items(&self) -> Vec<ReservedItem> {
         self.lines

@@ -20,7 +20,7 @@ use crate::expiry::{Due, ExpiryHandle};
 use crate::journal::{Journal, Lsn, Record, ReservationRecord};
 use crate::line_state::LineOp;
 use crate::registry::Registry;
-use crate::types::{LineKey, Quantity, ReservationId, ShopId};
+use crate::types::{LineKey, ProductId, Quantity, ReservationId, ShopId};
 
 pub use crate::types::{ItemRequest, ReservationStatus, ReservedItem};
 use crate::warehouses::Warehouses;
@@ -284,6 +284,26 @@ impl Reservations {
     /// Moves a pending reservation's `expires_at` to `ttl` from now, and its timer with it.
     /// One whose time has already come is not revived: it answers not pending (expired).
     pub fn extend(&self, id: ReservationId, ttl: Duration) -> Result<(Reservation, Lsn)> {
+        self.renew(id, ttl, None)
+    }
+
+    /// Extends a pending reservation and gives it a new `reference`: the way a cart's hold
+    /// becomes an order's, with no moment in which its stock is free.
+    pub fn hand_over(
+        &self,
+        id: ReservationId,
+        ttl: Duration,
+        reference: String,
+    ) -> Result<(Reservation, Lsn)> {
+        self.renew(id, ttl, Some(reference))
+    }
+
+    fn renew(
+        &self,
+        id: ReservationId,
+        ttl: Duration,
+        reference: Option<String>,
+    ) -> Result<(Reservation, Lsn)> {
         let mut entry = self
             .0
             .table
@@ -306,10 +326,182 @@ impl Reservations {
         let updated_at = crate::types::now();
         entry.reservation.expires_at = updated_at + ttl;
         entry.reservation.updated_at = updated_at;
+        if let Some(reference) = reference {
+            entry.reservation.reference = Some(reference);
+        }
         let reservation = entry.reservation.clone();
         drop(entry);
         let lsn = self.0.journal.append(vec![reservation.record()]);
         self.0.expiry.schedule(id, now + ttl, Due::Expire);
+        Ok((reservation, lsn))
+    }
+
+    /// Makes a pending reservation hold exactly `wanted` (units per product, allocated
+    /// like a new reservation, within `shop_id` if set) and extends it to `ttl` from now:
+    /// all or nothing. Growth is reserved first under the same id; if any of it is refused,
+    /// what this call took is given back and nothing changes. Then what is no longer
+    /// wanted is released, from the lines that came last.
+    pub async fn reshape(
+        &self,
+        id: ReservationId,
+        wanted: Vec<(ProductId, u64)>,
+        ttl: Duration,
+        shop_id: Option<ShopId>,
+    ) -> Result<(Reservation, Lsn)> {
+        let this = self.clone();
+        crate::to_the_end(async move { this.reshape_to_end(id, wanted, ttl, shop_id).await }).await
+    }
+
+    async fn reshape_to_end(
+        &self,
+        id: ReservationId,
+        wanted: Vec<(ProductId, u64)>,
+        ttl: Duration,
+        shop_id: Option<ShopId>,
+    ) -> Result<(Reservation, Lsn)> {
+        let (effective, items, _) = self.claim(id, ReservationStatus::Pending)?;
+        let mut claimed = Claimed {
+            reservations: self,
+            id,
+            held: true,
+        };
+        if effective == ReservationStatus::Expired {
+            claimed.held = false;
+            self.set_settling(id, false);
+            self.transition_to_end(id, ReservationStatus::Expired)
+                .await?;
+            return Err(CoreError::ReservationNotPending {
+                status: ReservationStatus::Expired,
+            });
+        }
+        let held_of = |product: ProductId| -> u64 {
+            items
+                .iter()
+                .filter(|i| i.product_id == product)
+                .map(|i| i.held())
+                .sum()
+        };
+        let mut growth = Vec::new();
+        let mut shrink = Vec::new();
+        for &(product_id, units) in &wanted {
+            let now = held_of(product_id);
+            if units > now {
+                growth.push(ItemRequest {
+                    product_id,
+                    quantity: Quantity::try_from(units - now)
+                        .map_err(|e| CoreError::InvalidQuantity(e.to_string()))?,
+                    warehouse_id: None,
+                });
+            } else if units < now {
+                shrink.push((product_id, now - units));
+            }
+        }
+        for item in &items {
+            if !wanted.iter().any(|(p, _)| *p == item.product_id) && item.held() > 0 {
+                shrink.push((item.product_id, item.held()));
+            }
+        }
+        shrink.sort_unstable();
+        shrink.dedup_by_key(|(p, _)| *p);
+        let allocator = Allocator {
+            registry: &self.0.registry,
+            warehouses: &self.0.warehouses,
+            id,
+            shop_id,
+        };
+        let mut taken = Holds::default();
+        if let Err(refusal) = allocator.reserve_all(&growth, &mut taken).await {
+            taken.give_back(id).await;
+            claimed.held = false;
+            self.set_settling(id, false);
+            return Err(refusal);
+        }
+        let mut lsn = taken.lsn;
+        // Released from the last lines first: the first by priority keep their stock.
+        let mut released: Vec<(LineKey, u64)> = Vec::new();
+        for (product_id, mut excess) in shrink {
+            for item in items.iter().rev().filter(|i| i.product_id == product_id) {
+                let give = item.held().min(excess);
+                let Ok(qty) = Quantity::try_from(give) else {
+                    continue;
+                };
+                let op = LineOp::SettlePart {
+                    id,
+                    qty,
+                    commit: false,
+                };
+                match self.0.registry.line(item.key()).await {
+                    Ok(line) => match line.settle(op).await {
+                        Ok(applied) => {
+                            lsn = lsn.max(applied.lsn);
+                            released.push((item.key(), give));
+                            excess -= give;
+                        }
+                        Err(error) => {
+                            tracing::warn!(reservation = %id, line = %item.key(), %error, "a hold could not be shrunk; it stays until the reservation ends")
+                        }
+                    },
+                    Err(error) => {
+                        tracing::warn!(reservation = %id, line = %item.key(), %error, "a hold could not be shrunk; it stays until the reservation ends")
+                    }
+                }
+            }
+        }
+        claimed.held = false;
+        let (reservation, record_lsn) = self.finish_reshape(id, taken.items(), released, ttl)?;
+        Ok((reservation, lsn.max(record_lsn)))
+    }
+
+    /// Books a reshape: quantities grown and shrunk, the new expiry; a reservation left
+    /// holding nothing ends released.
+    fn finish_reshape(
+        &self,
+        id: ReservationId,
+        grown: Vec<ReservedItem>,
+        shrunk: Vec<(LineKey, u64)>,
+        ttl: Duration,
+    ) -> Result<(Reservation, Lsn)> {
+        let mut guard = self
+            .0
+            .table
+            .get_mut(&id)
+            .ok_or(CoreError::ReservationNotFound)?;
+        let entry = &mut *guard;
+        entry.settling = false;
+        let items = &mut entry.reservation.items;
+        for add in grown {
+            match items.iter_mut().find(|i| i.key() == add.key()) {
+                Some(item) => item.quantity += add.quantity,
+                None => items.push(add),
+            }
+        }
+        for (key, give) in shrunk {
+            if let Some(item) = items.iter_mut().find(|i| i.key() == key) {
+                item.quantity -= give;
+            }
+        }
+        entry.settled = items.iter().map(|i| i.held() == 0).collect();
+        let now = Instant::now();
+        let ended = items.iter().all(|i| i.held() == 0);
+        if ended {
+            entry.reservation.status = ReservationStatus::Released;
+        } else {
+            entry.deadline = now + ttl;
+        }
+        let updated_at = crate::types::now();
+        if !ended {
+            entry.reservation.expires_at = updated_at + ttl;
+        }
+        entry.reservation.updated_at = updated_at;
+        let reservation = entry.reservation.clone();
+        drop(guard);
+        let lsn = self.0.journal.append(vec![reservation.record()]);
+        let (at, due) = if ended {
+            (now + self.0.retention, Due::Forget)
+        } else {
+            (now + ttl, Due::Expire)
+        };
+        self.0.expiry.schedule(id, at, due);
         Ok((reservation, lsn))
     }
 

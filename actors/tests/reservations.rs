@@ -658,3 +658,108 @@ async fn partial_commit_then_release_leaves_the_books_exact() {
     assert_eq!(done.status, ReservationStatus::Released);
     assert_eq!(levels(&core, 1, 7).await, (8, 0));
 }
+
+#[tokio::test]
+async fn a_reshaped_reservation_grows_all_or_nothing_and_shrinks_from_its_last_lines() {
+    let (core, _) = core().await;
+    warehouse(&core, 1, 1).await;
+    warehouse(&core, 2, 2).await;
+    stock(&core, 1, 7, 3).await;
+    stock(&core, 2, 7, 3).await;
+    stock(&core, 1, 8, 2).await;
+    let reservations = core.reservations();
+    let ttl = Duration::from_secs(60);
+    let (r, _) = reservations
+        .reserve(request(vec![item(7, 2)]))
+        .await
+        .unwrap();
+
+    let (grown, _) = reservations
+        .reshape(r.id, vec![(7, 5), (8, 1)], ttl, None)
+        .await
+        .unwrap();
+    assert_eq!(grown.status, ReservationStatus::Pending);
+    assert_eq!(
+        held(&grown),
+        vec![(1, 7, 3), (1, 8, 1), (2, 7, 2)],
+        "growth allocated like a new reservation, under the same id"
+    );
+    // More than there is of product 8: nothing changes, product 7's growth is given back.
+    let error = reservations
+        .reshape(r.id, vec![(7, 6), (8, 3)], ttl, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, CoreError::InsufficientStock { product_id: 8, .. }),
+        "{error:?}"
+    );
+    assert_eq!(held(&reservations.get(r.id).unwrap()), held(&grown));
+    assert_eq!(levels(&core, 1, 7).await, (3, 3));
+    assert_eq!(levels(&core, 2, 7).await, (3, 2));
+    assert_eq!(levels(&core, 1, 8).await, (2, 1));
+
+    // Shrinking gives back from the last lines first; a product left out is let go.
+    let (shrunk, _) = reservations
+        .reshape(r.id, vec![(7, 3)], ttl, None)
+        .await
+        .unwrap();
+    let now: Vec<_> = shrunk
+        .items
+        .iter()
+        .map(|i| (i.warehouse_id, i.product_id, i.held()))
+        .collect();
+    assert_eq!(now, vec![(1, 7, 3), (1, 8, 0), (2, 7, 0)]);
+    assert_eq!(levels(&core, 2, 7).await, (3, 0));
+    assert_eq!(levels(&core, 1, 8).await, (2, 0));
+
+    // Emptied, it ends released; the stock is all back.
+    let (empty, _) = reservations.reshape(r.id, vec![], ttl, None).await.unwrap();
+    assert_eq!(empty.status, ReservationStatus::Released);
+    assert_eq!(levels(&core, 1, 7).await, (3, 0));
+    assert!(matches!(
+        reservations.reshape(r.id, vec![(7, 1)], ttl, None).await,
+        Err(CoreError::ReservationNotPending { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reshapes_racing_for_the_last_units_hold_exactly_the_stock() {
+    let (core, _) = stocked(10).await;
+    let core = Arc::new(core);
+    let mut holders = Vec::new();
+    for _ in 0..8 {
+        let (r, _) = core
+            .reservations()
+            .reserve(request(vec![item(7, 1)]))
+            .await
+            .unwrap();
+        holders.push(r.id);
+    }
+    // Eight holds of 1 each (8 of 10); each now tries to grow to 3 at once.
+    let tasks: Vec<_> = holders
+        .iter()
+        .map(|id| {
+            let (core, id) = (core.clone(), *id);
+            tokio::spawn(async move {
+                core.reservations()
+                    .reshape(id, vec![(7, 3)], Duration::from_secs(60), None)
+                    .await
+            })
+        })
+        .collect();
+    let mut grown = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => grown += 1,
+            Err(CoreError::InsufficientStock { .. }) => {}
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(grown, 1, "2 units were free: exactly one grows by 2");
+    let held: u64 = holders
+        .iter()
+        .map(|id| core.reservations().get(*id).unwrap().items[0].held())
+        .sum();
+    assert_eq!(held, 10);
+    assert_eq!(levels(&core, 1, 7).await, (10, 10));
+}

@@ -75,7 +75,13 @@ impl From<Reservation> for ReservationBody {
         Self {
             id: r.id.0,
             status: r.status.as_str(),
-            items: r.items.iter().map(Item::from).collect(),
+            // A resized hold (a cart's) may keep lines shrunk to nothing: not shown.
+            items: r
+                .items
+                .iter()
+                .filter(|i| i.quantity > 0)
+                .map(Item::from)
+                .collect(),
             reference: r.reference,
             expires_at: r.expires_at,
             created_at: r.created_at,

@@ -169,7 +169,7 @@ async fn write_reservations(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
                               $6::timestamptz[], $7::bigint[])
          ON CONFLICT (id) DO UPDATE
-           SET status = EXCLUDED.status, expires_at = EXCLUDED.expires_at,
+           SET status = EXCLUDED.status, expires_at = EXCLUDED.expires_at, reference = EXCLUDED.reference,
                updated_at = EXCLUDED.updated_at, lsn = EXCLUDED.lsn
          WHERE reservations.lsn < EXCLUDED.lsn",
     )
@@ -186,10 +186,13 @@ async fn write_reservations(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx
         .iter()
         .flat_map(|(_, r)| r.items.iter().map(move |item| (r.id.0, item)))
         .collect();
+    // A resized hold (a cart's) changes its quantities; batches are written one at a time,
+    // in order, so the newest record's quantity is the one left.
     sqlx::query(
         "INSERT INTO reservation_items (reservation_id, warehouse_id, product_id, quantity)
          SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[])
-         ON CONFLICT DO NOTHING",
+         ON CONFLICT (reservation_id, warehouse_id, product_id) DO UPDATE SET quantity = EXCLUDED.quantity
+         WHERE reservation_items.quantity <> EXCLUDED.quantity",
     )
     .bind(items.iter().map(|(id, _)| *id).collect::<Vec<_>>())
     .bind(
