@@ -74,6 +74,11 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub payment_timeout_secs: u64,
 
+    /// How long a held cart keeps its items reserved after its last change, in seconds.
+    #[arg(long, env = "STOCKLINE_CART_HOLD_SECS", default_value_t = 900,
+          value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub cart_hold_secs: u64,
+
     /// Journal records that may wait to be written before new stock changes are refused
     /// with 503 `overloaded` (during a database outage, say).
     #[arg(long, env = "STOCKLINE_MAX_BACKLOG", default_value_t = 500_000,

@@ -113,6 +113,7 @@ impl Application {
             answers: Arc::new(Answers::default()),
             orders,
             shops,
+            carts: Arc::default(),
             auth_limiter: Arc::new(AuthLimiter::new(auth_rate)),
             metrics: Arc::new(http::metrics_recorder()),
         };

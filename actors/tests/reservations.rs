@@ -763,3 +763,41 @@ async fn reshapes_racing_for_the_last_units_hold_exactly_the_stock() {
     assert_eq!(held, 10);
     assert_eq!(levels(&core, 1, 7).await, (10, 10));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reshape_extends_the_hold_and_its_expiry_releases_the_stock_once() {
+    let (core, journal) = stocked(5).await;
+    let reservations = core.reservations().clone();
+    let ttl = Duration::from_secs(60);
+    let mut req = request(vec![item(7, 2)]);
+    req.ttl = ttl;
+    let (r, _) = reservations.reserve(req).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(50)).await;
+    reservations
+        .reshape(r.id, vec![(7, 3)], ttl, None)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    tokio::task::yield_now().await;
+    assert_eq!(
+        reservations.get(r.id).unwrap().status,
+        ReservationStatus::Pending,
+        "each change extends the hold"
+    );
+    assert_eq!(levels(&core, 1, 7).await, (5, 3));
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    eventually(100, || {
+        let r = reservations.get(r.id);
+        async move { r.unwrap().status == ReservationStatus::Expired }
+    })
+    .await;
+    assert_eq!(levels(&core, 1, 7).await, (5, 0));
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let expiries: Vec<_> = journal
+        .movements(LineKey::new(1, 7))
+        .into_iter()
+        .filter(|m| m.kind == MovementKind::Expire)
+        .map(|m| m.quantity)
+        .collect();
+    assert_eq!(expiries, vec![3], "released once, all of it");
+}

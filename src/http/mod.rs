@@ -2,6 +2,7 @@
 
 mod auth;
 pub mod caller;
+mod carts;
 pub mod extract;
 mod health;
 pub mod idempotency;
@@ -76,6 +77,7 @@ fn documented(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(orders::router())
         .merge(transfers::router())
         .merge(shops::router())
+        .merge(carts::router())
         .merge(operations::router());
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .nest("/api/v1", api)

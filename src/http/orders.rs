@@ -103,13 +103,9 @@ async fn place(state: &AppState, caller: Identity, body: CreateOrder) -> Result<
     let timeout = Duration::from_secs(state.config.payment_timeout_secs);
     let (order, lsn) = state
         .orders
-        .place(
-            &state.core,
-            &state.catalog,
-            caller.user_id,
-            timeout,
-            placement,
-        )
+        .place(&state.core, caller.user_id, timeout, placement, |product| {
+            state.catalog.get(product).map(|p| p.price_cents)
+        })
         .await?;
     Answer::new(StatusCode::CREATED, order, lsn)
 }

@@ -40,6 +40,8 @@ pub struct AppState {
     pub orders: Arc<Orders>,
     /// Shops and their members, for the access policy.
     pub shops: Arc<Shops>,
+    /// Serializes the changes of each cart.
+    pub carts: Arc<super::carts::CartLocks>,
     /// Login and register attempts per client address.
     pub auth_limiter: Arc<AuthLimiter>,
     /// This server's metrics, rendered at `GET /metrics`.

@@ -200,6 +200,25 @@ pub(super) async fn availability_of(
     Ok(availability_body(state, id, lines))
 }
 
+/// What a product has available now over the active warehouses (of `shop`, if set).
+pub(super) async fn available_of(state: &AppState, id: i64, shop: Option<ShopId>) -> Result<u64> {
+    let warehouses = state.core.warehouses();
+    Ok(state
+        .core
+        .registry()
+        .lines_of_product(id)
+        .await?
+        .iter()
+        .filter(|l| warehouses.serves(l.key().warehouse_id, shop))
+        .filter(|l| {
+            warehouses
+                .get(l.key().warehouse_id)
+                .is_some_and(|w| w.active)
+        })
+        .map(|l| l.peek().available())
+        .sum())
+}
+
 /// The availability answer over `lines`: totals over the active warehouses.
 fn availability_body(state: &AppState, id: i64, lines: Vec<LineSnapshot>) -> Value {
     let warehouses = state.core.warehouses();

@@ -12,13 +12,12 @@ use std::time::Duration;
 
 use serde_json::Value;
 use stockline_actors::{
-    Core, CoreError, ItemRequest, LineKey, Lsn, ProductId, Quantity, ReservationId,
+    Core, CoreError, ItemRequest, LineKey, Lsn, ProductId, Quantity, Reservation, ReservationId,
     ReservationRequest,
 };
 use uuid::Uuid;
 
 use super::{IllegalStep, Order, OrderItem, OrderStatus, Orders, Slot};
-use crate::catalog::Catalog;
 use crate::store::records::{PaymentRecord, StoreRecord};
 
 /// Why an order step was refused.
@@ -52,32 +51,28 @@ pub struct Placement {
 }
 
 impl Orders {
-    /// Prices the items, reserves them across warehouses for the payment timeout, and
+    /// Prices the items (`price`: the catalog's, or a cart's), reserves them across warehouses for the payment timeout, and
     /// journals the new order; answers it and the Lsn that makes it durable.
     pub async fn place(
         &self,
         core: &Core,
-        catalog: &Catalog,
         user_id: i64,
         payment_timeout: Duration,
         placement: Placement,
+        price: impl Fn(ProductId) -> Option<i64>,
     ) -> Result<(Order, Lsn), OrderError> {
-        let mut requested = Vec::with_capacity(placement.items.len());
-        let mut total: i64 = 0;
-        for &(product_id, quantity) in &placement.items {
-            let product = catalog
-                .get(product_id)
-                .ok_or(OrderError::UnknownProduct(product_id))?;
-            total = (quantity.get() as i64)
-                .checked_mul(product.price_cents)
-                .and_then(|line| total.checked_add(line))
-                .ok_or(OrderError::TotalTooLarge)?;
-            requested.push(ItemRequest {
+        let items = placement.items.iter().map(|(p, q)| (*p, q.get()));
+        // Priced before anything is held: an order too large to price holds nothing.
+        total(items, &price)?;
+        let requested = placement
+            .items
+            .iter()
+            .map(|&(product_id, quantity)| ItemRequest {
                 product_id,
                 quantity,
                 warehouse_id: None,
-            });
-        }
+            })
+            .collect();
         let id = Uuid::now_v7();
         let request = ReservationRequest {
             items: requested,
@@ -86,17 +81,48 @@ impl Orders {
             shop_id: placement.shop_id,
         };
         let (reservation, reserved_lsn) = core.reservations().reserve(request).await?;
-        let items = reservation
-            .items
-            .iter()
+        // Priced when placed: the price may change later, the order does not.
+        self.open(id, user_id, reservation, placement, price, reserved_lsn)
+    }
+
+    /// An order for stock already held by a pending reservation (a held cart's): the
+    /// reservation is handed over to the order (extended to the payment timeout), so the
+    /// stock is never free in between. Priced by `price` (the cart's prices).
+    pub fn adopt(
+        &self,
+        core: &Core,
+        user_id: i64,
+        payment_timeout: Duration,
+        reservation_id: ReservationId,
+        placement: Placement,
+        price: impl Fn(ProductId) -> Option<i64>,
+    ) -> Result<(Order, Lsn), OrderError> {
+        let id = Uuid::now_v7();
+        let (reservation, reserved_lsn) = core.reservations().hand_over(
+            reservation_id,
+            payment_timeout,
+            format!("order:{id}"),
+        )?;
+        self.open(id, user_id, reservation, placement, price, reserved_lsn)
+    }
+
+    /// Journals a new order for what `reservation` holds.
+    fn open(
+        &self,
+        id: Uuid,
+        user_id: i64,
+        reservation: Reservation,
+        placement: Placement,
+        price: impl Fn(ProductId) -> Option<i64>,
+        reserved_lsn: Lsn,
+    ) -> Result<(Order, Lsn), OrderError> {
+        let held = reservation.items.iter().filter(|i| i.held() > 0);
+        let total_cents = total(held.clone().map(|i| (i.product_id, i.held())), &price)?;
+        let items = held
             .map(|i| OrderItem {
                 product_id: i.product_id,
-                quantity: i.quantity,
-                // Priced when placed: the price may change later, the order does not.
-                unit_price_cents: catalog
-                    .get(i.product_id)
-                    .map(|p| p.price_cents)
-                    .unwrap_or_default(),
+                quantity: i.held(),
+                unit_price_cents: price(i.product_id).unwrap_or_default(),
                 warehouse_id: i.warehouse_id,
             })
             .collect();
@@ -105,19 +131,34 @@ impl Orders {
             user_id,
             status: OrderStatus::PendingPayment,
             items,
-            total_cents: total,
+            total_cents,
             reservation_id: reservation.id.0,
             expires_at: reservation.expires_at,
             tracking_number: None,
             shipping_address: placement.shipping_address,
             contact: placement.contact,
-            created_at: reservation.created_at,
-            updated_at: reservation.created_at,
+            created_at: reservation.updated_at,
+            updated_at: reservation.updated_at,
         };
         let lsn = self.journal.push([order.record()]);
         self.insert(order.clone());
         Ok((order, lsn.max(reserved_lsn)))
     }
+}
+
+/// The total of `items` (product, units) at `price`; refused for an unknown product or a
+/// total past what an `i64` of cents holds.
+fn total(
+    mut items: impl Iterator<Item = (ProductId, u64)>,
+    price: impl Fn(ProductId) -> Option<i64>,
+) -> Result<i64, OrderError> {
+    items.try_fold(0i64, |total, (product_id, units)| {
+        let unit = price(product_id).ok_or(OrderError::UnknownProduct(product_id))?;
+        (units as i64)
+            .checked_mul(unit)
+            .and_then(|line| total.checked_add(line))
+            .ok_or(OrderError::TotalTooLarge)
+    })
 }
 
 impl Slot {
