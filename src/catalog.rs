@@ -9,6 +9,8 @@ use sqlx::PgPool;
 pub struct ProductInfo {
     pub price_cents: i64,
     pub low_stock_threshold: i64,
+    /// Units that may be reserved beyond what is available (backorders).
+    pub backorder_limit: u64,
 }
 
 /// Live (not deleted) products by id.
@@ -19,18 +21,20 @@ pub struct Catalog {
 
 impl Catalog {
     pub async fn load(pool: &PgPool) -> Result<Self, sqlx::Error> {
-        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
-            "SELECT id, price_cents, low_stock_threshold FROM products WHERE deleted_at IS NULL",
+        let rows: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT id, price_cents, low_stock_threshold, backorder_limit FROM products
+             WHERE deleted_at IS NULL",
         )
         .fetch_all(pool)
         .await?;
         let catalog = Self::default();
-        for (id, price_cents, low_stock_threshold) in rows {
+        for (id, price_cents, low_stock_threshold, backorder_limit) in rows {
             catalog.put(
                 id,
                 ProductInfo {
                     price_cents,
                     low_stock_threshold,
+                    backorder_limit: backorder_limit as u64,
                 },
             );
         }
@@ -50,6 +54,18 @@ impl Catalog {
         self.products
             .iter()
             .map(|p| (*p.key(), *p.value()))
+            .collect()
+    }
+
+    /// The backorder limits of those of `products` that allow backorders.
+    pub fn backorder_limits(
+        &self,
+        products: impl IntoIterator<Item = i64>,
+    ) -> std::collections::BTreeMap<i64, u64> {
+        products
+            .into_iter()
+            .filter_map(|id| Some((id, self.get(id)?.backorder_limit)))
+            .filter(|(_, limit)| *limit > 0)
             .collect()
     }
 

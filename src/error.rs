@@ -212,6 +212,14 @@ impl From<CoreError> for AppError {
                 details: json!({ "current_version": actual, "expected_version": expected }),
             },
             CoreError::NotHeld => Self::conflict(message),
+            CoreError::Backordered {
+                product_id,
+                backordered,
+            } => Self::Conflict {
+                code: "backordered",
+                message,
+                details: json!({ "product_id": product_id, "backordered": backordered }),
+            },
             CoreError::NotInShop { .. } => Self::validation("warehouse_id", message),
             CoreError::PartNotHeld { .. } => Self::validation("items", message),
             CoreError::UnknownWarehouse { warehouse_id } => {

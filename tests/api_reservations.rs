@@ -368,8 +368,8 @@ async fn a_dry_run_answers_the_allocation_or_the_refusal_and_holds_nothing() {
     assert_eq!(
         body["items"],
         json!([
-            { "product_id": product, "warehouse_id": a, "quantity": 3, "committed": 0, "released": 0 },
-            { "product_id": product, "warehouse_id": b, "quantity": 3, "committed": 0, "released": 0 },
+            { "product_id": product, "warehouse_id": a, "quantity": 3, "committed": 0, "released": 0, "backordered": 0 },
+            { "product_id": product, "warehouse_id": b, "quantity": 3, "committed": 0, "released": 0, "backordered": 0 },
         ]),
         "by priority, split like a real reservation"
     );
@@ -503,5 +503,112 @@ async fn a_partly_committed_reservation_keeps_holding_the_rest_across_a_restart(
         )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_product_with_a_backorder_limit_is_reserved_beyond_stock_and_filled_by_receipts() {
+    let app = TestApp::spawn().await;
+    let (status, product) = app
+        .post(
+            "/products",
+            &app.admin,
+            json!({ "sku": "PRE", "name": "Pre-order", "price_cents": 100, "backorder_limit": 3 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{product}");
+    assert_eq!(product["backorder_limit"], 3);
+    let product = product["id"].as_i64().unwrap();
+    let warehouse = app.warehouse("W", 1).await;
+    app.stock(warehouse, product, 2).await;
+    let reserve = |q: i64| json!({ "items": [{ "product_id": product, "quantity": q }] });
+    let (status, dry) = app
+        .post("/reservations?dry_run=true", &app.admin, reserve(5))
+        .await;
+    assert_eq!(
+        (status, dry["items"][0]["quantity"].as_u64()),
+        (StatusCode::OK, Some(5))
+    );
+    let (status, first) = app.post("/reservations", &app.admin, reserve(4)).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    assert_eq!(
+        (
+            first["items"][0]["quantity"].as_u64(),
+            first["items"][0]["backordered"].as_u64()
+        ),
+        (Some(4), Some(2))
+    );
+    let (status, body) = app.post("/reservations", &app.admin, reserve(2)).await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::CONFLICT),
+        "insufficient_stock",
+        "1 unit of the limit is left"
+    );
+    assert_eq!(body["error"]["details"]["available"], 1);
+    let (status, second) = app.post("/reservations", &app.admin, reserve(1)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(second["items"][0]["backordered"], 1);
+    let (_, lines) = app
+        .get(&format!("/warehouses/{warehouse}/stock"), &app.admin)
+        .await;
+    assert_eq!(
+        (
+            lines["items"][0]["on_hand"].as_u64(),
+            lines["items"][0]["reserved"].as_u64(),
+            lines["items"][0]["backordered"].as_u64()
+        ),
+        (Some(2), Some(5), Some(3)),
+        "reserved <= on_hand + backordered"
+    );
+    let first_id = first["id"].as_str().unwrap();
+    let (status, body) = app
+        .post(
+            &format!("/reservations/{first_id}/commit"),
+            &app.admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::CONFLICT),
+        "backordered"
+    );
+    // A receipt of 2 fills the older reservation first.
+    app.stock(warehouse, product, 2).await;
+    let (_, first_now) = app
+        .get(&format!("/reservations/{first_id}"), &app.admin)
+        .await;
+    let second_id = second["id"].as_str().unwrap();
+    let (_, second_now) = app
+        .get(&format!("/reservations/{second_id}"), &app.admin)
+        .await;
+    assert_eq!(
+        (
+            first_now["items"][0]["backordered"].as_u64(),
+            second_now["items"][0]["backordered"].as_u64()
+        ),
+        (Some(0), Some(1))
+    );
+    let app = app.restart().await;
+    let (status, done) = app
+        .post(
+            &format!("/reservations/{first_id}/commit"),
+            &app.admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, done["status"].as_str()),
+        (StatusCode::OK, Some("committed")),
+        "{done}"
+    );
+    let availability = app.availability(product).await;
+    assert_eq!(
+        (
+            availability["on_hand"].as_u64(),
+            availability["reserved"].as_u64()
+        ),
+        (Some(0), Some(1)),
+        "4 received, 4 committed; 1 still backordered"
+    );
     app.cleanup().await;
 }

@@ -107,6 +107,8 @@ pub(crate) struct Allocator<'a> {
     pub(crate) id: ReservationId,
     /// Only this shop's warehouses, when set.
     pub(crate) shop_id: Option<ShopId>,
+    /// Per product, how many units may be held beyond what is available (backorders).
+    pub(crate) backorder_limits: &'a BTreeMap<ProductId, u64>,
 }
 
 impl Allocator<'_> {
@@ -157,6 +159,17 @@ impl Allocator<'_> {
                 if take > 0 {
                     *taken.entry(line.key()).or_default() += take;
                 }
+            }
+            let limit = self.backorder_limit(product_id);
+            if remaining > 0 && limit > 0 {
+                let room = limit.saturating_sub(self.beyond_available(product_id, None).await?);
+                if let Some(line) = self.backorder_line(product_id).await?
+                    && remaining <= room
+                {
+                    *taken.entry(line.key()).or_default() += remaining;
+                    remaining = 0;
+                }
+                available += room;
             }
             if remaining > 0 {
                 return Err(CoreError::InsufficientStock {
@@ -209,23 +222,30 @@ impl Allocator<'_> {
     }
 
     /// An item without a warehouse: across active warehouses by priority, then most
-    /// available, split over several when one is short.
+    /// available, split over several when one is short. With a backorder limit, what no
+    /// line has is held as a backorder on the product's first warehouse by priority, within
+    /// what the limit leaves over all its lines.
     async fn reserve_free(
         &self,
         product_id: ProductId,
         qty: Quantity,
         holds: &mut Holds,
     ) -> Result<()> {
+        let limit = self.backorder_limit(product_id);
         let before = holds.held_of(product_id);
         let mut remaining = qty.get();
         for _ in 0..REPLANS {
             let plan = self.plan(product_id).await?;
             let available: u64 = plan.iter().map(|(_, a)| a).sum();
-            if available < remaining {
+            let room = match limit {
+                0 => 0,
+                _ => limit.saturating_sub(self.beyond_available(product_id, None).await?),
+            };
+            if available + room < remaining {
                 return Err(CoreError::InsufficientStock {
                     product_id,
                     requested: qty.get(),
-                    available: available + (qty.get() - remaining),
+                    available: available + room + (qty.get() - remaining),
                 });
             }
             for (line, line_available) in plan {
@@ -249,6 +269,28 @@ impl Allocator<'_> {
                     Err(other) => return Err(other),
                 }
             }
+            if remaining > 0
+                && limit > 0
+                && let Some(line) = self.backorder_line(product_id).await?
+            {
+                let others = self.beyond_available(product_id, Some(line.key())).await?;
+                let op = LineOp::Backorder {
+                    id: self.id,
+                    qty: quantity(remaining)?,
+                    room: limit.saturating_sub(others),
+                };
+                match line.call(op).await {
+                    Ok(applied) => {
+                        holds.add(&line, remaining, applied.lsn);
+                        remaining = 0;
+                    }
+                    // Another backorder took the room first: plan again.
+                    Err(
+                        CoreError::InsufficientStock { .. } | CoreError::WarehouseInactive { .. },
+                    ) => {}
+                    Err(other) => return Err(other),
+                }
+            }
             if remaining == 0 {
                 return Ok(());
             }
@@ -259,6 +301,48 @@ impl Allocator<'_> {
             requested: qty.get(),
             available: available + holds.held_of(product_id) - before,
         })
+    }
+
+    fn backorder_limit(&self, product_id: ProductId) -> u64 {
+        self.backorder_limits.get(&product_id).copied().unwrap_or(0)
+    }
+
+    /// What the product's lines (all but `except`) hold beyond what they may reserve: the
+    /// part of the backorder limit in use.
+    async fn beyond_available(
+        &self,
+        product_id: ProductId,
+        except: Option<LineKey>,
+    ) -> Result<u64> {
+        Ok(self
+            .registry
+            .lines_of_product(product_id)
+            .await?
+            .iter()
+            .filter(|line| Some(line.key()) != except)
+            .map(|line| line.peek().beyond_available())
+            .sum())
+    }
+
+    /// The line backorders go to: the product's line in its first active warehouse by
+    /// priority (then id), of the shop if one is set; created if the product was never
+    /// stocked there (a pre-order).
+    async fn backorder_line(&self, product_id: ProductId) -> Result<Option<LineHandle>> {
+        let first = self
+            .warehouses
+            .active_ids()
+            .into_iter()
+            .filter(|w| self.warehouses.serves(*w, self.shop_id))
+            .filter_map(|w| Some((self.warehouses.get(w)?.priority, w)))
+            .min();
+        match first {
+            Some((_, warehouse_id)) => Ok(Some(
+                self.registry
+                    .line(LineKey::new(warehouse_id, product_id))
+                    .await?,
+            )),
+            None => Ok(None),
+        }
     }
 
     /// The product's lines in active warehouses (of the shop, if one is set), in allocation order, with what each has

@@ -14,6 +14,12 @@ pub enum CoreError {
         requested: u64,
         available: u64,
     },
+    /// The hold is backordered (not yet filled by receipts): its stock cannot leave yet.
+    #[error("{backordered} units of product {product_id} are backordered, not yet received")]
+    Backordered {
+        product_id: ProductId,
+        backordered: u64,
+    },
     /// The warehouse is inactive: it may not reserve, send or receive stock.
     #[error("warehouse {warehouse_id} is inactive")]
     WarehouseInactive { warehouse_id: WarehouseId },

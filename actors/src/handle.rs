@@ -200,6 +200,12 @@ impl LineHandle {
         self.shared.peek()
     }
 
+    /// How much of reservation `id`'s hold here the stock on hand covers (the rest is
+    /// backordered).
+    pub fn filled(&self, id: crate::types::ReservationId) -> u64 {
+        crate::types::lock(&self.shared.state).filled(id)
+    }
+
     pub fn stats(&self) -> LineStatsSnapshot {
         self.shared.stats.snapshot()
     }

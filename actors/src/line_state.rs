@@ -17,6 +17,13 @@ use crate::types::{LineKey, MAX_ON_HAND, MAX_QUANTITY, Quantity, ReservationId, 
 pub enum LineOp {
     /// Hold `qty` for a reservation (adds to an existing hold of the same id).
     Reserve { id: ReservationId, qty: Quantity },
+    /// Hold `qty` even beyond what is available (a backorder), as long as the units held
+    /// beyond it stay within `room` (what the product's backorder limit leaves this line).
+    Backorder {
+        id: ReservationId,
+        qty: Quantity,
+        room: u64,
+    },
     /// Drop a hold: the stock is available again.
     Release { id: ReservationId },
     /// A hold's stock leaves: `on_hand -= q`, `reserved -= q`.
@@ -73,6 +80,7 @@ impl LineOp {
         matches!(
             self,
             Self::Reserve { .. }
+                | Self::Backorder { .. }
                 | Self::Adjust { .. }
                 | Self::SetLevel { .. }
                 | Self::TransferOut { .. }
@@ -87,7 +95,8 @@ pub struct LineState {
     pub key: LineKey,
     /// Units physically in the warehouse.
     pub on_hand: u64,
-    /// Units held by pending reservations; always the sum of `holds`.
+    /// Units held by pending reservations; always the sum of `holds`. Above `on_hand`
+    /// only by backorders (`reserved <= on_hand + backordered`).
     pub reserved: u64,
     /// Units that stay on hand but are never reserved (nor sent away): `available` leaves
     /// them out.
@@ -116,6 +125,17 @@ pub struct LineSnapshot {
 impl LineSnapshot {
     pub fn available(&self) -> u64 {
         available(self.on_hand, self.reserved, self.safety_stock)
+    }
+
+    /// Units held beyond what is on hand: backorders waiting for receipts.
+    pub fn backordered(&self) -> u64 {
+        self.reserved.saturating_sub(self.on_hand)
+    }
+
+    /// Units held beyond what may be reserved (the safety stock counts as not there): what
+    /// the line uses of its product's backorder limit.
+    pub fn beyond_available(&self) -> u64 {
+        (self.reserved + self.safety_stock).saturating_sub(self.on_hand)
     }
 }
 
@@ -168,18 +188,19 @@ impl LineState {
 
     /// Repairs a state whose counters drifted from its holds (loaded from a store that
     /// disagrees with itself, or left by a failed actor): `reserved` is set to the sum of
-    /// the holds and `on_hand` raised to cover it. Returns whether anything changed.
+    /// the holds (what is held beyond `on_hand` is backordered). Returns whether anything
+    /// changed.
     pub fn repair(&mut self) -> bool {
         let held: u64 = self.holds.values().sum();
-        let before = (self.on_hand, self.reserved);
+        let before = self.reserved;
         self.reserved = held;
-        self.on_hand = self.on_hand.max(held);
         self.assert_invariants();
-        before != (self.on_hand, self.reserved)
+        before != self.reserved
     }
 
     /// What is believed of every line after every message, asserted in debug builds and
-    /// tests: `reserved` is the sum of the holds and never above `on_hand`.
+    /// tests: `reserved` is the sum of the holds (so `reserved <= on_hand + backordered`,
+    /// `on_hand` being unsigned never goes under 0).
     pub fn assert_invariants(&self) {
         debug_assert_eq!(
             self.reserved,
@@ -187,13 +208,19 @@ impl LineState {
             "line {}: reserved is not the sum of its holds",
             self.key
         );
-        debug_assert!(
-            self.reserved <= self.on_hand,
-            "line {}: reserved {} over on_hand {}",
-            self.key,
-            self.reserved,
-            self.on_hand
-        );
+    }
+
+    /// How much of hold `id` the stock on hand covers: holds are filled oldest first
+    /// (reservation ids sort by creation), so receipts fill the oldest backorders first.
+    pub fn filled(&self, id: ReservationId) -> u64 {
+        let held = self.holds.get(&id).copied().unwrap_or(0);
+        if self.reserved <= self.on_hand {
+            return held;
+        }
+        let mut older: Vec<_> = self.holds.iter().filter(|(h, _)| **h < id).collect();
+        older.sort_unstable();
+        let before: u64 = older.iter().map(|(_, q)| **q).sum();
+        held.min(self.on_hand.saturating_sub(before))
     }
 
     /// Applies `op`. Accepted: the state changed, `version` went up by one (for stock
@@ -205,6 +232,7 @@ impl LineState {
                 return Ok(None);
             }
             LineOp::Reserve { id, qty } => self.reserve(id, qty)?,
+            LineOp::Backorder { id, qty, room } => self.backorder(id, qty, room)?,
             LineOp::Release { id } => self.unhold(id, MovementKind::Release)?,
             LineOp::Expire { id } => self.unhold(id, MovementKind::Expire)?,
             LineOp::Commit { id } => self.commit(id)?,
@@ -257,6 +285,27 @@ impl LineState {
         ))
     }
 
+    fn backorder(&mut self, id: ReservationId, qty: Quantity, room: u64) -> Result<Change> {
+        self.require_active()?;
+        let mut after = self.snapshot();
+        after.reserved += qty.get();
+        if after.beyond_available() > room {
+            return Err(CoreError::InsufficientStock {
+                product_id: self.key.product_id,
+                requested: qty.get(),
+                available: self.available()
+                    + room.saturating_sub(self.snapshot().beyond_available()),
+            });
+        }
+        self.reserved += qty.get();
+        *self.holds.entry(id).or_insert(0) += qty.get();
+        Ok(change(
+            MovementKind::Reserve,
+            qty.get() as i64,
+            Reference::Reservation(id),
+        ))
+    }
+
     fn unhold(&mut self, id: ReservationId, kind: MovementKind) -> Result<Change> {
         let held = self.holds.remove(&id).ok_or(CoreError::NotHeld)?;
         self.reserved -= held;
@@ -264,7 +313,9 @@ impl LineState {
     }
 
     fn commit(&mut self, id: ReservationId) -> Result<Change> {
-        let held = self.holds.remove(&id).ok_or(CoreError::NotHeld)?;
+        let held = *self.holds.get(&id).ok_or(CoreError::NotHeld)?;
+        self.require_filled(id, held)?;
+        self.holds.remove(&id);
         self.reserved -= held;
         self.on_hand -= held;
         Ok(change(
@@ -283,6 +334,10 @@ impl LineState {
                 *held
             )));
         }
+        if commit {
+            self.require_filled(id, qty.get())?;
+        }
+        let held = self.holds.get_mut(&id).ok_or(CoreError::NotHeld)?;
         *held -= qty.get();
         if *held == 0 {
             self.holds.remove(&id);
@@ -297,6 +352,19 @@ impl LineState {
         Ok(change(kind, qty.get() as i64, Reference::Reservation(id)))
     }
 
+    /// Only what is on hand can leave: `qty` of hold `id` must be filled.
+    fn require_filled(&self, id: ReservationId, qty: u64) -> Result<()> {
+        let filled = self.filled(id);
+        if qty <= filled {
+            Ok(())
+        } else {
+            Err(CoreError::Backordered {
+                product_id: self.key.product_id,
+                backordered: qty - filled,
+            })
+        }
+    }
+
     fn adjust(&mut self, delta: i64, reason: String) -> Result<Change> {
         if delta == 0 || delta.unsigned_abs() > MAX_QUANTITY {
             return Err(CoreError::InvalidQuantity(format!(
@@ -308,7 +376,7 @@ impl LineState {
         } else {
             // Stock lost or corrected away may eat into the safety stock (it is physical),
             // never into what is reserved.
-            let free = self.on_hand - self.reserved;
+            let free = self.on_hand.saturating_sub(self.reserved);
             if delta.unsigned_abs() > free {
                 return Err(CoreError::InsufficientStock {
                     product_id: self.key.product_id,
@@ -338,7 +406,9 @@ impl LineState {
                 "on_hand must be at most {MAX_QUANTITY}, got {on_hand}"
             )));
         }
-        if on_hand < self.reserved {
+        // A count may not leave less on hand than is held (unless there was already less:
+        // backorders), never fewer than before in that case.
+        if on_hand < self.reserved && on_hand < self.on_hand {
             return Err(self.insufficient(self.on_hand - on_hand));
         }
         let delta = on_hand as i64 - self.on_hand as i64;

@@ -446,8 +446,105 @@ fn repair_sets_reserved_to_the_sum_of_holds() {
     s.holds.insert(ReservationId::new(), 3);
     s.reserved = 9;
     assert!(s.repair());
-    assert_eq!((s.on_hand, s.reserved), (5, 5));
+    assert_eq!(
+        (s.on_hand, s.reserved),
+        (3, 5),
+        "no stock is made up: what is held beyond on hand is backordered"
+    );
+    assert_eq!(s.snapshot().backordered(), 2);
     assert!(!s.repair());
+}
+
+#[test]
+fn a_backorder_holds_beyond_what_is_available_within_its_room_and_receipts_fill_the_oldest_first() {
+    let mut s = line(3);
+    let (old, young) = (ReservationId::new(), ReservationId::new());
+    let error = refused(
+        &mut s,
+        LineOp::Backorder {
+            id: old,
+            qty: qty(6),
+            room: 2,
+        },
+    );
+    assert!(
+        matches!(error, CoreError::InsufficientStock { available: 5, .. }),
+        "{error:?}"
+    );
+    apply(
+        &mut s,
+        LineOp::Backorder {
+            id: old,
+            qty: qty(4),
+            room: 2,
+        },
+    )
+    .unwrap();
+    apply(
+        &mut s,
+        LineOp::Backorder {
+            id: young,
+            qty: qty(1),
+            room: 2,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        (s.on_hand, s.reserved, s.snapshot().backordered()),
+        (3, 5, 2)
+    );
+    assert_eq!((s.filled(old), s.filled(young)), (3, 0));
+    refused(
+        &mut s,
+        LineOp::Reserve {
+            id: young,
+            qty: qty(1),
+        },
+    );
+    // Nothing not on hand leaves: the old hold is short of one, the young of all.
+    let error = refused(&mut s, LineOp::Commit { id: old });
+    assert_eq!(
+        error,
+        CoreError::Backordered {
+            product_id: 7,
+            backordered: 1
+        }
+    );
+    // Damage or a count cannot take what backorders wait for.
+    refused(
+        &mut s,
+        LineOp::Adjust {
+            delta: -1,
+            reason: "damage".into(),
+            note: None,
+        },
+    );
+    // A receipt of one fills the old hold first.
+    apply(
+        &mut s,
+        LineOp::Adjust {
+            delta: 1,
+            reason: "receipt".into(),
+            note: None,
+        },
+    )
+    .unwrap();
+    assert_eq!((s.filled(old), s.filled(young)), (4, 0));
+    apply(&mut s, LineOp::Commit { id: old }).unwrap();
+    assert_eq!((s.on_hand, s.reserved), (0, 1));
+    assert_eq!(s.filled(young), 0);
+    apply(
+        &mut s,
+        LineOp::Adjust {
+            delta: 2,
+            reason: "receipt".into(),
+            note: None,
+        },
+    )
+    .unwrap();
+    assert_eq!((s.filled(young), s.available()), (1, 1));
+    apply(&mut s, LineOp::Commit { id: young }).unwrap();
+    assert_eq!((s.on_hand, s.reserved), (1, 0));
 }
 
 #[test]

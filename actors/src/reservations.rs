@@ -7,6 +7,7 @@
 //! the lines already settled are remembered and the reservation stays pending, so a retry
 //! (or the expiry timer) finishes the rest and nothing is settled twice.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +34,9 @@ pub struct ReservationRequest {
     pub reference: Option<String>,
     /// Allocate only from this shop's warehouses (pinned items included).
     pub shop_id: Option<ShopId>,
+    /// Per product, how many units may be held beyond what is available, over all its
+    /// warehouses (backorders, filled by the next receipts); absent: none.
+    pub backorder_limits: BTreeMap<ProductId, u64>,
 }
 
 /// A reservation as the edge shows it.
@@ -164,6 +168,7 @@ impl Reservations {
             warehouses: &self.0.warehouses,
             id,
             shop_id: request.shop_id,
+            backorder_limits: &request.backorder_limits,
         };
         let mut holds = Holds::default();
         if let Err(refusal) = allocator.reserve_all(&request.items, &mut holds).await {
@@ -192,6 +197,7 @@ impl Reservations {
             warehouses: &self.0.warehouses,
             id: ReservationId::new(),
             shop_id: request.shop_id,
+            backorder_limits: &request.backorder_limits,
         };
         allocator.preview(&request.items).await
     }
@@ -347,9 +353,14 @@ impl Reservations {
         wanted: Vec<(ProductId, u64)>,
         ttl: Duration,
         shop_id: Option<ShopId>,
+        backorder_limits: BTreeMap<ProductId, u64>,
     ) -> Result<(Reservation, Lsn)> {
         let this = self.clone();
-        crate::to_the_end(async move { this.reshape_to_end(id, wanted, ttl, shop_id).await }).await
+        crate::to_the_end(async move {
+            this.reshape_to_end(id, wanted, ttl, shop_id, &backorder_limits)
+                .await
+        })
+        .await
     }
 
     async fn reshape_to_end(
@@ -358,6 +369,7 @@ impl Reservations {
         wanted: Vec<(ProductId, u64)>,
         ttl: Duration,
         shop_id: Option<ShopId>,
+        backorder_limits: &BTreeMap<ProductId, u64>,
     ) -> Result<(Reservation, Lsn)> {
         let (effective, items, _) = self.claim(id, ReservationStatus::Pending)?;
         let mut claimed = Claimed {
@@ -408,6 +420,7 @@ impl Reservations {
             warehouses: &self.0.warehouses,
             id,
             shop_id,
+            backorder_limits,
         };
         let mut taken = Holds::default();
         if let Err(refusal) = allocator.reserve_all(&growth, &mut taken).await {

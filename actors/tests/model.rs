@@ -1,5 +1,6 @@
 //! Property tests: a line actor against a plain sequential model, and concurrent
-//! reservations against the invariant `0 <= reserved <= on_hand`.
+//! reservations against the invariant `0 <= reserved <= on_hand + backordered`, with
+//! backorders within their product's limit and nothing committed that was not on hand.
 
 mod common;
 
@@ -32,6 +33,7 @@ enum Op {
     TransferIn(i64, bool),
     SetActive(bool),
     SetSafety(i64),
+    Backorder(usize, i64, i64),
 }
 
 impl Model {
@@ -46,7 +48,16 @@ impl Model {
 
     /// What may be lost or corrected away: anything not reserved, safety stock included.
     fn unreserved(&self) -> i64 {
-        self.on_hand - self.reserved()
+        (self.on_hand - self.reserved()).max(0)
+    }
+
+    /// How much of a slot's hold the stock on hand covers: older slots (lower index,
+    /// created first) first.
+    fn filled(&self, slot: usize) -> i64 {
+        let before: i64 = (0..slot).filter_map(|s| self.holds.get(&s)).sum();
+        self.holds
+            .get(&slot)
+            .map_or(0, |held| (*held).min((self.on_hand - before).max(0)))
     }
 
     /// The answer the core must give: `Ok` or the name of the refusal.
@@ -71,7 +82,22 @@ impl Model {
                 true
             }
             Op::Commit(slot) => {
-                self.on_hand -= self.holds.remove(&slot).ok_or("not_held")?;
+                let held = *self.holds.get(&slot).ok_or("not_held")?;
+                if self.filled(slot) < held {
+                    return Err("backordered");
+                }
+                self.holds.remove(&slot);
+                self.on_hand -= held;
+                true
+            }
+            Op::Backorder(slot, q, room) => {
+                if self.inactive {
+                    return Err("inactive");
+                }
+                if (self.reserved() + q + self.safety - self.on_hand).max(0) > room {
+                    return Err("insufficient");
+                }
+                *self.holds.entry(slot).or_default() += q;
                 true
             }
             Op::Adjust(delta) => {
@@ -88,7 +114,7 @@ impl Model {
                 if expected.is_some_and(|v| v != self.version) {
                     return Err("version");
                 }
-                if level < self.reserved() {
+                if level < self.reserved() && level < self.on_hand {
                     return Err("insufficient");
                 }
                 self.on_hand = level;
@@ -156,6 +182,11 @@ fn to_line_op(op: &Op, slots: &[ReservationId]) -> LineOp {
         Op::SetSafety(units) => LineOp::SetSafety {
             safety_stock: units as u64,
         },
+        Op::Backorder(s, q, room) => LineOp::Backorder {
+            id: slots[s],
+            qty: qty(q as u64),
+            room: room as u64,
+        },
     }
 }
 
@@ -166,6 +197,7 @@ fn refusal_name(error: &CoreError) -> &'static str {
         CoreError::NotHeld => "not_held",
         CoreError::VersionMismatch { .. } => "version",
         CoreError::InvalidQuantity(_) => "invalid",
+        CoreError::Backordered { .. } => "backordered",
         other => panic!("the model has no refusal like {other:?}"),
     }
 }
@@ -182,6 +214,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (1..15i64, any::<bool>()).prop_map(|(q, c)| Op::TransferIn(q, c)),
         1 => any::<bool>().prop_map(Op::SetActive),
         1 => (0..10i64).prop_map(Op::SetSafety),
+        2 => (0..4usize, 1..15i64, 0..12i64).prop_map(|(s, q, r)| Op::Backorder(s, q, r)),
     ]
 }
 
@@ -209,7 +242,8 @@ proptest! {
                 let actual = line.settle(to_line_op(op, &slots)).await;
                 prop_assert_eq!(actual.as_ref().map(|_| ()).map_err(refusal_name), expected, "{:?}", op);
                 let s = line.snapshot().await.unwrap();
-                prop_assert!(s.reserved <= s.on_hand);
+                prop_assert!(s.reserved <= s.on_hand + s.backordered());
+                prop_assert_eq!(s.backordered() as i64, (model.reserved() - model.on_hand).max(0));
                 prop_assert_eq!(
                     (s.on_hand as i64, s.reserved as i64, s.version, s.active),
                     (model.on_hand, model.reserved(), model.version, !model.inactive)
@@ -220,6 +254,10 @@ proptest! {
         })?;
     }
 }
+
+/// The product of the concurrent test that may be backordered, and by how much.
+const BACKORDERED: i64 = 3;
+const BACKORDER_LIMIT: u64 = 4;
 
 #[derive(Clone, Debug)]
 enum Step {
@@ -244,9 +282,10 @@ proptest! {
 
     /// Random reservation traffic run concurrently, while lines idle for 1 ms passivate
     /// and leave memory (to a store the journal writes) and come back: whatever
-    /// interleaving happens, every line keeps `0 <= reserved <= on_hand`, `reserved`
-    /// equals its pending holds, and `on_hand` equals what was received minus what was
-    /// committed.
+    /// interleaving happens, every line keeps `0 <= reserved <= on_hand` (product 3, which
+    /// may be backordered: `reserved <= on_hand + backordered`, its backorders over both
+    /// warehouses within the limit), `reserved` equals its pending holds, and `on_hand`
+    /// equals what was received minus what was committed.
     #[test]
     fn concurrent_traffic_keeps_every_line_consistent(steps in proptest::collection::vec(step(), 1..120)) {
         runtime().block_on(async {
@@ -281,9 +320,15 @@ proptest! {
                 }
             }
             let keys = (1..=2).flat_map(|w| (1..=3).map(move |p| LineKey::new(w, p)));
+            let mut backordered = 0;
             for key in keys {
                 let s = core.registry().line(key).await.unwrap().snapshot().await.unwrap();
-                prop_assert!(s.reserved <= s.on_hand);
+                if key.product_id == BACKORDERED {
+                    backordered += s.beyond_available();
+                } else {
+                    prop_assert!(s.reserved <= s.on_hand);
+                }
+                prop_assert!(s.reserved <= s.on_hand + s.backordered());
                 prop_assert_eq!(s.reserved, pending.get(&s.key).copied().unwrap_or(0));
                 let ledger: i64 = journal.movements(s.key).iter().map(|m| match m.kind.as_str() {
                     "commit" | "transfer_out" => -m.quantity,
@@ -292,6 +337,7 @@ proptest! {
                 }).sum();
                 prop_assert_eq!(ledger, s.on_hand as i64);
             }
+            prop_assert!(backordered <= BACKORDER_LIMIT, "{} backordered", backordered);
             Ok(())
         })?;
     }
@@ -311,7 +357,9 @@ async fn run_step(
                     None => item(p, q),
                 })
                 .collect();
-            if let Ok((r, _)) = core.reservations().reserve(request(items)).await {
+            let mut request = request(items);
+            request.backorder_limits = [(BACKORDERED, BACKORDER_LIMIT)].into();
+            if let Ok((r, _)) = core.reservations().reserve(request).await {
                 ids.lock().unwrap().push(r.id);
             }
         }

@@ -183,3 +183,66 @@ async fn a_racing_commit_and_release_of_one_reservation_settle_it_once() {
         "both lines of each basket settled the same way"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_backorder_limit_exactly_stock_plus_limit_reservations_succeed_and_receipts_fill_the_oldest()
+ {
+    let (core, _) = core().await;
+    warehouse(&core, 1, 1).await;
+    warehouse(&core, 2, 2).await;
+    stock(&core, 1, 7, 6).await;
+    stock(&core, 2, 7, 4).await;
+    let core = Arc::new(core);
+    let tasks = spawn_all(300, &core, |core, _| async move {
+        let mut request = request(vec![item(7, 1)]);
+        request.backorder_limits = [(7, 5)].into();
+        core.reservations().reserve(request).await
+    });
+    let mut won = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok((r, _)) => won.push(r),
+            Err(CoreError::InsufficientStock { .. }) => {}
+            Err(other) => panic!("unexpected refusal {other:?}"),
+        }
+    }
+    assert_eq!(won.len(), 15, "10 in stock and 5 backordered");
+    let (w1, w2) = (levels(&core, 1, 7).await, levels(&core, 2, 7).await);
+    assert_eq!((w1.0 + w2.0, w1.1 + w2.1), (10, 15));
+    assert_eq!(
+        w1,
+        (6, 11),
+        "backorders go to the first warehouse by priority"
+    );
+
+    // Receipts fill the oldest backorders first; nothing not on hand is ever committed.
+    won.sort_by_key(|r| r.id);
+    let line = core.registry().resident(LineKey::new(1, 7)).unwrap();
+    let short: Vec<_> = won
+        .iter()
+        .filter(|r| r.items[0].warehouse_id == 1 && line.filled(r.id) == 0)
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(short.len(), 5);
+    assert!(matches!(
+        core.reservations().commit(short[0]).await,
+        Err(CoreError::Backordered { backordered: 1, .. })
+    ));
+    stock(&core, 1, 7, 2).await;
+    let filled: Vec<_> = short.iter().map(|id| line.filled(*id)).collect();
+    assert_eq!(filled, vec![1, 1, 0, 0, 0], "the two oldest first");
+    // Everything committed as stock arrives leaves the books exact.
+    stock(&core, 1, 7, 3).await;
+    let commits = spawn_all(won.len(), &core, {
+        let ids: Vec<_> = won.iter().map(|r| r.id).collect();
+        move |core, i| {
+            let id = ids[i];
+            async move { core.reservations().commit(id).await }
+        }
+    });
+    for task in commits {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(levels(&core, 1, 7).await, (0, 0));
+    assert_eq!(levels(&core, 2, 7).await, (0, 0));
+}

@@ -675,7 +675,7 @@ async fn a_reshaped_reservation_grows_all_or_nothing_and_shrinks_from_its_last_l
         .unwrap();
 
     let (grown, _) = reservations
-        .reshape(r.id, vec![(7, 5), (8, 1)], ttl, None)
+        .reshape(r.id, vec![(7, 5), (8, 1)], ttl, None, Default::default())
         .await
         .unwrap();
     assert_eq!(grown.status, ReservationStatus::Pending);
@@ -686,7 +686,7 @@ async fn a_reshaped_reservation_grows_all_or_nothing_and_shrinks_from_its_last_l
     );
     // More than there is of product 8: nothing changes, product 7's growth is given back.
     let error = reservations
-        .reshape(r.id, vec![(7, 6), (8, 3)], ttl, None)
+        .reshape(r.id, vec![(7, 6), (8, 3)], ttl, None, Default::default())
         .await
         .unwrap_err();
     assert!(
@@ -700,7 +700,7 @@ async fn a_reshaped_reservation_grows_all_or_nothing_and_shrinks_from_its_last_l
 
     // Shrinking gives back from the last lines first; a product left out is let go.
     let (shrunk, _) = reservations
-        .reshape(r.id, vec![(7, 3)], ttl, None)
+        .reshape(r.id, vec![(7, 3)], ttl, None, Default::default())
         .await
         .unwrap();
     let now: Vec<_> = shrunk
@@ -713,11 +713,16 @@ async fn a_reshaped_reservation_grows_all_or_nothing_and_shrinks_from_its_last_l
     assert_eq!(levels(&core, 1, 8).await, (2, 0));
 
     // Emptied, it ends released; the stock is all back.
-    let (empty, _) = reservations.reshape(r.id, vec![], ttl, None).await.unwrap();
+    let (empty, _) = reservations
+        .reshape(r.id, vec![], ttl, None, Default::default())
+        .await
+        .unwrap();
     assert_eq!(empty.status, ReservationStatus::Released);
     assert_eq!(levels(&core, 1, 7).await, (3, 0));
     assert!(matches!(
-        reservations.reshape(r.id, vec![(7, 1)], ttl, None).await,
+        reservations
+            .reshape(r.id, vec![(7, 1)], ttl, None, Default::default())
+            .await,
         Err(CoreError::ReservationNotPending { .. })
     ));
 }
@@ -742,7 +747,13 @@ async fn reshapes_racing_for_the_last_units_hold_exactly_the_stock() {
             let (core, id) = (core.clone(), *id);
             tokio::spawn(async move {
                 core.reservations()
-                    .reshape(id, vec![(7, 3)], Duration::from_secs(60), None)
+                    .reshape(
+                        id,
+                        vec![(7, 3)],
+                        Duration::from_secs(60),
+                        None,
+                        Default::default(),
+                    )
                     .await
             })
         })
@@ -774,7 +785,7 @@ async fn a_reshape_extends_the_hold_and_its_expiry_releases_the_stock_once() {
     let (r, _) = reservations.reserve(req).await.unwrap();
     tokio::time::sleep(Duration::from_secs(50)).await;
     reservations
-        .reshape(r.id, vec![(7, 3)], ttl, None)
+        .reshape(r.id, vec![(7, 3)], ttl, None, Default::default())
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(30)).await;

@@ -346,9 +346,10 @@ async fn hold(state: &AppState, row: &Row, items: &Items) -> Result<(Option<Rese
     let ttl = Duration::from_secs(state.config.cart_hold_secs);
     let wanted: Vec<(i64, u64)> = items.iter().map(|(p, (q, _))| (*p, *q as u64)).collect();
     let reservations = state.core.reservations();
+    let limits = state.catalog.backorder_limits(items.keys().copied());
     if let Some(current) = row.held(state) {
         let (reservation, lsn) = reservations
-            .reshape(current.id, wanted, ttl, row.shop_id)
+            .reshape(current.id, wanted, ttl, row.shop_id, limits)
             .await?;
         return Ok((Some(reservation), lsn));
     }
@@ -370,6 +371,7 @@ async fn hold(state: &AppState, row: &Row, items: &Items) -> Result<(Option<Rese
         ttl,
         reference: Some(row.reference()),
         shop_id: row.shop_id,
+        backorder_limits: limits,
     };
     let (reservation, lsn) = reservations.reserve(request).await?;
     Ok((Some(reservation), lsn))
@@ -518,6 +520,7 @@ async fn order_from(
         shipping_address: body.shipping_address,
         contact: body.contact,
         shop_id: row.shop_id,
+        backorder_limits: state.catalog.backorder_limits(items.keys().copied()),
     };
     placement
         .items

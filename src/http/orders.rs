@@ -91,12 +91,16 @@ impl TryFrom<CreateOrder> for Placement {
             shipping_address: body.shipping_address,
             contact: body.contact,
             shop_id: body.shop_id,
+            backorder_limits: Default::default(),
         })
     }
 }
 
 async fn place(state: &AppState, caller: Identity, body: CreateOrder) -> Result<Answer> {
-    let placement = Placement::try_from(body)?;
+    let mut placement = Placement::try_from(body)?;
+    placement.backorder_limits = state
+        .catalog
+        .backorder_limits(placement.items.iter().map(|(product, _)| *product));
     if let Some(shop) = placement.shop_id {
         state.shops.require(shop)?;
     }

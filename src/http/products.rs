@@ -26,12 +26,16 @@ pub struct Product {
     pub description: Option<String>,
     pub price_cents: i64,
     pub low_stock_threshold: i64,
+    /// Units that may be reserved beyond what is available, over all warehouses
+    /// (backorders, filled by the next receipts, oldest first).
+    pub backorder_limit: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
 const COLUMNS: &str =
-    "id, sku, name, description, price_cents, low_stock_threshold, created_at, updated_at";
+    "id, sku, name, description, price_cents, low_stock_threshold, backorder_limit,
+                       created_at, updated_at";
 const MAX_PRICE: i64 = 1_000_000_000_000;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -49,6 +53,8 @@ struct CreateProduct {
     price_cents: Number,
     #[schema(value_type = Option<i64>)]
     low_stock_threshold: Option<Number>,
+    #[schema(value_type = Option<i64>)]
+    backorder_limit: Option<Number>,
 }
 
 #[utoipa::path(post, path = "/products", tag = "catalog", security(("bearer" = [])), request_body = CreateProduct, responses((status = 201, body = Product), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 409, description = "The sku is taken", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
@@ -67,15 +73,22 @@ async fn create(
         0..=1_000_000_000,
     )?
     .unwrap_or(0);
+    let backorder_limit = int_opt(
+        body.backorder_limit.as_ref(),
+        "backorder_limit",
+        0..=1_000_000_000,
+    )?
+    .unwrap_or(0);
     let product: Product = sqlx::query_as(&format!(
-        "INSERT INTO products (sku, name, description, price_cents, low_stock_threshold)
-         VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
+        "INSERT INTO products (sku, name, description, price_cents, low_stock_threshold, backorder_limit)
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
     ))
     .bind(sku)
     .bind(name)
     .bind(body.description)
     .bind(price)
     .bind(threshold)
+    .bind(backorder_limit)
     .fetch_one(&state.db)
     .await
     .map_err(|e| on_constraint(e, "products_sku_key", "a product with this sku exists"))?;
@@ -87,6 +100,7 @@ fn info(product: &Product) -> ProductInfo {
     ProductInfo {
         price_cents: product.price_cents,
         low_stock_threshold: product.low_stock_threshold,
+        backorder_limit: product.backorder_limit as u64,
     }
 }
 
@@ -155,6 +169,8 @@ struct UpdateProduct {
     price_cents: Option<Number>,
     #[schema(value_type = Option<i64>)]
     low_stock_threshold: Option<Number>,
+    #[schema(value_type = Option<i64>)]
+    backorder_limit: Option<Number>,
 }
 
 #[utoipa::path(patch, path = "/products/{id}", tag = "catalog", security(("bearer" = [])), params(("id" = i64, Path, description = "Id")), request_body = UpdateProduct, responses((status = 200, body = Product), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "The sku is taken", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
@@ -173,10 +189,16 @@ async fn update(
         "low_stock_threshold",
         0..=1_000_000_000,
     )?;
+    let backorder_limit = int_opt(
+        body.backorder_limit.as_ref(),
+        "backorder_limit",
+        0..=1_000_000_000,
+    )?;
     let product: Product = sqlx::query_as(&format!(
         "UPDATE products SET sku = COALESCE($2, sku), name = COALESCE($3, name),
            description = COALESCE($4, description), price_cents = COALESCE($5, price_cents),
-           low_stock_threshold = COALESCE($6, low_stock_threshold), updated_at = now()
+           low_stock_threshold = COALESCE($6, low_stock_threshold),
+           backorder_limit = COALESCE($7, backorder_limit), updated_at = now()
          WHERE id = $1 AND deleted_at IS NULL RETURNING {COLUMNS}"
     ))
     .bind(id)
@@ -185,6 +207,7 @@ async fn update(
     .bind(body.description)
     .bind(price)
     .bind(threshold)
+    .bind(backorder_limit)
     .fetch_optional(&state.db)
     .await
     .map_err(|e| on_constraint(e, "products_sku_key", "a product with this sku exists"))?

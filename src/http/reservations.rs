@@ -56,6 +56,8 @@ pub struct Item {
     pub committed: u64,
     /// Of `quantity`, went back to available (release or expiry, whole or partial).
     pub released: u64,
+    /// Of what is still held, not yet on hand: waiting for receipts (a backorder).
+    pub backordered: u64,
 }
 
 impl From<&ReservedItem> for Item {
@@ -66,8 +68,29 @@ impl From<&ReservedItem> for Item {
             quantity: i.quantity,
             committed: i.committed,
             released: i.released,
+            backordered: 0,
         }
     }
+}
+
+/// The reservation as the API shows it, with what each line still waits for (read from
+/// the lines, which hold it while it is pending).
+pub fn shown(state: &AppState, reservation: Reservation) -> ReservationBody {
+    let pending = reservation.status == ReservationStatus::Pending;
+    let backordered: Vec<u64> = reservation
+        .items
+        .iter()
+        .filter(|i| i.quantity > 0)
+        .map(|i| match state.core.registry().resident(i.key()) {
+            Some(line) if pending => i.held().saturating_sub(line.filled(reservation.id)),
+            _ => 0,
+        })
+        .collect();
+    let mut body = ReservationBody::from(reservation);
+    for (item, short) in body.items.iter_mut().zip(backordered) {
+        item.backordered = short;
+    }
+    body
 }
 
 impl From<Reservation> for ReservationBody {
@@ -158,7 +181,7 @@ struct DryRun {
 async fn reserve(state: &AppState, body: CreateReservation) -> Result<Answer> {
     let request = parse(state, body)?;
     let (reservation, lsn) = state.core.reservations().reserve(request).await?;
-    Answer::new(StatusCode::CREATED, ReservationBody::from(reservation), lsn)
+    Answer::new(StatusCode::CREATED, shown(state, reservation), lsn)
 }
 
 /// The request the core reserves, from the body.
@@ -196,11 +219,15 @@ fn parse(state: &AppState, body: CreateReservation) -> Result<ReservationRequest
         .map(|r| text(r, "reference", 255))
         .transpose()?;
     let shop_id = body.shop_id.map(|s| state.shops.require(s)).transpose()?;
+    let backorder_limits = state
+        .catalog
+        .backorder_limits(items.iter().map(|item| item.product_id));
     Ok(ReservationRequest {
         items,
         ttl,
         reference,
         shop_id,
+        backorder_limits,
     })
 }
 
@@ -212,7 +239,7 @@ async fn read(
 ) -> Result<Json<ReservationBody>> {
     caller.require(Role::Operator)?;
     if let Some(reservation) = state.core.reservations().get(ReservationId(id)) {
-        return Ok(Json(reservation.into()));
+        return Ok(Json(shown(&state, reservation)));
     }
     // Settled long enough ago to have left memory: the store has it.
     stored(&state, id).await.map(Json)
@@ -296,7 +323,7 @@ async fn extend(
     match state.core.reservations().extend(ReservationId(id), ttl) {
         Ok((reservation, lsn)) => {
             state.durable(lsn).await?;
-            Ok(Json(reservation.into()))
+            Ok(Json(shown(&state, reservation)))
         }
         Err(stockline_actors::CoreError::ReservationNotFound) => Err(not_pending(&state, id).await),
         Err(other) => Err(other.into()),
@@ -398,5 +425,5 @@ async fn settle(
         Err(other) => return Err(other.into()),
     };
     state.durable(lsn).await?;
-    Ok(Json(reservation.into()))
+    Ok(Json(shown(state, reservation)))
 }

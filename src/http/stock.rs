@@ -49,6 +49,8 @@ pub struct StockLine {
     /// Units kept on hand that are never reserved: `available` leaves them out.
     pub safety_stock: u64,
     pub available: u64,
+    /// Units held beyond what is on hand (backorders waiting for receipts).
+    pub backordered: u64,
     pub version: u64,
     pub updated_at: DateTime<Utc>,
 }
@@ -62,6 +64,7 @@ impl From<LineSnapshot> for StockLine {
             reserved: s.reserved,
             safety_stock: s.safety_stock,
             available: s.available(),
+            backordered: s.backordered(),
             version: s.version,
             updated_at: s.updated_at,
         }
@@ -240,6 +243,7 @@ fn availability_body(state: &AppState, id: i64, lines: Vec<LineSnapshot>) -> Val
             "reserved": line.reserved,
             "safety_stock": line.safety_stock,
             "available": line.available(),
+            "backordered": line.backordered(),
         }));
     }
     json!({

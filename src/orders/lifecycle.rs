@@ -48,6 +48,8 @@ pub struct Placement {
     pub contact: Option<Value>,
     /// Allocate only from this shop's warehouses.
     pub shop_id: Option<stockline_actors::types::ShopId>,
+    /// The products' backorder limits (those that allow backorders).
+    pub backorder_limits: std::collections::BTreeMap<ProductId, u64>,
 }
 
 impl Orders {
@@ -79,6 +81,7 @@ impl Orders {
             ttl: payment_timeout,
             reference: Some(format!("order:{id}")),
             shop_id: placement.shop_id,
+            backorder_limits: placement.backorder_limits.clone(),
         };
         let (reservation, reserved_lsn) = core.reservations().reserve(request).await?;
         // Priced when placed: the price may change later, the order does not.

@@ -140,6 +140,7 @@ pub fn request(items: Vec<ItemRequest>) -> ReservationRequest {
         ttl: Duration::from_secs(900),
         reference: None,
         shop_id: None,
+        backorder_limits: Default::default(),
     }
 }
 
