@@ -610,5 +610,36 @@ async fn a_product_with_a_backorder_limit_is_reserved_beyond_stock_and_filled_by
         (Some(0), Some(1)),
         "4 received, 4 committed; 1 still backordered"
     );
+    // An order of a backordered product shows it, and cannot be paid (its stock leave)
+    // before it is received.
+    let (_, customer) = app.customer("pre@example.com").await;
+    let (status, order) = app
+        .post(
+            "/orders",
+            &customer,
+            json!({ "items": [{ "product_id": product, "quantity": 2 }] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+    assert_eq!(order["items"][0]["backordered"], 2);
+    let (status, body) = app
+        .post(
+            &format!("/orders/{}/pay", order["id"].as_str().unwrap()),
+            &customer,
+            json!({ "method": "card", "amount_cents": 200 }),
+        )
+        .await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::CONFLICT),
+        "backordered"
+    );
+    app.stock(warehouse, product, 3).await;
+    let (_, now) = app
+        .get(
+            &format!("/orders/{}", order["id"].as_str().unwrap()),
+            &customer,
+        )
+        .await;
+    assert_eq!(now["items"][0]["backordered"], 0, "{now}");
     app.cleanup().await;
 }

@@ -577,6 +577,19 @@ impl Reservations {
                 }
             }
         }
+        if commit {
+            let wanted: Vec<_> = items
+                .iter()
+                .zip(&asked)
+                .filter(|(_, qty)| **qty > 0)
+                .map(|(item, qty)| (item.key(), *qty))
+                .collect();
+            if let Some(short) = self.backordered(id, &wanted) {
+                claimed.held = false;
+                self.set_settling(id, false);
+                return Err(short);
+            }
+        }
         let mut done = vec![0u64; items.len()];
         let (mut lsn, mut failure) = (0, None);
         for (i, item) in items.iter().enumerate().filter(|(i, _)| asked[*i] > 0) {
@@ -654,6 +667,18 @@ impl Reservations {
         Ok((reservation, lsn))
     }
 
+    /// Refuses, before any line is touched, a commit of units not yet on hand: a commit
+    /// is all or nothing, and a line's filled part only grows while its hold stays.
+    fn backordered(&self, id: ReservationId, wanted: &[(LineKey, u64)]) -> Option<CoreError> {
+        wanted.iter().find_map(|&(key, qty)| {
+            let filled = self.0.registry.resident(key)?.filled(id);
+            (filled < qty).then_some(CoreError::Backordered {
+                product_id: key.product_id,
+                backordered: qty - filled,
+            })
+        })
+    }
+
     fn set_settling(&self, id: ReservationId, settling: bool) {
         if let Some(mut entry) = self.0.table.get_mut(&id) {
             entry.settling = settling;
@@ -707,6 +732,17 @@ impl Reservations {
             id,
             held: true,
         };
+        if effective == ReservationStatus::Committed {
+            let unsettled = items.iter().zip(&settled).filter(|(_, done)| !**done);
+            let wanted: Vec<_> = unsettled
+                .map(|(item, _)| (item.key(), item.held()))
+                .collect();
+            if let Some(short) = self.backordered(id, &wanted) {
+                claimed.held = false;
+                self.set_settling(id, false);
+                return Err(short);
+            }
+        }
         let op = |id| match effective {
             ReservationStatus::Committed => LineOp::Commit { id },
             ReservationStatus::Released => LineOp::Release { id },

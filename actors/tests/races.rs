@@ -246,3 +246,29 @@ async fn with_a_backorder_limit_exactly_stock_plus_limit_reservations_succeed_an
     assert_eq!(levels(&core, 1, 7).await, (0, 0));
     assert_eq!(levels(&core, 2, 7).await, (0, 0));
 }
+
+#[tokio::test]
+async fn a_commit_with_one_backordered_line_touches_no_line() {
+    let (core, _) = core().await;
+    warehouse(&core, 1, 1).await;
+    stock(&core, 1, 7, 5).await;
+    let mut request = request(vec![item(7, 2), item(8, 1)]);
+    request.backorder_limits = [(8, 1)].into();
+    let (r, _) = core.reservations().reserve(request).await.unwrap();
+    assert!(matches!(
+        core.reservations().commit(r.id).await,
+        Err(CoreError::Backordered {
+            product_id: 8,
+            backordered: 1
+        })
+    ));
+    assert_eq!(levels(&core, 1, 7).await, (5, 2), "product 7 did not leave");
+    assert_eq!(
+        core.reservations().get(r.id).unwrap().status,
+        ReservationStatus::Pending
+    );
+    stock(&core, 1, 8, 1).await;
+    core.reservations().commit(r.id).await.unwrap();
+    assert_eq!(levels(&core, 1, 7).await, (3, 0));
+    assert_eq!(levels(&core, 1, 8).await, (0, 0));
+}

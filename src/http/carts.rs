@@ -549,7 +549,7 @@ async fn order_from(
         }
     };
     let (order, lsn) = placed;
-    Answer::new(StatusCode::CREATED, order, lsn)
+    Answer::new(StatusCode::CREATED, order.shown(&state.core), lsn)
 }
 
 async fn mark_checked_out(state: &AppState, id: Uuid, order_id: Uuid) -> Result<()> {

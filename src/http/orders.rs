@@ -111,7 +111,7 @@ async fn place(state: &AppState, caller: Identity, body: CreateOrder) -> Result<
             state.catalog.get(product).map(|p| p.price_cents)
         })
         .await?;
-    Answer::new(StatusCode::CREATED, order, lsn)
+    Answer::new(StatusCode::CREATED, order.shown(&state.core), lsn)
 }
 
 /// The order, if the caller may see it: its owner, or an operator.
@@ -172,7 +172,7 @@ async fn read(
     Caller(caller): Caller,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Order>> {
-    Ok(Json(visible(&state, &caller, id).await?))
+    Ok(Json(visible(&state, &caller, id).await?.shown(&state.core)))
 }
 
 #[derive(Deserialize)]

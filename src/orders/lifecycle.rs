@@ -123,6 +123,7 @@ impl Orders {
         let total_cents = total(held.clone().map(|i| (i.product_id, i.held())), &price)?;
         let items = held
             .map(|i| OrderItem {
+                backordered: 0,
                 product_id: i.product_id,
                 quantity: i.held(),
                 unit_price_cents: price(i.product_id).unwrap_or_default(),

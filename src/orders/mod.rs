@@ -58,6 +58,9 @@ pub struct OrderItem {
     pub quantity: u64,
     pub unit_price_cents: i64,
     pub warehouse_id: i64,
+    /// Of `quantity`, not yet on hand while the order waits for payment (a backorder,
+    /// filled by the next receipts); 0 otherwise.
+    pub backordered: u64,
 }
 
 /// Where an order is in its life. The steps an order may take are [`OrderStatus::can_become`];
@@ -133,6 +136,21 @@ pub struct IllegalStep {
 }
 
 impl Order {
+    /// The order with what each item still waits for, read from its lines (which hold
+    /// the order's reservation while it waits for payment).
+    pub fn shown(mut self, core: &stockline_actors::Core) -> Self {
+        if self.status == OrderStatus::PendingPayment {
+            let id = stockline_actors::ReservationId(self.reservation_id);
+            for item in &mut self.items {
+                let key = stockline_actors::LineKey::new(item.warehouse_id, item.product_id);
+                if let Some(line) = core.registry().resident(key) {
+                    item.backordered = item.quantity.saturating_sub(line.filled(id));
+                }
+            }
+        }
+        self
+    }
+
     pub fn is_open(&self) -> bool {
         self.status.is_open()
     }

@@ -58,6 +58,7 @@ pub async fn with_items(
     let mut by_order: HashMap<Uuid, Vec<OrderItem>> = HashMap::new();
     for (order_id, product_id, warehouse_id, quantity, unit_price_cents) in items {
         by_order.entry(order_id).or_default().push(OrderItem {
+            backordered: 0,
             product_id,
             quantity: quantity as u64,
             unit_price_cents,
