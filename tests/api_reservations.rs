@@ -368,8 +368,8 @@ async fn a_dry_run_answers_the_allocation_or_the_refusal_and_holds_nothing() {
     assert_eq!(
         body["items"],
         json!([
-            { "product_id": product, "warehouse_id": a, "quantity": 3, "committed": 0, "released": 0, "backordered": 0 },
-            { "product_id": product, "warehouse_id": b, "quantity": 3, "committed": 0, "released": 0, "backordered": 0 },
+            { "product_id": product, "warehouse_id": a, "quantity": 3 },
+            { "product_id": product, "warehouse_id": b, "quantity": 3 },
         ]),
         "by priority, split like a real reservation"
     );
@@ -435,7 +435,8 @@ async fn a_partly_committed_reservation_keeps_holding_the_rest_across_a_restart(
             body["items"][0]["committed"].as_u64(),
             body["items"][0]["released"].as_u64()
         ),
-        (Some(2), Some(0))
+        (Some(2), None),
+        "0 is left out"
     );
     let (status, body) = app
         .post(&format!("/reservations/{id}/release"), &app.admin, part(1))
@@ -586,7 +587,7 @@ async fn a_product_with_a_backorder_limit_is_reserved_beyond_stock_and_filled_by
             first_now["items"][0]["backordered"].as_u64(),
             second_now["items"][0]["backordered"].as_u64()
         ),
-        (Some(0), Some(1))
+        (None, Some(1))
     );
     let app = app.restart().await;
     let (status, done) = app
@@ -640,6 +641,6 @@ async fn a_product_with_a_backorder_limit_is_reserved_beyond_stock_and_filled_by
             &customer,
         )
         .await;
-    assert_eq!(now["items"][0]["backordered"], 0, "{now}");
+    assert!(now["items"][0]["backordered"].is_null(), "{now}");
     app.cleanup().await;
 }

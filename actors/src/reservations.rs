@@ -672,7 +672,7 @@ impl Reservations {
     fn backordered(&self, id: ReservationId, wanted: &[(LineKey, u64)]) -> Option<CoreError> {
         wanted.iter().find_map(|&(key, qty)| {
             let filled = self.0.registry.resident(key)?.filled(id);
-            (filled < qty).then_some(CoreError::Backordered {
+            (filled < qty).then(|| CoreError::Backordered {
                 product_id: key.product_id,
                 backordered: qty - filled,
             })

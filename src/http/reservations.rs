@@ -26,6 +26,7 @@ use crate::auth::Role;
 use crate::error::{AppError, Result};
 use crate::http::AppState;
 use crate::http::caller::Caller;
+use crate::orders::is_zero;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -52,11 +53,16 @@ pub struct Item {
     pub warehouse_id: i64,
     /// Reserved on this line.
     pub quantity: u64,
-    /// Of `quantity`, left the warehouse (commit, whole or partial).
+    /// Of `quantity`, left the warehouse (commit, whole or partial); left out when 0.
+    #[serde(skip_serializing_if = "is_zero")]
     pub committed: u64,
-    /// Of `quantity`, went back to available (release or expiry, whole or partial).
+    /// Of `quantity`, went back to available (release or expiry, whole or partial); left
+    /// out when 0.
+    #[serde(skip_serializing_if = "is_zero")]
     pub released: u64,
-    /// Of what is still held, not yet on hand: waiting for receipts (a backorder).
+    /// Of what is still held, not yet on hand: waiting for receipts (a backorder); left
+    /// out when 0.
+    #[serde(skip_serializing_if = "is_zero")]
     pub backordered: u64,
 }
 

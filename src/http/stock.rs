@@ -49,7 +49,8 @@ pub struct StockLine {
     /// Units kept on hand that are never reserved: `available` leaves them out.
     pub safety_stock: u64,
     pub available: u64,
-    /// Units held beyond what is on hand (backorders waiting for receipts).
+    /// Units held beyond what is on hand (backorders waiting for receipts); left out when 0.
+    #[serde(skip_serializing_if = "crate::orders::is_zero")]
     pub backordered: u64,
     pub version: u64,
     pub updated_at: DateTime<Utc>,

@@ -59,8 +59,15 @@ pub struct OrderItem {
     pub unit_price_cents: i64,
     pub warehouse_id: i64,
     /// Of `quantity`, not yet on hand while the order waits for payment (a backorder,
-    /// filled by the next receipts); 0 otherwise.
+    /// filled by the next receipts); left out when 0.
+    #[serde(skip_serializing_if = "is_zero")]
     pub backordered: u64,
+}
+
+/// Serde's test for fields left out when 0: an answer without backorders or partial
+/// settlement reads exactly as it did before v1.1.
+pub fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Where an order is in its life. The steps an order may take are [`OrderStatus::can_become`];
