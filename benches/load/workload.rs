@@ -384,10 +384,18 @@ async fn failures(pool: &PgPool, checks: &[(&str, &str)]) -> Vec<String> {
 
 pub async fn check_stockline_books(pool: &PgPool) -> Vec<String> {
     failures(pool, &[
-        ("oversold", "SELECT count(*) FROM stock_lines WHERE reserved < 0 OR reserved > on_hand"),
+        ("negative stock", "SELECT count(*) FROM stock_lines WHERE reserved < 0 OR on_hand < 0"),
+        // Held beyond what is on hand only as backorders, within the product's limit.
+        ("oversold",
+         "SELECT count(*) FROM (
+            SELECT s.product_id, sum(GREATEST(s.reserved - s.on_hand, 0)) AS backordered
+            FROM stock_lines s GROUP BY 1) b
+          JOIN products p ON p.id = b.product_id WHERE b.backordered > p.backorder_limit"),
+        // What a pending reservation still holds: reserved less what was settled in parts.
         ("reserved differs from pending reservations",
          "SELECT count(*) FROM stock_lines s LEFT JOIN (
-            SELECT i.warehouse_id, i.product_id, sum(i.quantity) AS q FROM reservation_items i
+            SELECT i.warehouse_id, i.product_id, sum(i.quantity - i.committed - i.released) AS q
+            FROM reservation_items i
             JOIN reservations r ON r.id = i.reservation_id WHERE r.status = 'pending' GROUP BY 1, 2) p
           USING (warehouse_id, product_id) WHERE s.reserved <> coalesce(p.q, 0)"),
         ("ledger does not sum to on_hand",
