@@ -72,6 +72,20 @@ struct Claimed<'a> {
     held: bool,
 }
 
+impl Claimed<'_> {
+    /// Gives the claim back without a transition: the reservation is as it was, and
+    /// claimable again at once.
+    fn abandon(mut self) {
+        self.held = false;
+        self.reservations.set_settling(self.id, false);
+    }
+
+    /// The transition has booked its outcome (its finish step clears the claim).
+    fn finished(mut self) {
+        self.held = false;
+    }
+}
+
 impl Drop for Claimed<'_> {
     fn drop(&mut self) {
         if self.held {
@@ -371,21 +385,7 @@ impl Reservations {
         shop_id: Option<ShopId>,
         backorder_limits: &BTreeMap<ProductId, u64>,
     ) -> Result<(Reservation, Lsn)> {
-        let (effective, items, _) = self.claim(id, ReservationStatus::Pending)?;
-        let mut claimed = Claimed {
-            reservations: self,
-            id,
-            held: true,
-        };
-        if effective == ReservationStatus::Expired {
-            claimed.held = false;
-            self.set_settling(id, false);
-            self.transition_to_end(id, ReservationStatus::Expired)
-                .await?;
-            return Err(CoreError::ReservationNotPending {
-                status: ReservationStatus::Expired,
-            });
-        }
+        let (items, claimed) = self.claim_pending(id).await?;
         let held_of = |product: ProductId| -> u64 {
             items
                 .iter()
@@ -425,8 +425,7 @@ impl Reservations {
         let mut taken = Holds::default();
         if let Err(refusal) = allocator.reserve_all(&growth, &mut taken).await {
             taken.give_back(id).await;
-            claimed.held = false;
-            self.set_settling(id, false);
+            claimed.abandon();
             return Err(refusal);
         }
         let mut lsn = taken.lsn;
@@ -460,7 +459,7 @@ impl Reservations {
                 }
             }
         }
-        claimed.held = false;
+        claimed.finished();
         let (reservation, record_lsn) = self.finish_reshape(id, taken.items(), released, ttl)?;
         Ok((reservation, lsn.max(record_lsn)))
     }
@@ -538,26 +537,7 @@ impl Reservations {
         parts: Vec<(LineKey, Quantity)>,
         commit: bool,
     ) -> Result<(Reservation, Lsn)> {
-        let target = if commit {
-            ReservationStatus::Committed
-        } else {
-            ReservationStatus::Released
-        };
-        let (effective, items, _) = self.claim(id, target)?;
-        let mut claimed = Claimed {
-            reservations: self,
-            id,
-            held: true,
-        };
-        if effective == ReservationStatus::Expired {
-            claimed.held = false;
-            self.set_settling(id, false);
-            self.transition_to_end(id, ReservationStatus::Expired)
-                .await?;
-            return Err(CoreError::ReservationNotPending {
-                status: ReservationStatus::Expired,
-            });
-        }
+        let (items, claimed) = self.claim_pending(id).await?;
         // Per item, what this request takes of it; checked whole before any line is touched.
         let mut asked = vec![0u64; items.len()];
         for (key, qty) in &parts {
@@ -566,8 +546,7 @@ impl Reservations {
             match index {
                 Some(i) if asked[i] + qty.get() <= held => asked[i] += qty.get(),
                 _ => {
-                    claimed.held = false;
-                    self.set_settling(id, false);
+                    claimed.abandon();
                     return Err(CoreError::PartNotHeld {
                         product_id: key.product_id,
                         warehouse_id: key.warehouse_id,
@@ -585,8 +564,7 @@ impl Reservations {
                 .map(|(item, qty)| (item.key(), *qty))
                 .collect();
             if let Some(short) = self.backordered(id, &wanted) {
-                claimed.held = false;
-                self.set_settling(id, false);
+                claimed.abandon();
                 return Err(short);
             }
         }
@@ -610,7 +588,7 @@ impl Reservations {
                 }
             }
         }
-        claimed.held = false;
+        claimed.finished();
         let (reservation, record_lsn) = self.finish_part(id, &done, commit)?;
         match failure {
             Some(error) => Err(error),
@@ -727,7 +705,7 @@ impl Reservations {
         target: ReservationStatus,
     ) -> Result<(Reservation, Lsn)> {
         let (effective, items, mut settled) = self.claim(id, target)?;
-        let mut claimed = Claimed {
+        let claimed = Claimed {
             reservations: self,
             id,
             held: true,
@@ -738,8 +716,7 @@ impl Reservations {
                 .map(|(item, _)| (item.key(), item.held()))
                 .collect();
             if let Some(short) = self.backordered(id, &wanted) {
-                claimed.held = false;
-                self.set_settling(id, false);
+                claimed.abandon();
                 return Err(short);
             }
         }
@@ -770,7 +747,7 @@ impl Reservations {
             }
             *done = true;
         }
-        claimed.held = false;
+        claimed.finished();
         let (reservation, record_lsn) = self.finish(id, effective, settled, failure)?;
         if effective != target {
             return Err(CoreError::ReservationNotPending { status: effective });
@@ -813,6 +790,26 @@ impl Reservations {
             entry.reservation.items.clone(),
             entry.settled.clone(),
         ))
+    }
+
+    /// Claims a pending reservation for a change that keeps it pending (a reshape, a
+    /// partial settlement). One whose time has come is expired instead: not pending.
+    async fn claim_pending(&self, id: ReservationId) -> Result<(Vec<ReservedItem>, Claimed<'_>)> {
+        let (effective, items, _) = self.claim(id, ReservationStatus::Pending)?;
+        let claimed = Claimed {
+            reservations: self,
+            id,
+            held: true,
+        };
+        if effective == ReservationStatus::Expired {
+            claimed.abandon();
+            self.transition_to_end(id, ReservationStatus::Expired)
+                .await?;
+            return Err(CoreError::ReservationNotPending {
+                status: ReservationStatus::Expired,
+            });
+        }
+        Ok((items, claimed))
     }
 
     /// Gives a claim back when its transition ended without finishing (a panic): the
