@@ -28,7 +28,7 @@ use stockline_actors::{
 };
 use uuid::Uuid;
 
-use super::extract::{Json, Path, int_in};
+use super::extract::{Json, Path, level};
 use super::idempotency::{self, Answer, Idempotent};
 use crate::auth::Identity;
 use crate::error::{AppError, Result};
@@ -261,11 +261,7 @@ async fn set_item(
     Path((id, product_id)): Path<(Uuid, i64)>,
     Json(body): Json<ItemQuantity>,
 ) -> Result<Json<Cart>> {
-    let quantity = int_in(
-        &body.quantity,
-        "quantity",
-        0..=stockline_actors::types::MAX_QUANTITY as i64,
-    )?;
+    let quantity = level(&body.quantity, "quantity")?;
     change(state, caller, id, product_id, quantity).await
 }
 

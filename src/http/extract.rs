@@ -111,6 +111,12 @@ pub fn quantity(value: &Number, field: &str) -> Result<stockline_actors::Quantit
     stockline_actors::Quantity::try_from(q).map_err(|e| AppError::validation(field, e.to_string()))
 }
 
+/// A quantity that sets stock (a level, a safety stock, a cart's count): 0 to
+/// 1,000,000,000.
+pub fn level(value: &Number, field: &str) -> Result<i64> {
+    int_in(value, field, 0..=stockline_actors::types::MAX_QUANTITY as i64)
+}
+
 /// A required text field: trimmed, non-empty, at most `max` characters.
 pub fn text(value: &str, field: &str, max: usize) -> Result<String> {
     let value = value.trim();

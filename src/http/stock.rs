@@ -19,7 +19,7 @@ use stockline_actors::{LineKey, LineSnapshot, Note};
 use axum::http::StatusCode;
 use axum::response::Response;
 
-use super::extract::{Json, List, Page, Path, Query, int_in, text_opt};
+use super::extract::{Json, List, Page, Path, Query, int_in, level, text_opt};
 use super::idempotency::{self, Answer, Idempotent};
 use crate::auth::Identity;
 use crate::error::{AppError, Result};
@@ -112,14 +112,18 @@ impl Reason {
     }
 }
 
-/// The line of a live product in a known warehouse.
-fn line_key(state: &AppState, warehouse_id: i64, product_id: i64) -> Result<LineKey> {
+/// The line of a live product in a known warehouse that `caller` may change (the shop
+/// policy: 403 for another shop's warehouse).
+fn line_key(
+    state: &AppState,
+    caller: &Identity,
+    warehouse_id: i64,
+    product_id: i64,
+) -> Result<LineKey> {
     if state.catalog.get(product_id).is_none() {
         return Err(AppError::NotFound(format!("product {product_id}")));
     }
-    if state.core.warehouses().get(warehouse_id).is_none() {
-        return Err(AppError::NotFound(format!("warehouse {warehouse_id}")));
-    }
+    state.access(caller).warehouse(warehouse_id)?;
     Ok(LineKey::new(warehouse_id, product_id))
 }
 
@@ -324,8 +328,7 @@ async fn apply_adjustment(
     }
     let reason = Reason::parse(&body.reason)?.as_str().to_owned();
     let note = note(caller, body.reference.as_deref())?;
-    let key = line_key(state, body.warehouse_id, body.product_id)?;
-    state.access(caller).warehouse(key.warehouse_id)?;
+    let key = line_key(state, caller, body.warehouse_id, body.product_id)?;
     let applied = state.core.adjust(key, delta, reason, note).await?;
     Ok((applied.snapshot.into(), applied.lsn))
 }
@@ -381,11 +384,7 @@ async fn set_level(
     Json(body): Json<Level>,
 ) -> Result<Json<StockLine>> {
     state.access(&caller).scope()?;
-    let on_hand = int_in(
-        &body.on_hand,
-        "on_hand",
-        0..=stockline_actors::types::MAX_QUANTITY as i64,
-    )?;
+    let on_hand = level(&body.on_hand, "on_hand")?;
     let reason = body
         .reason
         .as_deref()
@@ -398,8 +397,7 @@ async fn set_level(
         .map(|v| int_in(v, "expected_version", 0..=i64::MAX).map(|v| v as u64))
         .transpose()?;
     let note = note(&caller, body.reference.as_deref())?;
-    let key = line_key(&state, body.warehouse_id, body.product_id)?;
-    state.access(&caller).warehouse(key.warehouse_id)?;
+    let key = line_key(&state, &caller, body.warehouse_id, body.product_id)?;
     let applied = state
         .core
         .set_level(key, on_hand as u64, expected, reason, note)
@@ -425,13 +423,8 @@ async fn set_safety(
     Json(body): Json<Safety>,
 ) -> Result<Json<StockLine>> {
     state.access(&caller).scope()?;
-    let safety_stock = int_in(
-        &body.safety_stock,
-        "safety_stock",
-        0..=stockline_actors::types::MAX_QUANTITY as i64,
-    )?;
-    let key = line_key(&state, body.warehouse_id, body.product_id)?;
-    state.access(&caller).warehouse(key.warehouse_id)?;
+    let safety_stock = level(&body.safety_stock, "safety_stock")?;
+    let key = line_key(&state, &caller, body.warehouse_id, body.product_id)?;
     let applied = state.core.set_safety(key, safety_stock as u64).await?;
     state.durable(applied.lsn).await?;
     Ok(Json(applied.snapshot.into()))
