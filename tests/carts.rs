@@ -370,3 +370,28 @@ async fn a_hold_that_runs_out_while_the_server_is_down_releases_its_stock_once()
     assert_eq!(app.availability(product).await["reserved"], 2);
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_customer_has_at_most_twenty_open_carts() {
+    let app = TestApp::spawn().await;
+    let (_, jo) = app.customer("jo@example.com").await;
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(cart(&app, &jo, json!({})).await);
+    }
+    let (status, body) = app.post("/carts", &jo, json!({})).await;
+    assert_eq!(error_code(status, &body, StatusCode::CONFLICT), "conflict");
+    assert_eq!(body["error"]["details"]["open_carts"], 20);
+    app.delete(&format!("/carts/{}", ids[0]), &jo).await;
+    let (status, _) = app.post("/carts", &jo, json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "one was deleted");
+    let (_, page) = app.get("/carts?limit=5", &jo).await;
+    assert_eq!(
+        (
+            page["total"].as_i64(),
+            page["items"].as_array().unwrap().len()
+        ),
+        (Some(20), 5)
+    );
+    app.cleanup().await;
+}

@@ -28,7 +28,7 @@ use stockline_actors::{
 };
 use uuid::Uuid;
 
-use super::extract::{Json, Path, level};
+use super::extract::{Json, List, Page, Path, Query, level};
 use super::idempotency::{self, Answer, Idempotent};
 use crate::auth::Identity;
 use crate::error::{AppError, Result};
@@ -218,23 +218,30 @@ async fn create(
     Ok((StatusCode::CREATED, Json(view(&state, &row).await?)))
 }
 
-#[utoipa::path(get, path = "/carts", tag = "carts", security(("bearer" = [])), responses((status = 200, description = "`{items: [Cart], total}`: the caller's carts, newest first", body = Object)))]
+#[utoipa::path(get, path = "/carts", tag = "carts", security(("bearer" = [])), params(("limit" = Option<i64>, Query, description = "At most 500, default 50"), ("offset" = Option<i64>, Query)), responses((status = 200, description = "`{items: [Cart], total}`: the caller's carts, newest first", body = Object), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller,
-) -> Result<Json<super::extract::List<Cart>>> {
+    Query(page): Query<Page>,
+) -> Result<Json<List<Cart>>> {
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM carts WHERE user_id = $1")
+        .bind(caller.user_id)
+        .fetch_one(&state.db)
+        .await?;
     let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM carts WHERE user_id = $1 ORDER BY created_at DESC LIMIT 100"
+        "SELECT {COLUMNS} FROM carts WHERE user_id = $1 ORDER BY created_at DESC, id DESC
+         LIMIT $2 OFFSET $3"
     ))
     .bind(caller.user_id)
+    .bind(page.limit()?)
+    .bind(page.offset()?)
     .fetch_all(&state.db)
     .await?;
     let mut items = Vec::with_capacity(rows.len());
     for row in &rows {
         items.push(view(&state, row).await?);
     }
-    let total = items.len() as i64;
-    Ok(Json(super::extract::List { items, total }))
+    Ok(Json(List { items, total }))
 }
 
 #[utoipa::path(get, path = "/carts/{id}", tag = "carts", security(("bearer" = [])), params(("id" = Uuid, Path)), responses((status = 200, body = Cart), (status = 404, description = "Unknown, or another customer's", body = ErrorBody)))]

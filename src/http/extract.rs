@@ -114,7 +114,11 @@ pub fn quantity(value: &Number, field: &str) -> Result<stockline_actors::Quantit
 /// A quantity that sets stock (a level, a safety stock, a cart's count): 0 to
 /// 1,000,000,000.
 pub fn level(value: &Number, field: &str) -> Result<i64> {
-    int_in(value, field, 0..=stockline_actors::types::MAX_QUANTITY as i64)
+    int_in(
+        value,
+        field,
+        0..=stockline_actors::types::MAX_QUANTITY as i64,
+    )
 }
 
 /// A required text field: trimmed, non-empty, at most `max` characters.

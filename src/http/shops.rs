@@ -139,21 +139,28 @@ pub struct Member {
     pub role: String,
 }
 
-#[utoipa::path(get, path = "/shops/{id}/members", tag = "shops", security(("bearer" = [])), params(("id" = i64, Path)), responses((status = 200, description = "`{items: [Member], total}`", body = Object), (status = 403, description = "Admins and the shop's members only", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody)))]
+#[utoipa::path(get, path = "/shops/{id}/members", tag = "shops", security(("bearer" = [])), params(("id" = i64, Path), ("limit" = Option<i64>, Query, description = "At most 500, default 50"), ("offset" = Option<i64>, Query)), responses((status = 200, description = "`{items: [Member], total}`", body = Object), (status = 403, description = "Admins and the shop's members only", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody)))]
 async fn members(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Path(id): Path<i64>,
+    Query(page): Query<Page>,
 ) -> Result<Json<List<Member>>> {
     state.shops.require(id)?;
     state.access(&caller).see_members(id)?;
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM shop_members WHERE shop_id = $1")
+        .bind(id)
+        .fetch_one(&state.db)
+        .await?;
     let items: Vec<Member> = sqlx::query_as(
-        "SELECT shop_id, user_id, role FROM shop_members WHERE shop_id = $1 ORDER BY user_id",
+        "SELECT shop_id, user_id, role FROM shop_members WHERE shop_id = $1 ORDER BY user_id
+         LIMIT $2 OFFSET $3",
     )
     .bind(id)
+    .bind(page.limit()?)
+    .bind(page.offset()?)
     .fetch_all(&state.db)
     .await?;
-    let total = items.len() as i64;
     Ok(Json(List { items, total }))
 }
 
