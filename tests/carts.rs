@@ -211,6 +211,13 @@ async fn a_held_cart_holds_every_change_all_or_nothing_and_checks_out_what_it_he
     assert_eq!(status, StatusCode::OK);
     assert_eq!(app.availability(product).await["reserved"], 0);
 
+    // Emptying a held cart ends its hold.
+    let emptied = cart(&app, &jo, json!({ "hold": true })).await;
+    put_item(&app, &jo, &emptied, product, 2).await;
+    let (status, body) = put_item(&app, &jo, &emptied, product, 0).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["hold_expires_at"].is_null(), "{body}");
+    assert_eq!(app.availability(product).await["reserved"], 0);
     // Deleting a held cart lets its stock go.
     let other = cart(&app, &jo, json!({ "hold": true })).await;
     put_item(&app, &jo, &other, product, 2).await;

@@ -411,9 +411,10 @@ async fn save(
                 .await?;
         }
     }
-    let held = reservation.filter(|r| r.status == ReservationStatus::Pending);
-    let (reservation_id, expires_at) = match &held {
-        Some(r) => (Some(r.id.0), Some(r.expires_at)),
+    let (reservation_id, expires_at) = match &reservation {
+        Some(r) if r.status == ReservationStatus::Pending => (Some(r.id.0), Some(r.expires_at)),
+        // Emptied: the hold ended with nothing left to hold.
+        Some(_) => (None, None),
         None => (row.reservation_id, row.hold_expires_at),
     };
     let row: Row = sqlx::query_as(&format!(

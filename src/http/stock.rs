@@ -458,7 +458,7 @@ struct MovementFilter {
     offset: Option<i64>,
 }
 
-#[utoipa::path(get, path = "/stock/movements", tag = "stock", security(("bearer" = [])), params(("product_id" = Option<i64>, Query), ("warehouse_id" = Option<i64>, Query), ("kind" = Option<String>, Query), ("limit" = Option<i64>, Query, description = "At most 500, default 50"), ("offset" = Option<i64>, Query)), responses((status = 200, description = "`{items: [Movement], total}`, newest first", body = Object), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
+#[utoipa::path(get, path = "/stock/movements", tag = "stock", security(("bearer" = [])), params(("product_id" = Option<i64>, Query), ("warehouse_id" = Option<i64>, Query), ("kind" = Option<String>, Query), ("limit" = Option<i64>, Query, description = "At most 500, default 50"), ("offset" = Option<i64>, Query)), responses((status = 200, description = "`{items: [Movement], total}`, newest first", body = Object), (status = 403, description = "The role may not do this, or (a shop member) another shop's warehouse", body = ErrorBody), (status = 404, description = "A shop member named an unknown warehouse", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn movements(
     State(state): State<AppState>,
     Caller(caller): Caller,

@@ -67,7 +67,7 @@ fn priority(n: &Number) -> Result<i32> {
     Ok(int_in(n, "priority", 0..=1_000_000)? as i32)
 }
 
-#[utoipa::path(post, path = "/warehouses", tag = "catalog", security(("bearer" = [])), request_body = CreateWarehouse, responses((status = 201, body = Warehouse), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 409, description = "The code is taken", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
+#[utoipa::path(post, path = "/warehouses", tag = "catalog", security(("bearer" = [])), request_body = CreateWarehouse, responses((status = 201, body = Warehouse), (status = 403, description = "The role may not do this (a shop owner: another shop's or the platform's)", body = ErrorBody), (status = 404, description = "Unknown shop_id", body = ErrorBody), (status = 409, description = "The code is taken", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
