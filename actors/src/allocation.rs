@@ -3,6 +3,11 @@
 //! No lock is held across lines: each line is reserved on its own, in turn, and if any
 //! refuses, the holds already taken are released before the refusal is answered. Two
 //! reservations racing for the same lines can both fail, but never deadlock or oversell.
+//!
+//! A product with a backorder limit may be held beyond what its lines have. What no line
+//! has goes to one line, the product's first active warehouse by priority, with the room
+//! the limit leaves after the other lines' backorders; that line's actor checks it. So
+//! concurrent backorders are serialized by one actor and never exceed the limit.
 
 use std::collections::BTreeMap;
 

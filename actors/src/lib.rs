@@ -8,8 +8,9 @@
 //! - [`registry`]: the one way to a line: lines are virtual, loaded from the [`loading`]
 //!   store on first touch (in batches) and evicted when idle; [`handle`] keeps the
 //!   in-flight bounds; `supervisor` activates, passivates and restarts line actors.
-//! - [`reservations`]: multi-line all-or-nothing reserve, commit, release; `allocation`
-//!   spreads an item over warehouses; `expiry` holds one timer queue for all of them.
+//! - [`reservations`]: multi-line all-or-nothing reserve, commit, release (whole or in
+//!   parts), extend, reshape; `allocation` spreads an item over warehouses (of one shop,
+//!   if asked) and places backorders; `expiry` holds one timer queue for all of them.
 //! - [`transfers`]: moving stock between two lines without ever leaving it half-moved.
 //! - [`journal`]: the records every change emits and the [`Journal`] they go to.
 //!

@@ -6,6 +6,13 @@
 //! settles each line, then journals the new status. If a line cannot be reached mid-way,
 //! the lines already settled are remembered and the reservation stays pending, so a retry
 //! (or the expiry timer) finishes the rest and nothing is settled twice.
+//!
+//! While pending, a reservation can also change without ending: it can be extended
+//! (`extend`, `hand_over` to a new reference), settled in parts (`settle_part`: items then
+//! count `committed` and `released`), or reshaped to hold exactly other quantities
+//! (`reshape`, what a held cart does). These claim it the same way, so they never race a
+//! transition. A commit is refused before any line is touched if a line has not yet
+//! received what it holds (a backorder): only what is on hand can leave.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
