@@ -62,7 +62,56 @@ pub fn router(state: AppState) -> Router {
             storable::read_body,
         ))
         .layer(axum::middleware::from_fn(limit_headers))
+        .layer(request_ids())
         .with_state(state)
+}
+
+/// Every request gets an id: the client's `x-request-id` if it is a sane one (1 to 128
+/// visible ASCII characters), else a new UUID. It is echoed in the answer's
+/// `x-request-id` and is a field (`request_id`) of the span every log line of the
+/// request is written in (so JSON logs carry it).
+fn request_ids() -> impl tower::Layer<
+    axum::routing::Route,
+    Service = impl tower::Service<
+        axum::extract::Request,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone
+              + Send
+              + Sync
+              + 'static,
+> + Clone {
+    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    tower::ServiceBuilder::new()
+        .layer(axum::middleware::map_request(drop_insane_request_id))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                |request: &axum::extract::Request| {
+                    let id = request
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    // At the error level so that it exists whenever any line of the request
+                    // is written, whatever the filter (a span's level only decides that).
+                    tracing::error_span!("request", method = %request.method(), path = request.uri().path(), request_id = id)
+                },
+            ),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+}
+
+/// A client's `x-request-id` that is empty, too long or not visible ASCII is replaced.
+async fn drop_insane_request_id(mut request: axum::extract::Request) -> axum::extract::Request {
+    let sane = request.headers().get("x-request-id").is_none_or(|id| {
+        (1..=128).contains(&id.len()) && id.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    });
+    if !sane {
+        request.headers_mut().remove("x-request-id");
+    }
+    request
 }
 
 /// Every route, registered together with its documentation.
