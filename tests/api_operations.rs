@@ -147,12 +147,89 @@ async fn metrics_are_served_in_the_prometheus_text_format() {
         "stockline_lines 1",
         "stockline_reservations_pending 1",
         "stockline_store_healthy 1",
-        "stockline_flush_batches",
+        "stockline_flush_batches_total",
     ] {
         assert!(
             text.lines().any(|l| l.starts_with(expected)),
             "{expected} missing from:\n{text}"
         );
     }
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn metrics_count_requests_exactly_by_route_template_and_every_series_has_help() {
+    let app = TestApp::spawn().await;
+    let product = app.product("P", 100).await;
+    for _ in 0..7 {
+        let (status, _) = app.get(&format!("/products/{product}"), &app.admin).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    for _ in 0..3 {
+        let (status, _) = app.get("/products/987654", &app.admin).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    let (status, _) = app.get("/no/such/path", &app.admin).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |series: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    };
+    let route = r#"route="/api/v1/products/{id}""#;
+    assert_eq!(
+        value(&format!(
+            r#"stockline_http_requests_total{{method="GET",{route},status="200"}}"#
+        )),
+        Some(7.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&format!(
+            r#"stockline_http_requests_total{{method="GET",{route},status="404"}}"#
+        )),
+        Some(3.0)
+    );
+    assert_eq!(
+        value(&format!(
+            r#"stockline_http_request_duration_seconds_count{{method="GET",{route}}}"#
+        )),
+        Some(10.0)
+    );
+    assert_eq!(
+        value(r#"stockline_http_requests_total{method="GET",route="unmatched",status="404"}"#),
+        Some(1.0),
+        "paths no route matches share one label value"
+    );
+    // Prometheus conventions: a HELP for every series, counters end in _total.
+    let names: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(|n| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| n.strip_suffix(s))
+                .unwrap_or(n)
+        })
+        .collect();
+    for name in &names {
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "{name} has no HELP"
+        );
+        if text.contains(&format!("# TYPE {name} counter")) {
+            assert!(name.ends_with("_total"), "counter {name}");
+        }
+    }
+    assert!(names.len() >= 15, "{names:?}");
     app.cleanup().await;
 }

@@ -56,6 +56,10 @@ pub fn router(state: AppState) -> Router {
                 }})),
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            operations::track,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -238,7 +238,119 @@ async fn low_stock(
 /// A recorder of this server's own (not a process-global one, so several servers in one
 /// process, as in the tests, each report their own).
 pub fn recorder() -> PrometheusRecorder {
-    PrometheusBuilder::new().build_recorder()
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ],
+        )
+        .expect("the buckets are not empty")
+        .build_recorder();
+    metrics::with_local_recorder(&recorder, describe);
+    recorder
+}
+
+/// The `# HELP` of every series this server exports (Prometheus conventions: counters end
+/// in `_total`, durations are histograms in seconds).
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "stockline_http_requests_total",
+        "HTTP requests answered, by method, route template and status."
+    );
+    describe_histogram!(
+        "stockline_http_request_duration_seconds",
+        Unit::Seconds,
+        "Time to answer a request once its body was read, by method and route template."
+    );
+    describe_gauge!("stockline_lines", "Stock lines in memory.");
+    describe_gauge!(
+        "stockline_lines_active",
+        "Stock lines in memory with a running actor."
+    );
+    describe_counter!(
+        "stockline_line_loads_total",
+        "Stock lines loaded from the store on first touch."
+    );
+    describe_counter!(
+        "stockline_line_load_queries_total",
+        "Queries that loaded stock lines (many first touches share one)."
+    );
+    describe_counter!(
+        "stockline_line_evictions_total",
+        "Stock lines that left memory (idle, holding nothing, written)."
+    );
+    describe_gauge!(
+        "stockline_products_indexed",
+        "Products whose warehouses are known in memory."
+    );
+    describe_gauge!(
+        "stockline_line_calls_in_flight",
+        "Calls to stock lines sent and not yet answered (all mailboxes together)."
+    );
+    describe_counter!(
+        "stockline_line_messages_handled_total",
+        "Messages handled by the stock lines in memory."
+    );
+    describe_counter!(
+        "stockline_line_restarts_total",
+        "Restarts of stock lines in memory by their supervisor."
+    );
+    describe_gauge!(
+        "stockline_reservations_pending",
+        "Reservations holding stock now."
+    );
+    describe_gauge!(
+        "stockline_journal_pending_records",
+        "Journal records appended and not yet written to PostgreSQL (the backlog)."
+    );
+    describe_counter!(
+        "stockline_flush_batches_total",
+        "Write-behind batches written to PostgreSQL."
+    );
+    describe_counter!(
+        "stockline_flush_records_total",
+        "Journal records written to PostgreSQL."
+    );
+    describe_counter!(
+        "stockline_flush_failures_total",
+        "Write-behind batches that failed (retried)."
+    );
+    describe_counter!(
+        "stockline_dead_letters_total",
+        "Records PostgreSQL refused for their data, kept in the dead_letters table."
+    );
+    describe_gauge!(
+        "stockline_store_healthy",
+        "1 while the last write to PostgreSQL succeeded, else 0."
+    );
+}
+
+/// Counts and times every answered request by its route template (bounded: a path no
+/// route matched counts as `unmatched`), outside any handler.
+pub async fn track(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let status = response.status().as_u16().to_string();
+    metrics::with_local_recorder(&*state.metrics, || {
+        let method = method.as_str().to_owned();
+        metrics::counter!("stockline_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+            .increment(1);
+        metrics::histogram!("stockline_http_request_duration_seconds", "method" => method, "route" => route)
+            .record(elapsed);
+    });
+    response
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "operations",
@@ -258,18 +370,18 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         metrics::counter!("stockline_line_evictions_total").absolute(counts.evictions);
         metrics::gauge!("stockline_products_indexed").set(counts.products_indexed as f64);
         metrics::gauge!("stockline_line_calls_in_flight").set(registry.in_flight() as f64);
-        metrics::gauge!("stockline_line_messages_handled").set(handled as f64);
-        metrics::gauge!("stockline_line_restarts").set(restarts as f64);
+        metrics::counter!("stockline_line_messages_handled_total").absolute(handled);
+        metrics::counter!("stockline_line_restarts_total").absolute(restarts);
         metrics::gauge!("stockline_reservations_pending")
             .set(state.core.reservations().pending_count() as f64);
         metrics::gauge!("stockline_journal_pending_records")
             .set(state.store.buffer.backlog() as f64);
-        metrics::gauge!("stockline_flush_batches")
-            .set(flush.batches_flushed.load(Ordering::Relaxed) as f64);
-        metrics::gauge!("stockline_flush_records")
-            .set(flush.records_flushed.load(Ordering::Relaxed) as f64);
-        metrics::gauge!("stockline_flush_failures")
-            .set(flush.flush_failures.load(Ordering::Relaxed) as f64);
+        metrics::counter!("stockline_flush_batches_total")
+            .absolute(flush.batches_flushed.load(Ordering::Relaxed));
+        metrics::counter!("stockline_flush_records_total")
+            .absolute(flush.records_flushed.load(Ordering::Relaxed));
+        metrics::counter!("stockline_flush_failures_total")
+            .absolute(flush.flush_failures.load(Ordering::Relaxed));
         metrics::counter!("stockline_dead_letters_total")
             .absolute(flush.dead_letters.load(Ordering::Relaxed));
         metrics::gauge!("stockline_store_healthy").set(if flush.healthy.load(Ordering::Relaxed) {
