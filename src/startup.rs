@@ -98,6 +98,14 @@ impl Application {
         orders.reconcile(&core).await;
         orders.clone().watch_expiry(expired, background.clone());
         let auth_rate = config.auth_rate_per_minute;
+        let metrics = Arc::new(http::metrics_recorder());
+        let (flush_durations, durable_waits) = metrics::with_local_recorder(&*metrics, || {
+            (
+                metrics::histogram!("stockline_flush_duration_seconds"),
+                metrics::histogram!("stockline_durable_wait_seconds"),
+            )
+        });
+        let _ = flusher.stats.durations.set(flush_durations);
         let shops = Arc::new(Shops::load(&db).await.map_err(io::Error::other)?);
         let state = AppState {
             config: Arc::new(config),
@@ -115,7 +123,8 @@ impl Application {
             shops,
             carts: Arc::default(),
             auth_limiter: Arc::new(AuthLimiter::new(auth_rate)),
-            metrics: Arc::new(http::metrics_recorder()),
+            metrics,
+            durable_waits,
         };
         sweep_every(SWEEP_EVERY, state.clone(), background.clone());
         Ok(Self {

@@ -171,6 +171,24 @@ async fn metrics_count_requests_exactly_by_route_template_and_every_series_has_h
     }
     let (status, _) = app.get("/no/such/path", &app.admin).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // Reservations by outcome: two created (one committed, one released), one refused.
+    let warehouse = app.warehouse("W", 1).await;
+    app.stock(warehouse, product, 3).await;
+    let (_, first) = app.reserve(product, 2).await;
+    let (_, second) = app.reserve(product, 1).await;
+    let (status, _) = app.reserve(product, 1).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    for (reservation, step) in [(&first, "commit"), (&second, "release")] {
+        let id = reservation["id"].as_str().unwrap();
+        let (status, _) = app
+            .post(
+                &format!("/reservations/{id}/{step}"),
+                &app.admin,
+                serde_json::json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
     let text = app
         .client
         .get(format!("{}/metrics", app.base))
@@ -208,6 +226,30 @@ async fn metrics_count_requests_exactly_by_route_template_and_every_series_has_h
         value(r#"stockline_http_requests_total{method="GET",route="unmatched",status="404"}"#),
         Some(1.0),
         "paths no route matches share one label value"
+    );
+    for (outcome, count) in [
+        ("created", 2.0),
+        ("refused", 1.0),
+        ("committed", 1.0),
+        ("released", 1.0),
+        ("expired", 0.0),
+    ] {
+        assert_eq!(
+            value(&format!(
+                r#"stockline_reservations_total{{outcome="{outcome}"}}"#
+            )),
+            Some(count),
+            "{outcome}"
+        );
+    }
+    assert!(
+        value("stockline_durable_wait_seconds_count").is_some_and(|n| n >= 5.0),
+        "sync answers waited"
+    );
+    assert!(value("stockline_flush_duration_seconds_count").is_some_and(|n| n >= 1.0));
+    assert!(
+        text.contains("process_cpu_seconds_total"),
+        "process metrics"
     );
     // Prometheus conventions: a HELP for every series, counters end in _total.
     let names: std::collections::BTreeSet<&str> = text

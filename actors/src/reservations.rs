@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -126,6 +127,27 @@ pub(crate) struct ReservationsInner {
     retention: Duration,
     /// Told of every reservation that expires (the edge expires orders with it).
     on_expired: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Reservation>>,
+    outcomes: Outcomes,
+}
+
+/// How reservations ended up, counted since start (for operators' metrics).
+#[derive(Default)]
+struct Outcomes {
+    created: AtomicU64,
+    refused: AtomicU64,
+    committed: AtomicU64,
+    released: AtomicU64,
+    expired: AtomicU64,
+}
+
+/// A copy of [`Outcomes`]: reservations created and refused, and settled each way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutcomeCounts {
+    pub created: u64,
+    pub refused: u64,
+    pub committed: u64,
+    pub released: u64,
+    pub expired: u64,
 }
 
 /// How long an interrupted transition waits before the expiry timer retries it.
@@ -146,6 +168,7 @@ impl Reservations {
             expiry: ExpiryHandle::start(Self::on_due(weak.clone())),
             retention,
             on_expired: std::sync::OnceLock::new(),
+            outcomes: Outcomes::default(),
         }))
     }
 
@@ -193,6 +216,7 @@ impl Reservations {
         };
         let mut holds = Holds::default();
         if let Err(refusal) = allocator.reserve_all(&request.items, &mut holds).await {
+            self.0.outcomes.refused.fetch_add(1, Ordering::Relaxed);
             let stranded = holds.release_all(id).await;
             if !stranded.is_empty() {
                 // Pending with no time left: the expiry timer releases them once it can.
@@ -202,6 +226,7 @@ impl Reservations {
         }
         let lines_lsn = holds.lsn;
         let (reservation, lsn) = self.insert(id, holds.items(), request.reference, request.ttl);
+        self.0.outcomes.created.fetch_add(1, Ordering::Relaxed);
         Ok((reservation, lsn.max(lines_lsn)))
     }
 
@@ -258,6 +283,18 @@ impl Reservations {
             },
         );
         self.0.expiry.schedule(id, deadline, Due::Expire);
+    }
+
+    /// How many reservations were created and refused, and settled each way, since start.
+    pub fn outcomes(&self) -> OutcomeCounts {
+        let o = &self.0.outcomes;
+        OutcomeCounts {
+            created: o.created.load(Ordering::Relaxed),
+            refused: o.refused.load(Ordering::Relaxed),
+            committed: o.committed.load(Ordering::Relaxed),
+            released: o.released.load(Ordering::Relaxed),
+            expired: o.expired.load(Ordering::Relaxed),
+        }
     }
 
     /// Sends every reservation that expires from now on to `listener` (set once).
@@ -516,6 +553,7 @@ impl Reservations {
         drop(guard);
         let lsn = self.0.journal.append(vec![reservation.record()]);
         let (at, due) = if ended {
+            self.count_end(reservation.status);
             (now + self.0.retention, Due::Forget)
         } else {
             (now + ttl, Due::Expire)
@@ -645,6 +683,7 @@ impl Reservations {
         let reservation = entry.reservation.clone();
         let lsn = self.0.journal.append(vec![reservation.record()]);
         if ended {
+            self.count_end(reservation.status);
             self.0
                 .expiry
                 .schedule(id, Instant::now() + self.0.retention, Due::Forget);
@@ -662,6 +701,17 @@ impl Reservations {
                 backordered: qty - filled,
             })
         })
+    }
+
+    fn count_end(&self, status: ReservationStatus) {
+        let o = &self.0.outcomes;
+        let counter = match status {
+            ReservationStatus::Committed => &o.committed,
+            ReservationStatus::Released => &o.released,
+            ReservationStatus::Expired => &o.expired,
+            ReservationStatus::Pending => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     fn set_settling(&self, id: ReservationId, settling: bool) {
@@ -880,6 +930,7 @@ impl Reservations {
             .expiry
             .schedule(id, Instant::now() + self.0.retention, Due::Forget);
         let status = reservation.status;
+        self.count_end(status);
         let listener = self.0.on_expired.get();
         if let (ReservationStatus::Expired, Some(listener)) = (status, listener) {
             let _ = listener.send(reservation.clone());

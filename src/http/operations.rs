@@ -239,6 +239,12 @@ async fn low_stock(
 /// process, as in the tests, each report their own).
 pub fn recorder() -> PrometheusRecorder {
     let recorder = PrometheusBuilder::new()
+        // The busiest lines' series come and go; a gauge not set for a minute is dropped
+        // (every other gauge is set at each scrape).
+        .idle_timeout(
+            metrics_util::MetricKindMask::GAUGE,
+            Some(std::time::Duration::from_secs(60)),
+        )
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
             &[
@@ -289,13 +295,13 @@ fn describe() {
         "stockline_line_calls_in_flight",
         "Calls to stock lines sent and not yet answered (all mailboxes together)."
     );
-    describe_counter!(
-        "stockline_line_messages_handled_total",
-        "Messages handled by the stock lines in memory."
+    describe_gauge!(
+        "stockline_line_messages_handled",
+        "Messages handled by the stock lines now in memory (falls as lines leave memory)."
     );
-    describe_counter!(
-        "stockline_line_restarts_total",
-        "Restarts of stock lines in memory by their supervisor."
+    describe_gauge!(
+        "stockline_line_restarts",
+        "Restarts by their supervisor of the stock lines now in memory."
     );
     describe_gauge!(
         "stockline_reservations_pending",
@@ -325,7 +331,29 @@ fn describe() {
         "stockline_store_healthy",
         "1 while the last write to PostgreSQL succeeded, else 0."
     );
+    describe_counter!(
+        "stockline_reservations_total",
+        "Reservations by outcome: created, refused (for stock or load), committed, released, expired."
+    );
+    describe_histogram!(
+        "stockline_flush_duration_seconds",
+        Unit::Seconds,
+        "Time to write one write-behind batch to PostgreSQL."
+    );
+    describe_histogram!(
+        "stockline_durable_wait_seconds",
+        Unit::Seconds,
+        "Time a sync-mode request waited for its change to be durable."
+    );
+    describe_gauge!(
+        "stockline_line_mailbox_depth",
+        "Calls in flight to each of the ten busiest lines now (by warehouse and product)."
+    );
+    metrics_process::Collector::default().describe();
 }
+
+/// The lines whose mailbox depth is exported, the busiest first: a bounded label set.
+const BUSIEST_LINES: usize = 10;
 
 /// Counts and times every answered request by its route template (bounded: a path no
 /// route matched counts as `unmatched`), outside any handler.
@@ -370,8 +398,9 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         metrics::counter!("stockline_line_evictions_total").absolute(counts.evictions);
         metrics::gauge!("stockline_products_indexed").set(counts.products_indexed as f64);
         metrics::gauge!("stockline_line_calls_in_flight").set(registry.in_flight() as f64);
-        metrics::counter!("stockline_line_messages_handled_total").absolute(handled);
-        metrics::counter!("stockline_line_restarts_total").absolute(restarts);
+        // Sums over the lines in memory: they fall when lines leave memory, so gauges.
+        metrics::gauge!("stockline_line_messages_handled").set(handled as f64);
+        metrics::gauge!("stockline_line_restarts").set(restarts as f64);
         metrics::gauge!("stockline_reservations_pending")
             .set(state.core.reservations().pending_count() as f64);
         metrics::gauge!("stockline_journal_pending_records")
@@ -389,6 +418,28 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         } else {
             0.0
         });
+        let outcomes = state.core.reservations().outcomes();
+        for (outcome, count) in [
+            ("created", outcomes.created),
+            ("refused", outcomes.refused),
+            ("committed", outcomes.committed),
+            ("released", outcomes.released),
+            ("expired", outcomes.expired),
+        ] {
+            metrics::counter!("stockline_reservations_total", "outcome" => outcome).absolute(count);
+        }
+        let mut busiest: Vec<_> = lines
+            .iter()
+            .map(|line| (line.stats().mailbox_len, line.key()))
+            .filter(|(depth, _)| *depth > 0)
+            .collect();
+        busiest.sort_unstable_by_key(|(depth, _)| std::cmp::Reverse(*depth));
+        for (depth, key) in busiest.into_iter().take(BUSIEST_LINES) {
+            metrics::gauge!("stockline_line_mailbox_depth",
+                "warehouse_id" => key.warehouse_id.to_string(), "product_id" => key.product_id.to_string())
+            .set(depth as f64);
+        }
+        metrics_process::Collector::default().collect();
     });
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

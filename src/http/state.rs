@@ -46,6 +46,8 @@ pub struct AppState {
     pub auth_limiter: Arc<AuthLimiter>,
     /// This server's metrics, rendered at `GET /metrics`.
     pub metrics: Arc<metrics_exporter_prometheus::PrometheusRecorder>,
+    /// How long sync-mode requests waited to be durable (a histogram of `metrics`).
+    pub durable_waits: metrics::Histogram,
 }
 
 impl AppState {
@@ -58,8 +60,12 @@ impl AppState {
         }
         let mut watch = self.store.durable.clone();
         let timeout = Duration::from_millis(self.config.durable_timeout_ms);
+        let started = std::time::Instant::now();
         match tokio::time::timeout(timeout, watch.wait_for(lsn)).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                self.durable_waits.record(started.elapsed().as_secs_f64());
+                Ok(())
+            }
             _ => Err(AppError::Unavailable(
                 "the change was accepted but the store has not confirmed it yet; retry with the same Idempotency-Key".into(),
             )),

@@ -54,6 +54,8 @@ pub struct FlushStats {
     pub last_flush_us: AtomicI64,
     /// Records refused for their data and kept in `dead_letters` since start.
     pub dead_letters: AtomicU64,
+    /// Where each successful batch's write time goes (`/metrics`), once the server set it.
+    pub durations: std::sync::OnceLock<metrics::Histogram>,
 }
 
 impl FlushStats {
@@ -167,8 +169,12 @@ async fn write_until_done(
 ) -> bool {
     let mut backoff = Duration::from_millis(50);
     loop {
+        let started = std::time::Instant::now();
         match write_isolating(pool, &batch.records, stats).await {
             Ok(()) => {
+                if let Some(durations) = stats.durations.get() {
+                    durations.record(started.elapsed().as_secs_f64());
+                }
                 stats.healthy.store(true, Ordering::Release);
                 stats.batches_flushed.fetch_add(1, Ordering::Relaxed);
                 stats
