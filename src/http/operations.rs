@@ -347,7 +347,7 @@ fn describe() {
     );
     describe_gauge!(
         "stockline_line_mailbox_depth",
-        "Calls in flight to each of the ten busiest lines now (by warehouse and product)."
+        "Calls in flight now to each of the ten lines that handled the most messages (by warehouse and product)."
     );
     metrics_process::Collector::default().describe();
 }
@@ -428,16 +428,16 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         ] {
             metrics::counter!("stockline_reservations_total", "outcome" => outcome).absolute(count);
         }
+        // The busiest lines by messages handled (a stable set), with their depth now.
         let mut busiest: Vec<_> = lines
             .iter()
-            .map(|line| (line.stats().mailbox_len, line.key()))
-            .filter(|(depth, _)| *depth > 0)
+            .map(|line| (line.stats(), line.key()))
             .collect();
-        busiest.sort_unstable_by_key(|(depth, _)| std::cmp::Reverse(*depth));
-        for (depth, key) in busiest.into_iter().take(BUSIEST_LINES) {
+        busiest.sort_unstable_by_key(|(stats, _)| std::cmp::Reverse(stats.messages_handled));
+        for (stats, key) in busiest.into_iter().take(BUSIEST_LINES) {
             metrics::gauge!("stockline_line_mailbox_depth",
                 "warehouse_id" => key.warehouse_id.to_string(), "product_id" => key.product_id.to_string())
-            .set(depth as f64);
+            .set(stats.mailbox_len as f64);
         }
         metrics_process::Collector::default().collect();
     });
