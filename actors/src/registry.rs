@@ -52,7 +52,7 @@ use crate::journal::{DurableWatch, Journal, Record};
 use crate::line_state::LineState;
 use crate::loading::{BatchLimits, Batcher, LineSeed, LineStore, StoreFuture};
 use crate::stock_line::LineShared;
-use crate::supervisor::{LineSupervisor, SHUTDOWN, SupervisorMsg};
+use crate::supervisor::{Lifecycles, LineSupervisor, SHUTDOWN, SupervisorMsg};
 use crate::types::{LineKey, ProductId, WarehouseId};
 use crate::warehouses::Warehouses;
 
@@ -68,6 +68,9 @@ pub struct RegistryStats {
     pub lines_loaded: u64,
     /// Lines that left memory.
     pub evictions: u64,
+    /// Times a line was given an actor (restarts included), and gave it up for being idle.
+    pub activations: u64,
+    pub passivations: u64,
     /// Products whose warehouses are known.
     pub products_indexed: usize,
 }
@@ -88,6 +91,8 @@ struct Lines {
     /// Calls in flight on all lines together.
     total: AtomicUsize,
     evictions: AtomicU64,
+    /// Activations and passivations since start, counted by the supervisor.
+    lifecycles: Arc<Lifecycles>,
     /// Whether lines may leave memory (the store gives back what the journal keeps).
     evicts: bool,
     /// Counts eviction passes that removed lines; with `evicting`, it tells a product load
@@ -106,7 +111,8 @@ impl Registry {
         warehouses: Arc<Warehouses>,
         limits: Limits,
     ) -> Result<Self> {
-        let (supervisor, _) = Actor::spawn(None, LineSupervisor, ())
+        let lifecycles = Arc::new(Lifecycles::default());
+        let (supervisor, _) = Actor::spawn(None, LineSupervisor, lifecycles.clone())
             .await
             .map_err(|e| CoreError::Unavailable(format!("starting the line supervisor: {e}")))?;
         let evicts = store.keeps_lines();
@@ -126,6 +132,7 @@ impl Registry {
             limits,
             total: AtomicUsize::new(0),
             evictions: AtomicU64::new(0),
+            lifecycles,
             evicts,
             eviction_epoch: AtomicU64::new(0),
             evicting: std::sync::Mutex::new(()),
@@ -227,6 +234,8 @@ impl Registry {
             load_queries: counts.queries.load(Ordering::Relaxed),
             lines_loaded: counts.keys.load(Ordering::Relaxed),
             evictions: self.0.evictions.load(Ordering::Relaxed),
+            activations: self.0.lifecycles.activations.load(Ordering::Relaxed),
+            passivations: self.0.lifecycles.passivations.load(Ordering::Relaxed),
             products_indexed: self.0.products.known.len(),
         }
     }

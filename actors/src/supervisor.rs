@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -47,7 +47,15 @@ pub(crate) struct Child {
 }
 
 /// The running children (including drained ones not yet stopped), by actor id.
-pub(crate) struct Children(HashMap<ActorId, Child>);
+pub(crate) struct Children(HashMap<ActorId, Child>, Arc<Lifecycles>);
+
+/// How often lines were given an actor (activations, restarts included) and gave it up
+/// for being idle (passivations), since start: counts that outlive the lines themselves.
+#[derive(Default)]
+pub(crate) struct Lifecycles {
+    pub(crate) activations: AtomicU64,
+    pub(crate) passivations: AtomicU64,
+}
 
 impl LineSupervisor {
     async fn activate(
@@ -65,6 +73,7 @@ impl LineSupervisor {
         context.shared.stats.touch(Utc::now());
         context.shared.actor.store(Some(actor.clone()));
         children.0.insert(actor.get_id(), Child { context, actor });
+        children.1.activations.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -81,6 +90,7 @@ impl LineSupervisor {
                 // sending to the actor being drained.
                 shared.actor.store(None);
                 shared.stats.passivations.fetch_add(1, Ordering::Relaxed);
+                children.1.passivations.fetch_add(1, Ordering::Relaxed);
                 child.actor.drain().ok();
             }
         }
@@ -114,14 +124,14 @@ impl LineSupervisor {
 impl Actor for LineSupervisor {
     type Msg = SupervisorMsg;
     type State = Children;
-    type Arguments = ();
+    type Arguments = Arc<Lifecycles>;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        _: (),
+        lifecycles: Arc<Lifecycles>,
     ) -> Result<Children, ActorProcessingErr> {
-        Ok(Children(HashMap::new()))
+        Ok(Children(HashMap::new(), lifecycles))
     }
 
     async fn handle(

@@ -363,6 +363,8 @@ async fn an_idle_line_gives_up_its_actor_and_comes_back_with_its_state_on_the_ne
     .await;
     assert_eq!(core.registry().active_lines(), 0);
     assert_eq!(line.stats().passivations, 1);
+    let counts = core.registry().stats();
+    assert_eq!((counts.activations, counts.passivations), (1, 1));
     assert_eq!(
         line.snapshot().await.unwrap().reserved,
         4,
@@ -372,6 +374,11 @@ async fn an_idle_line_gives_up_its_actor_and_comes_back_with_its_state_on_the_ne
     core.reservations().commit(r.id).await.unwrap();
     assert_eq!(levels(&core, 1, 7).await, (6, 0));
     assert_eq!(line.stats().messages_handled, 4);
+    assert_eq!(
+        core.registry().stats().activations,
+        2,
+        "the registry counts every activation, for operators"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -287,6 +287,14 @@ fn describe() {
         "stockline_line_evictions_total",
         "Stock lines that left memory (idle, holding nothing, written)."
     );
+    describe_counter!(
+        "stockline_line_activations_total",
+        "Times a stock line was given an actor (on demand, or restarted)."
+    );
+    describe_counter!(
+        "stockline_line_passivations_total",
+        "Times a stock line gave up its actor for being idle."
+    );
     describe_gauge!(
         "stockline_products_indexed",
         "Products whose warehouses are known in memory."
@@ -396,6 +404,8 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         metrics::counter!("stockline_line_loads_total").absolute(counts.lines_loaded);
         metrics::counter!("stockline_line_load_queries_total").absolute(counts.load_queries);
         metrics::counter!("stockline_line_evictions_total").absolute(counts.evictions);
+        metrics::counter!("stockline_line_activations_total").absolute(counts.activations);
+        metrics::counter!("stockline_line_passivations_total").absolute(counts.passivations);
         metrics::gauge!("stockline_products_indexed").set(counts.products_indexed as f64);
         metrics::gauge!("stockline_line_calls_in_flight").set(registry.in_flight() as f64);
         // Sums over the lines in memory: they fall when lines leave memory, so gauges.
