@@ -189,15 +189,7 @@ async fn metrics_count_requests_exactly_by_route_template_and_every_series_has_h
             .await;
         assert_eq!(status, StatusCode::OK);
     }
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     let value = |series: &str| -> Option<f64> {
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())

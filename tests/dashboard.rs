@@ -54,15 +54,7 @@ async fn every_query_of_the_dashboard_names_a_metric_the_server_exports() {
     let (product, _) = app.stocked_product(5).await;
     let (status, _) = app.reserve(product, 1).await;
     assert_eq!(status, StatusCode::CREATED);
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     let exported: BTreeSet<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

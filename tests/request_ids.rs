@@ -3,9 +3,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-
 use common::*;
 
 #[tokio::test]
@@ -51,25 +48,14 @@ async fn the_request_id_is_a_field_of_the_requests_json_log_lines() {
     let database = fresh_database();
     let log_path = std::env::temp_dir().join(format!("{database}.log"));
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_stockline"))
-        .arg("serve")
-        .env("STOCKLINE_ADDR", "127.0.0.1:0")
-        .env("DATABASE_URL", database_url(&database))
-        .env("STOCKLINE_LOG_FORMAT", "json")
-        .env("RUST_LOG", "warn,tower_http=debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("stockline listening on ")
-        .unwrap()
-        .to_owned();
+    let (mut child, base) = start_binary_logging(
+        &database,
+        &[
+            ("STOCKLINE_LOG_FORMAT", "json"),
+            ("RUST_LOG", "warn,tower_http=debug"),
+        ],
+        std::process::Stdio::from(log),
+    );
     let answer = reqwest::Client::new()
         .get(format!("{base}/healthz"))
         .header("x-request-id", "trace-me-0451")

@@ -15,15 +15,7 @@ use sqlx::Connection;
 
 /// A gauge or counter of `GET /metrics` (which reads no database).
 async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     text.lines()
         .find_map(|line| {
             let (key, value) = line.split_once(' ')?;

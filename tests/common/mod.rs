@@ -214,6 +214,18 @@ impl TestApp {
         self.send(Method::PUT, path, Some(token), Some(body)).await
     }
 
+    /// A scrape of `GET /metrics` (Prometheus text).
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("the server answers")
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn login(&self, login: &str, password: &str) -> String {
         let (status, body) = self
             .send(
@@ -366,6 +378,15 @@ pub async fn start_binary_app(database: &str) -> (std::process::Child, TestApp) 
 /// Starts the real binary on port 0 over `database`; answers the child and its base URL
 /// once it printed that it listens.
 pub fn start_binary(database: &str, extra_env: &[(&str, &str)]) -> (std::process::Child, String) {
+    start_binary_logging(database, extra_env, std::process::Stdio::null())
+}
+
+/// [`start_binary`] with its log (stderr) going to `log`.
+pub fn start_binary_logging(
+    database: &str,
+    extra_env: &[(&str, &str)],
+    log: std::process::Stdio,
+) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let mut command = Command::new(env!("CARGO_BIN_EXE_stockline"));
@@ -377,7 +398,7 @@ pub fn start_binary(database: &str, extra_env: &[(&str, &str)]) -> (std::process
         .env("STOCKLINE_AUTH_RATE_PER_MINUTE", "100000")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(log);
     for (key, value) in extra_env {
         command.env(key, value);
     }
