@@ -74,6 +74,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub payment_timeout_secs: u64,
 
+    /// Per-request metrics: counts and durations by route on `/metrics` and the console's
+    /// live traffic. Off (`false`) leaves only what is read at scrape time (for measuring
+    /// what the counting costs).
+    #[arg(long, env = "STOCKLINE_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics: bool,
+
     /// How long a held cart keeps its items reserved after its last change, in seconds.
     #[arg(long, env = "STOCKLINE_CART_HOLD_SECS", default_value_t = 900,
           value_parser = clap::value_parser!(u64).range(1..=604_800))]

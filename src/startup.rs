@@ -102,7 +102,10 @@ impl Application {
         let (flush_durations, durable_waits) = metrics::with_local_recorder(&*metrics, || {
             (
                 metrics::histogram!("stockline_flush_duration_seconds"),
-                metrics::histogram!("stockline_durable_wait_seconds"),
+                match config.metrics {
+                    true => metrics::histogram!("stockline_durable_wait_seconds"),
+                    false => metrics::Histogram::noop(),
+                },
             )
         });
         let _ = flusher.stats.durations.set(flush_durations);
@@ -125,6 +128,7 @@ impl Application {
             auth_limiter: Arc::new(AuthLimiter::new(auth_rate)),
             metrics,
             durable_waits,
+            traffic: Arc::default(),
         };
         sweep_every(SWEEP_EVERY, state.clone(), background.clone());
         Ok(Self {

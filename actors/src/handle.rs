@@ -154,6 +154,7 @@ impl LineHandle {
         }
         let limits = self.lines.limits();
         if bounded && (on_line > limits.per_line || in_total > limits.total) {
+            stats.refused();
             return Tried::Done(Err(CoreError::Overloaded));
         }
         let actor = match self.actor().await {

@@ -126,6 +126,8 @@ pub struct LineStats {
     pub(crate) restarts: AtomicU64,
     /// Times the line gave up its actor for being idle.
     pub(crate) passivations: AtomicU64,
+    /// Operations refused: for stock, state or load (at the door or by the actor).
+    pub(crate) refusals: AtomicU64,
     /// Unix time in microseconds the line last had work: a message or an activation.
     pub(crate) last_active_us: AtomicI64,
 }
@@ -138,6 +140,7 @@ pub struct LineStatsSnapshot {
     pub mailbox_len: usize,
     pub restarts: u64,
     pub passivations: u64,
+    pub refusals: u64,
 }
 
 impl LineStats {
@@ -146,6 +149,10 @@ impl LineStats {
         self.last_message_us
             .store(now.timestamp_micros(), Ordering::Relaxed);
         self.touch(now);
+    }
+
+    pub(crate) fn refused(&self) {
+        self.refusals.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn touch(&self, now: DateTime<Utc>) {
@@ -170,6 +177,7 @@ impl LineStats {
             mailbox_len: self.inflight.load(Ordering::Relaxed) & !RETIRED,
             restarts: self.restarts.load(Ordering::Relaxed),
             passivations: self.passivations.load(Ordering::Relaxed),
+            refusals: self.refusals.load(Ordering::Relaxed),
         }
     }
 }
@@ -234,6 +242,9 @@ impl Actor for StockLine {
         match message {
             LineMsg::Apply { op, reply } => {
                 let result = context.apply(op, now);
+                if result.is_err() {
+                    context.shared.stats.refused();
+                }
                 if let Some(reply) = reply {
                     // The caller may have timed out and gone; nothing to do then.
                     let _ = reply.send(result);

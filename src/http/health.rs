@@ -26,6 +26,11 @@ async fn healthz() -> &'static str {
     (status = 503, description = "Not ready", body = super::openapi::ErrorBody)
 ))]
 async fn readyz(State(state): State<AppState>) -> Result<&'static str> {
+    ready(&state).await.map(|()| "ready")
+}
+
+/// Recovered (the server answers only then), the flusher writes, the database answers.
+pub async fn ready(state: &AppState) -> Result<()> {
     if !state.store.flush.healthy.load(Ordering::Acquire) {
         return Err(AppError::Unavailable(
             "the store is not accepting writes".into(),
@@ -33,7 +38,7 @@ async fn readyz(State(state): State<AppState>) -> Result<&'static str> {
     }
     let ping = sqlx::query("SELECT 1").execute(&state.db);
     match tokio::time::timeout(Duration::from_secs(2), ping).await {
-        Ok(Ok(_)) => Ok("ready"),
+        Ok(Ok(_)) => Ok(()),
         _ => Err(AppError::Unavailable("the database does not answer".into())),
     }
 }

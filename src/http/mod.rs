@@ -3,8 +3,9 @@
 mod auth;
 pub mod caller;
 mod carts;
+mod console;
 pub mod extract;
-mod health;
+pub mod health;
 pub mod idempotency;
 pub mod openapi;
 mod operations;
@@ -17,6 +18,7 @@ mod shops;
 mod state;
 mod stock;
 mod storable;
+mod traffic;
 mod transfers;
 pub mod users;
 mod warehouses;
@@ -43,7 +45,7 @@ pub fn router(state: AppState) -> Router {
     let (router, mut document) = documented(&state).split_for_parts();
     openapi::declare_common_answers(&mut document);
     let json: Arc<str> = document.to_pretty_json().unwrap_or_default().into();
-    router
+    let router = router
         .layer(axum::Extension(Document(json)))
         .fallback(|| async { AppError::NotFound("path".into()) })
         .method_not_allowed_fallback(|| async {
@@ -55,11 +57,15 @@ pub fn router(state: AppState) -> Router {
                     "details": {},
                 }})),
             )
-        })
-        .layer(axum::middleware::from_fn_with_state(
+        });
+    let router = match state.config.metrics {
+        true => router.layer(axum::middleware::from_fn_with_state(
             state.clone(),
             operations::track,
-        ))
+        )),
+        false => router,
+    };
+    router
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -135,6 +141,7 @@ fn documented(state: &AppState) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .nest("/api/v1", api)
         .merge(health::router())
+        .merge(console::router())
         .merge(operations::metrics_router())
         .routes(utoipa_axum::routes!(openapi_json))
 }

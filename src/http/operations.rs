@@ -19,12 +19,14 @@ use crate::config::Durability;
 use crate::error::{AppError, Result};
 use crate::http::AppState;
 use crate::http::caller::Caller;
+use crate::shops::Scope;
 use crate::store;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(actors))
         .routes(routes!(persistence))
+        .routes(routes!(overview))
         .routes(routes!(low_stock))
 }
 
@@ -45,6 +47,10 @@ struct Actor {
     /// False while the line is passivated (idle, its actor given up).
     active: bool,
     restarts: u64,
+    /// Times the line gave up its actor for being idle.
+    passivations: u64,
+    /// Operations refused: for stock, state or load.
+    refusals: u64,
 }
 
 #[derive(Deserialize)]
@@ -85,6 +91,8 @@ async fn actors(
                 last_message_at: stats.last_message_at,
                 active: line.is_active(),
                 restarts: stats.restarts,
+                passivations: stats.passivations,
+                refusals: stats.refusals,
             }
         })
         .collect();
@@ -165,25 +173,136 @@ async fn persistence(
             .fetch_all(&state.db)
             .await?;
     let flush = &state.store.flush;
-    let pending = state.store.buffer.backlog();
-    let last = flush.last_flush_at();
-    let lag = match (pending, last) {
-        (0, _) => 0,
-        (_, Some(last)) => (Utc::now() - last).num_milliseconds().max(0),
-        (_, None) => 0,
-    };
+    let backlog = Backlog::now(&state);
     Ok(Json(Persistence {
-        pending_records: pending,
-        last_flush_at: last,
-        flush_lag_ms: lag,
+        pending_records: backlog.pending_records,
+        last_flush_at: backlog.last_flush_at,
+        flush_lag_ms: backlog.flush_lag_ms,
         batches_flushed: flush.batches_flushed.load(Ordering::Relaxed),
         flush_failures: flush.flush_failures.load(Ordering::Relaxed),
-        durability: match state.config.durability {
-            Durability::Sync => "sync",
-            Durability::Async => "async",
-        },
+        durability: durability(&state),
         dead_letters: flush.dead_letters.load(Ordering::Relaxed),
         recent_dead_letters,
+    }))
+}
+
+fn durability(state: &AppState) -> &'static str {
+    match state.config.durability {
+        Durability::Sync => "sync",
+        Durability::Async => "async",
+    }
+}
+
+/// What waits to be written, and for how long.
+#[derive(Serialize, ToSchema)]
+struct Backlog {
+    pending_records: usize,
+    last_flush_at: Option<DateTime<Utc>>,
+    /// How long the oldest unwritten change has waited, roughly (0 when nothing waits).
+    flush_lag_ms: i64,
+}
+
+impl Backlog {
+    fn now(state: &AppState) -> Self {
+        let pending = state.store.buffer.backlog();
+        let last = state.store.flush.last_flush_at();
+        let lag = match (pending, last) {
+            (0, _) | (_, None) => 0,
+            (_, Some(last)) => (Utc::now() - last).num_milliseconds().max(0),
+        };
+        Self {
+            pending_records: pending,
+            last_flush_at: last,
+            flush_lag_ms: lag,
+        }
+    }
+}
+
+/// The console's first page, read once a second.
+#[derive(Serialize, ToSchema)]
+struct Overview {
+    at: DateTime<Utc>,
+    /// The caller's role.
+    role: &'static str,
+    /// The shops whose warehouses the caller acts on; null for operators and admins (all).
+    shops: Option<Vec<i64>>,
+    durability: &'static str,
+    /// As `GET /readyz` would answer.
+    ready: bool,
+    /// 1 while the last write to PostgreSQL succeeded.
+    store_healthy: bool,
+    /// The last minute's requests; null when per-request metrics are off
+    /// (`STOCKLINE_METRICS=false`) or for a shop member (server-wide figures).
+    traffic: Option<super::traffic::TrafficSummary>,
+    /// Reservations by outcome since start, and pending now; null for a shop member.
+    reservations: Option<ReservationOutcomes>,
+    /// Null for a shop member.
+    backlog: Option<Backlog>,
+    /// Flush batches written and failed since start; null for a shop member.
+    flushes: Option<Flushes>,
+    /// Lines in memory and with a running actor (a shop member's: its own).
+    lines_in_memory: usize,
+    lines_active: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+struct ReservationOutcomes {
+    created: u64,
+    refused: u64,
+    committed: u64,
+    released: u64,
+    expired: u64,
+    pending: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+struct Flushes {
+    batches: u64,
+    records: u64,
+    failures: u64,
+}
+
+#[utoipa::path(get, path = "/admin/overview", tag = "operations", security(("bearer" = [])),
+    responses((status = 200, description = "What the console's overview shows; server-wide parts only for operators and admins", body = Overview),
+              (status = 403, description = "Neither an operator nor a shop member", body = ErrorBody)))]
+async fn overview(State(state): State<AppState>, Caller(caller): Caller) -> Result<Json<Overview>> {
+    let scope = state.access(&caller).scope()?;
+    let everything = matches!(scope, Scope::All);
+    let warehouses = state.core.warehouses();
+    let mut resident = state.core.registry().resident_lines();
+    resident.retain(|line| scope.allows(warehouses, line.key().warehouse_id));
+    let flush = &state.store.flush;
+    let reservations = state.core.reservations();
+    Ok(Json(Overview {
+        at: Utc::now(),
+        role: caller.role.as_str(),
+        shops: match &scope {
+            Scope::All => None,
+            Scope::Shops(shops) => Some(shops.clone()),
+        },
+        durability: durability(&state),
+        ready: super::health::ready(&state).await.is_ok(),
+        store_healthy: flush.healthy.load(Ordering::Relaxed),
+        traffic: (everything && state.config.metrics).then(|| state.traffic.summary()),
+        reservations: everything.then(|| {
+            let outcomes = reservations.outcomes();
+            ReservationOutcomes {
+                created: outcomes.created,
+                refused: outcomes.refused,
+                committed: outcomes.committed,
+                released: outcomes.released,
+                expired: outcomes.expired,
+                pending: reservations.pending_count(),
+            }
+        }),
+        backlog: everything.then(|| Backlog::now(&state)),
+        flushes: everything.then(|| Flushes {
+            batches: flush.batches_flushed.load(Ordering::Relaxed),
+            records: flush.records_flushed.load(Ordering::Relaxed),
+            failures: flush.flush_failures.load(Ordering::Relaxed),
+        }),
+        lines_in_memory: resident.len(),
+        lines_active: resident.iter().filter(|line| line.is_active()).count(),
     }))
 }
 
@@ -377,7 +496,11 @@ pub async fn track(
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let response = next.run(request).await;
-    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed = started.elapsed();
+    state
+        .traffic
+        .record(elapsed, response.status().is_server_error());
+    let elapsed = elapsed.as_secs_f64();
     let status = response.status().as_u16().to_string();
     metrics::with_local_recorder(&*state.metrics, || {
         let method = method.as_str().to_owned();

@@ -13,7 +13,8 @@ use super::openapi::ErrorBody;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use serde::Deserialize;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::{Number, Value, json};
 use uuid::Uuid;
 
@@ -30,6 +31,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list, create))
         .routes(routes!(read))
         .routes(routes!(pay))
+        .routes(routes!(payments))
         .routes(routes!(cancel))
         .routes(routes!(set_status))
 }
@@ -173,6 +175,36 @@ async fn read(
     Path(id): Path<Uuid>,
 ) -> Result<Json<Order>> {
     Ok(Json(visible(&state, &caller, id).await?.shown(&state.core)))
+}
+
+/// A payment recorded for an order.
+#[derive(Serialize, ToSchema, sqlx::FromRow)]
+struct Payment {
+    id: Uuid,
+    method: String,
+    amount_cents: i64,
+    status: String,
+    created_at: DateTime<Utc>,
+}
+
+#[utoipa::path(get, path = "/orders/{id}/payments", tag = "orders", security(("bearer" = [])), params(("id" = Uuid, Path)), responses((status = 200, description = "`{items: [Payment], total}`, oldest first", body = Object), (status = 404, description = "Unknown, or another customer's", body = ErrorBody), (status = 503, description = "The store is behind; retry shortly", body = ErrorBody)))]
+async fn payments(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<Uuid>,
+) -> Result<Json<List<Payment>>> {
+    visible(&state, &caller, id).await?;
+    // Payments are read from the store: everything journaled so far is written first.
+    state.written().await?;
+    let items: Vec<Payment> = sqlx::query_as(
+        "SELECT id, method, amount_cents, status, created_at FROM payments
+         WHERE order_id = $1 ORDER BY created_at, id",
+    )
+    .bind(id)
+    .fetch_all(&state.db)
+    .await?;
+    let total = items.len() as i64;
+    Ok(Json(List { items, total }))
 }
 
 #[derive(Deserialize)]

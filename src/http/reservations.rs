@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use axum::response::{IntoResponse, Response};
 
-use super::extract::{Json, OptionalJson, Path, Query, int_in, quantity, text};
+use super::extract::{Json, List, OptionalJson, Page, Path, Query, int_in, quantity, text};
 use super::idempotency::{self, Answer, Idempotent};
 use crate::auth::Role;
 use crate::error::{AppError, Result};
@@ -30,7 +30,7 @@ use crate::orders::is_zero;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(create))
+        .routes(routes!(create, expiring))
         .routes(routes!(read, extend))
         .routes(routes!(commit))
         .routes(routes!(release))
@@ -249,6 +249,35 @@ async fn read(
     }
     // Settled long enough ago to have left memory: the store has it.
     stored(&state, id).await.map(Json)
+}
+
+#[utoipa::path(get, path = "/reservations", tag = "reservations", security(("bearer" = [])),
+    params(("limit" = Option<i64>, Query), ("offset" = Option<i64>, Query)),
+    responses((status = 200, description = "`{items: [Reservation], total}`: the pending reservations, the one that expires soonest first; a shop member sees those holding stock in its shop's warehouses", body = Object),
+              (status = 403, description = "Neither an operator nor a shop member", body = ErrorBody),
+              (status = 422, body = ErrorBody)))]
+async fn expiring(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Query(page): Query<Page>,
+) -> Result<Json<List<ReservationBody>>> {
+    let scope = state.access(&caller).scope()?;
+    let warehouses = state.core.warehouses();
+    let mut pending = state.core.reservations().pending();
+    pending.retain(|r| {
+        r.items
+            .iter()
+            .any(|i| i.held() > 0 && scope.allows(warehouses, i.warehouse_id))
+    });
+    pending.sort_by_key(|r| (r.expires_at, r.id));
+    let total = pending.len() as i64;
+    let items = pending
+        .into_iter()
+        .skip(page.offset()? as usize)
+        .take(page.limit()? as usize)
+        .map(|r| shown(&state, r))
+        .collect();
+    Ok(Json(List { items, total }))
 }
 
 /// status, reference, expires_at, created_at

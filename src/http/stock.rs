@@ -249,6 +249,7 @@ fn availability_body(state: &AppState, id: i64, lines: Vec<LineSnapshot>) -> Val
             "safety_stock": line.safety_stock,
             "available": line.available(),
             "backordered": line.backordered(),
+            "version": line.version,
         }));
     }
     json!({
