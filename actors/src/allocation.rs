@@ -247,6 +247,7 @@ impl Allocator<'_> {
                 _ => limit.saturating_sub(self.beyond_available(product_id, None).await?),
             };
             if available + room < remaining {
+                self.count_refusal(product_id).await?;
                 return Err(CoreError::InsufficientStock {
                     product_id,
                     requested: qty.get(),
@@ -301,11 +302,27 @@ impl Allocator<'_> {
             }
         }
         let available: u64 = self.plan(product_id).await?.iter().map(|(_, a)| a).sum();
+        self.count_refusal(product_id).await?;
         Err(CoreError::InsufficientStock {
             product_id,
             requested: qty.get(),
             available: available + holds.held_of(product_id) - before,
         })
+    }
+
+    /// A refusal for stock decided from the lines' reads (before any message) counts on
+    /// every line that could have served, so that operators see it where it happens.
+    async fn count_refusal(&self, product_id: ProductId) -> Result<()> {
+        for line in self.registry.lines_of_product(product_id).await? {
+            let serves = self
+                .warehouses
+                .get(line.key().warehouse_id)
+                .is_some_and(|w| w.active && (self.shop_id.is_none() || w.shop_id == self.shop_id));
+            if serves {
+                line.count_refusal();
+            }
+        }
+        Ok(())
     }
 
     fn backorder_limit(&self, product_id: ProductId) -> u64 {

@@ -207,6 +207,11 @@ impl LineHandle {
         crate::types::lock(&self.shared.state).filled(id)
     }
 
+    /// Counts a refusal of an operation meant for this line that was decided without it.
+    pub(crate) fn count_refusal(&self) {
+        self.shared.stats.refused();
+    }
+
     pub fn stats(&self) -> LineStatsSnapshot {
         self.shared.stats.snapshot()
     }

@@ -169,7 +169,14 @@ impl TestApp {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let top_level = ["/api", "/healthz", "/readyz", "/openapi.json", "/metrics"];
+        let top_level = [
+            "/api",
+            "/healthz",
+            "/readyz",
+            "/openapi.json",
+            "/metrics",
+            "/console",
+        ];
         let url = if top_level.iter().any(|p| path.starts_with(p)) {
             format!("{}{path}", self.base)
         } else {
