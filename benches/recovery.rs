@@ -200,6 +200,27 @@ async fn touch(
     all
 }
 
+/// `GET /metrics` `times` times, one after another: (median, slowest, bytes).
+async fn scrapes(client: &reqwest::Client, url: &str, times: usize) -> (Duration, Duration, usize) {
+    let mut took = Vec::with_capacity(times);
+    let mut bytes = 0;
+    for _ in 0..times {
+        let started = Instant::now();
+        let text = client
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        took.push(started.elapsed());
+        bytes = text.len();
+    }
+    took.sort();
+    (took[times / 2], took[times - 1], bytes)
+}
+
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
@@ -243,6 +264,7 @@ async fn main() {
     let step = (100 / args.touch_percent.clamp(1, 100)).max(1);
     let touched: Arc<Vec<i64>> = Arc::new((1..=products).step_by(step as usize).collect());
 
+    let before = scrapes(&client, &url, 20).await;
     let started = Instant::now();
     let cold = touch(&client, &api, &token, touched.clone(), args.clients).await;
     let cold_secs = started.elapsed().as_secs_f64();
@@ -262,6 +284,17 @@ async fn main() {
         ms(&cold, 0.99),
         ms(&warm, 0.5),
         ms(&warm, 0.99)
+    );
+    let after = scrapes(&client, &url, 20).await;
+    println!(
+        "  GET /metrics (20 scrapes): {in_memory} lines in memory ({} with an actor): median {:.2} ms, slowest {:.2} ms, {} bytes; \
+         before touching: median {:.2} ms, {} bytes",
+        metric(&client, &url, "stockline_lines_active").await,
+        after.0.as_secs_f64() * 1e3,
+        after.1.as_secs_f64() * 1e3,
+        after.2,
+        before.0.as_secs_f64() * 1e3,
+        before.2,
     );
     println!(
         "  first touch adds {:.2} ms at p50, {:.2} ms at p99; {} load queries for {} lines",

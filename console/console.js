@@ -357,6 +357,8 @@ async function overviewPage() {
       r ? card('Reservations pending', num(r.pending), '') : null,
       ...(r ? ['created', 'refused', 'committed', 'released', 'expired'].map(name =>
         card(`Reservations ${name}`, num(r[name]), rate(name))) : []));
+    // For measuring the time to first render (benches/console.rs).
+    if (!before) performance.mark('stockline:overview');
     before = o;
   }, live);
 }

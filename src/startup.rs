@@ -40,6 +40,7 @@ use crate::store::{self, recovery};
 
 /// How often the maps clients make grow are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// A server that has recovered and is bound, ready to run.
 pub struct Application {
@@ -126,11 +127,18 @@ impl Application {
             shops,
             carts: Arc::default(),
             auth_limiter: Arc::new(AuthLimiter::new(auth_rate)),
+            requests: Arc::new(http::RequestMetrics::new(metrics.clone())),
             metrics,
             durable_waits,
-            traffic: Arc::default(),
         };
-        sweep_every(SWEEP_EVERY, state.clone(), background.clone());
+        let swept = state.clone();
+        every(SWEEP_EVERY, background.clone(), move || swept.sweep());
+        // Histogram samples wait in a buffer until folded into their buckets: folded every
+        // few seconds, whether anyone scrapes or not, they take bounded memory.
+        let metrics = state.metrics.handle();
+        every(UPKEEP_EVERY, background.clone(), move || {
+            metrics.run_upkeep()
+        });
         Ok(Self {
             listener,
             state,
@@ -204,12 +212,13 @@ fn connection_limits(config: &Config) -> Limits {
 }
 
 /// Sweeps the state's growing maps every `period` until `stop`.
-fn sweep_every(period: Duration, state: AppState, stop: CancellationToken) {
+/// Runs `work` every `period` until `stop`.
+fn every(period: Duration, stop: CancellationToken, work: impl Fn() + Send + 'static) {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(period);
         loop {
             tokio::select! {
-                _ = every.tick() => state.sweep(),
+                _ = every.tick() => work(),
                 _ = stop.cancelled() => return,
             }
         }

@@ -559,3 +559,20 @@ async fn the_console_is_served_from_the_binary_with_a_strict_policy() {
     }
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn methods_outside_the_standard_ones_share_one_label() {
+    let app = TestApp::spawn().await;
+    for method in ["FROB", "FRIB", "X-ANYTHING"] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let (status, _) = app.send(method, "/products", None, None).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let text = app.metrics().await;
+    assert!(
+        text.contains(r#"stockline_http_requests_total{method="OTHER",route="/api/v1/products",status="405"} 3"#),
+        "{text}"
+    );
+    assert!(!text.contains("FROB"));
+    app.cleanup().await;
+}

@@ -55,6 +55,13 @@ struct Args {
     /// start, one query per product).
     #[arg(long)]
     warm: bool,
+    /// Instead of the designs side by side: stockline with per-request metrics on and off,
+    /// alternating for `--rounds` rounds per scenario and durability, and their ratio.
+    #[arg(long)]
+    metrics_ab: bool,
+    /// Rounds of `--metrics-ab`.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     #[arg(long, hide = true)]
     bench: bool,
 }
@@ -79,6 +86,9 @@ async fn main() {
         }
         return;
     }
+    if args.metrics_ab {
+        return metrics_ab(&args, duration).await;
+    }
     let mut rows = Vec::new();
     for scenario in &args.scenarios {
         for durability in ["sync", "async"] {
@@ -97,7 +107,7 @@ async fn main() {
         // Half the peak request rate; a hot step is two requests (reserve, release).
         let rate = (peak / 2.0 / 2.0).max(1.0);
         let outcome =
-            run_stockline_at(&args, Scenario::Hot, "sync", duration / 2, Some(rate)).await;
+            run_stockline_at(&args, Scenario::Hot, "sync", duration / 2, Some(rate), true).await;
         rows.push((Scenario::Hot, "actor @50%", "sync", outcome));
     }
     print_table(&rows);
@@ -125,6 +135,39 @@ async fn main() {
     }
     if !failed.is_empty() {
         std::process::exit(1);
+    }
+}
+
+/// Per-request metrics on against off, in the same run: on and off alternate, and which
+/// goes first alternates by round (on, off, off, on, ...), so that the machine's drift and
+/// any advantage of running second fall on both alike.
+async fn metrics_ab(args: &Args, duration: Duration) {
+    let mut rows = Vec::new();
+    let mut ratios = Vec::new();
+    for scenario in &args.scenarios {
+        for durability in ["sync", "async"] {
+            let (mut on, mut off) = (0.0, 0.0);
+            for round in 0..args.rounds {
+                let order = if round % 2 == 0 {
+                    [true, false]
+                } else {
+                    [false, true]
+                };
+                for metrics in order {
+                    let outcome =
+                        run_stockline_at(args, *scenario, durability, duration, None, metrics)
+                            .await;
+                    *(if metrics { &mut on } else { &mut off }) += outcome.requests_per_second();
+                    let design = if metrics { "metrics on" } else { "metrics off" };
+                    rows.push((*scenario, design, durability, outcome));
+                }
+            }
+            ratios.push((scenario.name(), durability, on / off.max(1e-9)));
+        }
+    }
+    print_table(&rows);
+    for (scenario, durability, ratio) in ratios {
+        println!("ratio {scenario} {durability} metrics on/off: {ratio:.3}");
     }
 }
 
@@ -197,7 +240,7 @@ async fn run_stockline(
     durability: &str,
     duration: Duration,
 ) -> Outcome {
-    run_stockline_at(args, scenario, durability, duration, None).await
+    run_stockline_at(args, scenario, durability, duration, None, true).await
 }
 
 async fn run_stockline_at(
@@ -206,13 +249,14 @@ async fn run_stockline_at(
     durability: &str,
     duration: Duration,
     rate: Option<f64>,
+    metrics: bool,
 ) -> Outcome {
     let (name, url) = fresh_database(&args.database_base).await;
     let pool = stockline::store::connect_and_migrate(&url)
         .await
         .expect("migrate");
     seed_stockline(&pool).await;
-    let config = workload::config(&url, durability, ADMIN);
+    let config = workload::config(&url, durability, ADMIN, metrics);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -82,7 +82,13 @@ impl Target {
 }
 
 /// Configuration of a stockline under load: fresh database, no rate limit for the harness.
-pub fn config(url: &str, durability: &str, admin: (&str, &str)) -> stockline::config::Config {
+/// The server's configuration for a run; `metrics` turns per-request metrics on or off.
+pub fn config(
+    url: &str,
+    durability: &str,
+    admin: (&str, &str),
+    metrics: bool,
+) -> stockline::config::Config {
     use clap::Parser;
     #[derive(Parser)]
     struct Wrap {
@@ -105,6 +111,8 @@ pub fn config(url: &str, durability: &str, admin: (&str, &str)) -> stockline::co
         admin.1,
         "--auth-rate-per-minute",
         "1000000",
+        "--metrics",
+        if metrics { "true" } else { "false" },
     ])
     .config
 }

@@ -35,7 +35,7 @@ use crate::error::AppError;
 pub use state::{AppState, StoreState};
 
 pub use auth::{email as auth_email, password_ok as auth_password_ok};
-pub use operations::recorder as metrics_recorder;
+pub use operations::{RequestMetrics, recorder as metrics_recorder};
 
 /// Bodies over this are refused with 413.
 const MAX_BODY: usize = 1024 * 1024;
@@ -60,7 +60,7 @@ pub fn router(state: AppState) -> Router {
         });
     let router = match state.config.metrics {
         true => router.layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state.requests.clone(),
             operations::track,
         )),
         false => router,

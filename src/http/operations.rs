@@ -1,7 +1,12 @@
 //! What operators watch: the stock-line actors, the write-behind store, low stock, and
 //! `GET /metrics` in the Prometheus text format.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use dashmap::DashMap;
 
 use axum::extract::State;
 use axum::http::header;
@@ -283,7 +288,7 @@ async fn overview(State(state): State<AppState>, Caller(caller): Caller) -> Resu
         durability: durability(&state),
         ready: super::health::ready(&state).await.is_ok(),
         store_healthy: flush.healthy.load(Ordering::Relaxed),
-        traffic: (everything && state.config.metrics).then(|| state.traffic.summary()),
+        traffic: (everything && state.config.metrics).then(|| state.requests.traffic.summary()),
         reservations: everything.then(|| {
             let outcomes = reservations.outcomes();
             ReservationOutcomes {
@@ -482,33 +487,81 @@ fn describe() {
 /// The lines whose mailbox depth is exported, the busiest first: a bounded label set.
 const BUSIEST_LINES: usize = 10;
 
+/// Per-request metrics: the Prometheus counter and histogram of each (method, route
+/// template, status), registered once and kept, and the console's last minute.
+pub struct RequestMetrics {
+    recorder: Arc<PrometheusRecorder>,
+    pub traffic: super::traffic::Traffic,
+    /// Bounded: routes are the router's templates (or `unmatched`), methods the standard
+    /// ones (or `OTHER`), statuses at most a few hundred.
+    handles: DashMap<(&'static str, String, u16), (metrics::Counter, metrics::Histogram)>,
+}
+
+impl RequestMetrics {
+    pub fn new(recorder: Arc<PrometheusRecorder>) -> Self {
+        Self {
+            recorder,
+            traffic: Default::default(),
+            handles: DashMap::new(),
+        }
+    }
+
+    fn record(&self, method: &'static str, route: &str, status: StatusCode, elapsed: Duration) {
+        self.traffic.record(elapsed, status.is_server_error());
+        let key = (method, route.to_owned(), status.as_u16());
+        let handles = match self.handles.get(&key) {
+            Some(handles) => handles.clone(),
+            None => {
+                let handles = metrics::with_local_recorder(&*self.recorder, || {
+                    let route = key.1.clone();
+                    (
+                        metrics::counter!("stockline_http_requests_total",
+                            "method" => method, "route" => route.clone(), "status" => key.2.to_string()),
+                        metrics::histogram!("stockline_http_request_duration_seconds",
+                            "method" => method, "route" => route),
+                    )
+                });
+                self.handles.entry(key).or_insert(handles).clone()
+            }
+        };
+        handles.0.increment(1);
+        handles.1.record(elapsed.as_secs_f64());
+    }
+}
+
+/// A method's label: the standard ones by name, any other as `OTHER` (clients choose
+/// methods; the label set must stay bounded).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "OTHER",
+    }
+}
+
 /// Counts and times every answered request by its route template (bounded: a path no
 /// route matched counts as `unmatched`), outside any handler.
 pub async fn track(
-    State(state): State<AppState>,
+    State(requests): State<Arc<RequestMetrics>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let started = std::time::Instant::now();
-    let method = request.method().clone();
+    let method = method_label(request.method());
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+        .cloned();
     let response = next.run(request).await;
-    let elapsed = started.elapsed();
-    state
-        .traffic
-        .record(elapsed, response.status().is_server_error());
-    let elapsed = elapsed.as_secs_f64();
-    let status = response.status().as_u16().to_string();
-    metrics::with_local_recorder(&*state.metrics, || {
-        let method = method.as_str().to_owned();
-        metrics::counter!("stockline_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
-            .increment(1);
-        metrics::histogram!("stockline_http_request_duration_seconds", "method" => method, "route" => route)
-            .record(elapsed);
-    });
+    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
+    requests.record(method, route, response.status(), started.elapsed());
     response
 }
 

@@ -48,8 +48,8 @@ pub struct AppState {
     pub metrics: Arc<metrics_exporter_prometheus::PrometheusRecorder>,
     /// How long sync-mode requests waited to be durable (a histogram of `metrics`).
     pub durable_waits: metrics::Histogram,
-    /// The last minute of requests, for the console.
-    pub traffic: Arc<super::traffic::Traffic>,
+    /// Requests counted and timed (for `/metrics` and the console's last minute).
+    pub requests: Arc<super::operations::RequestMetrics>,
 }
 
 impl AppState {
