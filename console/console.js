@@ -370,23 +370,25 @@ async function linesPage() {
   const counts = el('p', { class: 'muted' });
   const body = el('div', {});
   main.replaceChildren(el('h1', {}, 'Hot lines', live), counts, body);
-  const seen = new Map(); // "w:p" -> {handled, at, rates}
+  const seen = new Map(); // "w:p" -> {rate, rates}: messages/s, the last minute's
   every(1000, async () => {
-    const a = await api('GET', '/admin/actors?sort=messages_handled&limit=25');
-    const now = Date.now();
+    const a = await api('GET', '/admin/actors?sort=messages_per_second&limit=25');
     for (const line of a.items) {
       const key = `${line.warehouse_id}:${line.product_id}`;
       const last = seen.get(key);
-      const rate = last ? Math.max(0, (line.messages_handled - last.handled) / ((now - last.at) / 1000)) : 0;
-      const rates = last ? [...last.rates, rate].slice(-60) : [0];
-      seen.set(key, { handled: line.messages_handled, at: now, rates, rate });
+      const rate = line.messages_per_second;
+      const rates = last ? [...last.rates, rate].slice(-60) : [rate];
+      seen.set(key, { rates, rate });
     }
+    // Lines that left the list start afresh if they come back.
+    const shown = new Set(a.items.map(l => `${l.warehouse_id}:${l.product_id}`));
+    for (const key of seen.keys()) if (!shown.has(key)) seen.delete(key);
     const lines = n => `${num(n)} line${n === 1 ? '' : 's'}`;
-    counts.textContent = `${lines(a.lines_in_memory)} in memory, ${num(a.lines_active)} with an actor, ${lines(a.lines_stored)} stored. The busiest by messages handled:`;
+    counts.textContent = `${lines(a.lines_in_memory)} in memory, ${num(a.lines_active)} with an actor, ${lines(a.lines_stored)} stored. The busiest now (messages in the last whole second):`;
     body.replaceChildren(table([
       { title: 'Warehouse', cell: l => l.warehouse_id },
       { title: 'Product', cell: l => el('a', { href: `#/inventory/${l.product_id}` }, l.product_id) },
-      { title: 'Messages/s', num: true, cell: l => fixed(seen.get(`${l.warehouse_id}:${l.product_id}`).rate, 1) },
+      { title: 'Messages/s', num: true, cell: l => num(l.messages_per_second) },
       { title: 'Last minute', cell: l => sparkline(seen.get(`${l.warehouse_id}:${l.product_id}`).rates, 'messages per second') },
       { title: 'Mailbox', num: true, cell: l => num(l.mailbox_len) },
       { title: 'Handled', num: true, cell: l => el('span', { 'data-handled': `${l.warehouse_id}:${l.product_id}` }, num(l.messages_handled)) },

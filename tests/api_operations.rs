@@ -36,6 +36,11 @@ async fn operators_see_the_busiest_actors_first() {
         (Some(3), Some(0))
     );
     assert!(busiest["last_message_at"].is_string() && busiest["active"] == true);
+    let (status, body) = app
+        .get("/admin/actors?sort=messages_per_second", &app.admin)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["items"][0]["messages_per_second"].is_u64(), "{body}");
     let (status, body) = app.get("/admin/actors?sort=size", &app.admin).await;
     assert_eq!(
         error_code(status, &body, StatusCode::UNPROCESSABLE_ENTITY),

@@ -130,6 +130,11 @@ pub struct LineStats {
     pub(crate) refusals: AtomicU64,
     /// Unix time in microseconds the line last had work: a message or an activation.
     pub(crate) last_active_us: AtomicI64,
+    /// Messages per second, for "busiest now": the second being counted (Unix, high 32
+    /// bits) and the count of the second before it (low 32 bits); written by the actor.
+    second_and_before: AtomicU64,
+    /// Messages handled in the second being counted.
+    this_second: AtomicU64,
 }
 
 /// A copy of a line's operator counters.
@@ -141,14 +146,43 @@ pub struct LineStatsSnapshot {
     pub restarts: u64,
     pub passivations: u64,
     pub refusals: u64,
+    /// Messages handled in the last whole second.
+    pub messages_last_second: u64,
 }
 
 impl LineStats {
     fn record_message(&self, now: DateTime<Utc>) {
         self.handled.fetch_add(1, Ordering::Relaxed);
+        let second = now.timestamp() as u32 as u64;
+        let packed = self.second_and_before.load(Ordering::Relaxed);
+        if packed >> 32 != second {
+            // Only the actor writes these; a reader may see a turn half made (for eyes only).
+            let before = match (packed >> 32) + 1 == second {
+                true => self
+                    .this_second
+                    .load(Ordering::Relaxed)
+                    .min(u32::MAX as u64),
+                false => 0,
+            };
+            self.this_second.store(0, Ordering::Relaxed);
+            self.second_and_before
+                .store(second << 32 | before, Ordering::Relaxed);
+        }
+        self.this_second.fetch_add(1, Ordering::Relaxed);
         self.last_message_us
             .store(now.timestamp_micros(), Ordering::Relaxed);
         self.touch(now);
+    }
+
+    /// Messages handled in the whole second before `now`'s.
+    fn last_second(&self, now: DateTime<Utc>) -> u64 {
+        let second = now.timestamp() as u32 as u64;
+        let packed = self.second_and_before.load(Ordering::Relaxed);
+        match packed >> 32 {
+            counted if counted == second => packed & u32::MAX as u64,
+            counted if counted + 1 == second => self.this_second.load(Ordering::Relaxed),
+            _ => 0,
+        }
     }
 
     pub(crate) fn refused(&self) {
@@ -178,6 +212,7 @@ impl LineStats {
             restarts: self.restarts.load(Ordering::Relaxed),
             passivations: self.passivations.load(Ordering::Relaxed),
             refusals: self.refusals.load(Ordering::Relaxed),
+            messages_last_second: self.last_second(crate::types::now()),
         }
     }
 }
@@ -260,5 +295,35 @@ impl Actor for StockLine {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::*;
+
+    #[test]
+    fn the_last_whole_second_is_counted_and_forgotten_after_it() {
+        let stats = LineStats::default();
+        let t0 = DateTime::from_timestamp(1_000, 0).unwrap();
+        let at = |ms: i64| t0 + chrono::Duration::milliseconds(ms);
+        for i in 0..5 {
+            stats.record_message(at(i * 100));
+        }
+        assert_eq!(stats.last_second(at(900)), 0, "the second is not whole yet");
+        assert_eq!(stats.last_second(at(1_500)), 5);
+        stats.record_message(at(1_200));
+        stats.record_message(at(1_300));
+        assert_eq!(stats.last_second(at(1_900)), 5);
+        assert_eq!(stats.last_second(at(2_100)), 2);
+        assert_eq!(
+            stats.last_second(at(3_100)),
+            0,
+            "nothing in the second before"
+        );
+        // A gap of several seconds: what was counted before it is not carried over.
+        stats.record_message(at(9_000));
+        assert_eq!(stats.last_second(at(9_500)), 0);
+        assert_eq!(stats.last_second(at(10_000)), 1);
     }
 }

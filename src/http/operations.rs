@@ -56,6 +56,8 @@ struct Actor {
     passivations: u64,
     /// Operations refused: for stock, state or load.
     refusals: u64,
+    /// Messages handled in the last whole second.
+    messages_per_second: u64,
 }
 
 #[derive(Deserialize)]
@@ -66,7 +68,7 @@ struct ActorQuery {
 }
 
 #[utoipa::path(get, path = "/admin/actors", tag = "operations", security(("bearer" = [])),
-    params(("sort" = Option<String>, Query, description = "messages_handled (default), mailbox_len or last_message_at; highest first"),
+    params(("sort" = Option<String>, Query, description = "messages_handled (default), messages_per_second (the last whole second: busiest now), mailbox_len or last_message_at; highest first"),
            ("limit" = Option<i64>, Query), ("offset" = Option<i64>, Query)),
     responses((status = 200, description = "`{items: [Actor], total, lines_in_memory, lines_active, lines_stored}`: the lines in memory; `lines_stored` counts every line the database holds", body = Actors),
               (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
@@ -98,17 +100,21 @@ async fn actors(
                 restarts: stats.restarts,
                 passivations: stats.passivations,
                 refusals: stats.refusals,
+                messages_per_second: stats.messages_last_second,
             }
         })
         .collect();
     match query.sort.as_deref().unwrap_or("messages_handled") {
         "messages_handled" => items.sort_by_key(|a| std::cmp::Reverse(a.messages_handled)),
+        "messages_per_second" => {
+            items.sort_by_key(|a| std::cmp::Reverse((a.messages_per_second, a.messages_handled)))
+        }
         "mailbox_len" => items.sort_by_key(|a| std::cmp::Reverse(a.mailbox_len)),
         "last_message_at" => items.sort_by_key(|a| std::cmp::Reverse(a.last_message_at)),
         _ => {
             return Err(AppError::validation(
                 "sort",
-                "must be messages_handled, mailbox_len or last_message_at",
+                "must be messages_handled, messages_per_second, mailbox_len or last_message_at",
             ));
         }
     }
