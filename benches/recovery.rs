@@ -202,20 +202,24 @@ async fn touch(
 
 /// `GET /metrics` `times` times, one after another: (median, slowest, bytes).
 async fn scrapes(client: &reqwest::Client, url: &str, times: usize) -> (Duration, Duration, usize) {
+    timed(client, &format!("{url}/metrics"), "", times).await
+}
+
+/// `GET url` `times` times, one after another: (median, slowest, bytes of the last).
+async fn timed(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    times: usize,
+) -> (Duration, Duration, usize) {
     let mut took = Vec::with_capacity(times);
     let mut bytes = 0;
     for _ in 0..times {
         let started = Instant::now();
-        let text = client
-            .get(format!("{url}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let response = client.get(url).bearer_auth(token).send().await.unwrap();
+        assert!(response.status().is_success(), "{url}");
+        bytes = response.text().await.unwrap().len();
         took.push(started.elapsed());
-        bytes = text.len();
     }
     took.sort();
     (took[times / 2], took[times - 1], bytes)
@@ -286,6 +290,19 @@ async fn main() {
         ms(&warm, 0.99)
     );
     let after = scrapes(&client, &url, 20).await;
+    // What the console's hot-lines page asks once a second.
+    let hot = timed(
+        &client,
+        &format!("{api}/admin/actors?sort=messages_per_second&limit=25"),
+        &token,
+        20,
+    )
+    .await;
+    println!(
+        "  GET /admin/actors?sort=messages_per_second&limit=25 (20 times) with {in_memory} lines in memory: median {:.2} ms, slowest {:.2} ms",
+        hot.0.as_secs_f64() * 1e3,
+        hot.1.as_secs_f64() * 1e3,
+    );
     println!(
         "  GET /metrics (20 scrapes): {in_memory} lines in memory ({} with an actor): median {:.2} ms, slowest {:.2} ms, {} bytes; \
          before touching: median {:.2} ms, {} bytes",

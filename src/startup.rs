@@ -130,6 +130,7 @@ impl Application {
             requests: Arc::new(http::RequestMetrics::new(metrics.clone())),
             metrics,
             durable_waits,
+            stored_lines: Arc::default(),
         };
         let swept = state.clone();
         every(SWEEP_EVERY, background.clone(), move || swept.sweep());

@@ -334,3 +334,113 @@ async fn sign_in_asks_for_the_authenticator_code_when_totp_is_on() {
     browser.close().await;
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_adds_edits_and_removes_a_product_and_deactivates_a_warehouse() {
+    let app = TestApp::spawn().await;
+    let warehouse = app.warehouse("north", 1).await;
+    let browser = Browser::start(WIDE.0, WIDE.1).await;
+    sign_in(&browser, &app, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    browser.find("nav a[data-page='products']").await;
+    browser.goto(&format!("{}#/products", console(&app))).await;
+    let add = "form[aria-label='Add a product']";
+    browser.fill(add, "sku", "MUG-1").await;
+    browser.fill(add, "name", "Blue mug").await;
+    browser.fill(add, "price_cents", "1250").await;
+    browser.submit(add).await;
+    browser
+        .wait_text("main h1", |t| t == "Product Blue mug")
+        .await;
+    // A duplicate SKU: the API's conflict, in the form.
+    browser.goto(&format!("{}#/products", console(&app))).await;
+    browser.fill(add, "sku", "MUG-1").await;
+    browser.fill(add, "name", "Another").await;
+    browser.fill(add, "price_cents", "1").await;
+    browser.submit(add).await;
+    browser
+        .wait_text(&format!("{add} .error"), |t| !t.is_empty())
+        .await;
+
+    let (_, found) = app.get("/products?q=MUG-1", &app.admin).await;
+    let id = found["items"][0]["id"].as_i64().unwrap();
+    browser
+        .goto(&format!("{}#/products/{id}", console(&app)))
+        .await;
+    let edit = "form[aria-label='Edit']";
+    browser.fill(edit, "price_cents", "1400").await;
+    browser.submit(edit).await;
+    browser
+        .wait_text("#notice", |t| t.starts_with("Saved"))
+        .await;
+    let (_, product) = app.get(&format!("/products/{id}"), &app.admin).await;
+    assert_eq!(product["price_cents"], 1400);
+
+    // Removal asks once more, then goes.
+    let remove = browser.wait_text("button.danger", |t| t == "Remove").await;
+    remove.click().await.unwrap();
+    browser
+        .wait_text("button.danger", |t| t.starts_with("Confirm"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.wait_text("main h1", |t| t == "Products").await;
+    let (status, _) = app.get(&format!("/products/{id}"), &app.admin).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    browser
+        .goto(&format!("{}#/warehouses", console(&app)))
+        .await;
+    browser
+        .wait_text("main button", |t| t == "Deactivate")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.wait_text("main button", |t| t == "Activate").await;
+    let (_, now) = app
+        .get(&format!("/warehouses/{warehouse}"), &app.admin)
+        .await;
+    assert_eq!(now["status"], "inactive");
+    browser.screenshot("warehouses-1280").await;
+    browser.close().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_show_low_stock_and_the_reservations_that_expire_soonest() {
+    let app = TestApp::spawn().await;
+    let (product, _) = app.stocked_product(10).await;
+    let (status, _) = app
+        .patch(
+            &format!("/products/{product}"),
+            &app.admin,
+            json!({ "low_stock_threshold": 20 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, held) = app
+        .post(
+            "/reservations",
+            &app.admin,
+            json!({ "items": [{ "product_id": product, "quantity": 3 }], "ttl_seconds": 90, "reference": "cart-77" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{held}");
+    let browser = Browser::start(WIDE.0, WIDE.1).await;
+    sign_in(&browser, &app, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    browser.find("nav a[data-page='alerts']").await;
+    browser.goto(&format!("{}#/alerts", console(&app))).await;
+    // Low stock: 7 available of a threshold of 20; the hold of 3, expiring in about 90 s.
+    browser
+        .wait_text("main table", |t| t.contains("20") && t.contains('7'))
+        .await;
+    browser
+        .wait_text("main table", |t| {
+            t.contains("cart-77") && t.contains("3× product")
+        })
+        .await;
+    browser.screenshot("alerts-1280").await;
+    browser.close().await;
+    app.cleanup().await;
+}

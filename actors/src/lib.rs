@@ -47,7 +47,7 @@ pub use handle::LineHandle;
 pub use journal::{DurableWatch, Journal, JournalBuffer, Lsn, MemoryJournal, Note, Record};
 pub use line_state::{LineOp, LineSnapshot};
 pub use loading::{BatchLimits, EmptyStore, LineSeed, LineStore, StoreFuture};
-pub use registry::{Limits, Registry, RegistryStats};
+pub use registry::{Limits, Registry, RegistryStats, Survey, TopLines};
 pub use reservations::{
     ItemRequest, Reservation, ReservationRequest, ReservationStatus, Reservations, ReservedItem,
 };

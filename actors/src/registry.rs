@@ -51,18 +51,14 @@ use crate::handle::{LineHandle, Lookup};
 use crate::journal::{DurableWatch, Journal, Record};
 use crate::line_state::LineState;
 use crate::loading::{BatchLimits, Batcher, LineSeed, LineStore, StoreFuture};
-use crate::stock_line::LineShared;
+use crate::stock_line::{LineShared, LineStatsSnapshot};
 use crate::supervisor::{Lifecycles, LineSupervisor, SHUTDOWN, SupervisorMsg};
 use crate::types::{LineKey, ProductId, WarehouseId};
 use crate::warehouses::Warehouses;
 
-/// What the registry has done, for operators.
+/// What the registry has done, for operators (what is in memory now: [`Registry::survey`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RegistryStats {
-    /// Lines in memory now.
-    pub resident: usize,
-    /// Lines with a running actor now.
-    pub active: usize,
     /// Queries that loaded lines, and the lines they asked for.
     pub load_queries: u64,
     pub lines_loaded: u64,
@@ -73,6 +69,27 @@ pub struct RegistryStats {
     pub passivations: u64,
     /// Products whose warehouses are known.
     pub products_indexed: usize,
+}
+
+/// The lines in memory, summed in one pass ([`Registry::survey`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Survey {
+    pub lines: usize,
+    /// With a running actor.
+    pub active: usize,
+    pub messages_handled: u64,
+    pub restarts: u64,
+    /// The lines that handled the most messages, the most first, with their mailbox depth.
+    pub busiest: Vec<(LineKey, usize)>,
+}
+
+/// The highest-ranking lines in memory ([`Registry::top_resident`]).
+pub struct TopLines {
+    /// The highest first.
+    pub lines: Vec<LineHandle>,
+    /// Lines in memory that were considered, and of those, with a running actor.
+    pub matched: usize,
+    pub active: usize,
 }
 
 /// The lines of this process. Cheap to share: handles keep it alive.
@@ -200,6 +217,105 @@ impl Registry {
             .collect()
     }
 
+    /// One pass over the lines in memory, for a scrape: how many, how many have an actor,
+    /// sums of their counters, and the `busiest` that handled the most messages (the
+    /// busiest first). Visits each line in place: no handle is made.
+    pub fn survey(&self, busiest: usize) -> Survey {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let now = crate::types::now();
+        let mut survey = Survey::default();
+        // The `busiest` largest seen so far, smallest on top.
+        let mut top: BinaryHeap<Reverse<(u64, LineKey, usize)>> = BinaryHeap::new();
+        for slot in self.0.resident.iter() {
+            let Some(shared) = slot.get() else { continue };
+            let stats = shared.stats.snapshot_at(now);
+            survey.lines += 1;
+            survey.active += usize::from(shared.actor.load().is_some());
+            survey.messages_handled += stats.messages_handled;
+            survey.restarts += stats.restarts;
+            let entry = Reverse((stats.messages_handled, shared.key, stats.mailbox_len));
+            if top.len() < busiest {
+                top.push(entry);
+            } else if top.peek().is_some_and(|least| entry < *least) {
+                top.pop();
+                top.push(entry);
+            }
+        }
+        survey.busiest = top
+            .into_sorted_vec()
+            .into_iter()
+            .map(|Reverse((_, key, depth))| (key, depth))
+            .collect();
+        survey
+    }
+
+    /// The `n` lines in memory that rank highest by `rank` of their counters (the highest
+    /// first; ties by key), among those whose key `keep` allows; with how many it allows
+    /// and how many of those have an actor. One pass, keeping `n` at a time.
+    pub fn top_resident<K: Ord>(
+        &self,
+        n: usize,
+        keep: impl Fn(LineKey) -> bool,
+        rank: impl Fn(&LineStatsSnapshot) -> K,
+    ) -> TopLines {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        /// Ordered by rank, then key; the line rides along.
+        struct Ranked<K>(K, LineKey, Arc<LineShared>);
+        impl<K: Ord> PartialEq for Ranked<K> {
+            fn eq(&self, other: &Self) -> bool {
+                (&self.0, self.1) == (&other.0, other.1)
+            }
+        }
+        impl<K: Ord> Eq for Ranked<K> {}
+        impl<K: Ord> PartialOrd for Ranked<K> {
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+        impl<K: Ord> Ord for Ranked<K> {
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                (&self.0, Reverse(self.1)).cmp(&(&other.0, Reverse(other.1)))
+            }
+        }
+        let now = crate::types::now();
+        let (mut matched, mut active) = (0, 0);
+        // The `n` highest so far, the lowest of them on top.
+        let mut top: BinaryHeap<Reverse<Ranked<K>>> = BinaryHeap::with_capacity(n + 1);
+        for slot in self.0.resident.iter() {
+            let Some(shared) = slot.get() else { continue };
+            if !keep(shared.key) {
+                continue;
+            }
+            matched += 1;
+            active += usize::from(shared.actor.load().is_some());
+            if n == 0 {
+                continue;
+            }
+            let entry = Reverse(Ranked(
+                rank(&shared.stats.snapshot_at(now)),
+                shared.key,
+                shared.clone(),
+            ));
+            if top.len() < n {
+                top.push(entry);
+            } else if top.peek().is_some_and(|lowest| entry < *lowest) {
+                top.pop();
+                top.push(entry);
+            }
+        }
+        TopLines {
+            lines: top
+                .into_sorted_vec()
+                .into_iter()
+                .map(|Reverse(Ranked(_, _, shared))| self.0.handle(shared))
+                .collect(),
+            matched,
+            active,
+        }
+    }
+
     /// The lines of one warehouse in memory now.
     pub fn resident_of_warehouse(&self, warehouse_id: WarehouseId) -> Vec<LineHandle> {
         self.resident_lines()
@@ -229,8 +345,6 @@ impl Registry {
     pub fn stats(&self) -> RegistryStats {
         let counts = self.0.loads.counts();
         RegistryStats {
-            resident: self.len(),
-            active: self.active_lines(),
             load_queries: counts.queries.load(Ordering::Relaxed),
             lines_loaded: counts.keys.load(Ordering::Relaxed),
             evictions: self.0.evictions.load(Ordering::Relaxed),

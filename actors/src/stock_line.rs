@@ -202,6 +202,11 @@ impl LineStats {
     }
 
     pub fn snapshot(&self) -> LineStatsSnapshot {
+        self.snapshot_at(crate::types::now())
+    }
+
+    /// The counters, with the messages of the whole second before `now`'s.
+    pub(crate) fn snapshot_at(&self, now: DateTime<Utc>) -> LineStatsSnapshot {
         let last = self.last_message_us.load(Ordering::Relaxed);
         LineStatsSnapshot {
             messages_handled: self.handled.load(Ordering::Relaxed),
@@ -212,7 +217,7 @@ impl LineStats {
             restarts: self.restarts.load(Ordering::Relaxed),
             passivations: self.passivations.load(Ordering::Relaxed),
             refusals: self.refusals.load(Ordering::Relaxed),
-            messages_last_second: self.last_second(crate::types::now()),
+            messages_last_second: self.last_second(now),
         }
     }
 }

@@ -26,6 +26,7 @@ use crate::http::AppState;
 use crate::http::caller::Caller;
 use crate::shops::Scope;
 use crate::store;
+use stockline_actors::LineKey;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -79,13 +80,33 @@ async fn actors(
 ) -> Result<Json<Actors>> {
     let scope = state.access(&caller).scope()?;
     let page = Page::new(query.limit, query.offset);
-    let registry = state.core.registry();
+    let (offset, limit) = (page.offset()? as usize, page.limit()? as usize);
     let warehouses = state.core.warehouses();
-    let mut resident = registry.resident_lines();
-    resident.retain(|line| scope.allows(warehouses, line.key().warehouse_id));
-    let lines_active = resident.iter().filter(|line| line.is_active()).count();
-    let mut items: Vec<Actor> = resident
+    let keep = |key: LineKey| scope.allows(warehouses, key.warehouse_id);
+    let registry = state.core.registry();
+    let wanted = offset.saturating_add(limit);
+    // Each order is highest first; the second figure breaks ties.
+    let top = match query.sort.as_deref().unwrap_or("messages_handled") {
+        "messages_handled" => registry.top_resident(wanted, keep, |s| (s.messages_handled, 0)),
+        "messages_per_second" => registry.top_resident(wanted, keep, |s| {
+            (s.messages_last_second, s.messages_handled)
+        }),
+        "mailbox_len" => registry.top_resident(wanted, keep, |s| (s.mailbox_len as u64, 0)),
+        "last_message_at" => registry.top_resident(wanted, keep, |s| {
+            let at = s.last_message_at.map_or(0, |at| at.timestamp_micros());
+            (at.max(0) as u64, 0)
+        }),
+        _ => {
+            return Err(AppError::validation(
+                "sort",
+                "must be messages_handled, messages_per_second, mailbox_len or last_message_at",
+            ));
+        }
+    };
+    let items = top
+        .lines
         .into_iter()
+        .skip(offset)
         .map(|line| {
             let (now, stats) = (line.peek(), line.stats());
             Actor {
@@ -104,33 +125,13 @@ async fn actors(
             }
         })
         .collect();
-    match query.sort.as_deref().unwrap_or("messages_handled") {
-        "messages_handled" => items.sort_by_key(|a| std::cmp::Reverse(a.messages_handled)),
-        "messages_per_second" => {
-            items.sort_by_key(|a| std::cmp::Reverse((a.messages_per_second, a.messages_handled)))
-        }
-        "mailbox_len" => items.sort_by_key(|a| std::cmp::Reverse(a.mailbox_len)),
-        "last_message_at" => items.sort_by_key(|a| std::cmp::Reverse(a.last_message_at)),
-        _ => {
-            return Err(AppError::validation(
-                "sort",
-                "must be messages_handled, messages_per_second, mailbox_len or last_message_at",
-            ));
-        }
-    }
-    let total = items.len() as i64;
-    let items = items
-        .into_iter()
-        .skip(page.offset()? as usize)
-        .take(page.limit()? as usize)
-        .collect();
+    let total = top.matched as i64;
     Ok(Json(Actors {
         items,
         total,
         lines_in_memory: total,
-        lines_active: lines_active as i64,
-        lines_stored: store::lines::stored_count(&state.db, scope.warehouse_ids(warehouses))
-            .await?,
+        lines_active: top.active as i64,
+        lines_stored: state.stored_lines(scope.warehouse_ids(warehouses)).await?,
     }))
 }
 
@@ -144,7 +145,7 @@ struct Actors {
     lines_in_memory: i64,
     /// Lines in memory with a running actor.
     lines_active: i64,
-    /// Lines the database holds, in memory or not.
+    /// Lines the database holds, in memory or not (counted at most every 5 s).
     lines_stored: i64,
 }
 
@@ -575,14 +576,12 @@ pub async fn track(
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let registry = state.core.registry();
-    let lines = registry.resident_lines();
-    let handled: u64 = lines.iter().map(|line| line.stats().messages_handled).sum();
-    let restarts: u64 = lines.iter().map(|line| line.stats().restarts).sum();
+    let survey = registry.survey(BUSIEST_LINES);
     let counts = registry.stats();
     let flush = &state.store.flush;
     metrics::with_local_recorder(&*state.metrics, || {
-        metrics::gauge!("stockline_lines").set(counts.resident as f64);
-        metrics::gauge!("stockline_lines_active").set(counts.active as f64);
+        metrics::gauge!("stockline_lines").set(survey.lines as f64);
+        metrics::gauge!("stockline_lines_active").set(survey.active as f64);
         metrics::counter!("stockline_line_loads_total").absolute(counts.lines_loaded);
         metrics::counter!("stockline_line_load_queries_total").absolute(counts.load_queries);
         metrics::counter!("stockline_line_evictions_total").absolute(counts.evictions);
@@ -591,8 +590,8 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         metrics::gauge!("stockline_products_indexed").set(counts.products_indexed as f64);
         metrics::gauge!("stockline_line_calls_in_flight").set(registry.in_flight() as f64);
         // Sums over the lines in memory: they fall when lines leave memory, so gauges.
-        metrics::gauge!("stockline_line_messages_handled").set(handled as f64);
-        metrics::gauge!("stockline_line_restarts").set(restarts as f64);
+        metrics::gauge!("stockline_line_messages_handled").set(survey.messages_handled as f64);
+        metrics::gauge!("stockline_line_restarts").set(survey.restarts as f64);
         metrics::gauge!("stockline_reservations_pending")
             .set(state.core.reservations().pending_count() as f64);
         metrics::gauge!("stockline_journal_pending_records")
@@ -621,15 +620,10 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             metrics::counter!("stockline_reservations_total", "outcome" => outcome).absolute(count);
         }
         // The busiest lines by messages handled (a stable set), with their depth now.
-        let mut busiest: Vec<_> = lines
-            .iter()
-            .map(|line| (line.stats(), line.key()))
-            .collect();
-        busiest.sort_unstable_by_key(|(stats, _)| std::cmp::Reverse(stats.messages_handled));
-        for (stats, key) in busiest.into_iter().take(BUSIEST_LINES) {
+        for (key, depth) in &survey.busiest {
             metrics::gauge!("stockline_line_mailbox_depth",
                 "warehouse_id" => key.warehouse_id.to_string(), "product_id" => key.product_id.to_string())
-            .set(stats.mailbox_len as f64);
+            .set(*depth as f64);
         }
         metrics_process::Collector::default().collect();
     });

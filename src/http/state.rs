@@ -19,6 +19,9 @@ use crate::shops::{Access, Shops};
 use crate::store::flusher::FlushStats;
 use crate::store::records::Buffer;
 
+/// How long a count of every stored line is reused.
+const STORED_COUNT_FOR: Duration = Duration::from_secs(5);
+
 /// The write-behind side, as handlers and operators see it.
 pub struct StoreState {
     pub buffer: Arc<Buffer>,
@@ -50,6 +53,9 @@ pub struct AppState {
     pub durable_waits: metrics::Histogram,
     /// Requests counted and timed (for `/metrics` and the console's last minute).
     pub requests: Arc<super::operations::RequestMetrics>,
+    /// The count of every stored line, and when it was taken (a count over a million rows
+    /// is not made for each poll of the console).
+    pub stored_lines: Arc<tokio::sync::Mutex<Option<(std::time::Instant, i64)>>>,
 }
 
 impl AppState {
@@ -71,6 +77,23 @@ impl AppState {
             _ => Err(AppError::Unavailable(
                 "the change was accepted but the store has not confirmed it yet; retry with the same Idempotency-Key".into(),
             )),
+        }
+    }
+
+    /// How many lines the database holds within `warehouses` (all: `None`, then counted at
+    /// most every 5 s).
+    pub async fn stored_lines(&self, warehouses: Option<Vec<i64>>) -> Result<i64> {
+        if warehouses.is_some() {
+            return Ok(crate::store::lines::stored_count(&self.db, warehouses).await?);
+        }
+        let mut cached = self.stored_lines.lock().await;
+        match *cached {
+            Some((at, count)) if at.elapsed() < STORED_COUNT_FOR => Ok(count),
+            _ => {
+                let count = crate::store::lines::stored_count(&self.db, None).await?;
+                *cached = Some((std::time::Instant::now(), count));
+                Ok(count)
+            }
         }
     }
 
