@@ -36,6 +36,10 @@ struct Args {
     /// the warm pass finds the lines still in memory).
     #[arg(long, default_value_t = 20_000)]
     idle_ms: u64,
+    /// Before the `/metrics` scrapes, give every touched line an actor (one receipt of a
+    /// unit each, in bulk adjustments of 1,000).
+    #[arg(long)]
+    activate: bool,
     #[arg(long, hide = true)]
     bench: bool,
 }
@@ -200,6 +204,34 @@ async fn touch(
     all
 }
 
+/// One receipt of a unit on every line of `products`: each line gets an actor.
+async fn activate(
+    client: &reqwest::Client,
+    api: &str,
+    token: &str,
+    products: &[i64],
+    warehouses: i64,
+) {
+    let items: Vec<Value> = products
+        .iter()
+        .flat_map(|&product| {
+            (1..=warehouses).map(move |warehouse| {
+                json!({ "warehouse_id": warehouse, "product_id": product, "delta": 1, "reason": "receipt" })
+            })
+        })
+        .collect();
+    for chunk in items.chunks(1000) {
+        let response = client
+            .post(format!("{api}/stock/adjustments/bulk"))
+            .bearer_auth(token)
+            .json(&chunk)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+}
+
 /// `GET /metrics` `times` times, one after another: (median, slowest, bytes).
 async fn scrapes(client: &reqwest::Client, url: &str, times: usize) -> (Duration, Duration, usize) {
     timed(client, &format!("{url}/metrics"), "", times).await
@@ -289,6 +321,9 @@ async fn main() {
         ms(&warm, 0.5),
         ms(&warm, 0.99)
     );
+    if args.activate {
+        activate(&client, &api, &token, &touched, args.warehouses).await;
+    }
     let after = scrapes(&client, &url, 20).await;
     // What the console's hot-lines page asks once a second.
     let hot = timed(
