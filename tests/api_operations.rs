@@ -41,6 +41,15 @@ async fn operators_see_the_busiest_actors_first() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body["items"][0]["messages_per_second"].is_u64(), "{body}");
+    let (status, body) = app
+        .get("/admin/actors?offset=9223372036854775807", &app.admin)
+        .await;
+    assert_eq!(
+        (status, body["items"].as_array().map(Vec::len)),
+        (StatusCode::OK, Some(0)),
+        "{body}"
+    );
+    assert_eq!(body["total"], 2);
     let (status, body) = app.get("/admin/actors?sort=size", &app.admin).await;
     assert_eq!(
         error_code(status, &body, StatusCode::UNPROCESSABLE_ENTITY),

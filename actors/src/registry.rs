@@ -282,7 +282,9 @@ impl Registry {
         let now = crate::types::now();
         let (mut matched, mut active) = (0, 0);
         // The `n` highest so far, the lowest of them on top.
-        let mut top: BinaryHeap<Reverse<Ranked<K>>> = BinaryHeap::with_capacity(n + 1);
+        // `n` comes from a client's paging: room for what is in memory at most.
+        let room = n.min(self.0.resident.len()).saturating_add(1);
+        let mut top: BinaryHeap<Reverse<Ranked<K>>> = BinaryHeap::with_capacity(room);
         for slot in self.0.resident.iter() {
             let Some(shared) = slot.get() else { continue };
             if !keep(shared.key) {

@@ -81,4 +81,7 @@ async fn a_survey_and_a_top_list_rank_the_lines_in_one_pass() {
         sorted
     );
     assert_eq!(core.registry().top_resident(0, |_| true, |_| 0).matched, 6);
+    // A page far past the end (the count comes from a client) costs nothing and finds all.
+    let far = core.registry().top_resident(usize::MAX, |_| true, |_| 0);
+    assert_eq!((far.lines.len(), far.matched), (6, 6));
 }
