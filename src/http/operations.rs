@@ -281,8 +281,12 @@ async fn overview(State(state): State<AppState>, Caller(caller): Caller) -> Resu
     let scope = state.access(&caller).scope()?;
     let everything = matches!(scope, Scope::All);
     let warehouses = state.core.warehouses();
-    let mut resident = state.core.registry().resident_lines();
-    resident.retain(|line| scope.allows(warehouses, line.key().warehouse_id));
+    // Counted in one pass, no line ranked (this is polled once a second).
+    let lines = state.core.registry().top_resident(
+        0,
+        |key| scope.allows(warehouses, key.warehouse_id),
+        |_| (),
+    );
     let flush = &state.store.flush;
     let reservations = state.core.reservations();
     Ok(Json(Overview {
@@ -313,8 +317,8 @@ async fn overview(State(state): State<AppState>, Caller(caller): Caller) -> Resu
             records: flush.records_flushed.load(Ordering::Relaxed),
             failures: flush.flush_failures.load(Ordering::Relaxed),
         }),
-        lines_in_memory: resident.len(),
-        lines_active: resident.iter().filter(|line| line.is_active()).count(),
+        lines_in_memory: lines.matched,
+        lines_active: lines.active,
     }))
 }
 
