@@ -51,11 +51,15 @@ curl -sf "$base/api/v1/stock/adjustments" -H "authorization: Bearer $token" -H '
   -d '{"warehouse_id":1,"product_id":1,"delta":1000,"reason":"receipt"}' >/dev/null
 
 # Logging out would revoke the token the run signs in with, and demoting users could demote
-# the admin: both are left out (the suite tests them).
+# the admin: both are left out (the suite tests them). So is the event stream, which never
+# ends, and creating webhooks, whose generated URLs the dispatcher would then call: this
+# run sends nothing off the machine (tests/webhooks.rs covers both with a local receiver).
 "$venv/bin/st" run "$base/openapi.json" \
   --header "Authorization: Bearer $token" \
   --checks not_a_server_error,status_code_conformance \
   --exclude-path /api/v1/auth/logout \
+  --exclude-path /api/v1/events/stream \
+  --exclude-path /api/v1/webhooks \
   --exclude-path-regex '/api/v1/users/.*/role' \
   --max-time "${ST_MAX_TIME:-100}" \
   --workers 2 \

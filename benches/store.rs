@@ -58,6 +58,7 @@ async fn flush_throughput(changes: usize) -> (f64, u64) {
         pool.clone(),
         buffer.clone(),
         Duration::from_millis(5),
+        None,
         tokio_util::sync::CancellationToken::new(),
     );
     let now = stockline_actors::types::now();

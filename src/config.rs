@@ -133,6 +133,48 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     pub line_idle_ms: u64,
 
+    /// Events (the outbox, its stream, webhooks, NATS). Off (`false`) writes none (for
+    /// measuring what they cost).
+    #[arg(long, env = "STOCKLINE_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub events: bool,
+
+    /// Events older than this many hours are pruned from the outbox.
+    #[arg(long, env = "STOCKLINE_EVENT_RETENTION_HOURS", default_value_t = 168,
+          value_parser = clap::value_parser!(u64).range(1..=87_600))]
+    pub event_retention_hours: u64,
+
+    /// How many events an open stream may fall behind the newest before it is cut off
+    /// (it resumes with `Last-Event-ID`); the ring is shared by every stream.
+    #[arg(long, env = "STOCKLINE_EVENT_STREAM_BUFFER", default_value_t = 16_384,
+          value_parser = clap::value_parser!(u64).range(16..=1_048_576))]
+    pub event_stream_buffer: u64,
+
+    /// Event streams (`GET /events/stream`) open at once at most; past it, 503.
+    #[arg(long, env = "STOCKLINE_MAX_EVENT_STREAMS", default_value_t = 4_096,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_event_streams: u64,
+
+    /// Publish every event to NATS at this URL too (`stockline.events.<type>`).
+    #[arg(long, env = "STOCKLINE_NATS_URL")]
+    pub nats_url: Option<String>,
+
+    /// How long a webhook request may take, in milliseconds.
+    #[arg(long, env = "STOCKLINE_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub webhook_timeout_ms: u64,
+
+    /// The first retry of a failed webhook delivery waits about this long (milliseconds);
+    /// each next one twice as long (with jitter), at most an hour.
+    #[arg(long, env = "STOCKLINE_WEBHOOK_RETRY_BASE_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub webhook_retry_base_ms: u64,
+
+    /// A webhook delivery still failing this many seconds after its first attempt is
+    /// marked failed (it can be retried by hand).
+    #[arg(long, env = "STOCKLINE_WEBHOOK_RETRY_FOR_SECS", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(1..=2_592_000))]
+    pub webhook_retry_for_secs: u64,
+
     /// bcrypt cost for password hashing (tests may lower it).
     #[arg(long, env = "STOCKLINE_BCRYPT_COST", default_value_t = 12,
           value_parser = clap::value_parser!(u32).range(4..=31))]

@@ -6,6 +6,8 @@
 //!   listener until a shutdown future resolves; `main.rs` and the tests both use it.
 //! - [`http`]: the axum router, one file per resource, and the one error type.
 //! - [`auth`]: passwords, tokens, roles, TOTP, and the `Caller` extractor.
+//! - [`events`]: events out: the outbox the flusher writes, the live stream, signed
+//!   webhooks, NATS.
 //! - [`store`]: PostgreSQL: migrations, the write-behind flusher, recovery.
 //! - [`catalog`]: the in-memory copy of the products the hot path reads.
 //! - [`shops`]: shop memberships and the access policy every warehouse-touching handler
@@ -23,6 +25,7 @@ pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod orders;
 pub mod shops;

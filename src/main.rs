@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server (the default when no subcommand is given).
-    Serve(Config),
+    Serve(Box<Config>),
     /// Create the database if missing and apply the migrations, then exit.
     Migrate(Database),
     /// Manage users.
@@ -83,7 +83,7 @@ fn main() -> ExitCode {
     });
     telemetry::init();
     match command {
-        Command::Serve(config) => serve(config),
+        Command::Serve(config) => serve(*config),
         Command::Migrate(database) => run(async move {
             stockline::store::connect_and_migrate(&database.database_url)
                 .await

@@ -73,7 +73,16 @@ impl Application {
             Durability::Async => config.flush_interval(),
         };
         let background = CancellationToken::new();
-        let flusher = Flusher::spawn(db.clone(), buffer.clone(), gather, background.clone());
+        let hub = crate::events::Events::hub(&db, &config)
+            .await
+            .map_err(io::Error::other)?;
+        let flusher = Flusher::spawn(
+            db.clone(),
+            buffer.clone(),
+            gather,
+            config.events.then(|| hub.clone()),
+            background.clone(),
+        );
         // Before restoring, so that reservations expired while down reach their orders too.
         let (expired_tx, expired) = tokio::sync::mpsc::unbounded_channel();
         core.reservations().on_expired(expired_tx);
@@ -111,6 +120,9 @@ impl Application {
         });
         let _ = flusher.stats.durations.set(flush_durations);
         let shops = Arc::new(Shops::load(&db).await.map_err(io::Error::other)?);
+        let events = crate::events::Events::start(&db, &config, hub, &background)
+            .await
+            .map_err(io::Error::other)?;
         let state = AppState {
             config: Arc::new(config),
             db,
@@ -131,6 +143,7 @@ impl Application {
             metrics,
             durable_waits,
             stored_lines: Arc::default(),
+            events: Arc::new(events),
         };
         let swept = state.clone();
         every(SWEEP_EVERY, background.clone(), move || swept.sweep());

@@ -186,6 +186,7 @@ fn reservation(reference: &str) -> Record {
     let now = chrono::Utc::now();
     Record::Reservation(ReservationRecord {
         id: ReservationId::new(),
+        created: false,
         status: ReservationStatus::Released,
         items: Vec::new(),
         reference: Some(reference.into()),
@@ -213,6 +214,7 @@ async fn a_record_postgresql_refuses_goes_to_dead_letters_and_the_rest_of_its_ba
         pool.clone(),
         buffer.clone(),
         Duration::ZERO,
+        None,
         tokio_util::sync::CancellationToken::new(),
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

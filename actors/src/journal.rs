@@ -122,6 +122,10 @@ pub struct MovementRecord {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReservationRecord {
     pub id: ReservationId,
+    /// True only on the record that created the reservation (its `reservation.created`
+    /// event); later records of a pending reservation (extended, reshaped, settled in
+    /// part) are changes to it.
+    pub created: bool,
     pub status: ReservationStatus,
     pub items: Vec<ReservedItem>,
     pub reference: Option<String>,

@@ -61,8 +61,13 @@ pub struct Reservation {
 
 impl Reservation {
     fn record(&self) -> Record {
+        self.record_of(false)
+    }
+
+    fn record_of(&self, created: bool) -> Record {
         Record::Reservation(ReservationRecord {
             id: self.id,
+            created,
             status: self.status,
             items: self.items.clone(),
             reference: self.reference.clone(),
@@ -265,7 +270,7 @@ impl Reservations {
             created_at: now,
             updated_at: now,
         };
-        let lsn = self.0.journal.append(vec![reservation.record()]);
+        let lsn = self.0.journal.append(vec![reservation.record_of(true)]);
         self.track(reservation.clone(), Instant::now() + ttl);
         (reservation, lsn)
     }

@@ -4,6 +4,7 @@ mod auth;
 pub mod caller;
 mod carts;
 mod console;
+mod events;
 pub mod extract;
 pub mod health;
 pub mod idempotency;
@@ -22,6 +23,7 @@ mod traffic;
 mod transfers;
 pub mod users;
 mod warehouses;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -137,6 +139,8 @@ fn documented(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(transfers::router())
         .merge(shops::router())
         .merge(carts::router())
+        .merge(events::router())
+        .merge(webhooks::router())
         .merge(operations::router());
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .nest("/api/v1", api)

@@ -38,7 +38,7 @@ pub struct ErrorObject {
     modifiers(&BearerAuth),
     tags(
         (name = "auth"), (name = "users"), (name = "catalog"), (name = "stock"),
-        (name = "reservations"), (name = "orders"), (name = "transfers"), (name = "shops"), (name = "carts"),
+        (name = "reservations"), (name = "orders"), (name = "transfers"), (name = "shops"), (name = "carts"), (name = "events"),
         (name = "operations")
     )
 )]

@@ -56,6 +56,8 @@ pub struct AppState {
     /// The count of every stored line, and when it was taken (a count over a million rows
     /// is not made for each poll of the console).
     pub stored_lines: Arc<tokio::sync::Mutex<Option<(std::time::Instant, i64)>>>,
+    /// The outbox's live side, webhooks and streams.
+    pub events: Arc<crate::events::Events>,
 }
 
 impl AppState {

@@ -16,6 +16,11 @@
 //! already written are harmless when a later half fails for a passing reason and the whole
 //! batch is retried.
 //!
+//! Events: with an [`EventHub`], every batch also writes its events (the outbox) in its
+//! own transaction, and once it has committed they go to the hub. Batches are written one
+//! at a time, in Lsn order, so event ids commit in increasing order, which is what lets a
+//! reader follow the table with `id > last seen` and miss nothing.
+//!
 //! Group commit: there is never more than one flush transaction in flight, so whatever
 //! arrives while one is being written forms the next batch, and the database sees fewer,
 //! larger transactions as load grows. `gather` is how long the flusher waits after the
@@ -34,6 +39,7 @@ use stockline_actors::journal::Batch;
 use super::records::{Buffer, StoreRecord};
 
 use super::write::write;
+use crate::events::hub::EventHub;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -76,17 +82,24 @@ pub struct Flusher {
 
 impl Flusher {
     /// Starts flushing `buffer`; once `stop` is cancelled it writes what is left and ends.
+    /// `events`: the hub to tell of committed events; `None` writes no events.
     pub fn spawn(
         pool: PgPool,
         buffer: Arc<Buffer>,
         gather: Duration,
+        events: Option<Arc<EventHub>>,
         stop: CancellationToken,
     ) -> Self {
         let stats = Arc::new(FlushStats {
             healthy: AtomicBool::new(true),
             ..FlushStats::default()
         });
-        let task = tokio::spawn(run(pool, buffer, gather, stats.clone(), stop.clone()));
+        let out = Out {
+            pool,
+            stats: stats.clone(),
+            events,
+        };
+        let task = tokio::spawn(run(out, buffer, gather, stop.clone()));
         Self { stats, stop, task }
     }
 
@@ -99,21 +112,22 @@ impl Flusher {
     }
 }
 
-async fn run(
+/// Where batches go: the database, the figures operators see, the events' hub.
+struct Out {
     pool: PgPool,
-    buffer: Arc<Buffer>,
-    gather: Duration,
     stats: Arc<FlushStats>,
-    stop: CancellationToken,
-) -> bool {
+    events: Option<Arc<EventHub>>,
+}
+
+async fn run(out: Out, buffer: Arc<Buffer>, gather: Duration, stop: CancellationToken) -> bool {
     loop {
         let batch = tokio::select! {
             batch = buffer.next_batch() => batch,
-            _ = stop.cancelled() => return drain(&pool, &buffer, &stats, None).await,
+            _ = stop.cancelled() => return drain(&out, &buffer, None).await,
         };
-        if !write_until_done(&pool, &batch, &stats, None, &stop).await {
+        if !write_until_done(&out, &batch, None, &stop).await {
             // Shutdown came while this batch was failing: the drain retries it first.
-            return drain(&pool, &buffer, &stats, Some(batch)).await;
+            return drain(&out, &buffer, Some(batch)).await;
         }
         buffer.complete(&batch);
         if !gather.is_zero() {
@@ -128,12 +142,7 @@ async fn run(
 
 /// At shutdown: writes what is left (`unfinished` first), retrying for at most the grace
 /// period.
-async fn drain(
-    pool: &PgPool,
-    buffer: &Buffer,
-    stats: &FlushStats,
-    unfinished: Option<Batch<StoreRecord>>,
-) -> bool {
+async fn drain(out: &Out, buffer: &Buffer, unfinished: Option<Batch<StoreRecord>>) -> bool {
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
     let never = CancellationToken::new();
     let mut next = unfinished;
@@ -146,7 +155,7 @@ async fn drain(
                 Err(_) => break,
             },
         };
-        if !write_until_done(pool, &batch, stats, Some(deadline), &never).await {
+        if !write_until_done(out, &batch, Some(deadline), &never).await {
             break;
         }
         buffer.complete(&batch);
@@ -161,16 +170,16 @@ async fn drain(
 /// Retries one batch with backoff until it is written (or the shutdown deadline passes).
 /// Retrying stops at `deadline` or, once `stop` is cancelled, hands over to the drain.
 async fn write_until_done(
-    pool: &PgPool,
+    out: &Out,
     batch: &Batch<StoreRecord>,
-    stats: &FlushStats,
     deadline: Option<tokio::time::Instant>,
     stop: &CancellationToken,
 ) -> bool {
     let mut backoff = Duration::from_millis(50);
     loop {
+        let stats = &out.stats;
         let started = std::time::Instant::now();
-        match write_isolating(pool, &batch.records, stats).await {
+        match write_isolating(out, &batch.records).await {
             Ok(()) => {
                 if let Some(durations) = stats.durations.get() {
                     durations.record(started.elapsed().as_secs_f64());
@@ -189,6 +198,7 @@ async fn write_until_done(
                 tracing::warn!(%error, records = batch.records.len(), "flush failed; retrying")
             }
         }
+        let stats = &out.stats;
         stats.healthy.store(false, Ordering::Release);
         stats.flush_failures.fetch_add(1, Ordering::Relaxed);
         if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
@@ -217,29 +227,31 @@ enum Passing {
 /// Writes `records` (in Lsn order); a part refused for its data is split until the
 /// refused records stand alone, and those go to `dead_letters`. Errs only for a passing
 /// failure (connection, timeout, resources), after which the whole batch is retried.
-async fn write_isolating(
-    pool: &PgPool,
-    records: &[(Lsn, StoreRecord)],
-    stats: &FlushStats,
-) -> Result<(), Passing> {
-    let error = match tokio::time::timeout(WRITE_TIMEOUT, write(pool, records)).await {
-        Ok(Ok(())) => return Ok(()),
+async fn write_isolating(out: &Out, records: &[(Lsn, StoreRecord)]) -> Result<(), Passing> {
+    let written = write(&out.pool, records, out.events.is_some());
+    let error = match tokio::time::timeout(WRITE_TIMEOUT, written).await {
+        Ok(Ok(events)) => {
+            if let Some(hub) = &out.events {
+                hub.publish(&events);
+            }
+            return Ok(());
+        }
         Ok(Err(error)) if refuses_data(&error) => error,
         Ok(Err(error)) => return Err(Passing::Database(error)),
         Err(_) => return Err(Passing::TimedOut),
     };
     if let [(lsn, record)] = records {
         tracing::error!(lsn, %error, "a record was refused for its data; kept in dead_letters");
-        dead_letter(pool, *lsn, record, &error)
+        dead_letter(&out.pool, *lsn, record, &error)
             .await
             .map_err(Passing::Database)?;
-        stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+        out.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
         return Ok(());
     }
     tracing::warn!(%error, records = records.len(), "a batch was refused for its data; splitting it");
     let (older, newer) = records.split_at(records.len() / 2);
-    Box::pin(write_isolating(pool, older, stats)).await?;
-    Box::pin(write_isolating(pool, newer, stats)).await
+    Box::pin(write_isolating(out, older)).await?;
+    Box::pin(write_isolating(out, newer)).await
 }
 
 /// Whether PostgreSQL refused the statement for what it was asked to store (data

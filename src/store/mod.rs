@@ -3,6 +3,7 @@
 
 pub mod flusher;
 pub mod lines;
+mod outbox;
 pub mod records;
 pub mod recovery;
 mod write;

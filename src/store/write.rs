@@ -12,6 +12,8 @@ use stockline_actors::journal::{
 };
 use stockline_actors::{LineKey, Lsn, Record, ReservationId, ReservationStatus};
 
+use crate::events::Event;
+
 use super::records::{IdempotencyRecord, OrderRecord, PaymentRecord, StoreRecord};
 
 /// A batch sorted by table, coalesced where only the newest state matters.
@@ -52,16 +54,23 @@ fn sort(records: &[(Lsn, StoreRecord)]) -> Sorted<'_> {
     sorted
 }
 
+/// Writes `records` in one transaction, with their events when `events` is on (the
+/// outbox, read before the lines are overwritten); answers the events written.
 #[tracing::instrument(skip_all, fields(records = records.len()))]
 pub(super) async fn write(
     pool: &PgPool,
     records: &[(Lsn, StoreRecord)],
-) -> Result<(), sqlx::Error> {
+    events: bool,
+) -> Result<Vec<Event>, sqlx::Error> {
     let Some((last, _)) = records.last() else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let sorted = sort(records);
     let mut tx = pool.begin().await?;
+    let events = match events {
+        true => super::outbox::write(&mut tx, records).await?,
+        false => Vec::new(),
+    };
     write_reservations(&mut tx, &sorted).await?;
     write_lines(&mut tx, &sorted).await?;
     write_movements(&mut tx, &sorted).await?;
@@ -77,7 +86,8 @@ pub(super) async fn write(
     .bind(*last as i64)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await
+    tx.commit().await?;
+    Ok(events)
 }
 
 type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
