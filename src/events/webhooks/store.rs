@@ -97,7 +97,7 @@ pub async fn insert(
 ) -> Result<Option<()>, sqlx::Error> {
     let mut tx = db.begin().await?;
     // One subscription made at a time per shop, so the bound holds under races.
-    sqlx::query("SELECT pg_advisory_xact_lock(7_406_001, COALESCE($1, 0)::int)")
+    sqlx::query("SELECT pg_advisory_xact_lock(7406001, COALESCE($1, 0)::int)")
         .bind(subscription.shop_id)
         .execute(&mut *tx)
         .await?;
