@@ -59,7 +59,11 @@ struct Args {
     /// alternating for `--rounds` rounds per scenario and durability, and their ratio.
     #[arg(long)]
     metrics_ab: bool,
-    /// Rounds of `--metrics-ab`.
+    /// Instead of the designs side by side: stockline with events (the outbox) on and
+    /// off, alternating as `--metrics-ab` does.
+    #[arg(long)]
+    events_ab: bool,
+    /// Rounds of `--metrics-ab` and `--events-ab`.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     #[arg(long, hide = true)]
@@ -87,7 +91,10 @@ async fn main() {
         return;
     }
     if args.metrics_ab {
-        return metrics_ab(&args, duration).await;
+        return ab(&args, duration, Switch::Metrics).await;
+    }
+    if args.events_ab {
+        return ab(&args, duration, Switch::Events).await;
     }
     let mut rows = Vec::new();
     for scenario in &args.scenarios {
@@ -106,8 +113,15 @@ async fn main() {
             .unwrap_or(0.0);
         // Half the peak request rate; a hot step is two requests (reserve, release).
         let rate = (peak / 2.0 / 2.0).max(1.0);
-        let outcome =
-            run_stockline_at(&args, Scenario::Hot, "sync", duration / 2, Some(rate), true).await;
+        let outcome = run_stockline_at(
+            &args,
+            Scenario::Hot,
+            "sync",
+            duration / 2,
+            Some(rate),
+            Switches::ON,
+        )
+        .await;
         rows.push((Scenario::Hot, "actor @50%", "sync", outcome));
     }
     print_table(&rows);
@@ -138,12 +152,60 @@ async fn main() {
     }
 }
 
-/// Per-request metrics on against off, in the same run: on and off alternate, and which
-/// goes first alternates by round (on, off, off, on, ...), so that the machine's drift and
-/// any advantage of running second fall on both alike.
-async fn metrics_ab(args: &Args, duration: Duration) {
+/// What `--metrics-ab` and `--events-ab` switch.
+#[derive(Clone, Copy)]
+enum Switch {
+    Metrics,
+    Events,
+}
+
+impl Switch {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Metrics => "metrics",
+            Self::Events => "events",
+        }
+    }
+
+    /// Everything on but this, set to `on`.
+    fn with(self, on: bool) -> Switches {
+        match self {
+            Self::Metrics => Switches {
+                metrics: on,
+                ..Switches::ON
+            },
+            Self::Events => Switches {
+                events: on,
+                ..Switches::ON
+            },
+        }
+    }
+}
+
+/// The server's switches for a run.
+#[derive(Clone, Copy)]
+pub struct Switches {
+    pub metrics: bool,
+    pub events: bool,
+}
+
+impl Switches {
+    pub const ON: Self = Self {
+        metrics: true,
+        events: true,
+    };
+}
+
+/// One switch on against off, in the same run: on and off alternate, and which goes first
+/// alternates by round (on, off, off, on, ...), so that the machine's drift and any
+/// advantage of running second fall on both alike.
+async fn ab(args: &Args, duration: Duration, switch: Switch) {
     let mut rows = Vec::new();
     let mut ratios = Vec::new();
+    let labels = match switch {
+        Switch::Metrics => ["metrics on", "metrics off"],
+        Switch::Events => ["events on", "events off"],
+    };
     for scenario in &args.scenarios {
         for durability in ["sync", "async"] {
             let (mut on, mut off) = (0.0, 0.0);
@@ -153,12 +215,13 @@ async fn metrics_ab(args: &Args, duration: Duration) {
                 } else {
                     [false, true]
                 };
-                for metrics in order {
+                for enabled in order {
+                    let switches = switch.with(enabled);
                     let outcome =
-                        run_stockline_at(args, *scenario, durability, duration, None, metrics)
+                        run_stockline_at(args, *scenario, durability, duration, None, switches)
                             .await;
-                    *(if metrics { &mut on } else { &mut off }) += outcome.requests_per_second();
-                    let design = if metrics { "metrics on" } else { "metrics off" };
+                    *(if enabled { &mut on } else { &mut off }) += outcome.requests_per_second();
+                    let design = if enabled { labels[0] } else { labels[1] };
                     rows.push((*scenario, design, durability, outcome));
                 }
             }
@@ -167,7 +230,10 @@ async fn metrics_ab(args: &Args, duration: Duration) {
     }
     print_table(&rows);
     for (scenario, durability, ratio) in ratios {
-        println!("ratio {scenario} {durability} metrics on/off: {ratio:.3}");
+        println!(
+            "ratio {scenario} {durability} {} on/off: {ratio:.3}",
+            switch.name()
+        );
     }
 }
 
@@ -240,7 +306,7 @@ async fn run_stockline(
     durability: &str,
     duration: Duration,
 ) -> Outcome {
-    run_stockline_at(args, scenario, durability, duration, None, true).await
+    run_stockline_at(args, scenario, durability, duration, None, Switches::ON).await
 }
 
 async fn run_stockline_at(
@@ -249,14 +315,14 @@ async fn run_stockline_at(
     durability: &str,
     duration: Duration,
     rate: Option<f64>,
-    metrics: bool,
+    switches: Switches,
 ) -> Outcome {
     let (name, url) = fresh_database(&args.database_base).await;
     let pool = stockline::store::connect_and_migrate(&url)
         .await
         .expect("migrate");
     seed_stockline(&pool).await;
-    let config = workload::config(&url, durability, ADMIN, metrics);
+    let config = workload::config(&url, durability, ADMIN, switches);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

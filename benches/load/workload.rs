@@ -82,12 +82,13 @@ impl Target {
 }
 
 /// Configuration of a stockline under load: fresh database, no rate limit for the harness.
-/// The server's configuration for a run; `metrics` turns per-request metrics on or off.
+/// The server's configuration for a run; `switches` turns per-request metrics and events
+/// on or off.
 pub fn config(
     url: &str,
     durability: &str,
     admin: (&str, &str),
-    metrics: bool,
+    switches: super::Switches,
 ) -> stockline::config::Config {
     use clap::Parser;
     #[derive(Parser)]
@@ -112,7 +113,9 @@ pub fn config(
         "--auth-rate-per-minute",
         "1000000",
         "--metrics",
-        if metrics { "true" } else { "false" },
+        if switches.metrics { "true" } else { "false" },
+        "--events",
+        if switches.events { "true" } else { "false" },
     ])
     .config
 }
