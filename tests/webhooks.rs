@@ -281,13 +281,21 @@ async fn a_receiver_that_fails_for_a_while_gets_everything_once_it_recovers() {
     receiver.failing.store(false, Ordering::Release);
     wait_for_all(&receiver, &wanted).await;
     assert_in_order_per_line(&receiver.received());
-    let (_, body) = app
-        .get(
-            &format!("/webhooks/{id}/deliveries?status=delivered&limit=500"),
-            &app.admin,
-        )
-        .await;
-    assert_eq!(body["total"], wanted.len());
+    // Outcomes are written within moments of the delivery.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let path = format!("/webhooks/{id}/deliveries?status=delivered&limit=500");
+        let (_, body) = app.get(&path, &app.admin).await;
+        if body["total"] == wanted.len() {
+            break body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "recorded: {}",
+            body["total"]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let retried = body["items"]
         .as_array()
         .unwrap()

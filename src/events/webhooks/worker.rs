@@ -3,7 +3,8 @@
 //! The window is the subscription's pending deliveries, in event id order, at most
 //! [`WINDOW`] of them: the memory a dead endpoint can hold is bounded, and once the window
 //! is full of undeliverable events nothing more is taken until some are delivered or
-//! given up. Results are written in one transaction per round of completions.
+//! given up. Outcomes take effect in the window at once and are written in batches (within
+//! 50 ms): a line's next event does not wait for a database round trip.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -25,6 +26,10 @@ const WINDOW: usize = 1_000;
 const IN_FLIGHT: usize = 8;
 /// The longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(3_600);
+/// Outcomes are written at most this long after they happened, or once this many wait.
+/// Until then a crash only means an attempt made again (at least once).
+const SAVE_WITHIN: Duration = Duration::from_millis(50);
+const SAVE_EVERY_ATTEMPTS: usize = 1_000;
 
 struct Pending {
     kind: String,
@@ -96,38 +101,46 @@ impl Worker {
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
         let mut flying: JoinSet<Attempt> = JoinSet::new();
-        let mut done = Vec::new();
+        // Outcomes applied but not yet written, and when they must be.
+        let mut unsaved: Vec<Outcome> = Vec::new();
+        let mut save_by: Option<Instant> = None;
         loop {
-            if self.window.len() < WINDOW
+            // Taken in pages: only once half the window is free (or nothing is held).
+            if self.window.len() <= WINDOW / 2
                 && let Err(error) = self.take_new().await
             {
                 tracing::warn!(%error, webhook = %self.subscription.id, "taking new events failed; will retry");
             }
-            self.dispatch(&mut flying);
-            let next_due = self
-                .window
-                .values()
-                .filter(|p| !p.in_flight)
-                .map(|p| p.due)
-                .min();
-            let wants_more = self.window.len() < WINDOW;
+            let next_due = self.dispatch(&mut flying);
+            if unsaved.len() >= SAVE_EVERY_ATTEMPTS
+                || save_by.is_some_and(|by| by <= Instant::now())
+            {
+                match self.save(&unsaved).await {
+                    Ok(()) => {
+                        unsaved.clear();
+                        save_by = None;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, webhook = %self.subscription.id, "recording webhook attempts failed; will retry");
+                        save_by = Some(Instant::now() + Duration::from_millis(500));
+                    }
+                }
+            }
+            let wants_more = self.window.len() <= WINDOW / 2;
             tokio::select! {
                 Some(Ok(attempt)) = flying.join_next() => {
-                    done.push(attempt);
+                    unsaved.extend(self.settle(attempt));
                     while let Some(Ok(attempt)) = flying.try_join_next() {
-                        done.push(attempt);
+                        unsaved.extend(self.settle(attempt));
                     }
-                    if let Err(error) = self.settle(&mut done).await {
-                        tracing::warn!(%error, webhook = %self.subscription.id, "recording webhook attempts failed; will retry");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
+                    save_by.get_or_insert_with(|| Instant::now() + SAVE_WITHIN);
                 }
                 changed = self.newest.changed(), if wants_more => {
                     if changed.is_err() {
                         return;
                     }
                 }
-                _ = sleep_until(next_due) => {}
+                _ = sleep_until(min(next_due, save_by)) => {}
                 Some(Command::Retry(event_id)) = commands.recv() => {
                     if let Err(error) = self.load_one(event_id).await {
                         tracing::warn!(%error, "taking back a retried delivery failed");
@@ -135,8 +148,10 @@ impl Worker {
                 }
                 _ = stop.cancelled() => {
                     // What is in flight is abandoned: it is pending in the database and
-                    // goes again after a restart (at least once).
+                    // goes again after a restart (at least once). What finished is written
+                    // if the database lets it, for the same reason not required.
                     flying.abort_all();
+                    let _ = self.save(&unsaved).await;
                     return;
                 }
             }
@@ -235,16 +250,24 @@ impl Worker {
         Ok(())
     }
 
-    /// Starts every delivery that is due and not behind an undelivered one of its key.
-    fn dispatch(&mut self, flying: &mut JoinSet<Attempt>) {
+    /// Starts every delivery that is due and not behind an undelivered one of its key;
+    /// answers when the next one that waits only for its time falls due.
+    fn dispatch(&mut self, flying: &mut JoinSet<Attempt>) -> Option<Instant> {
         let now = Instant::now();
         let mut blocked: HashSet<Arc<str>> = HashSet::new();
         let mut in_flight = self.window.values().filter(|p| p.in_flight).count();
+        let mut next_due: Option<Instant> = None;
         for (event_id, pending) in self.window.iter_mut() {
-            if !blocked.insert(pending.key.clone()) {
+            // Only the first undelivered event of each key may go.
+            if !blocked.insert(pending.key.clone()) || pending.in_flight {
                 continue;
             }
-            if pending.in_flight || pending.due > now || in_flight >= IN_FLIGHT {
+            if pending.due > now {
+                next_due = Some(next_due.map_or(pending.due, |n| n.min(pending.due)));
+                continue;
+            }
+            if in_flight >= IN_FLIGHT {
+                // Due, waiting for a free slot: a completion wakes the loop.
                 continue;
             }
             pending.in_flight = true;
@@ -258,30 +281,46 @@ impl Worker {
                 pending.body.clone(),
             ));
         }
+        next_due
     }
 
-    /// Records the attempts in `done`, and what they mean for their deliveries.
-    async fn settle(&mut self, done: &mut Vec<Attempt>) -> Result<(), sqlx::Error> {
+    /// Applies finished attempts to the window at once (a line's next event can go right
+    /// away); answers what is to be written.
+    fn settle(&mut self, attempt: Attempt) -> Option<Outcome> {
         let now = Utc::now();
-        let mut rows = Vec::with_capacity(done.len());
-        for attempt in done.iter() {
-            let Some(pending) = self.window.get_mut(&attempt.event_id) else {
-                continue;
-            };
-            pending.in_flight = false;
-            pending.attempts += 1;
-            let first = *pending.first_attempt_at.get_or_insert(attempt.at);
-            let given_up = chrono::Duration::from_std(self.policy.retry_for).unwrap_or_default();
-            let (status, wait) = if attempt.succeeded() {
-                ("delivered", Duration::ZERO)
-            } else if now - first >= given_up {
-                ("failed", Duration::ZERO)
-            } else {
-                ("pending", backoff(self.policy.retry_base, pending.attempts))
-            };
-            pending.due = Instant::now() + wait;
-            let next_at = now + chrono::Duration::from_std(wait).unwrap_or_default();
-            rows.push((attempt, pending.attempts, first, status, next_at));
+        let pending = self.window.get_mut(&attempt.event_id)?;
+        pending.in_flight = false;
+        pending.attempts += 1;
+        let first = *pending.first_attempt_at.get_or_insert(attempt.at);
+        let given_up = chrono::Duration::from_std(self.policy.retry_for).unwrap_or_default();
+        let (status, wait) = if attempt.succeeded() {
+            ("delivered", Duration::ZERO)
+        } else if now - first >= given_up {
+            ("failed", Duration::ZERO)
+        } else {
+            ("pending", backoff(self.policy.retry_base, pending.attempts))
+        };
+        pending.due = Instant::now() + wait;
+        let outcome = Outcome {
+            attempts: pending.attempts,
+            first_attempt_at: first,
+            status,
+            next_at: now + chrono::Duration::from_std(wait).unwrap_or_default(),
+            attempt,
+        };
+        if status != "pending" {
+            if status == "failed" {
+                tracing::warn!(webhook = %self.subscription.id, event = outcome.attempt.event_id, "a webhook delivery failed for good");
+            }
+            self.window.remove(&outcome.attempt.event_id);
+        }
+        Some(outcome)
+    }
+
+    /// Writes attempts and where their deliveries stand, in one transaction.
+    async fn save(&self, rows: &[Outcome]) -> Result<(), sqlx::Error> {
+        if rows.is_empty() {
+            return Ok(());
         }
         let id = self.subscription.id;
         let mut tx = self.db.begin().await?;
@@ -291,14 +330,24 @@ impl Worker {
              ON CONFLICT DO NOTHING",
         )
         .bind(id)
-        .bind(rows.iter().map(|r| r.0.event_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.0.at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.0.status_code.map(i32::from)).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.0.error.as_deref()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.0.took.as_millis().min(i32::MAX as u128) as i32).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.attempt.event_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.attempts).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.attempt.at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.attempt.status_code.map(i32::from)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.attempt.error.as_deref()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.attempt.took.as_millis().min(i32::MAX as u128) as i32)
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *tx)
         .await?;
+        // The newest outcome of each delivery wins (a delivery may have several here).
+        let mut newest: BTreeMap<i64, &Outcome> = BTreeMap::new();
+        for row in rows {
+            newest.insert(row.attempt.event_id, row);
+        }
+        let rows: Vec<&Outcome> = newest.into_values().collect();
         sqlx::query(
             "UPDATE webhook_deliveries d
              SET status = u.status, attempts = u.attempts, first_attempt_at = u.first_at,
@@ -310,34 +359,40 @@ impl Worker {
              WHERE d.webhook_id = $1 AND d.event_id = u.event_id",
         )
         .bind(id)
-        .bind(rows.iter().map(|r| r.0.event_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.3).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.4).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.attempt.event_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.status).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.attempts).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.first_attempt_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.next_at).collect::<Vec<_>>())
         .bind(
             rows.iter()
-                .map(|r| r.0.status_code.map(i32::from))
+                .map(|r| r.attempt.status_code.map(i32::from))
                 .collect::<Vec<_>>(),
         )
         .bind(
             rows.iter()
-                .map(|r| r.0.error.as_deref())
+                .map(|r| r.attempt.error.as_deref())
                 .collect::<Vec<_>>(),
         )
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        for (attempt, _, _, status, _) in &rows {
-            if *status != "pending" {
-                if *status == "failed" {
-                    tracing::warn!(webhook = %id, event = attempt.event_id, "a webhook delivery failed for good");
-                }
-                self.window.remove(&attempt.event_id);
-            }
-        }
-        done.clear();
-        Ok(())
+        tx.commit().await
+    }
+}
+
+/// An attempt and where it leaves its delivery, to be written.
+struct Outcome {
+    attempt: Attempt,
+    attempts: i32,
+    first_attempt_at: DateTime<Utc>,
+    status: &'static str,
+    next_at: DateTime<Utc>,
+}
+
+fn min(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
