@@ -38,6 +38,7 @@ use stockline_actors::journal::Batch;
 
 use super::records::{Buffer, StoreRecord};
 
+use super::outbox::Known;
 use super::write::write;
 use crate::events::hub::EventHub;
 use tokio::task::JoinHandle;
@@ -98,6 +99,7 @@ impl Flusher {
             pool,
             stats: stats.clone(),
             events,
+            known: Default::default(),
         };
         let task = tokio::spawn(run(out, buffer, gather, stop.clone()));
         Self { stats, stop, task }
@@ -117,6 +119,8 @@ struct Out {
     pool: PgPool,
     stats: Arc<FlushStats>,
     events: Option<Arc<EventHub>>,
+    /// What the store holds, for deriving events (only with `events`).
+    known: tokio::sync::Mutex<Known>,
 }
 
 async fn run(out: Out, buffer: Arc<Buffer>, gather: Duration, stop: CancellationToken) -> bool {
@@ -228,8 +232,13 @@ enum Passing {
 /// refused records stand alone, and those go to `dead_letters`. Errs only for a passing
 /// failure (connection, timeout, resources), after which the whole batch is retried.
 async fn write_isolating(out: &Out, records: &[(Lsn, StoreRecord)]) -> Result<(), Passing> {
-    let written = write(&out.pool, records, out.events.is_some());
-    let error = match tokio::time::timeout(WRITE_TIMEOUT, written).await {
+    let written = {
+        // Held for this write only: the halves below take it again.
+        let mut known = out.known.lock().await;
+        let known = out.events.is_some().then_some(&mut *known);
+        tokio::time::timeout(WRITE_TIMEOUT, write(&out.pool, records, known)).await
+    };
+    let error = match written {
         Ok(Ok(events)) => {
             if let Some(hub) = &out.events {
                 hub.publish(&events);

@@ -1,120 +1,240 @@
-//! The outbox side of a flush: inside the batch's transaction, read what the store held
-//! before it, derive the batch's events and insert them, so an event commits exactly when
-//! its change does. Event ids are keys made of journal numbers, so writing a batch again
-//! (after a commit whose answer was lost) inserts nothing twice.
+//! The outbox side of a flush: inside the batch's transaction, know what the store held
+//! before it, derive the batch's events, and insert them with the batch's closing
+//! statement, so an event commits exactly when its change does. Event ids are keys made
+//! of journal numbers, so writing a batch again (after a commit whose answer was lost)
+//! inserts nothing twice.
+//!
+//! What the store held is mostly known without asking: the flusher is the only writer of
+//! `stock_lines`, so the [`Known`] states it wrote stay true. A product is read from the
+//! database when first met and again after [`FRESH_FOR`] (its threshold, or a warehouse's
+//! status, may have changed meanwhile); a hot product costs no query per batch.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use sqlx::{Postgres, Transaction};
-use stockline_actors::{LineKey, Lsn};
+use stockline_actors::{LineKey, Lsn, ProductId, Record, WarehouseId};
 
 use super::records::StoreRecord;
 use crate::events::Event;
 use crate::events::derive::{self, Before, Place, StoredLine};
 
-/// Derives and inserts the events of `records`; answers them.
-pub(super) async fn write(
+/// How long a product's threshold and lines, and a warehouse's status, are trusted.
+const FRESH_FOR: Duration = Duration::from_secs(5);
+/// Products known at most; past it the memory starts over.
+const MAX_PRODUCTS: usize = 100_000;
+
+struct KnownProduct {
+    threshold: u64,
+    lines: HashMap<WarehouseId, StoredLine>,
+    read_at: Instant,
+}
+
+/// What the flusher knows the store holds. Only the flusher uses it, one batch at a time.
+#[derive(Default)]
+pub struct Known {
+    products: HashMap<ProductId, KnownProduct>,
+    places: HashMap<WarehouseId, (Place, Instant)>,
+}
+
+impl Known {
+    /// After a batch committed: its line states are what the store holds now.
+    pub fn written(&mut self, records: &[(Lsn, StoreRecord)]) {
+        for (_, record) in records {
+            if let StoreRecord::Core(Record::Line(line)) = record
+                && let Some(product) = self.products.get_mut(&line.key.product_id)
+            {
+                let known = product.lines.entry(line.key.warehouse_id).or_default();
+                if line.version > known.version {
+                    *known = StoredLine {
+                        on_hand: line.on_hand,
+                        reserved: line.reserved,
+                        safety_stock: line.safety_stock,
+                        version: line.version,
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Derives the events of `records`, reading what is not known (or no longer fresh).
+pub(super) async fn derive(
     tx: &mut Transaction<'static, Postgres>,
     records: &[(Lsn, StoreRecord)],
+    known: &mut Known,
 ) -> Result<Vec<Event>, sqlx::Error> {
-    let before = read_before(tx, records).await?;
-    let events = derive::derive(records, &before);
-    if events.is_empty() {
-        return Ok(events);
+    let (products, warehouses) = derive::touched(records);
+    let now = Instant::now();
+    if known.products.len() > MAX_PRODUCTS {
+        known.products.clear();
+        known.places.clear();
     }
-    sqlx::query(
-        "INSERT INTO events (id, type, at, data, shop_ids, ordering_key)
-         SELECT id, type, at, data::jsonb, shop_ids::bigint[], ordering_key
-         FROM UNNEST($1::bigint[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[])
-              AS t(id, type, at, data, shop_ids, ordering_key)
-         ON CONFLICT (id) DO NOTHING",
+    let stale: Vec<ProductId> = products
+        .iter()
+        .copied()
+        .filter(|p| {
+            known
+                .products
+                .get(p)
+                .is_none_or(|k| now - k.read_at > FRESH_FOR)
+        })
+        .collect();
+    if !stale.is_empty() {
+        read_products(tx, &stale, known, now).await?;
+    }
+    let unknown: Vec<WarehouseId> = warehouses
+        .iter()
+        .copied()
+        .filter(|w| {
+            known
+                .places
+                .get(w)
+                .is_none_or(|(_, at)| now - *at > FRESH_FOR)
+        })
+        .collect();
+    if !unknown.is_empty() {
+        let rows: Vec<(i64, bool, Option<i64>)> = sqlx::query_as(
+            "SELECT id, status = 'active', shop_id FROM warehouses WHERE id = ANY($1)",
+        )
+        .bind(&unknown)
+        .fetch_all(&mut **tx)
+        .await?;
+        for (id, active, shop_id) in rows {
+            known.places.insert(id, (Place { active, shop_id }, now));
+        }
+    }
+    let mut before = Before::default();
+    for product in &products {
+        if let Some(known) = known.products.get(product) {
+            before.thresholds.insert(*product, known.threshold);
+            for (warehouse, line) in &known.lines {
+                before
+                    .lines
+                    .insert(LineKey::new(*warehouse, *product), *line);
+            }
+        }
+    }
+    let needed: HashSet<WarehouseId> = warehouses
+        .iter()
+        .copied()
+        .chain(before.lines.keys().map(|k| k.warehouse_id))
+        .collect();
+    for warehouse in needed {
+        if let Some((place, _)) = known.places.get(&warehouse) {
+            before.places.insert(warehouse, *place);
+        }
+    }
+    Ok(derive::derive(records, &before))
+}
+
+/// Thresholds and every stored line of `products` (and those lines' warehouses).
+async fn read_products(
+    tx: &mut Transaction<'static, Postgres>,
+    products: &[ProductId],
+    known: &mut Known,
+    now: Instant,
+) -> Result<(), sqlx::Error> {
+    type Row = (
+        i64,
+        i64,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<bool>,
+        Option<i64>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT p.id, p.low_stock_threshold, l.warehouse_id, l.on_hand, l.reserved,
+                l.safety_stock, l.version, w.status = 'active', w.shop_id
+         FROM products p
+         LEFT JOIN stock_lines l ON l.product_id = p.id
+         LEFT JOIN warehouses w ON w.id = l.warehouse_id
+         WHERE p.id = ANY($1)",
     )
+    .bind(products)
+    .fetch_all(&mut **tx)
+    .await?;
+    let unsigned = |v: Option<i64>| v.unwrap_or(0).max(0) as u64;
+    for (product, threshold, warehouse, on_hand, reserved, safety, version, active, shop) in rows {
+        let entry = known
+            .products
+            .entry(product)
+            .or_insert_with(|| KnownProduct {
+                threshold: 0,
+                lines: HashMap::new(),
+                read_at: now,
+            });
+        if entry.read_at != now {
+            entry.lines.clear();
+            entry.read_at = now;
+        }
+        entry.threshold = threshold.max(0) as u64;
+        let Some(warehouse) = warehouse else { continue };
+        entry.lines.insert(
+            warehouse,
+            StoredLine {
+                on_hand: unsigned(on_hand),
+                reserved: unsigned(reserved),
+                safety_stock: unsigned(safety),
+                version: unsigned(version),
+            },
+        );
+        known.places.insert(
+            warehouse,
+            (
+                Place {
+                    active: active.unwrap_or(false),
+                    shop_id: shop,
+                },
+                now,
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// The statement that closes a batch: moves the stored journal number and, in the same
+/// statement (a data-modifying `WITH`), inserts the batch's events: no round trip of its
+/// own on the hot path.
+pub(super) async fn close(
+    tx: &mut Transaction<'static, Postgres>,
+    last: Lsn,
+    events: &[Event],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH written AS (
+           INSERT INTO events (id, type, at, data, shop_ids, ordering_key)
+           SELECT id, type, at, data::json, shop_ids::bigint[], ordering_key
+           FROM UNNEST($2::bigint[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[])
+                AS t(id, type, at, data, shop_ids, ordering_key)
+           ON CONFLICT (id) DO NOTHING
+         )
+         INSERT INTO settings (key, value) VALUES ('journal_lsn', $1::text)
+         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
+         WHERE settings.value::bigint < EXCLUDED.value::bigint",
+    )
+    .bind(last as i64)
     .bind(events.iter().map(|e| e.id).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.at).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.data.to_string()).collect::<Vec<_>>())
     .bind(events.iter().map(|e| pg_array(&e.shop_ids)).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.ordering_key.as_str()).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| e.ordering_key.as_str())
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut **tx)
     .await?;
-    Ok(events)
+    Ok(())
 }
 
 /// `{1,2}`: an array as PostgreSQL's text form (a row of arrays cannot be unnested).
 fn pg_array(values: &[i64]) -> String {
     let values: Vec<String> = values.iter().map(i64::to_string).collect();
     format!("{{{}}}", values.join(","))
-}
-
-/// Thresholds and every stored line of the products the batch changes, and the
-/// warehouses it names (in one query when, as usual, its lines are stored already).
-async fn read_before(
-    tx: &mut Transaction<'static, Postgres>,
-    records: &[(Lsn, StoreRecord)],
-) -> Result<Before, sqlx::Error> {
-    let (products, warehouses) = derive::touched(records);
-    let mut before = Before::default();
-    if !products.is_empty() {
-        type Row = (
-            i64,
-            i64,
-            Option<i64>,
-            Option<i64>,
-            Option<i64>,
-            Option<i64>,
-            Option<i64>,
-            Option<bool>,
-            Option<i64>,
-        );
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT p.id, p.low_stock_threshold, l.warehouse_id, l.on_hand, l.reserved,
-                    l.safety_stock, l.version, w.status = 'active', w.shop_id
-             FROM products p
-             LEFT JOIN stock_lines l ON l.product_id = p.id
-             LEFT JOIN warehouses w ON w.id = l.warehouse_id
-             WHERE p.id = ANY($1)",
-        )
-        .bind(&products)
-        .fetch_all(&mut **tx)
-        .await?;
-        for (product, threshold, warehouse, on_hand, reserved, safety, version, active, shop) in
-            rows
-        {
-            before.thresholds.insert(product, threshold.max(0) as u64);
-            let Some(warehouse) = warehouse else { continue };
-            before.lines.insert(
-                LineKey::new(warehouse, product),
-                StoredLine {
-                    on_hand: on_hand.unwrap_or(0).max(0) as u64,
-                    reserved: reserved.unwrap_or(0).max(0) as u64,
-                    safety_stock: safety.unwrap_or(0).max(0) as u64,
-                    version: version.unwrap_or(0).max(0) as u64,
-                },
-            );
-            before.places.insert(
-                warehouse,
-                Place {
-                    active: active.unwrap_or(false),
-                    shop_id: shop,
-                },
-            );
-        }
-    }
-    let known: HashSet<i64> = before.places.keys().copied().collect();
-    let missing: Vec<i64> = warehouses
-        .into_iter()
-        .filter(|w| !known.contains(w))
-        .collect();
-    if !missing.is_empty() {
-        let rows: Vec<(i64, bool, Option<i64>)> = sqlx::query_as(
-            "SELECT id, status = 'active', shop_id FROM warehouses WHERE id = ANY($1)",
-        )
-        .bind(&missing)
-        .fetch_all(&mut **tx)
-        .await?;
-        for (id, active, shop_id) in rows {
-            before.places.insert(id, Place { active, shop_id });
-        }
-    }
-    Ok(before)
 }

@@ -12,6 +12,7 @@ use stockline_actors::journal::{
 };
 use stockline_actors::{LineKey, Lsn, Record, ReservationId, ReservationStatus};
 
+use super::outbox::{self, Known};
 use crate::events::Event;
 
 use super::records::{IdempotencyRecord, OrderRecord, PaymentRecord, StoreRecord};
@@ -54,22 +55,23 @@ fn sort(records: &[(Lsn, StoreRecord)]) -> Sorted<'_> {
     sorted
 }
 
-/// Writes `records` in one transaction, with their events when `events` is on (the
-/// outbox, read before the lines are overwritten); answers the events written.
+/// Writes `records` in one transaction, with their events when the outbox is on (`known`:
+/// what the store held before, which the events are derived against); answers the events
+/// written.
 #[tracing::instrument(skip_all, fields(records = records.len()))]
 pub(super) async fn write(
     pool: &PgPool,
     records: &[(Lsn, StoreRecord)],
-    events: bool,
+    mut known: Option<&mut Known>,
 ) -> Result<Vec<Event>, sqlx::Error> {
     let Some((last, _)) = records.last() else {
         return Ok(Vec::new());
     };
     let sorted = sort(records);
     let mut tx = pool.begin().await?;
-    let events = match events {
-        true => super::outbox::write(&mut tx, records).await?,
-        false => Vec::new(),
+    let events = match known.as_deref_mut() {
+        Some(known) => outbox::derive(&mut tx, records, known).await?,
+        None => Vec::new(),
     };
     write_reservations(&mut tx, &sorted).await?;
     write_lines(&mut tx, &sorted).await?;
@@ -78,15 +80,11 @@ pub(super) async fn write(
     write_orders(&mut tx, &sorted).await?;
     write_payments(&mut tx, &sorted).await?;
     write_answers(&mut tx, &sorted).await?;
-    sqlx::query(
-        "INSERT INTO settings (key, value) VALUES ('journal_lsn', $1::text)
-         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
-         WHERE settings.value::bigint < EXCLUDED.value::bigint",
-    )
-    .bind(*last as i64)
-    .execute(&mut *tx)
-    .await?;
+    outbox::close(&mut tx, *last, &events).await?;
     tx.commit().await?;
+    if let Some(known) = known {
+        known.written(records);
+    }
     Ok(events)
 }
 
