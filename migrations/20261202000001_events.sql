@@ -8,8 +8,8 @@ CREATE TABLE events (
     id           BIGINT PRIMARY KEY,
     type         TEXT NOT NULL,
     at           TIMESTAMPTZ NOT NULL,
-    -- JSON text as written (never queried inside, so not parsed into jsonb).
-    data         JSON NOT NULL,
+    -- JSON text as the flusher made it (never queried inside, so not parsed again).
+    data         TEXT NOT NULL,
     -- The shops whose warehouses the event concerns (a member sees only those); empty for
     -- the platform's own warehouses and for platform-wide figures.
     shop_ids     BIGINT[] NOT NULL DEFAULT '{}',

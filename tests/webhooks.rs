@@ -444,6 +444,16 @@ async fn subscriptions_are_checked_scoped_to_their_shop_and_bounded() {
     app.cleanup().await;
 }
 
+/// The server's process, killed (SIGKILL) when dropped: also when an assertion fails.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test]
 async fn a_kill_9_between_commit_and_delivery_loses_no_event() {
     let database = common::fresh_database();
@@ -454,7 +464,8 @@ async fn a_kill_9_between_commit_and_delivery_loses_no_event() {
         common::ADMIN_ENV[1],
         ("STOCKLINE_WEBHOOK_RETRY_BASE_MS", "50"),
     ];
-    let (mut child, url) = common::start_binary(&database, &env);
+    let (child, url) = common::start_binary(&database, &env);
+    let child = Killed(child);
     let app = TestApp::attach(&url, &database).await;
     subscribe(
         &app,
@@ -478,15 +489,15 @@ async fn a_kill_9_between_commit_and_delivery_loses_no_event() {
         assert!(tokio::time::Instant::now() < deadline, "attempts were made");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    drop(child); // SIGKILL
     assert!(
         receiver.received().is_empty(),
         "nothing was delivered before the kill"
     );
 
     receiver.failing.store(false, Ordering::Release);
-    let (mut child, url) = common::start_binary(&database, &env);
+    let (child, url) = common::start_binary(&database, &env);
+    let child = Killed(child);
     let app = TestApp::attach(&url, &database).await;
     assert_eq!(
         outbox(
@@ -498,7 +509,6 @@ async fn a_kill_9_between_commit_and_delivery_loses_no_event() {
     );
     wait_for_all(&receiver, &wanted).await;
     assert_in_order_per_line(&receiver.received());
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
     common::drop_database(&database).await;
 }

@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use serde::Serialize;
 use serde_json::{Value, json};
 use stockline_actors::journal::{LineRecord, MovementRecord, ReservationRecord, TransferRecord};
 use stockline_actors::{LineKey, Lsn, ProductId, Record, ReservationStatus, WarehouseId};
@@ -156,7 +157,8 @@ pub fn derive(records: &[(Lsn, StoreRecord)], before: &Before) -> Vec<Event> {
                                 "shop_id": scope,
                                 "available": is,
                                 "threshold": threshold,
-                            }),
+                            })
+                            .to_string(),
                             shop_ids: scope.iter().copied().collect(),
                             ordering_key: format!("product:{}", line.key.product_id),
                         });
@@ -222,6 +224,24 @@ fn crossings(was: u64, is: u64, threshold: u64) -> Vec<EventType> {
     crossed
 }
 
+/// `stock.changed`'s data, serialized straight from the records (it is the hot one).
+#[derive(Serialize)]
+struct LineChanged<'a> {
+    warehouse_id: i64,
+    product_id: i64,
+    version: u64,
+    on_hand: u64,
+    reserved: u64,
+    available: u64,
+    safety_stock: u64,
+    cause: &'static str,
+    quantity: i64,
+    reference: Option<String>,
+    shop_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_reference: Option<&'a str>,
+}
+
 fn stock_changed(
     id: i64,
     line: &LineRecord,
@@ -230,33 +250,54 @@ fn stock_changed(
     before: &Before,
 ) -> Event {
     let shop = before.shop_of(line.key.warehouse_id);
-    let mut data = json!({
-        "warehouse_id": line.key.warehouse_id,
-        "product_id": line.key.product_id,
-        "version": line.version,
-        "on_hand": line.on_hand,
-        "reserved": line.reserved,
-        "available": now.available(),
-        "safety_stock": line.safety_stock,
-        "cause": cause.map(|m| m.kind.as_str()).unwrap_or("repair"),
-        "quantity": cause.map(|m| m.quantity).unwrap_or(0),
-        "reference": cause.map(|m| m.reference.to_string()),
-        "shop_id": shop,
-    });
-    if let Some(reference) = cause
-        .and_then(|m| m.note.as_ref())
-        .and_then(|n| n.reference.as_ref())
-    {
-        data["client_reference"] = Value::String(reference.clone());
-    }
+    let data = LineChanged {
+        warehouse_id: line.key.warehouse_id,
+        product_id: line.key.product_id,
+        version: line.version,
+        on_hand: line.on_hand,
+        reserved: line.reserved,
+        available: now.available(),
+        safety_stock: line.safety_stock,
+        cause: cause.map(|m| m.kind.as_str()).unwrap_or("repair"),
+        quantity: cause.map(|m| m.quantity).unwrap_or(0),
+        reference: cause.map(|m| m.reference.to_string()),
+        shop_id: shop,
+        client_reference: cause
+            .and_then(|m| m.note.as_ref())
+            .and_then(|n| n.reference.as_deref()),
+    };
     Event {
         id,
         kind: EventType::StockChanged,
         at: line.updated_at,
-        data,
+        data: text(&data),
         shop_ids: shop.into_iter().collect(),
         ordering_key: format!("line:{}:{}", line.key.warehouse_id, line.key.product_id),
     }
+}
+
+/// A reservation's data, serialized straight from its record.
+#[derive(Serialize)]
+struct ReservationData<'a> {
+    id: uuid::Uuid,
+    status: &'static str,
+    reference: Option<&'a str>,
+    expires_at: chrono::DateTime<chrono::Utc>,
+    items: Vec<ItemData>,
+}
+
+#[derive(Serialize)]
+struct ItemData {
+    product_id: i64,
+    warehouse_id: i64,
+    quantity: u64,
+    committed: u64,
+    released: u64,
+}
+
+/// JSON text of data made here (it cannot fail: no maps with non-string keys).
+fn text(data: &impl Serialize) -> String {
+    serde_json::to_string(data).unwrap_or_else(|_| "{}".to_owned())
 }
 
 fn reservation(id: i64, r: &ReservationRecord, before: &Before) -> Option<Event> {
@@ -267,30 +308,28 @@ fn reservation(id: i64, r: &ReservationRecord, before: &Before) -> Option<Event>
         (false, ReservationStatus::Released) => EventType::ReservationReleased,
         (false, ReservationStatus::Expired) => EventType::ReservationExpired,
     };
-    let items: Vec<Value> = r
-        .items
-        .iter()
-        .map(|i| {
-            json!({
-                "product_id": i.product_id,
-                "warehouse_id": i.warehouse_id,
-                "quantity": i.quantity,
-                "committed": i.committed,
-                "released": i.released,
+    let data = ReservationData {
+        id: r.id.0,
+        status: r.status.as_str(),
+        reference: r.reference.as_deref(),
+        expires_at: r.expires_at,
+        items: r
+            .items
+            .iter()
+            .map(|i| ItemData {
+                product_id: i.product_id,
+                warehouse_id: i.warehouse_id,
+                quantity: i.quantity,
+                committed: i.committed,
+                released: i.released,
             })
-        })
-        .collect();
+            .collect(),
+    };
     Some(Event {
         id,
         kind,
         at: r.updated_at,
-        data: json!({
-            "id": r.id.0,
-            "status": r.status.as_str(),
-            "reference": r.reference,
-            "expires_at": r.expires_at,
-            "items": items,
-        }),
+        data: text(&data),
         shop_ids: before.shops_of(r.items.iter().map(|i| i.warehouse_id)),
         ordering_key: format!("reservation:{}", r.id.0),
     })
@@ -329,7 +368,8 @@ fn order(id: i64, o: &OrderRecord, before: &Before) -> Event {
             "reservation_id": o.reservation_id.0,
             "tracking_number": o.tracking_number,
             "items": items,
-        }),
+        })
+        .to_string(),
         shop_ids: before.shops_of(o.items.iter().map(|i| i.warehouse_id)),
         ordering_key: format!("order:{}", o.id),
     }
@@ -347,7 +387,8 @@ fn transfer(id: i64, t: &TransferRecord, before: &Before) -> Event {
             "product_id": t.product_id,
             "quantity": t.quantity,
             "reference": t.note.as_ref().and_then(|n| n.reference.clone()),
-        }),
+        })
+        .to_string(),
         shop_ids: before.shops_of([t.from_warehouse_id, t.to_warehouse_id]),
         ordering_key: format!("transfer:{}", t.id.0),
     }

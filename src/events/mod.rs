@@ -29,7 +29,6 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -182,7 +181,8 @@ pub struct Event {
     pub id: i64,
     pub kind: EventType,
     pub at: DateTime<Utc>,
-    pub data: Value,
+    /// JSON text.
+    pub data: String,
     /// The shops whose warehouses it concerns; empty: the platform's only.
     pub shop_ids: Vec<i64>,
     /// Events with the same key keep their order in every delivery.
@@ -192,7 +192,7 @@ pub struct Event {
 impl Event {
     /// The event as clients receive it: `{id, type, at, data}`.
     pub fn to_json(&self) -> String {
-        wire(self.id, self.kind.as_str(), self.at, &self.data.to_string())
+        wire(self.id, self.kind.as_str(), self.at, &self.data)
     }
 }
 

@@ -59,7 +59,7 @@ pub async fn page(
     limit: i64,
 ) -> Result<Vec<Stored>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, type, at, data::text AS data, shop_ids, ordering_key FROM events
+        "SELECT id, type, at, data, shop_ids, ordering_key FROM events
          WHERE id > $1 AND ($2::text[] IS NULL OR type = ANY($2))
            AND ($3::bigint[] IS NULL OR shop_ids && $3)
          ORDER BY id LIMIT $4",

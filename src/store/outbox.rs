@@ -207,7 +207,7 @@ pub(super) async fn close(
     sqlx::query(
         "WITH written AS (
            INSERT INTO events (id, type, at, data, shop_ids, ordering_key)
-           SELECT id, type, at, data::json, shop_ids::bigint[], ordering_key
+           SELECT id, type, at, data, shop_ids::bigint[], ordering_key
            FROM UNNEST($2::bigint[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[])
                 AS t(id, type, at, data, shop_ids, ordering_key)
            ON CONFLICT (id) DO NOTHING
@@ -220,7 +220,7 @@ pub(super) async fn close(
     .bind(events.iter().map(|e| e.id).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.at).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.data.to_string()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.data.as_str()).collect::<Vec<_>>())
     .bind(events.iter().map(|e| pg_array(&e.shop_ids)).collect::<Vec<_>>())
     .bind(
         events

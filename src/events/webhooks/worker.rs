@@ -472,7 +472,7 @@ async fn pending_rows(
 ) -> Result<Vec<PendingRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT d.event_id, d.event_type, d.ordering_key, d.attempts, d.first_attempt_at,
-                d.next_attempt_at, e.at, e.data::text
+                d.next_attempt_at, e.at, e.data
          FROM webhook_deliveries d JOIN events e ON e.id = d.event_id
          WHERE d.webhook_id = $1 AND d.status = 'pending' AND ($2::bigint IS NULL OR d.event_id = $2)
          ORDER BY d.event_id LIMIT $3",
