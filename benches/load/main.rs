@@ -338,6 +338,15 @@ async fn run_stockline_at(
         warm(&base, &token, args.clients).await;
     }
     let label = format!("{} actor {durability}", scenario.name());
+    // The WAL PostgreSQL writes per request (the whole server's, so other databases'
+    // writes count too; on a quiet machine that is this run's).
+    let wal = || async {
+        sqlx::query_scalar::<_, i64>("SELECT (pg_current_wal_lsn() - '0/0')::bigint")
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(0)
+    };
+    let wal_before = wal().await;
     let mut outcome = workload::run(
         scenario,
         &Target::new(base, token),
@@ -347,6 +356,13 @@ async fn run_stockline_at(
         &label,
     )
     .await;
+    let requests = outcome.requests_per_second() * duration.as_secs_f64();
+    eprintln!(
+        "{label} (metrics {}, events {}): {:.0} WAL bytes per request",
+        switches.metrics,
+        switches.events,
+        (wal().await - wal_before) as f64 / requests.max(1.0)
+    );
     let _ = stop.send(());
     server.await.expect("server task").expect("stops cleanly");
     outcome.books = workload::check_stockline_books(&pool).await;
