@@ -16,6 +16,13 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 const SECRET: &str = "a-webhook-secret-of-some-length";
+/// The types the ordering tests subscribe to.
+const STOCK_AND_RESERVATIONS: [&str; 4] = [
+    "stock.changed",
+    "reservation.created",
+    "reservation.committed",
+    "reservation.released",
+];
 
 #[derive(Clone, Debug)]
 struct Received {
@@ -179,37 +186,10 @@ async fn scripted_run(app: &TestApp) {
         let warehouse = app.warehouse(code, priority).await;
         app.stock(warehouse, product, 12).await;
     }
-    let mut tasks = Vec::new();
-    for i in 0..12 {
-        let (client, base, token) = (app.client.clone(), app.base.clone(), app.admin.clone());
-        tasks.push(tokio::spawn(async move {
-            let url = format!("{base}/api/v1/reservations");
-            let body = json!({ "items": [{ "product_id": product, "quantity": 3 }] });
-            let answer = client
-                .post(&url)
-                .bearer_auth(&token)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(answer.status(), StatusCode::CREATED);
-            let id = answer.json::<Value>().await.unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-            let step = if i % 2 == 0 { "commit" } else { "release" };
-            let done = client
-                .post(format!("{url}/{id}/{step}"))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(done.status(), StatusCode::OK);
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
+    assert_eq!(
+        app.reserve_and_settle_concurrently(product, 12, 3).await,
+        12
+    );
 }
 
 #[tokio::test]
@@ -222,17 +202,7 @@ async fn every_event_arrives_signed_and_in_order_per_line_and_a_dead_endpoint_ho
         format!("http://{}/hook", listener.local_addr().unwrap())
     };
     let dead_id = subscribe(&app, &dead, &["stock.changed"]).await;
-    subscribe(
-        &app,
-        &receiver.url,
-        &[
-            "stock.changed",
-            "reservation.created",
-            "reservation.committed",
-            "reservation.released",
-        ],
-    )
-    .await;
+    subscribe(&app, &receiver.url, &STOCK_AND_RESERVATIONS).await;
     scripted_run(&app).await;
     let wanted = outbox(
         &app,
@@ -467,17 +437,7 @@ async fn a_kill_9_between_commit_and_delivery_loses_no_event() {
     let (child, url) = common::start_binary(&database, &env);
     let child = Killed(child);
     let app = TestApp::attach(&url, &database).await;
-    subscribe(
-        &app,
-        &receiver.url,
-        &[
-            "stock.changed",
-            "reservation.created",
-            "reservation.committed",
-            "reservation.released",
-        ],
-    )
-    .await;
+    subscribe(&app, &receiver.url, &STOCK_AND_RESERVATIONS).await;
     scripted_run(&app).await; // sync: every change is committed when answered
     let wanted = outbox(
         &app,

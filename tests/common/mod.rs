@@ -331,6 +331,52 @@ impl TestApp {
         .await
     }
 
+    /// `clients` tasks at once each reserve `quantity` of the product, then commit (even
+    /// ones) or release (odd ones) it; answers how many reservations were made (a refused
+    /// one is skipped). The tasks join before it answers.
+    pub async fn reserve_and_settle_concurrently(
+        &self,
+        product_id: i64,
+        clients: usize,
+        quantity: i64,
+    ) -> usize {
+        let mut tasks = Vec::new();
+        for i in 0..clients {
+            let (client, base, token) =
+                (self.client.clone(), self.base.clone(), self.admin.clone());
+            tasks.push(tokio::spawn(async move {
+                let url = format!("{base}/api/v1/reservations");
+                let body = json!({ "items": [{ "product_id": product_id, "quantity": quantity }] });
+                let answer = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                if answer.status() != StatusCode::CREATED {
+                    return false;
+                }
+                let reservation: Value = answer.json().await.unwrap();
+                let id = reservation["id"].as_str().unwrap();
+                let step = if i % 2 == 0 { "commit" } else { "release" };
+                let done = client
+                    .post(format!("{url}/{id}/{step}"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(done.status(), StatusCode::OK);
+                true
+            }));
+        }
+        let mut made = 0;
+        for task in tasks {
+            made += usize::from(task.await.unwrap());
+        }
+        made
+    }
+
     pub async fn availability(&self, product_id: i64) -> Value {
         let (status, body) = self
             .get(&format!("/products/{product_id}/availability"), &self.admin)
