@@ -472,3 +472,78 @@ async fn a_kill_9_between_commit_and_delivery_loses_no_event() {
     drop(child);
     common::drop_database(&database).await;
 }
+
+#[tokio::test]
+async fn a_redirect_is_not_followed_and_a_slow_receiver_times_out() {
+    let app = TestApp::spawn_with(&[
+        "--webhook-timeout-ms",
+        "300",
+        "--webhook-retry-base-ms",
+        "60000",
+    ])
+    .await;
+    let receiver = Receiver::start().await;
+    let target = receiver.url.clone();
+    let odd = axum::Router::new()
+        .route(
+            "/moved",
+            axum::routing::post(move || {
+                let target = target.clone();
+                async move { axum::response::Redirect::temporary(&target) }
+            }),
+        )
+        .route(
+            "/slow",
+            axum::routing::post(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                AxumStatus::OK
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, odd).await.unwrap() });
+    let moved = subscribe(&app, &format!("{base}/moved"), &["stock.changed"]).await;
+    let slow = subscribe(&app, &format!("{base}/slow"), &["stock.changed"]).await;
+    app.stocked_product(1).await;
+    for (id, expected) in [
+        (
+            moved,
+            json!({ "status_code": 307, "error": "answered 307 Temporary Redirect" }),
+        ),
+        (slow.clone(), json!({ "status_code": null, "error": "timed out" })),
+    ] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let attempt = loop {
+            let (_, body) = app
+                .get(&format!("/webhooks/{id}/deliveries"), &app.admin)
+                .await;
+            if let Some(first) = body["items"][0]["attempt_log"].get(0) {
+                break first.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "an attempt was made"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(attempt["status_code"], expected["status_code"], "{attempt}");
+        assert_eq!(attempt["error"], expected["error"], "{attempt}");
+    }
+    let slow_attempt_ms = {
+        let (_, body) = app
+            .get(&format!("/webhooks/{slow}/deliveries"), &app.admin)
+            .await;
+        body["items"][0]["attempt_log"][0]["duration_ms"]
+            .as_i64()
+            .unwrap()
+    };
+    assert!(
+        slow_attempt_ms < 5_000,
+        "cut at the timeout: {slow_attempt_ms} ms"
+    );
+    assert!(
+        receiver.received().is_empty(),
+        "the redirect's target got nothing"
+    );
+    app.cleanup().await;
+}
