@@ -176,6 +176,11 @@ impl Application {
             background,
         } = self;
         let limits = connection_limits(&state.config);
+        let closing = state.events.closing.clone();
+        let shutdown = async move {
+            shutdown.await;
+            closing.cancel();
+        };
         http::serve::serve(listener, http::router(state.clone()), limits, shutdown).await?;
         state.core.shutdown().await;
         background.cancel();

@@ -475,6 +475,23 @@ async fn streams_are_bounded_and_events_can_be_switched_off() {
 }
 
 #[tokio::test]
+async fn an_open_stream_ends_when_the_server_shuts_down() {
+    let mut app = TestApp::spawn().await;
+    let stream = open_stream(&app, None, "").await;
+    let reader = tokio::spawn(read_sse(stream, |_| false));
+    // Shutdown waits for requests in flight (up to 30 s): an endless stream must end.
+    tokio::time::timeout(Duration::from_secs(10), app.stop())
+        .await
+        .expect("the server stopped with a stream open");
+    let read = tokio::time::timeout(Duration::from_secs(5), reader)
+        .await
+        .expect("the stream ended")
+        .unwrap();
+    assert!(read.is_empty());
+    common::drop_database(&app.database).await;
+}
+
+#[tokio::test]
 async fn events_older_than_the_retention_are_pruned() {
     let app = TestApp::spawn().await;
     app.stocked_product(5).await;

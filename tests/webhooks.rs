@@ -510,7 +510,10 @@ async fn a_redirect_is_not_followed_and_a_slow_receiver_times_out() {
             moved,
             json!({ "status_code": 307, "error": "answered 307 Temporary Redirect" }),
         ),
-        (slow.clone(), json!({ "status_code": null, "error": "timed out" })),
+        (
+            slow.clone(),
+            json!({ "status_code": null, "error": "timed out" }),
+        ),
     ] {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         let attempt = loop {

@@ -46,6 +46,9 @@ pub struct Events {
     pub streams: Arc<tokio::sync::Semaphore>,
     /// Events published to NATS since start.
     pub nats_published: Arc<AtomicU64>,
+    /// Cancelled when the server starts shutting down: open streams end then (a stream
+    /// never ends by itself, and shutdown waits for every request).
+    pub closing: CancellationToken,
 }
 
 impl Events {
@@ -90,6 +93,7 @@ impl Events {
                 config.max_event_streams as usize,
             )),
             nats_published,
+            closing: CancellationToken::new(),
         })
     }
 }

@@ -178,7 +178,14 @@ impl Follower {
                         self.read_page().await?;
                     }
                 }
-                Some(live) => match live.recv().await {
+                Some(live) => match tokio::select! {
+                    received = live.recv() => received,
+                    _ = self.state.events.closing.cancelled() => {
+                        // Shutting down: the client resumes elsewhere or later.
+                        self.done = true;
+                        continue;
+                    }
+                } {
                     Ok(event) => {
                         if event.id > self.cursor && self.filter.allows(event.kind, &event.shop_ids)
                         {
