@@ -98,6 +98,21 @@ async fn every_event_is_published_to_its_subject_once_written() {
     assert!(wanted.len() >= 17);
     let mut got = BTreeSet::new();
     receive_all(&mut subscriber, &wanted, &mut got).await;
+    let published = |scrape: &str| {
+        scrape
+            .lines()
+            .find_map(|l| l.strip_prefix("stockline_nats_events_published_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while published(&app.metrics().await) < wanted.len() as u64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the counter counts them"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     app.cleanup().await;
 }
 

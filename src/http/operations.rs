@@ -492,6 +492,18 @@ fn describe() {
         "stockline_line_mailbox_depth",
         "Calls in flight now to each of the ten lines that handled the most messages (by warehouse and product)."
     );
+    describe_gauge!(
+        "stockline_event_streams",
+        "Event streams (GET /events/stream) open now."
+    );
+    describe_gauge!(
+        "stockline_events_newest_id",
+        "The id of the newest event written to the outbox."
+    );
+    describe_counter!(
+        "stockline_nats_events_published_total",
+        "Events published to NATS and confirmed by its server (a page sent again counts again)."
+    );
     metrics_process::Collector::default().describe();
 }
 
@@ -629,6 +641,11 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
                 "warehouse_id" => key.warehouse_id.to_string(), "product_id" => key.product_id.to_string())
             .set(*depth as f64);
         }
+        let events = &state.events;
+        metrics::gauge!("stockline_event_streams").set(events.hub.streams() as f64);
+        metrics::gauge!("stockline_events_newest_id").set(*events.hub.newest().borrow() as f64);
+        metrics::counter!("stockline_nats_events_published_total")
+            .absolute(events.nats_published.load(Ordering::Relaxed));
         metrics_process::Collector::default().collect();
     });
     (
