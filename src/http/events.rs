@@ -2,9 +2,9 @@
 //! (server-sent events) that resumes where a client left off (`Last-Event-ID`).
 //!
 //! A stream first reads the table from its position, a page at a time (only as fast as
-//! the client takes them), then subscribes to the hub, reads the table once more (what
-//! committed between its last page and the subscription), and from then on sends what the
-//! hub brings, skipping what it has sent. Nothing is skipped and nothing is sent twice. A
+//! the client takes them), then subscribes to the hub, reads the table on to its end
+//! again (what committed between its last page and the subscription), and from then on
+//! sends what the hub brings, skipping what it has sent. Nothing is skipped and nothing is sent twice. A
 //! stream that falls a whole ring behind the newest event gets a last `cutoff` event with
 //! the id to resume from, and ends: its memory never grows.
 
@@ -135,6 +135,7 @@ async fn stream(
         cursor,
         queued: VecDeque::new(),
         live: None,
+        settled: false,
         done: false,
         _permit: permit,
     };
@@ -155,6 +156,8 @@ struct Follower {
     queued: VecDeque<SseEvent>,
     /// Subscribed once caught up with the table.
     live: Option<broadcast::Receiver<Arc<Published>>>,
+    /// The table was read to its end after subscribing: from now on, the ring.
+    settled: bool,
     done: bool,
     _permit: OwnedSemaphorePermit,
 }
@@ -168,17 +171,17 @@ impl Follower {
             if self.done {
                 return None;
             }
-            match self.live.as_mut() {
-                None => {
-                    let caught_up = self.read_page().await?;
-                    if caught_up {
-                        // Subscribe, then read once more: whatever committed in between is
-                        // in the table or in the ring (or both; `cursor` drops repeats).
+            match (self.live.as_mut(), self.settled) {
+                (None, _) => {
+                    if self.read_page().await? {
+                        // Subscribe, then read the table again until a short page: what
+                        // committed before the subscription is there, what after it is
+                        // in the ring (or both; `cursor` drops repeats).
                         self.live = Some(self.state.events.hub.subscribe());
-                        self.read_page().await?;
                     }
                 }
-                Some(live) => match tokio::select! {
+                (Some(_), false) => self.settled = self.read_page().await?,
+                (Some(live), true) => match tokio::select! {
                     received = live.recv() => received,
                     _ = self.state.events.closing.cancelled() => {
                         // Shutting down: the client resumes elsewhere or later.
