@@ -73,6 +73,25 @@ fn data(event: &Event) -> serde_json::Value {
     serde_json::from_str(&event.data).unwrap()
 }
 
+/// Adds the platform's warehouse 2 (active or not) with `on_hand` of product P.
+fn add_platform_line(before: &mut Before, on_hand: u64, active: bool) {
+    before.lines.insert(
+        LineKey::new(2, P),
+        StoredLine {
+            on_hand,
+            version: 1,
+            ..StoredLine::default()
+        },
+    );
+    before.places.insert(
+        2,
+        Place {
+            active,
+            shop_id: None,
+        },
+    );
+}
+
 fn kinds(events: &[Event]) -> Vec<&'static str> {
     events.iter().map(|e| e.kind.as_str()).collect()
 }
@@ -153,21 +172,7 @@ fn a_shops_line_is_judged_over_every_warehouse_and_over_its_shops_own() {
     // The platform's warehouse 2 has 10 more of the product: the product as a whole is
     // not out when the shop's line is.
     let mut before = before(0, 4, Some(7));
-    before.lines.insert(
-        LineKey::new(2, P),
-        StoredLine {
-            on_hand: 10,
-            version: 1,
-            ..StoredLine::default()
-        },
-    );
-    before.places.insert(
-        2,
-        Place {
-            active: true,
-            shop_id: None,
-        },
-    );
+    add_platform_line(&mut before, 10, true);
     let records = numbered(
         change(LineKey::new(W, P), 2, 4, 4, MovementKind::Reserve, 4).to_vec(),
         1,
@@ -186,21 +191,7 @@ fn a_shops_line_is_judged_over_every_warehouse_and_over_its_shops_own() {
 #[test]
 fn lines_of_inactive_warehouses_count_for_nothing() {
     let mut before = before(0, 5, None);
-    before.lines.insert(
-        LineKey::new(2, P),
-        StoredLine {
-            on_hand: 10,
-            version: 1,
-            ..StoredLine::default()
-        },
-    );
-    before.places.insert(
-        2,
-        Place {
-            active: false,
-            shop_id: None,
-        },
-    );
+    add_platform_line(&mut before, 10, false);
     let records = numbered(
         change(LineKey::new(W, P), 2, 5, 5, MovementKind::Reserve, 5).to_vec(),
         1,
