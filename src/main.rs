@@ -139,6 +139,13 @@ async fn create_user(user: UserCreate) -> Result<(), String> {
 }
 
 fn serve(config: Config) -> ExitCode {
+    // Every connection is a file: a flash sale's thousands of clients must not meet the
+    // default soft limit (often 1,024) while the hard limit allows more. The bound on
+    // connections (`STOCKLINE_MAX_CONNECTIONS`' default) is taken from the raised limit.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(error) => tracing::warn!(%error, "could not raise the open-file limit"),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

@@ -1,15 +1,23 @@
 //! The load harness: stockline (in `sync` and `async` durability) against the row-lock
-//! baseline, on the same PostgreSQL, in the same run, over HTTP with many concurrent
-//! clients. Run: `cargo bench --bench load` (or `-- --duration 10` for a short run).
+//! baseline and against Redis (with `appendfsync always` and without persistence), on
+//! the same machine, in the same run, over HTTP with many concurrent clients. Run:
+//! `cargo bench --bench load` (or `-- --duration 10` for a short run; `-- --clients 1000`
+//! for flash-sale concurrency).
 //!
 //! Scenarios: `hot` (every reservation on one product), `zipf` (skewed over 10,000
-//! products), `mixed` (reserve, commit, release, availability reads, transfers). Each run
-//! gets fresh databases, seeded with SQL (stockline recovers the seed at start, as after a
-//! restart). After each run the books are checked in PostgreSQL: nothing oversold, every
-//! line's `reserved` equal to its pending reservations, the movement ledger summing to
-//! `on_hand`. It ends with a table and one line per scenario:
-//! `ratio <scenario> actor/row-lock: <x>` (stockline in `sync` mode against the baseline).
+//! products), `mixed` (reserve, commit, release, availability reads, transfers). Each
+//! design gets fresh state, seeded alike (stockline recovers its seed at start, as after a
+//! restart). Per design it measures the closed loop (each client's next step when the last
+//! is answered: the peak) and, unless `--slo-trials 0`, the SLO throughput: the highest
+//! open-loop arrival rate at which p99 stays under `--slo-ms` (found by bisection, one
+//! short trial per step). After each design the books are checked where it keeps them:
+//! nothing oversold, every line's `reserved` equal to its pending reservations, and for
+//! stockline the movement ledger summing to `on_hand`. It ends with a table and, per
+//! scenario, the lines scripts read: `ratio <scenario> actor/row-lock: <x>`,
+//! `ratio <scenario> actor/redis-aof: <x>` (stockline `sync` against each) and
+//! `ratio <scenario> sync/async: <x>`.
 
+mod redis;
 mod rowlock;
 mod workload;
 
@@ -19,22 +27,35 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use sqlx::{Connection, PgPool};
-use workload::{Outcome, Scenario, Target};
+use workload::{Load, Outcome, Scenario, Target};
 
 #[derive(Parser, Debug)]
 #[command(about = "stockline load harness")]
 struct Args {
-    /// Seconds each scenario runs per design.
+    /// Seconds each scenario runs per design (closed loop).
     #[arg(long, default_value_t = 30)]
     duration: u64,
-    /// Concurrent clients.
+    /// Concurrent clients (connections) per design; the open loop's bound too.
     #[arg(long, default_value_t = 64)]
     clients: usize,
     /// Scenarios to run.
     #[arg(long, value_delimiter = ',', default_value = "hot,zipf,mixed")]
     scenarios: Vec<Scenario>,
+    /// Designs to run.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "actor-sync,actor-async,row-lock,redis-aof,redis-none"
+    )]
+    designs: Vec<Design>,
+    /// The latency objective of the SLO throughput: p99 under this many milliseconds.
+    #[arg(long, default_value_t = 50)]
+    slo_ms: u64,
+    /// Open-loop trials per design in the search for the SLO throughput (0: skip it).
+    #[arg(long, default_value_t = 6)]
+    slo_trials: u32,
     /// PostgreSQL server for the fresh databases.
     #[arg(
         long,
@@ -49,7 +70,6 @@ struct Args {
     /// Bearer token for `--url`.
     #[arg(long)]
     token: Option<String>,
-    /// Passed by `cargo bench`; ignored.
     /// Read every product's availability once before measuring, so that the run sees the
     /// lines in memory (without it, the run includes the first touch of each line after
     /// start, one query per product).
@@ -66,8 +86,37 @@ struct Args {
     /// Rounds of `--metrics-ab` and `--events-ab`.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+/// What serves the requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Design {
+    /// stockline, `sync` durability.
+    ActorSync,
+    /// stockline, `async` durability.
+    ActorAsync,
+    /// A transaction per request locking the stock row in PostgreSQL.
+    RowLock,
+    /// Lua scripts in Redis with `appendfsync always`.
+    RedisAof,
+    /// Lua scripts in Redis without persistence.
+    RedisNone,
+}
+
+impl Design {
+    /// The table's design and durability columns.
+    fn columns(self) -> (&'static str, &'static str) {
+        match self {
+            Self::ActorSync => ("actor", "sync"),
+            Self::ActorAsync => ("actor", "async"),
+            Self::RowLock => ("row-lock", "sync"),
+            Self::RedisAof => ("redis", "aof-always"),
+            Self::RedisNone => ("redis", "none"),
+        }
+    }
 }
 
 /// Products seeded; every scenario picks among them.
@@ -76,16 +125,43 @@ pub const PRODUCTS: i64 = 10_000;
 pub const STOCK: i64 = 1_000_000_000;
 const ADMIN: (&str, &str) = ("load@stockline.test", "load-password");
 
+/// One design's figures for a scenario.
+struct Row {
+    scenario: Scenario,
+    design: &'static str,
+    durability: &'static str,
+    outcome: Outcome,
+    /// The SLO throughput (requests a second answered) and the trial that reached it.
+    slo: Option<(f64, Outcome)>,
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let args = Args::parse();
+    // Clients and server share this process: two sockets per connection.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if (limit as usize) < args.clients * 2 + 256 => eprintln!(
+            "warning: the open-file limit is {limit}; {} clients need about {}",
+            args.clients,
+            args.clients * 2 + 256
+        ),
+        Ok(_) => {}
+        Err(error) => eprintln!("warning: could not raise the open-file limit: {error}"),
+    }
     let duration = Duration::from_secs(args.duration);
     if let Some(url) = &args.url {
         let token = args.token.clone().unwrap_or_default();
         for scenario in &args.scenarios {
             let target = Target::new(format!("{url}/api/v1"), token.clone());
-            let outcome =
-                workload::run(*scenario, &target, args.clients, duration, None, "remote").await;
+            let outcome = workload::run(
+                *scenario,
+                &target,
+                args.clients,
+                duration,
+                Load::Closed,
+                "remote",
+            )
+            .await;
             print_table(&[(*scenario, "actor", "remote", outcome)]);
         }
         return;
@@ -96,59 +172,357 @@ async fn main() {
     if args.events_ab {
         return ab(&args, duration, Switch::Events).await;
     }
-    let mut rows = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     for scenario in &args.scenarios {
-        for durability in ["sync", "async"] {
-            let outcome = run_stockline(&args, *scenario, durability, duration).await;
-            rows.push((*scenario, "actor", durability, outcome));
+        for design in &args.designs {
+            rows.push(measure(&args, *scenario, *design, duration).await);
         }
-        let outcome = run_baseline(&args, *scenario, duration).await;
-        rows.push((*scenario, "row-lock", "-", outcome));
     }
-    if args.scenarios.contains(&Scenario::Hot) {
-        let peak = rows
-            .iter()
-            .find(|(s, d, m, _)| *s == Scenario::Hot && *d == "actor" && *m == "sync")
-            .map(|r| r.3.requests_per_second())
-            .unwrap_or(0.0);
-        // Half the peak request rate; a hot step is two requests (reserve, release).
-        let rate = (peak / 2.0 / 2.0).max(1.0);
-        let outcome = run_stockline_at(
-            &args,
+    // p99 at half the SLO throughput, in `sync`: what users see on a busy day that is
+    // not the peak.
+    let half = rows
+        .iter()
+        .find(|r| r.scenario == Scenario::Hot && (r.design, r.durability) == ("actor", "sync"))
+        .and_then(|r| r.slo.as_ref())
+        .map(|(rate, _)| rate / 2.0);
+    let mut extra = Vec::new();
+    if let Some(rate) = half.filter(|r| *r > 0.0) {
+        let load = Load::Open {
+            steps_per_second: rate / Scenario::Hot.requests_per_step(),
+        };
+        let mut stand = stand_up(&args, Design::ActorSync, Switches::ON).await;
+        let outcome = workload::run(
             Scenario::Hot,
-            "sync",
+            &stand.target,
+            args.clients,
             duration / 2,
-            Some(rate),
-            Switches::ON,
+            load,
+            "hot actor @50% SLO",
         )
         .await;
-        rows.push((Scenario::Hot, "actor @50%", "sync", outcome));
+        stand.books = tear_down(stand.teardown).await;
+        extra.push((Scenario::Hot, "actor @50%slo", "sync", outcome));
     }
-    print_table(&rows);
+    let mut table: Vec<_> = rows
+        .iter()
+        .map(|r| (r.scenario, r.design, r.durability, r.outcome.clone()))
+        .collect();
+    table.extend(extra.iter().cloned());
+    print_table(&table);
+    if rows.iter().any(|r| r.slo.is_some()) {
+        print_slo_table(&rows, args.slo_ms);
+    }
     for scenario in &args.scenarios {
-        let rate = |design: &str, mode: &str| {
+        let rate = |design: &str, durability: &str| {
             rows.iter()
-                .find(|(s, d, m, _)| s == scenario && *d == design && *m == mode)
-                .map(|r| r.3.requests_per_second())
-                .unwrap_or(0.0)
+                .find(|r| {
+                    r.scenario == *scenario && r.design == design && r.durability == durability
+                })
+                .map(|r| r.outcome.requests_per_second())
         };
-        let (actor, baseline) = (rate("actor", "sync"), rate("row-lock", "-"));
+        let sync = rate("actor", "sync");
+        for (name, other) in [
+            ("actor/row-lock", rate("row-lock", "sync")),
+            ("actor/redis-aof", rate("redis", "aof-always")),
+            ("sync/async", rate("actor", "async")),
+        ] {
+            if let (Some(sync), Some(other)) = (sync, other) {
+                println!(
+                    "ratio {} {name}: {:.2}",
+                    scenario.name(),
+                    sync / other.max(1e-9)
+                );
+            }
+        }
+        if let (Some(actor), Some(redis)) = (rate("actor", "async"), rate("redis", "none")) {
+            println!(
+                "ratio {} async/redis-none: {:.2}",
+                scenario.name(),
+                actor / redis.max(1e-9)
+            );
+        }
+    }
+    let wrong: Vec<_> = rows
+        .iter()
+        .filter(|r| !r.outcome.books.is_empty())
+        .collect();
+    for row in &wrong {
         println!(
-            "ratio {} actor/row-lock: {:.1}",
-            scenario.name(),
-            actor / baseline.max(1e-9)
+            "BOOKS WRONG {} {} {}: {}",
+            row.scenario.name(),
+            row.design,
+            row.durability,
+            row.outcome.books.join("; ")
         );
     }
-    let failed: Vec<_> = rows.iter().filter(|r| !r.3.books.is_empty()).collect();
-    for (scenario, design, mode, outcome) in &failed {
-        println!(
-            "BOOKS WRONG {} {design} {mode}: {}",
-            scenario.name(),
-            outcome.books.join("; ")
-        );
-    }
-    if !failed.is_empty() {
+    if !wrong.is_empty() {
         std::process::exit(1);
+    }
+}
+
+/// One design on one scenario: the closed loop, then the search for the SLO throughput on
+/// the same server, then its books.
+async fn measure(args: &Args, scenario: Scenario, design: Design, duration: Duration) -> Row {
+    let (name, durability) = design.columns();
+    let label = format!("{} {name} {durability}", scenario.name());
+    let mut stand = stand_up(args, design, Switches::ON).await;
+    if args.warm {
+        workload::warm(&stand.target, args.clients).await;
+    }
+    let wal_before = stand.wal().await;
+    let mut outcome = workload::run(
+        scenario,
+        &stand.target,
+        args.clients,
+        duration,
+        Load::Closed,
+        &label,
+    )
+    .await;
+    if let Some(after) = stand.wal().await {
+        let requests = outcome.histogram.len().max(1) as f64;
+        eprintln!(
+            "{label}: {:.0} WAL bytes per request",
+            (after - wal_before.unwrap_or(after)) as f64 / requests
+        );
+    }
+    let slo = if args.slo_trials > 0 {
+        Some(
+            slo_search(
+                args,
+                scenario,
+                &stand.target,
+                outcome.requests_per_second(),
+                &label,
+            )
+            .await,
+        )
+    } else {
+        None
+    };
+    stand.books = tear_down(stand.teardown).await;
+    outcome.books = stand.books;
+    Row {
+        scenario,
+        design: name,
+        durability,
+        outcome,
+        slo,
+    }
+}
+
+/// The highest open-loop request rate at which p99 stays under the SLO: bisection between
+/// nothing and a little over the closed-loop `peak`, one trial per step. Answers the
+/// requests answered per second in the best passing trial, and that trial.
+async fn slo_search(
+    args: &Args,
+    scenario: Scenario,
+    target: &Target,
+    peak: f64,
+    label: &str,
+) -> (f64, Outcome) {
+    let slo = Duration::from_millis(args.slo_ms);
+    let trial = Duration::from_secs_f64((args.duration as f64 / 4.0).clamp(1.0, 5.0));
+    let (mut low, mut high) = (0.0, peak * 1.25);
+    let mut best: Option<(f64, Outcome)> = None;
+    let mut rate = peak * 0.6;
+    for _ in 0..args.slo_trials {
+        let load = Load::Open {
+            steps_per_second: rate / scenario.requests_per_step(),
+        };
+        let outcome = workload::run(
+            scenario,
+            target,
+            args.clients,
+            trial,
+            load,
+            &format!("{label} open {rate:.0}/s"),
+        )
+        .await;
+        let met = outcome.meets(slo);
+        eprintln!(
+            "[{label}] open loop at {rate:.0} req/s: p99 {:.1} ms, {} dropped, {}",
+            outcome.percentile_ms(99.0),
+            outcome.dropped,
+            if met {
+                "within the SLO"
+            } else {
+                "misses the SLO"
+            }
+        );
+        if met {
+            low = rate;
+            if best
+                .as_ref()
+                .is_none_or(|(r, _)| outcome.requests_per_second() > *r)
+            {
+                best = Some((outcome.requests_per_second(), outcome));
+            }
+        } else {
+            high = rate;
+        }
+        rate = (low + high) / 2.0;
+    }
+    best.unwrap_or_else(|| (0.0, Outcome::empty()))
+}
+
+/// A design running with fresh, seeded state, and how to take it down.
+struct Stand {
+    target: Target,
+    teardown: Teardown,
+    books: Vec<String>,
+}
+
+enum Teardown {
+    Actor {
+        pool: PgPool,
+        base: String,
+        database: String,
+        stop: tokio::sync::oneshot::Sender<()>,
+        server: tokio::task::JoinHandle<std::io::Result<()>>,
+    },
+    RowLock {
+        pool: PgPool,
+        base: String,
+        database: String,
+    },
+    Redis {
+        server: redis::Server,
+        connection: ::redis::aio::MultiplexedConnection,
+    },
+}
+
+impl Stand {
+    /// PostgreSQL's WAL position (the whole server's, so other databases' writes count
+    /// too; on a quiet machine that is this run's), for stockline only.
+    async fn wal(&self) -> Option<i64> {
+        let Teardown::Actor { pool, .. } = &self.teardown else {
+            return None;
+        };
+        sqlx::query_scalar::<_, i64>("SELECT (pg_current_wal_lsn() - '0/0')::bigint")
+            .fetch_one(pool)
+            .await
+            .ok()
+    }
+}
+
+async fn stand_up(args: &Args, design: Design, switches: Switches) -> Stand {
+    let (target, teardown) = match design {
+        Design::ActorSync | Design::ActorAsync => {
+            let durability = design.columns().1;
+            let (database, url) = fresh_database(&args.database_base).await;
+            let pool = stockline::store::connect_and_migrate(&url)
+                .await
+                .expect("migrate");
+            seed_stockline(&pool).await;
+            let config = workload::config(&url, durability, ADMIN, switches);
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let (addr, server) = stockline::startup::launch(listener, config, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("stockline starts");
+            let base = format!("http://{addr}/api/v1");
+            let token = workload::login(&base, ADMIN).await;
+            let teardown = Teardown::Actor {
+                pool,
+                base: args.database_base.clone(),
+                database,
+                stop,
+                server,
+            };
+            (Target::new(base, token), teardown)
+        }
+        Design::RowLock => {
+            let (database, url) = fresh_database(&args.database_base).await;
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(32)
+                .connect(&url)
+                .await
+                .expect("connect");
+            sqlx::raw_sql(rowlock::SCHEMA)
+                .execute(&pool)
+                .await
+                .expect("schema");
+            sqlx::query("INSERT INTO rl_stock SELECT w, g, 1000000000, 0 FROM generate_series(1, 10000) g, (VALUES (1), (2)) AS t(w)")
+                .execute(&pool)
+                .await
+                .expect("seed");
+            let base = rowlock::start(pool.clone()).await;
+            (
+                Target::new(base, String::new()),
+                Teardown::RowLock {
+                    pool,
+                    base: args.database_base.clone(),
+                    database,
+                },
+            )
+        }
+        Design::RedisAof | Design::RedisNone => {
+            let persistence = if design == Design::RedisAof {
+                redis::Persistence::AofAlways
+            } else {
+                redis::Persistence::None
+            };
+            let server = redis::start_server(persistence).await;
+            let client = ::redis::Client::open(server.url.as_str()).expect("redis url");
+            let mut connection = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("redis connection");
+            redis::seed(&mut connection).await;
+            let base = redis::start(connection.clone()).await;
+            (
+                Target::new(base, String::new()),
+                Teardown::Redis { server, connection },
+            )
+        }
+    };
+    Stand {
+        target,
+        teardown,
+        books: Vec::new(),
+    }
+}
+
+/// Stops the design and checks its books; answers the checks that failed.
+async fn tear_down(teardown: Teardown) -> Vec<String> {
+    match teardown {
+        Teardown::Actor {
+            pool,
+            base,
+            database,
+            stop,
+            server,
+        } => {
+            let _ = stop.send(());
+            server.await.expect("server task").expect("stops cleanly");
+            let books = workload::check_stockline_books(&pool).await;
+            pool.close().await;
+            drop_database(&base, &database).await;
+            books
+        }
+        Teardown::RowLock {
+            pool,
+            base,
+            database,
+        } => {
+            let books = workload::check_rowlock_books(&pool).await;
+            pool.close().await;
+            drop_database(&base, &database).await;
+            books
+        }
+        Teardown::Redis {
+            server,
+            mut connection,
+        } => {
+            let books = redis::check_books(&mut connection).await;
+            drop(server);
+            books
+        }
     }
 }
 
@@ -217,9 +591,24 @@ async fn ab(args: &Args, duration: Duration, switch: Switch) {
                 };
                 for enabled in order {
                     let switches = switch.with(enabled);
-                    let outcome =
-                        run_stockline_at(args, *scenario, durability, duration, None, switches)
-                            .await;
+                    let design = if durability == "sync" {
+                        Design::ActorSync
+                    } else {
+                        Design::ActorAsync
+                    };
+                    let mut stand = stand_up(args, design, switches).await;
+                    let label = format!("{} {durability} {}", scenario.name(), switch.name());
+                    let mut outcome = workload::run(
+                        *scenario,
+                        &stand.target,
+                        args.clients,
+                        duration,
+                        Load::Closed,
+                        &label,
+                    )
+                    .await;
+                    stand.books = tear_down(stand.teardown).await;
+                    outcome.books = stand.books;
                     *(if enabled { &mut on } else { &mut off }) += outcome.requests_per_second();
                     let design = if enabled { labels[0] } else { labels[1] };
                     rows.push((*scenario, design, durability, outcome));
@@ -235,6 +624,31 @@ async fn ab(args: &Args, duration: Duration, switch: Switch) {
             switch.name()
         );
     }
+}
+
+/// The SLO throughput per design, beside its closed-loop peak.
+fn print_slo_table(rows: &[Row], slo_ms: u64) {
+    println!("SLO throughput: the highest open-loop rate with p99 under {slo_ms} ms");
+    println!(
+        "{:<8} {:<11} {:<10} {:>10} {:>10} {:>8} {:>8}",
+        "scenario", "design", "durability", "peak req/s", "SLO req/s", "p50 ms", "p99 ms"
+    );
+    for row in rows {
+        let Some((rate, trial)) = &row.slo else {
+            continue;
+        };
+        println!(
+            "{:<8} {:<11} {:<10} {:>10.0} {:>10.0} {:>8.2} {:>8.2}",
+            row.scenario.name(),
+            row.design,
+            row.durability,
+            row.outcome.requests_per_second(),
+            rate,
+            trial.percentile_ms(50.0),
+            trial.percentile_ms(99.0),
+        );
+    }
+    println!();
 }
 
 fn print_table(rows: &[(Scenario, &str, &str, Outcome)]) {
@@ -298,137 +712,4 @@ async fn seed_stockline(pool: &PgPool) {
     ] {
         sqlx::query(statement).execute(pool).await.expect("seed");
     }
-}
-
-async fn run_stockline(
-    args: &Args,
-    scenario: Scenario,
-    durability: &str,
-    duration: Duration,
-) -> Outcome {
-    run_stockline_at(args, scenario, durability, duration, None, Switches::ON).await
-}
-
-async fn run_stockline_at(
-    args: &Args,
-    scenario: Scenario,
-    durability: &str,
-    duration: Duration,
-    rate: Option<f64>,
-    switches: Switches,
-) -> Outcome {
-    let (name, url) = fresh_database(&args.database_base).await;
-    let pool = stockline::store::connect_and_migrate(&url)
-        .await
-        .expect("migrate");
-    seed_stockline(&pool).await;
-    let config = workload::config(&url, durability, ADMIN, switches);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (addr, server) = stockline::startup::launch(listener, config, async {
-        let _ = stopped.await;
-    })
-    .await
-    .expect("stockline starts");
-    let base = format!("http://{addr}/api/v1");
-    let token = workload::login(&base, ADMIN).await;
-    if args.warm {
-        warm(&base, &token, args.clients).await;
-    }
-    let label = format!("{} actor {durability}", scenario.name());
-    // The WAL PostgreSQL writes per request (the whole server's, so other databases'
-    // writes count too; on a quiet machine that is this run's).
-    let wal = || async {
-        sqlx::query_scalar::<_, i64>("SELECT (pg_current_wal_lsn() - '0/0')::bigint")
-            .fetch_one(&pool)
-            .await
-            .unwrap_or(0)
-    };
-    let wal_before = wal().await;
-    let mut outcome = workload::run(
-        scenario,
-        &Target::new(base, token),
-        args.clients,
-        duration,
-        rate,
-        &label,
-    )
-    .await;
-    let requests = outcome.requests_per_second() * duration.as_secs_f64();
-    eprintln!(
-        "{label} (metrics {}, events {}): {:.0} WAL bytes per request",
-        switches.metrics,
-        switches.events,
-        (wal().await - wal_before) as f64 / requests.max(1.0)
-    );
-    let _ = stop.send(());
-    server.await.expect("server task").expect("stops cleanly");
-    outcome.books = workload::check_stockline_books(&pool).await;
-    pool.close().await;
-    drop_database(&args.database_base, &name).await;
-    outcome
-}
-
-/// Reads the availability of every product once, from `clients` tasks.
-async fn warm(base: &str, token: &str, clients: usize) {
-    let next = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(1));
-    let client = reqwest::Client::new();
-    let readers: Vec<_> = (0..clients.max(1))
-        .map(|_| {
-            let (client, next) = (client.clone(), next.clone());
-            let (base, token) = (base.to_owned(), token.to_owned());
-            tokio::spawn(async move {
-                loop {
-                    let product = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if product > PRODUCTS {
-                        return;
-                    }
-                    let read = client
-                        .get(format!("{base}/products/{product}/availability"))
-                        .bearer_auth(&token)
-                        .send()
-                        .await
-                        .expect("availability");
-                    assert!(read.status().is_success(), "warming product {product}");
-                }
-            })
-        })
-        .collect();
-    for reader in readers {
-        reader.await.expect("warming");
-    }
-}
-
-async fn run_baseline(args: &Args, scenario: Scenario, duration: Duration) -> Outcome {
-    let (name, url) = fresh_database(&args.database_base).await;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(32)
-        .connect(&url)
-        .await
-        .expect("connect");
-    sqlx::raw_sql(rowlock::SCHEMA)
-        .execute(&pool)
-        .await
-        .expect("schema");
-    sqlx::query("INSERT INTO rl_stock SELECT w, g, 1000000000, 0 FROM generate_series(1, 10000) g, (VALUES (1), (2)) AS t(w)")
-        .execute(&pool)
-        .await
-        .expect("seed");
-    let base = rowlock::start(pool.clone()).await;
-    let label = format!("{} row-lock", scenario.name());
-    let mut outcome = workload::run(
-        scenario,
-        &Target::new(base, String::new()),
-        args.clients,
-        duration,
-        None,
-        &label,
-    )
-    .await;
-    outcome.books = workload::check_rowlock_books(&pool).await;
-    pool.close().await;
-    drop_database(&args.database_base, &name).await;
-    outcome
 }

@@ -31,6 +31,14 @@ impl Scenario {
             Self::Mixed => "mixed",
         }
     }
+
+    /// Requests in one client step (`hot` and `zipf` reserve, then release).
+    pub fn requests_per_step(self) -> f64 {
+        match self {
+            Self::Hot | Self::Zipf => 2.0,
+            Self::Mixed => 1.0,
+        }
+    }
 }
 
 /// Where requests go.
@@ -133,23 +141,74 @@ pub async fn login(base: &str, admin: (&str, &str)) -> String {
     answer["token"].as_str().expect("token").to_owned()
 }
 
+/// Reads the availability of every product once, from `clients` tasks.
+pub async fn warm(target: &Target, clients: usize) {
+    let next = Arc::new(std::sync::atomic::AtomicI64::new(1));
+    let readers: Vec<_> = (0..clients.max(1))
+        .map(|_| {
+            let (target, next) = (target.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let product = next.fetch_add(1, Ordering::Relaxed);
+                    if product > PRODUCTS {
+                        return;
+                    }
+                    let read = target
+                        .get(&format!("/products/{product}/availability"))
+                        .await;
+                    assert!(matches!(read, Ok((200, _))), "warming product {product}");
+                }
+            })
+        })
+        .collect();
+    for reader in readers {
+        reader.await.expect("warming");
+    }
+}
+
 /// What one run measured.
+#[derive(Clone)]
 pub struct Outcome {
     pub elapsed: Duration,
     pub histogram: Histogram<u64>,
     pub statuses: BTreeMap<u16, u64>,
     pub errors: u64,
+    /// Open loop: steps that found every connection busy and never started.
+    pub dropped: u64,
     /// Book checks that failed (empty: the books are right).
     pub books: Vec<String>,
 }
 
 impl Outcome {
+    /// Nothing measured (a search that found no rate within the SLO).
+    pub fn empty() -> Self {
+        Self {
+            elapsed: Duration::from_secs(1),
+            histogram: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+            statuses: BTreeMap::new(),
+            errors: 0,
+            dropped: 0,
+            books: Vec::new(),
+        }
+    }
+
     pub fn requests_per_second(&self) -> f64 {
         self.histogram.len() as f64 / self.elapsed.as_secs_f64()
     }
 
     pub fn percentile_ms(&self, p: f64) -> f64 {
         self.histogram.value_at_percentile(p) as f64 / 1000.0
+    }
+
+    /// Whether the run kept p99 under `slo`: at most 1% of the requests answered slower,
+    /// failed or dropped (a dropped step counts as one request).
+    pub fn meets(&self, slo: Duration) -> bool {
+        let slo_us = slo.as_micros() as u64;
+        let slow = self
+            .histogram
+            .count_between(slo_us + 1, self.histogram.max().max(slo_us + 1));
+        let total = self.histogram.len() + self.dropped;
+        total > 0 && (slow + self.errors + self.dropped) * 100 <= total
     }
 
     pub fn statuses(&self) -> String {
@@ -225,6 +284,7 @@ async fn step(
     zipf: &Zipf,
     pending: &mut Vec<String>,
     recorder: &Recorder,
+    due: Instant,
 ) {
     let (choice, u, product_pick) = {
         let mut rng = rand::rng();
@@ -242,7 +302,7 @@ async fn step(
     let reserve = json!({ "items": [{ "product_id": product, "quantity": 1 }] });
     match (scenario, choice) {
         (Scenario::Hot | Scenario::Zipf, _) => {
-            let started = Instant::now();
+            let started = due;
             let result = target.post("/reservations", Some(reserve)).await;
             recorder.record(started, &result);
             if let Ok((201, body)) = result {
@@ -255,7 +315,7 @@ async fn step(
             }
         }
         (Scenario::Mixed, 0..35) => {
-            let started = Instant::now();
+            let started = due;
             let result = target.post("/reservations", Some(reserve)).await;
             recorder.record(started, &result);
             if let Ok((201, body)) = result {
@@ -265,14 +325,14 @@ async fn step(
         (Scenario::Mixed, 35..75) if !pending.is_empty() => {
             let id = pending.swap_remove(0);
             let verb = if choice < 60 { "commit" } else { "release" };
-            let started = Instant::now();
+            let started = due;
             let result = target
                 .post(&format!("/reservations/{id}/{verb}"), None)
                 .await;
             recorder.record(started, &result);
         }
         (Scenario::Mixed, 75..95) | (Scenario::Mixed, 35..75) => {
-            let started = Instant::now();
+            let started = due;
             let result = target
                 .get(&format!("/products/{product}/availability"))
                 .await;
@@ -281,22 +341,32 @@ async fn step(
         (Scenario::Mixed, _) => {
             let (from, to) = if choice % 2 == 0 { (1, 2) } else { (2, 1) };
             let body = json!({ "from_warehouse_id": from, "to_warehouse_id": to, "product_id": product, "quantity": 1 });
-            let started = Instant::now();
+            let started = due;
             let result = target.post("/transfers", Some(body)).await;
             recorder.record(started, &result);
         }
     }
 }
 
-/// Runs `scenario` for `duration`: `clients` closed-loop clients, or, with `rate`, an open
-/// loop starting that many steps a second (at most `clients` at once; a `hot` or `zipf`
-/// step is two requests).
+/// How clients offer load.
+#[derive(Clone, Copy, Debug)]
+pub enum Load {
+    /// `clients` clients, each starting its next step when the last one is answered.
+    Closed,
+    /// Steps start at this many a second whatever the answers (open loop), on at most
+    /// `clients` connections at once; a step that finds them all busy is dropped and counts
+    /// against the SLO. Latency runs from when a step was due, not from when it could
+    /// start, so a stalled server is not flattered (coordinated omission).
+    Open { steps_per_second: f64 },
+}
+
+/// Runs `scenario` against `target` for `duration`.
 pub async fn run(
     scenario: Scenario,
     target: &Target,
     clients: usize,
     duration: Duration,
-    rate: Option<f64>,
+    load: Load,
     label: &str,
 ) -> Outcome {
     let recorder = Arc::new(Recorder {
@@ -307,6 +377,7 @@ pub async fn run(
     });
     let zipf = Arc::new(Zipf::new(PRODUCTS, 1.1));
     let stop = Arc::new(AtomicBool::new(false));
+    let dropped = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let progress = tokio::spawn({
         let (recorder, stop, label) = (recorder.clone(), stop.clone(), label.to_owned());
@@ -326,37 +397,48 @@ pub async fn run(
             }
         }
     });
-    let workers: Vec<_> = match rate {
-        None => (0..clients)
+    let workers: Vec<_> = match load {
+        Load::Closed => (0..clients)
             .map(|_| {
                 let (target, recorder, zipf, stop) =
                     (target.clone(), recorder.clone(), zipf.clone(), stop.clone());
                 tokio::spawn(async move {
                     let mut pending = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
-                        step(scenario, &target, &zipf, &mut pending, &recorder).await;
+                        let due = Instant::now();
+                        step(scenario, &target, &zipf, &mut pending, &recorder, due).await;
                     }
                 })
             })
             .collect(),
-        Some(rate) => {
+        Load::Open { steps_per_second } => {
             let permits = Arc::new(tokio::sync::Semaphore::new(clients));
-            let (target, recorder, zipf, stop) =
-                (target.clone(), recorder.clone(), zipf.clone(), stop.clone());
+            let (target, recorder, zipf, stop, dropped) = (
+                target.clone(),
+                recorder.clone(),
+                zipf.clone(),
+                stop.clone(),
+                dropped.clone(),
+            );
             vec![tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+                let interval = Duration::from_secs_f64(1.0 / steps_per_second.max(0.1));
+                let mut tick = tokio::time::interval(interval);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                let mut in_flight = tokio::task::JoinSet::new();
                 while !stop.load(Ordering::Relaxed) {
-                    tick.tick().await;
+                    let due = tick.tick().await.into_std();
+                    while in_flight.try_join_next().is_some() {}
                     let Ok(permit) = permits.clone().try_acquire_owned() else {
+                        dropped.fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
                     let (target, recorder, zipf) = (target.clone(), recorder.clone(), zipf.clone());
-                    tokio::spawn(async move {
-                        step(scenario, &target, &zipf, &mut Vec::new(), &recorder).await;
+                    in_flight.spawn(async move {
+                        step(scenario, &target, &zipf, &mut Vec::new(), &recorder, due).await;
                         drop(permit);
                     });
                 }
+                while in_flight.join_next().await.is_some() {}
             })]
         }
     };
@@ -374,6 +456,7 @@ pub async fn run(
         histogram,
         statuses,
         errors: recorder.errors.load(Ordering::Relaxed),
+        dropped: dropped.load(Ordering::Relaxed),
         books: Vec::new(),
     }
 }
