@@ -57,7 +57,10 @@ async fn flush_throughput(changes: usize) -> (f64, u64) {
     let flusher = Flusher::spawn(
         pool.clone(),
         buffer.clone(),
-        Duration::from_millis(5),
+        stockline::store::flusher::Pacing {
+            gather: Duration::from_millis(5),
+            pipelined: true,
+        },
         None,
         tokio_util::sync::CancellationToken::new(),
     );

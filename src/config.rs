@@ -64,6 +64,11 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub flush_interval_ms: u64,
 
+    /// Prepare the next write-behind batch while one commits (two transactions in flight,
+    /// committed strictly in order); `false` writes one batch at a time.
+    #[arg(long, env = "STOCKLINE_FLUSH_PIPELINE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub flush_pipeline: bool,
+
     /// Default reservation lifetime in seconds (at most 7 days).
     #[arg(long, env = "STOCKLINE_RESERVATION_TTL_SECS", default_value_t = 900,
           value_parser = clap::value_parser!(u64).range(1..=604_800))]

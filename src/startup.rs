@@ -34,7 +34,7 @@ use crate::http::serve::Limits;
 use crate::http::{self, AppState, StoreState};
 use crate::orders::Orders;
 use crate::shops::Shops;
-use crate::store::flusher::Flusher;
+use crate::store::flusher::{Flusher, Pacing};
 use crate::store::records::Buffer;
 use crate::store::{self, recovery};
 
@@ -68,9 +68,12 @@ impl Application {
         )
         .await
         .map_err(io::Error::other)?;
-        let gather = match config.durability {
-            Durability::Sync => Duration::ZERO,
-            Durability::Async => config.flush_interval(),
+        let pacing = Pacing {
+            gather: match config.durability {
+                Durability::Sync => Duration::ZERO,
+                Durability::Async => config.flush_interval(),
+            },
+            pipelined: config.flush_pipeline,
         };
         let background = CancellationToken::new();
         let hub = crate::events::Events::hub(&db, &config)
@@ -79,7 +82,7 @@ impl Application {
         let flusher = Flusher::spawn(
             db.clone(),
             buffer.clone(),
-            gather,
+            pacing,
             config.events.then(|| hub.clone()),
             background.clone(),
         );

@@ -213,7 +213,10 @@ async fn a_record_postgresql_refuses_goes_to_dead_letters_and_the_rest_of_its_ba
     let flusher = Flusher::spawn(
         pool.clone(),
         buffer.clone(),
-        Duration::ZERO,
+        stockline::store::flusher::Pacing {
+            gather: Duration::ZERO,
+            pipelined: true,
+        },
         None,
         tokio_util::sync::CancellationToken::new(),
     );

@@ -83,7 +83,11 @@ struct Args {
     /// off, alternating as `--metrics-ab` does.
     #[arg(long)]
     events_ab: bool,
-    /// Rounds of `--metrics-ab` and `--events-ab`.
+    /// Instead of the designs side by side: stockline with the pipelined flusher (two
+    /// batches in flight) against one batch at a time, alternating as `--metrics-ab` does.
+    #[arg(long)]
+    pipeline_ab: bool,
+    /// Rounds of `--metrics-ab`, `--events-ab` and `--pipeline-ab`.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Passed by `cargo bench`; ignored.
@@ -171,6 +175,9 @@ async fn main() {
     }
     if args.events_ab {
         return ab(&args, duration, Switch::Events).await;
+    }
+    if args.pipeline_ab {
+        return ab(&args, duration, Switch::Pipeline).await;
     }
     let mut rows: Vec<Row> = Vec::new();
     for scenario in &args.scenarios {
@@ -531,6 +538,7 @@ async fn tear_down(teardown: Teardown) -> Vec<String> {
 enum Switch {
     Metrics,
     Events,
+    Pipeline,
 }
 
 impl Switch {
@@ -538,6 +546,7 @@ impl Switch {
         match self {
             Self::Metrics => "metrics",
             Self::Events => "events",
+            Self::Pipeline => "pipeline",
         }
     }
 
@@ -552,6 +561,10 @@ impl Switch {
                 events: on,
                 ..Switches::ON
             },
+            Self::Pipeline => Switches {
+                pipeline: on,
+                ..Switches::ON
+            },
         }
     }
 }
@@ -561,12 +574,14 @@ impl Switch {
 pub struct Switches {
     pub metrics: bool,
     pub events: bool,
+    pub pipeline: bool,
 }
 
 impl Switches {
     pub const ON: Self = Self {
         metrics: true,
         events: true,
+        pipeline: true,
     };
 }
 
@@ -579,6 +594,7 @@ async fn ab(args: &Args, duration: Duration, switch: Switch) {
     let labels = match switch {
         Switch::Metrics => ["metrics on", "metrics off"],
         Switch::Events => ["events on", "events off"],
+        Switch::Pipeline => ["pipelined", "one batch"],
     };
     for scenario in &args.scenarios {
         for durability in ["sync", "async"] {

@@ -124,6 +124,8 @@ pub fn config(
         if switches.metrics { "true" } else { "false" },
         "--events",
         if switches.events { "true" } else { "false" },
+        "--flush-pipeline",
+        if switches.pipeline { "true" } else { "false" },
     ])
     .config
 }

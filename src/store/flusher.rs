@@ -17,13 +17,14 @@
 //! batch is retried.
 //!
 //! Events: with an [`EventHub`], every batch also writes its events (the outbox) in its
-//! own transaction, and once it has committed they go to the hub. Batches are written one
-//! at a time, in Lsn order, so event ids commit in increasing order, which is what lets a
+//! own transaction, and once it has committed they go to the hub. Batches commit one at a
+//! time, in Lsn order, so event ids commit in increasing order, which is what lets a
 //! reader follow the table with `id > last seen` and miss nothing.
 //!
-//! Group commit: there is never more than one flush transaction in flight, so whatever
-//! arrives while one is being written forms the next batch, and the database sees fewer,
-//! larger transactions as load grows. `gather` is how long the flusher waits after the
+//! Pipelined group commit: two batches are in flight at most, one committing and the next
+//! being prepared (its data statements run on another connection meanwhile, see [`run`]);
+//! whatever arrives while they are written forms the batch after, and the database sees
+//! fewer, larger transactions as load grows. `gather` is how long the flusher waits after the
 //! first record before writing: zero in `sync` mode, where requests wait on the write;
 //! the flush interval in `async` mode, where nobody waits and bigger batches cost less.
 
@@ -39,7 +40,8 @@ use stockline_actors::journal::Batch;
 use super::records::{Buffer, StoreRecord};
 
 use super::outbox::Known;
-use super::write::write;
+use super::write::{self, Prepared, commit};
+use crate::events::Event;
 use crate::events::hub::EventHub;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -74,6 +76,17 @@ impl FlushStats {
     }
 }
 
+/// How the flusher paces its writes.
+#[derive(Clone, Copy, Debug)]
+pub struct Pacing {
+    /// How long to wait after a batch for more records to join the next: zero in `sync`
+    /// mode (requests wait on the write), the flush interval in `async` mode.
+    pub gather: Duration,
+    /// Prepare the next batch while one commits (see [`run`]); off, batches are written
+    /// strictly one at a time.
+    pub pipelined: bool,
+}
+
 /// The running flusher.
 pub struct Flusher {
     pub stats: Arc<FlushStats>,
@@ -87,7 +100,7 @@ impl Flusher {
     pub fn spawn(
         pool: PgPool,
         buffer: Arc<Buffer>,
-        gather: Duration,
+        pacing: Pacing,
         events: Option<Arc<EventHub>>,
         stop: CancellationToken,
     ) -> Self {
@@ -101,7 +114,7 @@ impl Flusher {
             events,
             known: Default::default(),
         };
-        let task = tokio::spawn(run(out, buffer, gather, stop.clone()));
+        let task = tokio::spawn(run(out, buffer, pacing, stop.clone()));
         Self { stats, stop, task }
     }
 
@@ -123,39 +136,231 @@ struct Out {
     known: tokio::sync::Mutex<Known>,
 }
 
-async fn run(out: Out, buffer: Arc<Buffer>, gather: Duration, stop: CancellationToken) -> bool {
-    loop {
-        let batch = tokio::select! {
-            batch = buffer.next_batch() => batch,
-            _ = stop.cancelled() => return drain(&out, &buffer, None).await,
-        };
-        if !write_until_done(&out, &batch, None, &stop).await {
-            // Shutdown came while this batch was failing: the drain retries it first.
-            return drain(&out, &buffer, Some(batch)).await;
+/// A batch whose commit is under way in a task of its own.
+struct Committing {
+    batch: Arc<Batch<StoreRecord>>,
+    started: std::time::Instant,
+    task: JoinHandle<Result<Vec<Event>, Passing>>,
+}
+
+/// Pipelined: while one batch commits, the next is prepared (its transaction opened, its
+/// data statements run) on another connection, so the round trips of the one overlap the
+/// commit and fsync of the other. Order is kept: a batch's commit starts only once the
+/// batch before has committed, and its closing statement (the fence, see
+/// [`close`](super::outbox::close)) refuses it otherwise. Waiters are released in Lsn
+/// order. Any failure falls back to writing batches one at a time, oldest first.
+impl Out {
+    /// A pipelined batch committed: its events go out, its waiters are released.
+    fn committed(&self, buffer: &Buffer, current: &Committing, events: &[Event]) {
+        if let Some(hub) = &self.events {
+            hub.publish(events);
         }
-        buffer.complete(&batch);
-        if !gather.is_zero() {
+        self.flushed(&current.batch, current.started);
+        buffer.complete(&current.batch);
+    }
+
+    /// A batch is written: the figures operators see.
+    fn flushed(&self, batch: &Batch<StoreRecord>, started: std::time::Instant) {
+        let stats = &self.stats;
+        if let Some(durations) = stats.durations.get() {
+            durations.record(started.elapsed().as_secs_f64());
+        }
+        stats.healthy.store(true, Ordering::Release);
+        stats.batches_flushed.fetch_add(1, Ordering::Relaxed);
+        stats
+            .records_flushed
+            .fetch_add(batch.records.len() as u64, Ordering::Relaxed);
+        stats
+            .last_flush_us
+            .store(Utc::now().timestamp_micros(), Ordering::Relaxed);
+    }
+
+    /// A write of `batch` failed: counted, and what the flusher knew of the store is
+    /// forgotten (it may hold the failed batch's states), to be read again.
+    async fn failed(&self, batch: &Batch<StoreRecord>, error: &(dyn std::fmt::Display + Sync)) {
+        tracing::warn!(%error, records = batch.records.len(), "flush failed; retrying");
+        self.stats.healthy.store(false, Ordering::Release);
+        self.stats.flush_failures.fetch_add(1, Ordering::Relaxed);
+        *self.known.lock().await = Known::default();
+    }
+}
+
+async fn run(out: Out, buffer: Arc<Buffer>, pacing: Pacing, stop: CancellationToken) -> bool {
+    let mut committing: Option<Committing> = None;
+    loop {
+        // The next batch; or, while one commits and nothing new has come, its outcome.
+        let next = match committing.as_mut() {
+            Some(current) => tokio::select! {
+                batch = buffer.next_batch() => Some(batch),
+                outcome = &mut current.task => {
+                    let current = committing.take().expect("a batch is committing");
+                    if let Err(unwritten) = settle(&out, &buffer, current, outcome, &stop).await {
+                        return drain(&out, &buffer, vec![unwritten]).await;
+                    }
+                    continue;
+                }
+                _ = stop.cancelled() => None,
+            },
+            None => tokio::select! {
+                batch = buffer.next_batch() => Some(batch),
+                _ = stop.cancelled() => None,
+            },
+        };
+        let Some(batch) = next else {
+            // Shutdown: the batch committing first, then the drain.
+            let mut unwritten = Vec::new();
+            if let Some(mut current) = committing.take() {
+                let outcome = (&mut current.task).await;
+                if let Err(batch) = settle(&out, &buffer, current, outcome, &stop).await {
+                    unwritten.push(batch);
+                }
+            }
+            return drain(&out, &buffer, unwritten).await;
+        };
+        let started = std::time::Instant::now();
+        let (prepared, failed) = {
+            let preparing = prepare(&out, &batch);
+            tokio::pin!(preparing);
+            match committing.take() {
+                None => (preparing.await, None),
+                Some(mut current) => {
+                    // Whichever ends first: the waiters of the batch before are released
+                    // as soon as it has committed, not when this one is ready.
+                    let (outcome, prepared) = tokio::select! {
+                        biased;
+                        outcome = &mut current.task => (outcome, (&mut preparing).await),
+                        prepared = &mut preparing => ((&mut current.task).await, prepared),
+                    };
+                    match outcome {
+                        Ok(Ok(events)) => {
+                            out.committed(&buffer, &current, &events);
+                            (prepared, None)
+                        }
+                        failed => (prepared, Some((current, failed))),
+                    }
+                }
+            }
+        };
+        if let Some((current, outcome)) = failed {
+            // This batch's locks must go before the one before is written again.
+            if let Ok(Some(prepared)) = prepared {
+                write::abandon(prepared).await;
+            }
+            if let Err(unwritten) = settle(&out, &buffer, current, outcome, &stop).await {
+                return drain(&out, &buffer, vec![unwritten, Arc::new(batch)]).await;
+            }
+            if !write_until_done(&out, &batch, None, &stop).await {
+                return drain(&out, &buffer, vec![Arc::new(batch)]).await;
+            }
+            buffer.complete(&batch);
+            continue;
+        }
+        match prepared {
+            Ok(Some(prepared)) => {
+                let batch = Arc::new(batch);
+                let records = batch.clone();
+                let task = tokio::spawn(async move {
+                    let committed = commit(prepared, &records.records);
+                    match tokio::time::timeout(WRITE_TIMEOUT, committed).await {
+                        Ok(Ok(events)) => Ok(events),
+                        Ok(Err(error)) => Err(Passing::Database(error)),
+                        Err(_) => Err(Passing::TimedOut),
+                    }
+                });
+                committing = Some(Committing {
+                    batch,
+                    started,
+                    task,
+                });
+            }
+            Ok(None) => buffer.complete(&batch),
+            Err(error) => {
+                // Written alone on the slow path, which splits out what PostgreSQL refuses.
+                out.failed(&batch, &error).await;
+                if !write_until_done(&out, &batch, None, &stop).await {
+                    return drain(&out, &buffer, vec![Arc::new(batch)]).await;
+                }
+                buffer.complete(&batch);
+            }
+        }
+        if !pacing.pipelined
+            && let Some(mut current) = committing.take()
+        {
+            let outcome = (&mut current.task).await;
+            if let Err(unwritten) = settle(&out, &buffer, current, outcome, &stop).await {
+                return drain(&out, &buffer, vec![unwritten]).await;
+            }
+        }
+        if !pacing.gather.is_zero() {
             // Async mode: what arrives during the pause joins the next batch.
             tokio::select! {
-                _ = tokio::time::sleep(gather) => {}
+                _ = tokio::time::sleep(pacing.gather) => {}
                 _ = stop.cancelled() => {}
             }
         }
     }
 }
 
-/// At shutdown: writes what is left (`unfinished` first), retrying for at most the grace
-/// period.
-async fn drain(out: &Out, buffer: &Buffer, unfinished: Option<Batch<StoreRecord>>) -> bool {
+/// Opens a batch's transaction and runs its data statements, within the write timeout.
+async fn prepare(out: &Out, batch: &Batch<StoreRecord>) -> Result<Option<Prepared>, Passing> {
+    let mut known = out.known.lock().await;
+    let known = out.events.is_some().then_some(&mut *known);
+    match tokio::time::timeout(
+        WRITE_TIMEOUT,
+        write::prepare(&out.pool, &batch.records, known),
+    )
+    .await
+    {
+        Ok(Ok(prepared)) => Ok(prepared),
+        Ok(Err(error)) => Err(Passing::Database(error)),
+        Err(_) => Err(Passing::TimedOut),
+    }
+}
+
+/// Ends a batch's commit: on success its events go out and its waiters are released; on
+/// failure it is written again alone (the slow path). `Err(batch)`: shutdown came while
+/// it was still failing; the drain must write it first.
+async fn settle(
+    out: &Out,
+    buffer: &Buffer,
+    current: Committing,
+    outcome: Result<Result<Vec<Event>, Passing>, tokio::task::JoinError>,
+    stop: &CancellationToken,
+) -> Result<(), Arc<Batch<StoreRecord>>> {
+    match outcome {
+        Ok(Ok(events)) => {
+            out.committed(buffer, &current, &events);
+            return Ok(());
+        }
+        Ok(Err(error)) => {
+            out.failed(&current.batch, &error).await;
+            if !write_until_done(out, &current.batch, None, stop).await {
+                return Err(current.batch);
+            }
+        }
+        Err(panicked) => {
+            out.failed(&current.batch, &panicked).await;
+            if !write_until_done(out, &current.batch, None, stop).await {
+                return Err(current.batch);
+            }
+        }
+    }
+    buffer.complete(&current.batch);
+    Ok(())
+}
+
+/// At shutdown: writes what is left (`unfinished` first, in order), retrying for at most
+/// the grace period.
+async fn drain(out: &Out, buffer: &Buffer, unfinished: Vec<Arc<Batch<StoreRecord>>>) -> bool {
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
     let never = CancellationToken::new();
-    let mut next = unfinished;
+    let mut unfinished = unfinished.into_iter();
     loop {
-        let batch = match next.take() {
+        let batch = match unfinished.next() {
             Some(batch) => batch,
             None if buffer.is_empty() => break,
             None => match tokio::time::timeout_at(deadline, buffer.next_batch()).await {
-                Ok(batch) => batch,
+                Ok(batch) => Arc::new(batch),
                 Err(_) => break,
             },
         };
@@ -181,30 +386,14 @@ async fn write_until_done(
 ) -> bool {
     let mut backoff = Duration::from_millis(50);
     loop {
-        let stats = &out.stats;
         let started = std::time::Instant::now();
         match write_isolating(out, &batch.records).await {
             Ok(()) => {
-                if let Some(durations) = stats.durations.get() {
-                    durations.record(started.elapsed().as_secs_f64());
-                }
-                stats.healthy.store(true, Ordering::Release);
-                stats.batches_flushed.fetch_add(1, Ordering::Relaxed);
-                stats
-                    .records_flushed
-                    .fetch_add(batch.records.len() as u64, Ordering::Relaxed);
-                stats
-                    .last_flush_us
-                    .store(Utc::now().timestamp_micros(), Ordering::Relaxed);
+                out.flushed(batch, started);
                 return true;
             }
-            Err(error) => {
-                tracing::warn!(%error, records = batch.records.len(), "flush failed; retrying")
-            }
+            Err(error) => out.failed(batch, &error).await,
         }
-        let stats = &out.stats;
-        stats.healthy.store(false, Ordering::Release);
-        stats.flush_failures.fetch_add(1, Ordering::Relaxed);
         if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
             return false;
         }
@@ -236,7 +425,7 @@ async fn write_isolating(out: &Out, records: &[(Lsn, StoreRecord)]) -> Result<()
         // Held for this write only: the halves below take it again.
         let mut known = out.known.lock().await;
         let known = out.events.is_some().then_some(&mut *known);
-        tokio::time::timeout(WRITE_TIMEOUT, write(&out.pool, records, known)).await
+        tokio::time::timeout(WRITE_TIMEOUT, write::write(&out.pool, records, known)).await
     };
     let error = match written {
         Ok(Ok(events)) => {
@@ -291,9 +480,16 @@ async fn dead_letter(
     record: &StoreRecord,
     error: &sqlx::Error,
 ) -> Result<(), sqlx::Error> {
+    // The stored journal number moves past it too, as for a written record, so the batch
+    // after passes the ordering fence.
     sqlx::query(
-        "INSERT INTO dead_letters (lsn, kind, record, error) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (lsn) DO NOTHING",
+        "WITH kept AS (
+           INSERT INTO dead_letters (lsn, kind, record, error) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (lsn) DO NOTHING
+         )
+         INSERT INTO settings (key, value) VALUES ('journal_lsn', $1::text)
+         ON CONFLICT (key) DO UPDATE
+           SET value = GREATEST(settings.value::bigint, EXCLUDED.value::bigint)::text",
     )
     .bind(lsn as i64)
     .bind(record.kind())

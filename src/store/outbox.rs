@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use sqlx::{Postgres, Transaction};
+use sqlx::PgConnection;
 use stockline_actors::{LineKey, Lsn, ProductId, Record, WarehouseId};
 
 use super::records::StoreRecord;
@@ -30,7 +30,8 @@ struct KnownProduct {
     read_at: Instant,
 }
 
-/// What the flusher knows the store holds. Only the flusher uses it, one batch at a time.
+/// What the flusher knows the store holds, including the batch still committing while the
+/// next is prepared. Only the flusher uses it; it is forgotten whenever a batch fails.
 #[derive(Default)]
 pub struct Known {
     products: HashMap<ProductId, KnownProduct>,
@@ -38,7 +39,7 @@ pub struct Known {
 }
 
 impl Known {
-    /// After a batch committed: its line states are what the store holds now.
+    /// A batch's line states are what the store holds (or will, once it commits).
     pub fn written(&mut self, records: &[(Lsn, StoreRecord)]) {
         for (_, record) in records {
             if let StoreRecord::Core(Record::Line(line)) = record
@@ -60,7 +61,7 @@ impl Known {
 
 /// Derives the events of `records`, reading what is not known (or no longer fresh).
 pub(super) async fn derive(
-    tx: &mut Transaction<'static, Postgres>,
+    conn: &mut PgConnection,
     records: &[(Lsn, StoreRecord)],
     known: &mut Known,
 ) -> Result<Vec<Event>, sqlx::Error> {
@@ -81,7 +82,7 @@ pub(super) async fn derive(
         })
         .collect();
     if !stale.is_empty() {
-        read_products(tx, &stale, known, now).await?;
+        read_products(conn, &stale, known, now).await?;
     }
     let unknown: Vec<WarehouseId> = warehouses
         .iter()
@@ -98,7 +99,7 @@ pub(super) async fn derive(
             "SELECT id, status = 'active', shop_id FROM warehouses WHERE id = ANY($1)",
         )
         .bind(&unknown)
-        .fetch_all(&mut **tx)
+        .fetch_all(&mut *conn)
         .await?;
         for (id, active, shop_id) in rows {
             known.places.insert(id, (Place { active, shop_id }, now));
@@ -130,7 +131,7 @@ pub(super) async fn derive(
 
 /// Thresholds and every stored line of `products` (and those lines' warehouses).
 async fn read_products(
-    tx: &mut Transaction<'static, Postgres>,
+    conn: &mut PgConnection,
     products: &[ProductId],
     known: &mut Known,
     now: Instant,
@@ -155,7 +156,7 @@ async fn read_products(
          WHERE p.id = ANY($1)",
     )
     .bind(products)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *conn)
     .await?;
     let unsigned = |v: Option<i64>| v.unwrap_or(0).max(0) as u64;
     for (product, threshold, warehouse, on_hand, reserved, safety, version, active, shop) in rows {
@@ -167,21 +168,21 @@ async fn read_products(
                 lines: HashMap::new(),
                 read_at: now,
             });
-        if entry.read_at != now {
-            entry.lines.clear();
-            entry.read_at = now;
-        }
+        entry.read_at = now;
         entry.threshold = threshold.max(0) as u64;
         let Some(warehouse) = warehouse else { continue };
-        entry.lines.insert(
-            warehouse,
-            StoredLine {
-                on_hand: unsigned(on_hand),
-                reserved: unsigned(reserved),
-                safety_stock: unsigned(safety),
-                version: unsigned(version),
-            },
-        );
+        let stored = StoredLine {
+            on_hand: unsigned(on_hand),
+            reserved: unsigned(reserved),
+            safety_stock: unsigned(safety),
+            version: unsigned(version),
+        };
+        // A state newer than the table's is a batch's still committing (written to
+        // `known` when it was prepared): it is what the store will hold.
+        let line = entry.lines.entry(warehouse).or_insert(stored);
+        if stored.version >= line.version {
+            *line = stored;
+        }
         known.places.insert(
             warehouse,
             (
@@ -198,39 +199,53 @@ async fn read_products(
 
 /// The statement that closes a batch: moves the stored journal number and, in the same
 /// statement (a data-modifying `WITH`), inserts the batch's events: no round trip of its
-/// own on the hot path.
-pub(super) async fn close(
-    tx: &mut Transaction<'static, Postgres>,
-    last: Lsn,
-    events: &[Event],
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "WITH written AS (
+/// own on the hot path. Parameters `$1` to `$8` (see [`bind_close`]).
+///
+/// It is also the fence that keeps batches in order: unless the stored number has reached
+/// the record before the batch (`$8`, its first less one), `stockline_journal_fence`
+/// fails the statement as a serialization failure, and the batch is written again after
+/// the one before it. A batch written again after it had committed (its answer lost)
+/// finds the number at or past its own and passes, writing nothing twice.
+pub(super) const CLOSE: &str = "WITH written AS (
            INSERT INTO events (id, type, at, data, shop_ids, ordering_key)
            SELECT id, type, at, data, shop_ids::bigint[], ordering_key
            FROM UNNEST($2::bigint[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[])
                 AS t(id, type, at, data, shop_ids, ordering_key)
            ON CONFLICT (id) DO NOTHING
          )
-         INSERT INTO settings (key, value) VALUES ('journal_lsn', $1::text)
-         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
-         WHERE settings.value::bigint < EXCLUDED.value::bigint",
-    )
-    .bind(last as i64)
-    .bind(events.iter().map(|e| e.id).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.at).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.data.as_str()).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| pg_array(&e.shop_ids)).collect::<Vec<_>>())
-    .bind(
-        events
-            .iter()
-            .map(|e| e.ordering_key.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+         INSERT INTO settings (key, value)
+         SELECT 'journal_lsn', $1::text
+         FROM (SELECT stockline_journal_fence(
+                 coalesce((SELECT value::bigint FROM settings WHERE key = 'journal_lsn'), 0), $8)) AS fence
+         ON CONFLICT (key) DO UPDATE
+           SET value = GREATEST(settings.value::bigint, EXCLUDED.value::bigint)::text";
+
+/// Binds [`CLOSE`]'s parameters.
+pub(super) fn bind_close<'q>(
+    query: super::write::Query<'q>,
+    first: Lsn,
+    last: Lsn,
+    events: &'q [Event],
+) -> super::write::Query<'q> {
+    query
+        .bind(last as i64)
+        .bind(events.iter().map(|e| e.id).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.at).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.data.as_str()).collect::<Vec<_>>())
+        .bind(
+            events
+                .iter()
+                .map(|e| pg_array(&e.shop_ids))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            events
+                .iter()
+                .map(|e| e.ordering_key.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(first as i64 - 1)
 }
 
 /// `{1,2}`: an array as PostgreSQL's text form (a row of arrays cannot be unnested).

@@ -6,7 +6,8 @@
 
 use std::collections::HashMap;
 
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
 use stockline_actors::journal::{
     LineRecord, MovementRecord, Reference, ReservationRecord, TransferRecord,
 };
@@ -55,169 +56,360 @@ fn sort(records: &[(Lsn, StoreRecord)]) -> Sorted<'_> {
     sorted
 }
 
+/// A batch ready to commit; dropped, nothing of it is stored.
+pub(super) struct Prepared {
+    way: Way,
+    events: Vec<Event>,
+    first: Lsn,
+    last: Lsn,
+}
+
+enum Way {
+    /// Its data statements have run in this open transaction; the close commits it.
+    Transaction(Tx),
+    /// The hot path's batch (lines, movements, reservations only): written and committed
+    /// by one statement, [`ONE`], on this connection: one round trip and one fsync.
+    OneStatement(PoolConnection<Postgres>),
+}
+
 /// Writes `records` in one transaction, with their events when the outbox is on (`known`:
 /// what the store held before, which the events are derived against); answers the events
-/// written.
+/// written. Whoever calls it forgets `known` when it fails (see [`prepare`]).
 #[tracing::instrument(skip_all, fields(records = records.len()))]
 pub(super) async fn write(
     pool: &PgPool,
     records: &[(Lsn, StoreRecord)],
-    mut known: Option<&mut Known>,
+    known: Option<&mut Known>,
 ) -> Result<Vec<Event>, sqlx::Error> {
-    let Some((last, _)) = records.last() else {
-        return Ok(Vec::new());
+    match prepare(pool, records, known).await? {
+        Some(prepared) => commit(prepared, records).await,
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Derives the batch's events and, unless it can go as one statement, opens its
+/// transaction and runs its data statements; `None` for no records. `known` takes the
+/// batch's line states at once (before the commit), so the next batch, prepared while this
+/// one commits, derives its events against them; if this batch then fails, `known` must
+/// be forgotten (it holds states the store may not).
+pub(super) async fn prepare(
+    pool: &PgPool,
+    records: &[(Lsn, StoreRecord)],
+    mut known: Option<&mut Known>,
+) -> Result<Option<Prepared>, sqlx::Error> {
+    let (Some((first, _)), Some((last, _))) = (records.first(), records.last()) else {
+        return Ok(None);
     };
     let sorted = sort(records);
-    let mut tx = pool.begin().await?;
-    let events = match known.as_deref_mut() {
-        Some(known) => outbox::derive(&mut tx, records, known).await?,
-        None => Vec::new(),
+    let (way, events) = if one_statement(&sorted) {
+        let mut connection = pool.acquire().await?;
+        let events = match known.as_deref_mut() {
+            Some(known) => outbox::derive(&mut connection, records, known).await?,
+            None => Vec::new(),
+        };
+        (Way::OneStatement(connection), events)
+    } else {
+        let mut tx = pool.begin().await?;
+        let events = match known.as_deref_mut() {
+            Some(known) => outbox::derive(&mut tx, records, known).await?,
+            None => Vec::new(),
+        };
+        // The ledger first: it takes no row locks, so it runs even while the batch before
+        // still holds the lines and reservations this one writes next.
+        write_movements(&mut tx, &sorted).await?;
+        write_reservations(&mut tx, &sorted).await?;
+        write_lines(&mut tx, &sorted).await?;
+        write_transfers(&mut tx, &sorted).await?;
+        write_orders(&mut tx, &sorted).await?;
+        write_payments(&mut tx, &sorted).await?;
+        write_answers(&mut tx, &sorted).await?;
+        (Way::Transaction(tx), events)
     };
-    write_reservations(&mut tx, &sorted).await?;
-    write_lines(&mut tx, &sorted).await?;
-    write_movements(&mut tx, &sorted).await?;
-    write_transfers(&mut tx, &sorted).await?;
-    write_orders(&mut tx, &sorted).await?;
-    write_payments(&mut tx, &sorted).await?;
-    write_answers(&mut tx, &sorted).await?;
-    outbox::close(&mut tx, *last, &events).await?;
-    tx.commit().await?;
     if let Some(known) = known {
         known.written(records);
+    }
+    Ok(Some(Prepared {
+        way,
+        events,
+        first: *first,
+        last: *last,
+    }))
+}
+
+/// Rolls a prepared batch back (its row locks go at once, not when its connection is next
+/// used).
+pub(super) async fn abandon(prepared: Prepared) {
+    if let Way::Transaction(tx) = prepared.way
+        && let Err(error) = tx.rollback().await
+    {
+        tracing::warn!(%error, "rolling back an abandoned batch failed; its connection is closed");
+    }
+}
+
+/// Closes a prepared batch of `records` (its events, the stored journal number) and
+/// commits it. The close fails, and nothing of the batch is stored, unless everything
+/// before the batch is stored: a batch can never commit ahead of the one before it.
+pub(super) async fn commit(
+    prepared: Prepared,
+    records: &[(Lsn, StoreRecord)],
+) -> Result<Vec<Event>, sqlx::Error> {
+    let Prepared {
+        way,
+        events,
+        first,
+        last,
+    } = prepared;
+    match way {
+        Way::Transaction(mut tx) => {
+            outbox::bind_close(sqlx::query(outbox::CLOSE), first, last, &events)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Way::OneStatement(mut connection) => {
+            let sorted = sort(records);
+            let query = outbox::bind_close(sqlx::query(&ONE), first, last, &events);
+            bind_lines(
+                bind_items(
+                    bind_reservations(bind_movements(query, &sorted), &sorted),
+                    &sorted,
+                ),
+                &sorted,
+            )
+            .execute(&mut *connection)
+            .await?;
+        }
     }
     Ok(events)
 }
 
+/// Whether a batch holds only what [`ONE`] writes: the hot path (reserve, release,
+/// commit, adjust), nothing settled in parts.
+fn one_statement(sorted: &Sorted<'_>) -> bool {
+    sorted.transfers.is_empty()
+        && sorted.orders.is_empty()
+        && sorted.payments.is_empty()
+        && sorted.answers.is_empty()
+        && !sorted
+            .reservations
+            .values()
+            .any(|(_, r)| settled_in_parts(r))
+}
+
+/// The whole of a hot-path batch as one statement, so one round trip: the ledger,
+/// reservations, their items and the lines as data-modifying `WITH`s of the closing
+/// statement ([`outbox::CLOSE`], parameters `$1` to `$8`), their parameters following in
+/// that order. Outside a transaction it commits by itself; its fence fails it whole.
+static ONE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let close = outbox::CLOSE
+        .strip_prefix("WITH ")
+        .expect("the close is a WITH statement");
+    format!(
+        "WITH movements_written AS ({}),
+         reservations_written AS ({}),
+         items_written AS ({}),
+         lines_written AS ({}),
+         {close}",
+        renumber(MOVEMENTS, 8),
+        renumber(RESERVATIONS, 8 + 13),
+        renumber(ITEMS, 8 + 13 + 7),
+        renumber(LINES, 8 + 13 + 7 + 4),
+    )
+});
+
+/// `sql` with every parameter `$n` made `$(n + offset)`.
+fn renumber(sql: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if let Ok(n) = rest[..digits].parse::<usize>() {
+            out.push_str(&(n + offset).to_string());
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A statement with its parameters bound so far.
+pub(super) type Query<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
 type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
 
-async fn write_lines(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::Error> {
-    if sorted.lines.is_empty() {
-        return Ok(());
-    }
-    let lines: Vec<_> = sorted.lines.values().collect();
-    sqlx::query(
-        "INSERT INTO stock_lines (warehouse_id, product_id, on_hand, reserved, version, updated_at, safety_stock)
+const LINES: &str = "INSERT INTO stock_lines (warehouse_id, product_id, on_hand, reserved, version, updated_at, safety_stock)
          SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
                               $6::timestamptz[], $7::bigint[])
          ON CONFLICT (warehouse_id, product_id) DO UPDATE
            SET on_hand = EXCLUDED.on_hand, reserved = EXCLUDED.reserved,
                version = EXCLUDED.version, updated_at = EXCLUDED.updated_at,
                safety_stock = EXCLUDED.safety_stock
-         WHERE stock_lines.version < EXCLUDED.version",
-    )
-    .bind(lines.iter().map(|l| l.key.warehouse_id).collect::<Vec<_>>())
-    .bind(lines.iter().map(|l| l.key.product_id).collect::<Vec<_>>())
-    .bind(lines.iter().map(|l| l.on_hand as i64).collect::<Vec<_>>())
-    .bind(lines.iter().map(|l| l.reserved as i64).collect::<Vec<_>>())
-    .bind(lines.iter().map(|l| l.version as i64).collect::<Vec<_>>())
-    .bind(lines.iter().map(|l| l.updated_at).collect::<Vec<_>>())
-    .bind(lines.iter().map(|l| l.safety_stock as i64).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
+         WHERE stock_lines.version < EXCLUDED.version";
+
+fn bind_lines<'q>(query: Query<'q>, sorted: &Sorted<'q>) -> Query<'q> {
+    let lines: Vec<_> = sorted.lines.values().collect();
+    query
+        .bind(lines.iter().map(|l| l.key.warehouse_id).collect::<Vec<_>>())
+        .bind(lines.iter().map(|l| l.key.product_id).collect::<Vec<_>>())
+        .bind(lines.iter().map(|l| l.on_hand as i64).collect::<Vec<_>>())
+        .bind(lines.iter().map(|l| l.reserved as i64).collect::<Vec<_>>())
+        .bind(lines.iter().map(|l| l.version as i64).collect::<Vec<_>>())
+        .bind(lines.iter().map(|l| l.updated_at).collect::<Vec<_>>())
+        .bind(
+            lines
+                .iter()
+                .map(|l| l.safety_stock as i64)
+                .collect::<Vec<_>>(),
+        )
+}
+
+async fn write_lines(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::Error> {
+    if sorted.lines.is_empty() {
+        return Ok(());
+    }
+    bind_lines(sqlx::query(LINES), sorted)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
+}
+
+const MOVEMENTS: &str = "INSERT INTO movements (id, warehouse_id, product_id, kind, quantity, on_hand_after, reserved_after,
+                               reference, at, reason, actor_user_id, client_reference, safety_stock_after)
+         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[],
+                              $6::bigint[], $7::bigint[], $8::text[], $9::timestamptz[], $10::text[],
+                              $11::bigint[], $12::text[], $13::bigint[])
+         ON CONFLICT (id) DO NOTHING";
+
+fn bind_movements<'q>(query: Query<'q>, sorted: &Sorted<'q>) -> Query<'q> {
+    let m = &sorted.movements;
+    query
+        .bind(m.iter().map(|(lsn, _)| *lsn as i64).collect::<Vec<_>>())
+        .bind(
+            m.iter()
+                .map(|(_, r)| r.key.warehouse_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(m.iter().map(|(_, r)| r.key.product_id).collect::<Vec<_>>())
+        .bind(m.iter().map(|(_, r)| r.kind.as_str()).collect::<Vec<_>>())
+        .bind(m.iter().map(|(_, r)| r.quantity).collect::<Vec<_>>())
+        .bind(
+            m.iter()
+                .map(|(_, r)| r.on_hand_after as i64)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            m.iter()
+                .map(|(_, r)| r.reserved_after as i64)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            m.iter()
+                .map(|(_, r)| r.reference.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(m.iter().map(|(_, r)| r.at).collect::<Vec<_>>())
+        .bind(
+            m.iter()
+                .map(|(_, r)| match &r.reference {
+                    Reference::Reason(reason) => Some(reason.as_str()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            m.iter()
+                .map(|(_, r)| r.note.as_ref().and_then(|n| n.actor_user_id))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            m.iter()
+                .map(|(_, r)| r.note.as_ref().and_then(|n| n.reference.as_deref()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            m.iter()
+                .map(|(_, r)| r.safety_stock_after as i64)
+                .collect::<Vec<_>>(),
+        )
 }
 
 async fn write_movements(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::Error> {
     if sorted.movements.is_empty() {
         return Ok(());
     }
-    let m = &sorted.movements;
-    sqlx::query(
-        "INSERT INTO movements (id, warehouse_id, product_id, kind, quantity, on_hand_after, reserved_after,
-                               reference, at, reason, actor_user_id, client_reference, safety_stock_after)
-         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[],
-                              $6::bigint[], $7::bigint[], $8::text[], $9::timestamptz[], $10::text[],
-                              $11::bigint[], $12::text[], $13::bigint[])
-         ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(m.iter().map(|(lsn, _)| *lsn as i64).collect::<Vec<_>>())
-    .bind(m.iter().map(|(_, r)| r.key.warehouse_id).collect::<Vec<_>>())
-    .bind(m.iter().map(|(_, r)| r.key.product_id).collect::<Vec<_>>())
-    .bind(m.iter().map(|(_, r)| r.kind.as_str()).collect::<Vec<_>>())
-    .bind(m.iter().map(|(_, r)| r.quantity).collect::<Vec<_>>())
-    .bind(m.iter().map(|(_, r)| r.on_hand_after as i64).collect::<Vec<_>>())
-    .bind(m.iter().map(|(_, r)| r.reserved_after as i64).collect::<Vec<_>>())
-    .bind(m.iter().map(|(_, r)| r.reference.to_string()).collect::<Vec<_>>())
-    .bind(m.iter().map(|(_, r)| r.at).collect::<Vec<_>>())
-    .bind(
-        m.iter()
-            .map(|(_, r)| match &r.reference {
-                Reference::Reason(reason) => Some(reason.as_str()),
-                _ => None,
-            })
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        m.iter()
-            .map(|(_, r)| r.note.as_ref().and_then(|n| n.actor_user_id))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        m.iter()
-            .map(|(_, r)| r.note.as_ref().and_then(|n| n.reference.as_deref()))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        m.iter()
-            .map(|(_, r)| r.safety_stock_after as i64)
-            .collect::<Vec<_>>(),
-    )
-    .execute(&mut **tx)
-    .await?;
+    bind_movements(sqlx::query(MOVEMENTS), sorted)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
+}
+
+const RESERVATIONS: &str = "INSERT INTO reservations (id, status, reference, expires_at, created_at, updated_at, lsn)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
+                              $6::timestamptz[], $7::bigint[])
+         ON CONFLICT (id) DO UPDATE
+           SET status = EXCLUDED.status, expires_at = EXCLUDED.expires_at, reference = EXCLUDED.reference,
+               updated_at = EXCLUDED.updated_at, lsn = EXCLUDED.lsn
+         WHERE reservations.lsn < EXCLUDED.lsn";
+
+/// A resized hold (a cart's) changes its quantities; batches commit one at a time, in
+/// order, so the newest record's quantity is the one left.
+const ITEMS: &str = "INSERT INTO reservation_items (reservation_id, warehouse_id, product_id, quantity)
+         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[])
+         ON CONFLICT (reservation_id, warehouse_id, product_id) DO UPDATE SET quantity = EXCLUDED.quantity
+         WHERE reservation_items.quantity <> EXCLUDED.quantity";
+
+fn bind_reservations<'q>(query: Query<'q>, sorted: &Sorted<'q>) -> Query<'q> {
+    let r: Vec<_> = sorted.reservations.values().collect();
+    query
+        .bind(r.iter().map(|(_, r)| r.id.0).collect::<Vec<_>>())
+        .bind(r.iter().map(|(_, r)| r.status.as_str()).collect::<Vec<_>>())
+        .bind(
+            r.iter()
+                .map(|(_, r)| r.reference.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(r.iter().map(|(_, r)| r.expires_at).collect::<Vec<_>>())
+        .bind(r.iter().map(|(_, r)| r.created_at).collect::<Vec<_>>())
+        .bind(r.iter().map(|(_, r)| r.updated_at).collect::<Vec<_>>())
+        .bind(r.iter().map(|(lsn, _)| *lsn as i64).collect::<Vec<_>>())
+}
+
+fn bind_items<'q>(query: Query<'q>, sorted: &Sorted<'q>) -> Query<'q> {
+    let items: Vec<_> = sorted
+        .reservations
+        .values()
+        .flat_map(|(_, r)| r.items.iter().map(move |item| (r.id.0, item)))
+        .collect();
+    query
+        .bind(items.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+        .bind(
+            items
+                .iter()
+                .map(|(_, i)| i.warehouse_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(items.iter().map(|(_, i)| i.product_id).collect::<Vec<_>>())
+        .bind(
+            items
+                .iter()
+                .map(|(_, i)| i.quantity as i64)
+                .collect::<Vec<_>>(),
+        )
 }
 
 async fn write_reservations(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::Error> {
     if sorted.reservations.is_empty() {
         return Ok(());
     }
+    bind_reservations(sqlx::query(RESERVATIONS), sorted)
+        .execute(&mut **tx)
+        .await?;
+    bind_items(sqlx::query(ITEMS), sorted)
+        .execute(&mut **tx)
+        .await?;
     let r: Vec<_> = sorted.reservations.values().collect();
-    sqlx::query(
-        "INSERT INTO reservations (id, status, reference, expires_at, created_at, updated_at, lsn)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
-                              $6::timestamptz[], $7::bigint[])
-         ON CONFLICT (id) DO UPDATE
-           SET status = EXCLUDED.status, expires_at = EXCLUDED.expires_at, reference = EXCLUDED.reference,
-               updated_at = EXCLUDED.updated_at, lsn = EXCLUDED.lsn
-         WHERE reservations.lsn < EXCLUDED.lsn",
-    )
-    .bind(r.iter().map(|(_, r)| r.id.0).collect::<Vec<_>>())
-    .bind(r.iter().map(|(_, r)| r.status.as_str()).collect::<Vec<_>>())
-    .bind(r.iter().map(|(_, r)| r.reference.clone()).collect::<Vec<_>>())
-    .bind(r.iter().map(|(_, r)| r.expires_at).collect::<Vec<_>>())
-    .bind(r.iter().map(|(_, r)| r.created_at).collect::<Vec<_>>())
-    .bind(r.iter().map(|(_, r)| r.updated_at).collect::<Vec<_>>())
-    .bind(r.iter().map(|(lsn, _)| *lsn as i64).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
-    let items: Vec<_> = r
-        .iter()
-        .flat_map(|(_, r)| r.items.iter().map(move |item| (r.id.0, item)))
-        .collect();
-    // A resized hold (a cart's) changes its quantities; batches are written one at a time,
-    // in order, so the newest record's quantity is the one left.
-    sqlx::query(
-        "INSERT INTO reservation_items (reservation_id, warehouse_id, product_id, quantity)
-         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[])
-         ON CONFLICT (reservation_id, warehouse_id, product_id) DO UPDATE SET quantity = EXCLUDED.quantity
-         WHERE reservation_items.quantity <> EXCLUDED.quantity",
-    )
-    .bind(items.iter().map(|(id, _)| *id).collect::<Vec<_>>())
-    .bind(
-        items
-            .iter()
-            .map(|(_, i)| i.warehouse_id)
-            .collect::<Vec<_>>(),
-    )
-    .bind(items.iter().map(|(_, i)| i.product_id).collect::<Vec<_>>())
-    .bind(
-        items
-            .iter()
-            .map(|(_, i)| i.quantity as i64)
-            .collect::<Vec<_>>(),
-    )
-    .execute(&mut **tx)
-    .await?;
     write_partial_settlements(tx, &r).await
 }
 
