@@ -1,0 +1,281 @@
+//! The pipelined flusher under kill -9: with two batches in flight (one committing, the
+//! next prepared behind it), nothing acknowledged is lost and nothing is applied out of
+//! order. The test holds the stored journal number's row lock, so the first batch's
+//! closing statement waits on it while the second is prepared; PostgreSQL shows both.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection};
+
+/// Backends of `database` in the given state: (waiting on a lock, idle in a transaction).
+async fn flusher_backends(admin: &mut PgConnection, database: &str) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE wait_event_type = 'Lock'),
+                count(*) FILTER (WHERE state = 'idle in transaction')
+         FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(database)
+    .fetch_one(admin)
+    .await
+    .unwrap()
+}
+
+/// Backends of `database` still open, other than the test's own.
+async fn flusher_backends_alive(admin: &mut PgConnection, database: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+    )
+    .bind(database)
+    .fetch_one(admin)
+    .await
+    .unwrap()
+}
+
+/// The ledger's (kind, quantity) pairs.
+async fn stored_kinds(database: &str) -> Vec<(String, i64)> {
+    let mut db = PgConnection::connect(&database_url(database))
+        .await
+        .unwrap();
+    sqlx::query_as("SELECT kind, quantity FROM movements ORDER BY id")
+        .fetch_all(&mut db)
+        .await
+        .unwrap()
+}
+
+/// What PostgreSQL holds, checked as an operator would: the stored journal number, the
+/// highest journal number of any stored movement, and the lines whose `reserved` is not
+/// what their pending reservations hold or whose ledger does not sum to `on_hand`.
+async fn stored_books(database: &str) -> (i64, i64, i64, i64) {
+    let mut db = PgConnection::connect(&database_url(database))
+        .await
+        .unwrap();
+    let journal: String =
+        sqlx::query_scalar("SELECT value FROM settings WHERE key = 'journal_lsn'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    let newest_movement: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM movements")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    let reserved_drift: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM stock_lines s LEFT JOIN (
+           SELECT i.warehouse_id, i.product_id, sum(i.quantity - i.committed - i.released) AS q
+           FROM reservation_items i JOIN reservations r ON r.id = i.reservation_id
+           WHERE r.status = 'pending' GROUP BY 1, 2) p
+         USING (warehouse_id, product_id) WHERE s.reserved <> coalesce(p.q, 0)",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    let ledger_drift: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM stock_lines s LEFT JOIN (
+           SELECT warehouse_id, product_id, sum(CASE kind WHEN 'adjust' THEN quantity
+             WHEN 'transfer_in' THEN quantity WHEN 'commit' THEN -quantity
+             WHEN 'transfer_out' THEN -quantity ELSE 0 END) AS v
+           FROM movements GROUP BY 1, 2) m
+         USING (warehouse_id, product_id) WHERE s.on_hand <> coalesce(m.v, 0)",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    (
+        journal.parse().unwrap(),
+        newest_movement,
+        reserved_drift,
+        ledger_drift,
+    )
+}
+
+fn line(availability: &Value, warehouse: i64) -> (i64, i64) {
+    let line = availability["warehouses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["warehouse_id"] == warehouse)
+        .unwrap_or_else(|| panic!("no line in {warehouse}: {availability}"));
+    (
+        line["on_hand"].as_i64().unwrap(),
+        line["reserved"].as_i64().unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn kill_9_with_two_batches_in_flight_loses_nothing_acknowledged_and_applies_nothing_out_of_order()
+ {
+    let database = fresh_database();
+    let (mut child, app) = start_binary_app(&database).await;
+    let (hot, w1) = app.stocked_product(100).await;
+    let cold = app.product("COLD", 100).await;
+    let w2 = app.warehouse("W2", 2).await;
+    app.stock(w1, cold, 50).await;
+    app.stock(w2, cold, 50).await;
+    let (status, acknowledged) = app.reserve(hot, 3).await;
+    assert_eq!(status, StatusCode::CREATED, "{acknowledged}");
+    let hot_before = app.availability(hot).await;
+    let cold_before = app.availability(cold).await;
+    let books_before = stored_books(&database).await;
+    assert_eq!((books_before.2, books_before.3), (0, 0));
+
+    // Hold the journal number's row: the next batch's closing statement waits on it.
+    let mut admin = PgConnection::connect(&database_url(&database))
+        .await
+        .unwrap();
+    let mut lock = admin.begin().await.unwrap();
+    sqlx::query("SELECT value FROM settings WHERE key = 'journal_lsn' FOR UPDATE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let send = |path: &'static str, body: Value| {
+        let request = client
+            .post(format!("{}/api/v1{path}", app.base))
+            .bearer_auth(&app.admin)
+            .json(&body)
+            .timeout(Duration::from_secs(30))
+            .send();
+        tokio::spawn(async move { request.await.map(|r| r.status()) })
+    };
+    // First batch: a reservation (the hot path's single statement), held at its close.
+    let first = send(
+        "/reservations",
+        json!({ "items": [{ "product_id": hot, "quantity": 5 }] }),
+    );
+    let mut watcher = PgConnection::connect(&database_url("postgres"))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while flusher_backends(&mut watcher, &database).await.0 < 1 {
+        if tokio::time::Instant::now() >= deadline {
+            let rows: Vec<(Option<String>, Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+                "SELECT state, wait_event_type, wait_event, left(query, 120) FROM pg_stat_activity WHERE datname = $1",
+            )
+            .bind(&database)
+            .fetch_all(&mut watcher)
+            .await
+            .unwrap();
+            let answer = if first.is_finished() {
+                format!("{:?}", first.await)
+            } else {
+                "none".into()
+            };
+            panic!("the first batch never reached the held row: {rows:?}, answer: {answer}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Second batch: a transfer (a transaction of several statements), prepared behind it.
+    let second = send(
+        "/transfers",
+        json!({ "from_warehouse_id": w1, "to_warehouse_id": w2, "product_id": cold, "quantity": 7 }),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while flusher_backends(&mut watcher, &database).await != (1, 2) {
+        // (1, 2): the first batch waiting, the second idle in its open transaction, and
+        // the test's own lock holder.
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second batch was never prepared: {:?}",
+            flusher_backends(&mut watcher, &database).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !first.is_finished() && !second.is_finished(),
+        "neither is acknowledged before it is durable"
+    );
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+    lock.rollback().await.unwrap();
+    admin.close().await.unwrap();
+    for request in [first, second] {
+        let answer = request.await.unwrap();
+        assert!(
+            answer.is_err(),
+            "a request in a batch that never committed was answered: {answer:?}"
+        );
+    }
+    // The killed server's backends end: the one idle in its transaction rolls back; the
+    // one waiting on the row goes on once it is free (PostgreSQL does not see a client's
+    // death while a statement waits), so the first batch may yet commit, unacknowledged,
+    // as any write the client never heard back about may.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while flusher_backends_alive(&mut watcher, &database).await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the killed server's backends linger"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (journal, newest_movement, reserved_drift, ledger_drift) = stored_books(&database).await;
+    assert!(
+        newest_movement <= journal,
+        "a movement past the stored journal number: {newest_movement} > {journal}"
+    );
+    assert_eq!((reserved_drift, ledger_drift), (0, 0), "the books agree");
+    let kinds = stored_kinds(&database).await;
+    let first_applied = kinds.contains(&("reserve".to_owned(), 5));
+    let second_applied = kinds.iter().any(|(kind, _)| kind == "transfer_out");
+    assert!(
+        !second_applied,
+        "the second batch committed while the first had not: {kinds:?}"
+    );
+
+    let (mut child, url) = start_binary(&database, &ADMIN_ENV);
+    let app = TestApp::attach(&url, &database).await;
+    let held = if first_applied { 5 } else { 0 };
+    assert_eq!(
+        line(&app.availability(hot).await, w1),
+        (line(&hot_before, w1).0, line(&hot_before, w1).1 + held)
+    );
+    assert_eq!(app.availability(cold).await, cold_before);
+    let id = acknowledged["id"].as_str().unwrap();
+    assert_eq!(
+        app.get(&format!("/reservations/{id}"), &app.admin).await.1["status"],
+        "pending",
+        "the reservation acknowledged before the kill is there"
+    );
+
+    // The same two batches without the held row commit in order; kill -9 right after
+    // both are acknowledged keeps both.
+    let (status, body) = app.reserve(hot, 5).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = app
+        .post(
+            "/transfers",
+            &app.admin,
+            json!({ "from_warehouse_id": w1, "to_warehouse_id": w2, "product_id": cold, "quantity": 7 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (journal, newest_movement, reserved_drift, ledger_drift) = stored_books(&database).await;
+    assert!(newest_movement <= journal);
+    assert_eq!((reserved_drift, ledger_drift), (0, 0), "the books agree");
+    let (mut child2, url) = start_binary(&database, &ADMIN_ENV);
+    let app = TestApp::attach(&url, &database).await;
+    let hot_line = line(&app.availability(hot).await, w1);
+    assert_eq!(
+        hot_line,
+        (100, 3 + held + 5),
+        "every stored reservation holds stock"
+    );
+    let cold_now = app.availability(cold).await;
+    assert_eq!(
+        (line(&cold_now, w1).0, line(&cold_now, w2).0),
+        (43, 57),
+        "the acknowledged transfer moved stock"
+    );
+    child2.kill().unwrap();
+    child2.wait().unwrap();
+    let _ = child.try_wait();
+    drop_database(&database).await;
+}
