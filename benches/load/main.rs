@@ -17,6 +17,7 @@
 //! `ratio <scenario> actor/redis-aof: <x>` (stockline `sync` against each) and
 //! `ratio <scenario> sync/async: <x>`.
 
+mod cpu;
 mod redis;
 mod rowlock;
 mod workload;
@@ -670,12 +671,21 @@ fn print_slo_table(rows: &[Row], slo_ms: u64) {
 fn print_table(rows: &[(Scenario, &str, &str, Outcome)]) {
     println!();
     println!(
-        "{:<8} {:<11} {:<10} {:>10} {:>8} {:>8} {:>9} {:>7}  statuses",
-        "scenario", "design", "durability", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "errors"
+        "{:<8} {:<11} {:<10} {:>10} {:>8} {:>8} {:>9} {:>7}  {:>29}  statuses",
+        "scenario",
+        "design",
+        "durability",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "errors",
+        "CPU us/req: all proc  pg redis"
     );
     for (scenario, design, mode, o) in rows {
+        let [machine, harness, postgres, redis] = o.cpu_per_request();
         println!(
-            "{:<8} {:<11} {:<10} {:>10.0} {:>8.2} {:>8.2} {:>9.2} {:>7}  {}",
+            "{:<8} {:<11} {:<10} {:>10.0} {:>8.2} {:>8.2} {:>9.2} {:>7}  {:>15.0} {:>4.0} {:>3.0} {:>5.0}  {}",
             scenario.name(),
             design,
             mode,
@@ -684,6 +694,10 @@ fn print_table(rows: &[(Scenario, &str, &str, Outcome)]) {
             o.percentile_ms(99.0),
             o.percentile_ms(99.9),
             o.errors,
+            machine,
+            harness,
+            postgres,
+            redis,
             o.statuses()
         );
     }

@@ -177,6 +177,8 @@ pub struct Outcome {
     pub errors: u64,
     /// Open loop: steps that found every connection busy and never started.
     pub dropped: u64,
+    /// CPU time the run used, per part.
+    pub cpu: crate::cpu::Sample,
     /// Book checks that failed (empty: the books are right).
     pub books: Vec<String>,
 }
@@ -190,6 +192,7 @@ impl Outcome {
             statuses: BTreeMap::new(),
             errors: 0,
             dropped: 0,
+            cpu: crate::cpu::Sample::default(),
             books: Vec::new(),
         }
     }
@@ -211,6 +214,19 @@ impl Outcome {
             .count_between(slo_us + 1, self.histogram.max().max(slo_us + 1));
         let total = self.histogram.len() + self.dropped;
         total > 0 && (slow + self.errors + self.dropped) * 100 <= total
+    }
+
+    /// CPU microseconds per answered request: the machine's, this process's (clients and
+    /// in-process server), PostgreSQL's and Redis's.
+    pub fn cpu_per_request(&self) -> [f64; 4] {
+        let requests = self.histogram.len().max(1) as f64;
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / requests;
+        [
+            per(self.cpu.machine),
+            per(self.cpu.harness),
+            per(self.cpu.postgres),
+            per(self.cpu.redis),
+        ]
     }
 
     pub fn statuses(&self) -> String {
@@ -380,6 +396,7 @@ pub async fn run(
     let zipf = Arc::new(Zipf::new(PRODUCTS, 1.1));
     let stop = Arc::new(AtomicBool::new(false));
     let dropped = Arc::new(AtomicU64::new(0));
+    let cpu_before = crate::cpu::Sample::now();
     let started = Instant::now();
     let progress = tokio::spawn({
         let (recorder, stop, label) = (recorder.clone(), stop.clone(), label.to_owned());
@@ -450,6 +467,7 @@ pub async fn run(
     for worker in workers {
         let _ = worker.await;
     }
+    let cpu = cpu_before.until(&crate::cpu::Sample::now());
     let _ = progress.await;
     let histogram = recorder.histogram.lock().expect("histogram").clone();
     let statuses = recorder.statuses.lock().expect("statuses").clone();
@@ -459,6 +477,7 @@ pub async fn run(
         statuses,
         errors: recorder.errors.load(Ordering::Relaxed),
         dropped: dropped.load(Ordering::Relaxed),
+        cpu,
         books: Vec::new(),
     }
 }
