@@ -31,7 +31,7 @@ use crate::error::{AppError, Result};
 use crate::http::idempotency::Answers;
 use crate::http::rate_limit::AuthLimiter;
 use crate::http::serve::Limits;
-use crate::http::{self, AppState, StoreState};
+use crate::http::{self, AppParts, AppState, StoreState};
 use crate::orders::Orders;
 use crate::shops::Shops;
 use crate::store::flusher::{Flusher, Pacing};
@@ -79,8 +79,11 @@ impl Application {
         let hub = crate::events::Events::hub(&db, &config)
             .await
             .map_err(io::Error::other)?;
+        let flusher_db = store::flusher_pool(&config.database_url)
+            .await
+            .map_err(io::Error::other)?;
         let flusher = Flusher::spawn(
-            db.clone(),
+            flusher_db,
             buffer.clone(),
             pacing,
             config.events.then(|| hub.clone()),
@@ -126,7 +129,7 @@ impl Application {
         let events = crate::events::Events::start(&db, &config, hub, &background)
             .await
             .map_err(io::Error::other)?;
-        let state = AppState {
+        let state = AppState::new(AppParts {
             config: Arc::new(config),
             db,
             core,
@@ -147,7 +150,7 @@ impl Application {
             durable_waits,
             stored_lines: Arc::default(),
             events: Arc::new(events),
-        };
+        });
         let swept = state.clone();
         every(SWEEP_EVERY, background.clone(), move || swept.sweep());
         // Histogram samples wait in a buffer until folded into their buckets: folded every

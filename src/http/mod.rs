@@ -34,7 +34,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::AppError;
-pub use state::{AppState, StoreState};
+pub use state::{AppParts, AppState, StoreState};
 
 pub use auth::{email as auth_email, password_ok as auth_password_ok};
 pub use operations::{RequestMetrics, recorder as metrics_recorder};

@@ -29,9 +29,28 @@ pub struct StoreState {
     pub durable: DurableWatch,
 }
 
-/// What every request handler can reach. Cheap to clone.
+/// What every request handler can reach: one `Arc` around [`AppParts`], so the clone axum
+/// makes for each layer and extractor of every request is one atomic increment, not one
+/// per part (it was 3% of the CPU on the hot path).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppParts>);
+
+impl AppState {
+    pub fn new(parts: AppParts) -> Self {
+        Self(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct AppParts {
     pub config: Arc<Config>,
     pub db: PgPool,
     pub core: Arc<Core>,
@@ -60,7 +79,7 @@ pub struct AppState {
     pub events: Arc<crate::events::Events>,
 }
 
-impl AppState {
+impl AppParts {
     /// In `sync` mode, waits until the records up to `lsn` are committed; in `async` mode,
     /// returns at once. A change still not durable after a while answers 503: it may yet
     /// land, which is why clients retry with the same `Idempotency-Key`.

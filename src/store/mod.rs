@@ -28,6 +28,20 @@ pub async fn connect_and_migrate(url: &str) -> Result<PgPool, sqlx::Error> {
     Ok(pool)
 }
 
+/// The flusher's own connections to `url` (it never waits behind requests' queries for
+/// one): two, as it has at most two batches in flight. Its statements are the same few
+/// every time, so they are planned once per connection (generic plans), not per batch.
+pub async fn flusher_pool(url: &str) -> Result<PgPool, sqlx::Error> {
+    let options =
+        PgConnectOptions::from_str(url)?.options([("plan_cache_mode", "force_generic_plan")]);
+    PgPoolOptions::new()
+        .max_connections(2)
+        .min_connections(2)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
+}
+
 async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), sqlx::Error> {
     let Some(name) = options.get_database().map(str::to_owned) else {
         return Ok(());
