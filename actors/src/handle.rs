@@ -123,13 +123,17 @@ impl LineHandle {
     }
 
     async fn send(&self, mut op: LineOp, bounded: bool) -> Result<Applied> {
-        let mut line = self.clone();
+        // Not a clone of `self` per call: its `lines` is one `Arc` shared by every line,
+        // whose count all cores would write (the hottest instruction across many lines).
+        let mut fresh: Option<LineHandle> = None;
         for _ in 0..SEND_TRIES {
+            let line = fresh.as_ref().unwrap_or(self);
             op = match line.try_send(op, bounded).await {
                 Tried::Done(result) => return result,
                 Tried::Drained(op) => op,
                 Tried::Retired(op) => {
-                    line = line.lines.clone().line(line.key()).await?;
+                    let next = line.lines.clone().line(line.key()).await?;
+                    fresh = Some(next);
                     op
                 }
             };
