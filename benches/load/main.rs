@@ -278,15 +278,7 @@ async fn measure(args: &Args, scenario: Scenario, design: Design, duration: Dura
         workload::warm(&stand.target, args.clients).await;
     }
     let wal_before = stand.wal().await;
-    let mut outcome = workload::run(
-        scenario,
-        &stand.target,
-        args.clients,
-        duration,
-        Load::Closed,
-        &label,
-    )
-    .await;
+    let mut outcome = closed_loop(args, scenario, &stand, duration, &label).await;
     if let Some(after) = stand.wal().await {
         let requests = outcome.histogram.len().max(1) as f64;
         eprintln!(
@@ -372,6 +364,39 @@ async fn slo_search(
         rate = (low + high) / 2.0;
     }
     best.unwrap_or_else(|| (0.0, Outcome::empty()))
+}
+
+/// Serves a baseline's handlers on a random loopback port; answers their base URL.
+pub async fn serve_baseline(router: axum::Router, name: &'static str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .await
+            .unwrap_or_else(|e| panic!("the {name} baseline stopped serving: {e}"))
+    });
+    format!("http://{addr}/api/v1")
+}
+
+/// One closed-loop run of `scenario` against a design standing up.
+async fn closed_loop(
+    args: &Args,
+    scenario: Scenario,
+    stand: &Stand,
+    duration: Duration,
+    label: &str,
+) -> Outcome {
+    workload::run(
+        scenario,
+        &stand.target,
+        args.clients,
+        duration,
+        Load::Closed,
+        label,
+    )
+    .await
 }
 
 /// A design running with fresh, seeded state, and how to take it down.
@@ -615,15 +640,7 @@ async fn ab(args: &Args, duration: Duration, switch: Switch) {
                     };
                     let mut stand = stand_up(args, design, switches).await;
                     let label = format!("{} {durability} {}", scenario.name(), switch.name());
-                    let mut outcome = workload::run(
-                        *scenario,
-                        &stand.target,
-                        args.clients,
-                        duration,
-                        Load::Closed,
-                        &label,
-                    )
-                    .await;
+                    let mut outcome = closed_loop(args, *scenario, &stand, duration, &label).await;
                     stand.books = tear_down(stand.teardown).await;
                     outcome.books = stand.books;
                     *(if enabled { &mut on } else { &mut off }) += outcome.requests_per_second();

@@ -11,7 +11,6 @@
 //! `r:<id>` a reservation (`line`, `quantity`, `status`). The settle script reads the line
 //! from the reservation, a key it is not passed: fine on one server, not in a cluster.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -180,16 +179,7 @@ pub async fn start(connection: MultiplexedConnection) -> String {
         .route("/api/v1/products/{id}/availability", get(availability))
         .route("/api/v1/transfers", post(transfer))
         .with_state(scripts);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr: SocketAddr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        axum::serve(listener, router)
-            .await
-            .expect("redis baseline serves")
-    });
-    format!("http://{addr}/api/v1")
+    crate::serve_baseline(router, "Redis").await
 }
 
 fn fail(error: redis::RedisError) -> Response {

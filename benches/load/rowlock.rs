@@ -2,8 +2,6 @@
 //! the stock row (`SELECT ... FOR UPDATE`), as a typical service does. It serves the same
 //! paths and bodies as stockline, so one client drives both; it ignores the token.
 
-use std::net::SocketAddr;
-
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -33,16 +31,7 @@ pub async fn start(pool: PgPool) -> String {
         .route("/api/v1/products/{id}/availability", get(availability))
         .route("/api/v1/transfers", post(transfer))
         .with_state(pool);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr: SocketAddr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        axum::serve(listener, router)
-            .await
-            .expect("baseline serves")
-    });
-    format!("http://{addr}/api/v1")
+    crate::serve_baseline(router, "row-lock").await
 }
 
 fn fail(error: sqlx::Error) -> Response {
