@@ -17,6 +17,7 @@
 //! `ratio <scenario> actor/redis-aof: <x>` (stockline `sync` against each) and
 //! `ratio <scenario> sync/async: <x>`.
 
+mod baseline;
 mod cpu;
 mod redis;
 mod rowlock;
@@ -364,20 +365,6 @@ async fn slo_search(
         rate = (low + high) / 2.0;
     }
     best.unwrap_or_else(|| (0.0, Outcome::empty()))
-}
-
-/// Serves a baseline's handlers on a random loopback port; answers their base URL.
-pub async fn serve_baseline(router: axum::Router, name: &'static str) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        axum::serve(listener, router)
-            .await
-            .unwrap_or_else(|e| panic!("the {name} baseline stopped serving: {e}"))
-    });
-    format!("http://{addr}/api/v1")
 }
 
 /// One closed-loop run of `scenario` against a design standing up.

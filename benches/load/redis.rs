@@ -15,13 +15,13 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::baseline::{Reserve, Transfer, availability as availability_of, conflict};
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use redis::aio::MultiplexedConnection;
-use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -179,30 +179,11 @@ pub async fn start(connection: MultiplexedConnection) -> String {
         .route("/api/v1/products/{id}/availability", get(availability))
         .route("/api/v1/transfers", post(transfer))
         .with_state(scripts);
-    crate::serve_baseline(router, "Redis").await
+    crate::baseline::serve(router, "Redis").await
 }
 
 fn fail(error: redis::RedisError) -> Response {
     (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response()
-}
-
-fn conflict(code: &str) -> Response {
-    (
-        StatusCode::CONFLICT,
-        axum::Json(json!({ "error": { "code": code } })),
-    )
-        .into_response()
-}
-
-#[derive(Deserialize)]
-struct Reserve {
-    items: Vec<Item>,
-}
-
-#[derive(Deserialize)]
-struct Item {
-    product_id: i64,
-    quantity: i64,
 }
 
 async fn reserve(
@@ -269,19 +250,10 @@ async fn availability(State(scripts): State<Scripts>, Path(id): Path<i64>) -> Re
         Ok(lines) => {
             let on_hand: i64 = lines.iter().filter_map(|l| l.0).sum();
             let reserved: i64 = lines.iter().filter_map(|l| l.1).sum();
-            axum::Json(json!({ "product_id": id, "on_hand": on_hand, "reserved": reserved, "available": on_hand - reserved }))
-                .into_response()
+            availability_of(id, on_hand, reserved)
         }
         Err(error) => fail(error),
     }
-}
-
-#[derive(Deserialize)]
-struct Transfer {
-    from_warehouse_id: i64,
-    to_warehouse_id: i64,
-    product_id: i64,
-    quantity: i64,
 }
 
 async fn transfer(

@@ -2,12 +2,12 @@
 //! the stock row (`SELECT ... FOR UPDATE`), as a typical service does. It serves the same
 //! paths and bodies as stockline, so one client drives both; it ignores the token.
 
+use crate::baseline::{Reserve, Transfer, availability as availability_of, conflict};
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -31,22 +31,11 @@ pub async fn start(pool: PgPool) -> String {
         .route("/api/v1/products/{id}/availability", get(availability))
         .route("/api/v1/transfers", post(transfer))
         .with_state(pool);
-    crate::serve_baseline(router, "row-lock").await
+    crate::baseline::serve(router, "row-lock").await
 }
 
 fn fail(error: sqlx::Error) -> Response {
     (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response()
-}
-
-#[derive(Deserialize)]
-struct Reserve {
-    items: Vec<Item>,
-}
-
-#[derive(Deserialize)]
-struct Item {
-    product_id: i64,
-    quantity: i64,
 }
 
 /// Locks the product's rows in warehouse order, takes from the first with enough.
@@ -63,7 +52,7 @@ async fn reserve(State(pool): State<PgPool>, axum::Json(body): axum::Json<Reserv
         .await?;
         let Some((warehouse, _, _)) = rows.iter().find(|(_, on_hand, reserved)| on_hand - reserved >= item.quantity) else {
             tx.rollback().await?;
-            return Ok((StatusCode::CONFLICT, axum::Json(json!({ "error": { "code": "insufficient_stock" } }))).into_response());
+            return Ok(conflict("insufficient_stock"));
         };
         sqlx::query("UPDATE rl_stock SET reserved = reserved + $3 WHERE warehouse_id = $1 AND product_id = $2")
             .bind(warehouse)
@@ -97,7 +86,7 @@ async fn settle(pool: PgPool, id: Uuid, commit: bool) -> Response {
         .await?;
         let Some((warehouse, product, quantity)) = row else {
             tx.rollback().await?;
-            return Ok((StatusCode::CONFLICT, axum::Json(json!({ "error": { "code": "reservation_not_pending" } }))).into_response());
+            return Ok(conflict("reservation_not_pending"));
         };
         let on_hand_change = if commit { quantity } else { 0 };
         sqlx::query(
@@ -139,19 +128,10 @@ async fn availability(State(pool): State<PgPool>, Path(id): Path<i64>) -> Respon
     match row {
         Ok((on_hand, reserved)) => {
             let (on_hand, reserved) = (on_hand.unwrap_or(0), reserved.unwrap_or(0));
-            axum::Json(json!({ "product_id": id, "on_hand": on_hand, "reserved": reserved, "available": on_hand - reserved }))
-                .into_response()
+            availability_of(id, on_hand, reserved)
         }
         Err(error) => fail(error),
     }
-}
-
-#[derive(Deserialize)]
-struct Transfer {
-    from_warehouse_id: i64,
-    to_warehouse_id: i64,
-    product_id: i64,
-    quantity: i64,
 }
 
 /// Locks both rows in key order (no deadlock), moves available stock.
@@ -170,7 +150,7 @@ async fn transfer(State(pool): State<PgPool>, axum::Json(body): axum::Json<Trans
         let source = rows.iter().find(|r| r.0 == body.from_warehouse_id);
         if rows.len() != 2 || source.is_none_or(|(_, on_hand, reserved)| on_hand - reserved < body.quantity) {
             tx.rollback().await?;
-            return Ok((StatusCode::CONFLICT, axum::Json(json!({ "error": { "code": "insufficient_stock" } }))).into_response());
+            return Ok(conflict("insufficient_stock"));
         }
         for (warehouse, delta) in [(body.from_warehouse_id, -body.quantity), (body.to_warehouse_id, body.quantity)] {
             sqlx::query("UPDATE rl_stock SET on_hand = on_hand + $3 WHERE warehouse_id = $1 AND product_id = $2")
