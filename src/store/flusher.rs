@@ -139,6 +139,8 @@ struct Out {
 /// A batch whose commit is under way in a task of its own.
 struct Committing {
     batch: Arc<Batch<StoreRecord>>,
+    /// Written by one statement at its commit: its row locks are taken only then.
+    one_statement: bool,
     started: std::time::Instant,
     task: JoinHandle<Result<Vec<Event>, Passing>>,
 }
@@ -217,6 +219,19 @@ async fn run(out: Out, buffer: Arc<Buffer>, pacing: Pacing, stop: CancellationTo
             }
             return drain(&out, &buffer, unwritten).await;
         };
+        // A batch that takes row locks while prepared must not be prepared while the
+        // batch before still has its locks to take (a one-statement batch takes them
+        // as it commits): each would wait on the other, the one in PostgreSQL, the other
+        // here, until the write timeout.
+        if committing.as_ref().is_some_and(|c| c.one_statement)
+            && write::locks_when_prepared(&batch.records)
+            && let Some(mut current) = committing.take()
+        {
+            let outcome = (&mut current.task).await;
+            if let Err(unwritten) = settle(&out, &buffer, current, outcome, &stop).await {
+                return drain(&out, &buffer, vec![unwritten, Arc::new(batch)]).await;
+            }
+        }
         let started = std::time::Instant::now();
         let (prepared, failed) = {
             let preparing = prepare(&out, &batch);
@@ -257,6 +272,7 @@ async fn run(out: Out, buffer: Arc<Buffer>, pacing: Pacing, stop: CancellationTo
         }
         match prepared {
             Ok(Some(prepared)) => {
+                let one_statement = write::is_one_statement(&prepared);
                 let batch = Arc::new(batch);
                 let records = batch.clone();
                 let task = tokio::spawn(async move {
@@ -269,6 +285,7 @@ async fn run(out: Out, buffer: Arc<Buffer>, pacing: Pacing, stop: CancellationTo
                 });
                 committing = Some(Committing {
                     batch,
+                    one_statement,
                     started,
                     task,
                 });

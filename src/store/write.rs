@@ -183,6 +183,17 @@ pub(super) async fn commit(
     Ok(events)
 }
 
+/// Whether writing `records` takes row locks while it is prepared (a transaction batch
+/// does; a [`ONE`] batch takes them only when it commits).
+pub(super) fn locks_when_prepared(records: &[(Lsn, StoreRecord)]) -> bool {
+    !one_statement(&sort(records))
+}
+
+/// Whether a prepared batch writes everything at its commit, as one statement.
+pub(super) fn is_one_statement(prepared: &Prepared) -> bool {
+    matches!(prepared.way, Way::OneStatement(_))
+}
+
 /// Whether a batch holds only what [`ONE`] writes: the hot path (reserve, release,
 /// commit, adjust), nothing settled in parts.
 fn one_statement(sorted: &Sorted<'_>) -> bool {
