@@ -48,7 +48,7 @@ use tokio::sync::OnceCell;
 use crate::error::{CoreError, Result};
 pub use crate::handle::Limits;
 use crate::handle::{LineHandle, Lookup};
-use crate::journal::{Journal, Record};
+use crate::journal::{DurableWatch, Journal, Record};
 use crate::line_state::LineState;
 use crate::loading::{BatchLimits, Batcher, LineSeed, LineStore, StoreFuture};
 use crate::stock_line::{LineShared, LineStatsSnapshot};
@@ -101,6 +101,7 @@ struct Lines {
     products: ProductIndex,
     loads: Batcher<LineKey, LineSeed>,
     journal: Arc<dyn Journal>,
+    durable: DurableWatch,
     warehouses: Arc<Warehouses>,
     supervisor: ActorRef<SupervisorMsg>,
     limits: Limits,
@@ -141,6 +142,7 @@ impl Registry {
             resident: DashMap::new(),
             products: ProductIndex::new(store, limits.loads),
             loads,
+            durable: journal.durable(),
             journal,
             warehouses,
             supervisor: supervisor.clone(),
@@ -508,7 +510,7 @@ impl Lines {
             return 0;
         }
         let now = chrono::Utc::now();
-        let durable = self.journal.durable_now();
+        let durable = self.durable.current();
         let retired: Vec<Arc<LineShared>> = self
             .resident
             .iter()
