@@ -170,10 +170,6 @@ pub trait Journal: Send + Sync + 'static {
 
     /// A watch on the durable watermark, for callers that answer only once durable.
     fn durable(&self) -> DurableWatch;
-
-    /// The durable watermark now (what a [`DurableWatch`] would read), for callers that
-    /// only look at it now and then: holding a watch has every append notify it.
-    fn durable_now(&self) -> Lsn;
 }
 
 /// The durable-ack handle: resolves once every record up to an Lsn is durable.
@@ -290,10 +286,6 @@ impl Journal for MemoryJournal {
         let kept = lock(&self.records);
         self.durable.send_replace(kept.head);
         DurableWatch(self.durable.subscribe())
-    }
-
-    fn durable_now(&self) -> Lsn {
-        lock(&self.records).head
     }
 }
 
@@ -492,10 +484,6 @@ impl<R: From<Record> + Send + 'static> Journal for JournalBuffer<R> {
 
     fn durable(&self) -> DurableWatch {
         DurableWatch(self.durable.subscribe())
-    }
-
-    fn durable_now(&self) -> Lsn {
-        *self.durable.borrow()
     }
 }
 

@@ -280,10 +280,6 @@ impl Journal for StoreJournal {
     fn durable(&self) -> DurableWatch {
         DurableWatch::new(self.durable.subscribe())
     }
-
-    fn durable_now(&self) -> Lsn {
-        *self.durable.borrow()
-    }
 }
 
 /// A core over a [`MapStore`] and a [`StoreJournal`] writing into it.
