@@ -6,11 +6,12 @@
 //! answered before its records are safe waits on [`DurableWatch::wait_for`] with the Lsn
 //! its change returned (group commit: one flush releases every waiter at once).
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot};
 
 use crate::types::{
     LineKey, ProductId, ReservationId, ReservationStatus, ReservedItem, TransferId, WarehouseId,
@@ -172,9 +173,10 @@ pub trait Journal: Send + Sync + 'static {
     fn durable(&self) -> DurableWatch;
 }
 
-/// The durable-ack handle: resolves once every record up to an Lsn is durable.
+/// The durable-ack handle: resolves once every record up to an Lsn is durable. Cheap to
+/// clone (one `Arc`).
 #[derive(Clone, Debug)]
-pub struct DurableWatch(watch::Receiver<Lsn>);
+pub struct DurableWatch(Arc<Watermark>);
 
 /// The journal was dropped before the awaited records became durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -182,23 +184,100 @@ pub struct DurableWatch(watch::Receiver<Lsn>);
 pub struct JournalClosed;
 
 impl DurableWatch {
-    /// A watch on the watermark a journal publishes.
-    pub fn new(watermark: watch::Receiver<Lsn>) -> Self {
-        Self(watermark)
-    }
-
     /// The highest Lsn known durable now.
     pub fn current(&self) -> Lsn {
-        *self.0.borrow()
+        self.0.durable.load(Ordering::Acquire)
     }
 
-    /// Waits until every record up to and including `lsn` is durable.
-    pub async fn wait_for(&mut self, lsn: Lsn) -> Result<(), JournalClosed> {
-        self.0
-            .wait_for(|durable| *durable >= lsn)
-            .await
-            .map(|_| ())
-            .map_err(|_| JournalClosed)
+    /// Waits until every record up to and including `lsn` is durable. The caller is woken
+    /// once, when its own Lsn is durable, not at every flush before it: with a few thousand
+    /// requests waiting over two flushes in flight, waking all of them at each flush
+    /// re-polled every waiting request's whole future (HTTP stack included) several times.
+    pub async fn wait_for(&self, lsn: Lsn) -> Result<(), JournalClosed> {
+        if self.current() >= lsn {
+            return Ok(());
+        }
+        let answer = {
+            let mut waiters = lock(&self.0.waiters);
+            if waiters.closed {
+                return Err(JournalClosed);
+            }
+            // Counted before the watermark is read again: an advance that stores its Lsn
+            // and then finds no waiter counted has stored it before this read (both SeqCst).
+            self.0.waiting.fetch_add(1, Ordering::SeqCst);
+            if self.0.durable.load(Ordering::SeqCst) >= lsn {
+                self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+                return Ok(());
+            }
+            let (done, answer) = oneshot::channel();
+            waiters.by_lsn.entry(lsn).or_default().push(done);
+            answer
+        };
+        answer.await.map_err(|_| JournalClosed)
+    }
+}
+
+/// The durable watermark a journal publishes, and who waits on it, by the Lsn each waits
+/// for. A journal holds it (`Arc`), advances it as records become durable and hands out
+/// [`DurableWatch`]es on it; it closes it when dropped.
+#[derive(Debug, Default)]
+pub struct Watermark {
+    durable: AtomicU64,
+    /// Waiters in `waiters`, so that an advance nobody waits on takes no lock.
+    waiting: AtomicUsize,
+    waiters: Mutex<Waiters>,
+}
+
+#[derive(Debug, Default)]
+struct Waiters {
+    by_lsn: BTreeMap<Lsn, Vec<oneshot::Sender<()>>>,
+    closed: bool,
+}
+
+impl Watermark {
+    /// A watermark at which everything up to `lsn` is already durable.
+    pub fn starting_at(lsn: Lsn) -> Arc<Self> {
+        Arc::new(Self {
+            durable: AtomicU64::new(lsn),
+            ..Self::default()
+        })
+    }
+
+    /// Everything up to `lsn` is durable: wakes exactly the waiters it releases.
+    pub fn advance(&self, lsn: Lsn) {
+        let before = self.durable.fetch_max(lsn, Ordering::SeqCst);
+        if lsn <= before || self.waiting.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let released = {
+            let mut waiters = lock(&self.waiters);
+            let later = waiters.by_lsn.split_off(&(lsn + 1));
+            let released = std::mem::replace(&mut waiters.by_lsn, later);
+            let count = released.values().map(Vec::len).sum::<usize>();
+            self.waiting.fetch_sub(count, Ordering::SeqCst);
+            released
+        };
+        for done in released.into_values().flatten() {
+            // A waiter that gave up (its request timed out or hung up) is gone: fine.
+            let _ = done.send(());
+        }
+    }
+
+    /// A watch on this watermark.
+    pub fn watch(self: &Arc<Self>) -> DurableWatch {
+        DurableWatch(self.clone())
+    }
+
+    /// The journal is gone: every waiter, now and later, hears `JournalClosed`.
+    pub fn close(&self) {
+        let dropped = {
+            let mut waiters = lock(&self.waiters);
+            waiters.closed = true;
+            let dropped = std::mem::take(&mut waiters.by_lsn);
+            self.waiting.store(0, Ordering::SeqCst);
+            dropped
+        };
+        drop(dropped);
     }
 }
 
@@ -207,9 +286,7 @@ impl DurableWatch {
 pub struct MemoryJournal {
     records: Mutex<Kept>,
     keep: bool,
-    /// Published only while someone watches it (see [`Journal::durable`]): notifying a
-    /// watch locks its waiter lists, which cost a fifth of a call across many lines.
-    durable: watch::Sender<Lsn>,
+    durable: Arc<Watermark>,
 }
 
 #[derive(Default)]
@@ -233,7 +310,7 @@ impl MemoryJournal {
         Self {
             records: Mutex::new(Kept::default()),
             keep,
-            durable: watch::channel(0).0,
+            durable: Watermark::starting_at(0),
         }
     }
 
@@ -270,11 +347,7 @@ impl Journal for MemoryJournal {
         if self.keep {
             kept.records.extend((first..).zip(records));
         }
-        // Under the lock, so the watermark advances in Lsn order; `durable` subscribes
-        // under it too, so no watcher misses an append.
-        if self.durable.receiver_count() > 0 {
-            self.durable.send_replace(head);
-        }
+        self.durable.advance(head);
         head
     }
 
@@ -283,9 +356,13 @@ impl Journal for MemoryJournal {
     }
 
     fn durable(&self) -> DurableWatch {
-        let kept = lock(&self.records);
-        self.durable.send_replace(kept.head);
-        DurableWatch(self.durable.subscribe())
+        DurableWatch(self.durable.clone())
+    }
+}
+
+impl Drop for MemoryJournal {
+    fn drop(&mut self) {
+        self.durable.close();
     }
 }
 
@@ -311,7 +388,7 @@ pub struct JournalBuffer<R = Record> {
     wake: Notify,
     /// Wakes groups waiting to begin while the flusher drains.
     groups_resume: Notify,
-    durable: watch::Sender<Lsn>,
+    durable: Arc<Watermark>,
 }
 
 struct Pending<R> {
@@ -361,7 +438,7 @@ impl<R> JournalBuffer<R> {
             bound,
             wake: Notify::new(),
             groups_resume: Notify::new(),
-            durable: watch::channel(start).0,
+            durable: Watermark::starting_at(start),
         }
     }
 
@@ -420,11 +497,7 @@ impl<R> JournalBuffer<R> {
     pub fn complete(&self, batch: &Batch<R>) {
         self.backlog
             .fetch_sub(batch.records.len(), Ordering::AcqRel);
-        self.durable.send_if_modified(|durable| {
-            let advanced = batch.last > *durable;
-            *durable = (*durable).max(batch.last);
-            advanced
-        });
+        self.durable.advance(batch.last);
     }
 
     /// Whether nothing waits to be taken.
@@ -469,7 +542,7 @@ impl<R> JournalBuffer<R> {
 
     /// A watch on the durable watermark.
     pub fn watch(&self) -> DurableWatch {
-        DurableWatch(self.durable.subscribe())
+        DurableWatch(self.durable.clone())
     }
 }
 
@@ -483,7 +556,13 @@ impl<R: From<Record> + Send + 'static> Journal for JournalBuffer<R> {
     }
 
     fn durable(&self) -> DurableWatch {
-        DurableWatch(self.durable.subscribe())
+        DurableWatch(self.durable.clone())
+    }
+}
+
+impl<R> Drop for JournalBuffer<R> {
+    fn drop(&mut self) {
+        self.durable.close();
     }
 }
 
@@ -567,7 +646,7 @@ mod tests {
     async fn a_waiter_is_released_only_once_its_batch_is_complete() {
         let buffer = Arc::new(JournalBuffer::<Record>::new(0, 100));
         let lsn = buffer.append(vec![transfer()]);
-        let mut watch = buffer.durable();
+        let watch = buffer.durable();
         let waiter = tokio::spawn(async move { watch.wait_for(lsn).await });
         let batch = buffer.take().unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -607,6 +686,115 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(last, 1);
+    }
+
+    /// Counts how often a waiting future is woken.
+    struct Wakes(AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn poll_once<F: std::future::Future>(
+        future: std::pin::Pin<&mut F>,
+        wakes: &Arc<Wakes>,
+    ) -> std::task::Poll<F::Output> {
+        let waker = std::task::Waker::from(wakes.clone());
+        future.poll(&mut std::task::Context::from_waker(&waker))
+    }
+
+    #[test]
+    fn a_waiter_is_woken_once_when_its_own_lsn_is_durable_not_at_every_flush_before() {
+        let buffer = JournalBuffer::<Record>::new(0, 100);
+        let mut batches = Vec::new();
+        for _ in 0..5 {
+            buffer.append(vec![transfer()]);
+            batches.push(buffer.take().unwrap());
+        }
+        let watch = buffer.durable();
+        let late = watch.wait_for(5);
+        let early = watch.wait_for(2);
+        tokio::pin!(late, early);
+        let (late_wakes, early_wakes) = (
+            Arc::new(Wakes(AtomicUsize::new(0))),
+            Arc::new(Wakes(AtomicUsize::new(0))),
+        );
+        assert!(poll_once(late.as_mut(), &late_wakes).is_pending());
+        assert!(poll_once(early.as_mut(), &early_wakes).is_pending());
+        for batch in &batches[..4] {
+            buffer.complete(batch);
+        }
+        assert_eq!(
+            early_wakes.0.load(Ordering::SeqCst),
+            1,
+            "woken when 2 was durable"
+        );
+        assert!(poll_once(early.as_mut(), &early_wakes).is_ready());
+        assert_eq!(
+            late_wakes.0.load(Ordering::SeqCst),
+            0,
+            "four flushes before its own: never woken"
+        );
+        assert!(poll_once(late.as_mut(), &late_wakes).is_pending());
+        buffer.complete(&batches[4]);
+        assert_eq!(late_wakes.0.load(Ordering::SeqCst), 1);
+        assert!(matches!(
+            poll_once(late.as_mut(), &late_wakes),
+            std::task::Poll::Ready(Ok(()))
+        ));
+    }
+
+    #[tokio::test]
+    async fn waiters_hear_that_the_journal_closed_and_so_does_anyone_after() {
+        let buffer = JournalBuffer::<Record>::new(0, 100);
+        let lsn = buffer.append(vec![transfer()]);
+        let watch = buffer.durable();
+        let waiter = tokio::spawn({
+            let watch = watch.clone();
+            async move { watch.wait_for(lsn).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(buffer);
+        assert_eq!(waiter.await.unwrap(), Err(JournalClosed));
+        assert_eq!(watch.wait_for(lsn).await, Err(JournalClosed));
+        assert_eq!(
+            watch.wait_for(0).await,
+            Ok(()),
+            "what was durable stays durable"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_waiter_is_missed_by_a_racing_flush() {
+        // Waiters register while flushes complete on another thread; each must return.
+        let buffer = Arc::new(JournalBuffer::<Record>::new(0, 1_000_000));
+        let flusher = {
+            let buffer = buffer.clone();
+            tokio::task::spawn_blocking(move || {
+                for _ in 0..20_000 {
+                    buffer.append(vec![transfer()]);
+                    let batch = buffer.take().unwrap();
+                    buffer.complete(&batch);
+                }
+            })
+        };
+        let watch = buffer.durable();
+        let mut waiters = Vec::new();
+        for lsn in (1..=20_000).step_by(7) {
+            let watch = watch.clone();
+            waiters.push(tokio::spawn(async move { watch.wait_for(lsn).await }));
+        }
+        flusher.await.unwrap();
+        for waiter in waiters {
+            tokio::time::timeout(Duration::from_secs(10), waiter)
+                .await
+                .expect("every waiter is released")
+                .unwrap()
+                .unwrap();
+        }
+        assert_eq!(watch.current(), 20_000);
     }
 
     #[test]

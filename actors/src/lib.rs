@@ -44,7 +44,9 @@ use std::time::Duration;
 
 pub use error::{CoreError, Result};
 pub use handle::LineHandle;
-pub use journal::{DurableWatch, Journal, JournalBuffer, Lsn, MemoryJournal, Note, Record};
+pub use journal::{
+    DurableWatch, Journal, JournalBuffer, Lsn, MemoryJournal, Note, Record, Watermark,
+};
 pub use line_state::{LineOp, LineSnapshot};
 pub use loading::{BatchLimits, EmptyStore, LineSeed, LineStore, StoreFuture};
 pub use registry::{Limits, Registry, RegistryStats, Survey, TopLines};

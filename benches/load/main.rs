@@ -72,6 +72,11 @@ struct Args {
     /// Bearer token for `--url`.
     #[arg(long)]
     token: Option<String>,
+    /// Create a fresh database holding the seed (migrated, two warehouses, `PRODUCTS`
+    /// stocked products), print its URL and exit: start `stockline serve` on it to drive it
+    /// with `--url`, e.g. to measure the server's and the clients' processes apart.
+    #[arg(long)]
+    print_seed: bool,
     /// Read every product's availability once before measuring, so that the run sees the
     /// lines in memory (without it, the run includes the first touch of each line after
     /// start, one query per product).
@@ -155,6 +160,15 @@ async fn main() {
         Err(error) => eprintln!("warning: could not raise the open-file limit: {error}"),
     }
     let duration = Duration::from_secs(args.duration);
+    if args.print_seed {
+        let (_, url) = fresh_database(&args.database_base).await;
+        let pool = stockline::store::connect_and_migrate(&url)
+            .await
+            .expect("migrate");
+        seed_stockline(&pool).await;
+        println!("{url}");
+        return;
+    }
     if let Some(url) = &args.url {
         let token = args.token.clone().unwrap_or_default();
         for scenario in &args.scenarios {

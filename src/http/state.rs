@@ -87,7 +87,7 @@ impl AppParts {
         if self.config.durability == Durability::Async || lsn == 0 {
             return Ok(());
         }
-        let mut watch = self.store.durable.clone();
+        let watch = &self.store.durable;
         let timeout = Duration::from_millis(self.config.durable_timeout_ms);
         let started = std::time::Instant::now();
         match tokio::time::timeout(timeout, watch.wait_for(lsn)).await {
@@ -127,7 +127,7 @@ impl AppParts {
     /// read of the store (the ledger) then sees every change made before it.
     pub async fn written(&self) -> Result<()> {
         let head = self.store.buffer.head();
-        let mut watch = self.store.durable.clone();
+        let watch = &self.store.durable;
         let timeout = Duration::from_millis(self.config.durable_timeout_ms);
         match tokio::time::timeout(timeout, watch.wait_for(head)).await {
             Ok(Ok(())) => Ok(()),

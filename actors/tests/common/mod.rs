@@ -11,7 +11,7 @@ use stockline_actors::journal::MovementRecord;
 use stockline_actors::{
     Core, CoreConfig, DurableWatch, EmptyStore, ItemRequest, Journal, LineKey, LineSeed, LineStore,
     Lsn, MemoryJournal, ProductId, Quantity, Record, ReservationRequest, StoreFuture,
-    WarehouseInfo,
+    WarehouseInfo, Watermark,
 };
 
 /// A core over an in-memory journal that keeps every record.
@@ -193,7 +193,7 @@ pub async fn reserve(core: &Core, items: Vec<ItemRequest>) -> stockline_actors::
 pub struct StoreJournal {
     store: Arc<MapStore>,
     state: Mutex<JournalState>,
-    durable: tokio::sync::watch::Sender<Lsn>,
+    durable: Arc<Watermark>,
 }
 
 #[derive(Default)]
@@ -209,7 +209,7 @@ impl StoreJournal {
         Self {
             store,
             state: Mutex::default(),
-            durable: tokio::sync::watch::channel(0).0,
+            durable: Watermark::starting_at(0),
         }
     }
 
@@ -254,7 +254,7 @@ impl StoreJournal {
                 );
             }
         }
-        self.durable.send_replace(state.head);
+        self.durable.advance(state.head);
     }
 }
 
@@ -278,7 +278,7 @@ impl Journal for StoreJournal {
     }
 
     fn durable(&self) -> DurableWatch {
-        DurableWatch::new(self.durable.subscribe())
+        self.durable.watch()
     }
 }
 
