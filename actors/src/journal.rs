@@ -211,6 +211,7 @@ impl DurableWatch {
             }
             let (done, answer) = oneshot::channel();
             waiters.by_lsn.entry(lsn).or_default().push(done);
+            waiters.forget_abandoned(&self.0.waiting);
             answer
         };
         answer.await.map_err(|_| JournalClosed)
@@ -232,6 +233,34 @@ pub struct Watermark {
 struct Waiters {
     by_lsn: BTreeMap<Lsn, Vec<oneshot::Sender<()>>>,
     closed: bool,
+    /// Past this many waiters, those that gave up are forgotten (see `forget_abandoned`).
+    prune_at: usize,
+}
+
+/// Waiters kept before the first look for abandoned ones.
+const PRUNE_FLOOR: usize = 4_096;
+
+impl Waiters {
+    /// A request that stops waiting (it timed out, or its client hung up) leaves its sender
+    /// here until its Lsn is durable; while the store is down that is never, and clients
+    /// retrying would make the map grow for as long as the outage lasts. So whenever the
+    /// waiters double, those whose receiver is gone are dropped: the map stays within twice
+    /// the requests really waiting, at an amortized constant cost per wait.
+    fn forget_abandoned(&mut self, waiting: &AtomicUsize) {
+        let count = waiting.load(Ordering::SeqCst);
+        if count < self.prune_at.max(PRUNE_FLOOR) {
+            return;
+        }
+        let mut forgotten = 0;
+        self.by_lsn.retain(|_, senders| {
+            let before = senders.len();
+            senders.retain(|done| !done.is_closed());
+            forgotten += before - senders.len();
+            !senders.is_empty()
+        });
+        let left = waiting.fetch_sub(forgotten, Ordering::SeqCst) - forgotten;
+        self.prune_at = left * 2;
+    }
 }
 
 impl Watermark {
@@ -261,6 +290,11 @@ impl Watermark {
             // A waiter that gave up (its request timed out or hung up) is gone: fine.
             let _ = done.send(());
         }
+    }
+
+    /// Requests waiting now (abandoned ones included until they are forgotten).
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
     }
 
     /// A watch on this watermark.
@@ -764,6 +798,44 @@ mod tests {
             Ok(()),
             "what was durable stays durable"
         );
+    }
+
+    #[tokio::test]
+    async fn waiters_that_gave_up_do_not_pile_up_while_nothing_becomes_durable() {
+        // The store is down: nothing becomes durable, and every request times out.
+        let watermark = Watermark::starting_at(0);
+        let watch = watermark.watch();
+        for _ in 0..100_000 {
+            let wait = watch.wait_for(1);
+            tokio::pin!(wait);
+            let waker = std::task::Waker::noop();
+            assert!(
+                wait.as_mut()
+                    .poll(&mut std::task::Context::from_waker(waker))
+                    .is_pending()
+            );
+        }
+        assert!(
+            watermark.waiting() <= 2 * PRUNE_FLOOR,
+            "{} abandoned waiters kept",
+            watermark.waiting()
+        );
+        // Those really waiting are kept and released.
+        let kept = tokio::spawn({
+            let watch = watch.clone();
+            async move { watch.wait_for(1).await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        for _ in 0..10_000 {
+            let wait = watch.wait_for(1);
+            tokio::pin!(wait);
+            let _ = wait
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+        }
+        watermark.advance(1);
+        kept.await.unwrap().unwrap();
+        assert_eq!(watermark.waiting(), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
