@@ -1,6 +1,7 @@
 //! CPU time spent during a run, from `/proc`: the whole machine's busy time, this process's
-//! (the clients and, for stockline and the baselines' handlers, the server), PostgreSQL's
-//! processes' and `redis-server`'s. Divided by the requests answered it gives the CPU each
+//! (the clients and, for stockline and the baselines' handlers, the server), of that the
+//! clients' threads (the runtime named `load-client`), PostgreSQL's processes' and
+//! `redis-server`'s. Divided by the requests answered it gives the CPU each
 //! request costs, per part, which is what decides throughput on 2 shared cores.
 
 use std::time::Duration;
@@ -17,6 +18,8 @@ fn ticks_per_second() -> f64 {
 pub struct Sample {
     pub machine: Duration,
     pub harness: Duration,
+    /// The clients' share of `harness`: the threads of their own runtime.
+    pub clients: Duration,
     pub postgres: Duration,
     pub redis: Duration,
 }
@@ -28,6 +31,7 @@ impl Sample {
         let mut sample = Self {
             machine: seconds(machine_busy_ticks()),
             harness: seconds(process_ticks("self").unwrap_or(0)),
+            clients: seconds(client_thread_ticks()),
             ..Self::default()
         };
         let mut postgres = 0;
@@ -57,6 +61,7 @@ impl Sample {
         Self {
             machine: later.machine.saturating_sub(self.machine),
             harness: later.harness.saturating_sub(self.harness),
+            clients: later.clients.saturating_sub(self.clients),
             postgres: later.postgres.saturating_sub(self.postgres),
             redis: later.redis.saturating_sub(self.redis),
         }
@@ -70,6 +75,27 @@ fn process_ticks(pid: &str) -> Option<u64> {
     let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command.
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// User and system ticks of this process's threads named `load-client`.
+fn client_thread_ticks() -> u64 {
+    let mut ticks = 0;
+    for entry in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let path = entry.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim() == crate::workload::CLIENT_THREADS {
+            ticks += process_ticks(&format!(
+                "self/task/{}",
+                entry.file_name().to_string_lossy()
+            ))
+            .unwrap_or(0);
+        }
+    }
+    ticks
 }
 
 /// Busy ticks of all CPUs together (everything but idle and iowait).

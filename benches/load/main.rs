@@ -698,12 +698,12 @@ fn print_table(rows: &[(Scenario, &str, &str, Outcome)]) {
         "p99 ms",
         "p99.9 ms",
         "errors",
-        "CPU us/req: all proc  pg redis"
+        "CPU us/req: all proc  cli   pg redis"
     );
     for (scenario, design, mode, o) in rows {
-        let [machine, harness, postgres, redis] = o.cpu_per_request();
+        let [machine, harness, clients, postgres, redis] = o.cpu_per_request();
         println!(
-            "{:<8} {:<11} {:<10} {:>10.0} {:>8.2} {:>8.2} {:>9.2} {:>7}  {:>15.0} {:>4.0} {:>3.0} {:>5.0}  {}",
+            "{:<8} {:<11} {:<10} {:>10.0} {:>8.2} {:>8.2} {:>9.2} {:>7}  {:>15.0} {:>4.0} {:>4.0} {:>4.0} {:>5.0}  {}",
             scenario.name(),
             design,
             mode,
@@ -714,6 +714,7 @@ fn print_table(rows: &[(Scenario, &str, &str, Outcome)]) {
             o.errors,
             machine,
             harness,
+            clients,
             postgres,
             redis,
             o.statuses()
