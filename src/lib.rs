@@ -9,6 +9,7 @@
 //! - [`events`]: events out: the outbox the flusher writes, the live stream, signed
 //!   webhooks, NATS.
 //! - [`store`]: PostgreSQL: migrations, the write-behind flusher, recovery.
+//! - [`cluster`]: cluster mode: shards by product and their leases in PostgreSQL.
 //! - [`catalog`]: the in-memory copy of the products the hot path reads.
 //! - [`shops`]: shop memberships and the access policy every warehouse-touching handler
 //!   asks.
@@ -23,6 +24,7 @@
 
 pub mod auth;
 pub mod catalog;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod events;

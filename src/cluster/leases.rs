@@ -1,0 +1,357 @@
+//! Shard ownership, with PostgreSQL as the authority (`shard_leases`, `cluster_nodes`).
+//!
+//! Every node runs [`Leases::round`] a few times per lease:
+//! 1. its heartbeat, and the list of live nodes (a heartbeat within one lease);
+//! 2. renews the leases it holds, by epoch: a lease whose epoch moved on was taken over,
+//!    and is [lost](Round::lost) at once;
+//! 3. shares the shards out by rendezvous hashing over the live nodes (every node computes
+//!    the same owners); held shards now meant for another node are
+//!    [handed off](Round::handing_off): served no more, drained, then
+//!    [released](Leases::release);
+//! 4. claims the shards meant for it that are free or expired, each with its epoch bumped.
+//!
+//! A node serves a shard only until its own deadline: the monotonic time the renewal was
+//! sent plus the lease, less a fifth of it. The database's `expires_at` is later than that,
+//! so a node that cannot renew (cut off, paused, its database gone) has stopped serving
+//! before anyone may claim its shards. Stopping serving is not enough on its own (a paused
+//! process cannot stop anything), so every flush transaction first runs [`Leases::fence`]:
+//! the epochs of the shards it writes, taken `FOR SHARE`, must still be this node's. A
+//! takeover bumps the epoch, which waits for a fenced transaction in flight to end, and any
+//! later one of the old owner finds the new epoch and rolls back.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use sqlx::{PgConnection, PgPool};
+
+use super::shard::{SHARDS, Shard, target};
+
+/// A lease's fencing token: grows by one at every claim of the shard.
+pub type Epoch = i64;
+
+/// Who this node is, and how long a lease lasts.
+#[derive(Clone, Debug)]
+pub struct LeaseSettings {
+    pub node: String,
+    /// Where this node's HTTP edge listens (shown to operators).
+    pub http_addr: String,
+    pub lease: Duration,
+}
+
+impl LeaseSettings {
+    /// How long before the database's expiry a node stops serving a shard it could not
+    /// renew (covers the renewal's own round trip and clocks running at slightly different
+    /// rates).
+    pub fn margin(&self) -> Duration {
+        self.lease / 5
+    }
+
+    /// How often a round runs: three times per lease, so one failed round loses nothing.
+    pub fn round_every(&self) -> Duration {
+        self.lease / 3
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hold {
+    /// Served until `until`.
+    Serving,
+    /// Being handed to another node: not served, its changes still draining.
+    Leaving,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    epoch: Epoch,
+    until: Instant,
+    hold: Hold,
+}
+
+/// What one [`Leases::round`] changed.
+#[derive(Debug, Default)]
+pub struct Round {
+    /// The live nodes, this one included, sorted.
+    pub nodes: Vec<String>,
+    /// Shards claimed now, with their new epochs: their lines load from the database.
+    pub claimed: Vec<(Shard, Epoch)>,
+    /// Shards another node took over: their lines must be forgotten, never written.
+    pub lost: Vec<Shard>,
+    /// Shards now meant for another node: no longer served; once their changes are
+    /// durable, [`Leases::release`] gives them up.
+    pub handing_off: Vec<Shard>,
+}
+
+/// A write refused by the fence: these shards are no longer this node's.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("shards {shards:?} are no longer this node's: another node took them over")]
+pub struct Fenced {
+    pub shards: Vec<Shard>,
+}
+
+/// This node's leases.
+pub struct Leases {
+    pool: PgPool,
+    settings: LeaseSettings,
+    held: RwLock<HashMap<Shard, Held>>,
+}
+
+impl Leases {
+    pub fn new(pool: PgPool, settings: LeaseSettings) -> Self {
+        Self {
+            pool,
+            settings,
+            held: RwLock::default(),
+        }
+    }
+
+    pub fn settings(&self) -> &LeaseSettings {
+        &self.settings
+    }
+
+    /// The epoch under which this node serves `shard` now; `None` if it does not (never
+    /// held, lost, handed off, or not renewed in time).
+    pub fn serving(&self, shard: Shard) -> Option<Epoch> {
+        let held = self.held.read().unwrap_or_else(|e| e.into_inner());
+        held.get(&shard)
+            .filter(|h| h.hold == Hold::Serving && h.until > Instant::now())
+            .map(|h| h.epoch)
+    }
+
+    /// The shards this node serves now, sorted.
+    pub fn served(&self) -> Vec<(Shard, Epoch)> {
+        let now = Instant::now();
+        let held = self.held.read().unwrap_or_else(|e| e.into_inner());
+        let mut served: Vec<_> = held
+            .iter()
+            .filter(|(_, h)| h.hold == Hold::Serving && h.until > now)
+            .map(|(shard, h)| (*shard, h.epoch))
+            .collect();
+        served.sort_unstable();
+        served
+    }
+
+    /// One round: heartbeat, renew, share out, claim (see the module's notes).
+    #[tracing::instrument(skip_all, fields(node = %self.settings.node))]
+    pub async fn round(&self) -> Result<Round, sqlx::Error> {
+        let sent = Instant::now();
+        let lease = self.settings.lease.as_secs_f64();
+        let mut db = self.pool.acquire().await?;
+        sqlx::query(
+            "INSERT INTO cluster_nodes (node_id, http_addr) VALUES ($1, $2)
+             ON CONFLICT (node_id) DO UPDATE
+                SET http_addr = EXCLUDED.http_addr, heartbeat_at = now()",
+        )
+        .bind(&self.settings.node)
+        .bind(&self.settings.http_addr)
+        .execute(&mut *db)
+        .await?;
+        let nodes: Vec<String> = sqlx::query_scalar(
+            "SELECT node_id FROM cluster_nodes
+             WHERE heartbeat_at > now() - make_interval(secs => $1) ORDER BY node_id",
+        )
+        .bind(lease)
+        .fetch_all(&mut *db)
+        .await?;
+
+        let (shards, epochs) = self.held_columns(|_| true);
+        let renewed: Vec<(i16, Epoch)> = sqlx::query_as(
+            "UPDATE shard_leases l SET expires_at = now() + make_interval(secs => $2)
+             FROM unnest($3::smallint[], $4::bigint[]) AS h (shard, epoch)
+             WHERE l.shard = h.shard AND l.epoch = h.epoch AND l.owner = $1
+             RETURNING l.shard, l.epoch",
+        )
+        .bind(&self.settings.node)
+        .bind(lease)
+        .bind(&shards)
+        .bind(&epochs)
+        .fetch_all(&mut *db)
+        .await?;
+        let until = sent + self.settings.lease - self.settings.margin();
+        let mut round = Round {
+            nodes,
+            ..Round::default()
+        };
+        let wanted: Vec<i16> = {
+            let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
+            let renewed: HashMap<Shard, Epoch> = renewed
+                .into_iter()
+                .map(|(shard, epoch)| (shard as Shard, epoch))
+                .collect();
+            held.retain(|shard, h| match renewed.get(shard) {
+                Some(_) => {
+                    h.until = until;
+                    true
+                }
+                None => {
+                    round.lost.push(*shard);
+                    false
+                }
+            });
+            for (shard, h) in held.iter_mut() {
+                let mine = target(&round.nodes, *shard) == Some(self.settings.node.as_str());
+                if h.hold == Hold::Serving && !mine {
+                    h.hold = Hold::Leaving;
+                    round.handing_off.push(*shard);
+                }
+            }
+            (0..SHARDS)
+                .filter(|shard| !held.contains_key(shard))
+                .filter(|shard| target(&round.nodes, *shard) == Some(self.settings.node.as_str()))
+                .map(|shard| shard as i16)
+                .collect()
+        };
+        if !wanted.is_empty() {
+            let claimed: Vec<(i16, Epoch)> = sqlx::query_as(
+                "UPDATE shard_leases
+                    SET owner = $1, epoch = epoch + 1,
+                        expires_at = now() + make_interval(secs => $2)
+                 WHERE shard = ANY($3) AND (owner IS NULL OR owner = $1 OR expires_at < now())
+                 RETURNING shard, epoch",
+            )
+            .bind(&self.settings.node)
+            .bind(lease)
+            .bind(&wanted)
+            .fetch_all(&mut *db)
+            .await?;
+            let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
+            for (shard, epoch) in claimed {
+                let shard = shard as Shard;
+                held.insert(
+                    shard,
+                    Held {
+                        epoch,
+                        until,
+                        hold: Hold::Serving,
+                    },
+                );
+                round.claimed.push((shard, epoch));
+            }
+        }
+        round.lost.sort_unstable();
+        round.handing_off.sort_unstable();
+        round.claimed.sort_unstable();
+        if !(round.lost.is_empty() && round.claimed.is_empty() && round.handing_off.is_empty()) {
+            tracing::info!(
+                claimed = round.claimed.len(),
+                lost = round.lost.len(),
+                handing_off = round.handing_off.len(),
+                nodes = round.nodes.len(),
+                "shard leases changed"
+            );
+        }
+        Ok(round)
+    }
+
+    /// Gives up the leases of `shards` that this node is handing off (their changes are
+    /// durable by now), so that the node they are meant for can claim them at once.
+    pub async fn release(&self, shards: &[Shard]) -> Result<(), sqlx::Error> {
+        let (shards, epochs) =
+            self.held_columns(|(shard, h)| h.hold == Hold::Leaving && shards.contains(shard));
+        sqlx::query(
+            "UPDATE shard_leases l SET owner = NULL, expires_at = '-infinity'
+             FROM unnest($2::smallint[], $3::bigint[]) AS h (shard, epoch)
+             WHERE l.shard = h.shard AND l.epoch = h.epoch AND l.owner = $1",
+        )
+        .bind(&self.settings.node)
+        .bind(&shards)
+        .bind(&epochs)
+        .execute(&self.pool)
+        .await?;
+        let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
+        for shard in shards {
+            held.remove(&(shard as Shard));
+        }
+        Ok(())
+    }
+
+    /// Leaves the cluster: stops serving everything, gives up every lease and deletes this
+    /// node's heartbeat, so the others share its shards out at their next round. The
+    /// caller has made this node's changes durable first.
+    pub async fn leave(&self) -> Result<(), sqlx::Error> {
+        let (shards, epochs) = self.held_columns(|_| true);
+        self.held.write().unwrap_or_else(|e| e.into_inner()).clear();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE shard_leases l SET owner = NULL, expires_at = '-infinity'
+             FROM unnest($2::smallint[], $3::bigint[]) AS h (shard, epoch)
+             WHERE l.shard = h.shard AND l.epoch = h.epoch AND l.owner = $1",
+        )
+        .bind(&self.settings.node)
+        .bind(&shards)
+        .bind(&epochs)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM cluster_nodes WHERE node_id = $1")
+            .bind(&self.settings.node)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+
+    /// The fence: in the transaction `tx` that is about to write changes of `shards`,
+    /// checks that each is still held by this node under the epoch it claimed, and keeps
+    /// those lease rows locked (`FOR SHARE`) until the transaction ends, so no takeover
+    /// can happen between this check and the commit. `Err(Fenced)` names the shards that
+    /// are no longer this node's: the transaction must roll back.
+    pub async fn fence(
+        &self,
+        tx: &mut PgConnection,
+        shards: &[Shard],
+    ) -> Result<Result<(), Fenced>, sqlx::Error> {
+        let mut checked = Vec::with_capacity(shards.len());
+        let mut epochs = Vec::with_capacity(shards.len());
+        let mut unheld = Vec::new();
+        {
+            let held = self.held.read().unwrap_or_else(|e| e.into_inner());
+            for shard in shards {
+                match held.get(shard) {
+                    Some(h) => {
+                        checked.push(*shard as i16);
+                        epochs.push(h.epoch);
+                    }
+                    None => unheld.push(*shard),
+                }
+            }
+        }
+        let still: Vec<i16> = sqlx::query_scalar(
+            "SELECT l.shard FROM shard_leases l
+             JOIN unnest($2::smallint[], $3::bigint[]) AS h (shard, epoch)
+               ON l.shard = h.shard AND l.epoch = h.epoch
+             WHERE l.owner = $1
+             FOR SHARE OF l",
+        )
+        .bind(&self.settings.node)
+        .bind(&checked)
+        .bind(&epochs)
+        .fetch_all(tx)
+        .await?;
+        let mut refused: Vec<Shard> = unheld;
+        refused.extend(
+            checked
+                .iter()
+                .filter(|shard| !still.contains(shard))
+                .map(|shard| *shard as Shard),
+        );
+        if refused.is_empty() {
+            return Ok(Ok(()));
+        }
+        refused.sort_unstable();
+        refused.dedup();
+        // Taken over: never served again from this node's memory.
+        let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
+        for shard in &refused {
+            held.remove(shard);
+        }
+        Ok(Err(Fenced { shards: refused }))
+    }
+
+    /// The held leases matching `keep`, as the two arrays the statements bind.
+    fn held_columns(&self, keep: impl Fn((&Shard, &Held)) -> bool) -> (Vec<i16>, Vec<Epoch>) {
+        let held = self.held.read().unwrap_or_else(|e| e.into_inner());
+        held.iter()
+            .filter(|(shard, h)| keep((shard, h)))
+            .map(|(shard, h)| (*shard as i16, h.epoch))
+            .unzip()
+    }
+}

@@ -1,0 +1,255 @@
+//! Shard leases against the real PostgreSQL: claims, sharing out, hand-off, takeover of an
+//! owner that stopped renewing, and the epoch fence a flush transaction checks.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use stockline::cluster::{Fenced, LeaseSettings, Leases, SHARDS, Shard};
+
+async fn database() -> (PgPool, String) {
+    let name = common::fresh_database();
+    let pool = stockline::store::connect_and_migrate(&common::database_url(&name))
+        .await
+        .expect("database");
+    (pool, name)
+}
+
+fn node(pool: &PgPool, id: &str, lease: Duration) -> Leases {
+    Leases::new(
+        pool.clone(),
+        LeaseSettings {
+            node: id.into(),
+            http_addr: format!("127.0.0.1:0/{id}"),
+            lease,
+        },
+    )
+}
+
+async fn owners(pool: &PgPool) -> Vec<(i16, Option<String>, i64)> {
+    sqlx::query_as("SELECT shard, owner, epoch FROM shard_leases ORDER BY shard")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// Runs `fence` for `shards` in a transaction of its own, rolled back.
+async fn fence(pool: &PgPool, leases: &Leases, shards: &[Shard]) -> Result<(), Fenced> {
+    let mut tx = pool.begin().await.unwrap();
+    let answer = leases.fence(&mut tx, shards).await.unwrap();
+    tx.rollback().await.unwrap();
+    answer
+}
+
+#[tokio::test]
+async fn a_lone_node_claims_every_shard_and_renews_them_under_the_same_epoch() {
+    let (pool, name) = database().await;
+    let a = node(&pool, "a", Duration::from_secs(10));
+    let first = a.round().await.unwrap();
+    assert_eq!(first.nodes, ["a"]);
+    assert_eq!(first.claimed.len(), usize::from(SHARDS));
+    assert!(first.claimed.iter().all(|(_, epoch)| *epoch == 1));
+    assert_eq!(a.serving(17), Some(1));
+
+    let second = a.round().await.unwrap();
+    assert!(second.claimed.is_empty() && second.lost.is_empty() && second.handing_off.is_empty());
+    assert!(
+        owners(&pool)
+            .await
+            .iter()
+            .all(|(_, owner, epoch)| owner.as_deref() == Some("a") && *epoch == 1)
+    );
+    assert_eq!(fence(&pool, &a, &[0, 17, 1023]).await, Ok(()));
+    common::drop_database(&name).await;
+}
+
+#[tokio::test]
+async fn a_joining_node_gets_its_share_by_hand_off_and_no_shard_has_two_owners() {
+    let (pool, name) = database().await;
+    let a = node(&pool, "a", Duration::from_secs(10));
+    let b = node(&pool, "b", Duration::from_secs(10));
+    a.round().await.unwrap();
+    // b is live now, but a's leases are not expired: b takes nothing by force.
+    let joined = b.round().await.unwrap();
+    assert_eq!(joined.nodes, ["a", "b"]);
+    assert!(joined.claimed.is_empty());
+
+    let handing = a.round().await.unwrap();
+    let moving: HashSet<Shard> = handing.handing_off.iter().copied().collect();
+    assert!(
+        (350..=670).contains(&moving.len()),
+        "{} moving",
+        moving.len()
+    );
+    // Handed off means no longer served here, though the lease is still a's until released.
+    assert!(moving.iter().all(|s| a.serving(*s).is_none()));
+    let some = *moving.iter().next().unwrap();
+    assert_eq!(b.round().await.unwrap().claimed, []);
+    a.release(&handing.handing_off).await.unwrap();
+
+    let taken = b.round().await.unwrap();
+    let taken_shards: HashSet<Shard> = taken.claimed.iter().map(|(s, _)| *s).collect();
+    assert_eq!(taken_shards, moving);
+    assert!(taken.claimed.iter().all(|(_, epoch)| *epoch == 2));
+    assert_eq!(b.serving(some), Some(2));
+
+    let on_a: HashSet<Shard> = a.served().into_iter().map(|(s, _)| s).collect();
+    let on_b: HashSet<Shard> = b.served().into_iter().map(|(s, _)| s).collect();
+    assert!(on_a.is_disjoint(&on_b));
+    assert_eq!(on_a.len() + on_b.len(), usize::from(SHARDS));
+    for (shard, owner, _) in owners(&pool).await {
+        let expected = if on_b.contains(&(shard as Shard)) {
+            "b"
+        } else {
+            "a"
+        };
+        assert_eq!(owner.as_deref(), Some(expected), "shard {shard}");
+    }
+    // Stable: another round on each moves nothing.
+    for leases in [&a, &b] {
+        let round = leases.round().await.unwrap();
+        assert!(round.claimed.is_empty() && round.handing_off.is_empty() && round.lost.is_empty());
+    }
+    common::drop_database(&name).await;
+}
+
+#[tokio::test]
+async fn an_owner_that_stops_renewing_stops_serving_is_taken_over_and_is_fenced() {
+    let (pool, name) = database().await;
+    let lease = Duration::from_millis(1_500);
+    let a = node(&pool, "a", lease);
+    let b = node(&pool, "b", lease);
+    a.round().await.unwrap();
+    assert_eq!(a.serving(5), Some(1));
+
+    // a is paused: no round. Its own deadline passes before the database's expiry.
+    tokio::time::sleep(lease - a.settings().margin() + Duration::from_millis(50)).await;
+    assert_eq!(a.serving(5), None, "still serving past its deadline");
+    assert!(a.served().is_empty());
+    tokio::time::sleep(a.settings().margin() + Duration::from_millis(100)).await;
+
+    let takeover = b.round().await.unwrap();
+    assert_eq!(takeover.nodes, ["b"], "a's heartbeat is stale");
+    assert_eq!(takeover.claimed.len(), usize::from(SHARDS));
+    assert!(takeover.claimed.iter().all(|(_, epoch)| *epoch == 2));
+
+    // a wakes up: whatever it was about to write is refused.
+    assert_eq!(
+        fence(&pool, &a, &[5, 6]).await,
+        Err(Fenced { shards: vec![5, 6] })
+    );
+    assert_eq!(fence(&pool, &b, &[5, 6]).await, Ok(()));
+    let woke = a.round().await.unwrap();
+    assert_eq!(
+        woke.lost.len(),
+        usize::from(SHARDS) - 2,
+        "5 and 6 already fenced"
+    );
+    assert!(
+        woke.claimed.is_empty(),
+        "b's leases are live: a takes nothing back"
+    );
+    assert!(a.served().is_empty());
+    assert!(
+        owners(&pool)
+            .await
+            .iter()
+            .all(|(_, owner, epoch)| owner.as_deref() == Some("b") && *epoch == 2)
+    );
+    common::drop_database(&name).await;
+}
+
+#[tokio::test]
+async fn a_takeover_waits_for_the_old_owners_fenced_transaction_and_then_fences_it() {
+    let (pool, name) = database().await;
+    sqlx::query("CREATE TABLE written (shard INT, epoch BIGINT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let lease = Duration::from_millis(1_000);
+    let a = node(&pool, "a", lease);
+    let b = node(&pool, "b", lease);
+    a.round().await.unwrap();
+
+    // a's flush transaction has passed the fence and is still open when its lease expires.
+    let mut tx = pool.begin().await.unwrap();
+    assert_eq!(a.fence(&mut tx, &[5]).await.unwrap(), Ok(()));
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    let takeover = tokio::spawn(async move { (b.round().await.unwrap(), b) });
+    // The claim waits on the lease row a's transaction holds FOR SHARE.
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            !takeover.is_finished(),
+            "the takeover did not wait for the fence"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sqlx::query("INSERT INTO written VALUES (5, 1)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let (round, b) = takeover.await.unwrap();
+    assert!(round.claimed.contains(&(5, 2)));
+    assert_eq!(b.serving(5), Some(2));
+    // Every later transaction of a's is refused.
+    assert_eq!(
+        fence(&pool, &a, &[5]).await,
+        Err(Fenced { shards: vec![5] })
+    );
+    let written: i64 = sqlx::query_scalar("SELECT count(*) FROM written")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(written, 1);
+    common::drop_database(&name).await;
+}
+
+#[tokio::test]
+async fn a_node_that_leaves_gives_its_shards_up_at_once_and_a_restart_fences_its_old_self() {
+    let (pool, name) = database().await;
+    let lease = Duration::from_secs(30);
+    let a = node(&pool, "a", lease);
+    let b = node(&pool, "b", lease);
+    a.round().await.unwrap();
+    b.round().await.unwrap();
+    let handing = a.round().await.unwrap();
+    a.release(&handing.handing_off).await.unwrap();
+    b.round().await.unwrap();
+    assert!(!b.served().is_empty());
+
+    // b stops cleanly: a need not wait 30 s for b's leases to expire.
+    b.leave().await.unwrap();
+    assert!(b.served().is_empty());
+    let after = a.round().await.unwrap();
+    assert_eq!(after.nodes, ["a"]);
+    assert_eq!(a.served().len(), usize::from(SHARDS));
+
+    // a is restarted (kill -9, then the same node id): the new process claims its own
+    // unexpired leases at once, under new epochs, and the old process is fenced.
+    let restarted = node(&pool, "a", lease);
+    let claimed = restarted.round().await.unwrap().claimed;
+    assert_eq!(claimed.len(), usize::from(SHARDS));
+    let shard = claimed[0].0;
+    assert_eq!(
+        fence(&pool, &a, &[shard]).await,
+        Err(Fenced {
+            shards: vec![shard]
+        })
+    );
+    assert_eq!(fence(&pool, &restarted, &[shard]).await, Ok(()));
+    common::drop_database(&name).await;
+}
