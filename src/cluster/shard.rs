@@ -27,7 +27,7 @@ pub fn affinity(node: &str, shard: Shard) -> u64 {
 }
 
 /// The node `shard` belongs to among `nodes` (none when there are none).
-pub fn target<'a>(nodes: &'a [String], shard: Shard) -> Option<&'a str> {
+pub fn target(nodes: &[String], shard: Shard) -> Option<&str> {
     nodes
         .iter()
         .max_by_key(|node| (affinity(node, shard), node.as_str()))
