@@ -5,9 +5,12 @@
 //!   every version agrees).
 //! - [`leases`]: who owns each shard, with PostgreSQL as the authority: claims, renewals,
 //!   hand-offs and the epoch fence every flush transaction checks.
+//! - [`routing`]: requests between nodes, over NATS request/reply per shard.
 
 pub mod leases;
+pub mod routing;
 pub mod shard;
 
 pub use leases::{Epoch, Fenced, LeaseSettings, Leases, Round};
+pub use routing::{RouteSettings, Routes};
 pub use shard::{SHARDS, Shard, shard_of};

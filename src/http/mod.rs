@@ -40,7 +40,7 @@ pub use auth::{email as auth_email, password_ok as auth_password_ok};
 pub use operations::{RequestMetrics, recorder as metrics_recorder};
 
 /// Bodies over this are refused with 413.
-const MAX_BODY: usize = 1024 * 1024;
+pub(crate) const MAX_BODY: usize = 1024 * 1024;
 
 /// The whole HTTP surface, and `GET /openapi.json` describing it.
 pub fn router(state: AppState) -> Router {

@@ -1,0 +1,380 @@
+//! Requests between nodes: NATS request/reply on `stockline.<cluster>.shard.<n>`.
+//!
+//! The owner of shard n subscribes to its subject while it holds the lease
+//! ([`Routes::serve`]) and answers each request by running it through its own HTTP router,
+//! as if a client had sent it there. Any other node's edge [forwards](Routes::forward) the
+//! whole request (method, path, headers, body) and relays the answer as it came.
+//!
+//! Between one owner giving a shard up and the next subscribing, a request finds no
+//! responders, or an owner that no longer serves the shard ([`not_owner`]): the forwarder
+//! retries briefly, then answers 503 with `Retry-After`. A forwarded request carries
+//! [`FORWARDED`], so the node it reaches serves it or refuses it, never forwards it again.
+//!
+//! The answer to a request the owner took but did not answer in time is 503 too: the
+//! change may still land, so the client retries with the same `Idempotency-Key`.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_nats::{HeaderMap, RequestErrorKind};
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use axum::response::IntoResponse;
+use futures_util::StreamExt;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use super::shard::Shard;
+use crate::error::AppError;
+
+/// Marks a request that came from another node over NATS.
+pub const FORWARDED: &str = "stockline-forwarded";
+/// Marks the answer of a node that does not serve the shard (any more): retried elsewhere.
+const NOT_OWNER: &str = "stockline-not-owner";
+const METHOD: &str = "Stockline-Method";
+const URI: &str = "Stockline-Uri";
+const STATUS: &str = "Stockline-Status";
+/// An answer larger than this is not relayed (only single-shard operations are forwarded,
+/// and their answers are small).
+const MAX_ANSWER: usize = 768 * 1024;
+
+/// How a node forwards and answers.
+#[derive(Clone, Debug)]
+pub struct RouteSettings {
+    /// `STOCKLINE_CLUSTER_NAME`: two clusters on one NATS never see each other's subjects.
+    pub cluster: String,
+    /// How long a forwarded request keeps retrying while its shard has no owner.
+    pub retry_for: Duration,
+    /// How long the owner may take to answer.
+    pub answer_within: Duration,
+}
+
+struct Subscription {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// This node's side of the routing: the subjects it answers, and forwarding.
+pub struct Routes {
+    client: async_nats::Client,
+    settings: RouteSettings,
+    /// The node's own router, which answers forwarded requests (set once it is built,
+    /// since the router's state holds these routes).
+    app: OnceLock<Router>,
+    subscriptions: Mutex<HashMap<Shard, Subscription>>,
+}
+
+impl Routes {
+    pub fn new(client: async_nats::Client, settings: RouteSettings) -> Self {
+        Self {
+            client,
+            settings,
+            app: OnceLock::new(),
+            subscriptions: Mutex::default(),
+        }
+    }
+
+    /// Gives the router forwarded requests run through; the first call wins.
+    pub fn answer_with(&self, app: Router) {
+        let _ = self.app.set(app);
+    }
+
+    pub fn subject(&self, shard: Shard) -> String {
+        format!("stockline.{}.shard.{shard}", self.settings.cluster)
+    }
+
+    /// Whether the connection to NATS is up (a node without it can neither answer nor
+    /// forward).
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// The shards whose subjects this node answers, sorted.
+    pub fn answering(&self) -> Vec<Shard> {
+        let subscriptions = self.subscriptions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut shards: Vec<_> = subscriptions.keys().copied().collect();
+        shards.sort_unstable();
+        shards
+    }
+
+    /// Starts answering `shard`'s subject (after this node claimed it). Once this returns,
+    /// the server has the subscription: the next request reaches this node.
+    pub async fn serve(&self, shard: Shard) -> Result<(), async_nats::SubscribeError> {
+        if self.lock().contains_key(&shard) {
+            return Ok(());
+        }
+        let mut subscriber = self.client.subscribe(self.subject(shard)).await?;
+        // The server has the subscription once it has answered a round trip after it.
+        let _ = self.client.flush().await;
+        let stop = CancellationToken::new();
+        let client = self.client.clone();
+        let app = self.app.get().cloned();
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let in_flight = TaskTracker::new();
+            loop {
+                tokio::select! {
+                    message = subscriber.next() => match message {
+                        Some(message) => {
+                            let (client, app) = (client.clone(), app.clone());
+                            in_flight.spawn(answer(client, app, message));
+                        }
+                        None => break,
+                    },
+                    _ = stopped.cancelled() => break,
+                }
+            }
+            let _ = subscriber.unsubscribe().await;
+            in_flight.close();
+            in_flight.wait().await;
+        });
+        let previous = self.lock().insert(shard, Subscription { stop, task });
+        if let Some(previous) = previous {
+            previous.stop.cancel();
+        }
+        Ok(())
+    }
+
+    /// Stops answering `shard`'s subject, and returns once every request it took has been
+    /// answered (in `sync` mode: once their changes are durable or timed out).
+    pub async fn stop(&self, shard: Shard) {
+        let subscription = self.lock().remove(&shard);
+        if let Some(Subscription { stop, task }) = subscription {
+            stop.cancel();
+            let _ = task.await;
+        }
+    }
+
+    /// Stops answering every shard (a node that leaves, or lost its leases all at once).
+    pub async fn stop_all(&self) {
+        for shard in self.answering() {
+            self.stop(shard).await;
+        }
+    }
+
+    /// Sends `request` to the owner of `shard` and answers what it answered; retries while
+    /// the shard has no owner, for [`RouteSettings::retry_for`], then answers 503.
+    pub async fn forward(&self, shard: Shard, request: Request<Body>) -> Response<Body> {
+        let (parts, body) = request.into_parts();
+        let body = match axum::body::to_bytes(body, crate::http::MAX_BODY).await {
+            Ok(body) => body,
+            Err(_) => return AppError::PayloadTooLarge.into_response(),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(METHOD, parts.method.as_str());
+        headers.insert(URI, parts.uri.to_string());
+        for (name, value) in &parts.headers {
+            if relayed(name)
+                && let Ok(value) = value.to_str()
+            {
+                headers.append(name.as_str(), value);
+            }
+        }
+        let subject = self.subject(shard);
+        let until = Instant::now() + self.settings.retry_for;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let sent = async_nats::Request::new()
+                .headers(headers.clone())
+                .payload(body.clone())
+                .timeout(Some(self.settings.answer_within));
+            match self.client.send_request(subject.clone(), sent).await {
+                Ok(answer) if !is_not_owner(&answer) => return relay(answer),
+                Ok(_) => {}
+                Err(error) if error.kind() == RequestErrorKind::NoResponders => {}
+                Err(error) if error.kind() == RequestErrorKind::TimedOut => {
+                    return AppError::Unavailable(
+                        "the node that owns this stock did not answer in time; the change may \
+                         still land: retry with the same Idempotency-Key"
+                            .into(),
+                    )
+                    .into_response();
+                }
+                Err(error) if error.kind() == RequestErrorKind::MaxPayloadExceeded => {
+                    return AppError::PayloadTooLarge.into_response();
+                }
+                Err(error) => {
+                    tracing::warn!(%error, shard, "forwarding over NATS failed");
+                    return AppError::Unavailable(
+                        "this node cannot reach the cluster's messaging; retry shortly".into(),
+                    )
+                    .into_response();
+                }
+            }
+            if Instant::now() + pause > until {
+                return AppError::Unavailable(format!(
+                    "shard {shard} has no owner right now (it is moving between nodes); \
+                     retry shortly"
+                ))
+                .into_response();
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Shard, Subscription>> {
+        self.subscriptions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The answer of a node asked for a shard it does not serve: the forwarder tries again.
+pub fn not_owner(shard: Shard) -> Response<Body> {
+    let mut response = AppError::Unavailable(format!(
+        "this node does not serve shard {shard}; retry shortly"
+    ))
+    .into_response();
+    response
+        .headers_mut()
+        .insert(NOT_OWNER, HeaderValue::from_static("1"));
+    response
+}
+
+/// Whether a request came from another node (and so must not be forwarded again).
+pub fn is_forwarded(headers: &axum::http::HeaderMap) -> bool {
+    headers.contains_key(FORWARDED)
+}
+
+/// Headers that describe the request itself, not one connection (hop-by-hop headers and
+/// the length, which the body gives again, stay behind), and never a client's own claim
+/// to be a node.
+fn relayed(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "content-length"
+            | "host"
+            | FORWARDED
+            | NOT_OWNER
+    )
+}
+
+fn is_not_owner(answer: &async_nats::Message) -> bool {
+    answer
+        .headers
+        .as_ref()
+        .is_some_and(|headers| headers.get(NOT_OWNER).is_some())
+}
+
+/// Runs a forwarded request through this node's router and replies with its answer.
+async fn answer(client: async_nats::Client, app: Option<Router>, message: async_nats::Message) {
+    let Some(reply) = message.reply.clone() else {
+        return;
+    };
+    let response = match (app, request_from(message)) {
+        (Some(app), Some(request)) => match app.oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        },
+        (None, _) => not_owner(0),
+        (_, None) => {
+            AppError::InvalidQuery("a forwarded request could not be read".into()).into_response()
+        }
+    };
+    let (parts, body) = response.into_parts();
+    let (parts, body) = match axum::body::to_bytes(body, MAX_ANSWER).await {
+        Ok(body) => (parts, body),
+        Err(_) => {
+            let (parts, body) =
+                AppError::Internal("the answer is too large to forward between nodes".into())
+                    .into_response()
+                    .into_parts();
+            let body = axum::body::to_bytes(body, MAX_ANSWER)
+                .await
+                .unwrap_or_default();
+            (parts, body)
+        }
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(STATUS, parts.status.as_str());
+    for (name, value) in &parts.headers {
+        if relayed(name)
+            && let Ok(value) = value.to_str()
+        {
+            headers.append(name.as_str(), value);
+        }
+    }
+    if parts.headers.contains_key(NOT_OWNER) {
+        headers.insert(NOT_OWNER, "1");
+    }
+    if let Err(error) = client.publish_with_headers(reply, headers, body).await {
+        tracing::warn!(%error, "the answer to a forwarded request was not sent");
+    }
+}
+
+/// The HTTP request a forwarded message carries, marked [`FORWARDED`].
+fn request_from(message: async_nats::Message) -> Option<Request<Body>> {
+    let headers = message.headers?;
+    let method = Method::from_bytes(headers.get(METHOD)?.as_str().as_bytes()).ok()?;
+    let uri: Uri = headers.get(URI)?.as_str().parse().ok()?;
+    let mut request = Request::builder().method(method).uri(uri);
+    for (name, values) in headers.iter() {
+        let name: &str = name.as_ref();
+        if name.eq_ignore_ascii_case(METHOD) || name.eq_ignore_ascii_case(URI) {
+            continue;
+        }
+        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+            continue;
+        };
+        if !relayed(&name) {
+            continue;
+        }
+        for value in values {
+            if let Ok(value) = HeaderValue::from_str(value.as_str()) {
+                request = request.header(name.clone(), value);
+            }
+        }
+    }
+    request
+        .header(FORWARDED, "1")
+        .body(Body::from(message.payload))
+        .ok()
+}
+
+/// The HTTP answer a reply carries.
+fn relay(answer: async_nats::Message) -> Response<Body> {
+    let Some(headers) = answer.headers else {
+        return AppError::Internal("a node answered a forwarded request without a status".into())
+            .into_response();
+    };
+    let status = headers
+        .get(STATUS)
+        .and_then(|s| s.as_str().parse::<u16>().ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = Response::new(Body::from(answer.payload));
+    *response.status_mut() = status;
+    for (name, values) in headers.iter() {
+        let name: &str = name.as_ref();
+        if name.eq_ignore_ascii_case(STATUS) {
+            continue;
+        }
+        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+            continue;
+        };
+        if !relayed(&name) {
+            continue;
+        }
+        for value in values {
+            if let Ok(value) = HeaderValue::from_str(value.as_str()) {
+                response.headers_mut().append(name.clone(), value);
+            }
+        }
+    }
+    response
+        .headers_mut()
+        .entry(header::CONTENT_TYPE)
+        .or_insert(HeaderValue::from_static("application/json"));
+    response
+}

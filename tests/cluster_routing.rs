@@ -1,0 +1,210 @@
+//! Requests between nodes over the real NATS (127.0.0.1:4222): forwarded to the shard's
+//! owner and answered as it answered; no owner gives 503 after brief retries; an owner
+//! arriving during the retries is found; stopping waits for the requests taken; two
+//! clusters on one NATS never see each other.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Path;
+use axum::http::{HeaderMap, Request, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use serde_json::{Value, json};
+use stockline::cluster::routing::{self, RouteSettings, Routes};
+use tokio::sync::Notify;
+
+const NATS: &str = "127.0.0.1:4222";
+
+async fn routes(cluster: &str, retry_for: Duration) -> Routes {
+    let client = async_nats::connect(NATS)
+        .await
+        .expect("NATS runs at 127.0.0.1:4222");
+    Routes::new(
+        client,
+        RouteSettings {
+            cluster: cluster.into(),
+            retry_for,
+            answer_within: Duration::from_secs(5),
+        },
+    )
+}
+
+fn cluster() -> String {
+    format!("test{}", uuid::Uuid::now_v7().simple())
+}
+
+/// A node's router: echoes what it got, with the node's name.
+fn app(node: &'static str, slow: Arc<Notify>, counted: Arc<AtomicUsize>) -> Router {
+    let refused = counted.clone();
+    Router::new()
+        .route(
+            "/p/{product}",
+            post(
+                move |Path(product): Path<i64>, headers: HeaderMap, body: String| async move {
+                    let key = headers
+                        .get("idempotency-key")
+                        .map(|v| v.to_str().unwrap().to_owned());
+                    (
+                        StatusCode::CREATED,
+                        [("x-node", node)],
+                        axum::Json(json!({
+                            "node": node, "product": product, "body": body, "key": key,
+                            "forwarded": routing::is_forwarded(&headers),
+                        })),
+                    )
+                },
+            ),
+        )
+        .route(
+            "/slow",
+            post(move || async move {
+                slow.notify_one();
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                counted.fetch_add(1, Ordering::SeqCst);
+                (StatusCode::OK, "done")
+            }),
+        )
+        .route(
+            "/refuse",
+            post(move || async move {
+                refused.fetch_add(1, Ordering::SeqCst);
+                routing::not_owner(9).into_response()
+            }),
+        )
+}
+
+fn request(path: &str, body: &str) -> Request<Body> {
+    Request::post(path)
+        .header("content-type", "text/plain")
+        .header("idempotency-key", "order-77")
+        .body(Body::from(body.to_owned()))
+        .unwrap()
+}
+
+async fn read(response: axum::response::Response) -> (StatusCode, HeaderMap, Value) {
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (parts.status, parts.headers, value)
+}
+
+#[tokio::test]
+async fn a_request_reaches_the_owner_and_its_answer_comes_back_whole() {
+    let name = cluster();
+    let a = routes(&name, Duration::from_millis(500)).await;
+    let b = routes(&name, Duration::from_millis(500)).await;
+    a.answer_with(app("a", Arc::default(), Arc::default()));
+    a.serve(3).await.unwrap();
+    assert_eq!(a.answering(), [3]);
+
+    let (status, headers, body) = read(b.forward(3, request("/p/42?x=1", "hello")).await).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(headers["x-node"], "a");
+    assert_eq!(
+        body,
+        json!({"node": "a", "product": 42, "body": "hello", "key": "order-77", "forwarded": true})
+    );
+    a.stop_all().await;
+}
+
+#[tokio::test]
+async fn a_shard_without_owner_answers_503_with_retry_after_once_the_retries_run_out() {
+    let name = cluster();
+    let b = routes(&name, Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let (status, headers, body) = read(b.forward(4, request("/p/1", "x")).await).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(body["error"]["code"], "unavailable");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("shard 4")
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "it did not retry"
+    );
+}
+
+#[tokio::test]
+async fn an_owner_that_subscribes_during_the_retries_gets_the_request() {
+    let name = cluster();
+    let a = Arc::new(routes(&name, Duration::from_secs(3)).await);
+    let b = routes(&name, Duration::from_secs(3)).await;
+    a.answer_with(app("a", Arc::default(), Arc::default()));
+    let late = a.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        late.serve(5).await.unwrap();
+    });
+    let (status, _, body) = read(b.forward(5, request("/p/5", "late")).await).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(body["node"], "a");
+    a.stop_all().await;
+}
+
+#[tokio::test]
+async fn stopping_answers_what_was_taken_first_and_then_the_shard_has_no_responder() {
+    let name = cluster();
+    let slow = Arc::new(Notify::new());
+    let finished = Arc::new(AtomicUsize::new(0));
+    let a = Arc::new(routes(&name, Duration::from_millis(200)).await);
+    let b = Arc::new(routes(&name, Duration::from_millis(200)).await);
+    a.answer_with(app("a", slow.clone(), finished.clone()));
+    a.serve(6).await.unwrap();
+    let asking = b.clone();
+    let taken =
+        tokio::spawn(async move { read(asking.forward(6, request("/slow", "")).await).await });
+    slow.notified().await;
+    // The owner hands the shard off while the request is being answered.
+    a.stop(6).await;
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        1,
+        "stop returned before the request it took was answered"
+    );
+    let (status, _, body) = taken.await.unwrap();
+    assert_eq!((status, body), (StatusCode::OK, json!("done")));
+    assert!(a.answering().is_empty());
+    let (status, _, _) = read(b.forward(6, request("/p/6", "")).await).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn a_node_that_no_longer_serves_the_shard_is_retried_not_relayed() {
+    let name = cluster();
+    let refused = Arc::new(AtomicUsize::new(0));
+    let a = routes(&name, Duration::from_millis(400)).await;
+    let b = routes(&name, Duration::from_millis(400)).await;
+    a.answer_with(app("a", Arc::default(), refused.clone()));
+    a.serve(9).await.unwrap();
+    let (status, _, body) = read(b.forward(9, request("/refuse", "")).await).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no owner right now")
+    );
+    assert!(refused.load(Ordering::SeqCst) >= 2, "not retried");
+    a.stop_all().await;
+}
+
+#[tokio::test]
+async fn two_clusters_on_one_nats_never_see_each_other() {
+    let (one, two) = (cluster(), cluster());
+    let a = routes(&one, Duration::from_millis(200)).await;
+    let other = routes(&two, Duration::from_millis(200)).await;
+    a.answer_with(app("a", Arc::default(), Arc::default()));
+    a.serve(7).await.unwrap();
+    let (status, _, _) = read(other.forward(7, request("/p/7", "")).await).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    a.stop_all().await;
+}
