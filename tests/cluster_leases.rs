@@ -253,3 +253,122 @@ async fn a_node_that_leaves_gives_its_shards_up_at_once_and_a_restart_fences_its
     assert_eq!(fence(&pool, &restarted, &[shard]).await, Ok(()));
     common::drop_database(&name).await;
 }
+
+/// A node's side of the leases, as the run loop tells it.
+#[derive(Default)]
+struct Recorded {
+    answering: std::sync::Mutex<std::collections::BTreeSet<Shard>>,
+    handed_off: std::sync::atomic::AtomicUsize,
+}
+
+impl stockline::cluster::Membership for Recorded {
+    fn claimed(
+        &self,
+        shards: Vec<(Shard, stockline::cluster::Epoch)>,
+    ) -> futures_util::future::BoxFuture<'_, ()> {
+        let mut answering = self.answering.lock().unwrap();
+        answering.extend(shards.into_iter().map(|(s, _)| s));
+        Box::pin(async {})
+    }
+
+    fn lost(&self, shards: Vec<Shard>) -> futures_util::future::BoxFuture<'_, ()> {
+        let mut answering = self.answering.lock().unwrap();
+        for shard in shards {
+            answering.remove(&shard);
+        }
+        Box::pin(async {})
+    }
+
+    fn hand_off(&self, shards: Vec<Shard>) -> futures_util::future::BoxFuture<'_, ()> {
+        self.handed_off
+            .fetch_add(shards.len(), std::sync::atomic::Ordering::SeqCst);
+        self.lost(shards)
+    }
+}
+
+struct Running {
+    leases: std::sync::Arc<Leases>,
+    node: std::sync::Arc<Recorded>,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn run(pool: &PgPool, id: &str, lease: Duration) -> Running {
+    let leases = std::sync::Arc::new(node(pool, id, lease));
+    let recorded = std::sync::Arc::new(Recorded::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (l, r, s) = (leases.clone(), recorded.clone(), stop.clone());
+    let task = tokio::spawn(async move { l.run(&*r, s).await });
+    Running {
+        leases,
+        node: recorded,
+        stop,
+        task,
+    }
+}
+
+/// Waits (at most `within`) until `check` holds; answers how long it took.
+async fn until(within: Duration, check: impl Fn() -> bool) -> Duration {
+    let started = std::time::Instant::now();
+    while !check() {
+        assert!(started.elapsed() < within, "not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+fn answering(running: &Running) -> HashSet<Shard> {
+    running
+        .node
+        .answering
+        .lock()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect()
+}
+
+#[tokio::test]
+async fn running_nodes_share_out_a_killed_nodes_shards_move_within_two_leases_and_a_leaving_one_hands_off()
+ {
+    let (pool, name) = database().await;
+    let lease = Duration::from_secs(2);
+    let a = run(&pool, "a", lease);
+    let b = run(&pool, "b", lease);
+    until(Duration::from_secs(15), || {
+        let (on_a, on_b) = (answering(&a), answering(&b));
+        !on_a.is_empty() && !on_b.is_empty() && on_a.len() + on_b.len() == usize::from(SHARDS)
+    })
+    .await;
+    assert!(answering(&a).is_disjoint(&answering(&b)));
+    assert_eq!(
+        answering(&a),
+        a.leases.served().into_iter().map(|(s, _)| s).collect()
+    );
+
+    // kill -9 of a: its loop ends without leaving; b has all within two leases.
+    a.task.abort();
+    let moved = until(2 * lease, || answering(&b).len() == usize::from(SHARDS)).await;
+    eprintln!("failover after the owner died: {moved:?} (lease {lease:?})");
+    // The dead node's own view stopped serving before the takeover was possible.
+    assert!(a.leases.served().is_empty());
+
+    // c joins, then b leaves cleanly: c need not wait for b's leases to expire.
+    let c = run(&pool, "c", lease);
+    until(Duration::from_secs(15), || !answering(&c).is_empty()).await;
+    assert!(b.node.handed_off.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    b.stop.cancel();
+    b.task.await.unwrap();
+    assert!(b.leases.served().is_empty());
+    let taken = until(lease, || answering(&c).len() == usize::from(SHARDS)).await;
+    eprintln!("hand-over after a clean leave: {taken:?}");
+    c.stop.cancel();
+    c.task.await.unwrap();
+    let owned: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM shard_leases WHERE owner IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(owned, 0, "a node that left keeps no lease");
+    common::drop_database(&name).await;
+}

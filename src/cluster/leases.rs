@@ -23,7 +23,9 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
 
 use super::shard::{SHARDS, Shard, target};
 
@@ -87,6 +89,18 @@ pub struct Round {
 #[error("shards {shards:?} are no longer this node's: another node took them over")]
 pub struct Fenced {
     pub shards: Vec<Shard>,
+}
+
+/// What a node does as its leases change ([`Leases::run`] calls it).
+pub trait Membership: Send + Sync + 'static {
+    /// Newly claimed shards: start answering them (their lines load on first use).
+    fn claimed(&self, shards: Vec<(Shard, Epoch)>) -> BoxFuture<'_, ()>;
+    /// Shards another node took over: stop answering them and forget their lines and
+    /// reservations without writing anything of them.
+    fn lost(&self, shards: Vec<Shard>) -> BoxFuture<'_, ()>;
+    /// Shards to hand to another node: stop answering them, and return once everything
+    /// they took is durable (the lease is released after).
+    fn hand_off(&self, shards: Vec<Shard>) -> BoxFuture<'_, ()>;
 }
 
 /// This node's leases.
@@ -241,6 +255,56 @@ impl Leases {
             );
         }
         Ok(round)
+    }
+
+    /// Runs rounds every [`LeaseSettings::round_every`] until `stop`, telling `node` what
+    /// changed; then hands every shard off and [leaves](Self::leave). A round that fails
+    /// (the database unreachable) is retried at the next tick; meanwhile the deadlines
+    /// run out and the node stops serving on its own.
+    pub async fn run(&self, node: &dyn Membership, stop: CancellationToken) {
+        let mut every = tokio::time::interval(self.settings.round_every());
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = stop.cancelled() => break,
+            }
+            let round = match self.round().await {
+                Ok(round) => round,
+                Err(error) => {
+                    tracing::warn!(%error, "renewing shard leases failed; retrying");
+                    continue;
+                }
+            };
+            if !round.lost.is_empty() {
+                node.lost(round.lost).await;
+            }
+            if !round.claimed.is_empty() {
+                node.claimed(round.claimed).await;
+            }
+            if !round.handing_off.is_empty() {
+                node.hand_off(round.handing_off.clone()).await;
+                if let Err(error) = self.release(&round.handing_off).await {
+                    tracing::warn!(%error, "releasing handed-off shards failed; they expire");
+                }
+            }
+        }
+        let all: Vec<Shard> = self
+            .held_columns(|_| true)
+            .0
+            .iter()
+            .map(|s| *s as Shard)
+            .collect();
+        {
+            let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
+            for h in held.values_mut() {
+                h.hold = Hold::Leaving;
+            }
+        }
+        node.hand_off(all).await;
+        if let Err(error) = self.leave().await {
+            tracing::warn!(%error, "leaving the cluster cleanly failed; its leases expire");
+        }
     }
 
     /// Gives up the leases of `shards` that this node is handing off (their changes are

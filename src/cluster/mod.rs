@@ -11,6 +11,6 @@ pub mod leases;
 pub mod routing;
 pub mod shard;
 
-pub use leases::{Epoch, Fenced, LeaseSettings, Leases, Round};
+pub use leases::{Epoch, Fenced, LeaseSettings, Leases, Membership, Round};
 pub use routing::{RouteSettings, Routes};
 pub use shard::{SHARDS, Shard, shard_of};
