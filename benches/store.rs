@@ -62,6 +62,7 @@ async fn flush_throughput(changes: usize) -> (f64, u64) {
             pipelined: true,
         },
         None,
+        None,
         tokio_util::sync::CancellationToken::new(),
     );
     let now = stockline_actors::types::now();

@@ -87,6 +87,7 @@ impl Application {
             buffer.clone(),
             pacing,
             config.events.then(|| hub.clone()),
+            None,
             background.clone(),
         );
         // Before restoring, so that reservations expired while down reach their orders too.

@@ -218,6 +218,7 @@ async fn a_record_postgresql_refuses_goes_to_dead_letters_and_the_rest_of_its_ba
             pipelined: true,
         },
         None,
+        None,
         tokio_util::sync::CancellationToken::new(),
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

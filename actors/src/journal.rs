@@ -178,10 +178,17 @@ pub trait Journal: Send + Sync + 'static {
 #[derive(Clone, Debug)]
 pub struct DurableWatch(Arc<Watermark>);
 
-/// The journal was dropped before the awaited records became durable.
+/// Why awaited records will never be durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the journal closed before the change became durable")]
-pub struct JournalClosed;
+pub enum NotDurable {
+    /// The journal was dropped first.
+    #[error("the journal closed before the change became durable")]
+    JournalClosed,
+    /// The store refused them for good (in cluster mode: the node no longer owns what
+    /// they change); the change did not happen.
+    #[error("the store refused the change")]
+    Refused,
+}
 
 impl DurableWatch {
     /// The highest Lsn known durable now.
@@ -193,14 +200,24 @@ impl DurableWatch {
     /// once, when its own Lsn is durable, not at every flush before it: with a few thousand
     /// requests waiting over two flushes in flight, waking all of them at each flush
     /// re-polled every waiting request's whole future (HTTP stack included) several times.
-    pub async fn wait_for(&self, lsn: Lsn) -> Result<(), JournalClosed> {
+    ///
+    /// A record the store [refused](Watermark::refuse) answers `Refused`, whether its
+    /// caller waited before the refusal or came after it.
+    pub async fn wait_for(&self, lsn: Lsn) -> Result<(), NotDurable> {
         if self.current() >= lsn {
+            // A refusal is recorded before the watermark moves past it (both SeqCst).
+            if self.0.refusals.load(Ordering::SeqCst) > 0 && lock(&self.0.waiters).refused(lsn) {
+                return Err(NotDurable::Refused);
+            }
             return Ok(());
         }
         let answer = {
             let mut waiters = lock(&self.0.waiters);
             if waiters.closed {
-                return Err(JournalClosed);
+                return Err(NotDurable::JournalClosed);
+            }
+            if waiters.refused(lsn) {
+                return Err(NotDurable::Refused);
             }
             // Counted before the watermark is read again: an advance that stores its Lsn
             // and then finds no waiter counted has stored it before this read (both SeqCst).
@@ -214,7 +231,11 @@ impl DurableWatch {
             waiters.forget_abandoned(&self.0.waiting);
             answer
         };
-        answer.await.map_err(|_| JournalClosed)
+        match answer.await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(NotDurable::Refused),
+            Err(_) => Err(NotDurable::JournalClosed),
+        }
     }
 }
 
@@ -226,21 +247,39 @@ pub struct Watermark {
     durable: AtomicU64,
     /// Waiters in `waiters`, so that an advance nobody waits on takes no lock.
     waiting: AtomicUsize,
+    /// Ranges ever refused, so that a wait past the watermark looks them up only if any.
+    refusals: AtomicUsize,
     waiters: Mutex<Waiters>,
 }
 
 #[derive(Debug, Default)]
 struct Waiters {
-    by_lsn: BTreeMap<Lsn, Vec<oneshot::Sender<()>>>,
+    /// Each waiter hears `true` once its Lsn is durable, `false` if it was refused.
+    by_lsn: BTreeMap<Lsn, Vec<oneshot::Sender<bool>>>,
     closed: bool,
     /// Past this many waiters, those that gave up are forgotten (see `forget_abandoned`).
     prune_at: usize,
+    /// The newest refused ranges, by first Lsn (last Lsn as value), at most
+    /// [`REFUSED_KEPT`]: a caller that took an Lsn just before its batch was refused
+    /// must hear so even if it starts waiting after.
+    refused: BTreeMap<Lsn, Lsn>,
 }
+
+/// Refused ranges remembered. A refusal is rare (a node fenced off by a takeover), and a
+/// caller asks about its Lsn within its request, long before this many more refusals.
+const REFUSED_KEPT: usize = 4_096;
 
 /// Waiters kept before the first look for abandoned ones.
 const PRUNE_FLOOR: usize = 4_096;
 
 impl Waiters {
+    fn refused(&self, lsn: Lsn) -> bool {
+        self.refused
+            .range(..=lsn)
+            .next_back()
+            .is_some_and(|(_, last)| lsn <= *last)
+    }
+
     /// A request that stops waiting (it timed out, or its client hung up) leaves its sender
     /// here until its Lsn is durable; while the store is down that is never, and clients
     /// retrying would make the map grow for as long as the outage lasts. So whenever the
@@ -272,7 +311,8 @@ impl Watermark {
         })
     }
 
-    /// Everything up to `lsn` is durable: wakes exactly the waiters it releases.
+    /// Everything up to `lsn` is durable (or [refused](Self::refuse)): wakes exactly the
+    /// waiters it releases.
     pub fn advance(&self, lsn: Lsn) {
         let before = self.durable.fetch_max(lsn, Ordering::SeqCst);
         if lsn <= before || self.waiting.load(Ordering::SeqCst) == 0 {
@@ -288,7 +328,37 @@ impl Watermark {
         };
         for done in released.into_values().flatten() {
             // A waiter that gave up (its request timed out or hung up) is gone: fine.
-            let _ = done.send(());
+            let _ = done.send(true);
+        }
+    }
+
+    /// The records `first..=last` will never be durable: their waiters, now and later,
+    /// hear `Refused`. The watermark itself does not move; the journal advances it past
+    /// them after, as for records written.
+    pub fn refuse(&self, first: Lsn, last: Lsn) {
+        let refused = {
+            let mut waiters = lock(&self.waiters);
+            waiters.refused.insert(first, last);
+            if waiters.refused.len() > REFUSED_KEPT {
+                waiters.refused.pop_first();
+            }
+            self.refusals.fetch_add(1, Ordering::SeqCst);
+            let mut refused = Vec::new();
+            let lsns: Vec<Lsn> = waiters
+                .by_lsn
+                .range(first..=last)
+                .map(|(l, _)| *l)
+                .collect();
+            for lsn in lsns {
+                if let Some(senders) = waiters.by_lsn.remove(&lsn) {
+                    refused.extend(senders);
+                }
+            }
+            self.waiting.fetch_sub(refused.len(), Ordering::SeqCst);
+            refused
+        };
+        for done in refused {
+            let _ = done.send(false);
         }
     }
 
@@ -532,6 +602,15 @@ impl<R> JournalBuffer<R> {
         self.backlog
             .fetch_sub(batch.records.len(), Ordering::AcqRel);
         self.durable.advance(batch.last);
+    }
+
+    /// The flusher will never write `batch` (the store refused it for good): its waiters
+    /// hear `Refused`, and the watermark moves past it for the batches after.
+    pub fn refuse(&self, batch: &Batch<R>) {
+        if let Some((first, _)) = batch.records.first() {
+            self.durable.refuse(*first, batch.last);
+        }
+        self.complete(batch);
     }
 
     /// Whether nothing waits to be taken.
@@ -791,13 +870,54 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(buffer);
-        assert_eq!(waiter.await.unwrap(), Err(JournalClosed));
-        assert_eq!(watch.wait_for(lsn).await, Err(JournalClosed));
+        assert_eq!(waiter.await.unwrap(), Err(NotDurable::JournalClosed));
+        assert_eq!(watch.wait_for(lsn).await, Err(NotDurable::JournalClosed));
         assert_eq!(
             watch.wait_for(0).await,
             Ok(()),
             "what was durable stays durable"
         );
+    }
+
+    #[tokio::test]
+    async fn a_refused_batchs_waiters_hear_so_before_or_after_and_the_others_go_on() {
+        let buffer = JournalBuffer::<Record>::new(0, 100);
+        let watch = buffer.durable();
+        let first = buffer.append(vec![transfer()]);
+        let batch_one = buffer.take().unwrap();
+        let refused = buffer.append(vec![transfer(), transfer()]);
+        let batch_two = buffer.take().unwrap();
+        let after = buffer.append(vec![transfer()]);
+        let batch_three = buffer.take().unwrap();
+        let spawn = |lsn| {
+            let watch = watch.clone();
+            tokio::spawn(async move { watch.wait_for(lsn).await })
+        };
+        let (one, two, three) = (spawn(first), spawn(refused), spawn(after));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        buffer.complete(&batch_one);
+        buffer.refuse(&batch_two);
+        assert_eq!(one.await.unwrap(), Ok(()));
+        assert_eq!(two.await.unwrap(), Err(NotDurable::Refused));
+        assert!(!three.is_finished(), "released before its own batch");
+        // A caller that took its Lsn in the refused batch and only now waits.
+        assert_eq!(watch.wait_for(refused - 1).await, Err(NotDurable::Refused));
+        assert_eq!(
+            watch.current(),
+            refused,
+            "the watermark moved past the refusal"
+        );
+        buffer.complete(&batch_three);
+        assert_eq!(three.await.unwrap(), Ok(()));
+        assert_eq!(watch.wait_for(first).await, Ok(()));
+        assert_eq!(buffer.backlog(), 0);
+
+        // Refusals are remembered within a bound.
+        let watermark = Watermark::starting_at(0);
+        for n in 0..(REFUSED_KEPT as Lsn + 10) {
+            watermark.refuse(n * 10 + 1, n * 10 + 5);
+        }
+        assert_eq!(lock(&watermark.waiters).refused.len(), REFUSED_KEPT);
     }
 
     #[tokio::test]

@@ -45,7 +45,7 @@ use std::time::Duration;
 pub use error::{CoreError, Result};
 pub use handle::LineHandle;
 pub use journal::{
-    DurableWatch, Journal, JournalBuffer, Lsn, MemoryJournal, Note, Record, Watermark,
+    DurableWatch, Journal, JournalBuffer, Lsn, MemoryJournal, NotDurable, Note, Record, Watermark,
 };
 pub use line_state::{LineOp, LineSnapshot};
 pub use loading::{BatchLimits, EmptyStore, LineSeed, LineStore, StoreFuture};

@@ -108,6 +108,9 @@ pub struct Leases {
     pool: PgPool,
     settings: LeaseSettings,
     held: RwLock<HashMap<Shard, Held>>,
+    /// Shards given up outside a round (the fence refused them, or a refused batch
+    /// touched them): the next round reports them [lost](Round::lost).
+    forfeited: std::sync::Mutex<Vec<Shard>>,
 }
 
 impl Leases {
@@ -116,6 +119,7 @@ impl Leases {
             pool,
             settings,
             held: RwLock::default(),
+            forfeited: std::sync::Mutex::default(),
         }
     }
 
@@ -242,7 +246,11 @@ impl Leases {
                 round.claimed.push((shard, epoch));
             }
         }
+        round.lost.extend(std::mem::take(
+            &mut *self.forfeited.lock().unwrap_or_else(|e| e.into_inner()),
+        ));
         round.lost.sort_unstable();
+        round.lost.dedup();
         round.handing_off.sort_unstable();
         round.claimed.sort_unstable();
         if !(round.lost.is_empty() && round.claimed.is_empty() && round.handing_off.is_empty()) {
@@ -403,11 +411,42 @@ impl Leases {
         refused.sort_unstable();
         refused.dedup();
         // Taken over: never served again from this node's memory.
-        let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
-        for shard in &refused {
-            held.remove(shard);
-        }
+        self.forget(&refused);
         Ok(Err(Fenced { shards: refused }))
+    }
+
+    /// Gives `shards` up at once: a batch changing them was refused, so this node's memory
+    /// of them holds changes the store never took. They are served no more, reported lost
+    /// at the next round (their lines are forgotten), and those whose lease is still this
+    /// node's are released, to be claimed again (by this node too) and loaded afresh.
+    pub async fn forfeit(&self, shards: &[Shard]) -> Result<(), sqlx::Error> {
+        let (still, epochs) = self.held_columns(|(shard, _)| shards.contains(shard));
+        self.forget(shards);
+        sqlx::query(
+            "UPDATE shard_leases l SET owner = NULL, expires_at = '-infinity'
+             FROM unnest($2::smallint[], $3::bigint[]) AS h (shard, epoch)
+             WHERE l.shard = h.shard AND l.epoch = h.epoch AND l.owner = $1",
+        )
+        .bind(&self.settings.node)
+        .bind(&still)
+        .bind(&epochs)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Stops serving `shards` and queues them to be reported lost.
+    fn forget(&self, shards: &[Shard]) {
+        {
+            let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
+            for shard in shards {
+                held.remove(shard);
+            }
+        }
+        self.forfeited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(shards);
     }
 
     /// The held leases matching `keep`, as the two arrays the statements bind.

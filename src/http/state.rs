@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use stockline_actors::{Core, DurableWatch, Lsn};
+use stockline_actors::{Core, DurableWatch, Lsn, NotDurable};
 
 use super::idempotency::Answers;
 use super::rate_limit::AuthLimiter;
@@ -95,6 +95,9 @@ impl AppParts {
                 self.durable_waits.record(started.elapsed().as_secs_f64());
                 Ok(())
             }
+            Ok(Err(NotDurable::Refused)) => Err(AppError::Unavailable(
+                "the change did not happen: another node took over this stock; retry".into(),
+            )),
             _ => Err(AppError::Unavailable(
                 "the change was accepted but the store has not confirmed it yet; retry with the same Idempotency-Key".into(),
             )),
@@ -130,7 +133,8 @@ impl AppParts {
         let watch = &self.store.durable;
         let timeout = Duration::from_millis(self.config.durable_timeout_ms);
         match tokio::time::timeout(timeout, watch.wait_for(head)).await {
-            Ok(Ok(())) => Ok(()),
+            // Refused records are settled too: nothing of them will ever be written.
+            Ok(Ok(()) | Err(NotDurable::Refused)) => Ok(()),
             _ => Err(AppError::Unavailable(
                 "the store is behind; retry shortly".into(),
             )),

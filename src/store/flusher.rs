@@ -40,7 +40,8 @@ use stockline_actors::journal::Batch;
 use super::records::{Buffer, StoreRecord};
 
 use super::outbox::Known;
-use super::write::{self, Prepared, commit};
+use super::write::{self, Prepared, WriteError, commit};
+use crate::cluster::{Fenced, Leases};
 use crate::events::Event;
 use crate::events::hub::EventHub;
 use tokio::task::JoinHandle;
@@ -63,6 +64,8 @@ pub struct FlushStats {
     pub last_flush_us: AtomicI64,
     /// Records refused for their data and kept in `dead_letters` since start.
     pub dead_letters: AtomicU64,
+    /// Batches refused by the cluster fence since start (another node took their shards).
+    pub refused_batches: AtomicU64,
     /// Where each successful batch's write time goes (`/metrics`), once the server set it.
     pub durations: std::sync::OnceLock<metrics::Histogram>,
 }
@@ -96,12 +99,16 @@ pub struct Flusher {
 
 impl Flusher {
     /// Starts flushing `buffer`; once `stop` is cancelled it writes what is left and ends.
-    /// `events`: the hub to tell of committed events; `None` writes no events.
+    /// `events`: the hub to tell of committed events; `None` writes no events. `fence`
+    /// (cluster mode): every batch first checks this node still owns its shards; a batch
+    /// that fails the check is refused whole (its requests hear that their change did not
+    /// happen), never retried.
     pub fn spawn(
         pool: PgPool,
         buffer: Arc<Buffer>,
         pacing: Pacing,
         events: Option<Arc<EventHub>>,
+        fence: Option<Arc<Leases>>,
         stop: CancellationToken,
     ) -> Self {
         let stats = Arc::new(FlushStats {
@@ -112,6 +119,7 @@ impl Flusher {
             pool,
             stats: stats.clone(),
             events,
+            fence,
             known: Default::default(),
         };
         let task = tokio::spawn(run(out, buffer, pacing, stop.clone()));
@@ -132,6 +140,7 @@ struct Out {
     pool: PgPool,
     stats: Arc<FlushStats>,
     events: Option<Arc<EventHub>>,
+    fence: Option<Arc<Leases>>,
     /// What the store holds, for deriving events (only with `events`).
     known: tokio::sync::Mutex<Known>,
 }
@@ -264,10 +273,9 @@ async fn run(out: Out, buffer: Arc<Buffer>, pacing: Pacing, stop: CancellationTo
             if let Err(unwritten) = settle(&out, &buffer, current, outcome, &stop).await {
                 return drain(&out, &buffer, vec![unwritten, Arc::new(batch)]).await;
             }
-            if !write_until_done(&out, &batch, None, &stop).await {
+            if !write_until_done(&out, &buffer, &batch, None, &stop).await {
                 return drain(&out, &buffer, vec![Arc::new(batch)]).await;
             }
-            buffer.complete(&batch);
             continue;
         }
         match prepared {
@@ -294,10 +302,9 @@ async fn run(out: Out, buffer: Arc<Buffer>, pacing: Pacing, stop: CancellationTo
             Err(error) => {
                 // Written alone on the slow path, which splits out what PostgreSQL refuses.
                 out.failed(&batch, &error).await;
-                if !write_until_done(&out, &batch, None, &stop).await {
+                if !write_until_done(&out, &buffer, &batch, None, &stop).await {
                     return drain(&out, &buffer, vec![Arc::new(batch)]).await;
                 }
-                buffer.complete(&batch);
             }
         }
         if !pacing.pipelined
@@ -324,12 +331,12 @@ async fn prepare(out: &Out, batch: &Batch<StoreRecord>) -> Result<Option<Prepare
     let known = out.events.is_some().then_some(&mut *known);
     match tokio::time::timeout(
         WRITE_TIMEOUT,
-        write::prepare(&out.pool, &batch.records, known),
+        write::prepare(&out.pool, &batch.records, known, out.fence.as_deref()),
     )
     .await
     {
         Ok(Ok(prepared)) => Ok(prepared),
-        Ok(Err(error)) => Err(Passing::Database(error)),
+        Ok(Err(error)) => Err(error.into()),
         Err(_) => Err(Passing::TimedOut),
     }
 }
@@ -351,18 +358,17 @@ async fn settle(
         }
         Ok(Err(error)) => {
             out.failed(&current.batch, &error).await;
-            if !write_until_done(out, &current.batch, None, stop).await {
+            if !write_until_done(out, buffer, &current.batch, None, stop).await {
                 return Err(current.batch);
             }
         }
         Err(panicked) => {
             out.failed(&current.batch, &panicked).await;
-            if !write_until_done(out, &current.batch, None, stop).await {
+            if !write_until_done(out, buffer, &current.batch, None, stop).await {
                 return Err(current.batch);
             }
         }
     }
-    buffer.complete(&current.batch);
     Ok(())
 }
 
@@ -381,10 +387,9 @@ async fn drain(out: &Out, buffer: &Buffer, unfinished: Vec<Arc<Batch<StoreRecord
                 Err(_) => break,
             },
         };
-        if !write_until_done(out, &batch, Some(deadline), &never).await {
+        if !write_until_done(out, buffer, &batch, Some(deadline), &never).await {
             break;
         }
-        buffer.complete(&batch);
     }
     let left = buffer.backlog();
     if left > 0 {
@@ -393,21 +398,51 @@ async fn drain(out: &Out, buffer: &Buffer, unfinished: Vec<Arc<Batch<StoreRecord
     left == 0
 }
 
-/// Retries one batch with backoff until it is written (or the shutdown deadline passes).
-/// Retrying stops at `deadline` or, once `stop` is cancelled, hands over to the drain.
+/// Retries one batch with backoff until it is written, or refused by the fence, and marks
+/// it so in `buffer`; false if the shutdown deadline passed first. Retrying stops at
+/// `deadline` or, once `stop` is cancelled, hands over to the drain.
 async fn write_until_done(
     out: &Out,
+    buffer: &Buffer,
     batch: &Batch<StoreRecord>,
     deadline: Option<tokio::time::Instant>,
     stop: &CancellationToken,
 ) -> bool {
     let mut backoff = Duration::from_millis(50);
+    let mut refused: Option<Fenced> = None;
     loop {
         let started = std::time::Instant::now();
-        match write_isolating(out, &batch.records).await {
+        let outcome = match &refused {
+            None => write_isolating(out, &batch.records).await,
+            Some(_) => skip(&out.pool, batch.last).await.map_err(Passing::Database),
+        };
+        match outcome {
+            Ok(()) if refused.is_some() => {
+                buffer.refuse(batch);
+                return true;
+            }
             Ok(()) => {
                 out.flushed(batch, started);
+                buffer.complete(batch);
                 return true;
+            }
+            Err(Passing::Fenced(fenced)) => {
+                tracing::error!(
+                    shards = ?fenced.shards,
+                    records = batch.records.len(),
+                    "a batch was refused: another node owns shards it changes; its requests \
+                     are told the change did not happen"
+                );
+                out.stats.refused_batches.fetch_add(1, Ordering::Relaxed);
+                *out.known.lock().await = Known::default();
+                // Every shard the batch touched now differs in memory from the store.
+                if let Some(leases) = &out.fence
+                    && let Err(error) = leases.forfeit(&write::shards_of(&batch.records)).await
+                {
+                    tracing::warn!(%error, "releasing forfeited shards failed; they expire");
+                }
+                refused = Some(fenced);
+                continue;
             }
             Err(error) => out.failed(batch, &error).await,
         }
@@ -425,13 +460,39 @@ async fn write_until_done(
     }
 }
 
-/// Why a write failed for a passing reason, to be retried as it is.
+/// Why a write failed: for a passing reason, to be retried as it is, or for good.
 #[derive(Debug, thiserror::Error)]
 enum Passing {
     #[error("{0}")]
     Database(sqlx::Error),
     #[error("the write took longer than {WRITE_TIMEOUT:?}")]
     TimedOut,
+    /// Not passing: the batch is refused, never retried.
+    #[error(transparent)]
+    Fenced(Fenced),
+}
+
+impl From<WriteError> for Passing {
+    fn from(error: WriteError) -> Self {
+        match error {
+            WriteError::Database(error) => Self::Database(error),
+            WriteError::Fenced(fenced) => Self::Fenced(fenced),
+        }
+    }
+}
+
+/// Moves the stored journal number past a refused batch, as if written, so the batch after
+/// passes the ordering fence.
+async fn skip(pool: &PgPool, last: Lsn) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO settings (key, value) VALUES ('journal_lsn', $1::text)
+         ON CONFLICT (key) DO UPDATE
+           SET value = GREATEST(settings.value::bigint, EXCLUDED.value::bigint)::text",
+    )
+    .bind(last as i64)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Writes `records` (in Lsn order); a part refused for its data is split until the
@@ -442,7 +503,12 @@ async fn write_isolating(out: &Out, records: &[(Lsn, StoreRecord)]) -> Result<()
         // Held for this write only: the halves below take it again.
         let mut known = out.known.lock().await;
         let known = out.events.is_some().then_some(&mut *known);
-        tokio::time::timeout(WRITE_TIMEOUT, write::write(&out.pool, records, known)).await
+        let fence = out.fence.as_deref();
+        tokio::time::timeout(
+            WRITE_TIMEOUT,
+            write::write(&out.pool, records, known, fence),
+        )
+        .await
     };
     let error = match written {
         Ok(Ok(events)) => {
@@ -451,8 +517,8 @@ async fn write_isolating(out: &Out, records: &[(Lsn, StoreRecord)]) -> Result<()
             }
             return Ok(());
         }
-        Ok(Err(error)) if refuses_data(&error) => error,
-        Ok(Err(error)) => return Err(Passing::Database(error)),
+        Ok(Err(WriteError::Database(error))) if refuses_data(&error) => error,
+        Ok(Err(error)) => return Err(error.into()),
         Err(_) => return Err(Passing::TimedOut),
     };
     if let [(lsn, record)] = records {

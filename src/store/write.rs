@@ -17,6 +17,37 @@ use super::outbox::{self, Known};
 use crate::events::Event;
 
 use super::records::{IdempotencyRecord, OrderRecord, PaymentRecord, StoreRecord};
+use crate::cluster::{Fenced, Leases, Shard, shard_of};
+
+/// Why a batch was not written.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum WriteError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// Cluster mode: the batch changes shards this node no longer owns. Never retried.
+    #[error(transparent)]
+    Fenced(#[from] Fenced),
+}
+
+/// The shards whose stock `records` change (lines, the ledger, reservations, transfers),
+/// sorted, each once. Orders, payments and answers belong to no shard.
+pub(super) fn shards_of(records: &[(Lsn, StoreRecord)]) -> Vec<Shard> {
+    let mut shards: Vec<Shard> = Vec::new();
+    for (_, record) in records {
+        match record {
+            StoreRecord::Core(Record::Line(line)) => shards.push(shard_of(line.key.product_id)),
+            StoreRecord::Core(Record::Movement(m)) => shards.push(shard_of(m.key.product_id)),
+            StoreRecord::Core(Record::Reservation(r)) => {
+                shards.extend(r.items.iter().map(|item| shard_of(item.product_id)))
+            }
+            StoreRecord::Core(Record::Transfer(t)) => shards.push(shard_of(t.product_id)),
+            StoreRecord::Order(_) | StoreRecord::Payment(_) | StoreRecord::Idempotency(_) => {}
+        }
+    }
+    shards.sort_unstable();
+    shards.dedup();
+    shards
+}
 
 /// A batch sorted by table, coalesced where only the newest state matters.
 #[derive(Default)]
@@ -80,9 +111,10 @@ pub(super) async fn write(
     pool: &PgPool,
     records: &[(Lsn, StoreRecord)],
     known: Option<&mut Known>,
-) -> Result<Vec<Event>, sqlx::Error> {
-    match prepare(pool, records, known).await? {
-        Some(prepared) => commit(prepared, records).await,
+    fence: Option<&Leases>,
+) -> Result<Vec<Event>, WriteError> {
+    match prepare(pool, records, known, fence).await? {
+        Some(prepared) => Ok(commit(prepared, records).await?),
         None => Ok(Vec::new()),
     }
 }
@@ -92,16 +124,21 @@ pub(super) async fn write(
 /// batch's line states at once (before the commit), so the next batch, prepared while this
 /// one commits, derives its events against them; if this batch then fails, `known` must
 /// be forgotten (it holds states the store may not).
+///
+/// With a `fence` (cluster mode), the transaction first checks that this node still owns
+/// every shard the batch changes, and keeps them from being taken over until it ends
+/// ([`Leases::fence`]); such a batch is never written as one statement.
 pub(super) async fn prepare(
     pool: &PgPool,
     records: &[(Lsn, StoreRecord)],
     mut known: Option<&mut Known>,
-) -> Result<Option<Prepared>, sqlx::Error> {
+    fence: Option<&Leases>,
+) -> Result<Option<Prepared>, WriteError> {
     let (Some((first, _)), Some((last, _))) = (records.first(), records.last()) else {
         return Ok(None);
     };
     let sorted = sort(records);
-    let (way, events) = if one_statement(&sorted) {
+    let (way, events) = if fence.is_none() && one_statement(&sorted) {
         let mut connection = pool.acquire().await?;
         let events = match known.as_deref_mut() {
             Some(known) => outbox::derive(&mut connection, records, known).await?,
@@ -110,6 +147,9 @@ pub(super) async fn prepare(
         (Way::OneStatement(connection), events)
     } else {
         let mut tx = pool.begin().await?;
+        if let Some(leases) = fence {
+            leases.fence(&mut tx, &shards_of(records)).await??;
+        }
         let events = match known.as_deref_mut() {
             Some(known) => outbox::derive(&mut tx, records, known).await?,
             None => Vec::new(),

@@ -1,0 +1,134 @@
+//! The fence in the write-behind flusher (cluster mode), against the real PostgreSQL: a
+//! node's batch that changes a shard another node has taken over is refused whole. Its
+//! requests hear that the change did not happen, nothing of it is stored, the node gives
+//! up every shard it touched, and the flusher goes on with the batches after.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use sqlx::PgPool;
+use stockline::cluster::{LeaseSettings, Leases, shard_of};
+use stockline::store::flusher::{Flusher, Pacing};
+use stockline::store::records::Buffer;
+use stockline_actors::journal::{MovementKind, MovementRecord, Reference};
+use stockline_actors::{Journal, LineKey, NotDurable, Record};
+
+fn movement(product: i64, quantity: i64) -> Record {
+    Record::Movement(MovementRecord {
+        safety_stock_after: 0,
+        key: LineKey::new(1, product),
+        kind: MovementKind::Adjust,
+        quantity,
+        on_hand_after: quantity as u64,
+        reserved_after: 0,
+        reference: Reference::Reason("receipt".into()),
+        note: None,
+        at: chrono::Utc::now(),
+    })
+}
+
+async fn movements(pool: &PgPool) -> Vec<(i64, i64)> {
+    sqlx::query_as("SELECT product_id, quantity FROM movements ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+fn leases(pool: &PgPool, node: &str) -> Arc<Leases> {
+    Arc::new(Leases::new(
+        pool.clone(),
+        LeaseSettings {
+            node: node.into(),
+            http_addr: "127.0.0.1:0".into(),
+            lease: Duration::from_secs(30),
+        },
+    ))
+}
+
+#[tokio::test]
+async fn a_batch_touching_a_shard_taken_over_is_refused_whole_and_the_flusher_goes_on() {
+    let database = fresh_database();
+    let url = database_url(&database);
+    let pool = stockline::store::connect_and_migrate(&url).await.unwrap();
+    let a = leases(&pool, "a");
+    a.round().await.unwrap();
+    let buffer = Arc::new(Buffer::new(0, 10_000));
+    let flusher = Flusher::spawn(
+        stockline::store::flusher_pool(&url).await.unwrap(),
+        buffer.clone(),
+        Pacing {
+            gather: Duration::ZERO,
+            pipelined: true,
+        },
+        None,
+        Some(a.clone()),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let watch = buffer.durable();
+    // Two products in different shards.
+    let (kept, taken) = (1, (2..).find(|p| shard_of(*p) != shard_of(1)).unwrap());
+
+    let lsn = buffer.append(vec![movement(kept, 10), movement(taken, 20)]);
+    assert_eq!(watch.wait_for(lsn).await, Ok(()));
+    assert_eq!(movements(&pool).await, [(kept, 10), (taken, 20)]);
+
+    // Another node takes one shard over (as after this node was paused past its lease).
+    sqlx::query("UPDATE shard_leases SET owner = 'b', epoch = epoch + 1 WHERE shard = $1")
+        .bind(shard_of(taken) as i16)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let refused = buffer.append(vec![movement(kept, 11), movement(taken, 21)]);
+    assert_eq!(watch.wait_for(refused).await, Err(NotDurable::Refused));
+    assert_eq!(
+        watch.wait_for(refused - 1).await,
+        Err(NotDurable::Refused),
+        "the whole batch is refused, the shard still held included"
+    );
+    assert_eq!(movements(&pool).await, [(kept, 10), (taken, 20)]);
+    assert_eq!(
+        flusher
+            .stats
+            .refused_batches
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+
+    // Both shards are given up: neither is served, and the one still held is released so
+    // that it is claimed again and loaded afresh.
+    assert_eq!(a.serving(shard_of(taken)), None);
+    assert_eq!(a.serving(shard_of(kept)), None);
+    let kept_owner: Option<String> =
+        sqlx::query_scalar("SELECT owner FROM shard_leases WHERE shard = $1")
+            .bind(shard_of(kept) as i16)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(kept_owner, None);
+    let round = a.round().await.unwrap();
+    assert!(round.lost.contains(&shard_of(taken)) && round.lost.contains(&shard_of(kept)));
+    assert!(
+        round.claimed.contains(&(shard_of(kept), 2)),
+        "{:?}",
+        round.claimed
+    );
+    assert!(!round.claimed.iter().any(|(s, _)| *s == shard_of(taken)));
+
+    // The flusher goes on: the next batch (the shard claimed again) is written.
+    let after = buffer.append(vec![movement(kept, 12)]);
+    assert_eq!(watch.wait_for(after).await, Ok(()));
+    assert_eq!(
+        movements(&pool).await,
+        [(kept, 10), (taken, 20), (kept, 12)]
+    );
+    let stored: String = sqlx::query_scalar("SELECT value FROM settings WHERE key = 'journal_lsn'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, after.to_string());
+    assert!(flusher.finish().await);
+    drop_database(&database).await;
+}
