@@ -210,6 +210,16 @@ impl Core {
         .await
     }
 
+    /// Forgets, without writing anything, the lines and reservations of the products `gone`
+    /// names (cluster mode: their shard was taken over, or a batch of theirs was refused,
+    /// so this memory may differ from the store). Their next use loads them afresh.
+    /// Answers the lines and reservations forgotten.
+    pub async fn forget(&self, gone: impl Fn(ProductId) -> bool) -> (usize, usize) {
+        let reservations = self.reservations.forget_where(&gone);
+        let lines = self.registry.forget(&gone).await;
+        (lines, reservations)
+    }
+
     /// Drains every line's mailbox, then stops the lines.
     pub async fn shutdown(&self) {
         self.registry.shutdown().await;
@@ -244,4 +254,61 @@ pub(crate) async fn test_core() -> Core {
         .await
         .expect("warehouse");
     core
+}
+
+#[cfg(test)]
+mod forgetting {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use crate::types::{ItemRequest, LineKey, Quantity};
+    use crate::{ReservationRequest, test_core};
+
+    #[tokio::test]
+    async fn forgotten_lines_and_reservations_come_back_from_the_store_not_from_memory() {
+        let core = test_core().await;
+        let (gone, kept) = (LineKey::new(1, 7), LineKey::new(1, 8));
+        core.adjust(gone, 10, "receipt".into(), None).await.unwrap();
+        core.adjust(kept, 5, "receipt".into(), None).await.unwrap();
+        let request = |product| ReservationRequest {
+            items: vec![ItemRequest {
+                product_id: product,
+                quantity: Quantity::new(2).unwrap(),
+                warehouse_id: None,
+            }],
+            ttl: Duration::from_secs(60),
+            reference: None,
+            shop_id: None,
+            backorder_limits: BTreeMap::new(),
+        };
+        let (held_gone, _) = core.reservations().reserve(request(7)).await.unwrap();
+        let (held_kept, _) = core.reservations().reserve(request(8)).await.unwrap();
+
+        assert_eq!(core.forget(|product| product == 7).await, (1, 1));
+        assert!(core.registry().resident(gone).is_none());
+        assert!(core.reservations().get(held_gone.id).is_none());
+        assert!(core.reservations().get(held_kept.id).is_some());
+        // The test store holds nothing: the line is loaded again, empty, not from memory,
+        // and a change applies to that.
+        let reloaded = core
+            .registry()
+            .line(gone)
+            .await
+            .unwrap()
+            .snapshot()
+            .await
+            .unwrap();
+        assert_eq!((reloaded.on_hand, reloaded.reserved), (0, 0));
+        let changed = core.adjust(gone, 1, "count".into(), None).await.unwrap();
+        assert_eq!(changed.snapshot.on_hand, 1);
+        let kept_now = core
+            .registry()
+            .line(kept)
+            .await
+            .unwrap()
+            .snapshot()
+            .await
+            .unwrap();
+        assert_eq!((kept_now.on_hand, kept_now.reserved), (5, 2));
+    }
 }

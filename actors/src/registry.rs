@@ -361,6 +361,52 @@ impl Registry {
         self.0.total.load(Ordering::Acquire)
     }
 
+    /// Forgets every line in memory of a product `gone` names, whatever it holds, without
+    /// writing anything (cluster mode: the product's shard is another node's now). A line
+    /// with a caller inside is retired once the caller is out; answers how many left.
+    pub async fn forget(&self, gone: impl Fn(ProductId) -> bool) -> usize {
+        let lines = &self.0;
+        let mut left: Vec<Arc<LineShared>> = lines
+            .resident
+            .iter()
+            .filter(|slot| gone(slot.key().product_id))
+            .filter_map(|slot| slot.get().cloned())
+            .collect();
+        let mut forgotten = 0;
+        for _ in 0..RETIRING_TRIES {
+            let retired: Vec<Arc<LineShared>> = {
+                let (retired, busy) = left.into_iter().partition(|shared| shared.retire_now());
+                left = busy;
+                retired
+            };
+            if !retired.is_empty() {
+                let _evicting = crate::types::lock(&lines.evicting);
+                lines.eviction_epoch.fetch_add(1, Ordering::AcqRel);
+                for shared in &retired {
+                    lines.resident.remove_if(&shared.key, |_, slot| {
+                        slot.get().is_some_and(|s| Arc::ptr_eq(s, shared))
+                    });
+                }
+                forgotten += retired.len();
+            }
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if !left.is_empty() {
+            tracing::warn!(
+                lines = left.len(),
+                "lines of a lost shard stayed busy; not forgotten"
+            );
+        }
+        lines.products.known.retain(|product, _| !gone(*product));
+        lines
+            .evictions
+            .fetch_add(forgotten as u64, Ordering::Relaxed);
+        forgotten
+    }
+
     /// Evicts now every line that may leave memory (the periodic sweep does the same).
     pub fn evict_idle(&self, idle_after: Duration) -> usize {
         self.0.evict_idle(idle_after)

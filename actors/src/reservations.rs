@@ -743,6 +743,17 @@ impl Reservations {
         }
     }
 
+    /// Forgets, without settling or journaling anything, the reservations not being
+    /// settled now that hold stock of a product `gone` names (cluster mode: its shard is
+    /// another node's now, which restores them from the store). Answers how many.
+    pub fn forget_where(&self, gone: impl Fn(ProductId) -> bool) -> usize {
+        let before = self.0.table.len();
+        self.0.table.retain(|_, entry| {
+            entry.settling || !entry.reservation.items.iter().any(|i| gone(i.product_id))
+        });
+        before.saturating_sub(self.0.table.len())
+    }
+
     pub(crate) fn forget(&self, id: ReservationId) {
         self.0.table.remove_if(&id, |_, e| {
             e.reservation.status != ReservationStatus::Pending

@@ -112,6 +112,26 @@ impl LineShared {
     }
 }
 
+impl LineShared {
+    /// Retires the line whatever it holds, if no caller is inside: cluster mode, its shard
+    /// is another node's now, so nothing of this memory may be used again (the store, or
+    /// the new owner, has the truth). Its actor, if any, is drained and stops.
+    pub(crate) fn retire_now(&self) -> bool {
+        if self
+            .stats
+            .inflight
+            .compare_exchange(0, RETIRED, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        if let Some(actor) = self.actor.swap(None) {
+            actor.drain().ok();
+        }
+        true
+    }
+}
+
 /// Operator counters, kept in atomics so reading them never stops the line.
 #[derive(Default)]
 pub struct LineStats {
