@@ -23,3 +23,13 @@ CREATE TABLE shard_leases (
     expires_at TIMESTAMPTZ NOT NULL DEFAULT '-infinity'
 );
 INSERT INTO shard_leases (shard) SELECT generate_series(0, 1023);
+
+-- Each node's journal numbers (Lsn) are its own: node n numbers from n * 2^48, so the
+-- ledger's and the outbox's keys, made of them, never collide between nodes, and each
+-- node keeps its own stored position (`settings.journal_lsn.<n>`). The ordinal of a node
+-- id never changes and is never given to another (a zombie keeps its numbers). Ordinal 0
+-- is the single-process server's.
+CREATE TABLE node_ordinals (
+    node_id TEXT PRIMARY KEY,
+    ordinal SMALLINT NOT NULL UNIQUE CHECK (ordinal BETWEEN 1 AND 1023)
+);

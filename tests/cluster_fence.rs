@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use sqlx::PgPool;
-use stockline::cluster::{LeaseSettings, Leases, shard_of};
+use stockline::cluster::{LeaseSettings, Leases, Member, shard_of};
 use stockline::store::flusher::{Flusher, Pacing};
 use stockline::store::records::Buffer;
 use stockline_actors::journal::{MovementKind, MovementRecord, Reference};
@@ -55,7 +55,17 @@ async fn a_batch_touching_a_shard_taken_over_is_refused_whole_and_the_flusher_go
     let pool = stockline::store::connect_and_migrate(&url).await.unwrap();
     let a = leases(&pool, "a");
     a.round().await.unwrap();
-    let buffer = Arc::new(Buffer::new(0, 10_000));
+    let member = Member {
+        leases: a.clone(),
+        ordinal: stockline::cluster::leases::ordinal(&pool, "a")
+            .await
+            .unwrap(),
+    };
+    let start = stockline::store::recovery::node_position(&pool, &member)
+        .await
+        .unwrap();
+    assert_eq!(start, 1 << 48, "the first node numbers from 2^48");
+    let buffer = Arc::new(Buffer::new(start, 10_000));
     let flusher = Flusher::spawn(
         stockline::store::flusher_pool(&url).await.unwrap(),
         buffer.clone(),
@@ -64,7 +74,7 @@ async fn a_batch_touching_a_shard_taken_over_is_refused_whole_and_the_flusher_go
             pipelined: true,
         },
         None,
-        Some(a.clone()),
+        Some(member),
         tokio_util::sync::CancellationToken::new(),
     );
     let watch = buffer.durable();
@@ -124,11 +134,96 @@ async fn a_batch_touching_a_shard_taken_over_is_refused_whole_and_the_flusher_go
         movements(&pool).await,
         [(kept, 10), (taken, 20), (kept, 12)]
     );
-    let stored: String = sqlx::query_scalar("SELECT value FROM settings WHERE key = 'journal_lsn'")
+    let stored: Vec<(String, String)> =
+        sqlx::query_as("SELECT key, value FROM settings WHERE key LIKE 'journal_lsn%'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, [("journal_lsn.1".to_owned(), after.to_string())]);
+    assert!(flusher.finish().await);
+    drop_database(&database).await;
+}
+
+/// Two nodes write to one database at once: each numbers from its own ordinal, so the
+/// ledger's keys never collide, and each keeps its own stored position.
+#[tokio::test]
+async fn two_nodes_write_side_by_side_with_journal_numbers_of_their_own() {
+    let database = fresh_database();
+    let url = database_url(&database);
+    let pool = stockline::store::connect_and_migrate(&url).await.unwrap();
+    let mut nodes = Vec::new();
+    for name in ["a", "b"] {
+        let leases = leases(&pool, name);
+        nodes.push((name, leases));
+    }
+    // a claims everything, b joins, a hands half over, b claims it.
+    nodes[0].1.round().await.unwrap();
+    nodes[1].1.round().await.unwrap();
+    let handing = nodes[0].1.round().await.unwrap().handing_off;
+    nodes[0].1.release(&handing).await.unwrap();
+    nodes[1].1.round().await.unwrap();
+
+    let mut running = Vec::new();
+    for (name, leases) in &nodes {
+        let member = Member {
+            leases: leases.clone(),
+            ordinal: stockline::cluster::leases::ordinal(&pool, name)
+                .await
+                .unwrap(),
+        };
+        let start = stockline::store::recovery::node_position(&pool, &member)
+            .await
+            .unwrap();
+        let buffer = Arc::new(Buffer::new(start, 10_000));
+        let flusher = Flusher::spawn(
+            stockline::store::flusher_pool(&url).await.unwrap(),
+            buffer.clone(),
+            Pacing {
+                gather: Duration::ZERO,
+                pipelined: true,
+            },
+            None,
+            Some(member),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        // Products of the shards this node serves.
+        let mine: Vec<i64> = (1..)
+            .filter(|p| leases.serving(shard_of(*p)).is_some())
+            .take(50)
+            .collect();
+        running.push((buffer, flusher, mine));
+    }
+    let writers = running.iter().map(|(buffer, _, mine)| {
+        let (buffer, mine) = (buffer.clone(), mine.clone());
+        async move {
+            let watch = buffer.durable();
+            for (n, product) in mine.into_iter().enumerate() {
+                let lsn = buffer.append(vec![movement(product, n as i64 + 1)]);
+                assert_eq!(watch.wait_for(lsn).await, Ok(()));
+            }
+        }
+    });
+    futures_util::future::join_all(writers).await;
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM movements")
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(stored, after.to_string());
-    assert!(flusher.finish().await);
+    assert_eq!(count, 100, "no movement lost to a key another node used");
+    let positions: Vec<(String, String)> = sqlx::query_as(
+        "SELECT key, value FROM settings WHERE key LIKE 'journal_lsn%' ORDER BY key",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        positions,
+        [
+            ("journal_lsn.1".to_owned(), ((1u64 << 48) + 50).to_string()),
+            ("journal_lsn.2".to_owned(), ((2u64 << 48) + 50).to_string()),
+        ]
+    );
+    for (_, flusher, _) in running {
+        assert!(flusher.finish().await);
+    }
     drop_database(&database).await;
 }

@@ -369,3 +369,25 @@ async fn running_nodes_share_out_a_killed_nodes_shards_move_within_two_leases_an
     assert_eq!(owned, 0, "a node that left keeps no lease");
     common::drop_database(&name).await;
 }
+
+#[tokio::test]
+async fn nodes_starting_at_once_get_distinct_ordinals_that_they_keep() {
+    let (pool, name) = database().await;
+    let ids: Vec<String> = (0..20).map(|n| format!("node-{n}")).collect();
+    let assigned = futures_util::future::join_all(
+        ids.iter()
+            .map(|id| stockline::cluster::leases::ordinal(&pool, id)),
+    )
+    .await;
+    let mut ordinals: Vec<u16> = assigned.into_iter().map(Result::unwrap).collect();
+    let again = stockline::cluster::leases::ordinal(&pool, "node-3")
+        .await
+        .unwrap();
+    assert_eq!(
+        again, ordinals[3],
+        "a node keeps its ordinal across restarts"
+    );
+    ordinals.sort_unstable();
+    assert_eq!(ordinals, (1..=20).collect::<Vec<u16>>());
+    common::drop_database(&name).await;
+}

@@ -11,6 +11,30 @@ pub mod leases;
 pub mod routing;
 pub mod shard;
 
-pub use leases::{Epoch, Fenced, LeaseSettings, Leases, Membership, Round};
+pub use leases::{Epoch, Fenced, LeaseSettings, Leases, Membership, ORDINAL_SHIFT, Round};
 pub use routing::{RouteSettings, Routes};
 pub use shard::{SHARDS, Shard, shard_of};
+
+use std::sync::Arc;
+
+use stockline_actors::Lsn;
+
+/// A node of a cluster as its store sees it: its leases, which fence every flush, and its
+/// ordinal, which gives it journal numbers and a stored position of its own.
+#[derive(Clone)]
+pub struct Member {
+    pub leases: Arc<Leases>,
+    pub ordinal: u16,
+}
+
+impl Member {
+    /// The setting that keeps the highest journal number this node has stored.
+    pub fn position_key(&self) -> String {
+        format!("journal_lsn.{}", self.ordinal)
+    }
+
+    /// Where this node's journal numbers start (exclusive).
+    pub fn first_lsn(&self) -> Lsn {
+        u64::from(self.ordinal) << ORDINAL_SHIFT
+    }
+}

@@ -41,7 +41,7 @@ use super::records::{Buffer, StoreRecord};
 
 use super::outbox::Known;
 use super::write::{self, Prepared, WriteError, commit};
-use crate::cluster::{Fenced, Leases};
+use crate::cluster::{Fenced, Member};
 use crate::events::Event;
 use crate::events::hub::EventHub;
 use tokio::task::JoinHandle;
@@ -99,16 +99,16 @@ pub struct Flusher {
 
 impl Flusher {
     /// Starts flushing `buffer`; once `stop` is cancelled it writes what is left and ends.
-    /// `events`: the hub to tell of committed events; `None` writes no events. `fence`
-    /// (cluster mode): every batch first checks this node still owns its shards; a batch
-    /// that fails the check is refused whole (its requests hear that their change did not
-    /// happen), never retried.
+    /// `events`: the hub to tell of committed events; `None` writes no events. `member`
+    /// (cluster mode): every batch first checks this node still owns its shards, and keeps
+    /// the node's own stored journal number; a batch that fails the check is refused whole
+    /// (its requests hear that their change did not happen), never retried.
     pub fn spawn(
         pool: PgPool,
         buffer: Arc<Buffer>,
         pacing: Pacing,
         events: Option<Arc<EventHub>>,
-        fence: Option<Arc<Leases>>,
+        member: Option<Member>,
         stop: CancellationToken,
     ) -> Self {
         let stats = Arc::new(FlushStats {
@@ -119,7 +119,14 @@ impl Flusher {
             pool,
             stats: stats.clone(),
             events,
-            fence,
+            position_key: member
+                .as_ref()
+                .map_or_else(|| "journal_lsn".to_owned(), Member::position_key),
+            close: member
+                .as_ref()
+                .map(|m| Arc::from(super::outbox::close_for(&m.position_key())))
+                .unwrap_or_else(|| Arc::from(super::outbox::CLOSE)),
+            member,
             known: Default::default(),
         };
         let task = tokio::spawn(run(out, buffer, pacing, stop.clone()));
@@ -140,7 +147,11 @@ struct Out {
     pool: PgPool,
     stats: Arc<FlushStats>,
     events: Option<Arc<EventHub>>,
-    fence: Option<Arc<Leases>>,
+    member: Option<Member>,
+    /// The setting that keeps the stored journal number, and the closing statement that
+    /// writes it.
+    position_key: String,
+    close: Arc<str>,
     /// What the store holds, for deriving events (only with `events`).
     known: tokio::sync::Mutex<Known>,
 }
@@ -161,6 +172,14 @@ struct Committing {
 /// [`close`](super::outbox::close)) refuses it otherwise. Waiters are released in Lsn
 /// order. Any failure falls back to writing batches one at a time, oldest first.
 impl Out {
+    /// How a cluster node's batches are fenced and closed; `None` in single-process mode.
+    fn fencing(&self) -> Option<write::Fencing<'_>> {
+        self.member.as_ref().map(|m| write::Fencing {
+            leases: &m.leases,
+            close: &self.close,
+        })
+    }
+
     /// A pipelined batch committed: its events go out, its waiters are released.
     fn committed(&self, buffer: &Buffer, current: &Committing, events: &[Event]) {
         if let Some(hub) = &self.events {
@@ -331,7 +350,7 @@ async fn prepare(out: &Out, batch: &Batch<StoreRecord>) -> Result<Option<Prepare
     let known = out.events.is_some().then_some(&mut *known);
     match tokio::time::timeout(
         WRITE_TIMEOUT,
-        write::prepare(&out.pool, &batch.records, known, out.fence.as_deref()),
+        write::prepare(&out.pool, &batch.records, known, out.fencing().as_ref()),
     )
     .await
     {
@@ -414,7 +433,9 @@ async fn write_until_done(
         let started = std::time::Instant::now();
         let outcome = match &refused {
             None => write_isolating(out, &batch.records).await,
-            Some(_) => skip(&out.pool, batch.last).await.map_err(Passing::Database),
+            Some(_) => skip(&out.pool, &out.position_key, batch.last)
+                .await
+                .map_err(Passing::Database),
         };
         match outcome {
             Ok(()) if refused.is_some() => {
@@ -436,8 +457,11 @@ async fn write_until_done(
                 out.stats.refused_batches.fetch_add(1, Ordering::Relaxed);
                 *out.known.lock().await = Known::default();
                 // Every shard the batch touched now differs in memory from the store.
-                if let Some(leases) = &out.fence
-                    && let Err(error) = leases.forfeit(&write::shards_of(&batch.records)).await
+                if let Some(member) = &out.member
+                    && let Err(error) = member
+                        .leases
+                        .forfeit(&write::shards_of(&batch.records))
+                        .await
                 {
                     tracing::warn!(%error, "releasing forfeited shards failed; they expire");
                 }
@@ -483,13 +507,14 @@ impl From<WriteError> for Passing {
 
 /// Moves the stored journal number past a refused batch, as if written, so the batch after
 /// passes the ordering fence.
-async fn skip(pool: &PgPool, last: Lsn) -> Result<(), sqlx::Error> {
+async fn skip(pool: &PgPool, key: &str, last: Lsn) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO settings (key, value) VALUES ('journal_lsn', $1::text)
+        "INSERT INTO settings (key, value) VALUES ($2, $1::text)
          ON CONFLICT (key) DO UPDATE
            SET value = GREATEST(settings.value::bigint, EXCLUDED.value::bigint)::text",
     )
     .bind(last as i64)
+    .bind(key)
     .execute(pool)
     .await?;
     Ok(())
@@ -503,10 +528,10 @@ async fn write_isolating(out: &Out, records: &[(Lsn, StoreRecord)]) -> Result<()
         // Held for this write only: the halves below take it again.
         let mut known = out.known.lock().await;
         let known = out.events.is_some().then_some(&mut *known);
-        let fence = out.fence.as_deref();
+        let fence = out.fencing();
         tokio::time::timeout(
             WRITE_TIMEOUT,
-            write::write(&out.pool, records, known, fence),
+            write::write(&out.pool, records, known, fence.as_ref()),
         )
         .await
     };
@@ -523,7 +548,7 @@ async fn write_isolating(out: &Out, records: &[(Lsn, StoreRecord)]) -> Result<()
     };
     if let [(lsn, record)] = records {
         tracing::error!(lsn, %error, "a record was refused for its data; kept in dead_letters");
-        dead_letter(&out.pool, *lsn, record, &error)
+        dead_letter(&out.pool, &out.position_key, *lsn, record, &error)
             .await
             .map_err(Passing::Database)?;
         out.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
@@ -559,6 +584,7 @@ fn refuses_data(error: &sqlx::Error) -> bool {
 /// so the record itself is always storable.
 async fn dead_letter(
     pool: &PgPool,
+    position_key: &str,
     lsn: Lsn,
     record: &StoreRecord,
     error: &sqlx::Error,
@@ -570,7 +596,7 @@ async fn dead_letter(
            INSERT INTO dead_letters (lsn, kind, record, error) VALUES ($1, $2, $3, $4)
            ON CONFLICT (lsn) DO NOTHING
          )
-         INSERT INTO settings (key, value) VALUES ('journal_lsn', $1::text)
+         INSERT INTO settings (key, value) VALUES ($5, $1::text)
          ON CONFLICT (key) DO UPDATE
            SET value = GREATEST(settings.value::bigint, EXCLUDED.value::bigint)::text",
     )
@@ -578,6 +604,7 @@ async fn dead_letter(
     .bind(record.kind())
     .bind(record.describe())
     .bind(error.to_string().replace('\0', ""))
+    .bind(position_key)
     .execute(pool)
     .await?;
     Ok(())

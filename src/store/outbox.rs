@@ -220,6 +220,11 @@ pub(super) const CLOSE: &str = "WITH written AS (
          ON CONFLICT (key) DO UPDATE
            SET value = GREATEST(settings.value::bigint, EXCLUDED.value::bigint)::text";
 
+/// [`CLOSE`] keeping the stored journal number under `key` (a cluster node's own).
+pub(super) fn close_for(key: &str) -> String {
+    CLOSE.replace("'journal_lsn'", &format!("'{}'", key.replace('\'', "''")))
+}
+
 /// Binds [`CLOSE`]'s parameters.
 pub(super) fn bind_close<'q>(
     query: super::write::Query<'q>,

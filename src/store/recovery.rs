@@ -102,6 +102,18 @@ pub struct Stored {
     pending: Vec<Reservation>,
 }
 
+/// Where a cluster node's journal continues: after the highest number it has stored. At
+/// its first start that is the start of its own numbers, stored now, since a batch commits
+/// only after the number before it (the ordering fence).
+pub async fn node_position(
+    pool: &PgPool,
+    member: &crate::cluster::Member,
+) -> Result<Lsn, sqlx::Error> {
+    let first = member.first_lsn().to_string();
+    let stored = super::setting_or_insert(pool, &member.position_key(), &first).await?;
+    Ok(stored.parse::<u64>().unwrap_or(0).max(member.first_lsn()))
+}
+
 #[tracing::instrument(skip_all)]
 /// Reads what the store holds that must be live at start.
 pub async fn read(pool: &PgPool) -> Result<Stored, sqlx::Error> {

@@ -19,6 +19,13 @@ use crate::events::Event;
 use super::records::{IdempotencyRecord, OrderRecord, PaymentRecord, StoreRecord};
 use crate::cluster::{Fenced, Leases, Shard, shard_of};
 
+/// How a cluster node's batches are written: fenced by its leases, closed with its own
+/// stored journal number ([`outbox::close_for`]).
+pub(super) struct Fencing<'a> {
+    pub leases: &'a Leases,
+    pub close: &'a std::sync::Arc<str>,
+}
+
 /// Why a batch was not written.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum WriteError {
@@ -90,6 +97,8 @@ fn sort(records: &[(Lsn, StoreRecord)]) -> Sorted<'_> {
 /// A batch ready to commit; dropped, nothing of it is stored.
 pub(super) struct Prepared {
     way: Way,
+    /// The closing statement, if not [`outbox::CLOSE`] (a cluster node's).
+    close: Option<std::sync::Arc<str>>,
     events: Vec<Event>,
     first: Lsn,
     last: Lsn,
@@ -111,7 +120,7 @@ pub(super) async fn write(
     pool: &PgPool,
     records: &[(Lsn, StoreRecord)],
     known: Option<&mut Known>,
-    fence: Option<&Leases>,
+    fence: Option<&Fencing<'_>>,
 ) -> Result<Vec<Event>, WriteError> {
     match prepare(pool, records, known, fence).await? {
         Some(prepared) => Ok(commit(prepared, records).await?),
@@ -132,7 +141,7 @@ pub(super) async fn prepare(
     pool: &PgPool,
     records: &[(Lsn, StoreRecord)],
     mut known: Option<&mut Known>,
-    fence: Option<&Leases>,
+    fence: Option<&Fencing<'_>>,
 ) -> Result<Option<Prepared>, WriteError> {
     let (Some((first, _)), Some((last, _))) = (records.first(), records.last()) else {
         return Ok(None);
@@ -147,8 +156,8 @@ pub(super) async fn prepare(
         (Way::OneStatement(connection), events)
     } else {
         let mut tx = pool.begin().await?;
-        if let Some(leases) = fence {
-            leases.fence(&mut tx, &shards_of(records)).await??;
+        if let Some(fencing) = fence {
+            fencing.leases.fence(&mut tx, &shards_of(records)).await??;
         }
         let events = match known.as_deref_mut() {
             Some(known) => outbox::derive(&mut tx, records, known).await?,
@@ -170,6 +179,7 @@ pub(super) async fn prepare(
     }
     Ok(Some(Prepared {
         way,
+        close: fence.map(|f| f.close.clone()),
         events,
         first: *first,
         last: *last,
@@ -195,13 +205,15 @@ pub(super) async fn commit(
 ) -> Result<Vec<Event>, sqlx::Error> {
     let Prepared {
         way,
+        close,
         events,
         first,
         last,
     } = prepared;
     match way {
         Way::Transaction(mut tx) => {
-            outbox::bind_close(sqlx::query(outbox::CLOSE), first, last, &events)
+            let close = close.as_deref().unwrap_or(outbox::CLOSE);
+            outbox::bind_close(sqlx::query(close), first, last, &events)
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
