@@ -48,13 +48,22 @@ fn leases(pool: &PgPool, node: &str) -> Arc<Leases> {
     ))
 }
 
+/// One lease round, and the shards it claimed served at once (as the run loop does once
+/// their state is restored).
+async fn round(leases: &Leases) -> stockline::cluster::Round {
+    let round = leases.round().await.unwrap();
+    let claimed: Vec<_> = round.claimed.iter().map(|(s, _)| *s).collect();
+    leases.start_serving(&claimed);
+    round
+}
+
 #[tokio::test]
 async fn a_batch_touching_a_shard_taken_over_is_refused_whole_and_the_flusher_goes_on() {
     let database = fresh_database();
     let url = database_url(&database);
     let pool = stockline::store::connect_and_migrate(&url).await.unwrap();
     let a = leases(&pool, "a");
-    a.round().await.unwrap();
+    round(&a).await;
     let member = Member {
         leases: a.clone(),
         ordinal: stockline::cluster::leases::ordinal(&pool, "a")
@@ -118,7 +127,7 @@ async fn a_batch_touching_a_shard_taken_over_is_refused_whole_and_the_flusher_go
             .await
             .unwrap();
     assert_eq!(kept_owner, None);
-    let round = a.round().await.unwrap();
+    let round = round(&a).await;
     assert!(round.lost.contains(&shard_of(taken)) && round.lost.contains(&shard_of(kept)));
     assert!(
         round.claimed.contains(&(shard_of(kept), 2)),
@@ -157,11 +166,11 @@ async fn two_nodes_write_side_by_side_with_journal_numbers_of_their_own() {
         nodes.push((name, leases));
     }
     // a claims everything, b joins, a hands half over, b claims it.
-    nodes[0].1.round().await.unwrap();
-    nodes[1].1.round().await.unwrap();
-    let handing = nodes[0].1.round().await.unwrap().handing_off;
+    round(&nodes[0].1).await;
+    round(&nodes[1].1).await;
+    let handing = round(&nodes[0].1).await.handing_off;
     nodes[0].1.release(&handing).await.unwrap();
-    nodes[1].1.round().await.unwrap();
+    round(&nodes[1].1).await;
 
     let mut running = Vec::new();
     for (name, leases) in &nodes {
@@ -226,4 +235,74 @@ async fn two_nodes_write_side_by_side_with_journal_numbers_of_their_own() {
         assert!(flusher.finish().await);
     }
     drop_database(&database).await;
+}
+
+/// A node that claims shards restores their live state from the store: the pending
+/// reservations holding stock of their products, and those lines with their holds; and
+/// nothing of the shards it did not claim.
+#[tokio::test]
+async fn a_claimed_shard_gets_back_its_pending_reservations_and_the_lines_they_hold() {
+    let mut app = TestApp::spawn().await;
+    let warehouse = app.warehouse("W", 1).await;
+    let claimed = app.product("CLAIMED", 100).await;
+    let mut others = Vec::new();
+    // A product of another shard.
+    let elsewhere = loop {
+        let product = app.product(&format!("O{}", others.len()), 100).await;
+        others.push(product);
+        if shard_of(product) != shard_of(claimed) {
+            break product;
+        }
+    };
+    for product in [claimed, elsewhere] {
+        app.stock(warehouse, product, 10).await;
+    }
+    let (status, held) = app.reserve(claimed, 3).await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{held}");
+    let (status, held_elsewhere) = app.reserve(elsewhere, 4).await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{held_elsewhere}");
+    app.stop().await;
+
+    let pool = stockline::store::connect_and_migrate(&database_url(&app.database))
+        .await
+        .unwrap();
+    let core = stockline_actors::Core::start(
+        stockline_actors::CoreConfig::default(),
+        Arc::new(stockline_actors::MemoryJournal::new()),
+        Arc::new(stockline::store::recovery::PgStore::new(pool.clone())),
+    )
+    .await
+    .unwrap();
+    stockline::store::recovery::read_shards(&pool, &[shard_of(claimed)])
+        .await
+        .unwrap()
+        .restore_into(&core)
+        .await
+        .unwrap();
+    let id = |body: &serde_json::Value| {
+        stockline_actors::ReservationId(body["id"].as_str().unwrap().parse().unwrap())
+    };
+    let restored = core.reservations().get(id(&held)).expect("restored");
+    assert_eq!(restored.items[0].quantity, 3);
+    assert!(core.reservations().get(id(&held_elsewhere)).is_none());
+    let line = core
+        .registry()
+        .resident(LineKey::new(warehouse, claimed))
+        .expect("the line with holds is in memory");
+    let now = line.snapshot().await.unwrap();
+    assert_eq!((now.on_hand, now.reserved), (10, 3));
+    assert!(
+        core.registry()
+            .resident(LineKey::new(warehouse, elsewhere))
+            .is_none()
+    );
+    // The hold is live: releasing it gives the stock back.
+    let (released, _) = core.reservations().release(id(&held)).await.unwrap();
+    assert_eq!(
+        released.status,
+        stockline_actors::ReservationStatus::Released
+    );
+    let after = line.snapshot().await.unwrap();
+    assert_eq!(after.reserved, 0);
+    drop_database(&app.database).await;
 }

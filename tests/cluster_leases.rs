@@ -43,6 +43,15 @@ async fn fence(pool: &PgPool, leases: &Leases, shards: &[Shard]) -> Result<(), F
     answer
 }
 
+/// One lease round, and the shards it claimed served at once (as the run loop does once
+/// their state is restored).
+async fn round(leases: &Leases) -> stockline::cluster::Round {
+    let round = leases.round().await.unwrap();
+    let claimed: Vec<_> = round.claimed.iter().map(|(s, _)| *s).collect();
+    leases.start_serving(&claimed);
+    round
+}
+
 #[tokio::test]
 async fn a_lone_node_claims_every_shard_and_renews_them_under_the_same_epoch() {
     let (pool, name) = database().await;
@@ -51,9 +60,16 @@ async fn a_lone_node_claims_every_shard_and_renews_them_under_the_same_epoch() {
     assert_eq!(first.nodes, ["a"]);
     assert_eq!(first.claimed.len(), usize::from(SHARDS));
     assert!(first.claimed.iter().all(|(_, epoch)| *epoch == 1));
+    assert_eq!(
+        a.serving(17),
+        None,
+        "claimed but not served before its state is restored"
+    );
+    a.start_serving(&[17]);
     assert_eq!(a.serving(17), Some(1));
+    assert_eq!(a.served(), [(17, 1)]);
 
-    let second = a.round().await.unwrap();
+    let second = round(&a).await;
     assert!(second.claimed.is_empty() && second.lost.is_empty() && second.handing_off.is_empty());
     assert!(
         owners(&pool)
@@ -70,13 +86,13 @@ async fn a_joining_node_gets_its_share_by_hand_off_and_no_shard_has_two_owners()
     let (pool, name) = database().await;
     let a = node(&pool, "a", Duration::from_secs(10));
     let b = node(&pool, "b", Duration::from_secs(10));
-    a.round().await.unwrap();
+    round(&a).await;
     // b is live now, but a's leases are not expired: b takes nothing by force.
-    let joined = b.round().await.unwrap();
+    let joined = round(&b).await;
     assert_eq!(joined.nodes, ["a", "b"]);
     assert!(joined.claimed.is_empty());
 
-    let handing = a.round().await.unwrap();
+    let handing = round(&a).await;
     let moving: HashSet<Shard> = handing.handing_off.iter().copied().collect();
     assert!(
         (350..=670).contains(&moving.len()),
@@ -86,10 +102,10 @@ async fn a_joining_node_gets_its_share_by_hand_off_and_no_shard_has_two_owners()
     // Handed off means no longer served here, though the lease is still a's until released.
     assert!(moving.iter().all(|s| a.serving(*s).is_none()));
     let some = *moving.iter().next().unwrap();
-    assert_eq!(b.round().await.unwrap().claimed, []);
+    assert_eq!(round(&b).await.claimed, []);
     a.release(&handing.handing_off).await.unwrap();
 
-    let taken = b.round().await.unwrap();
+    let taken = round(&b).await;
     let taken_shards: HashSet<Shard> = taken.claimed.iter().map(|(s, _)| *s).collect();
     assert_eq!(taken_shards, moving);
     assert!(taken.claimed.iter().all(|(_, epoch)| *epoch == 2));
@@ -109,7 +125,7 @@ async fn a_joining_node_gets_its_share_by_hand_off_and_no_shard_has_two_owners()
     }
     // Stable: another round on each moves nothing.
     for leases in [&a, &b] {
-        let round = leases.round().await.unwrap();
+        let round = round(&leases).await;
         assert!(round.claimed.is_empty() && round.handing_off.is_empty() && round.lost.is_empty());
     }
     common::drop_database(&name).await;
@@ -121,7 +137,7 @@ async fn an_owner_that_stops_renewing_stops_serving_is_taken_over_and_is_fenced(
     let lease = Duration::from_millis(1_500);
     let a = node(&pool, "a", lease);
     let b = node(&pool, "b", lease);
-    a.round().await.unwrap();
+    round(&a).await;
     assert_eq!(a.serving(5), Some(1));
 
     // a is paused: no round. Its own deadline passes before the database's expiry.
@@ -130,7 +146,7 @@ async fn an_owner_that_stops_renewing_stops_serving_is_taken_over_and_is_fenced(
     assert!(a.served().is_empty());
     tokio::time::sleep(a.settings().margin() + Duration::from_millis(100)).await;
 
-    let takeover = b.round().await.unwrap();
+    let takeover = round(&b).await;
     assert_eq!(takeover.nodes, ["b"], "a's heartbeat is stale");
     assert_eq!(takeover.claimed.len(), usize::from(SHARDS));
     assert!(takeover.claimed.iter().all(|(_, epoch)| *epoch == 2));
@@ -141,7 +157,7 @@ async fn an_owner_that_stops_renewing_stops_serving_is_taken_over_and_is_fenced(
         Err(Fenced { shards: vec![5, 6] })
     );
     assert_eq!(fence(&pool, &b, &[5, 6]).await, Ok(()));
-    let woke = a.round().await.unwrap();
+    let woke = round(&a).await;
     // Every shard reported lost once, 5 and 6 (found by the fence) included.
     assert_eq!(woke.lost.len(), usize::from(SHARDS));
     assert!(
@@ -168,13 +184,13 @@ async fn a_takeover_waits_for_the_old_owners_fenced_transaction_and_then_fences_
     let lease = Duration::from_millis(1_000);
     let a = node(&pool, "a", lease);
     let b = node(&pool, "b", lease);
-    a.round().await.unwrap();
+    round(&a).await;
 
     // a's flush transaction has passed the fence and is still open when its lease expires.
     let mut tx = pool.begin().await.unwrap();
     assert_eq!(a.fence(&mut tx, &[5]).await.unwrap(), Ok(()));
     tokio::time::sleep(lease + Duration::from_millis(200)).await;
-    let takeover = tokio::spawn(async move { (b.round().await.unwrap(), b) });
+    let takeover = tokio::spawn(async move { (round(&b).await, b) });
     // The claim waits on the lease row a's transaction holds FOR SHARE.
     loop {
         let waiting: i64 = sqlx::query_scalar(
@@ -221,24 +237,24 @@ async fn a_node_that_leaves_gives_its_shards_up_at_once_and_a_restart_fences_its
     let lease = Duration::from_secs(30);
     let a = node(&pool, "a", lease);
     let b = node(&pool, "b", lease);
-    a.round().await.unwrap();
-    b.round().await.unwrap();
-    let handing = a.round().await.unwrap();
+    round(&a).await;
+    round(&b).await;
+    let handing = round(&a).await;
     a.release(&handing.handing_off).await.unwrap();
-    b.round().await.unwrap();
+    round(&b).await;
     assert!(!b.served().is_empty());
 
     // b stops cleanly: a need not wait 30 s for b's leases to expire.
     b.leave().await.unwrap();
     assert!(b.served().is_empty());
-    let after = a.round().await.unwrap();
+    let after = round(&a).await;
     assert_eq!(after.nodes, ["a"]);
     assert_eq!(a.served().len(), usize::from(SHARDS));
 
     // a is restarted (kill -9, then the same node id): the new process claims its own
     // unexpired leases at once, under new epochs, and the old process is fenced.
     let restarted = node(&pool, "a", lease);
-    let claimed = restarted.round().await.unwrap().claimed;
+    let claimed = round(&restarted).await.claimed;
     assert_eq!(claimed.len(), usize::from(SHARDS));
     let shard = claimed[0].0;
     assert_eq!(

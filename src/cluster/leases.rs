@@ -57,6 +57,9 @@ impl LeaseSettings {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Hold {
+    /// Claimed, its live state still being restored: not served yet (see
+    /// [`Leases::start_serving`]), but its writes pass the fence.
+    Starting,
     /// Served until `until`.
     Serving,
     /// Being handed to another node: not served, its changes still draining.
@@ -136,6 +139,19 @@ impl Leases {
             .map(|h| h.epoch)
     }
 
+    /// Starts serving claimed shards whose live state is restored (a claimed shard is not
+    /// served before, so no request meets it half-loaded).
+    pub fn start_serving(&self, shards: &[Shard]) {
+        let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
+        for shard in shards {
+            if let Some(h) = held.get_mut(shard)
+                && h.hold == Hold::Starting
+            {
+                h.hold = Hold::Serving;
+            }
+        }
+    }
+
     /// The shards this node serves now, sorted.
     pub fn served(&self) -> Vec<(Shard, Epoch)> {
         let now = Instant::now();
@@ -208,7 +224,7 @@ impl Leases {
             });
             for (shard, h) in held.iter_mut() {
                 let mine = target(&round.nodes, *shard) == Some(self.settings.node.as_str());
-                if h.hold == Hold::Serving && !mine {
+                if h.hold != Hold::Leaving && !mine {
                     h.hold = Hold::Leaving;
                     round.handing_off.push(*shard);
                 }
@@ -240,7 +256,7 @@ impl Leases {
                     Held {
                         epoch,
                         until,
-                        hold: Hold::Serving,
+                        hold: Hold::Starting,
                     },
                 );
                 round.claimed.push((shard, epoch));
@@ -288,7 +304,9 @@ impl Leases {
                 node.lost(round.lost).await;
             }
             if !round.claimed.is_empty() {
+                let shards: Vec<Shard> = round.claimed.iter().map(|(s, _)| *s).collect();
                 node.claimed(round.claimed).await;
+                self.start_serving(&shards);
             }
             if !round.handing_off.is_empty() {
                 node.hand_off(round.handing_off.clone()).await;

@@ -121,6 +121,29 @@ pub async fn read(pool: &PgPool) -> Result<Stored, sqlx::Error> {
         .await?
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
+    read_live(pool, journal_lsn, &|_| true).await
+}
+
+/// What a cluster node restores when it claims `shards`: the warehouses as they are now,
+/// the lines of those shards that hold stock for someone (with their holds), and their
+/// pending reservations. (Lines holding nothing load on first use, as always.)
+pub async fn read_shards(
+    pool: &PgPool,
+    shards: &[crate::cluster::Shard],
+) -> Result<Stored, sqlx::Error> {
+    let wanted: std::collections::HashSet<_> = shards.iter().copied().collect();
+    read_live(pool, 0, &|product| {
+        wanted.contains(&crate::cluster::shard_of(product))
+    })
+    .await
+}
+
+/// The live part of the store for the products `keep` names.
+async fn read_live(
+    pool: &PgPool,
+    journal_lsn: Lsn,
+    keep: &(dyn Fn(ProductId) -> bool + Sync),
+) -> Result<Stored, sqlx::Error> {
     let warehouses = sqlx::query_as::<_, (i64, i32, String, Option<i64>)>(
         "SELECT id, priority, status, shop_id FROM warehouses",
     )
@@ -138,7 +161,8 @@ pub async fn read(pool: &PgPool) -> Result<Stored, sqlx::Error> {
         )
     })
     .collect();
-    let pending = pending_reservations(pool).await?;
+    let mut pending = pending_reservations(pool).await?;
+    pending.retain(|r| r.items.iter().any(|item| keep(item.product_id)));
     let mut holds: HashMap<LineKey, Vec<(ReservationId, u64)>> = HashMap::new();
     for r in &pending {
         for item in r.items.iter().filter(|item| item.held() > 0) {
@@ -167,6 +191,7 @@ pub async fn read(pool: &PgPool) -> Result<Stored, sqlx::Error> {
     .await?;
     let lines = rows
         .iter()
+        .filter(|row| keep(row.1))
         .map(|row| {
             let key = LineKey::new(row.0, row.1);
             let mut seed = seed(row);
