@@ -125,7 +125,7 @@ async fn a_joining_node_gets_its_share_by_hand_off_and_no_shard_has_two_owners()
     }
     // Stable: another round on each moves nothing.
     for leases in [&a, &b] {
-        let round = round(&leases).await;
+        let round = round(leases).await;
         assert!(round.claimed.is_empty() && round.handing_off.is_empty() && round.lost.is_empty());
     }
     common::drop_database(&name).await;
