@@ -6,12 +6,15 @@
 //! - [`leases`]: who owns each shard, with PostgreSQL as the authority: claims, renewals,
 //!   hand-offs and the epoch fence every flush transaction checks.
 //! - [`routing`]: requests between nodes, over NATS request/reply per shard.
+//! - [`node`]: what a node does as its leases change (restore, answer, forget).
 
 pub mod leases;
+pub mod node;
 pub mod routing;
 pub mod shard;
 
 pub use leases::{Epoch, Fenced, LeaseSettings, Leases, Membership, ORDINAL_SHIFT, Round};
+pub use node::ClusterNode;
 pub use routing::{RouteSettings, Routes};
 pub use shard::{SHARDS, Shard, shard_of};
 

@@ -1,0 +1,110 @@
+//! A node's side of its leases ([`Membership`]): what it does when it claims, loses or
+//! hands off shards.
+//!
+//! - Claimed: forget anything still in memory of those shards (from an earlier ownership),
+//!   restore their live state from the store (pending reservations, the lines they hold),
+//!   then answer their NATS subjects. The lease loop marks them served after.
+//! - Lost (another node took them over, or a batch of theirs was refused): stop answering
+//!   and forget their lines and reservations without writing anything.
+//! - Handed off: stop answering (which waits for the requests taken), wait until
+//!   everything journaled so far is durable, then forget them; the lease is released after.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use sqlx::PgPool;
+use stockline_actors::Core;
+
+use super::leases::{Epoch, Membership};
+use super::routing::Routes;
+use super::shard::{Shard, shard_of};
+use crate::store::records::Buffer;
+use crate::store::recovery;
+
+/// How long a hand-off waits for the node's journal to be durable before forgetting the
+/// shards anyway (their lease is released after; a write that comes later is fenced).
+const DURABLE_WITHIN: Duration = Duration::from_secs(30);
+
+/// A cluster node's core, routes and store, as its leases change.
+pub struct ClusterNode {
+    pub core: Arc<Core>,
+    pub routes: Arc<Routes>,
+    pub db: PgPool,
+    pub buffer: Arc<Buffer>,
+}
+
+impl ClusterNode {
+    async fn forget(&self, shards: &[Shard]) {
+        let gone: HashSet<Shard> = shards.iter().copied().collect();
+        let (lines, reservations) = self
+            .core
+            .forget(|product| gone.contains(&shard_of(product)))
+            .await;
+        if lines + reservations > 0 {
+            tracing::info!(
+                shards = shards.len(),
+                lines,
+                reservations,
+                "forgot what this node held of shards no longer its own"
+            );
+        }
+    }
+
+    async fn restore(&self, shards: &[Shard]) {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match recovery::read_shards(&self.db, shards).await {
+                Ok(stored) => match stored.restore_into(&self.core).await {
+                    Ok(()) => return,
+                    Err(error) => tracing::error!(%error, "restoring claimed shards failed"),
+                },
+                Err(error) => tracing::warn!(%error, "reading claimed shards failed; retrying"),
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+impl Membership for ClusterNode {
+    fn claimed(&self, shards: Vec<(Shard, Epoch)>) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let shards: Vec<Shard> = shards.into_iter().map(|(shard, _)| shard).collect();
+            self.forget(&shards).await;
+            self.restore(&shards).await;
+            for shard in shards {
+                if let Err(error) = self.routes.serve(shard).await {
+                    tracing::warn!(%error, shard, "subscribing to a claimed shard failed");
+                }
+            }
+        })
+    }
+
+    fn lost(&self, shards: Vec<Shard>) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            for shard in &shards {
+                self.routes.stop(*shard).await;
+            }
+            self.forget(&shards).await;
+        })
+    }
+
+    fn hand_off(&self, shards: Vec<Shard>) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            for shard in &shards {
+                self.routes.stop(*shard).await;
+            }
+            let head = self.buffer.head();
+            let durable = self.buffer.watch();
+            if tokio::time::timeout(DURABLE_WITHIN, durable.wait_for(head))
+                .await
+                .is_err()
+            {
+                tracing::warn!("handing shards off before this node's changes were durable");
+            }
+            self.forget(&shards).await;
+        })
+    }
+}

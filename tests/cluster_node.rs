@@ -1,0 +1,150 @@
+//! A node's side of its leases with the real PostgreSQL and NATS: claiming a shard
+//! restores its pending reservations and answers its subject; losing or handing it off
+//! stops answering and forgets what the node held of it.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::routing::get;
+use common::*;
+use stockline::cluster::routing::{RouteSettings, Routes};
+use stockline::cluster::{ClusterNode, LeaseSettings, Leases, Member, Membership, shard_of};
+use stockline::store::flusher::{Flusher, Pacing};
+use stockline::store::records::Buffer;
+use stockline_actors::{Core, CoreConfig, Journal, LineKey, ReservationId};
+
+const NATS: &str = "127.0.0.1:4222";
+
+async fn routes(cluster: &str) -> Routes {
+    Routes::new(
+        async_nats::connect(NATS)
+            .await
+            .expect("NATS runs at 127.0.0.1:4222"),
+        RouteSettings {
+            cluster: cluster.into(),
+            retry_for: Duration::from_millis(200),
+            answer_within: Duration::from_secs(5),
+        },
+    )
+}
+
+async fn ask(asker: &Routes, shard: u16) -> StatusCode {
+    let request = Request::get("/who").body(Body::empty()).unwrap();
+    asker.forward(shard, request).await.status()
+}
+
+#[tokio::test]
+async fn claiming_restores_and_answers_losing_and_handing_off_forget() {
+    // The store: one pending reservation of 3 of 10 units.
+    let mut app = TestApp::spawn().await;
+    let (product, warehouse) = app.stocked_product(10).await;
+    let (status, held) = app.reserve(product, 3).await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{held}");
+    let id = ReservationId(held["id"].as_str().unwrap().parse().unwrap());
+    app.stop().await;
+    let url = database_url(&app.database);
+    let pool = stockline::store::connect_and_migrate(&url).await.unwrap();
+
+    let leases = Arc::new(Leases::new(
+        pool.clone(),
+        LeaseSettings {
+            node: "a".into(),
+            http_addr: "127.0.0.1:0".into(),
+            lease: Duration::from_secs(30),
+        },
+    ));
+    let member = Member {
+        leases: leases.clone(),
+        ordinal: stockline::cluster::leases::ordinal(&pool, "a")
+            .await
+            .unwrap(),
+    };
+    let start = stockline::store::recovery::node_position(&pool, &member)
+        .await
+        .unwrap();
+    let buffer = Arc::new(Buffer::new(start, 10_000));
+    let core = Arc::new(
+        Core::start(
+            CoreConfig::default(),
+            buffer.clone() as Arc<dyn Journal>,
+            Arc::new(stockline::store::recovery::PgStore::new(pool.clone())),
+        )
+        .await
+        .unwrap(),
+    );
+    let flusher = Flusher::spawn(
+        stockline::store::flusher_pool(&url).await.unwrap(),
+        buffer.clone(),
+        Pacing {
+            gather: Duration::ZERO,
+            pipelined: true,
+        },
+        None,
+        Some(member),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let cluster = format!("test{}", uuid::Uuid::now_v7().simple());
+    let answering = Arc::new(routes(&cluster).await);
+    answering.answer_with(Router::new().route("/who", get(|| async { "a" })));
+    let asker = routes(&cluster).await;
+    let node = ClusterNode {
+        core: core.clone(),
+        routes: answering.clone(),
+        db: pool.clone(),
+        buffer: buffer.clone(),
+    };
+    let shard = shard_of(product);
+    let key = LineKey::new(warehouse, product);
+
+    let round = leases.round().await.unwrap();
+    let epoch = round.claimed.iter().find(|(s, _)| *s == shard).unwrap().1;
+    node.claimed(vec![(shard, epoch)]).await;
+    assert_eq!(answering.answering(), [shard]);
+    assert_eq!(ask(&asker, shard).await, StatusCode::OK);
+    assert!(
+        core.reservations().get(id).is_some(),
+        "the pending reservation is restored"
+    );
+    let line = core
+        .registry()
+        .resident(key)
+        .expect("its line, with the hold");
+    assert_eq!(line.snapshot().await.unwrap().reserved, 3);
+
+    // Taken over: no longer answered, nothing of it kept.
+    node.lost(vec![shard]).await;
+    assert!(answering.answering().is_empty());
+    assert_eq!(ask(&asker, shard).await, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(core.reservations().get(id).is_none());
+    assert!(core.registry().resident(key).is_none());
+
+    // Claimed again, then handed off after a change made while it was served: the change
+    // is durable before the shard is forgotten.
+    node.claimed(vec![(shard, epoch)]).await;
+    assert!(core.reservations().get(id).is_some());
+    let (released, lsn) = core.reservations().release(id).await.unwrap();
+    assert_eq!(
+        released.status,
+        stockline_actors::ReservationStatus::Released
+    );
+    node.hand_off(vec![shard]).await;
+    assert!(
+        buffer.watch().current() >= lsn,
+        "handed off before its changes were durable"
+    );
+    assert!(answering.answering().is_empty());
+    assert!(core.registry().resident(key).is_none());
+    let status: String = sqlx::query_scalar("SELECT status FROM reservations WHERE id = $1")
+        .bind(id.0)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "released");
+    assert!(flusher.finish().await);
+    drop_database(&app.database).await;
+}
