@@ -7,9 +7,11 @@
 //!   hand-offs and the epoch fence every flush transaction checks.
 //! - [`routing`]: requests between nodes, over NATS request/reply per shard.
 //! - [`node`]: what a node does as its leases change (restore, answer, forget).
+//! - [`route`]: which shard's owner serves a request, from its path and body.
 
 pub mod leases;
 pub mod node;
+pub mod route;
 pub mod routing;
 pub mod shard;
 
