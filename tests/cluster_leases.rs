@@ -272,6 +272,8 @@ async fn a_node_that_leaves_gives_its_shards_up_at_once_and_a_restart_fences_its
 struct Recorded {
     answering: std::sync::Mutex<std::collections::BTreeSet<Shard>>,
     handed_off: std::sync::atomic::AtomicUsize,
+    /// Its messaging is down: it cannot serve.
+    cut_off: std::sync::atomic::AtomicBool,
 }
 
 impl stockline::cluster::Membership for Recorded {
@@ -290,6 +292,10 @@ impl stockline::cluster::Membership for Recorded {
             answering.remove(&shard);
         }
         Box::pin(async {})
+    }
+
+    fn can_serve(&self) -> bool {
+        !self.cut_off.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn hand_off(&self, shards: Vec<Shard>) -> futures_util::future::BoxFuture<'_, ()> {
@@ -405,5 +411,94 @@ async fn nodes_starting_at_once_get_distinct_ordinals_that_they_keep() {
     );
     ordinals.sort_unstable();
     assert_eq!(ordinals, (1..=20).collect::<Vec<u16>>());
+    common::drop_database(&name).await;
+}
+
+/// One node loses its database: it stops serving within its lease, the other takes its
+/// shards within two leases, and once the database is back it gets its share again.
+#[tokio::test]
+async fn a_node_cut_off_from_postgresql_stops_serving_and_its_shards_move_and_come_back() {
+    let (pool, name) = database().await;
+    let cut_off = common::proxy::Proxy::start("127.0.0.1:5432").await;
+    let proxied: PgPool = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(500))
+        .connect(&format!(
+            "postgres://postgres@127.0.0.1:{}/{name}",
+            cut_off.port
+        ))
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(2);
+    let a = run(&proxied, "a", lease);
+    let b = run(&pool, "b", lease);
+    let split = || {
+        let (on_a, on_b) = (answering(&a), answering(&b));
+        !on_a.is_empty() && !on_b.is_empty() && on_a.len() + on_b.len() == usize::from(SHARDS)
+    };
+    until(Duration::from_secs(15), split).await;
+
+    cut_off.cut();
+    // Never two nodes serving one shard, at any moment of the move.
+    let no_overlap = || {
+        let on_a: HashSet<Shard> = a.leases.served().into_iter().map(|(s, _)| s).collect();
+        let on_b: HashSet<Shard> = b.leases.served().into_iter().map(|(s, _)| s).collect();
+        assert!(on_a.is_disjoint(&on_b), "a shard served by both nodes");
+    };
+    let stopped = until(lease + lease / 2, || {
+        no_overlap();
+        a.leases.served().is_empty()
+    })
+    .await;
+    let moved = until(2 * lease, || {
+        no_overlap();
+        answering(&b).len() == usize::from(SHARDS)
+    })
+    .await;
+    eprintln!("database cut: a stopped serving after {stopped:?}, b had all after {moved:?}");
+
+    cut_off.restore();
+    until(Duration::from_secs(20), || {
+        !a.leases.served().is_empty()
+            && answering(&a) == a.leases.served().into_iter().map(|(s, _)| s).collect()
+    })
+    .await;
+    until(Duration::from_secs(20), split).await;
+    assert!(answering(&a).is_disjoint(&answering(&b)));
+    for running in [a, b] {
+        running.stop.cancel();
+        running.task.await.unwrap();
+    }
+    common::drop_database(&name).await;
+}
+
+/// A node that cannot serve (its NATS connection is down) renews nothing, so its shards
+/// move to a node that can; once it can again, it gets its share back.
+#[tokio::test]
+async fn a_node_that_cannot_serve_lets_its_shards_go_and_takes_its_share_back_later() {
+    let (pool, name) = database().await;
+    let lease = Duration::from_secs(2);
+    let a = run(&pool, "a", lease);
+    let b = run(&pool, "b", lease);
+    let split = || {
+        let (on_a, on_b) = (answering(&a), answering(&b));
+        !on_a.is_empty() && !on_b.is_empty() && on_a.len() + on_b.len() == usize::from(SHARDS)
+    };
+    until(Duration::from_secs(15), split).await;
+    a.node
+        .cut_off
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    until(2 * lease, || answering(&b).len() == usize::from(SHARDS)).await;
+    assert!(a.leases.served().is_empty());
+    a.node
+        .cut_off
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    until(Duration::from_secs(20), || {
+        split() && a.leases.served().len() == answering(&a).len()
+    })
+    .await;
+    for running in [a, b] {
+        running.stop.cancel();
+        running.task.await.unwrap();
+    }
     common::drop_database(&name).await;
 }

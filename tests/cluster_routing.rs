@@ -208,3 +208,77 @@ async fn two_clusters_on_one_nats_never_see_each_other() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     a.stop_all().await;
 }
+
+#[path = "common/proxy.rs"]
+mod proxy;
+
+/// The owner's connection to NATS is cut: requests for its shard answer 503 at once (no
+/// responders), not after a hang; the owner knows it is cut off (so it renews no lease);
+/// once the connection is back, it answers again by itself.
+#[tokio::test]
+async fn an_owner_cut_off_from_nats_gives_503_and_answers_again_once_back() {
+    let name = cluster();
+    let nats = proxy::Proxy::start(NATS).await;
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(format!("nats://127.0.0.1:{}", nats.port))
+        .await
+        .unwrap();
+    let owner = Routes::new(
+        client,
+        RouteSettings {
+            cluster: name.clone(),
+            retry_for: Duration::from_millis(300),
+            answer_within: Duration::from_secs(5),
+        },
+    );
+    owner.answer_with(app("a", Arc::default(), Arc::default()));
+    owner.serve(11).await.unwrap();
+    let edge = routes(&name, Duration::from_millis(300)).await;
+    assert_eq!(
+        read(edge.forward(11, request("/p/11", "")).await).await.0,
+        StatusCode::CREATED
+    );
+    assert!(owner.connected());
+
+    nats.cut();
+    // A request racing the cut may still be routed to the dying subscription: it waits
+    // for the answer timeout, then 503, never longer.
+    let (status, headers, _) = read(edge.forward(11, request("/p/11", "")).await).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["retry-after"], "1");
+    let mut waited = Duration::ZERO;
+    while owner.connected() {
+        assert!(
+            waited < Duration::from_secs(10),
+            "the owner never noticed the cut"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += Duration::from_millis(50);
+    }
+    // Once the server has dropped the owner, there is no responder: 503 after the brief
+    // retries.
+    let started = std::time::Instant::now();
+    let (status, _, _) = read(edge.forward(11, request("/p/11", "")).await).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    nats.restore();
+    let mut waited = Duration::ZERO;
+    loop {
+        let (status, _, body) = read(edge.forward(11, request("/p/11", "")).await).await;
+        if status == StatusCode::CREATED {
+            assert_eq!(body["node"], "a");
+            break;
+        }
+        assert!(waited < Duration::from_secs(20), "never answered again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        waited += Duration::from_millis(500);
+    }
+    assert!(owner.connected());
+    owner.stop_all().await;
+}

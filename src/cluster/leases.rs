@@ -104,6 +104,11 @@ pub trait Membership: Send + Sync + 'static {
     /// Shards to hand to another node: stop answering them, and return once everything
     /// they took is durable (the lease is released after).
     fn hand_off(&self, shards: Vec<Shard>) -> BoxFuture<'_, ()>;
+    /// Whether the node can serve at all (its messaging is up). While it cannot, it renews
+    /// nothing and sends no heartbeat, so its shards move to nodes that can.
+    fn can_serve(&self) -> bool {
+        true
+    }
 }
 
 /// This node's leases.
@@ -293,10 +298,20 @@ impl Leases {
                 _ = every.tick() => {}
                 _ = stop.cancelled() => break,
             }
-            let round = match self.round().await {
-                Ok(round) => round,
-                Err(error) => {
+            if !node.can_serve() {
+                tracing::warn!("this node cannot serve (its messaging is down): renewing nothing");
+                continue;
+            }
+            // Bounded: a database that hangs must not hold the loop past the next round.
+            let round = match tokio::time::timeout(self.settings.round_every(), self.round()).await
+            {
+                Ok(Ok(round)) => round,
+                Ok(Err(error)) => {
                     tracing::warn!(%error, "renewing shard leases failed; retrying");
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!("renewing shard leases took too long; retrying");
                     continue;
                 }
             };

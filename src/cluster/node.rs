@@ -91,6 +91,10 @@ impl Membership for ClusterNode {
         })
     }
 
+    fn can_serve(&self) -> bool {
+        self.routes.connected()
+    }
+
     fn hand_off(&self, shards: Vec<Shard>) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             for shard in &shards {

@@ -1,0 +1,221 @@
+//! Cluster mode's parts, measured on this machine (PostgreSQL and NATS at their usual
+//! loopback ports, everything sharing the 2 cores):
+//!
+//! - **a routed hop**: a request forwarded over NATS request/reply to the shard's owner and
+//!   answered by its router, against the same router called in-process; one at a time
+//!   (latency) and 64 in flight (throughput);
+//! - **the fence**: a flush transaction that first checks its shards' epochs (`FOR SHARE`)
+//!   against the same transaction without the check;
+//! - **a lease round** holding all 1024 shards (heartbeat, renewal, share-out).
+//!
+//! Run: `cargo bench --bench cluster` (`-- --requests 20000`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::Request;
+use axum::routing::post;
+use clap::Parser;
+use hdrhistogram::Histogram;
+use stockline::cluster::routing::{RouteSettings, Routes};
+use stockline::cluster::{LeaseSettings, Leases};
+use tower::ServiceExt;
+
+#[derive(Parser)]
+struct Args {
+    /// Requests per measurement of the routed hop.
+    #[arg(long, default_value_t = 20_000)]
+    requests: usize,
+    /// Transactions per measurement of the fence.
+    #[arg(long, default_value_t = 2_000)]
+    transactions: usize,
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+const NATS: &str = "127.0.0.1:4222";
+
+fn app() -> Router {
+    Router::new().route(
+        "/stock/adjustments",
+        post(|body: String| async move { (axum::http::StatusCode::OK, body) }),
+    )
+}
+
+fn request() -> Request<Body> {
+    Request::post("/stock/adjustments")
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.x")
+        .body(Body::from(
+            r#"{"warehouse_id": 1, "product_id": 42, "delta": 5, "reason": "receipt"}"#,
+        ))
+        .unwrap()
+}
+
+fn report(name: &str, histogram: &Histogram<u64>, elapsed: Duration, count: usize) {
+    println!(
+        "{name:<34} {:>9.0} req/s  p50 {:>6} us  p99 {:>6} us",
+        count as f64 / elapsed.as_secs_f64(),
+        histogram.value_at_quantile(0.5),
+        histogram.value_at_quantile(0.99),
+    );
+}
+
+async fn sequential<F, Fut>(count: usize, call: F) -> (Histogram<u64>, Duration)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut histogram = Histogram::<u64>::new(3).unwrap();
+    let started = Instant::now();
+    for _ in 0..count {
+        let one = Instant::now();
+        call().await;
+        histogram.record(one.elapsed().as_micros() as u64).unwrap();
+    }
+    (histogram, started.elapsed())
+}
+
+async fn routed_hop(args: &Args) {
+    let cluster = format!("bench{}", uuid::Uuid::now_v7().simple());
+    let settings = RouteSettings {
+        cluster,
+        retry_for: Duration::from_secs(2),
+        answer_within: Duration::from_secs(5),
+    };
+    let owner = Routes::new(async_nats::connect(NATS).await.unwrap(), settings.clone());
+    owner.answer_with(app());
+    owner.serve(7).await.unwrap();
+    let edge = Arc::new(Routes::new(
+        async_nats::connect(NATS).await.unwrap(),
+        settings,
+    ));
+    let local = app();
+    let count = args.requests;
+
+    let (histogram, elapsed) = sequential(count, || {
+        let local = local.clone();
+        async move {
+            let response = local.oneshot(request()).await.unwrap();
+            let _ = axum::body::to_bytes(response.into_body(), 1 << 16).await;
+        }
+    })
+    .await;
+    let direct = elapsed.as_secs_f64() / count as f64;
+    report("in-process router, 1 at a time", &histogram, elapsed, count);
+    let (histogram, elapsed) = sequential(count, || {
+        let edge = edge.clone();
+        async move {
+            let response = edge.forward(7, request()).await;
+            assert!(response.status().is_success());
+        }
+    })
+    .await;
+    let routed = elapsed.as_secs_f64() / count as f64;
+    report("routed over NATS, 1 at a time", &histogram, elapsed, count);
+
+    // 64 in flight.
+    let started = Instant::now();
+    let per_task = count / 64;
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let edge = edge.clone();
+            tokio::spawn(async move {
+                let mut histogram = Histogram::<u64>::new(3).unwrap();
+                for _ in 0..per_task {
+                    let one = Instant::now();
+                    let response = edge.forward(7, request()).await;
+                    assert!(response.status().is_success());
+                    histogram.record(one.elapsed().as_micros() as u64).unwrap();
+                }
+                histogram
+            })
+        })
+        .collect();
+    let mut histogram = Histogram::<u64>::new(3).unwrap();
+    for task in tasks {
+        histogram.add(task.await.unwrap()).unwrap();
+    }
+    report(
+        "routed over NATS, 64 in flight",
+        &histogram,
+        started.elapsed(),
+        per_task * 64,
+    );
+    println!(
+        "a routed hop adds {:.0} us per request one at a time (routed/in-process: {:.1})",
+        (routed - direct) * 1e6,
+        routed / direct
+    );
+    owner.stop_all().await;
+}
+
+async fn fence_and_round(args: &Args) {
+    let base = std::env::var("TEST_DATABASE_BASE")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let name = format!("slbench_{}", uuid::Uuid::now_v7().simple());
+    let pool = stockline::store::connect_and_migrate(&format!("{base}/{name}"))
+        .await
+        .unwrap();
+    let leases = Leases::new(
+        pool.clone(),
+        LeaseSettings {
+            node: "bench".into(),
+            http_addr: "127.0.0.1:0".into(),
+            lease: Duration::from_secs(30),
+        },
+    );
+    leases.round().await.unwrap();
+    let shards: Vec<u16> = (0..16).collect();
+
+    let mut plain = Histogram::<u64>::new(3).unwrap();
+    let mut fenced = Histogram::<u64>::new(3).unwrap();
+    // Interleaved, so both see the same machine.
+    for _ in 0..args.transactions {
+        let one = Instant::now();
+        let tx = pool.begin().await.unwrap();
+        tx.commit().await.unwrap();
+        plain.record(one.elapsed().as_micros() as u64).unwrap();
+        let one = Instant::now();
+        let mut tx = pool.begin().await.unwrap();
+        leases.fence(&mut tx, &shards).await.unwrap().unwrap();
+        tx.commit().await.unwrap();
+        fenced.record(one.elapsed().as_micros() as u64).unwrap();
+    }
+    println!(
+        "empty transaction: p50 {} us; with the fence over 16 shards: p50 {} us (+{} us)",
+        plain.value_at_quantile(0.5),
+        fenced.value_at_quantile(0.5),
+        fenced
+            .value_at_quantile(0.5)
+            .saturating_sub(plain.value_at_quantile(0.5)),
+    );
+
+    let mut rounds = Histogram::<u64>::new(3).unwrap();
+    for _ in 0..50 {
+        let one = Instant::now();
+        leases.round().await.unwrap();
+        rounds.record(one.elapsed().as_micros() as u64).unwrap();
+    }
+    println!(
+        "lease round holding 1024 shards: p50 {} us, p99 {} us (3 per lease)",
+        rounds.value_at_quantile(0.5),
+        rounds.value_at_quantile(0.99),
+    );
+    pool.close().await;
+    use sqlx::Connection;
+    if let Ok(mut admin) = sqlx::PgConnection::connect(&format!("{base}/postgres")).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .execute(&mut admin)
+            .await;
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args = Args::parse();
+    routed_hop(&args).await;
+    fence_and_round(&args).await;
+}
