@@ -66,7 +66,7 @@ async fn a_batch_touching_a_shard_taken_over_is_refused_whole_and_the_flusher_go
     round(&a).await;
     let member = Member {
         leases: a.clone(),
-        ordinal: stockline::cluster::leases::ordinal(&pool, "a")
+        ordinal: stockline::cluster::ordinal::assign(&pool, "a")
             .await
             .unwrap(),
     };
@@ -176,7 +176,7 @@ async fn two_nodes_write_side_by_side_with_journal_numbers_of_their_own() {
     for (name, leases) in &nodes {
         let member = Member {
             leases: leases.clone(),
-            ordinal: stockline::cluster::leases::ordinal(&pool, name)
+            ordinal: stockline::cluster::ordinal::assign(&pool, name)
                 .await
                 .unwrap(),
         };

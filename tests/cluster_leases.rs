@@ -398,11 +398,11 @@ async fn nodes_starting_at_once_get_distinct_ordinals_that_they_keep() {
     let ids: Vec<String> = (0..20).map(|n| format!("node-{n}")).collect();
     let assigned = futures_util::future::join_all(
         ids.iter()
-            .map(|id| stockline::cluster::leases::ordinal(&pool, id)),
+            .map(|id| stockline::cluster::ordinal::assign(&pool, id)),
     )
     .await;
     let mut ordinals: Vec<u16> = assigned.into_iter().map(Result::unwrap).collect();
-    let again = stockline::cluster::leases::ordinal(&pool, "node-3")
+    let again = stockline::cluster::ordinal::assign(&pool, "node-3")
         .await
         .unwrap();
     assert_eq!(

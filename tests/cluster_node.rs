@@ -60,7 +60,7 @@ async fn claiming_restores_and_answers_losing_and_handing_off_forget() {
     ));
     let member = Member {
         leases: leases.clone(),
-        ordinal: stockline::cluster::leases::ordinal(&pool, "a")
+        ordinal: stockline::cluster::ordinal::assign(&pool, "a")
             .await
             .unwrap(),
     };

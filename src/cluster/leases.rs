@@ -23,11 +23,14 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
-use futures_util::future::BoxFuture;
-use sqlx::{PgConnection, PgPool};
-use tokio_util::sync::CancellationToken;
+use sqlx::PgPool;
 
 use super::shard::{SHARDS, Shard, target};
+
+mod fence;
+mod run;
+
+pub use run::Membership;
 
 /// A lease's fencing token: grows by one at every claim of the shard.
 pub type Epoch = i64;
@@ -92,23 +95,6 @@ pub struct Round {
 #[error("shards {shards:?} are no longer this node's: another node took them over")]
 pub struct Fenced {
     pub shards: Vec<Shard>,
-}
-
-/// What a node does as its leases change ([`Leases::run`] calls it).
-pub trait Membership: Send + Sync + 'static {
-    /// Newly claimed shards: start answering them (their lines load on first use).
-    fn claimed(&self, shards: Vec<(Shard, Epoch)>) -> BoxFuture<'_, ()>;
-    /// Shards another node took over: stop answering them and forget their lines and
-    /// reservations without writing anything of them.
-    fn lost(&self, shards: Vec<Shard>) -> BoxFuture<'_, ()>;
-    /// Shards to hand to another node: stop answering them, and return once everything
-    /// they took is durable (the lease is released after).
-    fn hand_off(&self, shards: Vec<Shard>) -> BoxFuture<'_, ()>;
-    /// Whether the node can serve at all (its messaging is up). While it cannot, it renews
-    /// nothing and sends no heartbeat, so its shards move to nodes that can.
-    fn can_serve(&self) -> bool {
-        true
-    }
 }
 
 /// This node's leases.
@@ -286,68 +272,6 @@ impl Leases {
         Ok(round)
     }
 
-    /// Runs rounds every [`LeaseSettings::round_every`] until `stop`, telling `node` what
-    /// changed; then hands every shard off and [leaves](Self::leave). A round that fails
-    /// (the database unreachable) is retried at the next tick; meanwhile the deadlines
-    /// run out and the node stops serving on its own.
-    pub async fn run(&self, node: &dyn Membership, stop: CancellationToken) {
-        let mut every = tokio::time::interval(self.settings.round_every());
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = every.tick() => {}
-                _ = stop.cancelled() => break,
-            }
-            if !node.can_serve() {
-                tracing::warn!("this node cannot serve (its messaging is down): renewing nothing");
-                continue;
-            }
-            // Bounded: a database that hangs must not hold the loop past the next round.
-            let round = match tokio::time::timeout(self.settings.round_every(), self.round()).await
-            {
-                Ok(Ok(round)) => round,
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "renewing shard leases failed; retrying");
-                    continue;
-                }
-                Err(_) => {
-                    tracing::warn!("renewing shard leases took too long; retrying");
-                    continue;
-                }
-            };
-            if !round.lost.is_empty() {
-                node.lost(round.lost).await;
-            }
-            if !round.claimed.is_empty() {
-                let shards: Vec<Shard> = round.claimed.iter().map(|(s, _)| *s).collect();
-                node.claimed(round.claimed).await;
-                self.start_serving(&shards);
-            }
-            if !round.handing_off.is_empty() {
-                node.hand_off(round.handing_off.clone()).await;
-                if let Err(error) = self.release(&round.handing_off).await {
-                    tracing::warn!(%error, "releasing handed-off shards failed; they expire");
-                }
-            }
-        }
-        let all: Vec<Shard> = self
-            .held_columns(|_| true)
-            .0
-            .iter()
-            .map(|s| *s as Shard)
-            .collect();
-        {
-            let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
-            for h in held.values_mut() {
-                h.hold = Hold::Leaving;
-            }
-        }
-        node.hand_off(all).await;
-        if let Err(error) = self.leave().await {
-            tracing::warn!(%error, "leaving the cluster cleanly failed; its leases expire");
-        }
-    }
-
     /// Gives up the leases of `shards` that this node is handing off (their changes are
     /// durable by now), so that the node they are meant for can claim them at once.
     pub async fn release(&self, shards: &[Shard]) -> Result<(), sqlx::Error> {
@@ -394,94 +318,6 @@ impl Leases {
         tx.commit().await
     }
 
-    /// The fence: in the transaction `tx` that is about to write changes of `shards`,
-    /// checks that each is still held by this node under the epoch it claimed, and keeps
-    /// those lease rows locked (`FOR SHARE`) until the transaction ends, so no takeover
-    /// can happen between this check and the commit. `Err(Fenced)` names the shards that
-    /// are no longer this node's: the transaction must roll back.
-    pub async fn fence(
-        &self,
-        tx: &mut PgConnection,
-        shards: &[Shard],
-    ) -> Result<Result<(), Fenced>, sqlx::Error> {
-        let mut checked = Vec::with_capacity(shards.len());
-        let mut epochs = Vec::with_capacity(shards.len());
-        let mut unheld = Vec::new();
-        {
-            let held = self.held.read().unwrap_or_else(|e| e.into_inner());
-            for shard in shards {
-                match held.get(shard) {
-                    Some(h) => {
-                        checked.push(*shard as i16);
-                        epochs.push(h.epoch);
-                    }
-                    None => unheld.push(*shard),
-                }
-            }
-        }
-        let still: Vec<i16> = sqlx::query_scalar(
-            "SELECT l.shard FROM shard_leases l
-             JOIN unnest($2::smallint[], $3::bigint[]) AS h (shard, epoch)
-               ON l.shard = h.shard AND l.epoch = h.epoch
-             WHERE l.owner = $1
-             FOR SHARE OF l",
-        )
-        .bind(&self.settings.node)
-        .bind(&checked)
-        .bind(&epochs)
-        .fetch_all(tx)
-        .await?;
-        let mut refused: Vec<Shard> = unheld;
-        refused.extend(
-            checked
-                .iter()
-                .filter(|shard| !still.contains(shard))
-                .map(|shard| *shard as Shard),
-        );
-        if refused.is_empty() {
-            return Ok(Ok(()));
-        }
-        refused.sort_unstable();
-        refused.dedup();
-        // Taken over: never served again from this node's memory.
-        self.forget(&refused);
-        Ok(Err(Fenced { shards: refused }))
-    }
-
-    /// Gives `shards` up at once: a batch changing them was refused, so this node's memory
-    /// of them holds changes the store never took. They are served no more, reported lost
-    /// at the next round (their lines are forgotten), and those whose lease is still this
-    /// node's are released, to be claimed again (by this node too) and loaded afresh.
-    pub async fn forfeit(&self, shards: &[Shard]) -> Result<(), sqlx::Error> {
-        let (still, epochs) = self.held_columns(|(shard, _)| shards.contains(shard));
-        self.forget(shards);
-        sqlx::query(
-            "UPDATE shard_leases l SET owner = NULL, expires_at = '-infinity'
-             FROM unnest($2::smallint[], $3::bigint[]) AS h (shard, epoch)
-             WHERE l.shard = h.shard AND l.epoch = h.epoch AND l.owner = $1",
-        )
-        .bind(&self.settings.node)
-        .bind(&still)
-        .bind(&epochs)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Stops serving `shards` and queues them to be reported lost.
-    fn forget(&self, shards: &[Shard]) {
-        {
-            let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
-            for shard in shards {
-                held.remove(shard);
-            }
-        }
-        self.forfeited
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(shards);
-    }
-
     /// The held leases matching `keep`, as the two arrays the statements bind.
     fn held_columns(&self, keep: impl Fn((&Shard, &Held)) -> bool) -> (Vec<i16>, Vec<Epoch>) {
         let held = self.held.read().unwrap_or_else(|e| e.into_inner());
@@ -490,46 +326,4 @@ impl Leases {
             .map(|(shard, h)| (*shard as i16, h.epoch))
             .unzip()
     }
-}
-
-/// How many journal numbers each node has: node n numbers from `n << ORDINAL_SHIFT`.
-pub const ORDINAL_SHIFT: u32 = 48;
-
-/// The ordinal of `node` (1 to 1023), assigned at its first start and kept for good: its
-/// journal numbers start at `ordinal << ORDINAL_SHIFT`.
-pub async fn ordinal(pool: &PgPool, node: &str) -> Result<u16, sqlx::Error> {
-    for _ in 0..20 {
-        let assigned = sqlx::query(
-            "INSERT INTO node_ordinals (node_id, ordinal)
-             SELECT $1, min(n) FROM generate_series(1, 1023) AS n
-             WHERE n NOT IN (SELECT ordinal FROM node_ordinals)
-             ON CONFLICT (node_id) DO NOTHING",
-        )
-        .bind(node)
-        .execute(pool)
-        .await;
-        match assigned {
-            Ok(_) => {}
-            // Another node took the same free ordinal at the same moment: look again.
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => continue,
-            // No ordinal left (the NULL of `min` over nothing).
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23502") => {
-                return Err(sqlx::Error::Protocol(
-                    "all 1023 node ordinals are taken; reuse a node id".into(),
-                ));
-            }
-            Err(error) => return Err(error),
-        }
-        let found: Option<i16> =
-            sqlx::query_scalar("SELECT ordinal FROM node_ordinals WHERE node_id = $1")
-                .bind(node)
-                .fetch_optional(pool)
-                .await?;
-        if let Some(ordinal) = found {
-            return Ok(ordinal as u16);
-        }
-    }
-    Err(sqlx::Error::Protocol(
-        "no node ordinal could be assigned (too many nodes starting at once)".into(),
-    ))
 }

@@ -5,18 +5,21 @@
 //!   every version agrees).
 //! - [`leases`]: who owns each shard, with PostgreSQL as the authority: claims, renewals,
 //!   hand-offs and the epoch fence every flush transaction checks.
+//! - [`ordinal`]: each node's own range of journal numbers.
 //! - [`routing`]: requests between nodes, over NATS request/reply per shard.
 //! - [`node`]: what a node does as its leases change (restore, answer, forget).
 //! - [`route`]: which shard's owner serves a request, from its path and body.
 
 pub mod leases;
 pub mod node;
+pub mod ordinal;
 pub mod route;
 pub mod routing;
 pub mod shard;
 
-pub use leases::{Epoch, Fenced, LeaseSettings, Leases, Membership, ORDINAL_SHIFT, Round};
+pub use leases::{Epoch, Fenced, LeaseSettings, Leases, Membership, Round};
 pub use node::ClusterNode;
+pub use ordinal::ORDINAL_SHIFT;
 pub use routing::{RouteSettings, Routes};
 pub use shard::{SHARDS, Shard, shard_of};
 

@@ -20,16 +20,19 @@ use std::time::{Duration, Instant};
 use async_nats::{HeaderMap, RequestErrorKind};
 use axum::Router;
 use axum::body::Body;
-use axum::http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use axum::http::{HeaderValue, Request, Response};
 use axum::response::IntoResponse;
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
 
 use super::shard::Shard;
 use crate::error::AppError;
+
+mod wire;
+
+use wire::{answer, is_not_owner, relay, relayed};
 
 /// Marks a request that came from another node over NATS.
 pub const FORWARDED: &str = "stockline-forwarded";
@@ -237,144 +240,4 @@ pub fn not_owner(shard: Shard) -> Response<Body> {
 /// Whether a request came from another node (and so must not be forwarded again).
 pub fn is_forwarded(headers: &axum::http::HeaderMap) -> bool {
     headers.contains_key(FORWARDED)
-}
-
-/// Headers that describe the request itself, not one connection (hop-by-hop headers and
-/// the length, which the body gives again, stay behind), and never a client's own claim
-/// to be a node.
-fn relayed(name: &HeaderName) -> bool {
-    !matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "transfer-encoding"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "proxy-authorization"
-            | "proxy-connection"
-            | "content-length"
-            | "host"
-            | FORWARDED
-            | NOT_OWNER
-    )
-}
-
-fn is_not_owner(answer: &async_nats::Message) -> bool {
-    answer
-        .headers
-        .as_ref()
-        .is_some_and(|headers| headers.get(NOT_OWNER).is_some())
-}
-
-/// Runs a forwarded request through this node's router and replies with its answer.
-async fn answer(client: async_nats::Client, app: Option<Router>, message: async_nats::Message) {
-    let Some(reply) = message.reply.clone() else {
-        return;
-    };
-    let response = match (app, request_from(message)) {
-        (Some(app), Some(request)) => match app.oneshot(request).await {
-            Ok(response) => response,
-            Err(never) => match never {},
-        },
-        (None, _) => not_owner(0),
-        (_, None) => {
-            AppError::InvalidQuery("a forwarded request could not be read".into()).into_response()
-        }
-    };
-    let (parts, body) = response.into_parts();
-    let (parts, body) = match axum::body::to_bytes(body, MAX_ANSWER).await {
-        Ok(body) => (parts, body),
-        Err(_) => {
-            let (parts, body) =
-                AppError::Internal("the answer is too large to forward between nodes".into())
-                    .into_response()
-                    .into_parts();
-            let body = axum::body::to_bytes(body, MAX_ANSWER)
-                .await
-                .unwrap_or_default();
-            (parts, body)
-        }
-    };
-    let mut headers = HeaderMap::new();
-    headers.insert(STATUS, parts.status.as_str());
-    for (name, value) in &parts.headers {
-        if relayed(name)
-            && let Ok(value) = value.to_str()
-        {
-            headers.append(name.as_str(), value);
-        }
-    }
-    if parts.headers.contains_key(NOT_OWNER) {
-        headers.insert(NOT_OWNER, "1");
-    }
-    if let Err(error) = client.publish_with_headers(reply, headers, body).await {
-        tracing::warn!(%error, "the answer to a forwarded request was not sent");
-    }
-}
-
-/// The HTTP request a forwarded message carries, marked [`FORWARDED`].
-fn request_from(message: async_nats::Message) -> Option<Request<Body>> {
-    let headers = message.headers?;
-    let method = Method::from_bytes(headers.get(METHOD)?.as_str().as_bytes()).ok()?;
-    let uri: Uri = headers.get(URI)?.as_str().parse().ok()?;
-    let mut request = Request::builder().method(method).uri(uri);
-    for (name, values) in headers.iter() {
-        let name: &str = name.as_ref();
-        if name.eq_ignore_ascii_case(METHOD) || name.eq_ignore_ascii_case(URI) {
-            continue;
-        }
-        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
-            continue;
-        };
-        if !relayed(&name) {
-            continue;
-        }
-        for value in values {
-            if let Ok(value) = HeaderValue::from_str(value.as_str()) {
-                request = request.header(name.clone(), value);
-            }
-        }
-    }
-    request
-        .header(FORWARDED, "1")
-        .body(Body::from(message.payload))
-        .ok()
-}
-
-/// The HTTP answer a reply carries.
-fn relay(answer: async_nats::Message) -> Response<Body> {
-    let Some(headers) = answer.headers else {
-        return AppError::Internal("a node answered a forwarded request without a status".into())
-            .into_response();
-    };
-    let status = headers
-        .get(STATUS)
-        .and_then(|s| s.as_str().parse::<u16>().ok())
-        .and_then(|s| StatusCode::from_u16(s).ok())
-        .unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut response = Response::new(Body::from(answer.payload));
-    *response.status_mut() = status;
-    for (name, values) in headers.iter() {
-        let name: &str = name.as_ref();
-        if name.eq_ignore_ascii_case(STATUS) {
-            continue;
-        }
-        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
-            continue;
-        };
-        if !relayed(&name) {
-            continue;
-        }
-        for value in values {
-            if let Ok(value) = HeaderValue::from_str(value.as_str()) {
-                response.headers_mut().append(name.clone(), value);
-            }
-        }
-    }
-    response
-        .headers_mut()
-        .entry(header::CONTENT_TYPE)
-        .or_insert(HeaderValue::from_static("application/json"));
-    response
 }

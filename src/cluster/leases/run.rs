@@ -1,0 +1,88 @@
+//! The lease loop: rounds a few times per lease, and what it tells the node.
+
+use futures_util::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+use super::{Epoch, Hold, Leases};
+use crate::cluster::shard::Shard;
+
+/// What a node does as its leases change ([`Leases::run`] calls it).
+pub trait Membership: Send + Sync + 'static {
+    /// Newly claimed shards: start answering them (their lines load on first use).
+    fn claimed(&self, shards: Vec<(Shard, Epoch)>) -> BoxFuture<'_, ()>;
+    /// Shards another node took over: stop answering them and forget their lines and
+    /// reservations without writing anything of them.
+    fn lost(&self, shards: Vec<Shard>) -> BoxFuture<'_, ()>;
+    /// Shards to hand to another node: stop answering them, and return once everything
+    /// they took is durable (the lease is released after).
+    fn hand_off(&self, shards: Vec<Shard>) -> BoxFuture<'_, ()>;
+    /// Whether the node can serve at all (its messaging is up). While it cannot, it renews
+    /// nothing and sends no heartbeat, so its shards move to nodes that can.
+    fn can_serve(&self) -> bool {
+        true
+    }
+}
+
+impl Leases {
+    /// Runs rounds every [`LeaseSettings::round_every`] until `stop`, telling `node` what
+    /// changed; then hands every shard off and [leaves](Self::leave). A round that fails
+    /// (the database unreachable) is retried at the next tick; meanwhile the deadlines
+    /// run out and the node stops serving on its own.
+    pub async fn run(&self, node: &dyn Membership, stop: CancellationToken) {
+        let mut every = tokio::time::interval(self.settings.round_every());
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = stop.cancelled() => break,
+            }
+            if !node.can_serve() {
+                tracing::warn!("this node cannot serve (its messaging is down): renewing nothing");
+                continue;
+            }
+            // Bounded: a database that hangs must not hold the loop past the next round.
+            let round = match tokio::time::timeout(self.settings.round_every(), self.round()).await
+            {
+                Ok(Ok(round)) => round,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "renewing shard leases failed; retrying");
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!("renewing shard leases took too long; retrying");
+                    continue;
+                }
+            };
+            if !round.lost.is_empty() {
+                node.lost(round.lost).await;
+            }
+            if !round.claimed.is_empty() {
+                let shards: Vec<Shard> = round.claimed.iter().map(|(s, _)| *s).collect();
+                node.claimed(round.claimed).await;
+                self.start_serving(&shards);
+            }
+            if !round.handing_off.is_empty() {
+                node.hand_off(round.handing_off.clone()).await;
+                if let Err(error) = self.release(&round.handing_off).await {
+                    tracing::warn!(%error, "releasing handed-off shards failed; they expire");
+                }
+            }
+        }
+        let all: Vec<Shard> = self
+            .held_columns(|_| true)
+            .0
+            .iter()
+            .map(|s| *s as Shard)
+            .collect();
+        {
+            let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
+            for h in held.values_mut() {
+                h.hold = Hold::Leaving;
+            }
+        }
+        node.hand_off(all).await;
+        if let Err(error) = self.leave().await {
+            tracing::warn!(%error, "leaving the cluster cleanly failed; its leases expire");
+        }
+    }
+}
