@@ -10,24 +10,11 @@ use std::time::Duration;
 
 use common::*;
 use sqlx::PgPool;
-use stockline::cluster::{LeaseSettings, Leases, Member, shard_of};
-use stockline::store::flusher::{Flusher, Pacing};
-use stockline::store::records::Buffer;
-use stockline_actors::journal::{MovementKind, MovementRecord, Reference};
+use stockline::cluster::shard_of;
 use stockline_actors::{Journal, LineKey, NotDurable, Record};
 
-fn movement(product: i64, quantity: i64) -> Record {
-    Record::Movement(MovementRecord {
-        safety_stock_after: 0,
-        key: LineKey::new(1, product),
-        kind: MovementKind::Adjust,
-        quantity,
-        on_hand_after: quantity as u64,
-        reserved_after: 0,
-        reference: Reference::Reason("receipt".into()),
-        note: None,
-        at: chrono::Utc::now(),
-    })
+fn receipt(product: i64, quantity: i64) -> Record {
+    movement(LineKey::new(1, product), quantity)
 }
 
 async fn movements(pool: &PgPool) -> Vec<(i64, i64)> {
@@ -37,60 +24,20 @@ async fn movements(pool: &PgPool) -> Vec<(i64, i64)> {
         .unwrap()
 }
 
-fn leases(pool: &PgPool, node: &str) -> Arc<Leases> {
-    Arc::new(Leases::new(
-        pool.clone(),
-        LeaseSettings {
-            node: node.into(),
-            http_addr: "127.0.0.1:0".into(),
-            lease: Duration::from_secs(30),
-        },
-    ))
-}
-
-/// One lease round, and the shards it claimed served at once (as the run loop does once
-/// their state is restored).
-async fn round(leases: &Leases) -> stockline::cluster::Round {
-    let round = leases.round().await.unwrap();
-    let claimed: Vec<_> = round.claimed.iter().map(|(s, _)| *s).collect();
-    leases.start_serving(&claimed);
-    round
-}
-
 #[tokio::test]
 async fn a_batch_touching_a_shard_taken_over_is_refused_whole_and_the_flusher_goes_on() {
     let database = fresh_database();
     let url = database_url(&database);
     let pool = stockline::store::connect_and_migrate(&url).await.unwrap();
-    let a = leases(&pool, "a");
-    round(&a).await;
-    let member = Member {
-        leases: a.clone(),
-        ordinal: stockline::cluster::ordinal::assign(&pool, "a")
-            .await
-            .unwrap(),
-    };
-    let start = stockline::store::recovery::node_position(&pool, &member)
-        .await
-        .unwrap();
-    assert_eq!(start, 1 << 48, "the first node numbers from 2^48");
-    let buffer = Arc::new(Buffer::new(start, 10_000));
-    let flusher = Flusher::spawn(
-        stockline::store::flusher_pool(&url).await.unwrap(),
-        buffer.clone(),
-        Pacing {
-            gather: Duration::ZERO,
-            pipelined: true,
-        },
-        None,
-        Some(member),
-        tokio_util::sync::CancellationToken::new(),
-    );
+    let a = cluster::leases(&pool, "a", Duration::from_secs(30));
+    cluster::round(&a).await;
+    let (buffer, flusher) = cluster::journal(&pool, &url, "a", &a).await;
+    assert_eq!(buffer.head(), 1 << 48, "the first node numbers from 2^48");
     let watch = buffer.durable();
     // Two products in different shards.
     let (kept, taken) = (1, (2..).find(|p| shard_of(*p) != shard_of(1)).unwrap());
 
-    let lsn = buffer.append(vec![movement(kept, 10), movement(taken, 20)]);
+    let lsn = buffer.append(vec![receipt(kept, 10), receipt(taken, 20)]);
     assert_eq!(watch.wait_for(lsn).await, Ok(()));
     assert_eq!(movements(&pool).await, [(kept, 10), (taken, 20)]);
 
@@ -100,7 +47,7 @@ async fn a_batch_touching_a_shard_taken_over_is_refused_whole_and_the_flusher_go
         .execute(&pool)
         .await
         .unwrap();
-    let refused = buffer.append(vec![movement(kept, 11), movement(taken, 21)]);
+    let refused = buffer.append(vec![receipt(kept, 11), receipt(taken, 21)]);
     assert_eq!(watch.wait_for(refused).await, Err(NotDurable::Refused));
     assert_eq!(
         watch.wait_for(refused - 1).await,
@@ -127,7 +74,7 @@ async fn a_batch_touching_a_shard_taken_over_is_refused_whole_and_the_flusher_go
             .await
             .unwrap();
     assert_eq!(kept_owner, None);
-    let round = round(&a).await;
+    let round = cluster::round(&a).await;
     assert!(round.lost.contains(&shard_of(taken)) && round.lost.contains(&shard_of(kept)));
     assert!(
         round.claimed.contains(&(shard_of(kept), 2)),
@@ -137,7 +84,7 @@ async fn a_batch_touching_a_shard_taken_over_is_refused_whole_and_the_flusher_go
     assert!(!round.claimed.iter().any(|(s, _)| *s == shard_of(taken)));
 
     // The flusher goes on: the next batch (the shard claimed again) is written.
-    let after = buffer.append(vec![movement(kept, 12)]);
+    let after = buffer.append(vec![receipt(kept, 12)]);
     assert_eq!(watch.wait_for(after).await, Ok(()));
     assert_eq!(
         movements(&pool).await,
@@ -162,39 +109,19 @@ async fn two_nodes_write_side_by_side_with_journal_numbers_of_their_own() {
     let pool = stockline::store::connect_and_migrate(&url).await.unwrap();
     let mut nodes = Vec::new();
     for name in ["a", "b"] {
-        let leases = leases(&pool, name);
+        let leases = cluster::leases(&pool, name, Duration::from_secs(30));
         nodes.push((name, leases));
     }
     // a claims everything, b joins, a hands half over, b claims it.
-    round(&nodes[0].1).await;
-    round(&nodes[1].1).await;
-    let handing = round(&nodes[0].1).await.handing_off;
+    cluster::round(&nodes[0].1).await;
+    cluster::round(&nodes[1].1).await;
+    let handing = cluster::round(&nodes[0].1).await.handing_off;
     nodes[0].1.release(&handing).await.unwrap();
-    round(&nodes[1].1).await;
+    cluster::round(&nodes[1].1).await;
 
     let mut running = Vec::new();
     for (name, leases) in &nodes {
-        let member = Member {
-            leases: leases.clone(),
-            ordinal: stockline::cluster::ordinal::assign(&pool, name)
-                .await
-                .unwrap(),
-        };
-        let start = stockline::store::recovery::node_position(&pool, &member)
-            .await
-            .unwrap();
-        let buffer = Arc::new(Buffer::new(start, 10_000));
-        let flusher = Flusher::spawn(
-            stockline::store::flusher_pool(&url).await.unwrap(),
-            buffer.clone(),
-            Pacing {
-                gather: Duration::ZERO,
-                pipelined: true,
-            },
-            None,
-            Some(member),
-            tokio_util::sync::CancellationToken::new(),
-        );
+        let (buffer, flusher) = cluster::journal(&pool, &url, name, leases).await;
         // Products of the shards this node serves.
         let mine: Vec<i64> = (1..)
             .filter(|p| leases.serving(shard_of(*p)).is_some())
@@ -207,7 +134,7 @@ async fn two_nodes_write_side_by_side_with_journal_numbers_of_their_own() {
         async move {
             let watch = buffer.durable();
             for (n, product) in mine.into_iter().enumerate() {
-                let lsn = buffer.append(vec![movement(product, n as i64 + 1)]);
+                let lsn = buffer.append(vec![receipt(product, n as i64 + 1)]);
                 assert_eq!(watch.wait_for(lsn).await, Ok(()));
             }
         }

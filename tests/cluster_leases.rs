@@ -6,8 +6,9 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use common::cluster;
 use sqlx::PgPool;
-use stockline::cluster::{Fenced, LeaseSettings, Leases, SHARDS, Shard};
+use stockline::cluster::{Fenced, Leases, SHARDS, Shard};
 
 async fn database() -> (PgPool, String) {
     let name = common::fresh_database();
@@ -15,17 +16,6 @@ async fn database() -> (PgPool, String) {
         .await
         .expect("database");
     (pool, name)
-}
-
-fn node(pool: &PgPool, id: &str, lease: Duration) -> Leases {
-    Leases::new(
-        pool.clone(),
-        LeaseSettings {
-            node: id.into(),
-            http_addr: format!("127.0.0.1:0/{id}"),
-            lease,
-        },
-    )
 }
 
 async fn owners(pool: &PgPool) -> Vec<(i16, Option<String>, i64)> {
@@ -43,19 +33,10 @@ async fn fence(pool: &PgPool, leases: &Leases, shards: &[Shard]) -> Result<(), F
     answer
 }
 
-/// One lease round, and the shards it claimed served at once (as the run loop does once
-/// their state is restored).
-async fn round(leases: &Leases) -> stockline::cluster::Round {
-    let round = leases.round().await.unwrap();
-    let claimed: Vec<_> = round.claimed.iter().map(|(s, _)| *s).collect();
-    leases.start_serving(&claimed);
-    round
-}
-
 #[tokio::test]
 async fn a_lone_node_claims_every_shard_and_renews_them_under_the_same_epoch() {
     let (pool, name) = database().await;
-    let a = node(&pool, "a", Duration::from_secs(10));
+    let a = cluster::leases(&pool, "a", Duration::from_secs(10));
     let first = a.round().await.unwrap();
     assert_eq!(first.nodes, ["a"]);
     assert_eq!(first.claimed.len(), usize::from(SHARDS));
@@ -69,7 +50,7 @@ async fn a_lone_node_claims_every_shard_and_renews_them_under_the_same_epoch() {
     assert_eq!(a.serving(17), Some(1));
     assert_eq!(a.served(), [(17, 1)]);
 
-    let second = round(&a).await;
+    let second = cluster::round(&a).await;
     assert!(second.claimed.is_empty() && second.lost.is_empty() && second.handing_off.is_empty());
     assert!(
         owners(&pool)
@@ -84,15 +65,15 @@ async fn a_lone_node_claims_every_shard_and_renews_them_under_the_same_epoch() {
 #[tokio::test]
 async fn a_joining_node_gets_its_share_by_hand_off_and_no_shard_has_two_owners() {
     let (pool, name) = database().await;
-    let a = node(&pool, "a", Duration::from_secs(10));
-    let b = node(&pool, "b", Duration::from_secs(10));
-    round(&a).await;
+    let a = cluster::leases(&pool, "a", Duration::from_secs(10));
+    let b = cluster::leases(&pool, "b", Duration::from_secs(10));
+    cluster::round(&a).await;
     // b is live now, but a's leases are not expired: b takes nothing by force.
-    let joined = round(&b).await;
+    let joined = cluster::round(&b).await;
     assert_eq!(joined.nodes, ["a", "b"]);
     assert!(joined.claimed.is_empty());
 
-    let handing = round(&a).await;
+    let handing = cluster::round(&a).await;
     let moving: HashSet<Shard> = handing.handing_off.iter().copied().collect();
     assert!(
         (350..=670).contains(&moving.len()),
@@ -102,10 +83,10 @@ async fn a_joining_node_gets_its_share_by_hand_off_and_no_shard_has_two_owners()
     // Handed off means no longer served here, though the lease is still a's until released.
     assert!(moving.iter().all(|s| a.serving(*s).is_none()));
     let some = *moving.iter().next().unwrap();
-    assert_eq!(round(&b).await.claimed, []);
+    assert_eq!(cluster::round(&b).await.claimed, []);
     a.release(&handing.handing_off).await.unwrap();
 
-    let taken = round(&b).await;
+    let taken = cluster::round(&b).await;
     let taken_shards: HashSet<Shard> = taken.claimed.iter().map(|(s, _)| *s).collect();
     assert_eq!(taken_shards, moving);
     assert!(taken.claimed.iter().all(|(_, epoch)| *epoch == 2));
@@ -125,7 +106,7 @@ async fn a_joining_node_gets_its_share_by_hand_off_and_no_shard_has_two_owners()
     }
     // Stable: another round on each moves nothing.
     for leases in [&a, &b] {
-        let round = round(leases).await;
+        let round = cluster::round(leases).await;
         assert!(round.claimed.is_empty() && round.handing_off.is_empty() && round.lost.is_empty());
     }
     common::drop_database(&name).await;
@@ -135,9 +116,9 @@ async fn a_joining_node_gets_its_share_by_hand_off_and_no_shard_has_two_owners()
 async fn an_owner_that_stops_renewing_stops_serving_is_taken_over_and_is_fenced() {
     let (pool, name) = database().await;
     let lease = Duration::from_millis(1_500);
-    let a = node(&pool, "a", lease);
-    let b = node(&pool, "b", lease);
-    round(&a).await;
+    let a = cluster::leases(&pool, "a", lease);
+    let b = cluster::leases(&pool, "b", lease);
+    cluster::round(&a).await;
     assert_eq!(a.serving(5), Some(1));
 
     // a is paused: no round. Its own deadline passes before the database's expiry.
@@ -146,7 +127,7 @@ async fn an_owner_that_stops_renewing_stops_serving_is_taken_over_and_is_fenced(
     assert!(a.served().is_empty());
     tokio::time::sleep(a.settings().margin() + Duration::from_millis(100)).await;
 
-    let takeover = round(&b).await;
+    let takeover = cluster::round(&b).await;
     assert_eq!(takeover.nodes, ["b"], "a's heartbeat is stale");
     assert_eq!(takeover.claimed.len(), usize::from(SHARDS));
     assert!(takeover.claimed.iter().all(|(_, epoch)| *epoch == 2));
@@ -157,7 +138,7 @@ async fn an_owner_that_stops_renewing_stops_serving_is_taken_over_and_is_fenced(
         Err(Fenced { shards: vec![5, 6] })
     );
     assert_eq!(fence(&pool, &b, &[5, 6]).await, Ok(()));
-    let woke = round(&a).await;
+    let woke = cluster::round(&a).await;
     // Every shard reported lost once, 5 and 6 (found by the fence) included.
     assert_eq!(woke.lost.len(), usize::from(SHARDS));
     assert!(
@@ -182,15 +163,15 @@ async fn a_takeover_waits_for_the_old_owners_fenced_transaction_and_then_fences_
         .await
         .unwrap();
     let lease = Duration::from_millis(1_000);
-    let a = node(&pool, "a", lease);
-    let b = node(&pool, "b", lease);
-    round(&a).await;
+    let a = cluster::leases(&pool, "a", lease);
+    let b = cluster::leases(&pool, "b", lease);
+    cluster::round(&a).await;
 
     // a's flush transaction has passed the fence and is still open when its lease expires.
     let mut tx = pool.begin().await.unwrap();
     assert_eq!(a.fence(&mut tx, &[5]).await.unwrap(), Ok(()));
     tokio::time::sleep(lease + Duration::from_millis(200)).await;
-    let takeover = tokio::spawn(async move { (round(&b).await, b) });
+    let takeover = tokio::spawn(async move { (cluster::round(&b).await, b) });
     // The claim waits on the lease row a's transaction holds FOR SHARE.
     loop {
         let waiting: i64 = sqlx::query_scalar(
@@ -235,26 +216,26 @@ async fn a_takeover_waits_for_the_old_owners_fenced_transaction_and_then_fences_
 async fn a_node_that_leaves_gives_its_shards_up_at_once_and_a_restart_fences_its_old_self() {
     let (pool, name) = database().await;
     let lease = Duration::from_secs(30);
-    let a = node(&pool, "a", lease);
-    let b = node(&pool, "b", lease);
-    round(&a).await;
-    round(&b).await;
-    let handing = round(&a).await;
+    let a = cluster::leases(&pool, "a", lease);
+    let b = cluster::leases(&pool, "b", lease);
+    cluster::round(&a).await;
+    cluster::round(&b).await;
+    let handing = cluster::round(&a).await;
     a.release(&handing.handing_off).await.unwrap();
-    round(&b).await;
+    cluster::round(&b).await;
     assert!(!b.served().is_empty());
 
     // b stops cleanly: a need not wait 30 s for b's leases to expire.
     b.leave().await.unwrap();
     assert!(b.served().is_empty());
-    let after = round(&a).await;
+    let after = cluster::round(&a).await;
     assert_eq!(after.nodes, ["a"]);
     assert_eq!(a.served().len(), usize::from(SHARDS));
 
     // a is restarted (kill -9, then the same node id): the new process claims its own
     // unexpired leases at once, under new epochs, and the old process is fenced.
-    let restarted = node(&pool, "a", lease);
-    let claimed = round(&restarted).await.claimed;
+    let restarted = cluster::leases(&pool, "a", lease);
+    let claimed = cluster::round(&restarted).await.claimed;
     assert_eq!(claimed.len(), usize::from(SHARDS));
     let shard = claimed[0].0;
     assert_eq!(
@@ -313,7 +294,7 @@ struct Running {
 }
 
 fn run(pool: &PgPool, id: &str, lease: Duration) -> Running {
-    let leases = std::sync::Arc::new(node(pool, id, lease));
+    let leases = cluster::leases(pool, id, lease);
     let recorded = std::sync::Arc::new(Recorded::default());
     let stop = tokio_util::sync::CancellationToken::new();
     let (l, r, s) = (leases.clone(), recorded.clone(), stop.clone());

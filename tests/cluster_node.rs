@@ -13,9 +13,7 @@ use axum::http::{Request, StatusCode};
 use axum::routing::get;
 use common::*;
 use stockline::cluster::routing::{RouteSettings, Routes};
-use stockline::cluster::{ClusterNode, LeaseSettings, Leases, Member, Membership, shard_of};
-use stockline::store::flusher::{Flusher, Pacing};
-use stockline::store::records::Buffer;
+use stockline::cluster::{ClusterNode, Membership, shard_of};
 use stockline_actors::{Core, CoreConfig, Journal, LineKey, ReservationId};
 
 const NATS: &str = "127.0.0.1:4222";
@@ -50,24 +48,8 @@ async fn claiming_restores_and_answers_losing_and_handing_off_forget() {
     let url = database_url(&app.database);
     let pool = stockline::store::connect_and_migrate(&url).await.unwrap();
 
-    let leases = Arc::new(Leases::new(
-        pool.clone(),
-        LeaseSettings {
-            node: "a".into(),
-            http_addr: "127.0.0.1:0".into(),
-            lease: Duration::from_secs(30),
-        },
-    ));
-    let member = Member {
-        leases: leases.clone(),
-        ordinal: stockline::cluster::ordinal::assign(&pool, "a")
-            .await
-            .unwrap(),
-    };
-    let start = stockline::store::recovery::node_position(&pool, &member)
-        .await
-        .unwrap();
-    let buffer = Arc::new(Buffer::new(start, 10_000));
+    let leases = cluster::leases(&pool, "a", Duration::from_secs(30));
+    let (buffer, flusher) = cluster::journal(&pool, &url, "a", &leases).await;
     let core = Arc::new(
         Core::start(
             CoreConfig::default(),
@@ -77,21 +59,10 @@ async fn claiming_restores_and_answers_losing_and_handing_off_forget() {
         .await
         .unwrap(),
     );
-    let flusher = Flusher::spawn(
-        stockline::store::flusher_pool(&url).await.unwrap(),
-        buffer.clone(),
-        Pacing {
-            gather: Duration::ZERO,
-            pipelined: true,
-        },
-        None,
-        Some(member),
-        tokio_util::sync::CancellationToken::new(),
-    );
-    let cluster = format!("test{}", uuid::Uuid::now_v7().simple());
-    let answering = Arc::new(routes(&cluster).await);
+    let name = format!("test{}", uuid::Uuid::now_v7().simple());
+    let answering = Arc::new(routes(&name).await);
     answering.answer_with(Router::new().route("/who", get(|| async { "a" })));
-    let asker = routes(&cluster).await;
+    let asker = routes(&name).await;
     let node = ClusterNode {
         core: core.clone(),
         routes: answering.clone(),

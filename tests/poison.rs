@@ -11,7 +11,7 @@ use common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use stockline::store::flusher::Flusher;
-use stockline_actors::journal::{MovementKind, MovementRecord, Reference, ReservationRecord};
+use stockline_actors::journal::ReservationRecord;
 use stockline_actors::{Journal, JournalBuffer, LineKey, Record, ReservationId, ReservationStatus};
 
 const NUL: &str = "a\u{0}b";
@@ -168,20 +168,6 @@ async fn a_nul_in_any_stored_text_field_is_refused_with_422_and_saving_goes_on()
     app.cleanup().await;
 }
 
-fn movement(warehouse_id: i64, quantity: i64) -> Record {
-    Record::Movement(MovementRecord {
-        safety_stock_after: 0,
-        key: LineKey::new(warehouse_id, 1),
-        kind: MovementKind::Adjust,
-        quantity,
-        on_hand_after: quantity as u64,
-        reserved_after: 0,
-        reference: Reference::Reason("receipt".into()),
-        note: None,
-        at: chrono::Utc::now(),
-    })
-}
-
 fn reservation(reference: &str) -> Record {
     let now = chrono::Utc::now();
     Record::Reservation(ReservationRecord {
@@ -205,9 +191,9 @@ async fn a_record_postgresql_refuses_goes_to_dead_letters_and_the_rest_of_its_ba
     let buffer = Arc::new(JournalBuffer::new(0, 10_000));
     // The test-only hook: records appended straight into the journal, as if a bug had let
     // a NUL past the edge. 40 good records around one poisoned one, in one batch.
-    let mut records: Vec<Record> = (1..=20).map(|q| movement(1, q)).collect();
+    let mut records: Vec<Record> = (1..=20).map(|q| movement(LineKey::new(1, 1), q)).collect();
     records.push(reservation(NUL));
-    records.extend((21..=40).map(|q| movement(2, q)));
+    records.extend((21..=40).map(|q| movement(LineKey::new(2, 1), q)));
     let poisoned_lsn = 21;
     buffer.append(records);
     let flusher = Flusher::spawn(
@@ -230,7 +216,7 @@ async fn a_record_postgresql_refuses_goes_to_dead_letters_and_the_rest_of_its_ba
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Saving goes on: a later batch is written too.
-    buffer.append(vec![movement(3, 41)]);
+    buffer.append(vec![movement(LineKey::new(3, 1), 41)]);
     assert!(
         flusher.finish().await,
         "everything was written or set aside"

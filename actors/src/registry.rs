@@ -379,16 +379,8 @@ impl Registry {
                 left = busy;
                 retired
             };
-            if !retired.is_empty() {
-                let _evicting = crate::types::lock(&lines.evicting);
-                lines.eviction_epoch.fetch_add(1, Ordering::AcqRel);
-                for shared in &retired {
-                    lines.resident.remove_if(&shared.key, |_, slot| {
-                        slot.get().is_some_and(|s| Arc::ptr_eq(s, shared))
-                    });
-                }
-                forgotten += retired.len();
-            }
+            lines.remove_retired(&retired);
+            forgotten += retired.len();
             if left.is_empty() {
                 break;
             }
@@ -551,6 +543,21 @@ impl Lines {
         Ok(shared)
     }
 
+    /// Takes retired lines out of memory (a product load that read while they left finds
+    /// the eviction epoch moved, see `prewarm`).
+    fn remove_retired(&self, retired: &[Arc<LineShared>]) {
+        if retired.is_empty() {
+            return;
+        }
+        let _evicting = crate::types::lock(&self.evicting);
+        self.eviction_epoch.fetch_add(1, Ordering::AcqRel);
+        for shared in retired {
+            self.resident.remove_if(&shared.key, |_, slot| {
+                slot.get().is_some_and(|s| Arc::ptr_eq(s, shared))
+            });
+        }
+    }
+
     fn evict_idle(&self, idle_after: Duration) -> usize {
         if !self.evicts {
             return 0;
@@ -563,15 +570,7 @@ impl Lines {
             .filter_map(|slot| slot.get().cloned())
             .filter(|shared| shared.retire(now, idle_after, durable))
             .collect();
-        if !retired.is_empty() {
-            let _evicting = crate::types::lock(&self.evicting);
-            self.eviction_epoch.fetch_add(1, Ordering::AcqRel);
-            for shared in &retired {
-                self.resident.remove_if(&shared.key, |_, slot| {
-                    slot.get().is_some_and(|s| Arc::ptr_eq(s, shared))
-                });
-            }
-        }
+        self.remove_retired(&retired);
         self.evictions
             .fetch_add(retired.len() as u64, Ordering::Relaxed);
         retired.len()

@@ -277,16 +277,7 @@ impl Leases {
     pub async fn release(&self, shards: &[Shard]) -> Result<(), sqlx::Error> {
         let (shards, epochs) =
             self.held_columns(|(shard, h)| h.hold == Hold::Leaving && shards.contains(shard));
-        sqlx::query(
-            "UPDATE shard_leases l SET owner = NULL, expires_at = '-infinity'
-             FROM unnest($2::smallint[], $3::bigint[]) AS h (shard, epoch)
-             WHERE l.shard = h.shard AND l.epoch = h.epoch AND l.owner = $1",
-        )
-        .bind(&self.settings.node)
-        .bind(&shards)
-        .bind(&epochs)
-        .execute(&self.pool)
-        .await?;
+        self.give_up(&self.pool, &shards, &epochs).await?;
         let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
         for shard in shards {
             held.remove(&(shard as Shard));
@@ -301,21 +292,33 @@ impl Leases {
         let (shards, epochs) = self.held_columns(|_| true);
         self.held.write().unwrap_or_else(|e| e.into_inner()).clear();
         let mut tx = self.pool.begin().await?;
+        self.give_up(&mut *tx, &shards, &epochs).await?;
+        sqlx::query("DELETE FROM cluster_nodes WHERE node_id = $1")
+            .bind(&self.settings.node)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+
+    /// Gives up, in the database, the leases of `shards` this node still holds under
+    /// `epochs` (free at once for the node they are meant for).
+    async fn give_up<'e>(
+        &self,
+        executor: impl sqlx::PgExecutor<'e>,
+        shards: &[i16],
+        epochs: &[Epoch],
+    ) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE shard_leases l SET owner = NULL, expires_at = '-infinity'
              FROM unnest($2::smallint[], $3::bigint[]) AS h (shard, epoch)
              WHERE l.shard = h.shard AND l.epoch = h.epoch AND l.owner = $1",
         )
         .bind(&self.settings.node)
-        .bind(&shards)
-        .bind(&epochs)
-        .execute(&mut *tx)
+        .bind(shards)
+        .bind(epochs)
+        .execute(executor)
         .await?;
-        sqlx::query("DELETE FROM cluster_nodes WHERE node_id = $1")
-            .bind(&self.settings.node)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await
+        Ok(())
     }
 
     /// The held leases matching `keep`, as the two arrays the statements bind.

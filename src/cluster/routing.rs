@@ -32,7 +32,7 @@ use crate::error::AppError;
 
 mod wire;
 
-use wire::{answer, is_not_owner, relay, relayed};
+use wire::{add_http_headers, answer, is_not_owner, relay};
 
 /// Marks a request that came from another node over NATS.
 pub const FORWARDED: &str = "stockline-forwarded";
@@ -170,13 +170,7 @@ impl Routes {
         let mut headers = HeaderMap::new();
         headers.insert(METHOD, parts.method.as_str());
         headers.insert(URI, parts.uri.to_string());
-        for (name, value) in &parts.headers {
-            if relayed(name)
-                && let Ok(value) = value.to_str()
-            {
-                headers.append(name.as_str(), value);
-            }
-        }
+        add_http_headers(&mut headers, &parts.headers);
         let subject = self.subject(shard);
         let until = Instant::now() + self.settings.retry_for;
         let mut pause = Duration::from_millis(10);

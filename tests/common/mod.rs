@@ -2,6 +2,7 @@
 //! and typed helpers for the requests tests make.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod proxy;
 
 use std::time::Duration;
@@ -390,6 +391,22 @@ impl TestApp {
         self.stop().await;
         drop_database(&self.database).await;
     }
+}
+
+/// A ledger entry receiving `quantity` on the line `key`, as the journal holds it.
+pub fn movement(key: stockline_actors::LineKey, quantity: i64) -> stockline_actors::Record {
+    use stockline_actors::journal::{MovementKind, MovementRecord, Reference};
+    stockline_actors::Record::Movement(MovementRecord {
+        safety_stock_after: 0,
+        key,
+        kind: MovementKind::Adjust,
+        quantity,
+        on_hand_after: quantity as u64,
+        reserved_after: 0,
+        reference: Reference::Reason("receipt".into()),
+        note: None,
+        at: chrono::Utc::now(),
+    })
 }
 
 /// Drops a test database (after its server stopped).

@@ -68,17 +68,7 @@ impl Leases {
     pub async fn forfeit(&self, shards: &[Shard]) -> Result<(), sqlx::Error> {
         let (still, epochs) = self.held_columns(|(shard, _)| shards.contains(shard));
         self.forget(shards);
-        sqlx::query(
-            "UPDATE shard_leases l SET owner = NULL, expires_at = '-infinity'
-             FROM unnest($2::smallint[], $3::bigint[]) AS h (shard, epoch)
-             WHERE l.shard = h.shard AND l.epoch = h.epoch AND l.owner = $1",
-        )
-        .bind(&self.settings.node)
-        .bind(&still)
-        .bind(&epochs)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.give_up(&self.pool, &still, &epochs).await
     }
 
     /// Stops serving `shards` and queues them to be reported lost.

@@ -74,13 +74,7 @@ pub(super) async fn answer(
     };
     let mut headers = HeaderMap::new();
     headers.insert(STATUS, parts.status.as_str());
-    for (name, value) in &parts.headers {
-        if relayed(name)
-            && let Ok(value) = value.to_str()
-        {
-            headers.append(name.as_str(), value);
-        }
-    }
+    add_http_headers(&mut headers, &parts.headers);
     if parts.headers.contains_key(NOT_OWNER) {
         headers.insert(NOT_OWNER, "1");
     }
@@ -94,28 +88,16 @@ fn request_from(message: async_nats::Message) -> Option<Request<Body>> {
     let headers = message.headers?;
     let method = Method::from_bytes(headers.get(METHOD)?.as_str().as_bytes()).ok()?;
     let uri: Uri = headers.get(URI)?.as_str().parse().ok()?;
-    let mut request = Request::builder().method(method).uri(uri);
-    for (name, values) in headers.iter() {
-        let name: &str = name.as_ref();
-        if name.eq_ignore_ascii_case(METHOD) || name.eq_ignore_ascii_case(URI) {
-            continue;
-        }
-        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
-            continue;
-        };
-        if !relayed(&name) {
-            continue;
-        }
-        for value in values {
-            if let Ok(value) = HeaderValue::from_str(value.as_str()) {
-                request = request.header(name.clone(), value);
-            }
-        }
-    }
-    request
-        .header(FORWARDED, "1")
+    let mut request = Request::builder()
+        .method(method)
+        .uri(uri)
         .body(Body::from(message.payload))
-        .ok()
+        .ok()?;
+    *request.headers_mut() = http_headers(&headers, &[METHOD, URI]);
+    request
+        .headers_mut()
+        .insert(FORWARDED, HeaderValue::from_static("1"));
+    Some(request)
 }
 
 /// The HTTP answer a reply carries.
@@ -131,9 +113,20 @@ pub(super) fn relay(answer: async_nats::Message) -> Response<Body> {
         .unwrap_or(StatusCode::BAD_GATEWAY);
     let mut response = Response::new(Body::from(answer.payload));
     *response.status_mut() = status;
+    *response.headers_mut() = http_headers(&headers, &[STATUS]);
+    response
+        .headers_mut()
+        .entry(header::CONTENT_TYPE)
+        .or_insert(HeaderValue::from_static("application/json"));
+    response
+}
+
+/// The HTTP headers a message carries: all but ours (`own`) and those never relayed.
+fn http_headers(headers: &HeaderMap, own: &[&str]) -> axum::http::HeaderMap {
+    let mut http = axum::http::HeaderMap::new();
     for (name, values) in headers.iter() {
         let name: &str = name.as_ref();
-        if name.eq_ignore_ascii_case(STATUS) {
+        if own.iter().any(|own| name.eq_ignore_ascii_case(own)) {
             continue;
         }
         let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
@@ -144,13 +137,21 @@ pub(super) fn relay(answer: async_nats::Message) -> Response<Body> {
         }
         for value in values {
             if let Ok(value) = HeaderValue::from_str(value.as_str()) {
-                response.headers_mut().append(name.clone(), value);
+                http.append(name.clone(), value);
             }
         }
     }
-    response
-        .headers_mut()
-        .entry(header::CONTENT_TYPE)
-        .or_insert(HeaderValue::from_static("application/json"));
-    response
+    http
+}
+
+/// Adds the relayed headers of `http` to a message's `headers` (a value that is not
+/// text, which NATS headers cannot carry, stays behind).
+pub(super) fn add_http_headers(headers: &mut HeaderMap, http: &axum::http::HeaderMap) {
+    for (name, value) in http {
+        if relayed(name)
+            && let Ok(value) = value.to_str()
+        {
+            headers.append(name.as_str(), value);
+        }
+    }
 }
