@@ -8,7 +8,10 @@
 //!    the same owners); held shards now meant for another node are
 //!    [handed off](Round::handing_off): served no more, drained, then
 //!    [released](Leases::release);
-//! 4. claims the shards meant for it that are free or expired, each with its epoch bumped.
+//! 4. claims the shards meant for it that are free or expired, each with its epoch bumped
+//!    (also those still under its own name: a node restarted with the same id is a new
+//!    incarnation, and the bump fences the old one). A claimed shard is served only once
+//!    the node has restored its live state ([`Leases::start_serving`]).
 //!
 //! A node serves a shard only until its own deadline: the monotonic time the renewal was
 //! sent plus the lease, less a fifth of it. The database's `expires_at` is later than that,

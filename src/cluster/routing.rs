@@ -124,7 +124,7 @@ impl Routes {
                     message = subscriber.next() => match message {
                         Some(message) => {
                             let (client, app) = (client.clone(), app.clone());
-                            in_flight.spawn(answer(client, app, message));
+                            in_flight.spawn(answer(client, app, shard, message));
                         }
                         None => break,
                     },

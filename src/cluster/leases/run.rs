@@ -8,7 +8,8 @@ use crate::cluster::shard::Shard;
 
 /// What a node does as its leases change ([`Leases::run`] calls it).
 pub trait Membership: Send + Sync + 'static {
-    /// Newly claimed shards: start answering them (their lines load on first use).
+    /// Newly claimed shards: restore their live state, then answer them (the loop marks
+    /// them served once this returns).
     fn claimed(&self, shards: Vec<(Shard, Epoch)>) -> BoxFuture<'_, ()>;
     /// Shards another node took over: stop answering them and forget their lines and
     /// reservations without writing anything of them.

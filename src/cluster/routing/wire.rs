@@ -9,6 +9,7 @@ use axum::response::IntoResponse;
 use tower::ServiceExt;
 
 use super::{FORWARDED, MAX_ANSWER, METHOD, NOT_OWNER, STATUS, URI, not_owner};
+use crate::cluster::shard::Shard;
 use crate::error::AppError;
 
 /// Headers that describe the request itself, not one connection (hop-by-hop headers and
@@ -39,10 +40,12 @@ pub(super) fn is_not_owner(answer: &async_nats::Message) -> bool {
         .is_some_and(|headers| headers.get(NOT_OWNER).is_some())
 }
 
-/// Runs a forwarded request through this node's router and replies with its answer.
+/// Runs a forwarded request for `shard` through this node's router and replies with its
+/// answer (with no router yet, the node cannot serve: the forwarder tries again).
 pub(super) async fn answer(
     client: async_nats::Client,
     app: Option<Router>,
+    shard: Shard,
     message: async_nats::Message,
 ) {
     let Some(reply) = message.reply.clone() else {
@@ -53,7 +56,7 @@ pub(super) async fn answer(
             Ok(response) => response,
             Err(never) => match never {},
         },
-        (None, _) => not_owner(0),
+        (None, _) => not_owner(shard),
         (_, None) => {
             AppError::InvalidQuery("a forwarded request could not be read".into()).into_response()
         }
