@@ -317,6 +317,12 @@ async fn until(within: Duration, check: impl Fn() -> bool) -> Duration {
     started.elapsed()
 }
 
+/// Both nodes answer some shards, and between them all of them.
+fn shared_out(a: &Running, b: &Running) -> bool {
+    let (on_a, on_b) = (answering(a), answering(b));
+    !on_a.is_empty() && !on_b.is_empty() && on_a.len() + on_b.len() == usize::from(SHARDS)
+}
+
 fn answering(running: &Running) -> HashSet<Shard> {
     running
         .node
@@ -335,11 +341,7 @@ async fn running_nodes_share_out_a_killed_nodes_shards_move_within_two_leases_an
     let lease = Duration::from_secs(2);
     let a = run(&pool, "a", lease);
     let b = run(&pool, "b", lease);
-    until(Duration::from_secs(15), || {
-        let (on_a, on_b) = (answering(&a), answering(&b));
-        !on_a.is_empty() && !on_b.is_empty() && on_a.len() + on_b.len() == usize::from(SHARDS)
-    })
-    .await;
+    until(Duration::from_secs(15), || shared_out(&a, &b)).await;
     assert!(answering(&a).is_disjoint(&answering(&b)));
     assert_eq!(
         answering(&a),
@@ -412,10 +414,7 @@ async fn a_node_cut_off_from_postgresql_stops_serving_and_its_shards_move_and_co
     let lease = Duration::from_secs(2);
     let a = run(&proxied, "a", lease);
     let b = run(&pool, "b", lease);
-    let split = || {
-        let (on_a, on_b) = (answering(&a), answering(&b));
-        !on_a.is_empty() && !on_b.is_empty() && on_a.len() + on_b.len() == usize::from(SHARDS)
-    };
+    let split = || shared_out(&a, &b);
     until(Duration::from_secs(15), split).await;
 
     cut_off.cut();
@@ -460,10 +459,7 @@ async fn a_node_that_cannot_serve_lets_its_shards_go_and_takes_its_share_back_la
     let lease = Duration::from_secs(2);
     let a = run(&pool, "a", lease);
     let b = run(&pool, "b", lease);
-    let split = || {
-        let (on_a, on_b) = (answering(&a), answering(&b));
-        !on_a.is_empty() && !on_b.is_empty() && on_a.len() + on_b.len() == usize::from(SHARDS)
-    };
+    let split = || shared_out(&a, &b);
     until(Duration::from_secs(15), split).await;
     a.node
         .cut_off

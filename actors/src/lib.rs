@@ -290,25 +290,14 @@ mod forgetting {
         assert!(core.reservations().get(held_kept.id).is_some());
         // The test store holds nothing: the line is loaded again, empty, not from memory,
         // and a change applies to that.
-        let reloaded = core
-            .registry()
-            .line(gone)
-            .await
-            .unwrap()
-            .snapshot()
-            .await
-            .unwrap();
+        let registry = core.registry();
+        let state =
+            |key| async move { registry.line(key).await.unwrap().snapshot().await.unwrap() };
+        let reloaded = state(gone).await;
         assert_eq!((reloaded.on_hand, reloaded.reserved), (0, 0));
         let changed = core.adjust(gone, 1, "count".into(), None).await.unwrap();
         assert_eq!(changed.snapshot.on_hand, 1);
-        let kept_now = core
-            .registry()
-            .line(kept)
-            .await
-            .unwrap()
-            .snapshot()
-            .await
-            .unwrap();
+        let kept_now = state(kept).await;
         assert_eq!((kept_now.on_hand, kept_now.reserved), (5, 2));
     }
 }
