@@ -72,4 +72,33 @@ impl Catalog {
     pub fn remove(&self, id: i64) {
         self.products.remove(&id);
     }
+
+    /// Reads one product again from the database (another node changed it, or this node
+    /// has not seen it yet); answers whether it is live.
+    pub async fn refresh(&self, pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
+        let row: Option<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT price_cents, low_stock_threshold, backorder_limit FROM products
+             WHERE id = $1 AND deleted_at IS NULL",
+        )
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+        match row {
+            Some((price_cents, low_stock_threshold, backorder_limit)) => {
+                self.put(
+                    id,
+                    ProductInfo {
+                        price_cents,
+                        low_stock_threshold,
+                        backorder_limit: backorder_limit as u64,
+                    },
+                );
+                Ok(true)
+            }
+            None => {
+                self.remove(id);
+                Ok(false)
+            }
+        }
+    }
 }

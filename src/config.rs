@@ -180,6 +180,27 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=2_592_000))]
     pub webhook_retry_for_secs: u64,
 
+    /// Cluster mode: the NATS server nodes route requests through. Unset: one process,
+    /// no NATS needed. Cluster mode is `sync` only.
+    #[arg(long, env = "STOCKLINE_CLUSTER_NATS_URL")]
+    pub cluster_nats_url: Option<String>,
+
+    /// The cluster's name: nodes with another name, on the same NATS and database, never
+    /// see this cluster's requests.
+    #[arg(long, env = "STOCKLINE_CLUSTER_NAME", default_value = "stockline", value_parser = cluster_name)]
+    pub cluster_name: String,
+
+    /// This node's name in the cluster, kept across restarts (a restarted node takes its
+    /// shards back and fences its earlier self). Default: the host name and the port.
+    #[arg(long, env = "STOCKLINE_NODE_ID", value_parser = node_id)]
+    pub node_id: Option<String>,
+
+    /// How long a node's hold on a shard lasts unless renewed, in seconds: a node that
+    /// dies loses its shards within two of these.
+    #[arg(long, env = "STOCKLINE_SHARD_LEASE_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(2..=600))]
+    pub shard_lease_secs: u64,
+
     /// bcrypt cost for password hashing (tests may lower it).
     #[arg(long, env = "STOCKLINE_BCRYPT_COST", default_value_t = 12,
           value_parser = clap::value_parser!(u32).range(4..=31))]
@@ -200,6 +221,27 @@ fn jwt_secret(value: &str) -> Result<String, String> {
     Ok(value.to_owned())
 }
 
+/// A cluster name is one NATS subject token: letters, digits, `-` and `_`.
+fn cluster_name(value: &str) -> Result<String, String> {
+    let fine = (1..=64).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    match fine {
+        true => Ok(value.to_owned()),
+        false => Err("1 to 64 letters, digits, '-' or '_'".into()),
+    }
+}
+
+/// A node id is shown to operators and stored: 1 to 128 visible ASCII characters.
+fn node_id(value: &str) -> Result<String, String> {
+    let fine = (1..=128).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_graphic());
+    match fine {
+        true => Ok(value.to_owned()),
+        false => Err("1 to 128 visible ASCII characters".into()),
+    }
+}
+
 impl Config {
     pub fn flush_interval(&self) -> Duration {
         Duration::from_millis(self.flush_interval_ms)
@@ -207,5 +249,9 @@ impl Config {
 
     pub fn reservation_ttl(&self) -> Duration {
         Duration::from_secs(self.reservation_ttl_secs)
+    }
+
+    pub fn shard_lease(&self) -> Duration {
+        Duration::from_secs(self.shard_lease_secs)
     }
 }

@@ -48,11 +48,19 @@ pub struct Shops {
 impl Shops {
     pub async fn load(pool: &PgPool) -> Result<Self, sqlx::Error> {
         let shops = Self::default();
+        shops.refresh(pool).await?;
+        Ok(shops)
+    }
+
+    /// Reads the shops and memberships again (another node changed them): what is gone
+    /// goes, the rest is replaced entry by entry, so no reader sees them empty meanwhile.
+    pub async fn refresh(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let fresh = Self::default();
         let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM shops")
             .fetch_all(pool)
             .await?;
         for id in ids {
-            shops.add(id);
+            fresh.add(id);
         }
         let rows: Vec<(i64, i64, String)> =
             sqlx::query_as("SELECT user_id, shop_id, role FROM shop_members")
@@ -60,10 +68,19 @@ impl Shops {
                 .await?;
         for (user_id, shop_id, role) in rows {
             if let Some(role) = ShopRole::parse(&role) {
-                shops.set(user_id, shop_id, role);
+                fresh.set(user_id, shop_id, role);
             }
         }
-        Ok(shops)
+        self.ids.retain(|id, _| fresh.ids.contains_key(id));
+        self.by_user
+            .retain(|user, _| fresh.by_user.contains_key(user));
+        for entry in fresh.ids {
+            self.ids.insert(entry.0, ());
+        }
+        for (user, memberships) in fresh.by_user {
+            self.by_user.insert(user, memberships);
+        }
+        Ok(())
     }
 
     pub fn add(&self, shop_id: ShopId) {

@@ -3,14 +3,17 @@
 //! the real server on port 0 with [`launch`], which does both; `main` is left with parsing
 //! the CLI and waiting for a signal.
 //!
-//! Order at start: connect and migrate; read what the store holds; start the core over a
+//! Order at start: connect and migrate; (in cluster mode) join: take this node's journal
+//! numbers and connect to NATS; read what the store holds; start the core over a
 //! write-behind buffer that continues the stored journal numbering; start the flusher;
 //! restore the lines that hold stock for someone and the pending reservations (expiring
-//! those that ran out while down; every other line loads on first use); load
-//! auth and the catalog; then serve. At shutdown: stop accepting and finish requests in
-//! flight, drain every line's mailbox, then cancel the one shutdown token every background
-//! task listens to (sweeper, order-expiry watcher, flusher), and wait for the flusher to
-//! write everything left.
+//! those that ran out while down; every other line loads on first use), or in cluster mode
+//! only the warehouses, each shard's live state coming with its claim; load auth and the
+//! catalog; start the lease loop; then serve. At shutdown: stop accepting and finish
+//! requests in flight, (in cluster mode) hand every shard over and leave, drain every
+//! line's mailbox, then cancel the one shutdown token every background task listens to
+//! (sweeper, order-expiry watcher, flusher), and wait for the flusher to write everything
+//! left.
 
 use std::future::Future;
 use std::io;
@@ -26,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Auth, Role, password};
 use crate::catalog::Catalog;
+use crate::cluster::{Cluster, ClusterNode, shard_of};
 use crate::config::{Config, Durability};
 use crate::error::{AppError, Result};
 use crate::http::idempotency::Answers;
@@ -55,16 +59,51 @@ pub struct Application {
 impl Application {
     /// Connects and migrates, recovers the core from the store, and starts the background
     /// tasks; serves nothing yet.
-    pub async fn build(listener: TcpListener, config: Config) -> io::Result<Self> {
+    pub async fn build(listener: TcpListener, mut config: Config) -> io::Result<Self> {
         let db = store::connect_and_migrate(&config.database_url)
             .await
             .map_err(io::Error::other)?;
-        let stored = recovery::read(&db).await.map_err(io::Error::other)?;
-        let buffer = Arc::new(Buffer::new(stored.journal_lsn, config.max_backlog as usize));
+        let cluster = match config.cluster_nats_url {
+            Some(_) => Some(Arc::new(
+                Cluster::join(&db, &config, listener.local_addr()?)
+                    .await
+                    .map_err(io::Error::other)?,
+            )),
+            None => None,
+        };
+        if cluster.is_some() && config.events {
+            tracing::info!("events are off in cluster mode (not available there yet)");
+            config.events = false;
+        }
+        // A single process restores everything live now; a cluster node only the
+        // warehouses, and each shard's live state when it claims the shard.
+        let (journal_lsn, stored) = match &cluster {
+            None => {
+                let stored = recovery::read(&db).await.map_err(io::Error::other)?;
+                (stored.journal_lsn, Some(stored))
+            }
+            Some(cluster) => (
+                recovery::node_position(&db, &cluster.member)
+                    .await
+                    .map_err(io::Error::other)?,
+                None,
+            ),
+        };
+        let buffer = Arc::new(Buffer::new(journal_lsn, config.max_backlog as usize));
+        let lines = match &cluster {
+            None => recovery::PgStore::new(db.clone()),
+            Some(cluster) => {
+                let leases = cluster.leases().clone();
+                recovery::PgStore::serving_only(
+                    db.clone(),
+                    Arc::new(move |product| leases.may_load(shard_of(product))),
+                )
+            }
+        };
         let core = Core::start(
             core_config(&config),
             buffer.clone() as Arc<dyn Journal>,
-            Arc::new(recovery::PgStore::new(db.clone())),
+            Arc::new(lines),
         )
         .await
         .map_err(io::Error::other)?;
@@ -87,13 +126,25 @@ impl Application {
             buffer.clone(),
             pacing,
             config.events.then(|| hub.clone()),
-            None,
+            cluster.as_ref().map(|cluster| cluster.member.clone()),
             background.clone(),
         );
         // Before restoring, so that reservations expired while down reach their orders too.
         let (expired_tx, expired) = tokio::sync::mpsc::unbounded_channel();
         core.reservations().on_expired(expired_tx);
-        stored.restore_into(&core).await.map_err(io::Error::other)?;
+        match stored {
+            Some(stored) => stored.restore_into(&core).await.map_err(io::Error::other)?,
+            None => {
+                let warehouses = recovery::read_warehouses(&db)
+                    .await
+                    .map_err(io::Error::other)?;
+                for (id, info) in warehouses {
+                    core.upsert_warehouse(id, info)
+                        .await
+                        .map_err(io::Error::other)?;
+                }
+            }
+        }
         let auth = Auth::load(
             &db,
             config.jwt_secret.as_deref(),
@@ -112,7 +163,9 @@ impl Application {
                 .map_err(io::Error::other)?,
         );
         let core = Arc::new(core);
-        orders.reconcile(&core).await;
+        if cluster.is_none() {
+            orders.reconcile(&core).await;
+        }
         orders.clone().watch_expiry(expired, background.clone());
         let auth_rate = config.auth_rate_per_minute;
         let metrics = Arc::new(http::metrics_recorder());
@@ -151,7 +204,18 @@ impl Application {
             durable_waits,
             stored_lines: Arc::default(),
             events: Arc::new(events),
+            cluster: cluster.clone(),
         });
+        if let Some(cluster) = &cluster {
+            cluster.routes.answer_with(http::router(state.clone()));
+            http::listen_to_cluster(state.clone(), background.clone());
+            cluster.start(ClusterNode {
+                core: state.core.clone(),
+                routes: cluster.routes.clone(),
+                db: state.db.clone(),
+                buffer: state.store.buffer.clone(),
+            });
+        }
         let swept = state.clone();
         every(SWEEP_EVERY, background.clone(), move || swept.sweep());
         // Histogram samples wait in a buffer until folded into their buckets: folded every
@@ -189,6 +253,11 @@ impl Application {
             closing.cancel();
         };
         http::serve::serve(listener, http::router(state.clone()), limits, shutdown).await?;
+        if let Some(cluster) = &state.cluster {
+            // Before the lines stop: handing shards over waits until their changes are
+            // durable, and answers the requests other nodes forwarded meanwhile.
+            cluster.leave().await;
+        }
         state.core.shutdown().await;
         background.cancel();
         if !flusher.finish().await {

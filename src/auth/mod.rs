@@ -296,6 +296,11 @@ impl Auth {
         self.revoked.insert(identity.jti, identity.expires_at);
         Ok(())
     }
+
+    /// A token another node of the cluster logged out (it is in `revoked_tokens` already).
+    pub fn revoked_elsewhere(&self, jti: Uuid, expires_at: DateTime<Utc>) {
+        self.revoked.insert(jti, expires_at);
+    }
 }
 
 #[cfg(test)]

@@ -133,6 +133,15 @@ impl Leases {
             .map(|h| h.epoch)
     }
 
+    /// Whether this node may hold `shard`'s lines in memory now: it serves the shard, or
+    /// is restoring it after a claim.
+    pub fn may_load(&self, shard: Shard) -> bool {
+        let held = self.held.read().unwrap_or_else(|e| e.into_inner());
+        held.get(&shard).is_some_and(|h| {
+            matches!(h.hold, Hold::Starting | Hold::Serving) && h.until > Instant::now()
+        })
+    }
+
     /// Starts serving claimed shards whose live state is restored (a claimed shard is not
     /// served before, so no request meets it half-loaded).
     pub fn start_serving(&self, shards: &[Shard]) {

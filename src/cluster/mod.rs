@@ -9,15 +9,21 @@
 //! - [`routing`]: requests between nodes, over NATS request/reply per shard.
 //! - [`node`]: what a node does as its leases change (restore, answer, forget).
 //! - [`route`]: which shard's owner serves a request, from its path and body.
+//! - [`reference`]: changes to the catalog, warehouses, shops and logouts, announced to
+//!   every node.
+//! - [`Cluster`]: a running node's part, from joining at start to leaving at shutdown.
 
 pub mod leases;
+mod member;
 pub mod node;
 pub mod ordinal;
+pub mod reference;
 pub mod route;
 pub mod routing;
 pub mod shard;
 
 pub use leases::{Epoch, Fenced, LeaseSettings, Leases, Membership, Round};
+pub use member::Cluster;
 pub use node::ClusterNode;
 pub use ordinal::ORDINAL_SHIFT;
 pub use routing::{RouteSettings, Routes};

@@ -48,6 +48,7 @@ pub fn route_of(method: &Method, path: &str, body: &[u8]) -> Route {
     };
     match (method, parts.as_slice()) {
         (&Method::GET, ["products", id, "availability"])
+        | (&Method::DELETE, ["products", id])
         | (&Method::GET, ["shops", _, "products", id, "availability"]) => id
             .parse()
             .map_or(Route::Here, |id| Route::Shard(shard_of(id))),

@@ -185,6 +185,7 @@ async fn login(
 #[utoipa::path(post, path = "/auth/logout", tag = "auth", security(("bearer" = [])), responses((status = 204, description = "The token is refused from now on")))]
 async fn logout(State(state): State<AppState>, Caller(caller): Caller) -> Result<StatusCode> {
     state.auth.revoke(&state.db, &caller).await?;
+    super::cluster::announce_revoked(&state, caller.jti, caller.expires_at).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -29,11 +29,19 @@ async fn readyz(State(state): State<AppState>) -> Result<&'static str> {
     ready(&state).await.map(|()| "ready")
 }
 
-/// Recovered (the server answers only then), the flusher writes, the database answers.
+/// Recovered (the server answers only then), the flusher writes, the database answers;
+/// in cluster mode, NATS is connected too (requests could not reach the shards' owners).
 pub async fn ready(state: &AppState) -> Result<()> {
     if !state.store.flush.healthy.load(Ordering::Acquire) {
         return Err(AppError::Unavailable(
             "the store is not accepting writes".into(),
+        ));
+    }
+    if let Some(cluster) = &state.cluster
+        && !cluster.routes.connected()
+    {
+        return Err(AppError::Unavailable(
+            "this node is cut off from the cluster's messaging (NATS)".into(),
         ));
     }
     let ping = sqlx::query("SELECT 1").execute(&state.db);

@@ -3,6 +3,7 @@
 mod auth;
 pub mod caller;
 mod carts;
+mod cluster;
 mod console;
 mod events;
 pub mod extract;
@@ -37,6 +38,7 @@ use crate::error::AppError;
 pub use state::{AppParts, AppState, StoreState};
 
 pub use auth::{email as auth_email, password_ok as auth_password_ok};
+pub use cluster::listen as listen_to_cluster;
 pub use operations::{RequestMetrics, recorder as metrics_recorder};
 
 /// Bodies over this are refused with 413.
@@ -69,6 +71,10 @@ pub fn router(state: AppState) -> Router {
     };
     router
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            cluster::edge,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             storable::read_body,
@@ -141,7 +147,8 @@ fn documented(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(carts::router())
         .merge(events::router())
         .merge(webhooks::router())
-        .merge(operations::router());
+        .merge(operations::router())
+        .merge(cluster::router());
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .nest("/api/v1", api)
         .merge(health::router())

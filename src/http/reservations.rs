@@ -263,7 +263,11 @@ async fn expiring(
 ) -> Result<Json<List<ReservationBody>>> {
     let scope = state.access(&caller).scope()?;
     let warehouses = state.core.warehouses();
-    let mut pending = state.core.reservations().pending();
+    // A cluster node holds only its shards' reservations: the store has them all.
+    let mut pending = match &state.cluster {
+        None => state.core.reservations().pending(),
+        Some(_) => crate::store::recovery::pending_reservations(&state.db).await?,
+    };
     pending.retain(|r| {
         r.items
             .iter()

@@ -77,6 +77,8 @@ pub struct AppParts {
     pub stored_lines: Arc<tokio::sync::Mutex<Option<(std::time::Instant, i64)>>>,
     /// The outbox's live side, webhooks and streams.
     pub events: Arc<crate::events::Events>,
+    /// This node's part in its cluster; `None` for a single-process server.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl AppParts {

@@ -8,6 +8,7 @@
 //! are expired at once, and journaled.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -17,14 +18,42 @@ use stockline_actors::{
 };
 use uuid::Uuid;
 
+/// Which products' lines a node may load (cluster mode: those of the shards it serves).
+pub type Serves = Arc<dyn Fn(ProductId) -> bool + Send + Sync>;
+
 /// Lines from PostgreSQL, many keys a query.
 pub struct PgStore {
     pool: PgPool,
+    serves: Option<Serves>,
 }
 
 impl PgStore {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self { pool, serves: None }
+    }
+
+    /// A store that refuses to load the lines of products `serves` does not name: a
+    /// cluster node never holds in memory a line another node may be changing.
+    pub fn serving_only(pool: PgPool, serves: Serves) -> Self {
+        Self {
+            pool,
+            serves: Some(serves),
+        }
+    }
+
+    fn refuse_foreign(&self, products: impl Iterator<Item = ProductId>) -> Result<(), String> {
+        let Some(serves) = &self.serves else {
+            return Ok(());
+        };
+        for product in products {
+            if !serves(product) {
+                return Err(format!(
+                    "the stock of product {product} is served by another node right now \
+                     (its shard is moving); retry"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -49,8 +78,10 @@ fn keyed(rows: &[LineRow]) -> Vec<(LineKey, LineSeed)> {
 
 impl LineStore for PgStore {
     fn load(&self, keys: Vec<LineKey>) -> StoreFuture<Vec<(LineKey, LineSeed)>> {
+        let refused = self.refuse_foreign(keys.iter().map(|key| key.product_id));
         let pool = self.pool.clone();
         Box::pin(async move {
+            refused?;
             let (warehouses, products): (Vec<i64>, Vec<i64>) = keys
                 .iter()
                 .map(|key| (key.warehouse_id, key.product_id))
@@ -71,8 +102,10 @@ impl LineStore for PgStore {
     }
 
     fn lines_of_products(&self, products: Vec<ProductId>) -> StoreFuture<Vec<(LineKey, LineSeed)>> {
+        let refused = self.refuse_foreign(products.iter().copied());
         let pool = self.pool.clone();
         Box::pin(async move {
+            refused?;
             let rows = sqlx::query_as::<_, LineRow>(
                 "SELECT warehouse_id, product_id, on_hand, reserved, version, updated_at, safety_stock
                  FROM stock_lines WHERE product_id = ANY($1)",
@@ -138,13 +171,9 @@ pub async fn read_shards(
     .await
 }
 
-/// The live part of the store for the products `keep` names.
-async fn read_live(
-    pool: &PgPool,
-    journal_lsn: Lsn,
-    keep: &(dyn Fn(ProductId) -> bool + Sync),
-) -> Result<Stored, sqlx::Error> {
-    let warehouses = sqlx::query_as::<_, (i64, i32, String, Option<i64>)>(
+/// Every warehouse as the store has it now.
+pub async fn read_warehouses(pool: &PgPool) -> Result<Vec<(i64, WarehouseInfo)>, sqlx::Error> {
+    Ok(sqlx::query_as::<_, (i64, i32, String, Option<i64>)>(
         "SELECT id, priority, status, shop_id FROM warehouses",
     )
     .fetch_all(pool)
@@ -160,7 +189,16 @@ async fn read_live(
             },
         )
     })
-    .collect();
+    .collect())
+}
+
+/// The live part of the store for the products `keep` names.
+async fn read_live(
+    pool: &PgPool,
+    journal_lsn: Lsn,
+    keep: &(dyn Fn(ProductId) -> bool + Sync),
+) -> Result<Stored, sqlx::Error> {
+    let warehouses = read_warehouses(pool).await?;
     let mut pending = pending_reservations(pool).await?;
     pending.retain(|r| r.items.iter().any(|item| keep(item.product_id)));
     let mut holds: HashMap<LineKey, Vec<(ReservationId, u64)>> = HashMap::new();
@@ -215,7 +253,8 @@ type ReservationRow = (
     DateTime<Utc>,
 );
 
-async fn pending_reservations(pool: &PgPool) -> Result<Vec<Reservation>, sqlx::Error> {
+/// Every pending reservation the store holds, with its items.
+pub async fn pending_reservations(pool: &PgPool) -> Result<Vec<Reservation>, sqlx::Error> {
     let rows = sqlx::query_as::<_, ReservationRow>(
         "SELECT id, reference, expires_at, created_at, updated_at FROM reservations WHERE status = 'pending'",
     )

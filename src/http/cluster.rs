@@ -1,0 +1,469 @@
+//! The edge in cluster mode, and `GET /admin/cluster`.
+//!
+//! [`edge`] decides where each request is served (`cluster::route`): a request that
+//! changes or reads stock lines goes to the owner of their shard, served here if that is
+//! this node, forwarded over NATS otherwise; anything else is served here from the shared
+//! database. A forwarded request is never forwarded again: a node that does not serve its
+//! shard (any more) says so, and the forwarder retries. Before serving a routed request,
+//! the owner reads the products and warehouses it names from the database if it has not
+//! seen them (created through another node a moment ago). After a change to products,
+//! warehouses or shops, the node that made it announces it to the others
+//! (`cluster::reference`), and [`listen`] applies what the others announce.
+//!
+//! What cluster mode does not do yet is refused with 501 `not_in_cluster_mode`, never half
+//! done: orders and carts (they reserve through the local core), events and webhooks (their
+//! ids follow each node's journal), and reservations or bulk adjustments whose products
+//! are in different shards.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde_json::Value;
+use stockline_actors::ReservationId;
+use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use super::AppState;
+use super::caller::Caller;
+use super::extract::Json;
+use super::openapi::ErrorBody;
+use crate::auth::Role;
+use crate::cluster::reference::{self, Change};
+use crate::cluster::route::{Route, route_of};
+use crate::cluster::routing::{is_forwarded, not_owner};
+use crate::cluster::{SHARDS, Shard, shard_of};
+use crate::error::{AppError, Result};
+use crate::store::recovery;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(cluster))
+}
+
+/// The middleware (a no-op in single-process mode).
+pub async fn edge(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(cluster) = state.cluster.clone() else {
+        return next.run(request).await;
+    };
+    let path = request.uri().path();
+    if let Some(what) = not_in_cluster(path) {
+        return AppError::NotInCluster(format!(
+            "{what} are not available in cluster mode yet; a single-process server has them"
+        ))
+        .into_response();
+    }
+    let (parts, body) = request.into_parts();
+    // Read whole already (`storable::read_body`, which runs first): this takes no time.
+    let Ok(bytes) = axum::body::to_bytes(body, super::MAX_BODY).await else {
+        return AppError::PayloadTooLarge.into_response();
+    };
+    let route = route_of(&parts.method, parts.uri.path(), &bytes);
+    let shard = match route {
+        Route::Here => None,
+        Route::Shard(shard) => Some(shard),
+        Route::Shards(shards) => {
+            return AppError::NotInCluster(format!(
+                "the products of this request are in {} different shards; in cluster mode a \
+                 reservation or bulk adjustment takes products of one shard for now (send \
+                 one request per product)",
+                shards.len()
+            ))
+            .into_response();
+        }
+        Route::Reservation(id) => match reservation_shard(&state, id).await {
+            Ok(shard) => shard,
+            Err(error) => return error.into_response(),
+        },
+    };
+    let forwarded = is_forwarded(&parts.headers);
+    let request = Request::from_parts(parts, Body::from(bytes.clone()));
+    match shard {
+        None => serve_here(&state, request, next).await,
+        Some(shard) if cluster.leases().serving(shard).is_some() => {
+            if let Err(error) = know_named(&state, request.uri().path(), &bytes).await {
+                return error.into_response();
+            }
+            serve_here(&state, request, next).await
+        }
+        Some(shard) if forwarded => not_owner(shard),
+        Some(shard) => cluster.routes.forward(shard, request).await,
+    }
+}
+
+/// Serves `request` on this node; a change to reference data is announced to the others
+/// before the answer goes out.
+async fn serve_here(state: &AppState, request: Request, next: Next) -> Response {
+    let change = announced(request.method(), request.uri().path());
+    let response = next.run(request).await;
+    if let (Some(change), Some(cluster)) = (change, &state.cluster)
+        && response.status().is_success()
+    {
+        reference::announce(&cluster.nats, &cluster.name, &change).await;
+    }
+    response
+}
+
+/// What a request's path says it changes among the reference data other nodes copy.
+fn announced(method: &Method, path: &str) -> Option<Change> {
+    if method == Method::GET || method == Method::HEAD {
+        return None;
+    }
+    let path = path.strip_prefix("/api/v1")?;
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match parts.as_slice() {
+        // A new product is read by the others when first named (see `know_named`).
+        ["products", id, ..] => id.parse().ok().map(|id| Change::Product { id }),
+        ["warehouses", ..] => Some(Change::Warehouses),
+        ["shops", ..] => Some(Change::Shops),
+        _ => None,
+    }
+}
+
+/// The paths cluster mode refuses, by what they are.
+fn not_in_cluster(path: &str) -> Option<&'static str> {
+    let path = path.strip_prefix("/api/v1")?;
+    let first = path.trim_start_matches('/').split('/').next()?;
+    match first {
+        "orders" => Some("orders"),
+        "carts" => Some("carts"),
+        "events" => Some("events"),
+        "webhooks" => Some("webhooks"),
+        _ => None,
+    }
+}
+
+/// The shard a reservation's stock is in: known here if this node holds it, else from
+/// the store (a reservation is stored before its creator is answered). Unknown: `None`,
+/// served here, which answers 404.
+async fn reservation_shard(state: &AppState, id: Uuid) -> Result<Option<Shard>> {
+    if let Some(reservation) = state.core.reservations().get(ReservationId(id))
+        && let Some(item) = reservation.items.first()
+    {
+        return Ok(Some(shard_of(item.product_id)));
+    }
+    let product: Option<i64> = sqlx::query_scalar(
+        "SELECT product_id FROM reservation_items WHERE reservation_id = $1 LIMIT 1",
+    )
+    .bind(id)
+    .fetch_optional(&state.db)
+    .await?;
+    Ok(product.map(shard_of))
+}
+
+/// Reads from the store the products and warehouses a routed request names that this
+/// node has not seen: made through another node a moment ago, their announcement may not
+/// have arrived yet.
+async fn know_named(state: &AppState, path: &str, body: &[u8]) -> Result<()> {
+    let (products, warehouses) = named(path, body);
+    for product in products {
+        if state.catalog.get(product).is_none() {
+            state.catalog.refresh(&state.db, product).await?;
+        }
+    }
+    if warehouses
+        .iter()
+        .any(|w| state.core.warehouses().get(*w).is_none())
+    {
+        reload_warehouses(state).await?;
+    }
+    Ok(())
+}
+
+/// The product and warehouse ids a request names in its path and its JSON body (at the
+/// top, in `items`, or in a top-level array).
+fn named(path: &str, body: &[u8]) -> (Vec<i64>, Vec<i64>) {
+    let (mut products, mut warehouses) = (Vec::new(), Vec::new());
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if let Some(i) = parts.iter().position(|p| *p == "products")
+        && let Some(id) = parts.get(i + 1).and_then(|id| id.parse().ok())
+    {
+        products.push(id);
+    }
+    let mut collect = |object: &Value| {
+        if let Some(id) = object.get("product_id").and_then(Value::as_i64) {
+            products.push(id);
+        }
+        for field in ["warehouse_id", "from_warehouse_id", "to_warehouse_id"] {
+            if let Some(id) = object.get(field).and_then(Value::as_i64) {
+                warehouses.push(id);
+            }
+        }
+    };
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(items)) => items.iter().for_each(&mut collect),
+        Ok(object @ Value::Object(_)) => {
+            collect(&object);
+            if let Some(Value::Array(items)) = object.get("items") {
+                items.iter().for_each(&mut collect);
+            }
+        }
+        _ => {}
+    }
+    (products, warehouses)
+}
+
+async fn reload_warehouses(state: &AppState) -> Result<()> {
+    for (id, info) in recovery::read_warehouses(&state.db).await? {
+        state.core.upsert_warehouse(id, info).await?;
+    }
+    Ok(())
+}
+
+/// Applies what the other nodes announce, until `stop`.
+pub fn listen(state: AppState, stop: CancellationToken) {
+    let Some(cluster) = state.cluster.clone() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut changes = match cluster
+            .nats
+            .subscribe(reference::subject(&cluster.name))
+            .await
+        {
+            Ok(changes) => changes,
+            Err(error) => {
+                tracing::error!(%error, "cannot hear other nodes' changes to reference data");
+                return;
+            }
+        };
+        loop {
+            let message = tokio::select! {
+                message = changes.next() => message,
+                _ = stop.cancelled() => return,
+            };
+            let Some(message) = message else { return };
+            let Some(change) = reference::parse(&message.payload) else {
+                continue;
+            };
+            if let Err(error) = apply(&state, &change).await {
+                tracing::warn!(%error, ?change, "applying another node's change failed");
+            }
+        }
+    });
+}
+
+async fn apply(state: &AppState, change: &Change) -> Result<()> {
+    match change {
+        Change::Product { id } => {
+            state.catalog.refresh(&state.db, *id).await?;
+        }
+        Change::Warehouses => reload_warehouses(state).await?,
+        Change::Shops => state.shops.refresh(&state.db).await?,
+        Change::Revoked { jti, expires_at } => state.auth.revoked_elsewhere(*jti, *expires_at),
+    }
+    Ok(())
+}
+
+/// Announces that `identity`'s token was logged out (cluster mode).
+pub async fn announce_revoked(state: &AppState, jti: Uuid, expires_at: DateTime<Utc>) {
+    if let Some(cluster) = &state.cluster {
+        let change = Change::Revoked { jti, expires_at };
+        reference::announce(&cluster.nats, &cluster.name, &change).await;
+    }
+}
+
+/// The cluster as the database has it.
+#[derive(Serialize, ToSchema)]
+pub struct ClusterView {
+    /// `single` (one process, no NATS) or `cluster`.
+    mode: &'static str,
+    /// `STOCKLINE_CLUSTER_NAME` (cluster mode).
+    cluster: Option<String>,
+    /// The node that answered.
+    node_id: Option<String>,
+    shard_lease_secs: Option<u64>,
+    /// Shards the answering node serves now by its own clock (it stops a fifth of a
+    /// lease before its lease in the database runs out).
+    served_here: u32,
+    shards_total: u32,
+    /// Shards whose lease has run out or was never taken: their stock cannot be changed
+    /// until a node claims them.
+    shards_unowned: u32,
+    nodes: Vec<NodeView>,
+    shards: Vec<ShardView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct NodeView {
+    node_id: String,
+    http_addr: String,
+    started_at: DateTime<Utc>,
+    heartbeat_at: DateTime<Utc>,
+    /// Its heartbeat is newer than one lease.
+    live: bool,
+    /// Its range of journal numbers.
+    ordinal: Option<i16>,
+    /// Shards whose unexpired lease it holds.
+    shards: u32,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ShardView {
+    shard: i16,
+    /// The node whose lease is unexpired; `null` if none.
+    owner: Option<String>,
+    /// Grows by one at every claim (the fencing token).
+    epoch: i64,
+    expires_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct LeaseRow {
+    shard: i16,
+    owner: Option<String>,
+    epoch: i64,
+    expires_at: DateTime<Utc>,
+    live: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct NodeRow {
+    node_id: String,
+    http_addr: String,
+    started_at: DateTime<Utc>,
+    heartbeat_at: DateTime<Utc>,
+    live: bool,
+    ordinal: Option<i16>,
+}
+
+#[utoipa::path(get, path = "/admin/cluster", tag = "operations", security(("bearer" = [])),
+    responses((status = 200, description = "The nodes, how many shards each holds, and every shard's owner and epoch; `mode: single` with no nodes for a single-process server", body = ClusterView),
+              (status = 403, description = "The role may not do this", body = ErrorBody)))]
+async fn cluster(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> Result<Json<ClusterView>> {
+    caller.require(Role::Operator)?;
+    let Some(cluster) = &state.cluster else {
+        return Ok(Json(ClusterView {
+            mode: "single",
+            cluster: None,
+            node_id: None,
+            shard_lease_secs: None,
+            served_here: 0,
+            shards_total: SHARDS as u32,
+            shards_unowned: 0,
+            nodes: Vec::new(),
+            shards: Vec::new(),
+        }));
+    };
+    let lease = state.config.shard_lease_secs;
+    let leases: Vec<LeaseRow> = sqlx::query_as(
+        "SELECT shard, owner, epoch, expires_at, expires_at > now() AS live FROM shard_leases
+         ORDER BY shard",
+    )
+    .fetch_all(&state.db)
+    .await?;
+    let nodes: Vec<NodeRow> = sqlx::query_as(
+        "SELECT n.node_id, n.http_addr, n.started_at, n.heartbeat_at,
+                n.heartbeat_at > now() - make_interval(secs => $1) AS live, o.ordinal
+         FROM cluster_nodes n LEFT JOIN node_ordinals o USING (node_id)
+         ORDER BY n.node_id",
+    )
+    .bind(lease as f64)
+    .fetch_all(&state.db)
+    .await?;
+    let shards: Vec<ShardView> = leases
+        .into_iter()
+        .map(|row| ShardView {
+            shard: row.shard,
+            owner: row.owner.filter(|_| row.live),
+            epoch: row.epoch,
+            expires_at: row.expires_at,
+        })
+        .collect();
+    let held = |node: &str| {
+        shards
+            .iter()
+            .filter(|s| s.owner.as_deref() == Some(node))
+            .count()
+    };
+    let nodes = nodes
+        .into_iter()
+        .map(|row| NodeView {
+            shards: held(&row.node_id) as u32,
+            node_id: row.node_id,
+            http_addr: row.http_addr,
+            started_at: row.started_at,
+            heartbeat_at: row.heartbeat_at,
+            live: row.live,
+            ordinal: row.ordinal,
+        })
+        .collect();
+    Ok(Json(ClusterView {
+        mode: "cluster",
+        cluster: Some(cluster.name.clone()),
+        node_id: Some(cluster.node.clone()),
+        shard_lease_secs: Some(lease),
+        served_here: cluster.leases().served().len() as u32,
+        shards_total: SHARDS as u32,
+        shards_unowned: shards.iter().filter(|s| s.owner.is_none()).count() as u32,
+        nodes,
+        shards,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_to_reference_data_are_announced_by_path() {
+        let post = Method::POST;
+        assert_eq!(
+            announced(&Method::PATCH, "/api/v1/products/12"),
+            Some(Change::Product { id: 12 })
+        );
+        assert_eq!(announced(&post, "/api/v1/products"), None);
+        assert_eq!(
+            announced(&Method::PUT, "/api/v1/warehouses/3/status"),
+            Some(Change::Warehouses)
+        );
+        assert_eq!(
+            announced(&Method::DELETE, "/api/v1/shops/2/members/9"),
+            Some(Change::Shops)
+        );
+        assert_eq!(announced(&Method::GET, "/api/v1/warehouses"), None);
+        assert_eq!(announced(&post, "/api/v1/stock/adjustments"), None);
+    }
+
+    #[test]
+    fn the_ids_a_request_names_are_found_in_path_and_body() {
+        let (products, warehouses) = named(
+            "/api/v1/reservations",
+            br#"{"items":[{"product_id":4,"quantity":1},{"product_id":5,"warehouse_id":2}]}"#,
+        );
+        assert_eq!((products, warehouses), (vec![4, 5], vec![2]));
+        let (products, warehouses) = named(
+            "/api/v1/transfers",
+            br#"{"product_id":7,"from_warehouse_id":1,"to_warehouse_id":3,"quantity":2}"#,
+        );
+        assert_eq!((products, warehouses), (vec![7], vec![1, 3]));
+        let (products, _) = named("/api/v1/products/9/availability", b"");
+        assert_eq!(products, vec![9]);
+        let (products, warehouses) = named("/api/v1/stock/adjustments/bulk", b"not json");
+        assert!(products.is_empty() && warehouses.is_empty());
+    }
+
+    #[test]
+    fn orders_carts_and_events_are_refused_in_cluster_mode() {
+        for path in [
+            "/api/v1/orders",
+            "/api/v1/orders/1/pay",
+            "/api/v1/carts",
+            "/api/v1/events/stream",
+            "/api/v1/webhooks",
+        ] {
+            assert!(not_in_cluster(path).is_some(), "{path}");
+        }
+        for path in ["/api/v1/reservations", "/api/v1/products", "/healthz"] {
+            assert!(not_in_cluster(path).is_none(), "{path}");
+        }
+    }
+}
