@@ -118,7 +118,10 @@ impl Application {
         let hub = crate::events::Events::hub(&db, &config)
             .await
             .map_err(io::Error::other)?;
-        let flusher_db = store::flusher_pool(&config.database_url)
+        let idle_in_transaction = cluster
+            .as_ref()
+            .map(|_| (config.shard_lease() / 4).max(Duration::from_secs(1)));
+        let flusher_db = store::flusher_pool(&config.database_url, idle_in_transaction)
             .await
             .map_err(io::Error::other)?;
         let flusher = Flusher::spawn(

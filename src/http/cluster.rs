@@ -310,7 +310,8 @@ pub struct ShardView {
     owner: Option<String>,
     /// Grows by one at every claim (the fencing token).
     epoch: i64,
-    expires_at: DateTime<Utc>,
+    /// When its lease runs out unless renewed; `null` if never claimed or released.
+    expires_at: Option<DateTime<Utc>>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -318,7 +319,7 @@ struct LeaseRow {
     shard: i16,
     owner: Option<String>,
     epoch: i64,
-    expires_at: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
     live: bool,
 }
 
@@ -355,8 +356,10 @@ async fn cluster(
     };
     let lease = state.config.shard_lease_secs;
     let leases: Vec<LeaseRow> = sqlx::query_as(
-        "SELECT shard, owner, epoch, expires_at, expires_at > now() AS live FROM shard_leases
-         ORDER BY shard",
+        // A shard never claimed, or released, expires at '-infinity' (no timestamp).
+        "SELECT shard, owner, epoch, expires_at > now() AS live,
+                CASE WHEN isfinite(expires_at) THEN expires_at END AS expires_at
+         FROM shard_leases ORDER BY shard",
     )
     .fetch_all(&state.db)
     .await?;

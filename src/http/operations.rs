@@ -157,6 +157,9 @@ struct Persistence {
     flush_lag_ms: i64,
     batches_flushed: u64,
     flush_failures: u64,
+    /// Batches the fence refused whole since start (cluster mode: another node had taken
+    /// over shards they changed; their requests were told the change did not happen).
+    refused_batches: u64,
     durability: &'static str,
     /// Records PostgreSQL refused for their data since this server started; each is kept
     /// in the `dead_letters` table with the refusal, and the rest of its batch was written.
@@ -192,6 +195,7 @@ async fn persistence(
         flush_lag_ms: backlog.flush_lag_ms,
         batches_flushed: flush.batches_flushed.load(Ordering::Relaxed),
         flush_failures: flush.flush_failures.load(Ordering::Relaxed),
+        refused_batches: flush.refused_batches.load(Ordering::Relaxed),
         durability: durability(&state),
         dead_letters: flush.dead_letters.load(Ordering::Relaxed),
         recent_dead_letters,
@@ -467,6 +471,14 @@ fn describe() {
         "Write-behind batches that failed (retried)."
     );
     describe_counter!(
+        "stockline_flush_refused_batches_total",
+        "Write-behind batches the cluster fence refused whole (another node owns their shards)."
+    );
+    describe_gauge!(
+        "stockline_cluster_shards_served",
+        "Shards this node serves now (cluster mode; 0 for a single process)."
+    );
+    describe_counter!(
         "stockline_dead_letters_total",
         "Records PostgreSQL refused for their data, kept in the dead_letters table."
     );
@@ -620,6 +632,13 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             .absolute(flush.flush_failures.load(Ordering::Relaxed));
         metrics::counter!("stockline_dead_letters_total")
             .absolute(flush.dead_letters.load(Ordering::Relaxed));
+        metrics::counter!("stockline_flush_refused_batches_total")
+            .absolute(flush.refused_batches.load(Ordering::Relaxed));
+        let served = state
+            .cluster
+            .as_ref()
+            .map_or(0, |c| c.leases().served().len());
+        metrics::gauge!("stockline_cluster_shards_served").set(served as f64);
         metrics::gauge!("stockline_store_healthy").set(if flush.healthy.load(Ordering::Relaxed) {
             1.0
         } else {

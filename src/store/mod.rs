@@ -31,9 +31,23 @@ pub async fn connect_and_migrate(url: &str) -> Result<PgPool, sqlx::Error> {
 /// The flusher's own connections to `url` (it never waits behind requests' queries for
 /// one): two, as it has at most two batches in flight. Its statements are the same few
 /// every time, so they are planned once per connection (generic plans), not per batch.
-pub async fn flusher_pool(url: &str) -> Result<PgPool, sqlx::Error> {
-    let options =
-        PgConnectOptions::from_str(url)?.options([("plan_cache_mode", "force_generic_plan")]);
+///
+/// `idle_in_transaction` (cluster mode) bounds how long a flush transaction may sit open
+/// while its node says nothing: a node paused mid-transaction (a zombie) would otherwise
+/// hold its shards' lease rows `FOR SHARE` and stall their takeover for as long as it is
+/// paused. PostgreSQL ends such a session; the node's batch fails and is fenced later.
+pub async fn flusher_pool(
+    url: &str,
+    idle_in_transaction: Option<Duration>,
+) -> Result<PgPool, sqlx::Error> {
+    let mut settings = vec![("plan_cache_mode", "force_generic_plan".to_owned())];
+    if let Some(limit) = idle_in_transaction {
+        settings.push((
+            "idle_in_transaction_session_timeout",
+            limit.as_millis().max(1).to_string(),
+        ));
+    }
+    let options = PgConnectOptions::from_str(url)?.options(settings);
     PgPoolOptions::new()
         .max_connections(2)
         .min_connections(2)

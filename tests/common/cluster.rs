@@ -47,7 +47,7 @@ pub async fn journal(
         .unwrap();
     let buffer = Arc::new(Buffer::new(start, 10_000));
     let flusher = Flusher::spawn(
-        stockline::store::flusher_pool(url).await.unwrap(),
+        stockline::store::flusher_pool(url, None).await.unwrap(),
         buffer.clone(),
         Pacing {
             gather: Duration::ZERO,
@@ -58,4 +58,178 @@ pub async fn journal(
         tokio_util::sync::CancellationToken::new(),
     );
     (buffer, flusher)
+}
+
+/// A node of a cluster: the real binary, its own process.
+pub struct Node {
+    pub id: String,
+    pub child: std::process::Child,
+    /// Killed by the test (and reaped).
+    pub killed: bool,
+    /// Signed in as the tests' admin.
+    pub app: super::TestApp,
+}
+
+/// How the nodes of a test cluster are started.
+pub struct Nodes {
+    pub database: String,
+    pub cluster: String,
+    pub lease: Duration,
+    pub nodes: Vec<Node>,
+}
+
+impl Nodes {
+    /// `count` nodes over a new database, one after the other (each joins a cluster that
+    /// is already running), with a `lease` of whole seconds.
+    pub async fn start(count: usize, lease: Duration) -> Self {
+        let mut nodes = Self {
+            database: super::fresh_database(),
+            cluster: format!("test{}", uuid::Uuid::now_v7().simple()),
+            lease,
+            nodes: Vec::new(),
+        };
+        for _ in 0..count {
+            nodes.add().await;
+        }
+        nodes
+    }
+
+    /// Starts one more node; answers its index.
+    pub async fn add(&mut self) -> usize {
+        let id = format!("node{}", self.nodes.len());
+        let lease = self.lease.as_secs().to_string();
+        let mut env = super::ADMIN_ENV.to_vec();
+        env.extend([
+            ("STOCKLINE_CLUSTER_NATS_URL", "nats://127.0.0.1:4222"),
+            ("STOCKLINE_CLUSTER_NAME", self.cluster.as_str()),
+            ("STOCKLINE_NODE_ID", id.as_str()),
+            ("STOCKLINE_SHARD_LEASE_SECS", lease.as_str()),
+            // A request forwarded to an owner that died is answered 503 after this
+            // (and 2 s), so that clients retry elsewhere soon.
+            ("STOCKLINE_DURABLE_TIMEOUT_MS", "2000"),
+        ]);
+        // Each node's log goes to a file named in a failing test's output.
+        let log = std::env::temp_dir().join(format!("{}-{id}.log", self.cluster));
+        env.push(("RUST_LOG", "info"));
+        let file = std::fs::File::create(&log).unwrap();
+        let (child, url) = super::start_binary_logging(&self.database, &env, file.into());
+        let app = super::TestApp::attach(&url, &self.database).await;
+        self.nodes.push(Node {
+            id,
+            child,
+            killed: false,
+            app,
+        });
+        self.nodes.len() - 1
+    }
+
+    pub fn app(&self, node: usize) -> &super::TestApp {
+        &self.nodes[node].app
+    }
+
+    /// `GET /admin/cluster` through `node`.
+    pub async fn view(&self, node: usize) -> serde_json::Value {
+        let app = self.app(node);
+        let (status, view) = app.get("/admin/cluster", &app.admin).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{view}");
+        view
+    }
+
+    /// Waits until the shards are shared out among the nodes `live` names, each serving
+    /// what the database says it holds, none unowned; panics after `within`.
+    pub async fn wait_shared(&self, live: &[usize], within: Duration) {
+        let started = std::time::Instant::now();
+        loop {
+            if self.shared(live).await {
+                return;
+            }
+            assert!(
+                started.elapsed() < within,
+                "shards not shared among {live:?} within {within:?}: {}",
+                self.view(live[0]).await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn shared(&self, live: &[usize]) -> bool {
+        let view = self.view(live[0]).await;
+        if view["shards_unowned"] != 0 {
+            return false;
+        }
+        let held = |id: &str| {
+            view["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["node_id"] == id)
+                .map_or(0, |n| n["shards"].as_u64().unwrap())
+        };
+        let mut total = 0;
+        for &node in live {
+            let holds = held(&self.nodes[node].id);
+            if holds == 0 || self.view(node).await["served_here"].as_u64() != Some(holds) {
+                return false;
+            }
+            total += holds;
+        }
+        total == stockline::cluster::SHARDS as u64
+    }
+
+    /// The index of the node that owns `product`'s shard, by the database.
+    pub async fn owner_of(&self, product: i64, asking: usize) -> usize {
+        let shard = stockline::cluster::shard_of(product) as usize;
+        let view = self.view(asking).await;
+        let owner = view["shards"][shard]["owner"].as_str().unwrap().to_owned();
+        self.nodes.iter().position(|n| n.id == owner).unwrap()
+    }
+
+    /// The base URLs of the nodes, by index.
+    pub fn bases(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.app.base.clone()).collect()
+    }
+
+    /// Sends `signal` to node `node`'s process.
+    pub fn signal(&self, node: usize, signal: i32) {
+        // SAFETY: a plain syscall on a child process this test started and has not reaped.
+        let sent = unsafe { libc::kill(self.nodes[node].child.id() as i32, signal) };
+        assert_eq!(sent, 0, "signal {signal} to {}", self.nodes[node].id);
+    }
+
+    /// Kills node `node` with SIGKILL and reaps it.
+    pub fn kill(&mut self, node: usize) {
+        self.signal(node, libc::SIGKILL);
+        self.nodes[node].child.wait().unwrap();
+        self.nodes[node].killed = true;
+    }
+
+    /// Stops every node still running with SIGTERM (a clean leave) and checks each ended
+    /// well; then drops the database.
+    pub async fn stop(mut self) {
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| !self.nodes[*i].killed)
+            .collect();
+        for &node in &running {
+            self.signal(node, libc::SIGTERM);
+        }
+        for &node in &running {
+            let node = &mut self.nodes[node];
+            let status = node.child.wait().unwrap();
+            node.killed = true;
+            assert!(status.success(), "{} ended with {status}", node.id);
+        }
+        super::drop_database(&self.database).await;
+    }
+}
+
+/// A test that fails leaves no node running.
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if !node.killed && matches!(node.child.try_wait(), Ok(None)) {
+                let _ = node.child.kill();
+                let _ = node.child.wait();
+            }
+        }
+    }
 }

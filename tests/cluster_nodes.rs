@@ -1,0 +1,576 @@
+//! Cluster mode end to end: three (or four) real `stockline` processes over one
+//! PostgreSQL database and the NATS server on loopback, each taking any request.
+//!
+//! What a shop would notice: every node sells from the same stock and never more than
+//! there is; a node killed under load costs its shards' clients a few seconds of 503s,
+//! never an acknowledged change, and a retry with the same `Idempotency-Key` lands once; a
+//! node paused past its lease (a zombie) writes nothing after another took over.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::cluster::Nodes;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::sync::Mutex;
+
+const LEASE: Duration = Duration::from_secs(2);
+
+/// One cluster at a time: three nodes hold up to 54 of the database's 100 connections.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+/// Waits at most this long for the shards to be shared out after nodes start or go.
+const SETTLE_WITHIN: Duration = Duration::from_secs(30);
+
+async fn pool(database: &str) -> PgPool {
+    PgPool::connect(&common::database_url(database))
+        .await
+        .unwrap()
+}
+
+/// (on_hand, reserved) of a line, as stored.
+async fn stored_line(db: &PgPool, warehouse: i64, product: i64) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT on_hand, reserved FROM stock_lines WHERE warehouse_id = $1 AND product_id = $2",
+    )
+    .bind(warehouse)
+    .bind(product)
+    .fetch_one(db)
+    .await
+    .unwrap()
+}
+
+/// A product in another shard than `product` (created through `node`).
+async fn product_in_another_shard(nodes: &Nodes, node: usize, product: i64) -> i64 {
+    let app = nodes.app(node);
+    for i in 0.. {
+        let other = app.product(&format!("other-{i}"), 100).await;
+        if stockline::cluster::shard_of(other) != stockline::cluster::shard_of(product) {
+            return other;
+        }
+    }
+    unreachable!()
+}
+
+#[tokio::test]
+async fn three_nodes_sell_exactly_the_stock_there_is_whichever_node_is_asked() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let nodes = Nodes::start(3, LEASE).await;
+    nodes.wait_shared(&[0, 1, 2], SETTLE_WITHIN).await;
+    // The catalog, the warehouse and the stock each through another node: whichever owns
+    // the product's shard learns of the product and warehouse it was not told about.
+    let product = nodes.app(0).product("P", 100).await;
+    let warehouse = nodes.app(1).warehouse("W", 1).await;
+    let line = nodes.app(2).stock(warehouse, product, 50).await;
+    assert_eq!(line["on_hand"], 50, "{line}");
+    let service = nodes.app(0).operator("shop-service@stockline.test").await;
+
+    // 300 customers at once, spread over the three nodes, one unit each.
+    let bases = nodes.bases();
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let (client, token) = (client.clone(), service.clone());
+        let url = format!("{}/api/v1/reservations", bases[i % 3]);
+        tasks.push(tokio::spawn(async move {
+            let answer = client
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({ "items": [{ "product_id": product, "quantity": 1 }] }))
+                .send()
+                .await
+                .unwrap();
+            let status = answer.status();
+            (status, answer.json::<Value>().await.unwrap())
+        }));
+    }
+    let mut by_status: BTreeMap<u16, usize> = BTreeMap::new();
+    let mut made = Vec::new();
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        *by_status.entry(status.as_u16()).or_default() += 1;
+        if status == StatusCode::CREATED {
+            made.push(body["id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(
+        by_status,
+        BTreeMap::from([(201, 50), (409, 250)]),
+        "exactly the 50 units there are were reserved"
+    );
+    for node in 0..3 {
+        let availability = nodes.app(node).availability(product).await;
+        assert_eq!(
+            (&availability["reserved"], &availability["available"]),
+            (&json!(50), &json!(0)),
+            "node {node}: {availability}"
+        );
+    }
+    let db = pool(&nodes.database).await;
+    assert_eq!(stored_line(&db, warehouse, product).await, (50, 50));
+
+    // A reservation is found and settled through any node, not only its owner.
+    let id = &made[0];
+    let admin = nodes.app(1);
+    let (status, read) = admin
+        .get(&format!("/reservations/{id}"), &admin.admin)
+        .await;
+    assert_eq!(
+        (status, &read["status"]),
+        (StatusCode::OK, &json!("pending"))
+    );
+    let third = nodes.app(2);
+    let (status, committed) = third
+        .post(
+            &format!("/reservations/{id}/commit"),
+            &third.admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, &committed["status"]),
+        (StatusCode::OK, &json!("committed")),
+        "{committed}"
+    );
+    assert_eq!(stored_line(&db, warehouse, product).await, (49, 49));
+    let (status, pending) = admin.get("/reservations?limit=500", &admin.admin).await;
+    assert_eq!(
+        (status, &pending["total"]),
+        (StatusCode::OK, &json!(49)),
+        "every node lists every shard's pending reservations"
+    );
+
+    // What cluster mode does not do yet is refused whole, and says so.
+    let other = product_in_another_shard(&nodes, 0, product).await;
+    nodes.app(0).stock(warehouse, other, 5).await;
+    let (status, refused) = nodes
+        .app(1)
+        .post(
+            "/reservations",
+            &service,
+            json!({ "items": [{ "product_id": product, "quantity": 0 + 1 }, { "product_id": other, "quantity": 1 }] }),
+        )
+        .await;
+    assert_eq!(
+        common::error_code(status, &refused, StatusCode::NOT_IMPLEMENTED),
+        "not_in_cluster_mode"
+    );
+    assert_eq!(
+        stored_line(&db, warehouse, other).await,
+        (5, 0),
+        "nothing held"
+    );
+    let (status, refused) = nodes.app(2).get("/orders", &service).await;
+    assert_eq!(
+        common::error_code(status, &refused, StatusCode::NOT_IMPLEMENTED),
+        "not_in_cluster_mode"
+    );
+    db.close().await;
+    nodes.stop().await;
+}
+
+/// Reference data changed through one node reaches the others: a price change is seen
+/// everywhere, a deactivated warehouse no longer counts anywhere, a logged-out token is
+/// refused by every node.
+#[tokio::test]
+async fn changes_to_products_warehouses_and_tokens_reach_every_node() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let nodes = Nodes::start(2, LEASE).await;
+    nodes.wait_shared(&[0, 1], SETTLE_WITHIN).await;
+    let (a, b) = (nodes.app(0), nodes.app(1));
+    let product = a.product("P", 100).await;
+    let warehouse = a.warehouse("W", 1).await;
+    a.stock(warehouse, product, 10).await;
+    // Seen by node 1 before the change, so it has its own copy to update.
+    assert_eq!(b.availability(product).await["available"], 10);
+    let (status, _) = b.get(&format!("/products/{product}"), &b.admin).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, body) = a
+        .put(
+            &format!("/warehouses/{warehouse}/status"),
+            &a.admin,
+            json!({ "status": "inactive" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = a
+        .patch(
+            &format!("/products/{product}"),
+            &a.admin,
+            json!({ "price_cents": 250 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, token) = a.customer("leaver@stockline.test").await;
+    let (status, _) = b.get("/auth/me", &token).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = a.post("/auth/logout", &token, json!({})).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    // Announced before the changes were answered; applied by the others within moments.
+    let started = Instant::now();
+    loop {
+        let availability = b.availability(product).await;
+        let (_, me) = b.get("/auth/me", &token).await;
+        let (_, read) = b.get(&format!("/products/{product}"), &b.admin).await;
+        let seen = availability["available"] == 0
+            && me["error"]["code"] == "unauthorized"
+            && read["price_cents"] == 250;
+        if seen {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "node 1 still has the old copy: {availability} {me} {read}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    nodes.stop().await;
+}
+
+/// What a load client keeps: every reservation it was answered 201 for, by its key.
+type Acknowledged = Arc<Mutex<Vec<(String, String)>>>;
+
+/// A client reserving one unit at a time through the nodes `bases` names, starting at
+/// `first`, until `stop`; answers when each reservation was acknowledged.
+async fn reserve_until(
+    bases: Vec<String>,
+    first: usize,
+    token: String,
+    product: i64,
+    acknowledged: Acknowledged,
+    stop: Arc<AtomicBool>,
+) -> Vec<Instant> {
+    let client = load_client();
+    let mut node = first;
+    let mut successes = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        successes
+            .push(reserve_once(&client, &bases, &mut node, &token, product, &acknowledged).await);
+    }
+    successes
+}
+
+fn load_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// Reserves one unit under a new `Idempotency-Key`: a request that fails or answers 503
+/// is sent again with the same key through the next node, until it is answered 201.
+async fn reserve_once(
+    client: &reqwest::Client,
+    bases: &[String],
+    node: &mut usize,
+    token: &str,
+    product: i64,
+    acknowledged: &Acknowledged,
+) -> Instant {
+    let key = uuid::Uuid::now_v7().to_string();
+    loop {
+        let sent = client
+            .post(format!(
+                "{}/api/v1/reservations",
+                bases[*node % bases.len()]
+            ))
+            .bearer_auth(token)
+            .header("Idempotency-Key", &key)
+            .json(&json!({ "items": [{ "product_id": product, "quantity": 1 }] }))
+            .send()
+            .await;
+        match sent {
+            Ok(answer) if answer.status() == StatusCode::CREATED => {
+                let body: Value = answer.json().await.unwrap();
+                let id = body["id"].as_str().unwrap().to_owned();
+                acknowledged.lock().await.push((key, id));
+                return Instant::now();
+            }
+            Ok(answer) if answer.status() == StatusCode::SERVICE_UNAVAILABLE => {}
+            Ok(answer) => {
+                let status = answer.status();
+                panic!("unexpected {status}: {}", answer.text().await.unwrap());
+            }
+            // The node is gone (killed) or paused past the client's patience.
+            Err(_) => {}
+        }
+        *node += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// After the load: the store holds exactly the acknowledged reservations (each one unit,
+/// each once), and replaying every key changes nothing.
+async fn check_acknowledged(
+    nodes: &Nodes,
+    through: usize,
+    token: &str,
+    product: i64,
+    warehouse: i64,
+    stocked: i64,
+    acknowledged: &[(String, String)],
+) {
+    let ids: HashSet<&str> = acknowledged.iter().map(|(_, id)| id.as_str()).collect();
+    assert_eq!(ids.len(), acknowledged.len(), "one reservation per key");
+    let db = pool(&nodes.database).await;
+    let stored: Vec<String> = sqlx::query_scalar(
+        "SELECT r.id::text FROM reservations r JOIN reservation_items i ON i.reservation_id = r.id
+         WHERE i.product_id = $1 AND r.status = 'pending'",
+    )
+    .bind(product)
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    let stored: HashSet<&str> = stored.iter().map(String::as_str).collect();
+    assert_eq!(
+        stored, ids,
+        "the store holds exactly the acknowledged reservations"
+    );
+    let held = acknowledged.len() as i64;
+    assert_eq!(
+        stored_line(&db, warehouse, product).await,
+        (stocked, held),
+        "the line holds one unit per acknowledged reservation, none twice"
+    );
+    let app = nodes.app(through);
+    for (key, id) in acknowledged.iter().take(50) {
+        let answer = app
+            .client
+            .post(format!("{}/api/v1/reservations", app.base))
+            .bearer_auth(token)
+            .header("Idempotency-Key", key)
+            .json(&json!({ "items": [{ "product_id": product, "quantity": 1 }] }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::CREATED);
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["id"], json!(id), "a replay answers the first answer");
+    }
+    assert_eq!(stored_line(&db, warehouse, product).await, (stocked, held));
+    assert_eq!(
+        app.availability(product).await["reserved"],
+        held,
+        "the new owner's memory agrees with the store"
+    );
+    db.close().await;
+}
+
+#[tokio::test]
+async fn a_killed_owner_s_shards_move_within_two_leases_and_nothing_acknowledged_is_lost() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut nodes = Nodes::start(3, LEASE).await;
+    nodes.wait_shared(&[0, 1, 2], SETTLE_WITHIN).await;
+    let product = nodes.app(0).product("P", 100).await;
+    let warehouse = nodes.app(0).warehouse("W", 1).await;
+    nodes.app(0).stock(warehouse, product, 100_000).await;
+    let service = nodes.app(0).operator("shop-service@stockline.test").await;
+    let owner = nodes.owner_of(product, 0).await;
+    let survivors: Vec<usize> = (0..3).filter(|n| *n != owner).collect();
+
+    // Six clients, two starting at each node (the owner's two move on when it dies).
+    let acknowledged = Acknowledged::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        clients.push(tokio::spawn(reserve_until(
+            nodes.bases(),
+            i % 3,
+            service.clone(),
+            product,
+            acknowledged.clone(),
+            stop.clone(),
+        )));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = acknowledged.lock().await.len();
+    assert!(before > 0, "the load runs before the kill");
+    nodes.kill(owner);
+    let killed = Instant::now();
+
+    // The killed node's shards all move to the survivors.
+    nodes.wait_shared(&survivors, SETTLE_WITHIN).await;
+    let moved = killed.elapsed();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut first_after = None::<Duration>;
+    for client in clients {
+        for success in client.await.unwrap() {
+            if success > killed {
+                let after = success - killed;
+                first_after = Some(first_after.map_or(after, |f| f.min(after)));
+            }
+        }
+    }
+    let first_after = first_after.expect("reservations succeeded after the kill");
+    println!(
+        "kill -9 of the owner: its shards moved after {moved:?}; the first reservation of its \
+         product succeeded {first_after:?} after the kill (lease {LEASE:?})"
+    );
+    assert!(
+        moved <= 2 * LEASE + Duration::from_secs(1),
+        "shards moved within two leases (and a second for a busy machine): {moved:?}"
+    );
+    let acknowledged = acknowledged.lock().await.clone();
+    check_acknowledged(
+        &nodes,
+        survivors[0],
+        &service,
+        product,
+        warehouse,
+        100_000,
+        &acknowledged,
+    )
+    .await;
+    nodes.stop().await;
+}
+
+/// A node paused (SIGSTOP) past its lease while it had changes in flight: the others take
+/// its shards over; once it runs again (SIGCONT) it serves nothing it lost, its late
+/// flushes are refused by the fence, and the store shows every acknowledged reservation
+/// once, no unit held twice.
+#[tokio::test]
+async fn a_paused_owner_past_its_lease_writes_nothing_after_the_takeover() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let nodes = Nodes::start(3, LEASE).await;
+    nodes.wait_shared(&[0, 1, 2], SETTLE_WITHIN).await;
+    let product = nodes.app(0).product("P", 100).await;
+    let warehouse = nodes.app(0).warehouse("W", 1).await;
+    nodes.app(0).stock(warehouse, product, 100_000).await;
+    let service = nodes.app(0).operator("shop-service@stockline.test").await;
+    let zombie = nodes.owner_of(product, 0).await;
+    let others: Vec<usize> = (0..3).filter(|n| *n != zombie).collect();
+    let shard = stockline::cluster::shard_of(product) as usize;
+    let epoch_before = nodes.view(others[0]).await["shards"][shard]["epoch"].clone();
+
+    let acknowledged = Acknowledged::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        // Three clients send to the zombie first: their requests wait in its sockets
+        // while it is paused, and reach it again when it runs.
+        let first = if i % 2 == 0 { zombie } else { others[i % 2] };
+        clients.push(tokio::spawn(reserve_until(
+            nodes.bases(),
+            first,
+            service.clone(),
+            product,
+            acknowledged.clone(),
+            stop.clone(),
+        )));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The zombie is paused with changes it took but has not written: the test holds
+    // writes to the lines back, sends a burst to the zombie, and pauses it once its flush
+    // waits. Released, the flush's statement ends and its transaction sits open under a
+    // paused node, until PostgreSQL ends it (the flusher's idle-in-transaction bound).
+    let db = pool(&nodes.database).await;
+    let mut hold = db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE stock_lines IN EXCLUSIVE MODE")
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    let burst: Vec<_> = (0..16)
+        .map(|_| {
+            let (bases, token, acknowledged) =
+                (nodes.bases(), service.clone(), acknowledged.clone());
+            tokio::spawn(async move {
+                let mut node = zombie;
+                reserve_once(
+                    &load_client(),
+                    &bases,
+                    &mut node,
+                    &token,
+                    product,
+                    &acknowledged,
+                )
+                .await
+            })
+        })
+        .collect();
+    let waiting = Instant::now();
+    loop {
+        let waits: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        if waits > 0 {
+            break;
+        }
+        assert!(waiting.elapsed() < SETTLE_WITHIN, "no flush waited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    nodes.signal(zombie, libc::SIGSTOP);
+    hold.commit().await.unwrap();
+    let paused = Instant::now();
+    // Taken over: another node owns the shard under a new epoch.
+    loop {
+        let view = nodes.view(others[0]).await;
+        let lease = &view["shards"][shard];
+        if lease["owner"] != json!(nodes.nodes[zombie].id)
+            && !lease["owner"].is_null()
+            && lease["epoch"] != epoch_before
+        {
+            break;
+        }
+        assert!(paused.elapsed() < SETTLE_WITHIN, "no takeover: {lease}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Reservations go on through the new owner while the zombie sleeps.
+    let during = acknowledged.lock().await.len();
+    let taken_over = Instant::now();
+    while acknowledged.lock().await.len() == during {
+        assert!(
+            taken_over.elapsed() < SETTLE_WITHIN,
+            "no reservation succeeded through the new owner"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    nodes.signal(zombie, libc::SIGCONT);
+    // Awake, it serves none of what it held: its own clock ran on while it was paused.
+    let view = nodes.view(zombie).await;
+    let epoch_now = &nodes.view(others[0]).await["shards"][shard]["epoch"];
+    let zombie_id = &nodes.nodes[zombie].id;
+    assert!(
+        view["shards"][shard]["owner"] != json!(zombie_id) || epoch_now != &epoch_before,
+        "the zombie does not own the shard under its old epoch: {}",
+        view["shards"][shard]
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let app = nodes.app(zombie);
+    let (_, persistence) = app.get("/admin/persistence", &app.admin).await;
+    assert!(
+        persistence["refused_batches"].as_u64() > Some(0),
+        "the zombie's late batch met the fence: {persistence}"
+    );
+    for one in burst {
+        one.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().await.clone();
+    db.close().await;
+    check_acknowledged(
+        &nodes,
+        others[0],
+        &service,
+        product,
+        warehouse,
+        100_000,
+        &acknowledged,
+    )
+    .await;
+    nodes.stop().await;
+}
