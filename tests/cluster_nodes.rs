@@ -574,3 +574,195 @@ async fn a_paused_owner_past_its_lease_writes_nothing_after_the_takeover() {
     .await;
     nodes.stop().await;
 }
+
+/// A product whose shard node `node` owns now (created through node 0).
+async fn product_owned_by(nodes: &Nodes, node: usize) -> i64 {
+    for i in 0.. {
+        let product = nodes.app(0).product(&format!("owned-{i}"), 100).await;
+        if nodes.owner_of(product, 0).await == node {
+            return product;
+        }
+    }
+    unreachable!()
+}
+
+/// Reserves one unit of `product` through `node` (with retries on 503, as a client would,
+/// for at most `within`); answers the reservation's id.
+async fn reserve_through(nodes: &Nodes, node: usize, token: &str, product: i64) -> String {
+    let started = Instant::now();
+    loop {
+        let (status, body) = nodes
+            .app(node)
+            .post(
+                "/reservations",
+                token,
+                json!({ "items": [{ "product_id": product, "quantity": 1 }] }),
+            )
+            .await;
+        match status {
+            StatusCode::CREATED => return body["id"].as_str().unwrap().to_owned(),
+            StatusCode::SERVICE_UNAVAILABLE if started.elapsed() < SETTLE_WITHIN => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("node {node} answered {other}: {body}"),
+        }
+    }
+}
+
+/// A node whose NATS connection is cut (a TCP proxy between them) cannot answer or
+/// forward: it says it is not ready, stops renewing, and the others take its shards; once
+/// the connection is back it takes its share again.
+// The proxy runs on the test's runtime while starting a node blocks a thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_nats_gives_its_shards_up_and_takes_its_share_back() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let nats = common::proxy::Proxy::start("127.0.0.1:4222").await;
+    let url = format!("nats://127.0.0.1:{}", nats.port);
+    let mut nodes = Nodes::start(2, LEASE).await;
+    let cut = nodes
+        .add_with(&[("STOCKLINE_CLUSTER_NATS_URL", url.as_str())])
+        .await;
+    nodes.wait_shared(&[0, 1, cut], SETTLE_WITHIN).await;
+    let product = product_owned_by(&nodes, cut).await;
+    let warehouse = nodes.app(0).warehouse("W", 1).await;
+    nodes.app(0).stock(warehouse, product, 100).await;
+    let service = nodes.app(0).operator("shop-service@stockline.test").await;
+
+    nats.cut();
+    let started = Instant::now();
+    loop {
+        let (status, _) = nodes
+            .app(cut)
+            .send(reqwest::Method::GET, "/readyz", None, None)
+            .await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        assert!(
+            started.elapsed() < SETTLE_WITHIN,
+            "a node without NATS says it is not ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    nodes.wait_shared(&[0, 1], SETTLE_WITHIN).await;
+    reserve_through(&nodes, 0, &service, product).await;
+    // The cut-off node cannot reach the new owner: it answers 503, it changes nothing.
+    let (status, body) = nodes
+        .app(cut)
+        .post(
+            "/reservations",
+            &service,
+            json!({ "items": [{ "product_id": product, "quantity": 1 }] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+
+    nats.restore();
+    nodes.wait_shared(&[0, 1, cut], SETTLE_WITHIN).await;
+    reserve_through(&nodes, cut, &service, product).await;
+    assert_eq!(nodes.app(1).availability(product).await["reserved"], 2);
+    nodes.stop().await;
+}
+
+/// A node cut off from PostgreSQL stops serving before its leases run out; the others
+/// take its shards over and serve them from the store; once back, it rejoins.
+// The proxy runs on the test's runtime while starting a node blocks a thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_postgres_stops_serving_and_the_others_take_over() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let postgres = common::proxy::Proxy::start("127.0.0.1:5432").await;
+    let mut nodes = Nodes::start(2, LEASE).await;
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}",
+        postgres.port, nodes.database
+    );
+    let cut = nodes.add_with(&[("DATABASE_URL", url.as_str())]).await;
+    nodes.wait_shared(&[0, 1, cut], SETTLE_WITHIN).await;
+    let product = product_owned_by(&nodes, cut).await;
+    let warehouse = nodes.app(0).warehouse("W", 1).await;
+    nodes.app(0).stock(warehouse, product, 100).await;
+    let service = nodes.app(0).operator("shop-service@stockline.test").await;
+    let before = reserve_through(&nodes, 1, &service, product).await;
+
+    postgres.cut();
+    let cut_at = Instant::now();
+    nodes.wait_shared(&[0, 1], SETTLE_WITHIN).await;
+    println!(
+        "PostgreSQL cut for one node: its shards served by the others after {:?}",
+        cut_at.elapsed()
+    );
+    // The new owner restored the reservation made through the old one.
+    let (status, read) = nodes
+        .app(0)
+        .get(&format!("/reservations/{before}"), &nodes.app(0).admin)
+        .await;
+    assert_eq!(
+        (status, &read["status"]),
+        (StatusCode::OK, &json!("pending"))
+    );
+    reserve_through(&nodes, 0, &service, product).await;
+    assert_eq!(nodes.app(1).availability(product).await["reserved"], 2);
+
+    postgres.restore();
+    nodes.wait_shared(&[0, 1, cut], SETTLE_WITHIN).await;
+    reserve_through(&nodes, cut, &service, product).await;
+    assert_eq!(nodes.app(0).availability(product).await["reserved"], 3);
+    let db = pool(&nodes.database).await;
+    assert_eq!(stored_line(&db, warehouse, product).await, (100, 3));
+    db.close().await;
+    nodes.stop().await;
+}
+
+/// A fourth node joins under load: shards are handed over (each once its changes are
+/// durable), and every request is answered, none lost or applied twice.
+#[tokio::test]
+async fn a_fourth_node_joins_under_load_and_no_request_is_lost() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut nodes = Nodes::start(3, LEASE).await;
+    nodes.wait_shared(&[0, 1, 2], SETTLE_WITHIN).await;
+    let warehouse = nodes.app(0).warehouse("W", 1).await;
+    let service = nodes.app(0).operator("shop-service@stockline.test").await;
+    let mut products = Vec::new();
+    for i in 0..4 {
+        let product = nodes.app(0).product(&format!("P{i}"), 100).await;
+        nodes.app(0).stock(warehouse, product, 100_000).await;
+        products.push((product, Acknowledged::default()));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for (i, (product, acknowledged)) in products.iter().enumerate() {
+        for first in [i, i + 1] {
+            clients.push(tokio::spawn(reserve_until(
+                nodes.bases(),
+                first % 3,
+                service.clone(),
+                *product,
+                acknowledged.clone(),
+                stop.clone(),
+            )));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let joined = nodes.add().await;
+    nodes.wait_shared(&[0, 1, 2, joined], SETTLE_WITHIN).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    for (product, acknowledged) in &products {
+        let acknowledged = acknowledged.lock().await.clone();
+        assert!(!acknowledged.is_empty());
+        check_acknowledged(
+            &nodes,
+            joined,
+            &service,
+            *product,
+            warehouse,
+            100_000,
+            &acknowledged,
+        )
+        .await;
+    }
+    nodes.stop().await;
+}

@@ -108,6 +108,9 @@ pub struct Leases {
     /// Shards given up outside a round (the fence refused them, or a refused batch
     /// touched them): the next round reports them [lost](Round::lost).
     forfeited: std::sync::Mutex<Vec<Shard>>,
+    /// Shards held but no longer answered, their deadline having passed (see
+    /// [`Membership::silence`]).
+    silenced: std::sync::Mutex<std::collections::HashSet<Shard>>,
 }
 
 impl Leases {
@@ -117,6 +120,7 @@ impl Leases {
             settings,
             held: RwLock::default(),
             forfeited: std::sync::Mutex::default(),
+            silenced: std::sync::Mutex::default(),
         }
     }
 

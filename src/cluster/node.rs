@@ -6,6 +6,8 @@
 //!   then answer their NATS subjects. The lease loop marks them served after.
 //! - Lost (another node took them over, or a batch of theirs was refused): stop answering
 //!   and forget their lines and reservations without writing anything.
+//! - Past its serving deadline, not renewed (the database unreachable): stop answering,
+//!   keep the memory; renewed after all (nobody took it): answer again.
 //! - Handed off: stop answering (which waits for the requests taken), wait until
 //!   everything journaled so far is durable, then forget them; the lease is released after.
 
@@ -93,6 +95,24 @@ impl Membership for ClusterNode {
 
     fn can_serve(&self) -> bool {
         self.routes.connected()
+    }
+
+    fn silence(&self, shards: Vec<Shard>) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            for shard in shards {
+                self.routes.stop(shard).await;
+            }
+        })
+    }
+
+    fn resume(&self, shards: Vec<Shard>) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            for shard in shards {
+                if let Err(error) = self.routes.serve(shard).await {
+                    tracing::warn!(%error, shard, "answering a renewed shard again failed");
+                }
+            }
+        })
     }
 
     fn hand_off(&self, shards: Vec<Shard>) -> BoxFuture<'_, ()> {

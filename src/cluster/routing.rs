@@ -162,6 +162,11 @@ impl Routes {
     /// Sends `request` to the owner of `shard` and answers what it answered; retries while
     /// the shard has no owner, for [`RouteSettings::retry_for`], then answers 503.
     pub async fn forward(&self, shard: Shard, request: Request<Body>) -> Response<Body> {
+        // Cut off, the client would keep the request and send it on reconnecting, after
+        // its caller was answered: refuse it now, so that a 503 here changed nothing.
+        if !self.connected() {
+            return cut_off();
+        }
         let (parts, body) = request.into_parts();
         let body = match axum::body::to_bytes(body, crate::http::MAX_BODY).await {
             Ok(body) => body,
@@ -196,10 +201,7 @@ impl Routes {
                 }
                 Err(error) => {
                     tracing::warn!(%error, shard, "forwarding over NATS failed");
-                    return AppError::Unavailable(
-                        "this node cannot reach the cluster's messaging; retry shortly".into(),
-                    )
-                    .into_response();
+                    return cut_off();
                 }
             }
             if Instant::now() + pause > until {
@@ -217,6 +219,12 @@ impl Routes {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Shard, Subscription>> {
         self.subscriptions.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The answer of a node that cannot reach NATS.
+fn cut_off() -> Response<Body> {
+    AppError::Unavailable("this node cannot reach the cluster's messaging; retry shortly".into())
+        .into_response()
 }
 
 /// The answer of a node asked for a shard it does not serve: the forwarder tries again.

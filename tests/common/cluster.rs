@@ -96,6 +96,12 @@ impl Nodes {
 
     /// Starts one more node; answers its index.
     pub async fn add(&mut self) -> usize {
+        self.add_with(&[]).await
+    }
+
+    /// Starts one more node with environment variables set over the defaults (e.g. its
+    /// database or NATS through a proxy); answers its index.
+    pub async fn add_with(&mut self, overrides: &[(&str, &str)]) -> usize {
         let id = format!("node{}", self.nodes.len());
         let lease = self.lease.as_secs().to_string();
         let mut env = super::ADMIN_ENV.to_vec();
@@ -111,6 +117,7 @@ impl Nodes {
         // Each node's log goes to a file named in a failing test's output.
         let log = std::env::temp_dir().join(format!("{}-{id}.log", self.cluster));
         env.push(("RUST_LOG", "info"));
+        env.extend_from_slice(overrides);
         let file = std::fs::File::create(&log).unwrap();
         let (child, url) = super::start_binary_logging(&self.database, &env, file.into());
         let app = super::TestApp::attach(&url, &self.database).await;

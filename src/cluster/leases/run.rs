@@ -22,6 +22,18 @@ pub trait Membership: Send + Sync + 'static {
     fn can_serve(&self) -> bool {
         true
     }
+    /// Shards still held but past their serving deadline (their lease could not be
+    /// renewed in time): stop answering them, so that requests reach whoever takes them
+    /// over; keep their memory, in case the next renewal keeps them after all.
+    fn silence(&self, shards: Vec<Shard>) -> BoxFuture<'_, ()> {
+        let _ = shards;
+        Box::pin(async {})
+    }
+    /// Silenced shards renewed after all (nobody took them): answer them again.
+    fn resume(&self, shards: Vec<Shard>) -> BoxFuture<'_, ()> {
+        let _ = shards;
+        Box::pin(async {})
+    }
 }
 
 impl Leases {
@@ -32,9 +44,17 @@ impl Leases {
     pub async fn run(&self, node: &dyn Membership, stop: CancellationToken) {
         let mut every = tokio::time::interval(self.settings.round_every());
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Deadlines are checked ten times a lease, between rounds too: a node whose rounds
+        // fail goes quiet soon after each deadline, not a round later.
+        let mut check = tokio::time::interval(self.settings.lease / 10);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = every.tick() => {}
+                _ = check.tick() => {
+                    self.silence_expired(node).await;
+                    continue;
+                }
                 _ = stop.cancelled() => break,
             }
             if !node.can_serve() {
@@ -56,6 +76,10 @@ impl Leases {
             };
             if !round.lost.is_empty() {
                 node.lost(round.lost).await;
+            }
+            let renewed = self.renewed_after_silence();
+            if !renewed.is_empty() {
+                node.resume(renewed).await;
             }
             if !round.claimed.is_empty() {
                 let shards: Vec<Shard> = round.claimed.iter().map(|(s, _)| *s).collect();
@@ -85,5 +109,43 @@ impl Leases {
         if let Err(error) = self.leave().await {
             tracing::warn!(%error, "leaving the cluster cleanly failed; its leases expire");
         }
+    }
+
+    /// Tells `node` to stop answering the shards whose deadline passed since the last check.
+    async fn silence_expired(&self, node: &dyn Membership) {
+        let now = std::time::Instant::now();
+        let expired: Vec<Shard> = {
+            let held = self.held.read().unwrap_or_else(|e| e.into_inner());
+            let mut silenced = self.silenced.lock().unwrap_or_else(|e| e.into_inner());
+            silenced.retain(|shard| held.contains_key(shard));
+            held.iter()
+                .filter(|(_, h)| h.hold == Hold::Serving && h.until <= now)
+                .filter_map(|(shard, _)| silenced.insert(*shard).then_some(*shard))
+                .collect()
+        };
+        if !expired.is_empty() {
+            tracing::warn!(
+                shards = expired.len(),
+                "shard leases not renewed in time: no longer answering them"
+            );
+            node.silence(expired).await;
+        }
+    }
+
+    /// Silenced shards that a round renewed after all.
+    fn renewed_after_silence(&self) -> Vec<Shard> {
+        let now = std::time::Instant::now();
+        let held = self.held.read().unwrap_or_else(|e| e.into_inner());
+        let mut silenced = self.silenced.lock().unwrap_or_else(|e| e.into_inner());
+        let renewed: Vec<Shard> = silenced
+            .iter()
+            .copied()
+            .filter(|shard| {
+                held.get(shard)
+                    .is_some_and(|h| h.hold == Hold::Serving && h.until > now)
+            })
+            .collect();
+        silenced.retain(|shard| held.contains_key(shard) && !renewed.contains(shard));
+        renewed
     }
 }
