@@ -3,7 +3,8 @@
 //! the real server on port 0 with [`launch`], which does both; `main` is left with parsing
 //! the CLI and waiting for a signal.
 //!
-//! Order at start: connect and migrate; (in cluster mode) join: take this node's journal
+//! Order at start: connect and migrate; take the database (alone, or shared with the
+//! cluster's other nodes: never both); (in cluster mode) join: take this node's journal
 //! numbers and connect to NATS; read what the store holds; start the core over a
 //! write-behind buffer that continues the stored journal numbering; start the flusher;
 //! restore the lines that hold stock for someone and the pending reservations (expiring
@@ -54,6 +55,8 @@ pub struct Application {
     /// Cancelled once HTTP has stopped and the lines are drained: every background task
     /// ends on it.
     background: CancellationToken,
+    /// This server's claim on the database (`store::hold_database`), let go at the end.
+    held: sqlx::PgConnection,
 }
 
 impl Application {
@@ -61,6 +64,9 @@ impl Application {
     /// tasks; serves nothing yet.
     pub async fn build(listener: TcpListener, mut config: Config) -> io::Result<Self> {
         let db = store::connect_and_migrate(&config.database_url)
+            .await
+            .map_err(io::Error::other)?;
+        let held = store::hold_database(&config.database_url, config.cluster_nats_url.is_some())
             .await
             .map_err(io::Error::other)?;
         let cluster = match config.cluster_nats_url {
@@ -232,6 +238,7 @@ impl Application {
             state,
             flusher,
             background,
+            held,
         })
     }
 
@@ -248,6 +255,7 @@ impl Application {
             state,
             flusher,
             background,
+            held,
         } = self;
         let limits = connection_limits(&state.config);
         let closing = state.events.closing.clone();
@@ -263,7 +271,9 @@ impl Application {
         }
         state.core.shutdown().await;
         background.cancel();
-        if !flusher.finish().await {
+        let finished = flusher.finish().await;
+        let _ = sqlx::Connection::close(held).await;
+        if !finished {
             return Err(io::Error::other(
                 "some changes could not be written to the database",
             ));

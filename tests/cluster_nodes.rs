@@ -766,3 +766,39 @@ async fn a_fourth_node_joins_under_load_and_no_request_is_lost() {
     }
     nodes.stop().await;
 }
+
+/// The `stockline` binary on `database` with `env`, expected to refuse to start: answers
+/// what it said.
+fn refused_start(database: &str, env: &[(&str, &str)]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_stockline"))
+        .arg("serve")
+        .env("STOCKLINE_ADDR", "127.0.0.1:0")
+        .env("DATABASE_URL", common::database_url(database))
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "it started");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// One database is used by one single-process server, or by the nodes of one cluster,
+/// never by two of those at once: each would take its memory for the stock.
+#[tokio::test]
+async fn a_database_is_served_by_one_server_or_one_cluster_never_both() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let single = common::TestApp::spawn().await;
+    let said = refused_start(&single.database, &[]);
+    assert!(said.contains("another stockline server"), "{said}");
+    let cluster_node = [
+        ("STOCKLINE_CLUSTER_NATS_URL", "nats://127.0.0.1:4222"),
+        ("STOCKLINE_NODE_ID", "intruder"),
+    ];
+    let said = refused_start(&single.database, &cluster_node);
+    assert!(said.contains("single-process stockline server"), "{said}");
+    single.cleanup().await;
+
+    let nodes = Nodes::start(2, LEASE).await;
+    let said = refused_start(&nodes.database, &[]);
+    assert!(said.contains("a cluster's node"), "{said}");
+    nodes.stop().await;
+}

@@ -14,6 +14,52 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
+/// The advisory lock that says who uses a database: a single-process server holds it
+/// alone, the nodes of a cluster share it. Two single-process servers, or one and a
+/// cluster, on one database would each believe its memory is the stock and sell it twice.
+const IN_USE: i64 = 0x7374_6f63_6b6c_696e;
+
+/// How long a server waits for the lock at start: a predecessor that just stopped or was
+/// killed lets it go as soon as PostgreSQL sees its connection close.
+const IN_USE_WAIT: Duration = Duration::from_secs(3);
+
+/// Takes the database for this server ([`IN_USE`]) on a connection of its own, held until
+/// the server stops; refused, with what to do, if another server uses it the other way.
+pub async fn hold_database(url: &str, cluster: bool) -> Result<sqlx::PgConnection, String> {
+    let mut connection = PgConnectOptions::from_str(url)
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let take = match cluster {
+        false => "SELECT pg_try_advisory_lock($1)",
+        true => "SELECT pg_try_advisory_lock_shared($1)",
+    };
+    let until = std::time::Instant::now() + IN_USE_WAIT;
+    loop {
+        let taken: bool = sqlx::query_scalar(take)
+            .bind(IN_USE)
+            .fetch_one(&mut connection)
+            .await
+            .map_err(|e| e.to_string())?;
+        if taken {
+            return Ok(connection);
+        }
+        if std::time::Instant::now() > until {
+            return Err(match cluster {
+                false => "another stockline server, or a cluster's node, is using this \
+                          database: two would sell the same stock twice (stop it, or start \
+                          this one as a node of that cluster)"
+                    .into(),
+                true => "a single-process stockline server is using this database: stop it \
+                         before starting cluster nodes on it"
+                    .into(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Connects to `url`, creating its database first if it does not exist, and migrates it.
 #[tracing::instrument(skip_all)]
 pub async fn connect_and_migrate(url: &str) -> Result<PgPool, sqlx::Error> {
