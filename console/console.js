@@ -267,6 +267,7 @@ const PAGES = [
   { path: 'products', title: 'Products', key: 'p', render: productsPage, operator: true },
   { path: 'warehouses', title: 'Warehouses', key: 'w', render: warehousesPage },
   { path: 'alerts', title: 'Alerts', key: 'a', render: alertsPage },
+  { path: 'cluster', title: 'Cluster', key: 'c', render: clusterPage, operator: true },
 ];
 
 const allowed = p => !p.operator || (session && session.shops === null);
@@ -717,6 +718,48 @@ async function alertsPage() {
         { title: 'Items', cell: r => r.items.map(i => `${i.quantity}× product ${i.product_id} @ warehouse ${i.warehouse_id}`).join(', ') },
         { title: 'Reference', cell: r => r.reference || '' },
       ], pending.items, 'No reservation is pending.'));
+  }, live);
+}
+
+// ---- cluster ------------------------------------------------------------------------
+
+async function clusterPage() {
+  const live = el('span', { class: 'live' });
+  const body = el('div', { id: 'cluster' });
+  main.replaceChildren(el('h1', {}, 'Cluster', live), body);
+  every(2000, async () => {
+    const c = await api('GET', '/admin/cluster');
+    if (c.mode === 'single') {
+      body.replaceChildren(el('p', {}, 'This server runs as a single process: it holds every stock line itself. '
+        + 'Set STOCKLINE_CLUSTER_NATS_URL to run several nodes as a cluster.'));
+      return;
+    }
+    const owners = c.nodes.map(n => n.node_id);
+    const colour = owner => owner === null ? 'none' : `n${owners.indexOf(owner) % 8}`;
+    const grid = el('div', { class: 'shards', role: 'img',
+      'aria-label': `${c.shards_total} shards by owner; ${c.shards_unowned} without one` },
+      ...c.shards.map(s => el('span', { class: `shard ${colour(s.owner)}`,
+        title: `shard ${s.shard}: ${s.owner || 'no owner'}, epoch ${s.epoch}` })));
+    body.replaceChildren(
+      el('div', { class: 'cards' },
+        card('Cluster', el('span', { class: 'long' }, c.cluster), `answered by ${c.node_id}`),
+        card('Nodes live', `${c.nodes.filter(n => n.live).length} of ${c.nodes.length}`, `lease ${c.shard_lease_secs} s`),
+        card('Shards without owner', num(c.shards_unowned), c.shards_unowned ? 'their stock waits for a node' : 'every shard is served'),
+        card('Served by this node', num(c.served_here), `of ${num(c.shards_total)}`)),
+      el('h2', {}, 'Nodes'),
+      table([
+        { title: 'Node', cell: n => el('span', {}, el('span', { class: `swatch ${colour(n.node_id)}` }), ` ${n.node_id}`) },
+        { title: 'Address', cell: n => n.http_addr },
+        { title: 'Status', cell: n => el('span', { class: `badge ${n.live ? 'active' : 'inactive'}` }, n.live ? 'live' : 'silent') },
+        { title: 'Shards', num: true, cell: n => num(n.shards) },
+        { title: 'Journal range', num: true, cell: n => n.ordinal ?? '–' },
+        // The database's clock: never shown as in the future.
+        { title: 'Heartbeat', cell: n => `${Math.max(0, Math.round((Date.now() - new Date(n.heartbeat_at)) / 1000))} s ago` },
+        { title: 'Started', cell: n => when(n.started_at) },
+      ], c.nodes, 'No node has joined.'),
+      el('h2', {}, 'Shards'),
+      el('p', { class: 'muted' }, 'Each square is a shard, coloured by its owner (grey: none). Hover for its epoch.'),
+      grid);
   }, live);
 }
 

@@ -6,6 +6,8 @@
 //! never an acknowledged change, and a retry with the same `Idempotency-Key` lands once; a
 //! node paused past its lease (a zombie) writes nothing after another took over.
 
+#[path = "common/browser.rs"]
+mod browser;
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
@@ -800,5 +802,64 @@ async fn a_database_is_served_by_one_server_or_one_cluster_never_both() {
     let nodes = Nodes::start(2, LEASE).await;
     let said = refused_start(&nodes.database, &[]);
     assert!(said.contains("a cluster's node"), "{said}");
+    nodes.stop().await;
+}
+
+/// An operator watches the cluster in the console: the nodes, their shards, and a node
+/// that dies going silent while its shards move to the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_the_nodes_and_a_dead_node_s_shards_moving() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut nodes = Nodes::start(2, LEASE).await;
+    nodes.wait_shared(&[0, 1], SETTLE_WITHIN).await;
+    let browser = browser::Browser::start(1280, 900).await;
+    browser
+        .goto(&format!("{}/console", nodes.app(0).base))
+        .await;
+    browser.fill("#signin", "login", common::ADMIN_EMAIL).await;
+    browser
+        .fill("#signin", "password", common::ADMIN_PASSWORD)
+        .await;
+    browser.submit("#signin").await;
+    browser.find("nav a[data-page=overview]").await;
+    browser
+        .goto(&format!("{}/console#/cluster", nodes.app(0).base))
+        .await;
+    browser
+        .wait_text("#cluster", |text| {
+            text.contains("node0") && text.contains("node1") && text.contains("2 of 2")
+        })
+        .await;
+    browser
+        .wait_text("#cluster .card", |text| {
+            text.contains("Shards without owner") && text.contains('0')
+        })
+        .await;
+    let squares = browser
+        .client
+        .find_all(fantoccini::Locator::Css("#cluster .shard"))
+        .await
+        .unwrap();
+    assert_eq!(
+        squares.len(),
+        usize::from(stockline::cluster::SHARDS),
+        "a square per shard"
+    );
+    browser.screenshot("cluster-two-nodes").await;
+
+    nodes.kill(1);
+    browser
+        .wait_text("#cluster", |text| {
+            text.contains("silent") && text.contains("1 of 2")
+        })
+        .await;
+    nodes.wait_shared(&[0], SETTLE_WITHIN).await;
+    browser
+        .wait_text("#cluster .card", |text| {
+            text.contains("Served by this node") && text.contains("1,024")
+        })
+        .await;
+    browser.screenshot("cluster-one-node-left").await;
+    browser.close().await;
     nodes.stop().await;
 }
