@@ -67,6 +67,7 @@ struct Args {
     database_base: String,
     /// Drive a stockline already running at this base URL (`http://host:port`) instead of
     /// starting one; it must hold the seed (see `--print-seed`). Skips the baseline and books.
+    /// Several, comma-separated (the nodes of a cluster), are sent requests in turn.
     #[arg(long)]
     url: Option<String>,
     /// Bearer token for `--url`.
@@ -172,7 +173,8 @@ async fn main() {
     if let Some(url) = &args.url {
         let token = args.token.clone().unwrap_or_default();
         for scenario in &args.scenarios {
-            let target = Target::new(format!("{url}/api/v1"), token.clone());
+            let bases = url.split(',').map(|u| format!("{u}/api/v1")).collect();
+            let target = Target::spread(bases, token.clone());
             let outcome = workload::run(
                 *scenario,
                 &target,

@@ -41,32 +41,45 @@ impl Scenario {
     }
 }
 
-/// Where requests go.
+/// Where requests go: one server, or the nodes of a cluster taken in turn (as a load
+/// balancer in front of them would).
 #[derive(Clone)]
 pub struct Target {
-    base: String,
+    bases: std::sync::Arc<[String]>,
+    turn: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     token: String,
     client: reqwest::Client,
 }
 
 impl Target {
     pub fn new(base: String, token: String) -> Self {
+        Self::spread(vec![base], token)
+    }
+
+    pub fn spread(bases: Vec<String>, token: String) -> Self {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(1024)
             .timeout(Duration::from_secs(30))
             .build()
             .expect("client");
         Self {
-            base,
+            bases: bases.into(),
+            turn: Default::default(),
             token,
             client,
         }
     }
 
+    /// The next base URL in turn.
+    fn base(&self) -> &str {
+        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &self.bases[turn % self.bases.len()]
+    }
+
     async fn post(&self, path: &str, body: Option<Value>) -> Result<(u16, Value), ()> {
         let mut request = self
             .client
-            .post(format!("{}{path}", self.base))
+            .post(format!("{}{path}", self.base()))
             .bearer_auth(&self.token);
         if let Some(body) = body {
             request = request.json(&body);
@@ -79,7 +92,7 @@ impl Target {
     async fn get(&self, path: &str) -> Result<(u16, Value), ()> {
         let response = self
             .client
-            .get(format!("{}{path}", self.base))
+            .get(format!("{}{path}", self.base()))
             .bearer_auth(&self.token)
             .send()
             .await

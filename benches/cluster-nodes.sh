@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Cluster mode end to end on this machine: a single-process server, then clusters of 1, 2
+# and 3 nodes (each node pinned to one core with taskset, in turn), each over the load
+# harness's seed (10,000 products, two warehouses), driven by the harness through every
+# node in turn as a load balancer would: a request for a shard another node owns is
+# forwarded over NATS. Prints the harness's tables (req/s, latency, CPU per request).
+#
+#   bash benches/cluster-nodes.sh            # DURATION=10 CLIENTS=64 SCENARIOS=zipf,hot
+#
+# Needs PostgreSQL and NATS on 127.0.0.1 (as the tests do). Results: BENCHMARKS.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10}
+CLIENTS=${CLIENTS:-64}
+SCENARIOS=${SCENARIOS:-zipf,hot}
+BASE=${LOAD_DATABASE_BASE:-postgres://postgres@127.0.0.1:5432}
+
+cargo build --release --bin stockline
+cargo bench --bench load --no-run 2> /dev/null
+HARNESS=$(ls -t target/release/deps/load-* | grep -v '\.d$' | head -n 1)
+CORES=$(nproc)
+LOGS=$(mktemp -d)
+trap 'kill $(jobs -p) 2> /dev/null || true' EXIT
+
+login() {
+  curl -sf "$1/api/v1/auth/login" -H 'content-type: application/json' \
+    -d '{"login":"load@stockline.test","password":"load-password"}' |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])'
+}
+
+# Runs one configuration: $1 nodes (0: a single-process server).
+run() {
+  local nodes=$1 url cluster pids=() urls=()
+  url=$("$HARNESS" --print-seed --database-base "$BASE" | tail -n 1)
+  cluster="bench$RANDOM"
+  for i in $(seq 1 "$(( nodes > 0 ? nodes : 1 ))"); do
+    local port=$(( 19000 + i )) env=()
+    if [ "$nodes" -gt 0 ]; then
+      env=(STOCKLINE_CLUSTER_NATS_URL=nats://127.0.0.1:4222 STOCKLINE_CLUSTER_NAME="$cluster"
+           STOCKLINE_NODE_ID="n$i")
+    fi
+    env "${env[@]}" DATABASE_URL="$url" STOCKLINE_ADDR="127.0.0.1:$port" \
+      STOCKLINE_ADMIN_EMAIL=load@stockline.test STOCKLINE_ADMIN_PASSWORD=load-password \
+      STOCKLINE_AUTH_RATE_PER_MINUTE=1000000 STOCKLINE_BCRYPT_COST=4 RUST_LOG=warn \
+      taskset -c $(( (i - 1) % CORES )) target/release/stockline serve \
+      > "$LOGS/n$i.out" 2> "$LOGS/n$i.err" &
+    pids+=($!)
+    urls+=("http://127.0.0.1:$port")
+    until curl -sf "http://127.0.0.1:$port/healthz" > /dev/null; do sleep 0.2; done
+  done
+  local token
+  token=$(login "${urls[0]}")
+  if [ "$nodes" -gt 0 ]; then
+    # Every shard served, by its final owner, before measuring: each node serves what the
+    # database says it holds, and together all 1,024.
+    until python3 - "$token" "${urls[@]}" << 'EOF'
+import json, sys, urllib.request
+token, urls = sys.argv[1], sys.argv[2:]
+def view(url):
+    request = urllib.request.Request(url + "/api/v1/admin/cluster", headers={"authorization": "Bearer " + token})
+    return json.load(urllib.request.urlopen(request))
+views = [view(url) for url in urls]
+held = {n["node_id"]: n["shards"] for n in views[0]["nodes"] if n["live"]}
+served = [v["served_here"] for v in views]
+done = views[0]["shards_unowned"] == 0 and sum(served) == 1024 and all(
+    s > 0 and s == held.get(v["node_id"]) for s, v in zip(served, views))
+sys.exit(0 if done else 1)
+EOF
+    do sleep 0.5; done
+    sleep 2
+  fi
+  echo
+  echo "== $([ "$nodes" -gt 0 ] && echo "cluster of $nodes node(s)" || echo "single process"), pinned with taskset"
+  "$HARNESS" --url "$(IFS=,; echo "${urls[*]}")" --token "$token" \
+    --duration "$DURATION" --clients "$CLIENTS" --scenarios "$SCENARIOS"
+  kill -TERM "${pids[@]}"
+  wait "${pids[@]}" || true
+  psql "$BASE/postgres" -qc "DROP DATABASE IF EXISTS \"${url##*/}\" WITH (FORCE)"
+}
+
+for nodes in 0 1 2 3; do
+  run "$nodes"
+done
