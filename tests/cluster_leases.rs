@@ -174,13 +174,7 @@ async fn a_takeover_waits_for_the_old_owners_fenced_transaction_and_then_fences_
     let takeover = tokio::spawn(async move { (cluster::round(&b).await, b) });
     // The claim waits on the lease row a's transaction holds FOR SHARE.
     loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+        let waiting = cluster::waiting_on_locks(&pool).await;
         if waiting > 0 {
             break;
         }

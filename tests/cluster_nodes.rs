@@ -236,6 +236,18 @@ async fn changes_to_products_warehouses_and_tokens_reach_every_node() {
     nodes.stop().await;
 }
 
+/// Three nodes with the shards shared out, product "P" with `units` in warehouse "W", and
+/// a shop's service signed in as an operator: (nodes, product, warehouse, its token).
+async fn stocked_cluster(units: i64) -> (Nodes, i64, i64, String) {
+    let nodes = Nodes::start(3, LEASE).await;
+    nodes.wait_shared(&[0, 1, 2], SETTLE_WITHIN).await;
+    let product = nodes.app(0).product("P", 100).await;
+    let warehouse = nodes.app(0).warehouse("W", 1).await;
+    nodes.app(0).stock(warehouse, product, units).await;
+    let service = nodes.app(0).operator("shop-service@stockline.test").await;
+    (nodes, product, warehouse, service)
+}
+
 /// What a load client keeps: every reservation it was answered 201 for, by its key.
 type Acknowledged = Arc<Mutex<Vec<(String, String)>>>;
 
@@ -368,12 +380,7 @@ async fn check_acknowledged(
 #[tokio::test]
 async fn a_killed_owner_s_shards_move_within_two_leases_and_nothing_acknowledged_is_lost() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let mut nodes = Nodes::start(3, LEASE).await;
-    nodes.wait_shared(&[0, 1, 2], SETTLE_WITHIN).await;
-    let product = nodes.app(0).product("P", 100).await;
-    let warehouse = nodes.app(0).warehouse("W", 1).await;
-    nodes.app(0).stock(warehouse, product, 100_000).await;
-    let service = nodes.app(0).operator("shop-service@stockline.test").await;
+    let (mut nodes, product, warehouse, service) = stocked_cluster(100_000).await;
     let owner = nodes.owner_of(product, 0).await;
     let survivors: Vec<usize> = (0..3).filter(|n| *n != owner).collect();
 
@@ -441,12 +448,7 @@ async fn a_killed_owner_s_shards_move_within_two_leases_and_nothing_acknowledged
 #[tokio::test]
 async fn a_paused_owner_past_its_lease_writes_nothing_after_the_takeover() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let nodes = Nodes::start(3, LEASE).await;
-    nodes.wait_shared(&[0, 1, 2], SETTLE_WITHIN).await;
-    let product = nodes.app(0).product("P", 100).await;
-    let warehouse = nodes.app(0).warehouse("W", 1).await;
-    nodes.app(0).stock(warehouse, product, 100_000).await;
-    let service = nodes.app(0).operator("shop-service@stockline.test").await;
+    let (nodes, product, warehouse, service) = stocked_cluster(100_000).await;
     let zombie = nodes.owner_of(product, 0).await;
     let others: Vec<usize> = (0..3).filter(|n| *n != zombie).collect();
     let shard = stockline::cluster::shard_of(product) as usize;
@@ -499,13 +501,7 @@ async fn a_paused_owner_past_its_lease_writes_nothing_after_the_takeover() {
         .collect();
     let waiting = Instant::now();
     loop {
-        let waits: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&db)
-        .await
-        .unwrap();
+        let waits = common::cluster::waiting_on_locks(&db).await;
         if waits > 0 {
             break;
         }

@@ -289,7 +289,7 @@ pub struct ClusterView {
     shards: Vec<ShardView>,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, ToSchema, sqlx::FromRow)]
 pub struct NodeView {
     node_id: String,
     http_addr: String,
@@ -300,10 +300,11 @@ pub struct NodeView {
     /// Its range of journal numbers.
     ordinal: Option<i16>,
     /// Shards whose unexpired lease it holds.
+    #[sqlx(skip)]
     shards: u32,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, ToSchema, sqlx::FromRow)]
 pub struct ShardView {
     shard: i16,
     /// The node whose lease is unexpired; `null` if none.
@@ -312,25 +313,6 @@ pub struct ShardView {
     epoch: i64,
     /// When its lease runs out unless renewed; `null` if never claimed or released.
     expires_at: Option<DateTime<Utc>>,
-}
-
-#[derive(sqlx::FromRow)]
-struct LeaseRow {
-    shard: i16,
-    owner: Option<String>,
-    epoch: i64,
-    expires_at: Option<DateTime<Utc>>,
-    live: bool,
-}
-
-#[derive(sqlx::FromRow)]
-struct NodeRow {
-    node_id: String,
-    http_addr: String,
-    started_at: DateTime<Utc>,
-    heartbeat_at: DateTime<Utc>,
-    live: bool,
-    ordinal: Option<i16>,
 }
 
 #[utoipa::path(get, path = "/admin/cluster", tag = "operations", security(("bearer" = [])),
@@ -355,15 +337,16 @@ async fn cluster(
         }));
     };
     let lease = state.config.shard_lease_secs;
-    let leases: Vec<LeaseRow> = sqlx::query_as(
-        // A shard never claimed, or released, expires at '-infinity' (no timestamp).
-        "SELECT shard, owner, epoch, expires_at > now() AS live,
+    let shards: Vec<ShardView> = sqlx::query_as(
+        // An expired lease has no owner; a shard never claimed, or released, expires at
+        // '-infinity' (no timestamp).
+        "SELECT shard, CASE WHEN expires_at > now() THEN owner END AS owner, epoch,
                 CASE WHEN isfinite(expires_at) THEN expires_at END AS expires_at
          FROM shard_leases ORDER BY shard",
     )
     .fetch_all(&state.db)
     .await?;
-    let nodes: Vec<NodeRow> = sqlx::query_as(
+    let mut nodes: Vec<NodeView> = sqlx::query_as(
         "SELECT n.node_id, n.http_addr, n.started_at, n.heartbeat_at,
                 n.heartbeat_at > now() - make_interval(secs => $1) AS live, o.ordinal
          FROM cluster_nodes n LEFT JOIN node_ordinals o USING (node_id)
@@ -372,33 +355,12 @@ async fn cluster(
     .bind(lease as f64)
     .fetch_all(&state.db)
     .await?;
-    let shards: Vec<ShardView> = leases
-        .into_iter()
-        .map(|row| ShardView {
-            shard: row.shard,
-            owner: row.owner.filter(|_| row.live),
-            epoch: row.epoch,
-            expires_at: row.expires_at,
-        })
-        .collect();
-    let held = |node: &str| {
-        shards
+    for node in &mut nodes {
+        node.shards = shards
             .iter()
-            .filter(|s| s.owner.as_deref() == Some(node))
-            .count()
-    };
-    let nodes = nodes
-        .into_iter()
-        .map(|row| NodeView {
-            shards: held(&row.node_id) as u32,
-            node_id: row.node_id,
-            http_addr: row.http_addr,
-            started_at: row.started_at,
-            heartbeat_at: row.heartbeat_at,
-            live: row.live,
-            ordinal: row.ordinal,
-        })
-        .collect();
+            .filter(|s| s.owner.as_deref() == Some(node.node_id.as_str()))
+            .count() as u32;
+    }
     Ok(Json(ClusterView {
         mode: "cluster",
         cluster: Some(cluster.name.clone()),

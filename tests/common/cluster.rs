@@ -60,6 +60,17 @@ pub async fn journal(
     (buffer, flusher)
 }
 
+/// Sessions of the current database waiting for a lock now (a flush or a claim held up).
+pub async fn waiting_on_locks(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
 /// A node of a cluster: the real binary, its own process.
 pub struct Node {
     pub id: String,
