@@ -148,8 +148,39 @@ async fn three_nodes_sell_exactly_the_stock_there_is_whichever_node_is_asked() {
     );
 
     // What cluster mode does not do yet is refused whole, and says so.
+    // A bulk adjustment over several shards is split by shard and put back in order.
     let other = product_in_another_shard(&nodes, 0, product).await;
-    nodes.app(0).stock(warehouse, other, 5).await;
+    let receipt = |product: i64, delta: i64| json!({ "warehouse_id": warehouse, "product_id": product, "delta": delta, "reason": "receipt" });
+    let bulk = nodes.app(2);
+    let (status, answer) = bulk
+        .post(
+            "/stock/adjustments/bulk",
+            &bulk.admin,
+            json!([
+                receipt(other, 5),
+                receipt(product, 10),
+                receipt(987_654_321, 1)
+            ]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let results = answer["results"].as_array().unwrap();
+    let indexes: Vec<_> = results.iter().map(|r| r["index"].clone()).collect();
+    assert_eq!(indexes, [json!(0), json!(1), json!(2)], "{answer}");
+    assert_eq!(
+        (
+            &results[0]["line"]["on_hand"],
+            &results[1]["line"]["on_hand"]
+        ),
+        (&json!(5), &json!(59)),
+        "{answer}"
+    );
+    assert_eq!(
+        (&results[2]["ok"], &results[2]["error"]["code"]),
+        (&json!(false), &json!("not_found")),
+        "{answer}"
+    );
+    assert_eq!(stored_line(&db, warehouse, product).await, (59, 49));
     let (status, refused) = nodes
         .app(1)
         .post(
