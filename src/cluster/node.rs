@@ -54,6 +54,22 @@ impl ClusterNode {
         }
     }
 
+    /// Starts answering `shards`' subjects.
+    async fn answer(&self, shards: &[Shard]) {
+        for &shard in shards {
+            if let Err(error) = self.routes.serve(shard).await {
+                tracing::warn!(%error, shard, "answering a shard's subject failed");
+            }
+        }
+    }
+
+    /// Stops answering `shards`' subjects, once the requests they took are answered.
+    async fn quiet(&self, shards: &[Shard]) {
+        for &shard in shards {
+            self.routes.stop(shard).await;
+        }
+    }
+
     async fn restore(&self, shards: &[Shard]) {
         let mut pause = Duration::from_millis(100);
         loop {
@@ -76,19 +92,13 @@ impl Membership for ClusterNode {
             let shards: Vec<Shard> = shards.into_iter().map(|(shard, _)| shard).collect();
             self.forget(&shards).await;
             self.restore(&shards).await;
-            for shard in shards {
-                if let Err(error) = self.routes.serve(shard).await {
-                    tracing::warn!(%error, shard, "subscribing to a claimed shard failed");
-                }
-            }
+            self.answer(&shards).await;
         })
     }
 
     fn lost(&self, shards: Vec<Shard>) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            for shard in &shards {
-                self.routes.stop(*shard).await;
-            }
+            self.quiet(&shards).await;
             self.forget(&shards).await;
         })
     }
@@ -98,28 +108,16 @@ impl Membership for ClusterNode {
     }
 
     fn silence(&self, shards: Vec<Shard>) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            for shard in shards {
-                self.routes.stop(shard).await;
-            }
-        })
+        Box::pin(async move { self.quiet(&shards).await })
     }
 
     fn resume(&self, shards: Vec<Shard>) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            for shard in shards {
-                if let Err(error) = self.routes.serve(shard).await {
-                    tracing::warn!(%error, shard, "answering a renewed shard again failed");
-                }
-            }
-        })
+        Box::pin(async move { self.answer(&shards).await })
     }
 
     fn hand_off(&self, shards: Vec<Shard>) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            for shard in &shards {
-                self.routes.stop(*shard).await;
-            }
+            self.quiet(&shards).await;
             let head = self.buffer.head();
             let durable = self.buffer.watch();
             if tokio::time::timeout(DURABLE_WITHIN, durable.wait_for(head))
