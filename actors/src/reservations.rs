@@ -118,6 +118,37 @@ struct Entry {
     settled: Vec<bool>,
 }
 
+impl Entry {
+    /// An id being reserved right now: claimed, holding nothing yet.
+    fn placeholder(id: ReservationId) -> Self {
+        let now = crate::types::now();
+        Self {
+            reservation: Reservation {
+                id,
+                status: ReservationStatus::Pending,
+                items: Vec::new(),
+                reference: None,
+                expires_at: now,
+                created_at: now,
+                updated_at: now,
+            },
+            deadline: Instant::now(),
+            settling: true,
+            settled: Vec::new(),
+        }
+    }
+
+    /// Whether this is [`Entry::placeholder`]: nothing to show yet.
+    fn is_placeholder(&self) -> bool {
+        self.settling && self.reservation.items.is_empty()
+    }
+}
+
+/// The answer while another change to the same reservation is under way.
+fn busy() -> CoreError {
+    CoreError::Unavailable("the reservation is being settled right now; retry shortly".into())
+}
+
 /// Reservations and their timers. Cheap to clone.
 #[derive(Clone)]
 pub struct Reservations(Arc<ReservationsInner>);
@@ -235,6 +266,122 @@ impl Reservations {
         Ok((reservation, lsn.max(lines_lsn)))
     }
 
+    /// Reserves every item or none under `id`, chosen by the caller: in cluster mode, one
+    /// shard's part of a reservation whose products are in several shards. Asked again
+    /// for the same id, it answers the reservation it made and holds nothing more (the
+    /// record is journaled again, so the answer waits for it to be durable). An id that
+    /// was refused, released or expired (a tombstone, see [`Self::release_or_bury`]) is
+    /// refused: a request that arrives late never holds stock no one will release.
+    pub async fn reserve_as(
+        &self,
+        id: ReservationId,
+        request: ReservationRequest,
+    ) -> Result<(Reservation, Lsn)> {
+        let this = self.clone();
+        crate::to_the_end(async move { this.reserve_as_to_end(id, request).await }).await
+    }
+
+    async fn reserve_as_to_end(
+        &self,
+        id: ReservationId,
+        request: ReservationRequest,
+    ) -> Result<(Reservation, Lsn)> {
+        if request.items.is_empty() {
+            return Err(CoreError::InvalidQuantity(
+                "a reservation needs at least one item".into(),
+            ));
+        }
+        match self.0.table.entry(id) {
+            dashmap::Entry::Occupied(known) => {
+                let entry = known.get();
+                if entry.settling {
+                    return Err(busy());
+                }
+                return match entry.reservation.status {
+                    ReservationStatus::Pending => {
+                        let reservation = entry.reservation.clone();
+                        drop(known);
+                        let lsn = self.0.journal.append(vec![reservation.record()]);
+                        Ok((reservation, lsn))
+                    }
+                    status => Err(CoreError::ReservationNotPending { status }),
+                };
+            }
+            // Claimed while its lines are asked: a release of the same id meanwhile
+            // waits (it is told to retry) instead of burying it under a live hold.
+            dashmap::Entry::Vacant(vacant) => {
+                vacant.insert(Entry::placeholder(id));
+            }
+        }
+        let allocator = Allocator {
+            registry: &self.0.registry,
+            warehouses: &self.0.warehouses,
+            id,
+            shop_id: request.shop_id,
+            backorder_limits: &request.backorder_limits,
+        };
+        let mut holds = Holds::default();
+        if let Err(refusal) = allocator.reserve_all(&request.items, &mut holds).await {
+            self.0.outcomes.refused.fetch_add(1, Ordering::Relaxed);
+            let stranded = holds.release_all(id).await;
+            self.0.table.remove(&id);
+            if stranded.is_empty() {
+                self.bury(id, request.reference);
+            } else {
+                self.insert(id, stranded, request.reference, Duration::ZERO);
+            }
+            return Err(refusal);
+        }
+        let lines_lsn = holds.lsn;
+        let (reservation, lsn) = self.insert(id, holds.items(), request.reference, request.ttl);
+        self.0.outcomes.created.fetch_add(1, Ordering::Relaxed);
+        Ok((reservation, lsn.max(lines_lsn)))
+    }
+
+    /// Releases a reservation; one never seen here is buried instead: recorded as
+    /// released with nothing held, so a reserve of the same id that arrives later is
+    /// refused ([`Self::reserve_as`]). The caller knows the id was not settled before
+    /// (the store has no record of it).
+    pub async fn release_or_bury(&self, id: ReservationId) -> Result<(Reservation, Lsn)> {
+        if !self.0.table.contains_key(&id)
+            && let Some(buried) = self.bury(id, None)
+        {
+            return Ok(buried);
+        }
+        self.release(id).await
+    }
+
+    /// Records `id` as released, holding nothing, unless it is known here. Kept in memory
+    /// as long as settled reservations are, and in the store for good.
+    fn bury(&self, id: ReservationId, reference: Option<String>) -> Option<(Reservation, Lsn)> {
+        let now = crate::types::now();
+        let reservation = Reservation {
+            id,
+            status: ReservationStatus::Released,
+            items: Vec::new(),
+            reference,
+            expires_at: now,
+            created_at: now,
+            updated_at: now,
+        };
+        match self.0.table.entry(id) {
+            dashmap::Entry::Occupied(_) => return None,
+            dashmap::Entry::Vacant(vacant) => {
+                vacant.insert(Entry {
+                    reservation: reservation.clone(),
+                    deadline: Instant::now(),
+                    settling: false,
+                    settled: Vec::new(),
+                });
+            }
+        }
+        let lsn = self.0.journal.append(vec![reservation.record_of(true)]);
+        self.0
+            .expiry
+            .schedule(id, Instant::now() + self.0.retention, Due::Forget);
+        Some((reservation, lsn))
+    }
+
     /// The items a reservation of `request` would hold now, or its refusal, holding
     /// nothing and journaling nothing (`dry_run`).
     pub async fn dry_run(&self, request: &ReservationRequest) -> Result<Vec<ReservedItem>> {
@@ -318,7 +465,11 @@ impl Reservations {
 
     /// The reservation, while it is pending or recently settled.
     pub fn get(&self, id: ReservationId) -> Option<Reservation> {
-        self.0.table.get(&id).map(|e| e.reservation.clone())
+        self.0
+            .table
+            .get(&id)
+            .filter(|e| !e.is_placeholder())
+            .map(|e| e.reservation.clone())
     }
 
     /// How many reservations are pending.
@@ -326,7 +477,7 @@ impl Reservations {
         self.0
             .table
             .iter()
-            .filter(|e| e.reservation.status == ReservationStatus::Pending)
+            .filter(|e| e.reservation.status == ReservationStatus::Pending && !e.is_placeholder())
             .count()
     }
 
@@ -335,7 +486,7 @@ impl Reservations {
         self.0
             .table
             .iter()
-            .filter(|e| e.reservation.status == ReservationStatus::Pending)
+            .filter(|e| e.reservation.status == ReservationStatus::Pending && !e.is_placeholder())
             .map(|e| e.reservation.clone())
             .collect()
     }
@@ -387,9 +538,7 @@ impl Reservations {
             return Err(CoreError::ReservationNotPending { status });
         }
         if entry.settling {
-            return Err(CoreError::Unavailable(
-                "the reservation is being settled right now; retry shortly".into(),
-            ));
+            return Err(busy());
         }
         entry.deadline = now + ttl;
         let updated_at = crate::types::now();
@@ -848,9 +997,7 @@ impl Reservations {
         if entry.settling {
             // Another transition is under way and will end (it runs in its own task):
             // the caller retries and then learns how it ended.
-            return Err(CoreError::Unavailable(
-                "the reservation is being settled right now; retry shortly".into(),
-            ));
+            return Err(busy());
         }
         entry.settling = true;
         let effective = if Instant::now() >= entry.deadline {

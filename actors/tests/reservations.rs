@@ -812,3 +812,115 @@ async fn a_reshape_extends_the_hold_and_its_expiry_releases_the_stock_once() {
         .collect();
     assert_eq!(expiries, vec![3], "released once, all of it");
 }
+
+#[tokio::test]
+async fn a_reservation_under_a_given_id_is_made_once_however_often_it_is_asked() {
+    let (core, _) = core().await;
+    warehouse(&core, 1, 100).await;
+    stock(&core, 1, 7, 5).await;
+    let id = ReservationId::new();
+    let reservations = core.reservations();
+    let (first, _) = reservations
+        .reserve_as(id, request(vec![item(7, 2)]))
+        .await
+        .unwrap();
+    let (again, lsn) = reservations
+        .reserve_as(id, request(vec![item(7, 2)]))
+        .await
+        .unwrap();
+    assert_eq!((first.id, again.id), (id, id));
+    assert_eq!(held(&again), vec![(1, 7, 2)]);
+    assert!(lsn > 0, "the repeat waits for the record to be durable");
+    assert_eq!(levels(&core, 1, 7).await, (5, 2), "held once");
+}
+
+#[tokio::test]
+async fn an_id_released_before_it_was_reserved_is_buried_and_a_late_reserve_is_refused() {
+    let (core, _) = core().await;
+    warehouse(&core, 1, 100).await;
+    stock(&core, 1, 7, 5).await;
+    let id = ReservationId::new();
+    let reservations = core.reservations();
+    let (buried, lsn) = reservations.release_or_bury(id).await.unwrap();
+    assert_eq!(buried.status, ReservationStatus::Released);
+    assert!(buried.items.is_empty() && lsn > 0);
+    let late = reservations
+        .reserve_as(id, request(vec![item(7, 2)]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        late,
+        CoreError::ReservationNotPending {
+            status: ReservationStatus::Released
+        }
+    );
+    assert_eq!(
+        levels(&core, 1, 7).await,
+        (5, 0),
+        "the late reserve held nothing"
+    );
+    // A refused reserve buries its id too: asked again once stock came, it stays refused.
+    let short = ReservationId::new();
+    let refusal = reservations
+        .reserve_as(short, request(vec![item(7, 9)]))
+        .await
+        .unwrap_err();
+    assert!(matches!(refusal, CoreError::InsufficientStock { .. }));
+    stock(&core, 1, 7, 20).await;
+    let again = reservations
+        .reserve_as(short, request(vec![item(7, 9)]))
+        .await
+        .unwrap_err();
+    assert!(matches!(again, CoreError::ReservationNotPending { .. }));
+    // A known pending one is simply released.
+    let (held_one, _) = reservations
+        .reserve_as(ReservationId::new(), request(vec![item(7, 3)]))
+        .await
+        .unwrap();
+    let (released, _) = reservations.release_or_bury(held_one.id).await.unwrap();
+    assert_eq!(held(&released), vec![(1, 7, 3)]);
+    assert_eq!(levels(&core, 1, 7).await.1, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reserve_and_a_release_of_one_id_racing_never_leave_a_hold_behind() {
+    let (core, _) = core().await;
+    warehouse(&core, 1, 100).await;
+    stock(&core, 1, 7, 1_000).await;
+    let core = Arc::new(core);
+    for _ in 0..200 {
+        let id = ReservationId::new();
+        let reserve = tokio::spawn({
+            let core = core.clone();
+            async move {
+                core.reservations()
+                    .reserve_as(id, request(vec![item(7, 1)]))
+                    .await
+            }
+        });
+        let release = tokio::spawn({
+            let core = core.clone();
+            async move {
+                // Retried while the reserve holds the id, as the coordinator does.
+                loop {
+                    match core.reservations().release_or_bury(id).await {
+                        Err(CoreError::Unavailable(_)) => tokio::task::yield_now().await,
+                        other => break other,
+                    }
+                }
+            }
+        });
+        let (reserved, released) = (reserve.await.unwrap(), release.await.unwrap());
+        assert!(released.is_ok(), "{released:?}");
+        if let Ok((r, _)) = &reserved {
+            assert_eq!(r.id, id);
+        }
+        let status = core.reservations().get(id).unwrap().status;
+        assert_eq!(status, ReservationStatus::Released, "{reserved:?}");
+    }
+    assert_eq!(
+        levels(&core, 1, 7).await,
+        (1_000, 0),
+        "nothing is held at the end"
+    );
+}
