@@ -147,7 +147,6 @@ async fn three_nodes_sell_exactly_the_stock_there_is_whichever_node_is_asked() {
         "every node lists every shard's pending reservations"
     );
 
-    // What cluster mode does not do yet is refused whole, and says so.
     // A bulk adjustment over several shards is split by shard and put back in order.
     let other = product_in_another_shard(&nodes, 0, product).await;
     let receipt = |product: i64, delta: i64| json!({ "warehouse_id": warehouse, "product_id": product, "delta": delta, "reason": "receipt" });
@@ -181,27 +180,414 @@ async fn three_nodes_sell_exactly_the_stock_there_is_whichever_node_is_asked() {
         "{answer}"
     );
     assert_eq!(stored_line(&db, warehouse, product).await, (59, 49));
-    let (status, refused) = nodes
-        .app(1)
-        .post(
-            "/reservations",
-            &service,
-            json!({ "items": [{ "product_id": product, "quantity": 1 }, { "product_id": other, "quantity": 1 }] }),
-        )
-        .await;
-    assert_eq!(
-        common::error_code(status, &refused, StatusCode::NOT_IMPLEMENTED),
-        "not_in_cluster_mode"
-    );
-    assert_eq!(
-        stored_line(&db, warehouse, other).await,
-        (5, 0),
-        "nothing held"
-    );
+    // Orders are not in cluster mode yet: refused whole, and saying so.
     let (status, refused) = nodes.app(2).get("/orders", &service).await;
     assert_eq!(
         common::error_code(status, &refused, StatusCode::NOT_IMPLEMENTED),
         "not_in_cluster_mode"
+    );
+    db.close().await;
+    nodes.stop().await;
+}
+
+/// Two products in different shards, each stocked in `warehouse` (through node 0).
+async fn two_shards(nodes: &Nodes, a_units: i64, b_units: i64) -> (i64, i64, i64) {
+    let app = nodes.app(0);
+    let a = app.product("A", 100).await;
+    let b = product_in_another_shard(nodes, 0, a).await;
+    let warehouse = app.warehouse("W", 1).await;
+    app.stock(warehouse, a, a_units).await;
+    app.stock(warehouse, b, b_units).await;
+    (a, b, warehouse)
+}
+
+fn basket(a: i64, b: i64) -> Value {
+    json!({ "items": [{ "product_id": a, "quantity": 1 }, { "product_id": b, "quantity": 1 }] })
+}
+
+#[tokio::test]
+async fn a_reservation_across_shards_is_all_or_nothing_whichever_node_is_asked() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let nodes = Nodes::start(3, LEASE).await;
+    nodes.wait_shared(&[0, 1, 2], SETTLE_WITHIN).await;
+    let (a, b, warehouse) = two_shards(&nodes, 100, 5).await;
+    let service = nodes.app(0).operator("shop-service@stockline.test").await;
+
+    // 40 baskets of one A and one B at once, over the three nodes: B runs out after 5
+    // (A never does), and no refused basket keeps its A.
+    let bases = nodes.bases();
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let (client, token) = (client.clone(), service.clone());
+        let url = format!("{}/api/v1/reservations", bases[i % 3]);
+        tasks.push(tokio::spawn(async move {
+            let answer = client
+                .post(url)
+                .bearer_auth(token)
+                .json(&basket(a, b))
+                .send()
+                .await
+                .unwrap();
+            (answer.status(), answer.json::<Value>().await.unwrap())
+        }));
+    }
+    let mut by_status: BTreeMap<u16, usize> = BTreeMap::new();
+    let mut made = Vec::new();
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        *by_status.entry(status.as_u16()).or_default() += 1;
+        match status {
+            StatusCode::CREATED => {
+                assert_eq!(body["items"].as_array().unwrap().len(), 2, "{body}");
+                made.push(body["id"].as_str().unwrap().to_owned());
+            }
+            _ => assert_eq!(
+                common::error_code(status, &body, StatusCode::CONFLICT),
+                "insufficient_stock"
+            ),
+        }
+    }
+    assert_eq!(by_status, BTreeMap::from([(201, 5), (409, 35)]));
+    let db = pool(&nodes.database).await;
+    assert_eq!(
+        stored_line(&db, warehouse, a).await,
+        (100, 5),
+        "no refused basket kept its A"
+    );
+    assert_eq!(stored_line(&db, warehouse, b).await, (5, 5));
+
+    // One reservation, read, listed and settled through any node.
+    let (status, read) = nodes
+        .app(1)
+        .get(&format!("/reservations/{}", made[0]), &service)
+        .await;
+    assert_eq!(
+        (status, &read["status"]),
+        (StatusCode::OK, &json!("pending")),
+        "{read}"
+    );
+    let mut products: Vec<i64> = read["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["product_id"].as_i64().unwrap())
+        .collect();
+    products.sort_unstable();
+    let mut both = vec![a, b];
+    both.sort_unstable();
+    assert_eq!(products, both, "{read}");
+    let (_, listed) = nodes.app(2).get("/reservations?limit=100", &service).await;
+    assert_eq!(
+        listed["total"],
+        json!(5),
+        "each basket listed once: {listed}"
+    );
+    let (status, committed) = nodes
+        .app(2)
+        .post(
+            &format!("/reservations/{}/commit", made[0]),
+            &service,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, &committed["status"]),
+        (StatusCode::OK, &json!("committed")),
+        "{committed}"
+    );
+    assert_eq!(stored_line(&db, warehouse, a).await, (99, 4));
+    assert_eq!(stored_line(&db, warehouse, b).await, (4, 4));
+    let (status, released) = nodes
+        .app(0)
+        .post(
+            &format!("/reservations/{}/release", made[1]),
+            &service,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, &released["status"]),
+        (StatusCode::OK, &json!("released")),
+        "{released}"
+    );
+    assert_eq!(stored_line(&db, warehouse, b).await, (4, 3));
+    let (status, again) = nodes
+        .app(1)
+        .post(
+            &format!("/reservations/{}/commit", made[1]),
+            &service,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        common::error_code(status, &again, StatusCode::CONFLICT),
+        "reservation_not_pending"
+    );
+    assert_eq!(again["error"]["details"]["status"], json!("released"));
+
+    // Partial fulfilment across shards: one line committed, then the rest released.
+    let (status, part) = nodes
+        .app(0)
+        .post(
+            &format!("/reservations/{}/commit", made[2]),
+            &service,
+            json!({ "items": [{ "product_id": a, "warehouse_id": warehouse, "quantity": 1 }] }),
+        )
+        .await;
+    assert_eq!(
+        (status, &part["status"]),
+        (StatusCode::OK, &json!("pending")),
+        "{part}"
+    );
+    let (status, over) = nodes
+        .app(1)
+        .post(
+            &format!("/reservations/{}/commit", made[2]),
+            &service,
+            json!({ "items": [{ "product_id": a, "warehouse_id": warehouse, "quantity": 1 }] }),
+        )
+        .await;
+    assert_eq!(
+        common::error_code(status, &over, StatusCode::UNPROCESSABLE_ENTITY),
+        "validation_failed"
+    );
+    let (status, rest) = nodes
+        .app(1)
+        .post(
+            &format!("/reservations/{}/release", made[2]),
+            &service,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, &rest["status"]),
+        (StatusCode::OK, &json!("committed")),
+        "{rest}"
+    );
+    assert_eq!(stored_line(&db, warehouse, a).await, (98, 2));
+    assert_eq!(stored_line(&db, warehouse, b).await, (4, 2));
+
+    // A dry run holds nothing; a retry under the same key holds once and answers the same.
+    let (status, dry) = nodes
+        .app(2)
+        .post("/reservations?dry_run=true", &service, basket(a, b))
+        .await;
+    assert_eq!(
+        (status, &dry["status"]),
+        (StatusCode::OK, &json!("dry_run")),
+        "{dry}"
+    );
+    assert_eq!(dry["items"].as_array().unwrap().len(), 2, "{dry}");
+    let keyed = |node: usize| {
+        let app = nodes.app(node);
+        app.client
+            .post(format!("{}/api/v1/reservations", app.base))
+            .bearer_auth(&service)
+            .header("Idempotency-Key", "basket-1")
+            .json(&basket(a, b))
+            .send()
+    };
+    let first: Value = keyed(0).await.unwrap().json().await.unwrap();
+    let replay = keyed(1).await.unwrap();
+    assert_eq!(replay.status(), StatusCode::CREATED);
+    assert_eq!(
+        replay.json::<Value>().await.unwrap()["id"],
+        first["id"],
+        "the first answer again"
+    );
+    assert_eq!(stored_line(&db, warehouse, b).await, (4, 3), "held once");
+
+    // Extended, then left to expire: every part's stock comes back.
+    let (status, short) = nodes
+        .app(1)
+        .post("/reservations", &service, json!({ "items": [{ "product_id": a, "quantity": 2 }, { "product_id": b, "quantity": 1 }], "ttl_seconds": 600 }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{short}");
+    let id = short["id"].as_str().unwrap();
+    let (status, extended) = nodes
+        .app(2)
+        .patch(
+            &format!("/reservations/{id}"),
+            &service,
+            json!({ "ttl_seconds": 2 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{extended}");
+    assert_eq!(stored_line(&db, warehouse, b).await, (4, 4));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (_, expired) = nodes
+        .app(0)
+        .get(&format!("/reservations/{id}"), &service)
+        .await;
+    assert_eq!(expired["status"], json!("expired"), "{expired}");
+    let (status, late) = nodes
+        .app(0)
+        .post(&format!("/reservations/{id}/commit"), &service, json!({}))
+        .await;
+    assert_eq!(
+        common::error_code(status, &late, StatusCode::CONFLICT),
+        "reservation_not_pending"
+    );
+    assert_eq!(
+        stored_line(&db, warehouse, a).await,
+        (98, 3),
+        "its A came back"
+    );
+    assert_eq!(
+        stored_line(&db, warehouse, b).await,
+        (4, 3),
+        "its B came back"
+    );
+    db.close().await;
+    nodes.stop().await;
+}
+
+/// A coordinator that died after deciding a commit: the parts' owners finish it.
+#[tokio::test]
+async fn a_commit_decided_before_its_coordinator_died_is_finished_by_the_owners() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let nodes = Nodes::start(3, LEASE).await;
+    nodes.wait_shared(&[0, 1, 2], SETTLE_WITHIN).await;
+    let (a, b, warehouse) = two_shards(&nodes, 10, 10).await;
+    let service = nodes.app(0).operator("shop-service@stockline.test").await;
+    let (status, made) = nodes
+        .app(0)
+        .post("/reservations", &service, basket(a, b))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let id: uuid::Uuid = made["id"].as_str().unwrap().parse().unwrap();
+    // What a coordinator leaves when it dies right after writing its decision.
+    let db = pool(&nodes.database).await;
+    sqlx::query("UPDATE reservation_sagas SET status = 'committing', updated_at = now() - interval '1 minute' WHERE id = $1")
+        .bind(id)
+        .execute(&db)
+        .await
+        .unwrap();
+    let within = Instant::now() + 6 * LEASE;
+    loop {
+        let status: String =
+            sqlx::query_scalar("SELECT status FROM reservation_sagas WHERE id = $1")
+                .bind(id)
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        if status == "committed" {
+            break;
+        }
+        assert!(Instant::now() < within, "still {status} after six leases");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(stored_line(&db, warehouse, a).await, (9, 0));
+    assert_eq!(stored_line(&db, warehouse, b).await, (9, 0));
+    let (_, read) = nodes
+        .app(2)
+        .get(&format!("/reservations/{id}"), &service)
+        .await;
+    assert_eq!(read["status"], json!("committed"), "{read}");
+    db.close().await;
+    nodes.stop().await;
+}
+
+/// Baskets of one A and one B reserved and committed under load while the owner of B's
+/// shard is killed: every basket takes both or neither, whatever node coordinated it.
+#[tokio::test]
+async fn baskets_across_shards_stay_whole_through_a_kill_9_of_an_owner() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut nodes = Nodes::start(3, LEASE).await;
+    nodes.wait_shared(&[0, 1, 2], SETTLE_WITHIN).await;
+    let (a, b, warehouse) = two_shards(&nodes, 10_000, 10_000).await;
+    let service = nodes.app(0).operator("shop-service@stockline.test").await;
+    let victim = nodes.owner_of(b, 0).await;
+    let survivors: Vec<usize> = (0..3).filter(|n| *n != victim).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let (bases, token, stop) = (nodes.bases(), service.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let client = load_client();
+            let mut node = i;
+            let mut committed = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let key = uuid::Uuid::now_v7().to_string();
+                let body = json!({ "items": [{ "product_id": a, "quantity": 1 }, { "product_id": b, "quantity": 1 }], "ttl_seconds": 5 });
+                // Reserve, then commit, each sent again through the next node until it is
+                // answered for sure.
+                let id = loop {
+                    let sent = client
+                        .post(format!("{}/api/v1/reservations", bases[node % 3]))
+                        .bearer_auth(&token)
+                        .header("Idempotency-Key", &key)
+                        .json(&body)
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(answer) if answer.status() == StatusCode::CREATED => {
+                            break answer.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+                        }
+                        Ok(answer) if answer.status() != StatusCode::SERVICE_UNAVAILABLE => {
+                            panic!("reserve: {} {}", answer.status(), answer.text().await.unwrap());
+                        }
+                        _ => node += 1,
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                };
+                loop {
+                    let sent = client
+                        .post(format!("{}/api/v1/reservations/{id}/commit", bases[node % 3]))
+                        .bearer_auth(&token)
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(answer) if answer.status() == StatusCode::OK => {
+                            committed += 1;
+                            break;
+                        }
+                        // Expired while its owner moved: nothing of it was committed.
+                        Ok(answer) if answer.status() == StatusCode::CONFLICT => break,
+                        Ok(answer) if answer.status() != StatusCode::SERVICE_UNAVAILABLE => {
+                            panic!("commit: {} {}", answer.status(), answer.text().await.unwrap());
+                        }
+                        _ => node += 1,
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            committed
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    nodes.kill(victim);
+    nodes.wait_shared(&survivors, SETTLE_WITHIN).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut committed = 0;
+    for client in clients {
+        committed += client.await.unwrap();
+    }
+    assert!(committed > 0, "baskets were committed");
+    // Holds left by requests cut short expire within their 5 s; decided commits finish.
+    let db = pool(&nodes.database).await;
+    let within = Instant::now() + Duration::from_secs(40);
+    let (line_a, line_b) = loop {
+        let lines = (
+            stored_line(&db, warehouse, a).await,
+            stored_line(&db, warehouse, b).await,
+        );
+        if (lines.0.1, lines.1.1) == (0, 0) || Instant::now() > within {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!("{committed} baskets acknowledged committed; lines A {line_a:?}, B {line_b:?}");
+    assert_eq!((line_a.1, line_b.1), (0, 0), "nothing stays held");
+    assert_eq!(
+        line_a.0, line_b.0,
+        "every basket took both products or neither"
+    );
+    assert!(
+        10_000 - line_a.0 >= i64::from(committed),
+        "every acknowledged commit took its stock"
     );
     db.close().await;
     nodes.stop().await;

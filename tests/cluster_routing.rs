@@ -44,7 +44,10 @@ fn app(node: &'static str, slow: Arc<Notify>, counted: Arc<AtomicUsize>) -> Rout
         .route(
             "/p/{product}",
             post(
-                move |Path(product): Path<i64>, headers: HeaderMap, body: String| async move {
+                move |Path(product): Path<i64>,
+                      headers: HeaderMap,
+                      extensions: axum::http::Extensions,
+                      body: String| async move {
                     let key = headers
                         .get("idempotency-key")
                         .map(|v| v.to_str().unwrap().to_owned());
@@ -53,7 +56,7 @@ fn app(node: &'static str, slow: Arc<Notify>, counted: Arc<AtomicUsize>) -> Rout
                         [("x-node", node)],
                         axum::Json(json!({
                             "node": node, "product": product, "body": body, "key": key,
-                            "forwarded": routing::is_forwarded(&headers),
+                            "forwarded": routing::is_forwarded(&extensions),
                         })),
                     )
                 },

@@ -9,6 +9,7 @@
 //! - [`routing`]: requests between nodes, over NATS request/reply per shard.
 //! - [`node`]: what a node does as its leases change (restore, answer, forget).
 //! - [`route`]: which shard's owner serves a request, from its path and body.
+//! - [`saga`]: reservations across shards, one part per shard.
 //! - [`reference`]: changes to the catalog, warehouses, shops and logouts, announced to
 //!   every node.
 //! - [`Cluster`]: a running node's part, from joining at start to leaving at shutdown.
@@ -20,6 +21,7 @@ pub mod ordinal;
 pub mod reference;
 pub mod route;
 pub mod routing;
+pub mod saga;
 pub mod shard;
 
 pub use leases::{Epoch, Fenced, LeaseSettings, Leases, Membership, Round};

@@ -239,7 +239,12 @@ pub fn not_owner(shard: Shard) -> Response<Body> {
     response
 }
 
+/// Marks, among a request's extensions, a request that came from another node over NATS.
+/// An extension, not a header: a client cannot claim it.
+#[derive(Clone, Copy, Debug)]
+pub struct Forwarded;
+
 /// Whether a request came from another node (and so must not be forwarded again).
-pub fn is_forwarded(headers: &axum::http::HeaderMap) -> bool {
-    headers.contains_key(FORWARDED)
+pub fn is_forwarded(extensions: &axum::http::Extensions) -> bool {
+    extensions.get::<Forwarded>().is_some()
 }

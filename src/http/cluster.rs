@@ -10,11 +10,13 @@
 //! warehouses or shops, the node that made it announces it to the others
 //! (`cluster::reference`), and [`listen`] applies what the others announce.
 //!
+//! A reservation whose products are in different shards is coordinated by the node it
+//! reached, one part per shard (`http::saga`). A bulk adjustment over several shards is
+//! split by shard, each part served by its owner.
+//!
 //! What cluster mode does not do yet is refused with 501 `not_in_cluster_mode`, never half
 //! done: orders and carts (they reserve through the local core), events and webhooks (their
-//! ids follow each node's journal), and reservations whose products are in different
-//! shards. A bulk adjustment over several shards is split by shard, each part served by
-//! its owner.
+//! ids follow each node's journal).
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -35,10 +37,12 @@ use super::AppState;
 use super::caller::Caller;
 use super::extract::Json;
 use super::openapi::ErrorBody;
+use super::saga;
 use crate::auth::Role;
 use crate::cluster::reference::{self, Change};
 use crate::cluster::route::{Route, route_of};
 use crate::cluster::routing::{is_forwarded, not_owner};
+use crate::cluster::saga::{PART, SagaPart};
 use crate::cluster::{SHARDS, Shard, shard_of};
 use crate::error::{AppError, Result};
 use crate::store::recovery;
@@ -59,11 +63,30 @@ pub async fn edge(State(state): State<AppState>, request: Request, next: Next) -
         ))
         .into_response();
     }
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     // Read whole already (`storable::read_body`, which runs first): this takes no time.
     let Ok(bytes) = axum::body::to_bytes(body, super::MAX_BODY).await else {
         return AppError::PayloadTooLarge.into_response();
     };
+    let forwarded = is_forwarded(&parts.extensions);
+    if !forwarded {
+        // Only a node names a part of a reservation across shards.
+        parts.headers.remove(PART);
+    } else if let Some(part) = parts
+        .headers
+        .get(PART)
+        .and_then(|v| v.to_str().ok())
+        .and_then(SagaPart::parse)
+    {
+        if cluster.leases().serving(part.shard).is_none() {
+            return not_owner(part.shard);
+        }
+        if let Err(error) = know_named(&state, parts.uri.path(), &bytes).await {
+            return error.into_response();
+        }
+        parts.extensions.insert(part);
+        return serve_here(&state, Request::from_parts(parts, Body::from(bytes)), next).await;
+    }
     let route = route_of(&parts.method, parts.uri.path(), &bytes);
     let shard = match route {
         Route::Here => None,
@@ -80,21 +103,16 @@ pub async fn edge(State(state): State<AppState>, request: Request, next: Next) -
                 }
             };
         }
-        Route::Shards(shards) => {
-            return AppError::NotInCluster(format!(
-                "the products of this reservation are in {} different shards; in cluster \
-                 mode a reservation takes products of one shard for now (reserve them one \
-                 request per product)",
-                shards.len()
-            ))
-            .into_response();
-        }
-        Route::Reservation(id) => match reservation_shard(&state, id).await {
-            Ok(shard) => shard,
+        // A reservation across shards: coordinated here, one part per shard.
+        Route::Shards(_) => return saga::reserve(&state, &cluster, parts, bytes).await,
+        Route::Reservation(id) => match locate(&state, id).await {
+            Ok(Located::Shard(shard)) => shard,
+            Ok(Located::Saga(found)) => {
+                return saga::serve(&state, &cluster, parts, bytes, found).await;
+            }
             Err(error) => return error.into_response(),
         },
     };
-    let forwarded = is_forwarded(&parts.headers);
     let request = Request::from_parts(parts, Body::from(bytes.clone()));
     match shard {
         None => serve_here(&state, request, next).await,
@@ -233,28 +251,41 @@ fn not_in_cluster(path: &str) -> Option<&'static str> {
     }
 }
 
-/// The shard a reservation's stock is in: known here if this node holds it, else from
-/// the store (a reservation is stored before its creator is answered). Unknown: `None`,
-/// served here, which answers 404.
-async fn reservation_shard(state: &AppState, id: Uuid) -> Result<Option<Shard>> {
+/// Where a reservation is served.
+enum Located {
+    /// By the owner of this shard, where its stock is; `None`: unknown, served here
+    /// (which answers 404).
+    Shard(Option<Shard>),
+    /// A reservation across shards: coordinated here.
+    Saga(saga::Saga),
+}
+
+/// Where reservation `id` is served: by the owner of the shard its stock is in (known here
+/// if this node holds it, else from the store, which has a reservation before its creator
+/// is answered), or coordinated here if it spans shards.
+async fn locate(state: &AppState, id: Uuid) -> Result<Located> {
     if let Some(reservation) = state.core.reservations().get(ReservationId(id))
         && let Some(item) = reservation.items.first()
     {
-        return Ok(Some(shard_of(item.product_id)));
+        return Ok(Located::Shard(Some(shard_of(item.product_id))));
     }
-    let product: Option<i64> = sqlx::query_scalar(
-        "SELECT product_id FROM reservation_items WHERE reservation_id = $1 LIMIT 1",
+    let (product, spans): (Option<i64>, bool) = sqlx::query_as(
+        "SELECT (SELECT product_id FROM reservation_items WHERE reservation_id = $1 LIMIT 1),
+                EXISTS (SELECT 1 FROM reservation_sagas WHERE id = $1)",
     )
     .bind(id)
-    .fetch_optional(&state.db)
+    .fetch_one(&state.db)
     .await?;
-    Ok(product.map(shard_of))
+    if spans && let Some(found) = saga::find(&state.db, id).await? {
+        return Ok(Located::Saga(found));
+    }
+    Ok(Located::Shard(product.map(shard_of)))
 }
 
 /// Reads from the store the products and warehouses a routed request names that this
 /// node has not seen: made through another node a moment ago, their announcement may not
 /// have arrived yet.
-async fn know_named(state: &AppState, path: &str, body: &[u8]) -> Result<()> {
+pub(super) async fn know_named(state: &AppState, path: &str, body: &[u8]) -> Result<()> {
     let (products, warehouses) = named(path, body);
     for product in products {
         if state.catalog.get(product).is_none() {

@@ -72,21 +72,34 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Idempotent<T> {
         };
         // serde_json's maps are sorted, so key order does not change the fingerprint.
         let fingerprint = format!("{:x}", Sha256::digest(format!("{target}\n{value}")));
-        let body = serde_json::from_value(value).map_err(|e| {
-            let text = e.to_string();
-            match text
-                .strip_prefix("missing field `")
-                .and_then(|rest| rest.split('`').next())
-            {
-                Some(field) => AppError::validation(field, "is required"),
-                None => AppError::InvalidJson(text),
-            }
-        })?;
+        let body = serde_json::from_value(value).map_err(body_error)?;
         Ok(Self {
             body,
             key,
             fingerprint,
         })
+    }
+}
+
+/// A JSON body that does not fit the request, in the contract's words: a missing field
+/// is named, anything else is invalid JSON.
+pub fn body_error(error: serde_json::Error) -> AppError {
+    let text = error.to_string();
+    match text
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        Some(field) => AppError::validation(field, "is required"),
+        None => AppError::InvalidJson(text),
+    }
+}
+
+impl<T> Idempotent<T> {
+    /// The client's key and the request's fingerprint, if it sent a key.
+    pub fn key(&self) -> Option<(&str, &str)> {
+        self.key
+            .as_deref()
+            .map(|key| (key, self.fingerprint.as_str()))
     }
 }
 
@@ -251,9 +264,46 @@ where
     Fut: Future<Output = Result<Answer>> + Send + 'static,
 {
     let state = state.clone();
-    tokio::spawn(async move { run_to_end(&state, user, request, work).await })
+    tokio::spawn(async move { run_to_end(&state, user, request, work, Grouped::Yes).await })
         .await
         .map_err(|e| AppError::Internal(format!("idempotent request task: {e}")))?
+}
+
+/// Like [`run`], for work whose effects other nodes make durable (the parts of a
+/// reservation across shards): no flush group is held while it runs, since this node's
+/// own forwarded parts would wait on it to be flushed. Only the answer is journaled here.
+pub async fn run_elsewhere<T, F, Fut>(
+    state: &AppState,
+    user: i64,
+    request: Idempotent<T>,
+    work: F,
+) -> Result<Response>
+where
+    T: Send + 'static,
+    F: FnOnce(T) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Answer>> + Send + 'static,
+{
+    let state = state.clone();
+    tokio::spawn(async move { run_to_end(&state, user, request, work, Grouped::No).await })
+        .await
+        .map_err(|e| AppError::Internal(format!("idempotent request task: {e}")))?
+}
+
+/// Whether the work runs inside a flush group.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Grouped {
+    Yes,
+    No,
+}
+
+async fn open_group(
+    state: &AppState,
+    grouped: Grouped,
+) -> Option<stockline_actors::journal::FlushGroup<'_, StoreRecord>> {
+    match grouped {
+        Grouped::Yes => Some(state.store.buffer.group().await),
+        Grouped::No => None,
+    }
 }
 
 async fn run_to_end<T, F, Fut>(
@@ -261,13 +311,14 @@ async fn run_to_end<T, F, Fut>(
     user: i64,
     request: Idempotent<T>,
     work: F,
+    grouped: Grouped,
 ) -> Result<Response>
 where
     F: FnOnce(T) -> Fut,
     Fut: Future<Output = Result<Answer>>,
 {
     let Some(key) = request.key else {
-        let group = state.store.buffer.group().await;
+        let group = open_group(state, grouped).await;
         let answer = work(request.body).await;
         drop(group);
         let answer = answer?;
@@ -308,7 +359,7 @@ where
             }
         }
     }
-    let group = state.store.buffer.group().await;
+    let group = open_group(state, grouped).await;
     let (status, body, lsn) = match work(request.body).await {
         Ok(answer) => (answer.status, answer.body, answer.lsn),
         // Nothing happened and the client is told to retry: no answer to keep.

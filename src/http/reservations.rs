@@ -23,6 +23,8 @@ use axum::response::{IntoResponse, Response};
 use super::extract::{Json, List, OptionalJson, Page, Path, Query, int_in, quantity, text};
 use super::idempotency::{self, Answer, Idempotent};
 use crate::auth::Role;
+use crate::cluster::saga::SagaPart;
+
 use crate::error::{AppError, Result};
 use crate::http::AppState;
 use crate::http::caller::Caller;
@@ -145,6 +147,7 @@ async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Query(options): Query<CreateOptions>,
+    part: Option<axum::Extension<SagaPart>>,
     request: Idempotent<CreateReservation>,
 ) -> Result<Response> {
     caller.require(Role::Operator)?;
@@ -161,8 +164,9 @@ async fn create(
         return Ok((StatusCode::OK, Json(body)).into_response());
     }
     let owned = state.clone();
+    let part = part.map(|axum::Extension(part)| part.id);
     idempotency::run(&state, caller.user_id, request, move |body| async move {
-        reserve(&owned, body).await
+        reserve(&owned, body, part).await
     })
     .await
 }
@@ -184,10 +188,48 @@ struct DryRun {
     expires_at: DateTime<Utc>,
 }
 
-async fn reserve(state: &AppState, body: CreateReservation) -> Result<Answer> {
+/// Reserves; `part`: under that id, as one shard's part of a reservation across shards
+/// (cluster mode), refused if the store has it settled already.
+async fn reserve(
+    state: &AppState,
+    body: CreateReservation,
+    part: Option<ReservationId>,
+) -> Result<Answer> {
     let request = parse(state, body)?;
-    let (reservation, lsn) = state.core.reservations().reserve(request).await?;
+    let reservations = state.core.reservations();
+    let (reservation, lsn) = match part {
+        None => reservations.reserve(request).await?,
+        Some(id) => {
+            if reservations.get(id).is_none() {
+                settled_before(state, id).await?;
+            }
+            reservations.reserve_as(id, request).await?
+        }
+    };
     Answer::new(StatusCode::CREATED, shown(state, reservation), lsn)
+}
+
+/// Refuses a part the store has already (this node took its shard over after it was
+/// settled, or buried, elsewhere): its row is its tombstone.
+async fn settled_before(state: &AppState, id: ReservationId) -> Result<()> {
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM reservations WHERE id = $1")
+            .bind(id.0)
+            .fetch_optional(&state.db)
+            .await?;
+    match status.as_deref().and_then(ReservationStatus::parse) {
+        Some(status) => Err(stockline_actors::CoreError::ReservationNotPending { status }.into()),
+        None => Ok(()),
+    }
+}
+
+/// The request the core reserves, from a JSON body (a reservation across shards is
+/// checked whole before its parts go out).
+pub fn request_of(state: &AppState, body: serde_json::Value) -> Result<ReservationRequest> {
+    parse(
+        state,
+        serde_json::from_value(body).map_err(idempotency::body_error)?,
+    )
 }
 
 /// The request the core reserves, from the body.
@@ -266,7 +308,10 @@ async fn expiring(
     // A cluster node holds only its shards' reservations: the store has them all.
     let mut pending = match &state.cluster {
         None => state.core.reservations().pending(),
-        Some(_) => crate::store::recovery::pending_reservations(&state.db).await?,
+        Some(_) => {
+            let pending = crate::store::recovery::pending_reservations(&state.db).await?;
+            super::saga::fold(&state.db, pending).await?
+        }
     };
     pending.retain(|r| {
         r.items
@@ -279,7 +324,11 @@ async fn expiring(
         .into_iter()
         .skip(page.offset()? as usize)
         .take(page.limit()? as usize)
-        .map(|r| shown(&state, r))
+        // A node holds only its own shards' lines: what waits for receipts is not shown.
+        .map(|r| match state.cluster {
+            None => shown(&state, r),
+            Some(_) => ReservationBody::from(r),
+        })
         .collect();
     Ok(Json(List { items, total }))
 }
@@ -287,7 +336,7 @@ async fn expiring(
 /// status, reference, expires_at, created_at
 type StoredRow = (String, Option<String>, DateTime<Utc>, DateTime<Utc>);
 
-async fn stored(state: &AppState, id: Uuid) -> Result<ReservationBody> {
+pub async fn stored(state: &AppState, id: Uuid) -> Result<ReservationBody> {
     let row: Option<StoredRow> = sqlx::query_as(
         "SELECT status, reference, expires_at, created_at FROM reservations WHERE id = $1",
     )
@@ -435,10 +484,24 @@ async fn release(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Path(id): Path<Uuid>,
+    part: Option<axum::Extension<SagaPart>>,
     OptionalJson(body): OptionalJson<Parts>,
 ) -> Result<Json<ReservationBody>> {
     caller.require(Role::Operator)?;
-    settle(&state, id, false, body).await
+    match part {
+        // A part given up before (or while) its reserve arrives is buried: the reserve,
+        // if it comes, is refused.
+        Some(axum::Extension(part)) if part.id.0 == id && body.is_none() => {
+            let reservations = state.core.reservations();
+            if reservations.get(part.id).is_none() {
+                settled_before(&state, part.id).await?;
+            }
+            let (reservation, lsn) = reservations.release_or_bury(part.id).await?;
+            state.durable(lsn).await?;
+            Ok(Json(shown(&state, reservation)))
+        }
+        _ => settle(&state, id, false, body).await,
+    }
 }
 
 async fn settle(

@@ -8,7 +8,7 @@ use axum::http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode,
 use axum::response::IntoResponse;
 use tower::ServiceExt;
 
-use super::{FORWARDED, MAX_ANSWER, METHOD, NOT_OWNER, STATUS, URI, not_owner};
+use super::{FORWARDED, Forwarded, MAX_ANSWER, METHOD, NOT_OWNER, STATUS, URI, not_owner};
 use crate::cluster::shard::Shard;
 use crate::error::AppError;
 
@@ -86,7 +86,8 @@ pub(super) async fn answer(
     }
 }
 
-/// The HTTP request a forwarded message carries, marked [`FORWARDED`].
+/// The HTTP request a forwarded message carries, marked [`Forwarded`] (and, for the
+/// logs, [`FORWARDED`]).
 fn request_from(message: async_nats::Message) -> Option<Request<Body>> {
     let headers = message.headers?;
     let method = Method::from_bytes(headers.get(METHOD)?.as_str().as_bytes()).ok()?;
@@ -100,6 +101,7 @@ fn request_from(message: async_nats::Message) -> Option<Request<Body>> {
     request
         .headers_mut()
         .insert(FORWARDED, HeaderValue::from_static("1"));
+    request.extensions_mut().insert(Forwarded);
     Some(request)
 }
 

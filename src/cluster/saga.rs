@@ -1,0 +1,132 @@
+//! Reservations across shards: a saga over one part per shard (DESIGN.md "Growing past
+//! one machine"). What every node must agree on without asking: each part's id, the mark
+//! a forwarded part carries, and what the parts' statuses make of the whole.
+//!
+//! A part is an ordinary reservation, held by its shard's owner under an id derived from
+//! the reservation's id and the shard, so that asking again (a retry, a coordinator that
+//! took over) names the same part and holds nothing twice, and a part released before its
+//! reserve arrived stays refused.
+
+use stockline_actors::{ReservationId, ReservationStatus};
+use uuid::Uuid;
+use xxhash_rust::xxh3::xxh3_128;
+
+use super::shard::{SHARDS, Shard};
+
+/// The header of a forwarded request for one part: `<reservation id>/<shard>`. Honoured
+/// only on a request that came from another node.
+pub const PART: &str = "stockline-saga-part";
+
+/// A forwarded request for one shard's part of a reservation across shards (set by the
+/// edge of the shard's owner, from [`PART`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SagaPart {
+    /// The part's own reservation id.
+    pub id: ReservationId,
+    pub shard: Shard,
+}
+
+impl SagaPart {
+    pub fn new(saga: Uuid, shard: Shard) -> Self {
+        Self {
+            id: ReservationId(part_id(saga, shard)),
+            shard,
+        }
+    }
+
+    /// The part a [`PART`] header names; `None` if it names none.
+    pub fn parse(value: &str) -> Option<Self> {
+        let (saga, shard) = value.split_once('/')?;
+        let shard: Shard = shard.parse().ok().filter(|s| *s < SHARDS)?;
+        Some(Self::new(saga.parse().ok()?, shard))
+    }
+
+    /// The [`PART`] header's value for `saga`'s part in `shard`.
+    pub fn header(saga: Uuid, shard: Shard) -> String {
+        format!("{saga}/{shard}")
+    }
+}
+
+/// The id of `saga`'s part in `shard`: the same on every node, never another's.
+pub fn part_id(saga: Uuid, shard: Shard) -> Uuid {
+    let mut bytes = [0u8; 18];
+    bytes[..16].copy_from_slice(saga.as_bytes());
+    bytes[16..].copy_from_slice(&shard.to_le_bytes());
+    derived(&bytes)
+}
+
+/// The id of the reservation a user's request under an `Idempotency-Key` makes: the same
+/// request under the same key names the same reservation (and so the same parts) on
+/// every node, so a retry after the coordinator died finishes it instead of holding
+/// stock a second time.
+pub fn saga_id(user: i64, key: &str, fingerprint: &str) -> Uuid {
+    let text = format!("saga\n{user}\n{key}\n{fingerprint}");
+    derived(text.as_bytes())
+}
+
+/// A version 8 (custom) UUID from a hash of `bytes`.
+fn derived(bytes: &[u8]) -> Uuid {
+    uuid::Builder::from_custom_bytes(xxh3_128(bytes).to_le_bytes()).into_uuid()
+}
+
+/// What a reservation is, from its parts: pending while any part is; expired if any part
+/// expired (no part is committed without every part held, see `http::saga`); committed
+/// if any part left the warehouse; else released.
+pub fn status_of(parts: &[ReservationStatus]) -> ReservationStatus {
+    use ReservationStatus::*;
+    if parts.contains(&Pending) {
+        Pending
+    } else if parts.contains(&Committed) {
+        Committed
+    } else if parts.contains(&Expired) {
+        Expired
+    } else {
+        Released
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_ids_are_stable_distinct_and_read_back_from_the_header() {
+        let saga: Uuid = "0190f3a4-1111-7222-8333-444455556666".parse().unwrap();
+        let a = part_id(saga, 3);
+        assert_eq!(a, part_id(saga, 3), "the same on every call");
+        assert_ne!(a, part_id(saga, 4));
+        assert_ne!(a, part_id(Uuid::now_v7(), 3));
+        assert_eq!(a.get_version_num(), 8);
+        let header = SagaPart::header(saga, 3);
+        assert_eq!(SagaPart::parse(&header), Some(SagaPart::new(saga, 3)));
+        assert_eq!(SagaPart::parse(&header).unwrap().id.0, a);
+        for bad in [
+            "",
+            "x/1",
+            &format!("{saga}/1024"),
+            &format!("{saga}"),
+            &format!("{saga}/-1"),
+        ] {
+            assert_eq!(SagaPart::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_key_names_one_reservation_per_user_and_request() {
+        let id = saga_id(7, "k", "f");
+        assert_eq!(id, saga_id(7, "k", "f"));
+        assert_ne!(id, saga_id(8, "k", "f"));
+        assert_ne!(id, saga_id(7, "k2", "f"));
+        assert_ne!(id, saga_id(7, "k", "g"));
+    }
+
+    #[test]
+    fn the_whole_follows_its_parts() {
+        use ReservationStatus::*;
+        assert_eq!(status_of(&[Pending, Committed]), Pending);
+        assert_eq!(status_of(&[Committed, Committed]), Committed);
+        assert_eq!(status_of(&[Committed, Released]), Committed);
+        assert_eq!(status_of(&[Expired, Released]), Expired);
+        assert_eq!(status_of(&[Released, Released]), Released);
+    }
+}

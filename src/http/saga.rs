@@ -1,0 +1,812 @@
+//! Reservations whose products are in several shards (cluster mode): a saga over one part
+//! per shard, coordinated by the node the request reached.
+//!
+//! - **Reserve**: the request is checked whole first, with the answers one process gives.
+//!   Then each shard's items go to the shard's owner at once, as a reservation of their
+//!   own under an id derived from the reservation's and the shard's ([`SagaPart`]):
+//!   asking again names the same part and holds nothing twice. Once every part is held,
+//!   a row in `reservation_sagas` ties them together and the client gets one
+//!   reservation. If any part is refused, every part is released, and a part whose
+//!   answer never came is buried, so that its reserve, arriving late, is refused. Each
+//!   part carries the reservation's expiry: its owner expires it even if the coordinator
+//!   died on the way.
+//! - **Commit**: every part is first extended, so that none can expire while the parts
+//!   are committed one by one. If a part had already expired or been released, the whole
+//!   ends `expired` and the other parts are released: nothing is committed. Then the
+//!   decision is written (`committing`), and only then are the parts committed. If the
+//!   coordinator dies after the decision, the row stays `committing`, and every node
+//!   commits its own parts of such a row ([`finish_decided`]) while the extension holds
+//!   them.
+//! - **Release**: the decision (`releasing`), then every part.
+//! - **Read**: from the store (a part is durable before its owner answers). **Extend** and
+//!   **partial settlement**: sent to each part.
+//!
+//! The parts are the truth of what is held; the whole's status follows them
+//! ([`status_of`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use stockline_actors::{CoreError, Reservation, ReservationId, ReservationStatus};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::AppState;
+use super::caller::Caller;
+use super::idempotency::{self, Answer, Idempotent};
+use super::reservations::{self, ReservationBody};
+use crate::auth::Role;
+use crate::cluster::saga::{PART, SagaPart, saga_id, status_of};
+use crate::cluster::{Cluster, Shard, shard_of};
+use crate::error::{AppError, Result};
+
+/// How long a commit keeps the parts held at least (their own expiry may be later): the
+/// time the nodes have to finish a commit whose coordinator died after deciding it.
+const COMMIT_GRACE: Duration = Duration::from_secs(120);
+
+/// How often a release of a part is sent again while its shard has no owner.
+const RELEASE_ATTEMPTS: usize = 5;
+
+/// A reservation across shards, as `reservation_sagas` has it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Saga {
+    pub id: Uuid,
+    shards: Vec<i16>,
+    parts: Vec<Uuid>,
+    status: String,
+    reference: Option<String>,
+    expires_at: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+}
+
+impl Saga {
+    /// Each part's shard and id.
+    fn parts(&self) -> impl Iterator<Item = (Shard, Uuid)> + '_ {
+        self.shards
+            .iter()
+            .zip(&self.parts)
+            .map(|(shard, part)| (*shard as Shard, *part))
+    }
+}
+
+/// The reservation across shards with this id, if it is one.
+pub async fn find(db: &PgPool, id: Uuid) -> Result<Option<Saga>> {
+    Ok(sqlx::query_as(
+        "SELECT id, shards, parts, status, reference, expires_at, created_at
+         FROM reservation_sagas WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await?)
+}
+
+/// Moves `id` from status `from` to `to`; false if it was not at `from`.
+async fn mark(db: &PgPool, id: Uuid, from: &str, to: &str) -> Result<bool> {
+    let moved = sqlx::query(
+        "UPDATE reservation_sagas SET status = $3, updated_at = now() WHERE id = $1 AND status = $2",
+    )
+    .bind(id)
+    .bind(from)
+    .bind(to)
+    .execute(db)
+    .await?;
+    Ok(moved.rows_affected() == 1)
+}
+
+/// What one part answered.
+struct PartAnswer {
+    status: StatusCode,
+    body: Value,
+}
+
+impl PartAnswer {
+    fn ok(&self) -> bool {
+        self.status.is_success()
+    }
+
+    /// The part's status if it answered "not pending".
+    fn not_pending(&self) -> Option<ReservationStatus> {
+        let error = &self.body["error"];
+        (self.status == StatusCode::CONFLICT && error["code"] == "reservation_not_pending")
+            .then(|| ReservationStatus::parse(error["details"]["status"].as_str()?))
+            .flatten()
+    }
+
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body)).into_response()
+    }
+}
+
+/// The refusal to answer for the whole among the parts' answers: a client error first
+/// (it says why), else the first failure. `None` if every part succeeded.
+fn refusal(answers: Vec<PartAnswer>) -> Option<PartAnswer> {
+    let mut failures: Vec<_> = answers.into_iter().filter(|a| !a.ok()).collect();
+    let at = failures
+        .iter()
+        .position(|a| a.status.is_client_error())
+        .unwrap_or(0);
+    (!failures.is_empty()).then(|| failures.swap_remove(at))
+}
+
+/// The node coordinating one request: it sends each part to its shard's owner with the
+/// client's credentials.
+#[derive(Clone)]
+struct Coordinator {
+    state: AppState,
+    cluster: std::sync::Arc<Cluster>,
+    headers: HeaderMap,
+}
+
+impl Coordinator {
+    fn new(state: &AppState, cluster: &std::sync::Arc<Cluster>, headers: &HeaderMap) -> Self {
+        let mut headers = headers.clone();
+        // The whole is idempotent here; each part is made idempotent by its id.
+        headers.remove("idempotency-key");
+        headers.remove(CONTENT_LENGTH);
+        Self {
+            state: state.clone(),
+            cluster: cluster.clone(),
+            headers,
+        }
+    }
+
+    /// Sends `method uri` with `body` to `saga`'s part in `shard`.
+    async fn send(
+        &self,
+        saga: Uuid,
+        shard: Shard,
+        method: Method,
+        uri: &str,
+        body: Option<&Value>,
+    ) -> PartAnswer {
+        let mut request =
+            Request::new(body.map_or_else(Body::empty, |b| Body::from(b.to_string())));
+        *request.method_mut() = method;
+        match uri.parse() {
+            Ok(uri) => *request.uri_mut() = uri,
+            Err(_) => return failed(AppError::Internal(format!("part uri {uri}"))),
+        }
+        let headers = request.headers_mut();
+        *headers = self.headers.clone();
+        if body.is_some() {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        match HeaderValue::from_str(&SagaPart::header(saga, shard)) {
+            Ok(value) => headers.insert(PART, value),
+            Err(_) => return failed(AppError::Internal("part header".into())),
+        };
+        let response = self.cluster.routes.forward(shard, request).await;
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), super::MAX_BODY * 4)
+            .await
+            .ok()
+            .and_then(|body| serde_json::from_slice(&body).ok())
+            .unwrap_or(Value::Null);
+        PartAnswer { status, body }
+    }
+
+    /// Sends to every part of `saga` at once: `what(part id)` gives the method, the URI
+    /// and the body.
+    async fn each(
+        &self,
+        saga: &Saga,
+        what: impl Fn(Uuid) -> (Method, String, Option<Value>),
+    ) -> Vec<PartAnswer> {
+        futures_util::future::join_all(saga.parts().map(|(shard, part)| {
+            let (method, uri, body) = what(part);
+            async move { self.send(saga.id, shard, method, &uri, body.as_ref()).await }
+        }))
+        .await
+    }
+
+    /// Releases every part in `shards`, burying those never held; retried while a shard
+    /// has no owner. A part that still cannot be reached expires by itself.
+    async fn release_all(&self, saga: Uuid, shards: &[Shard]) {
+        futures_util::future::join_all(shards.iter().map(|&shard| async move {
+            let uri = format!("/api/v1/reservations/{}/release", SagaPart::new(saga, shard).id);
+            for attempt in 1..=RELEASE_ATTEMPTS {
+                let answer = self.send(saga, shard, Method::POST, &uri, None).await;
+                if answer.ok() || answer.not_pending().is_some() {
+                    return;
+                }
+                if attempt == RELEASE_ATTEMPTS {
+                    tracing::warn!(%saga, shard, status = %answer.status, "a part could not be released; it expires by itself");
+                }
+                tokio::time::sleep(Duration::from_millis(100 * attempt as u64)).await;
+            }
+        }))
+        .await;
+    }
+}
+
+fn failed(error: AppError) -> PartAnswer {
+    PartAnswer {
+        status: error.status(),
+        body: json!({ "error": error.body() }),
+    }
+}
+
+fn respond(outcome: Result<Response>) -> Response {
+    outcome.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn not_pending(status: ReservationStatus) -> AppError {
+    CoreError::ReservationNotPending { status }.into()
+}
+
+/// `POST /reservations` whose products are in several shards.
+pub async fn reserve(
+    state: &AppState,
+    cluster: &std::sync::Arc<Cluster>,
+    mut parts: Parts,
+    bytes: Bytes,
+) -> Response {
+    respond(
+        async {
+            let Caller(caller) = Caller::from_request_parts(&mut parts, state).await?;
+            caller.require(Role::Operator)?;
+            super::cluster::know_named(state, parts.uri.path(), &bytes).await?;
+            let coordinator = Coordinator::new(state, cluster, &parts.headers);
+            let dry_run = parts
+                .uri
+                .query()
+                .is_some_and(|q| q.split('&').any(|p| p == "dry_run=true"));
+            let request = Request::from_parts(parts, Body::from(bytes));
+            let request = Idempotent::<Value>::from_request(request, state).await?;
+            if dry_run {
+                return dry_run_parts(&coordinator, request.body).await;
+            }
+            let saga = match request.key() {
+                Some((key, fingerprint)) => saga_id(caller.user_id, key, fingerprint),
+                None => Uuid::now_v7(),
+            };
+            idempotency::run_elsewhere(state, caller.user_id, request, move |body| async move {
+                reserve_parts(&coordinator, saga, body).await
+            })
+            .await
+        }
+        .await,
+    )
+}
+
+/// The items of a checked request, by shard, as each part's body lists them.
+fn items_by_shard(request: &stockline_actors::ReservationRequest) -> BTreeMap<Shard, Vec<Value>> {
+    let mut by_shard: BTreeMap<Shard, Vec<Value>> = BTreeMap::new();
+    for item in &request.items {
+        by_shard
+            .entry(shard_of(item.product_id))
+            .or_default()
+            .push(json!({
+                "product_id": item.product_id,
+                "quantity": item.quantity.get(),
+                "warehouse_id": item.warehouse_id,
+            }));
+    }
+    by_shard
+}
+
+/// Each shard's part of `body` (checked whole first), with the same expiry, reference
+/// and shop.
+fn part_bodies(state: &AppState, body: Value) -> Result<(BTreeMap<Shard, Value>, Option<String>)> {
+    let request = reservations::request_of(state, body)?;
+    let ttl = request.ttl.as_secs();
+    let bodies = items_by_shard(&request)
+        .into_iter()
+        .map(|(shard, items)| {
+            let body = json!({
+                "items": items,
+                "ttl_seconds": ttl,
+                "reference": request.reference,
+                "shop_id": request.shop_id,
+            });
+            (shard, body)
+        })
+        .collect();
+    Ok((bodies, request.reference))
+}
+
+async fn reserve_parts(coordinator: &Coordinator, saga: Uuid, body: Value) -> Result<Answer> {
+    let state = &coordinator.state;
+    let (bodies, reference) = part_bodies(state, body)?;
+    let shards: Vec<Shard> = bodies.keys().copied().collect();
+    let send_all = |saga: Uuid| {
+        futures_util::future::join_all(bodies.iter().map(move |(shard, body)| {
+            coordinator.send(
+                saga,
+                *shard,
+                Method::POST,
+                "/api/v1/reservations",
+                Some(body),
+            )
+        }))
+    };
+    let mut saga = saga;
+    let mut answers = send_all(saga).await;
+    if answers.iter().any(|a| a.not_pending().is_some()) {
+        // The same key was tried before and its parts are settled: a reservation that was
+        // made (its coordinator died before keeping the answer) is answered again; one
+        // that was given up (a part could not be reached, so it was released) is made
+        // afresh under a new id.
+        if let Some(made) = find(&state.db, saga).await? {
+            return Answer::new(StatusCode::CREATED, view(state, &made).await?, 0);
+        }
+        coordinator.release_all(saga, &shards).await;
+        saga = Uuid::now_v7();
+        answers = send_all(saga).await;
+    }
+    if answers.iter().any(|a| !a.ok()) {
+        coordinator.release_all(saga, &shards).await;
+        return match refusal(answers) {
+            // Kept as the answer to the key, as one process keeps its refusals.
+            Some(refused) if refused.status.is_client_error() => Ok(Answer {
+                status: refused.status,
+                body: refused.body,
+                lsn: 0,
+            }),
+            refused => Err(AppError::Unavailable(format!(
+                "a part of this reservation could not be held ({}); nothing is held, retry",
+                refused
+                    .as_ref()
+                    .and_then(|r| r.body["error"]["message"].as_str())
+                    .unwrap_or("no answer")
+            ))),
+        };
+    }
+    let bodies: Vec<Value> = answers.into_iter().map(|a| a.body).collect();
+    let time = |field: &str| {
+        bodies
+            .iter()
+            .filter_map(|b| b[field].as_str()?.parse::<DateTime<Utc>>().ok())
+            .min()
+            .unwrap_or_else(Utc::now)
+    };
+    let (expires_at, created_at) = (time("expires_at"), time("created_at"));
+    let parts: Vec<Uuid> = shards
+        .iter()
+        .map(|s| SagaPart::new(saga, *s).id.0)
+        .collect();
+    let stored = sqlx::query(
+        "INSERT INTO reservation_sagas (id, shards, parts, status, reference, expires_at, created_at, updated_at)
+         VALUES ($1, $2, $3, 'pending', $4, $5, $6, now()) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(saga)
+    .bind(shards.iter().map(|s| *s as i16).collect::<Vec<_>>())
+    .bind(&parts)
+    .bind(&reference)
+    .bind(expires_at)
+    .bind(created_at)
+    .execute(&state.db)
+    .await;
+    if let Err(error) = stored {
+        coordinator.release_all(saga, &shards).await;
+        return Err(error.into());
+    }
+    let items: Vec<Value> = bodies
+        .iter()
+        .flat_map(|b| b["items"].as_array().cloned().unwrap_or_default())
+        .collect();
+    let body = json!({
+        "id": saga,
+        "status": "pending",
+        "items": items,
+        "reference": reference,
+        "expires_at": expires_at,
+        "created_at": created_at,
+    });
+    Ok(Answer {
+        status: StatusCode::CREATED,
+        body,
+        lsn: 0,
+    })
+}
+
+/// `?dry_run=true`: each part's dry run, put together; holds nothing anywhere.
+async fn dry_run_parts(coordinator: &Coordinator, body: Value) -> Result<Response> {
+    let (bodies, reference) = part_bodies(&coordinator.state, body)?;
+    let answers = futures_util::future::join_all(bodies.iter().map(|(shard, body)| {
+        coordinator.send(
+            Uuid::nil(),
+            *shard,
+            Method::POST,
+            "/api/v1/reservations?dry_run=true",
+            Some(body),
+        )
+    }))
+    .await;
+    if answers.iter().any(|a| !a.ok()) {
+        return Ok(refusal(answers).map_or_else(
+            || StatusCode::SERVICE_UNAVAILABLE.into_response(),
+            PartAnswer::into_response,
+        ));
+    }
+    let expires_at = answers.first().map(|a| a.body["expires_at"].clone());
+    let items: Vec<Value> = answers
+        .iter()
+        .flat_map(|a| a.body["items"].as_array().cloned().unwrap_or_default())
+        .collect();
+    let body = json!({
+        "status": "dry_run",
+        "items": items,
+        "reference": reference,
+        "expires_at": expires_at,
+    });
+    Ok((StatusCode::OK, axum::Json(body)).into_response())
+}
+
+/// `GET`, `PATCH`, `commit` and `release` of a reservation across shards.
+pub async fn serve(
+    state: &AppState,
+    cluster: &std::sync::Arc<Cluster>,
+    mut parts: Parts,
+    bytes: Bytes,
+    saga: Saga,
+) -> Response {
+    respond(
+        async {
+            let Caller(caller) = Caller::from_request_parts(&mut parts, state).await?;
+            caller.require(Role::Operator)?;
+            let coordinator = Coordinator::new(state, cluster, &parts.headers);
+            let body: Option<Value> = match bytes.is_empty() {
+                true => None,
+                false => Some(
+                    serde_json::from_slice(&bytes)
+                        .map_err(|e| AppError::InvalidJson(e.to_string()))?,
+                ),
+            };
+            let last = parts.uri.path().trim_end_matches('/').rsplit('/').next();
+            match (&parts.method, last) {
+                (&Method::GET, _) => Ok(axum::Json(view(state, &saga).await?).into_response()),
+                (&Method::PATCH, _) => extend(&coordinator, &saga, body).await,
+                (&Method::POST, Some(step @ ("commit" | "release"))) => {
+                    let commit = step == "commit";
+                    match body.as_ref().map(|b| &b["items"]).filter(|i| !i.is_null()) {
+                        Some(items) => settle_items(&coordinator, &saga, commit, items).await,
+                        None => decide(&coordinator, saga.id, commit).await,
+                    }
+                }
+                _ => Err(AppError::NotFound("route".into())),
+            }
+        }
+        .await,
+    )
+}
+
+/// The reservation as a client sees it: its parts, from the store, as one.
+async fn view(state: &AppState, saga: &Saga) -> Result<ReservationBody> {
+    let mut items = Vec::new();
+    let mut statuses = Vec::new();
+    for (_, part) in saga.parts() {
+        let part = reservations::stored(state, part).await?;
+        statuses.push(ReservationStatus::parse(part.status).unwrap_or(ReservationStatus::Pending));
+        items.extend(part.items);
+    }
+    let status = status_of(&statuses);
+    // A commit extends the parts; the expiry shown stays the client's.
+    Ok(ReservationBody {
+        id: saga.id,
+        status: status.as_str(),
+        items,
+        reference: saga.reference.clone(),
+        expires_at: saga.expires_at,
+        created_at: saga.created_at,
+    })
+}
+
+fn part_uri(part: Uuid, step: &str) -> String {
+    format!("/api/v1/reservations/{part}{step}")
+}
+
+/// `PATCH`: every part is extended; the first refusal is the answer.
+async fn extend(coordinator: &Coordinator, saga: &Saga, body: Option<Value>) -> Result<Response> {
+    let answers = coordinator
+        .each(saga, |part| {
+            (Method::PATCH, part_uri(part, ""), body.clone())
+        })
+        .await;
+    if let Some(refused) = refusal(answers) {
+        return Ok(refused.into_response());
+    }
+    let ttl = body
+        .as_ref()
+        .and_then(|b| b["ttl_seconds"].as_f64())
+        .unwrap_or(0.0);
+    sqlx::query(
+        "UPDATE reservation_sagas SET expires_at = now() + make_interval(secs => $2), updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(saga.id)
+    .bind(ttl)
+    .execute(&coordinator.state.db)
+    .await?;
+    let saga = find(&coordinator.state.db, saga.id)
+        .await?
+        .ok_or_else(|| AppError::NotFound("reservation".into()))?;
+    Ok(axum::Json(view(&coordinator.state, &saga).await?).into_response())
+}
+
+/// Commit or release of some quantities: each shard's items go to its part. The items are
+/// checked against what the parts hold first, so an over-asking request changes nothing.
+async fn settle_items(
+    coordinator: &Coordinator,
+    saga: &Saga,
+    commit: bool,
+    items: &Value,
+) -> Result<Response> {
+    let items = items
+        .as_array()
+        .ok_or_else(|| AppError::validation("items", "must be a list"))?;
+    let held = view(&coordinator.state, saga).await?;
+    let mut by_shard: HashMap<Shard, Vec<Value>> = HashMap::new();
+    for item in items {
+        let (Some(product), Some(warehouse)) =
+            (item["product_id"].as_i64(), item["warehouse_id"].as_i64())
+        else {
+            return Err(AppError::validation(
+                "items",
+                "each names product_id and warehouse_id",
+            ));
+        };
+        let asked: u64 = items
+            .iter()
+            .filter(|i| i["product_id"] == product && i["warehouse_id"] == warehouse)
+            .filter_map(|i| i["quantity"].as_u64())
+            .sum();
+        let holds = held
+            .items
+            .iter()
+            .find(|i| i.product_id == product && i.warehouse_id == warehouse)
+            .map_or(0, |i| i.quantity.saturating_sub(i.committed + i.released));
+        if asked > holds {
+            return Err(CoreError::PartNotHeld {
+                product_id: product,
+                warehouse_id: warehouse,
+                requested: asked,
+                held: holds,
+            }
+            .into());
+        }
+        by_shard
+            .entry(shard_of(product))
+            .or_default()
+            .push(item.clone());
+    }
+    let step = if commit { "/commit" } else { "/release" };
+    let mut answers = Vec::new();
+    for (shard, part) in saga.parts() {
+        if let Some(items) = by_shard.get(&shard) {
+            let body = json!({ "items": items });
+            let uri = part_uri(part, step);
+            answers.push(
+                coordinator
+                    .send(saga.id, shard, Method::POST, &uri, Some(&body))
+                    .await,
+            );
+        }
+    }
+    if let Some(refused) = refusal(answers) {
+        return Ok(refused.into_response());
+    }
+    Ok(axum::Json(view(&coordinator.state, saga).await?).into_response())
+}
+
+/// Commit or release of the whole reservation.
+async fn decide(coordinator: &Coordinator, id: Uuid, commit: bool) -> Result<Response> {
+    let db = &coordinator.state.db;
+    // Read again each time: another node may have decided meanwhile.
+    for _ in 0..3 {
+        let saga = find(db, id)
+            .await?
+            .ok_or_else(|| AppError::NotFound("reservation".into()))?;
+        match (saga.status.as_str(), commit) {
+            ("pending", _) => {}
+            ("committing", true) => return finish(coordinator, &saga, "committing").await,
+            ("releasing", false) => return finish(coordinator, &saga, "releasing").await,
+            ("committing" | "committed", _) => {
+                return Err(not_pending(ReservationStatus::Committed));
+            }
+            ("releasing" | "released", _) => return Err(not_pending(ReservationStatus::Released)),
+            _ => return Err(not_pending(ReservationStatus::Expired)),
+        }
+        if Utc::now() >= saga.expires_at {
+            mark(db, id, "pending", "expired").await?;
+            return Err(not_pending(ReservationStatus::Expired));
+        }
+        if !commit {
+            if mark(db, id, "pending", "releasing").await? {
+                return finish(coordinator, &saga, "releasing").await;
+            }
+            continue;
+        }
+        // Held long enough to be committed, whatever happens to this node meanwhile.
+        let left = (saga.expires_at - Utc::now()).to_std().unwrap_or_default();
+        let hold = json!({ "ttl_seconds": left.max(COMMIT_GRACE).as_secs().max(1) });
+        let answers = coordinator
+            .each(&saga, |part| {
+                (Method::PATCH, part_uri(part, ""), Some(hold.clone()))
+            })
+            .await;
+        let gone = answers.iter().any(|a| {
+            matches!(
+                a.not_pending(),
+                Some(ReservationStatus::Released | ReservationStatus::Expired)
+            )
+        });
+        if gone {
+            // A part let its stock go: the whole cannot be committed any more.
+            if mark(db, id, "pending", "releasing").await? {
+                let _ = finish(coordinator, &saga, "releasing").await;
+                mark(db, id, "released", "expired").await?;
+            }
+            return Err(not_pending(ReservationStatus::Expired));
+        }
+        let failure = answers
+            .into_iter()
+            .find(|a| !a.ok() && a.not_pending() != Some(ReservationStatus::Committed));
+        if let Some(failure) = failure {
+            return Ok(failure.into_response());
+        }
+        if mark(db, id, "pending", "committing").await? {
+            return finish(coordinator, &saga, "committing").await;
+        }
+    }
+    Err(AppError::Unavailable(
+        "the reservation is being settled right now; retry shortly".into(),
+    ))
+}
+
+/// Carries a decision (`committing` or `releasing`) to every part, then records it done.
+async fn finish(coordinator: &Coordinator, saga: &Saga, decided: &str) -> Result<Response> {
+    let (step, done_as, ok_as) = match decided {
+        "committing" => ("/commit", "committed", ReservationStatus::Committed),
+        _ => ("/release", "released", ReservationStatus::Released),
+    };
+    let answers = coordinator
+        .each(saga, |part| (Method::POST, part_uri(part, step), None))
+        .await;
+    let done = answers.iter().all(|a| {
+        a.ok()
+            || match a.not_pending() {
+                Some(status) => status == ok_as || ok_as == ReservationStatus::Released,
+                None => false,
+            }
+    });
+    if !done {
+        return Err(AppError::Unavailable(format!(
+            "the reservation is {decided}; some of its shards did not answer yet and it \
+             finishes by itself: retry to see it done"
+        )));
+    }
+    mark(&coordinator.state.db, saga.id, decided, done_as).await?;
+    Ok(axum::Json(view(&coordinator.state, saga).await?).into_response())
+}
+
+/// Merges, among pending reservations, the parts of each reservation across shards into
+/// the one reservation its client knows.
+pub async fn fold(db: &PgPool, pending: Vec<Reservation>) -> Result<Vec<Reservation>> {
+    let ids: Vec<Uuid> = pending.iter().map(|r| r.id.0).collect();
+    let sagas: Vec<Saga> = sqlx::query_as(
+        "SELECT id, shards, parts, status, reference, expires_at, created_at
+         FROM reservation_sagas WHERE parts && $1",
+    )
+    .bind(&ids)
+    .fetch_all(db)
+    .await?;
+    let whole_of: HashMap<Uuid, &Saga> = sagas
+        .iter()
+        .flat_map(|saga| saga.parts.iter().map(move |part| (*part, saga)))
+        .collect();
+    let mut alone = Vec::new();
+    let mut merged: BTreeMap<Uuid, Reservation> = BTreeMap::new();
+    for part in pending {
+        let Some(saga) = whole_of.get(&part.id.0) else {
+            alone.push(part);
+            continue;
+        };
+        merged
+            .entry(saga.id)
+            .or_insert_with(|| Reservation {
+                id: ReservationId(saga.id),
+                status: ReservationStatus::Pending,
+                items: Vec::new(),
+                reference: saga.reference.clone(),
+                expires_at: saga.expires_at,
+                created_at: saga.created_at,
+                updated_at: part.updated_at,
+            })
+            .items
+            .extend(part.items);
+    }
+    alone.extend(merged.into_values());
+    Ok(alone)
+}
+
+/// Finishes, every lease, the decisions whose coordinator stopped half-way: each node
+/// commits or releases its own shards' parts of reservations left `committing` or
+/// `releasing` for more than a lease, and records the whole done once no part is
+/// pending. Pending ones a minute past their expiry (their parts expired by themselves)
+/// are recorded expired.
+pub fn finish_decided(state: AppState, stop: CancellationToken) {
+    let Some(cluster) = state.cluster.clone() else {
+        return;
+    };
+    let lease = state.config.shard_lease();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(lease) => {}
+                _ = stop.cancelled() => return,
+            }
+            if let Err(error) = finish_round(&state, &cluster, lease).await {
+                tracing::warn!(%error, "finishing decided reservations across shards failed; next round retries");
+            }
+        }
+    });
+}
+
+async fn finish_round(state: &AppState, cluster: &Cluster, lease: Duration) -> Result<()> {
+    let stale: Vec<Saga> = sqlx::query_as(
+        "SELECT id, shards, parts, status, reference, expires_at, created_at
+         FROM reservation_sagas
+         WHERE status IN ('committing', 'releasing') AND updated_at < now() - make_interval(secs => $1)
+         ORDER BY updated_at LIMIT 100",
+    )
+    .bind(lease.as_secs_f64())
+    .fetch_all(&state.db)
+    .await?;
+    let reservations = state.core.reservations();
+    for saga in stale {
+        let commit = saga.status == "committing";
+        for (shard, part) in saga.parts() {
+            if cluster.leases().serving(shard).is_none() {
+                continue;
+            }
+            let id = ReservationId(part);
+            let outcome = match commit {
+                true => reservations.commit(id).await,
+                false => reservations.release(id).await,
+            };
+            match outcome {
+                Ok((_, lsn)) => state.durable(lsn).await?,
+                Err(CoreError::ReservationNotPending { .. } | CoreError::ReservationNotFound) => {}
+                Err(error) => {
+                    tracing::warn!(reservation = %saga.id, %part, %error, "a part of a decided reservation is not settled yet")
+                }
+            }
+        }
+        let statuses: Vec<String> =
+            sqlx::query_scalar("SELECT status FROM reservations WHERE id = ANY($1)")
+                .bind(&saga.parts)
+                .fetch_all(&state.db)
+                .await?;
+        let statuses: Vec<ReservationStatus> = statuses
+            .iter()
+            .filter_map(|s| ReservationStatus::parse(s))
+            .collect();
+        if statuses.len() == saga.parts.len() && !statuses.contains(&ReservationStatus::Pending) {
+            mark(
+                &state.db,
+                saga.id,
+                &saga.status,
+                status_of(&statuses).as_str(),
+            )
+            .await?;
+            tracing::info!(reservation = %saga.id, status = status_of(&statuses).as_str(), "a reservation across shards was finished after its coordinator stopped");
+        }
+    }
+    sqlx::query(
+        "UPDATE reservation_sagas SET status = 'expired', updated_at = now()
+         WHERE status = 'pending' AND expires_at < now() - interval '1 minute'",
+    )
+    .execute(&state.db)
+    .await?;
+    Ok(())
+}
