@@ -485,6 +485,21 @@ async fn a_commit_decided_before_its_coordinator_died_is_finished_by_the_owners(
         .get(&format!("/reservations/{id}"), &service)
         .await;
     assert_eq!(read["status"], json!("committed"), "{read}");
+    assert_eq!(nodes.view(1).await["reservations_unfinished"], json!(0));
+    let mut finished = 0.0;
+    for node in 0..3 {
+        let text = nodes.app(node).metrics().await;
+        finished += text
+            .lines()
+            .find_map(|line| {
+                let value = line.strip_prefix(
+                    "stockline_cluster_reservations_total{outcome=\"finished_after_coordinator\"} ",
+                )?;
+                value.trim().parse::<f64>().ok()
+            })
+            .unwrap_or(0.0);
+    }
+    assert_eq!(finished, 1.0, "one node recorded it finished");
     db.close().await;
     nodes.stop().await;
 }

@@ -35,6 +35,8 @@ pub struct Cluster {
     pub routes: Arc<Routes>,
     /// Reference data changes (catalog, warehouses, shops) are announced through it.
     pub nats: async_nats::Client,
+    /// How the reservations across shards this node coordinated ended up.
+    pub sagas: super::saga::Outcomes,
     stop: CancellationToken,
     task: Mutex<Option<JoinHandle<()>>>,
 }
@@ -99,6 +101,7 @@ impl Cluster {
             member: Member { leases, ordinal },
             routes,
             nats,
+            sagas: super::saga::Outcomes::default(),
             stop: CancellationToken::new(),
             task: Mutex::default(),
         })

@@ -7,6 +7,8 @@
 //! took over) names the same part and holds nothing twice, and a part released before its
 //! reserve arrived stays refused.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use stockline_actors::{ReservationId, ReservationStatus};
 use uuid::Uuid;
 use xxhash_rust::xxh3::xxh3_128;
@@ -67,6 +69,63 @@ pub fn saga_id(user: i64, key: &str, fingerprint: &str) -> Uuid {
 /// A version 8 (custom) UUID from a hash of `bytes`.
 fn derived(bytes: &[u8]) -> Uuid {
     uuid::Builder::from_custom_bytes(xxh3_128(bytes).to_le_bytes()).into_uuid()
+}
+
+/// How the reservations across shards a node coordinated ended up, counted since start
+/// (`stockline_cluster_reservations_total`).
+#[derive(Debug, Default)]
+pub struct Outcomes {
+    counts: [AtomicU64; Outcome::ALL.len()],
+}
+
+/// One way a reservation across shards ends up at its coordinator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every part held.
+    Held,
+    /// A part refused: every part released.
+    Refused,
+    Committed,
+    Released,
+    /// Found expired at commit: no part committed.
+    Expired,
+    /// Decided by a coordinator that stopped, finished by this node for its parts.
+    Finished,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 6] = [
+        Self::Held,
+        Self::Refused,
+        Self::Committed,
+        Self::Released,
+        Self::Expired,
+        Self::Finished,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Held => "held",
+            Self::Refused => "refused",
+            Self::Committed => "committed",
+            Self::Released => "released",
+            Self::Expired => "expired",
+            Self::Finished => "finished_after_coordinator",
+        }
+    }
+}
+
+impl Outcomes {
+    pub fn count(&self, outcome: Outcome) {
+        self.counts[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every outcome with its count.
+    pub fn counts(&self) -> impl Iterator<Item = (Outcome, u64)> + '_ {
+        Outcome::ALL
+            .into_iter()
+            .map(|o| (o, self.counts[o as usize].load(Ordering::Relaxed)))
+    }
 }
 
 /// What a reservation is, from its parts: pending while any part is; expired if any part

@@ -411,6 +411,9 @@ pub struct ClusterView {
     /// Shards whose lease has run out or was never taken: their stock cannot be changed
     /// until a node claims them.
     shards_unowned: u32,
+    /// Reservations across shards whose commit or release is still reaching their parts
+    /// (the nodes finish them; one that stays here says a shard cannot be served).
+    reservations_unfinished: i64,
     nodes: Vec<NodeView>,
     shards: Vec<ShardView>,
 }
@@ -458,6 +461,7 @@ async fn cluster(
             served_here: 0,
             shards_total: SHARDS as u32,
             shards_unowned: 0,
+            reservations_unfinished: 0,
             nodes: Vec::new(),
             shards: Vec::new(),
         }));
@@ -481,6 +485,11 @@ async fn cluster(
     .bind(lease as f64)
     .fetch_all(&state.db)
     .await?;
+    let reservations_unfinished: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM reservation_sagas WHERE status IN ('committing', 'releasing')",
+    )
+    .fetch_one(&state.db)
+    .await?;
     for node in &mut nodes {
         node.shards = shards
             .iter()
@@ -495,6 +504,7 @@ async fn cluster(
         served_here: cluster.leases().served().len() as u32,
         shards_total: SHARDS as u32,
         shards_unowned: shards.iter().filter(|s| s.owner.is_none()).count() as u32,
+        reservations_unfinished,
         nodes,
         shards,
     }))

@@ -474,6 +474,10 @@ fn describe() {
         "stockline_flush_refused_batches_total",
         "Write-behind batches the cluster fence refused whole (another node owns their shards)."
     );
+    describe_counter!(
+        "stockline_cluster_reservations_total",
+        "Reservations across shards this node coordinated, by outcome (cluster mode)."
+    );
     describe_gauge!(
         "stockline_cluster_shards_served",
         "Shards this node serves now (cluster mode; 0 for a single process)."
@@ -639,6 +643,12 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             .as_ref()
             .map_or(0, |c| c.leases().served().len());
         metrics::gauge!("stockline_cluster_shards_served").set(served as f64);
+        if let Some(cluster) = &state.cluster {
+            for (outcome, count) in cluster.sagas.counts() {
+                metrics::counter!("stockline_cluster_reservations_total", "outcome" => outcome.as_str())
+                    .absolute(count);
+            }
+        }
         metrics::gauge!("stockline_store_healthy").set(if flush.healthy.load(Ordering::Relaxed) {
             1.0
         } else {

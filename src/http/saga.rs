@@ -45,7 +45,7 @@ use super::caller::Caller;
 use super::idempotency::{self, Answer, Idempotent};
 use super::reservations::{self, ReservationBody};
 use crate::auth::Role;
-use crate::cluster::saga::{PART, SagaPart, saga_id, status_of};
+use crate::cluster::saga::{Outcome, PART, SagaPart, saga_id, status_of};
 use crate::cluster::{Cluster, Shard, shard_of};
 use crate::error::{AppError, Result};
 
@@ -345,6 +345,7 @@ async fn reserve_parts(coordinator: &Coordinator, saga: Uuid, body: Value) -> Re
     }
     if answers.iter().any(|a| !a.ok()) {
         coordinator.release_all(saga, &shards).await;
+        coordinator.cluster.sagas.count(Outcome::Refused);
         return match refusal(answers) {
             // Kept as the answer to the key, as one process keeps its refusals.
             Some(refused) if refused.status.is_client_error() => Ok(Answer {
@@ -390,6 +391,7 @@ async fn reserve_parts(coordinator: &Coordinator, saga: Uuid, body: Value) -> Re
         coordinator.release_all(saga, &shards).await;
         return Err(error.into());
     }
+    coordinator.cluster.sagas.count(Outcome::Held);
     let items: Vec<Value> = bodies
         .iter()
         .flat_map(|b| b["items"].as_array().cloned().unwrap_or_default())
@@ -608,8 +610,12 @@ async fn decide(coordinator: &Coordinator, id: Uuid, commit: bool) -> Result<Res
             .ok_or_else(|| AppError::NotFound("reservation".into()))?;
         match (saga.status.as_str(), commit) {
             ("pending", _) => {}
-            ("committing", true) => return finish(coordinator, &saga, "committing").await,
-            ("releasing", false) => return finish(coordinator, &saga, "releasing").await,
+            ("committing", true) => {
+                return finish(coordinator, &saga, "committing", Outcome::Committed).await;
+            }
+            ("releasing", false) => {
+                return finish(coordinator, &saga, "releasing", Outcome::Released).await;
+            }
             ("committing" | "committed", _) => {
                 return Err(not_pending(ReservationStatus::Committed));
             }
@@ -622,7 +628,7 @@ async fn decide(coordinator: &Coordinator, id: Uuid, commit: bool) -> Result<Res
         }
         if !commit {
             if mark(db, id, "pending", "releasing").await? {
-                return finish(coordinator, &saga, "releasing").await;
+                return finish(coordinator, &saga, "releasing", Outcome::Released).await;
             }
             continue;
         }
@@ -643,8 +649,7 @@ async fn decide(coordinator: &Coordinator, id: Uuid, commit: bool) -> Result<Res
         if gone {
             // A part let its stock go: the whole cannot be committed any more.
             if mark(db, id, "pending", "releasing").await? {
-                let _ = finish(coordinator, &saga, "releasing").await;
-                mark(db, id, "released", "expired").await?;
+                let _ = finish(coordinator, &saga, "releasing", Outcome::Expired).await;
             }
             return Err(not_pending(ReservationStatus::Expired));
         }
@@ -655,7 +660,7 @@ async fn decide(coordinator: &Coordinator, id: Uuid, commit: bool) -> Result<Res
             return Ok(failure.into_response());
         }
         if mark(db, id, "pending", "committing").await? {
-            return finish(coordinator, &saga, "committing").await;
+            return finish(coordinator, &saga, "committing", Outcome::Committed).await;
         }
     }
     Err(AppError::Unavailable(
@@ -663,29 +668,37 @@ async fn decide(coordinator: &Coordinator, id: Uuid, commit: bool) -> Result<Res
     ))
 }
 
-/// Carries a decision (`committing` or `releasing`) to every part, then records it done.
-async fn finish(coordinator: &Coordinator, saga: &Saga, decided: &str) -> Result<Response> {
-    let (step, done_as, ok_as) = match decided {
-        "committing" => ("/commit", "committed", ReservationStatus::Committed),
-        _ => ("/release", "released", ReservationStatus::Released),
+/// Carries a decision (`committing` or `releasing`) to every part, then records the whole
+/// `done`.
+async fn finish(
+    coordinator: &Coordinator,
+    saga: &Saga,
+    decided: &str,
+    done: Outcome,
+) -> Result<Response> {
+    let (step, ok_as) = match decided {
+        "committing" => ("/commit", ReservationStatus::Committed),
+        _ => ("/release", ReservationStatus::Released),
     };
     let answers = coordinator
         .each(saga, |part| (Method::POST, part_uri(part, step), None))
         .await;
-    let done = answers.iter().all(|a| {
+    let reached = answers.iter().all(|a| {
         a.ok()
             || match a.not_pending() {
                 Some(status) => status == ok_as || ok_as == ReservationStatus::Released,
                 None => false,
             }
     });
-    if !done {
+    if !reached {
         return Err(AppError::Unavailable(format!(
             "the reservation is {decided}; some of its shards did not answer yet and it \
              finishes by itself: retry to see it done"
         )));
     }
-    mark(&coordinator.state.db, saga.id, decided, done_as).await?;
+    if mark(&coordinator.state.db, saga.id, decided, done.as_str()).await? {
+        coordinator.cluster.sagas.count(done);
+    }
     Ok(axum::Json(view(&coordinator.state, saga).await?).into_response())
 }
 
@@ -792,14 +805,11 @@ async fn finish_round(state: &AppState, cluster: &Cluster, lease: Duration) -> R
             .filter_map(|s| ReservationStatus::parse(s))
             .collect();
         if statuses.len() == saga.parts.len() && !statuses.contains(&ReservationStatus::Pending) {
-            mark(
-                &state.db,
-                saga.id,
-                &saga.status,
-                status_of(&statuses).as_str(),
-            )
-            .await?;
-            tracing::info!(reservation = %saga.id, status = status_of(&statuses).as_str(), "a reservation across shards was finished after its coordinator stopped");
+            let status = status_of(&statuses).as_str();
+            if mark(&state.db, saga.id, &saga.status, status).await? {
+                cluster.sagas.count(Outcome::Finished);
+                tracing::info!(reservation = %saga.id, status, "a reservation across shards was finished after its coordinator stopped");
+            }
         }
     }
     sqlx::query(
