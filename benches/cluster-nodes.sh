@@ -5,14 +5,16 @@
 # node in turn as a load balancer would: a request for a shard another node owns is
 # forwarded over NATS. Prints the harness's tables (req/s, latency, CPU per request).
 #
-#   bash benches/cluster-nodes.sh            # DURATION=10 CLIENTS=64 SCENARIOS=zipf,hot
+#   bash benches/cluster-nodes.sh   # DURATION=10 CLIENTS=64 NODES="0 1 2 3"
+#   SCENARIOS=zipf,hot,basket0,basket10,basket50 (basketN: two products a reservation,
+#   N% of them in different shards: a saga in cluster mode)
 #
 # Needs PostgreSQL and NATS on 127.0.0.1 (as the tests do). Results: BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
 CLIENTS=${CLIENTS:-64}
-SCENARIOS=${SCENARIOS:-zipf,hot}
+SCENARIOS=${SCENARIOS:-zipf,hot,basket0,basket10,basket50}
 BASE=${LOAD_DATABASE_BASE:-postgres://postgres@127.0.0.1:5432}
 
 cargo build --release --bin stockline
@@ -78,6 +80,6 @@ EOF
   psql "$BASE/postgres" -qc "DROP DATABASE IF EXISTS \"${url##*/}\" WITH (FORCE)"
 }
 
-for nodes in 0 1 2 3; do
+for nodes in ${NODES:-0 1 2 3}; do
   run "$nodes"
 done

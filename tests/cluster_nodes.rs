@@ -367,6 +367,35 @@ async fn a_reservation_across_shards_is_all_or_nothing_whichever_node_is_asked()
     );
     assert_eq!(stored_line(&db, warehouse, a).await, (98, 2));
     assert_eq!(stored_line(&db, warehouse, b).await, (4, 2));
+    // A part released whole by a partial release: a commit then commits the rest.
+    let (status, part) = nodes
+        .app(2)
+        .post(
+            &format!("/reservations/{}/release", made[3]),
+            &service,
+            json!({ "items": [{ "product_id": b, "warehouse_id": warehouse, "quantity": 1 }] }),
+        )
+        .await;
+    assert_eq!(
+        (status, &part["status"]),
+        (StatusCode::OK, &json!("pending")),
+        "{part}"
+    );
+    let (status, rest) = nodes
+        .app(0)
+        .post(
+            &format!("/reservations/{}/commit", made[3]),
+            &service,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, &rest["status"]),
+        (StatusCode::OK, &json!("committed")),
+        "{rest}"
+    );
+    assert_eq!(stored_line(&db, warehouse, a).await, (97, 1));
+    assert_eq!(stored_line(&db, warehouse, b).await, (4, 1));
 
     // A dry run holds nothing; a retry under the same key holds once and answers the same.
     let (status, dry) = nodes
@@ -396,7 +425,7 @@ async fn a_reservation_across_shards_is_all_or_nothing_whichever_node_is_asked()
         first["id"],
         "the first answer again"
     );
-    assert_eq!(stored_line(&db, warehouse, b).await, (4, 3), "held once");
+    assert_eq!(stored_line(&db, warehouse, b).await, (4, 2), "held once");
 
     // Extended, then left to expire: every part's stock comes back.
     let (status, short) = nodes
@@ -414,7 +443,7 @@ async fn a_reservation_across_shards_is_all_or_nothing_whichever_node_is_asked()
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{extended}");
-    assert_eq!(stored_line(&db, warehouse, b).await, (4, 4));
+    assert_eq!(stored_line(&db, warehouse, b).await, (4, 3));
     tokio::time::sleep(Duration::from_secs(4)).await;
     let (_, expired) = nodes
         .app(0)
@@ -431,12 +460,12 @@ async fn a_reservation_across_shards_is_all_or_nothing_whichever_node_is_asked()
     );
     assert_eq!(
         stored_line(&db, warehouse, a).await,
-        (98, 3),
+        (97, 2),
         "its A came back"
     );
     assert_eq!(
         stored_line(&db, warehouse, b).await,
-        (4, 3),
+        (4, 2),
         "its B came back"
     );
     db.close().await;

@@ -116,6 +116,29 @@ async fn a_request_reaches_the_owner_and_its_answer_comes_back_whole() {
 }
 
 #[tokio::test]
+async fn a_call_for_a_shard_this_node_answers_stays_here_and_any_other_goes_to_its_owner() {
+    let name = cluster();
+    let a = routes(&name, Duration::from_millis(500)).await;
+    let b = routes(&name, Duration::from_millis(500)).await;
+    a.answer_with(app("a", Arc::default(), Arc::default()));
+    b.answer_with(app("b", Arc::default(), Arc::default()));
+    a.serve(3).await.unwrap();
+    b.serve(4).await.unwrap();
+    // Shard 3 is a's own: its router answers, marked as a node's request.
+    let (status, headers, body) = read(a.call(3, request("/p/42", "mine")).await).await;
+    assert_eq!(
+        (status, &headers["x-node"]),
+        (StatusCode::CREATED, &"a".parse().unwrap())
+    );
+    assert_eq!(body["forwarded"], json!(true), "marked as a node's request");
+    let (_, headers, body) = read(a.call(4, request("/p/43", "theirs")).await).await;
+    assert_eq!(headers["x-node"], "b");
+    assert_eq!(body["body"], json!("theirs"));
+    a.stop_all().await;
+    b.stop_all().await;
+}
+
+#[tokio::test]
 async fn a_shard_without_owner_answers_503_with_retry_after_once_the_retries_run_out() {
     let name = cluster();
     let b = routes(&name, Duration::from_millis(300)).await;

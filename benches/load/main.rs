@@ -200,6 +200,10 @@ async fn main() {
     let mut rows: Vec<Row> = Vec::new();
     for scenario in &args.scenarios {
         for design in &args.designs {
+            let baseline = !matches!(design, Design::ActorSync | Design::ActorAsync);
+            if scenario.across_shards().is_some() && baseline {
+                continue;
+            }
             rows.push(measure(&args, *scenario, *design, duration).await);
         }
     }

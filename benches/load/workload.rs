@@ -21,6 +21,13 @@ pub enum Scenario {
     Zipf,
     /// Reserve, commit, release, availability reads and transfers.
     Mixed,
+    /// Reservations of two products (uniform over 10,000), then release; in none of them
+    /// are the two in different shards (cluster mode's reservations across shards).
+    Basket0,
+    /// The same, 10% of them across shards.
+    Basket10,
+    /// The same, 50% of them across shards.
+    Basket50,
 }
 
 impl Scenario {
@@ -29,13 +36,28 @@ impl Scenario {
             Self::Hot => "hot",
             Self::Zipf => "zipf",
             Self::Mixed => "mixed",
+            Self::Basket0 => "basket-0%x",
+            Self::Basket10 => "basket-10%x",
+            Self::Basket50 => "basket-50%x",
+        }
+    }
+
+    /// Percent of reservations whose two products are in different shards (basket
+    /// scenarios); `None` for the others. The baselines hold one product per request, so
+    /// baskets run against stockline only.
+    pub fn across_shards(self) -> Option<u32> {
+        match self {
+            Self::Basket0 => Some(0),
+            Self::Basket10 => Some(10),
+            Self::Basket50 => Some(50),
+            _ => None,
         }
     }
 
     /// Requests in one client step (`hot` and `zipf` reserve, then release).
     pub fn requests_per_step(self) -> f64 {
         match self {
-            Self::Hot | Self::Zipf => 2.0,
+            Self::Hot | Self::Zipf | Self::Basket0 | Self::Basket10 | Self::Basket50 => 2.0,
             Self::Mixed => 1.0,
         }
     }
@@ -330,6 +352,44 @@ impl Zipf {
     }
 }
 
+/// The seed's products by shard (each shard holds about ten of the 10,000).
+fn products_by_shard() -> &'static BTreeMap<u16, Vec<i64>> {
+    static BY_SHARD: std::sync::OnceLock<BTreeMap<u16, Vec<i64>>> = std::sync::OnceLock::new();
+    BY_SHARD.get_or_init(|| {
+        let mut by_shard: BTreeMap<u16, Vec<i64>> = BTreeMap::new();
+        for product in 1..=PRODUCTS {
+            by_shard
+                .entry(stockline::cluster::shard_of(product))
+                .or_default()
+                .push(product);
+        }
+        by_shard
+    })
+}
+
+/// A second product for a basket with `product`: in another shard if `across`, else
+/// another product of the same shard (itself if it is alone there). `u` picks which.
+fn partner(product: i64, across: bool, u: f64) -> i64 {
+    let shard = stockline::cluster::shard_of(product);
+    let by_shard = products_by_shard();
+    let pick = |products: &[i64]| products[(u * 7919.0) as usize % products.len()];
+    if across {
+        let others: Vec<u16> = by_shard.keys().copied().filter(|s| *s != shard).collect();
+        let other = others[(u * 104_729.0) as usize % others.len()];
+        return pick(&by_shard[&other]);
+    }
+    let same: Vec<i64> = by_shard[&shard]
+        .iter()
+        .copied()
+        .filter(|p| *p != product)
+        .collect();
+    if same.is_empty() {
+        product
+    } else {
+        pick(&same)
+    }
+}
+
 /// One client's step; answers the requests it made (each timed and recorded).
 async fn step(
     scenario: Scenario,
@@ -351,10 +411,26 @@ async fn step(
         Scenario::Hot => 1,
         Scenario::Zipf => zipf.sample(u),
         Scenario::Mixed => product_pick,
+        Scenario::Basket0 | Scenario::Basket10 | Scenario::Basket50 => {
+            1 + (u * PRODUCTS as f64) as i64 % PRODUCTS
+        }
     };
-    let reserve = json!({ "items": [{ "product_id": product, "quantity": 1 }] });
+    let reserve = match scenario.across_shards() {
+        None => json!({ "items": [{ "product_id": product, "quantity": 1 }] }),
+        Some(percent) => {
+            let other = partner(product, choice < percent, u);
+            json!({ "items": [{ "product_id": product, "quantity": 1 }, { "product_id": other, "quantity": 1 }] })
+        }
+    };
     match (scenario, choice) {
-        (Scenario::Hot | Scenario::Zipf, _) => {
+        (
+            Scenario::Hot
+            | Scenario::Zipf
+            | Scenario::Basket0
+            | Scenario::Basket10
+            | Scenario::Basket50,
+            _,
+        ) => {
             let started = due;
             let result = target.post("/reservations", Some(reserve)).await;
             recorder.record(started, &result);

@@ -216,6 +216,39 @@ impl Routes {
         }
     }
 
+    /// Sends `request` to the owner of `shard`, like [`Self::forward`], but through this
+    /// node's own router, with no trip over NATS, while this node answers that shard (the
+    /// parts of a reservation across shards that this node holds itself).
+    pub async fn call(&self, shard: Shard, request: Request<Body>) -> Response<Body> {
+        let app = self.app.get().cloned();
+        let Some(app) = app.filter(|_| self.lock().contains_key(&shard)) else {
+            return self.forward(shard, request).await;
+        };
+        let (parts, body) = request.into_parts();
+        let body = match axum::body::to_bytes(body, crate::http::MAX_BODY).await {
+            Ok(body) => body,
+            Err(_) => return AppError::PayloadTooLarge.into_response(),
+        };
+        let rebuild = || {
+            let mut request = Request::new(Body::from(body.clone()));
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = parts.uri.clone();
+            *request.headers_mut() = parts.headers.clone();
+            request
+        };
+        let mut here = rebuild();
+        here.extensions_mut().insert(Forwarded);
+        let response = match tower::ServiceExt::oneshot(app, here).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        if response.headers().contains_key(NOT_OWNER) {
+            // Given up a moment ago: its new owner answers.
+            return self.forward(shard, rebuild()).await;
+        }
+        response
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Shard, Subscription>> {
         self.subscriptions.lock().unwrap_or_else(|e| e.into_inner())
     }

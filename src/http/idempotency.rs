@@ -36,6 +36,7 @@ pub struct Idempotent<T> {
     pub body: T,
     key: Option<String>,
     fingerprint: String,
+    grouped: Grouped,
 }
 
 impl<T: DeserializeOwned> FromRequest<AppState> for Idempotent<T> {
@@ -77,6 +78,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Idempotent<T> {
             body,
             key,
             fingerprint,
+            grouped: Grouped::Yes,
         })
     }
 }
@@ -100,6 +102,15 @@ impl<T> Idempotent<T> {
         self.key
             .as_deref()
             .map(|key| (key, self.fingerprint.as_str()))
+    }
+
+    /// For work whose effects other nodes make durable (the parts of a reservation across
+    /// shards): [`run`] then holds no flush group while it runs, since this node's own
+    /// forwarded parts would wait on that group to be flushed. Only the answer is
+    /// journaled here.
+    pub fn made_elsewhere(mut self) -> Self {
+        self.grouped = Grouped::No;
+        self
     }
 }
 
@@ -264,27 +275,7 @@ where
     Fut: Future<Output = Result<Answer>> + Send + 'static,
 {
     let state = state.clone();
-    tokio::spawn(async move { run_to_end(&state, user, request, work, Grouped::Yes).await })
-        .await
-        .map_err(|e| AppError::Internal(format!("idempotent request task: {e}")))?
-}
-
-/// Like [`run`], for work whose effects other nodes make durable (the parts of a
-/// reservation across shards): no flush group is held while it runs, since this node's
-/// own forwarded parts would wait on it to be flushed. Only the answer is journaled here.
-pub async fn run_elsewhere<T, F, Fut>(
-    state: &AppState,
-    user: i64,
-    request: Idempotent<T>,
-    work: F,
-) -> Result<Response>
-where
-    T: Send + 'static,
-    F: FnOnce(T) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<Answer>> + Send + 'static,
-{
-    let state = state.clone();
-    tokio::spawn(async move { run_to_end(&state, user, request, work, Grouped::No).await })
+    tokio::spawn(async move { run_to_end(&state, user, request, work).await })
         .await
         .map_err(|e| AppError::Internal(format!("idempotent request task: {e}")))?
 }
@@ -311,14 +302,13 @@ async fn run_to_end<T, F, Fut>(
     user: i64,
     request: Idempotent<T>,
     work: F,
-    grouped: Grouped,
 ) -> Result<Response>
 where
     F: FnOnce(T) -> Fut,
     Fut: Future<Output = Result<Answer>>,
 {
     let Some(key) = request.key else {
-        let group = open_group(state, grouped).await;
+        let group = open_group(state, request.grouped).await;
         let answer = work(request.body).await;
         drop(group);
         let answer = answer?;
@@ -359,7 +349,7 @@ where
             }
         }
     }
-    let group = open_group(state, grouped).await;
+    let group = open_group(state, request.grouped).await;
     let (status, body, lsn) = match work(request.body).await {
         Ok(answer) => (answer.status, answer.body, answer.lsn),
         // Nothing happened and the client is told to retry: no answer to keep.

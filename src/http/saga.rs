@@ -184,7 +184,7 @@ impl Coordinator {
             Ok(value) => headers.insert(PART, value),
             Err(_) => return failed(AppError::Internal("part header".into())),
         };
-        let response = self.cluster.routes.forward(shard, request).await;
+        let response = self.cluster.routes.call(shard, request).await;
         let status = response.status();
         let body = axum::body::to_bytes(response.into_body(), super::MAX_BODY * 4)
             .await
@@ -269,9 +269,12 @@ pub async fn reserve(
                 Some((key, fingerprint)) => saga_id(caller.user_id, key, fingerprint),
                 None => Uuid::now_v7(),
             };
-            idempotency::run_elsewhere(state, caller.user_id, request, move |body| async move {
-                reserve_parts(&coordinator, saga, body).await
-            })
+            idempotency::run(
+                state,
+                caller.user_id,
+                request.made_elsewhere(),
+                move |body| async move { reserve_parts(&coordinator, saga, body).await },
+            )
             .await
         }
         .await,
@@ -472,7 +475,7 @@ pub async fn serve(
                     let commit = step == "commit";
                     match body.as_ref().map(|b| &b["items"]).filter(|i| !i.is_null()) {
                         Some(items) => settle_items(&coordinator, &saga, commit, items).await,
-                        None => decide(&coordinator, saga.id, commit).await,
+                        None => decide(&coordinator, saga.clone(), commit).await,
                     }
                 }
                 _ => Err(AppError::NotFound("route".into())),
@@ -601,13 +604,18 @@ async fn settle_items(
 }
 
 /// Commit or release of the whole reservation.
-async fn decide(coordinator: &Coordinator, id: Uuid, commit: bool) -> Result<Response> {
+async fn decide(coordinator: &Coordinator, found: Saga, commit: bool) -> Result<Response> {
     let db = &coordinator.state.db;
-    // Read again each time: another node may have decided meanwhile.
+    let id = found.id;
+    let mut found = Some(found);
     for _ in 0..3 {
-        let saga = find(db, id)
-            .await?
-            .ok_or_else(|| AppError::NotFound("reservation".into()))?;
+        // Read again after the first try: another node may have decided meanwhile.
+        let saga = match found.take() {
+            Some(saga) => saga,
+            None => find(db, id)
+                .await?
+                .ok_or_else(|| AppError::NotFound("reservation".into()))?,
+        };
         match (saga.status.as_str(), commit) {
             ("pending", _) => {}
             ("committing", true) => {
@@ -640,14 +648,12 @@ async fn decide(coordinator: &Coordinator, id: Uuid, commit: bool) -> Result<Res
                 (Method::PATCH, part_uri(part, ""), Some(hold.clone()))
             })
             .await;
-        let gone = answers.iter().any(|a| {
-            matches!(
-                a.not_pending(),
-                Some(ReservationStatus::Released | ReservationStatus::Expired)
-            )
-        });
+        // A part released whole by a partial release has nothing left to commit; one that
+        // expired let its stock go, and then the whole cannot be committed any more.
+        let gone = answers
+            .iter()
+            .any(|a| a.not_pending() == Some(ReservationStatus::Expired));
         if gone {
-            // A part let its stock go: the whole cannot be committed any more.
             if mark(db, id, "pending", "releasing").await? {
                 let _ = finish(coordinator, &saga, "releasing", Outcome::Expired).await;
             }
@@ -655,7 +661,7 @@ async fn decide(coordinator: &Coordinator, id: Uuid, commit: bool) -> Result<Res
         }
         let failure = answers
             .into_iter()
-            .find(|a| !a.ok() && a.not_pending() != Some(ReservationStatus::Committed));
+            .find(|a| !a.ok() && a.not_pending().is_none());
         if let Some(failure) = failure {
             return Ok(failure.into_response());
         }
@@ -676,20 +682,22 @@ async fn finish(
     decided: &str,
     done: Outcome,
 ) -> Result<Response> {
-    let (step, ok_as) = match decided {
-        "committing" => ("/commit", ReservationStatus::Committed),
-        _ => ("/release", ReservationStatus::Released),
+    let step = match decided {
+        "committing" => "/commit",
+        _ => "/release",
     };
     let answers = coordinator
         .each(saga, |part| (Method::POST, part_uri(part, step), None))
         .await;
-    let reached = answers.iter().all(|a| {
-        a.ok()
-            || match a.not_pending() {
-                Some(status) => status == ok_as || ok_as == ReservationStatus::Released,
-                None => false,
-            }
-    });
+    // A part already settled (by a partial settlement, or an earlier try) is reached.
+    let reached = answers.iter().all(|a| a.ok() || a.not_pending().is_some());
+    if decided == "committing"
+        && answers
+            .iter()
+            .any(|a| a.not_pending() == Some(ReservationStatus::Expired))
+    {
+        tracing::error!(reservation = %saga.id, "a part expired after the commit was decided: the reservation is committed only in part");
+    }
     if !reached {
         return Err(AppError::Unavailable(format!(
             "the reservation is {decided}; some of its shards did not answer yet and it \
@@ -699,7 +707,32 @@ async fn finish(
     if mark(&coordinator.state.db, saga.id, decided, done.as_str()).await? {
         coordinator.cluster.sagas.count(done);
     }
-    Ok(axum::Json(view(&coordinator.state, saga).await?).into_response())
+    match joined(saga, &answers) {
+        Some(body) => Ok(axum::Json(body).into_response()),
+        None => Ok(axum::Json(view(&coordinator.state, saga).await?).into_response()),
+    }
+}
+
+/// The whole as its parts answered it, if every part answered with itself (one already
+/// settled answers only its status: then the store is read instead).
+fn joined(saga: &Saga, answers: &[PartAnswer]) -> Option<Value> {
+    let mut items = Vec::new();
+    let mut statuses = Vec::new();
+    for answer in answers {
+        if !answer.ok() {
+            return None;
+        }
+        statuses.push(ReservationStatus::parse(answer.body["status"].as_str()?)?);
+        items.extend(answer.body["items"].as_array()?.iter().cloned());
+    }
+    Some(json!({
+        "id": saga.id,
+        "status": status_of(&statuses).as_str(),
+        "items": items,
+        "reference": saga.reference,
+        "expires_at": saga.expires_at,
+        "created_at": saga.created_at,
+    }))
 }
 
 /// Merges, among pending reservations, the parts of each reservation across shards into
