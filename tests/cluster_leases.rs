@@ -63,6 +63,78 @@ async fn a_lone_node_claims_every_shard_and_renews_them_under_the_same_epoch() {
 }
 
 #[tokio::test]
+async fn a_node_silent_for_an_hour_is_forgotten_and_one_silent_for_minutes_is_kept() {
+    let (pool, name) = database().await;
+    sqlx::query(
+        "INSERT INTO cluster_nodes (node_id, http_addr, heartbeat_at) VALUES
+             ('gone', '10.0.0.1:8080', now() - interval '61 minutes'),
+             ('down', '10.0.0.2:8080', now() - interval '5 minutes')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let a = cluster::leases(&pool, "a", Duration::from_secs(10));
+    let round = a.round().await.unwrap();
+    assert_eq!(round.nodes, ["a"], "neither silent node counts as live");
+    let known: Vec<String> =
+        sqlx::query_scalar("SELECT node_id FROM cluster_nodes ORDER BY node_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(known, ["a", "down"]);
+    common::drop_database(&name).await;
+}
+
+/// Found by the cluster bench: a renewal and a flush's fence locking the same lease rows in
+/// different orders deadlocked, and PostgreSQL broke it only after `deadlock_timeout`: a
+/// second (or two) with every write of the node stalled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fences_and_renewals_racing_never_deadlock() {
+    let (pool, name) = database().await;
+    let a = cluster::leases(&pool, "a", Duration::from_secs(10));
+    a.round().await.unwrap();
+    a.start_serving(&(0..SHARDS).collect::<Vec<_>>());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let renewing = {
+        let (a, stop) = (a.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut rounds = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                a.round().await.expect("a round never deadlocks");
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    let mut fencing = Vec::new();
+    for task in 0..6u16 {
+        let (pool, a) = (pool.clone(), a.clone());
+        fencing.push(tokio::spawn(async move {
+            for round in 0..40u16 {
+                // A batch names a few shards, in an order of its own (here descending, while
+                // a renewal of every shard goes through the table in its stored order).
+                let first = (task * 40 + round) % 100;
+                let shards: Vec<Shard> = [900, 600, 300, 0].iter().map(|s| s + first).collect();
+                let mut tx = pool.begin().await.unwrap();
+                let fenced = a
+                    .fence(&mut tx, &shards)
+                    .await
+                    .expect("a fence never deadlocks");
+                assert_eq!(fenced, Ok(()));
+                tokio::time::sleep(Duration::from_millis(3)).await;
+                tx.commit().await.unwrap();
+            }
+        }));
+    }
+    for task in fencing {
+        task.await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(renewing.await.unwrap() > 0);
+    common::drop_database(&name).await;
+}
+
+#[tokio::test]
 async fn a_joining_node_gets_its_share_by_hand_off_and_no_shard_has_two_owners() {
     let (pool, name) = database().await;
     let a = cluster::leases(&pool, "a", Duration::from_secs(10));

@@ -38,6 +38,10 @@ pub use run::Membership;
 /// A lease's fencing token: grows by one at every claim of the shard.
 pub type Epoch = i64;
 
+/// How long a node that stopped without leaving (killed, its machine gone) stays in
+/// `cluster_nodes`, shown as not live, before the others forget it.
+pub const FORGET_SILENT: Duration = Duration::from_secs(3600);
+
 /// Who this node is, and how long a lease lasts.
 #[derive(Clone, Debug)]
 pub struct LeaseSettings {
@@ -178,13 +182,19 @@ impl Leases {
         let sent = Instant::now();
         let lease = self.settings.lease.as_secs_f64();
         let mut db = self.pool.acquire().await?;
+        // The heartbeat; a node silent for longer than `FORGET_SILENT` is forgotten (its
+        // ordinal stays its own, should it come back).
         sqlx::query(
-            "INSERT INTO cluster_nodes (node_id, http_addr) VALUES ($1, $2)
+            "WITH forgotten AS (
+                 DELETE FROM cluster_nodes
+                 WHERE heartbeat_at < now() - make_interval(secs => $3) AND node_id <> $1)
+             INSERT INTO cluster_nodes (node_id, http_addr) VALUES ($1, $2)
              ON CONFLICT (node_id) DO UPDATE
                 SET http_addr = EXCLUDED.http_addr, heartbeat_at = now()",
         )
         .bind(&self.settings.node)
         .bind(&self.settings.http_addr)
+        .bind(FORGET_SILENT.as_secs_f64())
         .execute(&mut *db)
         .await?;
         let nodes: Vec<String> = sqlx::query_scalar(
@@ -197,9 +207,15 @@ impl Leases {
 
         let (shards, epochs) = self.held_columns(|_| true);
         let renewed: Vec<(i16, Epoch)> = sqlx::query_as(
-            "UPDATE shard_leases l SET expires_at = now() + make_interval(secs => $2)
-             FROM unnest($3::smallint[], $4::bigint[]) AS h (shard, epoch)
-             WHERE l.shard = h.shard AND l.epoch = h.epoch AND l.owner = $1
+            "WITH mine AS (
+                 SELECT l.shard FROM shard_leases l
+                 JOIN unnest($3::smallint[], $4::bigint[]) AS h (shard, epoch)
+                   ON l.shard = h.shard AND l.epoch = h.epoch
+                 WHERE l.owner = $1
+                 ORDER BY l.shard
+                 FOR NO KEY UPDATE OF l)
+             UPDATE shard_leases l SET expires_at = now() + make_interval(secs => $2)
+             FROM mine WHERE l.shard = mine.shard
              RETURNING l.shard, l.epoch",
         )
         .bind(&self.settings.node)
@@ -244,11 +260,16 @@ impl Leases {
         };
         if !wanted.is_empty() {
             let claimed: Vec<(i16, Epoch)> = sqlx::query_as(
-                "UPDATE shard_leases
-                    SET owner = $1, epoch = epoch + 1,
+                "WITH free AS (
+                     SELECT shard FROM shard_leases
+                     WHERE shard = ANY($3) AND (owner IS NULL OR owner = $1 OR expires_at < now())
+                     ORDER BY shard
+                     FOR NO KEY UPDATE)
+                 UPDATE shard_leases l
+                    SET owner = $1, epoch = l.epoch + 1,
                         expires_at = now() + make_interval(secs => $2)
-                 WHERE shard = ANY($3) AND (owner IS NULL OR owner = $1 OR expires_at < now())
-                 RETURNING shard, epoch",
+                 FROM free WHERE l.shard = free.shard
+                 RETURNING l.shard, l.epoch",
             )
             .bind(&self.settings.node)
             .bind(lease)
@@ -325,9 +346,15 @@ impl Leases {
         epochs: &[Epoch],
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "UPDATE shard_leases l SET owner = NULL, expires_at = '-infinity'
-             FROM unnest($2::smallint[], $3::bigint[]) AS h (shard, epoch)
-             WHERE l.shard = h.shard AND l.epoch = h.epoch AND l.owner = $1",
+            "WITH mine AS (
+                 SELECT l.shard FROM shard_leases l
+                 JOIN unnest($2::smallint[], $3::bigint[]) AS h (shard, epoch)
+                   ON l.shard = h.shard AND l.epoch = h.epoch
+                 WHERE l.owner = $1
+                 ORDER BY l.shard
+                 FOR NO KEY UPDATE OF l)
+             UPDATE shard_leases l SET owner = NULL, expires_at = '-infinity'
+             FROM mine WHERE l.shard = mine.shard",
         )
         .bind(&self.settings.node)
         .bind(shards)

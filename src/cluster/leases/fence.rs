@@ -12,6 +12,11 @@ impl Leases {
     /// those lease rows locked (`FOR SHARE`) until the transaction ends, so no takeover
     /// can happen between this check and the commit. `Err(Fenced)` names the shards that
     /// are no longer this node's: the transaction must roll back.
+    ///
+    /// Every statement that locks lease rows (this one, renewals, claims, hand-offs) locks
+    /// them in shard order, so two of them can wait for each other but never deadlock
+    /// (PostgreSQL would break a deadlock only after `deadlock_timeout`, a second of
+    /// stalled flushes).
     pub async fn fence(
         &self,
         tx: &mut PgConnection,
@@ -37,6 +42,7 @@ impl Leases {
              JOIN unnest($2::smallint[], $3::bigint[]) AS h (shard, epoch)
                ON l.shard = h.shard AND l.epoch = h.epoch
              WHERE l.owner = $1
+             ORDER BY l.shard
              FOR SHARE OF l",
         )
         .bind(&self.settings.node)
