@@ -137,6 +137,15 @@ fn refusal(answers: Vec<PartAnswer>) -> Option<PartAnswer> {
     (!failures.is_empty()).then(|| failures.swap_remove(at))
 }
 
+/// The parts' answers if every part succeeded, else the refusal to answer for the whole.
+fn all_held(answers: Vec<PartAnswer>) -> std::result::Result<Vec<PartAnswer>, PartAnswer> {
+    if answers.iter().all(PartAnswer::ok) {
+        return Ok(answers);
+    }
+    Err(refusal(answers)
+        .unwrap_or_else(|| failed(AppError::Unavailable("a part did not answer; retry".into()))))
+}
+
 /// The node coordinating one request: it sends each part to its shard's owner with the
 /// client's credentials.
 #[derive(Clone)]
@@ -427,12 +436,10 @@ async fn dry_run_parts(coordinator: &Coordinator, body: Value) -> Result<Respons
         )
     }))
     .await;
-    if answers.iter().any(|a| !a.ok()) {
-        return Ok(refusal(answers).map_or_else(
-            || StatusCode::SERVICE_UNAVAILABLE.into_response(),
-            PartAnswer::into_response,
-        ));
-    }
+    let answers = match all_held(answers) {
+        Ok(answers) => answers,
+        Err(refused) => return Ok(refused.into_response()),
+    };
     let expires_at = answers.first().map(|a| a.body["expires_at"].clone());
     let items: Vec<Value> = answers
         .iter()
@@ -517,25 +524,27 @@ async fn extend(coordinator: &Coordinator, saga: &Saga, body: Option<Value>) -> 
             (Method::PATCH, part_uri(part, ""), body.clone())
         })
         .await;
-    if let Some(refused) = refusal(answers) {
-        return Ok(refused.into_response());
-    }
+    let answers = match all_held(answers) {
+        Ok(answers) => answers,
+        Err(refused) => return Ok(refused.into_response()),
+    };
     let ttl = body
         .as_ref()
         .and_then(|b| b["ttl_seconds"].as_f64())
         .unwrap_or(0.0);
-    sqlx::query(
+    let saga: Saga = sqlx::query_as(
         "UPDATE reservation_sagas SET expires_at = now() + make_interval(secs => $2), updated_at = now()
-         WHERE id = $1",
+         WHERE id = $1
+         RETURNING id, shards, parts, status, reference, expires_at, created_at",
     )
     .bind(saga.id)
     .bind(ttl)
-    .execute(&coordinator.state.db)
+    .fetch_one(&coordinator.state.db)
     .await?;
-    let saga = find(&coordinator.state.db, saga.id)
-        .await?
-        .ok_or_else(|| AppError::NotFound("reservation".into()))?;
-    Ok(axum::Json(view(&coordinator.state, &saga).await?).into_response())
+    match joined(&saga, &answers) {
+        Some(body) => Ok(axum::Json(body).into_response()),
+        None => Ok(axum::Json(view(&coordinator.state, &saga).await?).into_response()),
+    }
 }
 
 /// Commit or release of some quantities: each shard's items go to its part. The items are
