@@ -59,6 +59,50 @@ async fn product_in_another_shard(nodes: &Nodes, node: usize, product: i64) -> i
     unreachable!()
 }
 
+/// `count` reservations of `body` sent at once, spread over the nodes: their answers.
+async fn reserve_at_once(
+    nodes: &Nodes,
+    token: &str,
+    count: usize,
+    body: Value,
+) -> Vec<(StatusCode, Value)> {
+    let bases = nodes.bases();
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for i in 0..count {
+        let (client, token, body) = (client.clone(), token.to_owned(), body.clone());
+        let url = format!("{}/api/v1/reservations", bases[i % bases.len()]);
+        tasks.push(tokio::spawn(async move {
+            let answer = client
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (answer.status(), answer.json::<Value>().await.unwrap())
+        }));
+    }
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    answers
+}
+
+/// How many answers had each status, and the ids of the reservations made.
+fn tally(answers: &[(StatusCode, Value)]) -> (BTreeMap<u16, usize>, Vec<String>) {
+    let mut by_status: BTreeMap<u16, usize> = BTreeMap::new();
+    let mut made = Vec::new();
+    for (status, body) in answers {
+        *by_status.entry(status.as_u16()).or_default() += 1;
+        if *status == StatusCode::CREATED {
+            made.push(body["id"].as_str().unwrap().to_owned());
+        }
+    }
+    (by_status, made)
+}
+
 #[tokio::test]
 async fn three_nodes_sell_exactly_the_stock_there_is_whichever_node_is_asked() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -73,33 +117,9 @@ async fn three_nodes_sell_exactly_the_stock_there_is_whichever_node_is_asked() {
     let service = nodes.app(0).operator("shop-service@stockline.test").await;
 
     // 300 customers at once, spread over the three nodes, one unit each.
-    let bases = nodes.bases();
-    let client = reqwest::Client::new();
-    let mut tasks = Vec::new();
-    for i in 0..300 {
-        let (client, token) = (client.clone(), service.clone());
-        let url = format!("{}/api/v1/reservations", bases[i % 3]);
-        tasks.push(tokio::spawn(async move {
-            let answer = client
-                .post(url)
-                .bearer_auth(token)
-                .json(&json!({ "items": [{ "product_id": product, "quantity": 1 }] }))
-                .send()
-                .await
-                .unwrap();
-            let status = answer.status();
-            (status, answer.json::<Value>().await.unwrap())
-        }));
-    }
-    let mut by_status: BTreeMap<u16, usize> = BTreeMap::new();
-    let mut made = Vec::new();
-    for task in tasks {
-        let (status, body) = task.await.unwrap();
-        *by_status.entry(status.as_u16()).or_default() += 1;
-        if status == StatusCode::CREATED {
-            made.push(body["id"].as_str().unwrap().to_owned());
-        }
-    }
+    let one = json!({ "items": [{ "product_id": product, "quantity": 1 }] });
+    let answers = reserve_at_once(&nodes, &service, 300, one).await;
+    let (by_status, made) = tally(&answers);
     assert_eq!(
         by_status,
         BTreeMap::from([(201, 50), (409, 250)]),
@@ -205,6 +225,30 @@ fn basket(a: i64, b: i64) -> Value {
     json!({ "items": [{ "product_id": a, "quantity": 1 }, { "product_id": b, "quantity": 1 }] })
 }
 
+/// Commits and releases reservations through any node of `nodes`, as `token`.
+struct Settling<'a> {
+    nodes: &'a Nodes,
+    token: &'a str,
+}
+
+impl Settling<'_> {
+    /// `step` (`commit` or `release`) of reservation `id` through `node`, with `body`.
+    async fn settle(&self, node: usize, id: &str, step: &str, body: Value) -> (StatusCode, Value) {
+        let path = format!("/reservations/{id}/{step}");
+        self.nodes.app(node).post(&path, self.token, body).await
+    }
+
+    /// The same, answered 200 with the reservation now `status`.
+    async fn settled(&self, node: usize, id: &str, step: &str, body: Value, status: &str) {
+        let (code, answer) = self.settle(node, id, step, body).await;
+        assert_eq!(
+            (code, &answer["status"]),
+            (StatusCode::OK, &json!(status)),
+            "{answer}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_reservation_across_shards_is_all_or_nothing_whichever_node_is_asked() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -215,39 +259,17 @@ async fn a_reservation_across_shards_is_all_or_nothing_whichever_node_is_asked()
 
     // 40 baskets of one A and one B at once, over the three nodes: B runs out after 5
     // (A never does), and no refused basket keeps its A.
-    let bases = nodes.bases();
-    let client = reqwest::Client::new();
-    let mut tasks = Vec::new();
-    for i in 0..40 {
-        let (client, token) = (client.clone(), service.clone());
-        let url = format!("{}/api/v1/reservations", bases[i % 3]);
-        tasks.push(tokio::spawn(async move {
-            let answer = client
-                .post(url)
-                .bearer_auth(token)
-                .json(&basket(a, b))
-                .send()
-                .await
-                .unwrap();
-            (answer.status(), answer.json::<Value>().await.unwrap())
-        }));
-    }
-    let mut by_status: BTreeMap<u16, usize> = BTreeMap::new();
-    let mut made = Vec::new();
-    for task in tasks {
-        let (status, body) = task.await.unwrap();
-        *by_status.entry(status.as_u16()).or_default() += 1;
-        match status {
-            StatusCode::CREATED => {
-                assert_eq!(body["items"].as_array().unwrap().len(), 2, "{body}");
-                made.push(body["id"].as_str().unwrap().to_owned());
-            }
+    let answers = reserve_at_once(&nodes, &service, 40, basket(a, b)).await;
+    for (status, body) in &answers {
+        match *status {
+            StatusCode::CREATED => assert_eq!(body["items"].as_array().unwrap().len(), 2),
             _ => assert_eq!(
-                common::error_code(status, &body, StatusCode::CONFLICT),
+                common::error_code(*status, body, StatusCode::CONFLICT),
                 "insufficient_stock"
             ),
         }
     }
+    let (by_status, made) = tally(&answers);
     assert_eq!(by_status, BTreeMap::from([(201, 5), (409, 35)]));
     let db = pool(&nodes.database).await;
     assert_eq!(
@@ -257,6 +279,10 @@ async fn a_reservation_across_shards_is_all_or_nothing_whichever_node_is_asked()
     );
     assert_eq!(stored_line(&db, warehouse, b).await, (5, 5));
 
+    let through = Settling {
+        nodes: &nodes,
+        token: &service,
+    };
     // One reservation, read, listed and settled through any node.
     let (status, read) = nodes
         .app(1)
@@ -283,43 +309,16 @@ async fn a_reservation_across_shards_is_all_or_nothing_whichever_node_is_asked()
         json!(5),
         "each basket listed once: {listed}"
     );
-    let (status, committed) = nodes
-        .app(2)
-        .post(
-            &format!("/reservations/{}/commit", made[0]),
-            &service,
-            json!({}),
-        )
+    through
+        .settled(2, &made[0], "commit", json!({}), "committed")
         .await;
-    assert_eq!(
-        (status, &committed["status"]),
-        (StatusCode::OK, &json!("committed")),
-        "{committed}"
-    );
     assert_eq!(stored_line(&db, warehouse, a).await, (99, 4));
     assert_eq!(stored_line(&db, warehouse, b).await, (4, 4));
-    let (status, released) = nodes
-        .app(0)
-        .post(
-            &format!("/reservations/{}/release", made[1]),
-            &service,
-            json!({}),
-        )
+    through
+        .settled(0, &made[1], "release", json!({}), "released")
         .await;
-    assert_eq!(
-        (status, &released["status"]),
-        (StatusCode::OK, &json!("released")),
-        "{released}"
-    );
     assert_eq!(stored_line(&db, warehouse, b).await, (4, 3));
-    let (status, again) = nodes
-        .app(1)
-        .post(
-            &format!("/reservations/{}/commit", made[1]),
-            &service,
-            json!({}),
-        )
-        .await;
+    let (status, again) = through.settle(1, &made[1], "commit", json!({})).await;
     assert_eq!(
         common::error_code(status, &again, StatusCode::CONFLICT),
         "reservation_not_pending"
@@ -327,73 +326,27 @@ async fn a_reservation_across_shards_is_all_or_nothing_whichever_node_is_asked()
     assert_eq!(again["error"]["details"]["status"], json!("released"));
 
     // Partial fulfilment across shards: one line committed, then the rest released.
-    let (status, part) = nodes
-        .app(0)
-        .post(
-            &format!("/reservations/{}/commit", made[2]),
-            &service,
-            json!({ "items": [{ "product_id": a, "warehouse_id": warehouse, "quantity": 1 }] }),
-        )
+    let one = |product: i64| json!({ "items": [{ "product_id": product, "warehouse_id": warehouse, "quantity": 1 }] });
+    through
+        .settled(0, &made[2], "commit", one(a), "pending")
         .await;
-    assert_eq!(
-        (status, &part["status"]),
-        (StatusCode::OK, &json!("pending")),
-        "{part}"
-    );
-    let (status, over) = nodes
-        .app(1)
-        .post(
-            &format!("/reservations/{}/commit", made[2]),
-            &service,
-            json!({ "items": [{ "product_id": a, "warehouse_id": warehouse, "quantity": 1 }] }),
-        )
-        .await;
+    let (status, over) = through.settle(1, &made[2], "commit", one(a)).await;
     assert_eq!(
         common::error_code(status, &over, StatusCode::UNPROCESSABLE_ENTITY),
         "validation_failed"
     );
-    let (status, rest) = nodes
-        .app(1)
-        .post(
-            &format!("/reservations/{}/release", made[2]),
-            &service,
-            json!({}),
-        )
+    through
+        .settled(1, &made[2], "release", json!({}), "committed")
         .await;
-    assert_eq!(
-        (status, &rest["status"]),
-        (StatusCode::OK, &json!("committed")),
-        "{rest}"
-    );
     assert_eq!(stored_line(&db, warehouse, a).await, (98, 2));
     assert_eq!(stored_line(&db, warehouse, b).await, (4, 2));
     // A part released whole by a partial release: a commit then commits the rest.
-    let (status, part) = nodes
-        .app(2)
-        .post(
-            &format!("/reservations/{}/release", made[3]),
-            &service,
-            json!({ "items": [{ "product_id": b, "warehouse_id": warehouse, "quantity": 1 }] }),
-        )
+    through
+        .settled(2, &made[3], "release", one(b), "pending")
         .await;
-    assert_eq!(
-        (status, &part["status"]),
-        (StatusCode::OK, &json!("pending")),
-        "{part}"
-    );
-    let (status, rest) = nodes
-        .app(0)
-        .post(
-            &format!("/reservations/{}/commit", made[3]),
-            &service,
-            json!({}),
-        )
+    through
+        .settled(0, &made[3], "commit", json!({}), "committed")
         .await;
-    assert_eq!(
-        (status, &rest["status"]),
-        (StatusCode::OK, &json!("committed")),
-        "{rest}"
-    );
     assert_eq!(stored_line(&db, warehouse, a).await, (97, 1));
     assert_eq!(stored_line(&db, warehouse, b).await, (4, 1));
 

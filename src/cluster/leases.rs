@@ -38,6 +38,22 @@ pub use run::Membership;
 /// A lease's fencing token: grows by one at every claim of the shard.
 pub type Epoch = i64;
 
+/// `WITH mine AS (...)`: this node's lease rows (owner `$1`) among the shards and epochs
+/// bound at `$<shards>` and the parameter after it, still under those epochs, locked in
+/// shard order (as every statement locking lease rows does: see [`Leases::fence`]).
+fn mine_locked(shards: u8) -> String {
+    format!(
+        "WITH mine AS (
+             SELECT l.shard FROM shard_leases l
+             JOIN unnest(${shards}::smallint[], ${epochs}::bigint[]) AS h (shard, epoch)
+               ON l.shard = h.shard AND l.epoch = h.epoch
+             WHERE l.owner = $1
+             ORDER BY l.shard
+             FOR NO KEY UPDATE OF l)",
+        epochs = shards + 1
+    )
+}
+
 /// How long a node that stopped without leaving (killed, its machine gone) stays in
 /// `cluster_nodes`, shown as not live, before the others forget it.
 pub const FORGET_SILENT: Duration = Duration::from_secs(3600);
@@ -206,18 +222,12 @@ impl Leases {
         .await?;
 
         let (shards, epochs) = self.held_columns(|_| true);
-        let renewed: Vec<(i16, Epoch)> = sqlx::query_as(
-            "WITH mine AS (
-                 SELECT l.shard FROM shard_leases l
-                 JOIN unnest($3::smallint[], $4::bigint[]) AS h (shard, epoch)
-                   ON l.shard = h.shard AND l.epoch = h.epoch
-                 WHERE l.owner = $1
-                 ORDER BY l.shard
-                 FOR NO KEY UPDATE OF l)
-             UPDATE shard_leases l SET expires_at = now() + make_interval(secs => $2)
-             FROM mine WHERE l.shard = mine.shard
-             RETURNING l.shard, l.epoch",
-        )
+        let renewed: Vec<(i16, Epoch)> = sqlx::query_as(&format!(
+            "{} UPDATE shard_leases l SET expires_at = now() + make_interval(secs => $2)
+                 FROM mine WHERE l.shard = mine.shard
+                 RETURNING l.shard, l.epoch",
+            mine_locked(3)
+        ))
         .bind(&self.settings.node)
         .bind(lease)
         .bind(&shards)
@@ -345,17 +355,11 @@ impl Leases {
         shards: &[i16],
         epochs: &[Epoch],
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "WITH mine AS (
-                 SELECT l.shard FROM shard_leases l
-                 JOIN unnest($2::smallint[], $3::bigint[]) AS h (shard, epoch)
-                   ON l.shard = h.shard AND l.epoch = h.epoch
-                 WHERE l.owner = $1
-                 ORDER BY l.shard
-                 FOR NO KEY UPDATE OF l)
-             UPDATE shard_leases l SET owner = NULL, expires_at = '-infinity'
-             FROM mine WHERE l.shard = mine.shard",
-        )
+        sqlx::query(&format!(
+            "{} UPDATE shard_leases l SET owner = NULL, expires_at = '-infinity'
+                 FROM mine WHERE l.shard = mine.shard",
+            mine_locked(2)
+        ))
         .bind(&self.settings.node)
         .bind(shards)
         .bind(epochs)
