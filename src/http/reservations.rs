@@ -24,7 +24,6 @@ use super::extract::{Json, List, OptionalJson, Page, Path, Query, int_in, quanti
 use super::idempotency::{self, Answer, Idempotent};
 use crate::auth::Role;
 use crate::cluster::saga::SagaPart;
-
 use crate::error::{AppError, Result};
 use crate::http::AppState;
 use crate::http::caller::Caller;
