@@ -168,6 +168,18 @@ impl Coordinator {
         }
     }
 
+    /// The coordinator of a client's request: the caller must be signed in as an operator
+    /// (as for any reservation), and its credentials go to every part.
+    async fn for_caller(
+        state: &AppState,
+        cluster: &std::sync::Arc<Cluster>,
+        parts: &mut Parts,
+    ) -> Result<(crate::auth::Identity, Self)> {
+        let Caller(caller) = Caller::from_request_parts(parts, state).await?;
+        caller.require(Role::Operator)?;
+        Ok((caller, Self::new(state, cluster, &parts.headers)))
+    }
+
     /// Sends `method uri` with `body` to `saga`'s part in `shard`.
     async fn send(
         &self,
@@ -261,10 +273,8 @@ pub async fn reserve(
 ) -> Response {
     respond(
         async {
-            let Caller(caller) = Caller::from_request_parts(&mut parts, state).await?;
-            caller.require(Role::Operator)?;
+            let (caller, coordinator) = Coordinator::for_caller(state, cluster, &mut parts).await?;
             super::cluster::know_named(state, parts.uri.path(), &bytes).await?;
-            let coordinator = Coordinator::new(state, cluster, &parts.headers);
             let dry_run = parts
                 .uri
                 .query()
@@ -464,9 +474,7 @@ pub async fn serve(
 ) -> Response {
     respond(
         async {
-            let Caller(caller) = Caller::from_request_parts(&mut parts, state).await?;
-            caller.require(Role::Operator)?;
-            let coordinator = Coordinator::new(state, cluster, &parts.headers);
+            let (_, coordinator) = Coordinator::for_caller(state, cluster, &mut parts).await?;
             let body: Option<Value> = match bytes.is_empty() {
                 true => None,
                 false => Some(
