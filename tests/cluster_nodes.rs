@@ -482,6 +482,37 @@ async fn a_commit_decided_before_its_coordinator_died_is_finished_by_the_owners(
             .unwrap_or(0.0);
     }
     assert_eq!(finished, 1.0, "one node recorded it finished");
+
+    // Parts that let their stock go before a commit (here released one by one, as a try
+    // given up under a lost answer would): the commit is refused, never a 200 that moved
+    // nothing.
+    let (status, made) = nodes
+        .app(1)
+        .post("/reservations", &service, basket(a, b))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let id: uuid::Uuid = made["id"].as_str().unwrap().parse().unwrap();
+    for product in [a, b] {
+        let part = stockline::cluster::saga::part_id(id, stockline::cluster::shard_of(product));
+        let (status, released) = nodes
+            .app(2)
+            .post(
+                &format!("/reservations/{part}/release"),
+                &service,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{released}");
+    }
+    let (status, refused) = nodes
+        .app(0)
+        .post(&format!("/reservations/{id}/commit"), &service, json!({}))
+        .await;
+    assert_eq!(
+        common::error_code(status, &refused, StatusCode::CONFLICT),
+        "reservation_not_pending"
+    );
+    assert_eq!(stored_line(&db, warehouse, a).await, (9, 0), "nothing left");
     db.close().await;
     nodes.stop().await;
 }

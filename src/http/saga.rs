@@ -366,6 +366,14 @@ async fn reserve_parts(coordinator: &Coordinator, saga: Uuid, body: Value) -> Re
         answers = send_all(saga).await;
     }
     if answers.iter().any(|a| !a.ok()) {
+        if find(&state.db, saga).await?.is_some() {
+            // An earlier try under the same key made it (its answer was lost): its parts
+            // are the client's, never released here. The next retry answers it.
+            return Err(AppError::Unavailable(
+                "this reservation was made by an earlier try; a shard did not answer just                  now: retry shortly"
+                    .into(),
+            ));
+        }
         coordinator.release_all(saga, &shards).await;
         coordinator.cluster.sagas.count(Outcome::Refused);
         return match refusal(answers) {
@@ -676,11 +684,22 @@ async fn decide(coordinator: &Coordinator, found: Saga, commit: bool) -> Result<
             }
             return Err(not_pending(ReservationStatus::Expired));
         }
-        let failure = answers
-            .into_iter()
-            .find(|a| !a.ok() && a.not_pending().is_none());
-        if let Some(failure) = failure {
-            return Ok(failure.into_response());
+        if let Some(failure) = answers
+            .iter()
+            .position(|a| !a.ok() && a.not_pending().is_none())
+        {
+            return Ok(answers.into_iter().nth(failure).map_or_else(
+                || StatusCode::SERVICE_UNAVAILABLE.into_response(),
+                PartAnswer::into_response,
+            ));
+        }
+        // No part holds anything any more: there is nothing to commit.
+        let settled: Vec<ReservationStatus> =
+            answers.iter().filter_map(PartAnswer::not_pending).collect();
+        if settled.len() == answers.len() {
+            let status = status_of(&settled);
+            mark(db, id, "pending", status.as_str()).await?;
+            return Err(not_pending(status));
         }
         if mark(db, id, "pending", "committing").await? {
             return finish(coordinator, &saga, "committing", Outcome::Committed).await;
@@ -724,10 +743,18 @@ async fn finish(
     if mark(&coordinator.state.db, saga.id, decided, done.as_str()).await? {
         coordinator.cluster.sagas.count(done);
     }
-    match joined(saga, &answers) {
-        Some(body) => Ok(axum::Json(body).into_response()),
-        None => Ok(axum::Json(view(&coordinator.state, saga).await?).into_response()),
+    let body = match joined(saga, &answers) {
+        Some(body) => body,
+        None => serde_json::to_value(view(&coordinator.state, saga).await?)
+            .map_err(|e| AppError::Internal(e.to_string()))?,
+    };
+    // A commit is answered 200 only if stock left: parts that all let it go (released
+    // or expired earlier) end the reservation so, and the commit is refused.
+    let status = body["status"].as_str().and_then(ReservationStatus::parse);
+    if decided == "committing" && status != Some(ReservationStatus::Committed) {
+        return Err(not_pending(status.unwrap_or(ReservationStatus::Expired)));
     }
+    Ok(axum::Json(body).into_response())
 }
 
 /// The whole as its parts answered it, if every part answered with itself (one already
