@@ -51,8 +51,8 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(cluster))
 }
 
-/// The middleware (a no-op in single-process mode).
-pub async fn edge(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Where a request is served (nothing to decide in single-process mode).
+pub async fn edge(state: AppState, request: Request, next: Next) -> Response {
     let Some(cluster) = state.cluster.clone() else {
         return next.run(request).await;
     };
@@ -64,7 +64,7 @@ pub async fn edge(State(state): State<AppState>, request: Request, next: Next) -
         .into_response();
     }
     let (mut parts, body) = request.into_parts();
-    // Read whole already (`storable::read_body`, which runs first): this takes no time.
+    // Read whole already (`storable::read_body`, called first): this takes no time.
     let Ok(bytes) = axum::body::to_bytes(body, super::MAX_BODY).await else {
         return AppError::PayloadTooLarge.into_response();
     };

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -52,7 +53,6 @@ pub fn router(state: AppState) -> Router {
     openapi::declare_common_answers(&mut document);
     let json: Arc<str> = document.to_pretty_json().unwrap_or_default().into();
     let router = router
-        .layer(axum::Extension(Document(json)))
         .fallback(|| async { AppError::NotFound("path".into()) })
         .method_not_allowed_fallback(|| async {
             (
@@ -71,39 +71,14 @@ pub fn router(state: AppState) -> Router {
         )),
         false => router,
     };
-    router
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            cluster::edge,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            storable::read_body,
-        ))
-        .layer(axum::middleware::from_fn(limit_headers))
-        .layer(request_ids())
-        .with_state(state)
-}
-
-/// Every request gets an id: the client's `x-request-id` if it is a sane one (1 to 128
-/// visible ASCII characters), else a new UUID. It is echoed in the answer's
-/// `x-request-id` and is a field (`request_id`) of the span every log line of the
-/// request is written in (so JSON logs carry it).
-fn request_ids() -> impl tower::Layer<
-    axum::routing::Route,
-    Service = impl tower::Service<
-        axum::extract::Request,
-        Response = axum::response::Response,
-        Error = std::convert::Infallible,
-        Future = impl Send,
-    > + Clone
-              + Send
-              + Sync
-              + 'static,
-> + Clone {
-    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-    tower::ServiceBuilder::new()
+    // Around the whole router, not each route: `Router::layer` wraps every route apart,
+    // and each layer so applied costs every request a boxed service and a boxed future.
+    //
+    // Every request gets an id: the client's `x-request-id` if it is a sane one (1 to 128
+    // visible ASCII characters), else a new UUID. It is echoed in the answer's
+    // `x-request-id` and is a field (`request_id`) of the span every log line of the
+    // request is written in (so JSON logs carry it).
+    let whole = tower::ServiceBuilder::new()
         .layer(axum::middleware::map_request(drop_insane_request_id))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(
@@ -121,6 +96,30 @@ fn request_ids() -> impl tower::Layer<
             ),
         )
         .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), edge))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::Extension(Document(json)))
+        .service(router.with_state(state));
+    Router::new().fallback_service(whole)
+}
+
+/// What every request passes before its route, in this order: the bounds on its headers,
+/// its body read whole (`storable`), and in cluster mode the node that serves it
+/// (`cluster::edge`). One middleware rather than three: each costs every request a boxed
+/// service and a boxed future.
+async fn edge(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if let Err(error) = within_header_bounds(request.headers()) {
+        return error.into_response();
+    }
+    match storable::read_body(&state, request).await {
+        Ok(request) => cluster::edge(state, request, next).await,
+        Err(refused) => refused,
+    }
 }
 
 /// A client's `x-request-id` that is empty, too long or not visible ASCII is replaced.
@@ -185,17 +184,13 @@ pub fn openapi_document(state: &AppState) -> utoipa::openapi::OpenApi {
 const MAX_HEADERS: usize = 100;
 const MAX_HEADER_BYTES: usize = 32 * 1024;
 
-async fn limit_headers(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let headers = request.headers();
+fn within_header_bounds(headers: &axum::http::HeaderMap) -> Result<(), AppError> {
     let bytes: usize = headers
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len())
         .sum();
     if headers.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
-        return axum::response::IntoResponse::into_response(AppError::HeadersTooLarge);
+        return Err(AppError::HeadersTooLarge);
     }
-    next.run(request).await
+    Ok(())
 }

@@ -15,18 +15,19 @@
 //! turns out to be literal text such as `\\u0000`).
 
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use super::AppState;
 use crate::error::AppError;
 
-/// The middleware.
-pub async fn read_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Reads the request's body whole; the request to pass on, or the answer that refuses it.
+pub async fn read_body(state: &AppState, request: Request) -> Result<Request, Response> {
     if let Some(field) = request.uri().query().and_then(nul_in_query) {
-        return AppError::validation(field, "must not contain the NUL character").into_response();
+        return Err(
+            AppError::validation(field, "must not contain the NUL character").into_response(),
+        );
     }
     let (parts, body) = request.into_parts();
     let limit = std::time::Duration::from_millis(state.config.body_read_timeout_ms);
@@ -34,18 +35,19 @@ pub async fn read_body(State(state): State<AppState>, request: Request, next: Ne
     {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(error)) if is_over_limit(&error) => {
-            return AppError::PayloadTooLarge.into_response();
+            return Err(AppError::PayloadTooLarge.into_response());
         }
         Ok(Err(_)) => {
-            return AppError::InvalidJson("the body could not be read".into()).into_response();
+            return Err(AppError::InvalidJson("the body could not be read".into()).into_response());
         }
-        Err(_) => return AppError::BodyTimeout.into_response(),
+        Err(_) => return Err(AppError::BodyTimeout.into_response()),
     };
     if let Some(field) = nul_in_json(&bytes) {
-        return AppError::validation(field, "must not contain the NUL character").into_response();
+        return Err(
+            AppError::validation(field, "must not contain the NUL character").into_response(),
+        );
     }
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
 /// Whether reading stopped at the 1 MiB limit (rather than on a broken connection).
