@@ -1,6 +1,7 @@
 //! Text PostgreSQL cannot store never stops saving: the edge refuses a NUL in any stored
 //! text field with 422, and a record that reaches the journal anyway is set aside in
-//! `dead_letters` while the rest of its batch is written.
+//! `dead_letters` while the rest of its batch is written. A batch written again after it
+//! committed (its answer lost) neither fails nor writes anything twice.
 
 mod common;
 
@@ -244,6 +245,124 @@ async fn a_record_postgresql_refuses_goes_to_dead_letters_and_the_rest_of_its_ba
         buffer.durable().current(),
         42,
         "the watermark passed the dead letter"
+    );
+    pool.close().await;
+    drop_database(&database).await;
+}
+
+/// A line's version as the core journals it, with its movement.
+fn change(key: LineKey, version: u64) -> [Record; 2] {
+    let line = Record::Line(stockline_actors::journal::LineRecord {
+        key,
+        on_hand: version * 10,
+        reserved: 0,
+        safety_stock: 0,
+        version,
+        updated_at: chrono::Utc::now(),
+    });
+    [line, movement(key, 10)]
+}
+
+/// Flushes `records` from a journal numbered from 0, as a restarted flusher that never
+/// heard whether its last batch committed would write them again; the dead letters after.
+async fn flush_from_zero(pool: &sqlx::PgPool, records: Vec<Record>) -> i64 {
+    let buffer = Arc::new(JournalBuffer::new(0, 10_000));
+    buffer.append(records);
+    let flusher = Flusher::spawn(
+        pool.clone(),
+        buffer.clone(),
+        stockline::store::flusher::Pacing {
+            gather: Duration::ZERO,
+            pipelined: true,
+        },
+        Some(Arc::new(stockline::events::hub::EventHub::new(0, 1024))),
+        None,
+        tokio_util::sync::CancellationToken::new(),
+    );
+    assert!(flusher.finish().await, "everything was written");
+    sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// The hot path's one statement inserts the ledger and the events with no conflict clause,
+/// only past the stored journal number. A batch written again after it committed (its
+/// answer lost) must then write nothing twice and fail nothing, and a batch that reaches
+/// past the stored number must write exactly what lies past it.
+#[tokio::test]
+async fn a_batch_written_again_after_it_committed_writes_nothing_twice() {
+    let database = fresh_database();
+    let pool = stockline::store::connect_and_migrate(&database_url(&database))
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO warehouses (id, code, name) VALUES (1, 'w1', 'W1')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO products (id, sku, name, price_cents) VALUES (1, 'p1', 'P1', 100)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let key = LineKey::new(1, 1);
+    // Each version's change, and after the tenth a reservation's end (events of their own).
+    let ended = reservation("r1");
+    let versions = |range: std::ops::RangeInclusive<u64>| -> Vec<Record> {
+        let mut records: Vec<Record> = range.clone().flat_map(|v| change(key, v)).collect();
+        if *range.end() >= 10 {
+            records.insert(20, ended.clone());
+        }
+        records
+    };
+    let stored = |pool: sqlx::PgPool| async move {
+        let counts: (i64, i64, i64, String) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM movements), (SELECT count(*) FROM events),
+                    (SELECT version FROM stock_lines WHERE warehouse_id = 1 AND product_id = 1),
+                    (SELECT value FROM settings WHERE key = 'journal_lsn')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        counts
+    };
+
+    assert_eq!(flush_from_zero(&pool, versions(1..=10)).await, 0);
+    let first = stored(pool.clone()).await;
+    assert_eq!(
+        (first.0, first.2, first.3.as_str()),
+        (10, 10, "21"),
+        "ten versions, each with its movement, and the reservation: journal numbers 1 to 21"
+    );
+    assert!(first.1 >= 10, "a stock.changed event per version at least");
+
+    // The same batch again: nothing is written twice and nothing is refused.
+    assert_eq!(flush_from_zero(&pool, versions(1..=10)).await, 0);
+    assert_eq!(
+        stored(pool.clone()).await,
+        first,
+        "written again, nothing changed"
+    );
+
+    // Reaching past the stored number: only the versions past it are written.
+    assert_eq!(flush_from_zero(&pool, versions(1..=15)).await, 0);
+    let after = stored(pool.clone()).await;
+    assert_eq!((after.0, after.2, after.3.as_str()), (15, 15, "31"));
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM movements ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let past: Vec<i64> = (11..=15).map(|v| v * 2 + 1).collect();
+    assert_eq!(ids, (1..=10).map(|v| v * 2).chain(past).collect::<Vec<_>>());
+    let (events, distinct): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT data) FROM events WHERE type = 'stock.changed'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (events, distinct),
+        (15, 15),
+        "one stock.changed per version"
     );
     pool.close().await;
     drop_database(&database).await;
