@@ -197,17 +197,7 @@ async fn a_record_postgresql_refuses_goes_to_dead_letters_and_the_rest_of_its_ba
     records.extend((21..=40).map(|q| movement(LineKey::new(2, 1), q)));
     let poisoned_lsn = 21;
     buffer.append(records);
-    let flusher = Flusher::spawn(
-        pool.clone(),
-        buffer.clone(),
-        stockline::store::flusher::Pacing {
-            gather: Duration::ZERO,
-            pipelined: true,
-        },
-        None,
-        None,
-        tokio_util::sync::CancellationToken::new(),
-    );
+    let flusher = sync_flusher(&pool, &buffer, false);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while buffer.backlog() > 0 {
         assert!(
@@ -250,6 +240,26 @@ async fn a_record_postgresql_refuses_goes_to_dead_letters_and_the_rest_of_its_ba
     drop_database(&database).await;
 }
 
+/// A flusher of `buffer` as `sync` mode runs it (no gathering, pipelined), writing events
+/// if asked.
+fn sync_flusher(
+    pool: &sqlx::PgPool,
+    buffer: &Arc<stockline::store::records::Buffer>,
+    events: bool,
+) -> Flusher {
+    Flusher::spawn(
+        pool.clone(),
+        buffer.clone(),
+        stockline::store::flusher::Pacing {
+            gather: Duration::ZERO,
+            pipelined: true,
+        },
+        events.then(|| Arc::new(stockline::events::hub::EventHub::new(0, 1024))),
+        None,
+        tokio_util::sync::CancellationToken::new(),
+    )
+}
+
 /// A line's version as the core journals it, with its movement.
 fn change(key: LineKey, version: u64) -> [Record; 2] {
     let line = Record::Line(stockline_actors::journal::LineRecord {
@@ -268,17 +278,7 @@ fn change(key: LineKey, version: u64) -> [Record; 2] {
 async fn flush_from_zero(pool: &sqlx::PgPool, records: Vec<Record>) -> i64 {
     let buffer = Arc::new(JournalBuffer::new(0, 10_000));
     buffer.append(records);
-    let flusher = Flusher::spawn(
-        pool.clone(),
-        buffer.clone(),
-        stockline::store::flusher::Pacing {
-            gather: Duration::ZERO,
-            pipelined: true,
-        },
-        Some(Arc::new(stockline::events::hub::EventHub::new(0, 1024))),
-        None,
-        tokio_util::sync::CancellationToken::new(),
-    );
+    let flusher = sync_flusher(pool, &buffer, true);
     assert!(flusher.finish().await, "everything was written");
     sqlx::query_scalar("SELECT count(*) FROM dead_letters")
         .fetch_one(pool)
