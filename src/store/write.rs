@@ -270,9 +270,6 @@ static ONE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let close = close
         .strip_prefix("WITH ")
         .expect("the close is a WITH statement");
-    let movements = MOVEMENTS
-        .strip_suffix(MOVEMENTS_CONFLICT)
-        .expect("the ledger's insert ends with its conflict clause");
     format!(
         "WITH stored AS (
            SELECT coalesce((SELECT value::bigint FROM settings WHERE key = 'journal_lsn'), 0) AS n
@@ -282,7 +279,7 @@ static ONE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
          items_written AS ({}),
          lines_written AS ({}),
          {close}",
-        renumber(movements, 8),
+        renumber(&MOVEMENTS_INSERT, 8),
         renumber(RESERVATIONS, 8 + 13),
         renumber(ITEMS, 8 + 13 + 7),
         renumber(LINES, 8 + 13 + 7 + 4),
@@ -350,16 +347,19 @@ async fn write_lines(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::Error
 const MOVEMENT_COLUMNS: &str = "id, warehouse_id, product_id, kind, quantity, on_hand_after, reserved_after, \
                                 reference, at, reason, actor_user_id, client_reference, safety_stock_after";
 
-const MOVEMENTS_CONFLICT: &str = "\n         ON CONFLICT (id) DO NOTHING";
-
-static MOVEMENTS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+/// The ledger's insert, without a conflict clause: [`ONE`] guards it by the stored journal
+/// number instead.
+static MOVEMENTS_INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "INSERT INTO movements ({MOVEMENT_COLUMNS})
          SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[],
                               $6::bigint[], $7::bigint[], $8::text[], $9::timestamptz[], $10::text[],
-                              $11::bigint[], $12::text[], $13::bigint[]){MOVEMENTS_CONFLICT}"
+                              $11::bigint[], $12::text[], $13::bigint[])"
     )
 });
+
+static MOVEMENTS: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{} ON CONFLICT (id) DO NOTHING", *MOVEMENTS_INSERT));
 
 fn bind_movements<'q>(query: Query<'q>, sorted: &Sorted<'q>) -> Query<'q> {
     let m = &sorted.movements;
