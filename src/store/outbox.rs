@@ -220,22 +220,6 @@ pub(super) const CLOSE: &str = "WITH written AS (
          ON CONFLICT (key) DO UPDATE
            SET value = GREATEST(settings.value::bigint, EXCLUDED.value::bigint)::text";
 
-/// [`CLOSE`] as the end of the one-statement batch (`write::ONE`), which names the stored
-/// journal number `stored` (a `WITH` of its own): an event is inserted only if its record
-/// is past that number, with no `ON CONFLICT`. Every record up to the stored number is
-/// stored, so this writes exactly what a batch written again after a lost commit answer
-/// lacks (nothing), and spares each row the conflict check and speculative insertion
-/// (the check and its lock were about a tenth of PostgreSQL's time per request).
-pub(super) fn close_guarded() -> String {
-    let guarded = CLOSE.replacen(
-        "ON CONFLICT (id) DO NOTHING\n",
-        &format!("WHERE t.id / {} > (SELECT n FROM stored)\n", derive::SLOTS),
-        1,
-    );
-    assert_ne!(guarded, CLOSE, "the events' insert is guarded");
-    guarded
-}
-
 /// [`CLOSE`] keeping the stored journal number under `key` (a cluster node's own).
 pub(super) fn close_for(key: &str) -> String {
     CLOSE.replace("'journal_lsn'", &format!("'{}'", key.replace('\'', "''")))

@@ -261,25 +261,19 @@ fn one_statement(sorted: &Sorted<'_>) -> bool {
 
 /// The whole of a hot-path batch as one statement, so one round trip: the ledger,
 /// reservations, their items and the lines as data-modifying `WITH`s of the closing
-/// statement ([`outbox::close_guarded`], parameters `$1` to `$8`), their parameters
-/// following in that order. Outside a transaction it commits by itself; its fence fails it
-/// whole. The ledger and the events are inserted without `ON CONFLICT`, only past the
-/// stored journal number (`stored`): what is at or before it is stored already.
+/// statement ([`outbox::CLOSE`], parameters `$1` to `$8`), their parameters following in
+/// that order. Outside a transaction it commits by itself; its fence fails it whole.
 static ONE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let close = outbox::close_guarded();
-    let close = close
+    let close = outbox::CLOSE
         .strip_prefix("WITH ")
         .expect("the close is a WITH statement");
     format!(
-        "WITH stored AS (
-           SELECT coalesce((SELECT value::bigint FROM settings WHERE key = 'journal_lsn'), 0) AS n
-         ),
-         movements_written AS ({} AS m ({MOVEMENT_COLUMNS}) WHERE m.id > (SELECT n FROM stored)),
+        "WITH movements_written AS ({}),
          reservations_written AS ({}),
          items_written AS ({}),
          lines_written AS ({}),
          {close}",
-        renumber(&MOVEMENTS_INSERT, 8),
+        renumber(MOVEMENTS, 8),
         renumber(RESERVATIONS, 8 + 13),
         renumber(ITEMS, 8 + 13 + 7),
         renumber(LINES, 8 + 13 + 7 + 4),
@@ -344,22 +338,12 @@ async fn write_lines(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::Error
     Ok(())
 }
 
-const MOVEMENT_COLUMNS: &str = "id, warehouse_id, product_id, kind, quantity, on_hand_after, reserved_after, \
-                                reference, at, reason, actor_user_id, client_reference, safety_stock_after";
-
-/// The ledger's insert, without a conflict clause: [`ONE`] guards it by the stored journal
-/// number instead.
-static MOVEMENTS_INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "INSERT INTO movements ({MOVEMENT_COLUMNS})
+const MOVEMENTS: &str = "INSERT INTO movements (id, warehouse_id, product_id, kind, quantity, on_hand_after, reserved_after,
+                               reference, at, reason, actor_user_id, client_reference, safety_stock_after)
          SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[],
                               $6::bigint[], $7::bigint[], $8::text[], $9::timestamptz[], $10::text[],
-                              $11::bigint[], $12::text[], $13::bigint[])"
-    )
-});
-
-static MOVEMENTS: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| format!("{} ON CONFLICT (id) DO NOTHING", *MOVEMENTS_INSERT));
+                              $11::bigint[], $12::text[], $13::bigint[])
+         ON CONFLICT (id) DO NOTHING";
 
 fn bind_movements<'q>(query: Query<'q>, sorted: &Sorted<'q>) -> Query<'q> {
     let m = &sorted.movements;
@@ -418,7 +402,7 @@ async fn write_movements(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::E
     if sorted.movements.is_empty() {
         return Ok(());
     }
-    bind_movements(sqlx::query(&MOVEMENTS), sorted)
+    bind_movements(sqlx::query(MOVEMENTS), sorted)
         .execute(&mut **tx)
         .await?;
     Ok(())
