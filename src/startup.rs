@@ -3,9 +3,11 @@
 //! the real server on port 0 with [`launch`], which does both; `main` is left with parsing
 //! the CLI and waiting for a signal.
 //!
-//! Order at start: connect and migrate; take the database (alone, or shared with the
-//! cluster's other nodes: never both); (in cluster mode) join: take this node's journal
-//! numbers and connect to NATS; read what the store holds; start the core over a
+//! Order at start: take the database (alone, or shared with the cluster's other nodes:
+//! never both); connect and migrate; (in cluster mode) join: take this node's journal
+//! numbers and connect to NATS; end a killed predecessor's connections with the same
+//! journal numbers and wait until they are gone (a statement it left running could
+//! otherwise commit after the next step); read what the store holds; start the core over a
 //! write-behind buffer that continues the stored journal numbering; start the flusher;
 //! restore the lines that hold stock for someone and the pending reservations (expiring
 //! those that ran out while down; every other line loads on first use), or in cluster mode
@@ -63,10 +65,16 @@ impl Application {
     /// Connects and migrates, recovers the core from the store, and starts the background
     /// tasks; serves nothing yet.
     pub async fn build(listener: TcpListener, mut config: Config) -> io::Result<Self> {
-        let db = store::connect_and_migrate(&config.database_url)
+        let in_cluster = config.cluster_nats_url.is_some();
+        let mut held = store::hold_database(&config.database_url, in_cluster)
             .await
             .map_err(io::Error::other)?;
-        let held = store::hold_database(&config.database_url, config.cluster_nats_url.is_some())
+        if !in_cluster {
+            store::end_predecessor_writes(&mut held, 0)
+                .await
+                .map_err(io::Error::other)?;
+        }
+        let db = store::server_pool(&config.database_url, in_cluster)
             .await
             .map_err(io::Error::other)?;
         let cluster = match config.cluster_nats_url {
@@ -77,6 +85,12 @@ impl Application {
             )),
             None => None,
         };
+        let numbering = cluster.as_ref().map_or(0, |cluster| cluster.member.ordinal);
+        if cluster.is_some() {
+            store::end_predecessor_writes(&mut held, numbering)
+                .await
+                .map_err(io::Error::other)?;
+        }
         if cluster.is_some() && config.events {
             tracing::info!("events are off in cluster mode (not available there yet)");
             config.events = false;
@@ -127,7 +141,7 @@ impl Application {
         let idle_in_transaction = cluster
             .as_ref()
             .map(|_| (config.shard_lease() / 4).max(Duration::from_secs(1)));
-        let flusher_db = store::flusher_pool(&config.database_url, idle_in_transaction)
+        let flusher_db = store::flusher_pool(&config.database_url, idle_in_transaction, numbering)
             .await
             .map_err(io::Error::other)?;
         let flusher = Flusher::spawn(

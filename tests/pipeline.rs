@@ -275,3 +275,108 @@ async fn kill_9_with_two_batches_in_flight_loses_nothing_acknowledged_and_applie
     let _ = child.try_wait();
     drop_database(&database).await;
 }
+
+/// The line's (on_hand, reserved) as stored.
+async fn stored_line(database: &str, warehouse: i64, product: i64) -> (i64, i64) {
+    let mut db = PgConnection::connect(&database_url(database))
+        .await
+        .unwrap();
+    sqlx::query_as(
+        "SELECT on_hand::int8, reserved::int8 FROM stock_lines
+         WHERE warehouse_id = $1 AND product_id = $2",
+    )
+    .bind(warehouse)
+    .bind(product)
+    .fetch_one(&mut db)
+    .await
+    .unwrap()
+}
+
+/// PostgreSQL finishes a statement whose client died, and commits it if it can. A killed
+/// server's last batch, still waiting on a row lock, must not commit after its successor
+/// has read the store: the two would disagree on the stock from then on, and the
+/// successor's journal numbers would collide with the late batch's.
+#[tokio::test]
+async fn a_killed_servers_last_batch_cannot_land_after_the_next_server_read_the_store() {
+    let database = fresh_database();
+    let (mut child, app) = start_binary_app(&database).await;
+    let (hot, w1) = app.stocked_product(100).await;
+    let (status, body) = app.reserve(hot, 3).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let books_before = stored_books(&database).await;
+
+    let mut admin = PgConnection::connect(&database_url(&database))
+        .await
+        .unwrap();
+    let mut lock = admin.begin().await.unwrap();
+    sqlx::query("SELECT value FROM settings WHERE key = 'journal_lsn' FOR UPDATE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    // A reservation whose batch (one statement) waits on the held row.
+    let request = reqwest::Client::new()
+        .post(format!("{}/api/v1/reservations", app.base))
+        .bearer_auth(&app.admin)
+        .json(&json!({ "items": [{ "product_id": hot, "quantity": 2 }] }))
+        .timeout(Duration::from_secs(30))
+        .send();
+    let unanswered = tokio::spawn(async move { request.await.map(|r| r.status()) });
+    let mut watcher = PgConnection::connect(&database_url("postgres"))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while flusher_backends(&mut watcher, &database).await.0 < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the batch never reached the held row"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        unanswered.await.unwrap().is_err(),
+        "answered before durable"
+    );
+
+    // The next server starts while the killed one's statement still waits on the row.
+    let starting = database.clone();
+    let (mut child, url) = tokio::task::spawn_blocking(move || start_binary(&starting, &ADMIN_ENV))
+        .await
+        .unwrap();
+    lock.rollback().await.unwrap();
+    admin.close().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while flusher_backends(&mut watcher, &database).await.0 > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a statement still waits on a lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let app = TestApp::attach(&url, &database).await;
+    let served = line(&app.availability(hot).await, w1);
+    assert_eq!(
+        served,
+        stored_line(&database, w1, hot).await,
+        "the server and the store agree on the line"
+    );
+    assert_eq!(served, (100, 3), "the batch never acknowledged is not kept");
+    assert_eq!(stored_books(&database).await, books_before);
+
+    // The next server numbers its journal on from the store: what it acknowledges is kept
+    // through another kill -9, and the books agree.
+    let (status, body) = app.reserve(hot, 4).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (journal, newest_movement, reserved_drift, ledger_drift) = stored_books(&database).await;
+    assert!(newest_movement <= journal);
+    assert_eq!((reserved_drift, ledger_drift), (0, 0), "the books agree");
+    let (mut child, url) = start_binary(&database, &ADMIN_ENV);
+    let app = TestApp::attach(&url, &database).await;
+    assert_eq!(line(&app.availability(hot).await, w1), (100, 3 + 4));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop_database(&database).await;
+}

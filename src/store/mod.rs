@@ -25,12 +25,13 @@ const IN_USE_WAIT: Duration = Duration::from_secs(3);
 
 /// Takes the database for this server ([`IN_USE`]) on a connection of its own, held until
 /// the server stops; refused, with what to do, if another server uses it the other way.
+/// Creates the database first if it does not exist.
 pub async fn hold_database(url: &str, cluster: bool) -> Result<sqlx::PgConnection, String> {
-    let mut connection = PgConnectOptions::from_str(url)
-        .map_err(|e| e.to_string())?
-        .connect()
+    let options = PgConnectOptions::from_str(url).map_err(|e| e.to_string())?;
+    create_database_if_missing(&options)
         .await
         .map_err(|e| e.to_string())?;
+    let mut connection = options.connect().await.map_err(|e| e.to_string())?;
     let take = match cluster {
         false => "SELECT pg_try_advisory_lock($1)",
         true => "SELECT pg_try_advisory_lock_shared($1)",
@@ -60,23 +61,121 @@ pub async fn hold_database(url: &str, cluster: bool) -> Result<sqlx::PgConnectio
     }
 }
 
+/// The advisory lock every connection that writes for a server holds, shared, while it is
+/// open; its second key is the server's journal numbering (0 for a single process, a
+/// cluster node's ordinal). PostgreSQL finishes a statement whose client has died, and
+/// commits it if it can: a killed server's last batch could land after its successor has
+/// read the store, and the two would then disagree on the stock. So a successor ends
+/// those connections and waits until they are gone ([`end_predecessor_writes`]) before it
+/// reads.
+const WRITES: i32 = 0x736c_7772;
+
+/// How often a successor says it is still waiting for a predecessor's connections to end.
+const WRITES_WARN_EVERY: Duration = Duration::from_secs(5);
+
 /// Connects to `url`, creating its database first if it does not exist, and migrates it.
 #[tracing::instrument(skip_all)]
 pub async fn connect_and_migrate(url: &str) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(url)?;
-    create_database_if_missing(&options).await?;
-    let pool = PgPoolOptions::new()
+    create_database_if_missing(&PgConnectOptions::from_str(url)?).await?;
+    migrated_pool(url, PgPoolOptions::new()).await
+}
+
+/// The pool of a single-process server ([`hold_database`] has created the database): its
+/// connections write for it ([`WRITES`], numbering 0). A cluster node's pool writes
+/// nothing a successor reads at start (each shard's state comes with its claim, fenced).
+#[tracing::instrument(skip_all)]
+pub async fn server_pool(url: &str, cluster: bool) -> Result<PgPool, sqlx::Error> {
+    let options = match cluster {
+        false => writing_for(PgPoolOptions::new(), 0),
+        true => PgPoolOptions::new(),
+    };
+    migrated_pool(url, options).await
+}
+
+async fn migrated_pool(url: &str, options: PgPoolOptions) -> Result<PgPool, sqlx::Error> {
+    let pool = options
         .max_connections(16)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_with(options)
+        .connect_with(PgConnectOptions::from_str(url)?)
         .await?;
     sqlx::migrate!("./migrations").run(&pool).await?;
     Ok(pool)
 }
 
+/// Each connection of the pool takes [`WRITES`] shared for `numbering` as it opens.
+fn writing_for(options: PgPoolOptions, numbering: u16) -> PgPoolOptions {
+    options.after_connect(move |connection, _| {
+        Box::pin(async move {
+            sqlx::query("SELECT pg_advisory_lock_shared($1, $2)")
+                .bind(WRITES)
+                .bind(i32::from(numbering))
+                .execute(connection)
+                .await
+                .map(drop)
+        })
+    })
+}
+
+/// Ends the connections a predecessor with the same journal `numbering` wrote through
+/// (it is gone: this server holds the database, or its ordinal), then waits until
+/// PostgreSQL has let them go. A statement they were running either committed before or is
+/// rolled back; none can land after this returns. Where PostgreSQL does not let this role
+/// end them, it waits for them to end on their own, saying so.
+pub async fn end_predecessor_writes(
+    held: &mut sqlx::PgConnection,
+    numbering: u16,
+) -> Result<(), sqlx::Error> {
+    let numbering = i32::from(numbering);
+    let ended: Result<i64, _> = sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_locks
+         WHERE locktype = 'advisory' AND classid = $1::int4::oid AND objid = $2::int4::oid
+           AND objsubid = 2 AND granted AND pid <> pg_backend_pid()",
+    )
+    .bind(WRITES)
+    .bind(numbering)
+    .fetch_one(&mut *held)
+    .await;
+    match ended {
+        Ok(0) => {}
+        Ok(ended) => tracing::warn!(
+            ended,
+            "ended the connections a stopped server was still writing through (what they \
+             were writing was never acknowledged)"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "could not end the connections a stopped server was still writing through: \
+             waiting for them to end"
+        ),
+    }
+    let mut said = std::time::Instant::now();
+    loop {
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+            .bind(WRITES)
+            .bind(numbering)
+            .fetch_one(&mut *held)
+            .await?;
+        if taken {
+            sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+                .bind(WRITES)
+                .bind(numbering)
+                .execute(&mut *held)
+                .await?;
+            return Ok(());
+        }
+        if said.elapsed() >= WRITES_WARN_EVERY {
+            tracing::warn!("waiting for a stopped server's last writes to end");
+            said = std::time::Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The flusher's own connections to `url` (it never waits behind requests' queries for
 /// one): two, as it has at most two batches in flight. Its statements are the same few
 /// every time, so they are planned once per connection (generic plans), not per batch.
+///
+/// They write for the journal `numbering` ([`WRITES`]).
 ///
 /// `idle_in_transaction` (cluster mode) bounds how long a flush transaction may sit open
 /// while its node says nothing: a node paused mid-transaction (a zombie) would otherwise
@@ -85,6 +184,7 @@ pub async fn connect_and_migrate(url: &str) -> Result<PgPool, sqlx::Error> {
 pub async fn flusher_pool(
     url: &str,
     idle_in_transaction: Option<Duration>,
+    numbering: u16,
 ) -> Result<PgPool, sqlx::Error> {
     let mut settings = vec![("plan_cache_mode", "force_generic_plan".to_owned())];
     if let Some(limit) = idle_in_transaction {
@@ -94,7 +194,7 @@ pub async fn flusher_pool(
         ));
     }
     let options = PgConnectOptions::from_str(url)?.options(settings);
-    PgPoolOptions::new()
+    writing_for(PgPoolOptions::new(), numbering)
         .max_connections(2)
         .min_connections(2)
         .acquire_timeout(Duration::from_secs(5))

@@ -47,7 +47,9 @@ pub async fn journal(
         .unwrap();
     let buffer = Arc::new(Buffer::new(start, 10_000));
     let flusher = Flusher::spawn(
-        stockline::store::flusher_pool(url, None).await.unwrap(),
+        stockline::store::flusher_pool(url, None, member.ordinal)
+            .await
+            .unwrap(),
         buffer.clone(),
         Pacing {
             gather: Duration::ZERO,
