@@ -380,3 +380,43 @@ async fn a_killed_servers_last_batch_cannot_land_after_the_next_server_read_the_
     child.wait().unwrap();
     drop_database(&database).await;
 }
+
+/// The backends connected to `database`, other than the asking one.
+async fn backends_of(watcher: &mut PgConnection, database: &str) -> Vec<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()
+         ORDER BY pid",
+    )
+    .bind(database)
+    .fetch_all(watcher)
+    .await
+    .unwrap()
+}
+
+/// Ending a predecessor's connections touches only its own database: a server starting on
+/// another database of the same PostgreSQL leaves a running server's connections alone.
+#[tokio::test]
+async fn a_server_starting_on_another_database_ends_none_of_this_ones_connections() {
+    let (first, second) = (fresh_database(), fresh_database());
+    let (mut child, app) = start_binary_app(&first).await;
+    let (hot, _) = app.stocked_product(100).await;
+    let mut watcher = PgConnection::connect(&database_url("postgres"))
+        .await
+        .unwrap();
+    let before = backends_of(&mut watcher, &first).await;
+    assert!(before.len() >= 3, "the server's connections: {before:?}");
+    let (mut other, _) = start_binary(&second, &ADMIN_ENV);
+    let after = backends_of(&mut watcher, &first).await;
+    assert!(
+        before.iter().all(|pid| after.contains(pid)),
+        "a connection of the running server was ended: {before:?} -> {after:?}"
+    );
+    let (status, body) = app.reserve(hot, 1).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    for child in [&mut child, &mut other] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    drop_database(&first).await;
+    drop_database(&second).await;
+}

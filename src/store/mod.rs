@@ -129,7 +129,8 @@ pub async fn end_predecessor_writes(
     let ended: Result<i64, _> = sqlx::query_scalar(
         "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_locks
          WHERE locktype = 'advisory' AND classid = $1::int4::oid AND objid = $2::int4::oid
-           AND objsubid = 2 AND granted AND pid <> pg_backend_pid()",
+           AND objsubid = 2 AND granted AND pid <> pg_backend_pid()
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
     )
     .bind(WRITES)
     .bind(numbering)
