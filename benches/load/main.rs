@@ -98,6 +98,11 @@ struct Args {
     /// Rounds of `--metrics-ab`, `--events-ab` and `--pipeline-ab`.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// With `--metrics-ab`, `--events-ab` or `--pipeline-ab`: offer this many requests per
+    /// second (open loop) instead of the closed loop, and compare the p99 and the CPU per
+    /// request at that rate.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -647,10 +652,31 @@ async fn ab(args: &Args, duration: Duration, switch: Switch) {
                     };
                     let mut stand = stand_up(args, design, switches).await;
                     let label = format!("{} {durability} {}", scenario.name(), switch.name());
-                    let mut outcome = closed_loop(args, *scenario, &stand, duration, &label).await;
+                    let mut outcome = match args.rate {
+                        None => closed_loop(args, *scenario, &stand, duration, &label).await,
+                        Some(rate) => {
+                            let load = Load::Open {
+                                steps_per_second: rate / scenario.requests_per_step(),
+                            };
+                            let label = format!("{label} at {rate:.0}/s");
+                            workload::run(
+                                *scenario,
+                                &stand.target,
+                                args.clients,
+                                duration,
+                                load,
+                                &label,
+                            )
+                            .await
+                        }
+                    };
                     stand.books = tear_down(stand.teardown).await;
                     outcome.books = stand.books;
-                    *(if enabled { &mut on } else { &mut off }) += outcome.requests_per_second();
+                    let compared = match args.rate {
+                        None => outcome.requests_per_second(),
+                        Some(_) => outcome.percentile_ms(99.0),
+                    };
+                    *(if enabled { &mut on } else { &mut off }) += compared;
                     let design = if enabled { labels[0] } else { labels[1] };
                     rows.push((*scenario, design, durability, outcome));
                 }
@@ -659,9 +685,13 @@ async fn ab(args: &Args, duration: Duration, switch: Switch) {
         }
     }
     print_table(&rows);
+    let compared = match args.rate {
+        None => String::new(),
+        Some(rate) => format!(" (p99 at {rate:.0} req/s)"),
+    };
     for (scenario, durability, ratio) in ratios {
         println!(
-            "ratio {scenario} {durability} {} on/off: {ratio:.3}",
+            "ratio {scenario} {durability} {} on/off{compared}: {ratio:.3}",
             switch.name()
         );
     }
