@@ -117,7 +117,9 @@ fn writing_for(options: PgPoolOptions, numbering: u16) -> PgPoolOptions {
 }
 
 /// Ends the connections a predecessor with the same journal `numbering` wrote through
-/// (it is gone: this server holds the database, or its ordinal), then waits until
+/// (a single process holds the database alone, so its predecessor is gone; a node started
+/// under a node id takes that id's ordinal, and is the successor of whatever ran under
+/// it), then waits until
 /// PostgreSQL has let them go. A statement they were running either committed before or is
 /// rolled back; none can land after this returns. Where PostgreSQL does not let this role
 /// end them, it waits for them to end on their own, saying so.
