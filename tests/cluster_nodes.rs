@@ -1224,6 +1224,91 @@ fn refused_start(database: &str, env: &[(&str, &str)]) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// A node killed while its batch still runs in PostgreSQL (here: waiting on a row lock the
+/// test holds), then started again under its node id, ends that batch's connection before
+/// it reads its position and claims its shards: nothing its predecessor left running can
+/// commit behind its back.
+#[tokio::test]
+async fn a_node_started_again_ends_what_its_killed_predecessor_left_running() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut nodes = Nodes::start(1, LEASE).await;
+    nodes.wait_shared(&[0], SETTLE_WITHIN).await;
+    let app = nodes.app(0);
+    let product = app.product("P", 100).await;
+    let warehouse = app.warehouse("W", 1).await;
+    app.stock(warehouse, product, 50).await;
+    let db = pool(&nodes.database).await;
+    let ordinal: i16 = sqlx::query_scalar("SELECT ordinal FROM node_ordinals WHERE node_id = $1")
+        .bind(&nodes.nodes[0].id)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    let mut lock = db.begin().await.unwrap();
+    sqlx::query("SELECT value FROM settings WHERE key = $1 FOR UPDATE")
+        .bind(format!("journal_lsn.{ordinal}"))
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let request = load_client()
+        .post(format!("{}/api/v1/reservations", app.base))
+        .bearer_auth(&app.admin)
+        .json(&json!({ "items": [{ "product_id": product, "quantity": 2 }] }))
+        .send();
+    let unanswered = tokio::spawn(request);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let waiting: i32 = loop {
+        let waiting: Option<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_optional(&db)
+        .await
+        .unwrap();
+        if let Some(pid) = waiting {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the batch never reached the held row"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    nodes.kill(0);
+    assert!(
+        unanswered.await.unwrap().is_err(),
+        "answered before durable"
+    );
+
+    let again = nodes.restart(0).await;
+    // The test still holds the row: only the new node can have ended the statement.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
+                .bind(waiting)
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        if !left {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the killed node's statement still runs after the node started again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    lock.rollback().await.unwrap();
+    nodes.wait_shared(&[again], SETTLE_WITHIN).await;
+    let served = nodes.app(again).availability(product).await;
+    assert_eq!(served["warehouses"][0]["reserved"], 0, "{served}");
+    assert_eq!(stored_line(&db, warehouse, product).await, (50, 0));
+    let (status, body) = nodes.app(again).reserve(product, 4).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(stored_line(&db, warehouse, product).await, (50, 4));
+    nodes.stop().await;
+}
+
 /// One database is used by one single-process server, or by the nodes of one cluster,
 /// never by two of those at once: each would take its memory for the stock.
 #[tokio::test]

@@ -115,7 +115,21 @@ impl Nodes {
     /// Starts one more node with environment variables set over the defaults (e.g. its
     /// database or NATS through a proxy); answers its index.
     pub async fn add_with(&mut self, overrides: &[(&str, &str)]) -> usize {
-        let id = format!("node{}", self.nodes.len());
+        self.start_node(format!("node{}", self.nodes.len()), overrides)
+            .await
+    }
+
+    /// Starts node `node`, killed before, again under its node id; answers its new index.
+    pub async fn restart(&mut self, node: usize) -> usize {
+        assert!(
+            self.nodes[node].killed,
+            "{} still runs",
+            self.nodes[node].id
+        );
+        self.start_node(self.nodes[node].id.clone(), &[]).await
+    }
+
+    async fn start_node(&mut self, id: String, overrides: &[(&str, &str)]) -> usize {
         let lease = self.lease.as_secs().to_string();
         let mut env = super::ADMIN_ENV.to_vec();
         env.extend([
@@ -128,7 +142,8 @@ impl Nodes {
             ("STOCKLINE_DURABLE_TIMEOUT_MS", "2000"),
         ]);
         // Each node's log goes to a file named in a failing test's output.
-        let log = std::env::temp_dir().join(format!("{}-{id}.log", self.cluster));
+        let log =
+            std::env::temp_dir().join(format!("{}-{id}-{}.log", self.cluster, self.nodes.len()));
         env.push(("RUST_LOG", "info"));
         env.extend_from_slice(overrides);
         let file = std::fs::File::create(&log).unwrap();
