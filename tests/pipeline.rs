@@ -41,6 +41,40 @@ async fn flusher_backends_alive(admin: &mut PgConnection, database: &str) -> i64
     .unwrap()
 }
 
+/// Holds the stored journal number's row in a transaction open on the connection it
+/// answers: the next batch's closing statement waits on it until [`let_go`].
+async fn hold_journal_row(database: &str) -> PgConnection {
+    let mut holder = PgConnection::connect(&database_url(database))
+        .await
+        .unwrap();
+    for statement in [
+        "BEGIN",
+        "SELECT value FROM settings WHERE key = 'journal_lsn' FOR UPDATE",
+    ] {
+        sqlx::query(statement).execute(&mut holder).await.unwrap();
+    }
+    holder
+}
+
+/// Rolls the holding transaction back and closes its connection.
+async fn let_go(mut holder: PgConnection) {
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    holder.close().await.unwrap();
+}
+
+/// Waits until a backend of `database` waits on a lock (a batch reached the held row);
+/// panics after 10 s, saying `what` never got there.
+async fn until_one_waits(watcher: &mut PgConnection, database: &str, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while flusher_backends(watcher, database).await.0 < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} never reached the held row"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The ledger's (kind, quantity) pairs.
 async fn stored_kinds(database: &str) -> Vec<(String, i64)> {
     let mut db = PgConnection::connect(&database_url(database))
@@ -131,15 +165,7 @@ async fn kill_9_with_two_batches_in_flight_loses_nothing_acknowledged_and_applie
     let books_before = stored_books(&database).await;
     assert_eq!((books_before.2, books_before.3), (0, 0));
 
-    // Hold the journal number's row: the next batch's closing statement waits on it.
-    let mut admin = PgConnection::connect(&database_url(&database))
-        .await
-        .unwrap();
-    let mut lock = admin.begin().await.unwrap();
-    sqlx::query("SELECT value FROM settings WHERE key = 'journal_lsn' FOR UPDATE")
-        .execute(&mut *lock)
-        .await
-        .unwrap();
+    let holder = hold_journal_row(&database).await;
     let client = reqwest::Client::new();
     let send = |path: &'static str, body: Value| {
         let request = client
@@ -158,15 +184,8 @@ async fn kill_9_with_two_batches_in_flight_loses_nothing_acknowledged_and_applie
     let mut watcher = PgConnection::connect(&database_url("postgres"))
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while flusher_backends(&mut watcher, &database).await.0 < 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the first batch never reached the held row (answered: {})",
-            first.is_finished()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_one_waits(&mut watcher, &database, "the first batch").await;
+    assert!(!first.is_finished(), "answered before durable");
     // Second batch: another transfer, on other lines, prepared behind it.
     let second = send(
         "/transfers",
@@ -191,8 +210,7 @@ async fn kill_9_with_two_batches_in_flight_loses_nothing_acknowledged_and_applie
 
     child.kill().unwrap();
     child.wait().unwrap();
-    lock.rollback().await.unwrap();
-    admin.close().await.unwrap();
+    let_go(holder).await;
     for request in [first, second] {
         let answer = request.await.unwrap();
         assert!(
@@ -305,14 +323,7 @@ async fn a_killed_servers_last_batch_cannot_land_after_the_next_server_read_the_
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let books_before = stored_books(&database).await;
 
-    let mut admin = PgConnection::connect(&database_url(&database))
-        .await
-        .unwrap();
-    let mut lock = admin.begin().await.unwrap();
-    sqlx::query("SELECT value FROM settings WHERE key = 'journal_lsn' FOR UPDATE")
-        .execute(&mut *lock)
-        .await
-        .unwrap();
+    let holder = hold_journal_row(&database).await;
     // A reservation whose batch (one statement) waits on the held row.
     let request = reqwest::Client::new()
         .post(format!("{}/api/v1/reservations", app.base))
@@ -324,14 +335,7 @@ async fn a_killed_servers_last_batch_cannot_land_after_the_next_server_read_the_
     let mut watcher = PgConnection::connect(&database_url("postgres"))
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while flusher_backends(&mut watcher, &database).await.0 < 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the batch never reached the held row"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_one_waits(&mut watcher, &database, "the reservation's batch").await;
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
@@ -344,8 +348,7 @@ async fn a_killed_servers_last_batch_cannot_land_after_the_next_server_read_the_
     let (mut child, url) = tokio::task::spawn_blocking(move || start_binary(&starting, &ADMIN_ENV))
         .await
         .unwrap();
-    lock.rollback().await.unwrap();
-    admin.close().await.unwrap();
+    let_go(holder).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while flusher_backends(&mut watcher, &database).await.0 > 0 {
         assert!(
