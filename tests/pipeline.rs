@@ -75,6 +75,21 @@ async fn until_one_waits(watcher: &mut PgConnection, database: &str, what: &str)
     }
 }
 
+/// Kills the server with SIGKILL, checks that the stored books agree (no movement past
+/// the stored journal number; `reserved` and `on_hand` what the pending reservations and
+/// the ledger say), and starts the next server over the same database.
+async fn kill_check_and_restart(
+    mut child: std::process::Child,
+    database: &str,
+) -> (std::process::Child, TestApp) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (journal, newest_movement, reserved_drift, ledger_drift) = stored_books(database).await;
+    assert!(newest_movement <= journal);
+    assert_eq!((reserved_drift, ledger_drift), (0, 0), "the books agree");
+    start_binary_app(database).await
+}
+
 /// The ledger's (kind, quantity) pairs.
 async fn stored_kinds(database: &str) -> Vec<(String, i64)> {
     let mut db = PgConnection::connect(&database_url(database))
@@ -245,7 +260,7 @@ async fn kill_9_with_two_batches_in_flight_loses_nothing_acknowledged_and_applie
         "a transfer never acknowledged was stored: {kinds:?}"
     );
 
-    let (mut child, url) = start_binary(&database, &ADMIN_ENV);
+    let (child, url) = start_binary(&database, &ADMIN_ENV);
     let app = TestApp::attach(&url, &database).await;
     assert_eq!(app.availability(hot).await, hot_before);
     assert_eq!(app.availability(cold).await, cold_before);
@@ -269,13 +284,7 @@ async fn kill_9_with_two_batches_in_flight_loses_nothing_acknowledged_and_applie
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let (journal, newest_movement, reserved_drift, ledger_drift) = stored_books(&database).await;
-    assert!(newest_movement <= journal);
-    assert_eq!((reserved_drift, ledger_drift), (0, 0), "the books agree");
-    let (mut child2, url) = start_binary(&database, &ADMIN_ENV);
-    let app = TestApp::attach(&url, &database).await;
+    let (mut child, app) = kill_check_and_restart(child, &database).await;
     let hot_line = line(&app.availability(hot).await, w1);
     assert_eq!(
         hot_line,
@@ -288,9 +297,8 @@ async fn kill_9_with_two_batches_in_flight_loses_nothing_acknowledged_and_applie
         (43, 57),
         "the acknowledged transfer moved stock"
     );
-    child2.kill().unwrap();
-    child2.wait().unwrap();
-    let _ = child.try_wait();
+    child.kill().unwrap();
+    child.wait().unwrap();
     drop_database(&database).await;
 }
 
@@ -345,7 +353,7 @@ async fn a_killed_servers_last_batch_cannot_land_after_the_next_server_read_the_
 
     // The next server starts while the killed one's statement still waits on the row.
     let starting = database.clone();
-    let (mut child, url) = tokio::task::spawn_blocking(move || start_binary(&starting, &ADMIN_ENV))
+    let (child, url) = tokio::task::spawn_blocking(move || start_binary(&starting, &ADMIN_ENV))
         .await
         .unwrap();
     let_go(holder).await;
@@ -371,13 +379,7 @@ async fn a_killed_servers_last_batch_cannot_land_after_the_next_server_read_the_
     // through another kill -9, and the books agree.
     let (status, body) = app.reserve(hot, 4).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let (journal, newest_movement, reserved_drift, ledger_drift) = stored_books(&database).await;
-    assert!(newest_movement <= journal);
-    assert_eq!((reserved_drift, ledger_drift), (0, 0), "the books agree");
-    let (mut child, url) = start_binary(&database, &ADMIN_ENV);
-    let app = TestApp::attach(&url, &database).await;
+    let (mut child, app) = kill_check_and_restart(child, &database).await;
     assert_eq!(line(&app.availability(hot).await, w1), (100, 3 + 4));
     child.kill().unwrap();
     child.wait().unwrap();
