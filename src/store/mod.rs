@@ -80,9 +80,10 @@ pub async fn connect_and_migrate(url: &str) -> Result<PgPool, sqlx::Error> {
     migrated_pool(url, PgPoolOptions::new()).await
 }
 
-/// The pool of a single-process server ([`hold_database`] has created the database): its
-/// connections write for it ([`WRITES`], numbering 0). A cluster node's pool writes
-/// nothing a successor reads at start (each shard's state comes with its claim, fenced).
+/// The pool of a server's requests ([`hold_database`] has created the database). A
+/// single process's connections write for it ([`WRITES`], numbering 0). A cluster node's
+/// do not take the lock (only its flusher's do, by ordinal): a catalog write a killed node
+/// left running is not waited for.
 #[tracing::instrument(skip_all)]
 pub async fn server_pool(url: &str, cluster: bool) -> Result<PgPool, sqlx::Error> {
     let options = match cluster {
@@ -116,13 +117,13 @@ fn writing_for(options: PgPoolOptions, numbering: u16) -> PgPoolOptions {
     })
 }
 
-/// Ends the connections a predecessor with the same journal `numbering` wrote through
-/// (a single process holds the database alone, so its predecessor is gone; a node started
-/// under a node id takes that id's ordinal, and is the successor of whatever ran under
-/// it), then waits until
-/// PostgreSQL has let them go. A statement they were running either committed before or is
-/// rolled back; none can land after this returns. Where PostgreSQL does not let this role
-/// end them, it waits for them to end on their own, saying so.
+/// Ends the connections a predecessor with the same journal `numbering` wrote through,
+/// then waits until PostgreSQL has let them go. (A single process holds the database
+/// alone, so its predecessor is gone; a node started under a node id takes that id's
+/// ordinal, and is the successor of whatever ran under it.) A statement they were running
+/// either committed before, or is rolled back as a crash's last batch is; none can land
+/// after this returns. Where PostgreSQL does not let this role end them, it waits for them
+/// to end on their own, saying so.
 pub async fn end_predecessor_writes(
     held: &mut sqlx::PgConnection,
     numbering: u16,
@@ -142,8 +143,8 @@ pub async fn end_predecessor_writes(
         Ok(0) => {}
         Ok(ended) => tracing::warn!(
             ended,
-            "ended the connections a stopped server was still writing through (what they \
-             were writing was never acknowledged)"
+            "ended the connections a stopped server was still writing through (a batch \
+             they were writing is rolled back, as a crash's last batch is)"
         ),
         Err(e) => tracing::warn!(
             error = %e,
