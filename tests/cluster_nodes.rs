@@ -1309,6 +1309,43 @@ async fn a_node_started_again_ends_what_its_killed_predecessor_left_running() {
     nodes.stop().await;
 }
 
+/// A reservation made on one node and committed on the node that took its shard over is
+/// stored committed, whichever node numbers its journal higher: the node that takes over
+/// here has the lower ordinal, so its journal numbers are below those of the reservation's
+/// stored row.
+#[tokio::test]
+async fn a_reservation_settled_by_the_node_that_took_its_shard_over_is_stored_settled() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut nodes = Nodes::start(2, LEASE).await;
+    nodes.wait_shared(&[0, 1], SETTLE_WITHIN).await;
+    let product = product_owned_by(&nodes, 1).await;
+    let warehouse = nodes.app(0).warehouse("W", 1).await;
+    nodes.app(0).stock(warehouse, product, 10).await;
+    let (status, held) = nodes.app(1).reserve(product, 3).await;
+    assert_eq!(status, StatusCode::CREATED, "{held}");
+    let id = held["id"].as_str().unwrap().to_owned();
+    nodes.kill(1);
+    nodes.wait_shared(&[0], SETTLE_WITHIN).await;
+    let app = nodes.app(0);
+    let (status, body) = app
+        .post(&format!("/reservations/{id}/commit"), &app.admin, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let db = pool(&nodes.database).await;
+    let stored: String = sqlx::query_scalar("SELECT status FROM reservations WHERE id = $1::uuid")
+        .bind(&id)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored, "committed",
+        "the store has the reservation as the node answered it"
+    );
+    assert_eq!(stored_line(&db, warehouse, product).await, (7, 0));
+    db.close().await;
+    nodes.stop().await;
+}
+
 /// One database is used by one single-process server, or by the nodes of one cluster,
 /// never by two of those at once: each would take its memory for the stock.
 #[tokio::test]

@@ -408,13 +408,23 @@ async fn write_movements(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::E
     Ok(())
 }
 
+/// A reservation's row takes a record newer than the one it holds: a higher journal number
+/// from the same writer, or any record from another writer (its numbers begin at its own
+/// ordinal, `lsn >> 48`, and are not comparable with the first's). Only the owner of a
+/// reservation's shard writes it, and a node writes a shard only after taking it over
+/// (an earlier owner's late batch is fenced): the node that took over, with a lower
+/// ordinal, must still be able to settle it.
 const RESERVATIONS: &str = "INSERT INTO reservations (id, status, reference, expires_at, created_at, updated_at, lsn)
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
                               $6::timestamptz[], $7::bigint[])
          ON CONFLICT (id) DO UPDATE
            SET status = EXCLUDED.status, expires_at = EXCLUDED.expires_at, reference = EXCLUDED.reference,
                updated_at = EXCLUDED.updated_at, lsn = EXCLUDED.lsn
-         WHERE reservations.lsn < EXCLUDED.lsn";
+         WHERE reservations.lsn < EXCLUDED.lsn OR (reservations.lsn >> 48) <> (EXCLUDED.lsn >> 48)";
+const _: () = assert!(
+    crate::cluster::ORDINAL_SHIFT == 48,
+    "RESERVATIONS shifts by it"
+);
 
 /// A resized hold (a cart's) changes its quantities; batches commit one at a time, in
 /// order, so the newest record's quantity is the one left.
