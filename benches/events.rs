@@ -71,6 +71,9 @@ async fn start(extra: &[&str]) -> Server {
         "async",
         "--max-event-streams",
         "100000",
+        // The receiver is in this process, on the loopback.
+        "--webhook-allow-private",
+        "true",
     ];
     flags.extend_from_slice(extra);
     let config = Wrap::parse_from(flags).config;

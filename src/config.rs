@@ -180,6 +180,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=2_592_000))]
     pub webhook_retry_for_secs: u64,
 
+    /// Let webhooks call loopback, private and link-local addresses (a private network,
+    /// or tests with a receiver on this machine). Off: such URLs are refused when created
+    /// and never connected to at delivery.
+    #[arg(long, env = "STOCKLINE_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub webhook_allow_private: bool,
+
     /// Cluster mode: the NATS server nodes route requests through. Unset: one process,
     /// no NATS needed. Cluster mode is `sync` only.
     #[arg(long, env = "STOCKLINE_CLUSTER_NATS_URL")]

@@ -239,6 +239,47 @@ async fn once_totp_is_verified_login_needs_a_valid_code() {
     app.cleanup().await;
 }
 
+async fn login(app: &TestApp, code: String) -> (StatusCode, serde_json::Value) {
+    let body = json!({ "login": "tia@example.com", "password": "password-1", "totp": code });
+    app.send(Method::POST, "/auth/login", None, Some(body))
+        .await
+}
+
+/// RFC 6238, section 5.2: a code is accepted once. Before the fix the second login with
+/// the same code within its step was 200.
+#[tokio::test]
+async fn a_totp_code_signs_in_once_also_after_a_restart() {
+    let app = TestApp::spawn().await;
+    let (_, token) = app.customer("tia@example.com").await;
+    let (_, setup) = app.post("/auth/totp/setup", &token, json!({})).await;
+    let secret = setup["secret"].as_str().unwrap().to_owned();
+    let (status, _) = app
+        .post(
+            "/auth/totp/verify",
+            &token,
+            json!({ "code": totp_code(&secret) }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let code = totp_code(&secret);
+    let (status, body) = login(&app, code.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = login(&app, code.clone()).await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::UNAUTHORIZED),
+        "totp_required",
+        "the same code a second time"
+    );
+    let app = app.restart().await;
+    let (status, body) = login(&app, code).await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::UNAUTHORIZED),
+        "totp_required",
+        "the same code after a restart"
+    );
+    app.cleanup().await;
+}
+
 #[tokio::test]
 async fn only_an_admin_changes_roles_and_the_change_applies_at_once() {
     let app = TestApp::spawn().await;

@@ -414,6 +414,96 @@ async fn subscriptions_are_checked_scoped_to_their_shop_and_bounded() {
     app.cleanup().await;
 }
 
+/// Server-side request forgery: a shop owner may not point a webhook at the server's own
+/// network, in any spelling; a subscription that does (stored while the rule was lifted)
+/// is never called; and another shop's deliveries are neither read nor retried. Before
+/// the rule every spelling here was 201 and delivered.
+#[tokio::test]
+async fn webhooks_never_reach_inside_and_stay_within_their_shop() {
+    let open = [
+        "--webhook-allow-private",
+        "true",
+        "--webhook-retry-base-ms",
+        "20",
+    ];
+    let mut app = TestApp::spawn_with(&open).await;
+    let receiver = Receiver::start().await;
+    let id = subscribe(&app, &receiver.url, &["stock.changed"]).await;
+    app.stop().await;
+    let closed = [
+        "--webhook-allow-private",
+        "false",
+        "--webhook-retry-base-ms",
+        "20",
+    ];
+    let app = TestApp::start_on_with(&app.database.clone(), &closed).await;
+
+    let (_, shop) = app
+        .post("/shops", &app.admin, json!({ "code": "S", "name": "S" }))
+        .await;
+    let shop = shop["id"].as_i64().unwrap();
+    let (owner_id, _) = app.customer("owner@example.com").await;
+    app.put(
+        &format!("/shops/{shop}/members/{owner_id}"),
+        &app.admin,
+        json!({ "role": "shop_owner" }),
+    )
+    .await;
+    let owner = app.login("owner@example.com", "password-1").await;
+    let port = app.base.rsplit(':').next().unwrap().to_owned();
+    for url in [
+        format!("http://127.0.0.1:{port}/hook"),
+        "http://localhost:5432/".into(),
+        "http://[::1]:6379/".into(),
+        "http://0.0.0.0:4222/".into(),
+        "http://127.1:8080/admin".into(),
+        "http://2130706433/".into(),
+        "http://169.254.169.254/latest/meta-data/".into(),
+        "http://[::ffff:127.0.0.1]/".into(),
+        "https://10.0.0.1/".into(),
+    ] {
+        let body =
+            json!({ "url": url, "types": ["stock.changed"], "secret": SECRET, "shop_id": shop });
+        let (status, answer) = app.post("/webhooks", &owner, body).await;
+        assert_eq!(
+            error_code(status, &answer, StatusCode::UNPROCESSABLE_ENTITY),
+            "validation_failed",
+            "{url}"
+        );
+        assert_eq!(answer["error"]["details"]["field"], "url", "{answer}");
+    }
+
+    // The platform's subscription to the loopback receiver is attempted and refused.
+    app.stocked_product(3).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let delivery = loop {
+        let (_, body) = app
+            .get(&format!("/webhooks/{id}/deliveries"), &app.admin)
+            .await;
+        let first = body["items"][0].clone();
+        if first["attempts"].as_i64().unwrap_or(0) >= 2 {
+            break first;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no attempt: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let error = delivery["last_error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("refused"), "{delivery}");
+    assert!(
+        receiver.received().is_empty(),
+        "nothing reached the loopback"
+    );
+
+    // The shop owner cannot read or retry the platform's (or another shop's) deliveries.
+    let event = delivery["event_id"].as_i64().unwrap();
+    let (status, body) = app.get(&format!("/webhooks/{id}/deliveries"), &owner).await;
+    error_code(status, &body, StatusCode::FORBIDDEN);
+    let retry = format!("/webhooks/{id}/deliveries/{event}/retry");
+    let (status, body) = app.post(&retry, &owner, json!({})).await;
+    error_code(status, &body, StatusCode::FORBIDDEN);
+    app.cleanup().await;
+}
+
 /// The server's process, killed (SIGKILL) when dropped: also when an assertion fails.
 struct Killed(std::process::Child);
 
@@ -433,6 +523,7 @@ async fn a_kill_9_between_commit_and_delivery_loses_no_event() {
         common::ADMIN_ENV[0],
         common::ADMIN_ENV[1],
         ("STOCKLINE_WEBHOOK_RETRY_BASE_MS", "50"),
+        ("STOCKLINE_WEBHOOK_ALLOW_PRIVATE", "true"),
     ];
     let (child, url) = common::start_binary(&database, &env);
     let child = Killed(child);

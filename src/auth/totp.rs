@@ -27,7 +27,24 @@ pub fn uri(secret: &str, account: &str) -> Result<String> {
         .map_err(|e| AppError::Internal(format!("TOTP URI: {e}")))
 }
 
-/// Whether `code` is valid now for `secret`.
-pub fn check(secret: &str, account: &str, code: &str) -> Result<bool> {
-    Ok(totp(secret, account)?.check_current(code.trim()).is_some())
+/// The time step `code` is valid for now (within one step of skew), if it is valid.
+/// A code must be accepted once only (RFC 6238, section 5.2): the caller keeps the step
+/// a sign-in used and refuses that step and earlier ones ([`take_step`]).
+pub fn check(secret: &str, account: &str, code: &str) -> Result<Option<u64>> {
+    Ok(totp(secret, account)?.check_current(code.trim()))
+}
+
+/// Takes `step` as the user's last sign-in step, if it is past the one kept; answers
+/// whether it did. One conditional statement, so two nodes (or two requests) accepting
+/// the same code at once cannot both take it.
+pub async fn take_step(pool: &sqlx::PgPool, user_id: i64, step: u64) -> Result<bool> {
+    let taken = sqlx::query(
+        "UPDATE users SET totp_last_step = $2
+         WHERE id = $1 AND (totp_last_step IS NULL OR totp_last_step < $2)",
+    )
+    .bind(user_id)
+    .bind(i64::try_from(step).unwrap_or(i64::MAX))
+    .execute(pool)
+    .await?;
+    Ok(taken.rows_affected() == 1)
 }

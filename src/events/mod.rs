@@ -72,7 +72,9 @@ impl Events {
             retry_base: Duration::from_millis(config.webhook_retry_base_ms),
             retry_for: Duration::from_secs(config.webhook_retry_for_secs),
         };
-        let webhooks = Webhooks::start(db.clone(), hub.clone(), policy, stop.clone()).await?;
+        let targets = webhooks::Targets::system(config.webhook_allow_private);
+        let webhooks =
+            Webhooks::start(db.clone(), hub.clone(), policy, targets, stop.clone()).await?;
         let retention = Duration::from_secs(config.event_retention_hours * 3600);
         retention::spawn(db.clone(), retention, stop.clone());
         let nats_published = Arc::new(AtomicU64::new(0));

@@ -159,7 +159,11 @@ async fn login(
         let secret =
             secret.ok_or_else(|| AppError::Internal("TOTP enabled without a secret".into()))?;
         let valid = match body.totp.as_deref() {
-            Some(code) => totp::check(&secret, &user.email, code)?,
+            Some(code) => match totp::check(&secret, &user.email, code)? {
+                // A code already used to sign in (its step or an earlier one) is refused.
+                Some(step) => totp::take_step(&state.db, id, step).await?,
+                None => false,
+            },
             None => false,
         };
         if !valid {
@@ -225,7 +229,8 @@ async fn totp_verify(
             .await?
             .ok_or_else(|| AppError::unauthorized("the token's user no longer exists"))?;
     let secret = pending.ok_or_else(|| AppError::conflict("call /auth/totp/setup first"))?;
-    if !totp::check(&secret, &email, &body.code)? {
+    // Verifying is not a sign-in: the code's step is not taken here.
+    if totp::check(&secret, &email, &body.code)?.is_none() {
         return Err(AppError::validation("code", "the code is wrong or expired"));
     }
     sqlx::query(

@@ -75,7 +75,8 @@ fn may_manage(state: &AppState, caller: &Identity, shop: Option<i64>) -> Result<
     }
 }
 
-fn url(value: &str) -> Result<String> {
+/// A webhook's URL, parsed, and refused if it points inside (see [`webhooks::target`]).
+async fn url(state: &AppState, value: &str) -> Result<String> {
     let invalid = || AppError::validation("url", "must be an http or https URL with a host");
     if value.len() > 2048 {
         return Err(AppError::validation(
@@ -87,6 +88,13 @@ fn url(value: &str) -> Result<String> {
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
         return Err(invalid());
     }
+    state
+        .events
+        .webhooks
+        .targets()
+        .check(&parsed)
+        .await
+        .map_err(|refused| AppError::validation("url", refused.to_string()))?;
     Ok(parsed.to_string())
 }
 
@@ -100,7 +108,7 @@ async fn create(
         state.shops.require(shop)?;
     }
     may_manage(&state, &caller, body.shop_id)?;
-    let url = url(&body.url)?;
+    let url = url(&state, &body.url).await?;
     let types = parse_types(body.types.iter().map(String::as_str))
         .map_err(|message| AppError::validation("types", message))?;
     if types.is_empty() {

@@ -69,6 +69,10 @@ pub fn config(database: &str, extra: &[&str]) -> Config {
         // Tests log in often from one address; the limit has a test of its own.
         args.extend(["--auth-rate-per-minute", "100000"]);
     }
+    if !extra.contains(&"--webhook-allow-private") {
+        // Webhook tests deliver to receivers on this machine; the rule has a test of its own.
+        args.extend(["--webhook-allow-private", "true"]);
+    }
     args.extend_from_slice(&extra);
     Wrap::parse_from(args).config
 }
@@ -116,6 +120,15 @@ impl TestApp {
     /// On an existing database (prepared by the test).
     pub async fn start_on(database: &str) -> Self {
         Self::start(database.to_owned(), Vec::new()).await
+    }
+
+    /// On an existing database, with extra flags.
+    pub async fn start_on_with(database: &str, extra: &[&str]) -> Self {
+        Self::start(
+            database.to_owned(),
+            extra.iter().map(|s| s.to_string()).collect(),
+        )
+        .await
     }
 
     async fn start(database: String, extra: Vec<String>) -> Self {

@@ -15,6 +15,7 @@
 //! t=<unix>,v1=<hex HMAC-SHA256 of "t.body">`, time out, and follow no redirect.
 
 mod store;
+pub mod target;
 mod worker;
 
 use std::collections::HashMap;
@@ -33,6 +34,7 @@ use super::hub::EventHub;
 pub use store::{
     Delivery, Retried, Subscription, deliveries, get, insert, list, remove, retry_failed,
 };
+pub use target::Targets;
 
 /// How deliveries are retried and timed out.
 #[derive(Clone, Copy, Debug)]
@@ -60,6 +62,8 @@ pub struct Webhooks {
     db: PgPool,
     hub: Arc<EventHub>,
     client: reqwest::Client,
+    /// Where deliveries may go (public addresses only, unless allowed).
+    targets: Targets,
     policy: Policy,
     running: Mutex<HashMap<Uuid, Running>>,
     stop: CancellationToken,
@@ -71,18 +75,17 @@ impl Webhooks {
         db: PgPool,
         hub: Arc<EventHub>,
         policy: Policy,
+        targets: Targets,
         stop: CancellationToken,
     ) -> Result<Arc<Self>, sqlx::Error> {
-        let client = reqwest::Client::builder()
-            .timeout(policy.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("stockline/", env!("CARGO_PKG_VERSION")))
-            .build()
+        let client = targets
+            .client(policy.timeout)
             .map_err(|e| sqlx::Error::Configuration(e.into()))?;
         let webhooks = Arc::new(Self {
             db: db.clone(),
             hub,
             client,
+            targets,
             policy,
             running: Mutex::default(),
             stop,
@@ -101,12 +104,18 @@ impl Webhooks {
         let worker = worker::Worker::new(
             self.db.clone(),
             self.client.clone(),
+            self.targets.clone(),
             self.policy,
             subscription,
             self.hub.newest(),
         );
         tokio::spawn(worker.run(received, stop.clone()));
         self.lock().insert(id, Running { stop, commands });
+    }
+
+    /// The rule a new subscription's URL is checked by.
+    pub fn targets(&self) -> &Targets {
+        &self.targets
     }
 
     /// Stops delivering to a deleted subscription.

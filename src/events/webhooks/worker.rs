@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::target::{self, Targets};
 use super::{Command, Policy, Subscription};
 use crate::events::read::{self, Filter};
 
@@ -60,6 +61,9 @@ impl Attempt {
 pub(super) struct Worker {
     db: PgPool,
     client: reqwest::Client,
+    /// Checks an address written in the URL before each attempt (names are checked by
+    /// the client's resolver).
+    targets: Targets,
     policy: Policy,
     subscription: Subscription,
     newest: watch::Receiver<i64>,
@@ -71,6 +75,7 @@ impl Worker {
     pub(super) fn new(
         db: PgPool,
         client: reqwest::Client,
+        targets: Targets,
         policy: Policy,
         subscription: Subscription,
         newest: watch::Receiver<i64>,
@@ -78,6 +83,7 @@ impl Worker {
         Self {
             db,
             client,
+            targets,
             policy,
             subscription,
             newest,
@@ -274,6 +280,7 @@ impl Worker {
             in_flight += 1;
             flying.spawn(send(
                 self.client.clone(),
+                self.targets.clone(),
                 self.subscription.url.clone(),
                 self.subscription.secret.clone(),
                 *event_id,
@@ -417,6 +424,7 @@ fn backoff(base: Duration, attempts: i32) -> Duration {
 /// One POST of an event to the subscription's URL, signed.
 async fn send(
     client: reqwest::Client,
+    targets: Targets,
     url: String,
     secret: String,
     event_id: i64,
@@ -425,6 +433,20 @@ async fn send(
 ) -> Attempt {
     let at = Utc::now();
     let started = std::time::Instant::now();
+    let refused = |error: String| Attempt {
+        event_id,
+        at,
+        status_code: None,
+        error: Some(error),
+        took: started.elapsed(),
+    };
+    // A subscription stored before the rule (or by another version) is checked here too.
+    let checked = reqwest::Url::parse(&url)
+        .map_err(|e| e.to_string())
+        .and_then(|parsed| targets.check_literal(&parsed).map_err(|e| e.to_string()));
+    if let Err(error) = checked {
+        return refused(format!("refused: {error}"));
+    }
     let signature = super::signature(&secret, at.timestamp(), &body);
     let sent = client
         .post(&url)
@@ -440,6 +462,10 @@ async fn send(
             let status = response.status();
             let error = (!status.is_success()).then(|| format!("answered {status}"));
             (Some(status.as_u16()), error)
+        }
+        Err(error) if target::refusal(&error).is_some() => {
+            let refusal = target::refusal(&error).map(ToString::to_string);
+            (None, refusal.map(|r| format!("refused: {r}")))
         }
         Err(error) if error.is_timeout() => (None, Some("timed out".to_owned())),
         Err(error) if error.is_connect() => (None, Some("could not connect".to_owned())),
