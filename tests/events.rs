@@ -521,3 +521,129 @@ async fn events_older_than_the_retention_are_pruned() {
     pool.close().await;
     app.cleanup().await;
 }
+
+/// Opens a stream as `token` and answers a task that reads it until it ends (or 20 s),
+/// with the events it got.
+async fn follow(app: &TestApp, token: &str) -> tokio::task::JoinHandle<Vec<(i64, String, Value)>> {
+    let response = app
+        .client
+        .get(format!(
+            "{}/api/v1/events/stream?types=stock.changed",
+            app.base
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    tokio::spawn(read_sse(response, |_| false))
+}
+
+/// What a stream got after its caller lost the right to it: the events before, then one
+/// `revoked` with `reason`, and the end of the stream within 5 s of the loss.
+async fn ends_revoked(
+    reading: tokio::task::JoinHandle<Vec<(i64, String, Value)>>,
+    lost_at: tokio::time::Instant,
+    reason: &str,
+) {
+    let events = tokio::time::timeout(Duration::from_secs(6), reading)
+        .await
+        .unwrap_or_else(|_| panic!("the stream still runs 6 s after {reason}"))
+        .unwrap();
+    let ended = lost_at.elapsed();
+    let (last, before) = events.split_last().expect("events");
+    assert_eq!(last.1, "revoked", "{events:?}");
+    assert_eq!(last.2["type"], "revoked");
+    assert_eq!(last.2["reason"], reason);
+    assert!(
+        ended <= Duration::from_secs(5) + Duration::from_millis(500),
+        "{ended:?}"
+    );
+    assert!(
+        !before.is_empty() && before.iter().all(|e| e.1 == "stock.changed"),
+        "it was live before: {events:?}"
+    );
+}
+
+/// Before the check, a removed shop member's stream went on delivering that shop's
+/// events (3 of 3 after removal); so did a logged-out, disabled or demoted operator's.
+#[tokio::test]
+async fn a_stream_ends_with_revoked_once_its_caller_loses_the_right_to_it() {
+    let app = TestApp::spawn().await;
+    let product = app.product("P", 100).await;
+    let (_, shop) = app
+        .post("/shops", &app.admin, json!({ "code": "S", "name": "Shop" }))
+        .await;
+    let shop = shop["id"].as_i64().unwrap();
+    let (_, warehouse) = app
+        .post(
+            "/warehouses",
+            &app.admin,
+            json!({ "code": "SHOP", "name": "Shop's", "shop_id": shop }),
+        )
+        .await;
+    let warehouse = warehouse["id"].as_i64().unwrap();
+    let operator = |email: &'static str| {
+        let app = &app;
+        async move {
+            let token = app.operator(email).await;
+            let (_, me) = app.get("/auth/me", &token).await;
+            (me["id"].as_i64().unwrap(), token)
+        }
+    };
+    let (_, out) = operator("out@example.com").await;
+    let (disabled_id, disabled) = operator("off@example.com").await;
+    let (demoted_id, demoted) = operator("demoted@example.com").await;
+    let (member_id, _) = app.customer("staff@example.com").await;
+    app.put(
+        &format!("/shops/{shop}/members/{member_id}"),
+        &app.admin,
+        json!({ "role": "shop_staff" }),
+    )
+    .await;
+    let member = app.login("staff@example.com", "password-1").await;
+
+    let streams = [
+        follow(&app, &out).await,
+        follow(&app, &disabled).await,
+        follow(&app, &demoted).await,
+        follow(&app, &member).await,
+    ];
+    app.stock(warehouse, product, 5).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let [out_stream, disabled_stream, demoted_stream, member_stream] = streams;
+
+    let lost_at = tokio::time::Instant::now();
+    let (status, _) = app
+        .send(reqwest::Method::POST, "/auth/logout", Some(&out), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = app
+        .put(
+            &format!("/users/{disabled_id}/status"),
+            &app.admin,
+            json!({ "status": "disabled" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = app
+        .put(
+            &format!("/users/{demoted_id}/role"),
+            &app.admin,
+            json!({ "role": "customer" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = app
+        .delete(&format!("/shops/{shop}/members/{member_id}"), &app.admin)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // Events keep coming after the loss.
+    app.stock(warehouse, product, 1).await;
+
+    ends_revoked(out_stream, lost_at, "logged_out").await;
+    ends_revoked(disabled_stream, lost_at, "user_disabled").await;
+    ends_revoked(demoted_stream, lost_at, "role_changed").await;
+    ends_revoked(member_stream, lost_at, "removed_from_shop").await;
+    app.cleanup().await;
+}

@@ -89,6 +89,25 @@ impl Identity {
     }
 }
 
+/// Why a signed-in caller no longer may act.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lost {
+    LoggedOut,
+    Expired,
+    /// Disabled, or deleted.
+    Disabled,
+}
+
+impl Lost {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LoggedOut => "logged_out",
+            Self::Expired => "token_expired",
+            Self::Disabled => "user_disabled",
+        }
+    }
+}
+
 /// Keys, revocations and the role cache.
 pub struct Auth {
     encoding: EncodingKey,
@@ -231,9 +250,15 @@ impl Auth {
     }
 
     async fn role_of(&self, pool: &PgPool, user_id: i64) -> Result<Role> {
+        self.role_within(pool, user_id, ROLE_FRESH_FOR).await
+    }
+
+    /// The user's role, read again from the database when the cached one is older than
+    /// `fresh_for`; 401 for a disabled or deleted user.
+    async fn role_within(&self, pool: &PgPool, user_id: i64, fresh_for: Duration) -> Result<Role> {
         if let Some(cached) = self.roles.get(&user_id) {
             let (role, read_at) = *cached;
-            if read_at.elapsed() < ROLE_FRESH_FOR {
+            if read_at.elapsed() < fresh_for {
                 return Ok(role);
             }
         }
@@ -255,6 +280,30 @@ impl Auth {
         self.roles
             .insert(user_id, (role, std::time::Instant::now()));
         Ok(role)
+    }
+
+    /// Whether a caller that signed in earlier still may act (a long-lived request, such
+    /// as an event stream, asks now and then): its token not revoked nor expired, its user
+    /// still enabled; answers what it has lost, or its identity now (the role read again
+    /// when the cached one is older than `fresh_for`). A store that cannot be read is
+    /// `Err(None)`: nothing is known to be lost.
+    pub async fn recheck(
+        &self,
+        pool: &PgPool,
+        identity: &Identity,
+        fresh_for: Duration,
+    ) -> std::result::Result<Identity, Option<Lost>> {
+        if self.revoked.contains_key(&identity.jti) {
+            return Err(Some(Lost::LoggedOut));
+        }
+        if identity.expires_at <= Utc::now() {
+            return Err(Some(Lost::Expired));
+        }
+        match self.role_within(pool, identity.user_id, fresh_for).await {
+            Ok(role) => Ok(Identity { role, ..*identity }),
+            Err(AppError::Unauthorized { .. }) => Err(Some(Lost::Disabled)),
+            Err(_) => Err(None),
+        }
     }
 
     /// Records a role change made in the database.

@@ -7,6 +7,12 @@
 //! sends what the hub brings, skipping what it has sent. Nothing is skipped and nothing is sent twice. A
 //! stream that falls a whole ring behind the newest event gets a last `cutoff` event with
 //! the id to resume from, and ends: its memory never grows.
+//!
+//! A stream outlives the request that opened it, so it asks again every
+//! [`RECHECK_EVERY`] whether its caller may still see what it sends: a caller that logged
+//! out, was disabled, had its role changed or lost a shop it was following gets a last
+//! `revoked` event (`{"type": "revoked", "reason"}`) within five seconds, and the stream
+//! ends. A role is read again from the database when older than [`ROLE_FRESH_FOR`].
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -37,6 +43,11 @@ use crate::http::caller::Caller;
 const CATCH_UP_PAGE: i64 = 500;
 /// `total` counts at most this many events.
 const COUNT_CAP: i64 = 1_000_000;
+/// How often an open stream checks that its caller still has the right to it.
+const RECHECK_EVERY: Duration = Duration::from_secs(1);
+/// A stream's recheck reads the caller's role again when the cached one is older: with
+/// [`RECHECK_EVERY`], a change made on another node ends the stream within 4 s.
+const ROLE_FRESH_FOR: Duration = Duration::from_secs(3);
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -131,6 +142,8 @@ async fn stream(
     let cursor = resume.unwrap_or_else(|| *state.events.hub.newest().borrow());
     let follower = Follower {
         state,
+        caller,
+        next_check: tokio::time::Instant::now() + RECHECK_EVERY,
         filter,
         cursor,
         queued: VecDeque::new(),
@@ -150,6 +163,10 @@ async fn stream(
 /// One open stream.
 struct Follower {
     state: AppState,
+    /// Who opened it, as it was then: a role other than this one ends the stream.
+    caller: Identity,
+    /// When to check next that `caller` still may follow.
+    next_check: tokio::time::Instant,
     filter: Filter,
     /// The id of the last event sent (or the position resumed from).
     cursor: i64,
@@ -171,6 +188,10 @@ impl Follower {
             if self.done {
                 return None;
             }
+            if tokio::time::Instant::now() >= self.next_check {
+                self.recheck().await;
+                continue;
+            }
             match (self.live.as_mut(), self.settled) {
                 (None, _) => {
                     if self.read_page().await? {
@@ -183,6 +204,7 @@ impl Follower {
                 (Some(_), false) => self.settled = self.read_page().await?,
                 (Some(live), true) => match tokio::select! {
                     received = live.recv() => received,
+                    _ = tokio::time::sleep_until(self.next_check) => continue,
                     _ = self.state.events.closing.cancelled() => {
                         // Shutting down: the client resumes elsewhere or later.
                         self.done = true;
@@ -211,6 +233,41 @@ impl Follower {
         }
     }
 
+    /// Ends the stream with a `revoked` event if its caller lost the right to it.
+    async fn recheck(&mut self) {
+        self.next_check = tokio::time::Instant::now() + RECHECK_EVERY;
+        if let Some(reason) = self.lost().await {
+            self.done = true;
+            self.queued.clear();
+            self.queued.push_back(revoked(self.cursor, reason));
+        }
+    }
+
+    /// What the caller lost, if anything: its sign-in, its role, or a shop it follows.
+    async fn lost(&self) -> Option<&'static str> {
+        let state = &self.state;
+        let now = match state
+            .auth
+            .recheck(&state.db, &self.caller, ROLE_FRESH_FOR)
+            .await
+        {
+            Ok(now) => now,
+            Err(lost) => return lost.map(crate::auth::Lost::as_str),
+        };
+        if now.role != self.caller.role {
+            return Some("role_changed");
+        }
+        match (state.access(&now).scope(), &self.filter.shops) {
+            (Err(_), _) => Some("removed_from_shop"),
+            (Ok(crate::shops::Scope::All), _) => None,
+            (Ok(crate::shops::Scope::Shops(_)), None) => Some("role_changed"),
+            (Ok(crate::shops::Scope::Shops(now)), Some(followed)) => {
+                let kept = followed.iter().all(|shop| now.contains(shop));
+                (!kept).then_some("removed_from_shop")
+            }
+        }
+    }
+
     /// Reads the next page of the table into the queue; answers whether it was the last
     /// one for now. A failing read ends the stream (the client resumes).
     async fn read_page(&mut self) -> Option<bool> {
@@ -235,6 +292,21 @@ impl Follower {
             }
         }
     }
+}
+
+/// The last event of a stream whose caller lost the right to it.
+fn revoked(cursor: i64, reason: &str) -> SseEvent {
+    SseEvent::default()
+        .id(cursor.to_string())
+        .event("revoked")
+        .data(
+            json!({
+                "type": "revoked",
+                "reason": reason,
+                "message": "the caller may no longer follow these events; sign in again to resume",
+            })
+            .to_string(),
+        )
 }
 
 /// The last event of a stream that fell too far behind: where to resume from.
