@@ -86,7 +86,17 @@ impl Application {
             None => None,
         };
         let numbering = cluster.as_ref().map_or(0, |cluster| cluster.member.ordinal);
-        if cluster.is_some() {
+        if let Some(cluster) = &cluster {
+            // Before anything of a predecessor's is ended: a live node under this id is
+            // no predecessor, and this one refuses to start beside it.
+            crate::cluster::ordinal::hold_node_id(
+                &mut held,
+                &cluster.node,
+                numbering,
+                config.shard_lease(),
+            )
+            .await
+            .map_err(io::Error::other)?;
             store::end_predecessor_writes(&mut held, numbering)
                 .await
                 .map_err(io::Error::other)?;

@@ -1368,6 +1368,40 @@ async fn a_database_is_served_by_one_server_or_one_cluster_never_both() {
     nodes.stop().await;
 }
 
+/// Two live nodes under one node id would number the same journal, and the second would
+/// end the first's writes. Before the check, the second started and served. Now it refuses
+/// with a message naming the id, and the first goes on writing.
+#[tokio::test]
+async fn a_second_node_under_a_live_node_s_id_refuses_to_start() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut nodes = Nodes::start(1, LEASE).await;
+    nodes.wait_shared(&[0], SETTLE_WITHIN).await;
+    let id = nodes.nodes[0].id.clone();
+    let lease = LEASE.as_secs().to_string();
+    let twin = [
+        ("STOCKLINE_CLUSTER_NATS_URL", "nats://127.0.0.1:4222"),
+        ("STOCKLINE_CLUSTER_NAME", nodes.cluster.as_str()),
+        ("STOCKLINE_NODE_ID", id.as_str()),
+        ("STOCKLINE_SHARD_LEASE_SECS", lease.as_str()),
+    ];
+    let said = refused_start(&nodes.database, &twin);
+    assert!(
+        said.contains(&format!("node id {id} is in use by a live node")),
+        "{said}"
+    );
+    // The first node's writes were left alone: it still makes changes durable.
+    let app = nodes.app(0);
+    let (product, _) = app.stocked_product(5).await;
+    let (status, body) = app.reserve(product, 2).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // Killed, its id is free at once for the node started again under it.
+    nodes.kill(0);
+    let again = nodes.restart(0).await;
+    nodes.wait_shared(&[again], SETTLE_WITHIN).await;
+    assert_eq!(nodes.app(again).availability(product).await["reserved"], 2);
+    nodes.stop().await;
+}
+
 /// An operator watches the cluster in the console: the nodes, their shards, and a node
 /// that dies going silent while its shards move to the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
