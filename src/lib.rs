@@ -23,6 +23,7 @@
 //! answer or refusal to the status codes and error body of API.md.
 
 pub mod auth;
+pub mod carts;
 pub mod catalog;
 pub mod cluster;
 pub mod config;

@@ -47,6 +47,7 @@ use crate::store::{self, recovery};
 
 /// How often the maps clients make grow are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
+const CARTS_SWEEP_EVERY: Duration = Duration::from_secs(2);
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// A server that has recovered and is bound, ready to run.
@@ -195,6 +196,11 @@ impl Application {
                 .await
                 .map_err(io::Error::other)?,
         );
+        let carts = Arc::new(
+            crate::carts::Carts::load(&db, buffer.clone())
+                .await
+                .map_err(io::Error::other)?,
+        );
         let core = Arc::new(core);
         if cluster.is_none() {
             orders.reconcile(&core).await;
@@ -230,7 +236,7 @@ impl Application {
             answers: Arc::new(Answers::default()),
             orders,
             shops,
-            carts: Arc::default(),
+            carts: carts.clone(),
             auth_limiter: Arc::new(AuthLimiter::new(auth_rate)),
             requests: Arc::new(http::RequestMetrics::new(metrics.clone())),
             metrics,
@@ -252,6 +258,9 @@ impl Application {
         }
         let swept = state.clone();
         every(SWEEP_EVERY, background.clone(), move || swept.sweep());
+        // Closed carts leave memory once durable: swept often, they stay few however fast
+        // carts are checked out or deleted.
+        every(CARTS_SWEEP_EVERY, background.clone(), move || carts.sweep());
         // Histogram samples wait in a buffer until folded into their buckets: folded every
         // few seconds, whether anyone scrapes or not, they take bounded memory.
         let metrics = state.metrics.handle();

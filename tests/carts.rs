@@ -402,3 +402,153 @@ async fn a_customer_has_at_most_twenty_open_carts() {
     );
     app.cleanup().await;
 }
+
+/// The reproduction, as the real binary: 36 held carts, 16 checkouts at a time,
+/// writes to `carts` held on a lock (as a slow statement would be), kill -9 after 150 ms,
+/// a restart, and every cart checked out again. Before carts were journaled, the order was
+/// stored without its cart's mark, and the second checkout made a second order (51 orders
+/// for 36 carts, each extra one holding stock of its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_during_concurrent_checkouts_never_makes_a_second_order_for_a_cart() {
+    let database = fresh_database();
+    let (mut child, app) = start_binary_app(&database).await;
+    let (product, _) = app.stocked_product(1_000).await;
+    let mut carts = Vec::new();
+    for customer in ["ka@example.com", "kb@example.com"] {
+        let (_, token) = app.customer(customer).await;
+        for _ in 0..18 {
+            let id = cart(&app, &token, json!({ "hold": true })).await;
+            let (status, body) = put_item(&app, &token, &id, product, 2).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            carts.push((token.clone(), id));
+        }
+    }
+    assert_eq!(app.availability(product).await["reserved"], 72);
+
+    let db = sqlx::PgPool::connect(&database_url(&database))
+        .await
+        .unwrap();
+    let mut blocker = db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE carts IN SHARE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let app = Arc::new(app);
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut checkouts = tokio::task::JoinSet::new();
+    for (token, id) in carts.clone() {
+        let (app, semaphore) = (app.clone(), semaphore.clone());
+        checkouts.spawn(async move {
+            let _slot = semaphore.acquire().await.unwrap();
+            // The server dies under it: a refused or cut connection is no answer.
+            let url = format!("{}/api/v1/carts/{id}/checkout", app.base);
+            let sent = app
+                .client
+                .post(url)
+                .bearer_auth(&token)
+                .json(&json!({}))
+                .send();
+            let response = tokio::time::timeout(Duration::from_secs(5), sent)
+                .await
+                .ok()?
+                .ok()?;
+            if response.status() != StatusCode::CREATED {
+                return None;
+            }
+            let order: Value = response.json().await.ok()?;
+            Some((id, order["id"].as_str()?.to_owned()))
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut acknowledged = Vec::new();
+    while let Some(outcome) = checkouts.join_next().await {
+        acknowledged.extend(outcome.unwrap());
+    }
+    blocker.rollback().await.unwrap();
+
+    let (mut child, url) = start_binary(&database, &ADMIN_ENV);
+    let app = TestApp::attach(&url, &database).await;
+    for (token, id) in &carts {
+        let (status, body) = app
+            .post(&format!("/carts/{id}/checkout"), token, json!({}))
+            .await;
+        match status {
+            StatusCode::CREATED => {}
+            _ => assert_eq!(
+                (
+                    error_code(status, &body, StatusCode::CONFLICT).as_str(),
+                    body["error"]["details"]["status"].as_str()
+                ),
+                ("conflict", Some("checked_out")),
+                "{body}"
+            ),
+        }
+    }
+    let (_, orders) = app.get("/orders?limit=500", &app.admin).await;
+    assert_eq!(orders["total"], 36, "one order per cart");
+    let units: i64 = orders["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|o| o["items"].as_array().unwrap().iter())
+        .map(|i| i["quantity"].as_i64().unwrap())
+        .sum();
+    assert_eq!(units, 72);
+    assert_eq!(
+        app.availability(product).await["reserved"],
+        72,
+        "reserved is the orders' units, nothing held twice"
+    );
+    for (token, id) in &carts {
+        let (_, cart) = app.get(&format!("/carts/{id}"), token).await;
+        assert_eq!(cart["status"], "checked_out", "{cart}");
+        if let Some((_, order)) = acknowledged.iter().find(|(cart_id, _)| cart_id == id) {
+            assert_eq!(
+                cart["order_id"],
+                order.as_str(),
+                "an acknowledged checkout stays"
+            );
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    db.close().await;
+    drop_database(&database).await;
+}
+
+/// Carts live in memory and reach the store behind: in `async` mode a list right after
+/// the changes shows them as they are (nothing read back stale from the store), and a
+/// restart finds the same carts, a deleted one gone.
+#[tokio::test]
+async fn carts_read_as_changed_in_async_mode_and_after_a_restart() {
+    let app = TestApp::spawn_with(&["--durability", "async"]).await;
+    let (product, _) = app.stocked_product(10).await;
+    let (_, token) = app.customer("as@example.com").await;
+    let kept = cart(&app, &token, json!({ "hold": true })).await;
+    let gone = cart(&app, &token, json!({})).await;
+    put_item(&app, &token, &kept, product, 3).await;
+    let (status, _) = app.delete(&format!("/carts/{gone}"), &token).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let shown = |list: &Value| -> Vec<(String, Vec<(i64, i64)>)> {
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["id"].as_str().unwrap().to_owned(), quantities(c)))
+            .collect()
+    };
+    let (_, list) = app.get("/carts", &token).await;
+    assert_eq!(shown(&list), vec![(kept.clone(), vec![(product, 3)])]);
+    assert_eq!(list["total"], 1);
+    let (status, _) = app.get(&format!("/carts/{gone}"), &token).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let app = app.restart().await;
+    let (_, list) = app.get("/carts", &token).await;
+    assert_eq!(shown(&list), vec![(kept.clone(), vec![(product, 3)])]);
+    assert_eq!(app.availability(product).await["reserved"], 3);
+    let (status, _) = app.get(&format!("/carts/{gone}"), &token).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    app.cleanup().await;
+}

@@ -206,7 +206,7 @@ async fn main() {
     for scenario in &args.scenarios {
         for design in &args.designs {
             let baseline = !matches!(design, Design::ActorSync | Design::ActorAsync);
-            if scenario.across_shards().is_some() && baseline {
+            if scenario.stockline_only() && baseline {
                 continue;
             }
             rows.push(measure(&args, *scenario, *design, duration).await);

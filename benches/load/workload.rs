@@ -28,6 +28,9 @@ pub enum Scenario {
     Basket10,
     /// The same, 50% of them across shards.
     Basket50,
+    /// Item changes of held carts: each sets one of 50 products in one of 20 carts to 0
+    /// to 3 units, the cart's reservation following (a flash sale's carts). stockline only.
+    Cart,
 }
 
 impl Scenario {
@@ -39,12 +42,18 @@ impl Scenario {
             Self::Basket0 => "basket-0%x",
             Self::Basket10 => "basket-10%x",
             Self::Basket50 => "basket-50%x",
+            Self::Cart => "cart",
         }
     }
 
+    /// Whether only stockline runs it: the baselines hold one product per request and
+    /// have no carts.
+    pub fn stockline_only(self) -> bool {
+        self.across_shards().is_some() || self == Self::Cart
+    }
+
     /// Percent of reservations whose two products are in different shards (basket
-    /// scenarios); `None` for the others. The baselines hold one product per request, so
-    /// baskets run against stockline only.
+    /// scenarios); `None` for the others.
     pub fn across_shards(self) -> Option<u32> {
         match self {
             Self::Basket0 => Some(0),
@@ -58,7 +67,7 @@ impl Scenario {
     pub fn requests_per_step(self) -> f64 {
         match self {
             Self::Hot | Self::Zipf | Self::Basket0 | Self::Basket10 | Self::Basket50 => 2.0,
-            Self::Mixed => 1.0,
+            Self::Mixed | Self::Cart => 1.0,
         }
     }
 }
@@ -107,6 +116,19 @@ impl Target {
             request = request.json(&body);
         }
         let response = request.send().await.map_err(|_| ())?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
+    async fn put(&self, path: &str, body: Value) -> Result<(u16, Value), ()> {
+        let response = self
+            .client
+            .put(format!("{}{path}", self.base()))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|_| ())?;
         let status = response.status().as_u16();
         Ok((status, response.json().await.unwrap_or(Value::Null)))
     }
@@ -390,10 +412,42 @@ fn partner(product: i64, across: bool, u: f64) -> i64 {
     }
 }
 
+/// Products the `cart` scenario puts in carts (a cart holds at most 100).
+const CART_PRODUCTS: i64 = 50;
+/// Held carts the `cart` scenario changes (a customer may have at most 20 open).
+const CARTS: usize = 20;
+
+/// The harness user's open held carts, made up to [`CARTS`] (an earlier round's are
+/// reused).
+async fn held_carts(target: &Target) -> Vec<String> {
+    let ids = |list: &Value| -> Vec<String> {
+        list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["status"] == "open" && c["hold"] == true)
+            .filter_map(|c| c["id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let mut carts = match target.get("/carts?limit=500").await {
+        Ok((200, list)) => ids(&list),
+        _ => Vec::new(),
+    };
+    while carts.len() < CARTS {
+        match target.post("/carts", Some(json!({ "hold": true }))).await {
+            Ok((201, cart)) => carts.push(cart["id"].as_str().unwrap_or_default().to_owned()),
+            other => panic!("the cart scenario could not make a cart: {other:?}"),
+        }
+    }
+    carts.truncate(CARTS);
+    carts
+}
+
 /// One client's step; answers the requests it made (each timed and recorded).
 async fn step(
     scenario: Scenario,
     target: &Target,
+    carts: &[String],
     zipf: &Zipf,
     pending: &mut Vec<String>,
     recorder: &Recorder,
@@ -411,6 +465,7 @@ async fn step(
         Scenario::Hot => 1,
         Scenario::Zipf => zipf.sample(u),
         Scenario::Mixed => product_pick,
+        Scenario::Cart => 1 + product_pick % CART_PRODUCTS,
         Scenario::Basket0 | Scenario::Basket10 | Scenario::Basket50 => {
             1 + (u * PRODUCTS as f64) as i64 % PRODUCTS
         }
@@ -467,6 +522,14 @@ async fn step(
                 .await;
             recorder.record(started, &result);
         }
+        (Scenario::Cart, _) => {
+            let cart = &carts[(u * carts.len() as f64) as usize % carts.len()];
+            let started = due;
+            let body = json!({ "quantity": choice % 4 });
+            let path = format!("/carts/{cart}/items/{product}");
+            let result = target.put(&path, body).await;
+            recorder.record(started, &result);
+        }
         (Scenario::Mixed, _) => {
             let (from, to) = if choice % 2 == 0 { (1, 2) } else { (2, 1) };
             let body = json!({ "from_warehouse_id": from, "to_warehouse_id": to, "product_id": product, "quantity": 1 });
@@ -505,6 +568,10 @@ pub async fn run(
         done: AtomicU64::new(0),
     });
     let zipf = Arc::new(Zipf::new(PRODUCTS, 1.1));
+    let carts: Arc<[String]> = match scenario {
+        Scenario::Cart => held_carts(target).await.into(),
+        _ => Arc::from(Vec::new()),
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let dropped = Arc::new(AtomicU64::new(0));
     let cpu_before = crate::cpu::Sample::now();
@@ -530,25 +597,40 @@ pub async fn run(
     let workers: Vec<_> = match load {
         Load::Closed => (0..clients)
             .map(|_| {
-                let (target, recorder, zipf, stop) =
-                    (target.clone(), recorder.clone(), zipf.clone(), stop.clone());
+                let (target, recorder, zipf, stop, carts) = (
+                    target.clone(),
+                    recorder.clone(),
+                    zipf.clone(),
+                    stop.clone(),
+                    carts.clone(),
+                );
                 clients_runtime().spawn(async move {
                     let mut pending = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
                         let due = Instant::now();
-                        step(scenario, &target, &zipf, &mut pending, &recorder, due).await;
+                        step(
+                            scenario,
+                            &target,
+                            &carts,
+                            &zipf,
+                            &mut pending,
+                            &recorder,
+                            due,
+                        )
+                        .await;
                     }
                 })
             })
             .collect(),
         Load::Open { steps_per_second } => {
             let permits = Arc::new(tokio::sync::Semaphore::new(clients));
-            let (target, recorder, zipf, stop, dropped) = (
+            let (target, recorder, zipf, stop, dropped, carts) = (
                 target.clone(),
                 recorder.clone(),
                 zipf.clone(),
                 stop.clone(),
                 dropped.clone(),
+                carts.clone(),
             );
             vec![clients_runtime().spawn(async move {
                 let interval = Duration::from_secs_f64(1.0 / steps_per_second.max(0.1));
@@ -562,9 +644,24 @@ pub async fn run(
                         dropped.fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
-                    let (target, recorder, zipf) = (target.clone(), recorder.clone(), zipf.clone());
+                    let (target, recorder, zipf, carts) = (
+                        target.clone(),
+                        recorder.clone(),
+                        zipf.clone(),
+                        carts.clone(),
+                    );
                     in_flight.spawn(async move {
-                        step(scenario, &target, &zipf, &mut Vec::new(), &recorder, due).await;
+                        let mut pending = Vec::new();
+                        step(
+                            scenario,
+                            &target,
+                            &carts,
+                            &zipf,
+                            &mut pending,
+                            &recorder,
+                            due,
+                        )
+                        .await;
                         drop(permit);
                     });
                 }

@@ -1,16 +1,8 @@
-//! `/carts`: a customer's carts. A cart lives in PostgreSQL (written through, not behind:
-//! it moves no stock by itself). A held cart (`hold: true`) keeps its items reserved
-//! through one pending reservation (reference `cart:<id>`), which every change reshapes to
-//! exactly the cart's items, all or nothing, and extends by `STOCKLINE_CART_HOLD_SECS`.
-//! A hold that runs out is an expired reservation: its stock is released once, by the
-//! core, also across a restart; the cart stays open. Checkout of a held cart hands that
-//! reservation over to the order, so its stock is never free in between.
-//!
-//! The changes of one cart are serialized by a lock (one of a fixed set, by cart id). A
-//! reservation that no longer carries the cart's reference (handed over to an order whose
-//! cart row was not yet marked) is never touched again as the cart's.
+//! `/carts`: a customer's carts, over the domain's [`Carts`](crate::carts::Carts): each
+//! handler parses, runs one change of a locked cart inside a flush group (in a task of its
+//! own, so a hang-up cannot stop it half-way), and maps the answer. See [`crate::carts`]
+//! for what a cart is and how its changes are journaled.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use utoipa::ToSchema;
@@ -23,14 +15,12 @@ use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Number, Value, json};
-use stockline_actors::{
-    ItemRequest, Lsn, Quantity, Reservation, ReservationId, ReservationRequest, ReservationStatus,
-};
 use uuid::Uuid;
 
 use super::extract::{Json, List, Page, Path, Query, level};
 use super::idempotency::{self, Answer, Idempotent};
 use crate::auth::Identity;
+use crate::carts::{self, CartError, CartStatus, ItemChange};
 use crate::error::{AppError, Result};
 use crate::http::AppState;
 use crate::http::caller::Caller;
@@ -44,26 +34,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(checkout))
 }
 
-/// The most open carts one customer may have, and items one cart may hold.
-const MAX_OPEN_CARTS: i64 = 20;
-const MAX_ITEMS: usize = 100;
-
-/// One lock per slot; a cart's changes take the lock of its slot.
-pub struct CartLocks(Vec<tokio::sync::Mutex<()>>);
-
-impl Default for CartLocks {
-    fn default() -> Self {
-        Self((0..256).map(|_| tokio::sync::Mutex::new(())).collect())
-    }
-}
-
-impl CartLocks {
-    async fn lock(&self, id: Uuid) -> tokio::sync::MutexGuard<'_, ()> {
-        let slot = (id.as_u128() % self.0.len() as u128) as usize;
-        self.0[slot].lock().await
-    }
-}
-
 /// `Cart` of API.md.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Cart {
@@ -71,7 +41,7 @@ pub struct Cart {
     pub user_id: i64,
     pub shop_id: Option<i64>,
     /// `open` or `checked_out`.
-    pub status: String,
+    pub status: CartStatus,
     pub hold: bool,
     pub items: Vec<CartItem>,
     pub total_cents: i64,
@@ -85,98 +55,75 @@ pub struct Cart {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CartItem {
     pub product_id: i64,
-    pub quantity: i64,
+    pub quantity: u64,
     /// The price when the item was put in the cart.
     pub unit_price_cents: i64,
     /// Available now (over the cart's shop's warehouses, if it has a shop).
     pub available: u64,
 }
 
-/// A cart as stored.
-#[derive(sqlx::FromRow)]
-struct Row {
-    id: Uuid,
-    user_id: i64,
-    shop_id: Option<i64>,
-    status: String,
-    hold: bool,
-    reservation_id: Option<Uuid>,
-    hold_expires_at: Option<DateTime<Utc>>,
-    order_id: Option<Uuid>,
-    updated_at: DateTime<Utc>,
-}
-
-const COLUMNS: &str =
-    "id, user_id, shop_id, status, hold, reservation_id, hold_expires_at, order_id, updated_at";
-
-/// product id to (quantity, unit price)
-type Items = HashMap<i64, (i64, i64)>;
-
-impl Row {
-    fn reference(&self) -> String {
-        format!("cart:{}", self.id)
+impl From<CartError> for AppError {
+    fn from(error: CartError) -> Self {
+        let message = error.to_string();
+        match error {
+            CartError::NotFound => AppError::NotFound("cart".into()),
+            CartError::NotOpen { status, order_id } => AppError::Conflict {
+                code: "conflict",
+                message,
+                details: json!({ "status": status, "order_id": order_id }),
+            },
+            CartError::TooManyOpen(open) => AppError::Conflict {
+                code: "conflict",
+                message,
+                details: json!({ "open_carts": open }),
+            },
+            CartError::TooManyItems => AppError::validation("product_id", message),
+            CartError::UnknownProduct(product) => AppError::NotFound(format!("product {product}")),
+            CartError::Empty => AppError::validation("items", message),
+            CartError::Core(error) => error.into(),
+            CartError::Order(error) => error.into(),
+            CartError::Store(error) => error.into(),
+        }
     }
-
-    /// The cart's reservation, if it still holds stock as the cart's.
-    fn held(&self, state: &AppState) -> Option<Reservation> {
-        let id = ReservationId(self.reservation_id?);
-        state.core.reservations().get(id).filter(|r| {
-            r.status == ReservationStatus::Pending
-                && r.reference.as_deref() == Some(&self.reference())
-        })
-    }
-}
-
-/// The caller's cart, or 404 (also for another customer's).
-async fn find(state: &AppState, caller: &Identity, id: Uuid) -> Result<Row> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM carts WHERE id = $1 AND user_id = $2"
-    ))
-    .bind(id)
-    .bind(caller.user_id)
-    .fetch_optional(&state.db)
-    .await?
-    .ok_or_else(|| AppError::NotFound("cart".into()))
-}
-
-async fn items_of(state: &AppState, id: Uuid) -> Result<Items> {
-    let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
-        "SELECT product_id, quantity, unit_price_cents FROM cart_items WHERE cart_id = $1",
-    )
-    .bind(id)
-    .fetch_all(&state.db)
-    .await?;
-    Ok(rows.into_iter().map(|(p, q, c)| (p, (q, c))).collect())
 }
 
 /// The cart as the API shows it, with `available` read now.
-async fn view(state: &AppState, row: &Row) -> Result<Cart> {
-    let mut stored: Vec<_> = items_of(state, row.id).await?.into_iter().collect();
-    stored.sort_unstable_by_key(|(product, _)| *product);
-    let mut items = Vec::with_capacity(stored.len());
+async fn view(state: &AppState, cart: &carts::Cart) -> Result<Cart> {
+    let mut items = Vec::with_capacity(cart.items.len());
     let mut total_cents: i64 = 0;
-    for (product_id, (quantity, unit_price_cents)) in stored {
-        let available = super::stock::available_of(state, product_id, row.shop_id).await?;
-        total_cents = total_cents.saturating_add(quantity.saturating_mul(unit_price_cents));
+    for (product_id, line) in &cart.items {
+        let available = super::stock::available_of(state, *product_id, cart.shop_id).await?;
+        let cost = (line.quantity as i64).saturating_mul(line.unit_price_cents);
+        total_cents = total_cents.saturating_add(cost);
         items.push(CartItem {
-            product_id,
-            quantity,
-            unit_price_cents,
+            product_id: *product_id,
+            quantity: line.quantity,
+            unit_price_cents: line.unit_price_cents,
             available,
         });
     }
     Ok(Cart {
-        id: row.id,
-        user_id: row.user_id,
-        shop_id: row.shop_id,
-        status: row.status.clone(),
-        hold: row.hold,
+        id: cart.id,
+        user_id: cart.user_id,
+        shop_id: cart.shop_id,
+        status: cart.status,
+        hold: cart.hold,
         items,
         total_cents,
-        hold_expires_at: row.hold_expires_at,
-        order_id: row.order_id,
-        updated_at: row.updated_at,
+        hold_expires_at: cart.hold_expires_at,
+        order_id: cart.order_id,
+        updated_at: cart.updated_at,
     })
+}
+
+/// The caller's cart as it is now.
+async fn current(state: &AppState, caller: &Identity, id: Uuid) -> Result<carts::Cart> {
+    let slot = state.carts.find(&state.db, caller.user_id, id).await?;
+    let cart = slot.lock().await.clone();
+    match cart.status {
+        CartStatus::Deleted => Err(CartError::NotFound.into()),
+        _ => Ok(cart),
+    }
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -193,29 +140,11 @@ async fn create(
     Json(body): Json<CreateCart>,
 ) -> Result<(StatusCode, Json<Cart>)> {
     let shop_id = body.shop_id.map(|s| state.shops.require(s)).transpose()?;
-    let open: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM carts WHERE user_id = $1 AND status = 'open'")
-            .bind(caller.user_id)
-            .fetch_one(&state.db)
-            .await?;
-    if open >= MAX_OPEN_CARTS {
-        return Err(AppError::Conflict {
-            code: "conflict",
-            message: format!("at most {MAX_OPEN_CARTS} open carts; check out or delete one"),
-            details: json!({ "open_carts": open }),
-        });
-    }
-    let row: Row = sqlx::query_as(&format!(
-        "INSERT INTO carts (id, user_id, shop_id, status, hold, created_at, updated_at)
-         VALUES ($1, $2, $3, 'open', $4, now(), now()) RETURNING {COLUMNS}"
-    ))
-    .bind(Uuid::now_v7())
-    .bind(caller.user_id)
-    .bind(shop_id)
-    .bind(body.hold.unwrap_or(false))
-    .fetch_one(&state.db)
-    .await?;
-    Ok((StatusCode::CREATED, Json(view(&state, &row).await?)))
+    let (cart, lsn) = state
+        .carts
+        .create(caller.user_id, shop_id, body.hold.unwrap_or(false))?;
+    state.durable(lsn).await?;
+    Ok((StatusCode::CREATED, Json(view(&state, &cart).await?)))
 }
 
 #[utoipa::path(get, path = "/carts", tag = "carts", security(("bearer" = [])), params(("limit" = Option<i64>, Query, description = "At most 500, default 50"), ("offset" = Option<i64>, Query)), responses((status = 200, description = "`{items: [Cart], total}`: the caller's carts, newest first", body = Object), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
@@ -224,22 +153,13 @@ async fn list(
     Caller(caller): Caller,
     Query(page): Query<Page>,
 ) -> Result<Json<List<Cart>>> {
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM carts WHERE user_id = $1")
-        .bind(caller.user_id)
-        .fetch_one(&state.db)
+    let (carts, total) = state
+        .carts
+        .list(&state.db, caller.user_id, page.limit()?, page.offset()?)
         .await?;
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM carts WHERE user_id = $1 ORDER BY created_at DESC, id DESC
-         LIMIT $2 OFFSET $3"
-    ))
-    .bind(caller.user_id)
-    .bind(page.limit()?)
-    .bind(page.offset()?)
-    .fetch_all(&state.db)
-    .await?;
-    let mut items = Vec::with_capacity(rows.len());
-    for row in &rows {
-        items.push(view(&state, row).await?);
+    let mut items = Vec::with_capacity(carts.len());
+    for cart in &carts {
+        items.push(view(&state, cart).await?);
     }
     Ok(Json(List { items, total }))
 }
@@ -250,8 +170,8 @@ async fn read(
     Caller(caller): Caller,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Cart>> {
-    let row = find(&state, &caller, id).await?;
-    Ok(Json(view(&state, &row).await?))
+    let cart = current(&state, &caller, id).await?;
+    Ok(Json(view(&state, &cart).await?))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -292,142 +212,33 @@ async fn change(
     quantity: i64,
 ) -> Result<Json<Cart>> {
     tokio::spawn(async move {
-        let _cart = state.carts.lock(id).await;
-        let row = open(&state, &caller, id).await?;
-        let mut items = items_of(&state, id).await?;
-        let price = match items.get(&product_id) {
-            Some((_, price)) => *price,
-            None if quantity == 0 => return view(&state, &row).await.map(Json),
-            None => {
-                state
-                    .catalog
-                    .get(product_id)
-                    .ok_or_else(|| AppError::NotFound(format!("product {product_id}")))?
-                    .price_cents
-            }
+        let slot = state.carts.find(&state.db, caller.user_id, id).await?;
+        let mut cart = slot.lock().await;
+        let group = state.store.buffer.group().await;
+        let change = ItemChange {
+            product_id,
+            quantity: quantity as u64,
         };
-        if quantity == 0 {
-            items.remove(&product_id);
-        } else {
-            items.insert(product_id, (quantity, price));
-        }
-        if items.len() > MAX_ITEMS {
-            return Err(AppError::validation(
-                "product_id",
-                format!("a cart holds at most {MAX_ITEMS} products"),
-            ));
-        }
-        let (reservation, lsn) = if row.hold {
-            hold(&state, &row, &items).await?
-        } else {
-            (None, 0)
-        };
-        state.durable(lsn).await?;
-        let row = save(&state, &row, &items, product_id, reservation).await?;
-        view(&state, &row).await.map(Json)
+        let hold_for = Duration::from_secs(state.config.cart_hold_secs);
+        let changed = state
+            .carts
+            .set_item(
+                &state.core,
+                &state.catalog,
+                hold_for,
+                &slot,
+                &mut cart,
+                change,
+            )
+            .await;
+        drop(group);
+        let shown = cart.clone();
+        drop(cart);
+        state.durable(changed?).await?;
+        view(&state, &shown).await.map(Json)
     })
     .await
     .map_err(|e| AppError::Internal(format!("cart change task: {e}")))?
-}
-
-/// The cart, if it may still change.
-async fn open(state: &AppState, caller: &Identity, id: Uuid) -> Result<Row> {
-    let row = find(state, caller, id).await?;
-    if row.status != "open" {
-        return Err(AppError::Conflict {
-            code: "conflict",
-            message: format!("the cart is {}", row.status),
-            details: json!({ "status": row.status, "order_id": row.order_id }),
-        });
-    }
-    Ok(row)
-}
-
-/// Makes the cart's reservation hold exactly `items` (a new one if it has none pending),
-/// extended to the hold time; refused: nothing changed.
-async fn hold(state: &AppState, row: &Row, items: &Items) -> Result<(Option<Reservation>, Lsn)> {
-    let ttl = Duration::from_secs(state.config.cart_hold_secs);
-    let wanted: Vec<(i64, u64)> = items.iter().map(|(p, (q, _))| (*p, *q as u64)).collect();
-    let reservations = state.core.reservations();
-    let limits = state.catalog.backorder_limits(items.keys().copied());
-    if let Some(current) = row.held(state) {
-        let (reservation, lsn) = reservations
-            .reshape(current.id, wanted, ttl, row.shop_id, limits)
-            .await?;
-        return Ok((Some(reservation), lsn));
-    }
-    if wanted.is_empty() {
-        return Ok((None, 0));
-    }
-    let request = ReservationRequest {
-        items: wanted
-            .iter()
-            .map(|&(product_id, units)| {
-                Ok(ItemRequest {
-                    product_id,
-                    quantity: Quantity::try_from(units)
-                        .map_err(|e| AppError::validation("quantity", e.to_string()))?,
-                    warehouse_id: None,
-                })
-            })
-            .collect::<Result<_>>()?,
-        ttl,
-        reference: Some(row.reference()),
-        shop_id: row.shop_id,
-        backorder_limits: limits,
-    };
-    let (reservation, lsn) = reservations.reserve(request).await?;
-    Ok((Some(reservation), lsn))
-}
-
-/// Writes the changed item and the hold's reservation and expiry.
-async fn save(
-    state: &AppState,
-    row: &Row,
-    items: &Items,
-    product_id: i64,
-    reservation: Option<Reservation>,
-) -> Result<Row> {
-    let mut tx = state.db.begin().await?;
-    match items.get(&product_id) {
-        Some((quantity, price)) => {
-            sqlx::query(
-                "INSERT INTO cart_items (cart_id, product_id, quantity, unit_price_cents, added_at)
-                 VALUES ($1, $2, $3, $4, now())
-                 ON CONFLICT (cart_id, product_id) DO UPDATE SET quantity = EXCLUDED.quantity",
-            )
-            .bind(row.id)
-            .bind(product_id)
-            .bind(quantity)
-            .bind(price)
-            .execute(&mut *tx)
-            .await?;
-        }
-        None => {
-            sqlx::query("DELETE FROM cart_items WHERE cart_id = $1 AND product_id = $2")
-                .bind(row.id)
-                .bind(product_id)
-                .execute(&mut *tx)
-                .await?;
-        }
-    }
-    let (reservation_id, expires_at) = match &reservation {
-        Some(r) if r.status == ReservationStatus::Pending => (Some(r.id.0), Some(r.expires_at)),
-        // Emptied: the hold ended with nothing left to hold.
-        Some(_) => (None, None),
-        None => (row.reservation_id, row.hold_expires_at),
-    };
-    let row: Row = sqlx::query_as(&format!(
-        "UPDATE carts SET reservation_id = $2, hold_expires_at = $3, updated_at = now()
-         WHERE id = $1 RETURNING {COLUMNS}"
-    ))
-    .bind(row.id)
-    .bind(reservation_id)
-    .bind(expires_at)
-    .fetch_one(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(row)
 }
 
 #[utoipa::path(delete, path = "/carts/{id}", tag = "carts", security(("bearer" = [])), params(("id" = Uuid, Path)), responses((status = 204, description = "Deleted; a held cart's stock is released"), (status = 404, description = "Unknown, or another customer's", body = ErrorBody)))]
@@ -437,16 +248,13 @@ async fn delete(
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode> {
     tokio::spawn(async move {
-        let _cart = state.carts.lock(id).await;
-        let row = find(&state, &caller, id).await?;
-        if let Some(held) = row.held(&state) {
-            let (_, lsn) = state.core.reservations().release(held.id).await?;
-            state.durable(lsn).await?;
-        }
-        sqlx::query("DELETE FROM carts WHERE id = $1")
-            .bind(id)
-            .execute(&state.db)
-            .await?;
+        let slot = state.carts.find(&state.db, caller.user_id, id).await?;
+        let mut cart = slot.lock().await;
+        let group = state.store.buffer.group().await;
+        let deleted = state.carts.delete(&state.core, &slot, &mut cart).await;
+        drop(group);
+        drop(cart);
+        state.durable(deleted?).await?;
         Ok(StatusCode::NO_CONTENT)
     })
     .await
@@ -468,102 +276,37 @@ async fn checkout(
     Path(id): Path<Uuid>,
     request: Idempotent<Checkout>,
 ) -> Result<Response> {
-    // The cart is marked only once the order is durable, and both happen in a task of
-    // their own: a hang-up in between cannot leave an order whose cart is still open.
+    // The cart's lock first, then (inside `run`) the flush group: the order, the
+    // reservation handed over, the cart checked out and the answer are one batch.
     tokio::spawn(async move {
-        let _cart = state.carts.lock(id).await;
+        let slot = state.carts.find(&state.db, caller.user_id, id).await?;
+        let mut cart = slot.lock().await;
         let owned = state.clone();
-        let response = idempotency::run(&state, caller.user_id, request, move |body| async move {
-            order_from(&owned, &caller, id, body).await
+        idempotency::run(&state, caller.user_id, request, move |body| async move {
+            let placement = Placement {
+                items: Vec::new(),
+                shipping_address: body.shipping_address,
+                contact: body.contact,
+                shop_id: None,
+                backorder_limits: Default::default(),
+            };
+            let timeout = Duration::from_secs(owned.config.payment_timeout_secs);
+            let (order, lsn) = owned
+                .carts
+                .check_out(
+                    &owned.core,
+                    &owned.catalog,
+                    &owned.orders,
+                    timeout,
+                    &slot,
+                    &mut cart,
+                    placement,
+                )
+                .await?;
+            Answer::new(StatusCode::CREATED, order.shown(&owned.core), lsn)
         })
-        .await?;
-        if response.status() != StatusCode::CREATED {
-            return Ok(response);
-        }
-        // The order's id, from the answer (also a repeat's, which marks a cart a hang-up
-        // left open).
-        let (parts, body) = response.into_parts();
-        let bytes = axum::body::to_bytes(body, usize::MAX)
-            .await
-            .map_err(|e| AppError::Internal(format!("checkout answer: {e}")))?;
-        let order_id = serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|order| order["id"].as_str()?.parse::<Uuid>().ok());
-        if let Some(order_id) = order_id {
-            mark_checked_out(&state, id, order_id).await?;
-        }
-        Ok(Response::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
     })
     .await
     .map_err(|e| AppError::Internal(format!("checkout task: {e}")))?
-}
-
-/// Places the order for the cart's items: a held cart's reservation is handed over; a
-/// cart without a hold (or whose hold ran out) reserves now, and a refusal leaves it as
-/// it was.
-async fn order_from(
-    state: &AppState,
-    caller: &Identity,
-    id: Uuid,
-    body: Checkout,
-) -> Result<Answer> {
-    let row = open(state, caller, id).await?;
-    let items = items_of(state, id).await?;
-    if items.is_empty() {
-        return Err(AppError::validation("items", "the cart is empty"));
-    }
-    let mut placement = Placement {
-        items: items
-            .iter()
-            .map(|(product, (quantity, _))| {
-                Quantity::try_from(*quantity)
-                    .map(|q| (*product, q))
-                    .map_err(|e| AppError::validation("quantity", e.to_string()))
-            })
-            .collect::<Result<_>>()?,
-        shipping_address: body.shipping_address,
-        contact: body.contact,
-        shop_id: row.shop_id,
-        backorder_limits: state.catalog.backorder_limits(items.keys().copied()),
-    };
-    placement
-        .items
-        .sort_unstable_by_key(|(product, _)| *product);
-    let timeout = Duration::from_secs(state.config.payment_timeout_secs);
-    let price = |product: i64| items.get(&product).map(|(_, price)| *price);
-    let placed = match row.held(state) {
-        Some(held) => {
-            // Exactly the cart's items, then handed over as they are.
-            let (reshaped, _) = hold(state, &row, &items).await?;
-            let reservation = reshaped.map_or(held.id, |r| r.id);
-            state.orders.adopt(
-                &state.core,
-                caller.user_id,
-                timeout,
-                reservation,
-                placement,
-                price,
-            )?
-        }
-        None => {
-            state
-                .orders
-                .place(&state.core, caller.user_id, timeout, placement, price)
-                .await?
-        }
-    };
-    let (order, lsn) = placed;
-    Answer::new(StatusCode::CREATED, order.shown(&state.core), lsn)
-}
-
-async fn mark_checked_out(state: &AppState, id: Uuid, order_id: Uuid) -> Result<()> {
-    sqlx::query(
-        "UPDATE carts SET status = 'checked_out', order_id = $2, updated_at = now()
-         WHERE id = $1 AND status = 'open'",
-    )
-    .bind(id)
-    .bind(order_id)
-    .execute(&state.db)
-    .await?;
-    Ok(())
 }

@@ -62,8 +62,8 @@ pub struct AppParts {
     pub orders: Arc<Orders>,
     /// Shops and their members, for the access policy.
     pub shops: Arc<Shops>,
-    /// Serializes the changes of each cart.
-    pub carts: Arc<super::carts::CartLocks>,
+    /// Open carts (and closed ones until durable), each behind its lock.
+    pub carts: Arc<crate::carts::Carts>,
     /// Login and register attempts per client address.
     pub auth_limiter: Arc<AuthLimiter>,
     /// This server's metrics, rendered at `GET /metrics`.

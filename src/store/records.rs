@@ -16,6 +16,7 @@ pub enum StoreRecord {
     Order(OrderRecord),
     Payment(PaymentRecord),
     Idempotency(IdempotencyRecord),
+    Cart(CartRecord),
 }
 
 impl From<Record> for StoreRecord {
@@ -35,6 +36,7 @@ impl StoreRecord {
             Self::Order(_) => "order",
             Self::Payment(_) => "payment",
             Self::Idempotency(_) => "idempotency",
+            Self::Cart(_) => "cart",
         }
     }
 
@@ -45,6 +47,7 @@ impl StoreRecord {
             Self::Order(order) => format!("{order:?}"),
             Self::Payment(payment) => format!("{payment:?}"),
             Self::Idempotency(answer) => format!("{answer:?}"),
+            Self::Cart(cart) => format!("{cart:?}"),
         }
     }
 }
@@ -97,4 +100,27 @@ pub struct IdempotencyRecord {
     /// The JSON body answered.
     pub body: String,
     pub created_at: DateTime<Utc>,
+}
+
+/// A cart as it is after a change: the whole of it, so the newest record of a batch is all
+/// the store needs. Journaled with the stock changes and the order of the same request, so
+/// a checkout (order placed, reservation handed over, cart checked out) is stored whole or
+/// not at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CartRecord {
+    pub id: uuid::Uuid,
+    pub user_id: i64,
+    pub shop_id: Option<i64>,
+    /// `open`, `checked_out`, or `deleted` (its row stays, hidden from every read).
+    pub status: &'static str,
+    pub hold: bool,
+    pub reservation_id: Option<uuid::Uuid>,
+    pub hold_expires_at: Option<DateTime<Utc>>,
+    pub order_id: Option<uuid::Uuid>,
+    /// `[{product_id, quantity, unit_price_cents}]`, by product.
+    pub items: String,
+    /// Counts the cart's changes: a row is only overwritten by a higher one.
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }

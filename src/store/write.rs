@@ -16,7 +16,7 @@ use stockline_actors::{LineKey, Lsn, Record, ReservationId, ReservationStatus};
 use super::outbox::{self, Known};
 use crate::events::Event;
 
-use super::records::{IdempotencyRecord, OrderRecord, PaymentRecord, StoreRecord};
+use super::records::{CartRecord, IdempotencyRecord, OrderRecord, PaymentRecord, StoreRecord};
 use crate::cluster::{Fenced, Leases, Shard, shard_of};
 
 /// How a cluster node's batches are written: fenced by its leases, closed with its own
@@ -37,7 +37,7 @@ pub(super) enum WriteError {
 }
 
 /// The shards whose stock `records` change (lines, the ledger, reservations, transfers),
-/// sorted, each once. Orders, payments and answers belong to no shard.
+/// sorted, each once. Orders, payments, answers and carts belong to no shard.
 pub(super) fn shards_of(records: &[(Lsn, StoreRecord)]) -> Vec<Shard> {
     let mut shards: Vec<Shard> = Vec::new();
     for (_, record) in records {
@@ -48,7 +48,10 @@ pub(super) fn shards_of(records: &[(Lsn, StoreRecord)]) -> Vec<Shard> {
                 shards.extend(r.items.iter().map(|item| shard_of(item.product_id)))
             }
             StoreRecord::Core(Record::Transfer(t)) => shards.push(shard_of(t.product_id)),
-            StoreRecord::Order(_) | StoreRecord::Payment(_) | StoreRecord::Idempotency(_) => {}
+            StoreRecord::Order(_)
+            | StoreRecord::Payment(_)
+            | StoreRecord::Idempotency(_)
+            | StoreRecord::Cart(_) => {}
         }
     }
     shards.sort_unstable();
@@ -66,6 +69,7 @@ struct Sorted<'a> {
     orders: HashMap<uuid::Uuid, (Lsn, &'a OrderRecord)>,
     payments: Vec<&'a PaymentRecord>,
     answers: Vec<&'a IdempotencyRecord>,
+    carts: HashMap<uuid::Uuid, &'a CartRecord>,
 }
 
 fn sort(records: &[(Lsn, StoreRecord)]) -> Sorted<'_> {
@@ -89,6 +93,7 @@ fn sort(records: &[(Lsn, StoreRecord)]) -> Sorted<'_> {
             StoreRecord::Order(order) => drop(sorted.orders.insert(order.id, (*lsn, order))),
             StoreRecord::Payment(payment) => sorted.payments.push(payment),
             StoreRecord::Idempotency(answer) => sorted.answers.push(answer),
+            StoreRecord::Cart(cart) => drop(sorted.carts.insert(cart.id, cart)),
         }
     }
     sorted
@@ -172,6 +177,7 @@ pub(super) async fn prepare(
         write_orders(&mut tx, &sorted).await?;
         write_payments(&mut tx, &sorted).await?;
         write_answers(&mut tx, &sorted).await?;
+        write_carts(&mut tx, &sorted).await?;
         (Way::Transaction(tx), events)
     };
     if let Some(known) = known {
@@ -253,6 +259,7 @@ fn one_statement(sorted: &Sorted<'_>) -> bool {
         && sorted.orders.is_empty()
         && sorted.payments.is_empty()
         && sorted.answers.is_empty()
+        && sorted.carts.is_empty()
         && !sorted
             .reservations
             .values()
@@ -664,6 +671,49 @@ async fn write_answers(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::Err
     .bind(a.iter().map(|r| r.status as i16).collect::<Vec<_>>())
     .bind(a.iter().map(|r| r.body.clone()).collect::<Vec<_>>())
     .bind(a.iter().map(|r| r.created_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Carts: the newest state of each, over a lower version only. A deleted cart stays as a
+/// `deleted` row: a deletion must win over an older state of the batch before, whose
+/// insert may not have committed yet when this batch's statements run (see the flusher's
+/// pipeline), and only a row's conflict waits for that.
+async fn write_carts(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::Error> {
+    if sorted.carts.is_empty() {
+        return Ok(());
+    }
+    let kept: Vec<&CartRecord> = sorted.carts.values().copied().collect();
+    let c = &kept;
+    sqlx::query(
+        "INSERT INTO carts (id, user_id, shop_id, status, hold, reservation_id, hold_expires_at,
+                           order_id, items, version, created_at, updated_at)
+         SELECT id, user_id, shop_id, status, hold, reservation_id, hold_expires_at, order_id,
+                items::jsonb, version, created_at, updated_at
+         FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::bool[], $6::uuid[],
+                     $7::timestamptz[], $8::uuid[], $9::text[], $10::bigint[], $11::timestamptz[],
+                     $12::timestamptz[])
+              AS t(id, user_id, shop_id, status, hold, reservation_id, hold_expires_at, order_id,
+                   items, version, created_at, updated_at)
+         ON CONFLICT (id) DO UPDATE
+           SET status = EXCLUDED.status, reservation_id = EXCLUDED.reservation_id,
+               hold_expires_at = EXCLUDED.hold_expires_at, order_id = EXCLUDED.order_id,
+               items = EXCLUDED.items, version = EXCLUDED.version, updated_at = EXCLUDED.updated_at
+         WHERE carts.version < EXCLUDED.version",
+    )
+    .bind(c.iter().map(|r| r.id).collect::<Vec<_>>())
+    .bind(c.iter().map(|r| r.user_id).collect::<Vec<_>>())
+    .bind(c.iter().map(|r| r.shop_id).collect::<Vec<_>>())
+    .bind(c.iter().map(|r| r.status).collect::<Vec<_>>())
+    .bind(c.iter().map(|r| r.hold).collect::<Vec<_>>())
+    .bind(c.iter().map(|r| r.reservation_id).collect::<Vec<_>>())
+    .bind(c.iter().map(|r| r.hold_expires_at).collect::<Vec<_>>())
+    .bind(c.iter().map(|r| r.order_id).collect::<Vec<_>>())
+    .bind(c.iter().map(|r| r.items.as_str()).collect::<Vec<_>>())
+    .bind(c.iter().map(|r| r.version).collect::<Vec<_>>())
+    .bind(c.iter().map(|r| r.created_at).collect::<Vec<_>>())
+    .bind(c.iter().map(|r| r.updated_at).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())
