@@ -138,6 +138,13 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     pub line_idle_ms: u64,
 
+    /// Settled reservations kept in memory at most (about 350 bytes each), for late
+    /// commits, releases and reads; older ones (and any after 10 minutes) are answered from
+    /// the database.
+    #[arg(long, env = "STOCKLINE_SETTLED_IN_MEMORY", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    pub settled_in_memory: u64,
+
     /// Events (the outbox, its stream, webhooks, NATS). Off (`false`) writes none (for
     /// measuring what they cost).
     #[arg(long, env = "STOCKLINE_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]

@@ -337,6 +337,7 @@ fn core_config(config: &Config) -> CoreConfig {
             passivate_after: Some(Duration::from_millis(config.line_idle_ms)),
             ..defaults.limits
         },
+        settled_budget: config.settled_in_memory as usize,
         ..defaults
     }
 }

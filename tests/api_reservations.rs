@@ -644,3 +644,44 @@ async fn a_product_with_a_backorder_limit_is_reserved_beyond_stock_and_filled_by
     assert!(now["items"][0]["backordered"].is_null(), "{now}");
     app.cleanup().await;
 }
+
+/// Past the in-memory budget of settled reservations, the oldest are answered from the
+/// store exactly as they were from memory: a read shows them settled, a late commit or
+/// release is 409 `reservation_not_pending`.
+#[tokio::test]
+async fn settled_reservations_past_the_memory_budget_answer_from_the_store() {
+    let app = TestApp::spawn_with(&["--settled-in-memory", "5"]).await;
+    let (product, _) = app.stocked_product(100).await;
+    let mut ids = Vec::new();
+    for _ in 0..30 {
+        let (status, body) = app.reserve(product, 1).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let id = body["id"].as_str().unwrap().to_owned();
+        let (status, _) = app
+            .post(
+                &format!("/reservations/{id}/release"),
+                &app.admin,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        ids.push(id);
+    }
+    for id in [&ids[0], &ids[29]] {
+        let (status, body) = app.get(&format!("/reservations/{id}"), &app.admin).await;
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (StatusCode::OK, Some("released"))
+        );
+        let (status, body) = app
+            .post(&format!("/reservations/{id}/commit"), &app.admin, json!({}))
+            .await;
+        assert_eq!(
+            error_code(status, &body, StatusCode::CONFLICT),
+            "reservation_not_pending",
+            "{id}"
+        );
+    }
+    assert_eq!(app.availability(product).await["reserved"], 0);
+    app.cleanup().await;
+}

@@ -5,8 +5,9 @@
 //! one queue slot. The task is a plain tokio task rather than a ractor actor because it must
 //! poll the queue and its mailbox together, which ractor's `handle` loop cannot.
 //!
-//! The same queue forgets settled reservations after a retention period, so the in-memory
-//! table holds what is pending plus a short tail, not every reservation ever made.
+//! A reservation's timer is cancelled when it settles: the queue holds pending
+//! reservations only. (Which settled ones stay in memory is the settled tail's call, see
+//! `settled.rs`.)
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -22,12 +23,13 @@ use crate::types::ReservationId;
 pub(crate) enum Due {
     /// A pending reservation reached `expires_at`: expire it.
     Expire,
-    /// A settled reservation's retention ran out: drop it from memory.
-    Forget,
 }
 
-/// Arms (or re-arms: one timer per reservation) the timer of a reservation.
-struct Command(ReservationId, Instant, Due);
+/// Arms (or re-arms: one timer per reservation) the timer of a reservation, or cancels it.
+enum Command {
+    Arm(ReservationId, Instant, Due),
+    Cancel(ReservationId),
+}
 
 /// The way to the expiry task. Sending never blocks.
 #[derive(Clone)]
@@ -45,7 +47,12 @@ impl ExpiryHandle {
     /// Arms (or re-arms) the one timer of a reservation.
     pub(crate) fn schedule(&self, id: ReservationId, at: Instant, due: Due) {
         // Fails only once the task has ended, at shutdown, when no timer matters.
-        let _ = self.0.send(Command(id, at, due));
+        let _ = self.0.send(Command::Arm(id, at, due));
+    }
+
+    /// Cancels the timer of a reservation that settled.
+    pub(crate) fn cancel(&self, id: ReservationId) {
+        let _ = self.0.send(Command::Cancel(id));
     }
 }
 
@@ -59,11 +66,16 @@ async fn run(
         tokio::select! {
             command = commands.recv() => match command {
                 None => break,
-                Some(Command(id, at, due)) => {
+                Some(Command::Arm(id, at, due)) => {
                     if let Some(key) = keys.remove(&id) {
                         queue.try_remove(&key);
                     }
                     keys.insert(id, queue.insert_at((id, due), at));
+                }
+                Some(Command::Cancel(id)) => {
+                    if let Some(key) = keys.remove(&id) {
+                        queue.try_remove(&key);
+                    }
                 }
             },
             Some(expired) = poll_fn(|cx| queue.poll_expired(cx)), if !queue.is_empty() => {

@@ -37,6 +37,7 @@ pub mod warehouses;
 
 mod allocation;
 mod expiry;
+mod settled;
 mod supervisor;
 
 use std::sync::Arc;
@@ -64,8 +65,12 @@ use journal::TransferRecord;
 #[derive(Clone, Copy, Debug)]
 pub struct CoreConfig {
     pub limits: Limits,
-    /// How long settled reservations stay readable in memory (the store has them after).
+    /// How long settled reservations stay readable in memory at most (the store has them
+    /// after).
     pub settled_retention: Duration,
+    /// How many settled reservations stay in memory at most: the tail is bounded by
+    /// memory, not only by time (each costs about 350 bytes).
+    pub settled_budget: usize,
 }
 
 impl Default for CoreConfig {
@@ -73,6 +78,7 @@ impl Default for CoreConfig {
         Self {
             limits: Limits::default(),
             settled_retention: Duration::from_secs(600),
+            settled_budget: 100_000,
         }
     }
 }
@@ -100,7 +106,10 @@ impl Core {
             registry.clone(),
             warehouses.clone(),
             journal.clone(),
-            config.settled_retention,
+            reservations::SettledLimits {
+                budget: config.settled_budget,
+                retention: config.settled_retention,
+            },
         );
         Ok(Self {
             registry,

@@ -29,6 +29,7 @@ use crate::expiry::{Due, ExpiryHandle};
 use crate::journal::{Journal, Lsn, Record, ReservationRecord};
 use crate::line_state::LineOp;
 use crate::registry::Registry;
+use crate::settled::SettledTail;
 use crate::types::{LineKey, ProductId, Quantity, ReservationId, ShopId};
 
 pub use crate::types::{ItemRequest, ReservationStatus, ReservedItem};
@@ -159,8 +160,8 @@ pub(crate) struct ReservationsInner {
     journal: Arc<dyn Journal>,
     table: DashMap<ReservationId, Entry>,
     expiry: ExpiryHandle,
-    /// How long settled reservations stay readable in memory.
-    retention: Duration,
+    /// Which settled reservations stay readable in memory (by count and by time).
+    settled: SettledTail,
     /// Told of every reservation that expires (the edge expires orders with it).
     on_expired: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Reservation>>,
     outcomes: Outcomes,
@@ -186,6 +187,18 @@ pub struct OutcomeCounts {
     pub expired: u64,
 }
 
+/// How the settled tail is bounded (see `settled.rs`).
+#[derive(Clone, Copy, Debug)]
+pub struct SettledLimits {
+    /// At most this many settled reservations in memory.
+    pub budget: usize,
+    /// None kept longer than this.
+    pub retention: Duration,
+}
+
+/// How often the settled tail lets go of those whose time is up.
+const SETTLED_TRIM_EVERY: Duration = Duration::from_secs(1);
+
 /// How long an interrupted transition waits before the expiry timer retries it.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -194,18 +207,53 @@ impl Reservations {
         registry: Arc<Registry>,
         warehouses: Arc<Warehouses>,
         journal: Arc<dyn Journal>,
-        retention: Duration,
+        settled: SettledLimits,
     ) -> Self {
-        Self(Arc::new_cyclic(|weak| ReservationsInner {
+        let this = Self(Arc::new_cyclic(|weak| ReservationsInner {
             registry,
             warehouses,
+            settled: SettledTail::new(settled.budget, settled.retention, journal.durable()),
             journal,
             table: DashMap::new(),
             expiry: ExpiryHandle::start(Self::on_due(weak.clone())),
-            retention,
             on_expired: std::sync::OnceLock::new(),
             outcomes: Outcomes::default(),
-        }))
+        }));
+        this.trim_settled_now_and_then();
+        this
+    }
+
+    /// Lets the settled tail's oldest go once their time is up, also while nothing new
+    /// settles; the task ends with the reservations.
+    fn trim_settled_now_and_then(&self) {
+        let owner = Arc::downgrade(&self.0);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SETTLED_TRIM_EVERY);
+            loop {
+                tick.tick().await;
+                let Some(inner) = owner.upgrade() else {
+                    return;
+                };
+                let reservations = Self(inner);
+                for id in reservations.0.settled.expired() {
+                    reservations.forget(id);
+                }
+            }
+        });
+    }
+
+    /// `id` settled by the record at `lsn`: its timer goes, and it joins the settled tail
+    /// (which may let older ones go).
+    fn settled(&self, id: ReservationId, lsn: Lsn) {
+        self.0.expiry.cancel(id);
+        for gone in self.0.settled.push(id, lsn) {
+            self.forget(gone);
+        }
+    }
+
+    /// Settled reservations in memory now.
+    pub fn settled_in_memory(&self) -> usize {
+        self.0.settled.len()
     }
 
     /// What the expiry task does when a reservation's time comes; false once the
@@ -217,7 +265,6 @@ impl Reservations {
             };
             let reservations = Self(inner);
             match due {
-                Due::Forget => reservations.forget(id),
                 // Settling awaits the lines; do it beside the timer loop, not in it.
                 Due::Expire => {
                     tokio::spawn(async move { reservations.expire(id).await });
@@ -376,9 +423,7 @@ impl Reservations {
             }
         }
         let lsn = self.0.journal.append(vec![reservation.record_of(true)]);
-        self.0
-            .expiry
-            .schedule(id, Instant::now() + self.0.retention, Due::Forget);
+        self.settled(id, lsn);
         Some((reservation, lsn))
     }
 
@@ -706,13 +751,12 @@ impl Reservations {
         let reservation = entry.reservation.clone();
         drop(guard);
         let lsn = self.0.journal.append(vec![reservation.record()]);
-        let (at, due) = if ended {
+        if ended {
             self.count_end(reservation.status);
-            (now + self.0.retention, Due::Forget)
+            self.settled(id, lsn);
         } else {
-            (now + ttl, Due::Expire)
-        };
-        self.0.expiry.schedule(id, at, due);
+            self.0.expiry.schedule(id, now + ttl, Due::Expire);
+        }
         Ok((reservation, lsn))
     }
 
@@ -838,9 +882,7 @@ impl Reservations {
         let lsn = self.0.journal.append(vec![reservation.record()]);
         if ended {
             self.count_end(reservation.status);
-            self.0
-                .expiry
-                .schedule(id, Instant::now() + self.0.retention, Due::Forget);
+            self.settled(id, lsn);
         }
         Ok((reservation, lsn))
     }
@@ -1089,9 +1131,7 @@ impl Reservations {
         let reservation = entry.reservation.clone();
         drop(entry);
         let lsn = self.0.journal.append(vec![reservation.record()]);
-        self.0
-            .expiry
-            .schedule(id, Instant::now() + self.0.retention, Due::Forget);
+        self.settled(id, lsn);
         let status = reservation.status;
         self.count_end(status);
         let listener = self.0.on_expired.get();

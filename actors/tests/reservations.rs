@@ -331,6 +331,40 @@ async fn settled_reservations_are_forgotten_after_the_retention() {
     .await;
 }
 
+/// Settled reservations are kept by a memory budget, not only by time: at 7,500 settled a
+/// second, ten minutes of them were over a gigabyte. Past the budget the oldest leave (the
+/// store answers for them), the newest stay readable, and pending ones are never touched.
+#[tokio::test]
+async fn settled_reservations_past_the_budget_leave_memory_oldest_first() {
+    let config = CoreConfig {
+        settled_budget: 10,
+        ..CoreConfig::default()
+    };
+    let (core, _) = core_with(config, Arc::new(EmptyStore)).await;
+    warehouse(&core, 1, 100).await;
+    stock(&core, 1, 7, 1_000).await;
+    let held = reserve(&core, vec![item(7, 1)]).await;
+    let mut settled = Vec::new();
+    for _ in 0..100 {
+        let r = reserve(&core, vec![item(7, 1)]).await;
+        core.reservations().release(r.id).await.unwrap();
+        settled.push(r.id);
+    }
+    assert_eq!(core.reservations().settled_in_memory(), 10);
+    assert!(
+        settled[..90]
+            .iter()
+            .all(|id| core.reservations().get(*id).is_none())
+    );
+    assert!(
+        settled[90..]
+            .iter()
+            .all(|id| core.reservations().get(*id).is_some())
+    );
+    assert_eq!(core.reservations().pending_count(), 1);
+    assert!(core.reservations().get(held.id).is_some(), "pending stays");
+}
+
 /// A core over [`StoreWithHold`], with the line loaded and the reservation restored as
 /// recovery would, expiring `expires_in` from now (negative: already past).
 async fn restored(expires_in: chrono::TimeDelta) -> (Core, Arc<MemoryJournal>, ReservationId) {
