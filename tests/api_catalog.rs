@@ -191,6 +191,25 @@ async fn warehouses_have_codes_priorities_and_a_status() {
         (Some("active"), Some(100))
     );
     let id = created["id"].as_i64().unwrap();
+    // A location is bounded like every other text field, also in a PATCH.
+    let long = "x".repeat(501);
+    let (status, body) = app
+        .post(
+            "/warehouses",
+            &app.admin,
+            json!({ "code": "LONG", "name": "Long", "location": long }),
+        )
+        .await;
+    error_code(status, &body, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["error"]["details"]["field"], "location");
+    let (status, body) = app
+        .patch(
+            &format!("/warehouses/{id}"),
+            &app.admin,
+            json!({ "location": long }),
+        )
+        .await;
+    error_code(status, &body, StatusCode::UNPROCESSABLE_ENTITY);
     let (status, body) = app
         .post(
             "/warehouses",

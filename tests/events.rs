@@ -647,3 +647,159 @@ async fn a_stream_ends_with_revoked_once_its_caller_loses_the_right_to_it() {
     ends_revoked(member_stream, lost_at, "removed_from_shop").await;
     app.cleanup().await;
 }
+
+/// A reservation or order allocated over two shops' warehouses concerns both shops, but
+/// each may see only its own part: before, shop A's staff read shop B's warehouses,
+/// quantities, prices and the order's total in `GET /events`, the stream and
+/// `GET /reservations`.
+#[tokio::test]
+async fn a_shop_sees_only_its_own_part_of_what_spans_shops() {
+    let app = TestApp::spawn().await;
+    let product = app.product("P", 100).await;
+    let mut shops = Vec::new();
+    for code in ["A", "B"] {
+        let (_, shop) = app
+            .post("/shops", &app.admin, json!({ "code": code, "name": code }))
+            .await;
+        let shop = shop["id"].as_i64().unwrap();
+        let (_, warehouse) = app
+            .post(
+                "/warehouses",
+                &app.admin,
+                json!({ "code": format!("W{code}"), "name": code, "shop_id": shop }),
+            )
+            .await;
+        let warehouse = warehouse["id"].as_i64().unwrap();
+        app.stock(warehouse, product, 3).await;
+        shops.push((shop, warehouse));
+    }
+    let [(shop_a, warehouse_a), (_, warehouse_b)] = [shops[0], shops[1]];
+    let (status, reservation) = app.reserve(product, 5).await;
+    assert_eq!(status, StatusCode::CREATED, "{reservation}");
+    assert_eq!(
+        reservation["items"].as_array().unwrap().len(),
+        2,
+        "split over both shops"
+    );
+    let (_, customer) = app.customer("buyer@example.com").await;
+    let (status, order) = app
+        .post(
+            "/orders",
+            &customer,
+            json!({ "items": [{ "product_id": product, "quantity": 1 }] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+    let (staff_id, _) = app.customer("a-staff@example.com").await;
+    app.put(
+        &format!("/shops/{shop_a}/members/{staff_id}"),
+        &app.admin,
+        json!({ "role": "shop_staff" }),
+    )
+    .await;
+    let staff = app.login("a-staff@example.com", "password-1").await;
+
+    let warehouses_of = |event: &Value| -> Vec<i64> {
+        event["data"]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["warehouse_id"].as_i64().unwrap())
+            .collect()
+    };
+    let seen = all_events(&app, &staff, "reservation.created,order.created").await;
+    let spanning = seen
+        .iter()
+        .find(|e| e["data"]["id"] == reservation["id"])
+        .expect("shop A sees the reservation that holds its stock");
+    assert_eq!(warehouses_of(spanning), vec![warehouse_a]);
+    for event in seen.iter().filter(|e| e["type"] == "order.created") {
+        assert!(event["data"].get("total_cents").is_none(), "{event}");
+        assert!(!warehouses_of(event).contains(&warehouse_b), "{event}");
+    }
+    // The admin sees everything.
+    let everything = all_events(&app, &app.admin, "reservation.created").await;
+    let whole = everything
+        .iter()
+        .find(|e| e["data"]["id"] == reservation["id"])
+        .unwrap();
+    assert_eq!(warehouses_of(whole).len(), 2);
+
+    // The stream, catching up from the start, shows the same part.
+    let response = app
+        .client
+        .get(format!(
+            "{}/api/v1/events/stream?after=0&types=reservation.created",
+            app.base
+        ))
+        .bearer_auth(&staff)
+        .send()
+        .await
+        .unwrap();
+    let id = reservation["id"].clone();
+    let streamed = read_sse(response, |events| {
+        events.iter().any(|e| e.2["data"]["id"] == id)
+    })
+    .await;
+    let event = &streamed.iter().find(|e| e.2["data"]["id"] == id).unwrap().2;
+    assert_eq!(warehouses_of(event), vec![warehouse_a]);
+
+    let (_, pending) = app.get("/reservations", &staff).await;
+    let listed = pending["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == reservation["id"])
+        .unwrap();
+    let items = listed["items"].as_array().unwrap();
+    assert!(
+        items.iter().all(|i| i["warehouse_id"] == warehouse_a),
+        "{listed}"
+    );
+    assert!(listed["reference"].is_null());
+    app.cleanup().await;
+}
+
+/// One account cannot take every stream: past 32 of its own it is told to wait (429),
+/// while another caller still gets one; a stream closed makes room again.
+#[tokio::test]
+async fn one_caller_cannot_take_every_stream() {
+    let app = TestApp::spawn_with(&["--max-event-streams", "40"]).await;
+    let operator = app.operator("streams@example.com").await;
+    let open = |token: String| {
+        let request = app
+            .client
+            .get(format!("{}/api/v1/events/stream", app.base))
+            .bearer_auth(token);
+        async move { request.send().await.unwrap() }
+    };
+    let mut held = Vec::new();
+    for _ in 0..32 {
+        let response = open(operator.clone()).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        held.push(response);
+    }
+    let refused = open(operator.clone()).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(
+        open(app.admin.clone()).await.status(),
+        StatusCode::OK,
+        "another caller"
+    );
+    drop(held.pop());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let response = open(operator.clone()).await;
+        if response.status() == StatusCode::OK {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no room after a stream closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(held);
+    app.cleanup().await;
+}

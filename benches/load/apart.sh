@@ -10,11 +10,13 @@
 # back to back: copy the binary aside before the change).
 #
 # Builds in release, seeds a fresh database (`--print-seed`), starts `stockline serve` on a
-# free port, runs the `hot` scenario once through `--url`, and prints one line per part.
+# free port, runs the `hot` scenario (or `SCENARIO=name`, e.g. `cart`) once through `--url`,
+# and prints one line per part.
 set -euo pipefail
 durability=${1:-sync}
 clients=${2:-64}
 seconds=${3:-10}
+scenario=${SCENARIO:-hot}
 cd "$(dirname "$0")/../.."
 
 cargo build --release --quiet --bin stockline
@@ -51,7 +53,7 @@ flushes() {
 }
 
 "$harness" --url "http://127.0.0.1:$port" --token "$token" --clients "$clients" \
-  --scenarios hot --duration 1 >/dev/null
+  --scenarios "$scenario" --duration 1 >/dev/null
 tuples() {
   psql -Atq "$url" -c "SELECT coalesce(sum(n_tup_ins), 0), coalesce(sum(n_tup_upd), 0),
     coalesce(sum(n_tup_hot_upd), 0), pg_current_wal_lsn() - '0/0' FROM pg_stat_user_tables"
@@ -68,14 +70,14 @@ s0=$(ticks $server)
 p0=$(postgres_ticks)
 out=$(mktemp)
 /usr/bin/time -f '%U %S' -o "$out.time" "$harness" --url "http://127.0.0.1:$port" \
-  --token "$token" --clients "$clients" --scenarios hot --duration "$seconds" | tee "$out"
+  --token "$token" --clients "$clients" --scenarios "$scenario" --duration "$seconds" | tee "$out"
 s1=$(ticks $server)
 p1=$(postgres_ticks)
 read -r batches1 records1 < <(flushes)
 sleep 1
 tuples1=$(tuples)
 per_table >"$tables.1"
-requests=$(awk '$1 == "hot" && $2 == "actor" {print $4 * '"$seconds"'}' "$out")
+requests=$(awk '$1 == "'"$scenario"'" && $2 == "actor" {print $4 * '"$seconds"'}' "$out")
 hz=$(getconf CLK_TCK)
 python3 - "$requests" "$hz" "$((s1 - s0))" "$((p1 - p0))" "$(cat "$out.time")" \
   "$((batches1 - batches0))" "$((records1 - records0))" "$tuples0" "$tuples1" <<'EOF'

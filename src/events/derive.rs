@@ -290,6 +290,9 @@ struct ReservationData<'a> {
 struct ItemData {
     product_id: i64,
     warehouse_id: i64,
+    /// The warehouse's shop (null: the platform's): a shop's reader of an event that
+    /// spans shops is shown its own items only ([`super::read::Filter::shown`]).
+    shop_id: Option<i64>,
     quantity: u64,
     committed: u64,
     released: u64,
@@ -319,6 +322,7 @@ fn reservation(id: i64, r: &ReservationRecord, before: &Before) -> Option<Event>
             .map(|i| ItemData {
                 product_id: i.product_id,
                 warehouse_id: i.warehouse_id,
+                shop_id: before.shop_of(i.warehouse_id),
                 quantity: i.quantity,
                 committed: i.committed,
                 released: i.released,
@@ -351,6 +355,7 @@ fn order(id: i64, o: &OrderRecord, before: &Before) -> Event {
             json!({
                 "product_id": i.product_id,
                 "warehouse_id": i.warehouse_id,
+                "shop_id": before.shop_of(i.warehouse_id),
                 "quantity": i.quantity,
                 "unit_price_cents": i.unit_price_cents,
             })

@@ -44,11 +44,32 @@ pub struct Events {
     pub webhooks: Arc<Webhooks>,
     /// One permit per open stream (`STOCKLINE_MAX_EVENT_STREAMS`).
     pub streams: Arc<tokio::sync::Semaphore>,
+    /// Open streams per caller (user), at most [`STREAMS_PER_CALLER`] each: one account
+    /// cannot take every stream and leave the operators none.
+    pub streams_by_caller: Arc<dashmap::DashMap<i64, usize>>,
     /// Events published to NATS since start.
     pub nats_published: Arc<AtomicU64>,
     /// Cancelled when the server starts shutting down: open streams end then (a stream
     /// never ends by itself, and shutdown waits for every request).
     pub closing: CancellationToken,
+}
+
+/// Streams one caller may have open at once.
+pub const STREAMS_PER_CALLER: usize = 32;
+
+/// One open stream of a caller, counted until dropped.
+pub struct CallerStream {
+    caller: i64,
+    open: Arc<dashmap::DashMap<i64, usize>>,
+}
+
+impl Drop for CallerStream {
+    fn drop(&mut self) {
+        self.open.remove_if_mut(&self.caller, |_, open| {
+            *open -= 1;
+            *open == 0
+        });
+    }
 }
 
 impl Events {
@@ -94,8 +115,23 @@ impl Events {
             streams: Arc::new(tokio::sync::Semaphore::new(
                 config.max_event_streams as usize,
             )),
+            streams_by_caller: Arc::default(),
             nats_published,
             closing: CancellationToken::new(),
+        })
+    }
+
+    /// A place for one more stream of `caller`, held until dropped; `None` past
+    /// [`STREAMS_PER_CALLER`].
+    pub fn stream_of(&self, caller: i64) -> Option<CallerStream> {
+        let mut open = self.streams_by_caller.entry(caller).or_default();
+        if *open >= STREAMS_PER_CALLER {
+            return None;
+        }
+        *open += 1;
+        Some(CallerStream {
+            caller,
+            open: self.streams_by_caller.clone(),
         })
     }
 }

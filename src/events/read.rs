@@ -1,7 +1,10 @@
 //! Pages of the outbox, in id order, for a caller: the list, a stream catching up, the
 //! webhook dispatcher and the NATS publisher all read the table the same way.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
+use serde_json::Value;
 use sqlx::PgPool;
 
 use super::EventType;
@@ -23,6 +26,33 @@ impl Filter {
                 .shops
                 .as_ref()
                 .is_none_or(|shops| shop_ids.iter().any(|s| shops.contains(s)))
+    }
+
+    /// An event (`wire`: `{id, type, at, data}`) as this reader may see it. A shop's reader
+    /// of an event that also concerns other shops (a reservation or an order allocated
+    /// over several shops' warehouses) gets its own shops' items only, and no total; every
+    /// other reader gets the event as it is.
+    pub fn shown<'a>(&self, shop_ids: &[i64], wire: &'a str) -> Cow<'a, str> {
+        let Some(shops) = &self.shops else {
+            return Cow::Borrowed(wire);
+        };
+        if shop_ids.iter().all(|shop| shops.contains(shop)) {
+            return Cow::Borrowed(wire);
+        }
+        let Ok(mut event) = serde_json::from_str::<Value>(wire) else {
+            return Cow::Borrowed(wire);
+        };
+        if let Some(data) = event.get_mut("data").and_then(Value::as_object_mut) {
+            if let Some(Value::Array(items)) = data.get_mut("items") {
+                // An item without its shop (stored before items carried one) is withheld.
+                items.retain(|item| {
+                    let shop = item.get("shop_id").and_then(Value::as_i64);
+                    shop.is_some_and(|shop| shops.contains(&shop))
+                });
+            }
+            data.remove("total_cents");
+        }
+        Cow::Owned(event.to_string())
     }
 
     fn type_names(&self) -> Option<Vec<&'static str>> {

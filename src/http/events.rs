@@ -99,7 +99,7 @@ async fn list(
     let total = read::count(&state.db, after, &filter, COUNT_CAP).await?;
     let items = page
         .iter()
-        .map(|e| serde_json::from_str(&e.to_json()))
+        .map(|e| serde_json::from_str(&filter.shown(&e.shop_ids, &e.to_json())))
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| AppError::Internal(format!("a stored event is not JSON: {e}")))?;
     Ok(Json(List { items, total }))
@@ -114,7 +114,7 @@ struct StreamQuery {
     types: Option<String>,
 }
 
-#[utoipa::path(get, path = "/events/stream", tag = "events", security(("bearer" = [])), params(StreamQuery, ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")), responses((status = 200, description = "`text/event-stream`: each event as `id`, `event` (its type) and `data` (`{id, type, at, data}`); a slow client gets a last `cutoff` event naming the id to resume from", content_type = "text/event-stream", body = String), (status = 403, description = "Neither an operator nor a shop member", body = ErrorBody), (status = 422, description = "An unknown type, or a bad position", body = ErrorBody), (status = 503, description = "Too many streams are open", body = ErrorBody)))]
+#[utoipa::path(get, path = "/events/stream", tag = "events", security(("bearer" = [])), params(StreamQuery, ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")), responses((status = 200, description = "`text/event-stream`: each event as `id`, `event` (its type) and `data` (`{id, type, at, data}`); a slow client gets a last `cutoff` event naming the id to resume from", content_type = "text/event-stream", body = String), (status = 403, description = "Neither an operator nor a shop member", body = ErrorBody), (status = 422, description = "An unknown type, or a bad position", body = ErrorBody), (status = 429, description = "This caller has 32 streams open already; Retry-After says when to try again", body = ErrorBody), (status = 503, description = "Too many streams are open", body = ErrorBody)))]
 async fn stream(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -133,6 +133,12 @@ async fn stream(
         None => query.after,
     };
     let resume = position(resume, "after")?;
+    let mine = state
+        .events
+        .stream_of(caller.user_id)
+        .ok_or(AppError::RateLimited {
+            retry_after_secs: 5,
+        })?;
     let permit = state
         .events
         .streams
@@ -150,7 +156,7 @@ async fn stream(
         live: None,
         settled: false,
         done: false,
-        _permit: permit,
+        _permit: (permit, mine),
     };
     let events = futures_util::stream::unfold(follower, |mut f| async move {
         f.next().await.map(|event| (Ok::<_, Infallible>(event), f))
@@ -176,7 +182,8 @@ struct Follower {
     /// The table was read to its end after subscribing: from now on, the ring.
     settled: bool,
     done: bool,
-    _permit: OwnedSemaphorePermit,
+    /// Its place among all streams, and among its caller's.
+    _permit: (OwnedSemaphorePermit, crate::events::CallerStream),
 }
 
 impl Follower {
@@ -215,11 +222,12 @@ impl Follower {
                         if event.id > self.cursor && self.filter.allows(event.kind, &event.shop_ids)
                         {
                             self.cursor = event.id;
+                            let shown = self.filter.shown(&event.shop_ids, &event.json);
                             self.queued.push_back(
                                 SseEvent::default()
                                     .id(event.id.to_string())
                                     .event(event.kind.as_str())
-                                    .data(event.json.clone()),
+                                    .data(shown),
                             );
                         }
                     }
@@ -276,11 +284,12 @@ impl Follower {
                 let caught_up = (page.len() as i64) < CATCH_UP_PAGE;
                 for event in page {
                     self.cursor = event.id;
+                    let json = event.to_json();
                     self.queued.push_back(
                         SseEvent::default()
                             .id(event.id.to_string())
                             .event(event.kind.as_str())
-                            .data(event.to_json()),
+                            .data(self.filter.shown(&event.shop_ids, &json)),
                     );
                 }
                 Some(caught_up)

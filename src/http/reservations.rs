@@ -317,6 +317,14 @@ async fn expiring(
             .iter()
             .any(|i| i.held() > 0 && scope.allows(warehouses, i.warehouse_id))
     });
+    // A shop member sees its shops' part of a reservation allocated across shops, and not
+    // the client's reference (which names another customer's cart or order).
+    if let crate::shops::Scope::Shops(_) = scope {
+        for r in &mut pending {
+            r.items.retain(|i| scope.allows(warehouses, i.warehouse_id));
+            r.reference = None;
+        }
+    }
     pending.sort_by_key(|r| (r.expires_at, r.id));
     let total = pending.len() as i64;
     let items = pending

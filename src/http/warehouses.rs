@@ -77,6 +77,7 @@ async fn create(
     state.access(&caller).create_warehouse(shop_id)?;
     let code = text(&body.code, "code", 64)?;
     let name = text(&body.name, "name", 200)?;
+    location(body.location.as_deref())?;
     let priority = body
         .priority
         .as_ref()
@@ -157,6 +158,7 @@ async fn update(
     state.access(&caller).warehouse(id)?;
     let code = text_opt(body.code.as_deref(), "code", 64)?;
     let name = text_opt(body.name.as_deref(), "name", 200)?;
+    location(body.location.as_deref())?;
     let priority = body.priority.as_ref().map(priority).transpose()?;
     let warehouse: Warehouse = sqlx::query_as(&format!(
         "UPDATE warehouses SET code = COALESCE($2, code), name = COALESCE($3, name),
@@ -209,3 +211,17 @@ async fn set_status(
         .await?;
     Ok(Json(warehouse))
 }
+
+/// A warehouse's location: free text, at most [`MAX_LOCATION`] characters (a tenant's text
+/// is bounded like every other field, not by the 1 MiB body alone).
+fn location(value: Option<&str>) -> Result<()> {
+    match value {
+        Some(text) if text.chars().count() > MAX_LOCATION => Err(AppError::validation(
+            "location",
+            format!("must have at most {MAX_LOCATION} characters"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+const MAX_LOCATION: usize = 500;

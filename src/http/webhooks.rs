@@ -94,7 +94,12 @@ async fn url(state: &AppState, value: &str) -> Result<String> {
         .targets()
         .check(&parsed)
         .await
-        .map_err(|refused| AppError::validation("url", refused.to_string()))?;
+        .map_err(|refused| {
+            if let webhooks::target::Refused::Internal { host, ip } = &refused {
+                tracing::info!(%host, %ip, "a webhook to an internal address was refused");
+            }
+            AppError::validation("url", refused.to_string())
+        })?;
     Ok(parsed.to_string())
 }
 

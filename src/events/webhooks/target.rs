@@ -52,7 +52,9 @@ impl Lookup for SystemLookup {
 /// Why a URL is not called.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Refused {
-    #[error("{host} is an internal address ({ip}); webhooks go to public addresses only")]
+    /// The address is kept for the server's log, never told to the client (it would map
+    /// the internal network for a tenant).
+    #[error("{host} is, or resolves to, an internal address; webhooks go to public addresses only")]
     Internal { host: String, ip: IpAddr },
     #[error("{0} names this machine; webhooks go to public addresses only")]
     LocalName(String),

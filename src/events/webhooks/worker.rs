@@ -187,10 +187,12 @@ impl Worker {
     }
 
     fn hold(&mut self, row: PendingRow) {
-        let (event_id, kind, key, attempts, first_attempt_at, next_at, at, data) = row;
+        let (event_id, kind, key, attempts, first_attempt_at, next_at, at, data, shop_ids) = row;
         let wait = (next_at - Utc::now()).to_std().unwrap_or_default();
+        let wire = crate::events::wire(event_id, &kind, at, &data);
+        let body: Arc<str> = self.filter().shown(&shop_ids, &wire).into();
         self.window.entry(event_id).or_insert(Pending {
-            body: crate::events::wire(event_id, &kind, at, &data).into(),
+            body,
             kind,
             key: key.into(),
             attempts,
@@ -200,6 +202,14 @@ impl Worker {
         });
     }
 
+    /// What the subscription is sent: its types, and its shop's part of events.
+    fn filter(&self) -> Filter {
+        Filter {
+            types: self.subscription.types.clone(),
+            shops: self.subscription.shop_id.map(|shop| vec![shop]),
+        }
+    }
+
     /// Takes the events after the cursor into the window (and the database), moving the
     /// cursor in the same transaction.
     async fn take_new(&mut self) -> Result<(), sqlx::Error> {
@@ -207,10 +217,7 @@ impl Worker {
         if newest <= self.cursor {
             return Ok(());
         }
-        let filter = Filter {
-            types: self.subscription.types.clone(),
-            shops: self.subscription.shop_id.map(|shop| vec![shop]),
-        };
+        let filter = self.filter();
         let room = (WINDOW - self.window.len()) as i64;
         let page = read::page(&self.db, self.cursor, &filter, room).await?;
         // A short page read every event up to `newest`: the ones it skipped are not wanted.
@@ -243,7 +250,7 @@ impl Worker {
             self.window.insert(
                 event.id,
                 Pending {
-                    body: event.to_json().into(),
+                    body: filter.shown(&event.shop_ids, &event.to_json()).into(),
                     kind: event.kind,
                     key: event.ordering_key.into(),
                     attempts: 0,
@@ -489,6 +496,7 @@ type PendingRow = (
     DateTime<Utc>,
     DateTime<Utc>,
     String,
+    Vec<i64>,
 );
 
 async fn pending_rows(
@@ -498,7 +506,7 @@ async fn pending_rows(
 ) -> Result<Vec<PendingRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT d.event_id, d.event_type, d.ordering_key, d.attempts, d.first_attempt_at,
-                d.next_attempt_at, e.at, e.data
+                d.next_attempt_at, e.at, e.data, e.shop_ids
          FROM webhook_deliveries d JOIN events e ON e.id = d.event_id
          WHERE d.webhook_id = $1 AND d.status = 'pending' AND ($2::bigint IS NULL OR d.event_id = $2)
          ORDER BY d.event_id LIMIT $3",
