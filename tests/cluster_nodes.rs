@@ -1213,15 +1213,38 @@ async fn a_fourth_node_joins_under_load_and_no_request_is_lost() {
 /// The `stockline` binary on `database` with `env`, expected to refuse to start: answers
 /// what it said.
 fn refused_start(database: &str, env: &[(&str, &str)]) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_stockline"))
+    use std::io::Read;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stockline"))
         .arg("serve")
         .env("STOCKLINE_ADDR", "127.0.0.1:0")
         .env("DATABASE_URL", common::database_url(database))
         .envs(env.iter().copied())
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(!output.status.success(), "it started");
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    // A server that starts never exits by itself: past the wait it is taken as started.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("it started");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "it started");
+    let mut said = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut said)
+        .unwrap();
+    said
 }
 
 /// A node killed while its batch still runs in PostgreSQL (here: waiting on a row lock the

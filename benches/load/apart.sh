@@ -7,7 +7,8 @@
 #   bash benches/load/apart.sh [sync|async] [clients] [seconds]
 #
 # `STOCKLINE_BIN=path` runs that server binary instead of this tree's (for before/after runs
-# back to back: copy the binary aside before the change).
+# back to back: copy the binary aside before the change; with `SEED_URL` when the change
+# adds a migration, see below).
 #
 # Builds in release, seeds a fresh database (`--print-seed`), starts `stockline serve` on a
 # free port, runs the `hot` scenario (or `SCENARIO=name`, e.g. `cart`) once through `--url`,
@@ -23,7 +24,9 @@ cargo build --release --quiet --bin stockline
 cargo bench --quiet --bench load --no-run 2>/dev/null
 harness=$(ls -t target/release/deps/load-* | grep -v '\.d$' | head -1)
 
-url=$("$harness" --print-seed)
+# `SEED_URL=url`: a database already seeded (by an older binary's migrations, for a
+# before/after pair across a migration); it is dropped at the end like a fresh one.
+url=${SEED_URL:-$("$harness" --print-seed)}
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 DATABASE_URL=$url STOCKLINE_ADDR=127.0.0.1:$port STOCKLINE_DURABILITY=$durability \
   STOCKLINE_ADMIN_EMAIL=load@stockline.test STOCKLINE_ADMIN_PASSWORD=load-password \

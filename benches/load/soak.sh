@@ -18,7 +18,8 @@ cargo build --release --quiet --bin stockline
 cargo bench --quiet --bench load --no-run 2>/dev/null
 harness=$(ls -t target/release/deps/load-* | grep -v '\.d$' | head -1)
 
-url=$("$harness" --print-seed)
+# `SEED_URL=url`: a database already seeded (for an older binary, as in apart.sh).
+url=${SEED_URL:-$("$harness" --print-seed)}
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 DATABASE_URL=$url STOCKLINE_ADDR=127.0.0.1:$port STOCKLINE_DURABILITY=sync \
   STOCKLINE_ADMIN_EMAIL=load@stockline.test STOCKLINE_ADMIN_PASSWORD=load-password \

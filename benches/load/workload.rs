@@ -444,15 +444,25 @@ async fn held_carts(target: &Target) -> Vec<String> {
 }
 
 /// One client's step; answers the requests it made (each timed and recorded).
-async fn step(
+/// What every client of a run shares: the scenario, where requests go, the carts of the
+/// `cart` scenario, the Zipf sampler and the recorder.
+struct Clients {
     scenario: Scenario,
-    target: &Target,
-    carts: &[String],
-    zipf: &Zipf,
-    pending: &mut Vec<String>,
-    recorder: &Recorder,
-    due: Instant,
-) {
+    target: Target,
+    carts: Vec<String>,
+    zipf: Zipf,
+    recorder: Arc<Recorder>,
+}
+
+async fn step(clients: &Clients, pending: &mut Vec<String>, due: Instant) {
+    let Clients {
+        scenario,
+        target,
+        carts,
+        zipf,
+        recorder,
+    } = clients;
+    let scenario = *scenario;
     let (choice, u, product_pick) = {
         let mut rng = rand::rng();
         (
@@ -567,11 +577,16 @@ pub async fn run(
         errors: AtomicU64::new(0),
         done: AtomicU64::new(0),
     });
-    let zipf = Arc::new(Zipf::new(PRODUCTS, 1.1));
-    let carts: Arc<[String]> = match scenario {
-        Scenario::Cart => held_carts(target).await.into(),
-        _ => Arc::from(Vec::new()),
-    };
+    let clients_of = Arc::new(Clients {
+        scenario,
+        target: target.clone(),
+        carts: match scenario {
+            Scenario::Cart => held_carts(target).await,
+            _ => Vec::new(),
+        },
+        zipf: Zipf::new(PRODUCTS, 1.1),
+        recorder: recorder.clone(),
+    });
     let stop = Arc::new(AtomicBool::new(false));
     let dropped = Arc::new(AtomicU64::new(0));
     let cpu_before = crate::cpu::Sample::now();
@@ -597,41 +612,18 @@ pub async fn run(
     let workers: Vec<_> = match load {
         Load::Closed => (0..clients)
             .map(|_| {
-                let (target, recorder, zipf, stop, carts) = (
-                    target.clone(),
-                    recorder.clone(),
-                    zipf.clone(),
-                    stop.clone(),
-                    carts.clone(),
-                );
+                let (shared, stop) = (clients_of.clone(), stop.clone());
                 clients_runtime().spawn(async move {
                     let mut pending = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
-                        let due = Instant::now();
-                        step(
-                            scenario,
-                            &target,
-                            &carts,
-                            &zipf,
-                            &mut pending,
-                            &recorder,
-                            due,
-                        )
-                        .await;
+                        step(&shared, &mut pending, Instant::now()).await;
                     }
                 })
             })
             .collect(),
         Load::Open { steps_per_second } => {
             let permits = Arc::new(tokio::sync::Semaphore::new(clients));
-            let (target, recorder, zipf, stop, dropped, carts) = (
-                target.clone(),
-                recorder.clone(),
-                zipf.clone(),
-                stop.clone(),
-                dropped.clone(),
-                carts.clone(),
-            );
+            let (shared, stop, dropped) = (clients_of.clone(), stop.clone(), dropped.clone());
             vec![clients_runtime().spawn(async move {
                 let interval = Duration::from_secs_f64(1.0 / steps_per_second.max(0.1));
                 let mut tick = tokio::time::interval(interval);
@@ -644,24 +636,9 @@ pub async fn run(
                         dropped.fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
-                    let (target, recorder, zipf, carts) = (
-                        target.clone(),
-                        recorder.clone(),
-                        zipf.clone(),
-                        carts.clone(),
-                    );
+                    let shared = shared.clone();
                     in_flight.spawn(async move {
-                        let mut pending = Vec::new();
-                        step(
-                            scenario,
-                            &target,
-                            &carts,
-                            &zipf,
-                            &mut pending,
-                            &recorder,
-                            due,
-                        )
-                        .await;
+                        step(&shared, &mut Vec::new(), due).await;
                         drop(permit);
                     });
                 }
