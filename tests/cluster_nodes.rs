@@ -734,7 +734,15 @@ async fn reserve_once(
     acknowledged: &Acknowledged,
 ) -> Instant {
     let key = uuid::Uuid::now_v7().to_string();
+    let started = Instant::now();
     loop {
+        // A key that answers 503 for good (its first try's batch was refused and the
+        // answer kept) would loop here for ever: the test fails instead.
+        assert!(
+            started.elapsed() < SETTLE_WITHIN * 2,
+            "key {key} answered nothing but 503 for {:?}",
+            SETTLE_WITHIN * 2
+        );
         let sent = client
             .post(format!(
                 "{}/api/v1/reservations",

@@ -206,6 +206,15 @@ impl Answers {
         }
     }
 
+    /// Forgets the answer kept for `key` if it is the one journaled at `lsn`, whose batch
+    /// was refused: the next try of the key runs the request again.
+    fn forget_refused(&self, user: i64, key: &str, lsn: Lsn) {
+        self.slots.remove_if(
+            &(user, key.to_owned()),
+            |_, slot| matches!(slot, Slot::Done { lsn: kept, .. } if *kept == lsn),
+        );
+    }
+
     fn finish(&self, user: i64, key: &str, outcome: Option<(String, StatusCode, Value, Lsn)>) {
         let slot_key = (user, key.to_owned());
         let previous = match outcome {
@@ -326,8 +335,16 @@ where
             Claim::Mine => break,
             Claim::Replay(status, body, lsn) => {
                 // In `sync` mode a repeat, like the first, is answered only once durable.
-                state.durable(lsn).await?;
-                return Ok(respond(status, body));
+                match state.durable(lsn).await {
+                    Ok(()) => return Ok(respond(status, body)),
+                    // The first try's batch was refused: it never happened, so this one
+                    // runs it again (kept, the key would answer 503 for good).
+                    Err(_) if state.refused(lsn) => {
+                        state.answers.forget_refused(user, &key, lsn);
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                }
             }
             Claim::Reused => {
                 return Err(AppError::Unprocessable {
@@ -381,6 +398,12 @@ where
         &key,
         Some((fingerprint, status, body.clone(), lsn.max(answer_lsn))),
     );
-    state.durable(lsn.max(answer_lsn)).await?;
+    let last = lsn.max(answer_lsn);
+    if let Err(error) = state.durable(last).await {
+        if state.refused(last) {
+            state.answers.forget_refused(user, &key, last);
+        }
+        return Err(error);
+    }
     Ok(respond(status, body))
 }

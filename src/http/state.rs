@@ -106,6 +106,16 @@ impl AppParts {
         }
     }
 
+    /// Whether the change journaled at `lsn` will never be durable: its batch was refused
+    /// for good (cluster mode: another node took its stock over), so it did not happen.
+    pub fn refused(&self, lsn: Lsn) -> bool {
+        use futures_util::FutureExt;
+        matches!(
+            self.store.durable.wait_for(lsn).now_or_never(),
+            Some(Err(NotDurable::Refused))
+        )
+    }
+
     /// How many lines the database holds within `warehouses` (all: `None`, then counted at
     /// most every 5 s).
     pub async fn stored_lines(&self, warehouses: Option<Vec<i64>>) -> Result<i64> {
