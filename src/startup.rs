@@ -338,6 +338,7 @@ fn core_config(config: &Config) -> CoreConfig {
             ..defaults.limits
         },
         settled_budget: config.settled_in_memory as usize,
+        home_of: crate::cluster::shard_of,
         ..defaults
     }
 }

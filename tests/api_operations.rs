@@ -590,3 +590,33 @@ async fn methods_outside_the_standard_ones_share_one_label() {
     assert!(!text.contains("FROB"));
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_single_server_s_cluster_map_says_it_serves_every_shard_itself() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app
+        .send(reqwest::Method::GET, "/cluster/shards", None, None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, map) = app.get("/cluster/shards", &app.admin).await;
+    assert_eq!(status, StatusCode::OK, "{map}");
+    assert_eq!(
+        (&map["mode"], &map["shard_count"], &map["shards"]),
+        (&json!("single"), &json!(1024), &json!([]))
+    );
+    assert_eq!(
+        map["function"],
+        "xxh3_64(product_id as 8 little-endian bytes) % shard_count"
+    );
+    // Ids name their shard here too, so a database that later serves a cluster routes
+    // them with no lookup.
+    let (product, _) = app.stocked_product(2).await;
+    let (_, reservation) = app.reserve(product, 1).await;
+    let id: uuid::Uuid = reservation["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        stockline_actors::ReservationId(id).home(),
+        Some(stockline_actors::Home::One(stockline::cluster::shard_of(
+            product
+        )))
+    );
+}

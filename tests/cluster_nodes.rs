@@ -681,6 +681,79 @@ async fn changes_to_products_warehouses_and_tokens_reach_every_node() {
     nodes.stop().await;
 }
 
+/// A shard-aware client reads the cluster map from any node and sends each product's
+/// requests to the owner it names; a reservation's id names its shard, so its commit or
+/// release reaches the owner from any node with no lookup.
+#[tokio::test]
+async fn the_cluster_map_names_each_shard_s_owner_and_a_reservation_s_id_its_shard() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (nodes, product, _, service) = stocked_cluster(10).await;
+    let admin_view = nodes.view(0).await;
+    let addresses: BTreeMap<String, String> = nodes
+        .nodes
+        .iter()
+        .map(|n| {
+            (
+                n.id.clone(),
+                n.app.base.trim_start_matches("http://").to_owned(),
+            )
+        })
+        .collect();
+    for node in 0..3 {
+        // Any signed-in caller may read it: a shop's service is enough.
+        let (status, map) = nodes.app(node).get("/cluster/shards", &service).await;
+        assert_eq!(status, StatusCode::OK, "{map}");
+        assert_eq!(map["mode"], "cluster");
+        assert_eq!(map["shard_count"], 1024);
+        assert_eq!(
+            map["function"],
+            "xxh3_64(product_id as 8 little-endian bytes) % shard_count"
+        );
+        let shards = map["shards"].as_array().unwrap();
+        assert_eq!(shards.len(), 1024);
+        for (i, shard) in shards.iter().enumerate() {
+            let owner = shard["node_id"].as_str().unwrap();
+            assert_eq!(shard["shard"], i);
+            assert_eq!(
+                shard["address"].as_str(),
+                Some(addresses[owner].as_str()),
+                "{shard}"
+            );
+            assert_eq!(
+                shard["node_id"], admin_view["shards"][i]["owner"],
+                "shard {i}"
+            );
+            assert_eq!(
+                shard["epoch"], admin_view["shards"][i]["epoch"],
+                "shard {i}"
+            );
+        }
+    }
+    let owner = nodes.owner_of(product, 0).await;
+    let others: Vec<usize> = (0..3).filter(|n| *n != owner).collect();
+    // Reserved through one node that does not own the product, released through another.
+    let id = reserve_through(&nodes, others[0], &service, product).await;
+    let home = stockline_actors::ReservationId(id.parse().unwrap()).home();
+    assert_eq!(
+        home,
+        Some(stockline_actors::Home::One(stockline::cluster::shard_of(
+            product
+        )))
+    );
+    let (status, released) = nodes
+        .app(others[1])
+        .post(&format!("/reservations/{id}/release"), &service, json!({}))
+        .await;
+    assert_eq!(
+        (status, &released["status"]),
+        (StatusCode::OK, &json!("released")),
+        "{released}"
+    );
+    let availability = nodes.app(owner).availability(product).await;
+    assert_eq!(availability["available"], 10, "{availability}");
+    nodes.stop().await;
+}
+
 /// Three nodes with the shards shared out, product "P" with `units` in warehouse "W", and
 /// a shop's service signed in as an operator: (nodes, product, warehouse, its token).
 async fn stocked_cluster(units: i64) -> (Nodes, i64, i64, String) {

@@ -56,7 +56,9 @@ pub use reservations::{
 };
 pub use stock_line::{Applied, LineStatsSnapshot};
 pub use transfers::TransferRequest;
-pub use types::{LineKey, ProductId, Quantity, ReservationId, TransferId, WarehouseId};
+pub use types::{
+    HOMES, Home, LineKey, ProductId, Quantity, ReservationId, TransferId, WarehouseId, with_home,
+};
 pub use warehouses::{WarehouseInfo, Warehouses};
 
 use journal::TransferRecord;
@@ -71,6 +73,9 @@ pub struct CoreConfig {
     /// How many settled reservations stay in memory at most: the tail is bounded by
     /// memory, not only by time (each costs about 350 bytes).
     pub settled_budget: usize,
+    /// The home a reservation's id names, from its first product (in cluster mode, the
+    /// product's shard), so any node finds where it is served from the id alone.
+    pub home_of: fn(ProductId) -> u16,
 }
 
 impl Default for CoreConfig {
@@ -79,6 +84,7 @@ impl Default for CoreConfig {
             limits: Limits::default(),
             settled_retention: Duration::from_secs(600),
             settled_budget: 100_000,
+            home_of: |_| 0,
         }
     }
 }
@@ -110,6 +116,7 @@ impl Core {
                 budget: config.settled_budget,
                 retention: config.settled_retention,
             },
+            config.home_of,
         );
         Ok(Self {
             registry,

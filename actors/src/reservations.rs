@@ -165,6 +165,8 @@ pub(crate) struct ReservationsInner {
     /// Told of every reservation that expires (the edge expires orders with it).
     on_expired: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Reservation>>,
     outcomes: Outcomes,
+    /// The home a new reservation's id names, from its first product.
+    home_of: fn(crate::ProductId) -> u16,
 }
 
 /// How reservations ended up, counted since start (for operators' metrics).
@@ -208,6 +210,7 @@ impl Reservations {
         warehouses: Arc<Warehouses>,
         journal: Arc<dyn Journal>,
         settled: SettledLimits,
+        home_of: fn(crate::ProductId) -> u16,
     ) -> Self {
         let this = Self(Arc::new_cyclic(|weak| ReservationsInner {
             registry,
@@ -218,6 +221,7 @@ impl Reservations {
             expiry: ExpiryHandle::start(Self::on_due(weak.clone())),
             on_expired: std::sync::OnceLock::new(),
             outcomes: Outcomes::default(),
+            home_of,
         }));
         this.trim_settled_now_and_then();
         this
@@ -289,7 +293,8 @@ impl Reservations {
                 "a reservation needs at least one item".into(),
             ));
         }
-        let id = ReservationId::new();
+        let home = (self.0.home_of)(request.items[0].product_id);
+        let id = ReservationId::homed(crate::Home::One(home));
         let allocator = Allocator {
             registry: &self.0.registry,
             warehouses: &self.0.warehouses,

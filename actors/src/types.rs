@@ -85,6 +85,65 @@ uuid_id!(
     TransferId
 );
 
+/// Where a reservation is served, as its id says: by the owner of one home (in cluster
+/// mode, a shard), or coordinated over several (a reservation across shards). Any node
+/// reads it from the id alone, with no lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Home {
+    /// `0..HOMES`.
+    One(u16),
+    Spans,
+}
+
+/// How many homes an id can name.
+pub const HOMES: u16 = 1024;
+/// The 12 bits after a UUID's version that name [`Home::Spans`].
+const SPANS: u16 = 0x800;
+
+impl ReservationId {
+    /// A fresh id (UUID v7, so ids still sort by creation time) that names `home`.
+    pub fn homed(home: Home) -> Self {
+        Self(with_home(Uuid::now_v7(), home))
+    }
+
+    /// The home the id names; `None` for an id made without one (before ids carried it,
+    /// or by another program). An id not made by [`with_home`] passes the check by chance
+    /// once in 2^32.
+    pub fn home(&self) -> Option<Home> {
+        let bytes = self.0.as_bytes();
+        let version = bytes[6] >> 4;
+        let mark = u16::from(bytes[6] & 0x0f) << 8 | u16::from(bytes[7]);
+        if !matches!(version, 7 | 8) || bytes[12..] != checksum(bytes) {
+            return None;
+        }
+        match mark {
+            SPANS => Some(Home::Spans),
+            home if home < HOMES => Some(Home::One(home)),
+            _ => None,
+        }
+    }
+}
+
+/// `id` with `home` written into it: the 12 bits after the version (random in a v7 or a
+/// hashed v8 id), and a checksum of the first 12 bytes in the last 4, so that an id made
+/// otherwise is not read as homed. The version, the variant and the time stay.
+pub fn with_home(id: Uuid, home: Home) -> Uuid {
+    let mark = match home {
+        Home::One(home) => home % HOMES,
+        Home::Spans => SPANS,
+    };
+    let mut bytes = *id.as_bytes();
+    bytes[6] = (bytes[6] & 0xf0) | (mark >> 8) as u8;
+    bytes[7] = mark as u8;
+    let sum = checksum(&bytes);
+    bytes[12..].copy_from_slice(&sum);
+    Uuid::from_bytes(bytes)
+}
+
+fn checksum(bytes: &[u8; 16]) -> [u8; 4] {
+    (xxhash_rust::xxh3::xxh3_64(&bytes[..12]) as u32).to_le_bytes()
+}
+
 /// A quantity that moves stock: `1..=MAX_QUANTITY`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Quantity(u64);
@@ -140,6 +199,44 @@ mod tests {
         let a = ReservationId::new();
         let b = ReservationId::new();
         assert!(a < b);
+    }
+
+    #[test]
+    fn a_homed_id_names_its_home_and_keeps_its_version_and_time() {
+        for home in [
+            Home::One(0),
+            Home::One(577),
+            Home::One(HOMES - 1),
+            Home::Spans,
+        ] {
+            let id = ReservationId::homed(home);
+            assert_eq!(id.home(), Some(home));
+            assert_eq!(id.0.get_version_num(), 7);
+            assert_eq!(id.0.get_variant(), uuid::Variant::RFC4122);
+            let now = Utc::now().timestamp_millis() as u64;
+            let (secs, nanos) = id.0.get_timestamp().expect("v7").to_unix();
+            let millis = secs * 1000 + u64::from(nanos) / 1_000_000;
+            assert!(now.abs_diff(millis) < 5_000, "{millis} against {now}");
+        }
+        // A hashed (v8) id homed keeps its version too.
+        let hashed = uuid::Builder::from_custom_bytes([7; 16]).into_uuid();
+        let homed = ReservationId(with_home(hashed, Home::Spans));
+        assert_eq!(
+            (homed.home(), homed.0.get_version_num()),
+            (Some(Home::Spans), 8)
+        );
+    }
+
+    #[test]
+    fn an_id_made_without_a_home_names_none() {
+        // 10,000 plain ids: each passes the 32-bit check by chance once in 4 billion.
+        for _ in 0..10_000 {
+            assert_eq!(ReservationId::new().home(), None);
+        }
+        let mut id = ReservationId::homed(Home::One(3)).0.into_bytes();
+        id[15] ^= 1;
+        assert_eq!(ReservationId(Uuid::from_bytes(id)).home(), None);
+        assert_eq!(ReservationId(Uuid::nil()).home(), None);
     }
 }
 

@@ -29,7 +29,7 @@ pub use member::Cluster;
 pub use node::ClusterNode;
 pub use ordinal::ORDINAL_SHIFT;
 pub use routing::{RouteSettings, Routes};
-pub use shard::{SHARDS, Shard, shard_of};
+pub use shard::{SHARD_FUNCTION, SHARDS, Shard, shard_of};
 
 use std::sync::Arc;
 

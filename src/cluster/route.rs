@@ -8,7 +8,7 @@
 
 use axum::http::Method;
 use serde::Deserialize;
-use stockline_actors::ProductId;
+use stockline_actors::{Home, ProductId, ReservationId};
 use uuid::Uuid;
 
 use super::shard::{Shard, shard_of};
@@ -23,7 +23,11 @@ pub enum Route {
     /// Changes stock in several shards (a multi-product reservation across shards, a bulk
     /// adjustment): the parts go to each owner.
     Shards(Vec<Shard>),
-    /// Names a reservation: served by the owner of the shard its stock is in.
+    /// Names a reservation across shards (its id says so): coordinated by the node the
+    /// request reached.
+    Saga(Uuid),
+    /// Names a reservation whose id says nothing of where it is (made before ids carried
+    /// their shard): served by the owner of the shard its stock is in, as the store says.
     Reservation(Uuid),
 }
 
@@ -68,9 +72,19 @@ pub fn route_of(method: &Method, path: &str, body: &[u8]) -> Route {
         },
         (&Method::GET | &Method::PATCH, ["reservations", id])
         | (&Method::POST, ["reservations", id, "commit" | "release"]) => {
-            id.parse().map_or(Route::Here, Route::Reservation)
+            id.parse().map_or(Route::Here, reservation)
         }
         _ => Route::Here,
+    }
+}
+
+/// Where reservation `id` is served, from the home its id names (the shard of its first
+/// product, or several), with no lookup.
+fn reservation(id: Uuid) -> Route {
+    match ReservationId(id).home() {
+        Some(Home::One(shard)) => Route::Shard(shard),
+        Some(Home::Spans) => Route::Saga(id),
+        None => Route::Reservation(id),
     }
 }
 
@@ -140,14 +154,23 @@ mod tests {
             route_of(&Method::POST, "/api/v1/reservations", two.as_bytes()),
             Route::Shards(both)
         );
-        let id = Uuid::now_v7();
-        for (method, path) in [
-            (Method::POST, format!("/api/v1/reservations/{id}/commit")),
-            (Method::POST, format!("/api/v1/reservations/{id}/release")),
-            (Method::GET, format!("/api/v1/reservations/{id}")),
-            (Method::PATCH, format!("/api/v1/reservations/{id}")),
+        let homed = ReservationId::homed(Home::One(shard_of(42))).0;
+        let spans = ReservationId::homed(Home::Spans).0;
+        // An id made before ids carried their shard is looked up.
+        let legacy = Uuid::now_v7();
+        for (id, route) in [
+            (homed, Route::Shard(shard_of(42))),
+            (spans, Route::Saga(spans)),
+            (legacy, Route::Reservation(legacy)),
         ] {
-            assert_eq!(route_of(&method, &path, b""), Route::Reservation(id));
+            for (method, path) in [
+                (Method::POST, format!("/api/v1/reservations/{id}/commit")),
+                (Method::POST, format!("/api/v1/reservations/{id}/release")),
+                (Method::GET, format!("/api/v1/reservations/{id}")),
+                (Method::PATCH, format!("/api/v1/reservations/{id}")),
+            ] {
+                assert_eq!(route_of(&method, &path, b""), route, "{method} {path}");
+            }
         }
     }
 

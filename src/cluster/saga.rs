@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use stockline_actors::{ReservationId, ReservationStatus};
+use stockline_actors::{Home, ReservationId, ReservationStatus, with_home};
 use uuid::Uuid;
 use xxhash_rust::xxh3::xxh3_128;
 
@@ -63,7 +63,12 @@ pub fn part_id(saga: Uuid, shard: Shard) -> Uuid {
 /// stock a second time.
 pub fn saga_id(user: i64, key: &str, fingerprint: &str) -> Uuid {
     let text = format!("saga\n{user}\n{key}\n{fingerprint}");
-    derived(text.as_bytes())
+    with_home(derived(text.as_bytes()), Home::Spans)
+}
+
+/// A fresh id for a reservation across shards, which says so ([`Home::Spans`]).
+pub fn spanning() -> Uuid {
+    ReservationId::homed(Home::Spans).0
 }
 
 /// A version 8 (custom) UUID from a hash of `bytes`.

@@ -7,6 +7,12 @@ use xxhash_rust::xxh3::xxh3_64;
 /// How many shards there are. Fixed: changing it would move almost every product.
 pub const SHARDS: u16 = 1024;
 
+// A reservation's id names its shard as one of the core's homes.
+const _: () = assert!(SHARDS == stockline_actors::HOMES);
+
+/// The shard function as the cluster map states it (`GET /cluster/shards`).
+pub const SHARD_FUNCTION: &str = "xxh3_64(product_id as 8 little-endian bytes) % shard_count";
+
 /// A shard's number, below [`SHARDS`].
 pub type Shard = u16;
 

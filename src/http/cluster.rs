@@ -105,6 +105,12 @@ pub async fn edge(state: AppState, request: Request, next: Next) -> Response {
         }
         // A reservation across shards: coordinated here, one part per shard.
         Route::Shards(_) => return saga::reserve(&state, &cluster, parts, bytes).await,
+        Route::Saga(id) => match saga::find(&state.db, id).await {
+            Ok(Some(found)) => return saga::serve(&state, &cluster, parts, bytes, found).await,
+            // Unknown: served here, which answers 404.
+            Ok(None) => None,
+            Err(error) => return error.into_response(),
+        },
         Route::Reservation(id) => match locate(&state, id).await {
             Ok(Located::Shard(shard)) => shard,
             Ok(Located::Saga(found)) => {

@@ -17,6 +17,7 @@ pub mod rate_limit;
 mod reservations;
 mod saga;
 pub mod serve;
+mod shard_map;
 mod shops;
 mod state;
 mod stock;
@@ -149,7 +150,8 @@ fn documented(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(events::router())
         .merge(webhooks::router())
         .merge(operations::router())
-        .merge(cluster::router());
+        .merge(cluster::router())
+        .merge(shard_map::router());
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .nest("/api/v1", api)
         .merge(health::router())

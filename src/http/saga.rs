@@ -45,7 +45,7 @@ use super::caller::Caller;
 use super::idempotency::{self, Answer, Idempotent};
 use super::reservations::{self, ReservationBody};
 use crate::auth::Role;
-use crate::cluster::saga::{Outcome, PART, SagaPart, saga_id, status_of};
+use crate::cluster::saga::{Outcome, PART, SagaPart, saga_id, spanning, status_of};
 use crate::cluster::{Cluster, Shard, shard_of};
 use crate::error::{AppError, Result};
 
@@ -286,7 +286,7 @@ pub async fn reserve(
             }
             let saga = match request.key() {
                 Some((key, fingerprint)) => saga_id(caller.user_id, key, fingerprint),
-                None => Uuid::now_v7(),
+                None => spanning(),
             };
             idempotency::run(
                 state,
@@ -362,7 +362,7 @@ async fn reserve_parts(coordinator: &Coordinator, saga: Uuid, body: Value) -> Re
             return Answer::new(StatusCode::CREATED, view(state, &made).await?, 0);
         }
         coordinator.release_all(saga, &shards).await;
-        saga = Uuid::now_v7();
+        saga = spanning();
         answers = send_all(saga).await;
     }
     if answers.iter().any(|a| !a.ok()) {
