@@ -1,7 +1,8 @@
 //! CPU time spent during a run, from `/proc`: the whole machine's busy time, this process's
 //! (the clients and, for stockline and the baselines' handlers, the server), of that the
-//! clients' threads (the runtime named `load-client`), PostgreSQL's processes' and
-//! `redis-server`'s. Divided by the requests answered it gives the CPU each
+//! clients' threads (the runtime named `load-client`), PostgreSQL's processes',
+//! `redis-server`'s, and, when the harness drives servers of their own (`--url`), the
+//! `stockline` processes' and `nats-server`'s. Divided by the requests answered it gives the CPU each
 //! request costs, per part, which is what decides throughput on 2 shared cores.
 
 use std::time::Duration;
@@ -22,6 +23,9 @@ pub struct Sample {
     pub clients: Duration,
     pub postgres: Duration,
     pub redis: Duration,
+    /// `stockline` processes other than this one (the nodes of a cluster).
+    pub nodes: Duration,
+    pub nats: Duration,
 }
 
 impl Sample {
@@ -34,8 +38,7 @@ impl Sample {
             clients: seconds(client_thread_ticks()),
             ..Self::default()
         };
-        let mut postgres = 0;
-        let mut redis = 0;
+        let (mut postgres, mut redis, mut nodes, mut nats) = (0, 0, 0, 0);
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let name = entry.file_name();
             let Some(pid) = name
@@ -48,11 +51,15 @@ impl Sample {
             match comm.trim() {
                 "postgres" => postgres += process_ticks(pid).unwrap_or(0),
                 "redis-server" => redis += process_ticks(pid).unwrap_or(0),
+                "stockline" => nodes += process_ticks(pid).unwrap_or(0),
+                "nats-server" => nats += process_ticks(pid).unwrap_or(0),
                 _ => {}
             }
         }
         sample.postgres = seconds(postgres);
         sample.redis = seconds(redis);
+        sample.nodes = seconds(nodes);
+        sample.nats = seconds(nats);
         sample
     }
 
@@ -64,6 +71,8 @@ impl Sample {
             clients: later.clients.saturating_sub(self.clients),
             postgres: later.postgres.saturating_sub(self.postgres),
             redis: later.redis.saturating_sub(self.redis),
+            nodes: later.nodes.saturating_sub(self.nodes),
+            nats: later.nats.saturating_sub(self.nats),
         }
     }
 }

@@ -73,6 +73,10 @@ struct Args {
     /// Bearer token for `--url`.
     #[arg(long)]
     token: Option<String>,
+    /// With several `--url`s: send each request to the node that owns its shard, as the
+    /// cluster map (`GET /cluster/shards`) says, instead of to the nodes in turn.
+    #[arg(long)]
+    owner_routed: bool,
     /// Create a fresh database holding the seed (migrated, two warehouses, `PRODUCTS`
     /// stocked products), print its URL and exit: start `stockline serve` on it to drive it
     /// with `--url`, e.g. to measure the server's and the clients' processes apart.
@@ -179,7 +183,14 @@ async fn main() {
         let token = args.token.clone().unwrap_or_default();
         for scenario in &args.scenarios {
             let bases = url.split(',').map(|u| format!("{u}/api/v1")).collect();
-            let target = Target::spread(bases, token.clone());
+            let target = if args.owner_routed {
+                Target::owner_routed(bases, token.clone()).await
+            } else {
+                Target::spread(bases, token.clone())
+            };
+            if args.warm {
+                workload::warm(&target, args.clients).await;
+            }
             let outcome = workload::run(
                 *scenario,
                 &target,
@@ -189,7 +200,8 @@ async fn main() {
                 "remote",
             )
             .await;
-            print_table(&[(*scenario, "actor", "remote", outcome)]);
+            let routing = if args.owner_routed { "owner" } else { "remote" };
+            print_table(&[(*scenario, "actor", routing, outcome)]);
         }
         return;
     }
@@ -725,7 +737,7 @@ fn print_slo_table(rows: &[Row], slo_ms: u64) {
 fn print_table(rows: &[(Scenario, &str, &str, Outcome)]) {
     println!();
     println!(
-        "{:<8} {:<11} {:<10} {:>10} {:>8} {:>8} {:>9} {:>7}  {:>29}  statuses",
+        "{:<8} {:<11} {:<10} {:>10} {:>8} {:>8} {:>9} {:>7}  {:>39}  statuses",
         "scenario",
         "design",
         "durability",
@@ -734,12 +746,12 @@ fn print_table(rows: &[(Scenario, &str, &str, Outcome)]) {
         "p99 ms",
         "p99.9 ms",
         "errors",
-        "CPU us/req: all proc  cli   pg redis"
+        "CPU us/req: all proc  cli   pg redis node nats"
     );
     for (scenario, design, mode, o) in rows {
-        let [machine, harness, clients, postgres, redis] = o.cpu_per_request();
+        let [machine, harness, clients, postgres, redis, nodes, nats] = o.cpu_per_request();
         println!(
-            "{:<8} {:<11} {:<10} {:>10.0} {:>8.2} {:>8.2} {:>9.2} {:>7}  {:>15.0} {:>4.0} {:>4.0} {:>4.0} {:>5.0}  {}",
+            "{:<8} {:<11} {:<10} {:>10.0} {:>8.2} {:>8.2} {:>9.2} {:>7}  {:>15.0} {:>4.0} {:>4.0} {:>4.0} {:>5.0} {:>4.0} {:>4.0}  {}",
             scenario.name(),
             design,
             mode,
@@ -753,6 +765,8 @@ fn print_table(rows: &[(Scenario, &str, &str, Outcome)]) {
             clients,
             postgres,
             redis,
+            nodes,
+            nats,
             o.statuses()
         );
     }

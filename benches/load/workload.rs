@@ -11,6 +11,8 @@ use rand::RngExt;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
+use stockline_actors::{Home, ReservationId};
+
 use crate::{PRODUCTS, STOCK};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -72,14 +74,31 @@ impl Scenario {
     }
 }
 
-/// Where requests go: one server, or the nodes of a cluster taken in turn (as a load
-/// balancer in front of them would).
+/// Where requests go: one server, or the nodes of a cluster, either taken in turn (as a
+/// load balancer that knows nothing of shards would) or, owner-routed, each request sent
+/// to the node that owns its shard (as a shard-aware client or proxy would, from the
+/// cluster map, `GET /cluster/shards`).
 #[derive(Clone)]
 pub struct Target {
-    bases: std::sync::Arc<[String]>,
-    turn: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    bases: Arc<[String]>,
+    turn: Arc<std::sync::atomic::AtomicUsize>,
+    /// Owner-routed: for each shard, the index in `bases` of its owner when the map was
+    /// read (a request that finds the map stale is forwarded by the node it reached).
+    owners: Option<Arc<[usize]>>,
     token: String,
     client: reqwest::Client,
+}
+
+/// What a request is about, for owner routing.
+#[derive(Clone, Copy)]
+pub enum Via<'a> {
+    /// Nothing a shard owns (or several): any node.
+    Any,
+    /// A product's stock: its shard's owner.
+    Product(i64),
+    /// A reservation: the owner of the shard its id names (a reservation across shards
+    /// names none: any node).
+    Reservation(&'a str),
 }
 
 impl Target {
@@ -96,53 +115,92 @@ impl Target {
         Self {
             bases: bases.into(),
             turn: Default::default(),
+            owners: None,
             token,
             client,
         }
     }
 
-    /// The next base URL in turn.
-    fn base(&self) -> &str {
-        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    /// Requests to the nodes at `bases`, each to its shard's owner as the cluster map
+    /// says. Panics if the map names an owner that is not among `bases`.
+    pub async fn owner_routed(bases: Vec<String>, token: String) -> Self {
+        let mut target = Self::spread(bases, token);
+        let (status, map) = target
+            .get("/cluster/shards", Via::Any)
+            .await
+            .expect("the cluster map");
+        assert_eq!(status, 200, "the cluster map: {map}");
+        let owners: Vec<usize> = map["shards"]
+            .as_array()
+            .expect("shards")
+            .iter()
+            .map(|shard| {
+                let address = shard["address"].as_str().unwrap_or_default();
+                target
+                    .bases
+                    .iter()
+                    .position(|base| base.contains(&format!("//{address}/")))
+                    .unwrap_or_else(|| panic!("shard {shard} is owned outside {:?}", target.bases))
+            })
+            .collect();
+        assert_eq!(
+            owners.len(),
+            usize::from(stockline::cluster::SHARDS),
+            "{map}"
+        );
+        target.owners = Some(owners.into());
+        target
+    }
+
+    /// The base URL for a request about `via`: its owner's when owner-routed, else the
+    /// next in turn.
+    fn base(&self, via: Via) -> &str {
+        let shard = match via {
+            Via::Any => None,
+            Via::Product(product) => Some(stockline::cluster::shard_of(product)),
+            Via::Reservation(id) => match id.parse().map(|id| ReservationId(id).home()) {
+                Ok(Some(Home::One(shard))) => Some(shard),
+                _ => None,
+            },
+        };
+        if let (Some(owners), Some(shard)) = (&self.owners, shard) {
+            return &self.bases[owners[usize::from(shard)]];
+        }
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         &self.bases[turn % self.bases.len()]
     }
 
-    async fn post(&self, path: &str, body: Option<Value>) -> Result<(u16, Value), ()> {
-        let mut request = self
-            .client
-            .post(format!("{}{path}", self.base()))
-            .bearer_auth(&self.token);
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<(u16, Value), ()> {
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|_| ())?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        body: Option<Value>,
+        via: Via<'_>,
+    ) -> Result<(u16, Value), ()> {
+        let mut request = self.client.post(format!("{}{path}", self.base(via)));
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.map_err(|_| ())?;
-        let status = response.status().as_u16();
-        Ok((status, response.json().await.unwrap_or(Value::Null)))
+        self.send(request).await
     }
 
-    async fn put(&self, path: &str, body: Value) -> Result<(u16, Value), ()> {
-        let response = self
-            .client
-            .put(format!("{}{path}", self.base()))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|_| ())?;
-        let status = response.status().as_u16();
-        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    async fn put(&self, path: &str, body: Value, via: Via<'_>) -> Result<(u16, Value), ()> {
+        let url = format!("{}{path}", self.base(via));
+        self.send(self.client.put(url).json(&body)).await
     }
 
-    async fn get(&self, path: &str) -> Result<(u16, Value), ()> {
-        let response = self
-            .client
-            .get(format!("{}{path}", self.base()))
-            .bearer_auth(&self.token)
-            .send()
+    async fn get(&self, path: &str, via: Via<'_>) -> Result<(u16, Value), ()> {
+        self.send(self.client.get(format!("{}{path}", self.base(via))))
             .await
-            .map_err(|_| ())?;
-        let status = response.status().as_u16();
-        Ok((status, response.json().await.unwrap_or(Value::Null)))
     }
 }
 
@@ -234,7 +292,10 @@ pub async fn warm(target: &Target, clients: usize) {
                         return;
                     }
                     let read = target
-                        .get(&format!("/products/{product}/availability"))
+                        .get(
+                            &format!("/products/{product}/availability"),
+                            Via::Product(product),
+                        )
                         .await;
                     assert!(matches!(read, Ok((200, _))), "warming product {product}");
                 }
@@ -295,8 +356,9 @@ impl Outcome {
     }
 
     /// CPU microseconds per answered request: the machine's, this process's (clients and
-    /// in-process server), PostgreSQL's and Redis's.
-    pub fn cpu_per_request(&self) -> [f64; 5] {
+    /// in-process server), the clients', PostgreSQL's, Redis's, the `stockline` nodes'
+    /// and NATS's.
+    pub fn cpu_per_request(&self) -> [f64; 7] {
         let requests = self.histogram.len().max(1) as f64;
         let per = |d: Duration| d.as_secs_f64() * 1e6 / requests;
         [
@@ -305,6 +367,8 @@ impl Outcome {
             per(self.cpu.clients),
             per(self.cpu.postgres),
             per(self.cpu.redis),
+            per(self.cpu.nodes),
+            per(self.cpu.nats),
         ]
     }
 
@@ -429,12 +493,15 @@ async fn held_carts(target: &Target) -> Vec<String> {
             .filter_map(|c| c["id"].as_str().map(str::to_owned))
             .collect()
     };
-    let mut carts = match target.get("/carts?limit=500").await {
+    let mut carts = match target.get("/carts?limit=500", Via::Any).await {
         Ok((200, list)) => ids(&list),
         _ => Vec::new(),
     };
     while carts.len() < CARTS {
-        match target.post("/carts", Some(json!({ "hold": true }))).await {
+        match target
+            .post("/carts", Some(json!({ "hold": true })), Via::Any)
+            .await
+        {
             Ok((201, cart)) => carts.push(cart["id"].as_str().unwrap_or_default().to_owned()),
             other => panic!("the cart scenario could not make a cart: {other:?}"),
         }
@@ -497,20 +564,28 @@ async fn step(clients: &Clients, pending: &mut Vec<String>, due: Instant) {
             _,
         ) => {
             let started = due;
-            let result = target.post("/reservations", Some(reserve)).await;
+            let result = target
+                .post("/reservations", Some(reserve), Via::Product(product))
+                .await;
             recorder.record(started, &result);
             if let Ok((201, body)) = result {
                 let id = body["id"].as_str().unwrap_or_default().to_owned();
                 let started = Instant::now();
                 let result = target
-                    .post(&format!("/reservations/{id}/release"), None)
+                    .post(
+                        &format!("/reservations/{id}/release"),
+                        None,
+                        Via::Reservation(&id),
+                    )
                     .await;
                 recorder.record(started, &result);
             }
         }
         (Scenario::Mixed, 0..35) => {
             let started = due;
-            let result = target.post("/reservations", Some(reserve)).await;
+            let result = target
+                .post("/reservations", Some(reserve), Via::Product(product))
+                .await;
             recorder.record(started, &result);
             if let Ok((201, body)) = result {
                 pending.push(body["id"].as_str().unwrap_or_default().to_owned());
@@ -521,14 +596,21 @@ async fn step(clients: &Clients, pending: &mut Vec<String>, due: Instant) {
             let verb = if choice < 60 { "commit" } else { "release" };
             let started = due;
             let result = target
-                .post(&format!("/reservations/{id}/{verb}"), None)
+                .post(
+                    &format!("/reservations/{id}/{verb}"),
+                    None,
+                    Via::Reservation(&id),
+                )
                 .await;
             recorder.record(started, &result);
         }
         (Scenario::Mixed, 75..95) | (Scenario::Mixed, 35..75) => {
             let started = due;
             let result = target
-                .get(&format!("/products/{product}/availability"))
+                .get(
+                    &format!("/products/{product}/availability"),
+                    Via::Product(product),
+                )
                 .await;
             recorder.record(started, &result);
         }
@@ -537,14 +619,16 @@ async fn step(clients: &Clients, pending: &mut Vec<String>, due: Instant) {
             let started = due;
             let body = json!({ "quantity": choice % 4 });
             let path = format!("/carts/{cart}/items/{product}");
-            let result = target.put(&path, body).await;
+            let result = target.put(&path, body, Via::Any).await;
             recorder.record(started, &result);
         }
         (Scenario::Mixed, _) => {
             let (from, to) = if choice % 2 == 0 { (1, 2) } else { (2, 1) };
             let body = json!({ "from_warehouse_id": from, "to_warehouse_id": to, "product_id": product, "quantity": 1 });
             let started = due;
-            let result = target.post("/transfers", Some(body)).await;
+            let result = target
+                .post("/transfers", Some(body), Via::Product(product))
+                .await;
             recorder.record(started, &result);
         }
     }
