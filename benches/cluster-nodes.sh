@@ -55,20 +55,7 @@ run() {
   if [ "$nodes" -gt 0 ]; then
     # Every shard served, by its final owner, before measuring: each node serves what the
     # database says it holds, and together all 1,024.
-    until python3 - "$token" "${urls[@]}" << 'EOF'
-import json, sys, urllib.request
-token, urls = sys.argv[1], sys.argv[2:]
-def view(url):
-    request = urllib.request.Request(url + "/api/v1/admin/cluster", headers={"authorization": "Bearer " + token})
-    return json.load(urllib.request.urlopen(request))
-views = [view(url) for url in urls]
-held = {n["node_id"]: n["shards"] for n in views[0]["nodes"] if n["live"]}
-served = [v["served_here"] for v in views]
-done = views[0]["shards_unowned"] == 0 and sum(served) == 1024 and all(
-    s > 0 and s == held.get(v["node_id"]) for s, v in zip(served, views))
-sys.exit(0 if done else 1)
-EOF
-    do sleep 0.5; done
+    until python3 benches/cluster-settled.py "$token" "${urls[@]}"; do sleep 0.5; done
     sleep 2
   fi
   echo

@@ -46,23 +46,6 @@ login() {
     python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])'
 }
 
-# Waits until every shard is served by its final owner: each node serves what the database
-# says it holds, and together all of them.
-settled() {
-  python3 - "$@" << 'EOF'
-import json, sys, urllib.request
-token, urls = sys.argv[1], sys.argv[2:]
-def view(url):
-    request = urllib.request.Request(url + "/api/v1/admin/cluster", headers={"authorization": "Bearer " + token})
-    return json.load(urllib.request.urlopen(request))
-views = [view(url) for url in urls]
-held = {n["node_id"]: n["shards"] for n in views[0]["nodes"] if n["live"]}
-served = [v["served_here"] for v in views]
-done = views[0]["shards_unowned"] == 0 and sum(served) == 1024 and all(
-    s > 0 and s == held.get(v["node_id"]) for s, v in zip(served, views))
-sys.exit(0 if done else 1)
-EOF
-}
 
 # Runs $1 nodes, each in a group of its own at $QUOTA% of a core, and measures both routings.
 run() {
@@ -88,7 +71,7 @@ run() {
   done
   local token
   token=$(login "${urls[0]}")
-  until settled "$token" "${urls[@]}"; do sleep 0.5; done
+  until python3 benches/cluster-settled.py "$token" "${urls[@]}"; do sleep 0.5; done
   sleep 2
   local clients=$(( CLIENTS_PER_NODE * nodes )) joined
   joined=$(IFS=,; echo "${urls[*]}")
