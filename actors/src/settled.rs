@@ -49,8 +49,10 @@ impl SettledTail {
 
     /// Adds a reservation settled by the record at `lsn`; answers those that leave now.
     pub(crate) fn push(&self, id: ReservationId, lsn: Lsn) -> Vec<ReservationId> {
-        let now = Instant::now();
         let mut queue = self.lock();
+        // Read under the lock: read before it, a push that waited on the lock could come
+        // after a later one and break the queue's order (seen as this assertion failing).
+        let now = Instant::now();
         debug_assert!(
             queue.back().is_none_or(|last| last.at <= now),
             "settled in order"
@@ -114,5 +116,36 @@ mod tests {
         tokio::time::advance(Duration::from_secs(61)).await;
         assert_eq!(tail.expired(), vec![ids[2], ids[3]]);
         assert_eq!(tail.len(), 0);
+    }
+
+    #[test]
+    fn pushes_racing_from_several_threads_stay_in_order() {
+        let watermark = Watermark::starting_at(0);
+        let tail = std::sync::Arc::new(SettledTail::new(
+            usize::MAX,
+            Duration::from_secs(600),
+            watermark.watch(),
+        ));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let tail = tail.clone();
+                std::thread::spawn(move || {
+                    for lsn in 0..20_000 {
+                        tail.push(ReservationId::new(), lsn);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("no push out of order");
+        }
+        let queue = tail.lock();
+        assert_eq!(queue.len(), 80_000);
+        assert!(
+            queue
+                .iter()
+                .zip(queue.iter().skip(1))
+                .all(|(a, b)| a.at <= b.at)
+        );
     }
 }
