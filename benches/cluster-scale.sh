@@ -27,8 +27,10 @@ BASE=${LOAD_DATABASE_BASE:-postgres://postgres@127.0.0.1:5432}
 CGROUP=/sys/fs/cgroup/cpu
 
 [ -w "$CGROUP" ] || { echo "needs root and cgroup v1's cpu controller at $CGROUP" >&2; exit 1; }
-cargo build --release --bin stockline
-cargo bench --bench load --no-run 2> /dev/null
+if [ -z "${NO_BUILD:-}" ]; then  # NO_BUILD=1: the binaries already built
+  cargo build --release --bin stockline
+  cargo bench --bench load --no-run 2> /dev/null
+fi
 HARNESS=$(ls -t target/release/deps/load-* | grep -v '\.d$' | head -n 1)
 LOGS=$(mktemp -d)
 RESULTS="$LOGS/results"
