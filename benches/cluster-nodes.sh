@@ -17,18 +17,10 @@ CLIENTS=${CLIENTS:-64}
 SCENARIOS=${SCENARIOS:-zipf,hot,basket0,basket10,basket50}
 BASE=${LOAD_DATABASE_BASE:-postgres://postgres@127.0.0.1:5432}
 
-cargo build --release --bin stockline
-cargo bench --bench load --no-run 2> /dev/null
-HARNESS=$(ls -t target/release/deps/load-* | grep -v '\.d$' | head -n 1)
+. benches/cluster-common.sh
 CORES=$(nproc)
 LOGS=$(mktemp -d)
 trap 'kill $(jobs -p) 2> /dev/null || true' EXIT
-
-login() {
-  curl -sf "$1/api/v1/auth/login" -H 'content-type: application/json' \
-    -d '{"login":"load@stockline.test","password":"load-password"}' |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])'
-}
 
 # Runs one configuration: $1 nodes (0: a single-process server).
 run() {

@@ -27,11 +27,7 @@ BASE=${LOAD_DATABASE_BASE:-postgres://postgres@127.0.0.1:5432}
 CGROUP=/sys/fs/cgroup/cpu
 
 [ -w "$CGROUP" ] || { echo "needs root and cgroup v1's cpu controller at $CGROUP" >&2; exit 1; }
-if [ -z "${NO_BUILD:-}" ]; then  # NO_BUILD=1: the binaries already built
-  cargo build --release --bin stockline
-  cargo bench --bench load --no-run 2> /dev/null
-fi
-HARNESS=$(ls -t target/release/deps/load-* | grep -v '\.d$' | head -n 1)
+. benches/cluster-common.sh  # NO_BUILD=1: the binaries already built
 LOGS=$(mktemp -d)
 RESULTS="$LOGS/results"
 GROUPS_MADE=()
@@ -41,13 +37,6 @@ cleanup() {
   for group in "${GROUPS_MADE[@]}"; do rmdir "$group" 2> /dev/null || true; done
 }
 trap cleanup EXIT
-
-login() {
-  curl -sf "$1/api/v1/auth/login" -H 'content-type: application/json' \
-    -d '{"login":"load@stockline.test","password":"load-password"}' |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])'
-}
-
 
 # Runs $1 nodes, each in a group of its own at $QUOTA% of a core, and measures both routings.
 run() {
