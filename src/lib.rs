@@ -9,6 +9,8 @@
 //! - [`events`]: events out: the outbox the flusher writes, the live stream, signed
 //!   webhooks, NATS.
 //! - [`store`]: PostgreSQL: migrations, the write-behind flusher, recovery.
+//! - [`inventory`]: the service handlers call to change and read stock lines: served by
+//!   this node's core, or sent typed to the owner of the lines' shard.
 //! - [`cluster`]: cluster mode: shards by product and their leases in PostgreSQL.
 //! - [`catalog`]: the in-memory copy of the products the hot path reads.
 //! - [`shops`]: shop memberships and the access policy every warehouse-touching handler
@@ -19,8 +21,10 @@
 //!
 //! # The flow of a request
 //! axum routes it to a handler of [`http`], which parses the body into the core's types
-//! (`Quantity`, ids), calls the core through [`AppState`](startup::AppState), and maps the
-//! answer or refusal to the status codes and error body of API.md.
+//! (`Quantity`, ids) and checks the caller. What touches stock lines it runs as an
+//! [`inventory::Operation`], here or on the lines' owner; the rest it serves through
+//! [`AppState`](startup::AppState). Either way the answer or refusal is in the status codes
+//! and error body of API.md.
 
 pub mod auth;
 pub mod carts;
@@ -30,6 +34,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod inventory;
 pub mod orders;
 pub mod shops;
 pub mod startup;

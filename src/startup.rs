@@ -247,6 +247,7 @@ impl Application {
         });
         if let Some(cluster) = &cluster {
             cluster.routes.answer_with(http::router(state.clone()));
+            cluster.routes.operate_with(crate::inventory::owner(&state));
             http::listen_to_cluster(state.clone(), background.clone());
             http::finish_reservations_across_shards(state.clone(), background.clone());
             cluster.start(ClusterNode {

@@ -1564,3 +1564,50 @@ async fn the_console_shows_the_nodes_and_a_dead_node_s_shards_moving() {
     browser.close().await;
     nodes.stop().await;
 }
+
+#[tokio::test]
+async fn a_node_asked_in_a_shard_protocol_version_it_does_not_speak_says_which_it_speaks() {
+    use stockline::cluster::routing::protocol;
+    let nodes = Nodes::start(1, Duration::from_secs(2)).await;
+    let product = nodes.app(0).product("versioned", 5).await;
+    let shard = stockline::cluster::shard_of(product);
+    let client = async_nats::connect("127.0.0.1:4222").await.unwrap();
+    let subject = format!("stockline.{}.shard.{shard}", nodes.cluster);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(protocol::OPERATION, "9");
+    // Version 9, then bytes no version of ours would read.
+    let reply = client
+        .request_with_headers(
+            subject.clone(),
+            headers.clone(),
+            vec![9u8, 0xff, 0xff].into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        protocol::read_answer::<()>(&reply.payload).unwrap_err(),
+        protocol::Refused::Version {
+            asked: 9,
+            speaks: protocol::VERSION
+        }
+    );
+    // Its own version, but not an operation: refused as unreadable, nothing done.
+    headers.insert(protocol::OPERATION, protocol::VERSION.to_string().as_str());
+    let mut garbage = vec![protocol::VERSION as u8];
+    garbage.extend([0xee; 4]);
+    let reply = client
+        .request_with_headers(subject, headers, garbage.into())
+        .await
+        .unwrap();
+    assert!(matches!(
+        protocol::read_answer::<()>(&reply.payload),
+        Err(protocol::Refused::Unreadable(_))
+    ));
+    // The node still serves.
+    let app = nodes.app(0);
+    let (status, availability) = app
+        .get(&format!("/products/{product}/availability"), &app.admin)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{availability}");
+    assert_eq!(availability["product_id"], product);
+}

@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use serde_json::{Value, json};
-use stockline::cluster::routing::{self, RouteSettings, Routes};
+use stockline::cluster::routing::{self, RouteSettings, Routes, protocol};
 use tokio::sync::Notify;
 
 const NATS: &str = "127.0.0.1:4222";
@@ -307,4 +307,113 @@ async fn an_owner_cut_off_from_nats_gives_503_and_answers_again_once_back() {
     }
     assert!(owner.connected());
     owner.stop_all().await;
+}
+
+/// What a node serves typed operations with, in these tests: doubles a number, for the
+/// shards in `mine`; counts what it was asked.
+struct Doubler {
+    mine: Vec<u16>,
+    asked: Arc<AtomicUsize>,
+}
+
+impl protocol::Operations for Doubler {
+    fn serve(&self, shard: u16, payload: bytes::Bytes) -> protocol::Served {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        let mine = self.mine.contains(&shard);
+        Box::pin(async move {
+            if !mine {
+                return None;
+            }
+            Some(match protocol::decode::<u64>(&payload) {
+                Ok(n) => protocol::answer(&(n * 2)),
+                Err(refusal) => refusal,
+            })
+        })
+    }
+}
+
+fn doubler(mine: &[u16], asked: &Arc<AtomicUsize>) -> Arc<dyn protocol::Operations> {
+    Arc::new(Doubler {
+        mine: mine.to_vec(),
+        asked: asked.clone(),
+    })
+}
+
+#[tokio::test]
+async fn a_typed_operation_reaches_the_owner_and_its_typed_answer_comes_back() {
+    let name = cluster();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let a = routes(&name, Duration::from_millis(500)).await;
+    let b = routes(&name, Duration::from_millis(500)).await;
+    a.operate_with(doubler(&[5], &asked));
+    // Typed operations and forwarded HTTP requests share the shard's subject.
+    a.answer_with(app("a", Arc::default(), Arc::default()));
+    a.serve(5).await.unwrap();
+
+    let reply = b.ask(5, protocol::encode(&21u64)).await.unwrap();
+    assert_eq!(protocol::read_answer::<u64>(&reply).unwrap(), 42);
+    let (status, headers, _) = read(b.forward(5, request("/p/7", "http")).await).await;
+    assert_eq!(
+        (status, &headers["x-node"]),
+        (StatusCode::CREATED, &"a".parse().unwrap())
+    );
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        1,
+        "the HTTP request went to the router"
+    );
+    a.stop_all().await;
+}
+
+#[tokio::test]
+async fn an_owner_that_gave_the_shard_up_is_asked_again_then_no_owner() {
+    let name = cluster();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let a = routes(&name, Duration::from_millis(400)).await;
+    let b = routes(&name, Duration::from_millis(400)).await;
+    // Subscribed to 6, but its service no longer serves it.
+    a.operate_with(doubler(&[], &asked));
+    a.serve(6).await.unwrap();
+    let unreached = b.ask(6, protocol::encode(&1u64)).await.unwrap_err();
+    assert!(
+        matches!(unreached, routing::Unreached::NoOwner(6)),
+        "{unreached:?}"
+    );
+    assert!(asked.load(Ordering::SeqCst) >= 2, "not retried");
+    // Nobody on 8 at all: no responders, the same answer.
+    let unreached = b.ask(8, protocol::encode(&1u64)).await.unwrap_err();
+    assert!(matches!(unreached, routing::Unreached::NoOwner(8)));
+    a.stop_all().await;
+}
+
+#[tokio::test]
+async fn an_operation_of_another_version_is_refused_naming_the_version_the_owner_speaks() {
+    let name = cluster();
+    let a = routes(&name, Duration::from_millis(400)).await;
+    a.operate_with(doubler(&[2], &Arc::default()));
+    a.serve(2).await.unwrap();
+    // What a node of the next version would send.
+    let client = async_nats::connect(NATS).await.unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(protocol::OPERATION, "2");
+    let mut payload = postcard_varint(protocol::VERSION + 1);
+    payload.push(21);
+    let reply = client
+        .request_with_headers(a.subject(2), headers, payload.into())
+        .await
+        .unwrap();
+    assert_eq!(
+        protocol::read_answer::<u64>(&reply.payload).unwrap_err(),
+        protocol::Refused::Version {
+            asked: protocol::VERSION + 1,
+            speaks: protocol::VERSION
+        }
+    );
+    a.stop_all().await;
+}
+
+/// A small number as postcard writes it (one byte below 128).
+fn postcard_varint(n: u16) -> Vec<u8> {
+    assert!(n < 128);
+    vec![n as u8]
 }

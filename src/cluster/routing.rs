@@ -14,7 +14,7 @@
 //! change may still land, so the client retries with the same `Idempotency-Key`.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_nats::{HeaderMap, RequestErrorKind};
@@ -27,12 +27,16 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use bytes::Bytes;
+
+use self::protocol::Operations;
 use super::shard::Shard;
 use crate::error::AppError;
 
+pub mod protocol;
 mod wire;
 
-use wire::{add_http_headers, answer, is_not_owner, relay};
+use wire::{add_http_headers, answer, is_not_owner, operate, relay};
 
 /// Marks a request that came from another node over NATS.
 pub const FORWARDED: &str = "stockline-forwarded";
@@ -44,6 +48,8 @@ const STATUS: &str = "Stockline-Status";
 /// An answer larger than this is not relayed (only single-shard operations are forwarded,
 /// and their answers are small).
 const MAX_ANSWER: usize = 768 * 1024;
+/// A forwarded request's body at most (the edge refuses larger ones before they get here).
+const MAX_REQUEST: usize = 1024 * 1024;
 
 /// How a node forwards and answers.
 #[derive(Clone, Debug)]
@@ -68,6 +74,8 @@ pub struct Routes {
     /// The node's own router, which answers forwarded requests (set once it is built,
     /// since the router's state holds these routes).
     app: OnceLock<Router>,
+    /// What serves typed operations ([`protocol`]), set once at start like `app`.
+    operations: OnceLock<Arc<dyn Operations>>,
     subscriptions: Mutex<HashMap<Shard, Subscription>>,
 }
 
@@ -77,6 +85,7 @@ impl Routes {
             client,
             settings,
             app: OnceLock::new(),
+            operations: OnceLock::new(),
             subscriptions: Mutex::default(),
         }
     }
@@ -84,6 +93,12 @@ impl Routes {
     /// Gives the router forwarded requests run through; the first call wins.
     pub fn answer_with(&self, app: Router) {
         let _ = self.app.set(app);
+    }
+
+    /// Gives what serves typed operations for the shards this node owns; the first call
+    /// wins.
+    pub fn operate_with(&self, operations: Arc<dyn Operations>) {
+        let _ = self.operations.set(operations);
     }
 
     pub fn subject(&self, shard: Shard) -> String {
@@ -116,12 +131,17 @@ impl Routes {
         let stop = CancellationToken::new();
         let client = self.client.clone();
         let app = self.app.get().cloned();
+        let operations = self.operations.get().cloned();
         let stopped = stop.clone();
         let task = tokio::spawn(async move {
             let in_flight = TaskTracker::new();
             loop {
                 tokio::select! {
                     message = subscriber.next() => match message {
+                        Some(message) if protocol::is_operation(&message) => {
+                            let operations = operations.clone();
+                            in_flight.spawn(operate(client.clone(), operations, shard, message));
+                        }
                         Some(message) => {
                             let (client, app) = (client.clone(), app.clone());
                             in_flight.spawn(answer(client, app, shard, message));
@@ -168,7 +188,7 @@ impl Routes {
             return cut_off();
         }
         let (parts, body) = request.into_parts();
-        let body = match axum::body::to_bytes(body, crate::http::MAX_BODY).await {
+        let body = match axum::body::to_bytes(body, MAX_REQUEST).await {
             Ok(body) => body,
             Err(_) => return AppError::PayloadTooLarge.into_response(),
         };
@@ -176,40 +196,59 @@ impl Routes {
         headers.insert(METHOD, parts.method.as_str());
         headers.insert(URI, parts.uri.to_string());
         add_http_headers(&mut headers, &parts.headers);
+        match self.send(shard, headers, body).await {
+            Ok(answer) => relay(answer),
+            Err(Unreached::TooLarge) => AppError::PayloadTooLarge.into_response(),
+            Err(unreached) => AppError::Unavailable(unreached.to_string()).into_response(),
+        }
+    }
+
+    /// Sends a typed operation (`payload`, [`protocol::encode`]d) to the owner of `shard`
+    /// and returns the owner's reply payload ([`protocol::read_answer`]); retries while the
+    /// shard has no owner, as [`Self::forward`] does.
+    pub async fn ask(&self, shard: Shard, payload: Vec<u8>) -> Result<Bytes, Unreached> {
+        if !self.connected() {
+            return Err(Unreached::CutOff);
+        }
+        let answer = self
+            .send(shard, protocol::headers(), Bytes::from(payload))
+            .await?;
+        Ok(answer.payload)
+    }
+
+    /// Sends a message to the owner of `shard`, again while the shard has no owner (no
+    /// responders, or a node that gave it up), until [`RouteSettings::retry_for`].
+    async fn send(
+        &self,
+        shard: Shard,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<async_nats::Message, Unreached> {
         let subject = self.subject(shard);
         let until = Instant::now() + self.settings.retry_for;
         let mut pause = Duration::from_millis(10);
         loop {
             let sent = async_nats::Request::new()
                 .headers(headers.clone())
-                .payload(body.clone())
+                .payload(payload.clone())
                 .timeout(Some(self.settings.answer_within));
             match self.client.send_request(subject.clone(), sent).await {
-                Ok(answer) if !is_not_owner(&answer) => return relay(answer),
+                Ok(answer) if !is_not_owner(&answer) => return Ok(answer),
                 Ok(_) => {}
                 Err(error) if error.kind() == RequestErrorKind::NoResponders => {}
                 Err(error) if error.kind() == RequestErrorKind::TimedOut => {
-                    return AppError::Unavailable(
-                        "the node that owns this stock did not answer in time; the change may \
-                         still land: retry with the same Idempotency-Key"
-                            .into(),
-                    )
-                    .into_response();
+                    return Err(Unreached::TimedOut);
                 }
                 Err(error) if error.kind() == RequestErrorKind::MaxPayloadExceeded => {
-                    return AppError::PayloadTooLarge.into_response();
+                    return Err(Unreached::TooLarge);
                 }
                 Err(error) => {
-                    tracing::warn!(%error, shard, "forwarding over NATS failed");
-                    return cut_off();
+                    tracing::warn!(%error, shard, "a request over NATS failed");
+                    return Err(Unreached::CutOff);
                 }
             }
             if Instant::now() + pause > until {
-                return AppError::Unavailable(format!(
-                    "shard {shard} has no owner right now (it is moving between nodes); \
-                     retry shortly"
-                ))
-                .into_response();
+                return Err(Unreached::NoOwner(shard));
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(200));
@@ -225,7 +264,7 @@ impl Routes {
             return self.forward(shard, request).await;
         };
         let (parts, body) = request.into_parts();
-        let body = match axum::body::to_bytes(body, crate::http::MAX_BODY).await {
+        let body = match axum::body::to_bytes(body, MAX_REQUEST).await {
             Ok(body) => body,
             Err(_) => return AppError::PayloadTooLarge.into_response(),
         };
@@ -256,8 +295,24 @@ impl Routes {
 
 /// The answer of a node that cannot reach NATS.
 fn cut_off() -> Response<Body> {
-    AppError::Unavailable("this node cannot reach the cluster's messaging; retry shortly".into())
-        .into_response()
+    AppError::Unavailable(Unreached::CutOff.to_string()).into_response()
+}
+
+/// Why a request did not reach an owner that answered it. Each is a 503 to the client:
+/// nothing is known to have happened, or (timed out) it may still land.
+#[derive(Debug, thiserror::Error)]
+pub enum Unreached {
+    #[error("this node cannot reach the cluster's messaging; retry shortly")]
+    CutOff,
+    #[error("shard {0} has no owner right now (it is moving between nodes); retry shortly")]
+    NoOwner(Shard),
+    #[error(
+        "the node that owns this stock did not answer in time; the change may still land: \
+         retry with the same Idempotency-Key"
+    )]
+    TimedOut,
+    #[error("the request is too large to send between nodes")]
+    TooLarge,
 }
 
 /// The answer of a node asked for a shard it does not serve: the forwarder tries again.

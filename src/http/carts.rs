@@ -92,7 +92,8 @@ async fn view(state: &AppState, cart: &carts::Cart) -> Result<Cart> {
     let mut items = Vec::with_capacity(cart.items.len());
     let mut total_cents: i64 = 0;
     for (product_id, line) in &cart.items {
-        let available = super::stock::available_of(state, *product_id, cart.shop_id).await?;
+        let available =
+            crate::inventory::stock::available_of(state, *product_id, cart.shop_id).await?;
         let cost = (line.quantity as i64).saturating_mul(line.unit_price_cents);
         total_cents = total_cents.saturating_add(cost);
         items.push(CartItem {

@@ -45,7 +45,6 @@ use crate::cluster::routing::{is_forwarded, not_owner};
 use crate::cluster::saga::{PART, SagaPart};
 use crate::cluster::{SHARDS, Shard, shard_of};
 use crate::error::{AppError, Result};
-use crate::store::recovery;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(cluster))
@@ -88,6 +87,9 @@ pub async fn edge(state: AppState, request: Request, next: Next) -> Response {
         return serve_here(&state, Request::from_parts(parts, Body::from(bytes)), next).await;
     }
     let route = route_of(&parts.method, parts.uri.path(), &bytes);
+    // Typed only where the operation itself names its shard (a reservation's id names
+    // it, or its products do); one found by a lookup is forwarded whole.
+    let typed = matches!(route, Route::Shard(_)) && typed(&parts.method, parts.uri.path());
     let shard = match route {
         Route::Here => None,
         Route::Shard(shard) => Some(shard),
@@ -122,15 +124,32 @@ pub async fn edge(state: AppState, request: Request, next: Next) -> Response {
     let request = Request::from_parts(parts, Body::from(bytes.clone()));
     match shard {
         None => serve_here(&state, request, next).await,
-        Some(shard) if cluster.leases().serving(shard).is_some() => {
+        Some(shard) if forwarded && cluster.leases().serving(shard).is_none() => not_owner(shard),
+        // Served by this node's core, or parsed here and sent to the owner typed
+        // (`inventory`).
+        Some(shard) if typed || cluster.leases().serving(shard).is_some() => {
             if let Err(error) = know_named(&state, request.uri().path(), &bytes).await {
                 return error.into_response();
             }
             serve_here(&state, request, next).await
         }
-        Some(shard) if forwarded => not_owner(shard),
         Some(shard) => cluster.routes.forward(shard, request).await,
     }
+}
+
+/// Whether the handler of `method path` runs its stock operation through `inventory`,
+/// which sends it to the owner typed: then the request is served where it arrived, and
+/// only the operation travels. The others are forwarded whole to the owner.
+fn typed(method: &Method, path: &str) -> bool {
+    let path = path.strip_prefix("/api/v1").unwrap_or(path);
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    matches!(
+        (method, parts.as_slice()),
+        (&Method::GET, ["products", _, "availability"])
+            | (&Method::POST, ["reservations"])
+            | (&Method::GET | &Method::PATCH, ["reservations", _])
+            | (&Method::POST, ["reservations", _, "commit" | "release"])
+    )
 }
 
 /// Adjustments at most in one bulk request (the handler refuses more).
@@ -293,18 +312,7 @@ async fn locate(state: &AppState, id: Uuid) -> Result<Located> {
 /// have arrived yet.
 pub(super) async fn know_named(state: &AppState, path: &str, body: &[u8]) -> Result<()> {
     let (products, warehouses) = named(path, body);
-    for product in products {
-        if state.catalog.get(product).is_none() {
-            state.catalog.refresh(&state.db, product).await?;
-        }
-    }
-    if warehouses
-        .iter()
-        .any(|w| state.core.warehouses().get(*w).is_none())
-    {
-        reload_warehouses(state).await?;
-    }
-    Ok(())
+    crate::inventory::know(state, &products, &warehouses).await
 }
 
 /// The product and warehouse ids a request names in its path and its JSON body (at the
@@ -338,13 +346,6 @@ fn named(path: &str, body: &[u8]) -> (Vec<i64>, Vec<i64>) {
         _ => {}
     }
     (products, warehouses)
-}
-
-async fn reload_warehouses(state: &AppState) -> Result<()> {
-    for (id, info) in recovery::read_warehouses(&state.db).await? {
-        state.core.upsert_warehouse(id, info).await?;
-    }
-    Ok(())
 }
 
 /// Applies what the other nodes announce, until `stop`.
@@ -385,7 +386,7 @@ async fn apply(state: &AppState, change: &Change) -> Result<()> {
         Change::Product { id } => {
             state.catalog.refresh(&state.db, *id).await?;
         }
-        Change::Warehouses => reload_warehouses(state).await?,
+        Change::Warehouses => crate::inventory::reload_warehouses(state).await?,
         Change::Shops => state.shops.refresh(&state.db).await?,
         Change::Revoked { jti, expires_at } => state.auth.revoked_elsewhere(*jti, *expires_at),
     }

@@ -96,7 +96,24 @@ pub fn body_error(error: serde_json::Error) -> AppError {
     }
 }
 
+/// A request's idempotency key and fingerprint, as they travel with an operation to the
+/// node that runs it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Keyed {
+    key: String,
+    fingerprint: String,
+}
+
 impl<T> Idempotent<T> {
+    /// The body, and the key and fingerprint if the client sent a key.
+    pub fn into_parts(self) -> (T, Option<Keyed>) {
+        let keyed = self.key.map(|key| Keyed {
+            key,
+            fingerprint: self.fingerprint,
+        });
+        (self.body, keyed)
+    }
+
     /// The client's key and the request's fingerprint, if it sent a key.
     pub fn key(&self) -> Option<(&str, &str)> {
         self.key
@@ -287,6 +304,32 @@ where
     tokio::spawn(async move { run_to_end(&state, user, request, work).await })
         .await
         .map_err(|e| AppError::Internal(format!("idempotent request task: {e}")))?
+}
+
+/// [`run`], for a request whose key travelled apart from its body ([`Idempotent::into_parts`]).
+pub async fn run_keyed<T, F, Fut>(
+    state: &AppState,
+    user: i64,
+    keyed: Option<Keyed>,
+    body: T,
+    work: F,
+) -> Result<Response>
+where
+    T: Send + 'static,
+    F: FnOnce(T) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Answer>> + Send + 'static,
+{
+    let (key, fingerprint) = match keyed {
+        Some(Keyed { key, fingerprint }) => (Some(key), fingerprint),
+        None => (None, String::new()),
+    };
+    let request = Idempotent {
+        body,
+        key,
+        fingerprint,
+        grouped: Grouped::Yes,
+    };
+    run(state, user, request, work).await
 }
 
 /// Whether the work runs inside a flush group.

@@ -8,26 +8,22 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::openapi::ErrorBody;
 use axum::extract::State;
-use axum::http::StatusCode;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Number;
-use stockline_actors::{
-    ItemRequest, LineKey, Reservation, ReservationId, ReservationRequest, ReservationStatus,
-    ReservedItem,
-};
+use stockline_actors::{ItemRequest, LineKey, ReservationRequest};
 use uuid::Uuid;
 
 use axum::response::{IntoResponse, Response};
 
 use super::extract::{Json, List, OptionalJson, Page, Path, Query, int_in, quantity, text};
-use super::idempotency::{self, Answer, Idempotent};
+use super::idempotency::{self, Idempotent};
 use crate::auth::Role;
 use crate::cluster::saga::SagaPart;
 use crate::error::{AppError, Result};
 use crate::http::AppState;
 use crate::http::caller::Caller;
-use crate::orders::is_zero;
+use crate::inventory::reservations::{self, DryRun, ReservationBody, shown};
+use crate::inventory::{self, Operation};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -35,88 +31,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(read, extend))
         .routes(routes!(commit))
         .routes(routes!(release))
-}
-
-/// `Reservation` of API.md.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ReservationBody {
-    pub id: Uuid,
-    pub status: &'static str,
-    pub items: Vec<Item>,
-    pub reference: Option<String>,
-    pub expires_at: DateTime<Utc>,
-    pub created_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Item {
-    pub product_id: i64,
-    pub warehouse_id: i64,
-    /// Reserved on this line.
-    pub quantity: u64,
-    /// Of `quantity`, left the warehouse (commit, whole or partial); left out when 0.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub committed: u64,
-    /// Of `quantity`, went back to available (release or expiry, whole or partial); left
-    /// out when 0.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub released: u64,
-    /// Of what is still held, not yet on hand: waiting for receipts (a backorder); left
-    /// out when 0.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub backordered: u64,
-}
-
-impl From<&ReservedItem> for Item {
-    fn from(i: &ReservedItem) -> Self {
-        Self {
-            product_id: i.product_id,
-            warehouse_id: i.warehouse_id,
-            quantity: i.quantity,
-            committed: i.committed,
-            released: i.released,
-            backordered: 0,
-        }
-    }
-}
-
-/// The reservation as the API shows it, with what each line still waits for (read from
-/// the lines, which hold it while it is pending).
-pub fn shown(state: &AppState, reservation: Reservation) -> ReservationBody {
-    let pending = reservation.status == ReservationStatus::Pending;
-    let backordered: Vec<u64> = reservation
-        .items
-        .iter()
-        .filter(|i| i.quantity > 0)
-        .map(|i| match state.core.registry().resident(i.key()) {
-            Some(line) if pending => i.held().saturating_sub(line.filled(reservation.id)),
-            _ => 0,
-        })
-        .collect();
-    let mut body = ReservationBody::from(reservation);
-    for (item, short) in body.items.iter_mut().zip(backordered) {
-        item.backordered = short;
-    }
-    body
-}
-
-impl From<Reservation> for ReservationBody {
-    fn from(r: Reservation) -> Self {
-        Self {
-            id: r.id.0,
-            status: r.status.as_str(),
-            // A resized hold (a cart's) may keep lines shrunk to nothing: not shown.
-            items: r
-                .items
-                .iter()
-                .filter(|i| i.quantity > 0)
-                .map(Item::from)
-                .collect(),
-            reference: r.reference,
-            expires_at: r.expires_at,
-            created_at: r.created_at,
-        }
-    }
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -153,73 +67,41 @@ async fn create(
     if options.dry_run == Some(true) {
         // Moves nothing, so there is nothing to make idempotent.
         let request = parse(&state, request.body)?;
-        let items = state.core.reservations().dry_run(&request).await?;
-        let body = DryRun {
-            status: "dry_run",
-            items: items.iter().map(Item::from).collect(),
-            reference: request.reference,
-            expires_at: Utc::now() + request.ttl,
-        };
-        return Ok((StatusCode::OK, Json(body)).into_response());
+        return Ok(inventory::run(
+            &state,
+            Operation::DryRun {
+                request: request.into(),
+            },
+        )
+        .await);
     }
-    let owned = state.clone();
-    let part = part.map(|axum::Extension(part)| part.id);
-    idempotency::run(&state, caller.user_id, request, move |body| async move {
-        reserve(&owned, body, part).await
-    })
-    .await
+    let user = caller.user_id;
+    if let Some(axum::Extension(part)) = part {
+        // One shard's part of a reservation across shards, sent to its owner by the node
+        // that coordinates it.
+        let owned = state.clone();
+        return idempotency::run(&state, user, request, move |body| async move {
+            reservations::reserve(&owned, parse(&owned, body)?, Some(part.id)).await
+        })
+        .await;
+    }
+    let (body, key) = request.into_parts();
+    match parse(&state, body) {
+        Ok(request) => {
+            let request = request.into();
+            Ok(inventory::run(&state, Operation::Reserve { user, key, request }).await)
+        }
+        // Refused as it was asked: kept for its key like any answer.
+        Err(error) => {
+            idempotency::run_keyed(&state, user, key, error, |error| async move { Err(error) })
+                .await
+        }
+    }
 }
 
 #[derive(Deserialize)]
 struct CreateOptions {
     dry_run: Option<bool>,
-}
-
-/// What `POST /reservations?dry_run=true` answers: the allocation a real request would get
-/// now, with nothing held.
-#[derive(Serialize, ToSchema)]
-struct DryRun {
-    /// Always `dry_run`.
-    status: &'static str,
-    items: Vec<Item>,
-    reference: Option<String>,
-    /// When the reservation would expire, were it made now.
-    expires_at: DateTime<Utc>,
-}
-
-/// Reserves; `part`: under that id, as one shard's part of a reservation across shards
-/// (cluster mode), refused if the store has it settled already.
-async fn reserve(
-    state: &AppState,
-    body: CreateReservation,
-    part: Option<ReservationId>,
-) -> Result<Answer> {
-    let request = parse(state, body)?;
-    let reservations = state.core.reservations();
-    let (reservation, lsn) = match part {
-        None => reservations.reserve(request).await?,
-        Some(id) => {
-            if reservations.get(id).is_none() {
-                settled_before(state, id).await?;
-            }
-            reservations.reserve_as(id, request).await?
-        }
-    };
-    Answer::new(StatusCode::CREATED, shown(state, reservation), lsn)
-}
-
-/// Refuses a part the store has already (this node took its shard over after it was
-/// settled, or buried, elsewhere): its row is its tombstone.
-async fn settled_before(state: &AppState, id: ReservationId) -> Result<()> {
-    let status: Option<String> =
-        sqlx::query_scalar("SELECT status FROM reservations WHERE id = $1")
-            .bind(id.0)
-            .fetch_optional(&state.db)
-            .await?;
-    match status.as_deref().and_then(ReservationStatus::parse) {
-        Some(status) => Err(stockline_actors::CoreError::ReservationNotPending { status }.into()),
-        None => Ok(()),
-    }
 }
 
 /// The request the core reserves, from a JSON body (a reservation across shards is
@@ -283,13 +165,9 @@ async fn read(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Path(id): Path<Uuid>,
-) -> Result<Json<ReservationBody>> {
+) -> Result<Response> {
     caller.require(Role::Operator)?;
-    if let Some(reservation) = state.core.reservations().get(ReservationId(id)) {
-        return Ok(Json(shown(&state, reservation)));
-    }
-    // Settled long enough ago to have left memory: the store has it.
-    stored(&state, id).await.map(Json)
+    Ok(inventory::run(&state, Operation::Read { id }).await)
 }
 
 #[utoipa::path(get, path = "/reservations", tag = "reservations", security(("bearer" = [])),
@@ -340,63 +218,6 @@ async fn expiring(
     Ok(Json(List { items, total }))
 }
 
-/// status, reference, expires_at, created_at
-type StoredRow = (String, Option<String>, DateTime<Utc>, DateTime<Utc>);
-
-pub async fn stored(state: &AppState, id: Uuid) -> Result<ReservationBody> {
-    let row: Option<StoredRow> = sqlx::query_as(
-        "SELECT status, reference, expires_at, created_at FROM reservations WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(&state.db)
-    .await?;
-    let (status, reference, expires_at, created_at) =
-        row.ok_or_else(|| AppError::NotFound("reservation".into()))?;
-    let items: Vec<(i64, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT product_id, warehouse_id, quantity, committed, released FROM reservation_items
-         WHERE reservation_id = $1 ORDER BY warehouse_id, product_id",
-    )
-    .bind(id)
-    .fetch_all(&state.db)
-    .await?;
-    let status = ReservationStatus::parse(&status)
-        .ok_or_else(|| AppError::Internal(format!("stored reservation status {status}")))?;
-    let items = items
-        .into_iter()
-        .map(
-            |(product_id, warehouse_id, quantity, committed, released)| {
-                let mut item = ReservedItem {
-                    product_id,
-                    warehouse_id,
-                    quantity: quantity as u64,
-                    committed: committed as u64,
-                    released: released as u64,
-                };
-                // Counts are stored only for reservations settled in parts; otherwise the
-                // status says where everything went.
-                if item.committed + item.released == 0 {
-                    match status {
-                        ReservationStatus::Committed => item.committed = item.quantity,
-                        ReservationStatus::Released | ReservationStatus::Expired => {
-                            item.released = item.quantity
-                        }
-                        ReservationStatus::Pending => {}
-                    }
-                }
-                Item::from(&item)
-            },
-        )
-        .collect();
-    Ok(ReservationBody {
-        id,
-        status: status.as_str(),
-        items,
-        reference,
-        expires_at,
-        created_at,
-    })
-}
-
 #[derive(Deserialize, ToSchema)]
 struct Extension {
     /// Seconds from now, 1 to 7 days.
@@ -411,30 +232,10 @@ async fn extend(
     Caller(caller): Caller,
     Path(id): Path<Uuid>,
     Json(body): Json<Extension>,
-) -> Result<Json<ReservationBody>> {
+) -> Result<Response> {
     caller.require(Role::Operator)?;
-    let ttl =
-        Duration::from_secs(int_in(&body.ttl_seconds, "ttl_seconds", 1..=MAX_TTL_SECS)? as u64);
-    match state.core.reservations().extend(ReservationId(id), ttl) {
-        Ok((reservation, lsn)) => {
-            state.durable(lsn).await?;
-            Ok(Json(shown(&state, reservation)))
-        }
-        Err(stockline_actors::CoreError::ReservationNotFound) => Err(not_pending(&state, id).await),
-        Err(other) => Err(other.into()),
-    }
-}
-
-/// The answer for a reservation no longer in memory: settled long ago (409), or unknown (404).
-async fn not_pending(state: &AppState, id: Uuid) -> AppError {
-    match stored(state, id).await {
-        Ok(stored) => AppError::Conflict {
-            code: "reservation_not_pending",
-            message: format!("reservation is {}, not pending", stored.status),
-            details: serde_json::json!({ "status": stored.status }),
-        },
-        Err(error) => error,
-    }
+    let ttl_secs = int_in(&body.ttl_seconds, "ttl_seconds", 1..=MAX_TTL_SECS)? as u64;
+    Ok(inventory::run(&state, Operation::Extend { id, ttl_secs }).await)
 }
 
 #[utoipa::path(post, path = "/reservations/{id}/commit", tag = "reservations", security(("bearer" = [])), params(("id" = Uuid, Path)), request_body(content = Option<Parts>, description = "Optional: `{items: [{product_id, warehouse_id, quantity}]}` settles only those quantities; the reservation stays pending while anything is held"), responses((status = 200, body = ReservationBody), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "reservation_not_pending", body = ErrorBody), (status = 422, description = "An item asks for more than the reservation holds on that line", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
@@ -443,7 +244,7 @@ async fn commit(
     Caller(caller): Caller,
     Path(id): Path<Uuid>,
     OptionalJson(body): OptionalJson<Parts>,
-) -> Result<Json<ReservationBody>> {
+) -> Result<Response> {
     caller.require(Role::Operator)?;
     settle(&state, id, true, body).await
 }
@@ -493,46 +294,30 @@ async fn release(
     Path(id): Path<Uuid>,
     part: Option<axum::Extension<SagaPart>>,
     OptionalJson(body): OptionalJson<Parts>,
-) -> Result<Json<ReservationBody>> {
+) -> Result<Response> {
     caller.require(Role::Operator)?;
     match part {
         // A part given up before (or while) its reserve arrives is buried: the reserve,
         // if it comes, is refused.
         Some(axum::Extension(part)) if part.id.0 == id && body.is_none() => {
-            let reservations = state.core.reservations();
-            if reservations.get(part.id).is_none() {
-                settled_before(&state, part.id).await?;
-            }
-            let (reservation, lsn) = reservations.release_or_bury(part.id).await?;
-            state.durable(lsn).await?;
-            Ok(Json(shown(&state, reservation)))
+            Ok(Json(reservations::release_part(&state, part.id).await?).into_response())
         }
         _ => settle(&state, id, false, body).await,
     }
 }
 
+/// Commits or releases, all of the reservation or the lines `parts` names.
 async fn settle(
     state: &AppState,
     id: Uuid,
     commit: bool,
     parts: Option<Parts>,
-) -> Result<Json<ReservationBody>> {
-    let reservations = state.core.reservations();
-    let id = ReservationId(id);
-    let lines = parts.map(Parts::lines).transpose()?.flatten();
-    let outcome = match (lines, commit) {
-        (Some(lines), commit) => reservations.settle_part(id, lines, commit).await,
-        (None, true) => reservations.commit(id).await,
-        (None, false) => reservations.release(id).await,
-    };
-    let (reservation, lsn) = match outcome {
-        Ok(done) => done,
-        // Not in memory any more: settled long ago, or never existed.
-        Err(stockline_actors::CoreError::ReservationNotFound) => {
-            return Err(not_pending(state, id.0).await);
-        }
-        Err(other) => return Err(other.into()),
-    };
-    state.durable(lsn).await?;
-    Ok(Json(shown(state, reservation)))
+) -> Result<Response> {
+    let lines = parts.map(Parts::lines).transpose()?.flatten().map(|lines| {
+        lines
+            .into_iter()
+            .map(|(key, quantity)| (key.warehouse_id, key.product_id, quantity.get()))
+            .collect()
+    });
+    Ok(inventory::run(state, Operation::Settle { id, commit, lines }).await)
 }

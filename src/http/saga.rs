@@ -43,11 +43,12 @@ use uuid::Uuid;
 use super::AppState;
 use super::caller::Caller;
 use super::idempotency::{self, Answer, Idempotent};
-use super::reservations::{self, ReservationBody};
+use super::reservations::request_of;
 use crate::auth::Role;
 use crate::cluster::saga::{Outcome, PART, SagaPart, saga_id, spanning, status_of};
 use crate::cluster::{Cluster, Shard, shard_of};
 use crate::error::{AppError, Result};
+use crate::inventory::reservations::{self, ReservationBody};
 
 /// How long a commit keeps the parts held at least (their own expiry may be later): the
 /// time the nodes have to finish a commit whose coordinator died after deciding it.
@@ -319,7 +320,7 @@ fn items_by_shard(request: &stockline_actors::ReservationRequest) -> BTreeMap<Sh
 /// Each shard's part of `body` (checked whole first), with the same expiry, reference
 /// and shop.
 fn part_bodies(state: &AppState, body: Value) -> Result<(BTreeMap<Shard, Value>, Option<String>)> {
-    let request = reservations::request_of(state, body)?;
+    let request = request_of(state, body)?;
     let ttl = request.ttl.as_secs();
     let bodies = items_by_shard(&request)
         .into_iter()

@@ -225,7 +225,7 @@ async fn availability(
     Path((id, product_id)): Path<(i64, i64)>,
 ) -> Result<Json<Value>> {
     state.shops.require(id)?;
-    super::stock::availability_of(&state, product_id, Some(id))
+    crate::inventory::stock::availability_of(&state, product_id, Some(id))
         .await
         .map(Json)
 }

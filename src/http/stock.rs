@@ -13,11 +13,10 @@ use serde_json::{Number, Value, json};
 use sqlx::FromRow;
 use std::sync::Arc;
 use stockline_actors::journal::MovementKind;
-use stockline_actors::types::ShopId;
 use stockline_actors::{LineKey, LineSnapshot, Note};
 
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use super::extract::{Json, List, Page, Path, Query, int_in, level, text_opt};
 use super::idempotency::{self, Answer, Idempotent};
@@ -25,6 +24,7 @@ use crate::auth::Identity;
 use crate::error::{AppError, Result};
 use crate::http::AppState;
 use crate::http::caller::Caller;
+use crate::inventory::{self, Operation};
 use crate::shops::Scope;
 use crate::store;
 
@@ -133,10 +133,17 @@ async fn availability(
     Caller(_caller): Caller,
     Path(id): Path<i64>,
     Query(moment): Query<AsOf>,
-) -> Result<Json<Value>> {
+) -> Result<Response> {
     match moment.as_of {
-        None => availability_of(&state, id, None).await.map(Json),
-        Some(as_of) => availability_as_of(&state, id, &as_of).await.map(Json),
+        None => Ok(inventory::run(
+            &state,
+            Operation::Availability {
+                product: id,
+                shop: None,
+            },
+        )
+        .await),
+        Some(as_of) => Ok(Json(availability_as_of(&state, id, &as_of).await?).into_response()),
     }
 }
 
@@ -183,82 +190,7 @@ async fn availability_as_of(state: &AppState, id: i64, as_of: &str) -> Result<Va
             },
         )
         .collect();
-    Ok(availability_body(state, id, lines))
-}
-
-/// A product's availability over the lines of every warehouse, or of one shop's.
-pub(super) async fn availability_of(
-    state: &AppState,
-    id: i64,
-    shop: Option<ShopId>,
-) -> Result<Value> {
-    if state.catalog.get(id).is_none() {
-        return Err(AppError::NotFound(format!("product {id}")));
-    }
-    let warehouses = state.core.warehouses();
-    let lines: Vec<_> = state
-        .core
-        .registry()
-        .lines_of_product(id)
-        .await?
-        .iter()
-        .filter(|l| warehouses.serves(l.key().warehouse_id, shop))
-        .map(|l| l.peek())
-        .collect();
-    Ok(availability_body(state, id, lines))
-}
-
-/// What a product has available now over the active warehouses (of `shop`, if set).
-pub(super) async fn available_of(state: &AppState, id: i64, shop: Option<ShopId>) -> Result<u64> {
-    let warehouses = state.core.warehouses();
-    Ok(state
-        .core
-        .registry()
-        .lines_of_product(id)
-        .await?
-        .iter()
-        .filter(|l| warehouses.serves(l.key().warehouse_id, shop))
-        .filter(|l| {
-            warehouses
-                .get(l.key().warehouse_id)
-                .is_some_and(|w| w.active)
-        })
-        .map(|l| l.peek().available())
-        .sum())
-}
-
-/// The availability answer over `lines`: totals over the active warehouses.
-fn availability_body(state: &AppState, id: i64, lines: Vec<LineSnapshot>) -> Value {
-    let warehouses = state.core.warehouses();
-    let (mut on_hand, mut reserved, mut available) = (0u64, 0u64, 0u64);
-    let mut listed = Vec::with_capacity(lines.len());
-    for line in lines {
-        let active = warehouses
-            .get(line.key.warehouse_id)
-            .is_some_and(|w| w.active);
-        if active {
-            on_hand += line.on_hand;
-            reserved += line.reserved;
-            available += line.available();
-        }
-        listed.push(json!({
-            "warehouse_id": line.key.warehouse_id,
-            "status": if active { "active" } else { "inactive" },
-            "on_hand": line.on_hand,
-            "reserved": line.reserved,
-            "safety_stock": line.safety_stock,
-            "available": line.available(),
-            "backordered": line.backordered(),
-            "version": line.version,
-        }));
-    }
-    json!({
-        "product_id": id,
-        "on_hand": on_hand,
-        "reserved": reserved,
-        "available": available,
-        "warehouses": listed,
-    })
+    Ok(crate::inventory::stock::availability_body(state, id, lines))
 }
 
 #[utoipa::path(get, path = "/warehouses/{id}/stock", tag = "stock", security(("bearer" = [])), params(("id" = i64, Path), ("limit" = Option<i64>, Query, description = "At most 500, default 50"), ("offset" = Option<i64>, Query)), responses((status = 200, description = "`{items: [StockLine], total}`", body = Object), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody)))]

@@ -1,13 +1,17 @@
 //! A request and its answer as NATS messages: the method, the URI and the status in
 //! headers of their own, the HTTP headers beside them, the body as the payload.
 
+use std::sync::Arc;
+
 use async_nats::HeaderMap;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use axum::response::IntoResponse;
+use bytes::Bytes;
 use tower::ServiceExt;
 
+use super::protocol::Operations;
 use super::{FORWARDED, Forwarded, MAX_ANSWER, METHOD, NOT_OWNER, STATUS, URI, not_owner};
 use crate::cluster::shard::Shard;
 use crate::error::AppError;
@@ -83,6 +87,36 @@ pub(super) async fn answer(
     }
     if let Err(error) = client.publish_with_headers(reply, headers, body).await {
         tracing::warn!(%error, "the answer to a forwarded request was not sent");
+    }
+}
+
+/// Serves a typed operation for `shard` and replies with its answer; a node with nothing
+/// to serve operations with, or that does not serve the shard, says it is not the owner.
+pub(super) async fn operate(
+    client: async_nats::Client,
+    operations: Option<Arc<dyn Operations>>,
+    shard: Shard,
+    message: async_nats::Message,
+) {
+    let Some(reply) = message.reply.clone() else {
+        return;
+    };
+    let answer = match operations {
+        Some(operations) => operations.serve(shard, message.payload).await,
+        None => None,
+    };
+    let sent = match answer {
+        Some(answer) => client.publish(reply, answer.into()).await,
+        None => {
+            let mut headers = HeaderMap::new();
+            headers.insert(NOT_OWNER, "1");
+            client
+                .publish_with_headers(reply, headers, Bytes::new())
+                .await
+        }
+    };
+    if let Err(error) = sent {
+        tracing::warn!(%error, "the answer to an operation was not sent");
     }
 }
 

@@ -1,0 +1,79 @@
+//! A product's availability over its lines, as the owner of its shard has them.
+
+use serde_json::{Value, json};
+use stockline_actors::LineSnapshot;
+use stockline_actors::types::ShopId;
+
+use crate::error::{AppError, Result};
+use crate::http::AppState;
+
+/// A product's availability over the lines of every warehouse, or of one shop's.
+pub async fn availability_of(state: &AppState, id: i64, shop: Option<ShopId>) -> Result<Value> {
+    if state.catalog.get(id).is_none() {
+        return Err(AppError::NotFound(format!("product {id}")));
+    }
+    let warehouses = state.core.warehouses();
+    let lines: Vec<_> = state
+        .core
+        .registry()
+        .lines_of_product(id)
+        .await?
+        .iter()
+        .filter(|l| warehouses.serves(l.key().warehouse_id, shop))
+        .map(|l| l.peek())
+        .collect();
+    Ok(availability_body(state, id, lines))
+}
+
+/// What a product has available now over the active warehouses (of `shop`, if set).
+pub async fn available_of(state: &AppState, id: i64, shop: Option<ShopId>) -> Result<u64> {
+    let warehouses = state.core.warehouses();
+    Ok(state
+        .core
+        .registry()
+        .lines_of_product(id)
+        .await?
+        .iter()
+        .filter(|l| warehouses.serves(l.key().warehouse_id, shop))
+        .filter(|l| {
+            warehouses
+                .get(l.key().warehouse_id)
+                .is_some_and(|w| w.active)
+        })
+        .map(|l| l.peek().available())
+        .sum())
+}
+
+/// The availability answer over `lines`: totals over the active warehouses.
+pub fn availability_body(state: &AppState, id: i64, lines: Vec<LineSnapshot>) -> Value {
+    let warehouses = state.core.warehouses();
+    let (mut on_hand, mut reserved, mut available) = (0u64, 0u64, 0u64);
+    let mut listed = Vec::with_capacity(lines.len());
+    for line in lines {
+        let active = warehouses
+            .get(line.key.warehouse_id)
+            .is_some_and(|w| w.active);
+        if active {
+            on_hand += line.on_hand;
+            reserved += line.reserved;
+            available += line.available();
+        }
+        listed.push(json!({
+            "warehouse_id": line.key.warehouse_id,
+            "status": if active { "active" } else { "inactive" },
+            "on_hand": line.on_hand,
+            "reserved": line.reserved,
+            "safety_stock": line.safety_stock,
+            "available": line.available(),
+            "backordered": line.backordered(),
+            "version": line.version,
+        }));
+    }
+    json!({
+        "product_id": id,
+        "on_hand": on_hand,
+        "reserved": reserved,
+        "available": available,
+        "warehouses": listed,
+    })
+}
