@@ -397,6 +397,30 @@ async fn a_reservation_across_shards_is_all_or_nothing_whichever_node_is_asked()
         .await;
     assert_eq!(status, StatusCode::OK, "{extended}");
     assert_eq!(stored_line(&db, warehouse, b).await, (4, 3));
+    // Checked whole by the coordinator before any part is asked, in the contract's words.
+    let (status, bad) = nodes
+        .app(0)
+        .patch(
+            &format!("/reservations/{id}"),
+            &service,
+            json!({ "ttl_seconds": 0 }),
+        )
+        .await;
+    assert_eq!(
+        common::error_code(status, &bad, StatusCode::UNPROCESSABLE_ENTITY),
+        "validation_failed"
+    );
+    assert_eq!(bad["error"]["details"]["field"], "ttl_seconds", "{bad}");
+    let zero = json!({ "items": [{ "product_id": a, "warehouse_id": warehouse, "quantity": 0 }] });
+    let (status, bad) = through.settle(1, id, "commit", zero).await;
+    assert_eq!(
+        common::error_code(status, &bad, StatusCode::UNPROCESSABLE_ENTITY),
+        "validation_failed"
+    );
+    assert_eq!(
+        bad["error"]["details"]["field"], "items[0].quantity",
+        "{bad}"
+    );
     tokio::time::sleep(Duration::from_secs(4)).await;
     let (_, expired) = nodes
         .app(0)

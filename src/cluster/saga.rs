@@ -1,6 +1,6 @@
 //! Reservations across shards: a saga over one part per shard (DESIGN.md "Growing past
-//! one machine"). What every node must agree on without asking: each part's id, the mark
-//! a forwarded part carries, and what the parts' statuses make of the whole.
+//! one machine"). What every node must agree on without asking: each part's id and what the
+//! parts' statuses make of the whole.
 //!
 //! A part is an ordinary reservation, held by its shard's owner under an id derived from
 //! the reservation's id and the shard, so that asking again (a retry, a coordinator that
@@ -13,14 +13,9 @@ use stockline_actors::{Home, ReservationId, ReservationStatus, with_home};
 use uuid::Uuid;
 use xxhash_rust::xxh3::xxh3_128;
 
-use super::shard::{SHARDS, Shard};
+use super::shard::Shard;
 
-/// The header of a forwarded request for one part: `<reservation id>/<shard>`. Honoured
-/// only on a request that came from another node.
-pub const PART: &str = "stockline-saga-part";
-
-/// A forwarded request for one shard's part of a reservation across shards (set by the
-/// edge of the shard's owner, from [`PART`]).
+/// One shard's part of a reservation across shards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SagaPart {
     /// The part's own reservation id.
@@ -34,18 +29,6 @@ impl SagaPart {
             id: ReservationId(part_id(saga, shard)),
             shard,
         }
-    }
-
-    /// The part a [`PART`] header names; `None` if it names none.
-    pub fn parse(value: &str) -> Option<Self> {
-        let (saga, shard) = value.split_once('/')?;
-        let shard: Shard = shard.parse().ok().filter(|s| *s < SHARDS)?;
-        Some(Self::new(saga.parse().ok()?, shard))
-    }
-
-    /// The [`PART`] header's value for `saga`'s part in `shard`.
-    pub fn header(saga: Uuid, shard: Shard) -> String {
-        format!("{saga}/{shard}")
     }
 }
 
@@ -154,25 +137,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn part_ids_are_stable_distinct_and_read_back_from_the_header() {
+    fn part_ids_are_stable_and_distinct() {
         let saga: Uuid = "0190f3a4-1111-7222-8333-444455556666".parse().unwrap();
         let a = part_id(saga, 3);
         assert_eq!(a, part_id(saga, 3), "the same on every call");
         assert_ne!(a, part_id(saga, 4));
         assert_ne!(a, part_id(Uuid::now_v7(), 3));
         assert_eq!(a.get_version_num(), 8);
-        let header = SagaPart::header(saga, 3);
-        assert_eq!(SagaPart::parse(&header), Some(SagaPart::new(saga, 3)));
-        assert_eq!(SagaPart::parse(&header).unwrap().id.0, a);
-        for bad in [
-            "",
-            "x/1",
-            &format!("{saga}/1024"),
-            &format!("{saga}"),
-            &format!("{saga}/-1"),
-        ] {
-            assert_eq!(SagaPart::parse(bad), None, "{bad}");
-        }
+        assert_eq!(SagaPart::new(saga, 3).id.0, a);
     }
 
     #[test]

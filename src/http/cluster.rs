@@ -42,7 +42,6 @@ use crate::auth::Role;
 use crate::cluster::reference::{self, Change};
 use crate::cluster::route::{Route, route_of};
 use crate::cluster::routing::{is_forwarded, not_owner};
-use crate::cluster::saga::{PART, SagaPart};
 use crate::cluster::{SHARDS, Shard, shard_of};
 use crate::error::{AppError, Result};
 
@@ -62,30 +61,12 @@ pub async fn edge(state: AppState, request: Request, next: Next) -> Response {
         ))
         .into_response();
     }
-    let (mut parts, body) = request.into_parts();
+    let (parts, body) = request.into_parts();
     // Read whole already (`storable::read_body`, called first): this takes no time.
     let Ok(bytes) = axum::body::to_bytes(body, super::MAX_BODY).await else {
         return AppError::PayloadTooLarge.into_response();
     };
     let forwarded = is_forwarded(&parts.extensions);
-    if !forwarded {
-        // Only a node names a part of a reservation across shards.
-        parts.headers.remove(PART);
-    } else if let Some(part) = parts
-        .headers
-        .get(PART)
-        .and_then(|v| v.to_str().ok())
-        .and_then(SagaPart::parse)
-    {
-        if cluster.leases().serving(part.shard).is_none() {
-            return not_owner(part.shard);
-        }
-        if let Err(error) = know_named(&state, parts.uri.path(), &bytes).await {
-            return error.into_response();
-        }
-        parts.extensions.insert(part);
-        return serve_here(&state, Request::from_parts(parts, Body::from(bytes)), next).await;
-    }
     let route = route_of(&parts.method, parts.uri.path(), &bytes);
     // Typed only where the operation itself names its shard (a reservation's id names
     // it, or its products do); one found by a lookup is forwarded whole.

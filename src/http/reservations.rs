@@ -13,16 +13,15 @@ use serde_json::Number;
 use stockline_actors::{ItemRequest, LineKey, ReservationRequest};
 use uuid::Uuid;
 
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use super::extract::{Json, List, OptionalJson, Page, Path, Query, int_in, quantity, text};
 use super::idempotency::{self, Idempotent};
 use crate::auth::Role;
-use crate::cluster::saga::SagaPart;
 use crate::error::{AppError, Result};
 use crate::http::AppState;
 use crate::http::caller::Caller;
-use crate::inventory::reservations::{self, DryRun, ReservationBody, shown};
+use crate::inventory::reservations::{DryRun, ReservationBody, shown};
 use crate::inventory::{self, Operation};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -60,7 +59,6 @@ async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Query(options): Query<CreateOptions>,
-    part: Option<axum::Extension<SagaPart>>,
     request: Idempotent<CreateReservation>,
 ) -> Result<Response> {
     caller.require(Role::Operator)?;
@@ -76,15 +74,6 @@ async fn create(
         .await);
     }
     let user = caller.user_id;
-    if let Some(axum::Extension(part)) = part {
-        // One shard's part of a reservation across shards, sent to its owner by the node
-        // that coordinates it.
-        let owned = state.clone();
-        return idempotency::run(&state, user, request, move |body| async move {
-            reservations::reserve(&owned, parse(&owned, body)?, Some(part.id)).await
-        })
-        .await;
-    }
     let (body, key) = request.into_parts();
     match parse(&state, body) {
         Ok(request) => {
@@ -111,6 +100,16 @@ pub fn request_of(state: &AppState, body: serde_json::Value) -> Result<Reservati
         state,
         serde_json::from_value(body).map_err(idempotency::body_error)?,
     )
+}
+
+/// The seconds a `PATCH` body asks for (a reservation across shards is checked before its
+/// parts are extended).
+pub fn extension_of(body: Option<serde_json::Value>) -> Result<u64> {
+    let Some(body) = body else {
+        return Err(AppError::InvalidJson("expected a JSON body".into()));
+    };
+    let body: Extension = serde_json::from_value(body).map_err(idempotency::body_error)?;
+    Ok(int_in(&body.ttl_seconds, "ttl_seconds", 1..=MAX_TTL_SECS)? as u64)
 }
 
 /// The request the core reserves, from the body.
@@ -292,18 +291,10 @@ async fn release(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Path(id): Path<Uuid>,
-    part: Option<axum::Extension<SagaPart>>,
     OptionalJson(body): OptionalJson<Parts>,
 ) -> Result<Response> {
     caller.require(Role::Operator)?;
-    match part {
-        // A part given up before (or while) its reserve arrives is buried: the reserve,
-        // if it comes, is refused.
-        Some(axum::Extension(part)) if part.id.0 == id && body.is_none() => {
-            Ok(Json(reservations::release_part(&state, part.id).await?).into_response())
-        }
-        _ => settle(&state, id, false, body).await,
-    }
+    settle(&state, id, false, body).await
 }
 
 /// Commits or releases, all of the reservation or the lines `parts` names.

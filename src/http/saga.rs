@@ -29,9 +29,8 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -43,12 +42,13 @@ use uuid::Uuid;
 use super::AppState;
 use super::caller::Caller;
 use super::idempotency::{self, Answer, Idempotent};
-use super::reservations::request_of;
+use super::reservations::{extension_of, request_of};
 use crate::auth::Role;
-use crate::cluster::saga::{Outcome, PART, SagaPart, saga_id, spanning, status_of};
+use crate::cluster::saga::{Outcome, SagaPart, saga_id, spanning, status_of};
 use crate::cluster::{Cluster, Shard, shard_of};
 use crate::error::{AppError, Result};
 use crate::inventory::reservations::{self, ReservationBody};
+use crate::inventory::{self, Hold, Operation, Step};
 
 /// How long a commit keeps the parts held at least (their own expiry may be later): the
 /// time the nodes have to finish a commit whose coordinator died after deciding it.
@@ -147,30 +147,17 @@ fn all_held(answers: Vec<PartAnswer>) -> std::result::Result<Vec<PartAnswer>, Pa
         .unwrap_or_else(|| failed(AppError::Unavailable("a part did not answer; retry".into()))))
 }
 
-/// The node coordinating one request: it sends each part to its shard's owner with the
-/// client's credentials.
+/// The node coordinating one request: it sends each part to its shard's owner, typed
+/// (`inventory::Operation::Part`), or serves it from its own core if it owns the shard.
 #[derive(Clone)]
 struct Coordinator {
     state: AppState,
     cluster: std::sync::Arc<Cluster>,
-    headers: HeaderMap,
 }
 
 impl Coordinator {
-    fn new(state: &AppState, cluster: &std::sync::Arc<Cluster>, headers: &HeaderMap) -> Self {
-        let mut headers = headers.clone();
-        // The whole is idempotent here; each part is made idempotent by its id.
-        headers.remove("idempotency-key");
-        headers.remove(CONTENT_LENGTH);
-        Self {
-            state: state.clone(),
-            cluster: cluster.clone(),
-            headers,
-        }
-    }
-
     /// The coordinator of a client's request: the caller must be signed in as an operator
-    /// (as for any reservation), and its credentials go to every part.
+    /// (as for any reservation).
     async fn for_caller(
         state: &AppState,
         cluster: &std::sync::Arc<Cluster>,
@@ -178,35 +165,16 @@ impl Coordinator {
     ) -> Result<(crate::auth::Identity, Self)> {
         let Caller(caller) = Caller::from_request_parts(parts, state).await?;
         caller.require(Role::Operator)?;
-        Ok((caller, Self::new(state, cluster, &parts.headers)))
+        let coordinator = Self {
+            state: state.clone(),
+            cluster: cluster.clone(),
+        };
+        Ok((caller, coordinator))
     }
 
-    /// Sends `method uri` with `body` to `saga`'s part in `shard`.
-    async fn send(
-        &self,
-        saga: Uuid,
-        shard: Shard,
-        method: Method,
-        uri: &str,
-        body: Option<&Value>,
-    ) -> PartAnswer {
-        let mut request =
-            Request::new(body.map_or_else(Body::empty, |b| Body::from(b.to_string())));
-        *request.method_mut() = method;
-        match uri.parse() {
-            Ok(uri) => *request.uri_mut() = uri,
-            Err(_) => return failed(AppError::Internal(format!("part uri {uri}"))),
-        }
-        let headers = request.headers_mut();
-        *headers = self.headers.clone();
-        if body.is_some() {
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        }
-        match HeaderValue::from_str(&SagaPart::header(saga, shard)) {
-            Ok(value) => headers.insert(PART, value),
-            Err(_) => return failed(AppError::Internal("part header".into())),
-        };
-        let response = self.cluster.routes.call(shard, request).await;
+    /// Asks `step` of `saga`'s part in `shard`.
+    async fn ask(&self, saga: Uuid, shard: Shard, step: Step) -> PartAnswer {
+        let response = inventory::run(&self.state, Operation::Part { saga, shard, step }).await;
         let status = response.status();
         let body = axum::body::to_bytes(response.into_body(), super::MAX_BODY * 4)
             .await
@@ -216,27 +184,21 @@ impl Coordinator {
         PartAnswer { status, body }
     }
 
-    /// Sends to every part of `saga` at once: `what(part id)` gives the method, the URI
-    /// and the body.
-    async fn each(
-        &self,
-        saga: &Saga,
-        what: impl Fn(Uuid) -> (Method, String, Option<Value>),
-    ) -> Vec<PartAnswer> {
-        futures_util::future::join_all(saga.parts().map(|(shard, part)| {
-            let (method, uri, body) = what(part);
-            async move { self.send(saga.id, shard, method, &uri, body.as_ref()).await }
-        }))
+    /// Asks of every part of `saga` at once: `what()` gives the step.
+    async fn each(&self, saga: &Saga, what: impl Fn() -> Step) -> Vec<PartAnswer> {
+        futures_util::future::join_all(
+            saga.parts()
+                .map(|(shard, _)| self.ask(saga.id, shard, what())),
+        )
         .await
     }
 
-    /// Releases every part in `shards`, burying those never held; retried while a shard
+    /// Gives up every part in `shards`, burying those never held; retried while a shard
     /// has no owner. A part that still cannot be reached expires by itself.
     async fn release_all(&self, saga: Uuid, shards: &[Shard]) {
         futures_util::future::join_all(shards.iter().map(|&shard| async move {
-            let uri = format!("/api/v1/reservations/{}/release", SagaPart::new(saga, shard).id);
             for attempt in 1..=RELEASE_ATTEMPTS {
-                let answer = self.send(saga, shard, Method::POST, &uri, None).await;
+                let answer = self.ask(saga, shard, Step::GiveUp).await;
                 if answer.ok() || answer.not_pending().is_some() {
                     return;
                 }
@@ -301,56 +263,17 @@ pub async fn reserve(
     )
 }
 
-/// The items of a checked request, by shard, as each part's body lists them.
-fn items_by_shard(request: &stockline_actors::ReservationRequest) -> BTreeMap<Shard, Vec<Value>> {
-    let mut by_shard: BTreeMap<Shard, Vec<Value>> = BTreeMap::new();
-    for item in &request.items {
-        by_shard
-            .entry(shard_of(item.product_id))
-            .or_default()
-            .push(json!({
-                "product_id": item.product_id,
-                "quantity": item.quantity.get(),
-                "warehouse_id": item.warehouse_id,
-            }));
-    }
-    by_shard
-}
-
-/// Each shard's part of `body` (checked whole first), with the same expiry, reference
-/// and shop.
-fn part_bodies(state: &AppState, body: Value) -> Result<(BTreeMap<Shard, Value>, Option<String>)> {
-    let request = request_of(state, body)?;
-    let ttl = request.ttl.as_secs();
-    let bodies = items_by_shard(&request)
-        .into_iter()
-        .map(|(shard, items)| {
-            let body = json!({
-                "items": items,
-                "ttl_seconds": ttl,
-                "reference": request.reference,
-                "shop_id": request.shop_id,
-            });
-            (shard, body)
-        })
-        .collect();
-    Ok((bodies, request.reference))
-}
-
 async fn reserve_parts(coordinator: &Coordinator, saga: Uuid, body: Value) -> Result<Answer> {
     let state = &coordinator.state;
-    let (bodies, reference) = part_bodies(state, body)?;
-    let shards: Vec<Shard> = bodies.keys().copied().collect();
+    let request = request_of(state, body)?;
+    let reference = request.reference.clone();
+    let shards: Vec<Shard> = Hold::by_shard(&request).keys().copied().collect();
     let send_all = |saga: Uuid| {
-        futures_util::future::join_all(bodies.iter().map(move |(shard, body)| {
-            coordinator.send(
-                saga,
-                *shard,
-                Method::POST,
-                "/api/v1/reservations",
-                Some(body),
-            )
-        }))
+        futures_util::future::join_all(
+            Hold::by_shard(&request)
+                .into_iter()
+                .map(move |(shard, hold)| coordinator.ask(saga, shard, Step::Reserve(hold))),
+        )
     };
     let mut saga = saga;
     let mut answers = send_all(saga).await;
@@ -444,16 +367,12 @@ async fn reserve_parts(coordinator: &Coordinator, saga: Uuid, body: Value) -> Re
 
 /// `?dry_run=true`: each part's dry run, put together; holds nothing anywhere.
 async fn dry_run_parts(coordinator: &Coordinator, body: Value) -> Result<Response> {
-    let (bodies, reference) = part_bodies(&coordinator.state, body)?;
-    let answers = futures_util::future::join_all(bodies.iter().map(|(shard, body)| {
-        coordinator.send(
-            Uuid::nil(),
-            *shard,
-            Method::POST,
-            "/api/v1/reservations?dry_run=true",
-            Some(body),
-        )
-    }))
+    let request = request_of(&coordinator.state, body)?;
+    let answers = futures_util::future::join_all(
+        Hold::by_shard(&request)
+            .into_iter()
+            .map(|(shard, hold)| coordinator.ask(Uuid::nil(), shard, Step::DryRun(hold))),
+    )
     .await;
     let answers = match all_held(answers) {
         Ok(answers) => answers,
@@ -467,7 +386,7 @@ async fn dry_run_parts(coordinator: &Coordinator, body: Value) -> Result<Respons
     let body = json!({
         "status": "dry_run",
         "items": items,
-        "reference": reference,
+        "reference": request.reference,
         "expires_at": expires_at,
     });
     Ok((StatusCode::OK, axum::Json(body)).into_response())
@@ -530,32 +449,21 @@ async fn view(state: &AppState, saga: &Saga) -> Result<ReservationBody> {
     })
 }
 
-fn part_uri(part: Uuid, step: &str) -> String {
-    format!("/api/v1/reservations/{part}{step}")
-}
-
 /// `PATCH`: every part is extended; the first refusal is the answer.
 async fn extend(coordinator: &Coordinator, saga: &Saga, body: Option<Value>) -> Result<Response> {
-    let answers = coordinator
-        .each(saga, |part| {
-            (Method::PATCH, part_uri(part, ""), body.clone())
-        })
-        .await;
+    let ttl_secs = extension_of(body)?;
+    let answers = coordinator.each(saga, || Step::Extend { ttl_secs }).await;
     let answers = match all_held(answers) {
         Ok(answers) => answers,
         Err(refused) => return Ok(refused.into_response()),
     };
-    let ttl = body
-        .as_ref()
-        .and_then(|b| b["ttl_seconds"].as_f64())
-        .unwrap_or(0.0);
     let saga: Saga = sqlx::query_as(
         "UPDATE reservation_sagas SET expires_at = now() + make_interval(secs => $2), updated_at = now()
          WHERE id = $1
          RETURNING id, shards, parts, status, reference, expires_at, created_at",
     )
     .bind(saga.id)
-    .bind(ttl)
+    .bind(ttl_secs as f64)
     .fetch_one(&coordinator.state.db)
     .await?;
     match joined(&saga, &answers) {
@@ -576,8 +484,8 @@ async fn settle_items(
         .as_array()
         .ok_or_else(|| AppError::validation("items", "must be a list"))?;
     let held = view(&coordinator.state, saga).await?;
-    let mut by_shard: HashMap<Shard, Vec<Value>> = HashMap::new();
-    for item in items {
+    let mut by_shard: HashMap<Shard, Vec<(i64, i64, u64)>> = HashMap::new();
+    for (i, item) in items.iter().enumerate() {
         let (Some(product), Some(warehouse)) =
             (item["product_id"].as_i64(), item["warehouse_id"].as_i64())
         else {
@@ -585,6 +493,11 @@ async fn settle_items(
                 "items",
                 "each names product_id and warehouse_id",
             ));
+        };
+        let field = format!("items[{i}].quantity");
+        let quantity = match &item["quantity"] {
+            Value::Number(n) => super::extract::quantity(n, &field)?.get(),
+            _ => return Err(AppError::validation(field, "is required")),
         };
         let asked: u64 = items
             .iter()
@@ -608,19 +521,16 @@ async fn settle_items(
         by_shard
             .entry(shard_of(product))
             .or_default()
-            .push(item.clone());
+            .push((warehouse, product, quantity));
     }
-    let step = if commit { "/commit" } else { "/release" };
     let mut answers = Vec::new();
-    for (shard, part) in saga.parts() {
-        if let Some(items) = by_shard.get(&shard) {
-            let body = json!({ "items": items });
-            let uri = part_uri(part, step);
-            answers.push(
-                coordinator
-                    .send(saga.id, shard, Method::POST, &uri, Some(&body))
-                    .await,
-            );
+    for (shard, _) in saga.parts() {
+        if let Some(lines) = by_shard.remove(&shard) {
+            let step = Step::Settle {
+                commit,
+                lines: Some(lines),
+            };
+            answers.push(coordinator.ask(saga.id, shard, step).await);
         }
     }
     if let Some(refused) = refusal(answers) {
@@ -668,12 +578,8 @@ async fn decide(coordinator: &Coordinator, found: Saga, commit: bool) -> Result<
         }
         // Held long enough to be committed, whatever happens to this node meanwhile.
         let left = (saga.expires_at - Utc::now()).to_std().unwrap_or_default();
-        let hold = json!({ "ttl_seconds": left.max(COMMIT_GRACE).as_secs().max(1) });
-        let answers = coordinator
-            .each(&saga, |part| {
-                (Method::PATCH, part_uri(part, ""), Some(hold.clone()))
-            })
-            .await;
+        let ttl_secs = left.max(COMMIT_GRACE).as_secs().max(1);
+        let answers = coordinator.each(&saga, || Step::Extend { ttl_secs }).await;
         // A part released whole by a partial release has nothing left to commit; one that
         // expired let its stock go, and then the whole cannot be committed any more.
         let gone = answers
@@ -719,12 +625,15 @@ async fn finish(
     decided: &str,
     done: Outcome,
 ) -> Result<Response> {
-    let step = match decided {
-        "committing" => "/commit",
-        _ => "/release",
-    };
+    let commit = decided == "committing";
     let answers = coordinator
-        .each(saga, |part| (Method::POST, part_uri(part, step), None))
+        .each(saga, || match commit {
+            true => Step::Settle {
+                commit,
+                lines: None,
+            },
+            false => Step::GiveUp,
+        })
         .await;
     // A part already settled (by a partial settlement, or an earlier try) is reached.
     let reached = answers.iter().all(|a| a.ok() || a.not_pending().is_some());

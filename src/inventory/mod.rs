@@ -29,6 +29,7 @@ use stockline_actors::{
 use uuid::Uuid;
 
 use crate::cluster::routing::protocol::{self, Operations, Refused, Served};
+use crate::cluster::saga::SagaPart;
 use crate::cluster::{Shard, shard_of};
 use crate::error::{AppError, Result};
 use crate::http::AppState;
@@ -58,6 +59,32 @@ pub enum Operation {
     Read { id: Uuid },
     /// A product's availability over its lines (those of one shop's warehouses).
     Availability { product: i64, shop: Option<i64> },
+    /// A step of one shard's part of a reservation across shards, sent by the node that
+    /// coordinates it (`saga`): the part's id is derived from the saga's and the shard.
+    Part {
+        saga: Uuid,
+        shard: Shard,
+        step: Step,
+    },
+}
+
+/// What a reservation across shards asks of one of its parts.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Step {
+    /// Holds the part's items (refused if the part was settled or given up before).
+    Reserve(Hold),
+    /// The allocation the part would get now, holding nothing.
+    DryRun(Hold),
+    Extend {
+        ttl_secs: u64,
+    },
+    /// Commits or releases the part: all of it, or the (warehouse, product, quantity) lines.
+    Settle {
+        commit: bool,
+        lines: Option<Vec<(i64, i64, u64)>>,
+    },
+    /// Released if held, buried if not held yet: a reserve that arrives later is refused.
+    GiveUp,
 }
 
 /// A [`ReservationRequest`] as it travels: plain numbers, checked again where it lands.
@@ -116,16 +143,63 @@ fn quantity_of(quantity: u64) -> Result<Quantity> {
     Quantity::try_from(quantity).map_err(|e| AppError::validation("quantity", e.to_string()))
 }
 
+impl Hold {
+    /// The part of `request` in each shard: its items there, the same expiry, reference
+    /// and shop.
+    pub fn by_shard(request: &ReservationRequest) -> std::collections::BTreeMap<Shard, Hold> {
+        let mut parts: std::collections::BTreeMap<Shard, Hold> = Default::default();
+        for item in &request.items {
+            let part = parts
+                .entry(shard_of(item.product_id))
+                .or_insert_with(|| Hold {
+                    items: Vec::new(),
+                    ttl_ms: u64::try_from(request.ttl.as_millis()).unwrap_or(u64::MAX),
+                    reference: request.reference.clone(),
+                    shop_id: request.shop_id,
+                    backorder_limits: Vec::new(),
+                });
+            part.items
+                .push((item.product_id, item.quantity.get(), item.warehouse_id));
+            if let Some(limit) = request.backorder_limits.get(&item.product_id)
+                && !part
+                    .backorder_limits
+                    .iter()
+                    .any(|(p, _)| *p == item.product_id)
+            {
+                part.backorder_limits.push((item.product_id, *limit));
+            }
+        }
+        parts
+    }
+
+    /// The one shard every item is in; `None` if they span shards (or there are none).
+    fn shard(&self) -> Option<Shard> {
+        let mut shards = self.items.iter().map(|(product, ..)| shard_of(*product));
+        let first = shards.next()?;
+        shards.all(|s| s == first).then_some(first)
+    }
+
+    fn named(&self) -> (Vec<i64>, Vec<i64>) {
+        (
+            self.items.iter().map(|(p, ..)| *p).collect(),
+            self.items.iter().filter_map(|(.., w)| *w).collect(),
+        )
+    }
+}
+
+fn named_lines(lines: &[(i64, i64, u64)]) -> (Vec<i64>, Vec<i64>) {
+    (
+        lines.iter().map(|(_, p, _)| *p).collect(),
+        lines.iter().map(|(w, ..)| *w).collect(),
+    )
+}
+
 impl Operation {
     /// The shard whose owner serves this operation; `None`: any node (a reservation whose
     /// id names no single shard is the saga's, which the edge coordinates).
     fn shard(&self) -> Option<Shard> {
         match self {
-            Self::Reserve { request, .. } | Self::DryRun { request } => {
-                let mut shards = request.items.iter().map(|(product, ..)| shard_of(*product));
-                let first = shards.next()?;
-                shards.all(|s| s == first).then_some(first)
-            }
+            Self::Reserve { request, .. } | Self::DryRun { request } => request.shard(),
             Self::Settle { id, .. } | Self::Extend { id, .. } | Self::Read { id } => {
                 match ReservationId(*id).home() {
                     Some(Home::One(shard)) => Some(shard),
@@ -133,22 +207,44 @@ impl Operation {
                 }
             }
             Self::Availability { product, .. } => Some(shard_of(*product)),
+            // A part's items are all in its shard, or it is no part.
+            Self::Part {
+                shard,
+                step: Step::Reserve(hold) | Step::DryRun(hold),
+                ..
+            } => (hold.shard() == Some(*shard)).then_some(*shard),
+            Self::Part {
+                shard,
+                step: Step::Settle {
+                    lines: Some(lines), ..
+                },
+                ..
+            } => lines
+                .iter()
+                .all(|(_, p, _)| shard_of(*p) == *shard)
+                .then_some(*shard),
+            Self::Part { shard, .. } => Some(*shard),
         }
     }
 
     /// The products and warehouses the operation names, which the owner must know.
     fn named(&self) -> (Vec<i64>, Vec<i64>) {
         match self {
-            Self::Reserve { request, .. } | Self::DryRun { request } => (
-                request.items.iter().map(|(p, ..)| *p).collect(),
-                request.items.iter().filter_map(|(.., w)| *w).collect(),
-            ),
+            Self::Reserve { request, .. }
+            | Self::DryRun { request }
+            | Self::Part {
+                step: Step::Reserve(request) | Step::DryRun(request),
+                ..
+            } => request.named(),
             Self::Settle {
                 lines: Some(lines), ..
-            } => (
-                lines.iter().map(|(_, p, _)| *p).collect(),
-                lines.iter().map(|(w, ..)| *w).collect(),
-            ),
+            }
+            | Self::Part {
+                step: Step::Settle {
+                    lines: Some(lines), ..
+                },
+                ..
+            } => named_lines(lines),
             Self::Availability { product, .. } => (vec![*product], Vec::new()),
             _ => (Vec::new(), Vec::new()),
         }
@@ -190,36 +286,9 @@ pub async fn run(state: &AppState, operation: Operation) -> Response {
 /// Serves `operation` from this node's core.
 async fn serve(state: &AppState, operation: Operation) -> Response {
     match operation {
-        Operation::Reserve { user, key, request } => {
-            let request = match ReservationRequest::try_from(request) {
-                Ok(request) => request,
-                Err(error) => return error.into_response(),
-            };
-            let owned = state.clone();
-            idempotency::run_keyed(state, user, key, request, move |request| async move {
-                reservations::reserve(&owned, request, None).await
-            })
-            .await
-            .into_response()
-        }
-        Operation::DryRun { request } => match ReservationRequest::try_from(request) {
-            Ok(request) => json(reservations::dry_run(state, request).await),
-            Err(error) => error.into_response(),
-        },
-        Operation::Settle { id, commit, lines } => {
-            let lines = lines
-                .map(|lines| {
-                    lines
-                        .into_iter()
-                        .map(|(w, p, q)| Ok((LineKey::new(w, p), quantity_of(q)?)))
-                        .collect::<Result<Vec<_>>>()
-                })
-                .transpose();
-            match lines {
-                Ok(lines) => json(reservations::settle(state, id, commit, lines).await),
-                Err(error) => error.into_response(),
-            }
-        }
+        Operation::Reserve { user, key, request } => reserve(state, user, key, request, None).await,
+        Operation::DryRun { request } => dry_run(state, request).await,
+        Operation::Settle { id, commit, lines } => settle(state, id, commit, lines).await,
         Operation::Extend { id, ttl_secs } => {
             json(reservations::extend(state, id, Duration::from_secs(ttl_secs)).await)
         }
@@ -227,6 +296,65 @@ async fn serve(state: &AppState, operation: Operation) -> Response {
         Operation::Availability { product, shop } => {
             json(stock::availability_of(state, product, shop).await)
         }
+        Operation::Part { saga, shard, step } => {
+            let part = SagaPart::new(saga, shard).id;
+            match step {
+                // Made idempotent by the part's id, not by a key.
+                Step::Reserve(request) => reserve(state, 0, None, request, Some(part)).await,
+                Step::DryRun(request) => dry_run(state, request).await,
+                Step::Extend { ttl_secs } => {
+                    json(reservations::extend(state, part.0, Duration::from_secs(ttl_secs)).await)
+                }
+                Step::Settle { commit, lines } => settle(state, part.0, commit, lines).await,
+                Step::GiveUp => json(reservations::release_part(state, part).await),
+            }
+        }
+    }
+}
+
+async fn reserve(
+    state: &AppState,
+    user: i64,
+    key: Option<Keyed>,
+    request: Hold,
+    part: Option<ReservationId>,
+) -> Response {
+    let request = match ReservationRequest::try_from(request) {
+        Ok(request) => request,
+        Err(error) => return error.into_response(),
+    };
+    let owned = state.clone();
+    idempotency::run_keyed(state, user, key, request, move |request| async move {
+        reservations::reserve(&owned, request, part).await
+    })
+    .await
+    .into_response()
+}
+
+async fn dry_run(state: &AppState, request: Hold) -> Response {
+    match ReservationRequest::try_from(request) {
+        Ok(request) => json(reservations::dry_run(state, request).await),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn settle(
+    state: &AppState,
+    id: Uuid,
+    commit: bool,
+    lines: Option<Vec<(i64, i64, u64)>>,
+) -> Response {
+    let lines = lines
+        .map(|lines| {
+            lines
+                .into_iter()
+                .map(|(w, p, q)| Ok((LineKey::new(w, p), quantity_of(q)?)))
+                .collect::<Result<Vec<_>>>()
+        })
+        .transpose();
+    match lines {
+        Ok(lines) => json(reservations::settle(state, id, commit, lines).await),
+        Err(error) => error.into_response(),
     }
 }
 
