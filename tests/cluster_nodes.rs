@@ -210,6 +210,125 @@ async fn three_nodes_sell_exactly_the_stock_there_is_whichever_node_is_asked() {
     nodes.stop().await;
 }
 
+/// Every change to stock lines made through nodes that do not own them: served by the
+/// owner, typed, with the API's answers (an adjustment's key honoured across nodes, a
+/// count's version checked, a transfer whole, a product with stock not deleted).
+#[tokio::test]
+async fn every_stock_change_is_made_by_its_owner_whichever_node_is_asked() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let nodes = Nodes::start(3, LEASE).await;
+    nodes.wait_shared(&[0, 1, 2], SETTLE_WITHIN).await;
+    let product = product_owned_by(&nodes, 0).await;
+    let (here, there) = (nodes.app(1), nodes.app(2));
+    let (from, to) = (
+        there.warehouse("W1", 1).await,
+        there.warehouse("W2", 2).await,
+    );
+    let db = pool(&nodes.database).await;
+
+    let receipt =
+        json!({ "warehouse_id": from, "product_id": product, "delta": 20, "reason": "receipt" });
+    let keyed = |app: &common::TestApp| {
+        app.client
+            .post(format!("{}/api/v1/stock/adjustments", app.base))
+            .bearer_auth(&app.admin)
+            .header("Idempotency-Key", "receipt-1")
+            .json(&receipt)
+            .send()
+    };
+    let first = keyed(here).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["on_hand"], 20, "{first}");
+    let again: Value = keyed(there).await.unwrap().json().await.unwrap();
+    assert_eq!(again, first, "the first answer again, through another node");
+    assert_eq!(
+        stored_line(&db, from, product).await,
+        (20, 0),
+        "received once"
+    );
+
+    let level = |on_hand: i64, version: &Value| json!({ "warehouse_id": from, "product_id": product, "on_hand": on_hand, "expected_version": version });
+    let stale = json!(first["version"].as_u64().unwrap() + 7);
+    let (status, refused) = here
+        .put("/stock/levels", &here.admin, level(30, &stale))
+        .await;
+    assert_eq!(
+        common::error_code(status, &refused, StatusCode::CONFLICT),
+        "version_mismatch"
+    );
+    let (status, counted) = here
+        .put("/stock/levels", &here.admin, level(30, &first["version"]))
+        .await;
+    assert_eq!(
+        (status, &counted["on_hand"]),
+        (StatusCode::OK, &json!(30)),
+        "{counted}"
+    );
+    let (status, kept) = there
+        .put(
+            "/stock/safety",
+            &there.admin,
+            json!({ "warehouse_id": from, "product_id": product, "safety_stock": 5 }),
+        )
+        .await;
+    assert_eq!(
+        (status, &kept["available"]),
+        (StatusCode::OK, &json!(25)),
+        "{kept}"
+    );
+
+    let transfer = |quantity: i64| json!({ "from_warehouse_id": from, "to_warehouse_id": to, "product_id": product, "quantity": quantity });
+    let (status, too_many) = here.post("/transfers", &here.admin, transfer(26)).await;
+    assert_eq!(
+        common::error_code(status, &too_many, StatusCode::CONFLICT),
+        "insufficient_stock"
+    );
+    let (status, moved) = here.post("/transfers", &here.admin, transfer(10)).await;
+    assert_eq!(
+        (status, &moved["status"]),
+        (StatusCode::CREATED, &json!("completed")),
+        "{moved}"
+    );
+    assert_eq!(stored_line(&db, from, product).await, (20, 0));
+    assert_eq!(stored_line(&db, to, product).await, (10, 0));
+    assert_eq!(there.availability(product).await["on_hand"], 30);
+
+    let path = format!("/products/{product}");
+    let (status, busy) = there.delete(&path, &there.admin).await;
+    assert_eq!(
+        common::error_code(status, &busy, StatusCode::CONFLICT),
+        "conflict"
+    );
+    for warehouse in [from, to] {
+        let (status, body) = here
+            .put(
+                "/stock/levels",
+                &here.admin,
+                json!({ "warehouse_id": warehouse, "product_id": product, "on_hand": 0 }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, _) = there.delete(&path, &there.admin).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let deleted: bool =
+        sqlx::query_scalar("SELECT deleted_at IS NOT NULL FROM products WHERE id = $1")
+            .bind(product)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert!(deleted, "the product is deleted in the store");
+    let (status, _) = here.post("/transfers", &here.admin, transfer(1)).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "no stock moves for a deleted product"
+    );
+    db.close().await;
+    nodes.stop().await;
+}
+
 /// Two products in different shards, each stocked in `warehouse` (through node 0).
 async fn two_shards(nodes: &Nodes, a_units: i64, b_units: i64) -> (i64, i64, i64) {
     let app = nodes.app(0);

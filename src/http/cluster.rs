@@ -74,17 +74,12 @@ pub async fn edge(state: AppState, request: Request, next: Next) -> Response {
     let shard = match route {
         Route::Here => None,
         Route::Shard(shard) => Some(shard),
+        // Each shard's share goes to its owner from the handler (`inventory::change_each`).
         Route::Shards(_) if is_bulk(&parts.method, parts.uri.path()) => {
-            return match serde_json::from_slice::<Vec<Value>>(&bytes) {
-                Ok(items) if items.len() <= MAX_BULK => {
-                    bulk_by_shard(&cluster, &parts, items).await
-                }
-                // Served here, where the handler refuses it in the contract's words.
-                _ => {
-                    next.run(Request::from_parts(parts, Body::from(bytes)))
-                        .await
-                }
-            };
+            if let Err(error) = know_named(&state, parts.uri.path(), &bytes).await {
+                return error.into_response();
+            }
+            return serve_here(&state, Request::from_parts(parts, Body::from(bytes)), next).await;
         }
         // A reservation across shards: coordinated here, one part per shard.
         Route::Shards(_) => return saga::reserve(&state, &cluster, parts, bytes).await,
@@ -127,92 +122,21 @@ fn typed(method: &Method, path: &str) -> bool {
     matches!(
         (method, parts.as_slice()),
         (&Method::GET, ["products", _, "availability"])
+            | (&Method::GET, ["shops", _, "products", _, "availability"])
+            | (&Method::DELETE, ["products", _])
+            | (&Method::POST, ["stock", "adjustments"] | ["transfers"])
+            | (&Method::PUT, ["stock", "levels" | "safety"])
             | (&Method::POST, ["reservations"])
             | (&Method::GET | &Method::PATCH, ["reservations", _])
             | (&Method::POST, ["reservations", _, "commit" | "release"])
     )
 }
 
-/// Adjustments at most in one bulk request (the handler refuses more).
-const MAX_BULK: usize = 1000;
-
 fn is_bulk(method: &Method, path: &str) -> bool {
     method == Method::POST
         && path
             .trim_end_matches('/')
             .ends_with("/stock/adjustments/bulk")
-}
-
-/// A bulk adjustment over products of several shards: each shard's items go to its owner
-/// as a bulk of their own (this node's too, through its own subscription), and the
-/// answers are put back together in the request's order. Each item stands on its own, as
-/// in one process; the items of a part that failed whole carry its error. A request every
-/// part refuses the same way (not signed in, not allowed) gets that answer as it is.
-async fn bulk_by_shard(
-    cluster: &crate::cluster::Cluster,
-    parts: &axum::http::request::Parts,
-    items: Vec<Value>,
-) -> Response {
-    let mut by_shard: std::collections::BTreeMap<Shard, Vec<(usize, Value)>> =
-        std::collections::BTreeMap::new();
-    for (index, item) in items.into_iter().enumerate() {
-        // Every item names its product: `route_of` read them all.
-        let product = item.get("product_id").and_then(Value::as_i64).unwrap_or(0);
-        by_shard
-            .entry(shard_of(product))
-            .or_default()
-            .push((index, item));
-    }
-    let answers = futures_util::future::join_all(by_shard.into_iter().map(|(shard, items)| {
-        let (indexes, items): (Vec<usize>, Vec<Value>) = items.into_iter().unzip();
-        let mut request = Request::new(Body::from(serde_json::to_vec(&items).unwrap_or_default()));
-        *request.method_mut() = parts.method.clone();
-        *request.uri_mut() = parts.uri.clone();
-        *request.headers_mut() = parts.headers.clone();
-        async move {
-            let response = cluster.routes.forward(shard, request).await;
-            let status = response.status();
-            let body = axum::body::to_bytes(response.into_body(), super::MAX_BODY * 4)
-                .await
-                .ok()
-                .and_then(|body| serde_json::from_slice::<Value>(&body).ok())
-                .unwrap_or(Value::Null);
-            (indexes, status, body)
-        }
-    }))
-    .await;
-    if answers.iter().all(|(_, status, _)| !status.is_success())
-        && let Some((_, status, body)) = answers.first()
-        && answers.iter().all(|(_, s, _)| s == status)
-    {
-        return (*status, axum::Json(body.clone())).into_response();
-    }
-    let mut results: Vec<Value> = Vec::new();
-    for (indexes, status, body) in answers {
-        match body["results"].as_array() {
-            Some(part) if status.is_success() => {
-                for mut result in part.iter().cloned() {
-                    let at = result["index"].as_u64().unwrap_or(0) as usize;
-                    result["index"] = indexes.get(at).copied().unwrap_or(at).into();
-                    results.push(result);
-                }
-            }
-            _ => {
-                let error = match &body["error"] {
-                    Value::Null => AppError::Unavailable(format!(
-                        "the node that owns this stock answered {status}; retry"
-                    ))
-                    .body(),
-                    error => error.clone(),
-                };
-                results.extend(indexes.into_iter().map(
-                    |index| serde_json::json!({ "index": index, "ok": false, "error": error }),
-                ));
-            }
-        }
-    }
-    results.sort_by_key(|r| r["index"].as_u64());
-    axum::Json(serde_json::json!({ "results": results })).into_response()
 }
 
 /// Serves `request` on this node; a change to reference data is announced to the others

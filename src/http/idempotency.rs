@@ -332,6 +332,17 @@ where
     run(state, user, request, work).await
 }
 
+/// A refusal of a request before its operation went anywhere, kept under its key like any
+/// answer (a retry with the same key is answered the same).
+pub async fn refuse_keyed(
+    state: &AppState,
+    user: i64,
+    keyed: Option<Keyed>,
+    error: AppError,
+) -> Result<Response> {
+    run_keyed(state, user, keyed, error, |error| async move { Err(error) }).await
+}
+
 /// Whether the work runs inside a flush group.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Grouped {

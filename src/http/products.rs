@@ -17,6 +17,7 @@ use crate::catalog::ProductInfo;
 use crate::error::{AppError, Result, on_constraint};
 use crate::http::AppState;
 use crate::http::caller::Caller;
+use crate::inventory::{self, Operation};
 
 #[derive(Debug, Serialize, FromRow, ToSchema)]
 pub struct Product {
@@ -222,39 +223,8 @@ async fn delete(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Path(id): Path<i64>,
-) -> Result<StatusCode> {
+) -> Result<axum::response::Response> {
     caller.require(Role::Operator)?;
     find(&state, id).await?;
-    // Out of the catalog first, so no new stock arrives between the check and the delete.
-    let Some(info) = state.catalog.get(id) else {
-        return Err(AppError::NotFound(format!("product {id}")));
-    };
-    state.catalog.remove(id);
-    let lines = match state.core.registry().lines_of_product(id).await {
-        Ok(lines) => lines,
-        Err(error) => {
-            state.catalog.put(id, info);
-            return Err(error.into());
-        }
-    };
-    let busy = lines
-        .iter()
-        .map(|line| line.peek())
-        .any(|line| line.on_hand > 0 || line.reserved > 0);
-    if busy {
-        state.catalog.put(id, info);
-        return Err(AppError::conflict(
-            "the product still has stock or pending reservations",
-        ));
-    }
-    let deleted =
-        sqlx::query("UPDATE products SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL")
-            .bind(id)
-            .execute(&state.db)
-            .await;
-    if let Err(error) = deleted {
-        state.catalog.put(id, info);
-        return Err(error.into());
-    }
-    Ok(StatusCode::NO_CONTENT)
+    Ok(inventory::run(&state, Operation::Retire { product: id }).await)
 }

@@ -81,10 +81,7 @@ async fn create(
             Ok(inventory::run(&state, Operation::Reserve { user, key, request }).await)
         }
         // Refused as it was asked: kept for its key like any answer.
-        Err(error) => {
-            idempotency::run_keyed(&state, user, key, error, |error| async move { Err(error) })
-                .await
-        }
+        Err(error) => idempotency::refuse_keyed(&state, user, key, error).await,
     }
 }
 

@@ -9,7 +9,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sqlx::FromRow;
 
 use super::extract::{Json, List, Page, Path, Query, text, text_opt};
@@ -17,6 +16,7 @@ use crate::auth::Role;
 use crate::error::{AppError, Result, on_constraint};
 use crate::http::AppState;
 use crate::http::caller::Caller;
+use crate::inventory::Operation;
 use crate::shops::ShopRole;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -223,9 +223,11 @@ async fn availability(
     State(state): State<AppState>,
     Caller(_caller): Caller,
     Path((id, product_id)): Path<(i64, i64)>,
-) -> Result<Json<Value>> {
+) -> Result<axum::response::Response> {
     state.shops.require(id)?;
-    crate::inventory::stock::availability_of(&state, product_id, Some(id))
-        .await
-        .map(Json)
+    let operation = Operation::Availability {
+        product: product_id,
+        shop: Some(id),
+    };
+    Ok(crate::inventory::run(&state, operation).await)
 }

@@ -9,21 +9,20 @@ use super::openapi::ErrorBody;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Number, Value, json};
+use serde_json::{Number, Value};
 use sqlx::FromRow;
-use std::sync::Arc;
 use stockline_actors::journal::MovementKind;
-use stockline_actors::{LineKey, LineSnapshot, Note};
+use stockline_actors::{LineKey, LineSnapshot};
 
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::extract::{Json, List, Page, Path, Query, int_in, level, text_opt};
-use super::idempotency::{self, Answer, Idempotent};
+use super::idempotency::{self, Idempotent};
 use crate::auth::Identity;
 use crate::error::{AppError, Result};
 use crate::http::AppState;
 use crate::http::caller::Caller;
+use crate::inventory::lines::{Change, LineChange, Made, StockLine};
 use crate::inventory::{self, Operation};
 use crate::shops::Scope;
 use crate::store;
@@ -37,39 +36,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(set_level))
         .routes(routes!(set_safety))
         .routes(routes!(movements))
-}
-
-/// `StockLine` of API.md.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct StockLine {
-    pub warehouse_id: i64,
-    pub product_id: i64,
-    pub on_hand: u64,
-    pub reserved: u64,
-    /// Units kept on hand that are never reserved: `available` leaves them out.
-    pub safety_stock: u64,
-    pub available: u64,
-    /// Units held beyond what is on hand (backorders waiting for receipts); left out when 0.
-    #[serde(skip_serializing_if = "crate::orders::is_zero")]
-    pub backordered: u64,
-    pub version: u64,
-    pub updated_at: DateTime<Utc>,
-}
-
-impl From<LineSnapshot> for StockLine {
-    fn from(s: LineSnapshot) -> Self {
-        Self {
-            warehouse_id: s.key.warehouse_id,
-            product_id: s.key.product_id,
-            on_hand: s.on_hand,
-            reserved: s.reserved,
-            safety_stock: s.safety_stock,
-            available: s.available(),
-            backordered: s.backordered(),
-            version: s.version,
-            updated_at: s.updated_at,
-        }
-    }
 }
 
 /// Why stock was adjusted or counted (API.md `reason`).
@@ -227,11 +193,12 @@ pub struct Adjustment {
 }
 
 /// Who is changing stock by hand and the reference they gave, for the movement ledger.
-pub(super) fn note(caller: &Identity, reference: Option<&str>) -> Result<Option<Arc<Note>>> {
-    Ok(Some(Arc::new(Note {
-        actor_user_id: Some(caller.user_id),
+/// Who makes a change by hand, with their reference (at most 255 chars).
+pub(super) fn made(caller: &Identity, reference: Option<&str>) -> Result<Made> {
+    Ok(Made {
+        user: caller.user_id,
         reference: text_opt(reference, "reference", 255)?,
-    })))
+    })
 }
 
 #[utoipa::path(post, path = "/stock/adjustments", tag = "stock", security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; repeats answer the first answer")), request_body = Adjustment, responses((status = 200, body = StockLine), (status = 403, description = "The role may not do this", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "insufficient_stock: on_hand would go under reserved", body = ErrorBody), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
@@ -241,29 +208,29 @@ async fn adjust(
     request: Idempotent<Adjustment>,
 ) -> Result<Response> {
     state.access(&caller).scope()?;
-    let owned = state.clone();
-    idempotency::run(&state, caller.user_id, request, move |body| async move {
-        let (line, lsn) = apply_adjustment(&owned, &caller, body).await?;
-        Answer::new(StatusCode::OK, line, lsn)
-    })
-    .await
+    let (body, key) = request.into_parts();
+    match adjustment(&state, &caller, body) {
+        Ok(change) => Ok(inventory::run(&state, Operation::Change { key, change }).await),
+        Err(error) => idempotency::refuse_keyed(&state, caller.user_id, key, error).await,
+    }
 }
 
-async fn apply_adjustment(
-    state: &AppState,
-    caller: &Identity,
-    body: Adjustment,
-) -> Result<(StockLine, stockline_actors::Lsn)> {
+/// The change an adjustment asks for, checked.
+fn adjustment(state: &AppState, caller: &Identity, body: Adjustment) -> Result<LineChange> {
     let max = stockline_actors::types::MAX_QUANTITY as i64;
     let delta = int_in(&body.delta, "delta", -max..=max)?;
     if delta == 0 {
         return Err(AppError::validation("delta", "must not be zero"));
     }
     let reason = Reason::parse(&body.reason)?.as_str().to_owned();
-    let note = note(caller, body.reference.as_deref())?;
+    let made = made(caller, body.reference.as_deref())?;
     let key = line_key(state, caller, body.warehouse_id, body.product_id)?;
-    let applied = state.core.adjust(key, delta, reason, note).await?;
-    Ok((applied.snapshot.into(), applied.lsn))
+    Ok(LineChange {
+        warehouse: key.warehouse_id,
+        product: key.product_id,
+        change: Change::Adjust { delta, reason },
+        made,
+    })
 }
 
 /// Each item on its own: one refused item does not stop the others.
@@ -272,30 +239,23 @@ async fn adjust_bulk(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Json(items): Json<Vec<Adjustment>>,
-) -> Result<Json<Value>> {
+) -> Result<Response> {
     state.access(&caller).scope()?;
-    if items.is_empty() || items.len() > 1000 {
+    if items.is_empty() || items.len() > MAX_BULK {
         return Err(AppError::validation(
             "items",
-            "must hold 1 to 1000 adjustments",
+            format!("must hold 1 to {MAX_BULK} adjustments"),
         ));
     }
-    let mut results = Vec::with_capacity(items.len());
-    let mut last = 0;
-    for (index, item) in items.into_iter().enumerate() {
-        match apply_adjustment(&state, &caller, item).await {
-            Ok((line, lsn)) => {
-                last = last.max(lsn);
-                results.push(json!({ "index": index, "ok": true, "line": line }));
-            }
-            Err(error) => {
-                results.push(json!({ "index": index, "ok": false, "error": error.body() }))
-            }
-        }
-    }
-    state.durable(last).await?;
-    Ok(Json(json!({ "results": results })))
+    let checked = items
+        .into_iter()
+        .map(|item| adjustment(&state, &caller, item))
+        .collect();
+    Ok(inventory::change_each(&state, checked).await)
 }
+
+/// Adjustments at most in one bulk request.
+const MAX_BULK: usize = 1000;
 
 #[derive(Deserialize, ToSchema)]
 struct Level {
@@ -315,7 +275,7 @@ async fn set_level(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Json(body): Json<Level>,
-) -> Result<Json<StockLine>> {
+) -> Result<Response> {
     state.access(&caller).scope()?;
     let on_hand = level(&body.on_hand, "on_hand")?;
     let reason = body
@@ -329,14 +289,25 @@ async fn set_level(
         .as_ref()
         .map(|v| int_in(v, "expected_version", 0..=i64::MAX).map(|v| v as u64))
         .transpose()?;
-    let note = note(&caller, body.reference.as_deref())?;
+    let made = made(&caller, body.reference.as_deref())?;
     let key = line_key(&state, &caller, body.warehouse_id, body.product_id)?;
-    let applied = state
-        .core
-        .set_level(key, on_hand as u64, expected, reason, note)
-        .await?;
-    state.durable(applied.lsn).await?;
-    Ok(Json(applied.snapshot.into()))
+    let change = Change::Level {
+        on_hand: on_hand as u64,
+        expected,
+        reason,
+    };
+    Ok(change_line(&state, key, change, made).await)
+}
+
+/// Runs `change` to the line `key` where its stock is.
+async fn change_line(state: &AppState, key: LineKey, change: Change, made: Made) -> Response {
+    let change = LineChange {
+        warehouse: key.warehouse_id,
+        product: key.product_id,
+        change,
+        made,
+    };
+    inventory::run(state, Operation::Change { key: None, change }).await
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -354,13 +325,12 @@ async fn set_safety(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Json(body): Json<Safety>,
-) -> Result<Json<StockLine>> {
+) -> Result<Response> {
     state.access(&caller).scope()?;
-    let safety_stock = level(&body.safety_stock, "safety_stock")?;
+    let units = level(&body.safety_stock, "safety_stock")? as u64;
     let key = line_key(&state, &caller, body.warehouse_id, body.product_id)?;
-    let applied = state.core.set_safety(key, safety_stock as u64).await?;
-    state.durable(applied.lsn).await?;
-    Ok(Json(applied.snapshot.into()))
+    let made = made(&caller, None)?;
+    Ok(change_line(&state, key, Change::Safety { units }, made).await)
 }
 
 #[derive(Debug, Serialize, FromRow)]

@@ -6,37 +6,21 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::openapi::ErrorBody;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::Response;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Number;
-use sqlx::FromRow;
-use stockline_actors::TransferRequest;
-use uuid::Uuid;
 
 use super::extract::{Json, List, Page, Query, quantity};
-use super::idempotency::{self, Answer, Idempotent};
+use super::idempotency::{self, Idempotent};
 use crate::auth::Identity;
 use crate::error::{AppError, Result};
 use crate::http::AppState;
 use crate::http::caller::Caller;
+use crate::inventory::lines::{Move, Transfer};
+use crate::inventory::{self, Operation};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list, create))
-}
-
-#[derive(Debug, Serialize, FromRow, ToSchema)]
-pub struct Transfer {
-    pub id: Uuid,
-    pub status: String,
-    pub from_warehouse_id: i64,
-    pub to_warehouse_id: i64,
-    pub product_id: i64,
-    pub quantity: i64,
-    pub actor_user_id: Option<i64>,
-    pub reference: Option<String>,
-    pub created_at: DateTime<Utc>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -57,42 +41,30 @@ async fn create(
     request: Idempotent<CreateTransfer>,
 ) -> Result<Response> {
     state.access(&caller).scope()?;
-    let owned = state.clone();
-    idempotency::run(&state, caller.user_id, request, move |body| async move {
-        transfer(&owned, &caller, body).await
-    })
-    .await
+    let (body, key) = request.into_parts();
+    match moved(&state, &caller, body) {
+        Ok(moved) => Ok(inventory::run(&state, Operation::Transfer { key, moved }).await),
+        Err(error) => idempotency::refuse_keyed(&state, caller.user_id, key, error).await,
+    }
 }
 
-async fn transfer(state: &AppState, caller: &Identity, body: CreateTransfer) -> Result<Answer> {
-    let qty = quantity(&body.quantity, "quantity")?;
-    let note = super::stock::note(caller, body.reference.as_deref())?;
+/// The move a transfer asks for, checked.
+fn moved(state: &AppState, caller: &Identity, body: CreateTransfer) -> Result<Move> {
+    let quantity = quantity(&body.quantity, "quantity")?.get();
+    let made = super::stock::made(caller, body.reference.as_deref())?;
     if state.catalog.get(body.product_id).is_none() {
         return Err(AppError::NotFound(format!("product {}", body.product_id)));
     }
     state
         .access(caller)
         .transfer(body.from_warehouse_id, body.to_warehouse_id)?;
-    let request = TransferRequest {
-        from_warehouse_id: body.from_warehouse_id,
-        to_warehouse_id: body.to_warehouse_id,
-        product_id: body.product_id,
-        quantity: qty,
-        note,
-    };
-    let (record, lsn) = state.core.transfer(request).await?;
-    let transfer = Transfer {
-        id: record.id.0,
-        status: "completed".into(),
-        from_warehouse_id: record.from_warehouse_id,
-        to_warehouse_id: record.to_warehouse_id,
-        product_id: record.product_id,
-        quantity: record.quantity as i64,
-        actor_user_id: record.note.as_ref().and_then(|n| n.actor_user_id),
-        reference: record.note.as_ref().and_then(|n| n.reference.clone()),
-        created_at: record.created_at,
-    };
-    Answer::new(StatusCode::CREATED, transfer, lsn)
+    Ok(Move {
+        from: body.from_warehouse_id,
+        to: body.to_warehouse_id,
+        product: body.product_id,
+        quantity,
+        made,
+    })
 }
 
 #[utoipa::path(get, path = "/transfers", tag = "transfers", security(("bearer" = [])), params(("limit" = Option<i64>, Query, description = "At most 500, default 50"), ("offset" = Option<i64>, Query)), responses((status = 200, description = "`{items: [Transfer], total}`", body = Object), (status = 403, description = "The role may not do this", body = ErrorBody)))]

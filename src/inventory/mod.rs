@@ -9,12 +9,20 @@
 //! answer kept for the `Idempotency-Key` are journaled in one batch on the node whose
 //! journal owns that stock.
 //!
+//! - [`Operation`]: what travels, and where it goes.
+//! - [`lines`]: adjustments, levels, safety stock, transfers and retiring a product.
 //! - [`reservations`]: reserve, read, extend, commit and release on the owner.
 //! - [`stock`]: a product's availability over its lines.
 
+pub mod lines;
+mod operation;
 pub mod reservations;
 pub mod stock;
 
+use operation::quantity_of;
+pub use operation::{Hold, Operation, Step};
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,9 +31,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use stockline_actors::{
-    Home, ItemRequest, LineKey, Quantity, ReservationId, ReservationRequest, types::ShopId,
-};
+use serde_json::{Value, json};
+use stockline_actors::{LineKey, ReservationId, ReservationRequest};
 use uuid::Uuid;
 
 use crate::cluster::routing::protocol::{self, Operations, Refused, Served};
@@ -34,222 +41,7 @@ use crate::cluster::{Shard, shard_of};
 use crate::error::{AppError, Result};
 use crate::http::AppState;
 use crate::http::idempotency::{self, Keyed};
-
-/// What the service does: the core's own operations, as one node asks another.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum Operation {
-    /// Holds stock, at most once per `key` of `user` (the request's fingerprint in it).
-    Reserve {
-        user: i64,
-        key: Option<Keyed>,
-        request: Hold,
-    },
-    /// The allocation a reservation would get now, holding nothing.
-    DryRun { request: Hold },
-    /// Commits (`commit`) or releases a reservation: all of it, or the (warehouse,
-    /// product, quantity) lines.
-    Settle {
-        id: Uuid,
-        commit: bool,
-        lines: Option<Vec<(i64, i64, u64)>>,
-    },
-    /// Moves a pending reservation's expiry to `ttl_secs` from now.
-    Extend { id: Uuid, ttl_secs: u64 },
-    /// Reads a reservation.
-    Read { id: Uuid },
-    /// A product's availability over its lines (those of one shop's warehouses).
-    Availability { product: i64, shop: Option<i64> },
-    /// A step of one shard's part of a reservation across shards, sent by the node that
-    /// coordinates it (`saga`): the part's id is derived from the saga's and the shard.
-    Part {
-        saga: Uuid,
-        shard: Shard,
-        step: Step,
-    },
-}
-
-/// What a reservation across shards asks of one of its parts.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum Step {
-    /// Holds the part's items (refused if the part was settled or given up before).
-    Reserve(Hold),
-    /// The allocation the part would get now, holding nothing.
-    DryRun(Hold),
-    Extend {
-        ttl_secs: u64,
-    },
-    /// Commits or releases the part: all of it, or the (warehouse, product, quantity) lines.
-    Settle {
-        commit: bool,
-        lines: Option<Vec<(i64, i64, u64)>>,
-    },
-    /// Released if held, buried if not held yet: a reserve that arrives later is refused.
-    GiveUp,
-}
-
-/// A [`ReservationRequest`] as it travels: plain numbers, checked again where it lands.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Hold {
-    /// (product, quantity, warehouse pinned)
-    items: Vec<(i64, u64, Option<i64>)>,
-    ttl_ms: u64,
-    reference: Option<String>,
-    shop_id: Option<ShopId>,
-    backorder_limits: Vec<(i64, u64)>,
-}
-
-impl From<ReservationRequest> for Hold {
-    fn from(request: ReservationRequest) -> Self {
-        Self {
-            items: request
-                .items
-                .iter()
-                .map(|i| (i.product_id, i.quantity.get(), i.warehouse_id))
-                .collect(),
-            ttl_ms: u64::try_from(request.ttl.as_millis()).unwrap_or(u64::MAX),
-            reference: request.reference,
-            shop_id: request.shop_id,
-            backorder_limits: request.backorder_limits.into_iter().collect(),
-        }
-    }
-}
-
-impl TryFrom<Hold> for ReservationRequest {
-    type Error = AppError;
-
-    fn try_from(hold: Hold) -> Result<Self> {
-        let items = hold
-            .items
-            .into_iter()
-            .map(|(product_id, quantity, warehouse_id)| {
-                Ok(ItemRequest {
-                    product_id,
-                    quantity: quantity_of(quantity)?,
-                    warehouse_id,
-                })
-            })
-            .collect::<Result<_>>()?;
-        Ok(Self {
-            items,
-            ttl: Duration::from_millis(hold.ttl_ms),
-            reference: hold.reference,
-            shop_id: hold.shop_id,
-            backorder_limits: hold.backorder_limits.into_iter().collect(),
-        })
-    }
-}
-
-fn quantity_of(quantity: u64) -> Result<Quantity> {
-    Quantity::try_from(quantity).map_err(|e| AppError::validation("quantity", e.to_string()))
-}
-
-impl Hold {
-    /// The part of `request` in each shard: its items there, the same expiry, reference
-    /// and shop.
-    pub fn by_shard(request: &ReservationRequest) -> std::collections::BTreeMap<Shard, Hold> {
-        let mut parts: std::collections::BTreeMap<Shard, Hold> = Default::default();
-        for item in &request.items {
-            let part = parts
-                .entry(shard_of(item.product_id))
-                .or_insert_with(|| Hold {
-                    items: Vec::new(),
-                    ttl_ms: u64::try_from(request.ttl.as_millis()).unwrap_or(u64::MAX),
-                    reference: request.reference.clone(),
-                    shop_id: request.shop_id,
-                    backorder_limits: Vec::new(),
-                });
-            part.items
-                .push((item.product_id, item.quantity.get(), item.warehouse_id));
-            if let Some(limit) = request.backorder_limits.get(&item.product_id)
-                && !part
-                    .backorder_limits
-                    .iter()
-                    .any(|(p, _)| *p == item.product_id)
-            {
-                part.backorder_limits.push((item.product_id, *limit));
-            }
-        }
-        parts
-    }
-
-    /// The one shard every item is in; `None` if they span shards (or there are none).
-    fn shard(&self) -> Option<Shard> {
-        let mut shards = self.items.iter().map(|(product, ..)| shard_of(*product));
-        let first = shards.next()?;
-        shards.all(|s| s == first).then_some(first)
-    }
-
-    fn named(&self) -> (Vec<i64>, Vec<i64>) {
-        (
-            self.items.iter().map(|(p, ..)| *p).collect(),
-            self.items.iter().filter_map(|(.., w)| *w).collect(),
-        )
-    }
-}
-
-fn named_lines(lines: &[(i64, i64, u64)]) -> (Vec<i64>, Vec<i64>) {
-    (
-        lines.iter().map(|(_, p, _)| *p).collect(),
-        lines.iter().map(|(w, ..)| *w).collect(),
-    )
-}
-
-impl Operation {
-    /// The shard whose owner serves this operation; `None`: any node (a reservation whose
-    /// id names no single shard is the saga's, which the edge coordinates).
-    fn shard(&self) -> Option<Shard> {
-        match self {
-            Self::Reserve { request, .. } | Self::DryRun { request } => request.shard(),
-            Self::Settle { id, .. } | Self::Extend { id, .. } | Self::Read { id } => {
-                match ReservationId(*id).home() {
-                    Some(Home::One(shard)) => Some(shard),
-                    _ => None,
-                }
-            }
-            Self::Availability { product, .. } => Some(shard_of(*product)),
-            // A part's items are all in its shard, or it is no part.
-            Self::Part {
-                shard,
-                step: Step::Reserve(hold) | Step::DryRun(hold),
-                ..
-            } => (hold.shard() == Some(*shard)).then_some(*shard),
-            Self::Part {
-                shard,
-                step: Step::Settle {
-                    lines: Some(lines), ..
-                },
-                ..
-            } => lines
-                .iter()
-                .all(|(_, p, _)| shard_of(*p) == *shard)
-                .then_some(*shard),
-            Self::Part { shard, .. } => Some(*shard),
-        }
-    }
-
-    /// The products and warehouses the operation names, which the owner must know.
-    fn named(&self) -> (Vec<i64>, Vec<i64>) {
-        match self {
-            Self::Reserve { request, .. }
-            | Self::DryRun { request }
-            | Self::Part {
-                step: Step::Reserve(request) | Step::DryRun(request),
-                ..
-            } => request.named(),
-            Self::Settle {
-                lines: Some(lines), ..
-            }
-            | Self::Part {
-                step: Step::Settle {
-                    lines: Some(lines), ..
-                },
-                ..
-            } => named_lines(lines),
-            Self::Availability { product, .. } => (vec![*product], Vec::new()),
-            _ => (Vec::new(), Vec::new()),
-        }
-    }
-}
+use lines::LineChange;
 
 /// Runs `operation` where its stock is: here, or on its shard's owner.
 pub async fn run(state: &AppState, operation: Operation) -> Response {
@@ -283,6 +75,67 @@ pub async fn run(state: &AppState, operation: Operation) -> Response {
     }
 }
 
+/// Changes each line on its own (a bulk adjustment): `checked` holds each change, or why
+/// it was refused before it went anywhere. In cluster mode each shard's changes go to its
+/// owner as one operation, all at once; the answers come back in `checked`'s order, and
+/// a shard that did not answer fails its own changes only.
+pub async fn change_each(state: &AppState, checked: Vec<Result<LineChange>>) -> Response {
+    let mut results: Vec<Value> = Vec::with_capacity(checked.len());
+    let mut groups: BTreeMap<Option<Shard>, (Vec<usize>, Vec<LineChange>)> = BTreeMap::new();
+    for (index, change) in checked.into_iter().enumerate() {
+        match change {
+            Ok(change) => {
+                let shard = state.cluster.as_ref().map(|_| shard_of(change.product));
+                let (indexes, changes) = groups.entry(shard).or_default();
+                indexes.push(index);
+                changes.push(change);
+            }
+            Err(error) => {
+                results.push(json!({ "index": index, "ok": false, "error": error.body() }))
+            }
+        }
+    }
+    let answers =
+        futures_util::future::join_all(groups.into_values().map(|(indexes, changes)| async move {
+            let response = run(state, Operation::Changes { changes }).await;
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), MAX_ANSWER)
+                .await
+                .ok()
+                .and_then(|body| serde_json::from_slice::<Value>(&body).ok())
+                .unwrap_or(Value::Null);
+            (indexes, status, body)
+        }))
+        .await;
+    for (indexes, status, body) in answers {
+        match body["results"].as_array() {
+            Some(part) if status.is_success() => {
+                for mut result in part.iter().cloned() {
+                    let at = result["index"].as_u64().unwrap_or(0) as usize;
+                    result["index"] = indexes.get(at).copied().unwrap_or(at).into();
+                    results.push(result);
+                }
+            }
+            _ => {
+                let error = match &body["error"] {
+                    Value::Null => AppError::Unavailable(format!(
+                        "the node that owns this stock answered {status}; retry"
+                    ))
+                    .body(),
+                    error => error.clone(),
+                };
+                results.extend(
+                    indexes
+                        .into_iter()
+                        .map(|index| json!({ "index": index, "ok": false, "error": error })),
+                );
+            }
+        }
+    }
+    results.sort_by_key(|r| r["index"].as_u64());
+    axum::Json(json!({ "results": results })).into_response()
+}
+
 /// Serves `operation` from this node's core.
 async fn serve(state: &AppState, operation: Operation) -> Response {
     match operation {
@@ -296,6 +149,26 @@ async fn serve(state: &AppState, operation: Operation) -> Response {
         Operation::Availability { product, shop } => {
             json(stock::availability_of(state, product, shop).await)
         }
+        Operation::Change { key, change } => {
+            let owned = state.clone();
+            let user = change.made.user;
+            idempotency::run_keyed(state, user, key, change, move |change| async move {
+                lines::changed(&owned, change).await
+            })
+            .await
+            .into_response()
+        }
+        Operation::Changes { changes } => json(lines::apply_each(state, changes).await),
+        Operation::Transfer { key, moved } => {
+            let owned = state.clone();
+            let user = moved.made.user;
+            idempotency::run_keyed(state, user, key, moved, move |moved| async move {
+                lines::transfer(&owned, moved).await
+            })
+            .await
+            .into_response()
+        }
+        Operation::Retire { product } => lines::retire(state, product).await.into_response(),
         Operation::Part { saga, shard, step } => {
             let part = SagaPart::new(saga, shard).id;
             match step {
