@@ -249,7 +249,7 @@ impl Application {
             cluster.routes.answer_with(http::router(state.clone()));
             cluster.routes.operate_with(crate::inventory::owner(&state));
             http::listen_to_cluster(state.clone(), background.clone());
-            http::finish_reservations_across_shards(state.clone(), background.clone());
+            crate::inventory::saga::finish_decided(state.clone(), background.clone());
             cluster.start(ClusterNode {
                 core: state.core.clone(),
                 routes: cluster.routes.clone(),

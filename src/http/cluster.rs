@@ -27,7 +27,6 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
-use stockline_actors::ReservationId;
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -37,12 +36,10 @@ use super::AppState;
 use super::caller::Caller;
 use super::extract::Json;
 use super::openapi::ErrorBody;
-use super::saga;
 use crate::auth::Role;
+use crate::cluster::SHARDS;
 use crate::cluster::reference::{self, Change};
 use crate::cluster::route::{Route, route_of};
-use crate::cluster::routing::{is_forwarded, not_owner};
-use crate::cluster::{SHARDS, Shard, shard_of};
 use crate::error::{AppError, Result};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -51,9 +48,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Where a request is served (nothing to decide in single-process mode).
 pub async fn edge(state: AppState, request: Request, next: Next) -> Response {
-    let Some(cluster) = state.cluster.clone() else {
+    if state.cluster.is_none() {
         return next.run(request).await;
-    };
+    }
     let path = request.uri().path();
     if let Some(what) = not_in_cluster(path) {
         return AppError::NotInCluster(format!(
@@ -66,77 +63,16 @@ pub async fn edge(state: AppState, request: Request, next: Next) -> Response {
     let Ok(bytes) = axum::body::to_bytes(body, super::MAX_BODY).await else {
         return AppError::PayloadTooLarge.into_response();
     };
-    let forwarded = is_forwarded(&parts.extensions);
-    let route = route_of(&parts.method, parts.uri.path(), &bytes);
-    // Typed only where the operation itself names its shard (a reservation's id names
-    // it, or its products do); one found by a lookup is forwarded whole.
-    let typed = matches!(route, Route::Shard(_)) && typed(&parts.method, parts.uri.path());
-    let shard = match route {
-        Route::Here => None,
-        Route::Shard(shard) => Some(shard),
-        // Each shard's share goes to its owner from the handler (`inventory::change_each`).
-        Route::Shards(_) if is_bulk(&parts.method, parts.uri.path()) => {
-            if let Err(error) = know_named(&state, parts.uri.path(), &bytes).await {
-                return error.into_response();
-            }
-            return serve_here(&state, Request::from_parts(parts, Body::from(bytes)), next).await;
-        }
-        // A reservation across shards: coordinated here, one part per shard.
-        Route::Shards(_) => return saga::reserve(&state, &cluster, parts, bytes).await,
-        Route::Saga(id) => match saga::find(&state.db, id).await {
-            Ok(Some(found)) => return saga::serve(&state, &cluster, parts, bytes, found).await,
-            // Unknown: served here, which answers 404.
-            Ok(None) => None,
-            Err(error) => return error.into_response(),
-        },
-        Route::Reservation(id) => match locate(&state, id).await {
-            Ok(Located::Shard(shard)) => shard,
-            Ok(Located::Saga(found)) => {
-                return saga::serve(&state, &cluster, parts, bytes, found).await;
-            }
-            Err(error) => return error.into_response(),
-        },
-    };
-    let request = Request::from_parts(parts, Body::from(bytes.clone()));
-    match shard {
-        None => serve_here(&state, request, next).await,
-        Some(shard) if forwarded && cluster.leases().serving(shard).is_none() => not_owner(shard),
-        // Served by this node's core, or parsed here and sent to the owner typed
-        // (`inventory`).
-        Some(shard) if typed || cluster.leases().serving(shard).is_some() => {
-            if let Err(error) = know_named(&state, request.uri().path(), &bytes).await {
-                return error.into_response();
-            }
-            serve_here(&state, request, next).await
-        }
-        Some(shard) => cluster.routes.forward(shard, request).await,
+    // A request that changes or reads stock lines is served here all the same: its handler
+    // runs the operation through `inventory`, which serves it from this node's core, sends
+    // it typed to its shard's owner, or coordinates it over several shards. The products
+    // and warehouses it names must be known here first, for the handler to check them.
+    if route_of(&parts.method, parts.uri.path(), &bytes) != Route::Here
+        && let Err(error) = know_named(&state, parts.uri.path(), &bytes).await
+    {
+        return error.into_response();
     }
-}
-
-/// Whether the handler of `method path` runs its stock operation through `inventory`,
-/// which sends it to the owner typed: then the request is served where it arrived, and
-/// only the operation travels. The others are forwarded whole to the owner.
-fn typed(method: &Method, path: &str) -> bool {
-    let path = path.strip_prefix("/api/v1").unwrap_or(path);
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    matches!(
-        (method, parts.as_slice()),
-        (&Method::GET, ["products", _, "availability"])
-            | (&Method::GET, ["shops", _, "products", _, "availability"])
-            | (&Method::DELETE, ["products", _])
-            | (&Method::POST, ["stock", "adjustments"] | ["transfers"])
-            | (&Method::PUT, ["stock", "levels" | "safety"])
-            | (&Method::POST, ["reservations"])
-            | (&Method::GET | &Method::PATCH, ["reservations", _])
-            | (&Method::POST, ["reservations", _, "commit" | "release"])
-    )
-}
-
-fn is_bulk(method: &Method, path: &str) -> bool {
-    method == Method::POST
-        && path
-            .trim_end_matches('/')
-            .ends_with("/stock/adjustments/bulk")
+    serve_here(&state, Request::from_parts(parts, Body::from(bytes)), next).await
 }
 
 /// Serves `request` on this node; a change to reference data is announced to the others
@@ -179,37 +115,6 @@ fn not_in_cluster(path: &str) -> Option<&'static str> {
         "webhooks" => Some("webhooks"),
         _ => None,
     }
-}
-
-/// Where a reservation is served.
-enum Located {
-    /// By the owner of this shard, where its stock is; `None`: unknown, served here
-    /// (which answers 404).
-    Shard(Option<Shard>),
-    /// A reservation across shards: coordinated here.
-    Saga(saga::Saga),
-}
-
-/// Where reservation `id` is served: by the owner of the shard its stock is in (known here
-/// if this node holds it, else from the store, which has a reservation before its creator
-/// is answered), or coordinated here if it spans shards.
-async fn locate(state: &AppState, id: Uuid) -> Result<Located> {
-    if let Some(reservation) = state.core.reservations().get(ReservationId(id))
-        && let Some(item) = reservation.items.first()
-    {
-        return Ok(Located::Shard(Some(shard_of(item.product_id))));
-    }
-    let (product, spans): (Option<i64>, bool) = sqlx::query_as(
-        "SELECT (SELECT product_id FROM reservation_items WHERE reservation_id = $1 LIMIT 1),
-                EXISTS (SELECT 1 FROM reservation_sagas WHERE id = $1)",
-    )
-    .bind(id)
-    .fetch_one(&state.db)
-    .await?;
-    if spans && let Some(found) = saga::find(&state.db, id).await? {
-        return Ok(Located::Saga(found));
-    }
-    Ok(Located::Shard(product.map(shard_of)))
 }
 
 /// Reads from the store the products and warehouses a routed request names that this

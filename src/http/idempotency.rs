@@ -104,7 +104,31 @@ pub struct Keyed {
     fingerprint: String,
 }
 
+impl Keyed {
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+}
+
 impl<T> Idempotent<T> {
+    /// `body` under the key it came with.
+    fn of(body: T, keyed: Option<Keyed>) -> Self {
+        let (key, fingerprint) = match keyed {
+            Some(Keyed { key, fingerprint }) => (Some(key), fingerprint),
+            None => (None, String::new()),
+        };
+        Self {
+            body,
+            key,
+            fingerprint,
+            grouped: Grouped::Yes,
+        }
+    }
+
     /// The body, and the key and fingerprint if the client sent a key.
     pub fn into_parts(self) -> (T, Option<Keyed>) {
         let keyed = self.key.map(|key| Keyed {
@@ -114,18 +138,11 @@ impl<T> Idempotent<T> {
         (self.body, keyed)
     }
 
-    /// The client's key and the request's fingerprint, if it sent a key.
-    pub fn key(&self) -> Option<(&str, &str)> {
-        self.key
-            .as_deref()
-            .map(|key| (key, self.fingerprint.as_str()))
-    }
-
     /// For work whose effects other nodes make durable (the parts of a reservation across
     /// shards): [`run`] then holds no flush group while it runs, since this node's own
     /// forwarded parts would wait on that group to be flushed. Only the answer is
     /// journaled here.
-    pub fn made_elsewhere(mut self) -> Self {
+    fn made_elsewhere(mut self) -> Self {
         self.grouped = Grouped::No;
         self
     }
@@ -319,17 +336,30 @@ where
     F: FnOnce(T) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Answer>> + Send + 'static,
 {
-    let (key, fingerprint) = match keyed {
-        Some(Keyed { key, fingerprint }) => (Some(key), fingerprint),
-        None => (None, String::new()),
-    };
-    let request = Idempotent {
-        body,
-        key,
-        fingerprint,
-        grouped: Grouped::Yes,
-    };
-    run(state, user, request, work).await
+    run(state, user, Idempotent::of(body, keyed), work).await
+}
+
+/// [`run_keyed`], for work whose effects other nodes make durable
+/// ([`Idempotent::made_elsewhere`]).
+pub async fn run_made_elsewhere<T, F, Fut>(
+    state: &AppState,
+    user: i64,
+    keyed: Option<Keyed>,
+    body: T,
+    work: F,
+) -> Result<Response>
+where
+    T: Send + 'static,
+    F: FnOnce(T) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Answer>> + Send + 'static,
+{
+    run(
+        state,
+        user,
+        Idempotent::of(body, keyed).made_elsewhere(),
+        work,
+    )
+    .await
 }
 
 /// A refusal of a request before its operation went anywhere, kept under its key like any

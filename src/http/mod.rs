@@ -15,7 +15,6 @@ mod orders;
 mod products;
 pub mod rate_limit;
 mod reservations;
-mod saga;
 pub mod serve;
 mod shard_map;
 mod shops;
@@ -43,7 +42,6 @@ pub use state::{AppParts, AppState, StoreState};
 pub use auth::{email as auth_email, password_ok as auth_password_ok};
 pub use cluster::listen as listen_to_cluster;
 pub use operations::{RequestMetrics, recorder as metrics_recorder};
-pub use saga::finish_decided as finish_reservations_across_shards;
 
 /// Bodies over this are refused with 413.
 pub(crate) const MAX_BODY: usize = 1024 * 1024;

@@ -90,25 +90,6 @@ struct CreateOptions {
     dry_run: Option<bool>,
 }
 
-/// The request the core reserves, from a JSON body (a reservation across shards is
-/// checked whole before its parts go out).
-pub fn request_of(state: &AppState, body: serde_json::Value) -> Result<ReservationRequest> {
-    parse(
-        state,
-        serde_json::from_value(body).map_err(idempotency::body_error)?,
-    )
-}
-
-/// The seconds a `PATCH` body asks for (a reservation across shards is checked before its
-/// parts are extended).
-pub fn extension_of(body: Option<serde_json::Value>) -> Result<u64> {
-    let Some(body) = body else {
-        return Err(AppError::InvalidJson("expected a JSON body".into()));
-    };
-    let body: Extension = serde_json::from_value(body).map_err(idempotency::body_error)?;
-    Ok(int_in(&body.ttl_seconds, "ttl_seconds", 1..=MAX_TTL_SECS)? as u64)
-}
-
 /// The request the core reserves, from the body.
 fn parse(state: &AppState, body: CreateReservation) -> Result<ReservationRequest> {
     if body.items.is_empty() || body.items.len() > MAX_ITEMS {
@@ -183,7 +164,7 @@ async fn expiring(
         None => state.core.reservations().pending(),
         Some(_) => {
             let pending = crate::store::recovery::pending_reservations(&state.db).await?;
-            super::saga::fold(&state.db, pending).await?
+            crate::inventory::saga::fold(&state.db, pending).await?
         }
     };
     pending.retain(|r| {

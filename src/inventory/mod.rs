@@ -12,11 +12,13 @@
 //! - [`Operation`]: what travels, and where it goes.
 //! - [`lines`]: adjustments, levels, safety stock, transfers and retiring a product.
 //! - [`reservations`]: reserve, read, extend, commit and release on the owner.
+//! - [`saga`]: a reservation across shards, one part per shard, coordinated here.
 //! - [`stock`]: a product's availability over its lines.
 
 pub mod lines;
 mod operation;
 pub mod reservations;
+pub mod saga;
 pub mod stock;
 
 use operation::quantity_of;
@@ -32,28 +34,119 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use stockline_actors::{LineKey, ReservationId, ReservationRequest};
+use stockline_actors::{Home, LineKey, ReservationId, ReservationRequest};
 use uuid::Uuid;
 
 use crate::cluster::routing::protocol::{self, Operations, Refused, Served};
 use crate::cluster::saga::SagaPart;
-use crate::cluster::{Shard, shard_of};
+use crate::cluster::{Cluster, Shard, shard_of};
 use crate::error::{AppError, Result};
 use crate::http::AppState;
 use crate::http::idempotency::{self, Keyed};
 use lines::LineChange;
 
-/// Runs `operation` where its stock is: here, or on its shard's owner.
+/// Runs `operation` where its stock is: here, on its shard's owner, or, when it spans
+/// shards, as a saga over one part per shard coordinated here.
 pub async fn run(state: &AppState, operation: Operation) -> Response {
-    let elsewhere = match (&state.cluster, operation.shard()) {
-        (Some(cluster), Some(shard)) if cluster.leases().serving(shard).is_none() => {
-            Some((cluster.clone(), shard))
-        }
-        _ => None,
-    };
-    let Some((cluster, shard)) = elsewhere else {
+    let Some(cluster) = state.cluster.clone() else {
         return serve(state, operation).await;
     };
+    let place = match place(state, &cluster, &operation).await {
+        Ok(place) => place,
+        Err(error) => return error.into_response(),
+    };
+    match (place, operation) {
+        (Place::Here, operation) => serve(state, operation).await,
+        (Place::Owner(shard), operation) => ask(&cluster, shard, operation).await,
+        (Place::Spans, Operation::Reserve { user, key, request }) => {
+            match ReservationRequest::try_from(request) {
+                Ok(request) => saga::reserve(state, &cluster, user, key, request).await,
+                Err(error) => error.into_response(),
+            }
+        }
+        (Place::Spans, Operation::DryRun { request }) => {
+            match ReservationRequest::try_from(request) {
+                Ok(request) => saga::dry_run(state, &cluster, request).await,
+                Err(error) => error.into_response(),
+            }
+        }
+        (Place::Saga(found), Operation::Read { .. }) => saga::read(state, &found).await,
+        (Place::Saga(found), Operation::Extend { ttl_secs, .. }) => {
+            saga::extend(state, &cluster, &found, ttl_secs).await
+        }
+        (Place::Saga(found), Operation::Settle { commit, lines, .. }) => {
+            saga::settle(state, &cluster, found, commit, lines).await
+        }
+        (_, operation) => serve(state, operation).await,
+    }
+}
+
+/// Where an operation runs in cluster mode.
+enum Place {
+    Here,
+    /// On the owner of this shard.
+    Owner(Shard),
+    /// A reservation whose items span shards: coordinated here.
+    Spans,
+    /// A reservation across shards: coordinated here.
+    Saga(saga::Saga),
+}
+
+async fn place(state: &AppState, cluster: &Cluster, operation: &Operation) -> Result<Place> {
+    let here_or_owner = |shard: Shard| match cluster.leases().serving(shard) {
+        Some(_) => Place::Here,
+        None => Place::Owner(shard),
+    };
+    if let Some(shard) = operation.shard() {
+        return Ok(here_or_owner(shard));
+    }
+    let id = match operation {
+        Operation::Reserve { .. } | Operation::DryRun { .. } => return Ok(Place::Spans),
+        Operation::Settle { id, .. } | Operation::Extend { id, .. } | Operation::Read { id } => *id,
+        _ => return Ok(Place::Here),
+    };
+    if let Some(Home::Spans) = ReservationId(id).home() {
+        // Unknown: served here, which answers 404.
+        return Ok(saga::find(&state.db, id)
+            .await?
+            .map_or(Place::Here, Place::Saga));
+    }
+    // An id made before ids named their shard: where the store says its stock is (it has
+    // a reservation before its creator is answered).
+    if let Some(reservation) = state.core.reservations().get(ReservationId(id))
+        && let Some(item) = reservation.items.first()
+    {
+        return Ok(here_or_owner(shard_of(item.product_id)));
+    }
+    let (product, spans): (Option<i64>, bool) = sqlx::query_as(
+        "SELECT (SELECT product_id FROM reservation_items WHERE reservation_id = $1 LIMIT 1),
+                EXISTS (SELECT 1 FROM reservation_sagas WHERE id = $1)",
+    )
+    .bind(id)
+    .fetch_one(&state.db)
+    .await?;
+    if spans && let Some(found) = saga::find(&state.db, id).await? {
+        return Ok(Place::Saga(found));
+    }
+    Ok(product.map_or(Place::Here, |p| here_or_owner(shard_of(p))))
+}
+
+/// Serves `operation` (which names `shard`) here if this node owns the shard, else on its
+/// owner. Never a saga: a saga's parts run through this.
+pub(crate) async fn at_owner(
+    state: &AppState,
+    cluster: &Cluster,
+    shard: Shard,
+    operation: Operation,
+) -> Response {
+    match cluster.leases().serving(shard) {
+        Some(_) => serve(state, operation).await,
+        None => ask(cluster, shard, operation).await,
+    }
+}
+
+/// Sends `operation` to the owner of `shard`, typed, and answers what it answered.
+async fn ask(cluster: &Cluster, shard: Shard, operation: Operation) -> Response {
     match cluster
         .routes
         .ask(shard, protocol::encode(&operation))
@@ -265,7 +358,7 @@ impl Answered {
 }
 
 /// The most an answer of the service holds (a reservation of 100 items is about 15 KiB).
-const MAX_ANSWER: usize = 256 * 1024;
+pub(crate) const MAX_ANSWER: usize = 256 * 1024;
 
 impl IntoResponse for Answered {
     fn into_response(self) -> Response {
@@ -302,7 +395,9 @@ impl Operations for Owner {
                 Err(refusal) => return Some(refusal),
             };
             let cluster = state.cluster.clone()?;
-            if cluster.leases().serving(shard).is_none() || operation.shard() != Some(shard) {
+            if cluster.leases().serving(shard).is_none()
+                || operation.shard().is_some_and(|named| named != shard)
+            {
                 return None;
             }
             let (products, warehouses) = operation.named();

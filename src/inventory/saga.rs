@@ -24,31 +24,31 @@
 //! The parts are the truth of what is held; the whole's status follows them
 //! ([`status_of`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::request::Parts;
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use sqlx::PgPool;
-use stockline_actors::{CoreError, Reservation, ReservationId, ReservationStatus};
-use tokio_util::sync::CancellationToken;
+use stockline_actors::{CoreError, ReservationRequest, ReservationStatus};
 use uuid::Uuid;
 
-use super::AppState;
-use super::caller::Caller;
-use super::idempotency::{self, Answer, Idempotent};
-use super::reservations::{extension_of, request_of};
-use crate::auth::Role;
+mod finish;
+mod record;
+
+pub use finish::{finish_decided, fold};
+use record::mark;
+pub use record::{Saga, find};
+
+use super::reservations::{self, ReservationBody};
+use super::{Hold, MAX_ANSWER, Operation, Step};
 use crate::cluster::saga::{Outcome, SagaPart, saga_id, spanning, status_of};
 use crate::cluster::{Cluster, Shard, shard_of};
 use crate::error::{AppError, Result};
-use crate::inventory::reservations::{self, ReservationBody};
-use crate::inventory::{self, Hold, Operation, Step};
+use crate::http::AppState;
+use crate::http::idempotency::{self, Answer, Keyed};
 
 /// How long a commit keeps the parts held at least (their own expiry may be later): the
 /// time the nodes have to finish a commit whose coordinator died after deciding it.
@@ -56,52 +56,6 @@ const COMMIT_GRACE: Duration = Duration::from_secs(120);
 
 /// How often a release of a part is sent again while its shard has no owner.
 const RELEASE_ATTEMPTS: usize = 5;
-
-/// A reservation across shards, as `reservation_sagas` has it.
-#[derive(Clone, Debug, sqlx::FromRow)]
-pub struct Saga {
-    pub id: Uuid,
-    shards: Vec<i16>,
-    parts: Vec<Uuid>,
-    status: String,
-    reference: Option<String>,
-    expires_at: DateTime<Utc>,
-    created_at: DateTime<Utc>,
-}
-
-impl Saga {
-    /// Each part's shard and id.
-    fn parts(&self) -> impl Iterator<Item = (Shard, Uuid)> + '_ {
-        self.shards
-            .iter()
-            .zip(&self.parts)
-            .map(|(shard, part)| (*shard as Shard, *part))
-    }
-}
-
-/// The reservation across shards with this id, if it is one.
-pub async fn find(db: &PgPool, id: Uuid) -> Result<Option<Saga>> {
-    Ok(sqlx::query_as(
-        "SELECT id, shards, parts, status, reference, expires_at, created_at
-         FROM reservation_sagas WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(db)
-    .await?)
-}
-
-/// Moves `id` from status `from` to `to`; false if it was not at `from`.
-async fn mark(db: &PgPool, id: Uuid, from: &str, to: &str) -> Result<bool> {
-    let moved = sqlx::query(
-        "UPDATE reservation_sagas SET status = $3, updated_at = now() WHERE id = $1 AND status = $2",
-    )
-    .bind(id)
-    .bind(from)
-    .bind(to)
-    .execute(db)
-    .await?;
-    Ok(moved.rows_affected() == 1)
-}
 
 /// What one part answered.
 struct PartAnswer {
@@ -152,31 +106,23 @@ fn all_held(answers: Vec<PartAnswer>) -> std::result::Result<Vec<PartAnswer>, Pa
 #[derive(Clone)]
 struct Coordinator {
     state: AppState,
-    cluster: std::sync::Arc<Cluster>,
+    cluster: Arc<Cluster>,
 }
 
 impl Coordinator {
-    /// The coordinator of a client's request: the caller must be signed in as an operator
-    /// (as for any reservation).
-    async fn for_caller(
-        state: &AppState,
-        cluster: &std::sync::Arc<Cluster>,
-        parts: &mut Parts,
-    ) -> Result<(crate::auth::Identity, Self)> {
-        let Caller(caller) = Caller::from_request_parts(parts, state).await?;
-        caller.require(Role::Operator)?;
-        let coordinator = Self {
+    fn new(state: &AppState, cluster: &Arc<Cluster>) -> Self {
+        Self {
             state: state.clone(),
             cluster: cluster.clone(),
-        };
-        Ok((caller, coordinator))
+        }
     }
 
     /// Asks `step` of `saga`'s part in `shard`.
     async fn ask(&self, saga: Uuid, shard: Shard, step: Step) -> PartAnswer {
-        let response = inventory::run(&self.state, Operation::Part { saga, shard, step }).await;
+        let part = Operation::Part { saga, shard, step };
+        let response = super::at_owner(&self.state, &self.cluster, shard, part).await;
         let status = response.status();
-        let body = axum::body::to_bytes(response.into_body(), super::MAX_BODY * 4)
+        let body = axum::body::to_bytes(response.into_body(), MAX_ANSWER)
             .await
             .ok()
             .and_then(|body| serde_json::from_slice(&body).ok())
@@ -227,45 +173,34 @@ fn not_pending(status: ReservationStatus) -> AppError {
     CoreError::ReservationNotPending { status }.into()
 }
 
-/// `POST /reservations` whose products are in several shards.
+/// Reserves `request`, whose items are in several shards, at most once per `key` of
+/// `user` (the key names the reservation's id, so a retry through any node names the
+/// same parts).
 pub async fn reserve(
     state: &AppState,
-    cluster: &std::sync::Arc<Cluster>,
-    mut parts: Parts,
-    bytes: Bytes,
+    cluster: &Arc<Cluster>,
+    user: i64,
+    key: Option<Keyed>,
+    request: ReservationRequest,
 ) -> Response {
-    respond(
-        async {
-            let (caller, coordinator) = Coordinator::for_caller(state, cluster, &mut parts).await?;
-            super::cluster::know_named(state, parts.uri.path(), &bytes).await?;
-            let dry_run = parts
-                .uri
-                .query()
-                .is_some_and(|q| q.split('&').any(|p| p == "dry_run=true"));
-            let request = Request::from_parts(parts, Body::from(bytes));
-            let request = Idempotent::<Value>::from_request(request, state).await?;
-            if dry_run {
-                return dry_run_parts(&coordinator, request.body).await;
-            }
-            let saga = match request.key() {
-                Some((key, fingerprint)) => saga_id(caller.user_id, key, fingerprint),
-                None => spanning(),
-            };
-            idempotency::run(
-                state,
-                caller.user_id,
-                request.made_elsewhere(),
-                move |body| async move { reserve_parts(&coordinator, saga, body).await },
-            )
-            .await
-        }
-        .await,
-    )
+    let coordinator = Coordinator::new(state, cluster);
+    let saga = match &key {
+        Some(keyed) => saga_id(user, keyed.key(), keyed.fingerprint()),
+        None => spanning(),
+    };
+    idempotency::run_made_elsewhere(state, user, key, request, move |request| async move {
+        reserve_parts(&coordinator, saga, request).await
+    })
+    .await
+    .into_response()
 }
 
-async fn reserve_parts(coordinator: &Coordinator, saga: Uuid, body: Value) -> Result<Answer> {
+async fn reserve_parts(
+    coordinator: &Coordinator,
+    saga: Uuid,
+    request: ReservationRequest,
+) -> Result<Answer> {
     let state = &coordinator.state;
-    let request = request_of(state, body)?;
     let reference = request.reference.clone();
     let shards: Vec<Shard> = Hold::by_shard(&request).keys().copied().collect();
     let send_all = |saga: Uuid| {
@@ -365,9 +300,13 @@ async fn reserve_parts(coordinator: &Coordinator, saga: Uuid, body: Value) -> Re
     })
 }
 
-/// `?dry_run=true`: each part's dry run, put together; holds nothing anywhere.
-async fn dry_run_parts(coordinator: &Coordinator, body: Value) -> Result<Response> {
-    let request = request_of(&coordinator.state, body)?;
+/// Each part's dry run, put together; holds nothing anywhere.
+pub async fn dry_run(
+    state: &AppState,
+    cluster: &Arc<Cluster>,
+    request: ReservationRequest,
+) -> Response {
+    let coordinator = Coordinator::new(state, cluster);
     let answers = futures_util::future::join_all(
         Hold::by_shard(&request)
             .into_iter()
@@ -376,7 +315,7 @@ async fn dry_run_parts(coordinator: &Coordinator, body: Value) -> Result<Respons
     .await;
     let answers = match all_held(answers) {
         Ok(answers) => answers,
-        Err(refused) => return Ok(refused.into_response()),
+        Err(refused) => return refused.into_response(),
     };
     let expires_at = answers.first().map(|a| a.body["expires_at"].clone());
     let items: Vec<Value> = answers
@@ -389,43 +328,38 @@ async fn dry_run_parts(coordinator: &Coordinator, body: Value) -> Result<Respons
         "reference": request.reference,
         "expires_at": expires_at,
     });
-    Ok((StatusCode::OK, axum::Json(body)).into_response())
+    (StatusCode::OK, axum::Json(body)).into_response()
 }
 
-/// `GET`, `PATCH`, `commit` and `release` of a reservation across shards.
-pub async fn serve(
+/// Reads a reservation across shards.
+pub async fn read(state: &AppState, saga: &Saga) -> Response {
+    view(state, saga).await.map(axum::Json).into_response()
+}
+
+/// Moves every part's expiry, and the whole's, to `ttl_secs` from now.
+pub async fn extend(
     state: &AppState,
-    cluster: &std::sync::Arc<Cluster>,
-    mut parts: Parts,
-    bytes: Bytes,
-    saga: Saga,
+    cluster: &Arc<Cluster>,
+    saga: &Saga,
+    ttl_secs: u64,
 ) -> Response {
-    respond(
-        async {
-            let (_, coordinator) = Coordinator::for_caller(state, cluster, &mut parts).await?;
-            let body: Option<Value> = match bytes.is_empty() {
-                true => None,
-                false => Some(
-                    serde_json::from_slice(&bytes)
-                        .map_err(|e| AppError::InvalidJson(e.to_string()))?,
-                ),
-            };
-            let last = parts.uri.path().trim_end_matches('/').rsplit('/').next();
-            match (&parts.method, last) {
-                (&Method::GET, _) => Ok(axum::Json(view(state, &saga).await?).into_response()),
-                (&Method::PATCH, _) => extend(&coordinator, &saga, body).await,
-                (&Method::POST, Some(step @ ("commit" | "release"))) => {
-                    let commit = step == "commit";
-                    match body.as_ref().map(|b| &b["items"]).filter(|i| !i.is_null()) {
-                        Some(items) => settle_items(&coordinator, &saga, commit, items).await,
-                        None => decide(&coordinator, saga.clone(), commit).await,
-                    }
-                }
-                _ => Err(AppError::NotFound("route".into())),
-            }
-        }
-        .await,
-    )
+    respond(extend_parts(&Coordinator::new(state, cluster), saga, ttl_secs).await)
+}
+
+/// Commits (`commit`) or releases a reservation across shards: all of it, or the
+/// (warehouse, product, quantity) `lines`.
+pub async fn settle(
+    state: &AppState,
+    cluster: &Arc<Cluster>,
+    saga: Saga,
+    commit: bool,
+    lines: Option<Vec<(i64, i64, u64)>>,
+) -> Response {
+    let coordinator = Coordinator::new(state, cluster);
+    respond(match lines {
+        Some(lines) => settle_lines(&coordinator, &saga, commit, lines).await,
+        None => decide(&coordinator, saga, commit).await,
+    })
 }
 
 /// The reservation as a client sees it: its parts, from the store, as one.
@@ -449,9 +383,8 @@ async fn view(state: &AppState, saga: &Saga) -> Result<ReservationBody> {
     })
 }
 
-/// `PATCH`: every part is extended; the first refusal is the answer.
-async fn extend(coordinator: &Coordinator, saga: &Saga, body: Option<Value>) -> Result<Response> {
-    let ttl_secs = extension_of(body)?;
+/// Every part is extended; the first refusal is the answer.
+async fn extend_parts(coordinator: &Coordinator, saga: &Saga, ttl_secs: u64) -> Result<Response> {
     let answers = coordinator.each(saga, || Step::Extend { ttl_secs }).await;
     let answers = match all_held(answers) {
         Ok(answers) => answers,
@@ -474,35 +407,19 @@ async fn extend(coordinator: &Coordinator, saga: &Saga, body: Option<Value>) -> 
 
 /// Commit or release of some quantities: each shard's items go to its part. The items are
 /// checked against what the parts hold first, so an over-asking request changes nothing.
-async fn settle_items(
+async fn settle_lines(
     coordinator: &Coordinator,
     saga: &Saga,
     commit: bool,
-    items: &Value,
+    lines: Vec<(i64, i64, u64)>,
 ) -> Result<Response> {
-    let items = items
-        .as_array()
-        .ok_or_else(|| AppError::validation("items", "must be a list"))?;
     let held = view(&coordinator.state, saga).await?;
     let mut by_shard: HashMap<Shard, Vec<(i64, i64, u64)>> = HashMap::new();
-    for (i, item) in items.iter().enumerate() {
-        let (Some(product), Some(warehouse)) =
-            (item["product_id"].as_i64(), item["warehouse_id"].as_i64())
-        else {
-            return Err(AppError::validation(
-                "items",
-                "each names product_id and warehouse_id",
-            ));
-        };
-        let field = format!("items[{i}].quantity");
-        let quantity = match &item["quantity"] {
-            Value::Number(n) => super::extract::quantity(n, &field)?.get(),
-            _ => return Err(AppError::validation(field, "is required")),
-        };
-        let asked: u64 = items
+    for &(warehouse, product, quantity) in &lines {
+        let asked: u64 = lines
             .iter()
-            .filter(|i| i["product_id"] == product && i["warehouse_id"] == warehouse)
-            .filter_map(|i| i["quantity"].as_u64())
+            .filter(|(w, p, _)| (*w, *p) == (warehouse, product))
+            .map(|(.., q)| q)
             .sum();
         let holds = held
             .items
@@ -687,123 +604,4 @@ fn joined(saga: &Saga, answers: &[PartAnswer]) -> Option<Value> {
         "expires_at": saga.expires_at,
         "created_at": saga.created_at,
     }))
-}
-
-/// Merges, among pending reservations, the parts of each reservation across shards into
-/// the one reservation its client knows.
-pub async fn fold(db: &PgPool, pending: Vec<Reservation>) -> Result<Vec<Reservation>> {
-    let ids: Vec<Uuid> = pending.iter().map(|r| r.id.0).collect();
-    let sagas: Vec<Saga> = sqlx::query_as(
-        "SELECT id, shards, parts, status, reference, expires_at, created_at
-         FROM reservation_sagas WHERE parts && $1",
-    )
-    .bind(&ids)
-    .fetch_all(db)
-    .await?;
-    let whole_of: HashMap<Uuid, &Saga> = sagas
-        .iter()
-        .flat_map(|saga| saga.parts.iter().map(move |part| (*part, saga)))
-        .collect();
-    let mut alone = Vec::new();
-    let mut merged: BTreeMap<Uuid, Reservation> = BTreeMap::new();
-    for part in pending {
-        let Some(saga) = whole_of.get(&part.id.0) else {
-            alone.push(part);
-            continue;
-        };
-        merged
-            .entry(saga.id)
-            .or_insert_with(|| Reservation {
-                id: ReservationId(saga.id),
-                status: ReservationStatus::Pending,
-                items: Vec::new(),
-                reference: saga.reference.clone(),
-                expires_at: saga.expires_at,
-                created_at: saga.created_at,
-                updated_at: part.updated_at,
-            })
-            .items
-            .extend(part.items);
-    }
-    alone.extend(merged.into_values());
-    Ok(alone)
-}
-
-/// Finishes, every lease, the decisions whose coordinator stopped half-way: each node
-/// commits or releases its own shards' parts of reservations left `committing` or
-/// `releasing` for more than a lease, and records the whole done once no part is
-/// pending. Pending ones a minute past their expiry (their parts expired by themselves)
-/// are recorded expired.
-pub fn finish_decided(state: AppState, stop: CancellationToken) {
-    let Some(cluster) = state.cluster.clone() else {
-        return;
-    };
-    let lease = state.config.shard_lease();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(lease) => {}
-                _ = stop.cancelled() => return,
-            }
-            if let Err(error) = finish_round(&state, &cluster, lease).await {
-                tracing::warn!(%error, "finishing decided reservations across shards failed; next round retries");
-            }
-        }
-    });
-}
-
-async fn finish_round(state: &AppState, cluster: &Cluster, lease: Duration) -> Result<()> {
-    let stale: Vec<Saga> = sqlx::query_as(
-        "SELECT id, shards, parts, status, reference, expires_at, created_at
-         FROM reservation_sagas
-         WHERE status IN ('committing', 'releasing') AND updated_at < now() - make_interval(secs => $1)
-         ORDER BY updated_at LIMIT 100",
-    )
-    .bind(lease.as_secs_f64())
-    .fetch_all(&state.db)
-    .await?;
-    let reservations = state.core.reservations();
-    for saga in stale {
-        let commit = saga.status == "committing";
-        for (shard, part) in saga.parts() {
-            if cluster.leases().serving(shard).is_none() {
-                continue;
-            }
-            let id = ReservationId(part);
-            let outcome = match commit {
-                true => reservations.commit(id).await,
-                false => reservations.release(id).await,
-            };
-            match outcome {
-                Ok((_, lsn)) => state.durable(lsn).await?,
-                Err(CoreError::ReservationNotPending { .. } | CoreError::ReservationNotFound) => {}
-                Err(error) => {
-                    tracing::warn!(reservation = %saga.id, %part, %error, "a part of a decided reservation is not settled yet")
-                }
-            }
-        }
-        let statuses: Vec<String> =
-            sqlx::query_scalar("SELECT status FROM reservations WHERE id = ANY($1)")
-                .bind(&saga.parts)
-                .fetch_all(&state.db)
-                .await?;
-        let statuses: Vec<ReservationStatus> = statuses
-            .iter()
-            .filter_map(|s| ReservationStatus::parse(s))
-            .collect();
-        if statuses.len() == saga.parts.len() && !statuses.contains(&ReservationStatus::Pending) {
-            let status = status_of(&statuses).as_str();
-            if mark(&state.db, saga.id, &saga.status, status).await? {
-                cluster.sagas.count(Outcome::Finished);
-                tracing::info!(reservation = %saga.id, status, "a reservation across shards was finished after its coordinator stopped");
-            }
-        }
-    }
-    sqlx::query(
-        "UPDATE reservation_sagas SET status = 'expired', updated_at = now()
-         WHERE status = 'pending' AND expires_at < now() - interval '1 minute'",
-    )
-    .execute(&state.db)
-    .await?;
-    Ok(())
 }
