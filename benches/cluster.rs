@@ -1,8 +1,9 @@
 //! Cluster mode's parts, measured on this machine (PostgreSQL and NATS at their usual
 //! loopback ports, everything sharing the 2 cores):
 //!
-//! - **a routed hop**: a request forwarded over NATS request/reply to the shard's owner and
-//!   answered by its router, against the same router called in-process; one at a time
+//! - **a routed hop**: a typed operation of the shard protocol (an adjustment's size) sent
+//!   over NATS request/reply to the shard's owner and answered (a stock line's size),
+//!   against the same service called in-process with the same encoding; one at a time
 //!   (latency) and 64 in flight (throughput);
 //! - **the fence**: a flush transaction that first checks its shards' epochs (`FOR SHARE`)
 //!   against the same transaction without the check;
@@ -13,15 +14,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Body;
-use axum::http::Request;
-use axum::routing::post;
 use clap::Parser;
 use hdrhistogram::Histogram;
-use stockline::cluster::routing::{RouteSettings, Routes};
+use stockline::cluster::routing::{RouteSettings, Routes, protocol};
 use stockline::cluster::{LeaseSettings, Leases};
-use tower::ServiceExt;
 
 #[derive(Parser)]
 struct Args {
@@ -37,21 +33,39 @@ struct Args {
 
 const NATS: &str = "127.0.0.1:4222";
 
-fn app() -> Router {
-    Router::new().route(
-        "/stock/adjustments",
-        post(|body: String| async move { (axum::http::StatusCode::OK, body) }),
-    )
+/// An adjustment as it travels: warehouse, product, delta, reason.
+type Adjust = (i64, i64, i64, String);
+/// A stock line as it comes back: on hand, reserved, safety, available, version, and the
+/// answer's JSON as the owner sends it.
+type Line = (u64, u64, u64, u64, u64, Vec<u8>);
+
+/// Serves adjustments by answering a line, with no core behind it: what is measured is
+/// the hop.
+struct Owner;
+
+impl protocol::Operations for Owner {
+    fn serve(&self, _: u16, payload: bytes::Bytes) -> protocol::Served {
+        Box::pin(async move {
+            let (warehouse, product, delta, _) = match protocol::decode::<Adjust>(&payload) {
+                Ok(adjust) => adjust,
+                Err(refusal) => return Some(refusal),
+            };
+            let body = format!(
+                r#"{{"warehouse_id":{warehouse},"product_id":{product},"on_hand":{delta},"reserved":0,"safety_stock":0,"available":{delta},"version":3,"updated_at":"2026-12-06T12:00:00Z"}}"#
+            );
+            let line: Line = (delta as u64, 0, 0, delta as u64, 3, body.into_bytes());
+            Some(protocol::answer(&line))
+        })
+    }
 }
 
-fn request() -> Request<Body> {
-    Request::post("/stock/adjustments")
-        .header("content-type", "application/json")
-        .header("authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.x")
-        .body(Body::from(
-            r#"{"warehouse_id": 1, "product_id": 42, "delta": 5, "reason": "receipt"}"#,
-        ))
-        .unwrap()
+fn operation() -> Vec<u8> {
+    protocol::encode(&(1i64, 42i64, 5i64, "receipt".to_owned()))
+}
+
+fn read(reply: &[u8]) {
+    let line: Line = protocol::read_answer(reply).expect("an answer");
+    assert_eq!(line.0, 5);
 }
 
 fn report(name: &str, histogram: &Histogram<u64>, elapsed: Duration, count: usize) {
@@ -86,30 +100,34 @@ async fn routed_hop(args: &Args) {
         answer_within: Duration::from_secs(5),
     };
     let owner = Routes::new(async_nats::connect(NATS).await.unwrap(), settings.clone());
-    owner.answer_with(app());
+    owner.operate_with(Arc::new(Owner));
     owner.serve(7).await.unwrap();
     let edge = Arc::new(Routes::new(
         async_nats::connect(NATS).await.unwrap(),
         settings,
     ));
-    let local = app();
+    let local: Arc<dyn protocol::Operations> = Arc::new(Owner);
     let count = args.requests;
 
     let (histogram, elapsed) = sequential(count, || {
         let local = local.clone();
         async move {
-            let response = local.oneshot(request()).await.unwrap();
-            let _ = axum::body::to_bytes(response.into_body(), 1 << 16).await;
+            let reply = local.serve(7, operation().into()).await.unwrap();
+            read(&reply);
         }
     })
     .await;
     let direct = elapsed.as_secs_f64() / count as f64;
-    report("in-process router, 1 at a time", &histogram, elapsed, count);
+    report(
+        "in-process service, 1 at a time",
+        &histogram,
+        elapsed,
+        count,
+    );
     let (histogram, elapsed) = sequential(count, || {
         let edge = edge.clone();
         async move {
-            let response = edge.forward(7, request()).await;
-            assert!(response.status().is_success());
+            read(&edge.ask(7, operation()).await.unwrap());
         }
     })
     .await;
@@ -126,8 +144,7 @@ async fn routed_hop(args: &Args) {
                 let mut histogram = Histogram::<u64>::new(3).unwrap();
                 for _ in 0..per_task {
                     let one = Instant::now();
-                    let response = edge.forward(7, request()).await;
-                    assert!(response.status().is_success());
+                    read(&edge.ask(7, operation()).await.unwrap());
                     histogram.record(one.elapsed().as_micros() as u64).unwrap();
                 }
                 histogram

@@ -246,7 +246,6 @@ impl Application {
             cluster: cluster.clone(),
         });
         if let Some(cluster) = &cluster {
-            cluster.routes.answer_with(http::router(state.clone()));
             cluster.routes.operate_with(crate::inventory::owner(&state));
             http::listen_to_cluster(state.clone(), background.clone());
             crate::inventory::saga::finish_decided(state.clone(), background.clone());

@@ -7,12 +7,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use axum::routing::get;
 use common::*;
-use stockline::cluster::routing::{RouteSettings, Routes};
+use stockline::cluster::routing::{RouteSettings, Routes, protocol};
 use stockline::cluster::{ClusterNode, Membership, shard_of};
 use stockline_actors::{Core, CoreConfig, Journal, LineKey, ReservationId};
 
@@ -31,9 +27,20 @@ async fn routes(cluster: &str) -> Routes {
     )
 }
 
-async fn ask(asker: &Routes, shard: u16) -> StatusCode {
-    let request = Request::get("/who").body(Body::empty()).unwrap();
-    asker.forward(shard, request).await.status()
+/// Answers every operation with its node's name.
+struct Named(&'static str);
+
+impl protocol::Operations for Named {
+    fn serve(&self, _: u16, _: bytes::Bytes) -> protocol::Served {
+        let name = self.0;
+        Box::pin(async move { Some(protocol::answer(&name.to_owned())) })
+    }
+}
+
+/// Who answers shard `shard`'s subject, if anyone does.
+async fn ask(asker: &Routes, shard: u16) -> Option<String> {
+    let reply = asker.ask(shard, protocol::encode(&())).await.ok()?;
+    protocol::read_answer(&reply).ok()
 }
 
 #[tokio::test]
@@ -61,7 +68,7 @@ async fn claiming_restores_and_answers_losing_and_handing_off_forget() {
     );
     let name = format!("test{}", uuid::Uuid::now_v7().simple());
     let answering = Arc::new(routes(&name).await);
-    answering.answer_with(Router::new().route("/who", get(|| async { "a" })));
+    answering.operate_with(Arc::new(Named("a")));
     let asker = routes(&name).await;
     let node = ClusterNode {
         core: core.clone(),
@@ -76,7 +83,7 @@ async fn claiming_restores_and_answers_losing_and_handing_off_forget() {
     let epoch = round.claimed.iter().find(|(s, _)| *s == shard).unwrap().1;
     node.claimed(vec![(shard, epoch)]).await;
     assert_eq!(answering.answering(), [shard]);
-    assert_eq!(ask(&asker, shard).await, StatusCode::OK);
+    assert_eq!(ask(&asker, shard).await.as_deref(), Some("a"));
     assert!(
         core.reservations().get(id).is_some(),
         "the pending reservation is restored"
@@ -90,7 +97,7 @@ async fn claiming_restores_and_answers_losing_and_handing_off_forget() {
     // Taken over: no longer answered, nothing of it kept.
     node.lost(vec![shard]).await;
     assert!(answering.answering().is_empty());
-    assert_eq!(ask(&asker, shard).await, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ask(&asker, shard).await, None);
     assert!(core.reservations().get(id).is_none());
     assert!(core.registry().resident(key).is_none());
 

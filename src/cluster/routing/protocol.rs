@@ -1,7 +1,7 @@
 //! The shard protocol: typed requests to the owner of a shard, over NATS request/reply on
 //! the shard's subject, with no HTTP on the hop.
 //!
-//! A request is a message with the [`OPERATION`] header, whose payload is the protocol's
+//! A request is a message (with the [`OPERATION`] header) whose payload is the protocol's
 //! [`VERSION`] then the operation, both in postcard (a varint, then the operation's serde
 //! form). The owner answers with its own version then the answer. What the operations are
 //! is not this module's business: the node registers what serves them ([`Operations`]),
@@ -26,7 +26,8 @@ use crate::cluster::shard::Shard;
 /// The version of the operations and answers this build sends and reads.
 pub const VERSION: u16 = 1;
 
-/// Marks a message as a typed operation (its absence: a forwarded HTTP request).
+/// Names, on each request, the version it speaks (for whoever watches the subject; the
+/// payload says it again, and that is what counts).
 pub const OPERATION: &str = "Stockline-Operation";
 
 /// Why an owner did not serve a request.
@@ -111,14 +112,6 @@ pub(super) fn headers() -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(OPERATION, VERSION.to_string().as_str());
     headers
-}
-
-/// Whether a message is a typed request (else a forwarded HTTP request).
-pub(super) fn is_operation(message: &async_nats::Message) -> bool {
-    message
-        .headers
-        .as_ref()
-        .is_some_and(|headers| headers.get(OPERATION).is_some())
 }
 
 #[cfg(test)]
