@@ -39,6 +39,7 @@ mod finish;
 mod record;
 
 pub use finish::{finish_decided, fold};
+use record::SagaStatus::{self, *};
 use record::mark;
 pub use record::{Saga, find};
 
@@ -469,27 +470,25 @@ async fn decide(coordinator: &Coordinator, found: Saga, commit: bool) -> Result<
                 .await?
                 .ok_or_else(|| AppError::NotFound("reservation".into()))?,
         };
-        match (saga.status.as_str(), commit) {
-            ("pending", _) => {}
-            ("committing", true) => {
-                return finish(coordinator, &saga, "committing", Outcome::Committed).await;
+        match (saga.status, commit) {
+            (Pending, _) => {}
+            (Committing, true) => {
+                return finish(coordinator, &saga, Committing, Outcome::Committed).await;
             }
-            ("releasing", false) => {
-                return finish(coordinator, &saga, "releasing", Outcome::Released).await;
+            (Releasing, false) => {
+                return finish(coordinator, &saga, Releasing, Outcome::Released).await;
             }
-            ("committing" | "committed", _) => {
-                return Err(not_pending(ReservationStatus::Committed));
-            }
-            ("releasing" | "released", _) => return Err(not_pending(ReservationStatus::Released)),
-            _ => return Err(not_pending(ReservationStatus::Expired)),
+            (Committing | Committed, _) => return Err(not_pending(ReservationStatus::Committed)),
+            (Releasing | Released, _) => return Err(not_pending(ReservationStatus::Released)),
+            (Expired, _) => return Err(not_pending(ReservationStatus::Expired)),
         }
         if Utc::now() >= saga.expires_at {
-            mark(db, id, "pending", "expired").await?;
+            mark(db, id, Pending, Expired).await?;
             return Err(not_pending(ReservationStatus::Expired));
         }
         if !commit {
-            if mark(db, id, "pending", "releasing").await? {
-                return finish(coordinator, &saga, "releasing", Outcome::Released).await;
+            if mark(db, id, Pending, Releasing).await? {
+                return finish(coordinator, &saga, Releasing, Outcome::Released).await;
             }
             continue;
         }
@@ -503,8 +502,8 @@ async fn decide(coordinator: &Coordinator, found: Saga, commit: bool) -> Result<
             .iter()
             .any(|a| a.not_pending() == Some(ReservationStatus::Expired));
         if gone {
-            if mark(db, id, "pending", "releasing").await? {
-                let _ = finish(coordinator, &saga, "releasing", Outcome::Expired).await;
+            if mark(db, id, Pending, Releasing).await? {
+                let _ = finish(coordinator, &saga, Releasing, Outcome::Expired).await;
             }
             return Err(not_pending(ReservationStatus::Expired));
         }
@@ -522,11 +521,11 @@ async fn decide(coordinator: &Coordinator, found: Saga, commit: bool) -> Result<
             answers.iter().filter_map(PartAnswer::not_pending).collect();
         if settled.len() == answers.len() {
             let status = status_of(&settled);
-            mark(db, id, "pending", status.as_str()).await?;
+            mark(db, id, Pending, status.into()).await?;
             return Err(not_pending(status));
         }
-        if mark(db, id, "pending", "committing").await? {
-            return finish(coordinator, &saga, "committing", Outcome::Committed).await;
+        if mark(db, id, Pending, Committing).await? {
+            return finish(coordinator, &saga, Committing, Outcome::Committed).await;
         }
     }
     Err(AppError::Unavailable(
@@ -539,10 +538,10 @@ async fn decide(coordinator: &Coordinator, found: Saga, commit: bool) -> Result<
 async fn finish(
     coordinator: &Coordinator,
     saga: &Saga,
-    decided: &str,
+    decided: SagaStatus,
     done: Outcome,
 ) -> Result<Response> {
-    let commit = decided == "committing";
+    let commit = decided == Committing;
     let answers = coordinator
         .each(saga, || match commit {
             true => Step::Settle {
@@ -554,7 +553,7 @@ async fn finish(
         .await;
     // A part already settled (by a partial settlement, or an earlier try) is reached.
     let reached = answers.iter().all(|a| a.ok() || a.not_pending().is_some());
-    if decided == "committing"
+    if commit
         && answers
             .iter()
             .any(|a| a.not_pending() == Some(ReservationStatus::Expired))
@@ -563,11 +562,17 @@ async fn finish(
     }
     if !reached {
         return Err(AppError::Unavailable(format!(
-            "the reservation is {decided}; some of its shards did not answer yet and it \
-             finishes by itself: retry to see it done"
+            "the reservation is {}; some of its shards did not answer yet and it \
+             finishes by itself: retry to see it done",
+            decided.as_str()
         )));
     }
-    if mark(&coordinator.state.db, saga.id, decided, done.as_str()).await? {
+    let ends = match done {
+        Outcome::Committed => Committed,
+        Outcome::Expired => Expired,
+        _ => Released,
+    };
+    if mark(&coordinator.state.db, saga.id, decided, ends).await? {
         coordinator.cluster.sagas.count(done);
     }
     let body = match joined(saga, &answers) {
@@ -578,7 +583,7 @@ async fn finish(
     // A commit is answered 200 only if stock left: parts that all let it go (released
     // or expired earlier) end the reservation so, and the commit is refused.
     let status = body["status"].as_str().and_then(ReservationStatus::parse);
-    if decided == "committing" && status != Some(ReservationStatus::Committed) {
+    if commit && status != Some(ReservationStatus::Committed) {
         return Err(not_pending(status.unwrap_or(ReservationStatus::Expired)));
     }
     Ok(axum::Json(body).into_response())

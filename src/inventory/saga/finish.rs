@@ -9,7 +9,7 @@ use stockline_actors::{CoreError, Reservation, ReservationId, ReservationStatus}
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::record::{Saga, mark};
+use super::record::{Saga, SagaStatus, mark};
 use crate::cluster::Cluster;
 use crate::cluster::saga::{Outcome, status_of};
 use crate::error::Result;
@@ -90,7 +90,7 @@ async fn finish_round(state: &AppState, cluster: &Cluster, lease: Duration) -> R
     .await?;
     let reservations = state.core.reservations();
     for saga in stale {
-        let commit = saga.status == "committing";
+        let commit = saga.status == SagaStatus::Committing;
         for (shard, part) in saga.parts() {
             if cluster.leases().serving(shard).is_none() {
                 continue;
@@ -118,10 +118,10 @@ async fn finish_round(state: &AppState, cluster: &Cluster, lease: Duration) -> R
             .filter_map(|s| ReservationStatus::parse(s))
             .collect();
         if statuses.len() == saga.parts.len() && !statuses.contains(&ReservationStatus::Pending) {
-            let status = status_of(&statuses).as_str();
-            if mark(&state.db, saga.id, &saga.status, status).await? {
+            let status = SagaStatus::from(status_of(&statuses));
+            if mark(&state.db, saga.id, saga.status, status).await? {
                 cluster.sagas.count(Outcome::Finished);
-                tracing::info!(reservation = %saga.id, status, "a reservation across shards was finished after its coordinator stopped");
+                tracing::info!(reservation = %saga.id, status = status.as_str(), "a reservation across shards was finished after its coordinator stopped");
             }
         }
     }

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
+use stockline_actors::ReservationStatus;
 use uuid::Uuid;
 
 use crate::cluster::Shard;
@@ -14,7 +15,8 @@ pub struct Saga {
     pub id: Uuid,
     pub(super) shards: Vec<i16>,
     pub(super) parts: Vec<Uuid>,
-    pub(super) status: String,
+    #[sqlx(try_from = "String")]
+    pub(super) status: SagaStatus,
     pub(super) reference: Option<String>,
     pub(super) expires_at: DateTime<Utc>,
     pub(super) created_at: DateTime<Utc>,
@@ -41,15 +43,93 @@ pub async fn find(db: &PgPool, id: Uuid) -> Result<Option<Saga>> {
     .await?)
 }
 
+/// Where a reservation across shards stands: pending, a decision being carried to its
+/// parts, or settled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SagaStatus {
+    Pending,
+    /// Decided: every part is to be committed (by its coordinator, or by the parts'
+    /// owners if it stopped).
+    Committing,
+    /// Decided: every part is to be released.
+    Releasing,
+    Committed,
+    Released,
+    Expired,
+}
+
+impl SagaStatus {
+    const ALL: [Self; 6] = [
+        Self::Pending,
+        Self::Committing,
+        Self::Releasing,
+        Self::Committed,
+        Self::Released,
+        Self::Expired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Committing => "committing",
+            Self::Releasing => "releasing",
+            Self::Committed => "committed",
+            Self::Released => "released",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+impl TryFrom<String> for SagaStatus {
+    type Error = String;
+
+    fn try_from(text: String) -> std::result::Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_str() == text)
+            .ok_or_else(|| format!("a reservation across shards cannot be {text:?}"))
+    }
+}
+
+/// The whole's status once its parts stand at `status`.
+impl From<ReservationStatus> for SagaStatus {
+    fn from(status: ReservationStatus) -> Self {
+        match status {
+            ReservationStatus::Pending => Self::Pending,
+            ReservationStatus::Committed => Self::Committed,
+            ReservationStatus::Released => Self::Released,
+            ReservationStatus::Expired => Self::Expired,
+        }
+    }
+}
+
 /// Moves `id` from status `from` to `to`; false if it was not at `from`.
-pub(super) async fn mark(db: &PgPool, id: Uuid, from: &str, to: &str) -> Result<bool> {
+pub(super) async fn mark(db: &PgPool, id: Uuid, from: SagaStatus, to: SagaStatus) -> Result<bool> {
     let moved = sqlx::query(
         "UPDATE reservation_sagas SET status = $3, updated_at = now() WHERE id = $1 AND status = $2",
     )
     .bind(id)
-    .bind(from)
-    .bind(to)
+    .bind(from.as_str())
+    .bind(to.as_str())
     .execute(db)
     .await?;
     Ok(moved.rows_affected() == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_reads_back_as_it_is_stored_and_nothing_else_is_one() {
+        for status in SagaStatus::ALL {
+            assert_eq!(SagaStatus::try_from(status.as_str().to_owned()), Ok(status));
+        }
+        assert!(SagaStatus::try_from("Pending".to_owned()).is_err());
+        assert!(SagaStatus::try_from(String::new()).is_err());
+        assert_eq!(
+            SagaStatus::from(ReservationStatus::Expired),
+            SagaStatus::Expired
+        );
+    }
 }
