@@ -35,16 +35,18 @@ use serde_json::{Value, json};
 use stockline_actors::{CoreError, ReservationRequest, ReservationStatus};
 use uuid::Uuid;
 
+mod answers;
 mod finish;
 mod record;
 
+use answers::{PartAnswer, all_held, refusal};
 pub use finish::{finish_decided, fold};
 use record::SagaStatus::{self, *};
 use record::mark;
 pub use record::{Saga, find};
 
 use super::reservations::{self, ReservationBody};
-use super::{Hold, MAX_ANSWER, Operation, Step};
+use super::{Hold, Operation, Step};
 use crate::cluster::saga::{Outcome, SagaPart, saga_id, spanning, status_of};
 use crate::cluster::{Cluster, Shard, shard_of};
 use crate::error::{AppError, Result};
@@ -57,50 +59,6 @@ const COMMIT_GRACE: Duration = Duration::from_secs(120);
 
 /// How often a release of a part is sent again while its shard has no owner.
 const RELEASE_ATTEMPTS: usize = 5;
-
-/// What one part answered.
-struct PartAnswer {
-    status: StatusCode,
-    body: Value,
-}
-
-impl PartAnswer {
-    fn ok(&self) -> bool {
-        self.status.is_success()
-    }
-
-    /// The part's status if it answered "not pending".
-    fn not_pending(&self) -> Option<ReservationStatus> {
-        let error = &self.body["error"];
-        (self.status == StatusCode::CONFLICT && error["code"] == "reservation_not_pending")
-            .then(|| ReservationStatus::parse(error["details"]["status"].as_str()?))
-            .flatten()
-    }
-
-    fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body)).into_response()
-    }
-}
-
-/// The refusal to answer for the whole among the parts' answers: a client error first
-/// (it says why), else the first failure. `None` if every part succeeded.
-fn refusal(answers: Vec<PartAnswer>) -> Option<PartAnswer> {
-    let mut failures: Vec<_> = answers.into_iter().filter(|a| !a.ok()).collect();
-    let at = failures
-        .iter()
-        .position(|a| a.status.is_client_error())
-        .unwrap_or(0);
-    (!failures.is_empty()).then(|| failures.swap_remove(at))
-}
-
-/// The parts' answers if every part succeeded, else the refusal to answer for the whole.
-fn all_held(answers: Vec<PartAnswer>) -> std::result::Result<Vec<PartAnswer>, PartAnswer> {
-    if answers.iter().all(PartAnswer::ok) {
-        return Ok(answers);
-    }
-    Err(refusal(answers)
-        .unwrap_or_else(|| failed(AppError::Unavailable("a part did not answer; retry".into()))))
-}
 
 /// The node coordinating one request: it sends each part to its shard's owner, typed
 /// (`inventory::Operation::Part`), or serves it from its own core if it owns the shard.
@@ -121,14 +79,7 @@ impl Coordinator {
     /// Asks `step` of `saga`'s part in `shard`.
     async fn ask(&self, saga: Uuid, shard: Shard, step: Step) -> PartAnswer {
         let part = Operation::Part { saga, shard, step };
-        let response = super::at_owner(&self.state, &self.cluster, shard, part).await;
-        let status = response.status();
-        let body = axum::body::to_bytes(response.into_body(), MAX_ANSWER)
-            .await
-            .ok()
-            .and_then(|body| serde_json::from_slice(&body).ok())
-            .unwrap_or(Value::Null);
-        PartAnswer { status, body }
+        PartAnswer::of(super::at_owner(&self.state, &self.cluster, shard, part).await).await
     }
 
     /// Asks of every part of `saga` at once: `what()` gives the step.
@@ -156,13 +107,6 @@ impl Coordinator {
             }
         }))
         .await;
-    }
-}
-
-fn failed(error: AppError) -> PartAnswer {
-    PartAnswer {
-        status: error.status(),
-        body: json!({ "error": error.body() }),
     }
 }
 
