@@ -11,7 +11,10 @@
 //! - [`store`]: PostgreSQL: migrations, the write-behind flusher, recovery.
 //! - [`inventory`]: the service handlers call to change and read stock lines: served by
 //!   this node's core, or sent typed to the owner of the lines' shard.
-//! - [`cluster`]: cluster mode: shards by product and their leases in PostgreSQL.
+//! - [`cluster`]: cluster mode's distribution: shards by product, their leases in
+//!   PostgreSQL, the shard protocol between nodes. It imports nothing of `http`, the
+//!   service or the store.
+//! - [`node`]: a cluster node's side of its leases: restore, answer, forget.
 //! - [`catalog`]: the in-memory copy of the products the hot path reads.
 //! - [`shops`]: shop memberships and the access policy every warehouse-touching handler
 //!   asks.
@@ -35,6 +38,7 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod inventory;
+pub mod node;
 pub mod orders;
 pub mod shops;
 pub mod startup;

@@ -32,13 +32,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Auth, Role, password};
 use crate::catalog::Catalog;
-use crate::cluster::{Cluster, ClusterNode, shard_of};
+use crate::cluster::{Cluster, shard_of};
 use crate::config::{Config, Durability};
 use crate::error::{AppError, Result};
 use crate::http::idempotency::Answers;
 use crate::http::rate_limit::AuthLimiter;
 use crate::http::serve::Limits;
 use crate::http::{self, AppParts, AppState, StoreState};
+use crate::node::ClusterNode;
 use crate::orders::Orders;
 use crate::shops::Shops;
 use crate::store::flusher::{Flusher, Pacing};

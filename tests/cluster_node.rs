@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use common::*;
 use stockline::cluster::routing::{RouteSettings, Routes, protocol};
-use stockline::cluster::{ClusterNode, Membership, shard_of};
+use stockline::cluster::{Membership, shard_of};
+use stockline::node::ClusterNode;
 use stockline_actors::{Core, CoreConfig, Journal, LineKey, ReservationId};
 
 const NATS: &str = "127.0.0.1:4222";

@@ -16,8 +16,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::Member;
+use super::leases::Membership;
 use super::leases::{LeaseSettings, Leases};
-use super::node::ClusterNode;
 use super::ordinal;
 use super::routing::{RouteSettings, Routes};
 use crate::config::{Config, Durability};
@@ -112,7 +112,7 @@ impl Cluster {
     }
 
     /// Starts the lease loop: claims, renewals, hand-offs, with `node` acting on them.
-    pub fn start(&self, node: ClusterNode) {
+    pub fn start(&self, node: impl Membership) {
         let leases = self.leases().clone();
         let stop = self.stop.clone();
         let task = tokio::spawn(async move { leases.run(&node, stop).await });

@@ -7,7 +7,6 @@
 //!   hand-offs and the epoch fence every flush transaction checks.
 //! - [`ordinal`]: each node's own range of journal numbers.
 //! - [`routing`]: requests between nodes, over NATS request/reply per shard.
-//! - [`node`]: what a node does as its leases change (restore, answer, forget).
 //! - [`route`]: which shard's owner serves a request, from its path and body.
 //! - [`saga`]: reservations across shards, one part per shard.
 //! - [`reference`]: changes to the catalog, warehouses, shops and logouts, announced to
@@ -16,7 +15,6 @@
 
 pub mod leases;
 mod member;
-pub mod node;
 pub mod ordinal;
 pub mod reference;
 pub mod route;
@@ -26,7 +24,6 @@ pub mod shard;
 
 pub use leases::{Epoch, Fenced, LeaseSettings, Leases, Membership, Round};
 pub use member::Cluster;
-pub use node::ClusterNode;
 pub use ordinal::ORDINAL_SHIFT;
 pub use routing::{RouteSettings, Routes};
 pub use shard::{SHARD_FUNCTION, SHARDS, Shard, shard_of};

@@ -1,5 +1,6 @@
-//! A node's side of its leases ([`Membership`]): what it does when it claims, loses or
-//! hands off shards.
+//! A cluster node's side of its leases ([`Membership`]): what it does with its core, its
+//! routes and the store when it claims, loses or hands off shards. Here, not in `cluster/`,
+//! which owns distribution only and knows nothing of the store.
 //!
 //! - Claimed: forget anything still in memory of those shards (from an earlier ownership),
 //!   restore their live state from the store (pending reservations, the lines they hold),
@@ -19,9 +20,8 @@ use futures_util::future::BoxFuture;
 use sqlx::PgPool;
 use stockline_actors::Core;
 
-use super::leases::{Epoch, Membership};
-use super::routing::Routes;
-use super::shard::{Shard, shard_of};
+use crate::cluster::routing::Routes;
+use crate::cluster::{Epoch, Membership, Shard, shard_of};
 use crate::store::records::Buffer;
 use crate::store::recovery;
 
