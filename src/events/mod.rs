@@ -1,6 +1,6 @@
 //! Events out (API.md v1.1 "Events"): what changed, pushed to whoever listens.
 //!
-//! The flusher derives the events of each batch from its records ([`derive`]) and writes
+//! The flusher derives the events of each batch from its records (`store::derive`) and writes
 //! them into the `events` table in the batch's own transaction (`store::outbox`), so an
 //! event exists if and only if its change does. An event's id is made of the journal
 //! number of the record it comes from, so ids increase in the order the changes were made
@@ -10,14 +10,12 @@
 //! own position in the table and reads on from it after a restart, so none of them can
 //! miss an event, and a slow one holds up nobody else.
 //!
-//! - [`derive`]: records of a batch, and the line states before it, to events.
 //! - [`hub`]: the live fan-out (a bounded broadcast) and the newest event id.
 //! - [`read`]: pages of the table for a caller (filters by type and shop).
 //! - [`webhooks`]: signed deliveries with retries, state in PostgreSQL.
 //! - [`nats`]: every event to `stockline.events.<type>`.
 //! - [`retention`]: events older than the retention are pruned.
 
-pub mod derive;
 pub mod hub;
 pub mod nats;
 pub mod read;

@@ -1,6 +1,7 @@
 //! PostgreSQL: connecting (the database is created if missing), migrations, the
 //! write-behind flusher, and recovery of the core's state at start.
 
+mod derive;
 pub mod flusher;
 pub mod lines;
 mod outbox;

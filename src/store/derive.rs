@@ -26,8 +26,8 @@ use serde_json::{Value, json};
 use stockline_actors::journal::{LineRecord, MovementRecord, ReservationRecord, TransferRecord};
 use stockline_actors::{LineKey, Lsn, ProductId, Record, ReservationStatus, WarehouseId};
 
-use super::{Event, EventType};
-use crate::store::records::{OrderRecord, StoreRecord};
+use crate::events::{Event, EventType};
+use super::records::{OrderRecord, StoreRecord};
 
 /// How many event ids one record has room for (`lsn * SLOTS + n`).
 pub const SLOTS: i64 = 8;
@@ -291,7 +291,7 @@ struct ItemData {
     product_id: i64,
     warehouse_id: i64,
     /// The warehouse's shop (null: the platform's): a shop's reader of an event that
-    /// spans shops is shown its own items only ([`super::read::Filter::shown`]).
+    /// spans shops is shown its own items only ([`crate::events::read::Filter::shown`]).
     shop_id: Option<i64>,
     quantity: u64,
     committed: u64,
