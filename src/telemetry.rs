@@ -1,4 +1,8 @@
 //! Logging: `RUST_LOG` filters (default `info`); `STOCKLINE_LOG_FORMAT=json` for JSON lines.
+//! [`requests`]: per-request metrics; [`traffic`]: the console's last minute of them.
+
+pub mod requests;
+pub mod traffic;
 
 use tracing_subscriber::EnvFilter;
 

@@ -6,6 +6,7 @@
 //! through the API takes effect on the next request, one made in the database directly
 //! within [`ROLE_FRESH_FOR`].
 
+pub mod limiter;
 pub mod lockout;
 pub mod password;
 pub mod totp;

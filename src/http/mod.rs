@@ -8,7 +8,7 @@ mod console;
 mod events;
 pub mod extract;
 pub mod health;
-pub mod idempotency;
+mod keyed;
 pub mod openapi;
 mod operations;
 mod orders;
@@ -18,10 +18,8 @@ mod reservations;
 pub mod serve;
 mod shard_map;
 mod shops;
-mod state;
 mod stock;
 mod storable;
-mod traffic;
 mod transfers;
 pub mod users;
 mod warehouses;
@@ -37,11 +35,13 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::AppError;
-pub use state::{AppParts, AppState, StoreState};
+pub use crate::idempotency;
+pub use crate::state::{AppParts, AppState, StoreState};
 
+pub use crate::telemetry::requests::RequestMetrics;
 pub use auth::{email as auth_email, password_ok as auth_password_ok};
 pub use cluster::listen as listen_to_cluster;
-pub use operations::{RequestMetrics, recorder as metrics_recorder};
+pub use operations::recorder as metrics_recorder;
 
 /// Bodies over this are refused with 413.
 pub(crate) const MAX_BODY: usize = 1024 * 1024;

@@ -3,10 +3,8 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use axum::http::{Method, StatusCode};
-use dashmap::DashMap;
+use axum::http::Method;
 
 use axum::extract::State;
 use axum::http::header;
@@ -26,6 +24,7 @@ use crate::http::AppState;
 use crate::http::caller::Caller;
 use crate::shops::Scope;
 use crate::store;
+use crate::telemetry::requests::RequestMetrics;
 use stockline_actors::LineKey;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -249,7 +248,7 @@ struct Overview {
     store_healthy: bool,
     /// The last minute's requests; null when per-request metrics are off
     /// (`STOCKLINE_METRICS=false`) or for a shop member (server-wide figures).
-    traffic: Option<super::traffic::TrafficSummary>,
+    traffic: Option<crate::telemetry::traffic::TrafficSummary>,
     /// Reservations by outcome since start, and pending now; null for a shop member.
     reservations: Option<ReservationOutcomes>,
     /// Null for a shop member.
@@ -525,48 +524,6 @@ fn describe() {
 
 /// The lines whose mailbox depth is exported, the busiest first: a bounded label set.
 const BUSIEST_LINES: usize = 10;
-
-/// Per-request metrics: the Prometheus counter and histogram of each (method, route
-/// template, status), registered once and kept, and the console's last minute.
-pub struct RequestMetrics {
-    recorder: Arc<PrometheusRecorder>,
-    pub traffic: super::traffic::Traffic,
-    /// Bounded: routes are the router's templates (or `unmatched`), methods the standard
-    /// ones (or `OTHER`), statuses at most a few hundred.
-    handles: DashMap<(&'static str, String, u16), (metrics::Counter, metrics::Histogram)>,
-}
-
-impl RequestMetrics {
-    pub fn new(recorder: Arc<PrometheusRecorder>) -> Self {
-        Self {
-            recorder,
-            traffic: Default::default(),
-            handles: DashMap::new(),
-        }
-    }
-
-    fn record(&self, method: &'static str, route: &str, status: StatusCode, elapsed: Duration) {
-        self.traffic.record(elapsed, status.is_server_error());
-        let key = (method, route.to_owned(), status.as_u16());
-        let handles = match self.handles.get(&key) {
-            Some(handles) => handles.clone(),
-            None => {
-                let handles = metrics::with_local_recorder(&*self.recorder, || {
-                    let route = key.1.clone();
-                    (
-                        metrics::counter!("stockline_http_requests_total",
-                            "method" => method, "route" => route.clone(), "status" => key.2.to_string()),
-                        metrics::histogram!("stockline_http_request_duration_seconds",
-                            "method" => method, "route" => route),
-                    )
-                });
-                self.handles.entry(key).or_insert(handles).clone()
-            }
-        };
-        handles.0.increment(1);
-        handles.1.record(elapsed.as_secs_f64());
-    }
-}
 
 /// A method's label: the standard ones by name, any other as `OTHER` (clients choose
 /// methods; the label set must stay bounded).

@@ -16,8 +16,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::{AppError, Result};
-use crate::http::AppState;
-use crate::http::idempotency::Answer;
+use crate::idempotency::Answer;
+use crate::state::AppState;
 
 /// `StockLine` of API.md.
 #[derive(Debug, Serialize, ToSchema)]

@@ -41,8 +41,8 @@ use crate::cluster::routing::protocol::{self, Operations, Refused, Served};
 use crate::cluster::saga::SagaPart;
 use crate::cluster::{Cluster, Shard, shard_of};
 use crate::error::{AppError, Result};
-use crate::http::AppState;
-use crate::http::idempotency::{self, Keyed};
+use crate::idempotency::{self, Keyed};
+use crate::state::AppState;
 use lines::LineChange;
 
 /// Runs `operation` where its stock is: here, on its shard's owner, or, when it spans

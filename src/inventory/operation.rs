@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::lines::{LineChange, Move};
 use crate::cluster::{Shard, shard_of};
 use crate::error::{AppError, Result};
-use crate::http::idempotency::Keyed;
+use crate::idempotency::Keyed;
 
 /// What the service does: the core's own operations, as one node asks another.
 #[derive(Debug, Serialize, Deserialize)]

@@ -14,9 +14,9 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::{AppError, Result};
-use crate::http::AppState;
-use crate::http::idempotency::Answer;
+use crate::idempotency::Answer;
 use crate::orders::is_zero;
+use crate::state::AppState;
 
 /// `Reservation` of API.md.
 #[derive(Debug, Serialize, ToSchema)]

@@ -50,8 +50,8 @@ use super::{Hold, Operation, Step};
 use crate::cluster::saga::{Outcome, SagaPart, saga_id, spanning, status_of};
 use crate::cluster::{Cluster, Shard, shard_of};
 use crate::error::{AppError, Result};
-use crate::http::AppState;
-use crate::http::idempotency::{self, Answer, Keyed};
+use crate::idempotency::{self, Answer, Keyed};
+use crate::state::AppState;
 
 /// How long a commit keeps the parts held at least (their own expiry may be later): the
 /// time the nodes have to finish a commit whose coordinator died after deciding it.

@@ -5,7 +5,7 @@ use stockline_actors::LineSnapshot;
 use stockline_actors::types::ShopId;
 
 use crate::error::{AppError, Result};
-use crate::http::AppState;
+use crate::state::AppState;
 
 /// A product's availability over the lines of every warehouse, or of one shop's.
 pub async fn availability_of(state: &AppState, id: i64, shop: Option<ShopId>) -> Result<Value> {

@@ -26,8 +26,8 @@ use serde_json::{Value, json};
 use stockline_actors::journal::{LineRecord, MovementRecord, ReservationRecord, TransferRecord};
 use stockline_actors::{LineKey, Lsn, ProductId, Record, ReservationStatus, WarehouseId};
 
-use crate::events::{Event, EventType};
 use super::records::{OrderRecord, StoreRecord};
+use crate::events::{Event, EventType};
 
 /// How many event ids one record has room for (`lsn * SLOTS + n`).
 pub const SLOTS: i64 = 8;

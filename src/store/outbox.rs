@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use sqlx::PgConnection;
 use stockline_actors::{LineKey, Lsn, ProductId, Record, WarehouseId};
 
+use super::derive::{self, Before, Place, StoredLine};
 use super::records::StoreRecord;
 use crate::events::Event;
-use super::derive::{self, Before, Place, StoredLine};
 
 /// How long a product's threshold and lines, and a warehouse's status, are trusted.
 const FRESH_FOR: Duration = Duration::from_secs(5);

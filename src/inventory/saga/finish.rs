@@ -13,7 +13,7 @@ use super::record::{Saga, SagaStatus, mark};
 use crate::cluster::Cluster;
 use crate::cluster::saga::{Outcome, status_of};
 use crate::error::Result;
-use crate::http::AppState;
+use crate::state::AppState;
 
 /// Merges, among pending reservations, the parts of each reservation across shards into
 /// the one reservation its client knows.

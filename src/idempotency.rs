@@ -8,28 +8,16 @@
 //! duplicate that arrives while the first is still running waits for it and replays it.
 //! Answers stay in memory for an hour (replays need no query), then only in PostgreSQL.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use stockline_actors::Lsn;
 
 use crate::store::records::{IdempotencyRecord, StoreRecord};
-use tokio::sync::Notify;
 
 use crate::error::{AppError, Result};
-use crate::http::AppState;
-
-/// How long answers stay in memory.
-const IN_MEMORY: Duration = Duration::from_secs(3600);
+use crate::state::AppState;
+use crate::state::answers::{Claim, Slot};
 
 /// A JSON body and, if the client sent one, its idempotency key and request fingerprint.
 pub struct Idempotent<T> {
@@ -37,50 +25,6 @@ pub struct Idempotent<T> {
     key: Option<String>,
     fingerprint: String,
     grouped: Grouped,
-}
-
-impl<T: DeserializeOwned> FromRequest<AppState> for Idempotent<T> {
-    type Rejection = AppError;
-
-    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let key = match request.headers().get("idempotency-key") {
-            None => None,
-            Some(value) => {
-                let key = value.to_str().unwrap_or_default();
-                if key.is_empty() || key.len() > 255 {
-                    return Err(AppError::validation(
-                        "Idempotency-Key",
-                        "must have 1 to 255 characters",
-                    ));
-                }
-                Some(key.to_owned())
-            }
-        };
-        let target = format!("{} {}", request.method(), request.uri().path());
-        let has_body = request
-            .headers()
-            .get(axum::http::header::CONTENT_LENGTH)
-            .is_none_or(|length| length != "0");
-        let value = if has_body {
-            super::extract::Json::<Value>::from_request(request, state)
-                .await?
-                .0
-        } else {
-            Bytes::from_request(request, state)
-                .await
-                .map_err(|_| AppError::PayloadTooLarge)?;
-            Value::Null
-        };
-        // serde_json's maps are sorted, so key order does not change the fingerprint.
-        let fingerprint = format!("{:x}", Sha256::digest(format!("{target}\n{value}")));
-        let body = serde_json::from_value(value).map_err(body_error)?;
-        Ok(Self {
-            body,
-            key,
-            fingerprint,
-            grouped: Grouped::Yes,
-        })
-    }
 }
 
 /// A JSON body that does not fit the request, in the contract's words: a missing field
@@ -105,6 +49,10 @@ pub struct Keyed {
 }
 
 impl Keyed {
+    pub(crate) fn new(key: String, fingerprint: String) -> Self {
+        Self { key, fingerprint }
+    }
+
     pub fn key(&self) -> &str {
         &self.key
     }
@@ -116,7 +64,7 @@ impl Keyed {
 
 impl<T> Idempotent<T> {
     /// `body` under the key it came with.
-    fn of(body: T, keyed: Option<Keyed>) -> Self {
+    pub(crate) fn of(body: T, keyed: Option<Keyed>) -> Self {
         let (key, fingerprint) = match keyed {
             Some(Keyed { key, fingerprint }) => (Some(key), fingerprint),
             None => (None, String::new()),
@@ -159,114 +107,6 @@ impl Answer {
     pub fn new(status: StatusCode, body: impl serde::Serialize, lsn: Lsn) -> Result<Self> {
         let body = serde_json::to_value(body).map_err(|e| AppError::Internal(e.to_string()))?;
         Ok(Self { status, body, lsn })
-    }
-}
-
-enum Slot {
-    Running {
-        fingerprint: String,
-        done: Arc<Notify>,
-    },
-    Done {
-        fingerprint: String,
-        status: StatusCode,
-        body: Value,
-        /// The journal position that makes the answered change durable (0: it is).
-        lsn: Lsn,
-        at: Instant,
-    },
-}
-
-/// Answers by (user, key), in memory.
-#[derive(Default)]
-pub struct Answers {
-    slots: DashMap<(i64, String), Slot>,
-}
-
-enum Claim {
-    Mine,
-    Wait(Arc<Notify>),
-    /// Answer this again, once the change it describes is durable.
-    Replay(StatusCode, Value, Lsn),
-    Reused,
-}
-
-impl Answers {
-    /// Drops answers older than an hour from memory; call now and then.
-    pub fn sweep(&self) {
-        self.slots
-            .retain(|_, slot| !matches!(slot, Slot::Done { at, .. } if at.elapsed() > IN_MEMORY));
-    }
-
-    fn claim(
-        &self,
-        user: i64,
-        key: &str,
-        fingerprint: &str,
-        stored: Option<(String, StatusCode, Value)>,
-    ) -> Claim {
-        match self.slots.entry((user, key.to_owned())) {
-            Entry::Occupied(slot) => match slot.get() {
-                Slot::Running { fingerprint: f, .. } | Slot::Done { fingerprint: f, .. }
-                    if f != fingerprint =>
-                {
-                    Claim::Reused
-                }
-                Slot::Running { done, .. } => Claim::Wait(done.clone()),
-                Slot::Done {
-                    status, body, lsn, ..
-                } => Claim::Replay(*status, body.clone(), *lsn),
-            },
-            Entry::Vacant(vacant) => match stored {
-                Some((f, _, _)) if f != fingerprint => Claim::Reused,
-                Some((f, status, body)) => {
-                    vacant.insert(Slot::Done {
-                        fingerprint: f,
-                        status,
-                        body: body.clone(),
-                        lsn: 0,
-                        at: Instant::now(),
-                    });
-                    Claim::Replay(status, body, 0)
-                }
-                None => {
-                    vacant.insert(Slot::Running {
-                        fingerprint: fingerprint.to_owned(),
-                        done: Arc::new(Notify::new()),
-                    });
-                    Claim::Mine
-                }
-            },
-        }
-    }
-
-    /// Forgets the answer kept for `key` if it is the one journaled at `lsn`, whose batch
-    /// was refused: the next try of the key runs the request again.
-    fn forget_refused(&self, user: i64, key: &str, lsn: Lsn) {
-        self.slots.remove_if(
-            &(user, key.to_owned()),
-            |_, slot| matches!(slot, Slot::Done { lsn: kept, .. } if *kept == lsn),
-        );
-    }
-
-    fn finish(&self, user: i64, key: &str, outcome: Option<(String, StatusCode, Value, Lsn)>) {
-        let slot_key = (user, key.to_owned());
-        let previous = match outcome {
-            Some((fingerprint, status, body, lsn)) => self.slots.insert(
-                slot_key,
-                Slot::Done {
-                    fingerprint,
-                    status,
-                    body,
-                    lsn,
-                    at: Instant::now(),
-                },
-            ),
-            None => self.slots.remove(&slot_key).map(|(_, slot)| slot),
-        };
-        if let Some(Slot::Running { done, .. }) = previous {
-            done.notify_waiters();
-        }
     }
 }
 

@@ -1,16 +1,17 @@
 //! What every request handler can reach: [`AppState`], built once at start-up and passed
 //! to the router with `Router::with_state`.
 
+pub mod answers;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
 use stockline_actors::{Core, DurableWatch, Lsn, NotDurable};
 
-use super::idempotency::Answers;
-use super::rate_limit::AuthLimiter;
 use crate::auth::Auth;
 use crate::auth::Identity;
+use crate::auth::limiter::AuthLimiter;
 use crate::catalog::Catalog;
 use crate::config::{Config, Durability};
 use crate::error::{AppError, Result};
@@ -58,7 +59,7 @@ pub struct AppParts {
     pub catalog: Arc<Catalog>,
     pub store: Arc<StoreState>,
     /// Answers to idempotent requests, by user and key.
-    pub answers: Arc<Answers>,
+    pub answers: Arc<answers::Answers>,
     pub orders: Arc<Orders>,
     /// Shops and their members, for the access policy.
     pub shops: Arc<Shops>,
@@ -71,7 +72,7 @@ pub struct AppParts {
     /// How long sync-mode requests waited to be durable (a histogram of `metrics`).
     pub durable_waits: metrics::Histogram,
     /// Requests counted and timed (for `/metrics` and the console's last minute).
-    pub requests: Arc<super::operations::RequestMetrics>,
+    pub requests: Arc<crate::telemetry::requests::RequestMetrics>,
     /// The count of every stored line, and when it was taken (a count over a million rows
     /// is not made for each poll of the console).
     pub stored_lines: Arc<tokio::sync::Mutex<Option<(std::time::Instant, i64)>>>,
