@@ -180,7 +180,7 @@ where
 }
 
 /// [`run_keyed`], for work whose effects other nodes make durable
-/// ([`Idempotent::made_elsewhere`]).
+/// (the parts of a reservation across shards): no flush group is held while it runs.
 pub async fn run_made_elsewhere<T, F, Fut>(
     state: &AppState,
     user: i64,

@@ -4,7 +4,9 @@
 //! - [`config`]: one [`Config`](config::Config) from flags and the environment.
 //! - [`startup`]: [`launch`](startup::launch) starts the core and serves HTTP on a given
 //!   listener until a shutdown future resolves; `main.rs` and the tests both use it.
-//! - [`http`]: the axum router, one file per resource, and the one error type.
+//! - [`http`]: the axum router, one file per resource.
+//! - [`state`]: [`AppState`](state::AppState), what every handler and the service reach.
+//! - [`idempotency`]: `Idempotency-Key`: the first answer again, journaled with its change.
 //! - [`auth`]: passwords, tokens, roles, TOTP, and the `Caller` extractor.
 //! - [`events`]: events out: the outbox the flusher writes, the live stream, signed
 //!   webhooks, NATS.
@@ -20,13 +22,13 @@
 //!   asks.
 //! - [`orders`]: open orders in memory, each behind its own lock; expiry with the
 //!   reservation.
-//! - [`telemetry`]: logging set-up.
+//! - [`telemetry`]: logging set-up, request metrics and the console's last minute.
 //!
 //! # The flow of a request
 //! axum routes it to a handler of [`http`], which parses the body into the core's types
 //! (`Quantity`, ids) and checks the caller. What touches stock lines it runs as an
 //! [`inventory::Operation`], here or on the lines' owner; the rest it serves through
-//! [`AppState`](startup::AppState). Either way the answer or refusal is in the status codes
+//! [`AppState`](state::AppState). Either way the answer or refusal is in the status codes
 //! and error body of API.md.
 
 pub mod auth;
