@@ -64,7 +64,7 @@ impl Keyed {
 
 impl<T> Idempotent<T> {
     /// `body` under the key it came with.
-    pub(crate) fn of(body: T, keyed: Option<Keyed>) -> Self {
+    pub fn of(body: T, keyed: Option<Keyed>) -> Self {
         let (key, fingerprint) = match keyed {
             Some(Keyed { key, fingerprint }) => (Some(key), fingerprint),
             None => (None, String::new()),
@@ -90,7 +90,7 @@ impl<T> Idempotent<T> {
     /// shards): [`run`] then holds no flush group while it runs, since this node's own
     /// forwarded parts would wait on that group to be flushed. Only the answer is
     /// journaled here.
-    fn made_elsewhere(mut self) -> Self {
+    pub fn made_elsewhere(mut self) -> Self {
         self.grouped = Grouped::No;
         self
     }
@@ -177,29 +177,6 @@ where
     Fut: Future<Output = Result<Answer>> + Send + 'static,
 {
     run(state, user, Idempotent::of(body, keyed), work).await
-}
-
-/// [`run_keyed`], for work whose effects other nodes make durable
-/// (the parts of a reservation across shards): no flush group is held while it runs.
-pub async fn run_made_elsewhere<T, F, Fut>(
-    state: &AppState,
-    user: i64,
-    keyed: Option<Keyed>,
-    body: T,
-    work: F,
-) -> Result<Response>
-where
-    T: Send + 'static,
-    F: FnOnce(T) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<Answer>> + Send + 'static,
-{
-    run(
-        state,
-        user,
-        Idempotent::of(body, keyed).made_elsewhere(),
-        work,
-    )
-    .await
 }
 
 /// A refusal of a request before its operation went anywhere, kept under its key like any

@@ -50,7 +50,7 @@ use super::{Hold, Operation, Step};
 use crate::cluster::saga::{Outcome, SagaPart, saga_id, spanning, status_of};
 use crate::cluster::{Cluster, Shard, shard_of};
 use crate::error::{AppError, Result};
-use crate::idempotency::{self, Answer, Keyed};
+use crate::idempotency::{self, Answer, Idempotent, Keyed};
 use crate::state::AppState;
 
 /// How long a commit keeps the parts held at least (their own expiry may be later): the
@@ -133,7 +133,8 @@ pub async fn reserve(
         Some(keyed) => saga_id(user, keyed.key(), keyed.fingerprint()),
         None => spanning(),
     };
-    idempotency::run_made_elsewhere(state, user, key, request, move |request| async move {
+    let request = Idempotent::of(request, key).made_elsewhere();
+    idempotency::run(state, user, request, move |request| async move {
         reserve_parts(&coordinator, saga, request).await
     })
     .await

@@ -12,21 +12,23 @@ pub async fn availability_of(state: &AppState, id: i64, shop: Option<ShopId>) ->
     if state.catalog.get(id).is_none() {
         return Err(AppError::NotFound(format!("product {id}")));
     }
-    let warehouses = state.core.warehouses();
-    let lines: Vec<_> = state
-        .core
-        .registry()
-        .lines_of_product(id)
-        .await?
-        .iter()
-        .filter(|l| warehouses.serves(l.key().warehouse_id, shop))
-        .map(|l| l.peek())
-        .collect();
+    let lines = lines_of(state, id, shop).await?;
     Ok(availability_body(state, id, lines))
 }
 
 /// What a product has available now over the active warehouses (of `shop`, if set).
 pub async fn available_of(state: &AppState, id: i64, shop: Option<ShopId>) -> Result<u64> {
+    let warehouses = state.core.warehouses();
+    Ok(lines_of(state, id, shop)
+        .await?
+        .iter()
+        .filter(|l| warehouses.get(l.key.warehouse_id).is_some_and(|w| w.active))
+        .map(LineSnapshot::available)
+        .sum())
+}
+
+/// The product's lines in the warehouses of `shop` (all warehouses: `None`), as they are.
+async fn lines_of(state: &AppState, id: i64, shop: Option<ShopId>) -> Result<Vec<LineSnapshot>> {
     let warehouses = state.core.warehouses();
     Ok(state
         .core
@@ -35,13 +37,8 @@ pub async fn available_of(state: &AppState, id: i64, shop: Option<ShopId>) -> Re
         .await?
         .iter()
         .filter(|l| warehouses.serves(l.key().warehouse_id, shop))
-        .filter(|l| {
-            warehouses
-                .get(l.key().warehouse_id)
-                .is_some_and(|w| w.active)
-        })
-        .map(|l| l.peek().available())
-        .sum())
+        .map(|l| l.peek())
+        .collect())
 }
 
 /// The availability answer over `lines`: totals over the active warehouses.
