@@ -1711,7 +1711,10 @@ async fn the_console_shows_the_nodes_and_a_dead_node_s_shards_moving() {
 #[tokio::test]
 async fn a_node_asked_in_a_shard_protocol_version_it_does_not_speak_says_which_it_speaks() {
     use stockline::cluster::routing::protocol;
+    let _one = ONE_AT_A_TIME.lock().await;
     let nodes = Nodes::start(1, Duration::from_secs(2)).await;
+    // Every shard claimed and answered, so the raw requests below find their subject.
+    nodes.wait_shared(&[0], SETTLE_WITHIN).await;
     let product = nodes.app(0).product("versioned", 5).await;
     let shard = stockline::cluster::shard_of(product);
     let client = async_nats::connect("127.0.0.1:4222").await.unwrap();
@@ -1753,4 +1756,5 @@ async fn a_node_asked_in_a_shard_protocol_version_it_does_not_speak_says_which_i
         .await;
     assert_eq!(status, StatusCode::OK, "{availability}");
     assert_eq!(availability["product_id"], product);
+    nodes.stop().await;
 }
