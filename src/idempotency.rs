@@ -163,22 +163,6 @@ where
         .map_err(|e| AppError::Internal(format!("idempotent request task: {e}")))?
 }
 
-/// [`run`], for a request whose key travelled apart from its body ([`Idempotent::into_parts`]).
-pub async fn run_keyed<T, F, Fut>(
-    state: &AppState,
-    user: i64,
-    keyed: Option<Keyed>,
-    body: T,
-    work: F,
-) -> Result<Response>
-where
-    T: Send + 'static,
-    F: FnOnce(T) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<Answer>> + Send + 'static,
-{
-    run(state, user, Idempotent::of(body, keyed), work).await
-}
-
 /// A refusal of a request before its operation went anywhere, kept under its key like any
 /// answer (a retry with the same key is answered the same).
 pub async fn refuse_keyed(
@@ -187,7 +171,8 @@ pub async fn refuse_keyed(
     keyed: Option<Keyed>,
     error: AppError,
 ) -> Result<Response> {
-    run_keyed(state, user, keyed, error, |error| async move { Err(error) }).await
+    let request = Idempotent::of(error, keyed);
+    run(state, user, request, |error| async move { Err(error) }).await
 }
 
 /// Whether the work runs inside a flush group.

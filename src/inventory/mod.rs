@@ -41,7 +41,7 @@ use crate::cluster::routing::protocol::{self, Operations, Refused, Served};
 use crate::cluster::saga::SagaPart;
 use crate::cluster::{Cluster, Shard, shard_of};
 use crate::error::{AppError, Result};
-use crate::idempotency::{self, Keyed};
+use crate::idempotency::{self, Idempotent, Keyed};
 use crate::state::AppState;
 use lines::LineChange;
 
@@ -245,9 +245,12 @@ async fn serve(state: &AppState, operation: Operation) -> Response {
         Operation::Change { key, change } => {
             let owned = state.clone();
             let user = change.made.user;
-            idempotency::run_keyed(state, user, key, change, move |change| async move {
-                lines::changed(&owned, change).await
-            })
+            idempotency::run(
+                state,
+                user,
+                Idempotent::of(change, key),
+                move |change| async move { lines::changed(&owned, change).await },
+            )
             .await
             .into_response()
         }
@@ -255,9 +258,12 @@ async fn serve(state: &AppState, operation: Operation) -> Response {
         Operation::Transfer { key, moved } => {
             let owned = state.clone();
             let user = moved.made.user;
-            idempotency::run_keyed(state, user, key, moved, move |moved| async move {
-                lines::transfer(&owned, moved).await
-            })
+            idempotency::run(
+                state,
+                user,
+                Idempotent::of(moved, key),
+                move |moved| async move { lines::transfer(&owned, moved).await },
+            )
             .await
             .into_response()
         }
@@ -290,9 +296,12 @@ async fn reserve(
         Err(error) => return error.into_response(),
     };
     let owned = state.clone();
-    idempotency::run_keyed(state, user, key, request, move |request| async move {
-        reservations::reserve(&owned, request, part).await
-    })
+    idempotency::run(
+        state,
+        user,
+        Idempotent::of(request, key),
+        move |request| async move { reservations::reserve(&owned, request, part).await },
+    )
     .await
     .into_response()
 }

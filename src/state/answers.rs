@@ -1,6 +1,6 @@
 //! The answers to idempotent requests kept in memory, by (user, key): one running, or
-//! done with its status, body and journal position (`crate::idempotency` runs requests
-//! against them).
+//! done with its status, body and journal position (the idempotency
+//! module runs requests against them).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
