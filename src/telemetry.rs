@@ -1,6 +1,7 @@
 //! Logging: `RUST_LOG` filters (default `info`); `STOCKLINE_LOG_FORMAT=json` for JSON lines.
-//! [`requests`]: per-request metrics; [`traffic`]: the console's last minute of them.
+//! [`prometheus`]: the recorder and what it exports; [`requests`]: per-request metrics; [`traffic`]: the console's last minute of them.
 
+pub mod prometheus;
 pub mod requests;
 pub mod traffic;
 

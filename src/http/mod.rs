@@ -38,10 +38,10 @@ use crate::error::AppError;
 pub use crate::idempotency;
 pub use crate::state::{AppParts, AppState, StoreState};
 
+pub use crate::telemetry::prometheus::recorder as metrics_recorder;
 pub use crate::telemetry::requests::RequestMetrics;
 pub use auth::{email as auth_email, password_ok as auth_password_ok};
 pub use cluster::listen as listen_to_cluster;
-pub use operations::recorder as metrics_recorder;
 
 /// Bodies over this are refused with 413.
 pub(crate) const MAX_BODY: usize = 1024 * 1024;
