@@ -66,7 +66,7 @@ pub struct Application {
 impl Application {
     /// Connects and migrates, recovers the core from the store, and starts the background
     /// tasks; serves nothing yet.
-    pub async fn build(listener: TcpListener, mut config: Config) -> io::Result<Self> {
+    pub async fn build(listener: TcpListener, config: Config) -> io::Result<Self> {
         let in_cluster = config.cluster_nats_url.is_some();
         let mut held = store::hold_database(&config.database_url, in_cluster)
             .await
@@ -102,10 +102,6 @@ impl Application {
             store::end_predecessor_writes(&mut held, numbering)
                 .await
                 .map_err(io::Error::other)?;
-        }
-        if cluster.is_some() && config.events {
-            tracing::info!("events are off in cluster mode (not available there yet)");
-            config.events = false;
         }
         // A single process restores everything live now; a cluster node only the
         // warehouses, and each shard's live state when it claims the shard.

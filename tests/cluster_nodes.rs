@@ -9,6 +9,8 @@
 #[path = "common/browser.rs"]
 mod browser;
 mod common;
+#[path = "cluster_nodes/events.rs"]
+mod events;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;

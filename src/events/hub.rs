@@ -5,10 +5,15 @@
 //! grow with the number of clients or with a slow one: a stream that falls a whole ring
 //! behind is told so and cut off (`Lagged`), and its client resumes from the table with
 //! `Last-Event-ID`. Nothing is formatted or kept while no stream is open.
+//!
+//! In cluster mode a batch's events are not numbered yet when it commits (they wait in the
+//! intake for the sequencer, see [`sequence`](super::sequence)): the flusher's commit
+//! wakes the sequencer, and the events reach this hub from the table, in the one order
+//! every node shares, by the node's tail.
 
 use std::sync::Arc;
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Notify, broadcast, watch};
 
 use super::{Event, EventType};
 
@@ -25,6 +30,8 @@ pub struct Published {
 pub struct EventHub {
     live: broadcast::Sender<Arc<Published>>,
     newest: watch::Sender<i64>,
+    /// Cluster mode: woken when a batch with events has committed into the intake.
+    intake: Option<Arc<Notify>>,
 }
 
 impl EventHub {
@@ -34,11 +41,36 @@ impl EventHub {
         Self {
             live: broadcast::channel(ring.max(1)).0,
             newest: watch::channel(newest).0,
+            intake: None,
         }
+    }
+
+    /// A cluster node's hub: committed batches wake the sequencer, and events come in
+    /// numbered, by [`fan_out`](Self::fan_out).
+    pub fn sequenced(newest: i64, ring: usize) -> Self {
+        Self {
+            intake: Some(Arc::new(Notify::new())),
+            ..Self::new(newest, ring)
+        }
+    }
+
+    /// What a cluster node's sequencer waits on.
+    pub fn intake(&self) -> Option<Arc<Notify>> {
+        self.intake.clone()
     }
 
     /// Called by the flusher once the transaction holding `events` has committed.
     pub fn publish(&self, events: &[Event]) {
+        match &self.intake {
+            Some(intake) if !events.is_empty() => intake.notify_one(),
+            Some(_) => {}
+            None => self.fan_out(events),
+        }
+    }
+
+    /// Events stored in `events` (in id order, each id above the last one fanned out): to
+    /// every open stream, and the newest id to the readers of the table.
+    pub fn fan_out(&self, events: &[Event]) {
         let Some(last) = events.iter().map(|e| e.id).max() else {
             return;
         };
@@ -63,6 +95,11 @@ impl EventHub {
     /// Live events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Published>> {
         self.live.subscribe()
+    }
+
+    /// The newest event id fanned out.
+    pub fn newest_id(&self) -> i64 {
+        *self.newest.borrow()
     }
 
     /// The newest committed event id, to wait on.

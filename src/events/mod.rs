@@ -15,11 +15,15 @@
 //! - [`webhooks`]: signed deliveries with retries, state in PostgreSQL.
 //! - [`nats`]: every event to `stockline.events.<type>`.
 //! - [`retention`]: events older than the retention are pruned.
+//! - [`sequence`]: in a cluster, every node's events numbered in one order.
+//! - [`lead`]: in a cluster, the one node that delivers webhooks and publishes to NATS.
 
 pub mod hub;
+pub mod lead;
 pub mod nats;
 pub mod read;
 pub mod retention;
+pub mod sequence;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -73,38 +77,57 @@ impl Drop for CallerStream {
 impl Events {
     /// The hub, to hand to the flusher before anything is written.
     pub async fn hub(db: &PgPool, config: &Config) -> Result<Arc<EventHub>, sqlx::Error> {
-        Ok(Arc::new(EventHub::new(
-            read::newest(db).await?,
-            config.event_stream_buffer as usize,
-        )))
+        let newest = read::newest(db).await?;
+        let ring = config.event_stream_buffer as usize;
+        Ok(Arc::new(match config.cluster_nats_url {
+            None => EventHub::new(newest, ring),
+            Some(_) => EventHub::sequenced(newest, ring),
+        }))
     }
 
-    /// Starts the readers of the outbox (webhooks, NATS) and the pruning; all end on `stop`.
+    /// Starts the readers of the outbox (webhooks, NATS) and the pruning, and in a cluster
+    /// the sequencer, the tail and the competition for the lead; all end on `stop`.
     pub async fn start(
         db: &PgPool,
         config: &Config,
         hub: Arc<EventHub>,
         stop: &CancellationToken,
     ) -> Result<Self, sqlx::Error> {
+        let in_cluster = config.cluster_nats_url.is_some();
         let policy = webhooks::Policy {
             timeout: Duration::from_millis(config.webhook_timeout_ms),
             retry_base: Duration::from_millis(config.webhook_retry_base_ms),
             retry_for: Duration::from_secs(config.webhook_retry_for_secs),
         };
         let targets = webhooks::Targets::system(config.webhook_allow_private);
-        let webhooks =
-            Webhooks::start(db.clone(), hub.clone(), policy, targets, stop.clone()).await?;
+        let webhooks = Webhooks::start(
+            db.clone(),
+            hub.clone(),
+            policy,
+            targets,
+            stop.clone(),
+            in_cluster,
+        )
+        .await?;
         let retention = Duration::from_secs(config.event_retention_hours * 3600);
         retention::spawn(db.clone(), retention, stop.clone());
         let nats_published = Arc::new(AtomicU64::new(0));
-        if let (true, Some(url)) = (config.events, &config.nats_url) {
-            nats::spawn(
-                db.clone(),
-                url.clone(),
-                hub.clone(),
-                nats_published.clone(),
-                stop.clone(),
-            );
+        let nats = match (config.events, &config.nats_url) {
+            (true, Some(url)) => Some((url.clone(), nats_published.clone())),
+            _ => None,
+        };
+        if in_cluster {
+            sequence::sequencer(db.clone(), &hub, stop.clone());
+            sequence::tail(db.clone(), hub.clone(), webhooks.clone(), stop.clone());
+            lead::Lead {
+                db: db.clone(),
+                hub: hub.clone(),
+                webhooks: webhooks.clone(),
+                nats,
+            }
+            .spawn(stop.clone());
+        } else if let Some((url, published)) = nats {
+            nats::spawn(db.clone(), url, hub.clone(), published, stop.clone());
         }
         Ok(Self {
             enabled: config.events,

@@ -28,13 +28,13 @@ pub fn spawn(
     hub: Arc<EventHub>,
     published: Arc<AtomicU64>,
     stop: CancellationToken,
-) {
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         tokio::select! {
             _ = run(db, url, hub, published) => {}
             _ = stop.cancelled() => {}
         }
-    });
+    })
 }
 
 async fn run(db: PgPool, url: String, hub: Arc<EventHub>, published: Arc<AtomicU64>) {

@@ -78,6 +78,18 @@ impl Stored {
     pub fn to_json(&self) -> String {
         super::wire(self.id, &self.kind, self.at, &self.data)
     }
+
+    /// The event as the flusher made it (`None` for a type this server does not know).
+    pub fn event(&self) -> Option<super::Event> {
+        Some(super::Event {
+            id: self.id,
+            kind: EventType::parse(&self.kind)?,
+            at: self.at,
+            data: self.data.clone(),
+            shop_ids: self.shop_ids.clone(),
+            ordering_key: self.ordering_key.clone(),
+        })
+    }
 }
 
 /// Up to `limit` events after `after`, oldest first.

@@ -146,7 +146,7 @@ async fn create(
         )));
     }
     let shown = Webhook::from(&subscription);
-    state.events.webhooks.run(subscription);
+    state.events.webhooks.run(subscription).await;
     Ok((StatusCode::CREATED, Json(shown)))
 }
 
@@ -205,7 +205,7 @@ async fn remove(
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode> {
     managed(&state, &caller, id).await?;
-    state.events.webhooks.stop(id);
+    state.events.webhooks.stop(id).await;
     webhooks::remove(&state.db, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -249,7 +249,7 @@ async fn retry(
     managed(&state, &caller, id).await?;
     match webhooks::retry_failed(&state.db, id, event_id).await? {
         Retried::Pending(delivery) => {
-            state.events.webhooks.retry(id, event_id);
+            state.events.webhooks.retry(id, event_id).await;
             Ok((StatusCode::ACCEPTED, Json(delivery)))
         }
         Retried::NotFailed(status) => Err(AppError::conflict(format!(

@@ -220,9 +220,26 @@ pub(super) const CLOSE: &str = "WITH written AS (
          ON CONFLICT (key) DO UPDATE
            SET value = GREATEST(settings.value::bigint, EXCLUDED.value::bigint)::text";
 
-/// [`CLOSE`] keeping the stored journal number under `key` (a cluster node's own).
+/// A cluster node's [`CLOSE`]: the stored journal number is the node's own (under `key`),
+/// and the events go to `event_intake`, which the sequencer (`events::sequence`) numbers
+/// into `events` in one order for every node. They are taken in only if the batch had not
+/// committed before (a batch written again after its answer was lost): the sequencer may
+/// have moved them already, and the intake would not know them any more.
 pub(super) fn close_for(key: &str) -> String {
-    CLOSE.replace("'journal_lsn'", &format!("'{}'", key.replace('\'', "''")))
+    let key = format!("'{}'", key.replace('\'', "''"));
+    CLOSE
+        .replace(
+            "INSERT INTO events (id, type,",
+            "INSERT INTO event_intake (key, type,",
+        )
+        .replace(
+            "ON CONFLICT (id) DO NOTHING",
+            &format!(
+                "WHERE coalesce((SELECT value::bigint FROM settings WHERE key = {key}), 0) < $1
+           ON CONFLICT (key) DO NOTHING"
+            ),
+        )
+        .replace("'journal_lsn'", &key)
 }
 
 /// Binds [`CLOSE`]'s parameters.
@@ -257,4 +274,23 @@ pub(super) fn bind_close<'q>(
 fn pg_array(values: &[i64]) -> String {
     let values: Vec<String> = values.iter().map(i64::to_string).collect();
     format!("{{{}}}", values.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_cluster_node_s_close_takes_its_events_into_the_intake_once() {
+        let close = super::close_for("journal_lsn.3");
+        assert!(
+            close.contains("INSERT INTO event_intake (key, type,"),
+            "{close}"
+        );
+        assert!(!close.contains("INSERT INTO events"), "{close}");
+        assert!(
+            close.contains("WHERE key = 'journal_lsn.3'), 0) < $1"),
+            "{close}"
+        );
+        assert!(close.contains("ON CONFLICT (key) DO NOTHING"), "{close}");
+        assert!(!close.contains("'journal_lsn'"), "{close}");
+    }
 }

@@ -31,6 +31,7 @@ use uuid::Uuid;
 
 use super::EventType;
 use super::hub::EventHub;
+use super::sequence::WEBHOOK_COMMANDS;
 pub use store::{
     Delivery, Retried, Subscription, deliveries, get, insert, list, remove, retry_failed,
 };
@@ -58,6 +59,11 @@ struct Running {
 }
 
 /// The dispatchers of every subscription.
+///
+/// A single process always delivers. In a cluster one node at a time does, the one that
+/// leads (`events::lead`); the others tell it of new, deleted and retried subscriptions
+/// over PostgreSQL (`NOTIFY` on [`WEBHOOK_COMMANDS`]), and it also reads every
+/// subscription again while it leads, so none is missed if a notice is.
 pub struct Webhooks {
     db: PgPool,
     hub: Arc<EventHub>,
@@ -66,17 +72,21 @@ pub struct Webhooks {
     targets: Targets,
     policy: Policy,
     running: Mutex<HashMap<Uuid, Running>>,
-    stop: CancellationToken,
+    /// While this node delivers: what its dispatchers stop on.
+    leading: Mutex<Option<CancellationToken>>,
+    in_cluster: bool,
 }
 
 impl Webhooks {
-    /// Starts a dispatcher for every stored subscription; all end on `stop`.
+    /// Ready to deliver; a single process starts a dispatcher for every stored
+    /// subscription at once (all end on `stop`), a cluster node only once it leads.
     pub async fn start(
         db: PgPool,
         hub: Arc<EventHub>,
         policy: Policy,
         targets: Targets,
         stop: CancellationToken,
+        in_cluster: bool,
     ) -> Result<Arc<Self>, sqlx::Error> {
         let client = targets
             .client(policy.timeout)
@@ -88,17 +98,69 @@ impl Webhooks {
             targets,
             policy,
             running: Mutex::default(),
-            stop,
+            leading: Mutex::default(),
+            in_cluster,
         });
-        for subscription in store::all(&db).await? {
-            webhooks.run(subscription);
+        if !in_cluster {
+            webhooks.lead(stop).await?;
         }
         Ok(webhooks)
     }
 
-    /// Starts delivering to a new subscription.
-    pub fn run(&self, subscription: Subscription) {
-        let stop = self.stop.child_token();
+    /// This node delivers from now on, until `stop`: every stored subscription gets its
+    /// dispatcher (those running already keep theirs).
+    pub async fn lead(&self, stop: CancellationToken) -> Result<(), sqlx::Error> {
+        *lock(&self.leading) = Some(stop);
+        self.sync().await
+    }
+
+    /// This node no longer delivers: every dispatcher stops (what is in flight goes again
+    /// from the next leader, at least once).
+    pub fn follow(&self) {
+        if let Some(stop) = lock(&self.leading).take() {
+            stop.cancel();
+        }
+        lock(&self.running).clear();
+    }
+
+    /// While leading: a dispatcher for every stored subscription, none for a deleted one.
+    pub async fn sync(&self) -> Result<(), sqlx::Error> {
+        if lock(&self.leading).is_none() {
+            return Ok(());
+        }
+        let stored = store::all(&self.db).await?;
+        let live: std::collections::HashSet<Uuid> = stored.iter().map(|s| s.id).collect();
+        lock(&self.running).retain(|id, running| {
+            let keep = live.contains(id);
+            if !keep {
+                running.stop.cancel();
+            }
+            keep
+        });
+        for subscription in stored {
+            self.run_here(subscription);
+        }
+        Ok(())
+    }
+
+    /// Starts delivering to a new subscription (told to the leader in a cluster).
+    pub async fn run(&self, subscription: Subscription) {
+        if self.in_cluster {
+            self.tell(&format!("run {}", subscription.id)).await;
+        } else {
+            self.run_here(subscription);
+        }
+    }
+
+    fn run_here(&self, subscription: Subscription) {
+        let Some(leading) = lock(&self.leading).clone() else {
+            return;
+        };
+        let mut running = lock(&self.running);
+        if running.contains_key(&subscription.id) {
+            return;
+        }
+        let stop = leading.child_token();
         let (commands, received) = mpsc::channel(64);
         let id = subscription.id;
         let worker = worker::Worker::new(
@@ -110,7 +172,7 @@ impl Webhooks {
             self.hub.newest(),
         );
         tokio::spawn(worker.run(received, stop.clone()));
-        self.lock().insert(id, Running { stop, commands });
+        running.insert(id, Running { stop, commands });
     }
 
     /// The rule a new subscription's URL is checked by.
@@ -118,27 +180,78 @@ impl Webhooks {
         &self.targets
     }
 
-    /// Stops delivering to a deleted subscription.
-    pub fn stop(&self, id: Uuid) {
-        if let Some(running) = self.lock().remove(&id) {
+    /// Stops delivering to a deleted subscription (told to the leader in a cluster).
+    pub async fn stop(&self, id: Uuid) {
+        if self.in_cluster {
+            self.tell(&format!("stop {id}")).await;
+        } else {
+            self.stop_here(id);
+        }
+    }
+
+    fn stop_here(&self, id: Uuid) {
+        if let Some(running) = lock(&self.running).remove(&id) {
             running.stop.cancel();
         }
     }
 
-    /// Tells the subscription's dispatcher that a failed delivery is pending again.
-    pub fn retry(&self, id: Uuid, event_id: i64) {
-        if let Some(running) = self.lock().get(&id) {
+    /// Tells the subscription's dispatcher that a failed delivery is pending again (told
+    /// to the leader in a cluster).
+    pub async fn retry(&self, id: Uuid, event_id: i64) {
+        if self.in_cluster {
+            self.tell(&format!("retry {id} {event_id}")).await;
+        } else {
+            self.retry_here(id, event_id);
+        }
+    }
+
+    fn retry_here(&self, id: Uuid, event_id: i64) {
+        if let Some(running) = lock(&self.running).get(&id) {
             // A full queue means the dispatcher is busy with retries already; it reloads
             // pending deliveries when it starts, and the row is pending in the database.
             let _ = running.commands.try_send(Command::Retry(event_id));
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Running>> {
-        self.running
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// A command another node told (see [`tell`](Self::tell)); only the leader acts on it.
+    pub async fn command(&self, said: &str) {
+        let mut words = said.split(' ');
+        let (Some(verb), Some(Ok(id))) = (words.next(), words.next().map(Uuid::parse_str)) else {
+            tracing::warn!(said, "an unreadable webhook command was ignored");
+            return;
+        };
+        match (verb, words.next().map(str::parse::<i64>)) {
+            ("run", None) => match store::get(&self.db, id).await {
+                Ok(Some(subscription)) => self.run_here(subscription),
+                Ok(None) => {}
+                // The next sync starts it.
+                Err(error) => tracing::warn!(%error, "reading a new webhook failed"),
+            },
+            ("stop", None) => self.stop_here(id),
+            ("retry", Some(Ok(event_id))) => self.retry_here(id, event_id),
+            _ => tracing::warn!(said, "an unknown webhook command was ignored"),
+        }
     }
+
+    /// Tells every node (the leader acts) of a change to a subscription. A notice lost is
+    /// made up for by the leader's next [`sync`](Self::sync); a retry's by the dispatcher's
+    /// next start.
+    async fn tell(&self, command: &str) {
+        let told = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(WEBHOOK_COMMANDS)
+            .bind(command)
+            .execute(&self.db)
+            .await;
+        if let Err(error) = told {
+            tracing::warn!(%error, command, "telling the other nodes of a webhook change failed");
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// `t=<unix>,v1=<hex HMAC-SHA256 of "t.body" with the secret>`.
