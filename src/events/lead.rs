@@ -2,7 +2,8 @@
 //! a PostgreSQL advisory lock on a connection of its own. Both readers keep their positions
 //! in the database, so whoever leads next goes on from where the last one was (at least
 //! once, as after a restart). A leader that dies, or loses its connection, loses the lock
-//! with it, and another node takes it within [`LOOK_EVERY`].
+//! with it, and another node takes it within [`LOOK_EVERY`]; a leader paused for more than
+//! five seconds loses its session, so a zombie holds nobody up for long.
 //!
 //! A single process leads always and needs none of this.
 
@@ -63,7 +64,18 @@ impl Lead {
             .fetch_one(&mut connection)
             .await;
         match taken {
-            Ok(true) => Some(connection),
+            Ok(true) => {
+                // A leader paused past this (a zombie) loses its session, and the lock with
+                // it, so another node delivers; it pings far more often while it runs.
+                let limited = sqlx::query("SET idle_session_timeout = '5s'")
+                    .execute(&mut connection)
+                    .await;
+                if let Err(error) = limited {
+                    tracing::warn!(%error, "limiting the events lead's idle time failed");
+                    return None;
+                }
+                Some(connection)
+            }
             Ok(false) => None,
             Err(error) => {
                 tracing::warn!(%error, "asking for the events lead failed");

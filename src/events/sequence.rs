@@ -47,6 +47,11 @@ const PAGE: i64 = 1_000;
 /// in one transaction. Answers how many it moved.
 pub async fn sequence(db: &PgPool) -> Result<u64, sqlx::Error> {
     let mut tx = db.begin().await?;
+    // A node paused inside this transaction (a zombie) would hold every node's sequencer
+    // up: PostgreSQL ends the transaction, and the lock with it, once it idles this long.
+    sqlx::query("SET LOCAL idle_in_transaction_session_timeout = '5s'")
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(SEQUENCING)
         .execute(&mut *tx)

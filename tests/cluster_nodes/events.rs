@@ -228,6 +228,35 @@ async fn delivered(got: &Mutex<Vec<String>>, ids: &[String], within: Duration) -
     false
 }
 
+/// One reservation of each of `products` through each of `through`: their ids.
+async fn reserve_each(
+    nodes: &Nodes,
+    through: &[usize],
+    operator: &str,
+    products: &[i64],
+) -> Vec<String> {
+    let mut made = Vec::new();
+    for &node in through {
+        for &product in products {
+            made.push(reserve_through(nodes, node, operator, product).await);
+        }
+    }
+    made
+}
+
+/// A webhook for `reservation.created` to `url`, made through `node`.
+async fn subscribe(nodes: &Nodes, node: usize, url: &str) {
+    let app = nodes.app(node);
+    let (status, body) = app
+        .post(
+            "/webhooks",
+            &app.admin,
+            json!({ "url": url, "types": ["reservation.created"], "secret": "a-secret-of-some-length" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
 /// The node whose log says it delivers webhooks now (the last to say so).
 fn leader(nodes: &Nodes) -> usize {
     let said = |node: usize| {
@@ -281,21 +310,8 @@ async fn a_webhook_made_through_one_node_gets_every_node_s_events_and_outlives_i
     ])
     .await;
     let (url, got) = receiver().await;
-    let app = nodes.app(1);
-    let (status, body) = app
-        .post(
-            "/webhooks",
-            &app.admin,
-            json!({ "url": url, "types": ["reservation.created"], "secret": "a-secret-of-some-length" }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let mut made = Vec::new();
-    for node in 0..3 {
-        for &product in &products {
-            made.push(reserve_through(&nodes, node, &operator, product).await);
-        }
-    }
+    subscribe(&nodes, 1, &url).await;
+    let made = reserve_each(&nodes, &[0, 1, 2], &operator, &products).await;
     assert!(
         delivered(&got, &made, Duration::from_secs(30)).await,
         "every node's events delivered: {made:?}, got {:?}",
@@ -309,12 +325,7 @@ async fn a_webhook_made_through_one_node_gets_every_node_s_events_and_outlives_i
     nodes.kill(killed);
     let live: Vec<usize> = (0..3).filter(|&n| n != killed).collect();
     nodes.wait_shared(&live, SETTLE_WITHIN).await;
-    let mut after = Vec::new();
-    for &node in &live {
-        for &product in &products {
-            after.push(reserve_through(&nodes, node, &operator, product).await);
-        }
-    }
+    let after = reserve_each(&nodes, &live, &operator, &products).await;
     assert!(
         delivered(&got, &after, Duration::from_secs(30)).await,
         "delivered after the deliverer died: {after:?}, got {:?}",
@@ -325,5 +336,32 @@ async fn a_webhook_made_through_one_node_gets_every_node_s_events_and_outlives_i
         "published to NATS after the publisher died"
     );
     assert_ne!(leader(&nodes), killed);
+    nodes.stop().await;
+}
+
+/// A node paused while it delivers (SIGSTOP, a zombie) holds webhooks up for seconds, not
+/// for as long as it stays paused: its session ends after five idle seconds, another node
+/// takes the lead, and what is made meanwhile arrives.
+#[tokio::test]
+async fn a_paused_deliverer_loses_the_lead_and_what_is_made_meanwhile_arrives() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (nodes, products, operator) =
+        cluster_with_a_product_per_node(&[("STOCKLINE_WEBHOOK_ALLOW_PRIVATE", "true")]).await;
+    let (url, got) = receiver().await;
+    subscribe(&nodes, 0, &url).await;
+    let made = reserve_each(&nodes, &[0, 1, 2], &operator, &products[..1]).await;
+    assert!(delivered(&got, &made, Duration::from_secs(30)).await);
+    let paused = leader(&nodes);
+    nodes.signal(paused, libc::SIGSTOP);
+    let live: Vec<usize> = (0..3).filter(|&n| n != paused).collect();
+    nodes.wait_shared(&live, SETTLE_WITHIN).await;
+    let meanwhile = reserve_each(&nodes, &live, &operator, &products).await;
+    let arrived = delivered(&got, &meanwhile, Duration::from_secs(30)).await;
+    nodes.signal(paused, libc::SIGCONT);
+    assert!(
+        arrived,
+        "delivered while the deliverer was paused: {meanwhile:?}, got {:?}",
+        got.lock().unwrap()
+    );
     nodes.stop().await;
 }
