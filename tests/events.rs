@@ -3,6 +3,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{TestApp, error_code};
@@ -802,4 +803,88 @@ async fn one_caller_cannot_take_every_stream() {
     }
     drop(held);
     app.cleanup().await;
+}
+
+/// The cluster's event order (`events::sequence`), raced: writers commit events into the
+/// intake from many transactions at once (as every node's flusher does), three sequencers
+/// number them at once (as every node's does), and a reader pages `id > cursor` all along,
+/// as an integrator does. The reader gets every event exactly once, in rising ids, and the
+/// ids have no holes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raced_writers_and_sequencers_give_a_paging_reader_every_event_once() {
+    use stockline::events::read::{Filter, page};
+    use stockline::events::sequence::sequence;
+    const WRITERS: i64 = 4;
+    const EACH: i64 = 150;
+    let base = std::env::var("TEST_DATABASE_BASE")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let url = format!("{base}/{}", common::fresh_database());
+    let db = stockline::store::connect_and_migrate(&url).await.unwrap();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                for n in 0..EACH {
+                    sqlx::query(
+                        "INSERT INTO event_intake (key, type, at, data, ordering_key)
+                         VALUES ($1, 'stock.changed', now(), $2, 'line')",
+                    )
+                    .bind((writer << 32) + n)
+                    .bind(format!(r#"{{"writer":{writer},"n":{n}}}"#))
+                    .execute(&db)
+                    .await
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sequencers: Vec<_> = (0..3)
+        .map(|_| {
+            let (db, done) = (db.clone(), done.clone());
+            tokio::spawn(async move {
+                while !done.load(std::sync::atomic::Ordering::Acquire) {
+                    sequence(&db).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut seen: Vec<(i64, String)> = Vec::new();
+    let mut cursor = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while (seen.len() as i64) < WRITERS * EACH && std::time::Instant::now() < deadline {
+        for event in page(&db, cursor, &Filter::default(), 37).await.unwrap() {
+            cursor = event.id;
+            seen.push((event.id, event.data));
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Release);
+    for task in writers.into_iter().chain(sequencers) {
+        task.await.unwrap();
+    }
+    let ids: Vec<i64> = seen.iter().map(|(id, _)| *id).collect();
+    let first = ids[0];
+    assert_eq!(
+        ids,
+        (first..first + WRITERS * EACH).collect::<Vec<_>>(),
+        "every id once, rising, no holes"
+    );
+    let unique: HashSet<&String> = seen.iter().map(|(_, data)| data).collect();
+    assert_eq!(unique.len() as i64, WRITERS * EACH, "every event once");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM event_intake")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    // Each writer's events keep the order they were committed in.
+    for writer in 0..WRITERS {
+        let ns: Vec<i64> = seen
+            .iter()
+            .map(|(_, data)| serde_json::from_str::<Value>(data).unwrap())
+            .filter(|data| data["writer"] == writer)
+            .map(|data| data["n"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ns, (0..EACH).collect::<Vec<_>>());
+    }
+    db.close().await;
 }

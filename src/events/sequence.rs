@@ -39,12 +39,16 @@ pub const WEBHOOK_COMMANDS: &str = "stockline_webhooks";
 /// Without a wake-up, the intake is looked at this often (a node that died between its
 /// commit and its sequencer's run leaves events there), and the table too.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// How long a woken sequencer waits for more batches before it moves what there is.
+const GATHER: Duration = Duration::from_millis(10);
 /// Events read from the table per page by the tail.
 const PAGE: i64 = 1_000;
 
 /// Numbers the intake's events into `events`: takes the lock, moves at most
-/// [`MOVE_AT_MOST`] (oldest first), moves the stored highest id, and notifies [`MOVED`], all
-/// in one transaction. Answers how many it moved.
+/// [`MOVE_AT_MOST`] (by key, through its index: the intake's dead rows are not read again),
+/// numbers them by time (a line's events keep their order also when its shard moved
+/// between nodes), moves the stored highest id, and notifies [`MOVED`], all in one
+/// transaction. Answers how many it moved.
 pub async fn sequence(db: &PgPool) -> Result<u64, sqlx::Error> {
     let mut tx = db.begin().await?;
     // A node paused inside this transaction (a zombie) would hold every node's sequencer
@@ -59,7 +63,7 @@ pub async fn sequence(db: &PgPool) -> Result<u64, sqlx::Error> {
     let (top, moved): (Option<i64>, i64) = sqlx::query_as(
         "WITH moved AS (
              DELETE FROM event_intake
-             WHERE key IN (SELECT key FROM event_intake ORDER BY at, key LIMIT $1)
+             WHERE key IN (SELECT key FROM event_intake ORDER BY key LIMIT $1)
              RETURNING key, type, at, data, shop_ids, ordering_key
          ), base AS (
              SELECT GREATEST(
@@ -106,6 +110,10 @@ pub fn sequencer(db: PgPool, hub: &EventHub, stop: CancellationToken) -> Option<
                 _ = tokio::time::sleep(LOOK_EVERY) => {}
                 _ = stop.cancelled() => return,
             }
+            // The batches that commit meanwhile are moved by the same transaction: under
+            // load a node runs at most one sequencing transaction per pause, not one per
+            // batch.
+            tokio::time::sleep(GATHER).await;
             loop {
                 match sequence(&db).await {
                     Ok(moved) if moved < MOVE_AT_MOST as u64 => {
