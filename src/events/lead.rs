@@ -1,4 +1,5 @@
-//! Which node of a cluster delivers webhooks and publishes events to NATS: the one holding
+//! Which node of a cluster numbers the events (`sequence`), delivers webhooks and publishes
+//! them to NATS: the one holding
 //! a PostgreSQL advisory lock on a connection of its own. Both readers keep their positions
 //! in the database, so whoever leads next goes on from where the last one was (at least
 //! once, as after a restart). A leader that dies, or loses its connection, loses the lock
@@ -86,11 +87,12 @@ impl Lead {
 
     /// Delivers webhooks and publishes to NATS while `held` lives, until `stop`.
     async fn lead(&self, mut held: PgConnection, stop: &CancellationToken) {
-        tracing::info!("this node delivers webhooks and publishes events now");
+        tracing::info!("this node numbers events, delivers webhooks and publishes events now");
         let leading = stop.child_token();
         if let Err(error) = self.webhooks.lead(leading.clone()).await {
             tracing::warn!(%error, "reading the webhooks failed; read again shortly");
         }
+        let sequencer = super::sequence::sequencer(self.db.clone(), &self.hub, leading.clone());
         let publisher = self.nats.as_ref().map(|(url, published)| {
             nats::spawn(
                 self.db.clone(),
@@ -115,8 +117,8 @@ impl Lead {
         }
         self.webhooks.follow();
         leading.cancel();
-        if let Some(publisher) = publisher {
-            let _ = publisher.await;
+        for task in publisher.into_iter().chain(sequencer) {
+            let _ = task.await;
         }
         // Closing the connection lets the lock go at once.
         let _ = held.close().await;

@@ -86,7 +86,7 @@ impl Events {
     }
 
     /// Starts the readers of the outbox (webhooks, NATS) and the pruning, and in a cluster
-    /// the sequencer, the tail and the competition for the lead; all end on `stop`.
+    /// the tail and the competition for the lead (whose node sequences); all end on `stop`.
     pub async fn start(
         db: &PgPool,
         config: &Config,
@@ -117,7 +117,6 @@ impl Events {
             _ => None,
         };
         if in_cluster {
-            sequence::sequencer(db.clone(), &hub, stop.clone());
             sequence::tail(db.clone(), hub.clone(), webhooks.clone(), stop.clone());
             lead::Lead {
                 db: db.clone(),

@@ -9,7 +9,9 @@
 //! takes one advisory lock: such transactions run one at a time, each commits before the
 //! next one reads the highest id, so ids are given in commit order. A reader that has seen
 //! id `n` committed has every id below `n` committed too, and `id > cursor` skips nothing.
-//! Whoever holds the lock moves everything waiting, a dead node's events included.
+//! One node runs the sequencer, the one that leads (`events::lead`), and it moves
+//! everything waiting, a dead node's events included; the lock keeps two from overlapping
+//! while the lead changes hands.
 //!
 //! The [`tail`] of each node reads the table on from the newest id it has seen, whenever a
 //! sequencer says it moved something (`NOTIFY stockline_events`), and hands the events to
@@ -36,11 +38,14 @@ const MOVE_AT_MOST: i64 = 5_000;
 pub const MOVED: &str = "stockline_events";
 /// The channel of webhook commands between nodes.
 pub const WEBHOOK_COMMANDS: &str = "stockline_webhooks";
-/// Without a wake-up, the intake is looked at this often (a node that died between its
-/// commit and its sequencer's run leaves events there), and the table too.
+/// Without a notice, the table is read this often by the tail; after a failure, the
+/// sequencer tries again after this long.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
-/// How long a woken sequencer waits for more batches before it moves what there is.
+/// How long the sequencer waits for more batches before it moves what there is, while
+/// events come.
 const GATHER: Duration = Duration::from_millis(10);
+/// How long it waits after finding the intake empty.
+const IDLE: Duration = Duration::from_millis(50);
 /// Events read from the table per page by the tail.
 const PAGE: i64 = 1_000;
 
@@ -98,37 +103,30 @@ pub async fn sequence(db: &PgPool) -> Result<u64, sqlx::Error> {
     Ok(moved as u64)
 }
 
-/// Runs this node's sequencer until `stop`: after each of the node's batches with events
-/// (the hub's intake), and every [`LOOK_EVERY`].
+/// Runs the cluster's sequencer until `stop`; only the node that leads runs it
+/// (`events::lead`), so sequencing transactions never queue on each other's lock. It moves
+/// what the intake holds every [`GATHER`] while there is some, so one transaction takes
+/// every batch the nodes committed meanwhile; with nothing there it looks again after
+/// [`IDLE`], or at once when this node's own flusher commits events.
 pub fn sequencer(db: PgPool, hub: &EventHub, stop: CancellationToken) -> Option<JoinHandle<()>> {
     let intake = hub.intake()?;
     Some(tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(50);
+        let mut pause = IDLE;
         loop {
             tokio::select! {
-                _ = intake.notified() => {}
-                _ = tokio::time::sleep(LOOK_EVERY) => {}
+                _ = intake.notified() => tokio::time::sleep(GATHER).await,
+                _ = tokio::time::sleep(pause) => {}
                 _ = stop.cancelled() => return,
             }
-            // The batches that commit meanwhile are moved by the same transaction: under
-            // load a node runs at most one sequencing transaction per pause, not one per
-            // batch.
-            tokio::time::sleep(GATHER).await;
-            loop {
-                match sequence(&db).await {
-                    Ok(moved) if moved < MOVE_AT_MOST as u64 => {
-                        backoff = Duration::from_millis(50);
-                        break;
-                    }
-                    Ok(_) => continue,
-                    Err(error) => {
-                        tracing::warn!(%error, "numbering events failed; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(LOOK_EVERY);
-                        break;
-                    }
+            pause = match sequence(&db).await {
+                Ok(moved) if moved >= MOVE_AT_MOST as u64 => Duration::ZERO,
+                Ok(0) => IDLE,
+                Ok(_) => GATHER,
+                Err(error) => {
+                    tracing::warn!(%error, "numbering events failed; retrying");
+                    LOOK_EVERY
                 }
-            }
+            };
         }
     }))
 }

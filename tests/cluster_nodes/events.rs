@@ -266,7 +266,7 @@ fn leader(nodes: &Nodes) -> usize {
         ));
         std::fs::read_to_string(log)
             .unwrap_or_default()
-            .contains("this node delivers webhooks")
+            .contains("this node numbers events, delivers webhooks")
     };
     let leading: Vec<usize> = (0..nodes.nodes.len())
         .filter(|&n| !nodes.nodes[n].killed && said(n))
