@@ -67,6 +67,14 @@ pub enum AppError {
 
     #[error("internal error: {0}")]
     Internal(String),
+    /// Another node's refusal (the owner of some stock), passed on as it answered it.
+    #[error("{message}")]
+    Relayed {
+        status: StatusCode,
+        code: String,
+        message: String,
+        details: Value,
+    },
 }
 
 impl AppError {
@@ -92,7 +100,22 @@ impl AppError {
         }
     }
 
-    fn parts(&self) -> (StatusCode, &'static str, Value) {
+    /// `error`, the contract's error object another node answered with `status`.
+    pub fn relayed(status: StatusCode, error: &Value) -> Self {
+        let text = |field: &str| error[field].as_str().unwrap_or_default().to_owned();
+        let code = match text("code") {
+            code if code.is_empty() => "unavailable".to_owned(),
+            code => code,
+        };
+        Self::Relayed {
+            status,
+            code,
+            message: text("message"),
+            details: error.get("details").cloned().unwrap_or_else(|| json!({})),
+        }
+    }
+
+    fn parts(&self) -> (StatusCode, &str, Value) {
         match self {
             Self::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json", json!({})),
             Self::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query", json!({})),
@@ -130,6 +153,12 @@ impl AppError {
                 json!({}),
             ),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", json!({})),
+            Self::Relayed {
+                status,
+                code,
+                details,
+                ..
+            } => (*status, code, details.clone()),
         }
     }
 }

@@ -3,10 +3,10 @@
 //! which owns distribution only and knows nothing of the store.
 //!
 //! - Claimed: forget anything still in memory of those shards (from an earlier ownership),
-//!   restore their live state from the store (pending reservations, the lines they hold),
-//!   then answer their NATS subjects. The lease loop marks them served after.
+//!   restore their live state from the store (pending reservations, the lines they hold,
+//!   the open orders whose ids name them), then answer their NATS subjects. The lease loop marks them served after.
 //! - Lost (another node took them over, or a batch of theirs was refused): stop answering
-//!   and forget their lines and reservations without writing anything.
+//!   and forget their lines, reservations and orders without writing anything.
 //! - Past its serving deadline, not renewed (the database unreachable): stop answering,
 //!   keep the memory; renewed after all (nobody took it): answer again.
 //! - Handed off: stop answering (which waits for the requests taken), wait until
@@ -22,6 +22,7 @@ use stockline_actors::Core;
 
 use crate::cluster::routing::Routes;
 use crate::cluster::{Epoch, Membership, Shard, shard_of};
+use crate::orders::Orders;
 use crate::store::records::Buffer;
 use crate::store::recovery;
 
@@ -35,11 +36,14 @@ pub struct ClusterNode {
     pub routes: Arc<Routes>,
     pub db: PgPool,
     pub buffer: Arc<Buffer>,
+    /// The open orders whose ids name the shards this node serves.
+    pub orders: Arc<Orders>,
 }
 
 impl ClusterNode {
     async fn forget(&self, shards: &[Shard]) {
         let gone: HashSet<Shard> = shards.iter().copied().collect();
+        self.orders.forget(&gone);
         let (lines, reservations) = self
             .core
             .forget(|product| gone.contains(&shard_of(product)))
@@ -72,10 +76,16 @@ impl ClusterNode {
 
     async fn restore(&self, shards: &[Shard]) {
         let mut pause = Duration::from_millis(100);
+        let claimed: HashSet<Shard> = shards.iter().copied().collect();
         loop {
             match recovery::read_shards(&self.db, shards).await {
                 Ok(stored) => match stored.restore_into(&self.core).await {
-                    Ok(()) => return,
+                    Ok(()) => match self.orders.load_homed(&self.db, &self.core, &claimed).await {
+                        Ok(_) => return,
+                        Err(error) => {
+                            tracing::warn!(%error, "reading claimed shards' orders failed; retrying")
+                        }
+                    },
                     Err(error) => tracing::error!(%error, "restoring claimed shards failed"),
                 },
                 Err(error) => tracing::warn!(%error, "reading claimed shards failed; retrying"),

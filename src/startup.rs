@@ -188,11 +188,13 @@ impl Application {
             .await
             .map_err(|e| io::Error::other(e.to_string()))?;
         let catalog = Catalog::load(&db).await.map_err(io::Error::other)?;
-        let orders = Arc::new(
-            Orders::load(&db, buffer.clone())
+        // In cluster mode each node holds the orders of the shards it claims.
+        let orders = Arc::new(match cluster {
+            None => Orders::load(&db, buffer.clone())
                 .await
                 .map_err(io::Error::other)?,
-        );
+            Some(_) => Orders::new(buffer.clone()),
+        });
         let carts = Arc::new(
             crate::carts::Carts::load(&db, buffer.clone())
                 .await
@@ -246,11 +248,13 @@ impl Application {
             cluster.routes.operate_with(crate::inventory::owner(&state));
             http::listen_to_cluster(state.clone(), background.clone());
             crate::inventory::saga::finish_decided(state.clone(), background.clone());
+            crate::inventory::orders::expire_overdue(state.clone(), background.clone());
             cluster.start(ClusterNode {
                 core: state.core.clone(),
                 routes: cluster.routes.clone(),
                 db: state.db.clone(),
                 buffer: state.store.buffer.clone(),
+                orders: state.orders.clone(),
             });
         }
         let swept = state.clone();

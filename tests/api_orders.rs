@@ -310,3 +310,67 @@ async fn an_unpaid_order_expires_with_its_reservation() {
     );
     app.cleanup().await;
 }
+
+/// A payment that finds the order's reservation committed already (by an earlier try
+/// whose answer was lost, or by an operator through `/reservations`) completes the order:
+/// the stock left once, and the payment is recorded; a cancel that finds it released is
+/// a cancellation. Neither expires the order.
+#[tokio::test]
+async fn a_step_that_finds_its_reservation_settled_that_way_goes_on() {
+    let app = TestApp::spawn().await;
+    let product = app.product("P", 500).await;
+    let warehouse = app.warehouse("W", 1).await;
+    app.stock(warehouse, product, 10).await;
+    let (_, customer) = app.customer("settled@example.com").await;
+    let (_, paid) = order(&app, &customer, product, 2).await;
+    let (_, cancelled) = order(&app, &customer, product, 3).await;
+    for (placed, step) in [(&paid, "commit"), (&cancelled, "release")] {
+        let reservation = placed["reservation_id"].as_str().unwrap();
+        let (status, body) = app
+            .post(
+                &format!("/reservations/{reservation}/{step}"),
+                &app.admin,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, body) = app
+        .post(
+            &format!("/orders/{}/pay", paid["id"].as_str().unwrap()),
+            &customer,
+            json!({ "method": "card", "amount_cents": 1_000 }),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["status"]),
+        (StatusCode::OK, &json!("paid")),
+        "{body}"
+    );
+    let (status, body) = app
+        .post(
+            &format!("/orders/{}/cancel", cancelled["id"].as_str().unwrap()),
+            &customer,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["status"]),
+        (StatusCode::OK, &json!("cancelled")),
+        "{body}"
+    );
+    let availability = app.availability(product).await;
+    assert_eq!(
+        (&availability["on_hand"], &availability["reserved"]),
+        (&json!(8), &json!(0)),
+        "the paid order's two units left once; the cancelled order's three are free"
+    );
+    let (_, payments) = app
+        .get(
+            &format!("/orders/{}/payments", paid["id"].as_str().unwrap()),
+            &customer,
+        )
+        .await;
+    assert_eq!(payments["total"], 1);
+    app.cleanup().await;
+}

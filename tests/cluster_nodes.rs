@@ -11,6 +11,8 @@ mod browser;
 mod common;
 #[path = "cluster_nodes/events.rs"]
 mod events;
+#[path = "cluster_nodes/orders.rs"]
+mod orders;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -202,8 +204,8 @@ async fn three_nodes_sell_exactly_the_stock_there_is_whichever_node_is_asked() {
         "{answer}"
     );
     assert_eq!(stored_line(&db, warehouse, product).await, (59, 49));
-    // Orders are not in cluster mode yet: refused whole, and saying so.
-    let (status, refused) = nodes.app(2).get("/orders", &service).await;
+    // Carts are not in cluster mode yet: refused whole, and saying so.
+    let (status, refused) = nodes.app(2).get("/carts", &service).await;
     assert_eq!(
         common::error_code(status, &refused, StatusCode::NOT_IMPLEMENTED),
         "not_in_cluster_mode"

@@ -22,6 +22,21 @@ pub fn shard_of(product: ProductId) -> Shard {
     (xxh3_64(&product.to_le_bytes()) % u64::from(SHARDS)) as Shard
 }
 
+/// The shard an id names (a reservation's or an order's, see `stockline_actors::Home`);
+/// `None` for one made before ids named their shard, or spanning several.
+pub fn home_of(id: uuid::Uuid) -> Option<Shard> {
+    match stockline_actors::ReservationId(id).home() {
+        Some(stockline_actors::Home::One(home)) => Some(home),
+        _ => None,
+    }
+}
+
+/// The shard whose owner serves an order: the one its id names, or for an id made
+/// before ids named one, the hash of the id.
+pub fn order_shard(id: uuid::Uuid) -> Shard {
+    home_of(id).unwrap_or_else(|| (xxh3_64(id.as_bytes()) % u64::from(SHARDS)) as Shard)
+}
+
 /// How well `node` suits `shard` (rendezvous hashing): each shard goes to the live node
 /// that suits it best, so every node computes the same owner from the same list of
 /// nodes, and a node joining or leaving moves only the shards it wins or held.

@@ -3,28 +3,26 @@
 //! or returned if paid), shipped and delivered. A customer sees and acts on its own orders
 //! only; another's answers 404.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::openapi::ErrorBody;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Number, Value, json};
+use serde_json::{Number, Value};
 use uuid::Uuid;
 
 use super::extract::{Json, List, Page, Path, Query, int_in, quantity, text};
-use super::idempotency::{self, Answer, Idempotent};
+use super::idempotency::{self, Idempotent};
 use crate::auth::{Identity, Role};
 use crate::error::{AppError, Result};
 use crate::http::AppState;
 use crate::http::caller::Caller;
-use crate::orders::{Order, OrderError, OrderStatus, Placement, Slot, with_items};
+use crate::inventory::orders::{self, Acting, OrderStep, Shipping};
+use crate::inventory::{self, Operation};
+use crate::orders::{Order, OrderStatus, Placement, with_items};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -62,11 +60,17 @@ async fn create(
     Caller(caller): Caller,
     request: Idempotent<CreateOrder>,
 ) -> Result<Response> {
-    let owned = state.clone();
-    idempotency::run(&state, caller.user_id, request, move |body| async move {
-        place(&owned, caller, body).await
-    })
-    .await
+    let user = caller.user_id;
+    let (body, key) = request.into_parts();
+    match Placement::try_from(body) {
+        Ok(placement) => {
+            let placed = placement.into();
+            let step = OrderStep::Place { user, key, placed };
+            Ok(inventory::run(&state, Operation::Order(step)).await)
+        }
+        // Refused as it was asked: kept for its key like any answer.
+        Err(error) => idempotency::refuse_keyed(&state, user, key, error).await,
+    }
 }
 
 impl TryFrom<CreateOrder> for Placement {
@@ -98,73 +102,10 @@ impl TryFrom<CreateOrder> for Placement {
     }
 }
 
-async fn place(state: &AppState, caller: Identity, body: CreateOrder) -> Result<Answer> {
-    let mut placement = Placement::try_from(body)?;
-    placement.backorder_limits = state
-        .catalog
-        .backorder_limits(placement.items.iter().map(|(product, _)| *product));
-    if let Some(shop) = placement.shop_id {
-        state.shops.require(shop)?;
-    }
-    let timeout = Duration::from_secs(state.config.payment_timeout_secs);
-    let (order, lsn) = state
-        .orders
-        .place(&state.core, caller.user_id, timeout, placement, |product| {
-            state.catalog.get(product).map(|p| p.price_cents)
-        })
-        .await?;
-    Answer::new(StatusCode::CREATED, order.shown(&state.core), lsn)
-}
-
-/// The order, if the caller may see it: its owner, or an operator.
-async fn visible(state: &AppState, caller: &Identity, id: Uuid) -> Result<Order> {
-    let order = match state.orders.get(id) {
-        Some(slot) => slot.order.lock().await.clone(),
-        None => crate::orders::read(&state.db, "id = $1", Some(id))
-            .await?
-            .pop()
-            .ok_or_else(|| AppError::NotFound("order".into()))?,
-    };
-    if order.user_id != caller.user_id && caller.role < Role::Operator {
-        return Err(AppError::NotFound("order".into()));
-    }
-    Ok(order)
-}
-
-/// The in-memory slot of an open order the caller may act on.
-async fn open_slot(state: &AppState, caller: &Identity, id: Uuid) -> Result<Arc<Slot>> {
-    let order = visible(state, caller, id).await?;
-    state
-        .orders
-        .get(id)
-        .ok_or_else(|| not_pending(order.status))
-}
-
-/// A refused order step, as the contract answers it.
-impl From<OrderError> for AppError {
-    fn from(error: OrderError) -> Self {
-        let message = error.to_string();
-        match error {
-            OrderError::NotPending(status) => not_pending(status),
-            OrderError::AmountMismatch { .. } => AppError::validation("amount_cents", message),
-            OrderError::Illegal(step) => AppError::Conflict {
-                code: "conflict",
-                message,
-                details: json!({ "status": step.from, "requested": step.to }),
-            },
-            OrderError::ReturnNotAllowed => AppError::Forbidden,
-            OrderError::UnknownProduct(id) => AppError::NotFound(format!("product {id}")),
-            OrderError::TotalTooLarge => AppError::validation("items", message),
-            OrderError::Core(error) => error.into(),
-        }
-    }
-}
-
-fn not_pending(status: OrderStatus) -> AppError {
-    AppError::Conflict {
-        code: "order_not_pending",
-        message: format!("the order is {status}"),
-        details: json!({ "status": status }),
+fn acting(caller: &Identity) -> Acting {
+    Acting {
+        user: caller.user_id,
+        operator: caller.role >= Role::Operator,
     }
 }
 
@@ -174,7 +115,8 @@ async fn read(
     Caller(caller): Caller,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Order>> {
-    Ok(Json(visible(&state, &caller, id).await?.shown(&state.core)))
+    let order = orders::visible(&state, acting(&caller), id).await?;
+    Ok(Json(order.shown(&state.core)))
 }
 
 /// A payment recorded for an order.
@@ -193,7 +135,7 @@ async fn payments(
     Caller(caller): Caller,
     Path(id): Path<Uuid>,
 ) -> Result<Json<List<Payment>>> {
-    visible(&state, &caller, id).await?;
+    orders::visible(&state, acting(&caller), id).await?;
     // Payments are read from the store: everything journaled so far is written first.
     state.written().await?;
     let items: Vec<Payment> = sqlx::query_as(
@@ -268,19 +210,26 @@ async fn pay(
     Path(id): Path<Uuid>,
     request: Idempotent<Pay>,
 ) -> Result<Response> {
-    let owned = state.clone();
-    idempotency::run(&state, caller.user_id, request, move |body| async move {
-        settle_payment(&owned, caller, id, body).await
-    })
-    .await
-}
-
-async fn settle_payment(state: &AppState, caller: Identity, id: Uuid, body: Pay) -> Result<Answer> {
-    let method = text(&body.method, "method", 64)?;
-    let amount = int_in(&body.amount_cents, "amount_cents", 0..=i64::MAX)?;
-    let slot = open_slot(state, &caller, id).await?;
-    let (order, lsn) = slot.pay(&state.core, method, amount).await?;
-    Answer::new(StatusCode::OK, order, lsn)
+    let (body, key) = request.into_parts();
+    let checked = text(&body.method, "method", 64).and_then(|method| {
+        Ok((
+            method,
+            int_in(&body.amount_cents, "amount_cents", 0..=i64::MAX)?,
+        ))
+    });
+    match checked {
+        Ok((method, amount_cents)) => {
+            let step = OrderStep::Pay {
+                id,
+                caller: acting(&caller),
+                key,
+                method,
+                amount_cents,
+            };
+            Ok(inventory::run(&state, Operation::Order(step)).await)
+        }
+        Err(error) => idempotency::refuse_keyed(&state, caller.user_id, key, error).await,
+    }
 }
 
 #[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders", security(("bearer" = [])), params(("id" = Uuid, Path)), responses((status = 200, body = Order), (status = 403, description = "A paid order is cancelled by an operator only", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "order_not_pending", body = ErrorBody), (status = 503, description = "overloaded, or not confirmed durable in time: retry with the same Idempotency-Key", body = ErrorBody)))]
@@ -288,23 +237,12 @@ async fn cancel(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Path(id): Path<Uuid>,
-) -> Result<Json<Order>> {
-    // In a task of its own, so that a client hanging up cannot stop it between returning
-    // the stock and recording the cancellation.
-    tokio::spawn(async move { cancel_to_end(state, caller, id).await })
-        .await
-        .map_err(|e| AppError::Internal(format!("cancel task: {e}")))?
-}
-
-async fn cancel_to_end(state: AppState, caller: Identity, id: Uuid) -> Result<Json<Order>> {
-    let slot = open_slot(&state, &caller, id).await?;
-    let group = state.store.buffer.group().await;
-    let (order, lsn) = slot
-        .cancel(&state.core, caller.role >= Role::Operator)
-        .await?;
-    drop(group);
-    state.durable(lsn).await?;
-    Ok(Json(order))
+) -> Response {
+    let step = OrderStep::Cancel {
+        id,
+        caller: acting(&caller),
+    };
+    inventory::run(&state, Operation::Order(step)).await
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -313,18 +251,12 @@ struct Step {
     tracking_number: Option<String>,
 }
 
-/// A shipping step, parsed: the status an operator may set, and the tracking number.
-struct Shipping {
-    next: OrderStatus,
-    tracking_number: Option<String>,
-}
-
-impl TryFrom<Step> for Shipping {
-    type Error = AppError;
-
-    fn try_from(body: Step) -> Result<Self> {
-        let next = match OrderStatus::parse(&body.status) {
-            Some(next @ (OrderStatus::Shipped | OrderStatus::Delivered)) => next,
+impl Step {
+    /// The step an operator may take (shipped or delivered), and the tracking number.
+    fn parse(self) -> Result<(Shipping, Option<String>)> {
+        let next = match OrderStatus::parse(&self.status) {
+            Some(OrderStatus::Shipped) => Shipping::Shipped,
+            Some(OrderStatus::Delivered) => Shipping::Delivered,
             _ => {
                 return Err(AppError::validation(
                     "status",
@@ -332,15 +264,12 @@ impl TryFrom<Step> for Shipping {
                 ));
             }
         };
-        let tracking_number = body
+        let tracking_number = self
             .tracking_number
             .as_deref()
             .map(|t| text(t, "tracking_number", 128))
             .transpose()?;
-        Ok(Self {
-            next,
-            tracking_number,
-        })
+        Ok((next, tracking_number))
     }
 }
 
@@ -350,11 +279,14 @@ async fn set_status(
     Caller(caller): Caller,
     Path(id): Path<Uuid>,
     Json(body): Json<Step>,
-) -> Result<Json<Order>> {
+) -> Result<Response> {
     caller.require(Role::Operator)?;
-    let step = Shipping::try_from(body)?;
-    let slot = open_slot(&state, &caller, id).await?;
-    let (answer, lsn) = slot.advance(step.next, step.tracking_number).await?;
-    state.durable(lsn).await?;
-    Ok(Json(answer))
+    let (next, tracking_number) = body.parse()?;
+    let step = OrderStep::Advance {
+        id,
+        caller: acting(&caller),
+        next,
+        tracking_number,
+    };
+    Ok(inventory::run(&state, Operation::Order(step)).await)
 }

@@ -12,11 +12,13 @@
 //! - [`Operation`]: what travels, and where it goes.
 //! - [`lines`]: adjustments, levels, safety stock, transfers and retiring a product.
 //! - [`reservations`]: reserve, read, extend, commit and release on the owner.
+//! - [`orders`]: an order's steps, on the owner of the shard its id names.
 //! - [`saga`]: a reservation across shards, one part per shard, coordinated here.
 //! - [`stock`]: a product's availability over its lines.
 
 pub mod lines;
 mod operation;
+pub mod orders;
 pub mod reservations;
 pub mod saga;
 pub mod stock;
@@ -268,6 +270,13 @@ async fn serve(state: &AppState, operation: Operation) -> Response {
             .into_response()
         }
         Operation::Retire { product } => lines::retire(state, product).await.into_response(),
+        Operation::Order(step) => orders::serve(state, step).await,
+        Operation::Return {
+            order,
+            warehouse,
+            product,
+            quantity,
+        } => orders::return_here(state, order, LineKey::new(warehouse, product), quantity).await,
         Operation::Part { saga, shard, step } => {
             let part = SagaPart::new(saga, shard).id;
             match step {

@@ -13,6 +13,7 @@ use stockline_actors::{
 use uuid::Uuid;
 
 use super::lines::{LineChange, Move};
+use super::orders::OrderStep;
 use crate::cluster::{Shard, shard_of};
 use crate::error::{AppError, Result};
 use crate::idempotency::Keyed;
@@ -58,6 +59,16 @@ pub enum Operation {
         saga: Uuid,
         shard: Shard,
         step: Step,
+    },
+    /// A step of an order, served by the order's owner.
+    Order(OrderStep),
+    /// Returns units that left a line for `order` (paid, now cancelled) to it, at most
+    /// once per order and line.
+    Return {
+        order: Uuid,
+        warehouse: i64,
+        product: i64,
+        quantity: u64,
     },
 }
 
@@ -199,8 +210,10 @@ impl Operation {
                     _ => None,
                 }
             }
+            Self::Order(step) => step.shard(),
             Self::Availability { product, .. }
             | Self::Retire { product }
+            | Self::Return { product, .. }
             | Self::Change {
                 change: LineChange { product, .. },
                 ..
@@ -255,6 +268,10 @@ impl Operation {
             Self::Availability { product, .. } | Self::Retire { product } => {
                 (vec![*product], Vec::new())
             }
+            Self::Return {
+                product, warehouse, ..
+            } => (vec![*product], vec![*warehouse]),
+            Self::Order(step) => (step.named(), Vec::new()),
             Self::Change { change, .. } => (vec![change.product], vec![change.warehouse]),
             Self::Changes { changes } => (
                 changes.iter().map(|c| c.product).collect(),

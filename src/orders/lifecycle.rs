@@ -10,15 +10,103 @@
 
 use std::time::Duration;
 
+use ReservationStatus::{Committed, Released};
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use stockline_actors::{
-    Core, CoreError, ItemRequest, LineKey, Lsn, ProductId, Quantity, Reservation, ReservationId,
-    ReservationRequest,
+    Core, CoreError, Home, ItemRequest, LineKey, Lsn, ProductId, Quantity, Reservation,
+    ReservationId, ReservationRequest, ReservationStatus, WarehouseId, with_home,
 };
 use uuid::Uuid;
 
 use super::{IllegalStep, Order, OrderItem, OrderStatus, Orders, Slot};
+use crate::cluster::{Shard, shard_of};
+use crate::error::AppError;
 use crate::store::records::{PaymentRecord, StoreRecord};
+
+/// Where an order's stock is held: this process's core, or (cluster mode) the owners of
+/// its products' shards, reached through the inventory service.
+pub trait Stock: Sync {
+    /// Holds `request`'s items; answers what is held and the Lsn that makes it durable
+    /// here (0 if it was made durable elsewhere).
+    fn reserve(
+        &self,
+        request: ReservationRequest,
+    ) -> impl Future<Output = Result<(Held, Lsn), OrderError>> + Send;
+
+    /// Commits (`commit`) or releases the whole reservation.
+    fn settle(
+        &self,
+        id: ReservationId,
+        commit: bool,
+    ) -> impl Future<Output = Result<Lsn, OrderError>> + Send;
+
+    /// Returns units that left a line for `order` (paid, now cancelled) to it: at most
+    /// once per order and line, however often asked.
+    fn return_stock(
+        &self,
+        order: Uuid,
+        key: LineKey,
+        quantity: Quantity,
+    ) -> impl Future<Output = Result<Lsn, OrderError>> + Send;
+}
+
+/// What a reservation holds for an order.
+#[derive(Debug)]
+pub struct Held {
+    pub id: ReservationId,
+    /// (product, warehouse, units held)
+    pub items: Vec<(ProductId, WarehouseId, u64)>,
+    pub expires_at: DateTime<Utc>,
+    pub at: DateTime<Utc>,
+}
+
+impl From<&Reservation> for Held {
+    fn from(reservation: &Reservation) -> Self {
+        Self {
+            id: reservation.id,
+            items: reservation
+                .items
+                .iter()
+                .map(|i| (i.product_id, i.warehouse_id, i.held()))
+                .collect(),
+            expires_at: reservation.expires_at,
+            at: reservation.updated_at,
+        }
+    }
+}
+
+impl Stock for Core {
+    async fn reserve(&self, request: ReservationRequest) -> Result<(Held, Lsn), OrderError> {
+        let (reservation, lsn) = self.reservations().reserve(request).await?;
+        Ok((Held::from(&reservation), lsn))
+    }
+
+    async fn settle(&self, id: ReservationId, commit: bool) -> Result<Lsn, OrderError> {
+        let reservations = self.reservations();
+        let settled = match commit {
+            true => reservations.commit(id).await?,
+            false => reservations.release(id).await?,
+        };
+        Ok(settled.1)
+    }
+
+    /// Once: the caller journals the order cancelled in the same flush group.
+    async fn return_stock(
+        &self,
+        _order: Uuid,
+        key: LineKey,
+        quantity: Quantity,
+    ) -> Result<Lsn, OrderError> {
+        Ok(Core::return_stock(self, key, quantity).await?.lsn)
+    }
+}
+
+/// A new order's id, naming `home`: the shard whose owner serves the order in cluster
+/// mode (see [`Placement::home`]).
+fn order_id(home: Shard) -> Uuid {
+    with_home(Uuid::now_v7(), Home::One(home))
+}
 
 /// Why an order step was refused.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +126,9 @@ pub enum OrderError {
     TotalTooLarge,
     #[error(transparent)]
     Core(#[from] CoreError),
+    /// The owner of some of its stock refused, or could not be reached (cluster mode).
+    #[error(transparent)]
+    Elsewhere(AppError),
 }
 
 /// A parsed request to place an order.
@@ -52,12 +143,22 @@ pub struct Placement {
     pub backorder_limits: std::collections::BTreeMap<ProductId, u64>,
 }
 
+impl Placement {
+    /// The shard whose owner serves the order: its first item's, so that an order whose
+    /// items are all in one shard is journaled with its reservation.
+    pub fn home(&self) -> Shard {
+        self.items
+            .first()
+            .map_or(0, |(product, _)| shard_of(*product))
+    }
+}
+
 impl Orders {
     /// Prices the items (`price`: the catalog's, or a cart's), reserves them across warehouses for the payment timeout, and
     /// journals the new order; answers it and the Lsn that makes it durable.
     pub async fn place(
         &self,
-        core: &Core,
+        stock: &impl Stock,
         user_id: i64,
         payment_timeout: Duration,
         placement: Placement,
@@ -75,7 +176,7 @@ impl Orders {
                 warehouse_id: None,
             })
             .collect();
-        let id = Uuid::now_v7();
+        let id = order_id(placement.home());
         let request = ReservationRequest {
             items: requested,
             ttl: payment_timeout,
@@ -83,9 +184,9 @@ impl Orders {
             shop_id: placement.shop_id,
             backorder_limits: placement.backorder_limits.clone(),
         };
-        let (reservation, reserved_lsn) = core.reservations().reserve(request).await?;
+        let (held, reserved_lsn) = stock.reserve(request).await?;
         // Priced when placed: the price may change later, the order does not.
-        self.open(id, user_id, reservation, placement, price, reserved_lsn)
+        self.open(id, user_id, held, placement, price, reserved_lsn)
     }
 
     /// An order for stock already held by a pending reservation (a held cart's): the
@@ -100,13 +201,14 @@ impl Orders {
         placement: Placement,
         price: impl Fn(ProductId) -> Option<i64>,
     ) -> Result<(Order, Lsn), OrderError> {
-        let id = Uuid::now_v7();
+        let id = order_id(placement.home());
         let (reservation, reserved_lsn) = core.reservations().hand_over(
             reservation_id,
             payment_timeout,
             format!("order:{id}"),
         )?;
-        self.open(id, user_id, reservation, placement, price, reserved_lsn)
+        let held = Held::from(&reservation);
+        self.open(id, user_id, held, placement, price, reserved_lsn)
     }
 
     /// Journals a new order for what `reservation` holds.
@@ -114,20 +216,20 @@ impl Orders {
         &self,
         id: Uuid,
         user_id: i64,
-        reservation: Reservation,
+        reservation: Held,
         placement: Placement,
         price: impl Fn(ProductId) -> Option<i64>,
         reserved_lsn: Lsn,
     ) -> Result<(Order, Lsn), OrderError> {
-        let held = reservation.items.iter().filter(|i| i.held() > 0);
-        let total_cents = total(held.clone().map(|i| (i.product_id, i.held())), &price)?;
+        let held = reservation.items.iter().filter(|(.., held)| *held > 0);
+        let total_cents = total(held.clone().map(|(p, _, held)| (*p, *held)), &price)?;
         let items = held
-            .map(|i| OrderItem {
+            .map(|&(product_id, warehouse_id, quantity)| OrderItem {
                 backordered: 0,
-                product_id: i.product_id,
-                quantity: i.held(),
-                unit_price_cents: price(i.product_id).unwrap_or_default(),
-                warehouse_id: i.warehouse_id,
+                product_id,
+                quantity,
+                unit_price_cents: price(product_id).unwrap_or_default(),
+                warehouse_id,
             })
             .collect();
         let order = Order {
@@ -141,8 +243,8 @@ impl Orders {
             tracking_number: None,
             shipping_address: placement.shipping_address,
             contact: placement.contact,
-            created_at: reservation.updated_at,
-            updated_at: reservation.updated_at,
+            created_at: reservation.at,
+            updated_at: reservation.at,
         };
         let lsn = self.journal.push([order.record()]);
         self.insert(order.clone());
@@ -170,7 +272,7 @@ impl Slot {
     /// reservation ran out first, the order expires and the payment is refused.
     pub async fn pay(
         &self,
-        core: &Core,
+        stock: &impl Stock,
         method: String,
         amount_cents: i64,
     ) -> Result<(Order, Lsn), OrderError> {
@@ -183,11 +285,10 @@ impl Slot {
                 total: order.total_cents,
             });
         }
-        let committed = core
-            .reservations()
-            .commit(ReservationId(order.reservation_id))
+        let committed = stock
+            .settle(ReservationId(order.reservation_id), true)
             .await;
-        let committed_lsn = self.settled_or_expired(&mut order, committed)?;
+        let committed_lsn = self.settled_or_expired(&mut order, committed, Committed)?;
         let payment = PaymentRecord {
             id: Uuid::now_v7(),
             order_id: order.id,
@@ -205,17 +306,16 @@ impl Slot {
     /// lines it left (only if `may_return_stock`: an operator's decision).
     pub async fn cancel(
         &self,
-        core: &Core,
+        stock: &impl Stock,
         may_return_stock: bool,
     ) -> Result<(Order, Lsn), OrderError> {
         let mut order = self.order.lock().await;
         let lsn = match order.status {
             OrderStatus::PendingPayment => {
-                let released = core
-                    .reservations()
-                    .release(ReservationId(order.reservation_id))
+                let released = stock
+                    .settle(ReservationId(order.reservation_id), false)
                     .await;
-                self.settled_or_expired(&mut order, released)?
+                self.settled_or_expired(&mut order, released, Released)?
             }
             OrderStatus::Paid if !may_return_stock => return Err(OrderError::ReturnNotAllowed),
             OrderStatus::Paid => {
@@ -224,7 +324,7 @@ impl Slot {
                     let key = LineKey::new(item.warehouse_id, item.product_id);
                     let qty = Quantity::try_from(item.quantity)
                         .map_err(|e| CoreError::InvalidQuantity(e.to_string()))?;
-                    last = core.return_stock(key, qty).await?.lsn;
+                    last = stock.return_stock(order.id, key, qty).await?;
                 }
                 last
             }
@@ -259,20 +359,30 @@ impl Slot {
         Ok((order.clone(), lsn))
     }
 
-    /// The Lsn of a settled reservation; if the reservation had run out, the order
-    /// expires with it.
+    /// The Lsn of a reservation settled as `wanted`; if the reservation had run out, the
+    /// order expires with it. One found settled as `wanted` already was settled by an
+    /// earlier try whose answer was lost (a saga's commit finished by the nodes): the step
+    /// goes on.
     fn settled_or_expired(
         &self,
         order: &mut Order,
-        outcome: stockline_actors::Result<(stockline_actors::Reservation, Lsn)>,
+        outcome: Result<Lsn, OrderError>,
+        wanted: ReservationStatus,
     ) -> Result<Lsn, OrderError> {
         match outcome {
-            Ok((_, lsn)) => Ok(lsn),
-            Err(CoreError::ReservationNotPending { .. } | CoreError::ReservationNotFound) => {
+            Ok(lsn) => Ok(lsn),
+            Err(OrderError::Core(CoreError::ReservationNotPending { status }))
+                if status == wanted =>
+            {
+                Ok(0)
+            }
+            Err(OrderError::Core(
+                CoreError::ReservationNotPending { .. } | CoreError::ReservationNotFound,
+            )) => {
                 self.expire(order);
                 Err(OrderError::NotPending(order.status))
             }
-            Err(other) => Err(other.into()),
+            Err(other) => Err(other),
         }
     }
 }

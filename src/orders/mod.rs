@@ -10,9 +10,10 @@
 mod lifecycle;
 mod queries;
 
-pub use lifecycle::{OrderError, Placement};
+pub use lifecycle::{Held, OrderError, Placement, Stock};
 pub use queries::{OrderRow, read, with_items};
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,10 @@ use dashmap::DashMap;
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
-use stockline_actors::{Lsn, Reservation, ReservationId, ReservationStatus};
+use stockline_actors::{Home, Lsn, Reservation, ReservationId, ReservationStatus};
+
+use crate::cluster::saga::SagaPart;
+use crate::cluster::{Shard, order_shard, shard_of};
 
 use crate::store::records::{Buffer, OrderItemRecord, OrderRecord, StoreRecord};
 use tokio::sync::Mutex;
@@ -29,6 +33,9 @@ use uuid::Uuid;
 
 use stockline_actors::Core;
 use tokio_util::sync::CancellationToken;
+
+/// The open orders, as SQL.
+const OPEN: &str = "status IN ('pending_payment', 'paid', 'shipped')";
 
 /// How long a closed order stays in memory.
 const CLOSED_RETENTION: Duration = Duration::from_secs(600);
@@ -143,13 +150,19 @@ pub struct IllegalStep {
 }
 
 impl Order {
-    /// The order with what each item still waits for, read from its lines (which hold
-    /// the order's reservation while it waits for payment).
+    /// The order with what each item still waits for, read from the lines this node holds
+    /// (which hold the order's reservation while it waits for payment; another node's
+    /// lines are not read, and their items show nothing waiting).
     pub fn shown(mut self, core: &stockline_actors::Core) -> Self {
         if self.status == OrderStatus::PendingPayment {
-            let id = stockline_actors::ReservationId(self.reservation_id);
+            let whole = ReservationId(self.reservation_id);
             for item in &mut self.items {
                 let key = stockline_actors::LineKey::new(item.warehouse_id, item.product_id);
+                // A reservation across shards is held on each line by its shard's part.
+                let id = match whole.home() {
+                    Some(Home::Spans) => SagaPart::new(whole.0, shard_of(item.product_id)).id,
+                    _ => whole,
+                };
                 if let Some(line) = core.registry().resident(key) {
                     item.backordered = item.quantity.saturating_sub(line.filled(id));
                 }
@@ -270,16 +283,64 @@ impl Orders {
     /// Loads the open orders from PostgreSQL.
     pub async fn load(pool: &PgPool, journal: Arc<Buffer>) -> Result<Self, sqlx::Error> {
         let orders = Self::new(journal);
-        for order in read(
-            pool,
-            "status IN ('pending_payment', 'paid', 'shipped')",
-            None,
-        )
-        .await?
-        {
+        for order in read(pool, OPEN, None).await? {
             orders.insert(order);
         }
         Ok(orders)
+    }
+
+    /// Loads the open orders of `shards` (`cluster::order_shard`; cluster mode: shards
+    /// this node just claimed), replacing what memory had of them from an earlier ownership;
+    /// those whose reservation is held by `core` and no longer pending expire.
+    pub async fn load_homed(
+        &self,
+        pool: &PgPool,
+        core: &Core,
+        shards: &HashSet<Shard>,
+    ) -> Result<usize, sqlx::Error> {
+        let mut loaded = Vec::new();
+        for order in read(pool, OPEN, None).await? {
+            if shards.contains(&order_shard(order.id)) {
+                loaded.push(self.insert(order));
+            }
+        }
+        for slot in &loaded {
+            let mut order = slot.order.lock().await;
+            let id = ReservationId(order.reservation_id);
+            let held_here = match id.home() {
+                Some(Home::One(shard)) => shards.contains(&shard),
+                _ => false,
+            };
+            if held_here
+                && !core
+                    .reservations()
+                    .get(id)
+                    .is_some_and(|r| r.status == ReservationStatus::Pending)
+            {
+                slot.expire(&mut order);
+            }
+        }
+        Ok(loaded.len())
+    }
+
+    /// Drops from memory the orders of `shards` (no longer this node's), writing nothing.
+    pub fn forget(&self, shards: &HashSet<Shard>) {
+        self.slots
+            .retain(|id, _| !shards.contains(&order_shard(*id)));
+    }
+
+    /// Unpaid orders past their expiry, as memory has them.
+    pub fn overdue(&self) -> Vec<Arc<Slot>> {
+        let now = Utc::now();
+        self.slots
+            .iter()
+            .filter(|slot| {
+                slot.order
+                    .try_lock()
+                    .is_ok_and(|o| o.status == OrderStatus::PendingPayment && o.expires_at <= now)
+            })
+            .map(|slot| slot.value().clone())
+            .collect()
     }
 
     /// Expires unpaid orders whose reservation is no longer pending (it expired while the

@@ -17,7 +17,7 @@ use super::outbox::{self, Known};
 use crate::events::Event;
 
 use super::records::{CartRecord, IdempotencyRecord, OrderRecord, PaymentRecord, StoreRecord};
-use crate::cluster::{Fenced, Leases, Shard, shard_of};
+use crate::cluster::{Fenced, Leases, Shard, order_shard, shard_of};
 
 /// How a cluster node's batches are written: fenced by its leases, closed with its own
 /// stored journal number ([`outbox::close_for`]).
@@ -36,8 +36,9 @@ pub(super) enum WriteError {
     Fenced(#[from] Fenced),
 }
 
-/// The shards whose stock `records` change (lines, the ledger, reservations, transfers),
-/// sorted, each once. Orders, payments, answers and carts belong to no shard.
+/// The shards whose stock `records` change (lines, the ledger, reservations, transfers)
+/// and whose orders they change (an order's id names its shard; payments go with their
+/// order), sorted, each once. Answers and carts belong to no shard.
 pub(super) fn shards_of(records: &[(Lsn, StoreRecord)]) -> Vec<Shard> {
     let mut shards: Vec<Shard> = Vec::new();
     for (_, record) in records {
@@ -48,10 +49,9 @@ pub(super) fn shards_of(records: &[(Lsn, StoreRecord)]) -> Vec<Shard> {
                 shards.extend(r.items.iter().map(|item| shard_of(item.product_id)))
             }
             StoreRecord::Core(Record::Transfer(t)) => shards.push(shard_of(t.product_id)),
-            StoreRecord::Order(_)
-            | StoreRecord::Payment(_)
-            | StoreRecord::Idempotency(_)
-            | StoreRecord::Cart(_) => {}
+            StoreRecord::Order(order) => shards.push(order_shard(order.id)),
+            StoreRecord::Payment(p) => shards.push(order_shard(p.order_id)),
+            StoreRecord::Idempotency(_) | StoreRecord::Cart(_) => {}
         }
     }
     shards.sort_unstable();

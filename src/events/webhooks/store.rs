@@ -171,6 +171,12 @@ pub async fn deliveries(
     limit: i64,
     offset: i64,
 ) -> Result<(Vec<Delivery>, i64), sqlx::Error> {
+    // The page and the count from one snapshot: a delivery failing in between is in both
+    // or in neither.
+    let mut tx = db.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
     let items = sqlx::query_as(&format!(
         "{DELIVERY} WHERE d.webhook_id = $1 AND ($2::text IS NULL OR d.status = $2)
          ORDER BY d.event_id DESC LIMIT $3 OFFSET $4"
@@ -179,7 +185,7 @@ pub async fn deliveries(
     .bind(status)
     .bind(limit)
     .bind(offset)
-    .fetch_all(db)
+    .fetch_all(&mut *tx)
     .await?;
     let total = sqlx::query_scalar(
         "SELECT count(*) FROM webhook_deliveries
@@ -187,8 +193,9 @@ pub async fn deliveries(
     )
     .bind(id)
     .bind(status)
-    .fetch_one(db)
+    .fetch_one(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok((items, total))
 }
 
