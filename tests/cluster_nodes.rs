@@ -63,6 +63,31 @@ async fn product_in_another_shard(nodes: &Nodes, node: usize, product: i64) -> i
     unreachable!()
 }
 
+/// Three nodes with extra `settings` on each, the shards shared out, and one product
+/// (price 100) owned by each node, stocked with `units` in one warehouse: (nodes,
+/// products by owner, warehouse).
+async fn a_product_per_node(settings: &[(&str, &str)], units: i64) -> (Nodes, Vec<i64>, i64) {
+    let mut nodes = Nodes::start(0, LEASE).await;
+    for _ in 0..3 {
+        nodes.add_with(settings).await;
+    }
+    nodes.wait_shared(&[0, 1, 2], SETTLE_WITHIN).await;
+    let warehouse = nodes.app(0).warehouse("W", 1).await;
+    let mut products: Vec<Option<i64>> = vec![None; 3];
+    for i in 0.. {
+        let product = nodes.app(0).product(&format!("per-node-{i}"), 100).await;
+        let owner = nodes.owner_of(product, 0).await;
+        if products[owner].is_none() {
+            nodes.app(0).stock(warehouse, product, units).await;
+            products[owner] = Some(product);
+        }
+        if products.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    (nodes, products.into_iter().flatten().collect(), warehouse)
+}
+
 /// `count` reservations of `body` sent at once, spread over the nodes: their answers.
 async fn reserve_at_once(
     nodes: &Nodes,

@@ -54,6 +54,13 @@ pub fn spanning() -> Uuid {
     ReservationId::homed(Home::Spans).0
 }
 
+/// The id of an order placed under `key` by `user` with `fingerprint`, naming `home` (its
+/// shard): a retry after the first try's answer was lost names the same order.
+pub fn keyed_order_id(user: i64, key: &str, fingerprint: &str, home: Shard) -> Uuid {
+    let text = format!("order\n{user}\n{key}\n{fingerprint}");
+    with_home(derived(text.as_bytes()), Home::One(home))
+}
+
 /// A version 8 (custom) UUID from a hash of `bytes`.
 fn derived(bytes: &[u8]) -> Uuid {
     uuid::Builder::from_custom_bytes(xxh3_128(bytes).to_le_bytes()).into_uuid()

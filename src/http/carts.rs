@@ -285,6 +285,7 @@ async fn checkout(
         let owned = state.clone();
         idempotency::run(&state, caller.user_id, request, move |body| async move {
             let placement = Placement {
+                id: None,
                 items: Vec::new(),
                 shipping_address: body.shipping_address,
                 contact: body.contact,

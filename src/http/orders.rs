@@ -93,6 +93,7 @@ impl TryFrom<CreateOrder> for Placement {
             })
             .collect::<Result<_>>()?;
         Ok(Self {
+            id: None,
             items,
             shipping_address: body.shipping_address,
             contact: body.contact,

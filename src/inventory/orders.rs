@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::quantity_of;
+use crate::cluster::saga::keyed_order_id;
 use crate::cluster::{Shard, order_shard, shard_of};
 use crate::error::{AppError, Result};
 use crate::idempotency::{self, Answer, Idempotent, Keyed};
@@ -121,6 +122,7 @@ impl TryFrom<Placed> for Placement {
                 .map_err(|e| AppError::validation(field, e.to_string()))
         };
         Ok(Self {
+            id: None,
             items: placed
                 .items
                 .iter()
@@ -157,16 +159,27 @@ impl OrderStep {
 pub(super) async fn serve(state: &AppState, step: OrderStep) -> Response {
     match step {
         OrderStep::Place { user, key, placed } => {
-            let placement = match Placement::try_from(placed) {
+            let mut placement = match Placement::try_from(placed) {
                 Ok(placement) => placement,
                 Err(error) => return error.into_response(),
             };
             let shards = placement.items.iter().map(|(p, _)| shard_of(*p));
             let holder = Holder::for_hold(state, shards);
+            // Held through other nodes, the order and the answer kept for its key are not
+            // written in one batch. So under a key the order's id, and its reservation's
+            // key, are derived from it: a retry whose first try's answer was lost finds
+            // the order the first try made, and holds nothing twice.
+            let keyed = key.clone().filter(|_| holder == Holder::Routed);
+            if let Some(keyed) = &keyed {
+                let (key, fingerprint) = (keyed.key(), keyed.fingerprint());
+                placement.id = Some(keyed_order_id(user, key, fingerprint, placement.home()));
+            }
+            let reserve_key =
+                keyed.map(|k| Keyed::new(format!("order:{}", k.key()), k.fingerprint().into()));
             let request = holder.idempotent(Idempotent::of(placement, key));
             let owned = state.clone();
             idempotency::run(state, user, request, move |placement| async move {
-                place(&owned, holder, user, placement).await
+                place(&owned, holder, user, placement, reserve_key).await
             })
             .await
             .into_response()
@@ -236,7 +249,13 @@ async fn place(
     holder: Holder,
     user: i64,
     mut placement: Placement,
+    reserve_key: Option<Keyed>,
 ) -> Result<Answer> {
+    if let Some(id) = placement.id
+        && let Some(made) = made_before(state, id).await?
+    {
+        return Answer::new(StatusCode::CREATED, made.shown(&state.core), 0);
+    }
     placement.backorder_limits = state
         .catalog
         .backorder_limits(placement.items.iter().map(|(product, _)| *product));
@@ -246,9 +265,13 @@ async fn place(
     let timeout = Duration::from_secs(state.config.payment_timeout_secs);
     let (order, lsn) = state
         .orders
-        .place(&holder.on(state), user, timeout, placement, |product| {
-            state.catalog.get(product).map(|p| p.price_cents)
-        })
+        .place(
+            &holder.on(state).keyed(user, reserve_key),
+            user,
+            timeout,
+            placement,
+            |product| state.catalog.get(product).map(|p| p.price_cents),
+        )
         .await?;
     Answer::new(StatusCode::CREATED, order.shown(&state.core), lsn)
 }
@@ -272,6 +295,16 @@ async fn cancel(state: &AppState, caller: Acting, id: Uuid) -> Result<Order> {
     drop(group);
     state.durable(lsn).await?;
     Ok(order)
+}
+
+/// Order `id` if it was made already (by an earlier try under the same key).
+async fn made_before(state: &AppState, id: Uuid) -> Result<Option<Order>> {
+    if let Some(slot) = state.orders.get(id) {
+        return Ok(Some(slot.order.lock().await.clone()));
+    }
+    Ok(crate::orders::read(&state.db, "id = $1", Some(id))
+        .await?
+        .pop())
 }
 
 /// The order, if `caller` may see it: its owner's, or an operator's.

@@ -134,6 +134,8 @@ pub enum OrderError {
 /// A parsed request to place an order.
 #[derive(Debug)]
 pub struct Placement {
+    /// The id the order gets (one derived from its idempotency key); `None`: a fresh one.
+    pub id: Option<Uuid>,
     pub items: Vec<(ProductId, Quantity)>,
     pub shipping_address: Option<Value>,
     pub contact: Option<Value>,
@@ -176,7 +178,7 @@ impl Orders {
                 warehouse_id: None,
             })
             .collect();
-        let id = order_id(placement.home());
+        let id = placement.id.unwrap_or_else(|| order_id(placement.home()));
         let request = ReservationRequest {
             items: requested,
             ttl: payment_timeout,

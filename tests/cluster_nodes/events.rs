@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use super::common::cluster::Nodes;
-use super::{LEASE, ONE_AT_A_TIME, SETTLE_WITHIN, reserve_through};
+use super::{ONE_AT_A_TIME, SETTLE_WITHIN, a_product_per_node, reserve_through};
 
 /// Reservations each of the three writers makes (one node each).
 const PER_WRITER: usize = 40;
@@ -19,25 +19,7 @@ const PER_WRITER: usize = 40;
 /// Three nodes with the shards shared out, extra settings on each, and one product owned
 /// by each node, stocked in one warehouse: (nodes, products, an operator's token).
 async fn cluster_with_a_product_per_node(settings: &[(&str, &str)]) -> (Nodes, Vec<i64>, String) {
-    let mut nodes = Nodes::start(0, LEASE).await;
-    for _ in 0..3 {
-        nodes.add_with(settings).await;
-    }
-    nodes.wait_shared(&[0, 1, 2], SETTLE_WITHIN).await;
-    let warehouse = nodes.app(0).warehouse("W", 1).await;
-    let mut products: Vec<Option<i64>> = vec![None; 3];
-    for i in 0.. {
-        let product = nodes.app(0).product(&format!("events-{i}"), 100).await;
-        let owner = nodes.owner_of(product, 0).await;
-        if products[owner].is_none() {
-            nodes.app(0).stock(warehouse, product, 10_000).await;
-            products[owner] = Some(product);
-        }
-        if products.iter().all(Option::is_some) {
-            break;
-        }
-    }
-    let products = products.into_iter().flatten().collect();
+    let (nodes, products, _) = a_product_per_node(settings, 10_000).await;
     let operator = nodes.app(0).operator("events@stockline.test").await;
     (nodes, products, operator)
 }

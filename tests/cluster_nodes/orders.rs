@@ -10,34 +10,10 @@ use serde_json::{Value, json};
 
 use super::common::cluster::Nodes;
 use super::common::{self, TestApp};
-use super::{LEASE, ONE_AT_A_TIME, SETTLE_WITHIN, pool};
+use super::{LEASE, ONE_AT_A_TIME, SETTLE_WITHIN, a_product_per_node, pool};
 
 /// Units each product starts with.
 const UNITS: i64 = 10_000;
-
-/// Three nodes with `settings`, the shards shared out, and one product (price 100) owned
-/// by each node, stocked in one warehouse: (nodes, products by owner, warehouse).
-async fn a_product_per_node(settings: &[(&str, &str)]) -> (Nodes, Vec<i64>, i64) {
-    let mut nodes = Nodes::start(0, LEASE).await;
-    for _ in 0..3 {
-        nodes.add_with(settings).await;
-    }
-    nodes.wait_shared(&[0, 1, 2], SETTLE_WITHIN).await;
-    let warehouse = nodes.app(0).warehouse("W", 1).await;
-    let mut products: Vec<Option<i64>> = vec![None; 3];
-    for i in 0.. {
-        let product = nodes.app(0).product(&format!("orders-{i}"), 100).await;
-        let owner = nodes.owner_of(product, 0).await;
-        if products[owner].is_none() {
-            nodes.app(0).stock(warehouse, product, UNITS).await;
-            products[owner] = Some(product);
-        }
-        if products.iter().all(Option::is_some) {
-            break;
-        }
-    }
-    (nodes, products.into_iter().flatten().collect(), warehouse)
-}
 
 /// Another product of node `owner`, in a shard other than `product`'s, stocked in
 /// `warehouse`.
@@ -67,6 +43,12 @@ async fn place(app: &TestApp, token: &str, items: &[(i64, u64)]) -> Value {
     assert_eq!(status, StatusCode::CREATED, "{order}");
     assert_eq!(order["status"], "pending_payment", "{order}");
     order
+}
+
+/// Pays order `id` through `app` with `amount_cents`, no key.
+async fn pay(app: &TestApp, token: &str, id: &str, amount_cents: i64) -> (StatusCode, Value) {
+    let body = json!({ "method": "card", "amount_cents": amount_cents });
+    app.post(&format!("/orders/{id}/pay"), token, body).await
 }
 
 /// (on hand, reserved) of `product` as node `node` answers its availability.
@@ -138,7 +120,7 @@ async fn until_status(app: &TestApp, token: &str, id: &str, status: &str, within
 async fn an_order_is_placed_paid_shipped_cancelled_and_expired_through_any_node() {
     let _one = ONE_AT_A_TIME.lock().await;
     let (nodes, p, warehouse) =
-        a_product_per_node(&[("STOCKLINE_PAYMENT_TIMEOUT_SECS", "3")]).await;
+        a_product_per_node(&[("STOCKLINE_PAYMENT_TIMEOUT_SECS", "3")], UNITS).await;
     let (customer_id, customer) = nodes.app(0).customer("buyer@stockline.test").await;
     let (_, stranger) = nodes.app(1).customer("stranger@stockline.test").await;
     let operator = nodes.app(2).operator("orders-op@stockline.test").await;
@@ -188,19 +170,12 @@ async fn an_order_is_placed_paid_shipped_cancelled_and_expired_through_any_node(
 
     // Paid through node 1, the wrong amount refused first; the same key through node 2
     // answers the same payment, taken once.
-    let (status, refused) = nodes
-        .app(1)
-        .post(
-            &format!("/orders/{id}/pay"),
-            &customer,
-            json!({ "method": "card", "amount_cents": 299 }),
-        )
-        .await;
+    let (status, refused) = pay(nodes.app(1), &customer, &id, 299).await;
     assert_eq!(
         common::error_code(status, &refused, StatusCode::UNPROCESSABLE_ENTITY),
         "validation_failed"
     );
-    let pay = json!({ "method": "card", "amount_cents": 300 });
+    let full = json!({ "method": "card", "amount_cents": 300 });
     let key = uuid::Uuid::now_v7().to_string();
     let mut paid = Vec::new();
     for node in [1, 2] {
@@ -210,7 +185,7 @@ async fn an_order_is_placed_paid_shipped_cancelled_and_expired_through_any_node(
             &format!("/orders/{id}/pay"),
             &customer,
             &key,
-            pay.clone(),
+            full.clone(),
             Duration::from_secs(10),
         )
         .await;
@@ -287,14 +262,7 @@ async fn an_order_is_placed_paid_shipped_cancelled_and_expired_through_any_node(
     // does, and the units go back on hand where they left.
     let returned = place(nodes.app(0), &customer, &[(p[2], 1), (p[0], 1)]).await;
     let returned_id = returned["id"].as_str().unwrap();
-    let (status, answer) = nodes
-        .app(1)
-        .post(
-            &format!("/orders/{returned_id}/pay"),
-            &customer,
-            json!({ "method": "card", "amount_cents": 200 }),
-        )
-        .await;
+    let (status, answer) = pay(nodes.app(1), &customer, returned_id, 200).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(levels(&nodes, 0, p[2]).await, (UNITS - 1, 0));
     let cancel = format!("/orders/{returned_id}/cancel");
@@ -324,14 +292,7 @@ async fn an_order_is_placed_paid_shipped_cancelled_and_expired_through_any_node(
     .await;
     assert_eq!(levels(&nodes, 0, p[1]).await, (UNITS - 1, 0));
     assert_eq!(levels(&nodes, 0, p[2]).await, (UNITS, 0));
-    let (status, refused) = nodes
-        .app(1)
-        .post(
-            &format!("/orders/{unpaid_id}/pay"),
-            &customer,
-            json!({ "method": "card", "amount_cents": 400 }),
-        )
-        .await;
+    let (status, refused) = pay(nodes.app(1), &customer, unpaid_id, 400).await;
     assert_eq!(
         common::error_code(status, &refused, StatusCode::CONFLICT),
         "order_not_pending"
@@ -365,7 +326,7 @@ async fn an_order_is_placed_paid_shipped_cancelled_and_expired_through_any_node(
 async fn an_order_whose_owner_is_killed_between_place_and_pay_is_paid_once_elsewhere() {
     let _one = ONE_AT_A_TIME.lock().await;
     let (mut nodes, p, warehouse) =
-        a_product_per_node(&[("STOCKLINE_PAYMENT_TIMEOUT_SECS", "15")]).await;
+        a_product_per_node(&[("STOCKLINE_PAYMENT_TIMEOUT_SECS", "15")], UNITS).await;
     let q0 = another_of(&nodes, 0, p[0], warehouse).await;
     let (_, customer) = nodes.app(1).customer("kill@stockline.test").await;
     // Owned by node 0 (its first item is node 0's), placed through node 1.
@@ -466,7 +427,8 @@ async fn an_order_whose_owner_is_killed_between_place_and_pay_is_paid_once_elsew
 #[tokio::test]
 async fn unpaid_orders_of_a_killed_owner_expire_on_the_node_that_takes_them_over() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let (mut nodes, p, _) = a_product_per_node(&[("STOCKLINE_PAYMENT_TIMEOUT_SECS", "1")]).await;
+    let (mut nodes, p, _) =
+        a_product_per_node(&[("STOCKLINE_PAYMENT_TIMEOUT_SECS", "1")], UNITS).await;
     let (_, customer) = nodes.app(1).customer("expiry@stockline.test").await;
     let single = place(nodes.app(1), &customer, &[(p[0], 1)]).await;
     let spanning = place(nodes.app(2), &customer, &[(p[0], 2), (p[1], 1)]).await;
@@ -548,5 +510,59 @@ async fn a_return_of_a_cancelled_order_s_line_is_made_once_however_often_it_is_a
         availability["on_hand"], 9,
         "two orders' returns, each once: {availability}"
     );
+    nodes.stop().await;
+}
+
+/// An order placed under a key, its stock on two other nodes, whose kept answer is lost
+/// (as when its owner dies between writing the order and writing the answer; the test
+/// deletes the answer and kills the owner): the retry through another node finds the
+/// same order, and its stock is held once.
+#[tokio::test]
+async fn an_order_retried_after_its_answer_was_lost_is_the_same_order() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (mut nodes, p, _) = a_product_per_node(&[], UNITS).await;
+    let (_, customer) = nodes.app(0).customer("retry@stockline.test").await;
+    let key = uuid::Uuid::now_v7().to_string();
+    let body = order_of(&[(p[1], 1), (p[2], 1)]);
+    let (status, first) = until_served(
+        &nodes,
+        &[0],
+        "/orders",
+        &customer,
+        &key,
+        body.clone(),
+        SETTLE_WITHIN,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    nodes.kill(1);
+    let db = pool(&nodes.database).await;
+    sqlx::query("DELETE FROM idempotency_keys WHERE key = $1")
+        .bind(&key)
+        .execute(&db)
+        .await
+        .unwrap();
+    let (status, again) = until_served(
+        &nodes,
+        &[0, 2],
+        "/orders",
+        &customer,
+        &key,
+        body,
+        SETTLE_WITHIN,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    assert_eq!(again["id"], first["id"], "the same order");
+    nodes.wait_shared(&[0, 2], SETTLE_WITHIN).await;
+    assert_eq!(levels(&nodes, 0, p[1]).await, (UNITS, 1), "held once");
+    assert_eq!(levels(&nodes, 0, p[2]).await, (UNITS, 1));
+    let (status, list) = nodes.app(2).get("/orders", &customer).await;
+    assert_eq!(
+        (status, &list["total"]),
+        (StatusCode::OK, &json!(1)),
+        "{list}"
+    );
+    db.close().await;
     nodes.stop().await;
 }

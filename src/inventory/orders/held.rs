@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::super::Operation;
 use crate::cluster::{Shard, home_of};
 use crate::error::AppError;
-use crate::idempotency::Idempotent;
+use crate::idempotency::{Idempotent, Keyed};
 use crate::orders::{Held, OrderError, Stock};
 use crate::state::AppState;
 
@@ -72,6 +72,7 @@ impl Holder {
         OnNode {
             state,
             holder: self,
+            reserve_key: None,
         }
     }
 }
@@ -80,6 +81,16 @@ impl Holder {
 pub(super) struct OnNode<'a> {
     state: &'a AppState,
     holder: Holder,
+    /// Through the service: the user and key a reservation is made under (at most once).
+    reserve_key: Option<(i64, Keyed)>,
+}
+
+impl OnNode<'_> {
+    /// Reserves through the service under `key` of `user`, if there is one.
+    pub(super) fn keyed(mut self, user: i64, key: Option<Keyed>) -> Self {
+        self.reserve_key = key.map(|key| (user, key));
+        self
+    }
 }
 
 impl Stock for OnNode<'_> {
@@ -87,9 +98,13 @@ impl Stock for OnNode<'_> {
         if self.holder == Holder::Here {
             return Stock::reserve(&*self.state.core, request).await;
         }
+        let (user, key) = match &self.reserve_key {
+            Some((user, key)) => (*user, Some(key.clone())),
+            None => (0, None),
+        };
         let operation = Operation::Reserve {
-            user: 0,
-            key: None,
+            user,
+            key,
             request: request.into(),
         };
         let body = answered(through(self.state, operation).await).await?;
