@@ -192,14 +192,9 @@ pub async fn change_each(state: &AppState, checked: Vec<Result<LineChange>>) -> 
     }
     let answers =
         futures_util::future::join_all(groups.into_values().map(|(indexes, changes)| async move {
-            let response = run(state, Operation::Changes { changes }).await;
-            let status = response.status();
-            let body = axum::body::to_bytes(response.into_body(), MAX_ANSWER)
-                .await
-                .ok()
-                .and_then(|body| serde_json::from_slice::<Value>(&body).ok())
-                .unwrap_or(Value::Null);
-            (indexes, status, body)
+            let answer =
+                saga::PartAnswer::of(run(state, Operation::Changes { changes }).await).await;
+            (indexes, answer.status, answer.body)
         }))
         .await;
     for (indexes, status, body) in answers {

@@ -39,7 +39,8 @@ mod answers;
 mod finish;
 mod record;
 
-use answers::{PartAnswer, all_held, refusal};
+pub(super) use answers::PartAnswer;
+use answers::{all_held, refusal};
 pub use finish::{finish_decided, fold};
 use record::SagaStatus::{self, *};
 use record::mark;

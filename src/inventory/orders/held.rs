@@ -5,12 +5,11 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
-use stockline_actors::{
-    CoreError, LineKey, Lsn, Quantity, ReservationId, ReservationRequest, ReservationStatus,
-};
+use stockline_actors::{CoreError, LineKey, Lsn, Quantity, ReservationId, ReservationRequest};
 use uuid::Uuid;
 
 use super::super::Operation;
+use super::super::saga::PartAnswer;
 use crate::cluster::{Shard, home_of};
 use crate::error::AppError;
 use crate::idempotency::{Idempotent, Keyed};
@@ -155,23 +154,15 @@ fn through(state: &AppState, operation: Operation) -> BoxFuture<'_, Response> {
 /// The JSON body of a successful answer of the service; a refusal as the order step's
 /// error (a reservation no longer pending, or gone, as the core's own error).
 async fn answered(response: Response) -> Result<Value, OrderError> {
-    let status = response.status();
-    let body: Value = axum::body::to_bytes(response.into_body(), super::super::MAX_ANSWER)
-        .await
-        .ok()
-        .and_then(|body| serde_json::from_slice(&body).ok())
-        .unwrap_or(Value::Null);
-    if status.is_success() {
-        return Ok(body);
+    let answer = PartAnswer::of(response).await;
+    let status = answer.status;
+    if answer.ok() {
+        return Ok(answer.body);
     }
-    let error = &body["error"];
-    if error["code"] == "reservation_not_pending" {
-        let status = error["details"]["status"]
-            .as_str()
-            .and_then(ReservationStatus::parse)
-            .unwrap_or(ReservationStatus::Expired);
+    if let Some(status) = answer.not_pending() {
         return Err(CoreError::ReservationNotPending { status }.into());
     }
+    let error = &answer.body["error"];
     if status == StatusCode::NOT_FOUND && error["message"] == "reservation not found" {
         return Err(CoreError::ReservationNotFound.into());
     }

@@ -9,15 +9,16 @@ use stockline_actors::ReservationStatus;
 use crate::error::AppError;
 use crate::inventory::MAX_ANSWER;
 
-/// What one part answered.
-pub(super) struct PartAnswer {
-    pub(super) status: StatusCode,
-    pub(super) body: Value,
+/// What one part answered (or any operation of the service: an order's step reads its
+/// reservation's answers with it too).
+pub(in crate::inventory) struct PartAnswer {
+    pub(in crate::inventory) status: StatusCode,
+    pub(in crate::inventory) body: Value,
 }
 
 impl PartAnswer {
     /// What a part's answer says (its body is the API's JSON).
-    pub(super) async fn of(response: Response) -> Self {
+    pub(in crate::inventory) async fn of(response: Response) -> Self {
         let status = response.status();
         let body = axum::body::to_bytes(response.into_body(), MAX_ANSWER)
             .await
@@ -27,12 +28,12 @@ impl PartAnswer {
         Self { status, body }
     }
 
-    pub(super) fn ok(&self) -> bool {
+    pub(in crate::inventory) fn ok(&self) -> bool {
         self.status.is_success()
     }
 
     /// The part's status if it answered "not pending".
-    pub(super) fn not_pending(&self) -> Option<ReservationStatus> {
+    pub(in crate::inventory) fn not_pending(&self) -> Option<ReservationStatus> {
         let error = &self.body["error"];
         (self.status == StatusCode::CONFLICT && error["code"] == "reservation_not_pending")
             .then(|| ReservationStatus::parse(error["details"]["status"].as_str()?))
