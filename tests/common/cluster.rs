@@ -211,12 +211,22 @@ impl Nodes {
         total == stockline::cluster::SHARDS as u64
     }
 
-    /// The index of the node that owns `product`'s shard, by the database.
+    /// The index of the node that owns `product`'s shard, by the database; waits a while
+    /// if the shard is between owners (a lease renewed late on a busy machine).
     pub async fn owner_of(&self, product: i64, asking: usize) -> usize {
         let shard = stockline::cluster::shard_of(product) as usize;
-        let view = self.view(asking).await;
-        let owner = view["shards"][shard]["owner"].as_str().unwrap().to_owned();
-        self.nodes.iter().position(|n| n.id == owner).unwrap()
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let view = self.view(asking).await;
+            if let Some(owner) = view["shards"][shard]["owner"].as_str() {
+                return self.nodes.iter().position(|n| n.id == owner).unwrap();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "shard {shard} has no owner"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
 
     /// The base URLs of the nodes, by index.
