@@ -61,9 +61,6 @@ pub enum AppError {
     #[error("{0}")]
     Unavailable(String),
     /// 500, logged with its cause, answered without it.
-    /// 501: what this node cannot do in cluster mode (yet); single-process mode can.
-    #[error("{0}")]
-    NotInCluster(String),
 
     #[error("internal error: {0}")]
     Internal(String),
@@ -147,11 +144,6 @@ impl AppError {
             ),
             Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", json!({})),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", json!({})),
-            Self::NotInCluster(_) => (
-                StatusCode::NOT_IMPLEMENTED,
-                "not_in_cluster_mode",
-                json!({}),
-            ),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", json!({})),
             Self::Relayed {
                 status,

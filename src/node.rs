@@ -4,9 +4,10 @@
 //!
 //! - Claimed: forget anything still in memory of those shards (from an earlier ownership),
 //!   restore their live state from the store (pending reservations, the lines they hold,
-//!   the open orders whose ids name them), then answer their NATS subjects. The lease loop marks them served after.
+//!   the open orders whose ids name them, the open carts of their customers), then answer
+//!   their NATS subjects. The lease loop marks them served after.
 //! - Lost (another node took them over, or a batch of theirs was refused): stop answering
-//!   and forget their lines, reservations and orders without writing anything.
+//!   and forget their lines, reservations, orders and carts without writing anything.
 //! - Past its serving deadline, not renewed (the database unreachable): stop answering,
 //!   keep the memory; renewed after all (nobody took it): answer again.
 //! - Handed off: stop answering (which waits for the requests taken), wait until
@@ -20,6 +21,7 @@ use futures_util::future::BoxFuture;
 use sqlx::PgPool;
 use stockline_actors::Core;
 
+use crate::carts::Carts;
 use crate::cluster::routing::Routes;
 use crate::cluster::{Epoch, Membership, Shard, shard_of};
 use crate::orders::Orders;
@@ -38,12 +40,15 @@ pub struct ClusterNode {
     pub buffer: Arc<Buffer>,
     /// The open orders whose ids name the shards this node serves.
     pub orders: Arc<Orders>,
+    /// The open carts of the customers whose shards this node serves.
+    pub carts: Arc<Carts>,
 }
 
 impl ClusterNode {
     async fn forget(&self, shards: &[Shard]) {
         let gone: HashSet<Shard> = shards.iter().copied().collect();
         self.orders.forget(&gone);
+        self.carts.forget(&gone);
         let (lines, reservations) = self
             .core
             .forget(|product| gone.contains(&shard_of(product)))
@@ -74,16 +79,25 @@ impl ClusterNode {
         }
     }
 
+    /// Reads the open orders and carts of `claimed` into memory.
+    async fn load(&self, claimed: &HashSet<Shard>) -> Result<(), sqlx::Error> {
+        self.orders
+            .load_homed(&self.db, &self.core, claimed)
+            .await?;
+        self.carts.load_of(&self.db, claimed).await?;
+        Ok(())
+    }
+
     async fn restore(&self, shards: &[Shard]) {
         let mut pause = Duration::from_millis(100);
         let claimed: HashSet<Shard> = shards.iter().copied().collect();
         loop {
             match recovery::read_shards(&self.db, shards).await {
                 Ok(stored) => match stored.restore_into(&self.core).await {
-                    Ok(()) => match self.orders.load_homed(&self.db, &self.core, &claimed).await {
-                        Ok(_) => return,
+                    Ok(()) => match self.load(&claimed).await {
+                        Ok(()) => return,
                         Err(error) => {
-                            tracing::warn!(%error, "reading claimed shards' orders failed; retrying")
+                            tracing::warn!(%error, "reading claimed shards' orders and carts failed; retrying")
                         }
                     },
                     Err(error) => tracing::error!(%error, "restoring claimed shards failed"),

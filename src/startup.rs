@@ -195,11 +195,13 @@ impl Application {
                 .map_err(io::Error::other)?,
             Some(_) => Orders::new(buffer.clone()),
         });
-        let carts = Arc::new(
-            crate::carts::Carts::load(&db, buffer.clone())
+        // And the open carts of the customers of the shards it claims.
+        let carts = Arc::new(match cluster {
+            None => crate::carts::Carts::load(&db, buffer.clone())
                 .await
                 .map_err(io::Error::other)?,
-        );
+            Some(_) => crate::carts::Carts::new(buffer.clone()),
+        });
         let core = Arc::new(core);
         if cluster.is_none() {
             orders.reconcile(&core).await;
@@ -255,6 +257,7 @@ impl Application {
                 db: state.db.clone(),
                 buffer: state.store.buffer.clone(),
                 orders: state.orders.clone(),
+                carts: state.carts.clone(),
             });
         }
         let swept = state.clone();

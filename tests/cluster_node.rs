@@ -77,6 +77,7 @@ async fn claiming_restores_and_answers_losing_and_handing_off_forget() {
         db: pool.clone(),
         buffer: buffer.clone(),
         orders: Arc::new(stockline::orders::Orders::new(buffer.clone())),
+        carts: Arc::new(stockline::carts::Carts::new(buffer.clone())),
     };
     let shard = shard_of(product);
     let key = LineKey::new(warehouse, product);

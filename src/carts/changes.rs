@@ -48,7 +48,39 @@ pub struct ItemChange {
     pub quantity: u64,
 }
 
-fn must_be_open(cart: &Cart) -> Result<(), CartError> {
+/// The items `cart` would have after `change` (priced from `catalog` if new); `None`:
+/// the change changes nothing.
+pub(crate) fn with_change(
+    cart: &Cart,
+    catalog: &Catalog,
+    change: ItemChange,
+) -> Result<Option<BTreeMap<ProductId, CartLine>>, CartError> {
+    must_be_open(cart)?;
+    let mut items = cart.items.clone();
+    match (items.get_mut(&change.product_id), change.quantity) {
+        (None, 0) => return Ok(None),
+        (_, 0) => drop(items.remove(&change.product_id)),
+        (Some(line), quantity) => line.quantity = quantity,
+        (None, quantity) => {
+            let product = catalog
+                .get(change.product_id)
+                .ok_or(CartError::UnknownProduct(change.product_id))?;
+            items.insert(
+                change.product_id,
+                CartLine {
+                    quantity,
+                    unit_price_cents: product.price_cents,
+                },
+            );
+        }
+    }
+    if items.len() > MAX_ITEMS {
+        return Err(CartError::TooManyItems);
+    }
+    Ok(Some(items))
+}
+
+pub(crate) fn must_be_open(cart: &Cart) -> Result<(), CartError> {
     match cart.status {
         CartStatus::Open => Ok(()),
         CartStatus::Deleted => Err(CartError::NotFound),
@@ -71,28 +103,9 @@ impl Carts {
         cart: &mut Cart,
         change: ItemChange,
     ) -> Result<Lsn, CartError> {
-        must_be_open(cart)?;
-        let mut items = cart.items.clone();
-        match (items.get_mut(&change.product_id), change.quantity) {
-            (None, 0) => return Ok(0),
-            (_, 0) => drop(items.remove(&change.product_id)),
-            (Some(line), quantity) => line.quantity = quantity,
-            (None, quantity) => {
-                let product = catalog
-                    .get(change.product_id)
-                    .ok_or(CartError::UnknownProduct(change.product_id))?;
-                items.insert(
-                    change.product_id,
-                    CartLine {
-                        quantity,
-                        unit_price_cents: product.price_cents,
-                    },
-                );
-            }
-        }
-        if items.len() > MAX_ITEMS {
-            return Err(CartError::TooManyItems);
-        }
+        let Some(items) = with_change(cart, catalog, change)? else {
+            return Ok(0);
+        };
         let mut lsn = 0;
         if cart.hold {
             let held = hold(core, catalog, hold_for, cart, &items).await?;
@@ -189,7 +202,7 @@ impl Carts {
     }
 }
 
-fn quantity(units: u64) -> Result<Quantity, CartError> {
+pub(crate) fn quantity(units: u64) -> Result<Quantity, CartError> {
     Quantity::try_from(units)
         .map_err(|e| CartError::Core(CoreError::InvalidQuantity(e.to_string())))
 }

@@ -21,6 +21,7 @@ mod changes;
 pub mod queries;
 
 pub use changes::{CartError, ItemChange};
+pub(crate) use changes::{must_be_open, quantity, with_change};
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use stockline_actors::{ReservationStatus, types::ShopId};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use uuid::Uuid;
 
+use crate::cluster::{Shard, cart_shard};
 use crate::store::records::{Buffer, CartRecord, StoreRecord};
 
 /// The most open carts one customer may have, and products one cart may hold.
@@ -85,6 +87,9 @@ pub struct Cart {
     pub hold: bool,
     /// The reservation holding a held cart's items (it may have run out since).
     pub reservation_id: Option<ReservationId>,
+    /// Cluster mode: the reservations holding a held cart's items instead, one per shard
+    /// they are in (each on its shard's owner; they may have run out since).
+    pub parts: Vec<ReservationId>,
     pub hold_expires_at: Option<DateTime<Utc>>,
     /// The order a checked-out cart became.
     pub order_id: Option<Uuid>,
@@ -128,6 +133,7 @@ impl Cart {
             status: self.status.as_str(),
             hold: self.hold,
             reservation_id: self.reservation_id.map(|r| r.0),
+            hold_parts: self.parts.iter().map(|r| r.0).collect(),
             hold_expires_at: self.hold_expires_at,
             order_id: self.order_id,
             items: serde_json::Value::Array(items).to_string(),
@@ -183,6 +189,32 @@ impl Carts {
         Ok(carts)
     }
 
+    /// Cluster mode: loads the open carts of the customers whose shard is in `shards`
+    /// (claimed by this node); answers how many.
+    pub async fn load_of(
+        &self,
+        pool: &sqlx::PgPool,
+        shards: &HashSet<Shard>,
+    ) -> Result<usize, sqlx::Error> {
+        let mut loaded = 0;
+        for cart in queries::open(pool).await? {
+            if shards.contains(&cart_shard(cart.user_id)) && !self.slots.contains_key(&cart.id) {
+                self.insert(cart, 0);
+                loaded += 1;
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// Drops from memory the carts of the customers whose shard is in `shards` (no longer
+    /// this node's), writing nothing.
+    pub fn forget(&self, shards: &HashSet<Shard>) {
+        self.slots
+            .retain(|_, slot| !shards.contains(&cart_shard(slot.user_id)));
+        self.by_user
+            .retain(|user, _| !shards.contains(&cart_shard(*user)));
+    }
+
     fn slot(&self, cart: Cart, lsn: Lsn) -> Arc<Slot> {
         Arc::new(Slot {
             user_id: cart.user_id,
@@ -201,7 +233,7 @@ impl Carts {
     }
 
     /// Journals `cart`'s new state (its version counted up); answers the Lsn.
-    fn save(&self, slot: &Slot, cart: &mut Cart) -> Lsn {
+    pub(crate) fn save(&self, slot: &Slot, cart: &mut Cart) -> Lsn {
         cart.version += 1;
         cart.updated_at = stockline_actors::types::now();
         let lsn = self.journal.push([cart.record()]);
@@ -240,6 +272,7 @@ impl Carts {
             status: CartStatus::Open,
             hold,
             reservation_id: None,
+            parts: Vec::new(),
             hold_expires_at: None,
             order_id: None,
             items: BTreeMap::new(),

@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use super::{Cart, CartLine, CartStatus};
 
-const COLUMNS: &str = "id, user_id, shop_id, status, hold, reservation_id, hold_expires_at, \
-                       order_id, items, version, created_at, updated_at";
+const COLUMNS: &str = "id, user_id, shop_id, status, hold, reservation_id, hold_parts, \
+                       hold_expires_at, order_id, items, version, created_at, updated_at";
 
 /// A row of `carts` as [`COLUMNS`] selects it.
 #[derive(sqlx::FromRow)]
@@ -22,6 +22,7 @@ struct Row {
     status: String,
     hold: bool,
     reservation_id: Option<Uuid>,
+    hold_parts: Vec<Uuid>,
     hold_expires_at: Option<DateTime<Utc>>,
     order_id: Option<Uuid>,
     items: sqlx::types::Json<Vec<StoredItem>>,
@@ -65,6 +66,7 @@ impl TryFrom<Row> for Cart {
             status,
             hold: row.hold,
             reservation_id: row.reservation_id.map(ReservationId),
+            parts: row.hold_parts.into_iter().map(ReservationId).collect(),
             hold_expires_at: row.hold_expires_at,
             order_id: row.order_id,
             items,

@@ -26,7 +26,7 @@ pub use leases::{Epoch, Fenced, LeaseSettings, Leases, Membership, Round};
 pub use member::Cluster;
 pub use ordinal::ORDINAL_SHIFT;
 pub use routing::{RouteSettings, Routes};
-pub use shard::{SHARD_FUNCTION, SHARDS, Shard, home_of, order_shard, shard_of};
+pub use shard::{SHARD_FUNCTION, SHARDS, Shard, cart_shard, home_of, order_shard, shard_of};
 
 use std::sync::Arc;
 

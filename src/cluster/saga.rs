@@ -61,6 +61,21 @@ pub fn keyed_order_id(user: i64, key: &str, fingerprint: &str, home: Shard) -> U
     with_home(derived(text.as_bytes()), Home::One(home))
 }
 
+/// The id of the order cart `cart` becomes, naming `home` (the cart's shard): every try
+/// of its checkout names the same order, so a try after a crash finds the order an
+/// earlier one made.
+pub fn cart_order_id(cart: Uuid, home: Shard) -> Uuid {
+    let text = format!("cart order\n{cart}");
+    with_home(derived(text.as_bytes()), Home::One(home))
+}
+
+/// The id of the reservation across shards that ties a held cart's parts together when
+/// its order takes them over (the same for every try of the checkout).
+pub fn cart_saga_id(cart: Uuid) -> Uuid {
+    let text = format!("cart saga\n{cart}");
+    with_home(derived(text.as_bytes()), Home::Spans)
+}
+
 /// A version 8 (custom) UUID from a hash of `bytes`.
 fn derived(bytes: &[u8]) -> Uuid {
     uuid::Builder::from_custom_bytes(xxh3_128(bytes).to_le_bytes()).into_uuid()

@@ -37,6 +37,12 @@ pub fn order_shard(id: uuid::Uuid) -> Shard {
     home_of(id).unwrap_or_else(|| (xxh3_64(id.as_bytes()) % u64::from(SHARDS)) as Shard)
 }
 
+/// The shard whose owner serves a customer's carts: the hash of the customer's id, as a
+/// product's (so one node counts and lists them all).
+pub fn cart_shard(user_id: i64) -> Shard {
+    shard_of(user_id)
+}
+
 /// How well `node` suits `shard` (rendezvous hashing): each shard goes to the live node
 /// that suits it best, so every node computes the same owner from the same list of
 /// nodes, and a node joining or leaving moves only the shards it wins or held.

@@ -1,30 +1,24 @@
-//! `/carts`: a customer's carts, over the domain's [`Carts`](crate::carts::Carts): each
-//! handler parses, runs one change of a locked cart inside a flush group (in a task of its
-//! own, so a hang-up cannot stop it half-way), and maps the answer. See [`crate::carts`]
-//! for what a cart is and how its changes are journaled.
-
-use std::time::Duration;
+//! `/carts`: a customer's carts. Each handler parses and runs one step of the inventory
+//! service ([`crate::inventory::carts`]), which serves it on the owner of the customer's
+//! shard; see [`crate::carts`] for what a cart is and how its changes are journaled.
 
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::openapi::ErrorBody;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::Response;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use serde_json::{Number, Value, json};
+use serde::Deserialize;
+use serde_json::{Number, Value};
 use uuid::Uuid;
 
-use super::extract::{Json, List, Page, Path, Query, level};
-use super::idempotency::{self, Answer, Idempotent};
-use crate::auth::Identity;
-use crate::carts::{self, CartError, CartStatus, ItemChange};
-use crate::error::{AppError, Result};
+use super::extract::{Json, Page, Path, Query, level};
+use super::idempotency::Idempotent;
+use crate::error::Result;
 use crate::http::AppState;
 use crate::http::caller::Caller;
-use crate::orders::Placement;
+use crate::inventory::carts::{Cart, CartStep};
+use crate::inventory::{self, Operation};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -32,99 +26,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(read, delete))
         .routes(routes!(set_item, remove_item))
         .routes(routes!(checkout))
-}
-
-/// `Cart` of API.md.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Cart {
-    pub id: Uuid,
-    pub user_id: i64,
-    pub shop_id: Option<i64>,
-    /// `open` or `checked_out`.
-    pub status: CartStatus,
-    pub hold: bool,
-    pub items: Vec<CartItem>,
-    pub total_cents: i64,
-    /// When a held cart's stock is let go unless it changes again; in the past: let go.
-    pub hold_expires_at: Option<DateTime<Utc>>,
-    /// The order a checked-out cart became.
-    pub order_id: Option<Uuid>,
-    pub updated_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CartItem {
-    pub product_id: i64,
-    pub quantity: u64,
-    /// The price when the item was put in the cart.
-    pub unit_price_cents: i64,
-    /// Available now (over the cart's shop's warehouses, if it has a shop).
-    pub available: u64,
-}
-
-impl From<CartError> for AppError {
-    fn from(error: CartError) -> Self {
-        let message = error.to_string();
-        match error {
-            CartError::NotFound => AppError::NotFound("cart".into()),
-            CartError::NotOpen { status, order_id } => AppError::Conflict {
-                code: "conflict",
-                message,
-                details: json!({ "status": status, "order_id": order_id }),
-            },
-            CartError::TooManyOpen(open) => AppError::Conflict {
-                code: "conflict",
-                message,
-                details: json!({ "open_carts": open }),
-            },
-            CartError::TooManyItems => AppError::validation("product_id", message),
-            CartError::UnknownProduct(product) => AppError::NotFound(format!("product {product}")),
-            CartError::Empty => AppError::validation("items", message),
-            CartError::Core(error) => error.into(),
-            CartError::Order(error) => error.into(),
-            CartError::Store(error) => error.into(),
-        }
-    }
-}
-
-/// The cart as the API shows it, with `available` read now.
-async fn view(state: &AppState, cart: &carts::Cart) -> Result<Cart> {
-    let mut items = Vec::with_capacity(cart.items.len());
-    let mut total_cents: i64 = 0;
-    for (product_id, line) in &cart.items {
-        let available =
-            crate::inventory::stock::available_of(state, *product_id, cart.shop_id).await?;
-        let cost = (line.quantity as i64).saturating_mul(line.unit_price_cents);
-        total_cents = total_cents.saturating_add(cost);
-        items.push(CartItem {
-            product_id: *product_id,
-            quantity: line.quantity,
-            unit_price_cents: line.unit_price_cents,
-            available,
-        });
-    }
-    Ok(Cart {
-        id: cart.id,
-        user_id: cart.user_id,
-        shop_id: cart.shop_id,
-        status: cart.status,
-        hold: cart.hold,
-        items,
-        total_cents,
-        hold_expires_at: cart.hold_expires_at,
-        order_id: cart.order_id,
-        updated_at: cart.updated_at,
-    })
-}
-
-/// The caller's cart as it is now.
-async fn current(state: &AppState, caller: &Identity, id: Uuid) -> Result<carts::Cart> {
-    let slot = state.carts.find(&state.db, caller.user_id, id).await?;
-    let cart = slot.lock().await.clone();
-    match cart.status {
-        CartStatus::Deleted => Err(CartError::NotFound.into()),
-        _ => Ok(cart),
-    }
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -139,13 +40,13 @@ async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Json(body): Json<CreateCart>,
-) -> Result<(StatusCode, Json<Cart>)> {
-    let shop_id = body.shop_id.map(|s| state.shops.require(s)).transpose()?;
-    let (cart, lsn) = state
-        .carts
-        .create(caller.user_id, shop_id, body.hold.unwrap_or(false))?;
-    state.durable(lsn).await?;
-    Ok((StatusCode::CREATED, Json(view(&state, &cart).await?)))
+) -> Response {
+    let step = CartStep::Create {
+        user: caller.user_id,
+        shop: body.shop_id,
+        hold: body.hold.unwrap_or(false),
+    };
+    inventory::run(&state, Operation::Cart(step)).await
 }
 
 #[utoipa::path(get, path = "/carts", tag = "carts", security(("bearer" = [])), params(("limit" = Option<i64>, Query, description = "At most 500, default 50"), ("offset" = Option<i64>, Query)), responses((status = 200, description = "`{items: [Cart], total}`: the caller's carts, newest first", body = Object), (status = 422, description = "A value is invalid; details name the field", body = ErrorBody)))]
@@ -153,16 +54,13 @@ async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Query(page): Query<Page>,
-) -> Result<Json<List<Cart>>> {
-    let (carts, total) = state
-        .carts
-        .list(&state.db, caller.user_id, page.limit()?, page.offset()?)
-        .await?;
-    let mut items = Vec::with_capacity(carts.len());
-    for cart in &carts {
-        items.push(view(&state, cart).await?);
-    }
-    Ok(Json(List { items, total }))
+) -> Result<Response> {
+    let step = CartStep::List {
+        user: caller.user_id,
+        limit: page.limit()?,
+        offset: page.offset()?,
+    };
+    Ok(inventory::run(&state, Operation::Cart(step)).await)
 }
 
 #[utoipa::path(get, path = "/carts/{id}", tag = "carts", security(("bearer" = [])), params(("id" = Uuid, Path)), responses((status = 200, body = Cart), (status = 404, description = "Unknown, or another customer's", body = ErrorBody)))]
@@ -170,9 +68,12 @@ async fn read(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Path(id): Path<Uuid>,
-) -> Result<Json<Cart>> {
-    let cart = current(&state, &caller, id).await?;
-    Ok(Json(view(&state, &cart).await?))
+) -> Response {
+    let step = CartStep::Read {
+        user: caller.user_id,
+        id,
+    };
+    inventory::run(&state, Operation::Cart(step)).await
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -188,9 +89,9 @@ async fn set_item(
     Caller(caller): Caller,
     Path((id, product_id)): Path<(Uuid, i64)>,
     Json(body): Json<ItemQuantity>,
-) -> Result<Json<Cart>> {
+) -> Result<Response> {
     let quantity = level(&body.quantity, "quantity")?;
-    change(state, caller, id, product_id, quantity).await
+    Ok(change(&state, caller.user_id, id, product_id, quantity as u64).await)
 }
 
 #[utoipa::path(delete, path = "/carts/{id}/items/{product_id}", tag = "carts", security(("bearer" = [])), params(("id" = Uuid, Path), ("product_id" = i64, Path)), responses((status = 200, body = Cart), (status = 404, description = "Unknown cart", body = ErrorBody), (status = 409, description = "The cart is checked out", body = ErrorBody)))]
@@ -198,48 +99,19 @@ async fn remove_item(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Path((id, product_id)): Path<(Uuid, i64)>,
-) -> Result<Json<Cart>> {
-    change(state, caller, id, product_id, 0).await
+) -> Response {
+    change(&state, caller.user_id, id, product_id, 0).await
 }
 
 /// Sets one item's quantity (0 removes it), re-holding a held cart's items all or nothing.
-/// Runs in a task of its own, so a client hanging up cannot leave the hold and the cart
-/// disagreeing.
-async fn change(
-    state: AppState,
-    caller: Identity,
-    id: Uuid,
-    product_id: i64,
-    quantity: i64,
-) -> Result<Json<Cart>> {
-    tokio::spawn(async move {
-        let slot = state.carts.find(&state.db, caller.user_id, id).await?;
-        let mut cart = slot.lock().await;
-        let group = state.store.buffer.group().await;
-        let change = ItemChange {
-            product_id,
-            quantity: quantity as u64,
-        };
-        let hold_for = Duration::from_secs(state.config.cart_hold_secs);
-        let changed = state
-            .carts
-            .set_item(
-                &state.core,
-                &state.catalog,
-                hold_for,
-                &slot,
-                &mut cart,
-                change,
-            )
-            .await;
-        drop(group);
-        let shown = cart.clone();
-        drop(cart);
-        state.durable(changed?).await?;
-        view(&state, &shown).await.map(Json)
-    })
-    .await
-    .map_err(|e| AppError::Internal(format!("cart change task: {e}")))?
+async fn change(state: &AppState, user: i64, id: Uuid, product: i64, quantity: u64) -> Response {
+    let step = CartStep::Set {
+        user,
+        id,
+        product,
+        quantity,
+    };
+    inventory::run(state, Operation::Cart(step)).await
 }
 
 #[utoipa::path(delete, path = "/carts/{id}", tag = "carts", security(("bearer" = [])), params(("id" = Uuid, Path)), responses((status = 204, description = "Deleted; a held cart's stock is released"), (status = 404, description = "Unknown, or another customer's", body = ErrorBody)))]
@@ -247,19 +119,12 @@ async fn delete(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Path(id): Path<Uuid>,
-) -> Result<StatusCode> {
-    tokio::spawn(async move {
-        let slot = state.carts.find(&state.db, caller.user_id, id).await?;
-        let mut cart = slot.lock().await;
-        let group = state.store.buffer.group().await;
-        let deleted = state.carts.delete(&state.core, &slot, &mut cart).await;
-        drop(group);
-        drop(cart);
-        state.durable(deleted?).await?;
-        Ok(StatusCode::NO_CONTENT)
-    })
-    .await
-    .map_err(|e| AppError::Internal(format!("cart delete task: {e}")))?
+) -> Response {
+    let step = CartStep::Delete {
+        user: caller.user_id,
+        id,
+    };
+    inventory::run(&state, Operation::Cart(step)).await
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -276,39 +141,14 @@ async fn checkout(
     Caller(caller): Caller,
     Path(id): Path<Uuid>,
     request: Idempotent<Checkout>,
-) -> Result<Response> {
-    // The cart's lock first, then (inside `run`) the flush group: the order, the
-    // reservation handed over, the cart checked out and the answer are one batch.
-    tokio::spawn(async move {
-        let slot = state.carts.find(&state.db, caller.user_id, id).await?;
-        let mut cart = slot.lock().await;
-        let owned = state.clone();
-        idempotency::run(&state, caller.user_id, request, move |body| async move {
-            let placement = Placement {
-                id: None,
-                items: Vec::new(),
-                shipping_address: body.shipping_address,
-                contact: body.contact,
-                shop_id: None,
-                backorder_limits: Default::default(),
-            };
-            let timeout = Duration::from_secs(owned.config.payment_timeout_secs);
-            let (order, lsn) = owned
-                .carts
-                .check_out(
-                    &owned.core,
-                    &owned.catalog,
-                    &owned.orders,
-                    timeout,
-                    &slot,
-                    &mut cart,
-                    placement,
-                )
-                .await?;
-            Answer::new(StatusCode::CREATED, order.shown(&owned.core), lsn)
-        })
-        .await
-    })
-    .await
-    .map_err(|e| AppError::Internal(format!("checkout task: {e}")))?
+) -> Response {
+    let (body, key) = request.into_parts();
+    let step = CartStep::Checkout {
+        user: caller.user_id,
+        id,
+        key,
+        shipping_address: body.shipping_address.map(|v| v.to_string()),
+        contact: body.contact.map(|v| v.to_string()),
+    };
+    inventory::run(&state, Operation::Cart(step)).await
 }

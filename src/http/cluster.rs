@@ -14,10 +14,10 @@
 //! reached, one part per shard (`http::saga`). A bulk adjustment over several shards is
 //! split by shard, each part served by its owner.
 //!
-//! Orders are served by the owner of the shard their id names (`inventory::orders`).
-//! What cluster mode does not do yet is refused with 501 `not_in_cluster_mode`, never half
-//! done: carts (they hold a reservation resized in place, through the local core). Events
-//! and webhooks work on every node (`events::sequence`, `events::lead`).
+//! Orders are served by the owner of the shard their id names (`inventory::orders`), a
+//! customer's carts by the owner of the customer's shard (`inventory::carts`). Events and
+//! webhooks work on every node (`events::sequence`, `events::lead`): every endpoint works
+//! through every node.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -51,13 +51,6 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub async fn edge(state: AppState, request: Request, next: Next) -> Response {
     if state.cluster.is_none() {
         return next.run(request).await;
-    }
-    let path = request.uri().path();
-    if let Some(what) = not_in_cluster(path) {
-        return AppError::NotInCluster(format!(
-            "{what} are not available in cluster mode yet; a single-process server has them"
-        ))
-        .into_response();
     }
     let (parts, body) = request.into_parts();
     // Read whole already (`storable::read_body`, called first): this takes no time.
@@ -101,16 +94,6 @@ fn announced(method: &Method, path: &str) -> Option<Change> {
         ["products", id, ..] => id.parse().ok().map(|id| Change::Product { id }),
         ["warehouses", ..] => Some(Change::Warehouses),
         ["shops", ..] => Some(Change::Shops),
-        _ => None,
-    }
-}
-
-/// The paths cluster mode refuses, by what they are.
-fn not_in_cluster(path: &str) -> Option<&'static str> {
-    let path = path.strip_prefix("/api/v1")?;
-    let first = path.trim_start_matches('/').split('/').next()?;
-    match first {
-        "carts" => Some("carts"),
         _ => None,
     }
 }
@@ -365,23 +348,5 @@ mod tests {
         assert_eq!(products, vec![9]);
         let (products, warehouses) = named("/api/v1/stock/adjustments/bulk", b"not json");
         assert!(products.is_empty() && warehouses.is_empty());
-    }
-
-    #[test]
-    fn carts_are_refused_in_cluster_mode() {
-        for path in ["/api/v1/carts", "/api/v1/carts/1/checkout"] {
-            assert!(not_in_cluster(path).is_some(), "{path}");
-        }
-        for path in [
-            "/api/v1/orders",
-            "/api/v1/orders/1/pay",
-            "/api/v1/reservations",
-            "/api/v1/products",
-            "/api/v1/events/stream",
-            "/api/v1/webhooks",
-            "/healthz",
-        ] {
-            assert!(not_in_cluster(path).is_none(), "{path}");
-        }
     }
 }

@@ -13,9 +13,11 @@
 //! - [`lines`]: adjustments, levels, safety stock, transfers and retiring a product.
 //! - [`reservations`]: reserve, read, extend, commit and release on the owner.
 //! - [`orders`]: an order's steps, on the owner of the shard its id names.
+//! - [`carts`]: a cart's steps, on the owner of its customer's shard.
 //! - [`saga`]: a reservation across shards, one part per shard, coordinated here.
 //! - [`stock`]: a product's availability over its lines.
 
+pub mod carts;
 pub mod lines;
 mod operation;
 pub mod orders;
@@ -40,7 +42,6 @@ use stockline_actors::{Home, LineKey, ReservationId, ReservationRequest};
 use uuid::Uuid;
 
 use crate::cluster::routing::protocol::{self, Operations, Refused, Served};
-use crate::cluster::saga::SagaPart;
 use crate::cluster::{Cluster, Shard, shard_of};
 use crate::error::{AppError, Result};
 use crate::idempotency::{self, Idempotent, Keyed};
@@ -236,6 +237,16 @@ async fn serve(state: &AppState, operation: Operation) -> Response {
             json(reservations::extend(state, id, Duration::from_secs(ttl_secs)).await)
         }
         Operation::Read { id } => json(reservations::read(state, id).await),
+        Operation::Reshape {
+            id,
+            items,
+            ttl_secs,
+            shop,
+        } => {
+            let ttl = Duration::from_secs(ttl_secs);
+            json(reservations::reshape(state, id, items, ttl, shop).await)
+        }
+        Operation::Cart(step) => carts::serve(state, step).await,
         Operation::Availability { product, shop } => {
             json(stock::availability_of(state, product, shop).await)
         }
@@ -272,8 +283,8 @@ async fn serve(state: &AppState, operation: Operation) -> Response {
             product,
             quantity,
         } => orders::return_here(state, order, LineKey::new(warehouse, product), quantity).await,
-        Operation::Part { saga, shard, step } => {
-            let part = SagaPart::new(saga, shard).id;
+        Operation::Part { part, step, .. } => {
+            let part = ReservationId(part);
             match step {
                 // Made idempotent by the part's id, not by a key.
                 Step::Reserve(request) => reserve(state, 0, None, request, Some(part)).await,

@@ -12,6 +12,7 @@ use stockline_actors::{
 };
 use uuid::Uuid;
 
+use super::carts::CartStep;
 use super::lines::{LineChange, Move};
 use super::orders::OrderStep;
 use crate::cluster::{Shard, shard_of};
@@ -38,6 +39,14 @@ pub enum Operation {
     },
     /// Moves a pending reservation's expiry to `ttl_secs` from now.
     Extend { id: Uuid, ttl_secs: u64 },
+    /// Makes a pending reservation hold exactly `items` (product, units; none: released)
+    /// and extends it to `ttl_secs` from now, all or nothing.
+    Reshape {
+        id: Uuid,
+        items: Vec<(i64, u64)>,
+        ttl_secs: u64,
+        shop: Option<ShopId>,
+    },
     /// Reads a reservation.
     Read { id: Uuid },
     /// A product's availability over its lines (those of one shop's warehouses).
@@ -54,14 +63,17 @@ pub enum Operation {
     /// Deletes a product none of whose lines holds anything.
     Retire { product: i64 },
     /// A step of one shard's part of a reservation across shards, sent by the node that
-    /// coordinates it (`saga`): the part's id is derived from the saga's and the shard.
+    /// coordinates it (`saga`): `part` is the part's own reservation id (derived from the
+    /// saga's and the shard, or a held cart's reservation in that shard).
     Part {
-        saga: Uuid,
+        part: Uuid,
         shard: Shard,
         step: Step,
     },
     /// A step of an order, served by the order's owner.
     Order(OrderStep),
+    /// A step of a customer's cart, served by the owner of the customer's shard.
+    Cart(CartStep),
     /// Returns units that left a line for `order` (paid, now cancelled) to it, at most
     /// once per order and line.
     Return {
@@ -204,13 +216,15 @@ impl Operation {
     pub(super) fn shard(&self) -> Option<Shard> {
         match self {
             Self::Reserve { request, .. } | Self::DryRun { request } => request.shard(),
-            Self::Settle { id, .. } | Self::Extend { id, .. } | Self::Read { id } => {
-                match ReservationId(*id).home() {
-                    Some(Home::One(shard)) => Some(shard),
-                    _ => None,
-                }
-            }
+            Self::Settle { id, .. }
+            | Self::Extend { id, .. }
+            | Self::Read { id }
+            | Self::Reshape { id, .. } => match ReservationId(*id).home() {
+                Some(Home::One(shard)) => Some(shard),
+                _ => None,
+            },
             Self::Order(step) => step.shard(),
+            Self::Cart(step) => Some(step.shard()),
             Self::Availability { product, .. }
             | Self::Retire { product }
             | Self::Return { product, .. }
@@ -272,6 +286,8 @@ impl Operation {
                 product, warehouse, ..
             } => (vec![*product], vec![*warehouse]),
             Self::Order(step) => (step.named(), Vec::new()),
+            Self::Cart(step) => (step.named(), Vec::new()),
+            Self::Reshape { items, .. } => (items.iter().map(|(p, _)| *p).collect(), Vec::new()),
             Self::Change { change, .. } => (vec![change.product], vec![change.warehouse]),
             Self::Changes { changes } => (
                 changes.iter().map(|c| c.product).collect(),

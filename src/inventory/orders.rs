@@ -14,6 +14,8 @@
 
 mod held;
 
+pub(super) use held::{Holder, answered, held_of, through};
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -32,7 +34,6 @@ use crate::error::{AppError, Result};
 use crate::idempotency::{self, Answer, Idempotent, Keyed};
 use crate::orders::{Order, OrderError, OrderStatus, Placement, Slot, Stock};
 use crate::state::AppState;
-use held::Holder;
 
 /// A step of an order's life, as one node asks the order's owner.
 #[derive(Debug, Serialize, Deserialize)]
@@ -298,7 +299,7 @@ async fn cancel(state: &AppState, caller: Acting, id: Uuid) -> Result<Order> {
 }
 
 /// Order `id` if it was made already (by an earlier try under the same key).
-async fn made_before(state: &AppState, id: Uuid) -> Result<Option<Order>> {
+pub(super) async fn made_before(state: &AppState, id: Uuid) -> Result<Option<Order>> {
     if let Some(slot) = state.orders.get(id) {
         return Ok(Some(slot.order.lock().await.clone()));
     }

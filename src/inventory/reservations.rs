@@ -284,3 +284,31 @@ pub async fn release_part(state: &AppState, part: ReservationId) -> Result<Reser
     state.durable(lsn).await?;
     Ok(shown(state, reservation))
 }
+
+/// Makes pending reservation `id` hold exactly `wanted` (units per product; none: it is
+/// released) and extends it to `ttl` from now, all or nothing (a held cart's part, in
+/// cluster mode).
+pub async fn reshape(
+    state: &AppState,
+    id: Uuid,
+    wanted: Vec<(i64, u64)>,
+    ttl: Duration,
+    shop: Option<i64>,
+) -> Result<ReservationBody> {
+    let limits = state
+        .catalog
+        .backorder_limits(wanted.iter().map(|(product, _)| *product));
+    let reshaped = state
+        .core
+        .reservations()
+        .reshape(ReservationId(id), wanted, ttl, shop, limits)
+        .await;
+    match reshaped {
+        Ok((reservation, lsn)) => {
+            state.durable(lsn).await?;
+            Ok(shown(state, reservation))
+        }
+        Err(stockline_actors::CoreError::ReservationNotFound) => Err(not_pending(state, id).await),
+        Err(other) => Err(other.into()),
+    }
+}

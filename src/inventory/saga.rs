@@ -77,9 +77,9 @@ impl Coordinator {
         }
     }
 
-    /// Asks `step` of `saga`'s part in `shard`.
-    async fn ask(&self, saga: Uuid, shard: Shard, step: Step) -> PartAnswer {
-        let part = Operation::Part { saga, shard, step };
+    /// Asks `step` of the part `part` in `shard`.
+    async fn ask(&self, part: Uuid, shard: Shard, step: Step) -> PartAnswer {
+        let part = Operation::Part { part, shard, step };
         PartAnswer::of(super::at_owner(&self.state, &self.cluster, shard, part).await).await
     }
 
@@ -87,7 +87,7 @@ impl Coordinator {
     async fn each(&self, saga: &Saga, what: impl Fn() -> Step) -> Vec<PartAnswer> {
         futures_util::future::join_all(
             saga.parts()
-                .map(|(shard, _)| self.ask(saga.id, shard, what())),
+                .map(|(shard, part)| self.ask(part, shard, what())),
         )
         .await
     }
@@ -97,7 +97,8 @@ impl Coordinator {
     async fn release_all(&self, saga: Uuid, shards: &[Shard]) {
         futures_util::future::join_all(shards.iter().map(|&shard| async move {
             for attempt in 1..=RELEASE_ATTEMPTS {
-                let answer = self.ask(saga, shard, Step::GiveUp).await;
+                let part = SagaPart::new(saga, shard).id.0;
+                let answer = self.ask(part, shard, Step::GiveUp).await;
                 if answer.ok() || answer.not_pending().is_some() {
                     return;
                 }
@@ -151,11 +152,12 @@ async fn reserve_parts(
     let reference = request.reference.clone();
     let shards: Vec<Shard> = Hold::by_shard(&request).keys().copied().collect();
     let send_all = |saga: Uuid| {
-        futures_util::future::join_all(
-            Hold::by_shard(&request)
-                .into_iter()
-                .map(move |(shard, hold)| coordinator.ask(saga, shard, Step::Reserve(hold))),
-        )
+        futures_util::future::join_all(Hold::by_shard(&request).into_iter().map(
+            move |(shard, hold)| {
+                let part = SagaPart::new(saga, shard).id.0;
+                coordinator.ask(part, shard, Step::Reserve(hold))
+            },
+        ))
     };
     let mut saga = saga;
     let mut answers = send_all(saga).await;
@@ -245,6 +247,30 @@ async fn reserve_parts(
         body,
         lsn: 0,
     })
+}
+
+/// Ties reservations already held, one per shard (a held cart's, each on its shard's
+/// owner), together as reservation `id` across shards, pending until `expires_at`: its
+/// parts are then settled, extended and read as one. Asking again changes nothing.
+pub async fn tie(
+    state: &AppState,
+    id: Uuid,
+    parts: &[(Shard, Uuid)],
+    reference: &str,
+    expires_at: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO reservation_sagas (id, shards, parts, status, reference, expires_at, created_at, updated_at)
+         VALUES ($1, $2, $3, 'pending', $4, $5, now(), now()) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(parts.iter().map(|(s, _)| *s as i16).collect::<Vec<_>>())
+    .bind(parts.iter().map(|(_, p)| *p).collect::<Vec<_>>())
+    .bind(reference)
+    .bind(expires_at)
+    .execute(&state.db)
+    .await?;
+    Ok(())
 }
 
 /// Each part's dry run, put together; holds nothing anywhere.
@@ -388,13 +414,13 @@ async fn settle_lines(
             .push((warehouse, product, quantity));
     }
     let mut answers = Vec::new();
-    for (shard, _) in saga.parts() {
+    for (shard, part) in saga.parts() {
         if let Some(lines) = by_shard.remove(&shard) {
             let step = Step::Settle {
                 commit,
                 lines: Some(lines),
             };
-            answers.push(coordinator.ask(saga.id, shard, step).await);
+            answers.push(coordinator.ask(part, shard, step).await);
         }
     }
     if let Some(refused) = refusal(answers) {

@@ -16,17 +16,6 @@ pub async fn availability_of(state: &AppState, id: i64, shop: Option<ShopId>) ->
     Ok(availability_body(state, id, lines))
 }
 
-/// What a product has available now over the active warehouses (of `shop`, if set).
-pub async fn available_of(state: &AppState, id: i64, shop: Option<ShopId>) -> Result<u64> {
-    let warehouses = state.core.warehouses();
-    Ok(lines_of(state, id, shop)
-        .await?
-        .iter()
-        .filter(|l| warehouses.get(l.key.warehouse_id).is_some_and(|w| w.active))
-        .map(LineSnapshot::available)
-        .sum())
-}
-
 /// The product's lines in the warehouses of `shop` (all warehouses: `None`), as they are.
 async fn lines_of(state: &AppState, id: i64, shop: Option<ShopId>) -> Result<Vec<LineSnapshot>> {
     let warehouses = state.core.warehouses();

@@ -166,6 +166,23 @@ impl Orders {
         placement: Placement,
         price: impl Fn(ProductId) -> Option<i64>,
     ) -> Result<(Order, Lsn), OrderError> {
+        let (id, held, reserved_lsn) = self
+            .hold(stock, payment_timeout, &placement, &price)
+            .await?;
+        // Priced when placed: the price may change later, the order does not.
+        self.open(id, user_id, held, placement, price, reserved_lsn)
+    }
+
+    /// The first half of [`Orders::place`]: prices the items and holds them; answers the
+    /// order's id, what is held and the Lsn of the hold. [`Orders::open`] then journals
+    /// the order (a cart's checkout journals it with the cart).
+    pub async fn hold(
+        &self,
+        stock: &impl Stock,
+        payment_timeout: Duration,
+        placement: &Placement,
+        price: impl Fn(ProductId) -> Option<i64>,
+    ) -> Result<(Uuid, Held, Lsn), OrderError> {
         let items = placement.items.iter().map(|(p, q)| (*p, q.get()));
         // Priced before anything is held: an order too large to price holds nothing.
         total(items, &price)?;
@@ -187,8 +204,7 @@ impl Orders {
             backorder_limits: placement.backorder_limits.clone(),
         };
         let (held, reserved_lsn) = stock.reserve(request).await?;
-        // Priced when placed: the price may change later, the order does not.
-        self.open(id, user_id, held, placement, price, reserved_lsn)
+        Ok((id, held, reserved_lsn))
     }
 
     /// An order for stock already held by a pending reservation (a held cart's): the
@@ -213,8 +229,8 @@ impl Orders {
         self.open(id, user_id, held, placement, price, reserved_lsn)
     }
 
-    /// Journals a new order for what `reservation` holds.
-    fn open(
+    /// Journals a new order `id` for what `reservation` holds, priced by `price`.
+    pub fn open(
         &self,
         id: Uuid,
         user_id: i64,

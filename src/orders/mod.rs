@@ -158,11 +158,15 @@ impl Order {
             let whole = ReservationId(self.reservation_id);
             for item in &mut self.items {
                 let key = stockline_actors::LineKey::new(item.warehouse_id, item.product_id);
-                // A reservation across shards is held on each line by its shard's part.
+                // A reservation across shards is held on each line by its shard's part (a
+                // held cart's parts are its own reservations: not looked for here).
                 let id = match whole.home() {
                     Some(Home::Spans) => SagaPart::new(whole.0, shard_of(item.product_id)).id,
                     _ => whole,
                 };
+                if core.reservations().get(id).is_none() {
+                    continue;
+                }
                 if let Some(line) = core.registry().resident(key) {
                     item.backordered = item.quantity.saturating_sub(line.filled(id));
                 }

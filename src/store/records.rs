@@ -115,6 +115,8 @@ pub struct CartRecord {
     pub status: &'static str,
     pub hold: bool,
     pub reservation_id: Option<uuid::Uuid>,
+    /// Cluster mode: the reservations, one per shard, holding a held cart's items.
+    pub hold_parts: Vec<uuid::Uuid>,
     pub hold_expires_at: Option<DateTime<Utc>>,
     pub order_id: Option<uuid::Uuid>,
     /// `[{product_id, quantity, unit_price_cents}]`, by product.

@@ -17,7 +17,7 @@ use super::outbox::{self, Known};
 use crate::events::Event;
 
 use super::records::{CartRecord, IdempotencyRecord, OrderRecord, PaymentRecord, StoreRecord};
-use crate::cluster::{Fenced, Leases, Shard, order_shard, shard_of};
+use crate::cluster::{Fenced, Leases, Shard, cart_shard, order_shard, shard_of};
 
 /// How a cluster node's batches are written: fenced by its leases, closed with its own
 /// stored journal number ([`outbox::close_for`]).
@@ -37,8 +37,9 @@ pub(super) enum WriteError {
 }
 
 /// The shards whose stock `records` change (lines, the ledger, reservations, transfers)
-/// and whose orders they change (an order's id names its shard; payments go with their
-/// order), sorted, each once. Answers and carts belong to no shard.
+/// and whose orders and carts they change (an order's id names its shard; payments go
+/// with their order; a cart is its customer's shard's), sorted, each once. Answers belong
+/// to no shard.
 pub(super) fn shards_of(records: &[(Lsn, StoreRecord)]) -> Vec<Shard> {
     let mut shards: Vec<Shard> = Vec::new();
     for (_, record) in records {
@@ -51,7 +52,8 @@ pub(super) fn shards_of(records: &[(Lsn, StoreRecord)]) -> Vec<Shard> {
             StoreRecord::Core(Record::Transfer(t)) => shards.push(shard_of(t.product_id)),
             StoreRecord::Order(order) => shards.push(order_shard(order.id)),
             StoreRecord::Payment(p) => shards.push(order_shard(p.order_id)),
-            StoreRecord::Idempotency(_) | StoreRecord::Cart(_) => {}
+            StoreRecord::Cart(cart) => shards.push(cart_shard(cart.user_id)),
+            StoreRecord::Idempotency(_) => {}
         }
     }
     shards.sort_unstable();
@@ -687,19 +689,21 @@ async fn write_carts(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::Error
     let kept: Vec<&CartRecord> = sorted.carts.values().copied().collect();
     let c = &kept;
     sqlx::query(
-        "INSERT INTO carts (id, user_id, shop_id, status, hold, reservation_id, hold_expires_at,
-                           order_id, items, version, created_at, updated_at)
-         SELECT id, user_id, shop_id, status, hold, reservation_id, hold_expires_at, order_id,
-                items::jsonb, version, created_at, updated_at
+        "INSERT INTO carts (id, user_id, shop_id, status, hold, reservation_id, hold_parts,
+                           hold_expires_at, order_id, items, version, created_at, updated_at)
+         SELECT id, user_id, shop_id, status, hold, reservation_id,
+                coalesce(ARRAY(SELECT jsonb_array_elements_text(parts::jsonb)::uuid), '{}'),
+                hold_expires_at, order_id, items::jsonb, version, created_at, updated_at
          FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::bool[], $6::uuid[],
                      $7::timestamptz[], $8::uuid[], $9::text[], $10::bigint[], $11::timestamptz[],
-                     $12::timestamptz[])
+                     $12::timestamptz[], $13::text[])
               AS t(id, user_id, shop_id, status, hold, reservation_id, hold_expires_at, order_id,
-                   items, version, created_at, updated_at)
+                   items, version, created_at, updated_at, parts)
          ON CONFLICT (id) DO UPDATE
            SET status = EXCLUDED.status, reservation_id = EXCLUDED.reservation_id,
-               hold_expires_at = EXCLUDED.hold_expires_at, order_id = EXCLUDED.order_id,
-               items = EXCLUDED.items, version = EXCLUDED.version, updated_at = EXCLUDED.updated_at
+               hold_parts = EXCLUDED.hold_parts, hold_expires_at = EXCLUDED.hold_expires_at,
+               order_id = EXCLUDED.order_id, items = EXCLUDED.items, version = EXCLUDED.version,
+               updated_at = EXCLUDED.updated_at
          WHERE carts.version < EXCLUDED.version",
     )
     .bind(c.iter().map(|r| r.id).collect::<Vec<_>>())
@@ -714,6 +718,13 @@ async fn write_carts(tx: &mut Tx, sorted: &Sorted<'_>) -> Result<(), sqlx::Error
     .bind(c.iter().map(|r| r.version).collect::<Vec<_>>())
     .bind(c.iter().map(|r| r.created_at).collect::<Vec<_>>())
     .bind(c.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+    // A list per cart, as JSON text: UNNEST cannot take an array of arrays of lengths
+    // that differ.
+    .bind(
+        c.iter()
+            .map(|r| serde_json::json!(r.hold_parts).to_string())
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut **tx)
     .await?;
     Ok(())

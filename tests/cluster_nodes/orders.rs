@@ -52,7 +52,7 @@ async fn pay(app: &TestApp, token: &str, id: &str, amount_cents: i64) -> (Status
 }
 
 /// (on hand, reserved) of `product` as node `node` answers its availability.
-async fn levels(nodes: &Nodes, node: usize, product: i64) -> (i64, i64) {
+pub(super) async fn levels(nodes: &Nodes, node: usize, product: i64) -> (i64, i64) {
     let availability = nodes.app(node).availability(product).await;
     (
         availability["on_hand"].as_i64().unwrap(),
@@ -62,7 +62,7 @@ async fn levels(nodes: &Nodes, node: usize, product: i64) -> (i64, i64) {
 
 /// Sends `path` and `body` through each node in turn while the answer is 503 (a shard
 /// moving), up to `within`: the first other answer.
-async fn until_served(
+pub(super) async fn until_served(
     nodes: &Nodes,
     through: &[usize],
     path: &str,

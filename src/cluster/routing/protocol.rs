@@ -24,8 +24,9 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::shard::Shard;
 
 /// The version of the operations and answers this build sends and reads (2: orders' steps
-/// and returns of stock).
-pub const VERSION: u16 = 2;
+/// and returns of stock; 3: carts' steps, reshaping a reservation, a saga's part named by
+/// its own id).
+pub const VERSION: u16 = 3;
 
 /// Names, on each request, the version it speaks (for whoever watches the subject; the
 /// payload says it again, and that is what counts).

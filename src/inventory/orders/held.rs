@@ -18,7 +18,7 @@ use crate::state::AppState;
 
 /// Where an order's stock is held, from this node's point of view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Holder {
+pub(in crate::inventory) enum Holder {
     /// By this node's core: every shard it is in is served here.
     Here,
     /// Through the service: on the owners of its shards.
@@ -67,7 +67,7 @@ impl Holder {
         }
     }
 
-    pub(super) fn on(self, state: &AppState) -> OnNode<'_> {
+    pub(in crate::inventory) fn on(self, state: &AppState) -> OnNode<'_> {
         OnNode {
             state,
             holder: self,
@@ -77,7 +77,7 @@ impl Holder {
 }
 
 /// A [`Holder`] on this node: the [`Stock`] an order step uses.
-pub(super) struct OnNode<'a> {
+pub(in crate::inventory) struct OnNode<'a> {
     state: &'a AppState,
     holder: Holder,
     /// Through the service: the user and key a reservation is made under (at most once).
@@ -86,7 +86,7 @@ pub(super) struct OnNode<'a> {
 
 impl OnNode<'_> {
     /// Reserves through the service under `key` of `user`, if there is one.
-    pub(super) fn keyed(mut self, user: i64, key: Option<Keyed>) -> Self {
+    pub(in crate::inventory) fn keyed(mut self, user: i64, key: Option<Keyed>) -> Self {
         self.reserve_key = key.map(|key| (user, key));
         self
     }
@@ -147,13 +147,16 @@ impl Stock for OnNode<'_> {
 
 /// The service, boxed: an order step runs operations through it, and it serves order
 /// steps (so its future would otherwise contain itself).
-fn through(state: &AppState, operation: Operation) -> BoxFuture<'_, Response> {
+pub(in crate::inventory) fn through(
+    state: &AppState,
+    operation: Operation,
+) -> BoxFuture<'_, Response> {
     Box::pin(super::super::run(state, operation))
 }
 
 /// The JSON body of a successful answer of the service; a refusal as the order step's
 /// error (a reservation no longer pending, or gone, as the core's own error).
-async fn answered(response: Response) -> Result<Value, OrderError> {
+pub(in crate::inventory) async fn answered(response: Response) -> Result<Value, OrderError> {
     let answer = PartAnswer::of(response).await;
     let status = answer.status;
     if answer.ok() {
@@ -176,7 +179,7 @@ async fn answered(response: Response) -> Result<Value, OrderError> {
 }
 
 /// What a reservation's answer (`Reservation` of API.md) says it holds.
-fn held_of(body: &Value) -> Result<Held, OrderError> {
+pub(in crate::inventory) fn held_of(body: &Value) -> Result<Held, OrderError> {
     let unreadable = || {
         OrderError::Elsewhere(AppError::Internal(format!(
             "a reservation answered in an unknown shape: {body}"

@@ -1,0 +1,395 @@
+//! Carts in cluster mode: a customer's carts are served by the owner of the customer's
+//! shard, whichever node a request reaches; a held cart's items, in shards of different
+//! nodes, are held there and handed to the order at checkout; and a cart whose owner is
+//! killed with kill -9 in the middle of its checkout becomes one order, its stock held
+//! once.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use super::common::cluster::Nodes;
+use super::common::{self, TestApp};
+use super::orders::{levels, until_served};
+use super::{ONE_AT_A_TIME, SETTLE_WITHIN, a_product_per_node, pool};
+
+/// Units each product starts with.
+const UNITS: i64 = 1_000;
+
+/// A customer whose carts node `owner` serves: (id, token).
+async fn customer_of(nodes: &Nodes, owner: usize, name: &str) -> (i64, String) {
+    for i in 0.. {
+        let (id, token) = nodes
+            .app(0)
+            .customer(&format!("{name}-{i}@stockline.test"))
+            .await;
+        // A customer's carts live in the shard its id hashes to, as a product's would.
+        if nodes.owner_of(id, 0).await == owner {
+            return (id, token);
+        }
+    }
+    unreachable!()
+}
+
+async fn new_cart(app: &TestApp, token: &str, hold: bool) -> String {
+    let (status, cart) = app.post("/carts", token, json!({ "hold": hold })).await;
+    assert_eq!(status, StatusCode::CREATED, "{cart}");
+    cart["id"].as_str().unwrap().to_owned()
+}
+
+async fn set(
+    app: &TestApp,
+    token: &str,
+    cart: &str,
+    product: i64,
+    units: i64,
+) -> (StatusCode, Value) {
+    app.put(
+        &format!("/carts/{cart}/items/{product}"),
+        token,
+        json!({ "quantity": units }),
+    )
+    .await
+}
+
+/// The cart's items as (product, quantity), by product.
+fn items_of(cart: &Value) -> Vec<(i64, i64)> {
+    cart["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["product_id"].as_i64().unwrap(),
+                i["quantity"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A held cart's whole life through nodes that do not serve it: filled with products of
+/// all three nodes, each change held where the stock is, a change that cannot be held
+/// refused with the cart as it was, read and listed alike through every node, checked out
+/// under a key (the retry through another node answers the same order, nothing held
+/// twice) and paid; a cart without a hold checks out by holding afresh; a deleted held
+/// cart lets its stock go.
+#[tokio::test]
+async fn a_held_cart_is_filled_changed_and_checked_out_through_any_node() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (nodes, p, _) = a_product_per_node(&[], UNITS).await;
+    let (customer_id, customer) = customer_of(&nodes, 0, "cart").await;
+    let (_, stranger) = nodes.app(1).customer("cart-stranger@stockline.test").await;
+
+    // Created through node 1; served by node 0.
+    let id = new_cart(nodes.app(1), &customer, true).await;
+    for (node, product, units) in [(1, p[0], 2), (2, p[1], 1), (0, p[2], 3)] {
+        let (status, cart) = set(nodes.app(node), &customer, &id, product, units).await;
+        assert_eq!(status, StatusCode::OK, "{cart}");
+    }
+    assert_eq!(levels(&nodes, 2, p[0]).await, (UNITS, 2));
+    assert_eq!(levels(&nodes, 0, p[1]).await, (UNITS, 1));
+    assert_eq!(levels(&nodes, 1, p[2]).await, (UNITS, 3));
+    // Grown in one shard, emptied in another: only that shard's hold moves.
+    let (status, _) = set(nodes.app(2), &customer, &id, p[0], 5).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, cart) = nodes
+        .app(1)
+        .delete(&format!("/carts/{id}/items/{}", p[2]), &customer)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{cart}");
+    assert_eq!(levels(&nodes, 1, p[0]).await, (UNITS, 5));
+    assert_eq!(levels(&nodes, 1, p[2]).await, (UNITS, 0));
+    // More than there is: refused, nothing changed.
+    let (status, refused) = set(nodes.app(1), &customer, &id, p[1], UNITS + 1).await;
+    assert_eq!(
+        common::error_code(status, &refused, StatusCode::CONFLICT),
+        "insufficient_stock"
+    );
+    assert_eq!(levels(&nodes, 2, p[1]).await, (UNITS, 1));
+    let mut expected = vec![(p[0], 5), (p[1], 1)];
+    expected.sort();
+    for node in 0..3 {
+        let (status, cart) = nodes
+            .app(node)
+            .get(&format!("/carts/{id}"), &customer)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{cart}");
+        assert_eq!(items_of(&cart), expected, "{cart}");
+        assert_eq!(cart["total_cents"], 600, "{cart}");
+        assert!(cart["hold_expires_at"].is_string(), "{cart}");
+        let (status, list) = nodes.app(node).get("/carts", &customer).await;
+        assert_eq!(
+            (status, &list["total"]),
+            (StatusCode::OK, &json!(1)),
+            "{list}"
+        );
+    }
+    let (status, _) = nodes.app(2).get(&format!("/carts/{id}"), &stranger).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "another customer's cart is not seen"
+    );
+
+    // Checked out through node 2 under a key, retried through node 1: one order, its
+    // stock the cart's hold (held once).
+    let key = uuid::Uuid::now_v7().to_string();
+    let checkout = format!("/carts/{id}/checkout");
+    let body = json!({ "shipping_address": { "city": "Bergen" } });
+    let mut orders = Vec::new();
+    for node in [2, 1] {
+        let (status, order) = until_served(
+            &nodes,
+            &[node],
+            &checkout,
+            &customer,
+            &key,
+            body.clone(),
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{order}");
+        orders.push(order);
+    }
+    let order = &orders[0];
+    assert_eq!(
+        orders[1]["id"], order["id"],
+        "the retry answers the same order"
+    );
+    assert_eq!(
+        (&order["status"], &order["total_cents"], &order["user_id"]),
+        (&json!("pending_payment"), &json!(600), &json!(customer_id)),
+        "{order}"
+    );
+    assert_eq!(order["shipping_address"]["city"], "Bergen");
+    assert_eq!(levels(&nodes, 0, p[0]).await, (UNITS, 5));
+    assert_eq!(levels(&nodes, 0, p[1]).await, (UNITS, 1));
+    let order_id = order["id"].as_str().unwrap();
+    let (status, cart) = nodes.app(0).get(&format!("/carts/{id}"), &customer).await;
+    assert_eq!(
+        (status, &cart["status"], &cart["order_id"]),
+        (StatusCode::OK, &json!("checked_out"), &json!(order_id)),
+        "{cart}"
+    );
+    let (status, refused) = set(nodes.app(1), &customer, &id, p[0], 1).await;
+    assert_eq!(
+        common::error_code(status, &refused, StatusCode::CONFLICT),
+        "conflict"
+    );
+    let (status, paid) = nodes
+        .app(1)
+        .post(
+            &format!("/orders/{order_id}/pay"),
+            &customer,
+            json!({ "method": "card", "amount_cents": 600 }),
+        )
+        .await;
+    assert_eq!(
+        (status, &paid["status"]),
+        (StatusCode::OK, &json!("paid")),
+        "{paid}"
+    );
+    assert_eq!(levels(&nodes, 2, p[0]).await, (UNITS - 5, 0));
+    assert_eq!(levels(&nodes, 2, p[1]).await, (UNITS - 1, 0));
+
+    // Without a hold: nothing is held until checkout, which holds afresh.
+    let plain = new_cart(nodes.app(2), &customer, false).await;
+    let (status, _) = set(nodes.app(0), &customer, &plain, p[2], 2).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(levels(&nodes, 0, p[2]).await, (UNITS, 0));
+    let (status, order) = nodes
+        .app(1)
+        .post(&format!("/carts/{plain}/checkout"), &customer, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+    assert_eq!(levels(&nodes, 0, p[2]).await, (UNITS, 2));
+
+    // A deleted held cart lets its stock go.
+    let gone = new_cart(nodes.app(0), &customer, true).await;
+    let (status, _) = set(nodes.app(1), &customer, &gone, p[1], 4).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(levels(&nodes, 0, p[1]).await, (UNITS - 1, 4));
+    let (status, _) = nodes
+        .app(2)
+        .delete(&format!("/carts/{gone}"), &customer)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(levels(&nodes, 0, p[1]).await, (UNITS - 1, 0));
+    let (status, _) = nodes.app(1).get(&format!("/carts/{gone}"), &customer).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let db = pool(&nodes.database).await;
+    let stored: Vec<String> =
+        sqlx::query_scalar("SELECT status FROM carts WHERE user_id = $1 ORDER BY created_at")
+            .bind(customer_id)
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert_eq!(stored, ["checked_out", "checked_out", "deleted"]);
+    db.close().await;
+    nodes.stop().await;
+}
+
+/// The node serving a held cart is killed with kill -9 in the middle of its checkout
+/// (while the owner of one of the cart's products is paused, so the checkout waits on it):
+/// the checkout retried with its key through the survivors makes exactly one order for
+/// the cart, the cart is checked out with it, its stock is held once and then sold once,
+/// and nothing stays held.
+#[tokio::test]
+async fn a_cart_whose_owner_is_killed_mid_checkout_becomes_one_order() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (mut nodes, p, _) = a_product_per_node(&[], UNITS).await;
+    let (customer_id, customer) = customer_of(&nodes, 0, "kill-cart").await;
+    let id = new_cart(nodes.app(1), &customer, true).await;
+    for (product, units) in [(p[0], 2), (p[1], 1)] {
+        let (status, cart) = set(nodes.app(2), &customer, &id, product, units).await;
+        assert_eq!(status, StatusCode::OK, "{cart}");
+    }
+    assert_eq!(levels(&nodes, 2, p[0]).await, (UNITS, 2));
+
+    // Node 1 (p[1]'s owner) paused: node 0's checkout waits on it, and dies waiting.
+    let key = uuid::Uuid::now_v7().to_string();
+    let checkout = format!("/carts/{id}/checkout");
+    nodes.signal(1, libc::SIGSTOP);
+    let first = {
+        let client = reqwest::Client::new();
+        let url = format!("{}/api/v1{checkout}", nodes.bases()[2]);
+        let (token, key) = (customer.clone(), key.clone());
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(token)
+                .header("Idempotency-Key", key)
+                .json(&json!({}))
+                .timeout(Duration::from_secs(20))
+                .send()
+                .await
+                .map(|answer| answer.status())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    nodes.kill(0);
+    nodes.signal(1, libc::SIGCONT);
+    let first = first.await.unwrap();
+    assert!(
+        !matches!(first, Ok(StatusCode::CREATED)),
+        "the first try could not finish: it waited on the paused node when its node died"
+    );
+    let (status, order) = until_served(
+        &nodes,
+        &[1, 2],
+        &checkout,
+        &customer,
+        &key,
+        json!({}),
+        SETTLE_WITHIN,
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "{order} (first try: {first:?})"
+    );
+    let order_id = order["id"].as_str().unwrap().to_owned();
+    nodes.wait_shared(&[1, 2], SETTLE_WITHIN).await;
+    let (status, again) = until_served(
+        &nodes,
+        &[2, 1],
+        &checkout,
+        &customer,
+        &key,
+        json!({}),
+        SETTLE_WITHIN,
+    )
+    .await;
+    assert_eq!(
+        (status, &again["id"]),
+        (StatusCode::CREATED, &json!(order_id))
+    );
+    assert_eq!(levels(&nodes, 1, p[0]).await, (UNITS, 2), "held once");
+    assert_eq!(levels(&nodes, 2, p[1]).await, (UNITS, 1), "held once");
+    let (status, cart) = nodes.app(1).get(&format!("/carts/{id}"), &customer).await;
+    assert_eq!(
+        (status, &cart["status"], &cart["order_id"]),
+        (StatusCode::OK, &json!("checked_out"), &json!(order_id)),
+        "{cart}"
+    );
+    let (status, paid) = until_served(
+        &nodes,
+        &[2, 1],
+        &format!("/orders/{order_id}/pay"),
+        &customer,
+        &uuid::Uuid::now_v7().to_string(),
+        json!({ "method": "card", "amount_cents": 300 }),
+        SETTLE_WITHIN,
+    )
+    .await;
+    assert_eq!(
+        (status, &paid["status"]),
+        (StatusCode::OK, &json!("paid")),
+        "{paid}"
+    );
+    assert_eq!(levels(&nodes, 1, p[0]).await, (UNITS - 2, 0), "sold once");
+    assert_eq!(levels(&nodes, 2, p[1]).await, (UNITS - 1, 0), "sold once");
+    let db = pool(&nodes.database).await;
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE user_id = $1")
+        .bind(customer_id)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(orders, 1, "one order for the cart");
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM reservations r JOIN reservation_items i ON i.reservation_id = r.id
+         WHERE r.status = 'pending' AND i.product_id = ANY($1)",
+    )
+    .bind([p[0], p[1]])
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(held, 0, "nothing left held");
+    db.close().await;
+    nodes.stop().await;
+}
+
+/// Polls until `product`'s reserved units, as node `node` answers, are `reserved`.
+async fn until_reserved(nodes: &Nodes, node: usize, product: i64, reserved: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while levels(nodes, node, product).await.1 != reserved {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "product {product} never had {reserved} reserved"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A held cart left alone past its hold (2 s here): every node that held a part lets its
+/// stock go, the cart keeps its items, and its next change holds them all again, once.
+#[tokio::test]
+async fn a_held_cart_whose_hold_ran_out_holds_everything_again_at_its_next_change() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (nodes, p, _) = a_product_per_node(&[("STOCKLINE_CART_HOLD_SECS", "2")], UNITS).await;
+    let (_, customer) = nodes.app(2).customer("lapse@stockline.test").await;
+    let id = new_cart(nodes.app(1), &customer, true).await;
+    for (product, units) in [(p[0], 2), (p[1], 1)] {
+        let (status, cart) = set(nodes.app(0), &customer, &id, product, units).await;
+        assert_eq!(status, StatusCode::OK, "{cart}");
+    }
+    assert_eq!(levels(&nodes, 2, p[0]).await, (UNITS, 2));
+    until_reserved(&nodes, 2, p[0], 0).await;
+    until_reserved(&nodes, 2, p[1], 0).await;
+    let (status, cart) = nodes.app(2).get(&format!("/carts/{id}"), &customer).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(items_of(&cart).len(), 2, "{cart}");
+    let expired =
+        chrono::DateTime::parse_from_rfc3339(cart["hold_expires_at"].as_str().unwrap()).unwrap();
+    assert!(expired < chrono::Utc::now(), "{cart}");
+
+    let (status, cart) = set(nodes.app(1), &customer, &id, p[2], 1).await;
+    assert_eq!(status, StatusCode::OK, "{cart}");
+    for (product, units) in [(p[0], 2), (p[1], 1), (p[2], 1)] {
+        assert_eq!(levels(&nodes, 0, product).await, (UNITS, units));
+    }
+    nodes.stop().await;
+}
