@@ -468,6 +468,10 @@ async fn a_reservation_across_shards_is_all_or_nothing_whichever_node_is_asked()
         "reservation_not_pending"
     );
     assert_eq!(again["error"]["details"]["status"], json!("released"));
+    // The whole's last mark rides in its coordinator's next batch: stored as settled.
+    for (id, status) in [(&made[0], "committed"), (&made[1], "released")] {
+        saga_stored_as(&db, id, status).await;
+    }
 
     // Partial fulfilment across shards: one line committed, then the rest released.
     let one = |product: i64| json!({ "items": [{ "product_id": product, "warehouse_id": warehouse, "quantity": 1 }] });
@@ -591,6 +595,27 @@ async fn a_reservation_across_shards_is_all_or_nothing_whichever_node_is_asked()
     );
     db.close().await;
     nodes.stop().await;
+}
+
+/// Waits (up to 10 s) until the store has reservation across shards `id` at `status`.
+async fn saga_stored_as(db: &PgPool, id: &str, status: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT status FROM reservation_sagas WHERE id = $1::uuid")
+                .bind(id)
+                .fetch_optional(db)
+                .await
+                .unwrap();
+        if stored.as_deref() == Some(status) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} is stored {stored:?}, not {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A coordinator that died after deciding a commit: the parts' owners finish it.

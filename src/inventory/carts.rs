@@ -170,10 +170,7 @@ pub(super) async fn serve(state: &AppState, step: CartStep) -> Response {
         } => {
             let listed = async {
                 let (carts, total) = state.carts.list(&state.db, user, limit, offset).await?;
-                let mut items = Vec::with_capacity(carts.len());
-                for cart in &carts {
-                    items.push(view(state, cart).await?);
-                }
+                let items = views(state, &carts).await?;
                 Ok::<_, AppError>(json!({ "items": items, "total": total }))
             };
             listed.await.map(axum::Json).into_response()
@@ -351,16 +348,49 @@ async fn check_out(
 
 /// The cart as the API shows it, with `available` read now.
 async fn view(state: &AppState, cart: &carts::Cart) -> Result<Cart> {
-    let availabilities = futures_util::future::join_all(
-        cart.items
-            .keys()
-            .map(|product| available(state, *product, cart.shop_id)),
-    )
-    .await;
+    let mut views = views(state, std::slice::from_ref(cart)).await?;
+    views
+        .pop()
+        .ok_or_else(|| AppError::Internal("a cart without its view".into()))
+}
+
+/// The carts as the API shows them: each product's availability (per shop) asked of its
+/// owner once, a few at a time, however many carts name it.
+async fn views(state: &AppState, carts: &[carts::Cart]) -> Result<Vec<Cart>> {
+    use futures_util::StreamExt;
+    let asked: std::collections::BTreeSet<ProductInShop> = carts
+        .iter()
+        .flat_map(|cart| cart.items.keys().map(|p| (*p, cart.shop_id)))
+        .collect();
+    let answers: Vec<(ProductInShop, Result<u64>)> =
+        futures_util::stream::iter(asked)
+            .map(|(product, shop)| async move {
+                ((product, shop), available(state, product, shop).await)
+            })
+            .buffer_unordered(AVAILABILITY_AT_ONCE)
+            .collect()
+            .await;
+    let mut known = std::collections::HashMap::with_capacity(answers.len());
+    for (asked, answer) in answers {
+        known.insert(asked, answer?);
+    }
+    Ok(carts
+        .iter()
+        .map(|cart| shown(cart, |product| known.get(&(product, cart.shop_id)).copied()))
+        .collect())
+}
+
+/// A product, and the shop whose warehouses its availability is over.
+type ProductInShop = (i64, Option<i64>);
+
+/// How many availabilities one view asks for at once.
+const AVAILABILITY_AT_ONCE: usize = 16;
+
+fn shown(cart: &carts::Cart, available: impl Fn(i64) -> Option<u64>) -> Cart {
     let mut items = Vec::with_capacity(cart.items.len());
     let mut total_cents: i64 = 0;
-    for ((product_id, line), available) in cart.items.iter().zip(availabilities) {
-        let available = available?;
+    for (product_id, line) in &cart.items {
+        let available = available(*product_id).unwrap_or(0);
         let cost = (line.quantity as i64).saturating_mul(line.unit_price_cents);
         total_cents = total_cents.saturating_add(cost);
         items.push(CartItem {
@@ -370,7 +400,7 @@ async fn view(state: &AppState, cart: &carts::Cart) -> Result<Cart> {
             available,
         });
     }
-    Ok(Cart {
+    Cart {
         id: cart.id,
         user_id: cart.user_id,
         shop_id: cart.shop_id,
@@ -381,7 +411,7 @@ async fn view(state: &AppState, cart: &carts::Cart) -> Result<Cart> {
         hold_expires_at: cart.hold_expires_at,
         order_id: cart.order_id,
         updated_at: cart.updated_at,
-    })
+    }
 }
 
 /// What `product` has available now (over `shop`'s warehouses), as its shard's owner has

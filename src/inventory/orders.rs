@@ -299,7 +299,7 @@ async fn cancel(state: &AppState, caller: Acting, id: Uuid) -> Result<Order> {
 }
 
 /// Order `id` if it was made already (by an earlier try under the same key).
-pub(super) async fn made_before(state: &AppState, id: Uuid) -> Result<Option<Order>> {
+async fn made_before(state: &AppState, id: Uuid) -> Result<Option<Order>> {
     if let Some(slot) = state.orders.get(id) {
         return Ok(Some(slot.order.lock().await.clone()));
     }

@@ -53,6 +53,7 @@ use crate::cluster::{Cluster, Shard, shard_of};
 use crate::error::{AppError, Result};
 use crate::idempotency::{self, Answer, Idempotent, Keyed};
 use crate::state::AppState;
+use crate::store::records::{SagaRecord, StoreRecord};
 
 /// How long a commit keeps the parts held at least (their own expiry may be later): the
 /// time the nodes have to finish a commit whose coordinator died after deciding it.
@@ -209,26 +210,19 @@ async fn reserve_parts(
             .unwrap_or_else(Utc::now)
     };
     let (expires_at, created_at) = (time("expires_at"), time("created_at"));
-    let parts: Vec<Uuid> = shards
-        .iter()
-        .map(|s| SagaPart::new(saga, *s).id.0)
-        .collect();
-    let stored = sqlx::query(
-        "INSERT INTO reservation_sagas (id, shards, parts, status, reference, expires_at, created_at, updated_at)
-         VALUES ($1, $2, $3, 'pending', $4, $5, $6, now()) ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(saga)
-    .bind(shards.iter().map(|s| *s as i16).collect::<Vec<_>>())
-    .bind(&parts)
-    .bind(&reference)
-    .bind(expires_at)
-    .bind(created_at)
-    .execute(&state.db)
-    .await;
-    if let Err(error) = stored {
-        coordinator.release_all(saga, &shards).await;
-        return Err(error.into());
-    }
+    // Written in this node's next batch (with the answer kept for the key, when they
+    // meet there): the client has the id only once it is durable.
+    let held = SagaRecord::Held {
+        id: saga,
+        parts: shards
+            .iter()
+            .map(|s| (*s, SagaPart::new(saga, *s).id.0))
+            .collect(),
+        reference: reference.clone(),
+        expires_at,
+        created_at,
+    };
+    let lsn = state.store.buffer.push([StoreRecord::Saga(held)]);
     coordinator.cluster.sagas.count(Outcome::Held);
     let items: Vec<Value> = bodies
         .iter()
@@ -245,32 +239,27 @@ async fn reserve_parts(
     Ok(Answer {
         status: StatusCode::CREATED,
         body,
-        lsn: 0,
+        lsn,
     })
 }
 
-/// Ties reservations already held, one per shard (a held cart's, each on its shard's
-/// owner), together as reservation `id` across shards, pending until `expires_at`: its
-/// parts are then settled, extended and read as one. Asking again changes nothing.
-pub async fn tie(
-    state: &AppState,
+/// The record that ties reservations already held, one per shard (a held cart's, each on
+/// its shard's owner), together as reservation `id` across shards, pending until
+/// `expires_at`: once stored, its parts are settled, extended and read as one. Stored
+/// again, it changes nothing.
+pub fn tie(
     id: Uuid,
-    parts: &[(Shard, Uuid)],
-    reference: &str,
+    parts: Vec<(Shard, Uuid)>,
+    reference: String,
     expires_at: DateTime<Utc>,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO reservation_sagas (id, shards, parts, status, reference, expires_at, created_at, updated_at)
-         VALUES ($1, $2, $3, 'pending', $4, $5, now(), now()) ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(id)
-    .bind(parts.iter().map(|(s, _)| *s as i16).collect::<Vec<_>>())
-    .bind(parts.iter().map(|(_, p)| *p).collect::<Vec<_>>())
-    .bind(reference)
-    .bind(expires_at)
-    .execute(&state.db)
-    .await?;
-    Ok(())
+) -> StoreRecord {
+    StoreRecord::Saga(SagaRecord::Held {
+        id,
+        parts,
+        reference: Some(reference),
+        expires_at,
+        created_at: Utc::now(),
+    })
 }
 
 /// Each part's dry run, put together; holds nothing anywhere.
@@ -544,9 +533,19 @@ async fn finish(
         Outcome::Expired => Expired,
         _ => Released,
     };
-    if mark(&coordinator.state.db, saga.id, decided, ends).await? {
-        coordinator.cluster.sagas.count(done);
-    }
+    // The last mark rides in this node's next batch, unawaited: lost in a crash, the row
+    // stays decided and every node finishes it (`finish_decided`).
+    let settled = SagaRecord::Settled {
+        id: saga.id,
+        from: decided.as_str(),
+        to: ends.as_str(),
+    };
+    coordinator
+        .state
+        .store
+        .buffer
+        .push([StoreRecord::Saga(settled)]);
+    coordinator.cluster.sagas.count(done);
     let body = match joined(saga, &answers) {
         Some(body) => body,
         None => serde_json::to_value(view(&coordinator.state, saga).await?)

@@ -272,7 +272,7 @@ impl Orders {
 
 /// The total of `items` (product, units) at `price`; refused for an unknown product or a
 /// total past what an `i64` of cents holds.
-fn total(
+pub fn total(
     mut items: impl Iterator<Item = (ProductId, u64)>,
     price: impl Fn(ProductId) -> Option<i64>,
 ) -> Result<i64, OrderError> {

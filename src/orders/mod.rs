@@ -10,7 +10,7 @@
 mod lifecycle;
 mod queries;
 
-pub use lifecycle::{Held, OrderError, Placement, Stock};
+pub use lifecycle::{Held, OrderError, Placement, Stock, total};
 pub use queries::{OrderRow, read, with_items};
 
 use std::collections::HashSet;

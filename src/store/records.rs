@@ -17,6 +17,8 @@ pub enum StoreRecord {
     Payment(PaymentRecord),
     Idempotency(IdempotencyRecord),
     Cart(CartRecord),
+    /// Cluster mode: a reservation across shards, as its coordinator records it.
+    Saga(SagaRecord),
 }
 
 impl From<Record> for StoreRecord {
@@ -37,6 +39,7 @@ impl StoreRecord {
             Self::Payment(_) => "payment",
             Self::Idempotency(_) => "idempotency",
             Self::Cart(_) => "cart",
+            Self::Saga(_) => "saga",
         }
     }
 
@@ -48,6 +51,7 @@ impl StoreRecord {
             Self::Payment(payment) => format!("{payment:?}"),
             Self::Idempotency(answer) => format!("{answer:?}"),
             Self::Cart(cart) => format!("{cart:?}"),
+            Self::Saga(saga) => format!("{saga:?}"),
         }
     }
 }
@@ -125,4 +129,28 @@ pub struct CartRecord {
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// What the coordinator of a reservation across shards records in its own batches (its
+/// decisions, which other coordinators race for, are compare-and-set statements of their
+/// own, `inventory::saga`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SagaRecord {
+    /// Every part is held: the row that ties them together, `pending`. Stored, it changes
+    /// nothing of a row already there (a retry's).
+    Held {
+        id: uuid::Uuid,
+        /// Each part's shard and id.
+        parts: Vec<(u16, uuid::Uuid)>,
+        reference: Option<String>,
+        expires_at: DateTime<Utc>,
+        created_at: DateTime<Utc>,
+    },
+    /// A decision carried to every part: the row moves from `from` to `to`, only if it
+    /// is still at `from`.
+    Settled {
+        id: uuid::Uuid,
+        from: &'static str,
+        to: &'static str,
+    },
 }

@@ -16,7 +16,11 @@ use stockline_actors::{LineKey, Lsn, Record, ReservationId, ReservationStatus};
 use super::outbox::{self, Known};
 use crate::events::Event;
 
-use super::records::{CartRecord, IdempotencyRecord, OrderRecord, PaymentRecord, StoreRecord};
+use super::records::{
+    CartRecord, IdempotencyRecord, OrderRecord, PaymentRecord, SagaRecord, StoreRecord,
+};
+
+mod sagas;
 use crate::cluster::{Fenced, Leases, Shard, cart_shard, order_shard, shard_of};
 
 /// How a cluster node's batches are written: fenced by its leases, closed with its own
@@ -38,8 +42,8 @@ pub(super) enum WriteError {
 
 /// The shards whose stock `records` change (lines, the ledger, reservations, transfers)
 /// and whose orders and carts they change (an order's id names its shard; payments go
-/// with their order; a cart is its customer's shard's), sorted, each once. Answers belong
-/// to no shard.
+/// with their order; a cart is its customer's shard's), sorted, each once. Answers and
+/// reservations across shards belong to no shard.
 pub(super) fn shards_of(records: &[(Lsn, StoreRecord)]) -> Vec<Shard> {
     let mut shards: Vec<Shard> = Vec::new();
     for (_, record) in records {
@@ -53,7 +57,7 @@ pub(super) fn shards_of(records: &[(Lsn, StoreRecord)]) -> Vec<Shard> {
             StoreRecord::Order(order) => shards.push(order_shard(order.id)),
             StoreRecord::Payment(p) => shards.push(order_shard(p.order_id)),
             StoreRecord::Cart(cart) => shards.push(cart_shard(cart.user_id)),
-            StoreRecord::Idempotency(_) => {}
+            StoreRecord::Idempotency(_) | StoreRecord::Saga(_) => {}
         }
     }
     shards.sort_unstable();
@@ -72,6 +76,7 @@ struct Sorted<'a> {
     payments: Vec<&'a PaymentRecord>,
     answers: Vec<&'a IdempotencyRecord>,
     carts: HashMap<uuid::Uuid, &'a CartRecord>,
+    sagas: Vec<&'a SagaRecord>,
 }
 
 fn sort(records: &[(Lsn, StoreRecord)]) -> Sorted<'_> {
@@ -96,6 +101,7 @@ fn sort(records: &[(Lsn, StoreRecord)]) -> Sorted<'_> {
             StoreRecord::Payment(payment) => sorted.payments.push(payment),
             StoreRecord::Idempotency(answer) => sorted.answers.push(answer),
             StoreRecord::Cart(cart) => drop(sorted.carts.insert(cart.id, cart)),
+            StoreRecord::Saga(saga) => sorted.sagas.push(saga),
         }
     }
     sorted
@@ -180,6 +186,7 @@ pub(super) async fn prepare(
         write_payments(&mut tx, &sorted).await?;
         write_answers(&mut tx, &sorted).await?;
         write_carts(&mut tx, &sorted).await?;
+        sagas::write(&mut tx, &sorted.sagas).await?;
         (Way::Transaction(tx), events)
     };
     if let Some(known) = known {
@@ -262,6 +269,7 @@ fn one_statement(sorted: &Sorted<'_>) -> bool {
         && sorted.payments.is_empty()
         && sorted.answers.is_empty()
         && sorted.carts.is_empty()
+        && sorted.sagas.is_empty()
         && !sorted
             .reservations
             .values()

@@ -11,9 +11,9 @@
 //!   it is: one part as the order's reservation, several tied together as a reservation
 //!   across shards ([`saga::tie`]) under an id derived from the cart's. Without a live
 //!   hold the order holds its items afresh (under a key derived from the client's). The
-//!   order's id is derived from the cart's and names the cart's shard, so the order and
-//!   the checked-out cart are journaled in one batch here, and a checkout tried again
-//!   after a crash finds the order an earlier try made.
+//!   order's id is derived from the cart's and names the cart's shard, so the order, the
+//!   checked-out cart and the row tying the parts are journaled in one batch here, and a
+//!   checkout tried again after a crash finds the order an earlier try made.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,7 +23,7 @@ use chrono::Utc;
 use serde_json::Value;
 use stockline_actors::{CoreError, ItemRequest, Lsn, ReservationId, ReservationRequest};
 
-use super::super::orders::{Holder, answered, held_of, made_before, through};
+use super::super::orders::{Holder, answered, held_of, through};
 use super::super::{Operation, saga};
 use super::by_shard;
 use crate::carts::{self, Cart, CartError, CartLine, CartStatus, ItemChange, Slot};
@@ -33,6 +33,7 @@ use crate::error::{AppError, Result};
 use crate::idempotency::{Answer, Keyed};
 use crate::orders::{Held, OrderError, Placement};
 use crate::state::AppState;
+use crate::store::records::StoreRecord;
 
 /// Sets one item of `cart` (locked by the caller), re-holding a held cart's items;
 /// answers the Lsn that makes the change durable (0: nothing changed).
@@ -48,7 +49,14 @@ pub(super) async fn set_item(
     };
     if cart.hold {
         let ttl = Duration::from_secs(state.config.cart_hold_secs);
-        hold(state, cart, &items, shard, ttl).await?;
+        let before = cart.parts.clone();
+        if let Err(error) = hold(state, cart, &items, shard, ttl).await {
+            // Refused after the old hold was let go (it had run out): the cart says so.
+            if cart.parts != before {
+                state.carts.save(slot, cart);
+            }
+            return Err(error);
+        }
     }
     cart.items = items;
     Ok(state.carts.save(slot, cart))
@@ -83,21 +91,9 @@ pub(super) async fn check_out(
     mut placement: Placement,
     key: Option<Keyed>,
 ) -> Result<Answer> {
+    // Every try names the same order; the order and the checked-out cart are stored in
+    // one batch, so a cart still open has no order yet.
     let id = cart_order_id(cart.id, cart_shard(cart.user_id));
-    let retried = key.is_some() && cart.status == CartStatus::CheckedOut;
-    if (cart.status == CartStatus::Open || retried)
-        && let Some(order) = made_before(state, id).await?
-    {
-        // An earlier try placed it: one that stopped before the cart was journaled (it is
-        // checked out now), or one whose answer to the key was not kept.
-        let mut lsn = 0;
-        if cart.status == CartStatus::Open {
-            cart.status = CartStatus::CheckedOut;
-            cart.order_id = Some(id);
-            lsn = state.carts.save(slot, cart);
-        }
-        return Answer::new(StatusCode::CREATED, order.shown(&state.core), lsn);
-    }
     carts::must_be_open(cart)?;
     if cart.items.is_empty() {
         return Err(CartError::Empty.into());
@@ -116,19 +112,28 @@ pub(super) async fn check_out(
         .map(|(product, line)| (*product, line.unit_price_cents))
         .collect();
     let price = |product: i64| prices.get(&product).copied();
+    // Priced before anything is handed over or held: an order too large to price moves
+    // nothing.
+    crate::orders::total(placement.items.iter().map(|(p, q)| (*p, q.get())), price)?;
     let timeout = Duration::from_secs(state.config.payment_timeout_secs);
     let handed = match cart.hold && live(cart) {
         true => hand_over(state, cart, id, timeout).await?,
         false => None,
     };
+    let mut tied = None;
     let (held, reserved_lsn) = match handed {
-        Some(held) => (held, 0),
+        Some((held, tie)) => {
+            tied = tie;
+            (held, 0)
+        }
         None => {
             // What is left of a hold that ran out goes back first.
             release_all(state, &held_by(cart)).await;
+            // Under the client's key, the hold's key names the cart as it is now: a retry
+            // of this try finds its reservation, a try after the cart changed holds anew.
             let key = key.map(|k| {
                 Keyed::new(
-                    format!("checkout:{}:{}", cart.id, k.key()),
+                    format!("checkout:{}:{}:{}", cart.id, cart.version, k.key()),
                     k.fingerprint().into(),
                 )
             });
@@ -140,7 +145,8 @@ pub(super) async fn check_out(
             (held, lsn)
         }
     };
-    // The order and the checked-out cart in one batch.
+    // The order, the checked-out cart and what ties the cart's parts together, in one
+    // batch.
     let group = state.store.buffer.group().await;
     let opened = state
         .orders
@@ -152,15 +158,13 @@ pub(super) async fn check_out(
             return Err(error.into());
         }
     };
+    let tied_lsn = tied.map_or(0, |record| state.store.buffer.push([record]));
     cart.status = CartStatus::CheckedOut;
     cart.order_id = Some(id);
     let saved = state.carts.save(slot, cart);
     drop(group);
-    Answer::new(
-        StatusCode::CREATED,
-        order.shown(&state.core),
-        lsn.max(saved),
-    )
+    let lsn = lsn.max(saved).max(tied_lsn);
+    Answer::new(StatusCode::CREATED, order.shown(&state.core), lsn)
 }
 
 /// Whether the cart's hold still holds, as far as its expiry says.
@@ -242,7 +246,9 @@ async fn renew(
     release_all(state, &held_by(cart)).await;
     cart.parts.clear();
     cart.reservation_id = None;
-    cart.hold_expires_at = None;
+    // Let go: its expiry, if any, is now at the latest.
+    let now = Utc::now();
+    cart.hold_expires_at = cart.hold_expires_at.map(|at| at.min(now));
     let expires = Utc::now() + ttl;
     let made = futures_util::future::join_all(
         by_shard(items)
@@ -261,26 +267,42 @@ async fn renew(
     Ok(())
 }
 
-/// Hands the cart's parts to order `order`, extended to `timeout`: what they hold, as
-/// one reservation. `None`: a part ran out, and the hold with it.
+/// Hands the cart's parts to order `order`, each reshaped to exactly the cart's items in
+/// its shard (a change whose answer was lost may have left it holding otherwise) and
+/// extended to `timeout`: what they hold, as one reservation, and for several parts the
+/// record that ties them together (to journal with the order). `None`: the hold ran out
+/// (a part is gone, or a shard of the cart has none).
 async fn hand_over(
     state: &AppState,
     cart: &Cart,
     order: uuid::Uuid,
     timeout: Duration,
-) -> Result<Option<Held>> {
+) -> Result<Option<(Held, Option<StoreRecord>)>> {
+    let mut wanted = by_shard(&cart.items);
     let parts = parts_of(cart);
-    let extended =
-        futures_util::future::join_all(parts.values().map(|id| extend(state, *id, timeout))).await;
+    if wanted.keys().any(|shard| !parts.contains_key(shard)) {
+        return Ok(None);
+    }
+    let reshaped = futures_util::future::join_all(parts.iter().map(|(shard, id)| {
+        let items = wanted.remove(shard).unwrap_or_default();
+        reshape(state, cart, *id, items, timeout)
+    }))
+    .await;
     let mut held = Vec::with_capacity(parts.len());
-    for part in extended {
+    let mut kept = Vec::with_capacity(parts.len());
+    for ((shard, id), part) in parts.iter().zip(reshaped) {
         match part? {
-            Some(body) => held.push(held_of(&body)?),
+            Some(body) if body["status"] == "pending" => {
+                held.push(held_of(&body)?);
+                kept.push((*shard, id.0));
+            }
+            // Emptied: it held nothing the cart has.
+            Some(_) => {}
             None => return Ok(None),
         }
     }
     if held.len() <= 1 {
-        return Ok(held.pop());
+        return Ok(held.pop().map(|one| (one, None)));
     }
     let whole = cart_saga_id(cart.id);
     let expires_at = held
@@ -289,14 +311,14 @@ async fn hand_over(
         .min()
         .unwrap_or_else(Utc::now);
     let at = held.iter().map(|h| h.at).min().unwrap_or_else(Utc::now);
-    let tied: Vec<(Shard, uuid::Uuid)> = parts.iter().map(|(shard, id)| (*shard, id.0)).collect();
-    saga::tie(state, whole, &tied, &format!("order:{order}"), expires_at).await?;
-    Ok(Some(Held {
+    let tie = saga::tie(whole, kept, format!("order:{order}"), expires_at);
+    let whole = Held {
         id: ReservationId(whole),
         items: held.into_iter().flat_map(|h| h.items).collect(),
         expires_at,
         at,
-    }))
+    };
+    Ok(Some((whole, Some(tie))))
 }
 
 /// Asks `operation` of a part: its reservation's body; `None` when the part is not
