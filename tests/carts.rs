@@ -6,44 +6,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::carts::{cart, put_item, quantities};
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-async fn cart(app: &TestApp, token: &str, body: Value) -> String {
-    let (status, cart) = app.post("/carts", token, body).await;
-    assert_eq!(status, StatusCode::CREATED, "{cart}");
-    cart["id"].as_str().unwrap().to_owned()
-}
-
-async fn put_item(
-    app: &TestApp,
-    token: &str,
-    cart: &str,
-    product: i64,
-    quantity: i64,
-) -> (StatusCode, Value) {
-    app.put(
-        &format!("/carts/{cart}/items/{product}"),
-        token,
-        json!({ "quantity": quantity }),
-    )
-    .await
-}
-
-fn quantities(cart: &Value) -> Vec<(i64, i64)> {
-    cart["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| {
-            (
-                i["product_id"].as_i64().unwrap(),
-                i["quantity"].as_i64().unwrap(),
-            )
-        })
-        .collect()
-}
 
 #[tokio::test]
 async fn a_cart_is_filled_priced_when_filled_checked_out_and_then_closed() {

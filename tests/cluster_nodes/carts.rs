@@ -7,8 +7,9 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 
+use super::common::carts::{cart, put_item, quantities};
 use super::common::cluster::Nodes;
 use super::common::{self, TestApp};
 use super::orders::{levels, until_served};
@@ -33,39 +34,7 @@ async fn customer_of(nodes: &Nodes, owner: usize, name: &str) -> (i64, String) {
 }
 
 async fn new_cart(app: &TestApp, token: &str, hold: bool) -> String {
-    let (status, cart) = app.post("/carts", token, json!({ "hold": hold })).await;
-    assert_eq!(status, StatusCode::CREATED, "{cart}");
-    cart["id"].as_str().unwrap().to_owned()
-}
-
-async fn set(
-    app: &TestApp,
-    token: &str,
-    cart: &str,
-    product: i64,
-    units: i64,
-) -> (StatusCode, Value) {
-    app.put(
-        &format!("/carts/{cart}/items/{product}"),
-        token,
-        json!({ "quantity": units }),
-    )
-    .await
-}
-
-/// The cart's items as (product, quantity), by product.
-fn items_of(cart: &Value) -> Vec<(i64, i64)> {
-    cart["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| {
-            (
-                i["product_id"].as_i64().unwrap(),
-                i["quantity"].as_i64().unwrap(),
-            )
-        })
-        .collect()
+    cart(app, token, json!({ "hold": hold })).await
 }
 
 /// A held cart's whole life through nodes that do not serve it: filled with products of
@@ -84,14 +53,14 @@ async fn a_held_cart_is_filled_changed_and_checked_out_through_any_node() {
     // Created through node 1; served by node 0.
     let id = new_cart(nodes.app(1), &customer, true).await;
     for (node, product, units) in [(1, p[0], 2), (2, p[1], 1), (0, p[2], 3)] {
-        let (status, cart) = set(nodes.app(node), &customer, &id, product, units).await;
+        let (status, cart) = put_item(nodes.app(node), &customer, &id, product, units).await;
         assert_eq!(status, StatusCode::OK, "{cart}");
     }
     assert_eq!(levels(&nodes, 2, p[0]).await, (UNITS, 2));
     assert_eq!(levels(&nodes, 0, p[1]).await, (UNITS, 1));
     assert_eq!(levels(&nodes, 1, p[2]).await, (UNITS, 3));
     // Grown in one shard, emptied in another: only that shard's hold moves.
-    let (status, _) = set(nodes.app(2), &customer, &id, p[0], 5).await;
+    let (status, _) = put_item(nodes.app(2), &customer, &id, p[0], 5).await;
     assert_eq!(status, StatusCode::OK);
     let (status, cart) = nodes
         .app(1)
@@ -101,7 +70,7 @@ async fn a_held_cart_is_filled_changed_and_checked_out_through_any_node() {
     assert_eq!(levels(&nodes, 1, p[0]).await, (UNITS, 5));
     assert_eq!(levels(&nodes, 1, p[2]).await, (UNITS, 0));
     // More than there is: refused, nothing changed.
-    let (status, refused) = set(nodes.app(1), &customer, &id, p[1], UNITS + 1).await;
+    let (status, refused) = put_item(nodes.app(1), &customer, &id, p[1], UNITS + 1).await;
     assert_eq!(
         common::error_code(status, &refused, StatusCode::CONFLICT),
         "insufficient_stock"
@@ -115,7 +84,7 @@ async fn a_held_cart_is_filled_changed_and_checked_out_through_any_node() {
             .get(&format!("/carts/{id}"), &customer)
             .await;
         assert_eq!(status, StatusCode::OK, "{cart}");
-        assert_eq!(items_of(&cart), expected, "{cart}");
+        assert_eq!(quantities(&cart), expected, "{cart}");
         assert_eq!(cart["total_cents"], 600, "{cart}");
         assert!(cart["hold_expires_at"].is_string(), "{cart}");
         let (status, list) = nodes.app(node).get("/carts", &customer).await;
@@ -187,13 +156,13 @@ async fn a_held_cart_is_filled_changed_and_checked_out_through_any_node() {
         "{order}"
     );
     assert_eq!(order["shipping_address"]["city"], "Bergen");
-    let quantities: Vec<i64> = order["items"]
+    let units: Vec<i64> = order["items"]
         .as_array()
         .unwrap()
         .iter()
         .map(|i| i["quantity"].as_i64().unwrap())
         .collect();
-    assert_eq!(quantities.iter().sum::<i64>(), 6, "{order}");
+    assert_eq!(units.iter().sum::<i64>(), 6, "{order}");
     assert_eq!(levels(&nodes, 0, p[0]).await, (UNITS, 5));
     assert_eq!(levels(&nodes, 0, p[1]).await, (UNITS, 1));
     let order_id = order["id"].as_str().unwrap();
@@ -203,7 +172,7 @@ async fn a_held_cart_is_filled_changed_and_checked_out_through_any_node() {
         (StatusCode::OK, &json!("checked_out"), &json!(order_id)),
         "{cart}"
     );
-    let (status, refused) = set(nodes.app(1), &customer, &id, p[0], 1).await;
+    let (status, refused) = put_item(nodes.app(1), &customer, &id, p[0], 1).await;
     assert_eq!(
         common::error_code(status, &refused, StatusCode::CONFLICT),
         "conflict"
@@ -226,7 +195,7 @@ async fn a_held_cart_is_filled_changed_and_checked_out_through_any_node() {
 
     // Without a hold: nothing is held until checkout, which holds afresh.
     let plain = new_cart(nodes.app(2), &customer, false).await;
-    let (status, _) = set(nodes.app(0), &customer, &plain, p[2], 2).await;
+    let (status, _) = put_item(nodes.app(0), &customer, &plain, p[2], 2).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(levels(&nodes, 0, p[2]).await, (UNITS, 0));
     let (status, order) = nodes
@@ -238,7 +207,7 @@ async fn a_held_cart_is_filled_changed_and_checked_out_through_any_node() {
 
     // A deleted held cart lets its stock go.
     let gone = new_cart(nodes.app(0), &customer, true).await;
-    let (status, _) = set(nodes.app(1), &customer, &gone, p[1], 4).await;
+    let (status, _) = put_item(nodes.app(1), &customer, &gone, p[1], 4).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(levels(&nodes, 0, p[1]).await, (UNITS - 1, 4));
     let (status, _) = nodes
@@ -273,7 +242,7 @@ async fn a_cart_whose_owner_is_killed_mid_checkout_becomes_one_order() {
     let (customer_id, customer) = customer_of(&nodes, 0, "kill-cart").await;
     let id = new_cart(nodes.app(1), &customer, true).await;
     for (product, units) in [(p[0], 2), (p[1], 1)] {
-        let (status, cart) = set(nodes.app(2), &customer, &id, product, units).await;
+        let (status, cart) = put_item(nodes.app(2), &customer, &id, product, units).await;
         assert_eq!(status, StatusCode::OK, "{cart}");
     }
     assert_eq!(levels(&nodes, 2, p[0]).await, (UNITS, 2));
@@ -403,7 +372,7 @@ async fn a_held_cart_whose_hold_ran_out_holds_everything_again_at_its_next_chang
     let (_, customer) = nodes.app(2).customer("lapse@stockline.test").await;
     let id = new_cart(nodes.app(1), &customer, true).await;
     for (product, units) in [(p[0], 2), (p[1], 1)] {
-        let (status, cart) = set(nodes.app(0), &customer, &id, product, units).await;
+        let (status, cart) = put_item(nodes.app(0), &customer, &id, product, units).await;
         assert_eq!(status, StatusCode::OK, "{cart}");
     }
     assert_eq!(levels(&nodes, 2, p[0]).await, (UNITS, 2));
@@ -411,12 +380,12 @@ async fn a_held_cart_whose_hold_ran_out_holds_everything_again_at_its_next_chang
     until_reserved(&nodes, 2, p[1], 0).await;
     let (status, cart) = nodes.app(2).get(&format!("/carts/{id}"), &customer).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(items_of(&cart).len(), 2, "{cart}");
+    assert_eq!(quantities(&cart).len(), 2, "{cart}");
     let expired =
         chrono::DateTime::parse_from_rfc3339(cart["hold_expires_at"].as_str().unwrap()).unwrap();
     assert!(expired < chrono::Utc::now(), "{cart}");
 
-    let (status, cart) = set(nodes.app(1), &customer, &id, p[2], 1).await;
+    let (status, cart) = put_item(nodes.app(1), &customer, &id, p[2], 1).await;
     assert_eq!(status, StatusCode::OK, "{cart}");
     for (product, units) in [(p[0], 2), (p[1], 1), (p[2], 1)] {
         assert_eq!(levels(&nodes, 0, product).await, (UNITS, units));

@@ -2,6 +2,7 @@
 //! and typed helpers for the requests tests make.
 #![allow(dead_code)]
 
+pub mod carts;
 pub mod cluster;
 pub mod proxy;
 
