@@ -4,7 +4,8 @@
 //! - **a routed hop**: a typed operation of the shard protocol (an adjustment's size) sent
 //!   over NATS request/reply to the shard's owner and answered (a stock line's size),
 //!   against the same service called in-process with the same encoding; one at a time
-//!   (latency) and 64 in flight (throughput);
+//!   (latency) and 64 in flight (throughput); each by the shard's subject (an owner that
+//!   does not name itself) and in batches to the owner's node (one that does);
 //! - **the fence**: a flush transaction that first checks its shards' epochs (`FOR SHARE`)
 //!   against the same transaction without the check;
 //! - **a lease round** holding all 1024 shards (heartbeat, renewal, share-out).
@@ -40,8 +41,10 @@ type Adjust = (i64, i64, i64, String);
 type Line = (u64, u64, u64, u64, u64, Vec<u8>);
 
 /// Serves adjustments by answering a line, with no core behind it: what is measured is
-/// the hop.
-struct Owner;
+/// the hop. `named`: it says how long it serves the shard, so asking nodes batch to it.
+struct Owner {
+    named: bool,
+}
 
 impl protocol::Operations for Owner {
     fn serve(&self, _: u16, payload: bytes::Bytes) -> protocol::Served {
@@ -57,6 +60,10 @@ impl protocol::Operations for Owner {
             Some(protocol::answer(&line))
         })
     }
+
+    fn serving_for(&self, _: u16) -> Option<Duration> {
+        self.named.then_some(Duration::from_secs(3600))
+    }
 }
 
 fn operation() -> Vec<u8> {
@@ -70,7 +77,7 @@ fn read(reply: &[u8]) {
 
 fn report(name: &str, histogram: &Histogram<u64>, elapsed: Duration, count: usize) {
     println!(
-        "{name:<34} {:>9.0} req/s  p50 {:>6} us  p99 {:>6} us",
+        "{name:<36} {:>9.0} req/s  p50 {:>6} us  p99 {:>6} us",
         count as f64 / elapsed.as_secs_f64(),
         histogram.value_at_quantile(0.5),
         histogram.value_at_quantile(0.99),
@@ -93,22 +100,8 @@ where
 }
 
 async fn routed_hop(args: &Args) {
-    let cluster = format!("bench{}", uuid::Uuid::now_v7().simple());
-    let settings = RouteSettings {
-        cluster,
-        retry_for: Duration::from_secs(2),
-        answer_within: Duration::from_secs(5),
-    };
-    let owner = Routes::new(async_nats::connect(NATS).await.unwrap(), settings.clone());
-    owner.operate_with(Arc::new(Owner));
-    owner.serve(7).await.unwrap();
-    let edge = Arc::new(Routes::new(
-        async_nats::connect(NATS).await.unwrap(),
-        settings,
-    ));
-    let local: Arc<dyn protocol::Operations> = Arc::new(Owner);
     let count = args.requests;
-
+    let local: Arc<dyn protocol::Operations> = Arc::new(Owner { named: false });
     let (histogram, elapsed) = sequential(count, || {
         let local = local.clone();
         async move {
@@ -124,49 +117,76 @@ async fn routed_hop(args: &Args) {
         elapsed,
         count,
     );
-    let (histogram, elapsed) = sequential(count, || {
-        let edge = edge.clone();
-        async move {
-            read(&edge.ask(7, operation()).await.unwrap());
-        }
-    })
-    .await;
-    let routed = elapsed.as_secs_f64() / count as f64;
-    report("routed over NATS, 1 at a time", &histogram, elapsed, count);
-
-    // 64 in flight.
-    let started = Instant::now();
-    let per_task = count / 64;
-    let tasks: Vec<_> = (0..64)
-        .map(|_| {
+    for (named, way) in [(false, "by shard subject"), (true, "batched per node")] {
+        let cluster = format!("bench{}", uuid::Uuid::now_v7().simple());
+        let settings = RouteSettings {
+            cluster,
+            node: 1,
+            retry_for: Duration::from_secs(2),
+            answer_within: Duration::from_secs(5),
+        };
+        let owner = Routes::new(async_nats::connect(NATS).await.unwrap(), settings.clone());
+        owner.operate_with(Arc::new(Owner { named }));
+        owner.serve(7).await.unwrap();
+        let edge = Arc::new(Routes::new(
+            async_nats::connect(NATS).await.unwrap(),
+            RouteSettings {
+                node: 2,
+                ..settings
+            },
+        ));
+        // The first answer names the owner (when it does).
+        read(&edge.ask(7, operation()).await.unwrap());
+        let (histogram, elapsed) = sequential(count, || {
             let edge = edge.clone();
-            tokio::spawn(async move {
-                let mut histogram = Histogram::<u64>::new(3).unwrap();
-                for _ in 0..per_task {
-                    let one = Instant::now();
-                    read(&edge.ask(7, operation()).await.unwrap());
-                    histogram.record(one.elapsed().as_micros() as u64).unwrap();
-                }
-                histogram
-            })
+            async move {
+                read(&edge.ask(7, operation()).await.unwrap());
+            }
         })
-        .collect();
-    let mut histogram = Histogram::<u64>::new(3).unwrap();
-    for task in tasks {
-        histogram.add(task.await.unwrap()).unwrap();
+        .await;
+        let routed = elapsed.as_secs_f64() / count as f64;
+        report(&format!("{way}, 1 at a time"), &histogram, elapsed, count);
+
+        // 64 in flight.
+        let before = edge.hop_counts();
+        let started = Instant::now();
+        let per_task = count / 64;
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let edge = edge.clone();
+                tokio::spawn(async move {
+                    let mut histogram = Histogram::<u64>::new(3).unwrap();
+                    for _ in 0..per_task {
+                        let one = Instant::now();
+                        read(&edge.ask(7, operation()).await.unwrap());
+                        histogram.record(one.elapsed().as_micros() as u64).unwrap();
+                    }
+                    histogram
+                })
+            })
+            .collect();
+        let mut histogram = Histogram::<u64>::new(3).unwrap();
+        for task in tasks {
+            histogram.add(task.await.unwrap()).unwrap();
+        }
+        let elapsed = started.elapsed();
+        let after = edge.hop_counts();
+        report(
+            &format!("{way}, 64 in flight"),
+            &histogram,
+            elapsed,
+            per_task * 64,
+        );
+        println!(
+            "{way}: {:.1} operations a NATS message at 64 in flight; one at a time the hop adds \
+             {:.0} us a request (routed/in-process: {:.1})",
+            (after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64,
+            (routed - direct) * 1e6,
+            routed / direct
+        );
+        owner.stop_all().await;
+        edge.stop_all().await;
     }
-    report(
-        "routed over NATS, 64 in flight",
-        &histogram,
-        started.elapsed(),
-        per_task * 64,
-    );
-    println!(
-        "a routed hop adds {:.0} us per request one at a time (routed/in-process: {:.1})",
-        (routed - direct) * 1e6,
-        routed / direct
-    );
-    owner.stop_all().await;
 }
 
 async fn fence_and_round(args: &Args) {

@@ -15,6 +15,12 @@ use stockline_actors::{Core, CoreConfig, Journal, LineKey, ReservationId};
 
 const NATS: &str = "127.0.0.1:4222";
 
+/// A node ordinal no other routes of this test binary have.
+fn next_node() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 async fn routes(cluster: &str) -> Routes {
     Routes::new(
         async_nats::connect(NATS)
@@ -22,6 +28,7 @@ async fn routes(cluster: &str) -> Routes {
             .expect("NATS runs at 127.0.0.1:4222"),
         RouteSettings {
             cluster: cluster.into(),
+            node: next_node(),
             retry_for: Duration::from_millis(200),
             answer_within: Duration::from_secs(5),
         },
@@ -35,6 +42,11 @@ impl protocol::Operations for Named {
     fn serve(&self, _: u16, _: bytes::Bytes) -> protocol::Served {
         let name = self.0;
         Box::pin(async move { Some(protocol::answer(&name.to_owned())) })
+    }
+
+    // Never named as an owner to ask straight: every request goes by its shard's subject.
+    fn serving_for(&self, _: u16) -> Option<Duration> {
+        None
     }
 }
 

@@ -2,7 +2,9 @@
 //! shard protocol: they reach the shard's owner and its answer comes back; no owner gives
 //! up after brief retries; an owner arriving during the retries is found; stopping waits
 //! for the requests taken; two clusters on one NATS never see each other; an operation
-//! of another version is refused, naming the version the owner speaks.
+//! of another version is refused, naming the version the owner speaks. Once an owner is
+//! known, operations for it travel together, at most so many in flight; one whose shard
+//! moved, or whose owner is gone, finds the new owner, served once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,6 +15,12 @@ use tokio::sync::Notify;
 
 const NATS: &str = "127.0.0.1:4222";
 
+/// A node ordinal no other routes of this test binary have.
+fn next_node() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 async fn routes(cluster: &str, retry_for: Duration) -> Routes {
     let client = async_nats::connect(NATS)
         .await
@@ -21,6 +29,7 @@ async fn routes(cluster: &str, retry_for: Duration) -> Routes {
         client,
         RouteSettings {
             cluster: cluster.into(),
+            node: next_node(),
             retry_for,
             answer_within: Duration::from_secs(5),
         },
@@ -34,6 +43,9 @@ fn cluster() -> String {
 /// The number that makes [`Node`] slow: it says it started, takes 400 ms, then counts.
 const SLOW: u64 = 1_000;
 
+/// From this number on, [`Node`] takes 20 ms to answer.
+const BUSY: u64 = 10_000;
+
 /// What a node serves typed operations with, in these tests: answers its name and twice
 /// the number it was sent, for the shards in `mine`; counts what it was asked.
 struct Node {
@@ -42,6 +54,13 @@ struct Node {
     asked: Arc<AtomicUsize>,
     slow: Arc<Notify>,
     finished: Arc<AtomicUsize>,
+    /// Operations being served now, and the most at once.
+    serving: Arc<AtomicUsize>,
+    most: Arc<AtomicUsize>,
+    /// What it says of how long it serves its shards.
+    owned_for: std::sync::Mutex<Duration>,
+    /// Set, it answers nothing (as a paused process).
+    frozen: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl protocol::Operations for Node {
@@ -49,21 +68,37 @@ impl protocol::Operations for Node {
         self.asked.fetch_add(1, Ordering::SeqCst);
         let mine = self.mine.contains(&shard);
         let (name, slow, finished) = (self.name, self.slow.clone(), self.finished.clone());
+        let (serving, most) = (self.serving.clone(), self.most.clone());
+        let frozen = self.frozen.clone();
         Box::pin(async move {
             if !mine {
                 return None;
+            }
+            while frozen.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
             let n = match protocol::decode::<u64>(&payload) {
                 Ok(n) => n,
                 Err(refusal) => return Some(refusal),
             };
+            let now = serving.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
             if n == SLOW {
                 slow.notify_one();
                 tokio::time::sleep(Duration::from_millis(400)).await;
                 finished.fetch_add(1, Ordering::SeqCst);
+            } else if n >= BUSY {
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            serving.fetch_sub(1, Ordering::SeqCst);
             Some(protocol::answer(&(name.to_owned(), n * 2)))
         })
+    }
+
+    fn serving_for(&self, shard: u16) -> Option<Duration> {
+        self.mine
+            .contains(&shard)
+            .then_some(*self.owned_for.lock().unwrap())
     }
 }
 
@@ -74,6 +109,10 @@ fn node(name: &'static str, mine: &[u16]) -> Arc<Node> {
         asked: Arc::default(),
         slow: Arc::default(),
         finished: Arc::default(),
+        serving: Arc::default(),
+        most: Arc::default(),
+        owned_for: std::sync::Mutex::new(Duration::from_secs(60)),
+        frozen: Arc::default(),
     })
 }
 
@@ -203,6 +242,7 @@ async fn an_owner_cut_off_from_nats_is_unreached_and_answers_again_once_back() {
         client,
         RouteSettings {
             cluster: name.clone(),
+            node: next_node(),
             retry_for: Duration::from_millis(300),
             answer_within: Duration::from_secs(5),
         },
@@ -286,4 +326,175 @@ async fn an_operation_of_another_version_is_refused_naming_the_version_the_owner
 fn postcard_varint(n: u16) -> Vec<u8> {
     assert!(n < 128);
     vec![n as u8]
+}
+
+#[tokio::test]
+async fn operations_for_a_known_owner_travel_together_each_answered_to_its_caller() {
+    use stockline::cluster::routing::batch::{IN_FLIGHT, MAX_ITEMS};
+    let name = cluster();
+    let a = routes(&name, Duration::from_millis(500)).await;
+    let b = Arc::new(routes(&name, Duration::from_millis(500)).await);
+    let shards: Vec<u16> = (1..=8).collect();
+    let owner = node("a", &shards);
+    a.operate_with(owner.clone());
+    for &shard in &shards {
+        a.serve(shard).await.unwrap();
+    }
+    // Each shard's first answer names its owner.
+    for &shard in &shards {
+        assert_eq!(ask(&b, shard, 1).await.unwrap(), ("a".to_owned(), 2));
+    }
+    let (asked, messages) = b.hop_counts();
+    assert_eq!(
+        (asked, messages),
+        (8, 8),
+        "one message each, on the shards' subjects"
+    );
+
+    let count = 600u64;
+    let asking: Vec<_> = (0..count)
+        .map(|i| {
+            let b = b.clone();
+            tokio::spawn(async move { (i, ask(&b, (i % 8 + 1) as u16, BUSY + i).await) })
+        })
+        .collect();
+    for task in asking {
+        let (i, answer) = task.await.unwrap();
+        assert_eq!(
+            answer.unwrap(),
+            ("a".to_owned(), 2 * (BUSY + i)),
+            "answer {i}"
+        );
+    }
+    let (asked, messages) = b.hop_counts();
+    assert_eq!(asked, 8 + count);
+    let batched = messages - 8;
+    assert!(
+        batched <= count / 4,
+        "{count} operations took {batched} messages"
+    );
+    assert_eq!(
+        owner.asked.load(Ordering::SeqCst) as u64,
+        8 + count,
+        "each served once"
+    );
+    let most = owner.most.load(Ordering::SeqCst);
+    assert!(
+        most <= IN_FLIGHT * MAX_ITEMS,
+        "{most} operations in flight to one node at once, past {IN_FLIGHT} messages of {MAX_ITEMS}"
+    );
+    a.stop_all().await;
+    b.stop_all().await;
+}
+
+#[tokio::test]
+async fn a_shard_that_moved_is_found_on_its_subject_served_once_by_its_new_owner() {
+    let name = cluster();
+    let a = routes(&name, Duration::from_secs(2)).await;
+    let b = routes(&name, Duration::from_secs(2)).await;
+    let c = routes(&name, Duration::from_secs(2)).await;
+    let (old, new) = (node("a", &[5]), node("c", &[5]));
+    a.operate_with(old.clone());
+    c.operate_with(new.clone());
+    a.serve(5).await.unwrap();
+    // a also answers another shard, so its batch subject stays.
+    a.serve(6).await.unwrap();
+    assert_eq!(ask(&b, 5, 1).await.unwrap().0, "a");
+    a.stop(5).await;
+    c.serve(5).await.unwrap();
+    assert_eq!(ask(&b, 5, 2).await.unwrap(), ("c".to_owned(), 4));
+    assert_eq!(ask(&b, 5, 3).await.unwrap(), ("c".to_owned(), 6));
+    assert_eq!(
+        old.asked.load(Ordering::SeqCst),
+        1,
+        "a served only the first"
+    );
+    assert_eq!(new.asked.load(Ordering::SeqCst), 2);
+    // The third went in a batch to c: one message, no retry on the shard's subject.
+    let (asked, messages) = b.hop_counts();
+    assert_eq!(
+        (asked, messages),
+        (3, 4),
+        "ask, batch to a and subject, batch to c"
+    );
+
+    // c goes away whole: no responder on its batch subject, and the shard found again.
+    c.stop_all().await;
+    a.serve(5).await.unwrap();
+    assert_eq!(ask(&b, 5, 4).await.unwrap(), ("a".to_owned(), 8));
+    assert_eq!(new.asked.load(Ordering::SeqCst), 2);
+    a.stop_all().await;
+}
+
+#[tokio::test]
+async fn stopping_waits_for_what_a_batch_brought_too() {
+    let name = cluster();
+    let a = Arc::new(routes(&name, Duration::from_millis(200)).await);
+    let b = Arc::new(routes(&name, Duration::from_millis(200)).await);
+    let owner = node("a", &[6]);
+    a.operate_with(owner.clone());
+    a.serve(6).await.unwrap();
+    assert_eq!(ask(&b, 6, 1).await.unwrap().0, "a");
+    let asking = b.clone();
+    let taken = tokio::spawn(async move { ask(&asking, 6, SLOW).await });
+    owner.slow.notified().await;
+    a.stop(6).await;
+    assert_eq!(
+        owner.finished.load(Ordering::SeqCst),
+        1,
+        "stop returned before the batched request it took was answered"
+    );
+    assert_eq!(taken.await.unwrap().unwrap(), ("a".to_owned(), 2 * SLOW));
+    assert_eq!(b.hop_counts(), (2, 2), "the second went in a batch");
+    a.stop_all().await;
+}
+
+/// An owner that stops answering (a paused process: still subscribed, silent) is asked
+/// straight only for as long as it said it serves the shard, or until one request to it
+/// timed out; then the shard's subject finds whoever answers it now.
+#[tokio::test]
+async fn a_silent_owner_is_asked_straight_only_while_it_surely_serves_the_shard() {
+    let name = cluster();
+    let a = routes(&name, Duration::from_secs(2)).await;
+    let c = routes(&name, Duration::from_secs(2)).await;
+    let b = Routes::new(
+        async_nats::connect(NATS).await.unwrap(),
+        RouteSettings {
+            cluster: name.clone(),
+            node: next_node(),
+            retry_for: Duration::from_secs(2),
+            answer_within: Duration::from_millis(800),
+        },
+    );
+    let (old, new) = (node("a", &[5, 6]), node("c", &[5, 6]));
+    *old.owned_for.lock().unwrap() = Duration::from_millis(300);
+    a.operate_with(old.clone());
+    c.operate_with(new.clone());
+    a.serve(5).await.unwrap();
+    a.serve(6).await.unwrap();
+    assert_eq!(ask(&b, 5, 1).await.unwrap().0, "a");
+    // a falls silent and c takes the shard; b's word from a runs out.
+    old.frozen.store(true, Ordering::SeqCst);
+    c.serve(5).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let started = Instant::now();
+    assert_eq!(ask(&b, 5, 2).await.unwrap(), ("c".to_owned(), 4));
+    assert!(
+        started.elapsed() < Duration::from_millis(700),
+        "waited for the silent owner: {:?}",
+        started.elapsed()
+    );
+
+    // Said to serve 6 for a minute, a is asked straight and times out once; the next
+    // request finds c.
+    *old.owned_for.lock().unwrap() = Duration::from_secs(60);
+    old.frozen.store(false, Ordering::SeqCst);
+    assert_eq!(ask(&b, 6, 1).await.unwrap().0, "a");
+    old.frozen.store(true, Ordering::SeqCst);
+    c.serve(6).await.unwrap();
+    assert!(matches!(ask(&b, 6, 2).await, Err(Unreached::TimedOut)));
+    assert_eq!(ask(&b, 6, 3).await.unwrap(), ("c".to_owned(), 6));
+    old.frozen.store(false, Ordering::SeqCst);
+    c.stop_all().await;
+    a.stop_all().await;
 }

@@ -157,6 +157,17 @@ impl Leases {
             .map(|h| h.epoch)
     }
 
+    /// How much longer this node serves `shard` for certain (until its serving deadline,
+    /// which a renewal moves on); `None` if it does not serve it. Another node cannot own
+    /// the shard before this has run out, and a margin more.
+    pub fn serving_for(&self, shard: Shard) -> Option<Duration> {
+        let held = self.held.read().unwrap_or_else(|e| e.into_inner());
+        held.get(&shard)
+            .filter(|h| h.hold == Hold::Serving)
+            .and_then(|h| h.until.checked_duration_since(Instant::now()))
+            .filter(|left| !left.is_zero())
+    }
+
     /// Whether this node may hold `shard`'s lines in memory now: it serves the shard, or
     /// is restoring it after a claim.
     pub fn may_load(&self, shard: Shard) -> bool {

@@ -84,6 +84,7 @@ impl Cluster {
             nats.clone(),
             RouteSettings {
                 cluster: config.cluster_name.clone(),
+                node: ordinal,
                 // A shard has no owner for at most two leases after its node died; a
                 // request waits a part of that, then the client is told to retry.
                 retry_for: (config.shard_lease() / 2)

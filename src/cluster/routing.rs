@@ -5,6 +5,11 @@
 //! ([`protocol`]), with what it registered to serve them ([`Routes::operate_with`]). Any
 //! other node [asks](Routes::ask) it and gets the encoded answer back. No HTTP travels.
 //!
+//! Once a node knows a shard's owner (every answer names it), it sends that shard's
+//! operations on the owner's node subject instead, in messages that carry whatever else
+//! is going to the same node ([`batch`]); the shard's subject remains the way to find an
+//! owner, and the fallback while a shard moves.
+//!
 //! Between one owner giving a shard up and the next subscribing, a request finds no
 //! responders, or an owner that no longer serves the shard (it answers with the
 //! `NOT_OWNER` header): the asking node retries briefly, then gives up
@@ -14,6 +19,7 @@
 //! change may still land, so the client retries with the same `Idempotency-Key`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -25,13 +31,15 @@ use tokio_util::task::TaskTracker;
 
 use bytes::Bytes;
 
+use self::batch::{Batches, Outcome};
 use self::protocol::Operations;
 use super::shard::Shard;
 
+pub mod batch;
 pub mod protocol;
 mod wire;
 
-use wire::{is_not_owner, operate};
+use wire::{is_not_owner, operate, operate_batch, owner_of};
 
 /// Marks the answer of a node that does not serve the shard (any more): retried elsewhere.
 const NOT_OWNER: &str = "stockline-not-owner";
@@ -41,6 +49,8 @@ const NOT_OWNER: &str = "stockline-not-owner";
 pub struct RouteSettings {
     /// `STOCKLINE_CLUSTER_NAME`: two clusters on one NATS never see each other's subjects.
     pub cluster: String,
+    /// This node's ordinal (unique among the cluster's nodes): its batches' subject.
+    pub node: u16,
     /// How long a request keeps retrying while its shard has no owner.
     pub retry_for: Duration,
     /// How long the owner may take to answer.
@@ -50,7 +60,12 @@ pub struct RouteSettings {
 struct Subscription {
     stop: CancellationToken,
     task: JoinHandle<()>,
+    /// The requests taken for the shard and not yet answered, on its subject or in
+    /// batches: stopping waits for them.
+    in_flight: TaskTracker,
 }
+
+type Subscriptions = Arc<Mutex<HashMap<Shard, Subscription>>>;
 
 /// This node's side of the routing: the subjects it answers, and asking.
 pub struct Routes {
@@ -59,16 +74,37 @@ pub struct Routes {
     /// What serves typed operations ([`protocol`]), set once at start (what serves them
     /// holds these routes).
     operations: OnceLock<Arc<dyn Operations>>,
-    subscriptions: Mutex<HashMap<Shard, Subscription>>,
+    subscriptions: Subscriptions,
+    /// This node's batch subject, answered from the first shard it serves until it stops
+    /// answering all.
+    batches_answered: Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
+    /// Who owns each shard, as the last answer from it said, and until when for certain.
+    owners: Mutex<HashMap<Shard, (u16, Instant)>>,
+    batches: Batches,
+    /// Requests sent on shards' subjects (a retry is another).
+    sent: AtomicU64,
+    /// Operations sent to an owner over NATS (this node's own included, while it is
+    /// between owning and serving a shard).
+    asked: AtomicU64,
 }
 
 impl Routes {
     pub fn new(client: async_nats::Client, settings: RouteSettings) -> Self {
+        let batches = Batches::new(
+            client.clone(),
+            settings.cluster.clone(),
+            settings.answer_within,
+        );
         Self {
             client,
             settings,
             operations: OnceLock::new(),
-            subscriptions: Mutex::default(),
+            subscriptions: Arc::default(),
+            batches_answered: Mutex::default(),
+            owners: Mutex::default(),
+            batches,
+            sent: AtomicU64::new(0),
+            asked: AtomicU64::new(0),
         }
     }
 
@@ -102,6 +138,7 @@ impl Routes {
         if self.lock().contains_key(&shard) {
             return Ok(());
         }
+        self.answer_batches().await?;
         let mut subscriber = self.client.subscribe(self.subject(shard)).await?;
         // The server has the subscription once it has answered a round trip after it.
         let _ = self.client.flush().await;
@@ -109,14 +146,68 @@ impl Routes {
         let client = self.client.clone();
         let operations = self.operations.get().cloned();
         let stopped = stop.clone();
+        let in_flight = TaskTracker::new();
+        let taken = in_flight.clone();
+        let node = self.settings.node;
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    message = subscriber.next() => match message {
+                        Some(message) => {
+                            let operations = operations.clone();
+                            taken.spawn(operate(client.clone(), operations, node, shard, message));
+                        }
+                        None => break,
+                    },
+                    _ = stopped.cancelled() => break,
+                }
+            }
+            let _ = subscriber.unsubscribe().await;
+            taken.close();
+            taken.wait().await;
+        });
+        let subscription = Subscription {
+            stop,
+            task,
+            in_flight,
+        };
+        let previous = self.lock().insert(shard, subscription);
+        if let Some(previous) = previous {
+            previous.stop.cancel();
+        }
+        Ok(())
+    }
+
+    /// Answers this node's batch subject, if it does not yet: each operation in a batch
+    /// is served if this node answers its shard, as if it came on the shard's subject.
+    async fn answer_batches(&self) -> Result<(), async_nats::SubscribeError> {
+        if self.batches_lock().is_some() {
+            return Ok(());
+        }
+        let subject = batch::subject(&self.settings.cluster, self.settings.node);
+        let mut subscriber = self.client.subscribe(subject).await?;
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let client = self.client.clone();
+        let operations = self.operations.get().cloned();
+        let subscriptions = self.subscriptions.clone();
         let task = tokio::spawn(async move {
             let in_flight = TaskTracker::new();
             loop {
                 tokio::select! {
                     message = subscriber.next() => match message {
                         Some(message) => {
+                            let subscriptions = subscriptions.clone();
+                            // Taken as one of the shard's requests while it is answered.
+                            let admit = move |shard| {
+                                subscriptions
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .get(&shard)
+                                    .map(|s: &Subscription| s.in_flight.token())
+                            };
                             let operations = operations.clone();
-                            in_flight.spawn(operate(client.clone(), operations, shard, message));
+                            in_flight.spawn(operate_batch(client.clone(), operations, admit, message));
                         }
                         None => break,
                     },
@@ -127,9 +218,9 @@ impl Routes {
             in_flight.close();
             in_flight.wait().await;
         });
-        let previous = self.lock().insert(shard, Subscription { stop, task });
-        if let Some(previous) = previous {
-            previous.stop.cancel();
+        let previous = self.batches_lock().replace((stop, task));
+        if let Some((previous, _)) = previous {
+            previous.cancel();
         }
         Ok(())
     }
@@ -138,17 +229,34 @@ impl Routes {
     /// answered (in `sync` mode: once their changes are durable or timed out).
     pub async fn stop(&self, shard: Shard) {
         let subscription = self.lock().remove(&shard);
-        if let Some(Subscription { stop, task }) = subscription {
+        if let Some(Subscription { stop, task, .. }) = subscription {
             stop.cancel();
             let _ = task.await;
         }
     }
 
-    /// Stops answering every shard (a node that leaves, or lost its leases all at once).
+    /// Stops answering every shard and the batch subject (a node that leaves, or lost
+    /// its leases all at once), and sends what it had queued for other nodes.
     pub async fn stop_all(&self) {
         for shard in self.answering() {
             self.stop(shard).await;
         }
+        let answered = self.batches_lock().take();
+        if let Some((stop, task)) = answered {
+            stop.cancel();
+            let _ = task.await;
+        }
+        self.batches.close().await;
+    }
+
+    /// Operations this node sent to an owner, and the NATS messages that carried them
+    /// (fewer, once operations for one node travel together).
+    pub fn hop_counts(&self) -> (u64, u64) {
+        let asked = self.asked.load(Ordering::Relaxed);
+        (
+            asked,
+            self.batches.messages.load(Ordering::Relaxed) + self.sent.load(Ordering::Relaxed),
+        )
     }
 
     /// Sends a typed operation (`payload`, [`protocol::encode`]d) to the owner of `shard`
@@ -160,10 +268,73 @@ impl Routes {
         if !self.connected() {
             return Err(Unreached::CutOff);
         }
-        let answer = self
-            .send(shard, protocol::headers(), Bytes::from(payload))
-            .await?;
+        self.asked.fetch_add(1, Ordering::Relaxed);
+        let payload = Bytes::from(payload);
+        let owner = self.owner(shard);
+        if let Some(node) = owner
+            && payload.len() <= batch::MAX_ITEM_BYTES
+        {
+            match self.batches.ask(node, shard, payload.clone()).await {
+                Outcome::Answered(answer, owned_for) => {
+                    self.learn(shard, node, owned_for);
+                    return Ok(answer);
+                }
+                Outcome::TimedOut => {
+                    // The next one finds out on the shard's subject who answers.
+                    self.forget_owner(shard, node);
+                    return Err(Unreached::TimedOut);
+                }
+                Outcome::Failed => return Err(Unreached::CutOff),
+                // Nothing happened: the shard moved, or its owner is gone.
+                Outcome::NotServed => self.forget_owner(shard, node),
+            }
+        }
+        let answer = self.send(shard, protocol::headers(), payload).await?;
+        if let Some((node, owned_for)) = owner_of(&answer) {
+            self.learn(shard, node, owned_for);
+        }
         Ok(answer.payload)
+    }
+
+    /// The node that last answered for `shard`, while it surely still serves it.
+    fn owner(&self, shard: Shard) -> Option<u16> {
+        let mut owners = self.owners();
+        match owners.get(&shard) {
+            Some(&(node, until)) if until > Instant::now() => Some(node),
+            Some(_) => {
+                owners.remove(&shard);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn learn(&self, shard: Shard, node: u16, owned_for: Duration) {
+        let mut owners = self.owners();
+        if owned_for.is_zero() {
+            owners.remove(&shard);
+        } else {
+            owners.insert(shard, (node, Instant::now() + owned_for));
+        }
+    }
+
+    fn forget_owner(&self, shard: Shard, node: u16) {
+        let mut owners = self.owners();
+        if owners.get(&shard).is_some_and(|(known, _)| *known == node) {
+            owners.remove(&shard);
+        }
+    }
+
+    fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<Shard, (u16, Instant)>> {
+        self.owners.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn batches_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Option<(CancellationToken, JoinHandle<()>)>> {
+        self.batches_answered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Sends a message to the owner of `shard`, again while the shard has no owner (no
@@ -182,6 +353,7 @@ impl Routes {
                 .headers(headers.clone())
                 .payload(payload.clone())
                 .timeout(Some(self.settings.answer_within));
+            self.sent.fetch_add(1, Ordering::Relaxed);
             match self.client.send_request(subject.clone(), sent).await {
                 Ok(answer) if !is_not_owner(&answer) => return Ok(answer),
                 Ok(_) => {}

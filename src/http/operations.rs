@@ -451,6 +451,9 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             .map_or(0, |c| c.leases().served().len());
         metrics::gauge!("stockline_cluster_shards_served").set(served as f64);
         if let Some(cluster) = &state.cluster {
+            let (operations, messages) = cluster.routes.hop_counts();
+            metrics::counter!("stockline_cluster_hop_operations_total").absolute(operations);
+            metrics::counter!("stockline_cluster_hop_messages_total").absolute(messages);
             for (outcome, count) in cluster.sagas.counts() {
                 metrics::counter!("stockline_cluster_reservations_total", "outcome" => outcome.as_str())
                     .absolute(count);

@@ -432,6 +432,10 @@ impl Operations for Owner {
             Some(protocol::answer(&Answered::of(response).await))
         })
     }
+
+    fn serving_for(&self, shard: Shard) -> Option<std::time::Duration> {
+        self.0.cluster.as_ref()?.leases().serving_for(shard)
+    }
 }
 
 /// Reads from the database the products and warehouses this node has not seen yet

@@ -107,6 +107,14 @@ fn describe() {
         "stockline_cluster_reservations_total",
         "Reservations across shards this node coordinated, by outcome (cluster mode)."
     );
+    describe_counter!(
+        "stockline_cluster_hop_operations_total",
+        "Operations this node sent to a shard's owner over NATS (cluster mode)."
+    );
+    describe_counter!(
+        "stockline_cluster_hop_messages_total",
+        "NATS messages that carried them: fewer once operations for one node travel together."
+    );
     describe_gauge!(
         "stockline_cluster_shards_served",
         "Shards this node serves now (cluster mode; 0 for a single process)."

@@ -56,6 +56,11 @@ pub type Served = Pin<Box<dyn Future<Output = Option<Vec<u8>>> + Send>>;
 /// `shard` (any more): the asking node then tries again.
 pub trait Operations: Send + Sync + 'static {
     fn serve(&self, shard: Shard, payload: Bytes) -> Served;
+
+    /// How much longer this node serves `shard` for certain (no other node can own it
+    /// before then); an asking node sends the shard's operations straight to this node
+    /// for that long ([`super::batch`]). `None`: not served, or not known.
+    fn serving_for(&self, shard: Shard) -> Option<std::time::Duration>;
 }
 
 /// `operation` as a request's payload.

@@ -1,12 +1,16 @@
 //! The owner's side of a request: a typed operation served and answered, or refused as
-//! not this node's.
+//! not this node's; and of a batch of them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use futures_util::future::join_all;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::NOT_OWNER;
+use super::batch::{self, Answer, OWNER, OWNER_FOR};
 use super::protocol::Operations;
 use crate::cluster::shard::Shard;
 
@@ -18,23 +22,43 @@ pub(super) fn is_not_owner(answer: &async_nats::Message) -> bool {
         .is_some_and(|headers| headers.get(NOT_OWNER).is_some())
 }
 
-/// Serves a typed operation for `shard` and replies with its answer; a node with nothing
-/// to serve operations with, or that does not serve the shard, says it is not the owner.
+/// The node an answer names as its sender, whose batch subject takes the shard's
+/// operations, and for how long.
+pub(super) fn owner_of(answer: &async_nats::Message) -> Option<(u16, Duration)> {
+    let headers = answer.headers.as_ref()?;
+    let node = headers.get(OWNER)?.as_str().parse().ok()?;
+    let owned_for = headers.get(OWNER_FOR)?.as_str().parse().ok()?;
+    Some((node, Duration::from_millis(owned_for)))
+}
+
+/// Serves a typed operation for `shard` and replies with its answer, naming this node
+/// (`node`); a node with nothing to serve operations with, or that does not serve the
+/// shard, says it is not the owner.
 pub(super) async fn operate(
     client: async_nats::Client,
     operations: Option<Arc<dyn Operations>>,
+    node: u16,
     shard: Shard,
     message: async_nats::Message,
 ) {
     let Some(reply) = message.reply.clone() else {
         return;
     };
-    let answer = match operations {
+    let answer = match &operations {
         Some(operations) => operations.serve(shard, message.payload).await,
         None => None,
     };
     let sent = match answer {
-        Some(answer) => client.publish(reply, answer.into()).await,
+        Some(answer) => {
+            let mut headers = HeaderMap::new();
+            if let Some(owned_for) = operations.and_then(|o| o.serving_for(shard)) {
+                headers.insert(OWNER, node.to_string().as_str());
+                headers.insert(OWNER_FOR, batch::millis(owned_for).to_string().as_str());
+            }
+            client
+                .publish_with_headers(reply, headers, answer.into())
+                .await
+        }
         None => {
             let mut headers = HeaderMap::new();
             headers.insert(NOT_OWNER, "1");
@@ -45,5 +69,45 @@ pub(super) async fn operate(
     };
     if let Err(error) = sent {
         tracing::warn!(%error, "the answer to an operation was not sent");
+    }
+}
+
+/// Serves a batch ([`batch`]): each operation whose shard `admit` takes (this node answers
+/// the shard, and counts the operation among its requests until answered), all at once,
+/// and replies with every answer together; an operation not admitted, or that the service
+/// does not serve, is answered "not served". A request that is not a batch of this
+/// framing is answered with nothing: none of it was served.
+pub(super) async fn operate_batch(
+    client: async_nats::Client,
+    operations: Option<Arc<dyn Operations>>,
+    admit: impl Fn(Shard) -> Option<TaskTrackerToken>,
+    message: async_nats::Message,
+) {
+    let Some(reply) = message.reply.clone() else {
+        return;
+    };
+    let answer = match batch::decode_request(message.payload) {
+        Some(items) => {
+            let served = items.into_iter().map(|(shard, payload)| {
+                let taken = admit(shard);
+                let operations = operations.clone();
+                async move {
+                    let (Some(_taken), Some(operations)) = (taken, operations) else {
+                        return None;
+                    };
+                    let reply = operations.serve(shard, payload).await?;
+                    let owned_for = operations.serving_for(shard).unwrap_or_default();
+                    Some(Answer { reply, owned_for })
+                }
+            });
+            batch::encode_reply(&join_all(served).await)
+        }
+        None => {
+            tracing::warn!(subject = %message.subject, "a batch of another framing was refused");
+            Bytes::new()
+        }
+    };
+    if let Err(error) = client.publish(reply, answer).await {
+        tracing::warn!(%error, "the answer to a batch was not sent");
     }
 }
