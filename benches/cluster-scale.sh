@@ -13,6 +13,7 @@
 #
 #   bash benches/cluster-scale.sh   # QUOTA=20 (percent of a core a node) DURATION=10
 #   CLIENTS_PER_NODE=32 SCENARIOS=zipf,basket10 NODES="1 2 3"
+#   STOCKLINE_BIN=target/release/stockline (another build, to compare two in one sitting)
 #
 # Needs root (the cgroups), PostgreSQL and NATS on 127.0.0.1. Only the nodes it starts go
 # into its groups, and the groups are removed at the end. Results: BENCHMARKS.md.
@@ -24,6 +25,7 @@ CLIENTS_PER_NODE=${CLIENTS_PER_NODE:-32}
 SCENARIOS=${SCENARIOS:-zipf,basket10}
 NODES=${NODES:-1 2 3}
 BASE=${LOAD_DATABASE_BASE:-postgres://postgres@127.0.0.1:5432}
+STOCKLINE_BIN=${STOCKLINE_BIN:-target/release/stockline}
 CGROUP=/sys/fs/cgroup/cpu
 
 [ -w "$CGROUP" ] || { echo "needs root and cgroup v1's cpu controller at $CGROUP" >&2; exit 1; }
@@ -37,6 +39,14 @@ cleanup() {
   for group in "${GROUPS_MADE[@]}"; do rmdir "$group" 2> /dev/null || true; done
 }
 trap cleanup EXIT
+
+# Prints the operations the nodes at these URLs have sent to owners and the NATS messages
+# that carried them, since they started ("0 0" for builds before hop batching).
+hop_counts() {
+  local url
+  for url in "$@"; do curl -sf "$url/metrics" | grep '^stockline_cluster_hop_' || true; done |
+    awk '/operations/ { o += $2 } /messages/ { m += $2 } END { print o + 0, m + 0 }'
+}
 
 # Runs $1 nodes, each in a group of its own at $QUOTA% of a core, and measures both routings.
 run() {
@@ -54,7 +64,7 @@ run() {
       STOCKLINE_NODE_ID="n$i" DATABASE_URL="$url" STOCKLINE_ADDR="127.0.0.1:$port" \
       STOCKLINE_ADMIN_EMAIL=load@stockline.test STOCKLINE_ADMIN_PASSWORD=load-password \
       STOCKLINE_AUTH_RATE_PER_MINUTE=1000000 STOCKLINE_BCRYPT_COST=4 RUST_LOG=warn \
-      sh -c 'echo $$ > "$1/cgroup.procs" && exec "$2" serve' sh "$group" target/release/stockline \
+      sh -c 'echo $$ > "$1/cgroup.procs" && exec "$2" serve' sh "$group" "$STOCKLINE_BIN" \
       > "$LOGS/n$i.out" 2> "$LOGS/n$i.err" &
     pids+=($!)
     urls+=("http://127.0.0.1:$port")
@@ -75,6 +85,8 @@ run() {
     [ "$routing" = owner-routed ] && flag=(--owner-routed)
     echo
     echo "== $nodes node(s) at $QUOTA% of a core each, $routing, $clients clients"
+    local before after
+    before=$(hop_counts "${urls[@]}")
     "$HARNESS" --url "$joined" --token "$token" "${flag[@]}" --duration "$DURATION" \
       --clients "$clients" --scenarios "$SCENARIOS" 2> /dev/null | tee "$LOGS/table" |
       grep -v '^$'
@@ -83,6 +95,9 @@ run() {
     if [ "$nodes" -eq 1 ]; then
       awk -v r=round-robin '$2 == "actor" { print 1, r, $1, $4 }' "$LOGS/table" >> "$RESULTS"
     fi
+    # How full the hop's messages were, over every node.
+    after=$(hop_counts "${urls[@]}")
+    echo "$before $after" | awk '$4 > $2 { printf "hop: %d operations in %d NATS messages, %.1f a message\n", $3 - $1, $4 - $2, ($3 - $1) / ($4 - $2) }'
   done
   kill -TERM "${pids[@]}"
   wait "${pids[@]}" || true

@@ -22,6 +22,16 @@ fn next_node() -> u16 {
 }
 
 async fn routes(cluster: &str, retry_for: Duration) -> Routes {
+    routes_as(cluster, next_node(), retry_for, Duration::from_secs(5)).await
+}
+
+/// Routes of node `node` (an ordinal), waiting `answer_within` for an answer.
+async fn routes_as(
+    cluster: &str,
+    node: u16,
+    retry_for: Duration,
+    answer_within: Duration,
+) -> Routes {
     let client = async_nats::connect(NATS)
         .await
         .expect("NATS runs at 127.0.0.1:4222");
@@ -29,9 +39,9 @@ async fn routes(cluster: &str, retry_for: Duration) -> Routes {
         client,
         RouteSettings {
             cluster: cluster.into(),
-            node: next_node(),
+            node,
             retry_for,
-            answer_within: Duration::from_secs(5),
+            answer_within,
         },
     )
 }
@@ -403,20 +413,16 @@ async fn a_shard_that_moved_is_found_on_its_subject_served_once_by_its_new_owner
     a.stop(5).await;
     c.serve(5).await.unwrap();
     assert_eq!(ask(&b, 5, 2).await.unwrap(), ("c".to_owned(), 4));
+    // The third goes in a batch to c: one message, nothing on the shard's subject.
+    let (asked, messages) = b.hop_counts();
     assert_eq!(ask(&b, 5, 3).await.unwrap(), ("c".to_owned(), 6));
+    assert_eq!(b.hop_counts(), (asked + 1, messages + 1));
     assert_eq!(
         old.asked.load(Ordering::SeqCst),
         1,
         "a served only the first"
     );
     assert_eq!(new.asked.load(Ordering::SeqCst), 2);
-    // The third went in a batch to c: one message, no retry on the shard's subject.
-    let (asked, messages) = b.hop_counts();
-    assert_eq!(
-        (asked, messages),
-        (3, 4),
-        "ask, batch to a and subject, batch to c"
-    );
 
     // c goes away whole: no responder on its batch subject, and the shard found again.
     c.stop_all().await;
@@ -457,15 +463,13 @@ async fn a_silent_owner_is_asked_straight_only_while_it_surely_serves_the_shard(
     let name = cluster();
     let a = routes(&name, Duration::from_secs(2)).await;
     let c = routes(&name, Duration::from_secs(2)).await;
-    let b = Routes::new(
-        async_nats::connect(NATS).await.unwrap(),
-        RouteSettings {
-            cluster: name.clone(),
-            node: next_node(),
-            retry_for: Duration::from_secs(2),
-            answer_within: Duration::from_millis(800),
-        },
-    );
+    let b = routes_as(
+        &name,
+        next_node(),
+        Duration::from_secs(2),
+        Duration::from_millis(800),
+    )
+    .await;
     let (old, new) = (node("a", &[5, 6]), node("c", &[5, 6]));
     *old.owned_for.lock().unwrap() = Duration::from_millis(300);
     a.operate_with(old.clone());
@@ -496,5 +500,129 @@ async fn a_silent_owner_is_asked_straight_only_while_it_surely_serves_the_shard(
     assert_eq!(ask(&b, 6, 3).await.unwrap(), ("c".to_owned(), 6));
     old.frozen.store(false, Ordering::SeqCst);
     c.stop_all().await;
+    a.stop_all().await;
+}
+
+/// Behind a silent owner, what was queued when its messages timed out is not sent to it
+/// again and again: at most the messages in flight time out, and the rest find the new
+/// owner on their shard's subject.
+#[tokio::test]
+async fn behind_a_silent_owner_only_what_was_in_flight_times_out() {
+    use stockline::cluster::routing::batch::{IN_FLIGHT, MAX_ITEMS};
+    let name = cluster();
+    let a = routes(&name, Duration::from_secs(2)).await;
+    let c = routes(&name, Duration::from_secs(2)).await;
+    let b = Arc::new(
+        routes_as(
+            &name,
+            next_node(),
+            Duration::from_secs(2),
+            Duration::from_millis(800),
+        )
+        .await,
+    );
+    let (old, new) = (node("a", &[5]), node("c", &[5]));
+    a.operate_with(old.clone());
+    c.operate_with(new.clone());
+    a.serve(5).await.unwrap();
+    assert_eq!(ask(&b, 5, 1).await.unwrap().0, "a");
+    old.frozen.store(true, Ordering::SeqCst);
+    c.serve(5).await.unwrap();
+    let count = 2 * IN_FLIGHT * MAX_ITEMS;
+    let started = Instant::now();
+    let asking: Vec<_> = (0..count as u64)
+        .map(|i| {
+            let b = b.clone();
+            tokio::spawn(async move { ask(&b, 5, 100 + i).await })
+        })
+        .collect();
+    let (mut timed_out, mut by_c) = (0, 0);
+    for task in asking {
+        match task.await.unwrap() {
+            Err(Unreached::TimedOut) => timed_out += 1,
+            Ok((node, _)) if node == "c" => by_c += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        timed_out <= IN_FLIGHT * MAX_ITEMS,
+        "{timed_out} of {count} timed out"
+    );
+    assert_eq!(timed_out + by_c, count);
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}: sent to the silent owner again",
+        started.elapsed()
+    );
+    old.frozen.store(false, Ordering::SeqCst);
+    c.stop_all().await;
+}
+
+/// Two processes under one ordinal (a node id taken over while its old process still
+/// has NATS): only one of them takes each batch, so an operation is never both served by
+/// one and answered "not mine" by the other (and sent again).
+#[tokio::test]
+async fn two_processes_under_one_ordinal_never_both_take_a_batch() {
+    let name = cluster();
+    let ordinal = next_node();
+    let live = routes_as(
+        &name,
+        ordinal,
+        Duration::from_secs(2),
+        Duration::from_secs(5),
+    )
+    .await;
+    let stale = routes_as(
+        &name,
+        ordinal,
+        Duration::from_secs(2),
+        Duration::from_secs(5),
+    )
+    .await;
+    let b = Arc::new(routes(&name, Duration::from_secs(2)).await);
+    let owner = node("live", &[5]);
+    live.operate_with(owner.clone());
+    stale.operate_with(node("stale", &[9]));
+    live.serve(5).await.unwrap();
+    // The stale one answers the same batch subject, not shard 5.
+    stale.serve(9).await.unwrap();
+    // The first answer names the ordinal; the rest go in batches to it.
+    assert_eq!(ask(&b, 5, 0).await.unwrap().0, "live");
+    // The live one takes its time (20 ms), the stale one says "not mine" at once.
+    let count = 200u64;
+    let asking: Vec<_> = (0..count)
+        .map(|i| {
+            let b = b.clone();
+            tokio::spawn(async move { ask(&b, 5, BUSY + i).await })
+        })
+        .collect();
+    for task in asking {
+        assert_eq!(task.await.unwrap().unwrap().0, "live");
+    }
+    assert_eq!(
+        owner.asked.load(Ordering::SeqCst) as u64,
+        count + 1,
+        "an operation was served twice"
+    );
+    live.stop_all().await;
+    stale.stop_all().await;
+}
+
+#[tokio::test]
+async fn a_node_that_stopped_asks_by_the_shards_subjects() {
+    let name = cluster();
+    let a = routes(&name, Duration::from_secs(2)).await;
+    let b = routes(&name, Duration::from_secs(2)).await;
+    a.operate_with(node("a", &[5]));
+    a.serve(5).await.unwrap();
+    assert_eq!(ask(&b, 5, 1).await.unwrap().0, "a");
+    b.stop_all().await;
+    // Its senders are gone: still answered, on the shard's subject.
+    let answered = tokio::time::timeout(Duration::from_secs(5), ask(&b, 5, 2)).await;
+    assert_eq!(
+        answered.expect("never answered").unwrap(),
+        ("a".to_owned(), 4)
+    );
+    assert_eq!(b.hop_counts(), (2, 2));
     a.stop_all().await;
 }

@@ -8,17 +8,21 @@ use sqlx::PgPool;
 /// How many journal numbers each node has: node n numbers from `n << ORDINAL_SHIFT`.
 pub const ORDINAL_SHIFT: u32 = 48;
 
-/// The ordinal of `node` (1 to 1023), assigned at its first start and kept for good: its
+/// The highest ordinal (they start at 1).
+pub const MAX_ORDINAL: u16 = 1023;
+
+/// The ordinal of `node` (1 to [`MAX_ORDINAL`]), assigned at its first start and kept for good: its
 /// journal numbers start at `ordinal << ORDINAL_SHIFT`.
 pub async fn assign(pool: &PgPool, node: &str) -> Result<u16, sqlx::Error> {
     for _ in 0..20 {
         let assigned = sqlx::query(
             "INSERT INTO node_ordinals (node_id, ordinal)
-             SELECT $1, min(n) FROM generate_series(1, 1023) AS n
+             SELECT $1, min(n) FROM generate_series(1, $2) AS n
              WHERE n NOT IN (SELECT ordinal FROM node_ordinals)
              ON CONFLICT (node_id) DO NOTHING",
         )
         .bind(node)
+        .bind(i32::from(MAX_ORDINAL))
         .execute(pool)
         .await;
         match assigned {

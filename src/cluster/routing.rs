@@ -185,7 +185,10 @@ impl Routes {
             return Ok(());
         }
         let subject = batch::subject(&self.settings.cluster, self.settings.node);
-        let mut subscriber = self.client.subscribe(subject).await?;
+        let mut subscriber = self
+            .client
+            .queue_subscribe(subject, batch::QUEUE_GROUP.to_owned())
+            .await?;
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         let client = self.client.clone();
@@ -271,36 +274,39 @@ impl Routes {
         self.asked.fetch_add(1, Ordering::Relaxed);
         let payload = Bytes::from(payload);
         let owner = self.owner(shard);
-        if let Some(node) = owner
+        if let Some((node, until)) = owner
             && payload.len() <= batch::MAX_ITEM_BYTES
         {
-            match self.batches.ask(node, shard, payload.clone()).await {
+            let asked_at = Instant::now();
+            match self.batches.ask(node, shard, payload.clone(), until).await {
                 Outcome::Answered(answer, owned_for) => {
-                    self.learn(shard, node, owned_for);
+                    self.learn(shard, node, asked_at, owned_for);
                     return Ok(answer);
                 }
-                Outcome::TimedOut => {
-                    // The next one finds out on the shard's subject who answers.
+                // It may have landed; the next one finds out on the shard's subject who
+                // answers.
+                Outcome::TimedOut | Outcome::Failed => {
                     self.forget_owner(shard, node);
                     return Err(Unreached::TimedOut);
                 }
-                Outcome::Failed => return Err(Unreached::CutOff),
                 // Nothing happened: the shard moved, or its owner is gone.
                 Outcome::NotServed => self.forget_owner(shard, node),
             }
         }
+        let asked_at = Instant::now();
         let answer = self.send(shard, protocol::headers(), payload).await?;
         if let Some((node, owned_for)) = owner_of(&answer) {
-            self.learn(shard, node, owned_for);
+            self.learn(shard, node, asked_at, owned_for);
         }
         Ok(answer.payload)
     }
 
-    /// The node that last answered for `shard`, while it surely still serves it.
-    fn owner(&self, shard: Shard) -> Option<u16> {
+    /// The node that last answered for `shard`, while it surely still serves it, and
+    /// until when.
+    fn owner(&self, shard: Shard) -> Option<(u16, Instant)> {
         let mut owners = self.owners();
         match owners.get(&shard) {
-            Some(&(node, until)) if until > Instant::now() => Some(node),
+            Some(&(node, until)) if until > Instant::now() => Some((node, until)),
             Some(_) => {
                 owners.remove(&shard);
                 None
@@ -309,12 +315,15 @@ impl Routes {
         }
     }
 
-    fn learn(&self, shard: Shard, node: u16, owned_for: Duration) {
+    /// Takes `node`'s word, in answer to a request sent at `asked_at`, that it serves
+    /// `shard` for `owned_for` more (counted from the sending: the word was given at some
+    /// moment after it).
+    fn learn(&self, shard: Shard, node: u16, asked_at: Instant, owned_for: Duration) {
         let mut owners = self.owners();
         if owned_for.is_zero() {
             owners.remove(&shard);
         } else {
-            owners.insert(shard, (node, Instant::now() + owned_for));
+            owners.insert(shard, (node, asked_at + owned_for));
         }
     }
 

@@ -18,13 +18,19 @@
 //!
 //! Nothing is served twice: an operation the node answered "not mine" (the shard moved),
 //! or that no node received (no responder: the node is gone), is sent again on its
-//! shard's subject, which finds the new owner. An operation whose message was not
-//! answered in time may have been served: the caller is told so, as on the shard's subject.
+//! shard's subject, which finds the new owner. A node's batch subject is answered in a
+//! queue group, so even two processes under one ordinal never both take a message (one
+//! answering "not mine" while the other served it). An operation whose message was not
+//! answered in time may have been served: the caller is told so, as on the shard's
+//! subject. What was still queued for that node when its message timed out, or waited
+//! past the time its owner was known to serve the shard, is not sent to it but on the
+//! shard's subject; an operation whose caller gave up is not sent at all.
 //!
 //! The framing is this module's own, little-endian. A request: the count (u16), then each
 //! operation's shard (u16), length (u32) and bytes (a request of the shard protocol, as
 //! on the shard's subject). A reply: the count, then each answer's tag (1 answered, 0 not
-//! served), how long its owner serves the shard (ms, u32), its length and bytes. An owner that cannot read a request answers an empty
+//! served, 2 served but its answer did not fit in the reply: the caller is told it may
+//! have landed), how long its owner serves the shard (ms, u32), its length and bytes. An owner that cannot read a request answers an empty
 //! payload: nothing was served. The framing's version is in the subject, so a node of
 //! another framing is no responder to this one, whose operations then go by their shards'
 //! subjects.
@@ -32,7 +38,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::RequestErrorKind;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -55,11 +61,23 @@ pub const MAX_ITEMS: usize = 64;
 /// far below NATS's payload limit, 1 MiB by default).
 pub const MAX_ITEM_BYTES: usize = 8 * 1024;
 
-/// Messages in flight to one node at once at most.
-pub const IN_FLIGHT: usize = 4;
+/// The longest an owner's word on serving a shard is taken for (a lease is far shorter).
+pub const MOST_TRUSTED: Duration = Duration::from_secs(120);
+
+/// Messages in flight to one node at once at most. One: what arrives while a message is
+/// out leaves together in the next (BENCHMARKS.md: at 3 nodes round-robin, 4 in flight
+/// carried 2.0 operations a message, 1 carried 5.2 and served a quarter more).
+pub const IN_FLIGHT: usize = 1;
 
 /// Operations queued for one node at most; a caller beyond waits for room.
 const QUEUED: usize = 1024;
+
+/// A reply's payload at most, below NATS's default limit (1 MiB): answers past it are
+/// tagged as not carried.
+const MAX_REPLY_BYTES: usize = 960 * 1024;
+
+/// The queue group every process answering a batch subject joins.
+pub const QUEUE_GROUP: &str = "stockline";
 
 /// The subject of node `ordinal`'s batches in `cluster` (framing 1).
 pub fn subject(cluster: &str, ordinal: u16) -> String {
@@ -74,16 +92,27 @@ pub(super) enum Outcome {
     /// Nothing happened: the node does not serve the shard (any more), or no node
     /// answers its subject. Send it on the shard's subject.
     NotServed,
-    /// Sent, not answered in time: it may have been served.
+    /// Sent, not answered in time, or served with an answer that did not come back: it
+    /// may have been served.
     TimedOut,
-    /// The messaging failed, or the reply could not be read.
+    /// The messaging failed, or the reply could not be read: it may have been served.
     Failed,
 }
 
 struct Pending {
     shard: Shard,
     payload: Bytes,
+    /// Until when its owner surely serves the shard: not sent to it later.
+    until: Instant,
+    /// How many of the node's messages had timed out when it was queued.
+    after_timeouts: u64,
     answer: oneshot::Sender<Outcome>,
+}
+
+/// What one node's sender and the callers queueing for it share.
+struct Queue {
+    queue: mpsc::Sender<Pending>,
+    timeouts: Arc<AtomicU64>,
 }
 
 /// The asking side: a queue and a sender per node.
@@ -91,8 +120,9 @@ pub(super) struct Batches {
     client: async_nats::Client,
     cluster: String,
     answer_within: Duration,
-    /// One per node asked so far (ordinals are at most 1023, so this is bounded).
-    queues: Mutex<HashMap<u16, mpsc::Sender<Pending>>>,
+    /// One per node asked so far (ordinals are at most 1023, so this is bounded); `None`
+    /// once closed: operations then go by their shards' subjects.
+    queues: Mutex<Option<HashMap<u16, Queue>>>,
     senders: TaskTracker,
     /// NATS messages sent with batches.
     pub(super) messages: Arc<AtomicU64>,
@@ -108,20 +138,30 @@ impl Batches {
             client,
             cluster,
             answer_within,
-            queues: Mutex::default(),
+            queues: Mutex::new(Some(HashMap::new())),
             senders: TaskTracker::new(),
             messages: Arc::default(),
         }
     }
 
-    /// Sends `payload` (an operation of `shard`'s) to node `node` with whatever else is
-    /// going there.
-    pub(super) async fn ask(&self, node: u16, shard: Shard, payload: Bytes) -> Outcome {
-        let queue = self.queue(node);
+    /// Sends `payload` (an operation of `shard`'s) to node `node`, which surely serves
+    /// the shard until `until`, with whatever else is going there.
+    pub(super) async fn ask(
+        &self,
+        node: u16,
+        shard: Shard,
+        payload: Bytes,
+        until: Instant,
+    ) -> Outcome {
+        let Some((queue, timeouts)) = self.queue(node) else {
+            return Outcome::NotServed;
+        };
         let (answer, answered) = oneshot::channel();
         let pending = Pending {
             shard,
             payload,
+            until,
+            after_timeouts: timeouts.load(Ordering::Relaxed),
             answer,
         };
         if queue.send(pending).await.is_err() {
@@ -132,32 +172,36 @@ impl Batches {
         answered.await.unwrap_or(Outcome::Failed)
     }
 
-    fn queue(&self, node: u16) -> mpsc::Sender<Pending> {
+    fn queue(&self, node: u16) -> Option<(mpsc::Sender<Pending>, Arc<AtomicU64>)> {
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(queue) = queues.get(&node) {
-            return queue.clone();
+        let queues = queues.as_mut()?;
+        if let Some(Queue { queue, timeouts }) = queues.get(&node) {
+            return Some((queue.clone(), timeouts.clone()));
         }
         let (queue, queued) = mpsc::channel(QUEUED);
+        let timeouts = Arc::new(AtomicU64::new(0));
         let sender = Sender {
             client: self.client.clone(),
             subject: subject(&self.cluster, node),
             answer_within: self.answer_within,
             messages: self.messages.clone(),
+            timeouts: timeouts.clone(),
         };
         self.senders.spawn(sender.run(queued));
-        queues.insert(node, queue.clone());
-        queue
+        let made = Queue {
+            queue: queue.clone(),
+            timeouts: timeouts.clone(),
+        };
+        queues.insert(node, made);
+        Some((queue, timeouts))
     }
 
-    /// Stops every sender once it has sent and answered what was queued.
+    /// Stops every sender once it has sent and answered what was queued; operations
+    /// asked after go by their shards' subjects.
     pub(super) async fn close(&self) {
-        self.queues
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.queues.lock().unwrap_or_else(|e| e.into_inner()).take();
         self.senders.close();
         self.senders.wait().await;
-        self.senders.reopen();
     }
 }
 
@@ -167,6 +211,8 @@ struct Sender {
     subject: String,
     answer_within: Duration,
     messages: Arc<AtomicU64>,
+    /// This node's messages that timed out so far.
+    timeouts: Arc<AtomicU64>,
 }
 
 impl Sender {
@@ -181,11 +227,18 @@ impl Sender {
             let Some(first) = queued.recv().await else {
                 break;
             };
-            let mut batch = vec![first];
-            while batch.len() < MAX_ITEMS
-                && let Ok(next) = queued.try_recv()
-            {
-                batch.push(next);
+            let mut batch = Vec::with_capacity(MAX_ITEMS);
+            let mut next = Some(first);
+            while let Some(pending) = next.take() {
+                if let Some(pending) = this.still_to_send(pending) {
+                    batch.push(pending);
+                }
+                if batch.len() < MAX_ITEMS {
+                    next = queued.try_recv().ok();
+                }
+            }
+            if batch.is_empty() {
+                continue;
             }
             let this = this.clone();
             sending.spawn(async move {
@@ -195,6 +248,22 @@ impl Sender {
         }
         sending.close();
         sending.wait().await;
+    }
+
+    /// `pending`, unless it is not to be sent to this node: its caller gave up (nothing
+    /// to do), or it was queued before one of the node's messages timed out, or its owner
+    /// is no longer known to serve the shard (to its shard's subject then).
+    fn still_to_send(&self, pending: Pending) -> Option<Pending> {
+        if pending.answer.is_closed() {
+            return None;
+        }
+        if pending.after_timeouts < self.timeouts.load(Ordering::Relaxed)
+            || pending.until <= Instant::now()
+        {
+            let _ = pending.answer.send(Outcome::NotServed);
+            return None;
+        }
+        Some(pending)
     }
 
     async fn send(&self, batch: Vec<Pending>) {
@@ -218,7 +287,10 @@ impl Sender {
             },
             Err(error) => match error.kind() {
                 RequestErrorKind::NoResponders => None,
-                RequestErrorKind::TimedOut => return answer_all(batch, || Outcome::TimedOut),
+                RequestErrorKind::TimedOut => {
+                    self.timeouts.fetch_add(1, Ordering::Relaxed);
+                    return answer_all(batch, || Outcome::TimedOut);
+                }
                 _ => {
                     tracing::warn!(%error, subject = %self.subject, "a batch over NATS failed");
                     return answer_all(batch, || Outcome::Failed);
@@ -230,8 +302,9 @@ impl Sender {
         };
         for (pending, answer) in batch.into_iter().zip(answers) {
             let _ = pending.answer.send(match answer {
-                Some((answer, owned_for)) => Outcome::Answered(answer, owned_for),
-                None => Outcome::NotServed,
+                Carried::Answered(answer, owned_for) => Outcome::Answered(answer, owned_for),
+                Carried::NotServed => Outcome::NotServed,
+                Carried::Dropped => Outcome::TimedOut,
             });
         }
     }
@@ -282,23 +355,41 @@ pub(super) struct Answer {
 }
 
 /// A batch's reply payload: each answer in the request's order, `None` for not served.
+/// Answers that would take the reply past [`MAX_REPLY_BYTES`] are tagged as served but
+/// not carried.
 pub(super) fn encode_reply(answers: &[Option<Answer>]) -> Bytes {
-    let size = 2 + answers
-        .iter()
-        .map(|a| 9 + a.as_ref().map_or(0, |a| a.reply.len()))
-        .sum::<usize>();
-    let mut bytes = BytesMut::with_capacity(size);
+    encode_reply_within(answers, MAX_REPLY_BYTES)
+}
+
+fn encode_reply_within(answers: &[Option<Answer>], most: usize) -> Bytes {
+    const HEAD: usize = 9;
+    let mut left = most.saturating_sub(2 + HEAD * answers.len());
+    let mut bytes = BytesMut::with_capacity(most.min(64 * 1024));
     bytes.put_u16_le(answers.len() as u16);
     for answer in answers {
-        bytes.put_u8(u8::from(answer.is_some()));
-        let (owned_for, reply) = answer
-            .as_ref()
-            .map_or((0, &[][..]), |a| (millis(a.owned_for), &a.reply[..]));
+        let (tag, owned_for, reply) = match answer {
+            None => (0, 0, &[][..]),
+            Some(a) if a.reply.len() <= left => {
+                left -= a.reply.len();
+                (1, millis(a.owned_for), &a.reply[..])
+            }
+            Some(_) => (2, 0, &[][..]),
+        };
+        bytes.put_u8(tag);
         bytes.put_u32_le(owned_for);
         bytes.put_u32_le(reply.len() as u32);
         bytes.put_slice(reply);
     }
     bytes.freeze()
+}
+
+/// An answer as a reply carried it.
+#[derive(Debug, PartialEq, Eq)]
+enum Carried {
+    Answered(Bytes, Duration),
+    NotServed,
+    /// Served, its answer too large to carry.
+    Dropped,
 }
 
 /// `duration` in whole milliseconds, as the framing and the [`OWNER_FOR`] header carry it.
@@ -308,7 +399,7 @@ pub(super) fn millis(duration: Duration) -> u32 {
 
 /// The answers a reply carries for a request of `expected` operations (each with how
 /// long its owner serves the shard), or `None` if it is not such a reply.
-fn decode_reply(mut payload: Bytes, expected: usize) -> Option<Vec<Option<(Bytes, Duration)>>> {
+fn decode_reply(mut payload: Bytes, expected: usize) -> Option<Vec<Carried>> {
     if usize::from(take_u16(&mut payload)?) != expected {
         return None;
     }
@@ -317,14 +408,15 @@ fn decode_reply(mut payload: Bytes, expected: usize) -> Option<Vec<Option<(Bytes
         if payload.remaining() < 5 {
             return None;
         }
-        let answered = match payload.get_u8() {
-            0 => false,
-            1 => true,
-            _ => return None,
-        };
+        let tag = payload.get_u8();
         let owned_for = Duration::from_millis(u64::from(payload.get_u32_le()));
         let answer = take_bytes(&mut payload)?;
-        answers.push(answered.then_some((answer, owned_for)));
+        answers.push(match tag {
+            0 => Carried::NotServed,
+            1 => Carried::Answered(answer, owned_for),
+            2 => Carried::Dropped,
+            _ => return None,
+        });
     }
     payload.is_empty().then_some(answers)
 }
@@ -361,11 +453,31 @@ mod tests {
         assert_eq!(
             decode_reply(reply, 3).unwrap(),
             vec![
-                Some((Bytes::from_static(b"yes"), Duration::from_millis(2500))),
-                None,
-                Some((Bytes::new(), Duration::ZERO))
+                Carried::Answered(Bytes::from_static(b"yes"), Duration::from_millis(2500)),
+                Carried::NotServed,
+                Carried::Answered(Bytes::new(), Duration::ZERO)
             ]
         );
+    }
+
+    #[test]
+    fn answers_past_the_reply_s_room_are_said_served_not_carried() {
+        let answer = |len| {
+            Some(Answer {
+                reply: vec![7; len],
+                owned_for: Duration::from_secs(1),
+            })
+        };
+        let answers = [answer(400), None, answer(400), answer(100)];
+        // Room for the heads and 500 bytes of answers: the second 400 does not fit, the
+        // 100 after it does.
+        let reply = encode_reply_within(&answers, 2 + 9 * 4 + 500);
+        assert!(reply.len() <= 2 + 9 * 4 + 500);
+        let carried = decode_reply(reply, 4).unwrap();
+        assert!(matches!(&carried[0], Carried::Answered(b, _) if b.len() == 400));
+        assert_eq!(carried[1], Carried::NotServed);
+        assert_eq!(carried[2], Carried::Dropped);
+        assert!(matches!(&carried[3], Carried::Answered(b, _) if b.len() == 100));
     }
 
     #[test]

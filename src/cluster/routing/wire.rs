@@ -12,6 +12,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use super::NOT_OWNER;
 use super::batch::{self, Answer, OWNER, OWNER_FOR};
 use super::protocol::Operations;
+use crate::cluster::ordinal::MAX_ORDINAL;
 use crate::cluster::shard::Shard;
 
 /// Whether an answer says its node does not serve the shard (any more).
@@ -26,9 +27,14 @@ pub(super) fn is_not_owner(answer: &async_nats::Message) -> bool {
 /// operations, and for how long.
 pub(super) fn owner_of(answer: &async_nats::Message) -> Option<(u16, Duration)> {
     let headers = answer.headers.as_ref()?;
-    let node = headers.get(OWNER)?.as_str().parse().ok()?;
-    let owned_for = headers.get(OWNER_FOR)?.as_str().parse().ok()?;
-    Some((node, Duration::from_millis(owned_for)))
+    let node: u16 = headers.get(OWNER)?.as_str().parse().ok()?;
+    let owned_for: u64 = headers.get(OWNER_FOR)?.as_str().parse().ok()?;
+    (1..=MAX_ORDINAL).contains(&node).then(|| {
+        (
+            node,
+            Duration::from_millis(owned_for).min(batch::MOST_TRUSTED),
+        )
+    })
 }
 
 /// Serves a typed operation for `shard` and replies with its answer, naming this node
@@ -75,8 +81,9 @@ pub(super) async fn operate(
 /// Serves a batch ([`batch`]): each operation whose shard `admit` takes (this node answers
 /// the shard, and counts the operation among its requests until answered), all at once,
 /// and replies with every answer together; an operation not admitted, or that the service
-/// does not serve, is answered "not served". A request that is not a batch of this
-/// framing is answered with nothing: none of it was served.
+/// does not serve, is answered "not served". Each counts among its shard's requests until
+/// the reply is sent. A request that is not a batch of this framing is answered with
+/// nothing: none of it was served.
 pub(super) async fn operate_batch(
     client: async_nats::Client,
     operations: Option<Arc<dyn Operations>>,
@@ -86,21 +93,26 @@ pub(super) async fn operate_batch(
     let Some(reply) = message.reply.clone() else {
         return;
     };
+    let mut taken = Vec::new();
     let answer = match batch::decode_request(message.payload) {
         Some(items) => {
             let served = items.into_iter().map(|(shard, payload)| {
-                let taken = admit(shard);
+                let token = admit(shard);
                 let operations = operations.clone();
                 async move {
-                    let (Some(_taken), Some(operations)) = (taken, operations) else {
-                        return None;
+                    let (Some(token), Some(operations)) = (token, operations) else {
+                        return (None, None);
                     };
-                    let reply = operations.serve(shard, payload).await?;
+                    let Some(reply) = operations.serve(shard, payload).await else {
+                        return (None, Some(token));
+                    };
                     let owned_for = operations.serving_for(shard).unwrap_or_default();
-                    Some(Answer { reply, owned_for })
+                    (Some(Answer { reply, owned_for }), Some(token))
                 }
             });
-            batch::encode_reply(&join_all(served).await)
+            let (answers, tokens): (Vec<_>, Vec<_>) = join_all(served).await.into_iter().unzip();
+            taken = tokens;
+            batch::encode_reply(&answers)
         }
         None => {
             tracing::warn!(subject = %message.subject, "a batch of another framing was refused");
@@ -110,4 +122,6 @@ pub(super) async fn operate_batch(
     if let Err(error) = client.publish(reply, answer).await {
         tracing::warn!(%error, "the answer to a batch was not sent");
     }
+    // Published (into the connection's buffer): the shard's requests are answered.
+    drop(taken);
 }
