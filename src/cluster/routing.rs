@@ -139,33 +139,20 @@ impl Routes {
             return Ok(());
         }
         self.answer_batches().await?;
-        let mut subscriber = self.client.subscribe(self.subject(shard)).await?;
+        let subscriber = self.client.subscribe(self.subject(shard)).await?;
         // The server has the subscription once it has answered a round trip after it.
         let _ = self.client.flush().await;
         let stop = CancellationToken::new();
         let client = self.client.clone();
         let operations = self.operations.get().cloned();
-        let stopped = stop.clone();
         let in_flight = TaskTracker::new();
-        let taken = in_flight.clone();
         let node = self.settings.node;
-        let task = tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    message = subscriber.next() => match message {
-                        Some(message) => {
-                            let operations = operations.clone();
-                            taken.spawn(operate(client.clone(), operations, node, shard, message));
-                        }
-                        None => break,
-                    },
-                    _ = stopped.cancelled() => break,
-                }
-            }
-            let _ = subscriber.unsubscribe().await;
-            taken.close();
-            taken.wait().await;
-        });
+        let task = listen(
+            subscriber,
+            stop.clone(),
+            in_flight.clone(),
+            move |message| operate(client.clone(), operations.clone(), node, shard, message),
+        );
         let subscription = Subscription {
             stop,
             task,
@@ -185,42 +172,31 @@ impl Routes {
             return Ok(());
         }
         let subject = batch::subject(&self.settings.cluster, self.settings.node);
-        let mut subscriber = self
+        let subscriber = self
             .client
             .queue_subscribe(subject, batch::QUEUE_GROUP.to_owned())
             .await?;
         let stop = CancellationToken::new();
-        let stopped = stop.clone();
         let client = self.client.clone();
         let operations = self.operations.get().cloned();
         let subscriptions = self.subscriptions.clone();
-        let task = tokio::spawn(async move {
-            let in_flight = TaskTracker::new();
-            loop {
-                tokio::select! {
-                    message = subscriber.next() => match message {
-                        Some(message) => {
-                            let subscriptions = subscriptions.clone();
-                            // Taken as one of the shard's requests while it is answered.
-                            let admit = move |shard| {
-                                subscriptions
-                                    .lock()
-                                    .unwrap_or_else(|e| e.into_inner())
-                                    .get(&shard)
-                                    .map(|s: &Subscription| s.in_flight.token())
-                            };
-                            let operations = operations.clone();
-                            in_flight.spawn(operate_batch(client.clone(), operations, admit, message));
-                        }
-                        None => break,
-                    },
-                    _ = stopped.cancelled() => break,
-                }
-            }
-            let _ = subscriber.unsubscribe().await;
-            in_flight.close();
-            in_flight.wait().await;
-        });
+        let task = listen(
+            subscriber,
+            stop.clone(),
+            TaskTracker::new(),
+            move |message| {
+                let subscriptions = subscriptions.clone();
+                // Taken as one of the shard's requests while it is answered.
+                let admit = move |shard| {
+                    subscriptions
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&shard)
+                        .map(|s: &Subscription| s.in_flight.token())
+                };
+                operate_batch(client.clone(), operations.clone(), admit, message)
+            },
+        );
         let previous = self.batches_lock().replace((stop, task));
         if let Some((previous, _)) = previous {
             previous.cancel();
@@ -389,6 +365,35 @@ impl Routes {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Shard, Subscription>> {
         self.subscriptions.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Answers what `subscriber` brings, each message in a task of `in_flight`, until `stop`;
+/// then unsubscribes and returns once every message taken is answered.
+fn listen<F>(
+    mut subscriber: async_nats::Subscriber,
+    stop: CancellationToken,
+    in_flight: TaskTracker,
+    answer: impl Fn(async_nats::Message) -> F + Send + 'static,
+) -> JoinHandle<()>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                message = subscriber.next() => match message {
+                    Some(message) => {
+                        in_flight.spawn(answer(message));
+                    }
+                    None => break,
+                },
+                _ = stop.cancelled() => break,
+            }
+        }
+        let _ = subscriber.unsubscribe().await;
+        in_flight.close();
+        in_flight.wait().await;
+    })
 }
 
 /// Why a request did not reach an owner that answered it. Each is a 503 to the client:
