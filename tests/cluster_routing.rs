@@ -217,6 +217,37 @@ async fn stopping_answers_what_was_taken_first_and_then_the_shard_has_no_respond
     assert!(matches!(ask(&b, 6, 1).await, Err(Unreached::NoOwner(6))));
 }
 
+/// `serve` and `stop` return once the NATS server has the subscription made or ended: a
+/// node that asks at once is answered on its first message, and after the owner stopped
+/// whole, its batch subject has no responder at once (nothing sent there is dropped).
+#[tokio::test]
+async fn a_shard_served_or_left_is_so_for_every_node_the_moment_it_returns() {
+    let name = cluster();
+    let b = routes(&name, Duration::from_millis(100)).await;
+    for round in 0..40u16 {
+        let a = routes(&name, Duration::from_secs(2)).await;
+        let shard = 100 + round;
+        a.operate_with(node("a", &[shard]));
+        a.serve(shard).await.unwrap();
+        let (asked, messages) = b.hop_counts();
+        assert_eq!(ask(&b, shard, 1).await.unwrap().0, "a");
+        assert_eq!(
+            b.hop_counts(),
+            (asked + 1, messages + 1),
+            "round {round}: the first ask found no responder and was sent again"
+        );
+        a.stop_all().await;
+        // b still holds a's word: the batch finds no responder and the shard's subject
+        // none either, at once rather than after a timeout.
+        let refused = tokio::time::timeout(Duration::from_secs(2), ask(&b, shard, 2)).await;
+        assert!(
+            matches!(refused, Ok(Err(Unreached::NoOwner(s))) if s == shard),
+            "round {round}: {refused:?}"
+        );
+    }
+    b.stop_all().await;
+}
+
 #[tokio::test]
 async fn two_clusters_on_one_nats_never_see_each_other() {
     let (one, two) = (cluster(), cluster());

@@ -140,8 +140,7 @@ impl Routes {
         }
         self.answer_batches().await?;
         let subscriber = self.client.subscribe(self.subject(shard)).await?;
-        // The server has the subscription once it has answered a round trip after it.
-        let _ = self.client.flush().await;
+        self.settle().await;
         let stop = CancellationToken::new();
         let client = self.client.clone();
         let operations = self.operations.get().cloned();
@@ -211,7 +210,18 @@ impl Routes {
         if let Some(Subscription { stop, task, .. }) = subscription {
             stop.cancel();
             let _ = task.await;
+            self.settle().await;
         }
+    }
+
+    /// Returns once the NATS server has read everything this node sent before, so that a
+    /// subscription made or ended is in force for every other node. `flush` only writes
+    /// the socket; a request nobody answers comes back ("no responders") only after the
+    /// server read what came before it on the connection.
+    async fn settle(&self) {
+        let subject = format!("stockline.{}.settle", self.settings.cluster);
+        let request = async_nats::Request::new().timeout(Some(self.settings.answer_within));
+        let _ = self.client.send_request(subject, request).await;
     }
 
     /// Stops answering every shard and the batch subject (a node that leaves, or lost
@@ -224,6 +234,7 @@ impl Routes {
         if let Some((stop, task)) = answered {
             stop.cancel();
             let _ = task.await;
+            self.settle().await;
         }
         self.batches.close().await;
     }
@@ -391,6 +402,10 @@ where
             }
         }
         let _ = subscriber.unsubscribe().await;
+        // What came before the unsubscribing is answered too, not left to time out.
+        while let Some(message) = subscriber.next().await {
+            in_flight.spawn(answer(message));
+        }
         in_flight.close();
         in_flight.wait().await;
     })
