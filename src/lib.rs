@@ -23,6 +23,7 @@
 //! - [`orders`]: open orders in memory, each behind its own lock; expiry with the
 //!   reservation.
 //! - [`telemetry`]: logging set-up, request metrics and the console's last minute.
+//! - [`background`]: the server's background tasks, stopped and waited for at shutdown.
 //!
 //! # The flow of a request
 //! axum routes it to a handler of [`http`], which parses the body into the core's types
@@ -32,6 +33,7 @@
 //! and error body of API.md.
 
 pub mod auth;
+pub mod background;
 pub mod carts;
 pub mod catalog;
 pub mod cluster;

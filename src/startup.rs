@@ -14,9 +14,10 @@
 //! only the warehouses, each shard's live state coming with its claim; load auth and the
 //! catalog; start the lease loop; then serve. At shutdown: stop accepting and finish
 //! requests in flight, (in cluster mode) hand every shard over and leave, drain every
-//! line's mailbox, then cancel the one shutdown token every background task listens to
-//! (sweeper, order-expiry watcher, flusher), and wait for the flusher to write everything
-//! left.
+//! line's mailbox, then stop every background task ([`Background`]: the sweepers, the
+//! order-expiry watchers, the saga recovery, the cluster's listener, the events' tasks)
+//! and wait until each has ended, and only then tell the flusher to write everything
+//! left and wait for it.
 
 use std::future::Future;
 use std::io;
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::limiter::AuthLimiter;
 use crate::auth::{Auth, Role, password};
+use crate::background::Background;
 use crate::catalog::Catalog;
 use crate::cluster::{Cluster, shard_of};
 use crate::config::{Config, Durability};
@@ -51,14 +53,17 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 const CARTS_SWEEP_EVERY: Duration = Duration::from_secs(2);
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
+/// How long shutdown waits for the background tasks to end before it flushes anyway.
+const BACKGROUND_GRACE: Duration = Duration::from_secs(10);
+
 /// A server that has recovered and is bound, ready to run.
 pub struct Application {
     listener: TcpListener,
     state: AppState,
     flusher: Flusher,
-    /// Cancelled once HTTP has stopped and the lines are drained: every background task
-    /// ends on it.
-    background: CancellationToken,
+    /// Stopped once HTTP has stopped and the lines are drained, and waited for before the
+    /// flusher's last batch.
+    background: Background,
     /// This server's claim on the database (`store::hold_database`), let go at the end.
     held: sqlx::PgConnection,
 }
@@ -142,7 +147,7 @@ impl Application {
             },
             pipelined: config.flush_pipeline,
         };
-        let background = CancellationToken::new();
+        let background = Background::new();
         let hub = crate::events::Events::hub(&db, &config)
             .await
             .map_err(io::Error::other)?;
@@ -158,7 +163,7 @@ impl Application {
             pacing,
             config.events.then(|| hub.clone()),
             cluster.as_ref().map(|cluster| cluster.member.clone()),
-            background.clone(),
+            CancellationToken::new(),
         );
         // Before restoring, so that reservations expired while down reach their orders too.
         let (expired_tx, expired) = tokio::sync::mpsc::unbounded_channel();
@@ -206,7 +211,7 @@ impl Application {
         if cluster.is_none() {
             orders.reconcile(&core).await;
         }
-        orders.clone().watch_expiry(expired, background.clone());
+        orders.clone().watch_expiry(expired, &background);
         let auth_rate = config.auth_rate_per_minute;
         let metrics = Arc::new(http::metrics_recorder());
         let (flush_durations, durable_waits) = metrics::with_local_recorder(&*metrics, || {
@@ -248,9 +253,9 @@ impl Application {
         });
         if let Some(cluster) = &cluster {
             cluster.routes.operate_with(crate::inventory::owner(&state));
-            http::listen_to_cluster(state.clone(), background.clone());
-            crate::inventory::saga::finish_decided(state.clone(), background.clone());
-            crate::inventory::orders::expire_overdue(state.clone(), background.clone());
+            http::listen_to_cluster(state.clone(), &background);
+            crate::inventory::saga::finish_decided(state.clone(), &background);
+            crate::inventory::orders::expire_overdue(state.clone(), &background);
             cluster.start(ClusterNode {
                 core: state.core.clone(),
                 routes: cluster.routes.clone(),
@@ -261,16 +266,14 @@ impl Application {
             });
         }
         let swept = state.clone();
-        every(SWEEP_EVERY, background.clone(), move || swept.sweep());
+        background.every(SWEEP_EVERY, move || swept.sweep());
         // Closed carts leave memory once durable: swept often, they stay few however fast
         // carts are checked out or deleted.
-        every(CARTS_SWEEP_EVERY, background.clone(), move || carts.sweep());
+        background.every(CARTS_SWEEP_EVERY, move || carts.sweep());
         // Histogram samples wait in a buffer until folded into their buckets: folded every
         // few seconds, whether anyone scrapes or not, they take bounded memory.
         let metrics = state.metrics.handle();
-        every(UPKEEP_EVERY, background.clone(), move || {
-            metrics.run_upkeep()
-        });
+        background.every(UPKEEP_EVERY, move || metrics.run_upkeep());
         Ok(Self {
             listener,
             state,
@@ -308,7 +311,15 @@ impl Application {
             cluster.leave().await;
         }
         state.core.shutdown().await;
-        background.cancel();
+        // What a background task still writes (an order it expires) is in the last batch.
+        let running = background.stop(BACKGROUND_GRACE).await;
+        match running {
+            0 => tracing::info!("every background task ended"),
+            running => tracing::warn!(
+                running,
+                "background tasks still running after the grace; flushing without them"
+            ),
+        }
         let finished = flusher.finish().await;
         let _ = sqlx::Connection::close(held).await;
         if !finished {
@@ -357,20 +368,6 @@ fn connection_limits(config: &Config) -> Limits {
             .map(|n| n as usize)
             .unwrap_or_else(http::serve::default_max_connections),
     }
-}
-
-/// Sweeps the state's growing maps every `period` until `stop`.
-/// Runs `work` every `period` until `stop`.
-fn every(period: Duration, stop: CancellationToken, work: impl Fn() + Send + 'static) {
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(period);
-        loop {
-            tokio::select! {
-                _ = every.tick() => work(),
-                _ = stop.cancelled() => return,
-            }
-        }
-    });
 }
 
 /// Creates the admin of `STOCKLINE_ADMIN_EMAIL`/`_PASSWORD` if no user has that email.

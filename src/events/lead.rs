@@ -13,12 +13,12 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use sqlx::{Connection, PgConnection, PgPool};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::hub::EventHub;
 use super::nats;
 use super::webhooks::Webhooks;
+use crate::background::Background;
 
 /// The session lock the leader holds.
 const LEADING: i64 = 0x5354_4b4c_4c45_4144;
@@ -36,9 +36,11 @@ pub struct Lead {
 }
 
 impl Lead {
-    /// Competes for the lead until `stop`; leads while it holds the lock.
-    pub fn spawn(self, stop: CancellationToken) -> JoinHandle<()> {
-        tokio::spawn(async move {
+    /// Competes for the lead until the server stops; leads while it holds the lock. What
+    /// it starts while leading ends before it does.
+    pub fn spawn(self, background: &Background) {
+        let stop = background.stopping();
+        background.spawn(async move {
             loop {
                 if let Some(held) = self.take().await {
                     self.lead(held, &stop).await;
@@ -48,7 +50,7 @@ impl Lead {
                     _ = stop.cancelled() => return,
                 }
             }
-        })
+        });
     }
 
     /// The lock, on a connection of its own, if no other node holds it.
@@ -94,13 +96,13 @@ impl Lead {
         }
         let sequencer = super::sequence::sequencer(self.db.clone(), &self.hub, leading.clone());
         let publisher = self.nats.as_ref().map(|(url, published)| {
-            nats::spawn(
+            tokio::spawn(nats::publish_until(
                 self.db.clone(),
                 url.clone(),
                 self.hub.clone(),
                 published.clone(),
                 leading.clone(),
-            )
+            ))
         });
         loop {
             tokio::select! {

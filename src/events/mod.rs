@@ -34,6 +34,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::background::Background;
 use crate::config::Config;
 use hub::EventHub;
 use webhooks::Webhooks;
@@ -86,12 +87,13 @@ impl Events {
     }
 
     /// Starts the readers of the outbox (webhooks, NATS) and the pruning, and in a cluster
-    /// the tail and the competition for the lead (whose node sequences); all end on `stop`.
+    /// the tail and the competition for the lead (whose node sequences); all are tasks of
+    /// `background`.
     pub async fn start(
         db: &PgPool,
         config: &Config,
         hub: Arc<EventHub>,
-        stop: &CancellationToken,
+        background: &Background,
     ) -> Result<Self, sqlx::Error> {
         let in_cluster = config.cluster_nats_url.is_some();
         let policy = webhooks::Policy {
@@ -105,28 +107,35 @@ impl Events {
             hub.clone(),
             policy,
             targets,
-            stop.clone(),
+            background.clone(),
             in_cluster,
         )
         .await?;
         let retention = Duration::from_secs(config.event_retention_hours * 3600);
-        retention::spawn(db.clone(), retention, stop.clone());
+        retention::spawn(db.clone(), retention, background);
         let nats_published = Arc::new(AtomicU64::new(0));
         let nats = match (config.events, &config.nats_url) {
             (true, Some(url)) => Some((url.clone(), nats_published.clone())),
             _ => None,
         };
         if in_cluster {
-            sequence::tail(db.clone(), hub.clone(), webhooks.clone(), stop.clone());
+            sequence::tail(db.clone(), hub.clone(), webhooks.clone(), background);
             lead::Lead {
                 db: db.clone(),
                 hub: hub.clone(),
                 webhooks: webhooks.clone(),
                 nats,
             }
-            .spawn(stop.clone());
+            .spawn(background);
         } else if let Some((url, published)) = nats {
-            nats::spawn(db.clone(), url, hub.clone(), published, stop.clone());
+            let stop = background.stopping();
+            background.spawn(nats::publish_until(
+                db.clone(),
+                url,
+                hub.clone(),
+                published,
+                stop,
+            ));
         }
         Ok(Self {
             enabled: config.events,

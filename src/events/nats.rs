@@ -21,20 +21,18 @@ use super::read::{self, Filter};
 const PAGE: i64 = 1_000;
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Starts publishing to `url` until `stop`.
-pub fn spawn(
+/// Publishes to `url` until `stop`.
+pub async fn publish_until(
     db: PgPool,
     url: String,
     hub: Arc<EventHub>,
     published: Arc<AtomicU64>,
     stop: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = run(db, url, hub, published) => {}
-            _ = stop.cancelled() => {}
-        }
-    })
+) {
+    tokio::select! {
+        _ = run(db, url, hub, published) => {}
+        _ = stop.cancelled() => {}
+    }
 }
 
 async fn run(db: PgPool, url: String, hub: Arc<EventHub>, published: Arc<AtomicU64>) {

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
+
+use crate::background::Background;
 
 const EVERY: Duration = Duration::from_secs(600);
 const CHUNK: i64 = 10_000;
@@ -42,9 +43,10 @@ pub async fn prune(db: &PgPool, retention: Duration) -> Result<u64, sqlx::Error>
     Ok(events)
 }
 
-/// Prunes now and then every few minutes until `stop`.
-pub fn spawn(db: PgPool, retention: Duration, stop: CancellationToken) {
-    tokio::spawn(async move {
+/// Prunes now and then every few minutes until the server stops.
+pub fn spawn(db: PgPool, retention: Duration, background: &Background) {
+    let stop = background.stopping();
+    background.spawn(async move {
         let mut every = tokio::time::interval(EVERY);
         loop {
             tokio::select! {

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::hub::EventHub;
 use super::read::{self, Filter};
 use super::webhooks::Webhooks;
+use crate::background::Background;
 
 /// The advisory lock every sequencing transaction takes first.
 const SEQUENCING: i64 = 0x5354_4b4c_4e45_5631;
@@ -133,18 +134,14 @@ pub fn sequencer(db: PgPool, hub: &EventHub, stop: CancellationToken) -> Option<
 
 /// Runs this node's tail until `stop`: events numbered by any node's sequencer go to
 /// `hub`, and webhook commands to `webhooks`.
-pub fn tail(
-    db: PgPool,
-    hub: Arc<EventHub>,
-    webhooks: Arc<Webhooks>,
-    stop: CancellationToken,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
+pub fn tail(db: PgPool, hub: Arc<EventHub>, webhooks: Arc<Webhooks>, background: &Background) {
+    let stop = background.stopping();
+    background.spawn(async move {
         tokio::select! {
             _ = follow(&db, &hub, &webhooks) => {}
             _ = stop.cancelled() => {}
         }
-    })
+    });
 }
 
 async fn follow(db: &PgPool, hub: &EventHub, webhooks: &Webhooks) {

@@ -28,7 +28,6 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -38,6 +37,7 @@ use super::caller::Caller;
 use super::extract::Json;
 use super::openapi::ErrorBody;
 use crate::auth::Role;
+use crate::background::Background;
 use crate::cluster::SHARDS;
 use crate::cluster::reference::{self, Change};
 use crate::cluster::route::{Route, route_of};
@@ -139,12 +139,13 @@ fn named(path: &str, body: &[u8]) -> (Vec<i64>, Vec<i64>) {
     (products, warehouses)
 }
 
-/// Applies what the other nodes announce, until `stop`.
-pub fn listen(state: AppState, stop: CancellationToken) {
+/// Applies what the other nodes announce, until the server stops.
+pub fn listen(state: AppState, background: &Background) {
     let Some(cluster) = state.cluster.clone() else {
         return;
     };
-    tokio::spawn(async move {
+    let stop = background.stopping();
+    background.spawn(async move {
         let mut changes = match cluster
             .nats
             .subscribe(reference::subject(&cluster.name))

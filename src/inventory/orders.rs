@@ -24,10 +24,10 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use stockline_actors::{CoreError, LineKey, ReservationId, ReservationStatus};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::quantity_of;
+use crate::background::Background;
 use crate::cluster::saga::keyed_order_id;
 use crate::cluster::{Shard, order_shard, shard_of};
 use crate::error::{AppError, Result};
@@ -362,11 +362,12 @@ pub(super) async fn return_here(
 /// How often this node looks for unpaid orders past their expiry (cluster mode).
 const OVERDUE_EVERY: Duration = Duration::from_secs(1);
 
-/// Until `stop`, expires this node's unpaid orders past their expiry whose reservation
-/// another node holds (their reservation is released first; one this node's core holds
-/// expires with it as in a single process).
-pub fn expire_overdue(state: AppState, stop: CancellationToken) {
-    tokio::spawn(async move {
+/// Until the server stops, expires this node's unpaid orders past their expiry whose
+/// reservation another node holds (their reservation is released first; one this node's
+/// core holds expires with it as in a single process).
+pub fn expire_overdue(state: AppState, background: &Background) {
+    let stop = background.stopping();
+    background.spawn(async move {
         let mut tick = tokio::time::interval(OVERDUE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

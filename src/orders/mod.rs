@@ -24,6 +24,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use stockline_actors::{Home, Lsn, Reservation, ReservationId, ReservationStatus};
 
+use crate::background::Background;
 use crate::cluster::saga::SagaPart;
 use crate::cluster::{Shard, order_shard, shard_of};
 
@@ -32,7 +33,6 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use stockline_actors::Core;
-use tokio_util::sync::CancellationToken;
 
 /// The open orders, as SQL.
 const OPEN: &str = "status IN ('pending_payment', 'paid', 'shipped')";
@@ -360,13 +360,15 @@ impl Orders {
         }
     }
 
-    /// Expires the unpaid order of every reservation the core expires, until `stop`.
+    /// Expires the unpaid order of every reservation the core expires, until the server
+    /// stops.
     pub fn watch_expiry(
         self: Arc<Self>,
         mut expired: tokio::sync::mpsc::UnboundedReceiver<Reservation>,
-        stop: CancellationToken,
+        background: &Background,
     ) {
-        tokio::spawn(async move {
+        let stop = background.stopping();
+        background.spawn(async move {
             loop {
                 let reservation = tokio::select! {
                     received = expired.recv() => match received {

@@ -32,6 +32,7 @@ use uuid::Uuid;
 use super::EventType;
 use super::hub::EventHub;
 use super::sequence::WEBHOOK_COMMANDS;
+use crate::background::Background;
 pub use store::{
     Delivery, Retried, Subscription, deliveries, get, insert, list, remove, retry_failed,
 };
@@ -74,18 +75,21 @@ pub struct Webhooks {
     running: Mutex<HashMap<Uuid, Running>>,
     /// While this node delivers: what its dispatchers stop on.
     leading: Mutex<Option<CancellationToken>>,
+    /// Where the dispatchers run: the server waits for them at shutdown.
+    background: Background,
     in_cluster: bool,
 }
 
 impl Webhooks {
     /// Ready to deliver; a single process starts a dispatcher for every stored
-    /// subscription at once (all end on `stop`), a cluster node only once it leads.
+    /// subscription at once (all end when the server stops), a cluster node only once it
+    /// leads.
     pub async fn start(
         db: PgPool,
         hub: Arc<EventHub>,
         policy: Policy,
         targets: Targets,
-        stop: CancellationToken,
+        background: Background,
         in_cluster: bool,
     ) -> Result<Arc<Self>, sqlx::Error> {
         let client = targets
@@ -99,10 +103,11 @@ impl Webhooks {
             policy,
             running: Mutex::default(),
             leading: Mutex::default(),
+            background,
             in_cluster,
         });
         if !in_cluster {
-            webhooks.lead(stop).await?;
+            webhooks.lead(webhooks.background.stopping()).await?;
         }
         Ok(webhooks)
     }
@@ -171,7 +176,7 @@ impl Webhooks {
             subscription,
             self.hub.newest(),
         );
-        tokio::spawn(worker.run(received, stop.clone()));
+        self.background.spawn(worker.run(received, stop.clone()));
         running.insert(id, Running { stop, commands });
     }
 

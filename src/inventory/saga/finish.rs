@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use stockline_actors::{CoreError, Reservation, ReservationId, ReservationStatus};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::record::{Saga, SagaStatus, mark};
+use crate::background::Background;
 use crate::cluster::Cluster;
 use crate::cluster::saga::{Outcome, status_of};
 use crate::error::Result;
@@ -60,12 +60,13 @@ pub async fn fold(db: &PgPool, pending: Vec<Reservation>) -> Result<Vec<Reservat
 /// `releasing` for more than a lease, and records the whole done once no part is
 /// pending. Pending ones a minute past their expiry (their parts expired by themselves)
 /// are recorded expired.
-pub fn finish_decided(state: AppState, stop: CancellationToken) {
+pub fn finish_decided(state: AppState, background: &Background) {
     let Some(cluster) = state.cluster.clone() else {
         return;
     };
     let lease = state.config.shard_lease();
-    tokio::spawn(async move {
+    let stop = background.stopping();
+    background.spawn(async move {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(lease) => {}
