@@ -53,7 +53,7 @@ curl -sf "$base/api/v1/stock/adjustments" -H "authorization: Bearer $token" -H '
 # Logging out would revoke the token the run signs in with, and demoting users could demote
 # the admin: both are left out (the suite tests them). So is the event stream, which never
 # ends, and creating webhooks, whose generated URLs the dispatcher would then call: this
-# run sends nothing off the machine (tests/webhooks.rs covers both with a local receiver).
+# run sends nothing off the machine (tests/suite/webhooks.rs covers both with a local receiver).
 "$venv/bin/st" run "$base/openapi.json" \
   --header "Authorization: Bearer $token" \
   --checks not_a_server_error,status_code_conformance \

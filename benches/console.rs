@@ -5,7 +5,7 @@
 //!
 //! Run: `cargo bench --bench console` (`-- --rounds N`).
 
-#[path = "../tests/common/browser.rs"]
+#[path = "../tests/suite/common/browser.rs"]
 mod browser;
 
 use std::time::{Duration, Instant};

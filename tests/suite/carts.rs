@@ -1,0 +1,520 @@
+//! Carts over HTTP: the life cycle, held carts racing for the last units, checkout racing a
+//! direct order, and a hold that runs out while the server is down.
+
+use crate::common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::carts::{cart, put_item, quantities};
+use common::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn a_cart_is_filled_priced_when_filled_checked_out_and_then_closed() {
+    let app = TestApp::spawn().await;
+    let (p1, warehouse) = app.stocked_product(10).await;
+    let p2 = app.product("Q", 250).await;
+    app.stock(warehouse, p2, 1).await;
+    let (_, jo) = app.customer("jo@example.com").await;
+    let (_, al) = app.customer("al@example.com").await;
+    let id = cart(&app, &jo, json!({})).await;
+
+    let (status, body) = put_item(&app, &jo, &id, p1, 3).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    put_item(&app, &jo, &id, p2, 1).await;
+    // The price is the one when the item was put in; a later change does not reach it.
+    app.send(
+        reqwest::Method::PATCH,
+        &format!("/products/{p1}"),
+        Some(&app.admin),
+        Some(json!({ "price_cents": 999 })),
+    )
+    .await;
+    let (_, body) = put_item(&app, &jo, &id, p1, 4).await;
+    assert_eq!(quantities(&body), vec![(p1, 4), (p2, 1)]);
+    assert_eq!(body["items"][0]["unit_price_cents"], 100);
+    assert_eq!(body["total_cents"], 4 * 100 + 250);
+    assert_eq!(
+        body["items"][0]["available"], 10,
+        "not held: nothing reserved"
+    );
+    assert_eq!(body["hold"], false);
+
+    // Another customer sees nothing of it.
+    let (status, _) = app.get(&format!("/carts/{id}"), &al).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = put_item(&app, &al, &id, p1, 1).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, theirs) = app.get("/carts", &al).await;
+    assert_eq!(theirs["total"], 0);
+
+    let (status, body) = app.delete(&format!("/carts/{id}/items/{p2}"), &jo).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(quantities(&body), vec![(p1, 4)]);
+    let (status, body) = put_item(&app, &jo, &id, 987_654, 1).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = put_item(&app, &jo, &id, p1, -1).await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::UNPROCESSABLE_ENTITY),
+        "validation_failed"
+    );
+
+    let (status, order) = app
+        .post(
+            &format!("/carts/{id}/checkout"),
+            &jo,
+            json!({ "shipping_address": { "city": "Oslo" } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+    assert_eq!(order["status"], "pending_payment");
+    assert_eq!(order["total_cents"], 400, "the cart's price, not today's");
+    assert_eq!(app.availability(p1).await["reserved"], 4);
+    let (_, closed) = app.get(&format!("/carts/{id}"), &jo).await;
+    assert_eq!(closed["status"], "checked_out");
+    assert_eq!(closed["order_id"], order["id"]);
+    let (status, body) = put_item(&app, &jo, &id, p1, 1).await;
+    assert_eq!(error_code(status, &body, StatusCode::CONFLICT), "conflict");
+    let (status, _) = app
+        .post(&format!("/carts/{id}/checkout"), &jo, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, paid) = app
+        .post(
+            &format!("/orders/{}/pay", order["id"].as_str().unwrap()),
+            &jo,
+            json!({ "method": "card", "amount_cents": 400 }),
+        )
+        .await;
+    assert_eq!(
+        (status, paid["status"].as_str()),
+        (StatusCode::OK, Some("paid"))
+    );
+
+    // An empty cart cannot be checked out; a refused checkout leaves the cart as it was.
+    let empty = cart(&app, &jo, json!({})).await;
+    let (status, _) = app
+        .post(&format!("/carts/{empty}/checkout"), &jo, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    put_item(&app, &jo, &empty, p1, 7).await;
+    let (status, body) = app
+        .post(&format!("/carts/{empty}/checkout"), &jo, json!({}))
+        .await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::CONFLICT),
+        "insufficient_stock",
+        "6 left"
+    );
+    let (_, kept) = app.get(&format!("/carts/{empty}"), &jo).await;
+    assert_eq!(
+        (kept["status"].as_str(), quantities(&kept)),
+        (Some("open"), vec![(p1, 7)])
+    );
+    let (status, _) = app.delete(&format!("/carts/{empty}"), &jo).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = app.get(&format!("/carts/{empty}"), &jo).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_held_cart_holds_every_change_all_or_nothing_and_checks_out_what_it_held() {
+    let app = TestApp::spawn().await;
+    let (product, _) = app.stocked_product(5).await;
+    let (_, jo) = app.customer("jo@example.com").await;
+    let id = cart(&app, &jo, json!({ "hold": true })).await;
+    let (status, body) = put_item(&app, &jo, &id, product, 3).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["hold"], true);
+    assert!(body["hold_expires_at"].is_string());
+    assert_eq!(body["items"][0]["available"], 2, "3 of 5 held");
+    let (status, body) = put_item(&app, &jo, &id, product, 6).await;
+    assert_eq!(
+        error_code(status, &body, StatusCode::CONFLICT),
+        "insufficient_stock"
+    );
+    let (_, kept) = app.get(&format!("/carts/{id}"), &jo).await;
+    assert_eq!(quantities(&kept), vec![(product, 3)], "as it was");
+    assert_eq!(app.availability(product).await["reserved"], 3);
+    put_item(&app, &jo, &id, product, 1).await;
+    assert_eq!(app.availability(product).await["reserved"], 1);
+    put_item(&app, &jo, &id, product, 5).await;
+    assert_eq!(app.availability(product).await["reserved"], 5);
+
+    let (status, order) = app
+        .post(&format!("/carts/{id}/checkout"), &jo, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+    assert_eq!(order["items"][0]["quantity"], 5);
+    assert_eq!(
+        app.availability(product).await["reserved"],
+        5,
+        "the cart's hold became the order's: still 5, not 10"
+    );
+    let (_, reservation) = app
+        .get(
+            &format!(
+                "/reservations/{}",
+                order["reservation_id"].as_str().unwrap()
+            ),
+            &app.admin,
+        )
+        .await;
+    assert_eq!(
+        reservation["reference"],
+        format!("order:{}", order["id"].as_str().unwrap())
+    );
+    let (status, _) = app
+        .post(
+            &format!("/orders/{}/cancel", order["id"].as_str().unwrap()),
+            &jo,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(app.availability(product).await["reserved"], 0);
+
+    // Emptying a held cart ends its hold.
+    let emptied = cart(&app, &jo, json!({ "hold": true })).await;
+    put_item(&app, &jo, &emptied, product, 2).await;
+    let (status, body) = put_item(&app, &jo, &emptied, product, 0).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["hold_expires_at"].is_null(), "{body}");
+    assert_eq!(app.availability(product).await["reserved"], 0);
+    // Deleting a held cart lets its stock go.
+    let other = cart(&app, &jo, json!({ "hold": true })).await;
+    put_item(&app, &jo, &other, product, 2).await;
+    assert_eq!(app.availability(product).await["reserved"], 2);
+    app.delete(&format!("/carts/{other}"), &jo).await;
+    assert_eq!(app.availability(product).await["reserved"], 0);
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn held_carts_racing_for_the_last_units_hold_exactly_the_stock_and_the_loser_keeps_its_cart()
+{
+    let app = Arc::new(TestApp::spawn().await);
+    let (product, _) = app.stocked_product(9).await;
+    let mut buyers = Vec::new();
+    for n in 0..4 {
+        let (_, token) = app.customer(&format!("buyer{n}@example.com")).await;
+        let id = cart(&app, &token, json!({ "hold": true })).await;
+        let (status, _) = put_item(&app, &token, &id, product, 1).await;
+        assert_eq!(status, StatusCode::OK);
+        buyers.push((token, id));
+    }
+    // 4 held, 5 free; each tries to grow to 4 (needs 3 more): exactly one can.
+    let tasks: Vec<_> = buyers
+        .iter()
+        .cloned()
+        .map(|(token, id)| {
+            let app = app.clone();
+            tokio::spawn(async move { put_item(&app, &token, &id, product, 4).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.unwrap());
+    }
+    let winners = outcomes
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::OK)
+        .count();
+    assert_eq!(winners, 1, "{outcomes:?}");
+    for (status, body) in &outcomes {
+        if *status != StatusCode::OK {
+            assert_eq!(
+                error_code(*status, body, StatusCode::CONFLICT),
+                "insufficient_stock"
+            );
+        }
+    }
+    let mut held = 0;
+    for (token, id) in &buyers {
+        let (_, cart) = app.get(&format!("/carts/{id}"), token).await;
+        held += cart["items"][0]["quantity"].as_i64().unwrap();
+    }
+    assert_eq!(held, 4 + 3, "the losers keep their 1");
+    let availability = app.availability(product).await;
+    assert_eq!(availability["reserved"], 7);
+    // And the free 2 go to whoever asks; then a held cart's stock is safe from a direct order.
+    let (token, id) = &buyers[outcomes
+        .iter()
+        .position(|(s, _)| *s != StatusCode::OK)
+        .unwrap()];
+    let (status, _) = put_item(&app, token, id, product, 3).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(app.availability(product).await["available"], 0);
+    Arc::try_unwrap(app).ok().unwrap().cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn checkout_of_a_held_cart_racing_direct_orders_never_loses_its_stock() {
+    let app = Arc::new(TestApp::spawn().await);
+    let (product, _) = app.stocked_product(3).await;
+    let (_, jo) = app.customer("jo@example.com").await;
+    let (_, al) = app.customer("al@example.com").await;
+    for round in 0..5 {
+        let id = cart(&app, &jo, json!({ "hold": true })).await;
+        let (status, body) = put_item(&app, &jo, &id, product, 3).await;
+        assert_eq!(status, StatusCode::OK, "round {round}: {body}");
+        let direct: Vec<_> = (0..6)
+            .map(|_| {
+                let (app, al) = (app.clone(), al.clone());
+                tokio::spawn(async move {
+                    app.post(
+                        "/orders",
+                        &al,
+                        json!({ "items": [{ "product_id": product, "quantity": 1 }] }),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        let (status, order) = app
+            .post(&format!("/carts/{id}/checkout"), &jo, json!({}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "round {round}: {order}");
+        for task in direct {
+            let (status, body) = task.await.unwrap();
+            assert_eq!(
+                error_code(status, &body, StatusCode::CONFLICT),
+                "insufficient_stock",
+                "round {round}: the cart held all 3"
+            );
+        }
+        let (status, _) = app
+            .post(
+                &format!("/orders/{}/cancel", order["id"].as_str().unwrap()),
+                &jo,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    Arc::try_unwrap(app).ok().unwrap().cleanup().await;
+}
+
+#[tokio::test]
+async fn a_hold_that_runs_out_while_the_server_is_down_releases_its_stock_once() {
+    let app = TestApp::spawn_with(&["--cart-hold-secs", "2"]).await;
+    let (product, warehouse) = app.stocked_product(5).await;
+    let (_, jo) = app.customer("jo@example.com").await;
+    let id = cart(&app, &jo, json!({ "hold": true })).await;
+    put_item(&app, &jo, &id, product, 4).await;
+    assert_eq!(app.availability(product).await["reserved"], 4);
+    let mut app = app;
+    app.stop().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let app = TestApp::start_on(&app.database).await;
+    let availability = app.availability(product).await;
+    assert_eq!(
+        (
+            availability["reserved"].as_u64(),
+            availability["available"].as_u64()
+        ),
+        (Some(0), Some(5))
+    );
+    let (_, cart) = app.get(&format!("/carts/{id}"), &jo).await;
+    assert_eq!(cart["status"], "open");
+    assert_eq!(
+        quantities(&cart),
+        vec![(product, 4)],
+        "the cart stays, unheld"
+    );
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(cart["hold_expires_at"].as_str().unwrap()).unwrap();
+    assert!(expires < chrono::Utc::now());
+    // Exactly one expiry on the line, whatever restarts happened.
+    let app = app.restart().await;
+    let (_, expired) = app
+        .get(
+            &format!("/stock/movements?kind=expire&warehouse_id={warehouse}"),
+            &app.admin,
+        )
+        .await;
+    assert_eq!(expired["total"], 1, "{expired}");
+    // A change holds again, with a new reservation.
+    let (status, body) = put_item(&app, &jo, &id, product, 2).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(app.availability(product).await["reserved"], 2);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_customer_has_at_most_twenty_open_carts() {
+    let app = TestApp::spawn().await;
+    let (_, jo) = app.customer("jo@example.com").await;
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(cart(&app, &jo, json!({})).await);
+    }
+    let (status, body) = app.post("/carts", &jo, json!({})).await;
+    assert_eq!(error_code(status, &body, StatusCode::CONFLICT), "conflict");
+    assert_eq!(body["error"]["details"]["open_carts"], 20);
+    app.delete(&format!("/carts/{}", ids[0]), &jo).await;
+    let (status, _) = app.post("/carts", &jo, json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "one was deleted");
+    let (_, page) = app.get("/carts?limit=5", &jo).await;
+    assert_eq!(
+        (
+            page["total"].as_i64(),
+            page["items"].as_array().unwrap().len()
+        ),
+        (Some(20), 5)
+    );
+    app.cleanup().await;
+}
+
+/// The reproduction, as the real binary: 36 held carts, 16 checkouts at a time,
+/// writes to `carts` held on a lock (as a slow statement would be), kill -9 after 150 ms,
+/// a restart, and every cart checked out again. Before carts were journaled, the order was
+/// stored without its cart's mark, and the second checkout made a second order (51 orders
+/// for 36 carts, each extra one holding stock of its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_during_concurrent_checkouts_never_makes_a_second_order_for_a_cart() {
+    let database = fresh_database();
+    let (mut child, app) = start_binary_app(&database).await;
+    let (product, _) = app.stocked_product(1_000).await;
+    let mut carts = Vec::new();
+    for customer in ["ka@example.com", "kb@example.com"] {
+        let (_, token) = app.customer(customer).await;
+        for _ in 0..18 {
+            let id = cart(&app, &token, json!({ "hold": true })).await;
+            let (status, body) = put_item(&app, &token, &id, product, 2).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            carts.push((token.clone(), id));
+        }
+    }
+    assert_eq!(app.availability(product).await["reserved"], 72);
+
+    let db = sqlx::PgPool::connect(&database_url(&database))
+        .await
+        .unwrap();
+    let mut blocker = db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE carts IN SHARE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let app = Arc::new(app);
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut checkouts = tokio::task::JoinSet::new();
+    for (token, id) in carts.clone() {
+        let (app, semaphore) = (app.clone(), semaphore.clone());
+        checkouts.spawn(async move {
+            let _slot = semaphore.acquire().await.unwrap();
+            // The server dies under it: a refused or cut connection is no answer.
+            let url = format!("{}/api/v1/carts/{id}/checkout", app.base);
+            let sent = app
+                .client
+                .post(url)
+                .bearer_auth(&token)
+                .json(&json!({}))
+                .send();
+            let response = tokio::time::timeout(Duration::from_secs(5), sent)
+                .await
+                .ok()?
+                .ok()?;
+            if response.status() != StatusCode::CREATED {
+                return None;
+            }
+            let order: Value = response.json().await.ok()?;
+            Some((id, order["id"].as_str()?.to_owned()))
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut acknowledged = Vec::new();
+    while let Some(outcome) = checkouts.join_next().await {
+        acknowledged.extend(outcome.unwrap());
+    }
+    blocker.rollback().await.unwrap();
+
+    let (mut child, url) = start_binary(&database, &ADMIN_ENV);
+    let app = TestApp::attach(&url, &database).await;
+    for (token, id) in &carts {
+        let (status, body) = app
+            .post(&format!("/carts/{id}/checkout"), token, json!({}))
+            .await;
+        match status {
+            StatusCode::CREATED => {}
+            _ => assert_eq!(
+                (
+                    error_code(status, &body, StatusCode::CONFLICT).as_str(),
+                    body["error"]["details"]["status"].as_str()
+                ),
+                ("conflict", Some("checked_out")),
+                "{body}"
+            ),
+        }
+    }
+    let (_, orders) = app.get("/orders?limit=500", &app.admin).await;
+    assert_eq!(orders["total"], 36, "one order per cart");
+    let units: i64 = orders["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|o| o["items"].as_array().unwrap().iter())
+        .map(|i| i["quantity"].as_i64().unwrap())
+        .sum();
+    assert_eq!(units, 72);
+    assert_eq!(
+        app.availability(product).await["reserved"],
+        72,
+        "reserved is the orders' units, nothing held twice"
+    );
+    for (token, id) in &carts {
+        let (_, cart) = app.get(&format!("/carts/{id}"), token).await;
+        assert_eq!(cart["status"], "checked_out", "{cart}");
+        if let Some((_, order)) = acknowledged.iter().find(|(cart_id, _)| cart_id == id) {
+            assert_eq!(
+                cart["order_id"],
+                order.as_str(),
+                "an acknowledged checkout stays"
+            );
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    db.close().await;
+    drop_database(&database).await;
+}
+
+/// Carts live in memory and reach the store behind: in `async` mode a list right after
+/// the changes shows them as they are (nothing read back stale from the store), and a
+/// restart finds the same carts, a deleted one gone.
+#[tokio::test]
+async fn carts_read_as_changed_in_async_mode_and_after_a_restart() {
+    let app = TestApp::spawn_with(&["--durability", "async"]).await;
+    let (product, _) = app.stocked_product(10).await;
+    let (_, token) = app.customer("as@example.com").await;
+    let kept = cart(&app, &token, json!({ "hold": true })).await;
+    let gone = cart(&app, &token, json!({})).await;
+    put_item(&app, &token, &kept, product, 3).await;
+    let (status, _) = app.delete(&format!("/carts/{gone}"), &token).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let shown = |list: &Value| -> Vec<(String, Vec<(i64, i64)>)> {
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["id"].as_str().unwrap().to_owned(), quantities(c)))
+            .collect()
+    };
+    let (_, list) = app.get("/carts", &token).await;
+    assert_eq!(shown(&list), vec![(kept.clone(), vec![(product, 3)])]);
+    assert_eq!(list["total"], 1);
+    let (status, _) = app.get(&format!("/carts/{gone}"), &token).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let app = app.restart().await;
+    let (_, list) = app.get("/carts", &token).await;
+    assert_eq!(shown(&list), vec![(kept.clone(), vec![(product, 3)])]);
+    assert_eq!(app.availability(product).await["reserved"], 3);
+    let (status, _) = app.get(&format!("/carts/{gone}"), &token).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    app.cleanup().await;
+}
