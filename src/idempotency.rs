@@ -17,7 +17,7 @@ use crate::store::records::{IdempotencyRecord, StoreRecord};
 
 use crate::error::{AppError, Result};
 use crate::state::AppState;
-use crate::state::answers::{Claim, Slot};
+use crate::state::answers::{AnswerState, Claim};
 
 /// A JSON body and, if the client sent one, its idempotency key and request fingerprint.
 pub struct Idempotent<T> {
@@ -90,7 +90,7 @@ impl<T> Idempotent<T> {
     /// shards): [`run`] then holds no flush group while it runs, since this node's own
     /// forwarded parts would wait on that group to be flushed. Only the answer is
     /// journaled here.
-    pub fn made_elsewhere(mut self) -> Self {
+    pub fn durable_elsewhere(mut self) -> Self {
         self.grouped = Grouped::No;
         self
     }
@@ -244,7 +244,7 @@ where
                 notified.as_mut().enable();
                 if !matches!(
                     state.answers.slots.get(&(user, key.clone())).as_deref(),
-                    Some(Slot::Running { .. })
+                    Some(AnswerState::Running { .. })
                 ) {
                     continue;
                 }

@@ -33,8 +33,10 @@
 //!
 //! # Handing a line over
 //! Moving a line to another process is eviction here followed by a load there: once
-//! evicted, the store holds all of it. A multi-node router keeps this interface and
-//! decides per key whether `line` is served here or by the owner elsewhere.
+//! evicted, the store holds all of it. Which lines a process serves is decided above the
+//! registry (in cluster mode, the server's inventory service sends an operation on a
+//! shard this node does not own to the shard's owner); the registry loads only what its
+//! store lets it load here.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -12,7 +12,7 @@ use stockline_actors::{
 };
 use uuid::Uuid;
 
-use super::{Cart, CartLine, CartStatus, Carts, MAX_ITEMS, Slot};
+use super::{Cart, CartEntry, CartLine, CartStatus, Carts, MAX_ITEMS};
 use crate::catalog::Catalog;
 use crate::orders::{Order, OrderError, Orders, Placement};
 
@@ -99,7 +99,7 @@ impl Carts {
         core: &Core,
         catalog: &Catalog,
         hold_for: Duration,
-        slot: &Slot,
+        slot: &CartEntry,
         cart: &mut Cart,
         change: ItemChange,
     ) -> Result<Lsn, CartError> {
@@ -129,7 +129,7 @@ impl Carts {
     pub async fn delete(
         &self,
         core: &Core,
-        slot: &Slot,
+        slot: &CartEntry,
         cart: &mut Cart,
     ) -> Result<Lsn, CartError> {
         if cart.status == CartStatus::Deleted {
@@ -153,7 +153,7 @@ impl Carts {
         catalog: &Catalog,
         orders: &Orders,
         payment_timeout: Duration,
-        slot: &Slot,
+        slot: &CartEntry,
         cart: &mut Cart,
         mut placement: Placement,
     ) -> Result<(Order, Lsn), CartError> {

@@ -145,7 +145,7 @@ impl Cart {
 }
 
 /// One cart in memory, behind its lock.
-pub struct Slot {
+pub struct CartEntry {
     cart: Arc<Mutex<Cart>>,
     user_id: i64,
     /// Open (counts towards [`MAX_OPEN_CARTS`]); kept apart from the lock for counting.
@@ -154,7 +154,7 @@ pub struct Slot {
     last_lsn: AtomicU64,
 }
 
-impl Slot {
+impl CartEntry {
     pub async fn lock(&self) -> OwnedMutexGuard<Cart> {
         self.cart.clone().lock_owned().await
     }
@@ -163,7 +163,7 @@ impl Slot {
 /// The carts in memory: every open one, and closed ones until their last change is
 /// durable.
 pub struct Carts {
-    slots: DashMap<Uuid, Arc<Slot>>,
+    slots: DashMap<Uuid, Arc<CartEntry>>,
     /// Cart ids in memory per customer (for counting and listing).
     by_user: DashMap<i64, HashSet<Uuid>>,
     journal: Arc<Buffer>,
@@ -215,8 +215,8 @@ impl Carts {
             .retain(|user, _| !shards.contains(&cart_shard(*user)));
     }
 
-    fn slot(&self, cart: Cart, lsn: Lsn) -> Arc<Slot> {
-        Arc::new(Slot {
+    fn slot(&self, cart: Cart, lsn: Lsn) -> Arc<CartEntry> {
+        Arc::new(CartEntry {
             user_id: cart.user_id,
             open: AtomicBool::new(cart.status == CartStatus::Open),
             last_lsn: AtomicU64::new(lsn),
@@ -233,7 +233,7 @@ impl Carts {
     }
 
     /// Journals `cart`'s new state (its version counted up); answers the Lsn.
-    pub(crate) fn save(&self, slot: &Slot, cart: &mut Cart) -> Lsn {
+    pub(crate) fn save(&self, slot: &CartEntry, cart: &mut Cart) -> Lsn {
         cart.version += 1;
         cart.updated_at = stockline_actors::types::now();
         let lsn = self.journal.push([cart.record()]);
@@ -293,7 +293,7 @@ impl Carts {
         pool: &sqlx::PgPool,
         user_id: i64,
         id: Uuid,
-    ) -> Result<Arc<Slot>, CartError> {
+    ) -> Result<Arc<CartEntry>, CartError> {
         if let Some(slot) = self.slots.get(&id).map(|s| s.clone()) {
             return match slot.user_id == user_id {
                 true => Ok(slot),

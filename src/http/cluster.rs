@@ -53,7 +53,7 @@ pub async fn edge(state: AppState, request: Request, next: Next) -> Response {
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
-    // Read whole already (`storable::read_body`, called first): this takes no time.
+    // Read whole already (`body::read_body`, called first): this takes no time.
     let Ok(bytes) = axum::body::to_bytes(body, super::MAX_BODY).await else {
         return AppError::PayloadTooLarge.into_response();
     };
@@ -62,7 +62,7 @@ pub async fn edge(state: AppState, request: Request, next: Next) -> Response {
     // it typed to its shard's owner, or coordinates it over several shards. The products
     // and warehouses it names must be known here first, for the handler to check them.
     if route_of(&parts.method, parts.uri.path(), &bytes) != Route::Here
-        && let Err(error) = know_named(&state, parts.uri.path(), &bytes).await
+        && let Err(error) = load_unseen_references(&state, parts.uri.path(), &bytes).await
     {
         return error.into_response();
     }
@@ -90,7 +90,7 @@ fn announced(method: &Method, path: &str) -> Option<Change> {
     let path = path.strip_prefix("/api/v1")?;
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match parts.as_slice() {
-        // A new product is read by the others when first named (see `know_named`).
+        // A new product is read by the others when first named (see `load_unseen_references`).
         ["products", id, ..] => id.parse().ok().map(|id| Change::Product { id }),
         ["warehouses", ..] => Some(Change::Warehouses),
         ["shops", ..] => Some(Change::Shops),
@@ -101,7 +101,11 @@ fn announced(method: &Method, path: &str) -> Option<Change> {
 /// Reads from the store the products and warehouses a routed request names that this
 /// node has not seen: made through another node a moment ago, their announcement may not
 /// have arrived yet.
-pub(super) async fn know_named(state: &AppState, path: &str, body: &[u8]) -> Result<()> {
+pub(super) async fn load_unseen_references(
+    state: &AppState,
+    path: &str,
+    body: &[u8],
+) -> Result<()> {
     let (products, warehouses) = named(path, body);
     crate::inventory::know(state, &products, &warehouses).await
 }

@@ -1,6 +1,7 @@
 //! The axum edge: one file per resource, each with its own `router()`, merged here.
 
 mod auth;
+mod body;
 pub mod caller;
 mod carts;
 mod cluster;
@@ -19,7 +20,6 @@ pub mod serve;
 mod shard_map;
 mod shops;
 mod stock;
-mod storable;
 mod transfers;
 pub mod users;
 mod warehouses;
@@ -103,7 +103,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// What every request passes before its route, in this order: the bounds on its headers,
-/// its body read whole (`storable`), and in cluster mode the node that serves it
+/// its body read whole (`body`), and in cluster mode the node that serves it
 /// (`cluster::edge`). One middleware rather than three: each costs every request a boxed
 /// service and a boxed future.
 async fn edge(
@@ -115,7 +115,7 @@ async fn edge(
     if let Err(error) = within_header_bounds(request.headers()) {
         return error.into_response();
     }
-    match storable::read_body(&state, request).await {
+    match body::read_body(&state, request).await {
         Ok(request) => cluster::edge(state, request, next).await,
         Err(refused) => refused,
     }

@@ -319,7 +319,7 @@ async fn check_out(
     // batch. Cluster mode: the stock is held elsewhere first, without a group; the order
     // and the cart are then journaled together (`parts::check_out`).
     let request = match state.cluster {
-        Some(_) => request.made_elsewhere(),
+        Some(_) => request.durable_elsewhere(),
         None => request,
     };
     let mut cart = slot.lock().await;

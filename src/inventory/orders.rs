@@ -32,7 +32,7 @@ use crate::cluster::saga::keyed_order_id;
 use crate::cluster::{Shard, order_shard, shard_of};
 use crate::error::{AppError, Result};
 use crate::idempotency::{self, Answer, Idempotent, Keyed};
-use crate::orders::{Order, OrderError, OrderStatus, Placement, Slot, Stock};
+use crate::orders::{Order, OrderEntry, OrderError, OrderStatus, Placement, Stock};
 use crate::state::AppState;
 
 /// A step of an order's life, as one node asks the order's owner.
@@ -324,7 +324,11 @@ pub async fn visible(state: &AppState, caller: Acting, id: Uuid) -> Result<Order
 }
 
 /// The in-memory slot of an open order `caller` may act on.
-async fn open_slot(state: &AppState, caller: Acting, id: Uuid) -> Result<std::sync::Arc<Slot>> {
+async fn open_slot(
+    state: &AppState,
+    caller: Acting,
+    id: Uuid,
+) -> Result<std::sync::Arc<OrderEntry>> {
     let order = visible(state, caller, id).await?;
     state
         .orders
@@ -392,7 +396,7 @@ pub fn expire_overdue(state: AppState, background: &Background) {
     });
 }
 
-async fn expire(state: &AppState, slot: &Slot) -> std::result::Result<(), &'static str> {
+async fn expire(state: &AppState, slot: &OrderEntry) -> std::result::Result<(), &'static str> {
     let mut order = slot.order.lock().await;
     if order.status != OrderStatus::PendingPayment || order.expires_at > chrono::Utc::now() {
         return Ok(());

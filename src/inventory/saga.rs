@@ -136,7 +136,7 @@ pub async fn reserve(
         Some(keyed) => saga_id(user, keyed.key(), keyed.fingerprint()),
         None => spanning(),
     };
-    let request = Idempotent::of(request, key).made_elsewhere();
+    let request = Idempotent::of(request, key).durable_elsewhere();
     idempotency::run(state, user, request, move |request| async move {
         reserve_parts(&coordinator, saga, request).await
     })

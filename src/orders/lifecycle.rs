@@ -19,7 +19,7 @@ use stockline_actors::{
 };
 use uuid::Uuid;
 
-use super::{IllegalStep, Order, OrderItem, OrderStatus, Orders, Slot};
+use super::{IllegalStep, Order, OrderEntry, OrderItem, OrderStatus, Orders};
 use crate::cluster::{Shard, shard_of};
 use crate::error::AppError;
 use crate::store::records::{PaymentRecord, StoreRecord};
@@ -285,7 +285,7 @@ pub fn total(
     })
 }
 
-impl Slot {
+impl OrderEntry {
     /// Pays: commits the reservation, records the payment, and the order is paid. If the
     /// reservation ran out first, the order expires and the payment is refused.
     pub async fn pay(

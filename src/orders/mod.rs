@@ -220,13 +220,13 @@ impl Order {
 }
 
 /// One order behind its lock, and when it was last closed (for eviction).
-pub struct Slot {
+pub struct OrderEntry {
     pub order: Mutex<Order>,
     closed_at: std::sync::Mutex<Option<Instant>>,
     journal: Arc<Buffer>,
 }
 
-impl Slot {
+impl OrderEntry {
     /// Expires `order` (this slot's, locked by the caller) if it still waits for payment:
     /// its reservation ran out. Answers whether it did.
     pub fn expire(&self, order: &mut Order) -> bool {
@@ -246,7 +246,7 @@ impl Slot {
 }
 
 pub struct Orders {
-    slots: DashMap<Uuid, Arc<Slot>>,
+    slots: DashMap<Uuid, Arc<OrderEntry>>,
     /// Where orders and payments are journaled, with the lines' records.
     journal: Arc<Buffer>,
 }
@@ -259,8 +259,8 @@ impl Orders {
         }
     }
 
-    pub fn insert(&self, order: Order) -> Arc<Slot> {
-        let slot = Arc::new(Slot {
+    pub fn insert(&self, order: Order) -> Arc<OrderEntry> {
+        let slot = Arc::new(OrderEntry {
             order: Mutex::new(order.clone()),
             closed_at: std::sync::Mutex::new(None),
             journal: self.journal.clone(),
@@ -269,7 +269,7 @@ impl Orders {
         slot
     }
 
-    pub fn get(&self, id: Uuid) -> Option<Arc<Slot>> {
+    pub fn get(&self, id: Uuid) -> Option<Arc<OrderEntry>> {
         self.slots.get(&id).map(|s| s.clone())
     }
 
@@ -334,7 +334,7 @@ impl Orders {
     }
 
     /// Unpaid orders past their expiry, as memory has them.
-    pub fn overdue(&self) -> Vec<Arc<Slot>> {
+    pub fn overdue(&self) -> Vec<Arc<OrderEntry>> {
         let now = Utc::now();
         self.slots
             .iter()

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 /// How long answers stay in memory.
 const IN_MEMORY: Duration = Duration::from_secs(3600);
 
-pub(crate) enum Slot {
+pub(crate) enum AnswerState {
     Running {
         fingerprint: String,
         done: Arc<Notify>,
@@ -33,7 +33,7 @@ pub(crate) enum Slot {
 /// Answers by (user, key), in memory.
 #[derive(Default)]
 pub struct Answers {
-    pub(crate) slots: DashMap<(i64, String), Slot>,
+    pub(crate) slots: DashMap<(i64, String), AnswerState>,
 }
 
 pub(crate) enum Claim {
@@ -47,8 +47,9 @@ pub(crate) enum Claim {
 impl Answers {
     /// Drops answers older than an hour from memory; call now and then.
     pub fn sweep(&self) {
-        self.slots
-            .retain(|_, slot| !matches!(slot, Slot::Done { at, .. } if at.elapsed() > IN_MEMORY));
+        self.slots.retain(
+            |_, slot| !matches!(slot, AnswerState::Done { at, .. } if at.elapsed() > IN_MEMORY),
+        );
     }
 
     pub(crate) fn claim(
@@ -60,20 +61,21 @@ impl Answers {
     ) -> Claim {
         match self.slots.entry((user, key.to_owned())) {
             Entry::Occupied(slot) => match slot.get() {
-                Slot::Running { fingerprint: f, .. } | Slot::Done { fingerprint: f, .. }
+                AnswerState::Running { fingerprint: f, .. }
+                | AnswerState::Done { fingerprint: f, .. }
                     if f != fingerprint =>
                 {
                     Claim::Reused
                 }
-                Slot::Running { done, .. } => Claim::Wait(done.clone()),
-                Slot::Done {
+                AnswerState::Running { done, .. } => Claim::Wait(done.clone()),
+                AnswerState::Done {
                     status, body, lsn, ..
                 } => Claim::Replay(*status, body.clone(), *lsn),
             },
             Entry::Vacant(vacant) => match stored {
                 Some((f, _, _)) if f != fingerprint => Claim::Reused,
                 Some((f, status, body)) => {
-                    vacant.insert(Slot::Done {
+                    vacant.insert(AnswerState::Done {
                         fingerprint: f,
                         status,
                         body: body.clone(),
@@ -83,7 +85,7 @@ impl Answers {
                     Claim::Replay(status, body, 0)
                 }
                 None => {
-                    vacant.insert(Slot::Running {
+                    vacant.insert(AnswerState::Running {
                         fingerprint: fingerprint.to_owned(),
                         done: Arc::new(Notify::new()),
                     });
@@ -98,7 +100,7 @@ impl Answers {
     pub(crate) fn forget_refused(&self, user: i64, key: &str, lsn: Lsn) {
         self.slots.remove_if(
             &(user, key.to_owned()),
-            |_, slot| matches!(slot, Slot::Done { lsn: kept, .. } if *kept == lsn),
+            |_, slot| matches!(slot, AnswerState::Done { lsn: kept, .. } if *kept == lsn),
         );
     }
 
@@ -112,7 +114,7 @@ impl Answers {
         let previous = match outcome {
             Some((fingerprint, status, body, lsn)) => self.slots.insert(
                 slot_key,
-                Slot::Done {
+                AnswerState::Done {
                     fingerprint,
                     status,
                     body,
@@ -122,7 +124,7 @@ impl Answers {
             ),
             None => self.slots.remove(&slot_key).map(|(_, slot)| slot),
         };
-        if let Some(Slot::Running { done, .. }) = previous {
+        if let Some(AnswerState::Running { done, .. }) = previous {
             done.notify_waiters();
         }
     }

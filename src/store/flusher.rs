@@ -39,7 +39,7 @@ use stockline_actors::journal::Batch;
 
 use super::records::{Buffer, StoreRecord};
 
-use super::outbox::Known;
+use super::outbox::StoreView;
 use super::write::{self, Prepared, WriteError, commit};
 use crate::cluster::{Fenced, Member};
 use crate::events::Event;
@@ -115,7 +115,7 @@ impl Flusher {
             healthy: AtomicBool::new(true),
             ..FlushStats::default()
         });
-        let out = Out {
+        let out = BatchWriter {
             pool,
             stats: stats.clone(),
             events,
@@ -143,7 +143,7 @@ impl Flusher {
 }
 
 /// Where batches go: the database, the figures operators see, the events' hub.
-struct Out {
+struct BatchWriter {
     pool: PgPool,
     stats: Arc<FlushStats>,
     events: Option<Arc<EventHub>>,
@@ -153,7 +153,7 @@ struct Out {
     position_key: String,
     close: Arc<str>,
     /// What the store holds, for deriving events (only with `events`).
-    known: tokio::sync::Mutex<Known>,
+    known: tokio::sync::Mutex<StoreView>,
 }
 
 /// A batch whose commit is under way in a task of its own.
@@ -162,16 +162,16 @@ struct Committing {
     /// Written by one statement at its commit: its row locks are taken only then.
     one_statement: bool,
     started: std::time::Instant,
-    task: JoinHandle<Result<Vec<Event>, Passing>>,
+    task: JoinHandle<Result<Vec<Event>, WriteFailure>>,
 }
 
 /// Pipelined: while one batch commits, the next is prepared (its transaction opened, its
 /// data statements run) on another connection, so the round trips of the one overlap the
 /// commit and fsync of the other. Order is kept: a batch's commit starts only once the
 /// batch before has committed, and its closing statement (the fence, see
-/// [`close`](super::outbox::close)) refuses it otherwise. Waiters are released in Lsn
+/// [`CLOSE`](super::outbox::CLOSE)) refuses it otherwise. Waiters are released in Lsn
 /// order. Any failure falls back to writing batches one at a time, oldest first.
-impl Out {
+impl BatchWriter {
     /// How a cluster node's batches are fenced and closed; `None` in single-process mode.
     fn fencing(&self) -> Option<write::Fencing<'_>> {
         self.member.as_ref().map(|m| write::Fencing {
@@ -211,11 +211,16 @@ impl Out {
         tracing::warn!(%error, records = batch.records.len(), "flush failed; retrying");
         self.stats.healthy.store(false, Ordering::Release);
         self.stats.flush_failures.fetch_add(1, Ordering::Relaxed);
-        *self.known.lock().await = Known::default();
+        *self.known.lock().await = StoreView::default();
     }
 }
 
-async fn run(out: Out, buffer: Arc<Buffer>, pacing: Pacing, stop: CancellationToken) -> bool {
+async fn run(
+    out: BatchWriter,
+    buffer: Arc<Buffer>,
+    pacing: Pacing,
+    stop: CancellationToken,
+) -> bool {
     let mut committing: Option<Committing> = None;
     loop {
         // The next batch; or, while one commits and nothing new has come, its outcome.
@@ -306,8 +311,8 @@ async fn run(out: Out, buffer: Arc<Buffer>, pacing: Pacing, stop: CancellationTo
                     let committed = commit(prepared, &records.records);
                     match tokio::time::timeout(WRITE_TIMEOUT, committed).await {
                         Ok(Ok(events)) => Ok(events),
-                        Ok(Err(error)) => Err(Passing::Database(error)),
-                        Err(_) => Err(Passing::TimedOut),
+                        Ok(Err(error)) => Err(WriteFailure::Database(error)),
+                        Err(_) => Err(WriteFailure::TimedOut),
                     }
                 });
                 committing = Some(Committing {
@@ -345,7 +350,10 @@ async fn run(out: Out, buffer: Arc<Buffer>, pacing: Pacing, stop: CancellationTo
 }
 
 /// Opens a batch's transaction and runs its data statements, within the write timeout.
-async fn prepare(out: &Out, batch: &Batch<StoreRecord>) -> Result<Option<Prepared>, Passing> {
+async fn prepare(
+    out: &BatchWriter,
+    batch: &Batch<StoreRecord>,
+) -> Result<Option<Prepared>, WriteFailure> {
     let mut known = out.known.lock().await;
     let known = out.events.is_some().then_some(&mut *known);
     match tokio::time::timeout(
@@ -356,7 +364,7 @@ async fn prepare(out: &Out, batch: &Batch<StoreRecord>) -> Result<Option<Prepare
     {
         Ok(Ok(prepared)) => Ok(prepared),
         Ok(Err(error)) => Err(error.into()),
-        Err(_) => Err(Passing::TimedOut),
+        Err(_) => Err(WriteFailure::TimedOut),
     }
 }
 
@@ -364,10 +372,10 @@ async fn prepare(out: &Out, batch: &Batch<StoreRecord>) -> Result<Option<Prepare
 /// failure it is written again alone (the slow path). `Err(batch)`: shutdown came while
 /// it was still failing; the drain must write it first.
 async fn settle(
-    out: &Out,
+    out: &BatchWriter,
     buffer: &Buffer,
     current: Committing,
-    outcome: Result<Result<Vec<Event>, Passing>, tokio::task::JoinError>,
+    outcome: Result<Result<Vec<Event>, WriteFailure>, tokio::task::JoinError>,
     stop: &CancellationToken,
 ) -> Result<(), Arc<Batch<StoreRecord>>> {
     match outcome {
@@ -393,7 +401,11 @@ async fn settle(
 
 /// At shutdown: writes what is left (`unfinished` first, in order), retrying for at most
 /// the grace period.
-async fn drain(out: &Out, buffer: &Buffer, unfinished: Vec<Arc<Batch<StoreRecord>>>) -> bool {
+async fn drain(
+    out: &BatchWriter,
+    buffer: &Buffer,
+    unfinished: Vec<Arc<Batch<StoreRecord>>>,
+) -> bool {
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
     let never = CancellationToken::new();
     let mut unfinished = unfinished.into_iter();
@@ -421,7 +433,7 @@ async fn drain(out: &Out, buffer: &Buffer, unfinished: Vec<Arc<Batch<StoreRecord
 /// it so in `buffer`; false if the shutdown deadline passed first. Retrying stops at
 /// `deadline` or, once `stop` is cancelled, hands over to the drain.
 async fn write_until_done(
-    out: &Out,
+    out: &BatchWriter,
     buffer: &Buffer,
     batch: &Batch<StoreRecord>,
     deadline: Option<tokio::time::Instant>,
@@ -435,7 +447,7 @@ async fn write_until_done(
             None => write_isolating(out, &batch.records).await,
             Some(_) => skip(&out.pool, &out.position_key, batch.last)
                 .await
-                .map_err(Passing::Database),
+                .map_err(WriteFailure::Database),
         };
         match outcome {
             Ok(()) if refused.is_some() => {
@@ -447,7 +459,7 @@ async fn write_until_done(
                 buffer.complete(batch);
                 return true;
             }
-            Err(Passing::Fenced(fenced)) => {
+            Err(WriteFailure::Fenced(fenced)) => {
                 tracing::error!(
                     shards = ?fenced.shards,
                     records = batch.records.len(),
@@ -455,7 +467,7 @@ async fn write_until_done(
                      are told the change did not happen"
                 );
                 out.stats.refused_batches.fetch_add(1, Ordering::Relaxed);
-                *out.known.lock().await = Known::default();
+                *out.known.lock().await = StoreView::default();
                 // Every shard the batch touched now differs in memory from the store.
                 if let Some(member) = &out.member
                     && let Err(error) = member
@@ -486,7 +498,7 @@ async fn write_until_done(
 
 /// Why a write failed: for a passing reason, to be retried as it is, or for good.
 #[derive(Debug, thiserror::Error)]
-enum Passing {
+enum WriteFailure {
     #[error("{0}")]
     Database(sqlx::Error),
     #[error("the write took longer than {WRITE_TIMEOUT:?}")]
@@ -496,7 +508,7 @@ enum Passing {
     Fenced(Fenced),
 }
 
-impl From<WriteError> for Passing {
+impl From<WriteError> for WriteFailure {
     fn from(error: WriteError) -> Self {
         match error {
             WriteError::Database(error) => Self::Database(error),
@@ -523,7 +535,10 @@ async fn skip(pool: &PgPool, key: &str, last: Lsn) -> Result<(), sqlx::Error> {
 /// Writes `records` (in Lsn order); a part refused for its data is split until the
 /// refused records stand alone, and those go to `dead_letters`. Errs only for a passing
 /// failure (connection, timeout, resources), after which the whole batch is retried.
-async fn write_isolating(out: &Out, records: &[(Lsn, StoreRecord)]) -> Result<(), Passing> {
+async fn write_isolating(
+    out: &BatchWriter,
+    records: &[(Lsn, StoreRecord)],
+) -> Result<(), WriteFailure> {
     let written = {
         // Held for this write only: the halves below take it again.
         let mut known = out.known.lock().await;
@@ -544,13 +559,13 @@ async fn write_isolating(out: &Out, records: &[(Lsn, StoreRecord)]) -> Result<()
         }
         Ok(Err(WriteError::Database(error))) if refuses_data(&error) => error,
         Ok(Err(error)) => return Err(error.into()),
-        Err(_) => return Err(Passing::TimedOut),
+        Err(_) => return Err(WriteFailure::TimedOut),
     };
     if let [(lsn, record)] = records {
         tracing::error!(lsn, %error, "a record was refused for its data; kept in dead_letters");
         dead_letter(&out.pool, &out.position_key, *lsn, record, &error)
             .await
-            .map_err(Passing::Database)?;
+            .map_err(WriteFailure::Database)?;
         out.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
         return Ok(());
     }

@@ -5,7 +5,7 @@
 //! inserts nothing twice.
 //!
 //! What the store held is mostly known without asking: the flusher is the only writer of
-//! `stock_lines`, so the [`Known`] states it wrote stay true. A product is read from the
+//! `stock_lines`, so the [`StoreView`] states it wrote stay true. A product is read from the
 //! database when first met and again after [`FRESH_FOR`] (its threshold, or a warehouse's
 //! status, may have changed meanwhile); a hot product costs no query per batch.
 
@@ -24,7 +24,7 @@ const FRESH_FOR: Duration = Duration::from_secs(5);
 /// Products known at most; past it the memory starts over.
 const MAX_PRODUCTS: usize = 100_000;
 
-struct KnownProduct {
+struct ProductView {
     threshold: u64,
     lines: HashMap<WarehouseId, StoredLine>,
     read_at: Instant,
@@ -33,12 +33,12 @@ struct KnownProduct {
 /// What the flusher knows the store holds, including the batch still committing while the
 /// next is prepared. Only the flusher uses it; it is forgotten whenever a batch fails.
 #[derive(Default)]
-pub struct Known {
-    products: HashMap<ProductId, KnownProduct>,
+pub struct StoreView {
+    products: HashMap<ProductId, ProductView>,
     places: HashMap<WarehouseId, (Place, Instant)>,
 }
 
-impl Known {
+impl StoreView {
     /// A batch's line states are what the store holds (or will, once it commits).
     pub fn written(&mut self, records: &[(Lsn, StoreRecord)]) {
         for (_, record) in records {
@@ -63,7 +63,7 @@ impl Known {
 pub(super) async fn derive(
     conn: &mut PgConnection,
     records: &[(Lsn, StoreRecord)],
-    known: &mut Known,
+    known: &mut StoreView,
 ) -> Result<Vec<Event>, sqlx::Error> {
     let (products, warehouses) = derive::touched(records);
     let now = Instant::now();
@@ -133,7 +133,7 @@ pub(super) async fn derive(
 async fn read_products(
     conn: &mut PgConnection,
     products: &[ProductId],
-    known: &mut Known,
+    known: &mut StoreView,
     now: Instant,
 ) -> Result<(), sqlx::Error> {
     type Row = (
@@ -163,7 +163,7 @@ async fn read_products(
         let entry = known
             .products
             .entry(product)
-            .or_insert_with(|| KnownProduct {
+            .or_insert_with(|| ProductView {
                 threshold: 0,
                 lines: HashMap::new(),
                 read_at: now,

@@ -13,7 +13,7 @@ use stockline_actors::journal::{
 };
 use stockline_actors::{LineKey, Lsn, Record, ReservationId, ReservationStatus};
 
-use super::outbox::{self, Known};
+use super::outbox::{self, StoreView};
 use crate::events::Event;
 
 use super::records::{
@@ -109,7 +109,7 @@ fn sort(records: &[(Lsn, StoreRecord)]) -> Sorted<'_> {
 
 /// A batch ready to commit; dropped, nothing of it is stored.
 pub(super) struct Prepared {
-    way: Way,
+    way: WriteMode,
     /// The closing statement, if not [`outbox::CLOSE`] (a cluster node's).
     close: Option<std::sync::Arc<str>>,
     events: Vec<Event>,
@@ -117,7 +117,7 @@ pub(super) struct Prepared {
     last: Lsn,
 }
 
-enum Way {
+enum WriteMode {
     /// Its data statements have run in this open transaction; the close commits it.
     Transaction(Tx),
     /// The hot path's batch (lines, movements, reservations only): written and committed
@@ -132,7 +132,7 @@ enum Way {
 pub(super) async fn write(
     pool: &PgPool,
     records: &[(Lsn, StoreRecord)],
-    known: Option<&mut Known>,
+    known: Option<&mut StoreView>,
     fence: Option<&Fencing<'_>>,
 ) -> Result<Vec<Event>, WriteError> {
     match prepare(pool, records, known, fence).await? {
@@ -153,7 +153,7 @@ pub(super) async fn write(
 pub(super) async fn prepare(
     pool: &PgPool,
     records: &[(Lsn, StoreRecord)],
-    mut known: Option<&mut Known>,
+    mut known: Option<&mut StoreView>,
     fence: Option<&Fencing<'_>>,
 ) -> Result<Option<Prepared>, WriteError> {
     let (Some((first, _)), Some((last, _))) = (records.first(), records.last()) else {
@@ -166,7 +166,7 @@ pub(super) async fn prepare(
             Some(known) => outbox::derive(&mut connection, records, known).await?,
             None => Vec::new(),
         };
-        (Way::OneStatement(connection), events)
+        (WriteMode::OneStatement(connection), events)
     } else {
         let mut tx = pool.begin().await?;
         if let Some(fencing) = fence {
@@ -187,7 +187,7 @@ pub(super) async fn prepare(
         write_answers(&mut tx, &sorted).await?;
         write_carts(&mut tx, &sorted).await?;
         sagas::write(&mut tx, &sorted.sagas).await?;
-        (Way::Transaction(tx), events)
+        (WriteMode::Transaction(tx), events)
     };
     if let Some(known) = known {
         known.written(records);
@@ -204,7 +204,7 @@ pub(super) async fn prepare(
 /// Rolls a prepared batch back (its row locks go at once, not when its connection is next
 /// used).
 pub(super) async fn abandon(prepared: Prepared) {
-    if let Way::Transaction(tx) = prepared.way
+    if let WriteMode::Transaction(tx) = prepared.way
         && let Err(error) = tx.rollback().await
     {
         tracing::warn!(%error, "rolling back an abandoned batch failed; its connection is closed");
@@ -226,14 +226,14 @@ pub(super) async fn commit(
         last,
     } = prepared;
     match way {
-        Way::Transaction(mut tx) => {
+        WriteMode::Transaction(mut tx) => {
             let close = close.as_deref().unwrap_or(outbox::CLOSE);
             outbox::bind_close(sqlx::query(close), first, last, &events)
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
         }
-        Way::OneStatement(mut connection) => {
+        WriteMode::OneStatement(mut connection) => {
             let sorted = sort(records);
             let query = outbox::bind_close(sqlx::query(&ONE), first, last, &events);
             bind_lines(
@@ -258,7 +258,7 @@ pub(super) fn locks_when_prepared(records: &[(Lsn, StoreRecord)]) -> bool {
 
 /// Whether a prepared batch writes everything at its commit, as one statement.
 pub(super) fn is_one_statement(prepared: &Prepared) -> bool {
-    matches!(prepared.way, Way::OneStatement(_))
+    matches!(prepared.way, WriteMode::OneStatement(_))
 }
 
 /// Whether a batch holds only what [`ONE`] writes: the hot path (reserve, release,

@@ -24,7 +24,7 @@ const BUCKETS: usize = 72;
 const SMALLEST_US: f64 = 50.0;
 const PER_DOUBLING: f64 = 4.0;
 
-struct Slot {
+struct Second {
     /// The second (since start, from 1) the counts are of; 0 while never used.
     second: AtomicU64,
     requests: AtomicU64,
@@ -32,7 +32,7 @@ struct Slot {
     latency: [AtomicU64; BUCKETS],
 }
 
-impl Slot {
+impl Second {
     fn new() -> Self {
         Self {
             second: AtomicU64::new(0),
@@ -54,14 +54,14 @@ impl Slot {
 /// Requests answered per second over the last minute, with their latency.
 pub struct Traffic {
     started: Instant,
-    slots: Box<[Slot]>,
+    slots: Box<[Second]>,
 }
 
 impl Default for Traffic {
     fn default() -> Self {
         Self {
             started: Instant::now(),
-            slots: (0..SLOTS).map(|_| Slot::new()).collect(),
+            slots: (0..SLOTS).map(|_| Second::new()).collect(),
         }
     }
 }

@@ -10,7 +10,7 @@
 //!   is busy, the new one is answered 503 `overloaded` and closed.
 //!
 //! A request in flight is never timed out here: its body is read within the body-read
-//! timeout by the router's first layer (`http/storable.rs`), and handlers bound their own
+//! timeout by the router's first layer (`http/body.rs`), and handlers bound their own
 //! work. Each connection tracks whether a request is in flight (from the moment its head
 //! is parsed until its response body is written) and when it last saw bytes or an answer;
 //! one task per connection sleeps until the next deadline that could close it.

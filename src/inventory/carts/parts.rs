@@ -26,7 +26,7 @@ use stockline_actors::{CoreError, ItemRequest, Lsn, ReservationId, ReservationRe
 use super::super::orders::{Holder, answered, held_of, through};
 use super::super::{Operation, saga};
 use super::by_shard;
-use crate::carts::{self, Cart, CartError, CartLine, CartStatus, ItemChange, Slot};
+use crate::carts::{self, Cart, CartEntry, CartError, CartLine, CartStatus, ItemChange};
 use crate::cluster::saga::{cart_order_id, cart_saga_id};
 use crate::cluster::{Shard, cart_shard, home_of, shard_of};
 use crate::error::{AppError, Result};
@@ -39,7 +39,7 @@ use crate::store::records::StoreRecord;
 /// answers the Lsn that makes the change durable (0: nothing changed).
 pub(super) async fn set_item(
     state: &AppState,
-    slot: &Slot,
+    slot: &CartEntry,
     cart: &mut Cart,
     change: ItemChange,
 ) -> Result<Lsn> {
@@ -64,7 +64,7 @@ pub(super) async fn set_item(
 
 /// Deletes `cart` (locked by the caller): an open held cart's parts are released first
 /// (a checked-out cart's belong to its order).
-pub(super) async fn delete(state: &AppState, slot: &Slot, cart: &mut Cart) -> Result<Lsn> {
+pub(super) async fn delete(state: &AppState, slot: &CartEntry, cart: &mut Cart) -> Result<Lsn> {
     if cart.status == CartStatus::Deleted {
         return Err(CartError::NotFound.into());
     }
@@ -86,7 +86,7 @@ pub(super) async fn delete(state: &AppState, slot: &Slot, cart: &mut Cart) -> Re
 /// `key`: the client's idempotency key, if it sent one.
 pub(super) async fn check_out(
     state: &AppState,
-    slot: &Slot,
+    slot: &CartEntry,
     cart: &mut Cart,
     mut placement: Placement,
     key: Option<Keyed>,

@@ -63,7 +63,7 @@ impl Holder {
     pub(super) fn idempotent<T>(self, request: Idempotent<T>) -> Idempotent<T> {
         match self {
             Self::Here => request,
-            Self::Routed => request.made_elsewhere(),
+            Self::Routed => request.durable_elsewhere(),
         }
     }
 
