@@ -37,6 +37,8 @@ pub struct JournalBuffer<R = Record> {
 struct Pending<R> {
     records: Vec<(Lsn, R)>,
     head: Lsn,
+    /// The last Lsn a flusher took: the next batch begins right after it.
+    taken: Lsn,
     /// Flush groups open now.
     open_groups: usize,
     /// The flusher waits for the open groups to close; new ones wait to begin.
@@ -74,6 +76,7 @@ impl<R> JournalBuffer<R> {
             pending: Mutex::new(Pending {
                 records: Vec::new(),
                 head: start,
+                taken: start,
                 open_groups: 0,
                 draining: false,
             }),
@@ -114,6 +117,17 @@ impl<R> JournalBuffer<R> {
             return None;
         }
         let records = std::mem::take(&mut pending.records);
+        // Believed: batches are taken in order, each without a gap, up to the head.
+        debug_assert!(
+            records
+                .iter()
+                .zip(pending.taken + 1..)
+                .all(|((lsn, _), expected)| *lsn == expected),
+            "a batch taken after {} is not numbered without a gap",
+            pending.taken
+        );
+        debug_assert_eq!(records.last().map(|(lsn, _)| *lsn), Some(pending.head));
+        pending.taken = pending.head;
         let was_draining = std::mem::replace(&mut pending.draining, false);
         drop(pending);
         if was_draining {
@@ -138,6 +152,10 @@ impl<R> JournalBuffer<R> {
 
     /// Marks a taken batch as written: its waiters are released.
     pub fn complete(&self, batch: &Batch<R>) {
+        debug_assert!(
+            batch.last <= lock(&self.pending).taken,
+            "a batch past what was taken is marked written"
+        );
         self.backlog
             .fetch_sub(batch.records.len(), Ordering::AcqRel);
         self.durable.advance(batch.last);

@@ -68,6 +68,22 @@ impl SagaStatus {
         Self::Expired,
     ];
 
+    /// Whether the whole may move from here to `next`: a pending one to a decision or
+    /// straight to where its parts stand; a decided one only to an end (its parts may
+    /// have ended otherwise than decided: expired, or committed in part); an ended one
+    /// nowhere. Nothing goes back to pending, or from one decision to the other.
+    pub fn can_become(self, next: Self) -> bool {
+        match (self, next) {
+            (Self::Pending, Self::Pending) => false,
+            (Self::Pending, _) => true,
+            (
+                Self::Committing | Self::Releasing,
+                Self::Committed | Self::Released | Self::Expired,
+            ) => true,
+            _ => false,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
@@ -105,6 +121,12 @@ impl From<ReservationStatus> for SagaStatus {
 
 /// Moves `id` from status `from` to `to`; false if it was not at `from`.
 pub(super) async fn mark(db: &PgPool, id: Uuid, from: SagaStatus, to: SagaStatus) -> Result<bool> {
+    debug_assert!(
+        from.can_become(to),
+        "reservation {id}: {} cannot become {}",
+        from.as_str(),
+        to.as_str()
+    );
     let moved = sqlx::query(
         "UPDATE reservation_sagas SET status = $3, updated_at = now() WHERE id = $1 AND status = $2",
     )
@@ -127,6 +149,23 @@ mod tests {
         }
         assert!(SagaStatus::try_from("Pending".to_owned()).is_err());
         assert!(SagaStatus::try_from(String::new()).is_err());
+    }
+
+    #[test]
+    fn a_decision_is_never_taken_back_and_an_end_is_final() {
+        use SagaStatus::*;
+        let ends = [Committed, Released, Expired];
+        for to in [Committing, Releasing, Committed, Released, Expired] {
+            assert!(Pending.can_become(to), "pending to {}", to.as_str());
+        }
+        for decided in [Committing, Releasing] {
+            assert!(ends.iter().all(|end| decided.can_become(*end)));
+            assert!(!decided.can_become(Pending));
+        }
+        assert!(!Committing.can_become(Releasing) && !Releasing.can_become(Committing));
+        for end in ends {
+            assert!(SagaStatus::ALL.iter().all(|to| !end.can_become(*to)));
+        }
         assert_eq!(
             SagaStatus::from(ReservationStatus::Expired),
             SagaStatus::Expired
