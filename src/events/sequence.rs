@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::hub::EventHub;
 use super::read::{self, Filter};
-use super::webhooks::Webhooks;
+use super::webhooks::{WEBHOOK_COMMANDS, Webhooks};
 use crate::background::Background;
 
 /// The advisory lock every sequencing transaction takes first.
@@ -37,8 +37,6 @@ const SEQUENCING: i64 = 0x5354_4b4c_4e45_5631;
 const MOVE_AT_MOST: i64 = 5_000;
 /// The channel a sequencer notifies once it moved events.
 pub const MOVED: &str = "stockline_events";
-/// The channel of webhook commands between nodes.
-pub const WEBHOOK_COMMANDS: &str = "stockline_webhooks";
 /// Without a notice, the table is read this often by the tail; after a failure, the
 /// sequencer tries again after this long.
 const LOOK_EVERY: Duration = Duration::from_secs(1);

@@ -15,6 +15,9 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
+/// A statement of the store's being bound, as the write path and the outbox build them.
+type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
 /// The advisory lock that says who uses a database: a single-process server holds it
 /// alone, the nodes of a cluster share it. Two single-process servers, or one and a
 /// cluster, on one database would each believe its memory is the stock and sell it twice.

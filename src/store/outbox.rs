@@ -244,11 +244,11 @@ pub(super) fn close_for(key: &str) -> String {
 
 /// Binds [`CLOSE`]'s parameters.
 pub(super) fn bind_close<'q>(
-    query: super::write::Query<'q>,
+    query: super::Query<'q>,
     first: Lsn,
     last: Lsn,
     events: &'q [Event],
-) -> super::write::Query<'q> {
+) -> super::Query<'q> {
     query
         .bind(last as i64)
         .bind(events.iter().map(|e| e.id).collect::<Vec<_>>())

@@ -13,6 +13,7 @@ use stockline_actors::journal::{
 };
 use stockline_actors::{LineKey, Lsn, Record, ReservationId, ReservationStatus};
 
+use super::Query;
 use super::outbox::{self, StoreView};
 use crate::events::Event;
 
@@ -313,9 +314,6 @@ fn renumber(sql: &str, offset: usize) -> String {
     out.push_str(rest);
     out
 }
-
-/// A statement with its parameters bound so far.
-pub(super) type Query<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
 
 type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
 

@@ -31,7 +31,6 @@ use uuid::Uuid;
 
 use super::EventType;
 use super::hub::EventHub;
-use super::sequence::WEBHOOK_COMMANDS;
 use crate::background::Background;
 pub use store::{
     Delivery, Retried, Subscription, deliveries, get, insert, list, remove, retry_failed,
@@ -47,6 +46,9 @@ pub struct Policy {
     /// Given up this long after the first attempt.
     pub retry_for: Duration,
 }
+
+/// The PostgreSQL channel of webhook commands between nodes (the tail hears them).
+pub const WEBHOOK_COMMANDS: &str = "stockline_webhooks";
 
 /// What a dispatcher can be asked while it runs.
 enum Command {
