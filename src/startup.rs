@@ -72,208 +72,31 @@ impl Application {
     /// Connects and migrates, recovers the core from the store, and starts the background
     /// tasks; serves nothing yet.
     pub async fn build(listener: TcpListener, config: Config) -> io::Result<Self> {
-        let in_cluster = config.cluster_nats_url.is_some();
-        let mut held = store::hold_database(&config.database_url, in_cluster)
-            .await
-            .map_err(io::Error::other)?;
-        if !in_cluster {
-            store::end_predecessor_writes(&mut held, 0)
-                .await
-                .map_err(io::Error::other)?;
-        }
-        let db = store::server_pool(&config.database_url, in_cluster)
-            .await
-            .map_err(io::Error::other)?;
-        let cluster = match config.cluster_nats_url {
-            Some(_) => Some(Arc::new(
-                Cluster::join(&db, &config, listener.local_addr()?)
-                    .await
-                    .map_err(io::Error::other)?,
-            )),
-            None => None,
-        };
-        let numbering = cluster.as_ref().map_or(0, |cluster| cluster.member.ordinal);
-        if let Some(cluster) = &cluster {
-            // Before anything of a predecessor's is ended: a live node under this id is
-            // no predecessor, and this one refuses to start beside it.
-            crate::cluster::ordinal::hold_node_id(
-                &mut held,
-                &cluster.node,
-                numbering,
-                config.shard_lease(),
-            )
-            .await
-            .map_err(io::Error::other)?;
-            store::end_predecessor_writes(&mut held, numbering)
-                .await
-                .map_err(io::Error::other)?;
-        }
-        // A single process restores everything live now; a cluster node only the
-        // warehouses, and each shard's live state when it claims the shard.
-        let (journal_lsn, stored) = match &cluster {
-            None => {
-                let stored = recovery::read(&db).await.map_err(io::Error::other)?;
-                (stored.journal_lsn, Some(stored))
-            }
-            Some(cluster) => (
-                recovery::node_position(&db, &cluster.member)
-                    .await
-                    .map_err(io::Error::other)?,
-                None,
-            ),
-        };
+        let (held, db, cluster) = open_store(&config, listener.local_addr()?).await?;
+        let (journal_lsn, stored) = read_position(&db, cluster.as_deref()).await?;
         let buffer = Arc::new(Buffer::new(journal_lsn, config.max_backlog as usize));
-        let lines = match &cluster {
-            None => recovery::PgStore::new(db.clone()),
-            Some(cluster) => {
-                let leases = cluster.leases().clone();
-                recovery::PgStore::serving_only(
-                    db.clone(),
-                    Arc::new(move |product| leases.may_load(shard_of(product))),
-                )
-            }
-        };
-        let core = Core::start(
-            core_config(&config),
-            buffer.clone() as Arc<dyn Journal>,
-            Arc::new(lines),
-        )
-        .await
-        .map_err(io::Error::other)?;
-        let pacing = Pacing {
-            gather: match config.durability {
-                Durability::Sync => Duration::ZERO,
-                Durability::Async => config.flush_interval(),
-            },
-            pipelined: config.flush_pipeline,
-        };
-        let background = Background::new();
+        let core = start_core(&config, &db, cluster.as_deref(), &buffer).await?;
         let hub = crate::events::Events::hub(&db, &config)
             .await
             .map_err(io::Error::other)?;
-        let idle_in_transaction = cluster
-            .as_ref()
-            .map(|_| (config.shard_lease() / 4).max(Duration::from_secs(1)));
-        let flusher_db = store::flusher_pool(&config.database_url, idle_in_transaction, numbering)
-            .await
-            .map_err(io::Error::other)?;
-        let flusher = Flusher::spawn(
-            flusher_db,
-            buffer.clone(),
-            pacing,
-            config.events.then(|| hub.clone()),
-            cluster.as_ref().map(|cluster| cluster.member.clone()),
-            CancellationToken::new(),
-        );
+        let flusher = start_flusher(&config, &buffer, &hub, cluster.as_deref()).await?;
         // Before restoring, so that reservations expired while down reach their orders too.
         let (expired_tx, expired) = tokio::sync::mpsc::unbounded_channel();
         core.reservations().on_expired(expired_tx);
-        match stored {
-            Some(stored) => stored.restore_into(&core).await.map_err(io::Error::other)?,
-            None => {
-                let warehouses = recovery::read_warehouses(&db)
-                    .await
-                    .map_err(io::Error::other)?;
-                for (id, info) in warehouses {
-                    core.upsert_warehouse(id, info)
-                        .await
-                        .map_err(io::Error::other)?;
-                }
-            }
-        }
-        let auth = Auth::load(
-            &db,
-            config.jwt_secret.as_deref(),
-            Duration::from_secs(config.token_ttl_secs),
-            config.bcrypt_cost,
-        )
-        .await
-        .map_err(|e| io::Error::other(e.to_string()))?;
-        bootstrap_admin(&db, &config, &auth)
-            .await
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        let catalog = Catalog::load(&db).await.map_err(io::Error::other)?;
-        // In cluster mode each node holds the orders of the shards it claims.
-        let orders = Arc::new(match cluster {
-            None => Orders::load(&db, buffer.clone())
-                .await
-                .map_err(io::Error::other)?,
-            Some(_) => Orders::new(buffer.clone()),
-        });
-        // And the open carts of the customers of the shards it claims.
-        let carts = Arc::new(match cluster {
-            None => crate::carts::Carts::load(&db, buffer.clone())
-                .await
-                .map_err(io::Error::other)?,
-            Some(_) => crate::carts::Carts::new(buffer.clone()),
-        });
-        let core = Arc::new(core);
-        if cluster.is_none() {
-            orders.reconcile(&core).await;
-        }
-        orders.clone().watch_expiry(expired, &background);
-        let auth_rate = config.auth_rate_per_minute;
-        let metrics = Arc::new(http::metrics_recorder());
-        let (flush_durations, durable_waits) = metrics::with_local_recorder(&*metrics, || {
-            (
-                metrics::histogram!("stockline_flush_duration_seconds"),
-                match config.metrics {
-                    true => metrics::histogram!("stockline_durable_wait_seconds"),
-                    false => metrics::Histogram::noop(),
-                },
-            )
-        });
-        let _ = flusher.stats.durations.set(flush_durations);
-        let shops = Arc::new(Shops::load(&db).await.map_err(io::Error::other)?);
-        let events = crate::events::Events::start(&db, &config, hub, &background)
-            .await
-            .map_err(io::Error::other)?;
-        let state = AppState::new(AppParts {
-            config: Arc::new(config),
+        restore(&db, &core, stored).await?;
+        let background = Background::new();
+        let parts = Started {
+            config,
             db,
-            core,
-            auth: Arc::new(auth),
-            catalog: Arc::new(catalog),
-            store: Arc::new(StoreState {
-                durable: buffer.watch(),
-                buffer,
-                flush: flusher.stats.clone(),
-            }),
-            answers: Arc::new(Answers::default()),
-            orders,
-            shops,
-            carts: carts.clone(),
-            auth_limiter: Arc::new(AuthLimiter::new(auth_rate)),
-            requests: Arc::new(http::RequestMetrics::new(metrics.clone())),
-            metrics,
-            durable_waits,
-            stored_lines: Arc::default(),
-            events: Arc::new(events),
-            cluster: cluster.clone(),
-        });
-        if let Some(cluster) = &cluster {
-            cluster.routes.operate_with(crate::inventory::owner(&state));
-            http::listen_to_cluster(state.clone(), &background);
-            crate::inventory::saga::finish_decided(state.clone(), &background);
-            crate::inventory::orders::expire_overdue(state.clone(), &background);
-            cluster.start(ClusterNode {
-                core: state.core.clone(),
-                routes: cluster.routes.clone(),
-                db: state.db.clone(),
-                buffer: state.store.buffer.clone(),
-                orders: state.orders.clone(),
-                carts: state.carts.clone(),
-            });
-        }
-        let swept = state.clone();
-        background.every(SWEEP_EVERY, move || swept.sweep());
-        // Closed carts leave memory once durable: swept often, they stay few however fast
-        // carts are checked out or deleted.
-        background.every(CARTS_SWEEP_EVERY, move || carts.sweep());
-        // Histogram samples wait in a buffer until folded into their buckets: folded every
-        // few seconds, whether anyone scrapes or not, they take bounded memory.
-        let metrics = state.metrics.handle();
-        background.every(UPKEEP_EVERY, move || metrics.run_upkeep());
+            core: Arc::new(core),
+            buffer,
+            flusher: &flusher,
+            hub,
+            cluster,
+        };
+        let state = load_state(parts, expired, &background).await?;
+        start_cluster(&state, &background);
+        start_upkeep(&state, &background);
         Ok(Self {
             listener,
             state,
@@ -330,6 +153,280 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Takes the database for this server (alone, or shared with the cluster's other nodes),
+/// connects and migrates, and in cluster mode joins: this node's journal numbers, NATS,
+/// and the end of a killed predecessor's writes under the same numbers.
+async fn open_store(
+    config: &Config,
+    addr: SocketAddr,
+) -> io::Result<(sqlx::PgConnection, PgPool, Option<Arc<Cluster>>)> {
+    let in_cluster = config.cluster_nats_url.is_some();
+    let mut held = store::hold_database(&config.database_url, in_cluster)
+        .await
+        .map_err(io::Error::other)?;
+    if !in_cluster {
+        store::end_predecessor_writes(&mut held, 0)
+            .await
+            .map_err(io::Error::other)?;
+    }
+    let db = store::server_pool(&config.database_url, in_cluster)
+        .await
+        .map_err(io::Error::other)?;
+    let cluster = match config.cluster_nats_url {
+        Some(_) => Some(Arc::new(
+            Cluster::join(&db, config, addr)
+                .await
+                .map_err(io::Error::other)?,
+        )),
+        None => None,
+    };
+    let numbering = cluster.as_ref().map_or(0, |cluster| cluster.member.ordinal);
+    if let Some(cluster) = &cluster {
+        // Before anything of a predecessor's is ended: a live node under this id is
+        // no predecessor, and this one refuses to start beside it.
+        crate::cluster::ordinal::hold_node_id(
+            &mut held,
+            &cluster.node,
+            numbering,
+            config.shard_lease(),
+        )
+        .await
+        .map_err(io::Error::other)?;
+        store::end_predecessor_writes(&mut held, numbering)
+            .await
+            .map_err(io::Error::other)?;
+    }
+    Ok((held, db, cluster))
+}
+
+/// Where the journal numbering continues, and (a single process) everything live the
+/// store holds. A single process restores everything live now; a cluster node only the
+/// warehouses, and each shard's live state when it claims the shard.
+async fn read_position(
+    db: &PgPool,
+    cluster: Option<&Cluster>,
+) -> io::Result<(stockline_actors::Lsn, Option<recovery::Stored>)> {
+    Ok(match cluster {
+        None => {
+            let stored = recovery::read(db).await.map_err(io::Error::other)?;
+            (stored.journal_lsn, Some(stored))
+        }
+        Some(cluster) => (
+            recovery::node_position(db, &cluster.member)
+                .await
+                .map_err(io::Error::other)?,
+            None,
+        ),
+    })
+}
+
+/// The core over the write-behind buffer; in cluster mode it loads only lines of the
+/// shards this node serves.
+async fn start_core(
+    config: &Config,
+    db: &PgPool,
+    cluster: Option<&Cluster>,
+    buffer: &Arc<Buffer>,
+) -> io::Result<Core> {
+    let lines = match cluster {
+        None => recovery::PgStore::new(db.clone()),
+        Some(cluster) => {
+            let leases = cluster.leases().clone();
+            recovery::PgStore::serving_only(
+                db.clone(),
+                Arc::new(move |product| leases.may_load(shard_of(product))),
+            )
+        }
+    };
+    Core::start(
+        core_config(config),
+        buffer.clone() as Arc<dyn Journal>,
+        Arc::new(lines),
+    )
+    .await
+    .map_err(io::Error::other)
+}
+
+/// The flusher, on a pool of its own, paced by the durability setting.
+async fn start_flusher(
+    config: &Config,
+    buffer: &Arc<Buffer>,
+    hub: &Arc<crate::events::hub::EventHub>,
+    cluster: Option<&Cluster>,
+) -> io::Result<Flusher> {
+    let numbering = cluster.map_or(0, |cluster| cluster.member.ordinal);
+    let pacing = Pacing {
+        gather: match config.durability {
+            Durability::Sync => Duration::ZERO,
+            Durability::Async => config.flush_interval(),
+        },
+        pipelined: config.flush_pipeline,
+    };
+    let idle_in_transaction =
+        cluster.map(|_| (config.shard_lease() / 4).max(Duration::from_secs(1)));
+    let flusher_db = store::flusher_pool(&config.database_url, idle_in_transaction, numbering)
+        .await
+        .map_err(io::Error::other)?;
+    Ok(Flusher::spawn(
+        flusher_db,
+        buffer.clone(),
+        pacing,
+        config.events.then(|| hub.clone()),
+        cluster.map(|cluster| cluster.member.clone()),
+        CancellationToken::new(),
+    ))
+}
+
+/// A single process takes back what the store holds live; a cluster node the warehouses.
+async fn restore(db: &PgPool, core: &Core, stored: Option<recovery::Stored>) -> io::Result<()> {
+    match stored {
+        Some(stored) => stored.restore_into(core).await.map_err(io::Error::other)?,
+        None => {
+            let warehouses = recovery::read_warehouses(db)
+                .await
+                .map_err(io::Error::other)?;
+            for (id, info) in warehouses {
+                core.upsert_warehouse(id, info)
+                    .await
+                    .map_err(io::Error::other)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What start-up has made by the time the services load.
+struct Started<'a> {
+    config: Config,
+    db: PgPool,
+    core: Arc<Core>,
+    buffer: Arc<Buffer>,
+    flusher: &'a Flusher,
+    hub: Arc<crate::events::hub::EventHub>,
+    cluster: Option<Arc<Cluster>>,
+}
+
+/// Loads the services (auth, the catalog, orders, carts, shops, events) and puts the
+/// state together; orders expire with their reservations from now on.
+async fn load_state(
+    started: Started<'_>,
+    expired: tokio::sync::mpsc::UnboundedReceiver<stockline_actors::Reservation>,
+    background: &Background,
+) -> io::Result<AppState> {
+    let Started {
+        config,
+        db,
+        core,
+        buffer,
+        flusher,
+        hub,
+        cluster,
+    } = started;
+    let auth = Auth::load(
+        &db,
+        config.jwt_secret.as_deref(),
+        Duration::from_secs(config.token_ttl_secs),
+        config.bcrypt_cost,
+    )
+    .await
+    .map_err(|e| io::Error::other(e.to_string()))?;
+    bootstrap_admin(&db, &config, &auth)
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let catalog = Catalog::load(&db).await.map_err(io::Error::other)?;
+    // In cluster mode each node holds the orders of the shards it claims.
+    let orders = Arc::new(match cluster {
+        None => Orders::load(&db, buffer.clone())
+            .await
+            .map_err(io::Error::other)?,
+        Some(_) => Orders::new(buffer.clone()),
+    });
+    // And the open carts of the customers of the shards it claims.
+    let carts = Arc::new(match cluster {
+        None => crate::carts::Carts::load(&db, buffer.clone())
+            .await
+            .map_err(io::Error::other)?,
+        Some(_) => crate::carts::Carts::new(buffer.clone()),
+    });
+    if cluster.is_none() {
+        orders.reconcile(&core).await;
+    }
+    orders.clone().watch_expiry(expired, background);
+    let auth_rate = config.auth_rate_per_minute;
+    let metrics = Arc::new(http::metrics_recorder());
+    let (flush_durations, durable_waits) = metrics::with_local_recorder(&*metrics, || {
+        (
+            metrics::histogram!("stockline_flush_duration_seconds"),
+            match config.metrics {
+                true => metrics::histogram!("stockline_durable_wait_seconds"),
+                false => metrics::Histogram::noop(),
+            },
+        )
+    });
+    let _ = flusher.stats.durations.set(flush_durations);
+    let shops = Arc::new(Shops::load(&db).await.map_err(io::Error::other)?);
+    let events = crate::events::Events::start(&db, &config, hub, background)
+        .await
+        .map_err(io::Error::other)?;
+    Ok(AppState::new(AppParts {
+        config: Arc::new(config),
+        db,
+        core,
+        auth: Arc::new(auth),
+        catalog: Arc::new(catalog),
+        store: Arc::new(StoreState {
+            durable: buffer.watch(),
+            buffer,
+            flush: flusher.stats.clone(),
+        }),
+        answers: Arc::new(Answers::default()),
+        orders,
+        shops,
+        carts: carts.clone(),
+        auth_limiter: Arc::new(AuthLimiter::new(auth_rate)),
+        requests: Arc::new(http::RequestMetrics::new(metrics.clone())),
+        metrics,
+        durable_waits,
+        stored_lines: Arc::default(),
+        events: Arc::new(events),
+        cluster,
+    }))
+}
+
+/// In cluster mode: answers operations for the shards this node owns, hears the other
+/// nodes' changes, finishes decided reservations across shards and expires overdue
+/// orders, and starts the lease loop.
+fn start_cluster(state: &AppState, background: &Background) {
+    if let Some(cluster) = &state.cluster {
+        cluster.routes.operate_with(crate::inventory::owner(state));
+        http::listen_to_cluster(state.clone(), background);
+        crate::inventory::saga::finish_decided(state.clone(), background);
+        crate::inventory::orders::expire_overdue(state.clone(), background);
+        cluster.start(ClusterNode {
+            core: state.core.clone(),
+            routes: cluster.routes.clone(),
+            db: state.db.clone(),
+            buffer: state.store.buffer.clone(),
+            orders: state.orders.clone(),
+            carts: state.carts.clone(),
+        });
+    }
+}
+
+/// The sweeps of the maps clients make grow, and the metrics' upkeep.
+fn start_upkeep(state: &AppState, background: &Background) {
+    let swept = state.clone();
+    background.every(SWEEP_EVERY, move || swept.sweep());
+    // Closed carts leave memory once durable: swept often, they stay few however fast
+    // carts are checked out or deleted.
+    let carts = state.carts.clone();
+    background.every(CARTS_SWEEP_EVERY, move || carts.sweep());
+    // Histogram samples wait in a buffer until folded into their buckets: folded every
+    // few seconds, whether anyone scrapes or not, they take bounded memory.
+    let metrics = state.metrics.handle();
+    background.every(UPKEEP_EVERY, move || metrics.run_upkeep());
 }
 
 /// Builds and runs in a task: answers the bound address (for port 0) and the task to
