@@ -1,5 +1,6 @@
 //! The axum edge: one file per resource, each with its own `router()`, merged here.
 
+mod admin;
 mod auth;
 mod body;
 pub mod caller;
@@ -10,8 +11,8 @@ mod events;
 pub mod extract;
 pub mod health;
 mod keyed;
+mod metrics;
 pub mod openapi;
-mod operations;
 mod orders;
 mod products;
 pub mod rate_limit;
@@ -66,7 +67,7 @@ pub fn router(state: AppState) -> Router {
     let router = match state.config.metrics {
         true => router.layer(axum::middleware::from_fn_with_state(
             state.requests.clone(),
-            operations::track,
+            metrics::track,
         )),
         false => router,
     };
@@ -147,14 +148,14 @@ fn documented(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(carts::router())
         .merge(events::router())
         .merge(webhooks::router())
-        .merge(operations::router())
+        .merge(admin::router())
         .merge(cluster::router())
         .merge(shard_map::router());
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .nest("/api/v1", api)
         .merge(health::router())
         .merge(console::router())
-        .merge(operations::metrics_router())
+        .merge(metrics::metrics_router())
         .routes(utoipa_axum::routes!(openapi_json))
 }
 

@@ -3,7 +3,7 @@
 //! request takes no lock.
 //!
 //! It is for eyes: at the turn of a slot to a new second a count can be lost to a race.
-//! Prometheus' counters and histograms (`operations::track`) are the exact record.
+//! Prometheus' counters and histograms (`http::metrics::track`) are the exact record.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
