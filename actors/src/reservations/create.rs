@@ -37,6 +37,26 @@ impl Reservations {
         has_items(&request)?;
         let home = (self.0.home_of)(request.items[0].product_id);
         let id = ReservationId::homed(crate::Home::One(home));
+        let holds = match self.allocate(id, &request).await {
+            Ok(holds) => holds,
+            Err((refusal, stranded)) => {
+                if !stranded.is_empty() {
+                    // Pending with no time left: the expiry timer releases them once it can.
+                    self.insert(id, stranded, request.reference, Duration::ZERO);
+                }
+                return Err(refusal);
+            }
+        };
+        Ok(self.created(id, holds, request))
+    }
+
+    /// Holds every item of `request` under `id`, or none: refused, what was taken is given
+    /// back, and what could not be given back (stranded) is answered with the refusal.
+    async fn allocate(
+        &self,
+        id: ReservationId,
+        request: &ReservationRequest,
+    ) -> std::result::Result<Holds, (CoreError, Vec<ReservedItem>)> {
         let allocator = Allocator {
             registry: &self.0.registry,
             warehouses: &self.0.warehouses,
@@ -45,19 +65,26 @@ impl Reservations {
             backorder_limits: &request.backorder_limits,
         };
         let mut holds = Holds::default();
-        if let Err(refusal) = allocator.reserve_all(&request.items, &mut holds).await {
-            self.0.outcomes.refused.fetch_add(1, Ordering::Relaxed);
-            let stranded = holds.release_all(id).await;
-            if !stranded.is_empty() {
-                // Pending with no time left: the expiry timer releases them once it can.
-                self.insert(id, stranded, request.reference, Duration::ZERO);
+        match allocator.reserve_all(&request.items, &mut holds).await {
+            Ok(()) => Ok(holds),
+            Err(refusal) => {
+                self.0.outcomes.refused.fetch_add(1, Ordering::Relaxed);
+                Err((refusal, holds.release_all(id).await))
             }
-            return Err(refusal);
         }
+    }
+
+    /// Records the reservation `holds` make under `id`, pending for the request's ttl.
+    fn created(
+        &self,
+        id: ReservationId,
+        holds: Holds,
+        request: ReservationRequest,
+    ) -> (Reservation, Lsn) {
         let lines_lsn = holds.lsn;
         let (reservation, lsn) = self.insert(id, holds.items(), request.reference, request.ttl);
         self.0.outcomes.created.fetch_add(1, Ordering::Relaxed);
-        Ok((reservation, lsn.max(lines_lsn)))
+        (reservation, lsn.max(lines_lsn))
     }
 
     /// Reserves every item or none under `id`, chosen by the caller: in cluster mode, one
@@ -102,29 +129,18 @@ impl Reservations {
                 vacant.insert(Entry::placeholder(id));
             }
         }
-        let allocator = Allocator {
-            registry: &self.0.registry,
-            warehouses: &self.0.warehouses,
-            id,
-            shop_id: request.shop_id,
-            backorder_limits: &request.backorder_limits,
-        };
-        let mut holds = Holds::default();
-        if let Err(refusal) = allocator.reserve_all(&request.items, &mut holds).await {
-            self.0.outcomes.refused.fetch_add(1, Ordering::Relaxed);
-            let stranded = holds.release_all(id).await;
-            self.0.table.remove(&id);
-            if stranded.is_empty() {
-                self.bury(id, request.reference);
-            } else {
-                self.insert(id, stranded, request.reference, Duration::ZERO);
+        match self.allocate(id, &request).await {
+            Ok(holds) => Ok(self.created(id, holds, request)),
+            Err((refusal, stranded)) => {
+                self.0.table.remove(&id);
+                if stranded.is_empty() {
+                    self.bury(id, request.reference);
+                } else {
+                    self.insert(id, stranded, request.reference, Duration::ZERO);
+                }
+                Err(refusal)
             }
-            return Err(refusal);
         }
-        let lines_lsn = holds.lsn;
-        let (reservation, lsn) = self.insert(id, holds.items(), request.reference, request.ttl);
-        self.0.outcomes.created.fetch_add(1, Ordering::Relaxed);
-        Ok((reservation, lsn.max(lines_lsn)))
     }
 
     /// Releases a reservation; one never seen here is buried instead: recorded as
