@@ -65,18 +65,14 @@ impl ClusterNode {
 
     /// Starts answering `shards`' subjects.
     async fn answer(&self, shards: &[Shard]) {
-        for &shard in shards {
-            if let Err(error) = self.routes.serve(shard).await {
-                tracing::warn!(%error, shard, "answering a shard's subject failed");
-            }
+        for (shard, error) in self.routes.serve_each(shards).await {
+            tracing::warn!(%error, shard, "answering a shard's subject failed");
         }
     }
 
     /// Stops answering `shards`' subjects, once the requests they took are answered.
     async fn quiet(&self, shards: &[Shard]) {
-        for &shard in shards {
-            self.routes.stop(shard).await;
-        }
+        self.routes.stop_each(shards).await;
     }
 
     /// Reads the open orders and carts of `claimed` into memory.

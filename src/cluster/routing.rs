@@ -41,6 +41,10 @@ mod wire;
 
 use wire::{is_not_owner, operate, operate_batch, owner_of};
 
+/// The longest [`Routes::settle`] waits for the NATS server's round trip (a few hundred
+/// microseconds when all is well).
+const SETTLE_WITHIN: Duration = Duration::from_millis(250);
+
 /// Marks the answer of a node that does not serve the shard (any more): retried elsewhere.
 const NOT_OWNER: &str = "stockline-not-owner";
 
@@ -135,12 +139,31 @@ impl Routes {
     /// Starts answering `shard`'s subject (after this node claimed it). Once this returns,
     /// the server has the subscription: the next request reaches this node.
     pub async fn serve(&self, shard: Shard) -> Result<(), async_nats::SubscribeError> {
+        match self.serve_each(&[shard]).await.pop() {
+            Some((_, error)) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts answering each of `shards`' subjects, then waits once for the server to
+    /// have them all ([`Self::settle`]); answers the shards whose subscribing failed.
+    pub async fn serve_each(&self, shards: &[Shard]) -> Vec<(Shard, async_nats::SubscribeError)> {
+        let mut failed = Vec::new();
+        for &shard in shards {
+            if let Err(error) = self.subscribe(shard).await {
+                failed.push((shard, error));
+            }
+        }
+        self.settle().await;
+        failed
+    }
+
+    async fn subscribe(&self, shard: Shard) -> Result<(), async_nats::SubscribeError> {
         if self.lock().contains_key(&shard) {
             return Ok(());
         }
         self.answer_batches().await?;
         let subscriber = self.client.subscribe(self.subject(shard)).await?;
-        self.settle().await;
         let stop = CancellationToken::new();
         let client = self.client.clone();
         let operations = self.operations.get().cloned();
@@ -206,34 +229,61 @@ impl Routes {
     /// Stops answering `shard`'s subject, and returns once every request it took has been
     /// answered (in `sync` mode: once their changes are durable or timed out).
     pub async fn stop(&self, shard: Shard) {
-        let subscription = self.lock().remove(&shard);
-        if let Some(Subscription { stop, task, .. }) = subscription {
-            stop.cancel();
-            let _ = task.await;
+        self.stop_each(&[shard]).await;
+    }
+
+    /// [`Self::stop`] for each of `shards`, then waits once for the server to have
+    /// ended them all ([`Self::settle`]).
+    pub async fn stop_each(&self, shards: &[Shard]) {
+        let mut stopped = false;
+        for &shard in shards {
+            stopped |= self.unsubscribe(shard).await;
+        }
+        if stopped {
             self.settle().await;
         }
+    }
+
+    async fn unsubscribe(&self, shard: Shard) -> bool {
+        let subscription = self.lock().remove(&shard);
+        let Some(Subscription { stop, task, .. }) = subscription else {
+            return false;
+        };
+        stop.cancel();
+        let _ = task.await;
+        true
     }
 
     /// Returns once the NATS server has read everything this node sent before, so that a
     /// subscription made or ended is in force for every other node. `flush` only writes
     /// the socket; a request nobody answers comes back ("no responders") only after the
-    /// server read what came before it on the connection.
+    /// server read what came before it on the connection. Cut off, there is nothing to
+    /// wait for; and it waits at most [`SETTLE_WITHIN`] (a subscriber to every subject
+    /// that answers nothing, a tool's, keeps the answer from coming).
     async fn settle(&self) {
+        if !self.connected() {
+            return;
+        }
         let subject = format!("stockline.{}.settle", self.settings.cluster);
-        let request = async_nats::Request::new().timeout(Some(self.settings.answer_within));
-        let _ = self.client.send_request(subject, request).await;
+        let request = async_nats::Request::new().timeout(Some(SETTLE_WITHIN));
+        let asked = self.client.send_request(subject, request);
+        let _ = tokio::time::timeout(SETTLE_WITHIN, asked).await;
     }
 
     /// Stops answering every shard and the batch subject (a node that leaves, or lost
     /// its leases all at once), and sends what it had queued for other nodes.
     pub async fn stop_all(&self) {
+        let mut stopped = false;
         for shard in self.answering() {
-            self.stop(shard).await;
+            stopped |= self.unsubscribe(shard).await;
         }
         let answered = self.batches_lock().take();
         if let Some((stop, task)) = answered {
             stop.cancel();
             let _ = task.await;
+            stopped = true;
+        }
+        if stopped {
             self.settle().await;
         }
         self.batches.close().await;

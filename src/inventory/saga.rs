@@ -482,7 +482,11 @@ async fn decide(coordinator: &Coordinator, found: Saga, commit: bool) -> Result<
             answers.iter().filter_map(PartAnswer::not_pending).collect();
         if settled.len() == answers.len() {
             let status = status_of(&settled);
-            mark(db, id, Pending, status.into()).await?;
+            // A part's stored status may still read pending (a part this node had not in
+            // memory): the whole is then left as it is, for the parts to settle it.
+            if Pending.can_become(status.into()) {
+                mark(db, id, Pending, status.into()).await?;
+            }
             return Err(not_pending(status));
         }
         if mark(db, id, Pending, Committing).await? {

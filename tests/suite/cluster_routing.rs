@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+
 use stockline::cluster::routing::{RouteSettings, Routes, Unreached, protocol};
 use tokio::sync::Notify;
 
@@ -246,6 +248,67 @@ async fn a_shard_served_or_left_is_so_for_every_node_the_moment_it_returns() {
         );
     }
     b.stop_all().await;
+}
+
+/// Claiming or giving up many shards waits for the NATS server once, not once a shard,
+/// and never long: beside a tool that subscribes to every subject and answers nothing
+/// (no "no responders" then), and while cut off from NATS (nothing to wait for).
+#[tokio::test]
+async fn many_shards_are_served_and_stopped_at_once_beside_a_silent_listener_or_cut_off() {
+    let name = cluster();
+    let shards: Vec<u16> = (200..220).collect();
+    let listener = async_nats::connect(NATS).await.unwrap();
+    let mut everything = listener
+        .subscribe(format!("stockline.{name}.>"))
+        .await
+        .unwrap();
+    listener.flush().await.unwrap();
+    let heard = tokio::spawn(async move { while everything.next().await.is_some() {} });
+
+    let nats = proxy::Proxy::start(NATS).await;
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(format!("nats://127.0.0.1:{}", nats.port))
+        .await
+        .unwrap();
+    let owner = Routes::new(
+        client,
+        RouteSettings {
+            cluster: name.clone(),
+            node: next_node(),
+            retry_for: Duration::from_millis(300),
+            answer_within: Duration::from_secs(5),
+        },
+    );
+    owner.operate_with(node("a", &shards));
+    let served = tokio::time::timeout(Duration::from_secs(3), owner.serve_each(&shards)).await;
+    assert!(
+        matches!(&served, Ok(failed) if failed.is_empty()),
+        "{served:?}"
+    );
+    assert_eq!(owner.answering(), shards);
+    let stopped =
+        tokio::time::timeout(Duration::from_secs(3), owner.stop_each(&shards[..10])).await;
+    assert!(
+        stopped.is_ok(),
+        "stopping ten shards beside a silent listener hung"
+    );
+
+    nats.cut();
+    let mut waited = Duration::ZERO;
+    while owner.connected() {
+        assert!(
+            waited < Duration::from_secs(10),
+            "the owner never noticed the cut"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += Duration::from_millis(50);
+    }
+    let stopped =
+        tokio::time::timeout(Duration::from_secs(3), owner.stop_each(&shards[10..])).await;
+    assert!(stopped.is_ok(), "stopping ten shards while cut off hung");
+    assert!(owner.answering().is_empty());
+    heard.abort();
 }
 
 #[tokio::test]

@@ -14,10 +14,6 @@ use serde_json::{Value, json};
 
 const NATS: &str = "127.0.0.1:4222";
 
-/// Both tests listen on the same subjects, and event ids of two databases can be equal:
-/// they run one at a time.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// Every event id in the outbox.
 async fn outbox(app: &TestApp) -> BTreeSet<i64> {
     let (status, body) = app.get("/events?limit=500", &app.admin).await;
@@ -88,7 +84,7 @@ async fn some_changes(app: &TestApp, product: i64, warehouse: i64) {
 
 #[tokio::test]
 async fn every_event_is_published_to_its_subject_once_written() {
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let _turn = common::EVENTS_ON_NATS.lock().await;
     let (_client, mut subscriber) = subscriber().await;
     let url = format!("nats://{NATS}");
     let app = TestApp::spawn_with(&["--nats-url", &url]).await;
@@ -118,7 +114,7 @@ async fn every_event_is_published_to_its_subject_once_written() {
 
 #[tokio::test]
 async fn a_nats_outage_never_blocks_stock_changes_and_the_events_go_out_once_it_is_back() {
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let _turn = common::EVENTS_ON_NATS.lock().await;
     let (_client, mut subscriber) = subscriber().await;
     let proxy = Proxy::start(NATS).await;
     let url = format!("nats://127.0.0.1:{}", proxy.port);

@@ -90,7 +90,8 @@ fn a_bad_flag_is_refused_before_anything_starts() {
 
 /// SIGTERM while clients reserve: the binary finishes what it took, stops every background
 /// task and waits until each has ended, writes what is left, and exits 0. Every
-/// reservation it acknowledged is in the database.
+/// reservation it acknowledged is in the database. In `async` mode, with a long flush
+/// interval, so that what it acknowledged last is written only by the final drain.
 #[tokio::test]
 async fn sigterm_under_load_exits_zero_after_every_background_task_ended_losing_nothing() {
     use sqlx::Connection;
@@ -100,7 +101,12 @@ async fn sigterm_under_load_exits_zero_after_every_background_task_ended_losing_
     let log_path = std::env::temp_dir().join(format!("{database}.log"));
     let log = std::fs::File::create(&log_path).unwrap();
     let mut env = ADMIN_ENV.to_vec();
-    env.extend([("STOCKLINE_LOG_FORMAT", "json"), ("RUST_LOG", "info")]);
+    env.extend([
+        ("STOCKLINE_LOG_FORMAT", "json"),
+        ("RUST_LOG", "info"),
+        ("STOCKLINE_DURABILITY", "async"),
+        ("STOCKLINE_FLUSH_INTERVAL_MS", "1000"),
+    ]);
     let (mut child, base) = start_binary_logging(&database, &env, std::process::Stdio::from(log));
     let app = TestApp::attach(&base, &database).await;
     let (product, _) = app.stocked_product(1_000_000).await;

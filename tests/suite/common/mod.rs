@@ -16,6 +16,11 @@ use stockline::config::Config;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// Held by every test whose servers publish events to the shared NATS server: they all
+/// publish on `stockline.events.*`, and event ids of two databases can be equal, so two
+/// such tests at once (in this one test binary) would take each other's events for theirs.
+pub static EVENTS_ON_NATS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 pub const ADMIN_EMAIL: &str = "admin@stockline.test";
 pub const ADMIN_PASSWORD: &str = "admin-password";
 
