@@ -265,21 +265,7 @@ async fn many_shards_are_served_and_stopped_at_once_beside_a_silent_listener_or_
     listener.flush().await.unwrap();
     let heard = tokio::spawn(async move { while everything.next().await.is_some() {} });
 
-    let nats = proxy::Proxy::start(NATS).await;
-    let client = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connect(format!("nats://127.0.0.1:{}", nats.port))
-        .await
-        .unwrap();
-    let owner = Routes::new(
-        client,
-        RouteSettings {
-            cluster: name.clone(),
-            node: next_node(),
-            retry_for: Duration::from_millis(300),
-            answer_within: Duration::from_secs(5),
-        },
-    );
+    let (nats, owner) = behind_a_proxy(&name).await;
     owner.operate_with(node("a", &shards));
     let served = tokio::time::timeout(Duration::from_secs(3), owner.serve_each(&shards)).await;
     assert!(
@@ -329,27 +315,33 @@ async fn two_clusters_on_one_nats_never_see_each_other() {
 
 use crate::common::proxy;
 
-/// The owner's connection to NATS is cut: requests for its shard fail at once or after
-/// the answer timeout (no responders), not after a hang; the owner knows it is cut off
-/// (so it renews no lease); once the connection is back, it answers again by itself.
-#[tokio::test]
-async fn an_owner_cut_off_from_nats_is_unreached_and_answers_again_once_back() {
-    let name = cluster();
+/// Routes of a new node whose connection to NATS goes through a proxy the test can cut.
+async fn behind_a_proxy(cluster: &str) -> (proxy::Proxy, Routes) {
     let nats = proxy::Proxy::start(NATS).await;
     let client = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .connect(format!("nats://127.0.0.1:{}", nats.port))
         .await
         .unwrap();
-    let owner = Routes::new(
+    let routes = Routes::new(
         client,
         RouteSettings {
-            cluster: name.clone(),
+            cluster: cluster.into(),
             node: next_node(),
             retry_for: Duration::from_millis(300),
             answer_within: Duration::from_secs(5),
         },
     );
+    (nats, routes)
+}
+
+/// The owner's connection to NATS is cut: requests for its shard fail at once or after
+/// the answer timeout (no responders), not after a hang; the owner knows it is cut off
+/// (so it renews no lease); once the connection is back, it answers again by itself.
+#[tokio::test]
+async fn an_owner_cut_off_from_nats_is_unreached_and_answers_again_once_back() {
+    let name = cluster();
+    let (nats, owner) = behind_a_proxy(&name).await;
     owner.operate_with(node("a", &[11]));
     owner.serve(11).await.unwrap();
     let edge = routes(&name, Duration::from_millis(300)).await;
