@@ -148,19 +148,23 @@ impl Routes {
     /// Starts answering each of `shards`' subjects, then waits once for the server to
     /// have them all ([`Self::settle`]); answers the shards whose subscribing failed.
     pub async fn serve_each(&self, shards: &[Shard]) -> Vec<(Shard, async_nats::SubscribeError)> {
-        let mut failed = Vec::new();
+        let (mut failed, mut subscribed) = (Vec::new(), false);
         for &shard in shards {
-            if let Err(error) = self.subscribe(shard).await {
-                failed.push((shard, error));
+            match self.subscribe(shard).await {
+                Ok(new) => subscribed |= new,
+                Err(error) => failed.push((shard, error)),
             }
         }
-        self.settle().await;
+        if subscribed {
+            self.settle().await;
+        }
         failed
     }
 
-    async fn subscribe(&self, shard: Shard) -> Result<(), async_nats::SubscribeError> {
+    /// Subscribes to `shard`'s subject; false if this node answers it already.
+    async fn subscribe(&self, shard: Shard) -> Result<bool, async_nats::SubscribeError> {
         if self.lock().contains_key(&shard) {
-            return Ok(());
+            return Ok(false);
         }
         self.answer_batches().await?;
         let subscriber = self.client.subscribe(self.subject(shard)).await?;
@@ -184,7 +188,7 @@ impl Routes {
         if let Some(previous) = previous {
             previous.stop.cancel();
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Answers this node's batch subject, if it does not yet: each operation in a batch
