@@ -19,7 +19,7 @@ use crate::http::AppState;
 use crate::http::caller::Caller;
 use crate::inventory::{self, Operation};
 
-#[derive(Debug, Serialize, FromRow, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, FromRow, ToSchema)]
 pub struct Product {
     pub id: i64,
     pub sku: String,

@@ -218,7 +218,7 @@ async fn remove_member(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(get, path = "/shops/{id}/products/{product_id}/availability", tag = "shops", security(("bearer" = [])), params(("id" = i64, Path), ("product_id" = i64, Path)), responses((status = 200, description = "As `/products/{id}/availability`, over the shop's warehouses only (totals over its active ones)", body = Object), (status = 404, description = "Unknown shop or product", body = ErrorBody)))]
+#[utoipa::path(get, path = "/shops/{id}/products/{product_id}/availability", tag = "shops", security(("bearer" = [])), params(("id" = i64, Path), ("product_id" = i64, Path)), responses((status = 200, description = "As `/products/{id}/availability`, over the shop's warehouses only (totals over its active ones)", body = crate::inventory::stock::Availability), (status = 404, description = "Unknown shop or product", body = ErrorBody)))]
 async fn availability(
     State(state): State<AppState>,
     Caller(_caller): Caller,

@@ -9,7 +9,7 @@ use super::openapi::ErrorBody;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Number, Value};
+use serde_json::Number;
 use sqlx::FromRow;
 use stockline_actors::journal::MovementKind;
 use stockline_actors::{LineKey, LineSnapshot};
@@ -23,6 +23,7 @@ use crate::error::{AppError, Result};
 use crate::http::AppState;
 use crate::http::caller::Caller;
 use crate::inventory::lines::{Change, LineChange, Made, StockLine};
+use crate::inventory::stock::Availability;
 use crate::inventory::{self, Operation};
 use crate::shops::Scope;
 use crate::store;
@@ -93,7 +94,7 @@ fn line_key(
     Ok(LineKey::new(warehouse_id, product_id))
 }
 
-#[utoipa::path(get, path = "/products/{id}/availability", tag = "stock", security(("bearer" = [])), params(("id" = i64, Path), ("as_of" = Option<String>, Query, description = "RFC 3339, not in the future: the availability at that moment, replayed from the movement ledger (warehouse status as today)")), responses((status = 200, description = "`{product_id, on_hand, reserved, available, warehouses: [...]}`; totals over active warehouses", body = Object), (status = 404, description = "Unknown id", body = ErrorBody)))]
+#[utoipa::path(get, path = "/products/{id}/availability", tag = "stock", security(("bearer" = [])), params(("id" = i64, Path), ("as_of" = Option<String>, Query, description = "RFC 3339, not in the future: the availability at that moment, replayed from the movement ledger (warehouse status as today)")), responses((status = 200, description = "Totals over active warehouses, and each warehouse's line", body = Availability), (status = 404, description = "Unknown id", body = ErrorBody)))]
 async fn availability(
     State(state): State<AppState>,
     Caller(_caller): Caller,
@@ -122,7 +123,7 @@ struct AsOf {
 /// A product's availability at a past moment: each line as its last movement at or
 /// before `as_of` left it (lines with none did not exist yet). Warehouse status is
 /// today's: the ledger does not record status changes.
-async fn availability_as_of(state: &AppState, id: i64, as_of: &str) -> Result<Value> {
+async fn availability_as_of(state: &AppState, id: i64, as_of: &str) -> Result<Availability> {
     let at = DateTime::parse_from_rfc3339(as_of)
         .map_err(|_| AppError::validation("as_of", "must be an RFC 3339 timestamp"))?
         .with_timezone(&Utc);

@@ -18,7 +18,7 @@ use crate::error::{AppError, Result, on_constraint};
 use crate::http::AppState;
 use crate::http::caller::Caller;
 
-#[derive(Debug, Serialize, FromRow, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, FromRow, ToSchema)]
 pub struct Warehouse {
     pub id: i64,
     pub code: String,

@@ -20,7 +20,7 @@ use crate::idempotency::Answer;
 use crate::state::AppState;
 
 /// `StockLine` of API.md.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct StockLine {
     pub warehouse_id: i64,
     pub product_id: i64,
@@ -30,7 +30,7 @@ pub struct StockLine {
     pub safety_stock: u64,
     pub available: u64,
     /// Units held beyond what is on hand (backorders waiting for receipts); left out when 0.
-    #[serde(skip_serializing_if = "crate::orders::is_zero")]
+    #[serde(default, skip_serializing_if = "crate::orders::is_zero")]
     pub backordered: u64,
     pub version: u64,
     pub updated_at: DateTime<Utc>,

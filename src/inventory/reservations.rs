@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 use stockline_actors::{
     LineKey, Quantity, Reservation, ReservationId, ReservationRequest, ReservationStatus,
     ReservedItem,
@@ -19,32 +21,34 @@ use crate::orders::is_zero;
 use crate::state::AppState;
 
 /// `Reservation` of API.md.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ReservationBody {
     pub id: Uuid,
-    pub status: &'static str,
+    /// `pending`, `committed`, `released` or `expired`.
+    #[schema(value_type = String)]
+    pub status: Cow<'static, str>,
     pub items: Vec<Item>,
     pub reference: Option<String>,
     pub expires_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Item {
     pub product_id: i64,
     pub warehouse_id: i64,
     /// Reserved on this line.
     pub quantity: u64,
     /// Of `quantity`, left the warehouse (commit, whole or partial); left out when 0.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub committed: u64,
     /// Of `quantity`, went back to available (release or expiry, whole or partial); left
     /// out when 0.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub released: u64,
     /// Of what is still held, not yet on hand: waiting for receipts (a backorder); left
     /// out when 0.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub backordered: u64,
 }
 
@@ -85,7 +89,7 @@ impl From<Reservation> for ReservationBody {
     fn from(r: Reservation) -> Self {
         Self {
             id: r.id.0,
-            status: r.status.as_str(),
+            status: Cow::Borrowed(r.status.as_str()),
             // A resized hold (a cart's) may keep lines shrunk to nothing: not shown.
             items: r
                 .items
@@ -227,7 +231,7 @@ pub async fn stored(state: &AppState, id: Uuid) -> Result<ReservationBody> {
         .collect();
     Ok(ReservationBody {
         id,
-        status: status.as_str(),
+        status: Cow::Borrowed(status.as_str()),
         items,
         reference,
         expires_at,

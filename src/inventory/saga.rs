@@ -330,14 +330,14 @@ async fn view(state: &AppState, saga: &Saga) -> Result<ReservationBody> {
     let mut statuses = Vec::new();
     for (_, part) in saga.parts() {
         let part = reservations::stored(state, part).await?;
-        statuses.push(ReservationStatus::parse(part.status).unwrap_or(ReservationStatus::Pending));
+        statuses.push(ReservationStatus::parse(&part.status).unwrap_or(ReservationStatus::Pending));
         items.extend(part.items);
     }
     let status = status_of(&statuses);
     // A commit extends the parts; the expiry shown stays the client's.
     Ok(ReservationBody {
         id: saga.id,
-        status: status.as_str(),
+        status: status.as_str().into(),
         items,
         reference: saga.reference.clone(),
         expires_at: saga.expires_at,

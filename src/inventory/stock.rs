@@ -1,14 +1,43 @@
 //! A product's availability over its lines, as the owner of its shard has them.
 
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use stockline_actors::LineSnapshot;
 use stockline_actors::types::ShopId;
 
 use crate::error::{AppError, Result};
 use crate::state::AppState;
 
+/// `GET /products/{id}/availability` (and a shop's): totals over the active warehouses,
+/// and each warehouse's line.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Availability {
+    pub product_id: i64,
+    pub on_hand: u64,
+    pub reserved: u64,
+    pub available: u64,
+    pub warehouses: Vec<WarehouseStock>,
+}
+
+/// A product's line in one warehouse, as availability lists it.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WarehouseStock {
+    pub warehouse_id: i64,
+    /// `active` or `inactive`: an inactive warehouse's units are left out of the totals.
+    pub status: String,
+    pub on_hand: u64,
+    pub reserved: u64,
+    pub safety_stock: u64,
+    pub available: u64,
+    pub backordered: u64,
+    pub version: u64,
+}
+
 /// A product's availability over the lines of every warehouse, or of one shop's.
-pub async fn availability_of(state: &AppState, id: i64, shop: Option<ShopId>) -> Result<Value> {
+pub async fn availability_of(
+    state: &AppState,
+    id: i64,
+    shop: Option<ShopId>,
+) -> Result<Availability> {
     if state.catalog.get(id).is_none() {
         return Err(AppError::NotFound(format!("product {id}")));
     }
@@ -31,7 +60,7 @@ async fn lines_of(state: &AppState, id: i64, shop: Option<ShopId>) -> Result<Vec
 }
 
 /// The availability answer over `lines`: totals over the active warehouses.
-pub fn availability_body(state: &AppState, id: i64, lines: Vec<LineSnapshot>) -> Value {
+pub fn availability_body(state: &AppState, id: i64, lines: Vec<LineSnapshot>) -> Availability {
     let warehouses = state.core.warehouses();
     let (mut on_hand, mut reserved, mut available) = (0u64, 0u64, 0u64);
     let mut listed = Vec::with_capacity(lines.len());
@@ -44,22 +73,22 @@ pub fn availability_body(state: &AppState, id: i64, lines: Vec<LineSnapshot>) ->
             reserved += line.reserved;
             available += line.available();
         }
-        listed.push(json!({
-            "warehouse_id": line.key.warehouse_id,
-            "status": if active { "active" } else { "inactive" },
-            "on_hand": line.on_hand,
-            "reserved": line.reserved,
-            "safety_stock": line.safety_stock,
-            "available": line.available(),
-            "backordered": line.backordered(),
-            "version": line.version,
-        }));
+        listed.push(WarehouseStock {
+            warehouse_id: line.key.warehouse_id,
+            status: if active { "active" } else { "inactive" }.to_owned(),
+            on_hand: line.on_hand,
+            reserved: line.reserved,
+            safety_stock: line.safety_stock,
+            available: line.available(),
+            backordered: line.backordered(),
+            version: line.version,
+        });
     }
-    json!({
-        "product_id": id,
-        "on_hand": on_hand,
-        "reserved": reserved,
-        "available": available,
-        "warehouses": listed,
-    })
+    Availability {
+        product_id: id,
+        on_hand,
+        reserved,
+        available,
+        warehouses: listed,
+    }
 }
