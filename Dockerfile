@@ -5,6 +5,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY actors ./actors
 COPY src ./src
 COPY benches ./benches
+COPY testkit ./testkit
 COPY migrations ./migrations
 RUN cargo build --release --locked --bin stockline
 

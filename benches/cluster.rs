@@ -190,12 +190,7 @@ async fn routed_hop(args: &Args) {
 }
 
 async fn fence_and_round(args: &Args) {
-    let base = std::env::var("TEST_DATABASE_BASE")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let name = format!("slbench_{}", uuid::Uuid::now_v7().simple());
-    let pool = stockline::store::connect_and_migrate(&format!("{base}/{name}"))
-        .await
-        .unwrap();
+    let (name, pool) = testkit::fresh_pool().await;
     let leases = Leases::new(
         pool.clone(),
         LeaseSettings {
@@ -248,12 +243,7 @@ async fn fence_and_round(args: &Args) {
         rounds.value_at_quantile(0.99),
     );
     pool.close().await;
-    use sqlx::Connection;
-    if let Ok(mut admin) = sqlx::PgConnection::connect(&format!("{base}/postgres")).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-            .execute(&mut admin)
-            .await;
-    }
+    testkit::drop_database(&name).await;
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -5,13 +5,11 @@
 //!
 //! Run: `cargo bench --bench console` (`-- --rounds N`).
 
-#[path = "../tests/suite/common/browser.rs"]
-mod browser;
-
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use serde_json::{Value, json};
+use serde_json::json;
+use testkit::browser;
 
 #[derive(Parser)]
 struct Args {
@@ -22,43 +20,11 @@ struct Args {
     bench: bool,
 }
 
-#[derive(Parser)]
-struct Wrap {
-    #[command(flatten)]
-    config: stockline::config::Config,
-}
-
-const ADMIN: (&str, &str) = ("bench@example.com", "bench-password-1");
-
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let base = std::env::var("BENCH_DATABASE_BASE")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let name = format!("slbench_{}", uuid::Uuid::now_v7().simple());
-    let database = format!("{base}/{name}");
-    let config = Wrap::parse_from([
-        "console",
-        "--addr",
-        "127.0.0.1:0",
-        "--database-url",
-        &database,
-        "--bcrypt-cost",
-        "4",
-        "--admin-email",
-        ADMIN.0,
-        "--admin-password",
-        ADMIN.1,
-    ])
-    .config;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (addr, server) = stockline::startup::launch(listener, config, async {
-        let _ = stopped.await;
-    })
-    .await
-    .expect("the server starts");
-    let url = format!("http://{addr}");
+    let app = testkit::TestApp::spawn_bench(&[]).await;
+    let url = app.base.clone();
     let client = reqwest::Client::new();
 
     let mut weight = 0;
@@ -79,16 +45,7 @@ async fn main() {
         "console: page weight {weight} bytes (uncompressed; nothing else is fetched but the API's JSON)"
     );
 
-    let login: Value = client
-        .post(format!("{url}/api/v1/auth/login"))
-        .json(&json!({ "login": ADMIN.0, "password": ADMIN.1 }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["token"].as_str().unwrap().to_owned();
+    let token = app.admin.clone();
 
     let browser = browser::Browser::start(1280, 900).await;
     browser.goto(&format!("{url}/console")).await;
@@ -138,13 +95,5 @@ async fn main() {
         args.rounds
     );
     browser.close().await;
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
-    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&format!("{base}/postgres"))
-        .await
-        .unwrap();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    app.cleanup().await;
 }

@@ -34,39 +34,15 @@ struct Args {
     bench: bool,
 }
 
-#[derive(Parser)]
-struct Wrap {
-    #[command(flatten)]
-    config: stockline::config::Config,
-}
-
-const ADMIN: (&str, &str) = ("bench@example.com", "bench-password-1");
-
+/// A server of the kit, and its API's base URL and admin token for the raw clients here.
 struct Server {
     base: String,
     token: String,
-    database: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    app: testkit::TestApp,
 }
 
 async fn start(extra: &[&str]) -> Server {
-    let base = std::env::var("BENCH_DATABASE_BASE")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let name = format!("slbench_{}", uuid::Uuid::now_v7().simple());
-    let database = format!("{base}/{name}");
     let mut flags = vec![
-        "events",
-        "--addr",
-        "127.0.0.1:0",
-        "--database-url",
-        &database,
-        "--bcrypt-cost",
-        "4",
-        "--admin-email",
-        ADMIN.0,
-        "--admin-password",
-        ADMIN.1,
         "--durability",
         "async",
         "--max-event-streams",
@@ -76,67 +52,19 @@ async fn start(extra: &[&str]) -> Server {
         "true",
     ];
     flags.extend_from_slice(extra);
-    let config = Wrap::parse_from(flags).config;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (addr, task) = stockline::startup::launch(listener, config, async {
-        let _ = stopped.await;
-    })
-    .await
-    .expect("the server starts");
-    let base = format!("http://{addr}/api/v1");
-    let client = reqwest::Client::new();
-    let login: Value = client
-        .post(format!("{base}/auth/login"))
-        .json(&json!({ "login": ADMIN.0, "password": ADMIN.1 }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["token"].as_str().unwrap().to_owned();
-    for (path, body) in [
-        (
-            "/products",
-            json!({ "sku": "E", "name": "E", "price_cents": 1 }),
-        ),
-        ("/warehouses", json!({ "code": "E", "name": "E" })),
-    ] {
-        let answer = client
-            .post(format!("{base}{path}"))
-            .bearer_auth(&token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(answer.status().is_success());
-    }
+    let app = testkit::TestApp::spawn_bench(&flags).await;
+    app.product("E", 1).await;
+    app.warehouse("E", 0).await;
     Server {
-        base,
-        token,
-        database: name,
-        stop,
-        task,
+        base: app.url(""),
+        token: app.admin.clone(),
+        app,
     }
 }
 
 impl Server {
     async fn finish(self) {
-        let _ = self.stop.send(());
-        let _ = self.task.await;
-        let base = std::env::var("BENCH_DATABASE_BASE")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-        let pool = sqlx::PgPool::connect(&format!("{base}/postgres"))
-            .await
-            .unwrap();
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-            self.database
-        ))
-        .execute(&pool)
-        .await
-        .unwrap();
+        self.app.cleanup().await;
     }
 
     /// Makes `n` line changes with bulk adjustments, 4 requests in flight.

@@ -10,7 +10,7 @@
 //!
 //! Run: `cargo bench --bench recovery -- --lines 1000000`.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
-use sqlx::Connection;
 
 #[derive(Parser)]
 struct Args {
@@ -44,23 +43,9 @@ struct Args {
     bench: bool,
 }
 
-const ADMIN: (&str, &str) = ("bench@example.com", "bench-password-1");
-
-fn base() -> String {
-    std::env::var("BENCH_DATABASE_BASE")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
-
-async fn admin_connection(db: &str) -> sqlx::PgConnection {
-    sqlx::PgConnection::connect(&format!("{}/{db}", base()))
-        .await
-        .unwrap()
-}
-
-async fn seed(name: &str, args: &Args) -> Duration {
-    let pool = stockline::store::connect_and_migrate(&format!("{}/{name}", base()))
-        .await
-        .unwrap();
+/// A fresh database with `args.lines` stock lines; answers its name and the time taken.
+async fn seed(args: &Args) -> (String, Duration) {
+    let (name, pool) = testkit::fresh_pool().await;
     let started = Instant::now();
     let products = args.lines / args.warehouses;
     sqlx::query(
@@ -98,34 +83,15 @@ async fn seed(name: &str, args: &Args) -> Duration {
         .await
         .unwrap();
     pool.close().await;
-    started.elapsed()
+    (name, started.elapsed())
 }
 
+/// The real binary over `name`, its log on this bench's stderr; answers it and its URL.
 fn start(name: &str, idle_ms: u64) -> (Child, String) {
-    use std::io::{BufRead, BufReader};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_stockline"))
-        .arg("serve")
-        .env("STOCKLINE_ADDR", "127.0.0.1:0")
-        .env("DATABASE_URL", format!("{}/{name}", base()))
-        .env("STOCKLINE_ADMIN_EMAIL", ADMIN.0)
-        .env("STOCKLINE_ADMIN_PASSWORD", ADMIN.1)
-        .env("STOCKLINE_BCRYPT_COST", "4")
-        .env("STOCKLINE_LINE_IDLE_MS", idle_ms.to_string())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("stockline listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    (child, url)
+    let idle_ms = idle_ms.to_string();
+    let mut env = testkit::ADMIN_ENV.to_vec();
+    env.push(("STOCKLINE_LINE_IDLE_MS", idle_ms.as_str()));
+    testkit::start_binary_logging(name, &env, Stdio::inherit())
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -264,8 +230,7 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let name = format!("slbench_{}", uuid::Uuid::now_v7().simple());
-    let seeded = seed(&name, &args).await;
+    let (name, seeded) = seed(&args).await;
     println!(
         "recovery: {} lines ({} products x {} warehouses), seeded in {:.1} s",
         args.lines,
@@ -286,16 +251,7 @@ async fn main() {
 
     let client = reqwest::Client::new();
     let api = format!("{url}/api/v1");
-    let login: Value = client
-        .post(format!("{api}/auth/login"))
-        .json(&json!({ "login": ADMIN.0, "password": ADMIN.1 }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["token"].as_str().unwrap().to_owned();
+    let token = testkit::TestApp::attach(&url, &name).await.admin;
     let products = args.lines / args.warehouses;
     let step = (100 / args.touch_percent.clamp(1, 100)).max(1);
     let touched: Arc<Vec<i64>> = Arc::new((1..=products).step_by(step as usize).collect());
@@ -392,9 +348,5 @@ async fn main() {
 
     let _ = child.kill();
     let _ = child.wait();
-    let mut admin = admin_connection("postgres").await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    testkit::drop_database(&name).await;
 }

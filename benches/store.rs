@@ -1,5 +1,5 @@
 //! The write-behind store, measured against the local PostgreSQL (127.0.0.1:5432, or
-//! `BENCH_DATABASE_BASE`), on fresh databases that are dropped afterwards.
+//! `TEST_DATABASE_BASE`), on fresh databases that are dropped afterwards.
 //!
 //! 1. Flush throughput: records/s from the journal buffer into PostgreSQL, with line states
 //!    coalesced, for a burst of reserve-like changes over 1,000 lines.
@@ -11,40 +11,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use serde_json::{Value, json};
-use sqlx::Connection;
-use stockline::config::Config;
 use stockline::store::flusher::Flusher;
 use stockline_actors::journal::{LineRecord, MovementKind, MovementRecord, Reference};
 use stockline_actors::{Journal, JournalBuffer, LineKey, Record, ReservationId};
 
-fn base() -> String {
-    std::env::var("BENCH_DATABASE_BASE")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
-
-fn fresh() -> String {
-    format!("slbench_{}", uuid::Uuid::now_v7().simple())
-}
-
-async fn drop_database(name: &str) {
-    let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", base()))
-        .await
-        .unwrap();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-}
-
 /// Appends `changes` reserve-like changes (a line state and a movement each) over 1,000
 /// lines, and times how long until all of it is durable.
 async fn flush_throughput(changes: usize) -> (f64, u64) {
-    let name = fresh();
-    let pool = stockline::store::connect_and_migrate(&format!("{}/{name}", base()))
-        .await
-        .unwrap();
+    let (name, pool) = testkit::fresh_pool().await;
     sqlx::query("INSERT INTO warehouses (id, code, name) VALUES (1, 'W', 'W')")
         .execute(&pool)
         .await
@@ -101,96 +76,28 @@ async fn flush_throughput(changes: usize) -> (f64, u64) {
         .load(std::sync::atomic::Ordering::Relaxed);
     assert!(flusher.finish().await);
     pool.close().await;
-    drop_database(&name).await;
+    testkit::drop_database(&name).await;
     (2.0 * changes as f64 / elapsed, batches)
 }
 
-#[derive(Parser)]
-struct Wrap {
-    #[command(flatten)]
-    config: Config,
-}
-
+/// A server of the kit with one product stocked, and its API's base URL and admin token
+/// for the raw client here.
 struct Server {
     base: String,
     token: String,
     product: i64,
-    database: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    app: testkit::TestApp,
 }
 
 async fn server(durability: &str) -> Server {
-    let database = fresh();
-    let url = format!("{}/{database}", base());
-    let config = Wrap::parse_from([
-        "bench",
-        "--addr",
-        "127.0.0.1:0",
-        "--database-url",
-        &url,
-        "--bcrypt-cost",
-        "4",
-        "--durability",
-        durability,
-        "--admin-email",
-        "bench@stockline.test",
-        "--admin-password",
-        "bench-password",
-    ])
-    .config;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (addr, task) = stockline::startup::launch(listener, config, async {
-        let _ = stopped.await;
-    })
-    .await
-    .unwrap();
-    let base = format!("http://{addr}/api/v1");
-    let client = reqwest::Client::new();
-    let login: Value = client
-        .post(format!("{base}/auth/login"))
-        .json(&json!({ "login": "bench@stockline.test", "password": "bench-password" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["token"].as_str().unwrap().to_owned();
-    let post = |path: &str, body: Value| {
-        client
-            .post(format!("{base}{path}"))
-            .bearer_auth(&token)
-            .json(&body)
-            .send()
-    };
-    let product: Value = post(
-        "/products",
-        json!({ "sku": "B", "name": "B", "price_cents": 1 }),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let warehouse: Value = post("/warehouses", json!({ "code": "W", "name": "W" }))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let product = product["id"].as_i64().unwrap();
-    post("/stock/adjustments", json!({ "warehouse_id": warehouse["id"], "product_id": product, "delta": 1_000_000, "reason": "receipt" }))
-        .await
-        .unwrap();
+    let app = testkit::TestApp::spawn_bench(&["--durability", durability]).await;
+    let (product, warehouse) = (app.product("B", 1).await, app.warehouse("W", 0).await);
+    app.stock(warehouse, product, 1_000_000).await;
     Server {
-        base,
-        token,
+        base: app.url(""),
+        token: app.admin.clone(),
         product,
-        database,
-        stop,
-        task,
+        app,
     }
 }
 
@@ -263,8 +170,6 @@ async fn main() {
         percentile(&sync_times, 0.5) / percentile(&async_times, 0.5)
     );
     for server in [sync, asynchronous] {
-        let _ = server.stop.send(());
-        server.task.await.unwrap().unwrap();
-        drop_database(&server.database).await;
+        server.app.cleanup().await;
     }
 }

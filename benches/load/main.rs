@@ -30,7 +30,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use sqlx::{Connection, PgPool};
+use sqlx::PgPool;
 use workload::{Load, Outcome, Scenario, Target};
 
 #[derive(Parser, Debug)]
@@ -144,7 +144,6 @@ impl Design {
 pub const PRODUCTS: i64 = 10_000;
 /// On hand per line: enough that no run can drain one.
 pub const STOCK: i64 = 1_000_000_000;
-const ADMIN: (&str, &str) = ("load@stockline.test", "load-password");
 
 /// One design's figures for a scenario.
 struct Row {
@@ -171,12 +170,9 @@ async fn main() {
     }
     let duration = Duration::from_secs(args.duration);
     if args.print_seed {
-        let (_, url) = fresh_database(&args.database_base).await;
-        let pool = stockline::store::connect_and_migrate(&url)
-            .await
-            .expect("migrate");
+        let (name, pool) = testkit::fresh_pool_on(&args.database_base).await;
         seed_stockline(&pool).await;
-        println!("{url}");
+        println!("{}/{name}", args.database_base);
         return;
     }
     if let Some(url) = &args.url {
@@ -434,9 +430,7 @@ enum Teardown {
     Actor {
         pool: PgPool,
         base: String,
-        database: String,
-        stop: tokio::sync::oneshot::Sender<()>,
-        server: tokio::task::JoinHandle<std::io::Result<()>>,
+        app: testkit::TestApp,
     },
     RowLock {
         pool: PgPool,
@@ -467,34 +461,21 @@ async fn stand_up(args: &Args, design: Design, switches: Switches) -> Stand {
     let (target, teardown) = match design {
         Design::ActorSync | Design::ActorAsync => {
             let durability = design.columns().1;
-            let (database, url) = fresh_database(&args.database_base).await;
-            let pool = stockline::store::connect_and_migrate(&url)
-                .await
-                .expect("migrate");
+            let (database, pool) = testkit::fresh_pool_on(&args.database_base).await;
             seed_stockline(&pool).await;
-            let config = workload::config(&url, durability, ADMIN, switches);
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let (addr, server) = stockline::startup::launch(listener, config, async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("stockline starts");
-            let base = format!("http://{addr}/api/v1");
-            let token = workload::login(&base, ADMIN).await;
+            let flags = workload::flags(&args.database_base, durability, switches);
+            let app =
+                testkit::TestApp::start_tuned_on(&database, &flags, testkit::Tuning::Bench).await;
+            let (base, token) = (app.url(""), app.admin.clone());
             let teardown = Teardown::Actor {
                 pool,
                 base: args.database_base.clone(),
-                database,
-                stop,
-                server,
+                app,
             };
             (Target::new(base, token), teardown)
         }
         Design::RowLock => {
-            let (database, url) = fresh_database(&args.database_base).await;
+            let (database, url) = testkit::empty_database_on(&args.database_base).await;
             let pool = sqlx::postgres::PgPoolOptions::new()
                 .max_connections(32)
                 .connect(&url)
@@ -551,15 +532,12 @@ async fn tear_down(teardown: Teardown) -> Vec<String> {
         Teardown::Actor {
             pool,
             base,
-            database,
-            stop,
-            server,
+            mut app,
         } => {
-            let _ = stop.send(());
-            server.await.expect("server task").expect("stops cleanly");
+            app.stop().await;
             let books = workload::check_stockline_books(&pool).await;
             pool.close().await;
-            drop_database(&base, &database).await;
+            testkit::drop_database_on(&base, &app.database).await;
             books
         }
         Teardown::RowLock {
@@ -569,7 +547,7 @@ async fn tear_down(teardown: Teardown) -> Vec<String> {
         } => {
             let books = workload::check_rowlock_books(&pool).await;
             pool.close().await;
-            drop_database(&base, &database).await;
+            testkit::drop_database_on(&base, &database).await;
             books
         }
         Teardown::Redis {
@@ -771,28 +749,6 @@ fn print_table(rows: &[(Scenario, &str, &str, Outcome)]) {
         );
     }
     println!();
-}
-
-async fn fresh_database(base: &str) -> (String, String) {
-    let name = format!("slload_{}", uuid::Uuid::now_v7().simple());
-    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
-        .await
-        .expect("postgres");
-    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-        .execute(&mut admin)
-        .await
-        .expect("create");
-    (name.clone(), format!("{base}/{name}"))
-}
-
-async fn drop_database(base: &str, name: &str) {
-    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
-        .await
-        .expect("postgres");
-    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .ok();
 }
 
 /// The seed of a stockline database: two warehouses, `PRODUCTS` products, a line of

@@ -204,58 +204,29 @@ impl Target {
     }
 }
 
-/// Configuration of a stockline under load: fresh database, no rate limit for the harness.
-/// The server's configuration for a run; `switches` turns per-request metrics and events
-/// on or off.
-pub fn config(
-    url: &str,
-    durability: &str,
-    admin: (&str, &str),
+/// The flags of a stockline under load, on a database of `base` (the kit adds the rest):
+/// no practical sign-in limit for the harness; `switches` turns per-request metrics,
+/// events and the flush pipeline on or off.
+pub fn flags<'a>(
+    base: &'a str,
+    durability: &'static str,
     switches: super::Switches,
-) -> stockline::config::Config {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        config: stockline::config::Config,
-    }
-    Wrap::parse_from([
-        "load",
-        "--addr",
-        "127.0.0.1:0",
-        "--database-url",
-        url,
+) -> Vec<&'a str> {
+    let on = |on: bool| if on { "true" } else { "false" };
+    vec![
+        "--database-base",
+        base,
         "--durability",
         durability,
-        "--bcrypt-cost",
-        "4",
-        "--admin-email",
-        admin.0,
-        "--admin-password",
-        admin.1,
         "--auth-rate-per-minute",
         "1000000",
         "--metrics",
-        if switches.metrics { "true" } else { "false" },
+        on(switches.metrics),
         "--events",
-        if switches.events { "true" } else { "false" },
+        on(switches.events),
         "--flush-pipeline",
-        if switches.pipeline { "true" } else { "false" },
-    ])
-    .config
-}
-
-pub async fn login(base: &str, admin: (&str, &str)) -> String {
-    let answer: Value = reqwest::Client::new()
-        .post(format!("{base}/auth/login"))
-        .json(&json!({ "login": admin.0, "password": admin.1 }))
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("login body");
-    answer["token"].as_str().expect("token").to_owned()
+        on(switches.pipeline),
+    ]
 }
 
 /// The name of the clients' threads (see [`clients_runtime`]).

@@ -43,6 +43,8 @@ pub use crate::telemetry::prometheus::recorder as metrics_recorder;
 pub use crate::telemetry::requests::RequestMetrics;
 pub use auth::{email as auth_email, password_ok as auth_password_ok};
 pub use cluster::listen as listen_to_cluster;
+pub use products::Product;
+pub use warehouses::Warehouse;
 
 /// Bodies over this are refused with 413.
 pub(crate) const MAX_BODY: usize = 1024 * 1024;

@@ -9,7 +9,7 @@ use crate::state::AppState;
 
 /// `GET /products/{id}/availability` (and a shop's): totals over the active warehouses,
 /// and each warehouse's line.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Availability {
     pub product_id: i64,
     pub on_hand: u64,
@@ -19,7 +19,7 @@ pub struct Availability {
 }
 
 /// A product's line in one warehouse, as availability lists it.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WarehouseStock {
     pub warehouse_id: i64,
     /// `active` or `inactive`: an inactive warehouse's units are left out of the totals.

@@ -336,19 +336,6 @@ impl TestApp {
         (product, warehouse)
     }
 
-    /// Receives `delta` units on a line; answers the line.
-    pub async fn stock(&self, warehouse_id: i64, product_id: i64, delta: i64) -> Value {
-        let (status, body) = self
-            .post(
-                "/stock/adjustments",
-                &self.admin,
-                json!({ "warehouse_id": warehouse_id, "product_id": product_id, "delta": delta, "reason": "receipt" }),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        body
-    }
-
     /// Reserves `quantity` of a product (any warehouse) and answers the reservation.
     pub async fn reserve(&self, product_id: i64, quantity: i64) -> (StatusCode, Value) {
         self.post(
@@ -403,14 +390,6 @@ impl TestApp {
             made += usize::from(task.await.unwrap());
         }
         made
-    }
-
-    pub async fn availability(&self, product_id: i64) -> Value {
-        let (status, body) = self
-            .get(&format!("/products/{product_id}/availability"), &self.admin)
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        body
     }
 
     /// Stops the server and drops its database.

@@ -1,10 +1,8 @@
 //! Auth and users over HTTP: register, login, logout, me, TOTP, roles.
 
-use crate::common;
-
-use common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
+use testkit::*;
 
 #[tokio::test]
 async fn register_then_login_by_email_or_phone_and_read_me() {

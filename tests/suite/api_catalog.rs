@@ -1,10 +1,8 @@
 //! Products and warehouses over HTTP, and the edge's general error handling.
 
-use crate::common;
-
-use common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
+use testkit::*;
 
 #[tokio::test]
 async fn products_are_created_found_searched_patched_and_deleted() {

@@ -1,15 +1,13 @@
 //! Many customers at once over HTTP: nothing oversold, every paid order's stock left the
 //! shelf exactly once, the ledger sums to each line's on_hand; transfers conserve stock.
 
-use crate::common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use common::*;
 use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::Connection;
+use testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_customers_with_overlapping_baskets_never_oversell() {
@@ -81,10 +79,10 @@ async fn two_hundred_customers_with_overlapping_baskets_never_oversell() {
     let sold: HashMap<(i64, i64), i64> = sold.into_iter().map(|(p, w, q)| ((p, w), q)).collect();
     for product in products {
         let availability = app.availability(product).await;
-        for line in availability["warehouses"].as_array().unwrap() {
-            let warehouse = line["warehouse_id"].as_i64().unwrap();
-            let on_hand = line["on_hand"].as_i64().unwrap();
-            assert_eq!(line["reserved"], 0, "nothing is left reserved");
+        for line in &availability.warehouses {
+            let warehouse = line.warehouse_id;
+            let on_hand = line.on_hand as i64;
+            assert_eq!(line.reserved, 0, "nothing is left reserved");
             assert!(on_hand >= 0);
             let taken = sold.get(&(product, warehouse)).copied().unwrap_or(0);
             assert_eq!(
@@ -137,7 +135,7 @@ async fn transfers_back_and_forth_over_http_conserve_stock() {
         assert_eq!(task.await.unwrap(), StatusCode::CREATED);
     }
     let availability = app.availability(product).await;
-    assert_eq!(availability["on_hand"], 1_500);
+    assert_eq!(availability.on_hand, 1_500);
     let (_, transfers) = app.get("/transfers", &app.admin).await;
     assert_eq!(transfers["total"], 150);
     Arc::into_inner(app).unwrap().cleanup().await;

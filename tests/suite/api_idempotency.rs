@@ -1,12 +1,10 @@
 //! `Idempotency-Key` over HTTP, and transfers.
 
-use crate::common;
-
 use std::sync::Arc;
 
-use common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use testkit::*;
 
 /// POSTs with an Idempotency-Key; answers (status, body).
 async fn post_keyed(
@@ -39,11 +37,7 @@ async fn a_repeated_key_answers_the_first_answer_and_moves_nothing_twice() {
     assert_eq!(first.0, StatusCode::CREATED);
     let again = post_keyed(&app, "/orders", &customer, "order-1", basket.clone()).await;
     assert_eq!(again, first, "the same status and body");
-    assert_eq!(
-        app.availability(product).await["reserved"],
-        2,
-        "reserved once"
-    );
+    assert_eq!(app.availability(product).await.reserved, 2, "reserved once");
 
     let id = first.1["id"].as_str().unwrap().to_owned();
     let payment = json!({ "method": "card", "amount_cents": 200 });
@@ -80,7 +74,7 @@ async fn a_repeated_key_answers_the_first_answer_and_moves_nothing_twice() {
     let b = post_keyed(&app, "/stock/adjustments", &app.admin, "adj-1", adjustment).await;
     assert_eq!((a.0, &a), (StatusCode::OK, &b));
     assert_eq!(
-        app.availability(product).await["on_hand"],
+        app.availability(product).await.on_hand,
         13,
         "10 - 2 committed + 5 once"
     );
@@ -122,7 +116,7 @@ async fn a_key_reused_with_another_body_is_refused() {
         error_code(status, &body, StatusCode::UNPROCESSABLE_ENTITY),
         "validation_failed"
     );
-    assert_eq!(app.availability(product).await["reserved"], 4);
+    assert_eq!(app.availability(product).await.reserved, 4);
     app.cleanup().await;
 }
 
@@ -149,7 +143,7 @@ async fn concurrent_duplicates_move_stock_once() {
         "every duplicate got the first answer"
     );
     assert_eq!(answers[0].0, StatusCode::CREATED);
-    assert_eq!(app.availability(product).await["reserved"], 3);
+    assert_eq!(app.availability(product).await.reserved, 3);
     let (_, orders) = app.get("/orders", &customer).await;
     assert_eq!(orders["total"], 1);
     Arc::into_inner(app).unwrap().cleanup().await;
@@ -172,7 +166,7 @@ async fn a_key_is_replayed_after_a_sigkill_and_restart() {
     let replayed = post_keyed(&app, "/orders", &customer, "before-crash", basket).await;
     assert_eq!(replayed, first);
     assert_eq!(
-        app.availability(product).await["reserved"],
+        app.availability(product).await.reserved,
         4,
         "still reserved once"
     );
@@ -195,11 +189,8 @@ async fn a_transfer_moves_available_stock_and_is_listed() {
     );
     let stock = app.availability(product).await;
     assert_eq!(
-        (
-            stock["warehouses"][0]["on_hand"].as_u64(),
-            stock["warehouses"][1]["on_hand"].as_u64()
-        ),
-        (Some(6), Some(4))
+        (stock.warehouses[0].on_hand, stock.warehouses[1].on_hand),
+        (6, 4)
     );
     let (status, body) = app.post("/transfers", &app.admin, request(7)).await;
     assert_eq!(
@@ -267,7 +258,7 @@ async fn a_client_that_hangs_up_and_retries_gets_one_effect_and_no_hang() {
         assert_eq!(retried.0, StatusCode::CREATED, "{}", retried.1);
     }
     assert_eq!(
-        app.availability(product).await["reserved"],
+        app.availability(product).await.reserved,
         120,
         "each key reserved exactly once"
     );

@@ -1,10 +1,8 @@
 //! What operators watch: actors, persistence, low stock, metrics.
 
-use crate::common;
-
-use common::*;
 use reqwest::StatusCode;
 use serde_json::json;
+use testkit::*;
 
 #[tokio::test]
 async fn operators_see_the_busiest_actors_first() {

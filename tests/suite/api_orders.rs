@@ -1,12 +1,10 @@
 //! Orders over HTTP: the life cycle, each refusal, customer isolation, expiry.
 
-use crate::common;
-
 use std::time::Duration;
 
-use common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use testkit::*;
 
 async fn order(app: &TestApp, token: &str, product: i64, quantity: i64) -> (StatusCode, Value) {
     app.post("/orders", token, json!({ "items": [{ "product_id": product, "quantity": quantity }], "shipping_address": { "city": "Lyon" } }))
@@ -32,7 +30,7 @@ async fn an_order_is_placed_paid_shipped_and_delivered() {
         placed["items"][0],
         json!({ "product_id": product, "quantity": 3, "unit_price_cents": 1_250, "warehouse_id": warehouse })
     );
-    assert_eq!(app.availability(product).await["reserved"], 3);
+    assert_eq!(app.availability(product).await.reserved, 3);
     let id = placed["id"].as_str().unwrap();
 
     let (status, body) = app
@@ -59,10 +57,7 @@ async fn an_order_is_placed_paid_shipped_and_delivered() {
         "{paid}"
     );
     let stock = app.availability(product).await;
-    assert_eq!(
-        (stock["on_hand"].as_u64(), stock["reserved"].as_u64()),
-        (Some(7), Some(0))
-    );
+    assert_eq!((stock.on_hand, stock.reserved), (7, 0));
     let (status, body) = app
         .post(
             &format!("/orders/{id}/pay"),
@@ -155,7 +150,7 @@ async fn cancelling_releases_an_unpaid_order_and_returns_a_paid_one() {
         (status, cancelled["status"].as_str()),
         (StatusCode::OK, Some("cancelled"))
     );
-    assert_eq!(app.availability(product).await["available"], 10);
+    assert_eq!(app.availability(product).await.available, 10);
 
     let (_, paid) = order(&app, &customer, product, 2).await;
     let id = paid["id"].as_str().unwrap();
@@ -165,7 +160,7 @@ async fn cancelling_releases_an_unpaid_order_and_returns_a_paid_one() {
         json!({ "method": "card", "amount_cents": 200 }),
     )
     .await;
-    assert_eq!(app.availability(product).await["on_hand"], 8);
+    assert_eq!(app.availability(product).await.on_hand, 8);
     let (status, body) = app
         .post(&format!("/orders/{id}/cancel"), &customer, json!({}))
         .await;
@@ -182,7 +177,7 @@ async fn cancelling_releases_an_unpaid_order_and_returns_a_paid_one() {
         (StatusCode::OK, Some("cancelled"))
     );
     assert_eq!(
-        app.availability(product).await["on_hand"],
+        app.availability(product).await.on_hand,
         10,
         "the stock came back"
     );
@@ -253,7 +248,7 @@ async fn an_order_that_cannot_be_filled_is_refused_whole() {
         error_code(status, &body, StatusCode::CONFLICT),
         "insufficient_stock"
     );
-    assert_eq!(app.availability(p1).await["reserved"], 0);
+    assert_eq!(app.availability(p1).await.reserved, 0);
     for (body, status) in [
         (json!({ "items": [] }), StatusCode::UNPROCESSABLE_ENTITY),
         (
@@ -296,7 +291,7 @@ async fn an_unpaid_order_expires_with_its_reservation() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(status, "expired");
-    assert_eq!(app.availability(product).await["available"], 5);
+    assert_eq!(app.availability(product).await.available, 5);
     let (code, body) = app
         .post(
             &format!("/orders/{id}/pay"),
@@ -361,8 +356,8 @@ async fn a_step_that_finds_its_reservation_settled_that_way_goes_on() {
     );
     let availability = app.availability(product).await;
     assert_eq!(
-        (&availability["on_hand"], &availability["reserved"]),
-        (&json!(8), &json!(0)),
+        (&availability.on_hand, &availability.reserved),
+        (&8, &0),
         "the paid order's two units left once; the cancelled order's three are free"
     );
     let (_, payments) = app

@@ -1,13 +1,11 @@
 //! Reservations over HTTP: create, read, commit, release, expiry, and the race.
 
-use crate::common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use reqwest::StatusCode;
 use serde_json::json;
+use testkit::*;
 
 #[tokio::test]
 async fn a_reservation_is_split_across_warehouses_then_committed() {
@@ -48,10 +46,7 @@ async fn a_reservation_is_split_across_warehouses_then_committed() {
         (StatusCode::OK, Some("committed"))
     );
     let body = app.availability(product).await;
-    assert_eq!(
-        (body["on_hand"].as_u64(), body["reserved"].as_u64()),
-        (Some(8), Some(0))
-    );
+    assert_eq!((body.on_hand, body.reserved), (8, 0));
     for step in ["commit", "release"] {
         let (status, body) = app
             .post(&format!("/reservations/{id}/{step}"), &app.admin, json!({}))
@@ -82,7 +77,7 @@ async fn a_release_returns_the_stock() {
         (status, released["status"].as_str()),
         (StatusCode::OK, Some("released"))
     );
-    assert_eq!(app.availability(product).await["available"], 4);
+    assert_eq!(app.availability(product).await.available, 4);
     app.cleanup().await;
 }
 
@@ -104,7 +99,7 @@ async fn refusals_say_what_is_missing_and_move_nothing() {
         body["error"]["details"],
         json!({ "product_id": p2, "requested": 3, "available": 1 })
     );
-    assert_eq!(app.availability(p1).await["reserved"], 0, "all or nothing");
+    assert_eq!(app.availability(p1).await.reserved, 0, "all or nothing");
 
     let bad = [
         (
@@ -219,7 +214,7 @@ async fn a_pending_reservation_expires_and_its_stock_returns() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(status, "expired");
-    assert_eq!(app.availability(product).await["available"], 2);
+    assert_eq!(app.availability(product).await.available, 2);
     let (code, body) = app
         .post(&format!("/reservations/{id}/commit"), &app.admin, json!({}))
         .await;
@@ -251,10 +246,7 @@ async fn three_hundred_concurrent_reservations_against_fifty_units_give_exactly_
     }
     assert_eq!((created, refused), (50, 250));
     let body = app.availability(product).await;
-    assert_eq!(
-        (body["on_hand"].as_u64(), body["reserved"].as_u64()),
-        (Some(50), Some(50))
-    );
+    assert_eq!((body.on_hand, body.reserved), (50, 50));
     let (_, reserves) = app
         .get(
             &format!("/stock/movements?product_id={product}&kind=reserve"),
@@ -301,7 +293,7 @@ async fn a_pending_reservation_is_extended_and_keeps_its_new_expiry_across_a_res
         "the first deadline passed: {after}"
     );
     assert_eq!(expires(&after), expires(&extended));
-    assert_eq!(app.availability(product).await["available"], 3);
+    assert_eq!(app.availability(product).await.available, 3);
 
     for (ttl, code) in [
         (0, "validation_failed"),
@@ -388,7 +380,7 @@ async fn a_dry_run_answers_the_allocation_or_the_refusal_and_holds_nothing() {
     );
     assert_eq!(body["error"]["details"]["available"], 4);
     let availability = app.availability(product).await;
-    assert_eq!(availability["reserved"], 0, "nothing held");
+    assert_eq!(availability.reserved, 0, "nothing held");
     let (_, after) = app.get("/stock/movements", &app.admin).await;
     assert_eq!(after["total"], before["total"], "nothing journaled");
     // The real request gets what the dry run said.
@@ -454,12 +446,9 @@ async fn a_partly_committed_reservation_keeps_holding_the_rest_across_a_restart(
     let app = app.restart().await;
     let availability = app.availability(product).await;
     assert_eq!(
-        (
-            availability["on_hand"].as_u64(),
-            availability["reserved"].as_u64()
-        ),
-        (Some(8), Some(3)),
-        "{availability}"
+        (availability.on_hand, availability.reserved),
+        (8, 3),
+        "{availability:?}"
     );
     let (_, read) = app.get(&format!("/reservations/{id}"), &app.admin).await;
     assert_eq!(
@@ -489,11 +478,8 @@ async fn a_partly_committed_reservation_keeps_holding_the_rest_across_a_restart(
     );
     let availability = app.availability(product).await;
     assert_eq!(
-        (
-            availability["on_hand"].as_u64(),
-            availability["reserved"].as_u64()
-        ),
-        (Some(5), Some(0)),
+        (availability.on_hand, availability.reserved),
+        (5, 0),
         "10 received, 5 committed"
     );
     let (status, body) = app
@@ -604,11 +590,8 @@ async fn a_product_with_a_backorder_limit_is_reserved_beyond_stock_and_filled_by
     );
     let availability = app.availability(product).await;
     assert_eq!(
-        (
-            availability["on_hand"].as_u64(),
-            availability["reserved"].as_u64()
-        ),
-        (Some(0), Some(1)),
+        (availability.on_hand, availability.reserved),
+        (0, 1),
         "4 received, 4 committed; 1 still backordered"
     );
     // An order of a backordered product shows it, and cannot be paid (its stock leave)
@@ -682,6 +665,6 @@ async fn settled_reservations_past_the_memory_budget_answer_from_the_store() {
             "{id}"
         );
     }
-    assert_eq!(app.availability(product).await["reserved"], 0);
+    assert_eq!(app.availability(product).await.reserved, 0);
     app.cleanup().await;
 }

@@ -1,10 +1,9 @@
 //! Stock over HTTP: availability, adjustments, counts, bulk, movements, warehouse lines.
 
-use crate::common;
-
-use common::*;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::json;
+use testkit::api::Availability;
+use testkit::*;
 
 #[tokio::test]
 async fn availability_counts_active_warehouses_only() {
@@ -34,15 +33,12 @@ async fn availability_counts_active_warehouses_only() {
     )
     .await;
     let body = app.availability(product).await;
-    assert_eq!(
-        (body["on_hand"].as_u64(), body["available"].as_u64()),
-        (Some(4), Some(4))
-    );
-    let lines = body["warehouses"].as_array().unwrap();
+    assert_eq!((body.on_hand, body.available), (4, 4));
+    let lines = &body.warehouses;
     assert_eq!(lines.len(), 2, "inactive lines are still listed");
     assert_eq!(
-        (lines[0]["status"].as_str(), lines[0]["reserved"].as_u64()),
-        (Some("inactive"), Some(3))
+        (lines[0].status.as_str(), lines[0].reserved),
+        ("inactive", 3)
     );
     let (status, body) = app.get("/products/9999/availability", &customer).await;
     assert_eq!(
@@ -57,14 +53,7 @@ async fn adjustments_move_on_hand_with_a_reason_and_never_below_reserved() {
     let app = TestApp::spawn().await;
     let (product, warehouse) = (app.product("P", 100).await, app.warehouse("W", 1).await);
     let line = app.stock(warehouse, product, 10).await;
-    assert_eq!(
-        (
-            line["on_hand"].as_u64(),
-            line["available"].as_u64(),
-            line["version"].as_u64()
-        ),
-        (Some(10), Some(10), Some(1))
-    );
+    assert_eq!((line.on_hand, line.available, line.version), (10, 10, 1));
     app.reserve(product, 6).await;
     let adjust = |delta: serde_json::Value, reason: &str| {
         app.post(
@@ -189,8 +178,7 @@ async fn of_fifty_concurrent_counts_at_one_version_exactly_one_lands() {
     assert_eq!(landed.len(), 1, "exactly one count lands");
     let now = app.availability(product).await;
     assert_eq!(
-        now["on_hand"].as_i64(),
-        Some(landed[0]),
+        now.on_hand as i64, landed[0],
         "and it is what the line holds"
     );
     std::sync::Arc::into_inner(app).unwrap().cleanup().await;
@@ -407,13 +395,7 @@ async fn safety_stock_stays_on_hand_unreserved_and_survives_a_restart() {
         (Some(4), Some(6))
     );
     let availability = app.availability(product).await;
-    assert_eq!(
-        (
-            availability["on_hand"].as_u64(),
-            availability["available"].as_u64()
-        ),
-        (Some(10), Some(6))
-    );
+    assert_eq!((availability.on_hand, availability.available), (10, 6));
     let (status, body) = app.reserve(product, 7).await;
     assert_eq!(
         error_code(status, &body, StatusCode::CONFLICT),
@@ -515,40 +497,26 @@ async fn availability_as_of_a_past_moment_equals_what_was_read_at_that_moment() 
     .await;
     record(&app).await;
 
-    let totals = |v: &serde_json::Value| {
-        let mut lines: Vec<_> = v["warehouses"]
-            .as_array()
-            .unwrap()
+    // The replay knows no versions: what it must agree on is the units.
+    let totals = |v: &Availability| {
+        let mut lines: Vec<_> = v
+            .warehouses
             .iter()
-            .map(|w| {
-                (
-                    w["warehouse_id"].clone(),
-                    w["on_hand"].clone(),
-                    w["reserved"].clone(),
-                    w["available"].clone(),
-                )
-            })
+            .map(|w| (w.warehouse_id, w.on_hand, w.reserved, w.available))
             .collect();
-        lines.sort_by_key(|l| l.0.as_i64());
-        (
-            v["on_hand"].clone(),
-            v["reserved"].clone(),
-            v["available"].clone(),
-            lines,
-        )
+        lines.sort();
+        (v.on_hand, v.reserved, v.available, lines)
     };
     for (moment, then) in &recorded {
         let as_of = moment.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let (status, replayed) = app
-            .get(
-                &format!(
-                    "/products/{product}/availability?as_of={}",
-                    as_of.replace('+', "%2B")
-                ),
-                &app.admin,
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{replayed}");
+        let path = format!(
+            "/products/{product}/availability?as_of={}",
+            as_of.replace('+', "%2B")
+        );
+        let replayed: Availability = app
+            .call(Method::GET, &path, &app.admin, None)
+            .await
+            .unwrap();
         assert_eq!(totals(&replayed), totals(then), "as of {as_of}");
     }
     assert_eq!(recorded.len(), 6);

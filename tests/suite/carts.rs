@@ -1,15 +1,13 @@
 //! Carts over HTTP: the life cycle, held carts racing for the last units, checkout racing a
 //! direct order, and a hold that runs out while the server is down.
 
-use crate::common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::carts::{cart, put_item, quantities};
-use common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use testkit::carts::{cart, put_item, quantities};
+use testkit::*;
 
 #[tokio::test]
 async fn a_cart_is_filled_priced_when_filled_checked_out_and_then_closed() {
@@ -71,7 +69,7 @@ async fn a_cart_is_filled_priced_when_filled_checked_out_and_then_closed() {
     assert_eq!(status, StatusCode::CREATED, "{order}");
     assert_eq!(order["status"], "pending_payment");
     assert_eq!(order["total_cents"], 400, "the cart's price, not today's");
-    assert_eq!(app.availability(p1).await["reserved"], 4);
+    assert_eq!(app.availability(p1).await.reserved, 4);
     let (_, closed) = app.get(&format!("/carts/{id}"), &jo).await;
     assert_eq!(closed["status"], "checked_out");
     assert_eq!(closed["order_id"], order["id"]);
@@ -138,11 +136,11 @@ async fn a_held_cart_holds_every_change_all_or_nothing_and_checks_out_what_it_he
     );
     let (_, kept) = app.get(&format!("/carts/{id}"), &jo).await;
     assert_eq!(quantities(&kept), vec![(product, 3)], "as it was");
-    assert_eq!(app.availability(product).await["reserved"], 3);
+    assert_eq!(app.availability(product).await.reserved, 3);
     put_item(&app, &jo, &id, product, 1).await;
-    assert_eq!(app.availability(product).await["reserved"], 1);
+    assert_eq!(app.availability(product).await.reserved, 1);
     put_item(&app, &jo, &id, product, 5).await;
-    assert_eq!(app.availability(product).await["reserved"], 5);
+    assert_eq!(app.availability(product).await.reserved, 5);
 
     let (status, order) = app
         .post(&format!("/carts/{id}/checkout"), &jo, json!({}))
@@ -150,7 +148,7 @@ async fn a_held_cart_holds_every_change_all_or_nothing_and_checks_out_what_it_he
     assert_eq!(status, StatusCode::CREATED, "{order}");
     assert_eq!(order["items"][0]["quantity"], 5);
     assert_eq!(
-        app.availability(product).await["reserved"],
+        app.availability(product).await.reserved,
         5,
         "the cart's hold became the order's: still 5, not 10"
     );
@@ -175,7 +173,7 @@ async fn a_held_cart_holds_every_change_all_or_nothing_and_checks_out_what_it_he
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(app.availability(product).await["reserved"], 0);
+    assert_eq!(app.availability(product).await.reserved, 0);
 
     // Emptying a held cart ends its hold.
     let emptied = cart(&app, &jo, json!({ "hold": true })).await;
@@ -183,13 +181,13 @@ async fn a_held_cart_holds_every_change_all_or_nothing_and_checks_out_what_it_he
     let (status, body) = put_item(&app, &jo, &emptied, product, 0).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body["hold_expires_at"].is_null(), "{body}");
-    assert_eq!(app.availability(product).await["reserved"], 0);
+    assert_eq!(app.availability(product).await.reserved, 0);
     // Deleting a held cart lets its stock go.
     let other = cart(&app, &jo, json!({ "hold": true })).await;
     put_item(&app, &jo, &other, product, 2).await;
-    assert_eq!(app.availability(product).await["reserved"], 2);
+    assert_eq!(app.availability(product).await.reserved, 2);
     app.delete(&format!("/carts/{other}"), &jo).await;
-    assert_eq!(app.availability(product).await["reserved"], 0);
+    assert_eq!(app.availability(product).await.reserved, 0);
     app.cleanup().await;
 }
 
@@ -239,7 +237,7 @@ async fn held_carts_racing_for_the_last_units_hold_exactly_the_stock_and_the_los
     }
     assert_eq!(held, 4 + 3, "the losers keep their 1");
     let availability = app.availability(product).await;
-    assert_eq!(availability["reserved"], 7);
+    assert_eq!(availability.reserved, 7);
     // And the free 2 go to whoever asks; then a held cart's stock is safe from a direct order.
     let (token, id) = &buyers[outcomes
         .iter()
@@ -247,7 +245,7 @@ async fn held_carts_racing_for_the_last_units_hold_exactly_the_stock_and_the_los
         .unwrap()];
     let (status, _) = put_item(&app, token, id, product, 3).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(app.availability(product).await["available"], 0);
+    assert_eq!(app.availability(product).await.available, 0);
     Arc::try_unwrap(app).ok().unwrap().cleanup().await;
 }
 
@@ -305,19 +303,13 @@ async fn a_hold_that_runs_out_while_the_server_is_down_releases_its_stock_once()
     let (_, jo) = app.customer("jo@example.com").await;
     let id = cart(&app, &jo, json!({ "hold": true })).await;
     put_item(&app, &jo, &id, product, 4).await;
-    assert_eq!(app.availability(product).await["reserved"], 4);
+    assert_eq!(app.availability(product).await.reserved, 4);
     let mut app = app;
     app.stop().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let app = TestApp::start_on(&app.database).await;
     let availability = app.availability(product).await;
-    assert_eq!(
-        (
-            availability["reserved"].as_u64(),
-            availability["available"].as_u64()
-        ),
-        (Some(0), Some(5))
-    );
+    assert_eq!((availability.reserved, availability.available), (0, 5));
     let (_, cart) = app.get(&format!("/carts/{id}"), &jo).await;
     assert_eq!(cart["status"], "open");
     assert_eq!(
@@ -340,7 +332,7 @@ async fn a_hold_that_runs_out_while_the_server_is_down_releases_its_stock_once()
     // A change holds again, with a new reservation.
     let (status, body) = put_item(&app, &jo, &id, product, 2).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(app.availability(product).await["reserved"], 2);
+    assert_eq!(app.availability(product).await.reserved, 2);
     app.cleanup().await;
 }
 
@@ -389,7 +381,7 @@ async fn a_kill_9_during_concurrent_checkouts_never_makes_a_second_order_for_a_c
             carts.push((token.clone(), id));
         }
     }
-    assert_eq!(app.availability(product).await["reserved"], 72);
+    assert_eq!(app.availability(product).await.reserved, 72);
 
     let db = sqlx::PgPool::connect(&database_url(&database))
         .await
@@ -463,7 +455,7 @@ async fn a_kill_9_during_concurrent_checkouts_never_makes_a_second_order_for_a_c
         .sum();
     assert_eq!(units, 72);
     assert_eq!(
-        app.availability(product).await["reserved"],
+        app.availability(product).await.reserved,
         72,
         "reserved is the orders' units, nothing held twice"
     );
@@ -513,7 +505,7 @@ async fn carts_read_as_changed_in_async_mode_and_after_a_restart() {
     let app = app.restart().await;
     let (_, list) = app.get("/carts", &token).await;
     assert_eq!(shown(&list), vec![(kept.clone(), vec![(product, 3)])]);
-    assert_eq!(app.availability(product).await["reserved"], 3);
+    assert_eq!(app.availability(product).await.reserved, 3);
     let (status, _) = app.get(&format!("/carts/{gone}"), &token).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     app.cleanup().await;

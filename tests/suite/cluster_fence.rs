@@ -3,15 +3,13 @@
 //! requests hear that the change did not happen, nothing of it is stored, the node gives
 //! up every shard it touched, and the flusher goes on with the batches after.
 
-use crate::common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use sqlx::PgPool;
 use stockline::cluster::shard_of;
 use stockline_actors::{Journal, LineKey, NotDurable, Record};
+use testkit::*;
 
 fn receipt(product: i64, quantity: i64) -> Record {
     movement(LineKey::new(1, product), quantity)

@@ -1,18 +1,16 @@
 //! Shard leases against the real PostgreSQL: claims, sharing out, hand-off, takeover of an
 //! owner that stopped renewing, and the epoch fence a flush transaction checks.
 
-use crate::common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::cluster;
 use sqlx::PgPool;
 use stockline::cluster::{Fenced, Leases, SHARDS, Shard};
+use testkit::cluster;
 
 async fn database() -> (PgPool, String) {
-    let name = common::fresh_database();
-    let pool = stockline::store::connect_and_migrate(&common::database_url(&name))
+    let name = testkit::fresh_database();
+    let pool = stockline::store::connect_and_migrate(&testkit::database_url(&name))
         .await
         .expect("database");
     (pool, name)
@@ -59,7 +57,7 @@ async fn a_lone_node_claims_every_shard_and_renews_them_under_the_same_epoch() {
             .all(|(_, owner, epoch)| owner.as_deref() == Some("a") && *epoch == 1)
     );
     assert_eq!(fence(&pool, &a, &[0, 17, 1023]).await, Ok(()));
-    common::drop_database(&name).await;
+    testkit::drop_database(&name).await;
 }
 
 #[tokio::test]
@@ -82,7 +80,7 @@ async fn a_node_silent_for_an_hour_is_forgotten_and_one_silent_for_minutes_is_ke
             .await
             .unwrap();
     assert_eq!(known, ["a", "down"]);
-    common::drop_database(&name).await;
+    testkit::drop_database(&name).await;
 }
 
 /// Found by the cluster bench: a renewal and a flush's fence locking the same lease rows in
@@ -131,7 +129,7 @@ async fn fences_and_renewals_racing_never_deadlock() {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(renewing.await.unwrap() > 0);
-    common::drop_database(&name).await;
+    testkit::drop_database(&name).await;
 }
 
 #[tokio::test]
@@ -181,7 +179,7 @@ async fn a_joining_node_gets_its_share_by_hand_off_and_no_shard_has_two_owners()
         let round = cluster::round(leases).await;
         assert!(round.claimed.is_empty() && round.handing_off.is_empty() && round.lost.is_empty());
     }
-    common::drop_database(&name).await;
+    testkit::drop_database(&name).await;
 }
 
 #[tokio::test]
@@ -224,7 +222,7 @@ async fn an_owner_that_stops_renewing_stops_serving_is_taken_over_and_is_fenced(
             .iter()
             .all(|(_, owner, epoch)| owner.as_deref() == Some("b") && *epoch == 2)
     );
-    common::drop_database(&name).await;
+    testkit::drop_database(&name).await;
 }
 
 #[tokio::test]
@@ -275,7 +273,7 @@ async fn a_takeover_waits_for_the_old_owners_fenced_transaction_and_then_fences_
         .await
         .unwrap();
     assert_eq!(written, 1);
-    common::drop_database(&name).await;
+    testkit::drop_database(&name).await;
 }
 
 #[tokio::test]
@@ -311,7 +309,7 @@ async fn a_node_that_leaves_gives_its_shards_up_at_once_and_a_restart_fences_its
         })
     );
     assert_eq!(fence(&pool, &restarted, &[shard]).await, Ok(()));
-    common::drop_database(&name).await;
+    testkit::drop_database(&name).await;
 }
 
 /// A node's side of the leases, as the run loop tells it.
@@ -438,7 +436,7 @@ async fn running_nodes_share_out_a_killed_nodes_shards_move_within_two_leases_an
             .await
             .unwrap();
     assert_eq!(owned, 0, "a node that left keeps no lease");
-    common::drop_database(&name).await;
+    testkit::drop_database(&name).await;
 }
 
 #[tokio::test]
@@ -460,7 +458,7 @@ async fn nodes_starting_at_once_get_distinct_ordinals_that_they_keep() {
     );
     ordinals.sort_unstable();
     assert_eq!(ordinals, (1..=20).collect::<Vec<u16>>());
-    common::drop_database(&name).await;
+    testkit::drop_database(&name).await;
 }
 
 /// One node loses its database: it stops serving within its lease, the other takes its
@@ -468,7 +466,7 @@ async fn nodes_starting_at_once_get_distinct_ordinals_that_they_keep() {
 #[tokio::test]
 async fn a_node_cut_off_from_postgresql_stops_serving_and_its_shards_move_and_come_back() {
     let (pool, name) = database().await;
-    let cut_off = common::proxy::Proxy::start("127.0.0.1:5432").await;
+    let cut_off = testkit::proxy::Proxy::start("127.0.0.1:5432").await;
     let proxied: PgPool = sqlx::postgres::PgPoolOptions::new()
         .acquire_timeout(Duration::from_millis(500))
         .connect(&format!(
@@ -514,7 +512,7 @@ async fn a_node_cut_off_from_postgresql_stops_serving_and_its_shards_move_and_co
         running.stop.cancel();
         running.task.await.unwrap();
     }
-    common::drop_database(&name).await;
+    testkit::drop_database(&name).await;
 }
 
 /// A node that cannot serve (its NATS connection is down) renews nothing, so its shards
@@ -543,5 +541,5 @@ async fn a_node_that_cannot_serve_lets_its_shards_go_and_takes_its_share_back_la
         running.stop.cancel();
         running.task.await.unwrap();
     }
-    common::drop_database(&name).await;
+    testkit::drop_database(&name).await;
 }

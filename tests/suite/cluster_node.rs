@@ -2,16 +2,14 @@
 //! restores its pending reservations and answers its subject; losing or handing it off
 //! stops answering and forgets what the node held of it.
 
-use crate::common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use stockline::cluster::routing::{RouteSettings, Routes, protocol};
 use stockline::cluster::{Membership, shard_of};
 use stockline::node::ClusterNode;
 use stockline_actors::{Core, CoreConfig, Journal, LineKey, ReservationId};
+use testkit::*;
 
 const NATS: &str = "127.0.0.1:4222";
 

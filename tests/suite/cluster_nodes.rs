@@ -6,9 +6,8 @@
 //! never an acknowledged change, and a retry with the same `Idempotency-Key` lands once; a
 //! node paused past its lease (a zombie) writes nothing after another took over.
 
-use crate::common::browser;
+use testkit::browser;
 mod carts;
-use crate::common;
 mod events;
 mod orders;
 
@@ -17,10 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::cluster::Nodes;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use testkit::cluster::Nodes;
 use tokio::sync::Mutex;
 
 const LEASE: Duration = Duration::from_secs(2);
@@ -32,7 +31,7 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 const SETTLE_WITHIN: Duration = Duration::from_secs(30);
 
 async fn pool(database: &str) -> PgPool {
-    PgPool::connect(&common::database_url(database))
+    PgPool::connect(&testkit::database_url(database))
         .await
         .unwrap()
 }
@@ -140,7 +139,7 @@ async fn three_nodes_sell_exactly_the_stock_there_is_whichever_node_is_asked() {
     let product = nodes.app(0).product("P", 100).await;
     let warehouse = nodes.app(1).warehouse("W", 1).await;
     let line = nodes.app(2).stock(warehouse, product, 50).await;
-    assert_eq!(line["on_hand"], 50, "{line}");
+    assert_eq!(line.on_hand, 50, "{line:?}");
     let service = nodes.app(0).operator("shop-service@stockline.test").await;
 
     // 300 customers at once, spread over the three nodes, one unit each.
@@ -155,9 +154,9 @@ async fn three_nodes_sell_exactly_the_stock_there_is_whichever_node_is_asked() {
     for node in 0..3 {
         let availability = nodes.app(node).availability(product).await;
         assert_eq!(
-            (&availability["reserved"], &availability["available"]),
-            (&json!(50), &json!(0)),
-            "node {node}: {availability}"
+            (&availability.reserved, &availability.available),
+            (&50, &0),
+            "node {node}: {availability:?}"
         );
     }
     let db = pool(&nodes.database).await;
@@ -249,7 +248,7 @@ async fn every_stock_change_is_made_by_its_owner_whichever_node_is_asked() {
 
     let receipt =
         json!({ "warehouse_id": from, "product_id": product, "delta": 20, "reason": "receipt" });
-    let keyed = |app: &common::TestApp| {
+    let keyed = |app: &testkit::TestApp| {
         app.client
             .post(format!("{}/api/v1/stock/adjustments", app.base))
             .bearer_auth(&app.admin)
@@ -275,7 +274,7 @@ async fn every_stock_change_is_made_by_its_owner_whichever_node_is_asked() {
         .put("/stock/levels", &here.admin, level(30, &stale))
         .await;
     assert_eq!(
-        common::error_code(status, &refused, StatusCode::CONFLICT),
+        testkit::error_code(status, &refused, StatusCode::CONFLICT),
         "version_mismatch"
     );
     let (status, counted) = here
@@ -302,7 +301,7 @@ async fn every_stock_change_is_made_by_its_owner_whichever_node_is_asked() {
     let transfer = |quantity: i64| json!({ "from_warehouse_id": from, "to_warehouse_id": to, "product_id": product, "quantity": quantity });
     let (status, too_many) = here.post("/transfers", &here.admin, transfer(26)).await;
     assert_eq!(
-        common::error_code(status, &too_many, StatusCode::CONFLICT),
+        testkit::error_code(status, &too_many, StatusCode::CONFLICT),
         "insufficient_stock"
     );
     let (status, moved) = here.post("/transfers", &here.admin, transfer(10)).await;
@@ -313,12 +312,12 @@ async fn every_stock_change_is_made_by_its_owner_whichever_node_is_asked() {
     );
     assert_eq!(stored_line(&db, from, product).await, (20, 0));
     assert_eq!(stored_line(&db, to, product).await, (10, 0));
-    assert_eq!(there.availability(product).await["on_hand"], 30);
+    assert_eq!(there.availability(product).await.on_hand, 30);
 
     let path = format!("/products/{product}");
     let (status, busy) = there.delete(&path, &there.admin).await;
     assert_eq!(
-        common::error_code(status, &busy, StatusCode::CONFLICT),
+        testkit::error_code(status, &busy, StatusCode::CONFLICT),
         "conflict"
     );
     for warehouse in [from, to] {
@@ -404,7 +403,7 @@ async fn a_reservation_across_shards_is_all_or_nothing_whichever_node_is_asked()
         match *status {
             StatusCode::CREATED => assert_eq!(body["items"].as_array().unwrap().len(), 2),
             _ => assert_eq!(
-                common::error_code(*status, body, StatusCode::CONFLICT),
+                testkit::error_code(*status, body, StatusCode::CONFLICT),
                 "insufficient_stock"
             ),
         }
@@ -460,7 +459,7 @@ async fn a_reservation_across_shards_is_all_or_nothing_whichever_node_is_asked()
     assert_eq!(stored_line(&db, warehouse, b).await, (4, 3));
     let (status, again) = through.settle(1, &made[1], "commit", json!({})).await;
     assert_eq!(
-        common::error_code(status, &again, StatusCode::CONFLICT),
+        testkit::error_code(status, &again, StatusCode::CONFLICT),
         "reservation_not_pending"
     );
     assert_eq!(again["error"]["details"]["status"], json!("released"));
@@ -476,7 +475,7 @@ async fn a_reservation_across_shards_is_all_or_nothing_whichever_node_is_asked()
         .await;
     let (status, over) = through.settle(1, &made[2], "commit", one(a)).await;
     assert_eq!(
-        common::error_code(status, &over, StatusCode::UNPROCESSABLE_ENTITY),
+        testkit::error_code(status, &over, StatusCode::UNPROCESSABLE_ENTITY),
         "validation_failed"
     );
     through
@@ -551,14 +550,14 @@ async fn a_reservation_across_shards_is_all_or_nothing_whichever_node_is_asked()
         )
         .await;
     assert_eq!(
-        common::error_code(status, &bad, StatusCode::UNPROCESSABLE_ENTITY),
+        testkit::error_code(status, &bad, StatusCode::UNPROCESSABLE_ENTITY),
         "validation_failed"
     );
     assert_eq!(bad["error"]["details"]["field"], "ttl_seconds", "{bad}");
     let zero = json!({ "items": [{ "product_id": a, "warehouse_id": warehouse, "quantity": 0 }] });
     let (status, bad) = through.settle(1, id, "commit", zero).await;
     assert_eq!(
-        common::error_code(status, &bad, StatusCode::UNPROCESSABLE_ENTITY),
+        testkit::error_code(status, &bad, StatusCode::UNPROCESSABLE_ENTITY),
         "validation_failed"
     );
     assert_eq!(
@@ -576,7 +575,7 @@ async fn a_reservation_across_shards_is_all_or_nothing_whichever_node_is_asked()
         .post(&format!("/reservations/{id}/commit"), &service, json!({}))
         .await;
     assert_eq!(
-        common::error_code(status, &late, StatusCode::CONFLICT),
+        testkit::error_code(status, &late, StatusCode::CONFLICT),
         "reservation_not_pending"
     );
     assert_eq!(
@@ -698,7 +697,7 @@ async fn a_commit_decided_before_its_coordinator_died_is_finished_by_the_owners(
         .post(&format!("/reservations/{id}/commit"), &service, json!({}))
         .await;
     assert_eq!(
-        common::error_code(status, &refused, StatusCode::CONFLICT),
+        testkit::error_code(status, &refused, StatusCode::CONFLICT),
         "reservation_not_pending"
     );
     assert_eq!(stored_line(&db, warehouse, a).await, (9, 0), "nothing left");
@@ -823,7 +822,7 @@ async fn changes_to_products_warehouses_and_tokens_reach_every_node() {
     let warehouse = a.warehouse("W", 1).await;
     a.stock(warehouse, product, 10).await;
     // Seen by node 1 before the change, so it has its own copy to update.
-    assert_eq!(b.availability(product).await["available"], 10);
+    assert_eq!(b.availability(product).await.available, 10);
     let (status, _) = b.get(&format!("/products/{product}"), &b.admin).await;
     assert_eq!(status, StatusCode::OK);
 
@@ -855,7 +854,7 @@ async fn changes_to_products_warehouses_and_tokens_reach_every_node() {
         let availability = b.availability(product).await;
         let (_, me) = b.get("/auth/me", &token).await;
         let (_, read) = b.get(&format!("/products/{product}"), &b.admin).await;
-        let seen = availability["available"] == 0
+        let seen = availability.available == 0
             && me["error"]["code"] == "unauthorized"
             && read["price_cents"] == 250;
         if seen {
@@ -863,7 +862,7 @@ async fn changes_to_products_warehouses_and_tokens_reach_every_node() {
         }
         assert!(
             started.elapsed() < Duration::from_secs(5),
-            "node 1 still has the old copy: {availability} {me} {read}"
+            "node 1 still has the old copy: {availability:?} {me} {read}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -939,7 +938,7 @@ async fn the_cluster_map_names_each_shard_s_owner_and_a_reservation_s_id_its_sha
         "{released}"
     );
     let availability = nodes.app(owner).availability(product).await;
-    assert_eq!(availability["available"], 10, "{availability}");
+    assert_eq!(availability.available, 10, "{availability:?}");
     nodes.stop().await;
 }
 
@@ -1085,7 +1084,7 @@ async fn check_acknowledged(
     }
     assert_eq!(stored_line(&db, warehouse, product).await, (stocked, held));
     assert_eq!(
-        app.availability(product).await["reserved"],
+        app.availability(product).await.reserved as i64,
         held,
         "the new owner's memory agrees with the store"
     );
@@ -1216,7 +1215,7 @@ async fn a_paused_owner_past_its_lease_writes_nothing_after_the_takeover() {
         .collect();
     let waiting = Instant::now();
     loop {
-        let waits = common::cluster::waiting_on_locks(&db).await;
+        let waits = testkit::cluster::waiting_on_locks(&db).await;
         if waits > 0 {
             break;
         }
@@ -1329,7 +1328,7 @@ async fn reserve_through(nodes: &Nodes, node: usize, token: &str, product: i64) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_nats_gives_its_shards_up_and_takes_its_share_back() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let nats = common::proxy::Proxy::start("127.0.0.1:4222").await;
+    let nats = testkit::proxy::Proxy::start("127.0.0.1:4222").await;
     let url = format!("nats://127.0.0.1:{}", nats.port);
     let mut nodes = Nodes::start(2, LEASE).await;
     let cut = nodes
@@ -1373,7 +1372,7 @@ async fn a_node_cut_off_from_nats_gives_its_shards_up_and_takes_its_share_back()
     nats.restore();
     nodes.wait_shared(&[0, 1, cut], SETTLE_WITHIN).await;
     reserve_through(&nodes, cut, &service, product).await;
-    assert_eq!(nodes.app(1).availability(product).await["reserved"], 2);
+    assert_eq!(nodes.app(1).availability(product).await.reserved, 2);
     nodes.stop().await;
 }
 
@@ -1383,7 +1382,7 @@ async fn a_node_cut_off_from_nats_gives_its_shards_up_and_takes_its_share_back()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_postgres_stops_serving_and_the_others_take_over() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let postgres = common::proxy::Proxy::start("127.0.0.1:5432").await;
+    let postgres = testkit::proxy::Proxy::start("127.0.0.1:5432").await;
     let mut nodes = Nodes::start(2, LEASE).await;
     let url = format!(
         "postgres://postgres@127.0.0.1:{}/{}",
@@ -1414,12 +1413,12 @@ async fn a_node_cut_off_from_postgres_stops_serving_and_the_others_take_over() {
         (StatusCode::OK, &json!("pending"))
     );
     reserve_through(&nodes, 0, &service, product).await;
-    assert_eq!(nodes.app(1).availability(product).await["reserved"], 2);
+    assert_eq!(nodes.app(1).availability(product).await.reserved, 2);
 
     postgres.restore();
     nodes.wait_shared(&[0, 1, cut], SETTLE_WITHIN).await;
     reserve_through(&nodes, cut, &service, product).await;
-    assert_eq!(nodes.app(0).availability(product).await["reserved"], 3);
+    assert_eq!(nodes.app(0).availability(product).await.reserved, 3);
     let db = pool(&nodes.database).await;
     assert_eq!(stored_line(&db, warehouse, product).await, (100, 3));
     db.close().await;
@@ -1484,10 +1483,10 @@ async fn a_fourth_node_joins_under_load_and_no_request_is_lost() {
 /// what it said.
 fn refused_start(database: &str, env: &[(&str, &str)]) -> String {
     use std::io::Read;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stockline"))
+    let mut child = std::process::Command::new(testkit::binary())
         .arg("serve")
         .env("STOCKLINE_ADDR", "127.0.0.1:0")
-        .env("DATABASE_URL", common::database_url(database))
+        .env("DATABASE_URL", testkit::database_url(database))
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -1594,7 +1593,7 @@ async fn a_node_started_again_ends_what_its_killed_predecessor_left_running() {
     lock.rollback().await.unwrap();
     nodes.wait_shared(&[again], SETTLE_WITHIN).await;
     let served = nodes.app(again).availability(product).await;
-    assert_eq!(served["warehouses"][0]["reserved"], 0, "{served}");
+    assert_eq!(served.warehouses[0].reserved, 0, "{served:?}");
     assert_eq!(stored_line(&db, warehouse, product).await, (50, 0));
     let (status, body) = nodes.app(again).reserve(product, 4).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -1644,7 +1643,7 @@ async fn a_reservation_settled_by_the_node_that_took_its_shard_over_is_stored_se
 #[tokio::test]
 async fn a_database_is_served_by_one_server_or_one_cluster_never_both() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let single = common::TestApp::spawn().await;
+    let single = testkit::TestApp::spawn().await;
     let said = refused_start(&single.database, &[]);
     assert!(said.contains("another stockline server"), "{said}");
     let cluster_node = [
@@ -1691,7 +1690,7 @@ async fn a_second_node_under_a_live_node_s_id_refuses_to_start() {
     nodes.kill(0);
     let again = nodes.restart(0).await;
     nodes.wait_shared(&[again], SETTLE_WITHIN).await;
-    assert_eq!(nodes.app(again).availability(product).await["reserved"], 2);
+    assert_eq!(nodes.app(again).availability(product).await.reserved, 2);
     nodes.stop().await;
 }
 
@@ -1706,9 +1705,9 @@ async fn the_console_shows_the_nodes_and_a_dead_node_s_shards_moving() {
     browser
         .goto(&format!("{}/console", nodes.app(0).base))
         .await;
-    browser.fill("#signin", "login", common::ADMIN_EMAIL).await;
+    browser.fill("#signin", "login", testkit::ADMIN_EMAIL).await;
     browser
-        .fill("#signin", "password", common::ADMIN_PASSWORD)
+        .fill("#signin", "password", testkit::ADMIN_PASSWORD)
         .await;
     browser.submit("#signin").await;
     browser.find("nav a[data-page=overview]").await;

@@ -313,7 +313,7 @@ async fn two_clusters_on_one_nats_never_see_each_other() {
     a.stop_all().await;
 }
 
-use crate::common::proxy;
+use testkit::proxy;
 
 /// Routes of a new node whose connection to NATS goes through a proxy the test can cut.
 async fn behind_a_proxy(cluster: &str) -> (proxy::Proxy, Routes) {

@@ -2,13 +2,12 @@
 //! under load, a stock change seen on the page, an order shipped, a customer refused, a
 //! shop member kept to its shop. Screenshots go to `target/console-screenshots/`.
 
-use crate::common;
-use crate::common::browser;
+use testkit::browser;
 
 use browser::Browser;
-use common::{ADMIN_EMAIL, ADMIN_PASSWORD, TestApp};
 use reqwest::StatusCode;
 use serde_json::json;
+use testkit::{ADMIN_EMAIL, ADMIN_PASSWORD, TestApp};
 
 const WIDE: (u32, u32) = (1280, 900);
 const NARROW: (u32, u32) = (390, 844);
@@ -94,7 +93,7 @@ async fn an_operator_watches_a_hot_line_and_changes_stock() {
         .await;
     browser.submit("form[aria-label='Adjust']").await;
     browser.wait_text(&on_hand, |t| t == "1,025").await;
-    assert_eq!(app.availability(product).await["on_hand"], 1025);
+    assert_eq!(app.availability(product).await.on_hand, 1025);
 
     // Set level with a stale version: the API's refusal is shown, nothing changes.
     let level = "form[aria-label='Set level']";
@@ -104,7 +103,7 @@ async fn an_operator_watches_a_hot_line_and_changes_stock() {
     browser
         .wait_text(&format!("{level} .error"), |t| t.contains("version"))
         .await;
-    assert_eq!(app.availability(product).await["on_hand"], 1025);
+    assert_eq!(app.availability(product).await.on_hand, 1025);
     browser.screenshot("inventory-1280").await;
 
     // The same page at a phone's width: nothing is cut off sideways.
@@ -299,7 +298,7 @@ async fn a_customer_is_refused_and_a_shop_member_sees_only_its_shop() {
     browser
         .wait_text(&format!("[data-on-hand='{own}']"), |t| t == "8")
         .await;
-    assert_eq!(app.availability(product).await["on_hand"], 17);
+    assert_eq!(app.availability(product).await.on_hand, 17);
     browser.screenshot("shop-member-390").await;
     browser.close().await;
     app.cleanup().await;

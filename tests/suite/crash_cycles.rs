@@ -4,15 +4,13 @@
 //! answer and moves nothing), and the books agree: each line's `on_hand` is its receipts
 //! minus its commits in the ledger, and `reserved` is the sum of its pending holds.
 
-use crate::common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use sqlx::Connection;
+use testkit::*;
 
 const CYCLES: usize = 5;
 const CLIENTS: usize = 8;
@@ -239,23 +237,17 @@ async fn verify(app: &TestApp, acks: &Mutex<Acknowledged>, lines: &[(i64, i64)])
         .await
         .unwrap();
         let availability = app.availability(*product).await;
-        let line = availability["warehouses"]
-            .as_array()
-            .unwrap()
+        let (on_hand, reserved) = availability
+            .warehouses
             .iter()
-            .find(|w| w["warehouse_id"] == *warehouse)
-            .cloned()
-            .unwrap_or_else(|| json!({ "on_hand": 0, "reserved": 0 }));
+            .find(|w| w.warehouse_id == *warehouse)
+            .map_or((0, 0), |w| (w.on_hand, w.reserved));
         assert_eq!(
-            line["on_hand"].as_i64().unwrap(),
+            on_hand as i64,
             receipts - commits.abs(),
             "on_hand of {warehouse}/{product}"
         );
-        assert_eq!(
-            line["reserved"].as_i64().unwrap(),
-            held,
-            "reserved of {warehouse}/{product}"
-        );
+        assert_eq!(reserved as i64, held, "reserved of {warehouse}/{product}");
     }
     db.close().await.unwrap();
 }

@@ -1,12 +1,10 @@
 //! The Grafana dashboard in the repository (`deploy/monitoring/`) asks only for metrics the
 //! server exports: every metric named in a panel's query is in a live `/metrics` scrape.
 
-use crate::common;
-
 use std::collections::BTreeSet;
 
-use common::*;
 use reqwest::StatusCode;
+use testkit::*;
 
 /// The metric names a PromQL expression uses (`stockline_*` and `process_*`), histogram
 /// series reduced to their family.

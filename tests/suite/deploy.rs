@@ -20,7 +20,7 @@ const LOGGER: &str = "RUST_LOG";
 
 /// The variables `stockline serve` reads, from its own help.
 fn known_variables() -> BTreeSet<String> {
-    let help = std::process::Command::new(env!("CARGO_BIN_EXE_stockline"))
+    let help = std::process::Command::new(testkit::binary())
         .args(["serve", "--help"])
         .output()
         .unwrap();
@@ -290,4 +290,27 @@ fn the_compose_cluster_profile_matches_the_binary() {
     }
     assert_eq!(ids.len(), 3, "each node has its own id");
     assert_eq!(host_ports.len(), 3, "each node its own port");
+}
+
+/// The image builds from the Dockerfile's copies alone: cargo loads every workspace member
+/// (the test kit too), so each must be copied in, or `docker build` fails at its manifest.
+#[test]
+fn the_dockerfile_copies_every_workspace_member() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let members = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("members = ["))
+        .expect("the workspace lists its members on one line");
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    for member in members.trim_end_matches(']').split(',') {
+        let member = member.trim().trim_matches('"');
+        if member == "." {
+            continue;
+        }
+        assert!(
+            dockerfile.contains(&format!("COPY {member} ./{member}")),
+            "the Dockerfile does not copy the workspace member {member}"
+        );
+    }
 }

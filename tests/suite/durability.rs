@@ -1,21 +1,19 @@
 //! What survives: a clean restart, a SIGKILL in `sync` mode, a database outage, and time
 //! passing while the server is down.
 
-use crate::common;
-
 use std::time::Duration;
 
-use common::proxy::Proxy;
-use common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::Connection;
+use testkit::proxy::Proxy;
+use testkit::*;
 
 /// Everything a client can read about the stock of `products` and some reservations.
 async fn observe(app: &TestApp, products: &[i64], reservations: &[String]) -> Value {
     let mut seen = Vec::new();
     for product in products {
-        seen.push(app.availability(*product).await);
+        seen.push(serde_json::to_value(app.availability(*product).await).unwrap());
     }
     for id in reservations {
         seen.push(app.get(&format!("/reservations/{id}"), &app.admin).await.1);
@@ -94,9 +92,7 @@ async fn after_a_sigkill_every_acknowledged_change_is_there() {
         StatusCode::NO_CONTENT
     );
     let before = observe(&app, &products, &ids).await;
-    let on_hand_before = app.availability(products[1]).await["on_hand"]
-        .as_u64()
-        .unwrap();
+    let on_hand_before = app.availability(products[1]).await.on_hand;
     // One more change, and the process dies the moment it is acknowledged.
     let w1 = app.get("/warehouses", &app.admin).await.1["items"][0]["id"]
         .as_i64()
@@ -107,9 +103,7 @@ async fn after_a_sigkill_every_acknowledged_change_is_there() {
 
     let (mut child, url) = start_binary(&database, &ADMIN_ENV);
     let app = TestApp::attach(&url, &database).await;
-    let on_hand_after = app.availability(products[1]).await["on_hand"]
-        .as_u64()
-        .unwrap();
+    let on_hand_after = app.availability(products[1]).await.on_hand;
     assert_eq!(
         on_hand_after,
         on_hand_before + 7,
@@ -183,7 +177,7 @@ async fn a_reservation_that_expires_while_the_server_is_down_is_expired_at_the_n
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(status, "expired");
-    assert_eq!(app.availability(product).await["available"], 5);
+    assert_eq!(app.availability(product).await.available, 5);
     let (_, expires) = app
         .get(
             &format!("/stock/movements?product_id={product}&kind=expire"),

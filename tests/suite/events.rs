@@ -1,15 +1,13 @@
 //! Events out: the outbox as `GET /events` and the SSE stream sees it.
 
-use crate::common;
-
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestApp, error_code};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use testkit::{TestApp, error_code};
 
 /// Every event after `after` of the given types, paging through `GET /events`.
 async fn all_events(app: &TestApp, token: &str, types: &str) -> Vec<Value> {
@@ -489,7 +487,7 @@ async fn an_open_stream_ends_when_the_server_shuts_down() {
         .expect("the stream ended")
         .unwrap();
     assert!(read.is_empty());
-    common::drop_database(&app.database).await;
+    testkit::drop_database(&app.database).await;
 }
 
 #[tokio::test]
@@ -499,7 +497,7 @@ async fn events_older_than_the_retention_are_pruned() {
     app.reserve(1, 1).await;
     let events = all_events(&app, &app.admin, "").await;
     assert!(events.len() >= 2);
-    let pool = sqlx::PgPool::connect(&common::database_url(&app.database))
+    let pool = sqlx::PgPool::connect(&testkit::database_url(&app.database))
         .await
         .unwrap();
     let oldest = events[0]["id"].as_i64().unwrap();
@@ -818,7 +816,7 @@ async fn raced_writers_and_sequencers_give_a_paging_reader_every_event_once() {
     const EACH: i64 = 150;
     let base = std::env::var("TEST_DATABASE_BASE")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let url = format!("{base}/{}", common::fresh_database());
+    let url = format!("{base}/{}", testkit::fresh_database());
     let db = stockline::store::connect_and_migrate(&url).await.unwrap();
     let writers: Vec<_> = (0..WRITERS)
         .map(|writer| {

@@ -4,14 +4,12 @@
 //! line's `reserved` is the sum of its pending holds, and `on_hand` is what was received
 //! minus what committed reservations took.
 
-use crate::common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use testkit::*;
 use tokio::io::AsyncWriteExt;
 
 const PRODUCTS: i64 = 4;

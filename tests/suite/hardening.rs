@@ -2,16 +2,14 @@
 //! idle connections closed, a bound on connections that keeps `/healthz` answering, and a
 //! per-account lockout against password guessing.
 
-use crate::common;
-
 use std::process::{Command, Stdio};
 
-use common::*;
+use testkit::*;
 
 #[test]
 fn a_jwt_secret_under_32_bytes_is_refused_at_start_with_a_clear_message() {
     for secret in ["", "short", "31-bytes-is-still-one-too-short"] {
-        let output = Command::new(env!("CARGO_BIN_EXE_stockline"))
+        let output = Command::new(testkit::binary())
             .arg("serve")
             .env("STOCKLINE_ADDR", "127.0.0.1:0")
             .env("DATABASE_URL", database_url("sltest_never_created"))

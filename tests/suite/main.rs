@@ -1,11 +1,9 @@
-//! Every test of the server, in one binary: one module per area, and [`common`], the kit
-//! they share (the app on port 0 over a database of its own, the cluster of real nodes,
-//! the browser, the TCP proxy). One binary links the server once, where a binary per file
-//! linked it 32 times.
+//! Every test of the server, in one binary: one module per area, over `testkit`, the kit
+//! tests and benches share (the app on port 0 over a database of its own, the real binary,
+//! the cluster of real nodes, the browser, the TCP proxy, a typed client). One binary
+//! links the server once, where a binary per file linked it 32 times.
 //!
 //! `cargo test --test suite cluster_nodes::` runs one area.
-
-mod common;
 
 mod api_auth;
 mod api_catalog;

@@ -1,16 +1,14 @@
 //! Events to NATS (the machine's server at 127.0.0.1:4222), and a NATS outage, made by a
 //! TCP proxy between the server and NATS that the test cuts.
 
-use crate::common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::TestApp;
-use common::proxy::Proxy;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use testkit::TestApp;
+use testkit::proxy::Proxy;
 
 const NATS: &str = "127.0.0.1:4222";
 
@@ -84,7 +82,7 @@ async fn some_changes(app: &TestApp, product: i64, warehouse: i64) {
 
 #[tokio::test]
 async fn every_event_is_published_to_its_subject_once_written() {
-    let _turn = common::EVENTS_ON_NATS.lock().await;
+    let _turn = testkit::EVENTS_ON_NATS.lock().await;
     let (_client, mut subscriber) = subscriber().await;
     let url = format!("nats://{NATS}");
     let app = TestApp::spawn_with(&["--nats-url", &url]).await;
@@ -114,7 +112,7 @@ async fn every_event_is_published_to_its_subject_once_written() {
 
 #[tokio::test]
 async fn a_nats_outage_never_blocks_stock_changes_and_the_events_go_out_once_it_is_back() {
-    let _turn = common::EVENTS_ON_NATS.lock().await;
+    let _turn = testkit::EVENTS_ON_NATS.lock().await;
     let (_client, mut subscriber) = subscriber().await;
     let proxy = Proxy::start(NATS).await;
     let url = format!("nats://127.0.0.1:{}", proxy.port);

@@ -1,10 +1,8 @@
 //! `/openapi.json`: OpenAPI 3.1, covering every route the server serves.
 
-use crate::common;
-
-use common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
+use testkit::*;
 
 /// Every endpoint of API.md that this server implements.
 const CONTRACT: &[(&str, &str)] = &[

@@ -7,14 +7,13 @@
 //! each other), and a one-statement batch prepared behind another holds nothing in
 //! PostgreSQL to see.
 
-use crate::common;
-
 use std::time::Duration;
 
-use common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
+use testkit::api::Availability;
+use testkit::*;
 
 /// Backends of `database` in the given state: (waiting on a lock, idle in a transaction).
 async fn flusher_backends(admin: &mut PgConnection, database: &str) -> (i64, i64) {
@@ -146,17 +145,13 @@ async fn stored_books(database: &str) -> (i64, i64, i64, i64) {
     )
 }
 
-fn line(availability: &Value, warehouse: i64) -> (i64, i64) {
-    let line = availability["warehouses"]
-        .as_array()
-        .unwrap()
+fn line(availability: &Availability, warehouse: i64) -> (i64, i64) {
+    let line = availability
+        .warehouses
         .iter()
-        .find(|l| l["warehouse_id"] == warehouse)
-        .unwrap_or_else(|| panic!("no line in {warehouse}: {availability}"));
-    (
-        line["on_hand"].as_i64().unwrap(),
-        line["reserved"].as_i64().unwrap(),
-    )
+        .find(|l| l.warehouse_id == warehouse)
+        .unwrap_or_else(|| panic!("no line in {warehouse}: {availability:?}"));
+    (line.on_hand as i64, line.reserved as i64)
 }
 
 #[tokio::test]

@@ -3,17 +3,15 @@
 //! `dead_letters` while the rest of its batch is written. A batch written again after it
 //! committed (its answer lost) neither fails nor writes anything twice.
 
-use crate::common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use stockline::store::flusher::Flusher;
 use stockline_actors::journal::ReservationRecord;
 use stockline_actors::{Journal, JournalBuffer, LineKey, Record, ReservationId, ReservationStatus};
+use testkit::*;
 
 const NUL: &str = "a\u{0}b";
 
@@ -160,7 +158,7 @@ async fn a_nul_in_any_stored_text_field_is_refused_with_422_and_saving_goes_on()
     }
     // Saving goes on: a change after all that is durable, and the store is healthy.
     let line = app.stock(warehouse, product, 5).await;
-    assert_eq!(line["on_hand"], 55);
+    assert_eq!(line.on_hand, 55);
     let (_, persistence) = app.get("/api/v1/admin/persistence", &admin).await;
     assert_eq!(persistence["pending_records"], 0, "{persistence}");
     assert_eq!(persistence["dead_letters"], 0, "{persistence}");

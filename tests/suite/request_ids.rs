@@ -1,9 +1,7 @@
 //! Request ids: every answer carries `x-request-id` (the client's, if sane, else a new
 //! one), and the request's log lines carry it as a field (JSON logs of the real binary).
 
-use crate::common;
-
-use common::*;
+use testkit::*;
 
 #[tokio::test]
 async fn every_answer_carries_the_request_id_the_client_sent_or_a_new_one() {

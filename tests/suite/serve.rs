@@ -1,11 +1,9 @@
 //! The `stockline` binary: what a newcomer running it would see.
 
-use crate::common;
-
 use std::process::Command;
 
-use common::*;
 use reqwest::StatusCode;
+use testkit::*;
 
 #[tokio::test]
 async fn the_binary_creates_its_database_prints_its_address_and_exits_zero_on_sigterm() {
@@ -32,7 +30,7 @@ async fn the_binary_creates_its_database_prints_its_address_and_exits_zero_on_si
 async fn migrate_and_user_create_prepare_a_database_an_admin_can_log_in_to() {
     let database = fresh_database();
     let url = database_url(&database);
-    let migrate = Command::new(env!("CARGO_BIN_EXE_stockline"))
+    let migrate = Command::new(testkit::binary())
         .args(["migrate", "--database-url", &url])
         .output()
         .unwrap();
@@ -42,7 +40,7 @@ async fn migrate_and_user_create_prepare_a_database_an_admin_can_log_in_to() {
         String::from_utf8_lossy(&migrate.stderr)
     );
     let create = |email: &str| {
-        Command::new(env!("CARGO_BIN_EXE_stockline"))
+        Command::new(testkit::binary())
             .args([
                 "user",
                 "create",
@@ -80,7 +78,7 @@ async fn migrate_and_user_create_prepare_a_database_an_admin_can_log_in_to() {
 
 #[test]
 fn a_bad_flag_is_refused_before_anything_starts() {
-    let output = Command::new(env!("CARGO_BIN_EXE_stockline"))
+    let output = Command::new(testkit::binary())
         .args(["serve", "--durability", "sometimes"])
         .output()
         .unwrap();

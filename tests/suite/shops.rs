@@ -2,11 +2,9 @@
 //! another's over every endpoint that moves or reads stock (a table of requests × roles ×
 //! own/other shop, each with its expected status).
 
-use crate::common;
-
-use common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use testkit::*;
 
 /// Two shops with two warehouses each, a platform warehouse, one product stocked
 /// everywhere, and a token per role.

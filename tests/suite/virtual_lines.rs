@@ -3,15 +3,13 @@
 //! lines leave memory, and a line whose newest state is not yet in the database is never
 //! read from it.
 
-use crate::common;
-
 use std::time::Duration;
 
-use common::proxy::Proxy;
-use common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::Connection;
+use testkit::proxy::Proxy;
+use testkit::*;
 
 /// A gauge or counter of `GET /metrics` (which reads no database).
 async fn metric(app: &TestApp, name: &str) -> f64 {
@@ -27,10 +25,7 @@ async fn metric(app: &TestApp, name: &str) -> f64 {
 /// `(on_hand, reserved)` of a product in its one warehouse, from availability.
 async fn levels(app: &TestApp, product: i64) -> (i64, i64) {
     let body = app.availability(product).await;
-    (
-        body["on_hand"].as_i64().unwrap(),
-        body["reserved"].as_i64().unwrap(),
-    )
+    (body.on_hand as i64, body.reserved as i64)
 }
 
 async fn reserve_pinned(app: &TestApp, warehouse: i64, product: i64, ttl: u64) -> String {
@@ -117,7 +112,7 @@ async fn after_a_restart_only_lines_holding_stock_are_in_memory_and_the_rest_com
     // Cold lines come up with exactly their stored state.
     assert_eq!(levels(&app, d).await, (10, 0));
     let cold = app.availability(bulk).await;
-    assert_eq!(cold["warehouses"][0]["on_hand"], 7);
+    assert_eq!(cold.warehouses[0].on_hand, 7);
     let (status, page) = app
         .get(
             &format!("/warehouses/{warehouse}/stock?limit=3&offset=2"),

@@ -1,19 +1,17 @@
 //! Webhooks against a receiver inside the test (loopback only): signatures, order per
 //! line, retries, failure and manual retry, a dead endpoint beside a live one, kill -9.
 
-use crate::common;
-
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode as AxumStatus};
-use common::{TestApp, error_code};
 use hmac::{Hmac, Mac};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::Sha256;
+use testkit::{TestApp, error_code};
 
 const SECRET: &str = "a-webhook-secret-of-some-length";
 /// The types the ordering tests subscribe to.
@@ -516,16 +514,16 @@ impl Drop for Killed {
 
 #[tokio::test]
 async fn a_kill_9_between_commit_and_delivery_loses_no_event() {
-    let database = common::fresh_database();
+    let database = testkit::fresh_database();
     let receiver = Receiver::start().await;
     receiver.failing.store(true, Ordering::Release);
     let env = [
-        common::ADMIN_ENV[0],
-        common::ADMIN_ENV[1],
+        testkit::ADMIN_ENV[0],
+        testkit::ADMIN_ENV[1],
         ("STOCKLINE_WEBHOOK_RETRY_BASE_MS", "50"),
         ("STOCKLINE_WEBHOOK_ALLOW_PRIVATE", "true"),
     ];
-    let (child, url) = common::start_binary(&database, &env);
+    let (child, url) = testkit::start_binary(&database, &env);
     let child = Killed(child);
     let app = TestApp::attach(&url, &database).await;
     subscribe(&app, &receiver.url, &STOCK_AND_RESERVATIONS).await;
@@ -547,7 +545,7 @@ async fn a_kill_9_between_commit_and_delivery_loses_no_event() {
     );
 
     receiver.failing.store(false, Ordering::Release);
-    let (child, url) = common::start_binary(&database, &env);
+    let (child, url) = testkit::start_binary(&database, &env);
     let child = Killed(child);
     let app = TestApp::attach(&url, &database).await;
     assert_eq!(
@@ -561,7 +559,7 @@ async fn a_kill_9_between_commit_and_delivery_loses_no_event() {
     wait_for_all(&receiver, &wanted).await;
     assert_in_order_per_line(&receiver.received());
     drop(child);
-    common::drop_database(&database).await;
+    testkit::drop_database(&database).await;
 }
 
 #[tokio::test]

@@ -9,11 +9,11 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use super::common::carts::{cart, put_item, quantities};
-use super::common::cluster::Nodes;
-use super::common::{self, TestApp};
 use super::orders::{levels, until_served};
 use super::{ONE_AT_A_TIME, SETTLE_WITHIN, a_product_per_node, pool};
+use testkit::TestApp;
+use testkit::carts::{cart, put_item, quantities};
+use testkit::cluster::Nodes;
 
 /// Units each product starts with.
 const UNITS: i64 = 1_000;
@@ -72,7 +72,7 @@ async fn a_held_cart_is_filled_changed_and_checked_out_through_any_node() {
     // More than there is: refused, nothing changed.
     let (status, refused) = put_item(nodes.app(1), &customer, &id, p[1], UNITS + 1).await;
     assert_eq!(
-        common::error_code(status, &refused, StatusCode::CONFLICT),
+        testkit::error_code(status, &refused, StatusCode::CONFLICT),
         "insufficient_stock"
     );
     assert_eq!(levels(&nodes, 2, p[1]).await, (UNITS, 1));
@@ -174,7 +174,7 @@ async fn a_held_cart_is_filled_changed_and_checked_out_through_any_node() {
     );
     let (status, refused) = put_item(nodes.app(1), &customer, &id, p[0], 1).await;
     assert_eq!(
-        common::error_code(status, &refused, StatusCode::CONFLICT),
+        testkit::error_code(status, &refused, StatusCode::CONFLICT),
         "conflict"
     );
     let (status, paid) = nodes

@@ -10,9 +10,8 @@ use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use super::common;
-use super::common::cluster::Nodes;
 use super::{ONE_AT_A_TIME, SETTLE_WITHIN, a_product_per_node, reserve_through};
+use testkit::cluster::Nodes;
 
 /// Reservations each of the three writers makes (one node each).
 const PER_WRITER: usize = 40;
@@ -286,7 +285,7 @@ async fn nats_receiver() -> Arc<Mutex<Vec<String>>> {
 #[tokio::test]
 async fn a_webhook_made_through_one_node_gets_every_node_s_events_and_outlives_its_deliverer() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let _nats = common::EVENTS_ON_NATS.lock().await;
+    let _nats = testkit::EVENTS_ON_NATS.lock().await;
     let published = nats_receiver().await;
     let (mut nodes, products, operator) = cluster_with_a_product_per_node(&[
         ("STOCKLINE_WEBHOOK_ALLOW_PRIVATE", "true"),

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use super::common::cluster::Nodes;
-use super::common::{self, TestApp};
 use super::{LEASE, ONE_AT_A_TIME, SETTLE_WITHIN, a_product_per_node, pool};
+use testkit::TestApp;
+use testkit::cluster::Nodes;
 
 /// Units each product starts with.
 const UNITS: i64 = 10_000;
@@ -54,10 +54,7 @@ async fn pay(app: &TestApp, token: &str, id: &str, amount_cents: i64) -> (Status
 /// (on hand, reserved) of `product` as node `node` answers its availability.
 pub(super) async fn levels(nodes: &Nodes, node: usize, product: i64) -> (i64, i64) {
     let availability = nodes.app(node).availability(product).await;
-    (
-        availability["on_hand"].as_i64().unwrap(),
-        availability["reserved"].as_i64().unwrap(),
-    )
+    (availability.on_hand as i64, availability.reserved as i64)
 }
 
 /// Sends `path` and `body` through each node in turn while the answer is 503 (a shard
@@ -172,7 +169,7 @@ async fn an_order_is_placed_paid_shipped_cancelled_and_expired_through_any_node(
     // answers the same payment, taken once.
     let (status, refused) = pay(nodes.app(1), &customer, &id, 299).await;
     assert_eq!(
-        common::error_code(status, &refused, StatusCode::UNPROCESSABLE_ENTITY),
+        testkit::error_code(status, &refused, StatusCode::UNPROCESSABLE_ENTITY),
         "validation_failed"
     );
     let full = json!({ "method": "card", "amount_cents": 300 });
@@ -236,7 +233,7 @@ async fn an_order_is_placed_paid_shipped_cancelled_and_expired_through_any_node(
         .post(&format!("/orders/{id}/cancel"), &customer, json!({}))
         .await;
     assert_eq!(
-        common::error_code(status, &refused, StatusCode::CONFLICT),
+        testkit::error_code(status, &refused, StatusCode::CONFLICT),
         "order_not_pending"
     );
 
@@ -294,7 +291,7 @@ async fn an_order_is_placed_paid_shipped_cancelled_and_expired_through_any_node(
     assert_eq!(levels(&nodes, 0, p[2]).await, (UNITS, 0));
     let (status, refused) = pay(nodes.app(1), &customer, unpaid_id, 400).await;
     assert_eq!(
-        common::error_code(status, &refused, StatusCode::CONFLICT),
+        testkit::error_code(status, &refused, StatusCode::CONFLICT),
         "order_not_pending"
     );
 
@@ -507,8 +504,8 @@ async fn a_return_of_a_cancelled_order_s_line_is_made_once_however_often_it_is_a
     }
     let availability = nodes.app(0).availability(product).await;
     assert_eq!(
-        availability["on_hand"], 9,
-        "two orders' returns, each once: {availability}"
+        availability.on_hand, 9,
+        "two orders' returns, each once: {availability:?}"
     );
     nodes.stop().await;
 }

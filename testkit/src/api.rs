@@ -1,0 +1,152 @@
+//! The typed client: requests that answer the API's own types (the server's structs,
+//! decoded), or the contract's error, so that a test reads `line.available`, not
+//! `body["available"]`, and a field renamed on the server breaks the build of the tests
+//! that read it.
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+pub use stockline::http::{Product, Warehouse};
+pub use stockline::inventory::lines::StockLine;
+pub use stockline::inventory::reservations::{Item, ReservationBody as Reservation};
+pub use stockline::inventory::stock::{Availability, WarehouseStock};
+
+use crate::TestApp;
+
+/// An answer the API refused: its status and the contract's error body.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub code: String,
+    pub message: String,
+    pub details: Value,
+}
+
+impl Refusal {
+    /// Asserts the status; answers the code.
+    pub fn code_at(&self, status: StatusCode) -> &str {
+        assert_eq!(self.status, status, "{self:?}");
+        &self.code
+    }
+}
+
+/// What a typed request answers.
+pub type Answer<T> = Result<T, Refusal>;
+
+impl TestApp {
+    /// Sends a request as `token`; a 2xx body decodes as `T`, anything else as the
+    /// contract's error body. A body that is neither panics: the contract is broken.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> Answer<T> {
+        let (status, body) = self.send(method, path, Some(token), body).await;
+        if status.is_success() {
+            return Ok(serde_json::from_value(body.clone()).unwrap_or_else(|e| {
+                panic!("{path} answered {status} with a body not of its type ({e}): {body}")
+            }));
+        }
+        let error = &body["error"];
+        match (error["code"].as_str(), error["message"].as_str()) {
+            (Some(code), Some(message)) if error["details"].is_object() => Err(Refusal {
+                status,
+                code: code.to_owned(),
+                message: message.to_owned(),
+                details: error["details"].clone(),
+            }),
+            _ => panic!("{path} answered {status} without the contract's error body: {body}"),
+        }
+    }
+
+    /// `POST /reservations` of `quantity` of a product (any warehouse), as the admin.
+    pub async fn reservation_of(&self, product_id: i64, quantity: i64) -> Answer<Reservation> {
+        self.create_reservation(
+            &self.admin,
+            json!({ "items": [{ "product_id": product_id, "quantity": quantity }] }),
+        )
+        .await
+    }
+
+    /// `POST /reservations` with `body` as `token`.
+    pub async fn create_reservation(&self, token: &str, body: Value) -> Answer<Reservation> {
+        self.call(Method::POST, "/reservations", token, Some(body))
+            .await
+    }
+
+    /// `GET /reservations/{id}`, as the admin.
+    pub async fn reservation(&self, id: Uuid) -> Answer<Reservation> {
+        self.call(
+            Method::GET,
+            &format!("/reservations/{id}"),
+            &self.admin,
+            None,
+        )
+        .await
+    }
+
+    /// `POST /reservations/{id}/commit` of all it holds, as the admin.
+    pub async fn commit(&self, id: Uuid) -> Answer<Reservation> {
+        self.settle(id, "commit", None).await
+    }
+
+    /// `POST /reservations/{id}/release` of all it holds, as the admin.
+    pub async fn release(&self, id: Uuid) -> Answer<Reservation> {
+        self.settle(id, "release", None).await
+    }
+
+    /// `POST /reservations/{id}/{step}` (`commit` or `release`) of `parts` (all: `None`).
+    pub async fn settle(&self, id: Uuid, step: &str, parts: Option<Value>) -> Answer<Reservation> {
+        let path = format!("/reservations/{id}/{step}");
+        self.call(Method::POST, &path, &self.admin, parts).await
+    }
+
+    /// `POST /stock/adjustments` of `delta` on a line with `reason`, as the admin.
+    pub async fn adjust(
+        &self,
+        warehouse_id: i64,
+        product_id: i64,
+        delta: i64,
+        reason: &str,
+    ) -> Answer<StockLine> {
+        let body = json!({ "warehouse_id": warehouse_id, "product_id": product_id, "delta": delta, "reason": reason });
+        self.call(Method::POST, "/stock/adjustments", &self.admin, Some(body))
+            .await
+    }
+
+    /// `GET /products/{id}/availability`, as the admin.
+    pub async fn availability_of(&self, product_id: i64) -> Answer<Availability> {
+        let path = format!("/products/{product_id}/availability");
+        self.call(Method::GET, &path, &self.admin, None).await
+    }
+
+    /// A product's availability; panics if it is refused.
+    pub async fn availability(&self, product_id: i64) -> Availability {
+        self.availability_of(product_id)
+            .await
+            .unwrap_or_else(|refusal| panic!("availability of {product_id}: {refusal:?}"))
+    }
+
+    /// Receives `delta` units on a line; answers the line (panics if refused).
+    pub async fn stock(&self, warehouse_id: i64, product_id: i64, delta: i64) -> StockLine {
+        self.adjust(warehouse_id, product_id, delta, "receipt")
+            .await
+            .unwrap_or_else(|refusal| panic!("receipt on {warehouse_id}/{product_id}: {refusal:?}"))
+    }
+
+    /// `GET /products/{id}`, as the admin.
+    pub async fn product_of(&self, id: i64) -> Answer<Product> {
+        self.call(Method::GET, &format!("/products/{id}"), &self.admin, None)
+            .await
+    }
+
+    /// `GET /warehouses/{id}`, as the admin.
+    pub async fn warehouse_of(&self, id: i64) -> Answer<Warehouse> {
+        self.call(Method::GET, &format!("/warehouses/{id}"), &self.admin, None)
+            .await
+    }
+}
