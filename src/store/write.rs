@@ -5,6 +5,7 @@
 //! of a batch that had in fact committed, or of a half already written) changes nothing.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres};
@@ -91,12 +92,23 @@ fn sort(records: &[(Lsn, StoreRecord)]) -> Sorted<'_> {
     let mut sorted = Sorted::default();
     for (lsn, record) in records {
         match record {
-            StoreRecord::Core(Record::Line(line)) => {
-                let newest = sorted.lines.entry(line.key).or_insert(line);
-                if line.version > newest.version {
-                    *newest = line;
+            StoreRecord::Core(Record::Line(line)) => match sorted.lines.entry(line.key) {
+                Entry::Vacant(first) => drop(first.insert(line)),
+                Entry::Occupied(mut newest) => {
+                    // Believed: a line journals one state a change, in Lsn order, each
+                    // its version one past the last (within a journal, which one node
+                    // owns).
+                    debug_assert_eq!(
+                        line.version,
+                        newest.get().version + 1,
+                        "line {}: versions journaled out of step",
+                        line.key
+                    );
+                    if line.version > newest.get().version {
+                        newest.insert(line);
+                    }
                 }
-            }
+            },
             StoreRecord::Core(Record::Movement(movement)) => {
                 sorted.movements.push((*lsn, movement))
             }
@@ -323,3 +335,38 @@ fn renumber(sql: &str, offset: usize) -> String {
 }
 
 type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+#[cfg(test)]
+mod tests {
+    use stockline_actors::journal::LineRecord;
+    use stockline_actors::{LineKey, Record};
+
+    use super::*;
+
+    fn line(version: u64) -> StoreRecord {
+        StoreRecord::Core(Record::Line(LineRecord {
+            key: LineKey::new(1, 1),
+            on_hand: version,
+            reserved: 0,
+            safety_stock: 0,
+            version,
+            updated_at: chrono::Utc::now(),
+        }))
+    }
+
+    #[test]
+    fn a_batch_keeps_each_lines_newest_state() {
+        let records = vec![(1, line(4)), (2, line(5)), (3, line(6))];
+        let sorted = sort(&records);
+        assert_eq!(sorted.lines[&LineKey::new(1, 1)].version, 6);
+    }
+
+    /// A version that skips (a change journaled without its state, or two owners writing
+    /// one line) breaks what the store believes: caught in debug builds and tests.
+    #[cfg(debug_assertions)]
+    #[test]
+    #[should_panic(expected = "versions journaled out of step")]
+    fn a_line_version_that_skips_is_caught() {
+        sort(&[(1, line(4)), (2, line(6))]);
+    }
+}

@@ -156,6 +156,14 @@ impl<R> JournalBuffer<R> {
             batch.last <= lock(&self.pending).taken,
             "a batch past what was taken is marked written"
         );
+        // Believed: batches are marked written in the order they were taken, none left
+        // out, so the watermark only rises, and by each batch in turn (a batch marked
+        // before the one ahead of it would call that one durable too).
+        debug_assert_eq!(
+            batch.records.first().map(|(lsn, _)| *lsn),
+            Some(self.durable.current() + 1),
+            "a batch is marked written out of turn"
+        );
         self.backlog
             .fetch_sub(batch.records.len(), Ordering::AcqRel);
         self.durable.advance(batch.last);

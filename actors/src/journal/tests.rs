@@ -321,3 +321,17 @@ fn the_memory_journal_keeps_or_discards_records_but_always_numbers_them() {
     assert_eq!(kept.records().len(), 2);
     assert!(dropped.records().is_empty());
 }
+
+/// Marking a batch written before the one taken ahead of it would call the earlier one
+/// durable too: the buffer's belief says so, in debug builds and tests.
+#[cfg(debug_assertions)]
+#[test]
+#[should_panic(expected = "out of turn")]
+fn a_batch_marked_written_before_the_one_ahead_of_it_is_caught() {
+    let buffer = JournalBuffer::<Record>::new(0, 100);
+    buffer.append(vec![transfer()]);
+    let _ahead = buffer.take().unwrap();
+    buffer.append(vec![transfer()]);
+    let behind = buffer.take().unwrap();
+    buffer.complete(&behind);
+}

@@ -31,7 +31,7 @@ pub enum NotDurable {
 impl DurableWatch {
     /// The highest Lsn known durable now.
     pub fn current(&self) -> Lsn {
-        self.0.durable.load(Ordering::Acquire)
+        self.0.current()
     }
 
     /// Waits until every record up to and including `lsn` is durable. The caller is woken
@@ -147,6 +147,11 @@ impl Watermark {
             durable: AtomicU64::new(lsn),
             ..Self::default()
         })
+    }
+
+    /// The highest Lsn known durable now.
+    pub fn current(&self) -> Lsn {
+        self.durable.load(Ordering::Acquire)
     }
 
     /// Everything up to `lsn` is durable (or [refused](Self::refuse)): wakes exactly the
