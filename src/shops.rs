@@ -14,7 +14,20 @@ use stockline_actors::types::ShopId;
 use stockline_actors::{WarehouseId, Warehouses};
 
 use crate::auth::{Identity, Role};
-use crate::error::{AppError, Result};
+/// Why shop access refuses; `http/` says how each answers.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ShopError {
+    /// Neither an operator nor a member allowed this.
+    #[error("you may not do this")]
+    Forbidden,
+    #[error("shop {0} not found")]
+    UnknownShop(ShopId),
+    #[error("warehouse {0} not found")]
+    UnknownWarehouse(WarehouseId),
+}
+
+/// `Result` with [`ShopError`] as the default error.
+pub type Result<T, E = ShopError> = std::result::Result<T, E>;
 
 /// A member's role in its shop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,7 +105,7 @@ impl Shops {
         if self.ids.contains_key(&shop_id) {
             Ok(shop_id)
         } else {
-            Err(AppError::NotFound(format!("shop {shop_id}")))
+            Err(ShopError::UnknownShop(shop_id))
         }
     }
 
@@ -175,7 +188,7 @@ impl<'a> Access<'a> {
         self.warehouses
             .get(warehouse_id)
             .map(|w| w.shop_id)
-            .ok_or_else(|| AppError::NotFound(format!("warehouse {warehouse_id}")))
+            .ok_or(ShopError::UnknownWarehouse(warehouse_id))
     }
 
     /// May change this warehouse's stock or status: operators anywhere, members on their
@@ -185,7 +198,7 @@ impl<'a> Access<'a> {
         if self.is_operator() || self.member_of(owner).is_some() {
             Ok(())
         } else {
-            Err(AppError::Forbidden)
+            Err(ShopError::Forbidden)
         }
     }
 
@@ -195,7 +208,9 @@ impl<'a> Access<'a> {
         self.warehouse(from)?;
         self.warehouse(to)?;
         if self.owner(from)? != self.owner(to)? {
-            self.identity.require(Role::Admin)?;
+            self.identity
+                .require(Role::Admin)
+                .map_err(|_| ShopError::Forbidden)?;
         }
         Ok(())
     }
@@ -206,7 +221,7 @@ impl<'a> Access<'a> {
         if self.is_operator() {
             Ok(Scope::All)
         } else if self.shops.is_empty() {
-            Err(AppError::Forbidden)
+            Err(ShopError::Forbidden)
         } else {
             Ok(Scope::Shops(self.shops.iter().map(|(s, _)| *s).collect()))
         }
@@ -218,7 +233,7 @@ impl<'a> Access<'a> {
         if self.is_operator() || self.member_of(shop) == Some(ShopRole::Owner) {
             Ok(())
         } else {
-            Err(AppError::Forbidden)
+            Err(ShopError::Forbidden)
         }
     }
 
@@ -228,7 +243,7 @@ impl<'a> Access<'a> {
         {
             Ok(())
         } else {
-            Err(AppError::Forbidden)
+            Err(ShopError::Forbidden)
         }
     }
 
@@ -237,7 +252,7 @@ impl<'a> Access<'a> {
         if self.identity.role == Role::Admin || self.member_of(Some(shop)).is_some() {
             Ok(())
         } else {
-            Err(AppError::Forbidden)
+            Err(ShopError::Forbidden)
         }
     }
 }

@@ -6,6 +6,7 @@
 //! through the API takes effect on the next request, one made in the database directly
 //! within [`ROLE_FRESH_FOR`].
 
+mod error;
 pub mod limiter;
 pub mod lockout;
 pub mod password;
@@ -20,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::error::{AppError, Result};
+pub use error::AuthError;
+use error::Result;
 
 /// How long a cached role is trusted before the `users` table is asked again.
 pub const ROLE_FRESH_FOR: Duration = Duration::from_secs(5);
@@ -85,7 +87,7 @@ impl Identity {
         if self.role >= role {
             Ok(())
         } else {
-            Err(AppError::Forbidden)
+            Err(AuthError::Forbidden)
         }
     }
 }
@@ -142,7 +144,7 @@ impl Auth {
     ) -> Result<Self> {
         let secret = match secret {
             Some(secret) if secret.len() < crate::config::MIN_JWT_SECRET => {
-                return Err(AppError::Internal(format!(
+                return Err(AuthError::Internal(format!(
                     "the JWT secret needs at least {} bytes",
                     crate::config::MIN_JWT_SECRET
                 )));
@@ -194,17 +196,19 @@ impl Auth {
             exp: now + self.token_ttl.as_secs() as i64,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|e| AppError::Internal(format!("signing a token: {e}")))
+            .map_err(|e| AuthError::Internal(format!("signing a token: {e}")))
     }
 
     /// Checks a token's signature, expiry and revocation, and finds its user's role.
     pub async fn identify(&self, pool: &PgPool, token: &str) -> Result<Identity> {
         let claims = self.verify(token)?;
         if claims.exp <= Utc::now().timestamp() {
-            return Err(AppError::unauthorized("the token is invalid or expired"));
+            return Err(AuthError::Unauthenticated(
+                "the token is invalid or expired",
+            ));
         }
         if self.revoked.contains_key(&claims.jti) {
-            return Err(AppError::unauthorized("the token was revoked"));
+            return Err(AuthError::Unauthenticated("the token was revoked"));
         }
         let role = self.role_of(pool, claims.user_id).await?;
         Ok(Identity {
@@ -221,7 +225,7 @@ impl Auth {
         if let Some(known) = self.verified.get(token) {
             return Ok(*known);
         }
-        let refused = || AppError::unauthorized("the token is invalid or expired");
+        let refused = || AuthError::Unauthenticated("the token is invalid or expired");
         let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| {
                 tracing::debug!(error = %e, "token refused");
@@ -270,14 +274,16 @@ impl Auth {
                 .await?;
         let Some((role, disabled)) = row else {
             self.roles.remove(&user_id);
-            return Err(AppError::unauthorized("the token's user no longer exists"));
+            return Err(AuthError::Unauthenticated(
+                "the token's user no longer exists",
+            ));
         };
         if disabled {
             self.roles.remove(&user_id);
-            return Err(AppError::unauthorized("the token's user is disabled"));
+            return Err(AuthError::Unauthenticated("the token's user is disabled"));
         }
         let role = Role::parse(&role)
-            .ok_or_else(|| AppError::Internal(format!("stored role {role:?}")))?;
+            .ok_or_else(|| AuthError::Internal(format!("stored role {role:?}")))?;
         self.roles
             .insert(user_id, (role, std::time::Instant::now()));
         Ok(role)
@@ -302,7 +308,7 @@ impl Auth {
         }
         match self.role_within(pool, identity.user_id, fresh_for).await {
             Ok(role) => Ok(Identity { role, ..*identity }),
-            Err(AppError::Unauthorized { .. }) => Err(Some(Lost::Disabled)),
+            Err(AuthError::Unauthenticated(_)) => Err(Some(Lost::Disabled)),
             Err(_) => Err(None),
         }
     }

@@ -1,12 +1,12 @@
 //! bcrypt hashing, run on the blocking pool: a hash at cost 12 takes ~250 ms of CPU.
 
-use crate::error::{AppError, Result};
+use super::error::{AuthError, Result};
 
 pub async fn hash(password: String, cost: u32) -> Result<String> {
     tokio::task::spawn_blocking(move || bcrypt::hash(password, cost))
         .await
-        .map_err(|e| AppError::Internal(e.to_string()))?
-        .map_err(|e| AppError::Internal(e.to_string()))
+        .map_err(|e| AuthError::Internal(e.to_string()))?
+        .map_err(|e| AuthError::Internal(e.to_string()))
 }
 
 /// Whether `password` matches `hash`. With no hash (an unknown login) it checks `dummy`, a
@@ -18,6 +18,6 @@ pub async fn verify(password: String, hash: Option<String>, dummy: &str) -> Resu
     let matches =
         tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
             .await
-            .map_err(|e| AppError::Internal(e.to_string()))?;
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
     Ok(known && matches)
 }

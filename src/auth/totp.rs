@@ -2,7 +2,7 @@
 
 use totp_rs::{Builder, Secret, Totp};
 
-use crate::error::{AppError, Result};
+use super::error::{AuthError, Result};
 
 /// A new random secret, base32.
 pub fn new_secret() -> String {
@@ -11,20 +11,20 @@ pub fn new_secret() -> String {
 
 fn totp(secret: &str, account: &str) -> Result<Totp> {
     let secret = Secret::try_from_base32(secret)
-        .map_err(|e| AppError::Internal(format!("stored TOTP secret: {e}")))?;
+        .map_err(|e| AuthError::Internal(format!("stored TOTP secret: {e}")))?;
     Builder::new()
         .with_secret(secret)
         .with_account_name(account)
         .with_issuer(Some("stockline"))
         .build()
-        .map_err(|e| AppError::Internal(format!("TOTP: {e}")))
+        .map_err(|e| AuthError::Internal(format!("TOTP: {e}")))
 }
 
 /// The `otpauth://` URI an authenticator app scans.
 pub fn uri(secret: &str, account: &str) -> Result<String> {
     totp(secret, account)?
         .to_url()
-        .map_err(|e| AppError::Internal(format!("TOTP URI: {e}")))
+        .map_err(|e| AuthError::Internal(format!("TOTP URI: {e}")))
 }
 
 /// The time step `code` is valid for now (within one step of skew), if it is valid.

@@ -35,5 +35,6 @@ impl FromRequestParts<AppState> for Caller {
             .identify(&state.db, token.trim())
             .await
             .map(Caller)
+            .map_err(AppError::from)
     }
 }

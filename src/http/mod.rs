@@ -16,6 +16,7 @@ pub mod openapi;
 mod orders;
 mod products;
 pub mod rate_limit;
+mod refusals;
 mod reservations;
 pub mod serve;
 mod shard_map;

@@ -70,8 +70,8 @@ struct CreateWebhook {
 /// May subscribe to, or manage, the events of `shop` (`None`: every event).
 fn may_manage(state: &AppState, caller: &Identity, shop: Option<i64>) -> Result<()> {
     match shop {
-        None => caller.require(Role::Admin),
-        Some(shop) => state.access(caller).manage_shop(shop),
+        None => Ok(caller.require(Role::Admin)?),
+        Some(shop) => Ok(state.access(caller).manage_shop(shop)?),
     }
 }
 
