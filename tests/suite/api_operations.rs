@@ -11,7 +11,7 @@ async fn operators_see_the_busiest_actors_first() {
     let other = app.product("Q", 10).await;
     app.stock(warehouse, other, 1).await;
     for _ in 0..3 {
-        app.reserve(product, 1).await;
+        app.reservation_of(product, 1).await.unwrap();
     }
     let (status, body) = app
         .get("/admin/actors?sort=messages_handled&limit=1", &app.admin)
@@ -140,7 +140,7 @@ async fn low_stock_lists_the_active_lines_of_products_under_their_threshold() {
 async fn metrics_are_served_in_the_prometheus_text_format() {
     let app = TestApp::spawn().await;
     let (product, _) = app.stocked_product(10).await;
-    app.reserve(product, 2).await;
+    app.reservation_of(product, 2).await.unwrap();
     let response = app
         .client
         .get(format!("{}/metrics", app.base))
@@ -186,12 +186,12 @@ async fn metrics_count_requests_exactly_by_route_template_and_every_series_has_h
     // Reservations by outcome: two created (one committed, one released), one refused.
     let warehouse = app.warehouse("W", 1).await;
     app.stock(warehouse, product, 3).await;
-    let (_, first) = app.reserve(product, 2).await;
-    let (_, second) = app.reserve(product, 1).await;
+    let first = app.reservation_of(product, 2).await.unwrap();
+    let second = app.reservation_of(product, 1).await.unwrap();
     let (status, _) = app.reserve(product, 1).await;
     assert_eq!(status, StatusCode::CONFLICT);
     for (reservation, step) in [(&first, "commit"), (&second, "release")] {
-        let id = reservation["id"].as_str().unwrap();
+        let id = reservation.id;
         let (status, _) = app
             .post(
                 &format!("/reservations/{id}/{step}"),
@@ -293,7 +293,7 @@ async fn the_overview_shows_traffic_outcomes_and_the_store_to_operators() {
         let (status, _) = app.get(&format!("/products/{product}"), &app.admin).await;
         assert_eq!(status, StatusCode::OK);
     }
-    let (_, held) = app.reserve(product, 2).await;
+    let held = app.reservation_of(product, 2).await.unwrap();
     let (status, _) = app.reserve(product, 2).await;
     assert_eq!(status, StatusCode::CONFLICT);
     next_whole_second().await;
@@ -336,7 +336,7 @@ async fn the_overview_shows_traffic_outcomes_and_the_store_to_operators() {
     assert_eq!(actors["items"][0]["refusals"], 1, "{actors}");
     assert_eq!(actors["items"][0]["warehouse_id"], warehouse);
     assert!(actors["items"][0]["passivations"].is_u64());
-    let id = held["id"].as_str().unwrap();
+    let id = held.id;
     app.post(
         &format!("/reservations/{id}/release"),
         &app.admin,
@@ -609,8 +609,8 @@ async fn a_single_server_s_cluster_map_says_it_serves_every_shard_itself() {
     // Ids name their shard here too, so a database that later serves a cluster routes
     // them with no lookup.
     let (product, _) = app.stocked_product(2).await;
-    let (_, reservation) = app.reserve(product, 1).await;
-    let id: uuid::Uuid = reservation["id"].as_str().unwrap().parse().unwrap();
+    let reservation = app.reservation_of(product, 1).await.unwrap();
+    let id = reservation.id;
     assert_eq!(
         stockline_actors::ReservationId(id).home(),
         Some(stockline_actors::Home::One(stockline::cluster::shard_of(

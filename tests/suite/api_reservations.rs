@@ -64,8 +64,8 @@ async fn a_reservation_is_split_across_warehouses_then_committed() {
 async fn a_release_returns_the_stock() {
     let app = TestApp::spawn().await;
     let (product, _) = app.stocked_product(4).await;
-    let (_, reservation) = app.reserve(product, 4).await;
-    let id = reservation["id"].as_str().unwrap();
+    let reservation = app.reservation_of(product, 4).await.unwrap();
+    let id = reservation.id;
     let (status, released) = app
         .post(
             &format!("/reservations/{id}/release"),

@@ -12,7 +12,7 @@ async fn availability_counts_active_warehouses_only() {
     let (a, b) = (app.warehouse("A", 1).await, app.warehouse("B", 2).await);
     app.stock(a, product, 10).await;
     app.stock(b, product, 4).await;
-    app.reserve(product, 3).await;
+    app.reservation_of(product, 3).await.unwrap();
     let (_, customer) = app.customer("jo@example.com").await;
     let (status, body) = app
         .get(&format!("/products/{product}/availability"), &customer)
@@ -54,7 +54,7 @@ async fn adjustments_move_on_hand_with_a_reason_and_never_below_reserved() {
     let (product, warehouse) = (app.product("P", 100).await, app.warehouse("W", 1).await);
     let line = app.stock(warehouse, product, 10).await;
     assert_eq!((line.on_hand, line.available, line.version), (10, 10, 1));
-    app.reserve(product, 6).await;
+    app.reservation_of(product, 6).await.unwrap();
     let adjust = |delta: serde_json::Value, reason: &str| {
         app.post(
             "/stock/adjustments",
@@ -130,7 +130,7 @@ async fn a_count_sets_the_level_with_an_optional_version_check() {
         (status, body["on_hand"].as_u64(), body["version"].as_u64()),
         (StatusCode::OK, Some(7), Some(2))
     );
-    app.reserve(product, 5).await;
+    app.reservation_of(product, 5).await.unwrap();
     let (status, body) = level(4, None).await;
     assert_eq!(
         error_code(status, &body, StatusCode::CONFLICT),
@@ -226,7 +226,7 @@ async fn movements_are_listed_newest_first_and_filtered() {
     let warehouse = app.warehouse("W", 1).await;
     app.stock(warehouse, p1, 5).await;
     app.stock(warehouse, p2, 7).await;
-    let (_, reservation) = app.reserve(p1, 2).await;
+    let reservation = app.reservation_of(p1, 2).await.unwrap();
     let (status, body) = app
         .get(&format!("/stock/movements?product_id={p1}"), &app.admin)
         .await;
@@ -238,7 +238,7 @@ async fn movements_are_listed_newest_first_and_filtered() {
         .map(|m| m["kind"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, vec!["reserve", "adjust"]);
-    assert_eq!(body["items"][0]["reference"], reservation["id"]);
+    assert_eq!(body["items"][0]["reference"], reservation.id.to_string());
     assert_eq!(
         (
             body["items"][0]["on_hand_after"].as_u64(),
@@ -308,7 +308,7 @@ async fn movements_say_who_changed_stock_by_hand_why_and_under_which_reference()
         ),
         (Some(operator_id), Some("move 5"))
     );
-    app.reserve(product, 1).await;
+    app.reservation_of(product, 1).await.unwrap();
 
     let (_, body) = app
         .get(
@@ -466,7 +466,7 @@ async fn availability_as_of_a_past_moment_equals_what_was_read_at_that_moment() 
     app.stock(a, product, 10).await;
     record(&app).await;
     app.stock(b, product, 4).await;
-    let (_, first) = app.reserve(product, 12).await;
+    let first = app.reservation_of(product, 12).await.unwrap();
     record(&app).await;
     app.put(
         "/stock/safety",
@@ -475,7 +475,7 @@ async fn availability_as_of_a_past_moment_equals_what_was_read_at_that_moment() 
     )
     .await;
     app.post(
-        &format!("/reservations/{}/commit", first["id"].as_str().unwrap()),
+        &format!("/reservations/{}/commit", first.id),
         &app.admin,
         json!({}),
     )
@@ -487,10 +487,10 @@ async fn availability_as_of_a_past_moment_equals_what_was_read_at_that_moment() 
         json!({ "from_warehouse_id": b, "to_warehouse_id": a, "product_id": product, "quantity": 1 }),
     )
     .await;
-    let (_, second) = app.reserve(product, 1).await;
+    let second = app.reservation_of(product, 1).await.unwrap();
     record(&app).await;
     app.post(
-        &format!("/reservations/{}/release", second["id"].as_str().unwrap()),
+        &format!("/reservations/{}/release", second.id),
         &app.admin,
         json!({}),
     )

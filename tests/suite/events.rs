@@ -125,13 +125,13 @@ async fn thresholds_fire_once_per_crossing_and_orders_tell_each_step() {
     let product = body["id"].as_i64().unwrap();
     let warehouse = app.warehouse("W", 1).await;
     app.stock(warehouse, product, 10).await; // back in (from nothing)
-    let (_, first) = app.reserve(product, 6).await; // 4 left: low
-    let (_, second) = app.reserve(product, 1).await; // 3: still low, nothing new
-    let (_, third) = app.reserve(product, 3).await; // 0: out
+    let first = app.reservation_of(product, 6).await.unwrap(); // 4 left: low
+    let second = app.reservation_of(product, 1).await.unwrap(); // 3: still low, nothing new
+    let third = app.reservation_of(product, 3).await.unwrap(); // 0: out
     for r in [&third, &second] {
         let (status, _) = app
             .post(
-                &format!("/reservations/{}/release", r["id"].as_str().unwrap()),
+                &format!("/reservations/{}/release", r.id),
                 &app.admin,
                 json!({}),
             )
@@ -140,7 +140,7 @@ async fn thresholds_fire_once_per_crossing_and_orders_tell_each_step() {
     } // 4: back in
     let (status, _) = app
         .post(
-            &format!("/reservations/{}/commit", first["id"].as_str().unwrap()),
+            &format!("/reservations/{}/commit", first.id),
             &app.admin,
             json!({}),
         )
@@ -494,7 +494,7 @@ async fn an_open_stream_ends_when_the_server_shuts_down() {
 async fn events_older_than_the_retention_are_pruned() {
     let app = TestApp::spawn().await;
     app.stocked_product(5).await;
-    app.reserve(1, 1).await;
+    app.reservation_of(1, 1).await.unwrap();
     let events = all_events(&app, &app.admin, "").await;
     assert!(events.len() >= 2);
     let pool = sqlx::PgPool::connect(&testkit::database_url(&app.database))
