@@ -207,7 +207,7 @@ where
         let answer = work(request.body).await;
         drop(group);
         let answer = answer?;
-        state.durable(answer.lsn).await?;
+        state.store.durable(answer.lsn).await?;
         return Ok(respond(answer.status, answer.body));
     };
     let fingerprint = request.fingerprint;
@@ -221,11 +221,11 @@ where
             Claim::Mine => break,
             Claim::Replay(status, body, lsn) => {
                 // In `sync` mode a repeat, like the first, is answered only once durable.
-                match state.durable(lsn).await {
+                match state.store.durable(lsn).await {
                     Ok(()) => return Ok(respond(status, body)),
                     // The first try's batch was refused: it never happened, so this one
                     // runs it again (kept, the key would answer 503 for good).
-                    Err(_) if state.refused(lsn) => {
+                    Err(_) if state.store.refused(lsn) => {
                         state.answers.forget_refused(user, &key, lsn);
                         continue;
                     }
@@ -285,8 +285,8 @@ where
         Some((fingerprint, status, body.clone(), lsn.max(answer_lsn))),
     );
     let last = lsn.max(answer_lsn);
-    if let Err(error) = state.durable(last).await {
-        if state.refused(last) {
+    if let Err(error) = state.store.durable(last).await {
+        if state.store.refused(last) {
             state.answers.forget_refused(user, &key, last);
         }
         return Err(error);

@@ -31,7 +31,6 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::limiter::AuthLimiter;
 use crate::auth::{Auth, Role, password};
 use crate::background::Background;
 use crate::catalog::Catalog;
@@ -329,6 +328,7 @@ async fn load_state(
         config.jwt_secret.as_deref(),
         Duration::from_secs(config.token_ttl_secs),
         config.bcrypt_cost,
+        config.auth_rate_per_minute,
     )
     .await
     .map_err(|e| io::Error::other(e.to_string()))?;
@@ -354,7 +354,6 @@ async fn load_state(
         orders.reconcile(&core).await;
     }
     orders.clone().watch_expiry(expired, background);
-    let auth_rate = config.auth_rate_per_minute;
     let metrics = Arc::new(http::metrics_recorder());
     let (flush_durations, durable_waits) = metrics::with_local_recorder(&*metrics, || {
         (
@@ -370,26 +369,28 @@ async fn load_state(
     let events = crate::events::Events::start(&db, &config, hub, background)
         .await
         .map_err(io::Error::other)?;
+    let store = Arc::new(StoreState {
+        durable: buffer.watch(),
+        buffer,
+        flush: flusher.stats.clone(),
+        durability: config.durability,
+        durable_timeout: Duration::from_millis(config.durable_timeout_ms),
+        durable_waits,
+        stored_count: Default::default(),
+    });
     Ok(AppState::new(AppParts {
         config: Arc::new(config),
         db,
         core,
         auth: Arc::new(auth),
         catalog: Arc::new(catalog),
-        store: Arc::new(StoreState {
-            durable: buffer.watch(),
-            buffer,
-            flush: flusher.stats.clone(),
-        }),
+        store,
         answers: Arc::new(Answers::default()),
         orders,
         shops,
         carts: carts.clone(),
-        auth_limiter: Arc::new(AuthLimiter::new(auth_rate)),
         requests: Arc::new(http::RequestMetrics::new(metrics.clone())),
         metrics,
-        durable_waits,
-        stored_lines: Arc::default(),
         events: Arc::new(events),
         cluster,
     }))

@@ -11,7 +11,6 @@ use stockline_actors::{Core, DurableWatch, Lsn, NotDurable};
 
 use crate::auth::Auth;
 use crate::auth::Identity;
-use crate::auth::limiter::AuthLimiter;
 use crate::catalog::Catalog;
 use crate::config::{Config, Durability};
 use crate::error::{AppError, Result};
@@ -23,11 +22,73 @@ use crate::store::records::Buffer;
 /// How long a count of every stored line is reused.
 const STORED_COUNT_FOR: Duration = Duration::from_secs(5);
 
-/// The write-behind side, as handlers and operators see it.
+/// The write-behind side, as handlers and operators see it: the journal, the flusher's
+/// figures, the durable watermark and how long a request waits on it, and the cached count
+/// of stored lines.
 pub struct StoreState {
     pub buffer: Arc<Buffer>,
     pub flush: Arc<FlushStats>,
     pub durable: DurableWatch,
+    /// `sync`: a change is answered once durable; `async`: at once.
+    pub durability: Durability,
+    /// How long a sync-mode request waits to be durable before it answers 503.
+    pub durable_timeout: Duration,
+    /// How long sync-mode requests waited to be durable (a histogram of the metrics).
+    pub durable_waits: metrics::Histogram,
+    /// The count of every stored line, and when it was taken (a count over a million rows
+    /// is not made for each poll of the console).
+    pub stored_count: tokio::sync::Mutex<Option<(std::time::Instant, i64)>>,
+}
+
+impl StoreState {
+    /// In `sync` mode, waits until the records up to `lsn` are committed; in `async` mode,
+    /// returns at once. A change still not durable after a while answers 503: it may yet
+    /// land, which is why clients retry with the same `Idempotency-Key`.
+    pub async fn durable(&self, lsn: Lsn) -> Result<()> {
+        if self.durability == Durability::Async || lsn == 0 {
+            return Ok(());
+        }
+        let watch = &self.durable;
+        let timeout = self.durable_timeout;
+        let started = std::time::Instant::now();
+        match tokio::time::timeout(timeout, watch.wait_for(lsn)).await {
+            Ok(Ok(())) => {
+                self.durable_waits.record(started.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Ok(Err(NotDurable::Refused)) => Err(AppError::Unavailable(
+                "the change did not happen: another node took over this stock; retry".into(),
+            )),
+            _ => Err(AppError::Unavailable(
+                "the change was accepted but the store has not confirmed it yet; retry with the same Idempotency-Key".into(),
+            )),
+        }
+    }
+
+    /// Whether the change journaled at `lsn` will never be durable: its batch was refused
+    /// for good (cluster mode: another node took its stock over), so it did not happen.
+    pub fn refused(&self, lsn: Lsn) -> bool {
+        use futures_util::FutureExt;
+        matches!(
+            self.durable.wait_for(lsn).now_or_never(),
+            Some(Err(NotDurable::Refused))
+        )
+    }
+
+    /// Waits, in either durability mode, until everything appended so far is written: a
+    /// read of the store (the ledger) then sees every change made before it.
+    pub async fn written(&self) -> Result<()> {
+        let head = self.buffer.head();
+        let watch = &self.durable;
+        let timeout = self.durable_timeout;
+        match tokio::time::timeout(timeout, watch.wait_for(head)).await {
+            // Refused records are settled too: nothing of them will ever be written.
+            Ok(Ok(()) | Err(NotDurable::Refused)) => Ok(()),
+            _ => Err(AppError::Unavailable(
+                "the store is behind; retry shortly".into(),
+            )),
+        }
+    }
 }
 
 /// What every request handler can reach: one `Arc` around [`AppParts`], so the clone axum
@@ -65,17 +126,10 @@ pub struct AppParts {
     pub shops: Arc<Shops>,
     /// Open carts (and closed ones until durable), each behind its lock.
     pub carts: Arc<crate::carts::Carts>,
-    /// Login and register attempts per client address.
-    pub auth_limiter: Arc<AuthLimiter>,
     /// This server's metrics, rendered at `GET /metrics`.
     pub metrics: Arc<metrics_exporter_prometheus::PrometheusRecorder>,
-    /// How long sync-mode requests waited to be durable (a histogram of `metrics`).
-    pub durable_waits: metrics::Histogram,
     /// Requests counted and timed (for `/metrics` and the console's last minute).
     pub requests: Arc<crate::telemetry::requests::RequestMetrics>,
-    /// The count of every stored line, and when it was taken (a count over a million rows
-    /// is not made for each poll of the console).
-    pub stored_lines: Arc<tokio::sync::Mutex<Option<(std::time::Instant, i64)>>>,
     /// The outbox's live side, webhooks and streams.
     pub events: Arc<crate::events::Events>,
     /// This node's part in its cluster; `None` for a single-process server.
@@ -83,47 +137,13 @@ pub struct AppParts {
 }
 
 impl AppParts {
-    /// In `sync` mode, waits until the records up to `lsn` are committed; in `async` mode,
-    /// returns at once. A change still not durable after a while answers 503: it may yet
-    /// land, which is why clients retry with the same `Idempotency-Key`.
-    pub async fn durable(&self, lsn: Lsn) -> Result<()> {
-        if self.config.durability == Durability::Async || lsn == 0 {
-            return Ok(());
-        }
-        let watch = &self.store.durable;
-        let timeout = Duration::from_millis(self.config.durable_timeout_ms);
-        let started = std::time::Instant::now();
-        match tokio::time::timeout(timeout, watch.wait_for(lsn)).await {
-            Ok(Ok(())) => {
-                self.durable_waits.record(started.elapsed().as_secs_f64());
-                Ok(())
-            }
-            Ok(Err(NotDurable::Refused)) => Err(AppError::Unavailable(
-                "the change did not happen: another node took over this stock; retry".into(),
-            )),
-            _ => Err(AppError::Unavailable(
-                "the change was accepted but the store has not confirmed it yet; retry with the same Idempotency-Key".into(),
-            )),
-        }
-    }
-
-    /// Whether the change journaled at `lsn` will never be durable: its batch was refused
-    /// for good (cluster mode: another node took its stock over), so it did not happen.
-    pub fn refused(&self, lsn: Lsn) -> bool {
-        use futures_util::FutureExt;
-        matches!(
-            self.store.durable.wait_for(lsn).now_or_never(),
-            Some(Err(NotDurable::Refused))
-        )
-    }
-
     /// How many lines the database holds within `warehouses` (all: `None`, then counted at
     /// most every 5 s).
     pub async fn stored_lines(&self, warehouses: Option<Vec<i64>>) -> Result<i64> {
         if warehouses.is_some() {
             return Ok(crate::store::lines::stored_count(&self.db, warehouses).await?);
         }
-        let mut cached = self.stored_lines.lock().await;
+        let mut cached = self.store.stored_count.lock().await;
         match *cached {
             Some((at, count)) if at.elapsed() < STORED_COUNT_FOR => Ok(count),
             _ => {
@@ -139,28 +159,12 @@ impl AppParts {
         Access::new(*identity, &self.shops, self.core.warehouses())
     }
 
-    /// Waits, in either durability mode, until everything appended so far is written: a
-    /// read of the store (the ledger) then sees every change made before it.
-    pub async fn written(&self) -> Result<()> {
-        let head = self.store.buffer.head();
-        let watch = &self.store.durable;
-        let timeout = Duration::from_millis(self.config.durable_timeout_ms);
-        match tokio::time::timeout(timeout, watch.wait_for(head)).await {
-            // Refused records are settled too: nothing of them will ever be written.
-            Ok(Ok(()) | Err(NotDurable::Refused)) => Ok(()),
-            _ => Err(AppError::Unavailable(
-                "the store is behind; retry shortly".into(),
-            )),
-        }
-    }
-
     /// Forgets what no longer matters from the maps clients make grow: old idempotent
     /// answers, closed orders, rate-limit entries back at full allowance, revocations of
     /// tokens that expired anyway, quiet lockout entries, cached roles.
     pub fn sweep(&self) {
         self.answers.sweep();
         self.orders.sweep();
-        self.auth_limiter.sweep();
         self.auth.sweep();
     }
 }

@@ -131,6 +131,8 @@ pub struct Auth {
     verified: DashMap<Box<str>, Verified>,
     /// Failed logins per account.
     pub lockout: lockout::Lockout,
+    /// Login and register attempts per client address.
+    pub limiter: limiter::AuthLimiter,
 }
 
 impl Auth {
@@ -141,6 +143,7 @@ impl Auth {
         secret: Option<&str>,
         token_ttl: Duration,
         bcrypt_cost: u32,
+        attempts_per_minute: u32,
     ) -> Result<Self> {
         let secret = match secret {
             Some(secret) if secret.len() < crate::config::MIN_JWT_SECRET => {
@@ -183,6 +186,7 @@ impl Auth {
             roles: DashMap::new(),
             verified: DashMap::new(),
             lockout: lockout::Lockout::default(),
+            limiter: limiter::AuthLimiter::new(attempts_per_minute),
         })
     }
 
@@ -333,6 +337,7 @@ impl Auth {
         self.roles
             .retain(|_, (_, read_at)| read_at.elapsed() < ROLE_FRESH_FOR);
         self.lockout.sweep();
+        self.limiter.sweep();
     }
 
     /// Entries in the revocation and role maps (for tests of the sweep).
@@ -377,6 +382,7 @@ mod tests {
             roles: DashMap::new(),
             verified: DashMap::new(),
             lockout: lockout::Lockout::default(),
+            limiter: limiter::AuthLimiter::new(10),
         }
     }
 

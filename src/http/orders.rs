@@ -138,7 +138,7 @@ async fn payments(
 ) -> Result<Json<List<Payment>>> {
     orders::visible(&state, acting(&caller), id).await?;
     // Payments are read from the store: everything journaled so far is written first.
-    state.written().await?;
+    state.store.written().await?;
     let items: Vec<Payment> = sqlx::query_as(
         "SELECT id, method, amount_cents, status, created_at FROM payments
          WHERE order_id = $1 ORDER BY created_at, id",

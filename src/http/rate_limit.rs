@@ -19,7 +19,7 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
     let Some(client) = client else {
         return next.run(request).await;
     };
-    match state.auth_limiter.check(client) {
+    match state.auth.limiter.check(client) {
         Ok(()) => next.run(request).await,
         Err(wait) => AppError::RateLimited {
             retry_after_secs: wait.as_secs().max(1),

@@ -133,7 +133,7 @@ async fn availability_as_of(state: &AppState, id: i64, as_of: &str) -> Result<Av
     if state.catalog.get(id).is_none() {
         return Err(AppError::NotFound(format!("product {id}")));
     }
-    state.written().await?;
+    state.store.written().await?;
     let rows: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
         "SELECT DISTINCT ON (warehouse_id) warehouse_id, on_hand_after, reserved_after, safety_stock_after
          FROM movements WHERE product_id = $1 AND at <= $2

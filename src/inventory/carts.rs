@@ -155,7 +155,7 @@ pub(super) async fn serve(state: &AppState, step: CartStep) -> Response {
             let created = async {
                 let shop = shop.map(|s| state.shops.require(s)).transpose()?;
                 let (cart, lsn) = state.carts.create(user, shop, hold)?;
-                state.durable(lsn).await?;
+                state.store.durable(lsn).await?;
                 view(state, &cart).await
             };
             match created.await {
@@ -272,7 +272,7 @@ async fn set_item(state: AppState, user: i64, id: Uuid, change: ItemChange) -> R
         };
         let shown = cart.clone();
         drop(cart);
-        state.durable(lsn).await?;
+        state.store.durable(lsn).await?;
         view(&state, &shown).await
     };
     changed.await.map(axum::Json).into_response()
@@ -293,7 +293,7 @@ async fn delete(state: AppState, user: i64, id: Uuid) -> Response {
             }
         };
         drop(cart);
-        state.durable(lsn).await?;
+        state.store.durable(lsn).await?;
         Ok::<_, AppError>(StatusCode::NO_CONTENT)
     };
     deleted.await.into_response()

@@ -153,7 +153,7 @@ pub async fn apply_each(state: &AppState, changes: Vec<LineChange>) -> Result<Va
             }
         }
     }
-    state.durable(last).await?;
+    state.store.durable(last).await?;
     Ok(json!({ "results": results }))
 }
 

@@ -237,7 +237,7 @@ pub(super) async fn serve(state: &AppState, step: OrderStep) -> Response {
                 }
                 let slot = open_slot(state, caller, id).await?;
                 let (order, lsn) = slot.advance(next.into(), tracking_number).await?;
-                state.durable(lsn).await?;
+                state.store.durable(lsn).await?;
                 Ok(order)
             };
             advanced.await.map(axum::Json).into_response()
@@ -294,7 +294,7 @@ async fn cancel(state: &AppState, caller: Acting, id: Uuid) -> Result<Order> {
     };
     let (order, lsn) = slot.cancel(&holder.on(state), caller.operator).await?;
     drop(group);
-    state.durable(lsn).await?;
+    state.store.durable(lsn).await?;
     Ok(order)
 }
 

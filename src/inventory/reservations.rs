@@ -174,7 +174,7 @@ pub async fn read(state: &AppState, id: Uuid) -> Result<ReservationBody> {
 pub async fn extend(state: &AppState, id: Uuid, ttl: Duration) -> Result<ReservationBody> {
     match state.core.reservations().extend(ReservationId(id), ttl) {
         Ok((reservation, lsn)) => {
-            state.durable(lsn).await?;
+            state.store.durable(lsn).await?;
             Ok(shown(state, reservation))
         }
         Err(stockline_actors::CoreError::ReservationNotFound) => Err(not_pending(state, id).await),
@@ -273,7 +273,7 @@ pub async fn settle(
         }
         Err(other) => return Err(other.into()),
     };
-    state.durable(lsn).await?;
+    state.store.durable(lsn).await?;
     Ok(shown(state, reservation))
 }
 
@@ -285,7 +285,7 @@ pub async fn release_part(state: &AppState, part: ReservationId) -> Result<Reser
         settled_before(state, part).await?;
     }
     let (reservation, lsn) = reservations.release_or_bury(part).await?;
-    state.durable(lsn).await?;
+    state.store.durable(lsn).await?;
     Ok(shown(state, reservation))
 }
 
@@ -309,7 +309,7 @@ pub async fn reshape(
         .await;
     match reshaped {
         Ok((reservation, lsn)) => {
-            state.durable(lsn).await?;
+            state.store.durable(lsn).await?;
             Ok(shown(state, reservation))
         }
         Err(stockline_actors::CoreError::ReservationNotFound) => Err(not_pending(state, id).await),

@@ -492,7 +492,7 @@ async fn revocations_of_tokens_that_expired_anyway_are_swept_from_memory() {
     let pool = stockline::store::connect_and_migrate(&database_url(&database))
         .await
         .unwrap();
-    let auth = stockline::auth::Auth::load(&pool, None, std::time::Duration::from_secs(1), 4)
+    let auth = stockline::auth::Auth::load(&pool, None, std::time::Duration::from_secs(1), 4, 10)
         .await
         .unwrap();
     let user: i64 = sqlx::query_scalar(

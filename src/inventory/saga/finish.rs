@@ -102,7 +102,7 @@ async fn finish_round(state: &AppState, cluster: &Cluster, lease: Duration) -> R
                 false => reservations.release(id).await,
             };
             match outcome {
-                Ok((_, lsn)) => state.durable(lsn).await?,
+                Ok((_, lsn)) => state.store.durable(lsn).await?,
                 Err(CoreError::ReservationNotPending { .. } | CoreError::ReservationNotFound) => {}
                 Err(error) => {
                     tracing::warn!(reservation = %saga.id, %part, %error, "a part of a decided reservation is not settled yet")
