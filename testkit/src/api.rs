@@ -89,6 +89,14 @@ impl TestApp {
         .await
     }
 
+    /// `PATCH /reservations/{id}`: expires `ttl_seconds` from now, as the admin.
+    pub async fn extend(&self, id: Uuid, ttl_seconds: i64) -> Answer<Reservation> {
+        let body = json!({ "ttl_seconds": ttl_seconds });
+        let path = format!("/reservations/{id}");
+        self.call(Method::PATCH, &path, &self.admin, Some(body))
+            .await
+    }
+
     /// `POST /reservations/{id}/commit` of all it holds, as the admin.
     pub async fn commit(&self, id: Uuid) -> Answer<Reservation> {
         self.settle(id, "commit", None).await

@@ -17,34 +17,22 @@ async fn a_reservation_is_split_across_warehouses_then_committed() {
     );
     app.stock(near, product, 3).await;
     app.stock(far, product, 10).await;
-    let (status, reservation) = app
-        .post("/reservations", &app.admin, json!({ "items": [{ "product_id": product, "quantity": 5 }], "reference": "cart-7", "ttl_seconds": 60 }))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{reservation}");
-    assert_eq!(reservation["status"], "pending");
-    assert_eq!(reservation["reference"], "cart-7");
-    let items = reservation["items"].as_array().unwrap();
-    let split: Vec<_> = items
+    let reservation = app
+        .create_reservation(&app.admin, json!({ "items": [{ "product_id": product, "quantity": 5 }], "reference": "cart-7", "ttl_seconds": 60 }))
+        .await
+        .unwrap();
+    assert_eq!(reservation.status, "pending");
+    assert_eq!(reservation.reference.as_deref(), Some("cart-7"));
+    let split: Vec<_> = reservation
+        .items
         .iter()
-        .map(|i| {
-            (
-                i["warehouse_id"].as_i64().unwrap(),
-                i["quantity"].as_u64().unwrap(),
-            )
-        })
+        .map(|i| (i.warehouse_id, i.quantity))
         .collect();
     assert_eq!(split, vec![(near, 3), (far, 2)]);
-    let id = reservation["id"].as_str().unwrap();
-    let (status, read) = app.get(&format!("/reservations/{id}"), &app.admin).await;
-    assert_eq!((status, read["id"].as_str()), (StatusCode::OK, Some(id)));
+    let id = reservation.id;
+    assert_eq!(app.reservation(id).await.unwrap().id, id);
 
-    let (status, committed) = app
-        .post(&format!("/reservations/{id}/commit"), &app.admin, json!({}))
-        .await;
-    assert_eq!(
-        (status, committed["status"].as_str()),
-        (StatusCode::OK, Some("committed"))
-    );
+    assert_eq!(app.commit(id).await.unwrap().status, "committed");
     let body = app.availability(product).await;
     assert_eq!((body.on_hand, body.reserved), (8, 0));
     for step in ["commit", "release"] {
@@ -65,17 +53,9 @@ async fn a_release_returns_the_stock() {
     let app = TestApp::spawn().await;
     let (product, _) = app.stocked_product(4).await;
     let reservation = app.reservation_of(product, 4).await.unwrap();
-    let id = reservation.id;
-    let (status, released) = app
-        .post(
-            &format!("/reservations/{id}/release"),
-            &app.admin,
-            json!({}),
-        )
-        .await;
     assert_eq!(
-        (status, released["status"].as_str()),
-        (StatusCode::OK, Some("released"))
+        app.release(reservation.id).await.unwrap().status,
+        "released"
     );
     assert_eq!(app.availability(product).await.available, 4);
     app.cleanup().await;
@@ -264,51 +244,32 @@ async fn three_hundred_concurrent_reservations_against_fifty_units_give_exactly_
 async fn a_pending_reservation_is_extended_and_keeps_its_new_expiry_across_a_restart() {
     let app = TestApp::spawn().await;
     let (product, _) = app.stocked_product(5).await;
-    let (_, reservation) = app
-        .post(
-            "/reservations",
+    let reservation = app
+        .create_reservation(
             &app.admin,
             json!({ "items": [{ "product_id": product, "quantity": 2 }], "ttl_seconds": 2 }),
         )
-        .await;
-    let id = reservation["id"].as_str().unwrap().to_owned();
-    let (status, extended) = app
-        .patch(
-            &format!("/reservations/{id}"),
-            &app.admin,
-            json!({ "ttl_seconds": 3600 }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{extended}");
-    let expires = |body: &serde_json::Value| {
-        chrono::DateTime::parse_from_rfc3339(body["expires_at"].as_str().unwrap()).unwrap()
-    };
-    assert!(expires(&extended) - expires(&reservation) > chrono::TimeDelta::minutes(59));
+        .await
+        .unwrap();
+    let id = reservation.id;
+    let extended = app.extend(id, 3600).await.unwrap();
+    assert!(extended.expires_at - reservation.expires_at > chrono::TimeDelta::minutes(59));
 
     let app = app.restart().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (_, after) = app.get(&format!("/reservations/{id}"), &app.admin).await;
+    let after = app.reservation(id).await.unwrap();
     assert_eq!(
-        after["status"], "pending",
-        "the first deadline passed: {after}"
+        after.status, "pending",
+        "the first deadline passed: {after:?}"
     );
-    assert_eq!(expires(&after), expires(&extended));
+    assert_eq!(after.expires_at, extended.expires_at);
     assert_eq!(app.availability(product).await.available, 3);
 
-    for (ttl, code) in [
-        (0, "validation_failed"),
-        (7 * 24 * 3600 + 1, "validation_failed"),
-    ] {
-        let (status, body) = app
-            .patch(
-                &format!("/reservations/{id}"),
-                &app.admin,
-                json!({ "ttl_seconds": ttl }),
-            )
-            .await;
+    for ttl in [0, 7 * 24 * 3600 + 1] {
+        let refusal = app.extend(id, ttl).await.unwrap_err();
         assert_eq!(
-            error_code(status, &body, StatusCode::UNPROCESSABLE_ENTITY),
-            code
+            refusal.code_at(StatusCode::UNPROCESSABLE_ENTITY),
+            "validation_failed"
         );
     }
     app.post(&format!("/reservations/{id}/commit"), &app.admin, json!({}))
