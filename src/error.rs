@@ -1,10 +1,10 @@
-//! One error type for the whole edge, answering API.md's body and status codes:
-//! `{"error": {"code", "message", "details"}}`. Database and unexpected errors are logged
-//! with their cause and answered as an opaque 500; no SQL or stack trace leaves the server.
+//! The contract's refusals (API.md "Errors"): each variant is one of its codes, with the
+//! status it answers and the body `{"code", "message", "details"}`, which the domain
+//! services return and stored answers replay. Database and unexpected errors become an
+//! opaque `internal`; no SQL or stack trace leaves the server. Turning a refusal into an
+//! HTTP response, and axum's rejections into refusals, is `http/refusals.rs`'s.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use serde_json::{Value, json};
 use stockline_actors::CoreError;
 
@@ -172,35 +172,6 @@ impl AppError {
     }
 }
 
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        if let Self::Internal(cause) = &self {
-            tracing::error!(cause, "internal error");
-        }
-        let status = self.parts().0;
-        let retry_after = match &self {
-            Self::RateLimited { retry_after_secs } => Some(retry_after_secs.to_string()),
-            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some("1".to_owned()),
-            _ => None,
-        };
-        let mut response = (status, axum::Json(json!({ "error": self.body() }))).into_response();
-        if let Some(value) = retry_after.and_then(|v| HeaderValue::from_str(&v).ok()) {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
-        }
-        if matches!(
-            status,
-            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
-        ) {
-            // The rest of the body is left unread, so the connection cannot carry another
-            // request: say so, or a keep-alive client's next request on it fails.
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        response
-    }
-}
-
 impl From<sqlx::Error> for AppError {
     fn from(error: sqlx::Error) -> Self {
         match &error {
@@ -265,42 +236,6 @@ impl From<CoreError> for AppError {
     }
 }
 
-impl From<JsonRejection> for AppError {
-    fn from(rejection: JsonRejection) -> Self {
-        match rejection.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-                Self::InvalidJson("expected a JSON body with Content-Type: application/json".into())
-            }
-            _ => {
-                let text = rejection.body_text();
-                match missing_field(&text) {
-                    Some(field) => Self::validation(field, "is required"),
-                    None => Self::InvalidJson(text),
-                }
-            }
-        }
-    }
-}
-
-/// serde's "missing field `x`" names the field a well-formed body lacks.
-fn missing_field(text: &str) -> Option<String> {
-    let rest = &text[text.find("missing field `")? + "missing field `".len()..];
-    Some(rest[..rest.find('`')?].to_owned())
-}
-
-impl From<PathRejection> for AppError {
-    fn from(_: PathRejection) -> Self {
-        Self::NotFound("resource".into())
-    }
-}
-
-impl From<QueryRejection> for AppError {
-    fn from(rejection: QueryRejection) -> Self {
-        Self::InvalidQuery(format!("query: {}", rejection.body_text()))
-    }
-}
-
 /// Unique-key violations of `constraint` are answered as 409 `conflict`; anything else
 /// is passed on.
 pub fn on_constraint(error: sqlx::Error, constraint: &str, message: &str) -> AppError {
@@ -309,21 +244,5 @@ pub fn on_constraint(error: sqlx::Error, constraint: &str, message: &str) -> App
             AppError::conflict(message)
         }
         _ => error.into(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn missing_fields_are_named() {
-        assert_eq!(
-            missing_field(
-                "Failed to deserialize the JSON body into the target type: missing field `sku` at line 1 column 2"
-            ),
-            Some("sku".into())
-        );
-        assert_eq!(missing_field("invalid type: string"), None);
     }
 }

@@ -20,10 +20,14 @@
 //! - [`catalog`]: the in-memory copy of the products the hot path reads.
 //! - [`shops`]: shop memberships and the access policy every warehouse-touching handler
 //!   asks.
+//! - [`carts`]: customers' carts in memory, each behind its own lock; a held cart's
+//!   reservation follows its items.
 //! - [`orders`]: open orders in memory, each behind its own lock; expiry with the
 //!   reservation.
 //! - [`telemetry`]: logging set-up, request metrics and the console's last minute.
 //! - [`background`]: the server's background tasks, stopped and waited for at shutdown.
+//! - [`error`]: the contract's refusals, which the domain returns; `http` alone turns
+//!   them into responses.
 //!
 //! # The flow of a request
 //! axum routes it to a handler of [`http`], which parses the body into the core's types
