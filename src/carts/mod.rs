@@ -43,7 +43,7 @@ pub const MAX_OPEN_CARTS: usize = 20;
 pub const MAX_ITEMS: usize = 100;
 
 /// Where a cart is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CartStatus {
     Open,

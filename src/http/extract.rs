@@ -80,7 +80,7 @@ impl Page {
 }
 
 /// A page of a list: `{"items": [...], "total": N}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct List<T> {
     pub items: Vec<T>,
     pub total: i64,

@@ -42,9 +42,12 @@ pub use crate::state::{AppParts, AppState, StoreState};
 
 pub use crate::telemetry::prometheus::recorder as metrics_recorder;
 pub use crate::telemetry::requests::RequestMetrics;
+pub use admin::{Actor, Actors, LowStock};
 pub use auth::{email as auth_email, password_ok as auth_password_ok};
 pub use cluster::listen as listen_to_cluster;
+pub use extract::List;
 pub use products::Product;
+pub use stock::Movement;
 pub use warehouses::Warehouse;
 
 /// Bodies over this are refused with 413.

@@ -334,23 +334,24 @@ async fn set_safety(
     Ok(change_line(&state, key, Change::Safety { units }, made).await)
 }
 
-#[derive(Debug, Serialize, FromRow)]
-struct Movement {
-    id: i64,
-    warehouse_id: i64,
-    product_id: i64,
-    kind: String,
-    quantity: i64,
-    on_hand_after: i64,
-    reserved_after: i64,
+/// One entry of the movement ledger: what changed a line, by how much, and the line after.
+#[derive(Debug, Serialize, Deserialize, FromRow)]
+pub struct Movement {
+    pub id: i64,
+    pub warehouse_id: i64,
+    pub product_id: i64,
+    pub kind: String,
+    pub quantity: i64,
+    pub on_hand_after: i64,
+    pub reserved_after: i64,
     /// The client's reference when one was given, else the reservation or transfer id (or
     /// the reason, for adjustments, as before v1.1).
-    reference: String,
+    pub reference: String,
     /// Why stock was adjusted or counted; null for other kinds.
-    reason: Option<String>,
+    pub reason: Option<String>,
     /// Who made a change by hand (adjustments, counts, transfers); null otherwise.
-    actor_user_id: Option<i64>,
-    at: DateTime<Utc>,
+    pub actor_user_id: Option<i64>,
+    pub at: DateTime<Utc>,
 }
 
 #[derive(Deserialize)]

@@ -96,7 +96,7 @@ impl CartStep {
 }
 
 /// `Cart` of API.md.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Cart {
     pub id: Uuid,
     pub user_id: i64,
@@ -113,7 +113,7 @@ pub struct Cart {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CartItem {
     pub product_id: i64,
     pub quantity: u64,

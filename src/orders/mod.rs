@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgPool;
 use stockline_actors::{Home, Lsn, Reservation, ReservationId, ReservationStatus};
@@ -41,7 +41,7 @@ const OPEN: &str = "status IN ('pending_payment', 'paid', 'shipped')";
 const CLOSED_RETENTION: Duration = Duration::from_secs(600);
 
 /// `Order` of API.md.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Order {
     pub id: Uuid,
     pub user_id: i64,
@@ -59,7 +59,7 @@ pub struct Order {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderItem {
     pub product_id: i64,
     pub quantity: u64,
@@ -67,7 +67,7 @@ pub struct OrderItem {
     pub warehouse_id: i64,
     /// Of `quantity`, not yet on hand while the order waits for payment (a backorder,
     /// filled by the next receipts); left out when 0.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub backordered: u64,
 }
 
@@ -79,7 +79,7 @@ pub fn is_zero(n: &u64) -> bool {
 
 /// Where an order is in its life. The steps an order may take are [`OrderStatus::can_become`];
 /// nothing else changes an order's status.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     /// Placed, its stock reserved until `expires_at`.

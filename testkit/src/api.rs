@@ -8,10 +8,13 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-pub use stockline::http::{Product, Warehouse};
+pub use stockline::carts::CartStatus;
+pub use stockline::http::{Actor, Actors, List, LowStock, Movement, Product, Warehouse};
+pub use stockline::inventory::carts::{Cart, CartItem};
 pub use stockline::inventory::lines::StockLine;
 pub use stockline::inventory::reservations::{Item, ReservationBody as Reservation};
 pub use stockline::inventory::stock::{Availability, WarehouseStock};
+pub use stockline::orders::{Order, OrderItem, OrderStatus};
 
 use crate::TestApp;
 
@@ -34,6 +37,24 @@ impl Refusal {
 
 /// What a typed request answers.
 pub type Answer<T> = Result<T, Refusal>;
+
+/// What a test expects of an answer it means to be refused.
+pub trait Refused {
+    /// The refusal, asserted to have `status`; panics if the request was served.
+    fn refused(self, status: StatusCode) -> Refusal;
+}
+
+impl<T: std::fmt::Debug> Refused for Answer<T> {
+    fn refused(self, status: StatusCode) -> Refusal {
+        match self {
+            Ok(served) => panic!("expected {status}, was served: {served:?}"),
+            Err(refusal) => {
+                assert_eq!(refusal.status, status, "{refusal:?}");
+                refusal
+            }
+        }
+    }
+}
 
 impl TestApp {
     /// Sends a request as `token`; a 2xx body decodes as `T`, anything else as the
@@ -156,5 +177,64 @@ impl TestApp {
     pub async fn warehouse_of(&self, id: i64) -> Answer<Warehouse> {
         self.call(Method::GET, &format!("/warehouses/{id}"), &self.admin, None)
             .await
+    }
+
+    /// `PUT /stock/levels`: a count setting on hand, checked against `expected_version`
+    /// when one is given, as the admin.
+    pub async fn count(
+        &self,
+        warehouse_id: i64,
+        product_id: i64,
+        on_hand: i64,
+        expected_version: Option<i64>,
+    ) -> Answer<StockLine> {
+        let body = json!({ "warehouse_id": warehouse_id, "product_id": product_id, "on_hand": on_hand, "expected_version": expected_version });
+        self.call(Method::PUT, "/stock/levels", &self.admin, Some(body))
+            .await
+    }
+
+    /// `GET /stock/movements?{query}`, as the admin; panics if refused.
+    pub async fn movements(&self, query: &str) -> List<Movement> {
+        let path = format!("/stock/movements?{query}");
+        self.call(Method::GET, &path, &self.admin, None)
+            .await
+            .unwrap_or_else(|refusal| panic!("{path}: {refusal:?}"))
+    }
+
+    /// `GET /warehouses/{id}/stock`, as the admin; panics if refused.
+    pub async fn lines_of(&self, warehouse_id: i64) -> List<StockLine> {
+        let path = format!("/warehouses/{warehouse_id}/stock");
+        self.call(Method::GET, &path, &self.admin, None)
+            .await
+            .unwrap_or_else(|refusal| panic!("{path}: {refusal:?}"))
+    }
+
+    /// `GET /carts/{id}` as `token`.
+    pub async fn cart_of(&self, token: &str, id: &str) -> Answer<Cart> {
+        self.call(Method::GET, &format!("/carts/{id}"), token, None)
+            .await
+    }
+
+    /// `POST /orders` of `body` as `token`.
+    pub async fn place_order(&self, token: &str, body: Value) -> Answer<Order> {
+        self.call(Method::POST, "/orders", token, Some(body)).await
+    }
+
+    /// `GET /orders/{id}` as `token`.
+    pub async fn order_of(&self, token: &str, id: Uuid) -> Answer<Order> {
+        self.call(Method::GET, &format!("/orders/{id}"), token, None)
+            .await
+    }
+
+    /// `POST /orders/{id}/{step}` (`pay` with `body`, `cancel`, `ship`, ...) as `token`.
+    pub async fn order_step(
+        &self,
+        token: &str,
+        id: Uuid,
+        step: &str,
+        body: Value,
+    ) -> Answer<Order> {
+        let path = format!("/orders/{id}/{step}");
+        self.call(Method::POST, &path, token, Some(body)).await
     }
 }

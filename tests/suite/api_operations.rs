@@ -1,7 +1,8 @@
 //! What operators watch: actors, persistence, low stock, metrics.
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::json;
+use testkit::api::{Actors, List, LowStock, Product};
 use testkit::*;
 
 #[tokio::test]
@@ -13,41 +14,21 @@ async fn operators_see_the_busiest_actors_first() {
     for _ in 0..3 {
         app.reservation_of(product, 1).await.unwrap();
     }
-    let (status, body) = app
-        .get("/admin/actors?sort=messages_handled&limit=1", &app.admin)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["total"], 2);
-    let busiest = &body["items"][0];
-    assert_eq!(
-        (
-            busiest["product_id"].as_i64(),
-            busiest["messages_handled"].as_u64()
-        ),
-        (Some(product), Some(4))
-    );
-    assert_eq!(
-        (
-            busiest["reserved"].as_u64(),
-            busiest["mailbox_len"].as_u64()
-        ),
-        (Some(3), Some(0))
-    );
-    assert!(busiest["last_message_at"].is_string() && busiest["active"] == true);
-    let (status, body) = app
-        .get("/admin/actors?sort=messages_per_second", &app.admin)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert!(body["items"][0]["messages_per_second"].is_u64(), "{body}");
-    let (status, body) = app
-        .get("/admin/actors?offset=9223372036854775807", &app.admin)
-        .await;
-    assert_eq!(
-        (status, body["items"].as_array().map(Vec::len)),
-        (StatusCode::OK, Some(0)),
-        "{body}"
-    );
-    assert_eq!(body["total"], 2);
+    let actors = async |query: &str| {
+        let path = format!("/admin/actors?{query}");
+        app.call::<Actors>(Method::GET, &path, &app.admin, None)
+            .await
+            .unwrap()
+    };
+    let page = actors("sort=messages_handled&limit=1").await;
+    assert_eq!(page.total, 2);
+    let busiest = &page.items[0];
+    assert_eq!((busiest.product_id, busiest.messages_handled), (product, 4));
+    assert_eq!((busiest.reserved, busiest.mailbox_len), (3, 0));
+    assert!(busiest.last_message_at.is_some() && busiest.active);
+    assert_eq!(actors("sort=messages_per_second").await.items.len(), 2);
+    let past_the_end = actors("offset=9223372036854775807").await;
+    assert_eq!((past_the_end.items.len(), past_the_end.total), (0, 2));
     let (status, body) = app.get("/admin/actors?sort=size", &app.admin).await;
     assert_eq!(
         error_code(status, &body, StatusCode::UNPROCESSABLE_ENTITY),
@@ -88,23 +69,16 @@ async fn persistence_shows_the_flusher_at_work() {
 #[tokio::test]
 async fn low_stock_lists_the_active_lines_of_products_under_their_threshold() {
     let app = TestApp::spawn().await;
-    let (status, low) = app
-        .post(
-            "/products",
-            &app.admin,
-            json!({ "sku": "LOW", "name": "Low", "price_cents": 1, "low_stock_threshold": 5 }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
-    let low = low["id"].as_i64().unwrap();
-    let (_, fine) = app
-        .post(
-            "/products",
-            &app.admin,
-            json!({ "sku": "OK", "name": "Fine", "price_cents": 1, "low_stock_threshold": 5 }),
-        )
-        .await;
-    let fine = fine["id"].as_i64().unwrap();
+    let product = async |sku: &str| {
+        let body = json!({ "sku": sku, "name": sku, "price_cents": 1, "low_stock_threshold": 5 });
+        let made: Product = app
+            .call(Method::POST, "/products", &app.admin, Some(body))
+            .await
+            .unwrap();
+        assert_eq!(made.low_stock_threshold, 5);
+        made.id
+    };
+    let (low, fine) = (product("LOW").await, product("OK").await);
     let (a, b) = (app.warehouse("A", 1).await, app.warehouse("B", 2).await);
     app.stock(a, low, 3).await;
     app.stock(b, low, 40).await;
@@ -115,24 +89,17 @@ async fn low_stock_lists_the_active_lines_of_products_under_their_threshold() {
         json!({ "status": "inactive" }),
     )
     .await;
-    let (status, body) = app.get("/alerts/low-stock", &app.admin).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    let alerts: List<LowStock> = app
+        .call(Method::GET, "/alerts/low-stock", &app.admin, None)
+        .await
+        .unwrap();
     assert_eq!(
-        body["total"], 1,
-        "only the active line of the low product: {body}"
+        alerts.total, 1,
+        "only the active line of the low product: {alerts:?}"
     );
-    let line = &body["items"][0];
-    assert_eq!(
-        (line["product_id"].as_i64(), line["warehouse_id"].as_i64()),
-        (Some(low), Some(a))
-    );
-    assert_eq!(
-        (
-            line["available"].as_u64(),
-            line["product_available"].as_u64()
-        ),
-        (Some(3), Some(3))
-    );
+    let line = &alerts.items[0];
+    assert_eq!((line.product_id, line.warehouse_id), (low, a));
+    assert_eq!((line.available, line.product_available), (3, 3));
     app.cleanup().await;
 }
 

@@ -2,13 +2,33 @@
 
 use std::time::Duration;
 
-use reqwest::StatusCode;
-use serde_json::{Value, json};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use testkit::api::{Answer, List, Movement, Order, OrderStatus, Refused};
 use testkit::*;
 
-async fn order(app: &TestApp, token: &str, product: i64, quantity: i64) -> (StatusCode, Value) {
-    app.post("/orders", token, json!({ "items": [{ "product_id": product, "quantity": quantity }], "shipping_address": { "city": "Lyon" } }))
+/// An order of `quantity` units of `product` as `token`, shipped to Lyon.
+async fn order(app: &TestApp, token: &str, product: i64, quantity: i64) -> Answer<Order> {
+    app.place_order(token, json!({ "items": [{ "product_id": product, "quantity": quantity }], "shipping_address": { "city": "Lyon" } }))
         .await
+}
+
+/// `POST /orders/{id}/pay` of `amount_cents` by card.
+async fn pay(app: &TestApp, token: &str, id: uuid::Uuid, amount_cents: i64) -> Answer<Order> {
+    let body = json!({ "method": "card", "amount_cents": amount_cents });
+    app.order_step(token, id, "pay", body).await
+}
+
+/// `POST /orders/{id}/cancel`.
+async fn cancel(app: &TestApp, token: &str, id: uuid::Uuid) -> Answer<Order> {
+    app.order_step(token, id, "cancel", json!({})).await
+}
+
+/// How many orders `token` sees at `query`.
+async fn listed(app: &TestApp, token: &str, query: &str) -> i64 {
+    let path = format!("/orders{query}");
+    let page: List<Order> = app.call(Method::GET, &path, token, None).await.unwrap();
+    page.total
 }
 
 #[tokio::test]
@@ -19,72 +39,44 @@ async fn an_order_is_placed_paid_shipped_and_delivered() {
     app.stock(warehouse, product, 10).await;
     let (user, customer) = app.customer("ola@example.com").await;
 
-    let (status, placed) = order(&app, &customer, product, 3).await;
-    assert_eq!(status, StatusCode::CREATED, "{placed}");
+    let placed = order(&app, &customer, product, 3).await.unwrap();
     assert_eq!(
-        (placed["status"].as_str(), placed["total_cents"].as_i64()),
-        (Some("pending_payment"), Some(3_750))
+        (placed.status, placed.total_cents, placed.user_id),
+        (OrderStatus::PendingPayment, 3_750, user)
     );
-    assert_eq!(placed["user_id"], user);
+    let item = &placed.items[0];
     assert_eq!(
-        placed["items"][0],
-        json!({ "product_id": product, "quantity": 3, "unit_price_cents": 1_250, "warehouse_id": warehouse })
+        (
+            item.product_id,
+            item.quantity,
+            item.unit_price_cents,
+            item.warehouse_id
+        ),
+        (product, 3, 1_250, warehouse)
     );
     assert_eq!(app.availability(product).await.reserved, 3);
-    let id = placed["id"].as_str().unwrap();
+    let id = placed.id;
 
-    let (status, body) = app
-        .post(
-            &format!("/orders/{id}/pay"),
-            &customer,
-            json!({ "method": "card", "amount_cents": 3_000 }),
-        )
-        .await;
-    assert_eq!(
-        error_code(status, &body, StatusCode::UNPROCESSABLE_ENTITY),
-        "validation_failed"
-    );
-    let (status, paid) = app
-        .post(
-            &format!("/orders/{id}/pay"),
-            &customer,
-            json!({ "method": "card", "amount_cents": 3_750 }),
-        )
-        .await;
-    assert_eq!(
-        (status, paid["status"].as_str()),
-        (StatusCode::OK, Some("paid")),
-        "{paid}"
-    );
+    let refusal = pay(&app, &customer, id, 3_000)
+        .await
+        .refused(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(refusal.code, "validation_failed");
+    let paid = pay(&app, &customer, id, 3_750).await.unwrap();
+    assert_eq!(paid.status, OrderStatus::Paid);
     let stock = app.availability(product).await;
     assert_eq!((stock.on_hand, stock.reserved), (7, 0));
-    let (status, body) = app
-        .post(
-            &format!("/orders/{id}/pay"),
-            &customer,
-            json!({ "method": "card", "amount_cents": 3_750 }),
-        )
-        .await;
-    assert_eq!(
-        error_code(status, &body, StatusCode::CONFLICT),
-        "order_not_pending"
-    );
+    let refusal = pay(&app, &customer, id, 3_750)
+        .await
+        .refused(StatusCode::CONFLICT);
+    assert_eq!(refusal.code, "order_not_pending");
 
     let status_path = format!("/api/v1/orders/{id}/status");
     let step = |status: &str| {
-        app.send(
-            reqwest::Method::PATCH,
-            &status_path,
-            Some(&app.admin),
-            Some(json!({ "status": status, "tracking_number": "TRK-1" })),
-        )
+        let body = json!({ "status": status, "tracking_number": "TRK-1" });
+        app.call::<Order>(Method::PATCH, &status_path, &app.admin, Some(body))
     };
-    let (status, body) = step("delivered").await;
-    assert_eq!(
-        error_code(status, &body, StatusCode::CONFLICT),
-        "conflict",
-        "paid cannot jump to delivered"
-    );
+    let refusal = step("delivered").await.refused(StatusCode::CONFLICT);
+    assert_eq!(refusal.code, "conflict", "paid cannot jump to delivered");
     let (status, body) = app
         .send(
             reqwest::Method::PATCH,
@@ -97,26 +89,16 @@ async fn an_order_is_placed_paid_shipped_and_delivered() {
         error_code(status, &body, StatusCode::FORBIDDEN),
         "forbidden"
     );
-    let (status, shipped) = step("shipped").await;
-    assert_eq!(
-        (status, shipped["tracking_number"].as_str()),
-        (StatusCode::OK, Some("TRK-1"))
-    );
-    let (status, delivered) = step("delivered").await;
-    assert_eq!(
-        (status, delivered["status"].as_str()),
-        (StatusCode::OK, Some("delivered"))
-    );
-    let (status, body) = app
-        .post(&format!("/orders/{id}/cancel"), &app.admin, json!({}))
-        .await;
-    assert_eq!(
-        error_code(status, &body, StatusCode::CONFLICT),
-        "order_not_pending"
-    );
+    let shipped = step("shipped").await.unwrap();
+    assert_eq!(shipped.tracking_number.as_deref(), Some("TRK-1"));
+    let delivered = step("delivered").await.unwrap();
+    assert_eq!(delivered.status, OrderStatus::Delivered);
+    let refusal = cancel(&app, &app.admin, id)
+        .await
+        .refused(StatusCode::CONFLICT);
+    assert_eq!(refusal.code, "order_not_pending");
 
-    let (_, mine) = app.get("/orders?status=delivered", &customer).await;
-    assert_eq!(mine["total"], 1);
+    assert_eq!(listed(&app, &customer, "?status=delivered").await, 1);
     let payments: i64 = {
         use sqlx::Connection;
         let mut db = sqlx::PgConnection::connect(&database_url(&app.database))
@@ -138,56 +120,32 @@ async fn cancelling_releases_an_unpaid_order_and_returns_a_paid_one() {
     let app = TestApp::spawn().await;
     let (product, _) = app.stocked_product(10).await;
     let (_, customer) = app.customer("pia@example.com").await;
-    let (_, unpaid) = order(&app, &customer, product, 4).await;
-    let (status, cancelled) = app
-        .post(
-            &format!("/orders/{}/cancel", unpaid["id"].as_str().unwrap()),
-            &customer,
-            json!({}),
-        )
-        .await;
-    assert_eq!(
-        (status, cancelled["status"].as_str()),
-        (StatusCode::OK, Some("cancelled"))
-    );
+    let unpaid = order(&app, &customer, product, 4).await.unwrap();
+    let cancelled = cancel(&app, &customer, unpaid.id).await.unwrap();
+    assert_eq!(cancelled.status, OrderStatus::Cancelled);
     assert_eq!(app.availability(product).await.available, 10);
 
-    let (_, paid) = order(&app, &customer, product, 2).await;
-    let id = paid["id"].as_str().unwrap();
-    app.post(
-        &format!("/orders/{id}/pay"),
-        &customer,
-        json!({ "method": "card", "amount_cents": 200 }),
-    )
-    .await;
+    let id = order(&app, &customer, product, 2).await.unwrap().id;
+    pay(&app, &customer, id, 200).await.unwrap();
     assert_eq!(app.availability(product).await.on_hand, 8);
-    let (status, body) = app
-        .post(&format!("/orders/{id}/cancel"), &customer, json!({}))
-        .await;
+    let refusal = cancel(&app, &customer, id)
+        .await
+        .refused(StatusCode::FORBIDDEN);
     assert_eq!(
-        error_code(status, &body, StatusCode::FORBIDDEN),
-        "forbidden",
+        refusal.code, "forbidden",
         "only an operator cancels a paid order"
     );
-    let (status, body) = app
-        .post(&format!("/orders/{id}/cancel"), &app.admin, json!({}))
-        .await;
-    assert_eq!(
-        (status, body["status"].as_str()),
-        (StatusCode::OK, Some("cancelled"))
-    );
+    let cancelled = cancel(&app, &app.admin, id).await.unwrap();
+    assert_eq!(cancelled.status, OrderStatus::Cancelled);
     assert_eq!(
         app.availability(product).await.on_hand,
         10,
         "the stock came back"
     );
-    let (_, returns) = app
-        .get(
-            &format!("/stock/movements?product_id={product}&kind=adjust"),
-            &app.admin,
-        )
+    let returns: List<Movement> = app
+        .movements(&format!("product_id={product}&kind=adjust"))
         .await;
-    assert_eq!(returns["items"][0]["reference"], "return");
+    assert_eq!(returns.items[0].reference, "return");
     app.cleanup().await;
 }
 
@@ -197,40 +155,18 @@ async fn customers_see_and_act_on_their_own_orders_only() {
     let (product, _) = app.stocked_product(10).await;
     let (_, ann) = app.customer("ann@example.com").await;
     let (_, bob) = app.customer("bob@example.com").await;
-    let (_, placed) = order(&app, &ann, product, 1).await;
-    order(&app, &bob, product, 1).await;
-    let id = placed["id"].as_str().unwrap();
-    let (status, body) = app.get(&format!("/orders/{id}"), &bob).await;
-    assert_eq!(
-        error_code(status, &body, StatusCode::NOT_FOUND),
-        "not_found"
-    );
-    let (status, body) = app
-        .post(
-            &format!("/orders/{id}/pay"),
-            &bob,
-            json!({ "method": "card", "amount_cents": 100 }),
-        )
-        .await;
-    assert_eq!(
-        error_code(status, &body, StatusCode::NOT_FOUND),
-        "not_found"
-    );
-    let (status, body) = app
-        .post(&format!("/orders/{id}/cancel"), &bob, json!({}))
-        .await;
-    assert_eq!(
-        error_code(status, &body, StatusCode::NOT_FOUND),
-        "not_found"
-    );
-    let (_, bobs) = app.get("/orders", &bob).await;
-    assert_eq!(bobs["total"], 1);
-    let (_, all) = app.get("/orders", &app.admin).await;
-    assert_eq!(all["total"], 2);
-    assert_eq!(
-        app.get(&format!("/orders/{id}"), &app.admin).await.0,
-        StatusCode::OK
-    );
+    let id = order(&app, &ann, product, 1).await.unwrap().id;
+    order(&app, &bob, product, 1).await.unwrap();
+    for refused in [
+        app.order_of(&bob, id).await,
+        pay(&app, &bob, id, 100).await,
+        cancel(&app, &bob, id).await,
+    ] {
+        assert_eq!(refused.refused(StatusCode::NOT_FOUND).code, "not_found");
+    }
+    assert_eq!(listed(&app, &bob, "").await, 1);
+    assert_eq!(listed(&app, &app.admin, "").await, 2);
+    assert_eq!(app.order_of(&app.admin, id).await.unwrap().id, id);
     app.cleanup().await;
 }
 
@@ -280,29 +216,21 @@ async fn an_unpaid_order_expires_with_its_reservation() {
     let app = TestApp::spawn_with(&["--payment-timeout-secs", "1"]).await;
     let (product, _) = app.stocked_product(5).await;
     let (_, customer) = app.customer("rex@example.com").await;
-    let (_, placed) = order(&app, &customer, product, 5).await;
-    let id = placed["id"].as_str().unwrap();
-    let mut status = Value::Null;
+    let id = order(&app, &customer, product, 5).await.unwrap().id;
+    let mut status = OrderStatus::PendingPayment;
     for _ in 0..100 {
-        status = app.get(&format!("/orders/{id}"), &customer).await.1["status"].clone();
-        if status == "expired" {
+        status = app.order_of(&customer, id).await.unwrap().status;
+        if status == OrderStatus::Expired {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(status, "expired");
+    assert_eq!(status, OrderStatus::Expired);
     assert_eq!(app.availability(product).await.available, 5);
-    let (code, body) = app
-        .post(
-            &format!("/orders/{id}/pay"),
-            &customer,
-            json!({ "method": "card", "amount_cents": 500 }),
-        )
-        .await;
-    assert_eq!(
-        error_code(code, &body, StatusCode::CONFLICT),
-        "order_not_pending"
-    );
+    let refusal = pay(&app, &customer, id, 500)
+        .await
+        .refused(StatusCode::CONFLICT);
+    assert_eq!(refusal.code, "order_not_pending");
     app.cleanup().await;
 }
 
@@ -317,55 +245,26 @@ async fn a_step_that_finds_its_reservation_settled_that_way_goes_on() {
     let warehouse = app.warehouse("W", 1).await;
     app.stock(warehouse, product, 10).await;
     let (_, customer) = app.customer("settled@example.com").await;
-    let (_, paid) = order(&app, &customer, product, 2).await;
-    let (_, cancelled) = order(&app, &customer, product, 3).await;
+    let paid = order(&app, &customer, product, 2).await.unwrap();
+    let cancelled = order(&app, &customer, product, 3).await.unwrap();
     for (placed, step) in [(&paid, "commit"), (&cancelled, "release")] {
-        let reservation = placed["reservation_id"].as_str().unwrap();
-        let (status, body) = app
-            .post(
-                &format!("/reservations/{reservation}/{step}"),
-                &app.admin,
-                json!({}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
+        app.settle(placed.reservation_id, step, Some(json!({})))
+            .await
+            .unwrap();
     }
-    let (status, body) = app
-        .post(
-            &format!("/orders/{}/pay", paid["id"].as_str().unwrap()),
-            &customer,
-            json!({ "method": "card", "amount_cents": 1_000 }),
-        )
-        .await;
-    assert_eq!(
-        (status, &body["status"]),
-        (StatusCode::OK, &json!("paid")),
-        "{body}"
-    );
-    let (status, body) = app
-        .post(
-            &format!("/orders/{}/cancel", cancelled["id"].as_str().unwrap()),
-            &customer,
-            json!({}),
-        )
-        .await;
-    assert_eq!(
-        (status, &body["status"]),
-        (StatusCode::OK, &json!("cancelled")),
-        "{body}"
-    );
+    let done = pay(&app, &customer, paid.id, 1_000).await.unwrap();
+    assert_eq!(done.status, OrderStatus::Paid);
+    let done = cancel(&app, &customer, cancelled.id).await.unwrap();
+    assert_eq!(done.status, OrderStatus::Cancelled);
     let availability = app.availability(product).await;
     assert_eq!(
         (&availability.on_hand, &availability.reserved),
         (&8, &0),
         "the paid order's two units left once; the cancelled order's three are free"
     );
-    let (_, payments) = app
-        .get(
-            &format!("/orders/{}/payments", paid["id"].as_str().unwrap()),
-            &customer,
-        )
-        .await;
-    assert_eq!(payments["total"], 1);
+    let path = format!("/orders/{}/payments", paid.id);
+    let payments: List<serde_json::Value> =
+        app.call(Method::GET, &path, &customer, None).await.unwrap();
+    assert_eq!(payments.total, 1);
     app.cleanup().await;
 }

@@ -3,8 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::StatusCode;
-use serde_json::json;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use testkit::api::{Product, Refused, Reservation};
 use testkit::*;
 
 #[tokio::test]
@@ -174,20 +175,11 @@ async fn refusals_say_what_is_missing_and_move_nothing() {
 async fn a_pending_reservation_expires_and_its_stock_returns() {
     let app = TestApp::spawn().await;
     let (product, _) = app.stocked_product(2).await;
-    let (_, reservation) = app
-        .post(
-            "/reservations",
-            &app.admin,
-            json!({ "items": [{ "product_id": product, "quantity": 2 }], "ttl_seconds": 1 }),
-        )
-        .await;
-    let id = reservation["id"].as_str().unwrap();
+    let body = json!({ "items": [{ "product_id": product, "quantity": 2 }], "ttl_seconds": 1 });
+    let id = app.create_reservation(&app.admin, body).await.unwrap().id;
     let mut status = String::new();
     for _ in 0..100 {
-        status = app.get(&format!("/reservations/{id}"), &app.admin).await.1["status"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        status = app.reservation(id).await.unwrap().status.into_owned();
         if status == "expired" {
             break;
         }
@@ -195,13 +187,8 @@ async fn a_pending_reservation_expires_and_its_stock_returns() {
     }
     assert_eq!(status, "expired");
     assert_eq!(app.availability(product).await.available, 2);
-    let (code, body) = app
-        .post(&format!("/reservations/{id}/commit"), &app.admin, json!({}))
-        .await;
-    assert_eq!(
-        error_code(code, &body, StatusCode::CONFLICT),
-        "reservation_not_pending"
-    );
+    let refusal = app.commit(id).await.refused(StatusCode::CONFLICT);
+    assert_eq!(refusal.code, "reservation_not_pending");
     app.cleanup().await;
 }
 
@@ -227,14 +214,11 @@ async fn three_hundred_concurrent_reservations_against_fifty_units_give_exactly_
     assert_eq!((created, refused), (50, 250));
     let body = app.availability(product).await;
     assert_eq!((body.on_hand, body.reserved), (50, 50));
-    let (_, reserves) = app
-        .get(
-            &format!("/stock/movements?product_id={product}&kind=reserve"),
-            &app.admin,
-        )
+    let reserves = app
+        .movements(&format!("product_id={product}&kind=reserve"))
         .await;
     assert_eq!(
-        reserves["total"], 50,
+        reserves.total, 50,
         "in sync mode every answered reservation is in the ledger"
     );
     Arc::into_inner(app).unwrap().cleanup().await;
@@ -307,7 +291,7 @@ async fn a_dry_run_answers_the_allocation_or_the_refusal_and_holds_nothing() {
     let (a, b) = (app.warehouse("A", 1).await, app.warehouse("B", 2).await);
     app.stock(a, product, 3).await;
     app.stock(b, product, 5).await;
-    let (_, before) = app.get("/stock/movements", &app.admin).await;
+    let before = app.movements("").await;
     let (status, body) = app
         .post(
             "/reservations?dry_run=true",
@@ -327,33 +311,31 @@ async fn a_dry_run_answers_the_allocation_or_the_refusal_and_holds_nothing() {
         "by priority, split like a real reservation"
     );
     // Pinned and free items of one product count once against each line.
-    let (status, body) = app
-        .post(
+    let body = json!({ "items": [{ "product_id": product, "quantity": 4, "warehouse_id": b },
+                                 { "product_id": product, "quantity": 5 }] });
+    let refusal = app
+        .call::<Value>(
+            Method::POST,
             "/reservations?dry_run=true",
             &app.admin,
-            json!({ "items": [{ "product_id": product, "quantity": 4, "warehouse_id": b },
-                              { "product_id": product, "quantity": 5 }] }),
+            Some(body),
         )
-        .await;
-    assert_eq!(
-        error_code(status, &body, StatusCode::CONFLICT),
-        "insufficient_stock"
-    );
-    assert_eq!(body["error"]["details"]["available"], 4);
+        .await
+        .refused(StatusCode::CONFLICT);
+    assert_eq!(refusal.code, "insufficient_stock");
+    assert_eq!(refusal.details["available"], 4);
     let availability = app.availability(product).await;
     assert_eq!(availability.reserved, 0, "nothing held");
-    let (_, after) = app.get("/stock/movements", &app.admin).await;
-    assert_eq!(after["total"], before["total"], "nothing journaled");
+    let after = app.movements("").await;
+    assert_eq!(after.total, before.total, "nothing journaled");
     // The real request gets what the dry run said.
-    let (status, real) = app
-        .post(
-            "/reservations",
-            &app.admin,
-            json!({ "items": [{ "product_id": product, "quantity": 6 }] }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
-    assert_eq!(real["items"].as_array().unwrap().len(), 2);
+    let real = app.reservation_of(product, 6).await.unwrap();
+    let split: Vec<_> = real
+        .items
+        .iter()
+        .map(|i| (i.warehouse_id, i.quantity))
+        .collect();
+    assert_eq!(split, vec![(a, 3), (b, 3)]);
     let (status, body) = app
         .post(
             "/reservations?dry_run=maybe",
@@ -369,14 +351,7 @@ async fn a_dry_run_answers_the_allocation_or_the_refusal_and_holds_nothing() {
 async fn a_partly_committed_reservation_keeps_holding_the_rest_across_a_restart() {
     let app = TestApp::spawn().await;
     let (product, warehouse) = app.stocked_product(10).await;
-    let (_, reservation) = app
-        .post(
-            "/reservations",
-            &app.admin,
-            json!({ "items": [{ "product_id": product, "quantity": 6 }] }),
-        )
-        .await;
-    let id = reservation["id"].as_str().unwrap().to_owned();
+    let id = app.reservation_of(product, 6).await.unwrap().id;
     let part = |q: i64| json!({ "items": [{ "product_id": product, "warehouse_id": warehouse, "quantity": q }] });
     let (status, body) = app
         .post(&format!("/reservations/{id}/commit"), &app.admin, part(2))
@@ -391,18 +366,12 @@ async fn a_partly_committed_reservation_keeps_holding_the_rest_across_a_restart(
         (Some(2), None),
         "0 is left out"
     );
-    let (status, body) = app
-        .post(&format!("/reservations/{id}/release"), &app.admin, part(1))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, body) = app
-        .post(&format!("/reservations/{id}/commit"), &app.admin, part(4))
-        .await;
-    assert_eq!(
-        error_code(status, &body, StatusCode::UNPROCESSABLE_ENTITY),
-        "validation_failed",
-        "3 are held"
-    );
+    app.settle(id, "release", Some(part(1))).await.unwrap();
+    let refusal = app
+        .settle(id, "commit", Some(part(4)))
+        .await
+        .refused(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(refusal.code, "validation_failed", "3 are held");
 
     let app = app.restart().await;
     let availability = app.availability(product).await;
@@ -411,14 +380,8 @@ async fn a_partly_committed_reservation_keeps_holding_the_rest_across_a_restart(
         (8, 3),
         "{availability:?}"
     );
-    let (_, read) = app.get(&format!("/reservations/{id}"), &app.admin).await;
-    assert_eq!(
-        (
-            read["items"][0]["committed"].as_u64(),
-            read["items"][0]["released"].as_u64()
-        ),
-        (Some(2), Some(1))
-    );
+    let read = app.reservation(id).await.unwrap();
+    assert_eq!((read.items[0].committed, read.items[0].released), (2, 1));
     // No body (or an empty one) settles everything left, as before v1.1.
     let (status, body) = app
         .send(
@@ -429,14 +392,9 @@ async fn a_partly_committed_reservation_keeps_holding_the_rest_across_a_restart(
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["status"], "committed");
-    assert_eq!(
-        (
-            body["items"][0]["committed"].as_u64(),
-            body["items"][0]["released"].as_u64()
-        ),
-        (Some(5), Some(1))
-    );
+    let done: Reservation = serde_json::from_value(body).unwrap();
+    assert_eq!(done.status, "committed");
+    assert_eq!((done.items[0].committed, done.items[0].released), (5, 1));
     let availability = app.availability(product).await;
     assert_eq!(
         (availability.on_hand, availability.reserved),
@@ -457,16 +415,14 @@ async fn a_partly_committed_reservation_keeps_holding_the_rest_across_a_restart(
 #[tokio::test]
 async fn a_product_with_a_backorder_limit_is_reserved_beyond_stock_and_filled_by_receipts() {
     let app = TestApp::spawn().await;
-    let (status, product) = app
-        .post(
-            "/products",
-            &app.admin,
-            json!({ "sku": "PRE", "name": "Pre-order", "price_cents": 100, "backorder_limit": 3 }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{product}");
-    assert_eq!(product["backorder_limit"], 3);
-    let product = product["id"].as_i64().unwrap();
+    let body =
+        json!({ "sku": "PRE", "name": "Pre-order", "price_cents": 100, "backorder_limit": 3 });
+    let product: Product = app
+        .call(Method::POST, "/products", &app.admin, Some(body))
+        .await
+        .unwrap();
+    assert_eq!(product.backorder_limit, 3);
+    let product = product.id;
     let warehouse = app.warehouse("W", 1).await;
     app.stock(warehouse, product, 2).await;
     let reserve = |q: i64| json!({ "items": [{ "product_id": product, "quantity": q }] });
@@ -477,78 +433,44 @@ async fn a_product_with_a_backorder_limit_is_reserved_beyond_stock_and_filled_by
         (status, dry["items"][0]["quantity"].as_u64()),
         (StatusCode::OK, Some(5))
     );
-    let (status, first) = app.post("/reservations", &app.admin, reserve(4)).await;
-    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let first = app.reservation_of(product, 4).await.unwrap();
     assert_eq!(
-        (
-            first["items"][0]["quantity"].as_u64(),
-            first["items"][0]["backordered"].as_u64()
-        ),
-        (Some(4), Some(2))
+        (first.items[0].quantity, first.items[0].backordered),
+        (4, 2)
     );
-    let (status, body) = app.post("/reservations", &app.admin, reserve(2)).await;
+    let refusal = app
+        .reservation_of(product, 2)
+        .await
+        .refused(StatusCode::CONFLICT);
     assert_eq!(
-        error_code(status, &body, StatusCode::CONFLICT),
-        "insufficient_stock",
+        refusal.code, "insufficient_stock",
         "1 unit of the limit is left"
     );
-    assert_eq!(body["error"]["details"]["available"], 1);
-    let (status, second) = app.post("/reservations", &app.admin, reserve(1)).await;
-    assert_eq!(status, StatusCode::CREATED);
-    assert_eq!(second["items"][0]["backordered"], 1);
-    let (_, lines) = app
-        .get(&format!("/warehouses/{warehouse}/stock"), &app.admin)
-        .await;
+    assert_eq!(refusal.details["available"], 1);
+    let second = app.reservation_of(product, 1).await.unwrap();
+    assert_eq!(second.items[0].backordered, 1);
+    let line = &app.lines_of(warehouse).await.items[0];
     assert_eq!(
-        (
-            lines["items"][0]["on_hand"].as_u64(),
-            lines["items"][0]["reserved"].as_u64(),
-            lines["items"][0]["backordered"].as_u64()
-        ),
-        (Some(2), Some(5), Some(3)),
+        (line.on_hand, line.reserved, line.backordered),
+        (2, 5, 3),
         "reserved <= on_hand + backordered"
     );
-    let first_id = first["id"].as_str().unwrap();
-    let (status, body) = app
-        .post(
-            &format!("/reservations/{first_id}/commit"),
-            &app.admin,
-            json!({}),
-        )
-        .await;
-    assert_eq!(
-        error_code(status, &body, StatusCode::CONFLICT),
-        "backordered"
-    );
+    let refusal = app.commit(first.id).await.refused(StatusCode::CONFLICT);
+    assert_eq!(refusal.code, "backordered");
     // A receipt of 2 fills the older reservation first.
     app.stock(warehouse, product, 2).await;
-    let (_, first_now) = app
-        .get(&format!("/reservations/{first_id}"), &app.admin)
-        .await;
-    let second_id = second["id"].as_str().unwrap();
-    let (_, second_now) = app
-        .get(&format!("/reservations/{second_id}"), &app.admin)
-        .await;
+    let first_now = app.reservation(first.id).await.unwrap();
+    let second_now = app.reservation(second.id).await.unwrap();
     assert_eq!(
         (
-            first_now["items"][0]["backordered"].as_u64(),
-            second_now["items"][0]["backordered"].as_u64()
+            first_now.items[0].backordered,
+            second_now.items[0].backordered
         ),
-        (None, Some(1))
+        (0, 1)
     );
     let app = app.restart().await;
-    let (status, done) = app
-        .post(
-            &format!("/reservations/{first_id}/commit"),
-            &app.admin,
-            json!({}),
-        )
-        .await;
-    assert_eq!(
-        (status, done["status"].as_str()),
-        (StatusCode::OK, Some("committed")),
-        "{done}"
-    );
+    let done = app.commit(first.id).await.unwrap();
+    assert_eq!(done.status, "committed");
     let availability = app.availability(product).await;
     assert_eq!(
         (availability.on_hand, availability.reserved),
@@ -598,33 +520,14 @@ async fn settled_reservations_past_the_memory_budget_answer_from_the_store() {
     let (product, _) = app.stocked_product(100).await;
     let mut ids = Vec::new();
     for _ in 0..30 {
-        let (status, body) = app.reserve(product, 1).await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        let id = body["id"].as_str().unwrap().to_owned();
-        let (status, _) = app
-            .post(
-                &format!("/reservations/{id}/release"),
-                &app.admin,
-                json!({}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK);
+        let id = app.reservation_of(product, 1).await.unwrap().id;
+        app.release(id).await.unwrap();
         ids.push(id);
     }
-    for id in [&ids[0], &ids[29]] {
-        let (status, body) = app.get(&format!("/reservations/{id}"), &app.admin).await;
-        assert_eq!(
-            (status, body["status"].as_str()),
-            (StatusCode::OK, Some("released"))
-        );
-        let (status, body) = app
-            .post(&format!("/reservations/{id}/commit"), &app.admin, json!({}))
-            .await;
-        assert_eq!(
-            error_code(status, &body, StatusCode::CONFLICT),
-            "reservation_not_pending",
-            "{id}"
-        );
+    for id in [ids[0], ids[29]] {
+        assert_eq!(app.reservation(id).await.unwrap().status, "released");
+        let refusal = app.commit(id).await.refused(StatusCode::CONFLICT);
+        assert_eq!(refusal.code, "reservation_not_pending", "{id}");
     }
     assert_eq!(app.availability(product).await.reserved, 0);
     app.cleanup().await;

@@ -2,7 +2,7 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use testkit::api::Availability;
+use testkit::api::{Availability, Refused, StockLine};
 use testkit::*;
 
 #[tokio::test]
@@ -14,18 +14,9 @@ async fn availability_counts_active_warehouses_only() {
     app.stock(b, product, 4).await;
     app.reservation_of(product, 3).await.unwrap();
     let (_, customer) = app.customer("jo@example.com").await;
-    let (status, body) = app
-        .get(&format!("/products/{product}/availability"), &customer)
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        (
-            body["on_hand"].as_u64(),
-            body["reserved"].as_u64(),
-            body["available"].as_u64()
-        ),
-        (Some(14), Some(3), Some(11))
-    );
+    let path = format!("/products/{product}/availability");
+    let seen: Availability = app.call(Method::GET, &path, &customer, None).await.unwrap();
+    assert_eq!((seen.on_hand, seen.reserved, seen.available), (14, 3, 11));
     app.put(
         &format!("/warehouses/{a}/status"),
         &app.admin,
@@ -55,6 +46,14 @@ async fn adjustments_move_on_hand_with_a_reason_and_never_below_reserved() {
     let line = app.stock(warehouse, product, 10).await;
     assert_eq!((line.on_hand, line.available, line.version), (10, 10, 1));
     app.reservation_of(product, 6).await.unwrap();
+    let refusal = app
+        .adjust(warehouse, product, -5, "damage")
+        .await
+        .refused(StatusCode::CONFLICT);
+    assert_eq!(refusal.code, "insufficient_stock");
+    assert_eq!(refusal.details["available"], 4);
+    let line = app.adjust(warehouse, product, -4, "damage").await.unwrap();
+    assert_eq!(line.on_hand, 6);
     let adjust = |delta: serde_json::Value, reason: &str| {
         app.post(
             "/stock/adjustments",
@@ -62,17 +61,6 @@ async fn adjustments_move_on_hand_with_a_reason_and_never_below_reserved() {
             json!({ "warehouse_id": warehouse, "product_id": product, "delta": delta, "reason": reason }),
         )
     };
-    let (status, body) = adjust(json!(-5), "damage").await;
-    assert_eq!(
-        error_code(status, &body, StatusCode::CONFLICT),
-        "insufficient_stock"
-    );
-    assert_eq!(body["error"]["details"]["available"], 4);
-    let (status, body) = adjust(json!(-4), "damage").await;
-    assert_eq!(
-        (status, body["on_hand"].as_u64()),
-        (StatusCode::OK, Some(6))
-    );
     for (delta, reason) in [
         (json!(0), "count"),
         (json!(3), "gift"),
@@ -112,35 +100,20 @@ async fn adjustments_move_on_hand_with_a_reason_and_never_below_reserved() {
 async fn a_count_sets_the_level_with_an_optional_version_check() {
     let app = TestApp::spawn().await;
     let (product, warehouse) = app.stocked_product(10).await;
-    let level = |on_hand: i64, expected: Option<i64>| {
-        app.put(
-            "/stock/levels",
-            &app.admin,
-            json!({ "warehouse_id": warehouse, "product_id": product, "on_hand": on_hand, "expected_version": expected }),
-        )
-    };
-    let (status, body) = level(7, Some(0)).await;
-    assert_eq!(
-        error_code(status, &body, StatusCode::CONFLICT),
-        "version_mismatch"
-    );
-    assert_eq!(body["error"]["details"]["current_version"], 1);
-    let (status, body) = level(7, Some(1)).await;
-    assert_eq!(
-        (status, body["on_hand"].as_u64(), body["version"].as_u64()),
-        (StatusCode::OK, Some(7), Some(2))
-    );
+    let level =
+        |on_hand: i64, expected: Option<i64>| app.count(warehouse, product, on_hand, expected);
+    let refusal = level(7, Some(0)).await.refused(StatusCode::CONFLICT);
+    assert_eq!(refusal.code, "version_mismatch");
+    assert_eq!(refusal.details["current_version"], 1);
+    let line = level(7, Some(1)).await.unwrap();
+    assert_eq!((line.on_hand, line.version), (7, 2));
     app.reservation_of(product, 5).await.unwrap();
-    let (status, body) = level(4, None).await;
-    assert_eq!(
-        error_code(status, &body, StatusCode::CONFLICT),
-        "insufficient_stock"
-    );
-    let (status, body) = level(-1, None).await;
-    assert_eq!(
-        error_code(status, &body, StatusCode::UNPROCESSABLE_ENTITY),
-        "validation_failed"
-    );
+    let refusal = level(4, None).await.refused(StatusCode::CONFLICT);
+    assert_eq!(refusal.code, "insufficient_stock");
+    let refusal = level(-1, None)
+        .await
+        .refused(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(refusal.code, "validation_failed");
     app.cleanup().await;
 }
 
@@ -151,27 +124,17 @@ async fn of_fifty_concurrent_counts_at_one_version_exactly_one_lands() {
     let counts: Vec<_> = (0..50)
         .map(|i| {
             let app = app.clone();
-            tokio::spawn(async move {
-                app.put(
-                    "/stock/levels",
-                    &app.admin,
-                    json!({ "warehouse_id": warehouse, "product_id": product, "on_hand": 100 + i, "expected_version": 1 }),
-                )
-                .await
-            })
+            tokio::spawn(async move { app.count(warehouse, product, 100 + i, Some(1)).await })
         })
         .collect();
     let mut landed = Vec::new();
     for count in counts {
-        let (status, body) = count.await.unwrap();
-        match status {
-            StatusCode::OK => landed.push(body["on_hand"].as_i64().unwrap()),
-            _ => {
-                assert_eq!(
-                    error_code(status, &body, StatusCode::CONFLICT),
-                    "version_mismatch"
-                );
-                assert_eq!(body["error"]["details"]["current_version"], 2);
+        match count.await.unwrap() {
+            Ok(line) => landed.push(line.on_hand as i64),
+            refused => {
+                let refusal = refused.refused(StatusCode::CONFLICT);
+                assert_eq!(refusal.code, "version_mismatch");
+                assert_eq!(refusal.details["current_version"], 2);
             }
         }
     }
@@ -227,42 +190,23 @@ async fn movements_are_listed_newest_first_and_filtered() {
     app.stock(warehouse, p1, 5).await;
     app.stock(warehouse, p2, 7).await;
     let reservation = app.reservation_of(p1, 2).await.unwrap();
-    let (status, body) = app
-        .get(&format!("/stock/movements?product_id={p1}"), &app.admin)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let kinds: Vec<_> = body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["kind"].as_str().unwrap())
-        .collect();
+    let movements = app.movements(&format!("product_id={p1}")).await;
+    let kinds: Vec<_> = movements.items.iter().map(|m| m.kind.as_str()).collect();
     assert_eq!(kinds, vec!["reserve", "adjust"]);
-    assert_eq!(body["items"][0]["reference"], reservation.id.to_string());
-    assert_eq!(
-        (
-            body["items"][0]["on_hand_after"].as_u64(),
-            body["items"][0]["reserved_after"].as_u64()
-        ),
-        (Some(5), Some(2))
-    );
-    let (_, adjusts) = app.get("/stock/movements?kind=adjust", &app.admin).await;
-    assert_eq!(adjusts["total"], 2);
+    let newest = &movements.items[0];
+    assert_eq!(newest.reference, reservation.id.to_string());
+    assert_eq!((newest.on_hand_after, newest.reserved_after), (5, 2));
+    assert_eq!(app.movements("kind=adjust").await.total, 2);
     let (status, body) = app.get("/stock/movements?kind=teleport", &app.admin).await;
     assert_eq!(
         error_code(status, &body, StatusCode::UNPROCESSABLE_ENTITY),
         "validation_failed"
     );
-    let (_, lines) = app
-        .get(&format!("/warehouses/{warehouse}/stock"), &app.admin)
-        .await;
-    assert_eq!(lines["total"], 2);
+    let lines = app.lines_of(warehouse).await;
+    assert_eq!(lines.total, 2);
     assert_eq!(
-        (
-            lines["items"][0]["product_id"].as_i64(),
-            lines["items"][0]["reserved"].as_u64()
-        ),
-        (Some(p1), Some(2))
+        (lines.items[0].product_id, lines.items[0].reserved),
+        (p1, 2)
     );
     app.cleanup().await;
 }
@@ -310,24 +254,11 @@ async fn movements_say_who_changed_stock_by_hand_why_and_under_which_reference()
     );
     app.reservation_of(product, 1).await.unwrap();
 
-    let (_, body) = app
-        .get(
-            &format!("/stock/movements?product_id={product}"),
-            &app.admin,
-        )
-        .await;
-    let seen: Vec<_> = body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            (
-                m["kind"].as_str().unwrap().to_owned(),
-                m["reason"].as_str().map(str::to_owned),
-                m["actor_user_id"].as_i64(),
-                m["reference"].as_str().unwrap().to_owned(),
-            )
-        })
+    let movements = app.movements(&format!("product_id={product}")).await;
+    let seen: Vec<_> = movements
+        .items
+        .into_iter()
+        .map(|m| (m.kind, m.reason, m.actor_user_id, m.reference))
         .collect();
     let admin_id = app.get("/auth/me", &app.admin).await.1["id"].as_i64();
     let reserve_reference = seen[0].3.clone();
@@ -382,53 +313,34 @@ async fn movements_say_who_changed_stock_by_hand_why_and_under_which_reference()
 async fn safety_stock_stays_on_hand_unreserved_and_survives_a_restart() {
     let app = TestApp::spawn().await;
     let (product, warehouse) = app.stocked_product(10).await;
-    let (status, line) = app
-        .put(
-            "/stock/safety",
-            &app.admin,
-            json!({ "warehouse_id": warehouse, "product_id": product, "safety_stock": 4 }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{line}");
-    assert_eq!(
-        (line["safety_stock"].as_u64(), line["available"].as_u64()),
-        (Some(4), Some(6))
-    );
+    let body = json!({ "warehouse_id": warehouse, "product_id": product, "safety_stock": 4 });
+    let line: StockLine = app
+        .call(Method::PUT, "/stock/safety", &app.admin, Some(body))
+        .await
+        .unwrap();
+    assert_eq!((line.safety_stock, line.available), (4, 6));
     let availability = app.availability(product).await;
     assert_eq!((availability.on_hand, availability.available), (10, 6));
-    let (status, body) = app.reserve(product, 7).await;
-    assert_eq!(
-        error_code(status, &body, StatusCode::CONFLICT),
-        "insufficient_stock"
-    );
-    assert_eq!(body["error"]["details"]["available"], 6);
-    let (status, _) = app.reserve(product, 6).await;
-    assert_eq!(status, StatusCode::CREATED);
+    let refusal = app
+        .reservation_of(product, 7)
+        .await
+        .refused(StatusCode::CONFLICT);
+    assert_eq!(refusal.code, "insufficient_stock");
+    assert_eq!(refusal.details["available"], 6);
+    app.reservation_of(product, 6).await.unwrap();
     // Damage may eat into the safety stock (it is physical), never into what is reserved.
-    let damage = |delta: i64| json!({ "warehouse_id": warehouse, "product_id": product, "delta": delta, "reason": "damage" });
-    let (status, line) = app.post("/stock/adjustments", &app.admin, damage(-3)).await;
-    assert_eq!(status, StatusCode::OK, "{line}");
-    assert_eq!(
-        (
-            line["on_hand"].as_u64(),
-            line["reserved"].as_u64(),
-            line["available"].as_u64()
-        ),
-        (Some(7), Some(6), Some(0))
-    );
-    let (status, body) = app.post("/stock/adjustments", &app.admin, damage(-2)).await;
-    assert_eq!(
-        error_code(status, &body, StatusCode::CONFLICT),
-        "insufficient_stock"
-    );
-    let (_, movements) = app
-        .get(
-            &format!("/stock/movements?kind=safety&product_id={product}"),
-            &app.admin,
-        )
+    let line = app.adjust(warehouse, product, -3, "damage").await.unwrap();
+    assert_eq!((line.on_hand, line.reserved, line.available), (7, 6, 0));
+    let refusal = app
+        .adjust(warehouse, product, -2, "damage")
+        .await
+        .refused(StatusCode::CONFLICT);
+    assert_eq!(refusal.code, "insufficient_stock");
+    let movements = app
+        .movements(&format!("kind=safety&product_id={product}"))
         .await;
-    assert_eq!(movements["total"], 1);
-    assert_eq!(movements["items"][0]["quantity"], 4);
+    assert_eq!(movements.total, 1);
+    assert_eq!(movements.items[0].quantity, 4);
     for bad in [json!(-1), json!(1_000_000_001), json!("4")] {
         let (status, _) = app
             .put(
@@ -441,11 +353,11 @@ async fn safety_stock_stays_on_hand_unreserved_and_survives_a_restart() {
     }
 
     let app = app.restart().await;
-    let (_, lines) = app
-        .get(&format!("/warehouses/{warehouse}/stock"), &app.admin)
-        .await;
-    assert_eq!(lines["items"][0]["safety_stock"], 4, "{lines}");
-    assert_eq!(lines["items"][0]["available"], 0);
+    let lines = app.lines_of(warehouse).await;
+    assert_eq!(
+        (lines.items[0].safety_stock, lines.items[0].available),
+        (4, 0)
+    );
     app.cleanup().await;
 }
 

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use testkit::carts::{cart, put_item, quantities};
+use testkit::api::{CartStatus, OrderStatus, Refused};
+use testkit::carts::{cart, checkout, items_of, put_item, quantities, set_item};
 use testkit::*;
 
 #[tokio::test]
@@ -30,15 +31,12 @@ async fn a_cart_is_filled_priced_when_filled_checked_out_and_then_closed() {
         Some(json!({ "price_cents": 999 })),
     )
     .await;
-    let (_, body) = put_item(&app, &jo, &id, p1, 4).await;
-    assert_eq!(quantities(&body), vec![(p1, 4), (p2, 1)]);
-    assert_eq!(body["items"][0]["unit_price_cents"], 100);
-    assert_eq!(body["total_cents"], 4 * 100 + 250);
-    assert_eq!(
-        body["items"][0]["available"], 10,
-        "not held: nothing reserved"
-    );
-    assert_eq!(body["hold"], false);
+    let filled = set_item(&app, &jo, &id, p1, 4).await.unwrap();
+    assert_eq!(items_of(&filled), vec![(p1, 4), (p2, 1)]);
+    assert_eq!(filled.items[0].unit_price_cents, 100);
+    assert_eq!(filled.total_cents, 4 * 100 + 250);
+    assert_eq!(filled.items[0].available, 10, "not held: nothing reserved");
+    assert!(!filled.hold);
 
     // Another customer sees nothing of it.
     let (status, _) = app.get(&format!("/carts/{id}"), &al).await;
@@ -59,37 +57,26 @@ async fn a_cart_is_filled_priced_when_filled_checked_out_and_then_closed() {
         "validation_failed"
     );
 
-    let (status, order) = app
-        .post(
-            &format!("/carts/{id}/checkout"),
-            &jo,
-            json!({ "shipping_address": { "city": "Oslo" } }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{order}");
-    assert_eq!(order["status"], "pending_payment");
-    assert_eq!(order["total_cents"], 400, "the cart's price, not today's");
+    let address = json!({ "shipping_address": { "city": "Oslo" } });
+    let order = checkout(&app, &jo, &id, address).await.unwrap();
+    assert_eq!(order.status, OrderStatus::PendingPayment);
+    assert_eq!(order.total_cents, 400, "the cart's price, not today's");
     assert_eq!(app.availability(p1).await.reserved, 4);
-    let (_, closed) = app.get(&format!("/carts/{id}"), &jo).await;
-    assert_eq!(closed["status"], "checked_out");
-    assert_eq!(closed["order_id"], order["id"]);
-    let (status, body) = put_item(&app, &jo, &id, p1, 1).await;
-    assert_eq!(error_code(status, &body, StatusCode::CONFLICT), "conflict");
-    let (status, _) = app
-        .post(&format!("/carts/{id}/checkout"), &jo, json!({}))
-        .await;
-    assert_eq!(status, StatusCode::CONFLICT);
-    let (status, paid) = app
-        .post(
-            &format!("/orders/{}/pay", order["id"].as_str().unwrap()),
-            &jo,
-            json!({ "method": "card", "amount_cents": 400 }),
-        )
-        .await;
+    let closed = app.cart_of(&jo, &id).await.unwrap();
     assert_eq!(
-        (status, paid["status"].as_str()),
-        (StatusCode::OK, Some("paid"))
+        (closed.status, closed.order_id),
+        (CartStatus::CheckedOut, Some(order.id))
     );
+    let refusal = set_item(&app, &jo, &id, p1, 1)
+        .await
+        .refused(StatusCode::CONFLICT);
+    assert_eq!(refusal.code, "conflict");
+    checkout(&app, &jo, &id, json!({}))
+        .await
+        .refused(StatusCode::CONFLICT);
+    let pay = json!({ "method": "card", "amount_cents": 400 });
+    let paid = app.order_step(&jo, order.id, "pay", pay).await.unwrap();
+    assert_eq!(paid.status, OrderStatus::Paid);
 
     // An empty cart cannot be checked out; a refused checkout leaves the cart as it was.
     let empty = cart(&app, &jo, json!({})).await;
@@ -106,10 +93,10 @@ async fn a_cart_is_filled_priced_when_filled_checked_out_and_then_closed() {
         "insufficient_stock",
         "6 left"
     );
-    let (_, kept) = app.get(&format!("/carts/{empty}"), &jo).await;
+    let kept = app.cart_of(&jo, &empty).await.unwrap();
     assert_eq!(
-        (kept["status"].as_str(), quantities(&kept)),
-        (Some("open"), vec![(p1, 7)])
+        (kept.status, items_of(&kept)),
+        (CartStatus::Open, vec![(p1, 7)])
     );
     let (status, _) = app.delete(&format!("/carts/{empty}"), &jo).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
@@ -124,63 +111,40 @@ async fn a_held_cart_holds_every_change_all_or_nothing_and_checks_out_what_it_he
     let (product, _) = app.stocked_product(5).await;
     let (_, jo) = app.customer("jo@example.com").await;
     let id = cart(&app, &jo, json!({ "hold": true })).await;
-    let (status, body) = put_item(&app, &jo, &id, product, 3).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["hold"], true);
-    assert!(body["hold_expires_at"].is_string());
-    assert_eq!(body["items"][0]["available"], 2, "3 of 5 held");
-    let (status, body) = put_item(&app, &jo, &id, product, 6).await;
-    assert_eq!(
-        error_code(status, &body, StatusCode::CONFLICT),
-        "insufficient_stock"
-    );
-    let (_, kept) = app.get(&format!("/carts/{id}"), &jo).await;
-    assert_eq!(quantities(&kept), vec![(product, 3)], "as it was");
+    let held = set_item(&app, &jo, &id, product, 3).await.unwrap();
+    assert!(held.hold && held.hold_expires_at.is_some(), "{held:?}");
+    assert_eq!(held.items[0].available, 2, "3 of 5 held");
+    let refusal = set_item(&app, &jo, &id, product, 6)
+        .await
+        .refused(StatusCode::CONFLICT);
+    assert_eq!(refusal.code, "insufficient_stock");
+    let kept = app.cart_of(&jo, &id).await.unwrap();
+    assert_eq!(items_of(&kept), vec![(product, 3)], "as it was");
     assert_eq!(app.availability(product).await.reserved, 3);
     put_item(&app, &jo, &id, product, 1).await;
     assert_eq!(app.availability(product).await.reserved, 1);
     put_item(&app, &jo, &id, product, 5).await;
     assert_eq!(app.availability(product).await.reserved, 5);
 
-    let (status, order) = app
-        .post(&format!("/carts/{id}/checkout"), &jo, json!({}))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{order}");
-    assert_eq!(order["items"][0]["quantity"], 5);
+    let order = checkout(&app, &jo, &id, json!({})).await.unwrap();
+    assert_eq!(order.items[0].quantity, 5);
     assert_eq!(
         app.availability(product).await.reserved,
         5,
         "the cart's hold became the order's: still 5, not 10"
     );
-    let (_, reservation) = app
-        .get(
-            &format!(
-                "/reservations/{}",
-                order["reservation_id"].as_str().unwrap()
-            ),
-            &app.admin,
-        )
-        .await;
-    assert_eq!(
-        reservation["reference"],
-        format!("order:{}", order["id"].as_str().unwrap())
-    );
-    let (status, _) = app
-        .post(
-            &format!("/orders/{}/cancel", order["id"].as_str().unwrap()),
-            &jo,
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    let reservation = app.reservation(order.reservation_id).await.unwrap();
+    assert_eq!(reservation.reference, Some(format!("order:{}", order.id)));
+    app.order_step(&jo, order.id, "cancel", json!({}))
+        .await
+        .unwrap();
     assert_eq!(app.availability(product).await.reserved, 0);
 
     // Emptying a held cart ends its hold.
     let emptied = cart(&app, &jo, json!({ "hold": true })).await;
     put_item(&app, &jo, &emptied, product, 2).await;
-    let (status, body) = put_item(&app, &jo, &emptied, product, 0).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert!(body["hold_expires_at"].is_null(), "{body}");
+    let ended = set_item(&app, &jo, &emptied, product, 0).await.unwrap();
+    assert!(ended.hold_expires_at.is_none(), "{ended:?}");
     assert_eq!(app.availability(product).await.reserved, 0);
     // Deleting a held cart lets its stock go.
     let other = cart(&app, &jo, json!({ "hold": true })).await;

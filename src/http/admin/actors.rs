@@ -17,24 +17,24 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(actors))
 }
 
-#[derive(Serialize, ToSchema)]
-struct Actor {
-    warehouse_id: i64,
-    product_id: i64,
-    on_hand: u64,
-    reserved: u64,
-    mailbox_len: usize,
-    messages_handled: u64,
-    last_message_at: Option<DateTime<Utc>>,
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Actor {
+    pub warehouse_id: i64,
+    pub product_id: i64,
+    pub on_hand: u64,
+    pub reserved: u64,
+    pub mailbox_len: usize,
+    pub messages_handled: u64,
+    pub last_message_at: Option<DateTime<Utc>>,
     /// False while the line is passivated (idle, its actor given up).
-    active: bool,
-    restarts: u64,
+    pub active: bool,
+    pub restarts: u64,
     /// Times the line gave up its actor for being idle.
-    passivations: u64,
+    pub passivations: u64,
     /// Operations refused: for stock, state or load.
-    refusals: u64,
+    pub refusals: u64,
     /// Messages handled in the last whole second.
-    messages_per_second: u64,
+    pub messages_per_second: u64,
 }
 
 #[derive(Deserialize)]
@@ -112,15 +112,15 @@ async fn actors(
 }
 
 /// The lines in memory (one page of them), and how many lines there are.
-#[derive(Serialize, ToSchema)]
-struct Actors {
-    items: Vec<Actor>,
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Actors {
+    pub items: Vec<Actor>,
     /// Lines in memory (all pages).
-    total: i64,
+    pub total: i64,
     /// The same as `total`: lines in memory, with an actor or passivated.
-    lines_in_memory: i64,
+    pub lines_in_memory: i64,
     /// Lines in memory with a running actor.
-    lines_active: i64,
+    pub lines_active: i64,
     /// Lines the database holds, in memory or not (counted at most every 5 s).
-    lines_stored: i64,
+    pub lines_stored: i64,
 }

@@ -5,6 +5,9 @@ mod actors;
 mod overview;
 mod store;
 
+pub use actors::{Actor, Actors};
+pub use overview::LowStock;
+
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::http::AppState;

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -116,16 +116,16 @@ async fn overview(State(state): State<AppState>, Caller(caller): Caller) -> Resu
     }))
 }
 
-#[derive(Serialize, ToSchema)]
-struct LowStock {
-    product_id: i64,
-    warehouse_id: i64,
-    on_hand: u64,
-    reserved: u64,
-    available: u64,
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LowStock {
+    pub product_id: i64,
+    pub warehouse_id: i64,
+    pub on_hand: u64,
+    pub reserved: u64,
+    pub available: u64,
     /// The product's available stock over all active warehouses.
-    product_available: u64,
-    low_stock_threshold: i64,
+    pub product_available: u64,
+    pub low_stock_threshold: i64,
 }
 
 #[utoipa::path(get, path = "/alerts/low-stock", tag = "operations", security(("bearer" = [])),
