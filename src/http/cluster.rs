@@ -26,7 +26,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -197,54 +197,63 @@ pub async fn announce_revoked(state: &AppState, jti: Uuid, expires_at: DateTime<
     }
 }
 
+/// How the answering server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterMode {
+    /// One process, no NATS.
+    Single,
+    /// Nodes sharing the shards by leases.
+    Cluster,
+}
+
 /// The cluster as the database has it.
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ClusterView {
-    /// `single` (one process, no NATS) or `cluster`.
-    mode: &'static str,
+    pub mode: ClusterMode,
     /// `STOCKLINE_CLUSTER_NAME` (cluster mode).
-    cluster: Option<String>,
+    pub cluster: Option<String>,
     /// The node that answered.
-    node_id: Option<String>,
-    shard_lease_secs: Option<u64>,
+    pub node_id: Option<String>,
+    pub shard_lease_secs: Option<u64>,
     /// Shards the answering node serves now by its own clock (it stops a fifth of a
     /// lease before its lease in the database runs out).
-    served_here: u32,
-    shards_total: u32,
+    pub served_here: u32,
+    pub shards_total: u32,
     /// Shards whose lease has run out or was never taken: their stock cannot be changed
     /// until a node claims them.
-    shards_unowned: u32,
+    pub shards_unowned: u32,
     /// Reservations across shards whose commit or release is still reaching their parts
     /// (the nodes finish them; one that stays here says a shard cannot be served).
-    reservations_unfinished: i64,
-    nodes: Vec<NodeView>,
-    shards: Vec<ShardView>,
+    pub reservations_unfinished: i64,
+    pub nodes: Vec<NodeView>,
+    pub shards: Vec<ShardView>,
 }
 
-#[derive(Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
 pub struct NodeView {
-    node_id: String,
-    http_addr: String,
-    started_at: DateTime<Utc>,
-    heartbeat_at: DateTime<Utc>,
+    pub node_id: String,
+    pub http_addr: String,
+    pub started_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
     /// Its heartbeat is newer than one lease.
-    live: bool,
+    pub live: bool,
     /// Its range of journal numbers.
-    ordinal: Option<i16>,
+    pub ordinal: Option<i16>,
     /// Shards whose unexpired lease it holds.
     #[sqlx(skip)]
-    shards: u32,
+    pub shards: u32,
 }
 
-#[derive(Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
 pub struct ShardView {
-    shard: i16,
+    pub shard: i16,
     /// The node whose lease is unexpired; `null` if none.
-    owner: Option<String>,
+    pub owner: Option<String>,
     /// Grows by one at every claim (the fencing token).
-    epoch: i64,
+    pub epoch: i64,
     /// When its lease runs out unless renewed; `null` if never claimed or released.
-    expires_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 #[utoipa::path(get, path = "/admin/cluster", tag = "operations", security(("bearer" = [])),
@@ -257,7 +266,7 @@ async fn cluster(
     caller.require(Role::Operator)?;
     let Some(cluster) = &state.cluster else {
         return Ok(Json(ClusterView {
-            mode: "single",
+            mode: ClusterMode::Single,
             cluster: None,
             node_id: None,
             shard_lease_secs: None,
@@ -300,7 +309,7 @@ async fn cluster(
             .count() as u32;
     }
     Ok(Json(ClusterView {
-        mode: "cluster",
+        mode: ClusterMode::Cluster,
         cluster: Some(cluster.name.clone()),
         node_id: Some(cluster.node.clone()),
         shard_lease_secs: Some(lease),

@@ -42,13 +42,16 @@ pub use crate::state::{AppParts, AppState, StoreState};
 
 pub use crate::telemetry::prometheus::recorder as metrics_recorder;
 pub use crate::telemetry::requests::RequestMetrics;
-pub use admin::{Actor, Actors, LowStock};
+pub use admin::{Actor, Actors, DeadLetter, LowStock, Persistence};
 pub use auth::{email as auth_email, password_ok as auth_password_ok};
-pub use cluster::listen as listen_to_cluster;
+pub use cluster::{ClusterMode, ClusterView, NodeView, ShardView, listen as listen_to_cluster};
 pub use extract::List;
 pub use products::Product;
+pub use shard_map::{ShardMap, ShardOwner};
+pub use shops::{Member, Shop};
 pub use stock::Movement;
 pub use warehouses::Warehouse;
+pub use webhooks::Webhook;
 
 /// Bodies over this are refused with 413.
 pub(crate) const MAX_BODY: usize = 1024 * 1024;

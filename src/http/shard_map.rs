@@ -2,44 +2,48 @@
 //! shard-aware client or load balancer sends a product's requests to its owner (API.md
 //! v1.2 "Cluster map"). A request that reaches another node is still served: forwarded.
 
-use serde::Serialize;
+use std::borrow::Cow;
+
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::AppState;
 use super::caller::Caller;
+use super::cluster::ClusterMode;
 use super::extract::Json;
 use super::openapi::ErrorBody;
 use crate::cluster::{SHARD_FUNCTION, SHARDS};
 use crate::error::Result;
-use axum::extract::State;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(shards))
 }
 
 /// The cluster map.
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ShardMap {
-    /// `single` (one process serves every shard: `shards` is empty) or `cluster`.
-    mode: &'static str,
-    shard_count: u16,
+    /// `single`: one process serves every shard, and `shards` is empty.
+    pub mode: ClusterMode,
+    pub shard_count: u16,
     /// The function from a product id to its shard, stated exactly.
-    function: &'static str,
+    #[schema(value_type = String)]
+    pub function: Cow<'static, str>,
     /// Every shard, in order; `node_id` and `address` are `null` while a shard has no
     /// owner (its lease ran out and no node has claimed it yet).
-    shards: Vec<ShardOwner>,
+    pub shards: Vec<ShardOwner>,
 }
 
-#[derive(Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
 pub struct ShardOwner {
-    shard: i16,
-    node_id: Option<String>,
+    pub shard: i16,
+    pub node_id: Option<String>,
     /// The owner's HTTP address (`host:port`, as it listens).
-    address: Option<String>,
+    pub address: Option<String>,
     /// The owner's fencing token: grows by one at every claim, so a client that cached
     /// the map can tell it is stale.
-    epoch: i64,
+    pub epoch: i64,
 }
 
 #[utoipa::path(get, path = "/cluster/shards", tag = "operations", security(("bearer" = [])),
@@ -61,12 +65,12 @@ async fn shards(State(state): State<AppState>, Caller(_caller): Caller) -> Resul
     };
     Ok(Json(ShardMap {
         mode: if state.cluster.is_some() {
-            "cluster"
+            ClusterMode::Cluster
         } else {
-            "single"
+            ClusterMode::Single
         },
         shard_count: SHARDS,
-        function: SHARD_FUNCTION,
+        function: Cow::Borrowed(SHARD_FUNCTION),
         shards,
     }))
 }

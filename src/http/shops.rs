@@ -28,7 +28,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(availability))
 }
 
-#[derive(Debug, Serialize, FromRow, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, FromRow, ToSchema)]
 pub struct Shop {
     pub id: i64,
     pub code: String,
@@ -132,7 +132,7 @@ async fn update(
 }
 
 /// One membership.
-#[derive(Debug, Serialize, FromRow, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, FromRow, ToSchema)]
 pub struct Member {
     pub shop_id: i64,
     pub user_id: i64,

@@ -20,7 +20,7 @@ use crate::idempotency::Answer;
 use crate::state::AppState;
 
 /// `StockLine` of API.md.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct StockLine {
     pub warehouse_id: i64,
     pub product_id: i64,
@@ -53,7 +53,7 @@ impl From<LineSnapshot> for StockLine {
 }
 
 /// `Transfer` of API.md.
-#[derive(Debug, Serialize, FromRow, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, FromRow, ToSchema)]
 pub struct Transfer {
     pub id: Uuid,
     pub status: String,

@@ -9,9 +9,13 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 pub use stockline::carts::CartStatus;
-pub use stockline::http::{Actor, Actors, List, LowStock, Movement, Product, Warehouse};
+pub use stockline::events::webhooks::Delivery;
+pub use stockline::http::{
+    Actor, Actors, ClusterMode, ClusterView, DeadLetter, List, LowStock, Member, Movement,
+    Persistence, Product, ShardMap, Shop, Warehouse, Webhook,
+};
 pub use stockline::inventory::carts::{Cart, CartItem};
-pub use stockline::inventory::lines::StockLine;
+pub use stockline::inventory::lines::{StockLine, Transfer};
 pub use stockline::inventory::reservations::{Item, ReservationBody as Reservation};
 pub use stockline::inventory::stock::{Availability, WarehouseStock};
 pub use stockline::orders::{Order, OrderItem, OrderStatus};
@@ -56,6 +60,26 @@ impl<T: std::fmt::Debug> Refused for Answer<T> {
     }
 }
 
+/// What `path` answered: a 2xx body decoded as `T`, anything else as the contract's error
+/// body. A body that is neither panics: the contract is broken.
+pub fn answer_of<T: DeserializeOwned>(path: &str, status: StatusCode, body: Value) -> Answer<T> {
+    if status.is_success() {
+        return Ok(serde_json::from_value(body.clone()).unwrap_or_else(|e| {
+            panic!("{path} answered {status} with a body not of its type ({e}): {body}")
+        }));
+    }
+    let error = &body["error"];
+    match (error["code"].as_str(), error["message"].as_str()) {
+        (Some(code), Some(message)) if error["details"].is_object() => Err(Refusal {
+            status,
+            code: code.to_owned(),
+            message: message.to_owned(),
+            details: error["details"].clone(),
+        }),
+        _ => panic!("{path} answered {status} without the contract's error body: {body}"),
+    }
+}
+
 impl TestApp {
     /// Sends a request as `token`; a 2xx body decodes as `T`, anything else as the
     /// contract's error body. A body that is neither panics: the contract is broken.
@@ -67,21 +91,7 @@ impl TestApp {
         body: Option<Value>,
     ) -> Answer<T> {
         let (status, body) = self.send(method, path, Some(token), body).await;
-        if status.is_success() {
-            return Ok(serde_json::from_value(body.clone()).unwrap_or_else(|e| {
-                panic!("{path} answered {status} with a body not of its type ({e}): {body}")
-            }));
-        }
-        let error = &body["error"];
-        match (error["code"].as_str(), error["message"].as_str()) {
-            (Some(code), Some(message)) if error["details"].is_object() => Err(Refusal {
-                status,
-                code: code.to_owned(),
-                message: message.to_owned(),
-                details: error["details"].clone(),
-            }),
-            _ => panic!("{path} answered {status} without the contract's error body: {body}"),
-        }
+        answer_of(path, status, body)
     }
 
     /// `POST /reservations` of `quantity` of a product (any warehouse), as the admin.
@@ -210,7 +220,7 @@ impl TestApp {
     }
 
     /// `GET /carts/{id}` as `token`.
-    pub async fn cart_of(&self, token: &str, id: &str) -> Answer<Cart> {
+    pub async fn cart_of(&self, token: &str, id: Uuid) -> Answer<Cart> {
         self.call(Method::GET, &format!("/carts/{id}"), token, None)
             .await
     }
@@ -236,5 +246,74 @@ impl TestApp {
     ) -> Answer<Order> {
         let path = format!("/orders/{id}/{step}");
         self.call(Method::POST, &path, token, Some(body)).await
+    }
+
+    /// `GET /cluster/shards` as `token`.
+    pub async fn shard_map(&self, token: &str) -> Answer<ShardMap> {
+        self.call(Method::GET, "/cluster/shards", token, None).await
+    }
+
+    /// `PUT /stock/safety`: keeps `safety_stock` units of a line back, as the admin.
+    pub async fn safety(
+        &self,
+        warehouse_id: i64,
+        product_id: i64,
+        safety_stock: i64,
+    ) -> Answer<StockLine> {
+        let body = json!({ "warehouse_id": warehouse_id, "product_id": product_id, "safety_stock": safety_stock });
+        self.call(Method::PUT, "/stock/safety", &self.admin, Some(body))
+            .await
+    }
+
+    /// `POST /transfers` of `quantity` units of a product between warehouses, as the admin.
+    pub async fn transfer(
+        &self,
+        from_warehouse_id: i64,
+        to_warehouse_id: i64,
+        product_id: i64,
+        quantity: i64,
+    ) -> Answer<Transfer> {
+        let body = json!({ "from_warehouse_id": from_warehouse_id, "to_warehouse_id": to_warehouse_id, "product_id": product_id, "quantity": quantity });
+        self.call(Method::POST, "/transfers", &self.admin, Some(body))
+            .await
+    }
+
+    /// `GET /admin/persistence`, as the admin; panics if refused.
+    pub async fn persistence(&self) -> Persistence {
+        self.call(Method::GET, "/admin/persistence", &self.admin, None)
+            .await
+            .unwrap_or_else(|refusal| panic!("/admin/persistence: {refusal:?}"))
+    }
+
+    /// Shop `code` (named after it), made by the admin; answers its id.
+    pub async fn shop(&self, code: &str) -> i64 {
+        let body = json!({ "code": code, "name": code });
+        let made: Shop = self
+            .call(Method::POST, "/shops", &self.admin, Some(body))
+            .await
+            .unwrap_or_else(|refusal| panic!("shop {code}: {refusal:?}"));
+        made.id
+    }
+
+    /// A new customer `email` made `shop`'s owner, signed in: answers its token.
+    pub async fn shop_owner(&self, shop: i64, email: &str) -> String {
+        let (user, _) = self.customer(email).await;
+        let path = format!("/shops/{shop}/members/{user}");
+        let body = json!({ "role": "shop_owner" });
+        let member: Answer<Member> = self.call(Method::PUT, &path, &self.admin, Some(body)).await;
+        assert_eq!(member.unwrap().role, "shop_owner");
+        self.login(email, "password-1").await
+    }
+
+    /// `POST /webhooks` with `body` as `token`.
+    pub async fn subscribe(&self, token: &str, body: Value) -> Answer<Webhook> {
+        self.call(Method::POST, "/webhooks", token, Some(body))
+            .await
+    }
+
+    /// `GET /webhooks/{id}/deliveries?{query}` as `token`.
+    pub async fn deliveries(&self, token: &str, id: Uuid, query: &str) -> Answer<List<Delivery>> {
+        let path = format!("/webhooks/{id}/deliveries?{query}");
+        self.call(Method::GET, &path, token, None).await
     }
 }

@@ -1,71 +1,55 @@
 //! Requests the cart tests make, one process or a cluster alike.
 
-use reqwest::StatusCode;
+use reqwest::Method;
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 use crate::TestApp;
-use crate::api::{Answer, Cart, Order};
+use crate::api::{Answer, Cart, List, Order};
 
 /// A new cart of `body` (`{shop_id?, hold?}`) through `app`: its id.
-pub async fn cart(app: &TestApp, token: &str, body: Value) -> String {
-    let (status, cart) = app.post("/carts", token, body).await;
-    assert_eq!(status, StatusCode::CREATED, "{cart}");
-    cart["id"].as_str().unwrap().to_owned()
+pub async fn cart(app: &TestApp, token: &str, body: Value) -> Uuid {
+    let made: Cart = app
+        .call(Method::POST, "/carts", token, Some(body))
+        .await
+        .unwrap_or_else(|refusal| panic!("a new cart was refused: {refusal:?}"));
+    made.id
 }
 
-/// Sets `product` in `cart` to `quantity` units (0 removes it).
-pub async fn put_item(
-    app: &TestApp,
-    token: &str,
-    cart: &str,
-    product: i64,
-    quantity: i64,
-) -> (StatusCode, Value) {
-    app.put(
-        &format!("/carts/{cart}/items/{product}"),
-        token,
-        json!({ "quantity": quantity }),
-    )
-    .await
-}
-
-/// A cart's items as (product, quantity), by product.
-pub fn quantities(cart: &Value) -> Vec<(i64, i64)> {
-    cart["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| {
-            (
-                i["product_id"].as_i64().unwrap(),
-                i["quantity"].as_i64().unwrap(),
-            )
-        })
-        .collect()
-}
-
-/// Sets `product` in `cart` to `quantity` units (0 removes it): the cart, typed.
+/// Sets `product` in `cart` to `quantity` units (0 removes it): the cart as it is now.
 pub async fn set_item(
     app: &TestApp,
     token: &str,
-    cart: &str,
+    cart: Uuid,
     product: i64,
     quantity: i64,
 ) -> Answer<Cart> {
     let path = format!("/carts/{cart}/items/{product}");
     let body = json!({ "quantity": quantity });
-    app.call(reqwest::Method::PUT, &path, token, Some(body))
-        .await
+    app.call(Method::PUT, &path, token, Some(body)).await
+}
+
+/// Takes `product` out of `cart`: the cart as it is now.
+pub async fn remove_item(app: &TestApp, token: &str, cart: Uuid, product: i64) -> Answer<Cart> {
+    let path = format!("/carts/{cart}/items/{product}");
+    app.call(Method::DELETE, &path, token, None).await
 }
 
 /// `POST /carts/{id}/checkout` with `body` (the order's address and contact).
-pub async fn checkout(app: &TestApp, token: &str, cart: &str, body: Value) -> Answer<Order> {
+pub async fn checkout(app: &TestApp, token: &str, cart: Uuid, body: Value) -> Answer<Order> {
     let path = format!("/carts/{cart}/checkout");
-    app.call(reqwest::Method::POST, &path, token, Some(body))
-        .await
+    app.call(Method::POST, &path, token, Some(body)).await
 }
 
-/// A typed cart's items as (product, quantity), in the cart's order.
+/// `GET /carts?{query}`: the carts `token` may see.
+pub async fn carts_of(app: &TestApp, token: &str, query: &str) -> List<Cart> {
+    let path = format!("/carts?{query}");
+    app.call(Method::GET, &path, token, None)
+        .await
+        .unwrap_or_else(|refusal| panic!("{path}: {refusal:?}"))
+}
+
+/// A cart's items as (product, quantity), in the cart's order.
 pub fn items_of(cart: &Cart) -> Vec<(i64, u64)> {
     cart.items
         .iter()

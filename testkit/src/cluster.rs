@@ -4,8 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use reqwest::Method;
 use sqlx::PgPool;
 use stockline::cluster::{LeaseSettings, Leases, Member};
+use stockline::http::ClusterView;
 use stockline::store::flusher::{Flusher, Pacing};
 use stockline::store::records::Buffer;
 
@@ -163,11 +165,11 @@ impl Nodes {
     }
 
     /// `GET /admin/cluster` through `node`.
-    pub async fn view(&self, node: usize) -> serde_json::Value {
+    pub async fn view(&self, node: usize) -> ClusterView {
         let app = self.app(node);
-        let (status, view) = app.get("/admin/cluster", &app.admin).await;
-        assert_eq!(status, reqwest::StatusCode::OK, "{view}");
-        view
+        app.call(Method::GET, "/admin/cluster", &app.admin, None)
+            .await
+            .unwrap_or_else(|refusal| panic!("the cluster view was refused: {refusal:?}"))
     }
 
     /// Waits until the shards are shared out among the nodes `live` names, each serving
@@ -180,7 +182,7 @@ impl Nodes {
             }
             assert!(
                 started.elapsed() < within,
-                "shards not shared among {live:?} within {within:?}: {}",
+                "shards not shared among {live:?} within {within:?}: {:?}",
                 self.view(live[0]).await
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -189,26 +191,24 @@ impl Nodes {
 
     async fn shared(&self, live: &[usize]) -> bool {
         let view = self.view(live[0]).await;
-        if view["shards_unowned"] != 0 {
+        if view.shards_unowned != 0 {
             return false;
         }
         let held = |id: &str| {
-            view["nodes"]
-                .as_array()
-                .unwrap()
+            view.nodes
                 .iter()
-                .find(|n| n["node_id"] == id)
-                .map_or(0, |n| n["shards"].as_u64().unwrap())
+                .find(|n| n.node_id == id)
+                .map_or(0, |n| n.shards)
         };
         let mut total = 0;
         for &node in live {
             let holds = held(&self.nodes[node].id);
-            if holds == 0 || self.view(node).await["served_here"].as_u64() != Some(holds) {
+            if holds == 0 || self.view(node).await.served_here != holds {
                 return false;
             }
             total += holds;
         }
-        total == stockline::cluster::SHARDS as u64
+        total == u32::from(stockline::cluster::SHARDS)
     }
 
     /// The index of the node that owns `product`'s shard, by the database; waits a while
@@ -218,8 +218,8 @@ impl Nodes {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
             let view = self.view(asking).await;
-            if let Some(owner) = view["shards"][shard]["owner"].as_str() {
-                return self.nodes.iter().position(|n| n.id == owner).unwrap();
+            if let Some(owner) = &view.shards[shard].owner {
+                return self.nodes.iter().position(|n| &n.id == owner).unwrap();
             }
             assert!(
                 std::time::Instant::now() < deadline,

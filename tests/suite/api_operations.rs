@@ -2,7 +2,7 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use testkit::api::{Actors, List, LowStock, Product};
+use testkit::api::{Actors, ClusterMode, List, LowStock, Product};
 use testkit::*;
 
 #[tokio::test]
@@ -50,19 +50,16 @@ async fn operators_see_the_busiest_actors_first() {
 async fn persistence_shows_the_flusher_at_work() {
     let app = TestApp::spawn().await;
     app.stocked_product(10).await;
-    let (status, body) = app.get("/admin/persistence", &app.admin).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["durability"], "sync");
+    let persistence = app.persistence().await;
+    assert_eq!(persistence.durability, "sync");
     assert_eq!(
-        (
-            body["pending_records"].as_u64(),
-            body["flush_lag_ms"].as_i64()
-        ),
-        (Some(0), Some(0))
+        (persistence.pending_records, persistence.flush_lag_ms),
+        (0, 0),
+        "{persistence:?}"
     );
-    assert!(body["batches_flushed"].as_u64().unwrap() >= 1);
-    assert_eq!(body["flush_failures"], 0);
-    assert!(body["last_flush_at"].is_string());
+    assert!(persistence.batches_flushed >= 1, "{persistence:?}");
+    assert_eq!(persistence.flush_failures, 0);
+    assert!(persistence.last_flush_at.is_some(), "{persistence:?}");
     app.cleanup().await;
 }
 
@@ -563,14 +560,13 @@ async fn a_single_server_s_cluster_map_says_it_serves_every_shard_itself() {
         .send(reqwest::Method::GET, "/cluster/shards", None, None)
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
-    let (status, map) = app.get("/cluster/shards", &app.admin).await;
-    assert_eq!(status, StatusCode::OK, "{map}");
+    let map = app.shard_map(&app.admin).await.unwrap();
     assert_eq!(
-        (&map["mode"], &map["shard_count"], &map["shards"]),
-        (&json!("single"), &json!(1024), &json!([]))
+        (map.mode, map.shard_count, map.shards.len()),
+        (ClusterMode::Single, 1024, 0)
     );
     assert_eq!(
-        map["function"],
+        map.function,
         "xxh3_64(product_id as 8 little-endian bytes) % shard_count"
     );
     // Ids name their shard here too, so a database that later serves a cluster routes

@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::StatusCode;
-use serde_json::{Value, json};
-use testkit::api::{CartStatus, OrderStatus, Refused};
-use testkit::carts::{cart, checkout, items_of, put_item, quantities, set_item};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use testkit::api::{Answer, Cart, CartStatus, List, Order, OrderStatus, Refused};
+use testkit::carts::{cart, carts_of, checkout, items_of, remove_item, set_item};
 use testkit::*;
+use uuid::Uuid;
 
 #[tokio::test]
 async fn a_cart_is_filled_priced_when_filled_checked_out_and_then_closed() {
@@ -20,9 +21,8 @@ async fn a_cart_is_filled_priced_when_filled_checked_out_and_then_closed() {
     let (_, al) = app.customer("al@example.com").await;
     let id = cart(&app, &jo, json!({})).await;
 
-    let (status, body) = put_item(&app, &jo, &id, p1, 3).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    put_item(&app, &jo, &id, p2, 1).await;
+    set_item(&app, &jo, id, p1, 3).await.unwrap();
+    set_item(&app, &jo, id, p2, 1).await.unwrap();
     // The price is the one when the item was put in; a later change does not reach it.
     app.send(
         reqwest::Method::PATCH,
@@ -31,7 +31,7 @@ async fn a_cart_is_filled_priced_when_filled_checked_out_and_then_closed() {
         Some(json!({ "price_cents": 999 })),
     )
     .await;
-    let filled = set_item(&app, &jo, &id, p1, 4).await.unwrap();
+    let filled = set_item(&app, &jo, id, p1, 4).await.unwrap();
     assert_eq!(items_of(&filled), vec![(p1, 4), (p2, 1)]);
     assert_eq!(filled.items[0].unit_price_cents, 100);
     assert_eq!(filled.total_cents, 4 * 100 + 250);
@@ -39,39 +39,36 @@ async fn a_cart_is_filled_priced_when_filled_checked_out_and_then_closed() {
     assert!(!filled.hold);
 
     // Another customer sees nothing of it.
-    let (status, _) = app.get(&format!("/carts/{id}"), &al).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = put_item(&app, &al, &id, p1, 1).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    let (_, theirs) = app.get("/carts", &al).await;
-    assert_eq!(theirs["total"], 0);
+    app.cart_of(&al, id).await.refused(StatusCode::NOT_FOUND);
+    let theirs = set_item(&app, &al, id, p1, 1).await;
+    theirs.refused(StatusCode::NOT_FOUND);
+    assert_eq!(carts_of(&app, &al, "").await.total, 0);
 
-    let (status, body) = app.delete(&format!("/carts/{id}/items/{p2}"), &jo).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(quantities(&body), vec![(p1, 4)]);
-    let (status, body) = put_item(&app, &jo, &id, 987_654, 1).await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    let (status, body) = put_item(&app, &jo, &id, p1, -1).await;
+    let fewer = remove_item(&app, &jo, id, p2).await.unwrap();
+    assert_eq!(items_of(&fewer), vec![(p1, 4)]);
+    let unknown = set_item(&app, &jo, id, 987_654, 1).await;
+    unknown.refused(StatusCode::NOT_FOUND);
+    let negative = set_item(&app, &jo, id, p1, -1).await;
     assert_eq!(
-        error_code(status, &body, StatusCode::UNPROCESSABLE_ENTITY),
+        negative.refused(StatusCode::UNPROCESSABLE_ENTITY).code,
         "validation_failed"
     );
 
     let address = json!({ "shipping_address": { "city": "Oslo" } });
-    let order = checkout(&app, &jo, &id, address).await.unwrap();
+    let order = checkout(&app, &jo, id, address).await.unwrap();
     assert_eq!(order.status, OrderStatus::PendingPayment);
     assert_eq!(order.total_cents, 400, "the cart's price, not today's");
     assert_eq!(app.availability(p1).await.reserved, 4);
-    let closed = app.cart_of(&jo, &id).await.unwrap();
+    let closed = app.cart_of(&jo, id).await.unwrap();
     assert_eq!(
         (closed.status, closed.order_id),
         (CartStatus::CheckedOut, Some(order.id))
     );
-    let refusal = set_item(&app, &jo, &id, p1, 1)
+    let refusal = set_item(&app, &jo, id, p1, 1)
         .await
         .refused(StatusCode::CONFLICT);
     assert_eq!(refusal.code, "conflict");
-    checkout(&app, &jo, &id, json!({}))
+    checkout(&app, &jo, id, json!({}))
         .await
         .refused(StatusCode::CONFLICT);
     let pay = json!({ "method": "card", "amount_cents": 400 });
@@ -80,20 +77,16 @@ async fn a_cart_is_filled_priced_when_filled_checked_out_and_then_closed() {
 
     // An empty cart cannot be checked out; a refused checkout leaves the cart as it was.
     let empty = cart(&app, &jo, json!({})).await;
-    let (status, _) = app
-        .post(&format!("/carts/{empty}/checkout"), &jo, json!({}))
-        .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    put_item(&app, &jo, &empty, p1, 7).await;
-    let (status, body) = app
-        .post(&format!("/carts/{empty}/checkout"), &jo, json!({}))
-        .await;
+    let refused = checkout(&app, &jo, empty, json!({})).await;
+    refused.refused(StatusCode::UNPROCESSABLE_ENTITY);
+    set_item(&app, &jo, empty, p1, 7).await.unwrap();
+    let refused = checkout(&app, &jo, empty, json!({})).await;
     assert_eq!(
-        error_code(status, &body, StatusCode::CONFLICT),
+        refused.refused(StatusCode::CONFLICT).code,
         "insufficient_stock",
         "6 left"
     );
-    let kept = app.cart_of(&jo, &empty).await.unwrap();
+    let kept = app.cart_of(&jo, empty).await.unwrap();
     assert_eq!(
         (kept.status, items_of(&kept)),
         (CartStatus::Open, vec![(p1, 7)])
@@ -111,22 +104,22 @@ async fn a_held_cart_holds_every_change_all_or_nothing_and_checks_out_what_it_he
     let (product, _) = app.stocked_product(5).await;
     let (_, jo) = app.customer("jo@example.com").await;
     let id = cart(&app, &jo, json!({ "hold": true })).await;
-    let held = set_item(&app, &jo, &id, product, 3).await.unwrap();
+    let held = set_item(&app, &jo, id, product, 3).await.unwrap();
     assert!(held.hold && held.hold_expires_at.is_some(), "{held:?}");
     assert_eq!(held.items[0].available, 2, "3 of 5 held");
-    let refusal = set_item(&app, &jo, &id, product, 6)
+    let refusal = set_item(&app, &jo, id, product, 6)
         .await
         .refused(StatusCode::CONFLICT);
     assert_eq!(refusal.code, "insufficient_stock");
-    let kept = app.cart_of(&jo, &id).await.unwrap();
+    let kept = app.cart_of(&jo, id).await.unwrap();
     assert_eq!(items_of(&kept), vec![(product, 3)], "as it was");
     assert_eq!(app.availability(product).await.reserved, 3);
-    put_item(&app, &jo, &id, product, 1).await;
+    set_item(&app, &jo, id, product, 1).await.unwrap();
     assert_eq!(app.availability(product).await.reserved, 1);
-    put_item(&app, &jo, &id, product, 5).await;
+    set_item(&app, &jo, id, product, 5).await.unwrap();
     assert_eq!(app.availability(product).await.reserved, 5);
 
-    let order = checkout(&app, &jo, &id, json!({})).await.unwrap();
+    let order = checkout(&app, &jo, id, json!({})).await.unwrap();
     assert_eq!(order.items[0].quantity, 5);
     assert_eq!(
         app.availability(product).await.reserved,
@@ -142,13 +135,13 @@ async fn a_held_cart_holds_every_change_all_or_nothing_and_checks_out_what_it_he
 
     // Emptying a held cart ends its hold.
     let emptied = cart(&app, &jo, json!({ "hold": true })).await;
-    put_item(&app, &jo, &emptied, product, 2).await;
-    let ended = set_item(&app, &jo, &emptied, product, 0).await.unwrap();
+    set_item(&app, &jo, emptied, product, 2).await.unwrap();
+    let ended = set_item(&app, &jo, emptied, product, 0).await.unwrap();
     assert!(ended.hold_expires_at.is_none(), "{ended:?}");
     assert_eq!(app.availability(product).await.reserved, 0);
     // Deleting a held cart lets its stock go.
     let other = cart(&app, &jo, json!({ "hold": true })).await;
-    put_item(&app, &jo, &other, product, 2).await;
+    set_item(&app, &jo, other, product, 2).await.unwrap();
     assert_eq!(app.availability(product).await.reserved, 2);
     app.delete(&format!("/carts/{other}"), &jo).await;
     assert_eq!(app.availability(product).await.reserved, 0);
@@ -164,8 +157,7 @@ async fn held_carts_racing_for_the_last_units_hold_exactly_the_stock_and_the_los
     for n in 0..4 {
         let (_, token) = app.customer(&format!("buyer{n}@example.com")).await;
         let id = cart(&app, &token, json!({ "hold": true })).await;
-        let (status, _) = put_item(&app, &token, &id, product, 1).await;
-        assert_eq!(status, StatusCode::OK);
+        set_item(&app, &token, id, product, 1).await.unwrap();
         buyers.push((token, id));
     }
     // 4 held, 5 free; each tries to grow to 4 (needs 3 more): exactly one can.
@@ -174,41 +166,28 @@ async fn held_carts_racing_for_the_last_units_hold_exactly_the_stock_and_the_los
         .cloned()
         .map(|(token, id)| {
             let app = app.clone();
-            tokio::spawn(async move { put_item(&app, &token, &id, product, 4).await })
+            tokio::spawn(async move { set_item(&app, &token, id, product, 4).await })
         })
         .collect();
     let mut outcomes = Vec::new();
     for task in tasks {
         outcomes.push(task.await.unwrap());
     }
-    let winners = outcomes
-        .iter()
-        .filter(|(s, _)| *s == StatusCode::OK)
-        .count();
+    let winners = outcomes.iter().filter(|o| o.is_ok()).count();
     assert_eq!(winners, 1, "{outcomes:?}");
-    for (status, body) in &outcomes {
-        if *status != StatusCode::OK {
-            assert_eq!(
-                error_code(*status, body, StatusCode::CONFLICT),
-                "insufficient_stock"
-            );
-        }
+    for refusal in outcomes.iter().filter_map(|o| o.as_ref().err()) {
+        assert_eq!(refusal.code_at(StatusCode::CONFLICT), "insufficient_stock");
     }
     let mut held = 0;
     for (token, id) in &buyers {
-        let (_, cart) = app.get(&format!("/carts/{id}"), token).await;
-        held += cart["items"][0]["quantity"].as_i64().unwrap();
+        held += app.cart_of(token, *id).await.unwrap().items[0].quantity;
     }
     assert_eq!(held, 4 + 3, "the losers keep their 1");
     let availability = app.availability(product).await;
     assert_eq!(availability.reserved, 7);
     // And the free 2 go to whoever asks; then a held cart's stock is safe from a direct order.
-    let (token, id) = &buyers[outcomes
-        .iter()
-        .position(|(s, _)| *s != StatusCode::OK)
-        .unwrap()];
-    let (status, _) = put_item(&app, token, id, product, 3).await;
-    assert_eq!(status, StatusCode::OK);
+    let (token, id) = &buyers[outcomes.iter().position(|o| o.is_err()).unwrap()];
+    set_item(&app, token, *id, product, 3).await.unwrap();
     assert_eq!(app.availability(product).await.available, 0);
     Arc::try_unwrap(app).ok().unwrap().cleanup().await;
 }
@@ -221,41 +200,28 @@ async fn checkout_of_a_held_cart_racing_direct_orders_never_loses_its_stock() {
     let (_, al) = app.customer("al@example.com").await;
     for round in 0..5 {
         let id = cart(&app, &jo, json!({ "hold": true })).await;
-        let (status, body) = put_item(&app, &jo, &id, product, 3).await;
-        assert_eq!(status, StatusCode::OK, "round {round}: {body}");
+        set_item(&app, &jo, id, product, 3).await.unwrap();
         let direct: Vec<_> = (0..6)
             .map(|_| {
                 let (app, al) = (app.clone(), al.clone());
                 tokio::spawn(async move {
-                    app.post(
-                        "/orders",
-                        &al,
-                        json!({ "items": [{ "product_id": product, "quantity": 1 }] }),
-                    )
-                    .await
+                    let one = json!({ "items": [{ "product_id": product, "quantity": 1 }] });
+                    app.place_order(&al, one).await
                 })
             })
             .collect();
-        let (status, order) = app
-            .post(&format!("/carts/{id}/checkout"), &jo, json!({}))
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "round {round}: {order}");
+        let order = checkout(&app, &jo, id, json!({})).await.unwrap();
         for task in direct {
-            let (status, body) = task.await.unwrap();
+            let refused = task.await.unwrap();
             assert_eq!(
-                error_code(status, &body, StatusCode::CONFLICT),
+                refused.refused(StatusCode::CONFLICT).code,
                 "insufficient_stock",
                 "round {round}: the cart held all 3"
             );
         }
-        let (status, _) = app
-            .post(
-                &format!("/orders/{}/cancel", order["id"].as_str().unwrap()),
-                &jo,
-                json!({}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK);
+        app.order_step(&jo, order.id, "cancel", json!({}))
+            .await
+            .unwrap();
     }
     Arc::try_unwrap(app).ok().unwrap().cleanup().await;
 }
@@ -266,7 +232,7 @@ async fn a_hold_that_runs_out_while_the_server_is_down_releases_its_stock_once()
     let (product, warehouse) = app.stocked_product(5).await;
     let (_, jo) = app.customer("jo@example.com").await;
     let id = cart(&app, &jo, json!({ "hold": true })).await;
-    put_item(&app, &jo, &id, product, 4).await;
+    set_item(&app, &jo, id, product, 4).await.unwrap();
     assert_eq!(app.availability(product).await.reserved, 4);
     let mut app = app;
     app.stop().await;
@@ -274,28 +240,21 @@ async fn a_hold_that_runs_out_while_the_server_is_down_releases_its_stock_once()
     let app = TestApp::start_on(&app.database).await;
     let availability = app.availability(product).await;
     assert_eq!((availability.reserved, availability.available), (0, 5));
-    let (_, cart) = app.get(&format!("/carts/{id}"), &jo).await;
-    assert_eq!(cart["status"], "open");
+    let unheld = app.cart_of(&jo, id).await.unwrap();
     assert_eq!(
-        quantities(&cart),
-        vec![(product, 4)],
+        (unheld.status, items_of(&unheld)),
+        (CartStatus::Open, vec![(product, 4)]),
         "the cart stays, unheld"
     );
-    let expires =
-        chrono::DateTime::parse_from_rfc3339(cart["hold_expires_at"].as_str().unwrap()).unwrap();
-    assert!(expires < chrono::Utc::now());
+    assert!(unheld.hold_expires_at.unwrap() < chrono::Utc::now());
     // Exactly one expiry on the line, whatever restarts happened.
     let app = app.restart().await;
-    let (_, expired) = app
-        .get(
-            &format!("/stock/movements?kind=expire&warehouse_id={warehouse}"),
-            &app.admin,
-        )
+    let expired = app
+        .movements(&format!("kind=expire&warehouse_id={warehouse}"))
         .await;
-    assert_eq!(expired["total"], 1, "{expired}");
+    assert_eq!(expired.total, 1, "{expired:?}");
     // A change holds again, with a new reservation.
-    let (status, body) = put_item(&app, &jo, &id, product, 2).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    set_item(&app, &jo, id, product, 2).await.unwrap();
     assert_eq!(app.availability(product).await.reserved, 2);
     app.cleanup().await;
 }
@@ -308,20 +267,16 @@ async fn a_customer_has_at_most_twenty_open_carts() {
     for _ in 0..20 {
         ids.push(cart(&app, &jo, json!({})).await);
     }
-    let (status, body) = app.post("/carts", &jo, json!({})).await;
-    assert_eq!(error_code(status, &body, StatusCode::CONFLICT), "conflict");
-    assert_eq!(body["error"]["details"]["open_carts"], 20);
-    app.delete(&format!("/carts/{}", ids[0]), &jo).await;
-    let (status, _) = app.post("/carts", &jo, json!({})).await;
-    assert_eq!(status, StatusCode::CREATED, "one was deleted");
-    let (_, page) = app.get("/carts?limit=5", &jo).await;
+    let refused: Answer<Cart> = app.call(Method::POST, "/carts", &jo, Some(json!({}))).await;
+    let refusal = refused.refused(StatusCode::CONFLICT);
     assert_eq!(
-        (
-            page["total"].as_i64(),
-            page["items"].as_array().unwrap().len()
-        ),
-        (Some(20), 5)
+        (refusal.code.as_str(), &refusal.details["open_carts"]),
+        ("conflict", &json!(20))
     );
+    app.delete(&format!("/carts/{}", ids[0]), &jo).await;
+    cart(&app, &jo, json!({})).await; // one was deleted
+    let page = carts_of(&app, &jo, "limit=5").await;
+    assert_eq!((page.total, page.items.len()), (20, 5));
     app.cleanup().await;
 }
 
@@ -340,8 +295,7 @@ async fn a_kill_9_during_concurrent_checkouts_never_makes_a_second_order_for_a_c
         let (_, token) = app.customer(customer).await;
         for _ in 0..18 {
             let id = cart(&app, &token, json!({ "hold": true })).await;
-            let (status, body) = put_item(&app, &token, &id, product, 2).await;
-            assert_eq!(status, StatusCode::OK, "{body}");
+            set_item(&app, &token, id, product, 2).await.unwrap();
             carts.push((token.clone(), id));
         }
     }
@@ -377,8 +331,8 @@ async fn a_kill_9_during_concurrent_checkouts_never_makes_a_second_order_for_a_c
             if response.status() != StatusCode::CREATED {
                 return None;
             }
-            let order: Value = response.json().await.ok()?;
-            Some((id, order["id"].as_str()?.to_owned()))
+            let order: Order = response.json().await.ok()?;
+            Some((id, order.id))
         });
     }
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -393,29 +347,27 @@ async fn a_kill_9_during_concurrent_checkouts_never_makes_a_second_order_for_a_c
     let (mut child, url) = start_binary(&database, &ADMIN_ENV);
     let app = TestApp::attach(&url, &database).await;
     for (token, id) in &carts {
-        let (status, body) = app
-            .post(&format!("/carts/{id}/checkout"), token, json!({}))
-            .await;
-        match status {
-            StatusCode::CREATED => {}
-            _ => assert_eq!(
+        if let Err(refusal) = checkout(&app, token, *id, json!({})).await {
+            assert_eq!(
                 (
-                    error_code(status, &body, StatusCode::CONFLICT).as_str(),
-                    body["error"]["details"]["status"].as_str()
+                    refusal.code_at(StatusCode::CONFLICT),
+                    &refusal.details["status"]
                 ),
-                ("conflict", Some("checked_out")),
-                "{body}"
-            ),
+                ("conflict", &json!("checked_out")),
+                "{refusal:?}"
+            );
         }
     }
-    let (_, orders) = app.get("/orders?limit=500", &app.admin).await;
-    assert_eq!(orders["total"], 36, "one order per cart");
-    let units: i64 = orders["items"]
-        .as_array()
-        .unwrap()
+    let orders: List<Order> = app
+        .call(Method::GET, "/orders?limit=500", &app.admin, None)
+        .await
+        .unwrap();
+    assert_eq!(orders.total, 36, "one order per cart");
+    let units: u64 = orders
+        .items
         .iter()
-        .flat_map(|o| o["items"].as_array().unwrap().iter())
-        .map(|i| i["quantity"].as_i64().unwrap())
+        .flat_map(|o| &o.items)
+        .map(|i| i.quantity)
         .sum();
     assert_eq!(units, 72);
     assert_eq!(
@@ -424,12 +376,12 @@ async fn a_kill_9_during_concurrent_checkouts_never_makes_a_second_order_for_a_c
         "reserved is the orders' units, nothing held twice"
     );
     for (token, id) in &carts {
-        let (_, cart) = app.get(&format!("/carts/{id}"), token).await;
-        assert_eq!(cart["status"], "checked_out", "{cart}");
+        let cart = app.cart_of(token, *id).await.unwrap();
+        assert_eq!(cart.status, CartStatus::CheckedOut, "{cart:?}");
         if let Some((_, order)) = acknowledged.iter().find(|(cart_id, _)| cart_id == id) {
             assert_eq!(
-                cart["order_id"],
-                order.as_str(),
+                cart.order_id,
+                Some(*order),
                 "an acknowledged checkout stays"
             );
         }
@@ -450,27 +402,24 @@ async fn carts_read_as_changed_in_async_mode_and_after_a_restart() {
     let (_, token) = app.customer("as@example.com").await;
     let kept = cart(&app, &token, json!({ "hold": true })).await;
     let gone = cart(&app, &token, json!({})).await;
-    put_item(&app, &token, &kept, product, 3).await;
+    set_item(&app, &token, kept, product, 3).await.unwrap();
     let (status, _) = app.delete(&format!("/carts/{gone}"), &token).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let shown = |list: &Value| -> Vec<(String, Vec<(i64, i64)>)> {
-        list["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| (c["id"].as_str().unwrap().to_owned(), quantities(c)))
-            .collect()
+    let shown = |list: &List<Cart>| -> Vec<(Uuid, Vec<(i64, u64)>)> {
+        list.items.iter().map(|c| (c.id, items_of(c))).collect()
     };
-    let (_, list) = app.get("/carts", &token).await;
-    assert_eq!(shown(&list), vec![(kept.clone(), vec![(product, 3)])]);
-    assert_eq!(list["total"], 1);
-    let (status, _) = app.get(&format!("/carts/{gone}"), &token).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    let list = carts_of(&app, &token, "").await;
+    assert_eq!(shown(&list), vec![(kept, vec![(product, 3)])]);
+    assert_eq!(list.total, 1);
+    app.cart_of(&token, gone)
+        .await
+        .refused(StatusCode::NOT_FOUND);
     let app = app.restart().await;
-    let (_, list) = app.get("/carts", &token).await;
-    assert_eq!(shown(&list), vec![(kept.clone(), vec![(product, 3)])]);
+    let list = carts_of(&app, &token, "").await;
+    assert_eq!(shown(&list), vec![(kept, vec![(product, 3)])]);
     assert_eq!(app.availability(product).await.reserved, 3);
-    let (status, _) = app.get(&format!("/carts/{gone}"), &token).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    app.cart_of(&token, gone)
+        .await
+        .refused(StatusCode::NOT_FOUND);
     app.cleanup().await;
 }

@@ -16,11 +16,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use testkit::api::{Answer, ClusterMode, List, Refused, Reservation, StockLine, answer_of};
 use testkit::cluster::Nodes;
 use tokio::sync::Mutex;
+use uuid::Uuid;
 
 const LEASE: Duration = Duration::from_secs(2);
 
@@ -91,7 +93,7 @@ async fn reserve_at_once(
     token: &str,
     count: usize,
     body: Value,
-) -> Vec<(StatusCode, Value)> {
+) -> Vec<Answer<Reservation>> {
     let bases = nodes.bases();
     let client = reqwest::Client::new();
     let mut tasks = Vec::new();
@@ -106,7 +108,8 @@ async fn reserve_at_once(
                 .send()
                 .await
                 .unwrap();
-            (answer.status(), answer.json::<Value>().await.unwrap())
+            let status = answer.status();
+            answer_of("/reservations", status, answer.json().await.unwrap())
         }));
     }
     let mut answers = Vec::new();
@@ -116,15 +119,20 @@ async fn reserve_at_once(
     answers
 }
 
-/// How many answers had each status, and the ids of the reservations made.
-fn tally(answers: &[(StatusCode, Value)]) -> (BTreeMap<u16, usize>, Vec<String>) {
+/// How many answers had each status (a reservation made is a 201), and the ids of the
+/// reservations made.
+fn tally(answers: &[Answer<Reservation>]) -> (BTreeMap<u16, usize>, Vec<Uuid>) {
     let mut by_status: BTreeMap<u16, usize> = BTreeMap::new();
     let mut made = Vec::new();
-    for (status, body) in answers {
+    for answer in answers {
+        let status = match answer {
+            Ok(made_one) => {
+                made.push(made_one.id);
+                StatusCode::CREATED
+            }
+            Err(refusal) => refusal.status,
+        };
         *by_status.entry(status.as_u16()).or_default() += 1;
-        if *status == StatusCode::CREATED {
-            made.push(body["id"].as_str().unwrap().to_owned());
-        }
     }
     (by_status, made)
 }
@@ -163,33 +171,19 @@ async fn three_nodes_sell_exactly_the_stock_there_is_whichever_node_is_asked() {
     assert_eq!(stored_line(&db, warehouse, product).await, (50, 50));
 
     // A reservation is found and settled through any node, not only its owner.
-    let id = &made[0];
+    let id = made[0];
     let admin = nodes.app(1);
-    let (status, read) = admin
-        .get(&format!("/reservations/{id}"), &admin.admin)
-        .await;
-    assert_eq!(
-        (status, &read["status"]),
-        (StatusCode::OK, &json!("pending"))
-    );
-    let third = nodes.app(2);
-    let (status, committed) = third
-        .post(
-            &format!("/reservations/{id}/commit"),
-            &third.admin,
-            json!({}),
-        )
-        .await;
-    assert_eq!(
-        (status, &committed["status"]),
-        (StatusCode::OK, &json!("committed")),
-        "{committed}"
-    );
+    let read = admin.reservation(id).await.unwrap();
+    assert_eq!(read.status, "pending", "{read:?}");
+    let committed = nodes.app(2).commit(id).await.unwrap();
+    assert_eq!(committed.status, "committed", "{committed:?}");
     assert_eq!(stored_line(&db, warehouse, product).await, (49, 49));
-    let (status, pending) = admin.get("/reservations?limit=500", &admin.admin).await;
+    let pending: List<Reservation> = admin
+        .call(Method::GET, "/reservations?limit=500", &admin.admin, None)
+        .await
+        .unwrap();
     assert_eq!(
-        (status, &pending["total"]),
-        (StatusCode::OK, &json!(49)),
+        pending.total, 49,
         "every node lists every shard's pending reservations"
     );
 
@@ -258,9 +252,9 @@ async fn every_stock_change_is_made_by_its_owner_whichever_node_is_asked() {
     };
     let first = keyed(here).await.unwrap();
     assert_eq!(first.status(), StatusCode::OK);
-    let first: Value = first.json().await.unwrap();
-    assert_eq!(first["on_hand"], 20, "{first}");
-    let again: Value = keyed(there).await.unwrap().json().await.unwrap();
+    let first: StockLine = first.json().await.unwrap();
+    assert_eq!(first.on_hand, 20, "{first:?}");
+    let again: StockLine = keyed(there).await.unwrap().json().await.unwrap();
     assert_eq!(again, first, "the first answer again, through another node");
     assert_eq!(
         stored_line(&db, from, product).await,
@@ -268,48 +262,25 @@ async fn every_stock_change_is_made_by_its_owner_whichever_node_is_asked() {
         "received once"
     );
 
-    let level = |on_hand: i64, version: &Value| json!({ "warehouse_id": from, "product_id": product, "on_hand": on_hand, "expected_version": version });
-    let stale = json!(first["version"].as_u64().unwrap() + 7);
-    let (status, refused) = here
-        .put("/stock/levels", &here.admin, level(30, &stale))
+    let stale = here
+        .count(from, product, 30, Some(first.version as i64 + 7))
         .await;
-    assert_eq!(
-        testkit::error_code(status, &refused, StatusCode::CONFLICT),
-        "version_mismatch"
-    );
-    let (status, counted) = here
-        .put("/stock/levels", &here.admin, level(30, &first["version"]))
-        .await;
-    assert_eq!(
-        (status, &counted["on_hand"]),
-        (StatusCode::OK, &json!(30)),
-        "{counted}"
-    );
-    let (status, kept) = there
-        .put(
-            "/stock/safety",
-            &there.admin,
-            json!({ "warehouse_id": from, "product_id": product, "safety_stock": 5 }),
-        )
-        .await;
-    assert_eq!(
-        (status, &kept["available"]),
-        (StatusCode::OK, &json!(25)),
-        "{kept}"
-    );
+    assert_eq!(stale.refused(StatusCode::CONFLICT).code, "version_mismatch");
+    let counted = here
+        .count(from, product, 30, Some(first.version as i64))
+        .await
+        .unwrap();
+    assert_eq!(counted.on_hand, 30, "{counted:?}");
+    let kept = there.safety(from, product, 5).await.unwrap();
+    assert_eq!(kept.available, 25, "{kept:?}");
 
-    let transfer = |quantity: i64| json!({ "from_warehouse_id": from, "to_warehouse_id": to, "product_id": product, "quantity": quantity });
-    let (status, too_many) = here.post("/transfers", &here.admin, transfer(26)).await;
+    let too_many = here.transfer(from, to, product, 26).await;
     assert_eq!(
-        testkit::error_code(status, &too_many, StatusCode::CONFLICT),
+        too_many.refused(StatusCode::CONFLICT).code,
         "insufficient_stock"
     );
-    let (status, moved) = here.post("/transfers", &here.admin, transfer(10)).await;
-    assert_eq!(
-        (status, &moved["status"]),
-        (StatusCode::CREATED, &json!("completed")),
-        "{moved}"
-    );
+    let moved = here.transfer(from, to, product, 10).await.unwrap();
+    assert_eq!(moved.status, "completed", "{moved:?}");
     assert_eq!(stored_line(&db, from, product).await, (20, 0));
     assert_eq!(stored_line(&db, to, product).await, (10, 0));
     assert_eq!(there.availability(product).await.on_hand, 30);
@@ -339,10 +310,10 @@ async fn every_stock_change_is_made_by_its_owner_whichever_node_is_asked() {
             .await
             .unwrap();
     assert!(deleted, "the product is deleted in the store");
-    let (status, _) = here.post("/transfers", &here.admin, transfer(1)).await;
+    let gone = here.transfer(from, to, product, 1).await;
     assert_eq!(
-        status,
-        StatusCode::NOT_FOUND,
+        gone.refused(StatusCode::NOT_FOUND).code,
+        "not_found",
         "no stock moves for a deleted product"
     );
     db.close().await;
@@ -372,19 +343,16 @@ struct Settling<'a> {
 
 impl Settling<'_> {
     /// `step` (`commit` or `release`) of reservation `id` through `node`, with `body`.
-    async fn settle(&self, node: usize, id: &str, step: &str, body: Value) -> (StatusCode, Value) {
+    async fn settle(&self, node: usize, id: Uuid, step: &str, body: Value) -> Answer<Reservation> {
         let path = format!("/reservations/{id}/{step}");
-        self.nodes.app(node).post(&path, self.token, body).await
+        let app = self.nodes.app(node);
+        app.call(Method::POST, &path, self.token, Some(body)).await
     }
 
-    /// The same, answered 200 with the reservation now `status`.
-    async fn settled(&self, node: usize, id: &str, step: &str, body: Value, status: &str) {
-        let (code, answer) = self.settle(node, id, step, body).await;
-        assert_eq!(
-            (code, &answer["status"]),
-            (StatusCode::OK, &json!(status)),
-            "{answer}"
-        );
+    /// The same, served with the reservation now `status`.
+    async fn settled(&self, node: usize, id: Uuid, step: &str, body: Value, status: &str) {
+        let settled = self.settle(node, id, step, body).await.unwrap();
+        assert_eq!(settled.status, status, "{settled:?}");
     }
 }
 
@@ -399,13 +367,10 @@ async fn a_reservation_across_shards_is_all_or_nothing_whichever_node_is_asked()
     // 40 baskets of one A and one B at once, over the three nodes: B runs out after 5
     // (A never does), and no refused basket keeps its A.
     let answers = reserve_at_once(&nodes, &service, 40, basket(a, b)).await;
-    for (status, body) in &answers {
-        match *status {
-            StatusCode::CREATED => assert_eq!(body["items"].as_array().unwrap().len(), 2),
-            _ => assert_eq!(
-                testkit::error_code(*status, body, StatusCode::CONFLICT),
-                "insufficient_stock"
-            ),
+    for answer in &answers {
+        match answer {
+            Ok(made) => assert_eq!(made.items.len(), 2, "{made:?}"),
+            Err(refusal) => assert_eq!(refusal.code_at(StatusCode::CONFLICT), "insufficient_stock"),
         }
     }
     let (by_status, made) = tally(&answers);
@@ -423,46 +388,45 @@ async fn a_reservation_across_shards_is_all_or_nothing_whichever_node_is_asked()
         token: &service,
     };
     // One reservation, read, listed and settled through any node.
-    let (status, read) = nodes
+    let read: Reservation = nodes
         .app(1)
-        .get(&format!("/reservations/{}", made[0]), &service)
-        .await;
-    assert_eq!(
-        (status, &read["status"]),
-        (StatusCode::OK, &json!("pending")),
-        "{read}"
-    );
-    let mut products: Vec<i64> = read["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["product_id"].as_i64().unwrap())
-        .collect();
+        .call(
+            Method::GET,
+            &format!("/reservations/{}", made[0]),
+            &service,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(read.status, "pending", "{read:?}");
+    let mut products: Vec<i64> = read.items.iter().map(|i| i.product_id).collect();
     products.sort_unstable();
     let mut both = vec![a, b];
     both.sort_unstable();
-    assert_eq!(products, both, "{read}");
-    let (_, listed) = nodes.app(2).get("/reservations?limit=100", &service).await;
-    assert_eq!(
-        listed["total"],
-        json!(5),
-        "each basket listed once: {listed}"
-    );
+    assert_eq!(products, both, "{read:?}");
+    let listed: List<Reservation> = nodes
+        .app(2)
+        .call(Method::GET, "/reservations?limit=100", &service, None)
+        .await
+        .unwrap();
+    assert_eq!(listed.total, 5, "each basket listed once: {listed:?}");
     through
-        .settled(2, &made[0], "commit", json!({}), "committed")
+        .settled(2, made[0], "commit", json!({}), "committed")
         .await;
     assert_eq!(stored_line(&db, warehouse, a).await, (99, 4));
     assert_eq!(stored_line(&db, warehouse, b).await, (4, 4));
     through
-        .settled(0, &made[1], "release", json!({}), "released")
+        .settled(0, made[1], "release", json!({}), "released")
         .await;
     assert_eq!(stored_line(&db, warehouse, b).await, (4, 3));
-    let (status, again) = through.settle(1, &made[1], "commit", json!({})).await;
+    let again = through
+        .settle(1, made[1], "commit", json!({}))
+        .await
+        .refused(StatusCode::CONFLICT);
     assert_eq!(
-        testkit::error_code(status, &again, StatusCode::CONFLICT),
-        "reservation_not_pending"
+        (again.code.as_str(), &again.details["status"]),
+        ("reservation_not_pending", &json!("released"))
     );
-    assert_eq!(again["error"]["details"]["status"], json!("released"));
     // The whole's last mark rides in its coordinator's next batch: stored as settled.
     for (id, status) in [(&made[0], "committed"), (&made[1], "released")] {
         saga_stored_as(&db, id, status).await;
@@ -471,39 +435,42 @@ async fn a_reservation_across_shards_is_all_or_nothing_whichever_node_is_asked()
     // Partial fulfilment across shards: one line committed, then the rest released.
     let one = |product: i64| json!({ "items": [{ "product_id": product, "warehouse_id": warehouse, "quantity": 1 }] });
     through
-        .settled(0, &made[2], "commit", one(a), "pending")
+        .settled(0, made[2], "commit", one(a), "pending")
         .await;
-    let (status, over) = through.settle(1, &made[2], "commit", one(a)).await;
+    let over = through.settle(1, made[2], "commit", one(a)).await;
     assert_eq!(
-        testkit::error_code(status, &over, StatusCode::UNPROCESSABLE_ENTITY),
+        over.refused(StatusCode::UNPROCESSABLE_ENTITY).code,
         "validation_failed"
     );
     through
-        .settled(1, &made[2], "release", json!({}), "committed")
+        .settled(1, made[2], "release", json!({}), "committed")
         .await;
     assert_eq!(stored_line(&db, warehouse, a).await, (98, 2));
     assert_eq!(stored_line(&db, warehouse, b).await, (4, 2));
     // A part released whole by a partial release: a commit then commits the rest.
     through
-        .settled(2, &made[3], "release", one(b), "pending")
+        .settled(2, made[3], "release", one(b), "pending")
         .await;
     through
-        .settled(0, &made[3], "commit", json!({}), "committed")
+        .settled(0, made[3], "commit", json!({}), "committed")
         .await;
     assert_eq!(stored_line(&db, warehouse, a).await, (97, 1));
     assert_eq!(stored_line(&db, warehouse, b).await, (4, 1));
 
     // A dry run holds nothing; a retry under the same key holds once and answers the same.
-    let (status, dry) = nodes
+    // A dry run's answer is no reservation (no id): read as the JSON it is.
+    let dry: Value = nodes
         .app(2)
-        .post("/reservations?dry_run=true", &service, basket(a, b))
-        .await;
-    assert_eq!(
-        (status, &dry["status"]),
-        (StatusCode::OK, &json!("dry_run")),
-        "{dry}"
-    );
-    assert_eq!(dry["items"].as_array().unwrap().len(), 2, "{dry}");
+        .call(
+            Method::POST,
+            "/reservations?dry_run=true",
+            &service,
+            Some(basket(a, b)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(dry["status"], "dry_run", "{dry}");
+    assert_eq!(dry["items"].as_array().map(Vec::len), Some(2), "{dry}");
     let keyed = |node: usize| {
         let app = nodes.app(node);
         app.client
@@ -513,69 +480,57 @@ async fn a_reservation_across_shards_is_all_or_nothing_whichever_node_is_asked()
             .json(&basket(a, b))
             .send()
     };
-    let first: Value = keyed(0).await.unwrap().json().await.unwrap();
+    let first: Reservation = keyed(0).await.unwrap().json().await.unwrap();
     let replay = keyed(1).await.unwrap();
     assert_eq!(replay.status(), StatusCode::CREATED);
     assert_eq!(
-        replay.json::<Value>().await.unwrap()["id"],
-        first["id"],
+        replay.json::<Reservation>().await.unwrap().id,
+        first.id,
         "the first answer again"
     );
     assert_eq!(stored_line(&db, warehouse, b).await, (4, 2), "held once");
 
     // Extended, then left to expire: every part's stock comes back.
-    let (status, short) = nodes
+    let short = nodes
         .app(1)
-        .post("/reservations", &service, json!({ "items": [{ "product_id": a, "quantity": 2 }, { "product_id": b, "quantity": 1 }], "ttl_seconds": 600 }))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{short}");
-    let id = short["id"].as_str().unwrap();
-    let (status, extended) = nodes
-        .app(2)
-        .patch(
-            &format!("/reservations/{id}"),
-            &service,
-            json!({ "ttl_seconds": 2 }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{extended}");
+        .create_reservation(&service, json!({ "items": [{ "product_id": a, "quantity": 2 }, { "product_id": b, "quantity": 1 }], "ttl_seconds": 600 }))
+        .await
+        .unwrap();
+    let path = format!("/reservations/{}", short.id);
+    let ttl = |node: usize, ttl_seconds: i64| {
+        let body = json!({ "ttl_seconds": ttl_seconds });
+        nodes
+            .app(node)
+            .call::<Reservation>(Method::PATCH, &path, &service, Some(body))
+    };
+    let extended = ttl(2, 2).await.unwrap();
+    assert!(extended.expires_at < short.expires_at, "{extended:?}");
     assert_eq!(stored_line(&db, warehouse, b).await, (4, 3));
     // Checked whole by the coordinator before any part is asked, in the contract's words.
-    let (status, bad) = nodes
-        .app(0)
-        .patch(
-            &format!("/reservations/{id}"),
-            &service,
-            json!({ "ttl_seconds": 0 }),
-        )
-        .await;
+    let bad = ttl(0, 0).await.refused(StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(
-        testkit::error_code(status, &bad, StatusCode::UNPROCESSABLE_ENTITY),
-        "validation_failed"
+        (bad.code.as_str(), &bad.details["field"]),
+        ("validation_failed", &json!("ttl_seconds"))
     );
-    assert_eq!(bad["error"]["details"]["field"], "ttl_seconds", "{bad}");
     let zero = json!({ "items": [{ "product_id": a, "warehouse_id": warehouse, "quantity": 0 }] });
-    let (status, bad) = through.settle(1, id, "commit", zero).await;
+    let bad = through
+        .settle(1, short.id, "commit", zero)
+        .await
+        .refused(StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(
-        testkit::error_code(status, &bad, StatusCode::UNPROCESSABLE_ENTITY),
-        "validation_failed"
-    );
-    assert_eq!(
-        bad["error"]["details"]["field"], "items[0].quantity",
-        "{bad}"
+        (bad.code.as_str(), &bad.details["field"]),
+        ("validation_failed", &json!("items[0].quantity"))
     );
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let (_, expired) = nodes
+    let expired: Reservation = nodes
         .app(0)
-        .get(&format!("/reservations/{id}"), &service)
-        .await;
-    assert_eq!(expired["status"], json!("expired"), "{expired}");
-    let (status, late) = nodes
-        .app(0)
-        .post(&format!("/reservations/{id}/commit"), &service, json!({}))
-        .await;
+        .call(Method::GET, &path, &service, None)
+        .await
+        .unwrap();
+    assert_eq!(expired.status, "expired", "{expired:?}");
+    let late = through.settle(0, short.id, "commit", json!({})).await;
     assert_eq!(
-        testkit::error_code(status, &late, StatusCode::CONFLICT),
+        late.refused(StatusCode::CONFLICT).code,
         "reservation_not_pending"
     );
     assert_eq!(
@@ -593,11 +548,11 @@ async fn a_reservation_across_shards_is_all_or_nothing_whichever_node_is_asked()
 }
 
 /// Waits (up to 10 s) until the store has reservation across shards `id` at `status`.
-async fn saga_stored_as(db: &PgPool, id: &str, status: &str) {
+async fn saga_stored_as(db: &PgPool, id: &Uuid, status: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let stored: Option<String> =
-            sqlx::query_scalar("SELECT status FROM reservation_sagas WHERE id = $1::uuid")
+            sqlx::query_scalar("SELECT status FROM reservation_sagas WHERE id = $1")
                 .bind(id)
                 .fetch_optional(db)
                 .await
@@ -621,12 +576,12 @@ async fn a_commit_decided_before_its_coordinator_died_is_finished_by_the_owners(
     nodes.wait_shared(&[0, 1, 2], SETTLE_WITHIN).await;
     let (a, b, warehouse) = two_shards(&nodes, 10, 10).await;
     let service = nodes.app(0).operator("shop-service@stockline.test").await;
-    let (status, made) = nodes
+    let id = nodes
         .app(0)
-        .post("/reservations", &service, basket(a, b))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{made}");
-    let id: uuid::Uuid = made["id"].as_str().unwrap().parse().unwrap();
+        .create_reservation(&service, basket(a, b))
+        .await
+        .unwrap()
+        .id;
     // What a coordinator leaves when it dies right after writing its decision.
     let db = pool(&nodes.database).await;
     sqlx::query("UPDATE reservation_sagas SET status = 'committing', updated_at = now() - interval '1 minute' WHERE id = $1")
@@ -650,12 +605,17 @@ async fn a_commit_decided_before_its_coordinator_died_is_finished_by_the_owners(
     }
     assert_eq!(stored_line(&db, warehouse, a).await, (9, 0));
     assert_eq!(stored_line(&db, warehouse, b).await, (9, 0));
-    let (_, read) = nodes
+    let through = Settling {
+        nodes: &nodes,
+        token: &service,
+    };
+    let read: Reservation = nodes
         .app(2)
-        .get(&format!("/reservations/{id}"), &service)
-        .await;
-    assert_eq!(read["status"], json!("committed"), "{read}");
-    assert_eq!(nodes.view(1).await["reservations_unfinished"], json!(0));
+        .call(Method::GET, &format!("/reservations/{id}"), &service, None)
+        .await
+        .unwrap();
+    assert_eq!(read.status, "committed", "{read:?}");
+    assert_eq!(nodes.view(1).await.reservations_unfinished, 0);
     let mut finished = 0.0;
     for node in 0..3 {
         let text = nodes.app(node).metrics().await;
@@ -674,30 +634,21 @@ async fn a_commit_decided_before_its_coordinator_died_is_finished_by_the_owners(
     // Parts that let their stock go before a commit (here released one by one, as a try
     // given up under a lost answer would): the commit is refused, never a 200 that moved
     // nothing.
-    let (status, made) = nodes
+    let id = nodes
         .app(1)
-        .post("/reservations", &service, basket(a, b))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{made}");
-    let id: uuid::Uuid = made["id"].as_str().unwrap().parse().unwrap();
+        .create_reservation(&service, basket(a, b))
+        .await
+        .unwrap()
+        .id;
     for product in [a, b] {
         let part = stockline::cluster::saga::part_id(id, stockline::cluster::shard_of(product));
-        let (status, released) = nodes
-            .app(2)
-            .post(
-                &format!("/reservations/{part}/release"),
-                &service,
-                json!({}),
-            )
+        through
+            .settled(2, part, "release", json!({}), "released")
             .await;
-        assert_eq!(status, StatusCode::OK, "{released}");
     }
-    let (status, refused) = nodes
-        .app(0)
-        .post(&format!("/reservations/{id}/commit"), &service, json!({}))
-        .await;
+    let refused = through.settle(0, id, "commit", json!({})).await;
     assert_eq!(
-        testkit::error_code(status, &refused, StatusCode::CONFLICT),
+        refused.refused(StatusCode::CONFLICT).code,
         "reservation_not_pending"
     );
     assert_eq!(stored_line(&db, warehouse, a).await, (9, 0), "nothing left");
@@ -739,7 +690,7 @@ async fn baskets_across_shards_stay_whole_through_a_kill_9_of_an_owner() {
                         .await;
                     match sent {
                         Ok(answer) if answer.status() == StatusCode::CREATED => {
-                            break answer.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+                            break answer.json::<Reservation>().await.unwrap().id;
                         }
                         Ok(answer) if answer.status() != StatusCode::SERVICE_UNAVAILABLE => {
                             panic!("reserve: {} {}", answer.status(), answer.text().await.unwrap());
@@ -852,17 +803,17 @@ async fn changes_to_products_warehouses_and_tokens_reach_every_node() {
     let started = Instant::now();
     loop {
         let availability = b.availability(product).await;
-        let (_, me) = b.get("/auth/me", &token).await;
-        let (_, read) = b.get(&format!("/products/{product}"), &b.admin).await;
+        let (me, _) = b.get("/auth/me", &token).await;
+        let read = b.product_of(product).await.unwrap();
         let seen = availability.available == 0
-            && me["error"]["code"] == "unauthorized"
-            && read["price_cents"] == 250;
+            && me == StatusCode::UNAUTHORIZED
+            && read.price_cents == 250;
         if seen {
             break;
         }
         assert!(
             started.elapsed() < Duration::from_secs(5),
-            "node 1 still has the old copy: {availability:?} {me} {read}"
+            "node 1 still has the old copy: {availability:?} {me} {read:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -889,30 +840,26 @@ async fn the_cluster_map_names_each_shard_s_owner_and_a_reservation_s_id_its_sha
         .collect();
     for node in 0..3 {
         // Any signed-in caller may read it: a shop's service is enough.
-        let (status, map) = nodes.app(node).get("/cluster/shards", &service).await;
-        assert_eq!(status, StatusCode::OK, "{map}");
-        assert_eq!(map["mode"], "cluster");
-        assert_eq!(map["shard_count"], 1024);
+        let map = nodes.app(node).shard_map(&service).await.unwrap();
+        assert_eq!(map.mode, ClusterMode::Cluster);
+        assert_eq!(map.shard_count, 1024);
         assert_eq!(
-            map["function"],
+            map.function,
             "xxh3_64(product_id as 8 little-endian bytes) % shard_count"
         );
-        let shards = map["shards"].as_array().unwrap();
-        assert_eq!(shards.len(), 1024);
-        for (i, shard) in shards.iter().enumerate() {
-            let owner = shard["node_id"].as_str().unwrap();
-            assert_eq!(shard["shard"], i);
+        assert_eq!(map.shards.len(), 1024);
+        for (i, shard) in map.shards.iter().enumerate() {
+            let owner = shard.node_id.as_deref().unwrap();
+            assert_eq!(shard.shard as usize, i);
             assert_eq!(
-                shard["address"].as_str(),
+                shard.address.as_deref(),
                 Some(addresses[owner].as_str()),
-                "{shard}"
+                "{shard:?}"
             );
+            let held = &admin_view.shards[i];
             assert_eq!(
-                shard["node_id"], admin_view["shards"][i]["owner"],
-                "shard {i}"
-            );
-            assert_eq!(
-                shard["epoch"], admin_view["shards"][i]["epoch"],
+                (&shard.node_id, shard.epoch),
+                (&held.owner, held.epoch),
                 "shard {i}"
             );
         }
@@ -921,22 +868,20 @@ async fn the_cluster_map_names_each_shard_s_owner_and_a_reservation_s_id_its_sha
     let others: Vec<usize> = (0..3).filter(|n| *n != owner).collect();
     // Reserved through one node that does not own the product, released through another.
     let id = reserve_through(&nodes, others[0], &service, product).await;
-    let home = stockline_actors::ReservationId(id.parse().unwrap()).home();
+    let home = stockline_actors::ReservationId(id).home();
     assert_eq!(
         home,
         Some(stockline_actors::Home::One(stockline::cluster::shard_of(
             product
         )))
     );
-    let (status, released) = nodes
-        .app(others[1])
-        .post(&format!("/reservations/{id}/release"), &service, json!({}))
+    let through = Settling {
+        nodes: &nodes,
+        token: &service,
+    };
+    through
+        .settled(others[1], id, "release", json!({}), "released")
         .await;
-    assert_eq!(
-        (status, &released["status"]),
-        (StatusCode::OK, &json!("released")),
-        "{released}"
-    );
     let availability = nodes.app(owner).availability(product).await;
     assert_eq!(availability.available, 10, "{availability:?}");
     nodes.stop().await;
@@ -955,7 +900,7 @@ async fn stocked_cluster(units: i64) -> (Nodes, i64, i64, String) {
 }
 
 /// What a load client keeps: every reservation it was answered 201 for, by its key.
-type Acknowledged = Arc<Mutex<Vec<(String, String)>>>;
+type Acknowledged = Arc<Mutex<Vec<(String, Uuid)>>>;
 
 /// A client reserving one unit at a time through the nodes `bases` names, starting at
 /// `first`, until `stop`; answers when each reservation was acknowledged.
@@ -1016,9 +961,8 @@ async fn reserve_once(
             .await;
         match sent {
             Ok(answer) if answer.status() == StatusCode::CREATED => {
-                let body: Value = answer.json().await.unwrap();
-                let id = body["id"].as_str().unwrap().to_owned();
-                acknowledged.lock().await.push((key, id));
+                let made: Reservation = answer.json().await.unwrap();
+                acknowledged.lock().await.push((key, made.id));
                 return Instant::now();
             }
             Ok(answer) if answer.status() == StatusCode::SERVICE_UNAVAILABLE => {}
@@ -1043,20 +987,21 @@ async fn check_acknowledged(
     product: i64,
     warehouse: i64,
     stocked: i64,
-    acknowledged: &[(String, String)],
+    acknowledged: &[(String, Uuid)],
 ) {
-    let ids: HashSet<&str> = acknowledged.iter().map(|(_, id)| id.as_str()).collect();
+    let ids: HashSet<Uuid> = acknowledged.iter().map(|(_, id)| *id).collect();
     assert_eq!(ids.len(), acknowledged.len(), "one reservation per key");
     let db = pool(&nodes.database).await;
-    let stored: Vec<String> = sqlx::query_scalar(
-        "SELECT r.id::text FROM reservations r JOIN reservation_items i ON i.reservation_id = r.id
+    let stored: HashSet<Uuid> = sqlx::query_scalar(
+        "SELECT r.id FROM reservations r JOIN reservation_items i ON i.reservation_id = r.id
          WHERE i.product_id = $1 AND r.status = 'pending'",
     )
     .bind(product)
     .fetch_all(&db)
     .await
-    .unwrap();
-    let stored: HashSet<&str> = stored.iter().map(String::as_str).collect();
+    .unwrap()
+    .into_iter()
+    .collect();
     assert_eq!(
         stored, ids,
         "the store holds exactly the acknowledged reservations"
@@ -1079,8 +1024,8 @@ async fn check_acknowledged(
             .await
             .unwrap();
         assert_eq!(answer.status(), StatusCode::CREATED);
-        let body: Value = answer.json().await.unwrap();
-        assert_eq!(body["id"], json!(id), "a replay answers the first answer");
+        let replayed: Reservation = answer.json().await.unwrap();
+        assert_eq!(&replayed.id, id, "a replay answers the first answer");
     }
     assert_eq!(stored_line(&db, warehouse, product).await, (stocked, held));
     assert_eq!(
@@ -1166,7 +1111,7 @@ async fn a_paused_owner_past_its_lease_writes_nothing_after_the_takeover() {
     let zombie = nodes.owner_of(product, 0).await;
     let others: Vec<usize> = (0..3).filter(|n| *n != zombie).collect();
     let shard = stockline::cluster::shard_of(product) as usize;
-    let epoch_before = nodes.view(others[0]).await["shards"][shard]["epoch"].clone();
+    let epoch_before = nodes.view(others[0]).await.shards[shard].epoch;
 
     let acknowledged = Acknowledged::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -1227,15 +1172,14 @@ async fn a_paused_owner_past_its_lease_writes_nothing_after_the_takeover() {
     let paused = Instant::now();
     // Taken over: another node owns the shard under a new epoch.
     loop {
-        let view = nodes.view(others[0]).await;
-        let lease = &view["shards"][shard];
-        if lease["owner"] != json!(nodes.nodes[zombie].id)
-            && !lease["owner"].is_null()
-            && lease["epoch"] != epoch_before
+        let lease = &nodes.view(others[0]).await.shards[shard];
+        if lease.owner.is_some()
+            && lease.owner.as_ref() != Some(&nodes.nodes[zombie].id)
+            && lease.epoch != epoch_before
         {
             break;
         }
-        assert!(paused.elapsed() < SETTLE_WITHIN, "no takeover: {lease}");
+        assert!(paused.elapsed() < SETTLE_WITHIN, "no takeover: {lease:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Reservations go on through the new owner while the zombie sleeps.
@@ -1250,24 +1194,21 @@ async fn a_paused_owner_past_its_lease_writes_nothing_after_the_takeover() {
     }
     nodes.signal(zombie, libc::SIGCONT);
     // Awake, it serves none of what it held: its own clock ran on while it was paused.
-    let view = nodes.view(zombie).await;
-    let epoch_now = &nodes.view(others[0]).await["shards"][shard]["epoch"];
-    let zombie_id = &nodes.nodes[zombie].id;
+    let seen = &nodes.view(zombie).await.shards[shard];
+    let epoch_now = nodes.view(others[0]).await.shards[shard].epoch;
     assert!(
-        view["shards"][shard]["owner"] != json!(zombie_id) || epoch_now != &epoch_before,
-        "the zombie does not own the shard under its old epoch: {}",
-        view["shards"][shard]
+        seen.owner.as_ref() != Some(&nodes.nodes[zombie].id) || epoch_now != epoch_before,
+        "the zombie does not own the shard under its old epoch: {seen:?}"
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.store(true, Ordering::Relaxed);
     for client in clients {
         client.await.unwrap();
     }
-    let app = nodes.app(zombie);
-    let (_, persistence) = app.get("/admin/persistence", &app.admin).await;
+    let persistence = nodes.app(zombie).persistence().await;
     assert!(
-        persistence["refused_batches"].as_u64() > Some(0),
-        "the zombie's late batch met the fence: {persistence}"
+        persistence.refused_batches > 0,
+        "the zombie's late batch met the fence: {persistence:?}"
     );
     for one in burst {
         one.await.unwrap();
@@ -1300,23 +1241,19 @@ async fn product_owned_by(nodes: &Nodes, node: usize) -> i64 {
 
 /// Reserves one unit of `product` through `node` (with retries on 503, as a client would,
 /// for at most `within`); answers the reservation's id.
-async fn reserve_through(nodes: &Nodes, node: usize, token: &str, product: i64) -> String {
+async fn reserve_through(nodes: &Nodes, node: usize, token: &str, product: i64) -> Uuid {
     let started = Instant::now();
     loop {
-        let (status, body) = nodes
-            .app(node)
-            .post(
-                "/reservations",
-                token,
-                json!({ "items": [{ "product_id": product, "quantity": 1 }] }),
-            )
-            .await;
-        match status {
-            StatusCode::CREATED => return body["id"].as_str().unwrap().to_owned(),
-            StatusCode::SERVICE_UNAVAILABLE if started.elapsed() < SETTLE_WITHIN => {
+        let one = json!({ "items": [{ "product_id": product, "quantity": 1 }] });
+        match nodes.app(node).create_reservation(token, one).await {
+            Ok(made) => return made.id,
+            Err(refusal)
+                if refusal.status == StatusCode::SERVICE_UNAVAILABLE
+                    && started.elapsed() < SETTLE_WITHIN =>
+            {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            other => panic!("node {node} answered {other}: {body}"),
+            Err(refusal) => panic!("node {node} refused: {refusal:?}"),
         }
     }
 }
@@ -1404,14 +1341,8 @@ async fn a_node_cut_off_from_postgres_stops_serving_and_the_others_take_over() {
         cut_at.elapsed()
     );
     // The new owner restored the reservation made through the old one.
-    let (status, read) = nodes
-        .app(0)
-        .get(&format!("/reservations/{before}"), &nodes.app(0).admin)
-        .await;
-    assert_eq!(
-        (status, &read["status"]),
-        (StatusCode::OK, &json!("pending"))
-    );
+    let read = nodes.app(0).reservation(before).await.unwrap();
+    assert_eq!(read.status, "pending", "{read:?}");
     reserve_through(&nodes, 0, &service, product).await;
     assert_eq!(nodes.app(1).availability(product).await.reserved, 2);
 
@@ -1613,19 +1544,14 @@ async fn a_reservation_settled_by_the_node_that_took_its_shard_over_is_stored_se
     let product = product_owned_by(&nodes, 1).await;
     let warehouse = nodes.app(0).warehouse("W", 1).await;
     nodes.app(0).stock(warehouse, product, 10).await;
-    let (status, held) = nodes.app(1).reserve(product, 3).await;
-    assert_eq!(status, StatusCode::CREATED, "{held}");
-    let id = held["id"].as_str().unwrap().to_owned();
+    let id = nodes.app(1).reservation_of(product, 3).await.unwrap().id;
     nodes.kill(1);
     nodes.wait_shared(&[0], SETTLE_WITHIN).await;
-    let app = nodes.app(0);
-    let (status, body) = app
-        .post(&format!("/reservations/{id}/commit"), &app.admin, json!({}))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    let committed = nodes.app(0).commit(id).await.unwrap();
+    assert_eq!(committed.status, "committed", "{committed:?}");
     let db = pool(&nodes.database).await;
-    let stored: String = sqlx::query_scalar("SELECT status FROM reservations WHERE id = $1::uuid")
-        .bind(&id)
+    let stored: String = sqlx::query_scalar("SELECT status FROM reservations WHERE id = $1")
+        .bind(id)
         .fetch_one(&db)
         .await
         .unwrap();
@@ -1795,11 +1721,7 @@ async fn a_node_asked_in_a_shard_protocol_version_it_does_not_speak_says_which_i
         Err(protocol::Refused::Unreadable(_))
     ));
     // The node still serves.
-    let app = nodes.app(0);
-    let (status, availability) = app
-        .get(&format!("/products/{product}/availability"), &app.admin)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{availability}");
-    assert_eq!(availability["product_id"], product);
+    let availability = nodes.app(0).availability(product).await;
+    assert_eq!(availability.product_id, product, "{availability:?}");
     nodes.stop().await;
 }

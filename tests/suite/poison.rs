@@ -159,9 +159,12 @@ async fn a_nul_in_any_stored_text_field_is_refused_with_422_and_saving_goes_on()
     // Saving goes on: a change after all that is durable, and the store is healthy.
     let line = app.stock(warehouse, product, 5).await;
     assert_eq!(line.on_hand, 55);
-    let (_, persistence) = app.get("/api/v1/admin/persistence", &admin).await;
-    assert_eq!(persistence["pending_records"], 0, "{persistence}");
-    assert_eq!(persistence["dead_letters"], 0, "{persistence}");
+    let persistence = app.persistence().await;
+    assert_eq!(
+        (persistence.pending_records, persistence.dead_letters),
+        (0, 0),
+        "{persistence:?}"
+    );
     let (status, _) = app.send(Method::GET, "/readyz", None, None).await;
     assert_eq!(status, StatusCode::OK);
     app.cleanup().await;

@@ -4,6 +4,9 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use testkit::api::{
+    Actors, Availability, List, LowStock, Member, Movement, Refused, Shop, Transfer, Warehouse,
+};
 use testkit::*;
 
 /// Two shops with two warehouses each, a platform warehouse, one product stocked
@@ -24,29 +27,14 @@ struct Marketplace {
     customer: String,
 }
 
-async fn shop(app: &TestApp, code: &str) -> i64 {
-    let (status, body) = app
-        .post(
-            "/shops",
-            &app.admin,
-            json!({ "code": code, "name": format!("Shop {code}") }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    body["id"].as_i64().unwrap()
-}
-
 async fn shop_warehouse(app: &TestApp, token: &str, shop: i64, code: &str) -> i64 {
-    let (status, body) = app
-        .post(
-            "/warehouses",
-            token,
-            json!({ "code": code, "name": code, "shop_id": shop }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    assert_eq!(body["shop_id"], shop);
-    body["id"].as_i64().unwrap()
+    let body = json!({ "code": code, "name": code, "shop_id": shop });
+    let made: Warehouse = app
+        .call(Method::POST, "/warehouses", token, Some(body))
+        .await
+        .unwrap();
+    assert_eq!(made.shop_id, Some(shop), "{made:?}");
+    made.id
 }
 
 /// Registers a user and makes it a member of `shop` (by `by`, an admin or the owner).
@@ -71,7 +59,7 @@ impl Marketplace {
     async fn new() -> Self {
         let app = TestApp::spawn().await;
         let product = app.product("P", 100).await;
-        let (shop_a, shop_b) = (shop(&app, "A").await, shop(&app, "B").await);
+        let (shop_a, shop_b) = (app.shop("A").await, app.shop("B").await);
         let owner_a = member(
             &app,
             &app.admin,
@@ -306,6 +294,7 @@ async fn bulk_items_are_each_checked_and_lists_show_a_member_its_own_shop_only()
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    // Each item's outcome, as the bulk answer's JSON has it (no type of its own).
     let outcome: Vec<_> = body["results"]
         .as_array()
         .unwrap()
@@ -331,23 +320,28 @@ async fn bulk_items_are_each_checked_and_lists_show_a_member_its_own_shop_only()
     assert_eq!(status, StatusCode::FORBIDDEN);
 
     // Lists: a member sees its shop's lines, movements, transfers and alerts only.
-    let warehouses_of = |body: &Value, field: &str| -> Vec<i64> {
-        let mut seen: Vec<i64> = body["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i[field].as_i64().unwrap())
-            .collect();
+    let warehouses_of = |mut seen: Vec<i64>| -> Vec<i64> {
         seen.sort();
         seen.dedup();
         seen
     };
-    let (_, actors) = app.get("/admin/actors?limit=500", &m.owner_a).await;
-    assert_eq!(warehouses_of(&actors, "warehouse_id"), m.a.to_vec());
-    let (_, movements) = app.get("/stock/movements?limit=500", &m.staff_a).await;
-    assert_eq!(warehouses_of(&movements, "warehouse_id"), m.a.to_vec());
-    let (_, all) = app.get("/admin/actors?limit=500", &m.operator).await;
-    assert_eq!(all["total"], 5);
+    let actors: Actors = app
+        .call(Method::GET, "/admin/actors?limit=500", &m.owner_a, None)
+        .await
+        .unwrap();
+    let seen = actors.items.iter().map(|a| a.warehouse_id).collect();
+    assert_eq!(warehouses_of(seen), m.a.to_vec());
+    let movements: List<Movement> = app
+        .call(Method::GET, "/stock/movements?limit=500", &m.staff_a, None)
+        .await
+        .unwrap();
+    let seen = movements.items.iter().map(|m| m.warehouse_id).collect();
+    assert_eq!(warehouses_of(seen), m.a.to_vec());
+    let all: Actors = app
+        .call(Method::GET, "/admin/actors?limit=500", &m.operator, None)
+        .await
+        .unwrap();
+    assert_eq!(all.total, 5);
     app.post(
         "/transfers",
         &m.owner_b,
@@ -360,9 +354,12 @@ async fn bulk_items_are_each_checked_and_lists_show_a_member_its_own_shop_only()
         json!({ "from_warehouse_id": m.a[0], "to_warehouse_id": m.a[1], "product_id": m.product, "quantity": 1 }),
     )
     .await;
-    let (_, transfers) = app.get("/transfers", &m.owner_a).await;
-    assert_eq!(transfers["total"], 1, "{transfers}");
-    assert_eq!(transfers["items"][0]["from_warehouse_id"], m.a[0]);
+    let transfers: List<Transfer> = app
+        .call(Method::GET, "/transfers", &m.owner_a, None)
+        .await
+        .unwrap();
+    assert_eq!(transfers.total, 1, "{transfers:?}");
+    assert_eq!(transfers.items[0].from_warehouse_id, m.a[0]);
 
     // Low stock: the threshold is weighed against the member's own shop's stock.
     app.send(
@@ -372,17 +369,20 @@ async fn bulk_items_are_each_checked_and_lists_show_a_member_its_own_shop_only()
         Some(json!({ "low_stock_threshold": 150 })),
     )
     .await;
-    let (status, low) = app.get("/alerts/low-stock", &m.owner_a).await;
-    assert_eq!(status, StatusCode::OK, "{low}");
-    assert_eq!(warehouses_of(&low, "warehouse_id"), m.a.to_vec());
+    let low: List<LowStock> = app
+        .call(Method::GET, "/alerts/low-stock", &m.owner_a, None)
+        .await
+        .unwrap();
+    let seen = low.items.iter().map(|l| l.warehouse_id).collect();
+    assert_eq!(warehouses_of(seen), m.a.to_vec());
+    assert_eq!(low.items[0].product_available, 104, "shop A's own total");
+    let everywhere: List<LowStock> = app
+        .call(Method::GET, "/alerts/low-stock", &m.operator, None)
+        .await
+        .unwrap();
     assert_eq!(
-        low["items"][0]["product_available"], 104,
-        "shop A's own total"
-    );
-    let (_, everywhere) = app.get("/alerts/low-stock", &m.operator).await;
-    assert_eq!(
-        everywhere["total"], 0,
-        "254 available over all warehouses: {everywhere}"
+        everywhere.total, 0,
+        "254 available over all warehouses: {everywhere:?}"
     );
     let (status, _) = app.get("/alerts/low-stock", &m.customer).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
@@ -394,8 +394,11 @@ async fn shops_and_members_are_managed_by_admins_and_owners_and_allocation_keeps
     let m = Marketplace::new().await;
     let app = &m.app;
     // Shops: anyone signed in reads them; admins create; owners edit their own.
-    let (status, list) = app.get("/shops", &m.customer).await;
-    assert_eq!((status, list["total"].as_i64()), (StatusCode::OK, Some(2)));
+    let list: List<Shop> = app
+        .call(Method::GET, "/shops", &m.customer, None)
+        .await
+        .unwrap();
+    assert_eq!(list.total, 2, "{list:?}");
     let (status, _) = app
         .post("/shops", &m.owner_a, json!({ "code": "C", "name": "C" }))
         .await;
@@ -408,17 +411,16 @@ async fn shops_and_members_are_managed_by_admins_and_owners_and_allocation_keeps
         )
         .await;
     assert_eq!(error_code(status, &body, StatusCode::CONFLICT), "conflict");
-    let (status, body) = app
-        .patch(
+    let renamed: Shop = app
+        .call(
+            Method::PATCH,
             &format!("/shops/{}", m.shop_a),
             &m.owner_a,
-            json!({ "name": "Alpha" }),
+            Some(json!({ "name": "Alpha" })),
         )
-        .await;
-    assert_eq!(
-        (status, body["name"].as_str()),
-        (StatusCode::OK, Some("Alpha"))
-    );
+        .await
+        .unwrap();
+    assert_eq!(renamed.name, "Alpha");
     for token in [&m.staff_a, &m.owner_b] {
         let (status, _) = app
             .patch(
@@ -473,10 +475,16 @@ async fn shops_and_members_are_managed_by_admins_and_owners_and_allocation_keeps
         .post("/stock/adjustments", &extra_token, adjust.clone())
         .await;
     assert_eq!(status, StatusCode::OK);
-    let (_, members) = app
-        .get(&format!("/shops/{}/members", m.shop_a), &m.staff_a)
-        .await;
-    assert_eq!(members["total"], 3, "{members}");
+    let members: List<Member> = app
+        .call(
+            Method::GET,
+            &format!("/shops/{}/members", m.shop_a),
+            &m.staff_a,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(members.total, 3, "{members:?}");
     let (status, _) = app
         .get(&format!("/shops/{}/members", m.shop_a), &m.owner_b)
         .await;
@@ -505,68 +513,60 @@ async fn shops_and_members_are_managed_by_admins_and_owners_and_allocation_keeps
     }
 
     // Availability over one shop, and allocation limited to it.
-    let (status, body) = app
-        .get(
+    let availability: Availability = app
+        .call(
+            Method::GET,
             &format!("/shops/{}/products/{}/availability", m.shop_b, m.product),
             &m.customer,
+            None,
         )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["available"], 100);
-    let listed: Vec<_> = body["warehouses"]
-        .as_array()
-        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(availability.available, 100, "{availability:?}");
+    let listed: Vec<_> = availability
+        .warehouses
         .iter()
-        .map(|w| w["warehouse_id"].as_i64().unwrap())
+        .map(|w| w.warehouse_id)
         .collect();
     assert_eq!(listed, m.b.to_vec());
-    let (status, reservation) = app
-        .post(
-            "/reservations",
+    let reservation = app
+        .create_reservation(
             &app.admin,
             json!({ "items": [{ "product_id": m.product, "quantity": 80 }], "shop_id": m.shop_b }),
         )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{reservation}");
-    for item in reservation["items"].as_array().unwrap() {
-        assert!(
-            m.b.contains(&item["warehouse_id"].as_i64().unwrap()),
-            "{item}"
-        );
+        .await
+        .unwrap();
+    for item in &reservation.items {
+        assert!(m.b.contains(&item.warehouse_id), "{item:?}");
     }
-    let (status, body) = app
-        .post(
-            "/reservations",
+    let refusal = app
+        .create_reservation(
             &app.admin,
             json!({ "items": [{ "product_id": m.product, "quantity": 21 }], "shop_id": m.shop_b }),
         )
-        .await;
+        .await
+        .refused(StatusCode::CONFLICT);
     assert_eq!(
-        error_code(status, &body, StatusCode::CONFLICT),
-        "insufficient_stock",
+        (refusal.code.as_str(), &refusal.details["available"]),
+        ("insufficient_stock", &json!(20)),
         "shop B has 20 left, though others have plenty"
     );
-    assert_eq!(body["error"]["details"]["available"], 20);
-    let (status, body) = app
-        .post(
-            "/reservations",
+    let refusal = app
+        .create_reservation(
             &app.admin,
             json!({ "items": [{ "product_id": m.product, "quantity": 1, "warehouse_id": m.a[0] }], "shop_id": m.shop_b }),
         )
-        .await;
-    assert_eq!(
-        error_code(status, &body, StatusCode::UNPROCESSABLE_ENTITY),
-        "validation_failed"
-    );
-    let (status, order) = app
-        .post(
-            "/orders",
+        .await
+        .refused(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(refusal.code, "validation_failed");
+    let order = app
+        .place_order(
             &m.customer,
             json!({ "items": [{ "product_id": m.product, "quantity": 3 }], "shop_id": m.shop_a }),
         )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{order}");
-    assert!(m.a.contains(&order["items"][0]["warehouse_id"].as_i64().unwrap()));
+        .await
+        .unwrap();
+    assert!(m.a.contains(&order.items[0].warehouse_id), "{order:?}");
     let (status, _) = app
         .post(
             "/orders",

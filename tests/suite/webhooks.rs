@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode as AxumStatus};
 use hmac::{Hmac, Mac};
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::Sha256;
+use testkit::api::{Delivery, List, Refused, Webhook, answer_of};
 use testkit::{TestApp, error_code};
+use uuid::Uuid;
 
 const SECRET: &str = "a-webhook-secret-of-some-length";
 /// The types the ordering tests subscribe to.
@@ -97,7 +99,8 @@ impl Receiver {
     }
 }
 
-async fn subscribe(app: &TestApp, url: &str, types: &[&str]) -> String {
+/// Subscribes `url` to `types` as the admin; answers the webhook's id.
+async fn subscribe(app: &TestApp, url: &str, types: &[&str]) -> Uuid {
     let (status, body) = app
         .post(
             "/webhooks",
@@ -105,9 +108,14 @@ async fn subscribe(app: &TestApp, url: &str, types: &[&str]) -> String {
             json!({ "url": url, "types": types, "secret": SECRET }),
         )
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
     assert!(body.get("secret").is_none(), "the secret is never shown");
-    body["id"].as_str().unwrap().to_owned()
+    let made: Webhook = answer_of("/webhooks", status, body).unwrap();
+    made.id
+}
+
+/// The deliveries of webhook `id` (`query`: status, limit), as the admin.
+async fn deliveries(app: &TestApp, id: Uuid, query: &str) -> List<Delivery> {
+    app.deliveries(&app.admin, id, query).await.unwrap()
 }
 
 /// Every event id of these types in the outbox.
@@ -217,19 +225,14 @@ async fn every_event_arrives_signed_and_in_order_per_line_and_a_dead_endpoint_ho
         "only the types asked for"
     );
 
-    let (status, body) = app
-        .get(
-            &format!("/webhooks/{dead_id}/deliveries?status=pending"),
-            &app.admin,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let first = &body["items"].as_array().unwrap().last().unwrap();
+    let pending = deliveries(&app, dead_id, "status=pending").await;
+    let first = pending.items.last().unwrap();
     assert!(
-        first["attempts"].as_i64().unwrap() >= 1,
-        "the dead endpoint is being retried: {first}"
+        first.attempts >= 1,
+        "the dead endpoint is being retried: {first:?}"
     );
-    assert_eq!(first["attempt_log"][0]["error"], "could not connect");
+    // The attempt log is the database's JSON, read as such.
+    assert_eq!(first.attempt_log[0]["error"], "could not connect");
     app.cleanup().await;
 }
 
@@ -251,26 +254,24 @@ async fn a_receiver_that_fails_for_a_while_gets_everything_once_it_recovers() {
     assert_in_order_per_line(&receiver.received());
     // Outcomes are written within moments of the delivery.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let body = loop {
-        let path = format!("/webhooks/{id}/deliveries?status=delivered&limit=500");
-        let (_, body) = app.get(&path, &app.admin).await;
-        if body["total"] == wanted.len() {
-            break body;
+    let delivered = loop {
+        let delivered = deliveries(&app, id, "status=delivered&limit=500").await;
+        if delivered.total == wanted.len() as i64 {
+            break delivered;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
             "recorded: {}",
-            body["total"]
+            delivered.total
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let retried = body["items"]
-        .as_array()
-        .unwrap()
+    let retried = delivered
+        .items
         .iter()
-        .find(|d| d["attempts"].as_i64().unwrap() > 1)
+        .find(|d| d.attempts > 1)
         .expect("some deliveries needed retries");
-    let log = retried["attempt_log"].as_array().unwrap();
+    let log = retried.attempt_log.as_array().unwrap();
     assert_eq!(log[0]["status_code"], 500);
     assert_eq!(log.last().unwrap()["status_code"], 200);
     app.cleanup().await;
@@ -292,14 +293,9 @@ async fn a_delivery_failing_past_its_retry_period_is_failed_and_can_be_retried_b
     let event = *outbox(&app, "stock.changed").await.last().unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let failed = loop {
-        let (_, body) = app
-            .get(
-                &format!("/webhooks/{id}/deliveries?status=failed"),
-                &app.admin,
-            )
-            .await;
-        if body["total"] == 1 {
-            break body["items"][0].clone();
+        let mut failed = deliveries(&app, id, "status=failed").await;
+        if failed.total == 1 {
+            break failed.items.remove(0);
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -307,15 +303,16 @@ async fn a_delivery_failing_past_its_retry_period_is_failed_and_can_be_retried_b
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(failed["event_id"], event);
-    assert!(failed["attempts"].as_i64().unwrap() >= 2, "{failed}");
+    assert_eq!(failed.event_id, event);
+    assert!(failed.attempts >= 2, "{failed:?}");
     assert!(receiver.received().is_empty());
 
     let retry = format!("/webhooks/{id}/deliveries/{event}/retry");
     receiver.failing.store(false, Ordering::Release);
     let (status, body) = app.post(&retry, &app.admin, json!({})).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    assert_eq!(body["status"], "pending");
+    let pending: Delivery = answer_of(&retry, status, body).unwrap();
+    assert_eq!(pending.status, "pending");
     wait_for_all(&receiver, &[event]).await;
     let (status, body) = app.post(&retry, &app.admin, json!({})).await;
     assert_eq!(
@@ -360,55 +357,44 @@ async fn subscriptions_are_checked_scoped_to_their_shop_and_bounded() {
             "secret",
         ),
     ] {
-        let (status, answer) = app.post("/webhooks", &app.admin, body).await;
-        error_code(status, &answer, StatusCode::UNPROCESSABLE_ENTITY);
-        assert_eq!(answer["error"]["details"]["field"], field, "{answer}");
+        let refusal = app
+            .subscribe(&app.admin, body)
+            .await
+            .refused(StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(refusal.details["field"], field, "{refusal:?}");
     }
     // A shop owner subscribes to its own shop only; a customer not at all.
-    let (_, shop) = app
-        .post("/shops", &app.admin, json!({ "code": "S", "name": "S" }))
-        .await;
-    let (_, other) = app
-        .post("/shops", &app.admin, json!({ "code": "O", "name": "O" }))
-        .await;
-    let (shop, other) = (shop["id"].as_i64().unwrap(), other["id"].as_i64().unwrap());
-    let (owner_id, _) = app.customer("owner@example.com").await;
-    app.put(
-        &format!("/shops/{shop}/members/{owner_id}"),
-        &app.admin,
-        json!({ "role": "shop_owner" }),
-    )
-    .await;
-    let owner = app.login("owner@example.com", "password-1").await;
+    let (shop, other) = (app.shop("S").await, app.shop("O").await);
+    let owner = app.shop_owner(shop, "owner@example.com").await;
     let body = |shop_id: Option<i64>| json!({ "url": receiver.url, "types": ["stock.changed"], "secret": SECRET, "shop_id": shop_id });
-    let (status, created) = app.post("/webhooks", &owner, body(Some(shop))).await;
-    assert_eq!(status, StatusCode::CREATED, "{created}");
-    assert_eq!(created["shop_id"], shop);
+    let created = app.subscribe(&owner, body(Some(shop))).await.unwrap();
+    assert_eq!(created.shop_id, Some(shop));
     for forbidden in [None, Some(other)] {
-        let (status, answer) = app.post("/webhooks", &owner, body(forbidden)).await;
-        error_code(status, &answer, StatusCode::FORBIDDEN);
+        let answer = app.subscribe(&owner, body(forbidden)).await;
+        answer.refused(StatusCode::FORBIDDEN);
     }
     let (_, customer) = app.customer("c@example.com").await;
-    let (status, answer) = app.post("/webhooks", &customer, body(None)).await;
-    error_code(status, &answer, StatusCode::FORBIDDEN);
-    let (_, listed) = app.get("/webhooks", &owner).await;
-    assert_eq!(listed["total"], 1);
-    let (_, listed) = app.get("/webhooks", &app.admin).await;
-    assert_eq!(listed["total"], 1);
+    let answer = app.subscribe(&customer, body(None)).await;
+    answer.refused(StatusCode::FORBIDDEN);
+    for token in [&owner, &app.admin] {
+        let listed: List<Webhook> = app
+            .call(Method::GET, "/webhooks", token, None)
+            .await
+            .unwrap();
+        assert_eq!(listed.total, 1, "{listed:?}");
+    }
     // At most 100 per shop: the 101st is refused, a deletion makes room.
     for _ in 1..100 {
-        let (status, answer) = app.post("/webhooks", &owner, body(Some(shop))).await;
-        assert_eq!(status, StatusCode::CREATED, "{answer}");
+        app.subscribe(&owner, body(Some(shop))).await.unwrap();
     }
-    let (status, answer) = app.post("/webhooks", &owner, body(Some(shop))).await;
-    error_code(status, &answer, StatusCode::CONFLICT);
-    let id = created["id"].as_str().unwrap();
-    let (status, _) = app.delete(&format!("/webhooks/{id}"), &owner).await;
+    let answer = app.subscribe(&owner, body(Some(shop))).await;
+    answer.refused(StatusCode::CONFLICT);
+    let path = format!("/webhooks/{}", created.id);
+    let (status, _) = app.delete(&path, &owner).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) = app.get(&format!("/webhooks/{id}"), &owner).await;
+    let (status, _) = app.get(&path, &owner).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, answer) = app.post("/webhooks", &owner, body(Some(shop))).await;
-    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    app.subscribe(&owner, body(Some(shop))).await.unwrap();
     app.cleanup().await;
 }
 
@@ -436,18 +422,8 @@ async fn webhooks_never_reach_inside_and_stay_within_their_shop() {
     ];
     let app = TestApp::start_on_with(&app.database.clone(), &closed).await;
 
-    let (_, shop) = app
-        .post("/shops", &app.admin, json!({ "code": "S", "name": "S" }))
-        .await;
-    let shop = shop["id"].as_i64().unwrap();
-    let (owner_id, _) = app.customer("owner@example.com").await;
-    app.put(
-        &format!("/shops/{shop}/members/{owner_id}"),
-        &app.admin,
-        json!({ "role": "shop_owner" }),
-    )
-    .await;
-    let owner = app.login("owner@example.com", "password-1").await;
+    let shop = app.shop("S").await;
+    let owner = app.shop_owner(shop, "owner@example.com").await;
     let port = app.base.rsplit(':').next().unwrap().to_owned();
     for url in [
         format!("http://127.0.0.1:{port}/hook"),
@@ -462,40 +438,42 @@ async fn webhooks_never_reach_inside_and_stay_within_their_shop() {
     ] {
         let body =
             json!({ "url": url, "types": ["stock.changed"], "secret": SECRET, "shop_id": shop });
-        let (status, answer) = app.post("/webhooks", &owner, body).await;
+        let refusal = app
+            .subscribe(&owner, body)
+            .await
+            .refused(StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(
-            error_code(status, &answer, StatusCode::UNPROCESSABLE_ENTITY),
-            "validation_failed",
+            (refusal.code.as_str(), &refusal.details["field"]),
+            ("validation_failed", &json!("url")),
             "{url}"
         );
-        assert_eq!(answer["error"]["details"]["field"], "url", "{answer}");
     }
 
     // The platform's subscription to the loopback receiver is attempted and refused.
     app.stocked_product(3).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let delivery = loop {
-        let (_, body) = app
-            .get(&format!("/webhooks/{id}/deliveries"), &app.admin)
-            .await;
-        let first = body["items"][0].clone();
-        if first["attempts"].as_i64().unwrap_or(0) >= 2 {
-            break first;
+        let mut listed = deliveries(&app, id, "").await;
+        if listed.items.first().is_some_and(|d| d.attempts >= 2) {
+            break listed.items.remove(0);
         }
-        assert!(tokio::time::Instant::now() < deadline, "no attempt: {body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no attempt: {listed:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let error = delivery["last_error"].as_str().unwrap_or_default();
-    assert!(error.starts_with("refused"), "{delivery}");
+    let error = delivery.last_error.as_deref().unwrap_or_default();
+    assert!(error.starts_with("refused"), "{delivery:?}");
     assert!(
         receiver.received().is_empty(),
         "nothing reached the loopback"
     );
 
     // The shop owner cannot read or retry the platform's (or another shop's) deliveries.
-    let event = delivery["event_id"].as_i64().unwrap();
-    let (status, body) = app.get(&format!("/webhooks/{id}/deliveries"), &owner).await;
-    error_code(status, &body, StatusCode::FORBIDDEN);
+    let event = delivery.event_id;
+    let answer = app.deliveries(&owner, id, "").await;
+    answer.refused(StatusCode::FORBIDDEN);
     let retry = format!("/webhooks/{id}/deliveries/{event}/retry");
     let (status, body) = app.post(&retry, &owner, json!({})).await;
     error_code(status, &body, StatusCode::FORBIDDEN);
@@ -599,17 +577,12 @@ async fn a_redirect_is_not_followed_and_a_slow_receiver_times_out() {
             moved,
             json!({ "status_code": 307, "error": "answered 307 Temporary Redirect" }),
         ),
-        (
-            slow.clone(),
-            json!({ "status_code": null, "error": "timed out" }),
-        ),
+        (slow, json!({ "status_code": null, "error": "timed out" })),
     ] {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         let attempt = loop {
-            let (_, body) = app
-                .get(&format!("/webhooks/{id}/deliveries"), &app.admin)
-                .await;
-            if let Some(first) = body["items"][0]["attempt_log"].get(0) {
+            let listed = deliveries(&app, id, "").await;
+            if let Some(first) = listed.items.first().and_then(|d| d.attempt_log.get(0)) {
                 break first.clone();
             }
             assert!(
@@ -621,14 +594,9 @@ async fn a_redirect_is_not_followed_and_a_slow_receiver_times_out() {
         assert_eq!(attempt["status_code"], expected["status_code"], "{attempt}");
         assert_eq!(attempt["error"], expected["error"], "{attempt}");
     }
-    let slow_attempt_ms = {
-        let (_, body) = app
-            .get(&format!("/webhooks/{slow}/deliveries"), &app.admin)
-            .await;
-        body["items"][0]["attempt_log"][0]["duration_ms"]
-            .as_i64()
-            .unwrap()
-    };
+    let slow_attempt_ms = deliveries(&app, slow, "").await.items[0].attempt_log[0]["duration_ms"]
+        .as_i64()
+        .unwrap();
     assert!(
         slow_attempt_ms < 5_000,
         "cut at the timeout: {slow_attempt_ms} ms"

@@ -2,7 +2,7 @@
 //! `/webhooks` handlers read and write.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -136,7 +136,7 @@ pub async fn remove(db: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
 }
 
 /// A delivery with its attempts, as `GET /webhooks/{id}/deliveries` shows it.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Delivery {
     pub event_id: i64,
     pub event_type: String,

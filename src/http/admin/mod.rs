@@ -7,6 +7,7 @@ mod store;
 
 pub use actors::{Actor, Actors};
 pub use overview::LowStock;
+pub use store::{DeadLetter, Persistence};
 
 use utoipa_axum::router::OpenApiRouter;
 

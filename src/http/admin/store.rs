@@ -1,10 +1,11 @@
 //! `GET /admin/persistence`: the write-behind store: what waits, the flushes, dead letters.
 
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -20,31 +21,34 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(persistence))
 }
 
-#[derive(Serialize, ToSchema)]
-struct Persistence {
-    pending_records: usize,
-    last_flush_at: Option<DateTime<Utc>>,
+/// What `GET /admin/persistence` answers.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Persistence {
+    pub pending_records: usize,
+    pub last_flush_at: Option<DateTime<Utc>>,
     /// How long the oldest unwritten change has waited, roughly (0 when nothing waits).
-    flush_lag_ms: i64,
-    batches_flushed: u64,
-    flush_failures: u64,
+    pub flush_lag_ms: i64,
+    pub batches_flushed: u64,
+    pub flush_failures: u64,
     /// Batches the fence refused whole since start (cluster mode: another node had taken
     /// over shards they changed; their requests were told the change did not happen).
-    refused_batches: u64,
-    durability: &'static str,
+    pub refused_batches: u64,
+    /// `sync` or `async` (`STOCKLINE_DURABILITY`).
+    #[schema(value_type = String)]
+    pub durability: Cow<'static, str>,
     /// Records PostgreSQL refused for their data since this server started; each is kept
     /// in the `dead_letters` table with the refusal, and the rest of its batch was written.
-    dead_letters: u64,
+    pub dead_letters: u64,
     /// The newest dead letters (at most 20), from the table.
-    recent_dead_letters: Vec<DeadLetter>,
+    pub recent_dead_letters: Vec<DeadLetter>,
 }
 
-#[derive(Serialize, ToSchema, sqlx::FromRow)]
-struct DeadLetter {
-    lsn: i64,
-    kind: String,
-    error: String,
-    at: DateTime<Utc>,
+#[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct DeadLetter {
+    pub lsn: i64,
+    pub kind: String,
+    pub error: String,
+    pub at: DateTime<Utc>,
 }
 
 #[utoipa::path(get, path = "/admin/persistence", tag = "operations", security(("bearer" = [])),
@@ -67,7 +71,7 @@ async fn persistence(
         batches_flushed: flush.batches_flushed.load(Ordering::Relaxed),
         flush_failures: flush.flush_failures.load(Ordering::Relaxed),
         refused_batches: flush.refused_batches.load(Ordering::Relaxed),
-        durability: durability(&state),
+        durability: Cow::Borrowed(durability(&state)),
         dead_letters: flush.dead_letters.load(Ordering::Relaxed),
         recent_dead_letters,
     }))

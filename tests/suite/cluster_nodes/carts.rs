@@ -6,13 +6,15 @@
 
 use std::time::Duration;
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::json;
+use uuid::Uuid;
 
 use super::orders::{levels, until_served};
 use super::{ONE_AT_A_TIME, SETTLE_WITHIN, a_product_per_node, pool};
 use testkit::TestApp;
-use testkit::carts::{cart, put_item, quantities};
+use testkit::api::{Answer, CartStatus, Order, OrderStatus, Refused, Reservation};
+use testkit::carts::{cart, carts_of, items_of, remove_item, set_item};
 use testkit::cluster::Nodes;
 
 /// Units each product starts with.
@@ -33,7 +35,7 @@ async fn customer_of(nodes: &Nodes, owner: usize, name: &str) -> (i64, String) {
     unreachable!()
 }
 
-async fn new_cart(app: &TestApp, token: &str, hold: bool) -> String {
+async fn new_cart(app: &TestApp, token: &str, hold: bool) -> Uuid {
     cart(app, token, json!({ "hold": hold })).await
 }
 
@@ -53,51 +55,43 @@ async fn a_held_cart_is_filled_changed_and_checked_out_through_any_node() {
     // Created through node 1; served by node 0.
     let id = new_cart(nodes.app(1), &customer, true).await;
     for (node, product, units) in [(1, p[0], 2), (2, p[1], 1), (0, p[2], 3)] {
-        let (status, cart) = put_item(nodes.app(node), &customer, &id, product, units).await;
-        assert_eq!(status, StatusCode::OK, "{cart}");
+        set_item(nodes.app(node), &customer, id, product, units)
+            .await
+            .unwrap();
     }
     assert_eq!(levels(&nodes, 2, p[0]).await, (UNITS, 2));
     assert_eq!(levels(&nodes, 0, p[1]).await, (UNITS, 1));
     assert_eq!(levels(&nodes, 1, p[2]).await, (UNITS, 3));
     // Grown in one shard, emptied in another: only that shard's hold moves.
-    let (status, _) = put_item(nodes.app(2), &customer, &id, p[0], 5).await;
-    assert_eq!(status, StatusCode::OK);
-    let (status, cart) = nodes
-        .app(1)
-        .delete(&format!("/carts/{id}/items/{}", p[2]), &customer)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{cart}");
+    set_item(nodes.app(2), &customer, id, p[0], 5)
+        .await
+        .unwrap();
+    remove_item(nodes.app(1), &customer, id, p[2])
+        .await
+        .unwrap();
     assert_eq!(levels(&nodes, 1, p[0]).await, (UNITS, 5));
     assert_eq!(levels(&nodes, 1, p[2]).await, (UNITS, 0));
     // More than there is: refused, nothing changed.
-    let (status, refused) = put_item(nodes.app(1), &customer, &id, p[1], UNITS + 1).await;
+    let refused = set_item(nodes.app(1), &customer, id, p[1], UNITS + 1).await;
     assert_eq!(
-        testkit::error_code(status, &refused, StatusCode::CONFLICT),
+        refused.refused(StatusCode::CONFLICT).code,
         "insufficient_stock"
     );
     assert_eq!(levels(&nodes, 2, p[1]).await, (UNITS, 1));
     let mut expected = vec![(p[0], 5), (p[1], 1)];
     expected.sort();
     for node in 0..3 {
-        let (status, cart) = nodes
-            .app(node)
-            .get(&format!("/carts/{id}"), &customer)
-            .await;
-        assert_eq!(status, StatusCode::OK, "{cart}");
-        assert_eq!(quantities(&cart), expected, "{cart}");
-        assert_eq!(cart["total_cents"], 600, "{cart}");
-        assert!(cart["hold_expires_at"].is_string(), "{cart}");
-        let (status, list) = nodes.app(node).get("/carts", &customer).await;
-        assert_eq!(
-            (status, &list["total"]),
-            (StatusCode::OK, &json!(1)),
-            "{list}"
-        );
+        let cart = nodes.app(node).cart_of(&customer, id).await.unwrap();
+        assert_eq!(items_of(&cart), expected, "{cart:?}");
+        assert_eq!(cart.total_cents, 600, "{cart:?}");
+        assert!(cart.hold_expires_at.is_some(), "{cart:?}");
+        let list = carts_of(nodes.app(node), &customer, "").await;
+        assert_eq!(list.total, 1, "{list:?}");
     }
-    let (status, _) = nodes.app(2).get(&format!("/carts/{id}"), &stranger).await;
+    let unseen = nodes.app(2).cart_of(&stranger, id).await;
     assert_eq!(
-        status,
-        StatusCode::NOT_FOUND,
+        unseen.refused(StatusCode::NOT_FOUND).code,
+        "not_found",
         "another customer's cart is not seen"
     );
 
@@ -114,15 +108,17 @@ async fn a_held_cart_is_filled_changed_and_checked_out_through_any_node() {
     .fetch_one(&db)
     .await
     .unwrap();
-    let (status, partly) = nodes
+    let partly: Reservation = nodes
         .app(1)
-        .post(
+        .call(
+            Method::POST,
             &format!("/reservations/{part}/release"),
             &operator,
-            json!({ "items": [{ "product_id": p[0], "warehouse_id": warehouse, "quantity": 2 }] }),
+            Some(json!({ "items": [{ "product_id": p[0], "warehouse_id": warehouse, "quantity": 2 }] })),
         )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{partly}");
+        .await
+        .unwrap();
+    assert_eq!(partly.status, "pending", "{partly:?}");
     assert_eq!(levels(&nodes, 1, p[0]).await, (UNITS, 3));
 
     // Checked out through node 2 under a key, retried through node 1: one order, its
@@ -132,7 +128,7 @@ async fn a_held_cart_is_filled_changed_and_checked_out_through_any_node() {
     let body = json!({ "shipping_address": { "city": "Bergen" } });
     let mut orders = Vec::new();
     for node in [2, 1] {
-        let (status, order) = until_served(
+        let order: Order = until_served(
             &nodes,
             &[node],
             &checkout,
@@ -141,74 +137,56 @@ async fn a_held_cart_is_filled_changed_and_checked_out_through_any_node() {
             body.clone(),
             Duration::from_secs(10),
         )
-        .await;
-        assert_eq!(status, StatusCode::CREATED, "{order}");
+        .await
+        .unwrap();
         orders.push(order);
     }
     let order = &orders[0];
+    assert_eq!(orders[1].id, order.id, "the retry answers the same order");
     assert_eq!(
-        orders[1]["id"], order["id"],
-        "the retry answers the same order"
+        (order.status, order.total_cents, order.user_id),
+        (OrderStatus::PendingPayment, 600, customer_id),
+        "{order:?}"
     );
-    assert_eq!(
-        (&order["status"], &order["total_cents"], &order["user_id"]),
-        (&json!("pending_payment"), &json!(600), &json!(customer_id)),
-        "{order}"
-    );
-    assert_eq!(order["shipping_address"]["city"], "Bergen");
-    let units: Vec<i64> = order["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["quantity"].as_i64().unwrap())
-        .collect();
-    assert_eq!(units.iter().sum::<i64>(), 6, "{order}");
+    assert_eq!(order.shipping_address, Some(json!({ "city": "Bergen" })));
+    let units: u64 = order.items.iter().map(|i| i.quantity).sum();
+    assert_eq!(units, 6, "{order:?}");
     assert_eq!(levels(&nodes, 0, p[0]).await, (UNITS, 5));
     assert_eq!(levels(&nodes, 0, p[1]).await, (UNITS, 1));
-    let order_id = order["id"].as_str().unwrap();
-    let (status, cart) = nodes.app(0).get(&format!("/carts/{id}"), &customer).await;
+    let cart = nodes.app(0).cart_of(&customer, id).await.unwrap();
     assert_eq!(
-        (status, &cart["status"], &cart["order_id"]),
-        (StatusCode::OK, &json!("checked_out"), &json!(order_id)),
-        "{cart}"
+        (cart.status, cart.order_id),
+        (CartStatus::CheckedOut, Some(order.id)),
+        "{cart:?}"
     );
-    let (status, refused) = put_item(nodes.app(1), &customer, &id, p[0], 1).await;
-    assert_eq!(
-        testkit::error_code(status, &refused, StatusCode::CONFLICT),
-        "conflict"
-    );
-    let (status, paid) = nodes
+    let refused = set_item(nodes.app(1), &customer, id, p[0], 1).await;
+    assert_eq!(refused.refused(StatusCode::CONFLICT).code, "conflict");
+    let pay = json!({ "method": "card", "amount_cents": 600 });
+    let paid = nodes
         .app(1)
-        .post(
-            &format!("/orders/{order_id}/pay"),
-            &customer,
-            json!({ "method": "card", "amount_cents": 600 }),
-        )
-        .await;
-    assert_eq!(
-        (status, &paid["status"]),
-        (StatusCode::OK, &json!("paid")),
-        "{paid}"
-    );
+        .order_step(&customer, order.id, "pay", pay)
+        .await
+        .unwrap();
+    assert_eq!(paid.status, OrderStatus::Paid, "{paid:?}");
     assert_eq!(levels(&nodes, 2, p[0]).await, (UNITS - 5, 0));
     assert_eq!(levels(&nodes, 2, p[1]).await, (UNITS - 1, 0));
 
     // Without a hold: nothing is held until checkout, which holds afresh.
     let plain = new_cart(nodes.app(2), &customer, false).await;
-    let (status, _) = put_item(nodes.app(0), &customer, &plain, p[2], 2).await;
-    assert_eq!(status, StatusCode::OK);
+    set_item(nodes.app(0), &customer, plain, p[2], 2)
+        .await
+        .unwrap();
     assert_eq!(levels(&nodes, 0, p[2]).await, (UNITS, 0));
-    let (status, order) = nodes
-        .app(1)
-        .post(&format!("/carts/{plain}/checkout"), &customer, json!({}))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{order}");
+    testkit::carts::checkout(nodes.app(1), &customer, plain, json!({}))
+        .await
+        .unwrap();
     assert_eq!(levels(&nodes, 0, p[2]).await, (UNITS, 2));
 
     // A deleted held cart lets its stock go.
     let gone = new_cart(nodes.app(0), &customer, true).await;
-    let (status, _) = put_item(nodes.app(1), &customer, &gone, p[1], 4).await;
-    assert_eq!(status, StatusCode::OK);
+    set_item(nodes.app(1), &customer, gone, p[1], 4)
+        .await
+        .unwrap();
     assert_eq!(levels(&nodes, 0, p[1]).await, (UNITS - 1, 4));
     let (status, _) = nodes
         .app(2)
@@ -216,8 +194,8 @@ async fn a_held_cart_is_filled_changed_and_checked_out_through_any_node() {
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(levels(&nodes, 0, p[1]).await, (UNITS - 1, 0));
-    let (status, _) = nodes.app(1).get(&format!("/carts/{gone}"), &customer).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    let gone = nodes.app(1).cart_of(&customer, gone).await;
+    gone.refused(StatusCode::NOT_FOUND);
 
     let stored: Vec<String> =
         sqlx::query_scalar("SELECT status FROM carts WHERE user_id = $1 ORDER BY created_at")
@@ -242,8 +220,9 @@ async fn a_cart_whose_owner_is_killed_mid_checkout_becomes_one_order() {
     let (customer_id, customer) = customer_of(&nodes, 0, "kill-cart").await;
     let id = new_cart(nodes.app(1), &customer, true).await;
     for (product, units) in [(p[0], 2), (p[1], 1)] {
-        let (status, cart) = put_item(nodes.app(2), &customer, &id, product, units).await;
-        assert_eq!(status, StatusCode::OK, "{cart}");
+        set_item(nodes.app(2), &customer, id, product, units)
+            .await
+            .unwrap();
     }
     assert_eq!(levels(&nodes, 2, p[0]).await, (UNITS, 2));
 
@@ -275,7 +254,7 @@ async fn a_cart_whose_owner_is_killed_mid_checkout_becomes_one_order() {
         !matches!(first, Ok(StatusCode::CREATED)),
         "the first try could not finish: it waited on the paused node when its node died"
     );
-    let (status, order) = until_served(
+    let order: Answer<Order> = until_served(
         &nodes,
         &[1, 2],
         &checkout,
@@ -285,14 +264,11 @@ async fn a_cart_whose_owner_is_killed_mid_checkout_becomes_one_order() {
         SETTLE_WITHIN,
     )
     .await;
-    assert_eq!(
-        status,
-        StatusCode::CREATED,
-        "{order} (first try: {first:?})"
-    );
-    let order_id = order["id"].as_str().unwrap().to_owned();
+    let order_id = order
+        .unwrap_or_else(|refusal| panic!("{refusal:?} (first try: {first:?})"))
+        .id;
     nodes.wait_shared(&[1, 2], SETTLE_WITHIN).await;
-    let (status, again) = until_served(
+    let again: Order = until_served(
         &nodes,
         &[2, 1],
         &checkout,
@@ -301,34 +277,29 @@ async fn a_cart_whose_owner_is_killed_mid_checkout_becomes_one_order() {
         json!({}),
         SETTLE_WITHIN,
     )
-    .await;
-    assert_eq!(
-        (status, &again["id"]),
-        (StatusCode::CREATED, &json!(order_id))
-    );
+    .await
+    .unwrap();
+    assert_eq!(again.id, order_id, "the same order");
     assert_eq!(levels(&nodes, 1, p[0]).await, (UNITS, 2), "held once");
     assert_eq!(levels(&nodes, 2, p[1]).await, (UNITS, 1), "held once");
-    let (status, cart) = nodes.app(1).get(&format!("/carts/{id}"), &customer).await;
+    let cart = nodes.app(1).cart_of(&customer, id).await.unwrap();
     assert_eq!(
-        (status, &cart["status"], &cart["order_id"]),
-        (StatusCode::OK, &json!("checked_out"), &json!(order_id)),
-        "{cart}"
+        (cart.status, cart.order_id),
+        (CartStatus::CheckedOut, Some(order_id)),
+        "{cart:?}"
     );
-    let (status, paid) = until_served(
+    let paid: Order = until_served(
         &nodes,
         &[2, 1],
         &format!("/orders/{order_id}/pay"),
         &customer,
-        &uuid::Uuid::now_v7().to_string(),
+        &Uuid::now_v7().to_string(),
         json!({ "method": "card", "amount_cents": 300 }),
         SETTLE_WITHIN,
     )
-    .await;
-    assert_eq!(
-        (status, &paid["status"]),
-        (StatusCode::OK, &json!("paid")),
-        "{paid}"
-    );
+    .await
+    .unwrap();
+    assert_eq!(paid.status, OrderStatus::Paid, "{paid:?}");
     assert_eq!(levels(&nodes, 1, p[0]).await, (UNITS - 2, 0), "sold once");
     assert_eq!(levels(&nodes, 2, p[1]).await, (UNITS - 1, 0), "sold once");
     let db = pool(&nodes.database).await;
@@ -372,21 +343,23 @@ async fn a_held_cart_whose_hold_ran_out_holds_everything_again_at_its_next_chang
     let (_, customer) = nodes.app(2).customer("lapse@stockline.test").await;
     let id = new_cart(nodes.app(1), &customer, true).await;
     for (product, units) in [(p[0], 2), (p[1], 1)] {
-        let (status, cart) = put_item(nodes.app(0), &customer, &id, product, units).await;
-        assert_eq!(status, StatusCode::OK, "{cart}");
+        set_item(nodes.app(0), &customer, id, product, units)
+            .await
+            .unwrap();
     }
     assert_eq!(levels(&nodes, 2, p[0]).await, (UNITS, 2));
     until_reserved(&nodes, 2, p[0], 0).await;
     until_reserved(&nodes, 2, p[1], 0).await;
-    let (status, cart) = nodes.app(2).get(&format!("/carts/{id}"), &customer).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(quantities(&cart).len(), 2, "{cart}");
-    let expired =
-        chrono::DateTime::parse_from_rfc3339(cart["hold_expires_at"].as_str().unwrap()).unwrap();
-    assert!(expired < chrono::Utc::now(), "{cart}");
+    let cart = nodes.app(2).cart_of(&customer, id).await.unwrap();
+    assert_eq!(cart.items.len(), 2, "{cart:?}");
+    assert!(
+        cart.hold_expires_at.unwrap() < chrono::Utc::now(),
+        "{cart:?}"
+    );
 
-    let (status, cart) = put_item(nodes.app(1), &customer, &id, p[2], 1).await;
-    assert_eq!(status, StatusCode::OK, "{cart}");
+    set_item(nodes.app(1), &customer, id, p[2], 1)
+        .await
+        .unwrap();
     for (product, units) in [(p[0], 2), (p[1], 1), (p[2], 1)] {
         assert_eq!(levels(&nodes, 0, product).await, (UNITS, units));
     }

@@ -106,7 +106,11 @@ async fn every_node_s_events_are_read_through_any_node_in_one_order_that_skips_n
                 let mut made = Vec::new();
                 for i in 0..PER_WRITER {
                     let product = products[(node + i) % products.len()];
-                    made.push(reserve_through(&nodes, node, &operator, product).await);
+                    made.push(
+                        reserve_through(&nodes, node, &operator, product)
+                            .await
+                            .to_string(),
+                    );
                 }
                 made
             })
@@ -220,7 +224,11 @@ async fn reserve_each(
     let mut made = Vec::new();
     for &node in through {
         for &product in products {
-            made.push(reserve_through(nodes, node, operator, product).await);
+            made.push(
+                reserve_through(nodes, node, operator, product)
+                    .await
+                    .to_string(),
+            );
         }
     }
     made
