@@ -210,6 +210,7 @@ pub enum ClusterMode {
 /// The cluster as the database has it.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ClusterView {
+    /// `single` (one process, no NATS) or `cluster`.
     pub mode: ClusterMode,
     /// `STOCKLINE_CLUSTER_NAME` (cluster mode).
     pub cluster: Option<String>,

@@ -61,9 +61,19 @@ impl<T: std::fmt::Debug> Refused for Answer<T> {
 }
 
 /// What `path` answered: a 2xx body decoded as `T`, anything else as the contract's error
-/// body. A body that is neither panics: the contract is broken.
-pub fn answer_of<T: DeserializeOwned>(path: &str, status: StatusCode, body: Value) -> Answer<T> {
+/// body. A 2xx other than `served` (201 where the contract says 200, say) panics, as does
+/// a body that is neither: the contract is broken.
+pub fn answer_of<T: DeserializeOwned>(
+    path: &str,
+    status: StatusCode,
+    body: Value,
+    served: StatusCode,
+) -> Answer<T> {
     if status.is_success() {
+        assert_eq!(
+            status, served,
+            "{path} was served with another status: {body}"
+        );
         return Ok(serde_json::from_value(body.clone()).unwrap_or_else(|e| {
             panic!("{path} answered {status} with a body not of its type ({e}): {body}")
         }));
@@ -81,8 +91,8 @@ pub fn answer_of<T: DeserializeOwned>(path: &str, status: StatusCode, body: Valu
 }
 
 impl TestApp {
-    /// Sends a request as `token`; a 2xx body decodes as `T`, anything else as the
-    /// contract's error body. A body that is neither panics: the contract is broken.
+    /// Sends a request as `token` that the contract serves with 200: its body decodes as
+    /// `T`, a refusal as the contract's error body (see [`answer_of`]).
     pub async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -90,8 +100,32 @@ impl TestApp {
         token: &str,
         body: Option<Value>,
     ) -> Answer<T> {
+        self.call_served(method, path, token, body, StatusCode::OK)
+            .await
+    }
+
+    /// `POST {path}` of `body` as `token`, a request that makes something: served with 201.
+    pub async fn create<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        token: &str,
+        body: Value,
+    ) -> Answer<T> {
+        self.call_served(Method::POST, path, token, Some(body), StatusCode::CREATED)
+            .await
+    }
+
+    /// Sends a request as `token` that the contract serves with `served`.
+    pub async fn call_served<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+        served: StatusCode,
+    ) -> Answer<T> {
         let (status, body) = self.send(method, path, Some(token), body).await;
-        answer_of(path, status, body)
+        answer_of(path, status, body, served)
     }
 
     /// `POST /reservations` of `quantity` of a product (any warehouse), as the admin.
@@ -105,8 +139,7 @@ impl TestApp {
 
     /// `POST /reservations` with `body` as `token`.
     pub async fn create_reservation(&self, token: &str, body: Value) -> Answer<Reservation> {
-        self.call(Method::POST, "/reservations", token, Some(body))
-            .await
+        self.create("/reservations", token, body).await
     }
 
     /// `GET /reservations/{id}`, as the admin.
@@ -227,7 +260,7 @@ impl TestApp {
 
     /// `POST /orders` of `body` as `token`.
     pub async fn place_order(&self, token: &str, body: Value) -> Answer<Order> {
-        self.call(Method::POST, "/orders", token, Some(body)).await
+        self.create("/orders", token, body).await
     }
 
     /// `GET /orders/{id}` as `token`.
@@ -274,8 +307,7 @@ impl TestApp {
         quantity: i64,
     ) -> Answer<Transfer> {
         let body = json!({ "from_warehouse_id": from_warehouse_id, "to_warehouse_id": to_warehouse_id, "product_id": product_id, "quantity": quantity });
-        self.call(Method::POST, "/transfers", &self.admin, Some(body))
-            .await
+        self.create("/transfers", &self.admin, body).await
     }
 
     /// `GET /admin/persistence`, as the admin; panics if refused.
@@ -289,7 +321,7 @@ impl TestApp {
     pub async fn shop(&self, code: &str) -> i64 {
         let body = json!({ "code": code, "name": code });
         let made: Shop = self
-            .call(Method::POST, "/shops", &self.admin, Some(body))
+            .create("/shops", &self.admin, body)
             .await
             .unwrap_or_else(|refusal| panic!("shop {code}: {refusal:?}"));
         made.id
@@ -307,13 +339,53 @@ impl TestApp {
 
     /// `POST /webhooks` with `body` as `token`.
     pub async fn subscribe(&self, token: &str, body: Value) -> Answer<Webhook> {
-        self.call(Method::POST, "/webhooks", token, Some(body))
-            .await
+        self.create("/webhooks", token, body).await
     }
 
     /// `GET /webhooks/{id}/deliveries?{query}` as `token`.
     pub async fn deliveries(&self, token: &str, id: Uuid, query: &str) -> Answer<List<Delivery>> {
         let path = format!("/webhooks/{id}/deliveries?{query}");
         self.call(Method::GET, &path, token, None).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_is_served_or_refused_in_the_contract_s_words() {
+        let served: Answer<Value> = answer_of(
+            "/x",
+            StatusCode::CREATED,
+            json!({"id": 1}),
+            StatusCode::CREATED,
+        );
+        assert_eq!(served.unwrap()["id"], 1);
+        let error = json!({"error": {"code": "conflict", "message": "no", "details": {"a": 1}}});
+        let refused: Answer<Value> =
+            answer_of("/x", StatusCode::CONFLICT, error, StatusCode::CREATED);
+        let refusal = refused.refused(StatusCode::CONFLICT);
+        assert_eq!(
+            (refusal.code.as_str(), &refusal.details),
+            ("conflict", &json!({"a": 1}))
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "was served with another status")]
+    fn a_201_where_the_contract_says_200_fails() {
+        let _: Answer<Value> = answer_of("/x", StatusCode::CREATED, json!({}), StatusCode::OK);
+    }
+
+    #[test]
+    #[should_panic(expected = "without the contract's error body")]
+    fn a_refusal_without_the_contract_s_body_fails() {
+        let _: Answer<Value> = answer_of(
+            "/x",
+            StatusCode::CONFLICT,
+            json!({"oops": 1}),
+            StatusCode::OK,
+        );
     }
 }

@@ -10,7 +10,7 @@ use crate::api::{Answer, Cart, List, Order};
 /// A new cart of `body` (`{shop_id?, hold?}`) through `app`: its id.
 pub async fn cart(app: &TestApp, token: &str, body: Value) -> Uuid {
     let made: Cart = app
-        .call(Method::POST, "/carts", token, Some(body))
+        .create("/carts", token, body)
         .await
         .unwrap_or_else(|refusal| panic!("a new cart was refused: {refusal:?}"));
     made.id
@@ -37,11 +37,11 @@ pub async fn remove_item(app: &TestApp, token: &str, cart: Uuid, product: i64) -
 
 /// `POST /carts/{id}/checkout` with `body` (the order's address and contact).
 pub async fn checkout(app: &TestApp, token: &str, cart: Uuid, body: Value) -> Answer<Order> {
-    let path = format!("/carts/{cart}/checkout");
-    app.call(Method::POST, &path, token, Some(body)).await
+    app.create(&format!("/carts/{cart}/checkout"), token, body)
+        .await
 }
 
-/// `GET /carts?{query}`: the carts `token` may see.
+/// `GET /carts?{query}`: the caller's own carts (an admin's too).
 pub async fn carts_of(app: &TestApp, token: &str, query: &str) -> List<Cart> {
     let path = format!("/carts?{query}");
     app.call(Method::GET, &path, token, None)

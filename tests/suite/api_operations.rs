@@ -68,10 +68,7 @@ async fn low_stock_lists_the_active_lines_of_products_under_their_threshold() {
     let app = TestApp::spawn().await;
     let product = async |sku: &str| {
         let body = json!({ "sku": sku, "name": sku, "price_cents": 1, "low_stock_threshold": 5 });
-        let made: Product = app
-            .call(Method::POST, "/products", &app.admin, Some(body))
-            .await
-            .unwrap();
+        let made: Product = app.create("/products", &app.admin, body).await.unwrap();
         assert_eq!(made.low_stock_threshold, 5);
         made.id
     };

@@ -417,10 +417,7 @@ async fn a_product_with_a_backorder_limit_is_reserved_beyond_stock_and_filled_by
     let app = TestApp::spawn().await;
     let body =
         json!({ "sku": "PRE", "name": "Pre-order", "price_cents": 100, "backorder_limit": 3 });
-    let product: Product = app
-        .call(Method::POST, "/products", &app.admin, Some(body))
-        .await
-        .unwrap();
+    let product: Product = app.create("/products", &app.admin, body).await.unwrap();
     assert_eq!(product.backorder_limit, 3);
     let product = product.id;
     let warehouse = app.warehouse("W", 1).await;

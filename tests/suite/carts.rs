@@ -267,7 +267,7 @@ async fn a_customer_has_at_most_twenty_open_carts() {
     for _ in 0..20 {
         ids.push(cart(&app, &jo, json!({})).await);
     }
-    let refused: Answer<Cart> = app.call(Method::POST, "/carts", &jo, Some(json!({}))).await;
+    let refused: Answer<Cart> = app.create("/carts", &jo, json!({})).await;
     let refusal = refused.refused(StatusCode::CONFLICT);
     assert_eq!(
         (refusal.code.as_str(), &refusal.details["open_carts"]),

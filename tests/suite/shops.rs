@@ -29,10 +29,7 @@ struct Marketplace {
 
 async fn shop_warehouse(app: &TestApp, token: &str, shop: i64, code: &str) -> i64 {
     let body = json!({ "code": code, "name": code, "shop_id": shop });
-    let made: Warehouse = app
-        .call(Method::POST, "/warehouses", token, Some(body))
-        .await
-        .unwrap();
+    let made: Warehouse = app.create("/warehouses", token, body).await.unwrap();
     assert_eq!(made.shop_id, Some(shop), "{made:?}");
     made.id
 }

@@ -109,7 +109,7 @@ async fn subscribe(app: &TestApp, url: &str, types: &[&str]) -> Uuid {
         )
         .await;
     assert!(body.get("secret").is_none(), "the secret is never shown");
-    let made: Webhook = answer_of("/webhooks", status, body).unwrap();
+    let made: Webhook = answer_of("/webhooks", status, body, StatusCode::CREATED).unwrap();
     made.id
 }
 
@@ -311,7 +311,7 @@ async fn a_delivery_failing_past_its_retry_period_is_failed_and_can_be_retried_b
     receiver.failing.store(false, Ordering::Release);
     let (status, body) = app.post(&retry, &app.admin, json!({})).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let pending: Delivery = answer_of(&retry, status, body).unwrap();
+    let pending: Delivery = answer_of(&retry, status, body, StatusCode::ACCEPTED).unwrap();
     assert_eq!(pending.status, "pending");
     wait_for_all(&receiver, &[event]).await;
     let (status, body) = app.post(&retry, &app.admin, json!({})).await;
