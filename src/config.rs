@@ -8,8 +8,20 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-/// When a request that changed stock is answered (DESIGN.md "Durability modes").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+/// When a request that changed stock is answered (DESIGN.md "Durability modes"); the
+/// operators' views show it as `sync` or `async`.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// After the batch holding the change has committed: nothing acknowledged is lost.
     Sync,

@@ -171,10 +171,22 @@ impl TestApp {
         self.settle(id, "release", None).await
     }
 
-    /// `POST /reservations/{id}/{step}` (`commit` or `release`) of `parts` (all: `None`).
+    /// `POST /reservations/{id}/{step}` (`commit` or `release`) of `parts` (all: `None`),
+    /// as the admin.
     pub async fn settle(&self, id: Uuid, step: &str, parts: Option<Value>) -> Answer<Reservation> {
+        self.settle_as(&self.admin, id, step, parts).await
+    }
+
+    /// The same, as `token`.
+    pub async fn settle_as(
+        &self,
+        token: &str,
+        id: Uuid,
+        step: &str,
+        parts: Option<Value>,
+    ) -> Answer<Reservation> {
         let path = format!("/reservations/{id}/{step}");
-        self.call(Method::POST, &path, &self.admin, parts).await
+        self.call(Method::POST, &path, token, parts).await
     }
 
     /// `POST /stock/adjustments` of `delta` on a line with `reason`, as the admin.
@@ -327,14 +339,22 @@ impl TestApp {
         made.id
     }
 
-    /// A new customer `email` made `shop`'s owner, signed in: answers its token.
-    pub async fn shop_owner(&self, shop: i64, email: &str) -> String {
-        let (user, _) = self.customer(email).await;
+    /// A new customer `email` made a member of `shop` in `role` (`shop_owner`,
+    /// `shop_staff`) by `by` (an admin, or the shop's owner): answers its token.
+    pub async fn member(&self, by: &str, shop: i64, email: &str, role: &str) -> String {
+        let (user, token) = self.customer(email).await;
         let path = format!("/shops/{shop}/members/{user}");
-        let body = json!({ "role": "shop_owner" });
-        let member: Answer<Member> = self.call(Method::PUT, &path, &self.admin, Some(body)).await;
-        assert_eq!(member.unwrap().role, "shop_owner");
-        self.login(email, "password-1").await
+        let body = json!({ "role": role });
+        let member: Value = self
+            .call(Method::PUT, &path, by, Some(body))
+            .await
+            .unwrap_or_else(|refusal| panic!("{path}: {refusal:?}"));
+        // The whole body, so that a field the contract does not name fails too.
+        assert_eq!(
+            member,
+            json!({ "shop_id": shop, "user_id": user, "role": role })
+        );
+        token
     }
 
     /// `POST /webhooks` with `body` as `token`.

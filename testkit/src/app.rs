@@ -305,28 +305,26 @@ impl TestApp {
         self.login(email, "password-1").await
     }
 
+    /// Product `sku` at `price_cents`, made by the admin: its id.
     pub async fn product(&self, sku: &str, price_cents: i64) -> i64 {
-        let (status, body) = self
-            .post(
-                "/products",
-                &self.admin,
-                json!({ "sku": sku, "name": format!("Product {sku}"), "price_cents": price_cents }),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        body["id"].as_i64().unwrap()
+        let body =
+            json!({ "sku": sku, "name": format!("Product {sku}"), "price_cents": price_cents });
+        let made: crate::api::Product = self
+            .create("/products", &self.admin, body)
+            .await
+            .unwrap_or_else(|refusal| panic!("product {sku}: {refusal:?}"));
+        made.id
     }
 
+    /// Warehouse `code` of `priority`, made by the admin: its id.
     pub async fn warehouse(&self, code: &str, priority: i64) -> i64 {
-        let (status, body) = self
-            .post(
-                "/warehouses",
-                &self.admin,
-                json!({ "code": code, "name": format!("Warehouse {code}"), "priority": priority }),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        body["id"].as_i64().unwrap()
+        let body =
+            json!({ "code": code, "name": format!("Warehouse {code}"), "priority": priority });
+        let made: crate::api::Warehouse = self
+            .create("/warehouses", &self.admin, body)
+            .await
+            .unwrap_or_else(|refusal| panic!("warehouse {code}: {refusal:?}"));
+        made.id
     }
 
     /// Product "P" in warehouse "W" with `units` on hand; answers (product, warehouse).

@@ -51,7 +51,7 @@ async fn persistence_shows_the_flusher_at_work() {
     let app = TestApp::spawn().await;
     app.stocked_product(10).await;
     let persistence = app.persistence().await;
-    assert_eq!(persistence.durability, "sync");
+    assert_eq!(persistence.durability, stockline::config::Durability::Sync);
     assert_eq!(
         (persistence.pending_records, persistence.flush_lag_ms),
         (0, 0),

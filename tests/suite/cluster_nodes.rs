@@ -345,9 +345,8 @@ struct Settling<'a> {
 impl Settling<'_> {
     /// `step` (`commit` or `release`) of reservation `id` through `node`, with `body`.
     async fn settle(&self, node: usize, id: Uuid, step: &str, body: Value) -> Answer<Reservation> {
-        let path = format!("/reservations/{id}/{step}");
         let app = self.nodes.app(node);
-        app.call(Method::POST, &path, self.token, Some(body)).await
+        app.settle_as(self.token, id, step, Some(body)).await
     }
 
     /// The same, served with the reservation now `status`.

@@ -34,46 +34,20 @@ async fn shop_warehouse(app: &TestApp, token: &str, shop: i64, code: &str) -> i6
     made.id
 }
 
-/// Registers a user and makes it a member of `shop` (by `by`, an admin or the owner).
-async fn member(app: &TestApp, by: &str, shop: i64, email: &str, role: &str) -> String {
-    let (user, token) = app.customer(email).await;
-    let (status, body) = app
-        .put(
-            &format!("/shops/{shop}/members/{user}"),
-            by,
-            json!({ "role": role }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(
-        body,
-        json!({ "shop_id": shop, "user_id": user, "role": role })
-    );
-    token
-}
-
 impl Marketplace {
     async fn new() -> Self {
         let app = TestApp::spawn().await;
         let product = app.product("P", 100).await;
         let (shop_a, shop_b) = (app.shop("A").await, app.shop("B").await);
-        let owner_a = member(
-            &app,
-            &app.admin,
-            shop_a,
-            "owner-a@example.com",
-            "shop_owner",
-        )
-        .await;
-        let staff_a = member(&app, &owner_a, shop_a, "staff-a@example.com", "shop_staff").await;
-        let owner_b = member(
-            &app,
-            &app.admin,
-            shop_b,
-            "owner-b@example.com",
-            "shop_owner",
-        )
-        .await;
+        let owner_a = app
+            .member(&app.admin, shop_a, "owner-a@example.com", "shop_owner")
+            .await;
+        let staff_a = app
+            .member(&owner_a, shop_a, "staff-a@example.com", "shop_staff")
+            .await;
+        let owner_b = app
+            .member(&app.admin, shop_b, "owner-b@example.com", "shop_owner")
+            .await;
         // An owner creates its own shop's warehouses; the platform's need an operator.
         let a = [
             shop_warehouse(&app, &owner_a, shop_a, "A1").await,

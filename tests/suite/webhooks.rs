@@ -365,7 +365,9 @@ async fn subscriptions_are_checked_scoped_to_their_shop_and_bounded() {
     }
     // A shop owner subscribes to its own shop only; a customer not at all.
     let (shop, other) = (app.shop("S").await, app.shop("O").await);
-    let owner = app.shop_owner(shop, "owner@example.com").await;
+    let owner = app
+        .member(&app.admin, shop, "owner@example.com", "shop_owner")
+        .await;
     let body = |shop_id: Option<i64>| json!({ "url": receiver.url, "types": ["stock.changed"], "secret": SECRET, "shop_id": shop_id });
     let created = app.subscribe(&owner, body(Some(shop))).await.unwrap();
     assert_eq!(created.shop_id, Some(shop));
@@ -423,7 +425,9 @@ async fn webhooks_never_reach_inside_and_stay_within_their_shop() {
     let app = TestApp::start_on_with(&app.database.clone(), &closed).await;
 
     let shop = app.shop("S").await;
-    let owner = app.shop_owner(shop, "owner@example.com").await;
+    let owner = app
+        .member(&app.admin, shop, "owner@example.com", "shop_owner")
+        .await;
     let port = app.base.rsplit(':').next().unwrap().to_owned();
     for url in [
         format!("http://127.0.0.1:{port}/hook"),

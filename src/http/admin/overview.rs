@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
+use crate::config::Durability;
 use crate::error::Result;
 use crate::http::AppState;
 use crate::http::caller::Caller;
@@ -16,7 +17,7 @@ use crate::http::openapi::ErrorBody;
 use crate::shops::Scope;
 use crate::store;
 
-use super::store::{Backlog, durability};
+use super::store::Backlog;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -32,7 +33,7 @@ struct Overview {
     role: &'static str,
     /// The shops whose warehouses the caller acts on; null for operators and admins (all).
     shops: Option<Vec<i64>>,
-    durability: &'static str,
+    durability: Durability,
     /// As `GET /readyz` would answer.
     ready: bool,
     /// 1 while the last write to PostgreSQL succeeded.
@@ -90,7 +91,7 @@ async fn overview(State(state): State<AppState>, Caller(caller): Caller) -> Resu
             Scope::All => None,
             Scope::Shops(shops) => Some(shops.clone()),
         },
-        durability: durability(&state),
+        durability: state.config.durability,
         ready: crate::http::health::ready(&state).await.is_ok(),
         store_healthy: flush.healthy.load(Ordering::Relaxed),
         traffic: (everything && state.config.metrics).then(|| state.requests.traffic.summary()),

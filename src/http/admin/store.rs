@@ -1,6 +1,5 @@
 //! `GET /admin/persistence`: the write-behind store: what waits, the flushes, dead letters.
 
-use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 
 use axum::extract::State;
@@ -33,9 +32,8 @@ pub struct Persistence {
     /// Batches the fence refused whole since start (cluster mode: another node had taken
     /// over shards they changed; their requests were told the change did not happen).
     pub refused_batches: u64,
-    /// `sync` or `async` (`STOCKLINE_DURABILITY`).
-    #[schema(value_type = String)]
-    pub durability: Cow<'static, str>,
+    /// `STOCKLINE_DURABILITY`.
+    pub durability: Durability,
     /// Records PostgreSQL refused for their data since this server started; each is kept
     /// in the `dead_letters` table with the refusal, and the rest of its batch was written.
     pub dead_letters: u64,
@@ -71,17 +69,10 @@ async fn persistence(
         batches_flushed: flush.batches_flushed.load(Ordering::Relaxed),
         flush_failures: flush.flush_failures.load(Ordering::Relaxed),
         refused_batches: flush.refused_batches.load(Ordering::Relaxed),
-        durability: Cow::Borrowed(durability(&state)),
+        durability: state.config.durability,
         dead_letters: flush.dead_letters.load(Ordering::Relaxed),
         recent_dead_letters,
     }))
-}
-
-pub(super) fn durability(state: &AppState) -> &'static str {
-    match state.config.durability {
-        Durability::Sync => "sync",
-        Durability::Async => "async",
-    }
 }
 
 /// What waits to be written, and for how long.
